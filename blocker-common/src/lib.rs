@@ -1,0 +1,202 @@
+//! Types shared by the kernel programs (`blocker-ebpf`) and the daemon (`blocker`).
+//!
+//! Everything here is `#[repr(C)]` and crosses the user/kernel boundary byte for byte, through
+//! map keys and values, the event ring buffer or a global set at load time. Names of maps,
+//! programs and globals live here too so neither side spells them on its own.
+#![no_std]
+
+/// Names of the objects in the eBPF ELF file, as the loader looks them up.
+pub mod names {
+    pub const BANNED_FILES_MAP: &str = "BANNED_FILES";
+    pub const EVENTS_MAP: &str = "EVENTS";
+    pub const COUNTERS_MAP: &str = "COUNTERS";
+    pub const KERNEL_OFFSETS_GLOBAL: &str = "KERNEL_OFFSETS";
+    pub const LSM_PROGRAM: &str = "bprm_check_security";
+    pub const LSM_HOOK: &str = "bprm_check_security";
+    pub const KILL_PROGRAM: &str = "sched_process_exec";
+    pub const KILL_TRACEPOINT: &str = "sched_process_exec";
+}
+
+/// Capacity of the banned-files map. Entries are allocated on use (`BPF_F_NO_PREALLOC`), so a
+/// large capacity costs nothing until a policy fills it.
+pub const BANNED_FILES_CAPACITY: u32 = 1 << 20;
+
+/// Size of the event ring buffer in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_RING_BYTES: u32 = 1 << 20;
+
+/// `BPF_F_NO_PREALLOC`: hash map entries are allocated when inserted.
+pub const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// Identity of a file as the kernel sees it: the device of its superblock and its inode number.
+///
+/// `dev` is in the kernel's internal encoding, `(major << 20) | minor`, which is not the
+/// encoding of `st_dev` in userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileKey {
+    pub ino: u64,
+    pub dev: u32,
+    /// Always zero: the kernel hashes every byte of a key, padding included.
+    pub padding: u32,
+}
+
+impl FileKey {
+    pub const fn new(dev: u32, ino: u64) -> Self {
+        Self {
+            ino,
+            dev,
+            padding: 0,
+        }
+    }
+}
+
+/// What happens when a banned file is executed.
+pub mod action {
+    /// Refuse the exec (EPERM under the LSM backend, SIGKILL under the kill backend).
+    pub const DENY: u32 = 1;
+    /// Let it run and report it.
+    pub const AUDIT: u32 = 2;
+}
+
+/// How the kernel side enforces a deny.
+pub mod backend {
+    /// `lsm/bprm_check_security` returns -EPERM: the exec never happens.
+    pub const LSM: u32 = 1;
+    /// `tp_btf/sched_process_exec` sends SIGKILL before the new image runs any code.
+    pub const KILL: u32 = 2;
+}
+
+/// Flags of a [`BanEntry`].
+pub mod entry_flags {
+    /// `generation` holds the file's `i_generation`: the kernel only matches an inode whose
+    /// generation is equal, so a recycled inode number never inherits a ban.
+    pub const GENERATION_KNOWN: u32 = 1;
+}
+
+/// The value stored for a banned [`FileKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BanEntry {
+    /// Index of the rule in the daemon's rule table, reported in events.
+    pub rule_id: u32,
+    /// One of [`action`].
+    pub action: u32,
+    pub generation: u32,
+    /// Bits of [`entry_flags`].
+    pub flags: u32,
+}
+
+impl BanEntry {
+    /// Whether this entry names the inode whose generation is `inode_generation`.
+    pub const fn matches_generation(&self, inode_generation: u32) -> bool {
+        self.flags & entry_flags::GENERATION_KNOWN == 0 || self.generation == inode_generation
+    }
+}
+
+/// Indices into the per-CPU counters map.
+pub mod counter {
+    /// Events dropped because the ring buffer was full (enforcement happened regardless).
+    pub const EVENTS_LOST: u32 = 0;
+    /// Execs of an inode whose number was banned but whose generation differed: a recycled
+    /// inode number, left alone.
+    pub const GENERATION_MISMATCH: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+/// Length of `task_struct::comm`.
+pub const COMM_LEN: usize = 16;
+/// Bytes of `bprm->filename` carried in an event; longer names are cut.
+pub const FILENAME_LEN: usize = 256;
+
+/// One exec of a banned file, as the kernel reports it through the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    /// `bpf_ktime_get_boot_ns()`: nanoseconds since boot, suspend included.
+    pub boot_time_ns: u64,
+    pub ino: u64,
+    /// Kernel `pid`: the thread that called exec.
+    pub tid: u32,
+    /// Kernel `tgid`: the process id userspace sees.
+    pub tgid: u32,
+    /// Process id of the real parent.
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Kernel encoding, as in [`FileKey`].
+    pub dev: u32,
+    pub rule_id: u32,
+    /// One of [`action`].
+    pub action: u32,
+    /// One of [`backend`].
+    pub backend: u32,
+    /// Bytes of `filename` in use, without the terminating NUL.
+    pub filename_len: u32,
+    pub comm: [u8; COMM_LEN],
+    /// The path as given to exec (`bprm->filename`), NUL-terminated unless cut.
+    pub filename: [u8; FILENAME_LEN],
+}
+
+/// Byte offsets of the kernel struct fields the programs read, taken from the running kernel's
+/// BTF at load time so one object runs on every kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub linux_binprm_file: u32,
+    pub linux_binprm_filename: u32,
+    pub file_f_inode: u32,
+    pub inode_i_ino: u32,
+    pub inode_i_sb: u32,
+    pub inode_i_generation: u32,
+    pub super_block_s_dev: u32,
+    pub task_struct_real_parent: u32,
+    pub task_struct_tgid: u32,
+    /// Always zero; keeps the size a multiple of eight.
+    pub padding: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` integers and byte arrays, with every padding byte spelled out as
+    // a field, so any bit pattern is valid and no byte is uninitialised.
+    unsafe impl aya::Pod for super::FileKey {}
+    unsafe impl aya::Pod for super::BanEntry {}
+    unsafe impl aya::Pod for super::ExecEvent {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    // The kernel side sees these exact sizes; a change must be deliberate on both sides.
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<FileKey>(), 16);
+        assert_eq!(size_of::<BanEntry>(), 16);
+        assert_eq!(size_of::<KernelOffsets>(), 40);
+        assert_eq!(
+            size_of::<ExecEvent>(),
+            8 + 8 + 10 * 4 + COMM_LEN + FILENAME_LEN
+        );
+    }
+
+    #[test]
+    fn generation_is_compared_only_when_known() {
+        let unknown = BanEntry {
+            rule_id: 1,
+            action: action::DENY,
+            generation: 0,
+            flags: 0,
+        };
+        assert!(unknown.matches_generation(7));
+        let known = BanEntry {
+            flags: entry_flags::GENERATION_KNOWN,
+            generation: 7,
+            ..unknown
+        };
+        assert!(known.matches_generation(7));
+        assert!(!known.matches_generation(8));
+    }
+}

@@ -1,0 +1,263 @@
+//! `blocker run`: policy files → parsed policy → resolved entries → kernel maps, then kernel
+//! events → ring buffer → sinks, until SIGINT or SIGTERM.
+
+use std::{collections::BTreeMap, io::Write, path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result};
+use aya::maps::{MapData, RingBuf};
+use blocker_common::FileKey;
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    signal::unix::{signal, SignalKind},
+};
+
+use crate::{
+    events::{self, BootClock, ExecRecord, Record},
+    kernel::{BackendChoice, Enforcer, KernelCounters},
+    policy::{self, Policy},
+    resolve::{self, Resolution},
+};
+
+/// How often the kernel's lost-event counter is checked.
+const COUNTER_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+pub struct RunOptions {
+    pub policy_dir: PathBuf,
+    pub backend: BackendChoice,
+    /// How often banned paths are looked up again, so a deleted or replaced file's entry follows
+    /// what is at the path now.
+    pub refresh_interval: Duration,
+}
+
+pub fn run(options: RunOptions) -> Result<()> {
+    let policy = policy::load_dir(&options.policy_dir)?;
+    for header in &policy.policies {
+        log::info!(
+            "policy `{}` ({}) from {}",
+            header.name,
+            header.mode,
+            header.file.display()
+        );
+    }
+    let resolution = resolve::resolve(&policy);
+    log_unresolved(&resolution);
+
+    let enforcer = Enforcer::start(options.backend, &resolution.entries)?;
+    log::info!(
+        "enforcing {} rules ({} files) with the {} backend: {}",
+        resolution.rules.len(),
+        enforcer.installed_entries(),
+        enforcer.backend().name(),
+        enforcer.backend_reason()
+    );
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    runtime.block_on(serve(enforcer, policy, resolution, options))
+}
+
+async fn serve(
+    mut enforcer: Enforcer,
+    policy: Policy,
+    mut resolution: Resolution,
+    options: RunOptions,
+) -> Result<()> {
+    let mut sink = JsonLines::stdout();
+    // SAFETY (both): each value owns its file descriptor and keeps it open, unreplaced, for as
+    // long as the AsyncFd holds it.
+    let mut events =
+        unsafe { AsyncFd::register_with_interest(enforcer.take_events()?, Interest::READABLE) }
+            .context("watching the ring buffer")?;
+    let mut kernel_log =
+        unsafe { AsyncFd::register_with_interest(enforcer.take_logger()?, Interest::READABLE) }
+            .context("watching eBPF logs")?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut refresh = tokio::time::interval(options.refresh_interval);
+    refresh.tick().await;
+    let mut counter_check = tokio::time::interval(COUNTER_CHECK_INTERVAL);
+    let mut delivered = 0u64;
+    let mut counters = KernelCounters::default();
+
+    sink.emit(&Record::Started {
+        time: events::now_rfc3339(),
+        backend: enforcer.backend().name(),
+        backend_reason: enforcer.backend_reason().to_owned(),
+        policies: policy.policies.iter().map(|p| p.name.clone()).collect(),
+        rules: resolution.rules.len(),
+        entries: enforcer.installed_entries(),
+    });
+
+    loop {
+        tokio::select! {
+            ready = events.readable_mut() => {
+                let mut ready = ready?;
+                delivered += drain(ready.get_inner_mut(), &resolution, &mut sink);
+                ready.clear_ready();
+            }
+            ready = kernel_log.readable_mut() => {
+                let mut ready = ready?;
+                ready.get_inner_mut().flush();
+                ready.clear_ready();
+            }
+            _ = refresh.tick() => {
+                let fresh = resolve::resolve(&policy);
+                if fresh.entries != resolution.entries {
+                    match enforcer.apply(&fresh.entries) {
+                        Ok(stats) => {
+                            log_changes(&resolution, &fresh);
+                            log::info!("ban map updated: {} added, {} changed, {} removed",
+                                stats.added, stats.changed, stats.removed);
+                            resolution = fresh;
+                        }
+                        Err(error) => log::error!("{error:#}"),
+                    }
+                }
+            }
+            _ = counter_check.tick() => {
+                counters = report_lost_events(&enforcer, counters, &mut sink);
+            }
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
+        }
+    }
+
+    counters = report_lost_events(&enforcer, counters, &mut sink);
+    drop(enforcer);
+    log::info!("programs detached; execs are no longer checked");
+    delivered += drain(events.get_mut(), &resolution, &mut sink);
+    sink.emit(&Record::Stopped {
+        time: events::now_rfc3339(),
+        events: delivered,
+        events_lost: counters.events_lost,
+    });
+    Ok(())
+}
+
+/// Forwards every queued exec event; returns how many there were.
+fn drain(ring: &mut RingBuf<MapData>, resolution: &Resolution, sink: &mut JsonLines) -> u64 {
+    let clock = BootClock;
+    let mut count = 0;
+    while let Some(item) = ring.next() {
+        match events::decode(&item) {
+            Ok(event) => {
+                let record = ExecRecord::new(&event, resolution.rule(event.rule_id), &clock);
+                if record.enforcement == "none" {
+                    log::info!("{}", record.summary());
+                } else {
+                    log::warn!("{}", record.summary());
+                }
+                sink.emit(&Record::Exec(record));
+                count += 1;
+            }
+            Err(error) => log::error!("{error:#}"),
+        }
+    }
+    count
+}
+
+fn report_lost_events(
+    enforcer: &Enforcer,
+    previous: KernelCounters,
+    sink: &mut JsonLines,
+) -> KernelCounters {
+    let current = match enforcer.counters() {
+        Ok(current) => current,
+        Err(error) => {
+            log::error!("reading kernel counters: {error:#}");
+            return previous;
+        }
+    };
+    if current.events_lost > previous.events_lost {
+        let lost = current.events_lost - previous.events_lost;
+        log::warn!(
+            "{lost} exec events lost because the ring buffer was full (enforcement was not \
+             affected; {} lost in total)",
+            current.events_lost
+        );
+        sink.emit(&Record::EventsLost {
+            time: events::now_rfc3339(),
+            lost,
+            total: current.events_lost,
+        });
+    }
+    if current.generation_mismatches > previous.generation_mismatches {
+        log::info!(
+            "{} execs of a recycled inode number were left alone",
+            current.generation_mismatches - previous.generation_mismatches
+        );
+    }
+    current
+}
+
+fn log_unresolved(resolution: &Resolution) {
+    for unresolved in &resolution.unresolved {
+        log::warn!(
+            "rule {}: {}: {}; nothing banned there until it appears",
+            unresolved.rule,
+            unresolved.path.display(),
+            unresolved.error
+        );
+    }
+}
+
+fn log_changes(old: &Resolution, new: &Resolution) {
+    let describe = |resolution: &Resolution, key: &FileKey| {
+        let path = resolution.paths.get(key).map(|p| p.display().to_string());
+        let rule = resolution
+            .entries
+            .get(key)
+            .and_then(|e| resolution.rule(e.rule_id));
+        (
+            path.unwrap_or_default(),
+            rule.map(|r| r.id.clone()).unwrap_or_default(),
+        )
+    };
+    let changed = |a: &BTreeMap<_, _>, b: &BTreeMap<_, _>| {
+        a.keys()
+            .filter(|key| !b.contains_key(*key))
+            .copied()
+            .collect::<Vec<_>>()
+    };
+    for key in changed(&new.entries, &old.entries) {
+        let (path, rule) = describe(new, &key);
+        log::info!("rule {rule}: banning {path} (inode {})", key.ino);
+    }
+    for key in changed(&old.entries, &new.entries) {
+        let (path, rule) = describe(old, &key);
+        log::info!(
+            "rule {rule}: {path} is gone or was replaced; inode {} is no longer banned",
+            key.ino
+        );
+    }
+}
+
+/// The JSON lines stream on stdout: one record per line, flushed at once for `tail -f` and pipes.
+struct JsonLines {
+    out: std::io::Stdout,
+    broken: bool,
+}
+
+impl JsonLines {
+    fn stdout() -> Self {
+        Self {
+            out: std::io::stdout(),
+            broken: false,
+        }
+    }
+
+    fn emit(&mut self, record: &Record) {
+        if self.broken {
+            return;
+        }
+        let line = serde_json::to_string(record).expect("records serialize");
+        let mut out = self.out.lock();
+        if let Err(error) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+            // Enforcement goes on without a reader; the log still has every event.
+            log::error!("stdout event stream stopped: {error}");
+            self.broken = true;
+        }
+    }
+}

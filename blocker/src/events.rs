@@ -1,0 +1,280 @@
+//! Kernel events → records for people and machines: decoding the ring buffer's bytes, turning
+//! kernel clocks and numbers into readable fields, and the JSON lines schema.
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::{ensure, Result};
+use blocker_common::{action, backend, ExecEvent, FILENAME_LEN};
+use serde::Serialize;
+
+use crate::{identity::split_kernel_device_number, resolve::RuleInfo};
+
+/// Copies an [`ExecEvent`] out of a ring buffer record.
+pub fn decode(bytes: &[u8]) -> Result<ExecEvent> {
+    ensure!(
+        bytes.len() >= std::mem::size_of::<ExecEvent>(),
+        "ring buffer record of {} bytes is shorter than an exec event ({} bytes)",
+        bytes.len(),
+        std::mem::size_of::<ExecEvent>()
+    );
+    // SAFETY: long enough, and every bit pattern is a valid ExecEvent (plain integers and bytes).
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ExecEvent>()) })
+}
+
+/// One line of the JSON event stream; `kind` tells the variants apart.
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Record {
+    /// Enforcement began.
+    Started {
+        time: String,
+        backend: &'static str,
+        backend_reason: String,
+        policies: Vec<String>,
+        rules: usize,
+        entries: usize,
+    },
+    /// An exec of a banned file.
+    Exec(ExecRecord),
+    /// The ring buffer was full: `lost` exec events were dropped since the last report. The
+    /// execs were still enforced.
+    EventsLost { time: String, lost: u64, total: u64 },
+    /// Enforcement ended: the programs are detached.
+    Stopped {
+        time: String,
+        events: u64,
+        events_lost: u64,
+    },
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ExecRecord {
+    pub time: String,
+    /// What the rule asked for: `deny` or `audit`.
+    pub action: &'static str,
+    /// What the kernel did: `eperm` (exec refused), `sigkill` (process killed before it ran),
+    /// or `none` (audit).
+    pub enforcement: &'static str,
+    pub backend: &'static str,
+    pub rule: String,
+    pub policy: String,
+    pub reason: Option<String>,
+    /// Process id (the kernel's tgid).
+    pub pid: u32,
+    /// Thread that called exec (the kernel's pid).
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    /// The path given to exec, as the caller spelled it.
+    pub path: String,
+    pub path_truncated: bool,
+    /// `major:minor` of the file's filesystem.
+    pub device: String,
+    pub inode: u64,
+}
+
+impl ExecRecord {
+    pub fn new(event: &ExecEvent, rule: Option<&RuleInfo>, clock: &BootClock) -> Self {
+        let (major, minor) = split_kernel_device_number(event.dev);
+        let filename_len = (event.filename_len as usize).min(FILENAME_LEN);
+        Self {
+            time: rfc3339(clock.wall_time(event.boot_time_ns)),
+            action: match event.action {
+                action::DENY => "deny",
+                action::AUDIT => "audit",
+                _ => "unknown",
+            },
+            enforcement: match (event.action, event.backend) {
+                (action::DENY, backend::LSM) => "eperm",
+                (action::DENY, backend::KILL) => "sigkill",
+                _ => "none",
+            },
+            backend: backend_name(event.backend),
+            rule: rule.map_or_else(|| format!("#{}", event.rule_id), |rule| rule.id.clone()),
+            policy: rule.map(|rule| rule.policy.clone()).unwrap_or_default(),
+            reason: rule.and_then(|rule| rule.reason.clone()),
+            pid: event.tgid,
+            tid: event.tid,
+            ppid: event.ppid,
+            uid: event.uid,
+            gid: event.gid,
+            comm: nul_terminated(&event.comm),
+            path: nul_terminated(&event.filename[..filename_len]),
+            // The kernel copies at most FILENAME_LEN - 1 bytes and a NUL.
+            path_truncated: filename_len >= FILENAME_LEN - 1,
+            device: format!("{major}:{minor}"),
+            inode: event.ino,
+        }
+    }
+
+    /// The line for people reading the daemon's log.
+    pub fn summary(&self) -> String {
+        let verdict = match self.enforcement {
+            "eperm" => "denied",
+            "sigkill" => "killed",
+            _ => "audited",
+        };
+        let reason = self
+            .reason
+            .as_deref()
+            .map(|reason| format!(": {reason}"))
+            .unwrap_or_default();
+        format!(
+            "{verdict} exec of {} by pid {} ({}, uid {}) under rule {}{reason}",
+            self.path, self.pid, self.comm, self.uid, self.rule
+        )
+    }
+}
+
+pub fn backend_name(value: u32) -> &'static str {
+    match value {
+        backend::LSM => "lsm",
+        backend::KILL => "kill",
+        _ => "unknown",
+    }
+}
+
+/// Converts `bpf_ktime_get_boot_ns()` readings to wall-clock time.
+pub struct BootClock;
+
+impl BootClock {
+    pub fn wall_time(&self, boot_time_ns: u64) -> SystemTime {
+        // Both clocks read now: their difference is the wall-clock time of boot.
+        let now_wall = SystemTime::now();
+        let now_boot = clock_ns(libc::CLOCK_BOOTTIME);
+        let age = Duration::from_nanos(now_boot.saturating_sub(boot_time_ns));
+        now_wall.checked_sub(age).unwrap_or(now_wall)
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write into.
+    unsafe { libc::clock_gettime(clock, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+pub fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_nanos(time).to_string()
+}
+
+pub fn now_rfc3339() -> String {
+    rfc3339(SystemTime::now())
+}
+
+fn nul_terminated(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Action;
+    use blocker_common::COMM_LEN;
+
+    fn event() -> ExecEvent {
+        let mut comm = [0; COMM_LEN];
+        comm[..4].copy_from_slice(b"bash");
+        let mut filename = [0; FILENAME_LEN];
+        filename[..11].copy_from_slice(b"/opt/wechat");
+        ExecEvent {
+            boot_time_ns: 0,
+            ino: 1234,
+            tid: 41,
+            tgid: 40,
+            ppid: 1,
+            uid: 1000,
+            gid: 100,
+            dev: (254 << 20) | 1,
+            rule_id: 0,
+            action: action::DENY,
+            backend: backend::LSM,
+            filename_len: 11,
+            comm,
+            filename,
+        }
+    }
+
+    fn as_bytes(event: &ExecEvent) -> Vec<u8> {
+        // SAFETY: reading the bytes of a plain repr(C) struct without padding.
+        unsafe {
+            std::slice::from_raw_parts(
+                (event as *const ExecEvent).cast::<u8>(),
+                std::mem::size_of::<ExecEvent>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_ring_buffer_bytes() {
+        let bytes = as_bytes(&event());
+        let decoded = decode(&bytes).unwrap();
+        assert_eq!(decoded.tgid, 40);
+        assert_eq!(decoded.ino, 1234);
+        assert!(decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn records_carry_readable_fields() {
+        let rule = RuleInfo {
+            id: "wechat".to_owned(),
+            policy: "ban".to_owned(),
+            reason: Some("banned".to_owned()),
+            action: Action::Deny,
+        };
+        let record = ExecRecord::new(&event(), Some(&rule), &BootClock);
+        assert_eq!(record.path, "/opt/wechat");
+        assert!(!record.path_truncated);
+        assert_eq!(record.comm, "bash");
+        assert_eq!(record.device, "254:1");
+        assert_eq!((record.pid, record.tid), (40, 41));
+        assert_eq!(record.enforcement, "eperm");
+        assert_eq!(record.rule, "wechat");
+        assert_eq!(
+            record.summary(),
+            "denied exec of /opt/wechat by pid 40 (bash, uid 1000) under rule wechat: banned"
+        );
+
+        let json = serde_json::to_value(Record::Exec(record)).unwrap();
+        assert_eq!(json["kind"], "exec");
+        assert_eq!(json["inode"], 1234);
+        assert_eq!(json["backend"], "lsm");
+        assert!(json["time"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn kill_backend_and_audit_and_long_paths() {
+        let mut killed = event();
+        killed.backend = backend::KILL;
+        killed.filename = [b'a'; FILENAME_LEN];
+        killed.filename[FILENAME_LEN - 1] = 0;
+        killed.filename_len = FILENAME_LEN as u32;
+        let record = ExecRecord::new(&killed, None, &BootClock);
+        assert_eq!(record.enforcement, "sigkill");
+        assert_eq!(record.rule, "#0");
+        assert!(record.path_truncated);
+        assert_eq!(record.path.len(), FILENAME_LEN - 1);
+
+        let mut audited = event();
+        audited.action = action::AUDIT;
+        assert_eq!(
+            ExecRecord::new(&audited, None, &BootClock).enforcement,
+            "none"
+        );
+    }
+
+    #[test]
+    fn boot_time_converts_to_recent_wall_time() {
+        let boot_now = clock_ns(libc::CLOCK_BOOTTIME);
+        let wall = BootClock.wall_time(boot_now);
+        let skew = SystemTime::now().duration_since(wall).unwrap_or_default();
+        assert!(skew < Duration::from_secs(5), "{skew:?}");
+    }
+}

@@ -1,0 +1,276 @@
+//! The kernel side as userspace sees it: loading the programs into the running kernel, choosing
+//! the backend, and keeping the ban map equal to the resolved policy.
+
+mod btf;
+pub mod features;
+mod offsets;
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, Lsm},
+    Ebpf, EbpfLoader,
+};
+use blocker_common::{counter, names, BanEntry, FileKey};
+
+/// The kernel's type information, which both the offsets and the program attach points need.
+const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/blocker-ebpf.o"));
+
+/// How a deny is enforced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// `lsm/bprm_check_security`: the exec fails with EPERM.
+    Lsm,
+    /// `tp_btf/sched_process_exec`: the process is killed before the new image runs.
+    Kill,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Lsm => "lsm",
+            Backend::Kill => "kill",
+        }
+    }
+}
+
+/// The backend the user asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    /// LSM where the kernel runs BPF LSM programs, otherwise kill.
+    Auto,
+    Lsm,
+    Kill,
+}
+
+/// Counters the kernel programs keep.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub events_lost: u64,
+    pub generation_mismatches: u64,
+}
+
+/// The loaded programs and their maps. Dropping it detaches the programs.
+pub struct Enforcer {
+    ebpf: Ebpf,
+    backend: Backend,
+    backend_reason: String,
+    installed: BTreeMap<FileKey, BanEntry>,
+}
+
+impl Enforcer {
+    /// Loads the programs, fills the ban map with `entries` and only then attaches, so
+    /// enforcement starts with the whole policy in place.
+    pub fn start(choice: BackendChoice, entries: &BTreeMap<FileKey, BanEntry>) -> Result<Self> {
+        raise_memlock_limit();
+        let offsets = offsets::running_kernel_offsets()?;
+        let log_level = log::max_level() as u8;
+        let ebpf = EbpfLoader::new()
+            .override_global(names::KERNEL_OFFSETS_GLOBAL, &offsets, true)
+            .override_global(aya_log::LEVEL, &log_level, false)
+            .load(EBPF_OBJECT)
+            .context("loading blocker's eBPF object")?;
+        let mut enforcer = Self {
+            ebpf,
+            backend: Backend::Kill,
+            backend_reason: String::new(),
+            installed: BTreeMap::new(),
+        };
+        enforcer.apply(entries)?;
+        let (backend, reason) = enforcer.attach(choice)?;
+        enforcer.backend = backend;
+        enforcer.backend_reason = reason;
+        Ok(enforcer)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Why this backend is active, for the startup log.
+    pub fn backend_reason(&self) -> &str {
+        &self.backend_reason
+    }
+
+    pub fn installed_entries(&self) -> usize {
+        self.installed.len()
+    }
+
+    fn attach(&mut self, choice: BackendChoice) -> Result<(Backend, String)> {
+        let lsms = features::active_lsms()?;
+        let bpf_lsm_active = lsms.iter().any(|lsm| lsm == "bpf");
+        let lsm_list = lsms.join(",");
+        match choice {
+            BackendChoice::Kill => {
+                self.attach_kill()?;
+                Ok((Backend::Kill, "chosen with --backend kill".to_owned()))
+            }
+            BackendChoice::Lsm => {
+                if !bpf_lsm_active {
+                    bail!(
+                        "--backend lsm: `bpf` is not among the active LSMs ({lsm_list}); boot \
+                         with lsm={lsm_list},bpf or use --backend kill"
+                    );
+                }
+                self.attach_lsm().context("--backend lsm")?;
+                Ok((Backend::Lsm, "chosen with --backend lsm".to_owned()))
+            }
+            BackendChoice::Auto if !bpf_lsm_active => {
+                self.attach_kill()?;
+                Ok((
+                    Backend::Kill,
+                    format!(
+                        "`bpf` is not among the active LSMs ({lsm_list}); boot with \
+                         lsm={lsm_list},bpf to refuse execs with EPERM"
+                    ),
+                ))
+            }
+            BackendChoice::Auto => match self.attach_lsm() {
+                Ok(()) => Ok((
+                    Backend::Lsm,
+                    format!("`bpf` is an active LSM ({lsm_list}) and the LSM program loaded"),
+                )),
+                Err(error) => {
+                    self.attach_kill()?;
+                    Ok((
+                        Backend::Kill,
+                        format!("the kernel refused the LSM program: {error:#}"),
+                    ))
+                }
+            },
+        }
+    }
+
+    fn attach_lsm(&mut self) -> Result<()> {
+        let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+        let program: &mut Lsm = self
+            .ebpf
+            .program_mut(names::LSM_PROGRAM)
+            .context("the eBPF object has no LSM program")?
+            .try_into()?;
+        program
+            .load(names::LSM_HOOK, &btf)
+            .context("loading the LSM program")?;
+        program.attach().context("attaching the LSM program")?;
+        Ok(())
+    }
+
+    fn attach_kill(&mut self) -> Result<()> {
+        let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+        let program: &mut BtfTracePoint = self
+            .ebpf
+            .program_mut(names::KILL_PROGRAM)
+            .context("the eBPF object has no exec tracepoint program")?
+            .try_into()?;
+        program
+            .load(names::KILL_TRACEPOINT, &btf)
+            .context("loading the exec tracepoint program")?;
+        program
+            .attach()
+            .context("attaching the exec tracepoint program")?;
+        Ok(())
+    }
+
+    /// Makes the kernel's ban map equal to `entries`. New and changed entries go in before stale
+    /// ones leave, so a file banned before and after is never unbanned in between. If the
+    /// kernel refuses an entry, every change is undone and the previous policy stays whole.
+    pub fn apply(&mut self, entries: &BTreeMap<FileKey, BanEntry>) -> Result<ApplyStats> {
+        let mut map: HashMap<&mut MapData, FileKey, BanEntry> = HashMap::try_from(
+            self.ebpf
+                .map_mut(names::BANNED_FILES_MAP)
+                .context("the eBPF object has no ban map")?,
+        )?;
+        let mut changed = Vec::new();
+        let mut stats = ApplyStats::default();
+        for (key, entry) in entries {
+            let previous = self.installed.get(key);
+            if previous == Some(entry) {
+                continue;
+            }
+            if let Err(error) = map.insert(key, entry, 0) {
+                for (key, previous) in changed {
+                    // Best effort: the map held these a moment ago, so they fit again.
+                    let _ = match previous {
+                        Some(previous) => map.insert(key, previous, 0),
+                        None => map.remove(key),
+                    };
+                }
+                return Err(error).with_context(|| {
+                    format!(
+                        "adding ban entry {} to the kernel map; the previous policy stays in force",
+                        entries.len()
+                    )
+                });
+            }
+            if previous.is_some() {
+                stats.changed += 1;
+            } else {
+                stats.added += 1;
+            }
+            changed.push((key, previous.copied()));
+        }
+        for key in self.installed.keys() {
+            if !entries.contains_key(key) {
+                map.remove(key)
+                    .with_context(|| format!("removing stale ban entry {key:?}"))?;
+                stats.removed += 1;
+            }
+        }
+        self.installed = entries.clone();
+        Ok(stats)
+    }
+
+    /// The ring buffer of exec events; can be taken once.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(names::EVENTS_MAP)
+            .context("the event ring buffer was already taken")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// The eBPF programs' aya-log records, to be forwarded to `log`.
+    pub fn take_logger(&mut self) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).context("starting the eBPF log forwarder")
+    }
+
+    pub fn counters(&self) -> Result<KernelCounters> {
+        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map(names::COUNTERS_MAP)
+                .context("the eBPF object has no counters map")?,
+        )?;
+        let total = |index: u32| -> Result<u64> { Ok(map.get(&index, 0)?.iter().sum()) };
+        Ok(KernelCounters {
+            events_lost: total(counter::EVENTS_LOST)?,
+            generation_mismatches: total(counter::GENERATION_MISMATCH)?,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub added: usize,
+    pub changed: usize,
+    pub removed: usize,
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones ignore it.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit for the current process.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        log::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}

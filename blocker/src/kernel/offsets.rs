@@ -1,0 +1,116 @@
+//! The struct member offsets the kernel programs need, read from the running kernel's BTF.
+
+use anyhow::{ensure, Context, Result};
+use blocker_common::KernelOffsets;
+
+use super::btf::Btf;
+
+const POINTER: u32 = 8;
+
+/// Every member the programs read, with the size the programs read it as: a kernel whose
+/// member has another size would be read wrongly, so it is refused instead.
+pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets> {
+    let offset = |structure: &str, member: &str, size: u32| -> Result<u32> {
+        let field = btf.field(structure, member)?;
+        ensure!(
+            field.size == size,
+            "{structure}.{member} is {} bytes in this kernel, blocker reads {size}",
+            field.size
+        );
+        Ok(field.offset)
+    };
+    Ok(KernelOffsets {
+        linux_binprm_file: offset("linux_binprm", "file", POINTER)?,
+        linux_binprm_filename: offset("linux_binprm", "filename", POINTER)?,
+        file_f_inode: offset("file", "f_inode", POINTER)?,
+        inode_i_ino: offset("inode", "i_ino", 8)?,
+        inode_i_sb: offset("inode", "i_sb", POINTER)?,
+        inode_i_generation: offset("inode", "i_generation", 4)?,
+        super_block_s_dev: offset("super_block", "s_dev", 4)?,
+        task_struct_real_parent: offset("task_struct", "real_parent", POINTER)?,
+        task_struct_tgid: offset("task_struct", "tgid", 4)?,
+        padding: 0,
+    })
+}
+
+/// Offsets for the kernel this process runs on.
+pub fn running_kernel_offsets() -> Result<KernelOffsets> {
+    let path = std::path::Path::new(super::KERNEL_BTF);
+    let btf = Btf::from_file(path).context(
+        "blocker needs the kernel's BTF (CONFIG_DEBUG_INFO_BTF=y, /sys/kernel/btf/vmlinux)",
+    )?;
+    kernel_offsets(&btf).context("the running kernel's structs are not what blocker expects")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::btf::tests::BtfBuilder;
+    use super::*;
+
+    #[test]
+    fn reads_every_member_and_checks_sizes() {
+        let mut b = BtfBuilder::new();
+        let u32_ = b.int("unsigned int", 4);
+        let u64_ = b.int("long unsigned int", 8);
+        let ptr = b.pointer(u32_);
+        b.structure(
+            "linux_binprm",
+            256,
+            &[("file", ptr, 64), ("filename", ptr, 96)],
+        );
+        b.structure("file", 256, &[("f_inode", ptr, 32)]);
+        b.structure(
+            "inode",
+            600,
+            &[
+                ("i_sb", ptr, 40),
+                ("i_ino", u64_, 64),
+                ("i_generation", u32_, 400),
+            ],
+        );
+        b.structure("super_block", 1000, &[("s_dev", u32_, 16)]);
+        b.structure(
+            "task_struct",
+            9000,
+            &[("real_parent", ptr, 1400), ("tgid", u32_, 1300)],
+        );
+        let offsets = kernel_offsets(&Btf::parse(&b.build()).unwrap()).unwrap();
+        assert_eq!(
+            offsets,
+            KernelOffsets {
+                linux_binprm_file: 64,
+                linux_binprm_filename: 96,
+                file_f_inode: 32,
+                inode_i_ino: 64,
+                inode_i_sb: 40,
+                inode_i_generation: 400,
+                super_block_s_dev: 16,
+                task_struct_real_parent: 1400,
+                task_struct_tgid: 1300,
+                padding: 0,
+            }
+        );
+
+        let mut wrong = BtfBuilder::new();
+        let u32_ = wrong.int("unsigned int", 4);
+        let ptr = wrong.pointer(u32_);
+        wrong.structure(
+            "linux_binprm",
+            256,
+            &[("file", u32_, 64), ("filename", ptr, 96)],
+        );
+        let error = kernel_offsets(&Btf::parse(&wrong.build()).unwrap()).unwrap_err();
+        assert!(
+            error.to_string().contains("linux_binprm.file is 4 bytes"),
+            "{error}"
+        );
+    }
+
+    /// The host always has BTF (the project requires it); its layout must parse.
+    #[test]
+    fn the_running_kernel_has_every_member() {
+        let offsets = running_kernel_offsets().unwrap();
+        assert_ne!(offsets.inode_i_ino, offsets.inode_i_sb);
+        assert!(offsets.task_struct_real_parent > 0);
+    }
+}
