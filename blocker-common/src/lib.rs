@@ -21,7 +21,8 @@ pub mod names {
 /// large capacity costs nothing until a policy fills it.
 pub const BANNED_FILES_CAPACITY: u32 = 1 << 20;
 
-/// Size of the event ring buffer in bytes (a power of two, a multiple of the page size).
+/// Default size of the event ring buffer in bytes (a power of two, a multiple of the page size);
+/// the daemon may set another at load time. About 3000 events fit in the default.
 pub const EVENTS_RING_BYTES: u32 = 1 << 20;
 
 /// `BPF_F_NO_PREALLOC`: hash map entries are allocated when inserted.

@@ -27,6 +27,8 @@ pub struct RunOptions {
     /// How often banned paths are looked up again, so a deleted or replaced file's entry follows
     /// what is at the path now.
     pub refresh_interval: Duration,
+    /// Size of the kernel's event ring buffer.
+    pub event_buffer_bytes: u32,
 }
 
 pub fn run(options: RunOptions) -> Result<()> {
@@ -42,7 +44,11 @@ pub fn run(options: RunOptions) -> Result<()> {
     let resolution = resolve::resolve(&policy);
     log_unresolved(&resolution);
 
-    let enforcer = Enforcer::start(options.backend, &resolution.entries)?;
+    let enforcer = Enforcer::start(
+        options.backend,
+        options.event_buffer_bytes,
+        &resolution.entries,
+    )?;
     log::info!(
         "enforcing {} rules ({} files) with the {} backend: {}",
         resolution.rules.len(),

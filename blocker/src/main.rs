@@ -34,6 +34,10 @@ enum Command {
         /// Seconds between lookups of the banned paths, which follow deleted and replaced files.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
         refresh_interval: u64,
+        /// Bytes of kernel memory for events waiting to be read: a power of two, at least the
+        /// page size. When it is full, events are counted as lost; execs are still enforced.
+        #[arg(long, default_value_t = blocker_common::EVENTS_RING_BYTES, value_parser = parse_ring_size)]
+        event_buffer_bytes: u32,
     },
     /// Check policy files and show what each path names on this machine; loads nothing.
     Check {
@@ -50,10 +54,12 @@ fn main() -> ExitCode {
             policy_dir,
             backend,
             refresh_interval,
+            event_buffer_bytes,
         } => daemon::run(daemon::RunOptions {
             policy_dir,
             backend,
             refresh_interval: Duration::from_secs(refresh_interval),
+            event_buffer_bytes,
         }),
         Command::Check { policy_dir } => check(&policy_dir),
     };
@@ -63,6 +69,19 @@ fn main() -> ExitCode {
             eprintln!("blocker: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn parse_ring_size(text: &str) -> Result<u32, String> {
+    let bytes: u32 = text.parse().map_err(|error| format!("{error}"))?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u32;
+    if bytes.is_power_of_two() && bytes >= page {
+        Ok(bytes)
+    } else {
+        Err(format!(
+            "must be a power of two of at least {page} (the page size)"
+        ))
     }
 }
 

@@ -66,12 +66,18 @@ pub struct Enforcer {
 impl Enforcer {
     /// Loads the programs, fills the ban map with `entries` and only then attaches, so
     /// enforcement starts with the whole policy in place.
-    pub fn start(choice: BackendChoice, entries: &BTreeMap<FileKey, BanEntry>) -> Result<Self> {
+    pub fn start(
+        choice: BackendChoice,
+        event_buffer_bytes: u32,
+        entries: &BTreeMap<FileKey, BanEntry>,
+    ) -> Result<Self> {
         raise_memlock_limit();
         let offsets = offsets::running_kernel_offsets()?;
         let log_level = log::max_level() as u8;
         let ebpf = EbpfLoader::new()
             .override_global(names::KERNEL_OFFSETS_GLOBAL, &offsets, true)
+            // A ring buffer's max_entries is its size in bytes.
+            .map_max_entries(names::EVENTS_MAP, event_buffer_bytes)
             .override_global(aya_log::LEVEL, &log_level, false)
             .load(EBPF_OBJECT)
             .context("loading blocker's eBPF object")?;

@@ -1,0 +1,418 @@
+//! Helpers for tests that run the real `blocker` binary against a real kernel.
+//!
+//! Safety rules these helpers enforce: the only files that ever enter a ban map are copies made
+//! in a fresh sandbox directory; the daemon dies with the test process (`PR_SET_PDEATHSIG`) and
+//! is killed by a watchdog if a test overruns, so a failing test never leaves programs attached.
+
+use std::{
+    io::{BufRead, BufReader},
+    os::unix::{fs::MetadataExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc::{self, Receiver, RecvTimeoutError},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// Longest a daemon may live in a test before the watchdog kills it.
+const DAEMON_LIFETIME_LIMIT: Duration = Duration::from_secs(180);
+/// Generous: under QEMU's emulation loading takes seconds.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The `blocker` binary under test: `BLOCKER_BIN`, or the workspace's debug build.
+pub fn blocker_bin() -> PathBuf {
+    std::env::var_os("BLOCKER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/blocker"))
+}
+
+/// A program that exits 0; copies of it play the banned and unbanned binaries.
+pub fn harmless_binary() -> PathBuf {
+    std::env::var_os("BLOCKER_TEST_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/true"))
+}
+
+/// A fresh directory for one test's binaries and policies, removed afterwards.
+pub struct Sandbox {
+    dir: PathBuf,
+}
+
+impl Sandbox {
+    pub fn new(test_name: &str) -> Result<Self> {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "blocker-test-{test_name}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(dir.join("policies"))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self { dir })
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn policy_dir(&self) -> PathBuf {
+        self.dir.join("policies")
+    }
+
+    /// A new copy (new inode, same content) of the harmless binary.
+    pub fn copy_binary(&self, name: &str) -> Result<PathBuf> {
+        let path = self.path(name);
+        std::fs::copy(harmless_binary(), &path).with_context(|| {
+            format!(
+                "copying {} to {}",
+                harmless_binary().display(),
+                path.display()
+            )
+        })?;
+        Ok(path)
+    }
+
+    pub fn write_policy(&self, file_name: &str, toml: &str) -> Result<PathBuf> {
+        let path = self.policy_dir().join(file_name);
+        std::fs::write(&path, toml).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A policy file banning `deny` (rule `ban`) and auditing `audit` (rule `watch`); a rule with
+/// no paths is left out.
+pub fn deny_and_audit_policy(deny: &[&Path], audit: &[&Path]) -> String {
+    let rule = |header: &str, paths: &[&Path]| {
+        if paths.is_empty() {
+            return String::new();
+        }
+        let quoted: Vec<_> = paths
+            .iter()
+            .map(|path| format!("{:?}", path.display().to_string()))
+            .collect();
+        format!("\n[[rule]]\n{header}paths = [{}]\n", quoted.join(", "))
+    };
+    format!(
+        "name = \"test\"\n{}{}",
+        rule("id = \"ban\"\nreason = \"banned by the test\"\n", deny),
+        rule("id = \"watch\"\naction = \"audit\"\n", audit)
+    )
+}
+
+/// One line the daemon wrote: a JSON record on stdout or a log line on stderr.
+enum Output {
+    Record(Value),
+    Log(String),
+}
+
+/// A running `blocker run`.
+pub struct Daemon {
+    child: Child,
+    output: Receiver<Output>,
+    /// Everything received, for diagnostics.
+    pub records: Vec<Value>,
+    pub log: Vec<String>,
+    /// Received but not yet returned by a `wait_for_*`.
+    unclaimed: Vec<Output>,
+}
+
+impl Daemon {
+    /// Starts `blocker run` on `policy_dir` with extra `args` and waits for its `started`
+    /// record, which it writes once the programs are attached.
+    pub fn start(policy_dir: &Path, args: &[&str]) -> Result<(Self, Value)> {
+        let mut daemon = Self::spawn(policy_dir, args)?;
+        let started = daemon
+            .wait_for_record(STARTUP_TIMEOUT, |record| record["kind"] == "started")
+            .with_context(|| {
+                format!("daemon did not start; its log:\n{}", daemon.log.join("\n"))
+            })?;
+        Ok((daemon, started))
+    }
+
+    pub fn spawn(policy_dir: &Path, args: &[&str]) -> Result<Self> {
+        let mut command = Command::new(blocker_bin());
+        command
+            .arg("run")
+            .arg("--policy-dir")
+            .arg(policy_dir)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting {}", blocker_bin().display()))?;
+
+        let (sender, output) = mpsc::channel();
+        let stdout = child.stdout.take().expect("piped");
+        let records = sender.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let value = serde_json::from_str(&line).unwrap_or_else(|error| {
+                    panic!("daemon wrote a line that is not JSON ({error}): {line}")
+                });
+                if records.send(Output::Record(value)).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = child.stderr.take().expect("piped");
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("blocker| {line}");
+                if sender.send(Output::Log(line)).is_err() {
+                    break;
+                }
+            }
+        });
+        let pid = child.id() as libc::pid_t;
+        thread::spawn(move || {
+            thread::sleep(DAEMON_LIFETIME_LIMIT);
+            // SAFETY: plain kill(2); if the pid was reaped and reused the test has long ended.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        });
+        Ok(Self {
+            child,
+            output,
+            records: Vec::new(),
+            log: Vec::new(),
+            unclaimed: Vec::new(),
+        })
+    }
+
+    fn receive(&mut self, deadline: Instant) -> Result<bool> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.output.recv_timeout(left) {
+            Ok(output) => {
+                match &output {
+                    Output::Record(record) => self.records.push(record.clone()),
+                    Output::Log(line) => self.log.push(line.clone()),
+                }
+                self.unclaimed.push(output);
+                Ok(true)
+            }
+            Err(RecvTimeoutError::Timeout) => Ok(false),
+            Err(RecvTimeoutError::Disconnected) => bail!("daemon closed its output"),
+        }
+    }
+
+    /// The earliest output not returned before that `wanted` accepts, waiting up to `timeout`.
+    fn claim(&mut self, timeout: Duration, wanted: impl Fn(&Output) -> bool) -> Result<Output> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(index) = self.unclaimed.iter().position(&wanted) {
+                return Ok(self.unclaimed.remove(index));
+            }
+            if !self.receive(deadline)? {
+                bail!(
+                    "nothing matching within {timeout:?}; records: {:?}; log: {:?}",
+                    self.records,
+                    self.log
+                );
+            }
+        }
+    }
+
+    /// The earliest record not returned before that satisfies `wanted`.
+    pub fn wait_for_record(
+        &mut self,
+        timeout: Duration,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        match self.claim(
+            timeout,
+            |output| matches!(output, Output::Record(record) if wanted(record)),
+        )? {
+            Output::Record(record) => Ok(record),
+            Output::Log(_) => unreachable!("claim returns what the filter accepts"),
+        }
+    }
+
+    /// The next exec record for `path` (as spelled to exec).
+    pub fn wait_for_exec(&mut self, path: &Path) -> Result<Value> {
+        let path = path.display().to_string();
+        self.wait_for_record(EVENT_TIMEOUT, |record| {
+            record["kind"] == "exec" && record["path"] == path.as_str()
+        })
+    }
+
+    /// The earliest log line not returned before that contains `text`.
+    pub fn wait_for_log(&mut self, text: &str, timeout: Duration) -> Result<String> {
+        match self.claim(
+            timeout,
+            |output| matches!(output, Output::Log(line) if line.contains(text)),
+        )? {
+            Output::Log(line) => Ok(line),
+            Output::Record(_) => unreachable!("claim returns what the filter accepts"),
+        }
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: plain kill(2) of our own child, which has not been reaped yet.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+    }
+
+    /// SIGTERM, then waits for exit and collects everything it still wrote.
+    pub fn stop(mut self) -> Result<(ExitStatus, Vec<Value>, Vec<String>)> {
+        self.signal(libc::SIGTERM);
+        let status = self.wait(STARTUP_TIMEOUT)?;
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        while let Ok(true) = self.receive(deadline) {}
+        Ok((
+            status,
+            std::mem::take(&mut self.records),
+            std::mem::take(&mut self.log),
+        ))
+    }
+
+    /// Waits for the daemon to exit by itself.
+    pub fn wait(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("daemon did not exit within {timeout:?}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every line the daemon has written so far, and until it closes its output.
+    pub fn remaining_output(mut self) -> (Vec<Value>, Vec<String>) {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        while let Ok(true) = self.receive(deadline) {}
+        (
+            std::mem::take(&mut self.records),
+            std::mem::take(&mut self.log),
+        )
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `major:minor` of the filesystem holding `path`, as events spell devices.
+pub fn device_of(path: &Path) -> Result<String> {
+    let dev = std::fs::metadata(path)?.dev();
+    Ok(format!("{}:{}", libc::major(dev), libc::minor(dev)))
+}
+
+pub fn inode_of(path: &Path) -> Result<u64> {
+    Ok(std::fs::metadata(path)?.ino())
+}
+
+/// `comm` the kernel gives a process exec'd from `path`: the file name, cut to 15 bytes.
+pub fn comm_of(path: &Path) -> String {
+    let name = path.file_name().unwrap().to_string_lossy();
+    name.chars().take(15).collect()
+}
+
+/// The name a child started by [`run_as_launcher`] has until its exec completes.
+pub const LAUNCHER_COMM: &str = "test-launcher";
+
+/// Runs `path` in a child named [`LAUNCHER_COMM`], so the caller's `comm` in events is known.
+pub fn run_as_launcher(path: &Path) -> std::io::Result<(u32, ExitStatus)> {
+    let mut command = Command::new(path);
+    // SAFETY: prctl is async-signal-safe; it renames only this child.
+    unsafe {
+        command.pre_exec(|| {
+            let name = std::ffi::CString::new(LAUNCHER_COMM).unwrap();
+            if libc::prctl(libc::PR_SET_NAME, name.as_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn()?;
+    let pid = child.id();
+    Ok((pid, child.wait()?))
+}
+
+/// What a test knows about one exec of a banned file.
+pub struct ExpectedExec<'a> {
+    pub path: &'a Path,
+    pub pid: u32,
+    pub comm: String,
+    pub rule: &'a str,
+    /// `eperm`, `sigkill` or `none`.
+    pub enforcement: &'a str,
+    pub backend: &'a str,
+}
+
+/// Checks every field of an exec record against what the test knows.
+pub fn assert_exec_record(record: &Value, expected: &ExpectedExec<'_>) -> Result<()> {
+    let ExpectedExec {
+        path,
+        pid,
+        rule,
+        enforcement,
+        backend,
+        ..
+    } = *expected;
+    let expect = |field: &str, wanted: Value| -> Result<()> {
+        if record[field] != wanted {
+            bail!("{field} is {} not {wanted} in {record}", record[field]);
+        }
+        Ok(())
+    };
+    expect("kind", "exec".into())?;
+    expect("path", path.display().to_string().into())?;
+    expect("pid", pid.into())?;
+    expect("ppid", std::process::id().into())?;
+    // SAFETY: getuid/getgid cannot fail.
+    expect("uid", unsafe { libc::getuid() }.into())?;
+    expect("gid", unsafe { libc::getgid() }.into())?;
+    expect("comm", expected.comm.as_str().into())?;
+    expect("rule", rule.into())?;
+    expect("policy", "test".into())?;
+    expect("enforcement", enforcement.into())?;
+    expect("backend", backend.into())?;
+    expect("device", device_of(path)?.into())?;
+    expect("inode", inode_of(path)?.into())?;
+    expect("path_truncated", false.into())?;
+    let action = if enforcement == "none" {
+        "audit"
+    } else {
+        "deny"
+    };
+    expect("action", action.into())?;
+    if !record["time"]
+        .as_str()
+        .is_some_and(|time| time.ends_with('Z'))
+    {
+        bail!("time is not RFC 3339 UTC in {record}");
+    }
+    Ok(())
+}

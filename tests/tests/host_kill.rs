@@ -1,0 +1,217 @@
+//! The kill backend on the host's own kernel, which refuses BPF LSM programs: a banned file is
+//! killed at exec by `tp_btf/sched_process_exec`.
+
+use std::{os::unix::process::ExitStatusExt, process::Command, time::Duration};
+
+use anyhow::{ensure, Result};
+use blocker_integration_tests::{
+    assert_exec_record, comm_of, deny_and_audit_policy, run_as_launcher, Daemon, ExpectedExec,
+    Sandbox,
+};
+
+#[test]
+fn banned_copy_is_killed_other_copies_run_and_audit_reports() -> Result<()> {
+    let sandbox = Sandbox::new("kill")?;
+    let banned = sandbox.copy_binary("banned")?;
+    let unbanned = sandbox.copy_binary("unbanned")?;
+    let audited = sandbox.copy_binary("audited")?;
+    sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[&audited]))?;
+
+    let (mut daemon, started) = Daemon::start(&sandbox.policy_dir(), &["--backend", "kill"])?;
+    ensure!(started["backend"] == "kill", "{started}");
+    ensure!(started["entries"] == 2, "{started}");
+
+    let (pid, status) = run_as_launcher(&banned)?;
+    ensure!(
+        status.signal() == Some(libc::SIGKILL),
+        "banned copy was not killed: {status}"
+    );
+    let record = daemon.wait_for_exec(&banned)?;
+    assert_exec_record(
+        &record,
+        &ExpectedExec {
+            path: &banned,
+            pid,
+            // The tracepoint runs after exec has renamed the task.
+            comm: comm_of(&banned),
+            rule: "ban",
+            enforcement: "sigkill",
+            backend: "kill",
+        },
+    )?;
+    ensure!(record["reason"] == "banned by the test", "{record}");
+
+    let status = Command::new(&unbanned).status()?;
+    ensure!(
+        status.success(),
+        "an unbanned copy of the same binary must run: {status}"
+    );
+
+    let (pid, status) = run_as_launcher(&audited)?;
+    ensure!(status.success(), "audit must let the binary run: {status}");
+    let record = daemon.wait_for_exec(&audited)?;
+    assert_exec_record(
+        &record,
+        &ExpectedExec {
+            path: &audited,
+            pid,
+            comm: comm_of(&audited),
+            rule: "watch",
+            enforcement: "none",
+            backend: "kill",
+        },
+    )?;
+
+    let (status, records, _) = daemon.stop()?;
+    ensure!(status.success(), "daemon exit: {status}");
+    ensure!(
+        !records
+            .iter()
+            .any(|r| r["path"] == unbanned.display().to_string()),
+        "the unbanned copy produced an event: {records:?}"
+    );
+    let stopped = records.iter().find(|r| r["kind"] == "stopped");
+    ensure!(
+        stopped.is_some_and(|s| s["events"] == 2 && s["events_lost"] == 0),
+        "{records:?}"
+    );
+
+    let status = Command::new(&banned).status()?;
+    ensure!(
+        status.success(),
+        "after the daemon exits the banned copy runs again: {status}"
+    );
+    Ok(())
+}
+
+#[test]
+fn auto_backend_says_which_backend_and_why() -> Result<()> {
+    let sandbox = Sandbox::new("auto")?;
+    let banned = sandbox.copy_binary("banned")?;
+    sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[]))?;
+
+    let (mut daemon, started) = Daemon::start(&sandbox.policy_dir(), &[])?;
+    let backend = started["backend"].as_str().unwrap_or_default().to_owned();
+    let reason = started["backend_reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(!reason.is_empty(), "{started}");
+    let line = daemon.wait_for_log(
+        &format!("with the {backend} backend: {reason}"),
+        Duration::from_secs(5),
+    )?;
+    ensure!(line.contains("INFO"), "{line}");
+    // This machine's kernel refuses LSM programs (EPERM at load), so auto falls back.
+    ensure!(backend == "kill", "{started}");
+    ensure!(reason.contains("refused the LSM program"), "{started}");
+    let (status, _, _) = daemon.stop()?;
+    ensure!(status.success());
+    Ok(())
+}
+
+#[test]
+fn a_bad_policy_file_is_named_and_nothing_is_loaded() -> Result<()> {
+    let sandbox = Sandbox::new("bad")?;
+    let banned = sandbox.copy_binary("banned")?;
+    sandbox.write_policy("good.toml", &deny_and_audit_policy(&[&banned], &[]))?;
+    let bad = sandbox.write_policy(
+        "typo.toml",
+        "name = \"typo\"\n\n[[rule]]\nid = \"x\"\nactoin = \"deny\"\npaths = [\"/nonexistent\"]\n",
+    )?;
+
+    let mut daemon = Daemon::spawn(&sandbox.policy_dir(), &["--backend", "kill"])?;
+    let status = daemon.wait(Duration::from_secs(30))?;
+    let (records, log) = daemon.remaining_output();
+    ensure!(!status.success(), "a bad policy must stop the daemon");
+    ensure!(records.is_empty(), "nothing may be enforced: {records:?}");
+    let expected = format!(
+        "{}:5:1: rule[0].actoin: unknown field `actoin`",
+        bad.display()
+    );
+    ensure!(log.iter().any(|line| line.contains(&expected)), "{log:?}");
+    ensure!(
+        !log.iter().any(|line| line.contains("enforcing")),
+        "{log:?}"
+    );
+    ensure!(Command::new(&banned).status()?.success());
+    Ok(())
+}
+
+#[test]
+fn a_replaced_file_is_followed_and_a_removed_one_unbanned() -> Result<()> {
+    let sandbox = Sandbox::new("refresh")?;
+    let banned = sandbox.copy_binary("banned")?;
+    let old_inode = sandbox.path("old-inode");
+    // A second name keeps the original inode alive after the banned path is replaced.
+    std::fs::hard_link(&banned, &old_inode)?;
+    sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[]))?;
+
+    let (mut daemon, _) = Daemon::start(
+        &sandbox.policy_dir(),
+        &["--backend", "kill", "--refresh-interval", "1"],
+    )?;
+    ensure!(Command::new(&old_inode).status()?.signal() == Some(libc::SIGKILL));
+
+    std::fs::remove_file(&banned)?;
+    sandbox.copy_binary("banned")?;
+    daemon.wait_for_log(
+        "ban map updated: 1 added, 0 changed, 1 removed",
+        Duration::from_secs(10),
+    )?;
+
+    let status = Command::new(&banned).status()?;
+    ensure!(
+        status.signal() == Some(libc::SIGKILL),
+        "the new file at the path is banned: {status}"
+    );
+    let status = Command::new(&old_inode).status()?;
+    ensure!(
+        status.success(),
+        "the old inode is no longer at the banned path: {status}"
+    );
+    let (status, _, _) = daemon.stop()?;
+    ensure!(status.success());
+    Ok(())
+}
+
+#[test]
+fn a_full_event_buffer_loses_events_but_never_a_denial() -> Result<()> {
+    const EXECS: u64 = 40;
+    let sandbox = Sandbox::new("lost")?;
+    let banned = sandbox.copy_binary("banned")?;
+    sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[]))?;
+    // One page holds about a dozen events.
+    let (mut daemon, _) = Daemon::start(
+        &sandbox.policy_dir(),
+        &["--backend", "kill", "--event-buffer-bytes", "4096"],
+    )?;
+
+    // A stopped daemon reads nothing, so the ring fills up.
+    daemon.signal(libc::SIGSTOP);
+    for _ in 0..EXECS {
+        let status = Command::new(&banned).status()?;
+        ensure!(
+            status.signal() == Some(libc::SIGKILL),
+            "every exec is denied: {status}"
+        );
+    }
+    daemon.signal(libc::SIGCONT);
+
+    let lost = daemon.wait_for_record(Duration::from_secs(10), |r| r["kind"] == "events_lost")?;
+    ensure!(lost["lost"].as_u64().is_some_and(|n| n > 0), "{lost}");
+    let (status, records, _) = daemon.stop()?;
+    ensure!(status.success());
+    let stopped = records
+        .iter()
+        .find(|r| r["kind"] == "stopped")
+        .ok_or_else(|| anyhow::anyhow!("no stopped record: {records:?}"))?;
+    let delivered = stopped["events"].as_u64().unwrap_or_default();
+    let lost = stopped["events_lost"].as_u64().unwrap_or_default();
+    ensure!(
+        delivered + lost == EXECS,
+        "{stopped}: every exec is either reported or counted"
+    );
+    ensure!(lost > 0 && delivered > 0, "{stopped}");
+    Ok(())
+}
