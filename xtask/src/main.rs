@@ -1,0 +1,101 @@
+//! Developer tasks for the blocker workspace, run as `cargo xtask ...`: each installs what it needs
+//! on Debian (as root), so a fresh machine gets from a clone to passing tests in one command.
+
+mod cargo;
+mod cpio;
+mod prerequisites;
+mod process;
+mod test;
+mod vm;
+
+use std::{
+    env,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::{cargo::Profile, prerequisites::Needs};
+
+#[derive(Parser)]
+#[command(about = "Builds, runs and tests blocker, installing what that needs")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Installs the build prerequisites, then builds blocker and its BPF programs.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Builds blocker in release mode and runs it (as root) on ./policies.
+    Run {
+        /// Arguments for blocker instead of `run --policy-dir policies`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Installs all prerequisites, then runs the unit, host-kernel and VM tests.
+    Test,
+}
+
+fn main() -> Result<ExitCode> {
+    let root = workspace_root();
+    match Cli::parse().task {
+        Task::Build { release } => {
+            prerequisites::ensure(&root, Needs::Build)?;
+            let profile = if release {
+                Profile::Release
+            } else {
+                Profile::Debug
+            };
+            let blocker = cargo::build_blocker(&root, profile)?;
+            println!("xtask: built {}", blocker.display());
+        }
+        Task::Run { args } => run(&root, args)?,
+        Task::Test => {
+            if !test::run(&root) {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace root")
+        .to_owned()
+}
+
+fn run(root: &Path, args: Vec<String>) -> Result<()> {
+    let default_run = args.is_empty();
+    if default_run && !process::is_root() {
+        bail!("blocker loads BPF programs, which needs root; run `cargo xtask run` as root");
+    }
+    prerequisites::ensure(root, Needs::Build)?;
+    let blocker = cargo::build_blocker(root, Profile::Release)?;
+    let args = if default_run {
+        ["run", "--policy-dir", "policies"]
+            .map(String::from)
+            .to_vec()
+    } else {
+        if !process::is_root() {
+            println!("xtask: not root; blocker cannot load BPF programs without it");
+        }
+        args
+    };
+    let mut blocker_command = Command::new(&blocker);
+    blocker_command.args(&args).current_dir(root);
+    if env::var_os("RUST_LOG").is_none() {
+        blocker_command.env("RUST_LOG", "info");
+    }
+    let error = blocker_command.exec();
+    Err(error).with_context(|| format!("cannot run `{}`", process::describe(&blocker_command)))
+}

@@ -1,0 +1,459 @@
+//! Checks for, and installs, what building and testing need: Debian packages, bpf-linker in
+//! `target/tools`, and a Debian kernel for the VM tests in `target/vm/kernel`. When everything is
+//! there this only asks dpkg and bpf-linker, and never touches the network.
+
+use std::{
+    collections::HashSet,
+    fs,
+    io::ErrorKind,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{cargo, process};
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const TOOLS_DIR: &str = "target/tools";
+/// Where `blocker/build.rs` looks for the linker.
+const BPF_LINKER: &str = "target/tools/bin/bpf-linker";
+/// The LLVM that Debian's rustc-web uses; bpf-linker must link the same major version.
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const KERNEL_DIR: &str = "target/vm/kernel";
+/// Depends on the current Debian cloud kernel, which has BPF LSM built in.
+const KERNEL_METAPACKAGE: &str = "linux-image-cloud-amd64";
+
+struct AptPackages {
+    names: &'static [&'static str],
+    purpose: &'static str,
+}
+
+const BUILD_PACKAGES: &[AptPackages] = &[
+    AptPackages {
+        names: &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf"],
+        purpose: "Debian's rustc, the only compiler matching the prebuilt core for the BPF target",
+    },
+    AptPackages {
+        // llvm-22-dev is only a recommendation of rustc-web, and recommendations are not installed.
+        names: &[
+            "llvm-22-dev",
+            "libzstd-dev",
+            "zlib1g-dev",
+            "libxml2-dev",
+            "libffi-dev",
+        ],
+        purpose: "LLVM 22 and the libraries bpf-linker is built against",
+    },
+];
+
+const VM_PACKAGES: &[AptPackages] = &[AptPackages {
+    names: &["qemu-system-x86", "busybox-static"],
+    purpose: "the emulator and the initramfs shell for the VM tests",
+}];
+
+#[derive(Clone, Copy)]
+pub enum Needs {
+    Build,
+    BuildAndVm,
+}
+
+/// Installs whatever `needs` calls for and is missing, saying what and why.
+pub fn ensure(root: &Path, needs: Needs) -> Result<()> {
+    let groups: Vec<&AptPackages> = match needs {
+        Needs::Build => BUILD_PACKAGES.iter().collect(),
+        Needs::BuildAndVm => BUILD_PACKAGES.iter().chain(VM_PACKAGES).collect(),
+    };
+    let installed = installed_packages(groups.iter().flat_map(|group| group.names))?;
+    let missing_packages: Vec<(&AptPackages, Vec<&str>)> = groups
+        .into_iter()
+        .filter_map(|group| {
+            let missing: Vec<&str> = group
+                .names
+                .iter()
+                .copied()
+                .filter(|name| !installed.contains(*name))
+                .collect();
+            (!missing.is_empty()).then_some((group, missing))
+        })
+        .collect();
+    let missing = Missing {
+        packages: missing_packages,
+        bpf_linker: !is_bpf_linker_current(&root.join(BPF_LINKER)),
+        kernel: matches!(needs, Needs::BuildAndVm) && cached_kernel(root)?.is_none(),
+    };
+
+    let system = System::detect();
+    if (!missing.packages.is_empty() && !system.can_install_packages())
+        || (missing.kernel && !system.is_debian)
+    {
+        bail!(missing.manual_instructions(root, &system));
+    }
+
+    let mut apt = Apt {
+        may_update: system.can_install_packages(),
+        updated: false,
+    };
+    if !missing.packages.is_empty() {
+        for (group, names) in &missing.packages {
+            println!("xtask: installing {} ({})", names.join(" "), group.purpose);
+        }
+        apt.install(&missing.package_names())?;
+    }
+    if missing.bpf_linker {
+        install_bpf_linker(root)?;
+    }
+    if missing.kernel {
+        fetch_kernel(root, &mut apt)?;
+    }
+    Ok(())
+}
+
+/// The kernel the VM tests boot, once `ensure` has fetched it.
+pub fn cached_kernel(root: &Path) -> Result<Option<PathBuf>> {
+    let dir = root.join(KERNEL_DIR);
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    newest_file(&dir, |name| name.starts_with("vmlinuz-"))
+}
+
+struct Missing<'a> {
+    packages: Vec<(&'a AptPackages, Vec<&'a str>)>,
+    bpf_linker: bool,
+    kernel: bool,
+}
+
+impl Missing<'_> {
+    fn package_names(&self) -> Vec<&str> {
+        self.packages
+            .iter()
+            .flat_map(|(_, names)| names.iter().copied())
+            .collect()
+    }
+
+    fn manual_instructions(&self, root: &Path, system: &System) -> String {
+        let mut missing = Vec::new();
+        let mut commands = Vec::new();
+        if !self.packages.is_empty() {
+            for (group, names) in &self.packages {
+                missing.push(format!(
+                    "Debian packages {} ({})",
+                    names.join(" "),
+                    group.purpose
+                ));
+            }
+            commands.push("apt-get update".to_owned());
+            commands.push(format!(
+                "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {}",
+                self.package_names().join(" ")
+            ));
+        }
+        if self.bpf_linker {
+            let tools = root.join(TOOLS_DIR);
+            missing.push(format!(
+                "bpf-linker {BPF_LINKER_VERSION} in {}",
+                tools.display()
+            ));
+            commands.push(format!(
+                "LLVM_PREFIX={LLVM_PREFIX} LLVM_SYS_221_PREFIX={LLVM_PREFIX} cargo {} {}",
+                bpf_linker_install_args().join(" "),
+                tools.display()
+            ));
+        }
+        if self.kernel {
+            let kernel_dir = root.join(KERNEL_DIR);
+            missing.push(format!(
+                "a Debian kernel with BPF LSM in {}",
+                kernel_dir.display()
+            ));
+            commands.push(format!("mkdir -p {0} && cd {0}", kernel_dir.display()));
+            commands.push(format!(
+                "apt-get download \"$(apt-cache depends {KERNEL_METAPACKAGE} | sed -n \
+                 's/^ *Depends: //p' | head -n 1)-unsigned\""
+            ));
+            commands.push(
+                "dpkg -x linux-image-*.deb extracted && mv extracted/boot/vmlinuz-* . \
+                 && rm -r extracted linux-image-*.deb"
+                    .to_owned(),
+            );
+        }
+        format!(
+            "xtask cannot install what is missing: {}.\nMissing:\n  {}\nInstall it as root on \
+             Debian 12 with:\n  {}\nthen rerun this command.",
+            system.obstacles().join(", "),
+            missing.join("\n  "),
+            commands.join("\n  ")
+        )
+    }
+}
+
+struct System {
+    is_root: bool,
+    is_debian: bool,
+}
+
+impl System {
+    fn detect() -> Self {
+        Self {
+            is_root: process::is_root(),
+            is_debian: Path::new("/usr/bin/apt-get").exists()
+                && Path::new("/etc/debian_version").exists(),
+        }
+    }
+
+    fn can_install_packages(&self) -> bool {
+        self.is_root && self.is_debian
+    }
+
+    fn obstacles(&self) -> Vec<&'static str> {
+        let mut obstacles = Vec::new();
+        if !self.is_root {
+            obstacles.push("not running as root");
+        }
+        if !self.is_debian {
+            obstacles.push("not Debian (no /usr/bin/apt-get or /etc/debian_version)");
+        }
+        obstacles
+    }
+}
+
+/// Which of `names` dpkg knows as installed. Without dpkg, none are.
+fn installed_packages<'a>(names: impl IntoIterator<Item = &'a &'a str>) -> Result<HashSet<String>> {
+    let mut query = Command::new("dpkg-query");
+    query
+        .args(["--show", "--showformat=${Package} ${db:Status-Abbrev}\n"])
+        .args(names);
+    match query.output() {
+        // It exits with 1 when it has never heard of a package; the output still says enough.
+        Ok(output) => Ok(parse_installed(&String::from_utf8_lossy(&output.stdout))),
+        Err(error) if error.kind() == ErrorKind::NotFound => Ok(HashSet::new()),
+        Err(error) => {
+            Err(error).with_context(|| format!("cannot run `{}`", process::describe(&query)))
+        }
+    }
+}
+
+/// Reads `dpkg-query` lines of the form `NAME XY `, where Y is `i` for an installed package.
+fn parse_installed(output: &str) -> HashSet<String> {
+    output
+        .lines()
+        .filter_map(|line| {
+            let (name, status) = line.split_once(' ')?;
+            (status.as_bytes().get(1) == Some(&b'i')).then(|| name.to_owned())
+        })
+        .collect()
+}
+
+struct Apt {
+    may_update: bool,
+    updated: bool,
+}
+
+impl Apt {
+    /// Refreshes the package lists unless done already in this run or not allowed; says whether
+    /// it did, so that a failed lookup knows whether retrying can help.
+    fn update_once(&mut self) -> Result<bool> {
+        if self.updated || !self.may_update {
+            return Ok(false);
+        }
+        process::run(Command::new("apt-get").arg("update"))?;
+        self.updated = true;
+        Ok(true)
+    }
+
+    fn install(&mut self, packages: &[&str]) -> Result<()> {
+        self.update_once()?;
+        process::run(
+            Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends"])
+                .args(packages)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    }
+
+    /// The versioned kernel package the metapackage currently depends on.
+    fn kernel_package(&mut self) -> Result<String> {
+        loop {
+            let mut depends = Command::new("apt-cache");
+            depends.args(["depends", KERNEL_METAPACKAGE]);
+            let output = depends
+                .output()
+                .with_context(|| format!("cannot run `{}`", process::describe(&depends)))?;
+            if let Some(package) = parse_kernel_dependency(&String::from_utf8_lossy(&output.stdout))
+            {
+                return Ok(package);
+            }
+            if !self.update_once()? {
+                bail!(
+                    "`{}` names no kernel package ({}); `apt-get update` as root may help",
+                    process::describe(&depends),
+                    String::from_utf8_lossy(&output.stderr).trim()
+                );
+            }
+        }
+    }
+
+    /// Downloads the .deb of `package` into `dir`; stale package lists name files the mirror no
+    /// longer has, so a failure is retried once after refreshing them.
+    fn download(&mut self, package: &str, dir: &Path) -> Result<()> {
+        loop {
+            // As root, apt downloads as the `_apt` user, who cannot write into the workspace.
+            let downloaded = process::run(
+                Command::new("apt-get")
+                    .args(["-o", "APT::Sandbox::User=root", "download", package])
+                    .current_dir(dir),
+            );
+            if downloaded.is_ok() || !self.update_once()? {
+                return downloaded;
+            }
+        }
+    }
+}
+
+/// Reads `apt-cache depends` output for the first `Depends: linux-image-...` line.
+fn parse_kernel_dependency(output: &str) -> Option<String> {
+    output
+        .lines()
+        .filter_map(|line| line.trim().trim_start_matches('|').strip_prefix("Depends:"))
+        .map(str::trim)
+        .find(|name| name.starts_with("linux-image-"))
+        .map(str::to_owned)
+}
+
+fn is_bpf_linker_current(linker: &Path) -> bool {
+    Command::new(linker)
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| {
+            output.status.success()
+                && String::from_utf8_lossy(&output.stdout)
+                    .split_whitespace()
+                    .any(|word| word == BPF_LINKER_VERSION)
+        })
+}
+
+/// `cargo` arguments installing bpf-linker, up to the `--root` directory.
+fn bpf_linker_install_args() -> Vec<String> {
+    [
+        "install",
+        &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        "--locked",
+        "--no-default-features",
+        "--features",
+        "llvm-22",
+        // Replaces another version, or a binary cargo did not record installing.
+        "--force",
+        "--root",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+fn install_bpf_linker(root: &Path) -> Result<()> {
+    println!(
+        "xtask: installing bpf-linker {BPF_LINKER_VERSION} into {TOOLS_DIR} (links the BPF \
+         programs; built against LLVM 22, the LLVM of Debian's rustc)"
+    );
+    let mut install = cargo::command(root);
+    install
+        .args(bpf_linker_install_args())
+        .arg(root.join(TOOLS_DIR))
+        // Otherwise its build finds /usr/bin/llvm-config, an older LLVM.
+        .env("LLVM_PREFIX", LLVM_PREFIX)
+        .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX);
+    process::run(&mut install)?;
+    let linker = root.join(BPF_LINKER);
+    if !is_bpf_linker_current(&linker) {
+        bail!(
+            "{} does not report version {BPF_LINKER_VERSION} after installing it",
+            linker.display()
+        );
+    }
+    Ok(())
+}
+
+fn fetch_kernel(root: &Path, apt: &mut Apt) -> Result<()> {
+    let package = format!("{}-unsigned", apt.kernel_package()?);
+    println!(
+        "xtask: downloading {package} into {KERNEL_DIR} (a kernel with BPF LSM for the VM tests; \
+         the host kernel cannot load LSM programs)"
+    );
+    let kernel_dir = root.join(KERNEL_DIR);
+    let download_dir = kernel_dir.join("download");
+    if download_dir.exists() {
+        fs::remove_dir_all(&download_dir)
+            .with_context(|| format!("removing {}", download_dir.display()))?;
+    }
+    fs::create_dir_all(&download_dir)
+        .with_context(|| format!("creating {}", download_dir.display()))?;
+
+    apt.download(&package, &download_dir)?;
+    let deb = newest_file(&download_dir, |name| name.ends_with(".deb"))?.with_context(|| {
+        format!(
+            "apt-get download left no .deb in {}",
+            download_dir.display()
+        )
+    })?;
+    let extracted = download_dir.join("extracted");
+    process::run(Command::new("dpkg").arg("-x").arg(&deb).arg(&extracted))?;
+    let boot = extracted.join("boot");
+    let vmlinuz = newest_file(&boot, |name| name.starts_with("vmlinuz-"))?
+        .with_context(|| format!("{} has no boot/vmlinuz-*", deb.display()))?;
+
+    // Moved in whole only once complete, so an interrupted download is never taken for a kernel.
+    let cached = kernel_dir.join(vmlinuz.file_name().expect("found by its file name"));
+    fs::rename(&vmlinuz, &cached)
+        .with_context(|| format!("moving {} to {}", vmlinuz.display(), cached.display()))?;
+    fs::remove_dir_all(&download_dir)
+        .with_context(|| format!("removing {}", download_dir.display()))?;
+    println!("xtask: cached {}", cached.display());
+    Ok(())
+}
+
+/// The regular file in `dir` whose name matches and sorts last (the highest version).
+fn newest_file(dir: &Path, matches: impl Fn(&str) -> bool) -> Result<Option<PathBuf>> {
+    let mut newest = None;
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+        let is_file = entry
+            .file_type()
+            .with_context(|| format!("inspecting {}", entry.path().display()))?
+            .is_file();
+        if is_file && entry.file_name().to_str().is_some_and(&matches) {
+            newest = newest.max(Some(entry.path()));
+        }
+    }
+    Ok(newest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_installed_packages_from_dpkg_query() {
+        let installed = parse_installed(
+            "rustc-web ii \ncargo-web un \nqemu-system-x86 rc \nbusybox-static hi \nlibffi-dev iU \n",
+        );
+        let mut names: Vec<_> = installed.iter().map(String::as_str).collect();
+        names.sort();
+        assert_eq!(names, ["busybox-static", "rustc-web"]);
+    }
+
+    #[test]
+    fn finds_the_versioned_kernel_package() {
+        let output = "linux-image-cloud-amd64\n  Depends: linux-image-6.1.0-56-cloud-amd64\n";
+        assert_eq!(
+            parse_kernel_dependency(output).as_deref(),
+            Some("linux-image-6.1.0-56-cloud-amd64")
+        );
+        let alternatives = "linux-image-cloud-amd64\n  Recommends: firmware-linux-free\n \
+                            |Depends: linux-image-6.12.9-cloud-amd64\n  Depends: other\n";
+        assert_eq!(
+            parse_kernel_dependency(alternatives).as_deref(),
+            Some("linux-image-6.12.9-cloud-amd64")
+        );
+        assert_eq!(parse_kernel_dependency("E: No packages found\n"), None);
+    }
+}

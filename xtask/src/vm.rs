@@ -1,0 +1,472 @@
+//! The VM tests: an initramfs holding the test executables, blocker and the libraries they need,
+//! booted with Debian's kernel (which, unlike the host's, can load BPF LSM programs) in QEMU; the
+//! console says how the tests went.
+
+use std::{
+    collections::BTreeMap,
+    fs::{self, File},
+    io::{BufWriter, ErrorKind},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::{
+    cargo::{parse_test_result, Artifact, TestCounts},
+    cpio::CpioWriter,
+    process::{self, Ended},
+};
+
+const VM_DIR: &str = "target/vm";
+/// TCG emulates slowly; a whole suite has taken seconds, so this only catches hangs.
+const TIMEOUT: Duration = Duration::from_secs(900);
+/// bpf must be named for the kernel to enable the BPF LSM; `panic=-1` with QEMU's `-no-reboot`
+/// turns a kernel panic (or /init dying) into QEMU exiting.
+const KERNEL_COMMAND_LINE: &str =
+    "console=ttyS0 panic=-1 lsm=lockdown,capability,integrity,bpf quiet";
+/// Starts every line /init prints about the test run.
+const MARKER: &str = "BLOCKER-VM:";
+const BUSYBOX: &str = "/bin/busybox";
+const GUEST_BLOCKER: &str = "/usr/bin/blocker";
+const GUEST_TESTS_DIR: &str = "/tests";
+
+/// Host files the VM tests use, put at the same path in the VM along with the shared libraries
+/// they need. A file a new test needs goes here.
+const EXTRA_FILES: &[&str] = &[
+    // Tests copy it to get a harmless binary to ban.
+    "/usr/bin/true",
+];
+
+/// Boots a VM that runs each of `tests` with `blocker` at hand, adds the test counts printed on its
+/// console to `counts`, and fails unless every test executable ran and passed.
+pub fn run_tests(
+    root: &Path,
+    kernel: &Path,
+    tests: &[Artifact],
+    blocker: &Path,
+    counts: &mut TestCounts,
+) -> Result<()> {
+    let vm_dir = root.join(VM_DIR);
+    let initramfs = build_initramfs(&vm_dir, tests, blocker)?;
+    let console_log = vm_dir.join("console.log");
+    let (console, ended) = boot(kernel, &initramfs, &console_log)?;
+    let report = parse_console(&console);
+    *counts += report.counts;
+    match ended {
+        Ended::TimedOut => Err(anyhow!(
+            "the VM did not power off within {} s and was killed",
+            TIMEOUT.as_secs()
+        )),
+        Ended::Exited(status) if !status.success() => Err(anyhow!("QEMU failed ({status})")),
+        Ended::Exited(_) => report.verdict(),
+    }
+    .with_context(|| format!("the VM's console is in {}", console_log.display()))
+}
+
+fn init_script() -> String {
+    format!(
+        r#"#!/bin/busybox sh
+# Written by xtask (vm.rs): runs every test executable in {GUEST_TESTS_DIR}, then powers off.
+/bin/busybox --install -s
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t securityfs securityfs /sys/kernel/security
+mount -t bpf bpf /sys/fs/bpf
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+export BLOCKER_BIN={GUEST_BLOCKER} RUST_BACKTRACE=1 RUST_LOG=info
+echo "{MARKER} lsm $(cat /sys/kernel/security/lsm)"
+cd /tmp
+for test in {GUEST_TESTS_DIR}/*; do
+    name=${{test##*/}}
+    echo "{MARKER} begin $name"
+    "$test" --test-threads=1
+    echo "{MARKER} end $name exit=$?"
+done
+echo "{MARKER} done"
+poweroff -f
+"#
+    )
+}
+
+fn build_initramfs(vm_dir: &Path, tests: &[Artifact], blocker: &Path) -> Result<PathBuf> {
+    let stripped_dir = vm_dir.join("stripped");
+    if stripped_dir.exists() {
+        fs::remove_dir_all(&stripped_dir)
+            .with_context(|| format!("removing {}", stripped_dir.display()))?;
+    }
+    fs::create_dir_all(&stripped_dir)
+        .with_context(|| format!("creating {}", stripped_dir.display()))?;
+
+    let mut image = Initramfs::default();
+    for mount_point in ["/proc", "/sys", "/dev", "/tmp", "/run", "/root"] {
+        image.add(mount_point, Entry::Directory);
+    }
+    // Where `busybox --install -s` puts its links.
+    for bin in ["/bin", "/sbin", "/usr/bin", "/usr/sbin"] {
+        image.add(bin, Entry::Directory);
+    }
+    // The kernel opens it for /init's standard streams before anything can mount devtmpfs.
+    image.add("/dev/console", Entry::CharDevice { major: 5, minor: 1 });
+    image.add("/init", Entry::Script(init_script()));
+
+    let mut programs: Vec<PathBuf> = vec![BUSYBOX.into(), blocker.to_owned()];
+    image.add(BUSYBOX, Entry::HostFile(BUSYBOX.into()));
+    image.add(
+        GUEST_BLOCKER,
+        Entry::HostFile(without_debug_info(blocker, &stripped_dir)?),
+    );
+    for file in EXTRA_FILES {
+        image.add(file, Entry::HostFile(file.into()));
+        programs.push(file.into());
+    }
+    for test in tests {
+        let guest = format!("{GUEST_TESTS_DIR}/{}", test.target_name);
+        image.add(
+            &guest,
+            Entry::HostFile(without_debug_info(&test.executable, &stripped_dir)?),
+        );
+        programs.push(test.executable.clone());
+    }
+    for program in &programs {
+        for library in shared_libraries(program)? {
+            let guest = library
+                .to_str()
+                .with_context(|| format!("library path {} is not UTF-8", library.display()))?
+                .to_owned();
+            image.add(&guest, Entry::HostFile(library));
+        }
+    }
+
+    let archive = vm_dir.join("initramfs.cpio");
+    image.write(&archive)?;
+    let size = fs::metadata(&archive)
+        .with_context(|| format!("reading the size of {}", archive.display()))?
+        .len();
+    println!("xtask: wrote {} ({} MiB)", archive.display(), size >> 20);
+    Ok(archive)
+}
+
+/// A copy of `executable` in `dir` without debug info, which is most of a debug build and would
+/// only slow down loading the initramfs; the executable itself where `strip` is not installed.
+fn without_debug_info(executable: &Path, dir: &Path) -> Result<PathBuf> {
+    let name = executable
+        .file_name()
+        .with_context(|| format!("{} has no file name", executable.display()))?;
+    let copy = dir.join(name);
+    let mut strip = Command::new("strip");
+    strip
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&copy)
+        .arg(executable);
+    match strip.status() {
+        Ok(status) if status.success() => Ok(copy),
+        Ok(status) => bail!("`{}` failed ({status})", process::describe(&strip)),
+        Err(error) if error.kind() == ErrorKind::NotFound => Ok(executable.to_owned()),
+        Err(error) => {
+            Err(error).with_context(|| format!("cannot run `{}`", process::describe(&strip)))
+        }
+    }
+}
+
+fn shared_libraries(program: &Path) -> Result<Vec<PathBuf>> {
+    let mut ldd = Command::new("ldd");
+    ldd.arg(program);
+    let output = ldd
+        .output()
+        .with_context(|| format!("cannot run `{}`", process::describe(&ldd)))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        if stderr.contains("not a dynamic executable") {
+            return Ok(Vec::new());
+        }
+        bail!(
+            "`{}` failed ({}): {}",
+            process::describe(&ldd),
+            output.status,
+            stderr.trim()
+        );
+    }
+    parse_ldd(&stdout).with_context(|| format!("`{}`", process::describe(&ldd)))
+}
+
+/// Reads `ldd` output: `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` and
+/// `/lib64/ld-linux-x86-64.so.2 (0x...)` name files; `linux-vdso.so.1 (0x...)` lives in the kernel.
+fn parse_ldd(output: &str) -> Result<Vec<PathBuf>> {
+    let mut libraries = Vec::new();
+    for line in output.lines() {
+        let location = match line.split_once("=>") {
+            Some((name, location)) if location.trim() == "not found" => {
+                bail!("{} is not found", name.trim())
+            }
+            Some((_, location)) => location,
+            None => line,
+        };
+        if let Some(path) = location
+            .split_whitespace()
+            .next()
+            .filter(|p| p.starts_with('/'))
+        {
+            libraries.push(PathBuf::from(path));
+        }
+    }
+    Ok(libraries)
+}
+
+/// Initramfs contents by path; the order of paths puts each directory before what it holds.
+#[derive(Default)]
+struct Initramfs {
+    entries: BTreeMap<String, Entry>,
+}
+
+enum Entry {
+    Directory,
+    HostFile(PathBuf),
+    Script(String),
+    CharDevice { major: u32, minor: u32 },
+}
+
+impl Initramfs {
+    /// Adds `entry` at `path` with any missing parent directories, which the kernel does not
+    /// create by itself.
+    fn add(&mut self, path: &str, entry: Entry) {
+        for (slash, _) in path.match_indices('/').skip(1) {
+            self.entries
+                .entry(path[..slash].to_owned())
+                .or_insert(Entry::Directory);
+        }
+        self.entries.insert(path.to_owned(), entry);
+    }
+
+    fn write(&self, archive: &Path) -> Result<()> {
+        let file =
+            File::create(archive).with_context(|| format!("creating {}", archive.display()))?;
+        let mut cpio = CpioWriter::new(BufWriter::new(file));
+        for (path, entry) in &self.entries {
+            let written = match entry {
+                Entry::Directory => cpio.directory(path, 0o755),
+                Entry::Script(text) => cpio.file(path, 0o755, text.as_bytes()),
+                Entry::CharDevice { major, minor } => cpio.char_device(path, 0o600, *major, *minor),
+                Entry::HostFile(host) => {
+                    let data =
+                        fs::read(host).with_context(|| format!("reading {}", host.display()))?;
+                    let permissions = fs::metadata(host)
+                        .with_context(|| format!("reading the mode of {}", host.display()))?
+                        .permissions()
+                        .mode();
+                    cpio.file(path, permissions & 0o7777, &data)
+                }
+            };
+            written.with_context(|| format!("writing {path} into {}", archive.display()))?;
+        }
+        cpio.finish()
+            .with_context(|| format!("finishing {}", archive.display()))?;
+        Ok(())
+    }
+}
+
+fn boot(kernel: &Path, initramfs: &Path, console_log: &Path) -> Result<(Vec<String>, Ended)> {
+    let mut qemu = Command::new("qemu-system-x86_64");
+    // KVM is present on these machines but hangs the guest; TCG is slower but works.
+    qemu.args(["-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "1024"])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initramfs)
+        .args(["-append", KERNEL_COMMAND_LINE])
+        .args([
+            "-display", "none", "-serial", "stdio", "-monitor", "none", "-nic", "none",
+        ])
+        .arg("-no-reboot");
+    println!(
+        "xtask: booting {} (console lines start with `vm| `)",
+        kernel.display()
+    );
+
+    let started = Instant::now();
+    let mut console = Vec::new();
+    let ended = process::run_with_deadline(&mut qemu, TIMEOUT, |line| {
+        println!("vm| {line}");
+        console.push(line.to_owned());
+    })?;
+    println!(
+        "xtask: the VM ran for {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    fs::write(console_log, console.join("\n") + "\n")
+        .with_context(|| format!("writing {}", console_log.display()))?;
+    Ok((console, ended))
+}
+
+/// What /init's marker lines and libtest's summaries on the console say.
+#[derive(Debug, Default, PartialEq)]
+struct ConsoleReport {
+    counts: TestCounts,
+    /// Each test executable that started, with its exit code once it ended.
+    executables: Vec<(String, Option<i32>)>,
+    done: bool,
+}
+
+fn parse_console(lines: &[String]) -> ConsoleReport {
+    let mut report = ConsoleReport::default();
+    for line in lines {
+        if let Some(counts) = parse_test_result(line) {
+            report.counts += counts;
+        }
+        let Some((_, event)) = line.split_once(MARKER) else {
+            continue;
+        };
+        let mut words = event.split_whitespace();
+        match (words.next(), words.next(), words.next()) {
+            (Some("begin"), Some(name), _) => report.executables.push((name.to_owned(), None)),
+            (Some("end"), Some(name), Some(exit)) => {
+                if let Some((started, code)) = report.executables.last_mut() {
+                    if started == name {
+                        *code = exit
+                            .strip_prefix("exit=")
+                            .and_then(|code| code.parse().ok());
+                    }
+                }
+            }
+            (Some("done"), _, _) => report.done = true,
+            _ => {}
+        }
+    }
+    report
+}
+
+impl ConsoleReport {
+    fn verdict(&self) -> Result<()> {
+        let mut problems = Vec::new();
+        for (name, exit) in &self.executables {
+            match exit {
+                Some(0) => {}
+                Some(code) => problems.push(format!("{name} exited with {code}")),
+                None => problems.push(format!("{name} never finished")),
+            }
+        }
+        if !self.done {
+            problems.push(format!("/init never printed `{MARKER} done`"));
+        }
+        if self.counts.passed + self.counts.failed == 0 {
+            problems.push("no VM test ran".to_owned());
+        }
+        if !problems.is_empty() {
+            bail!(problems.join("; "));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(text: &str) -> Vec<String> {
+        text.lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn reads_a_passing_run() {
+        let report = parse_console(&lines(
+            "[    0.0] booting\n\
+             BLOCKER-VM: lsm lockdown,capability,bpf\n\
+             BLOCKER-VM: begin vm_lsm\n\
+             running 2 tests\n\
+             test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out\n\
+             BLOCKER-VM: end vm_lsm exit=0\n\
+             BLOCKER-VM: begin vm_ima\n\
+             test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out\n\
+             BLOCKER-VM: end vm_ima exit=0\n\
+             BLOCKER-VM: done\n",
+        ));
+        assert_eq!(
+            report,
+            ConsoleReport {
+                counts: TestCounts {
+                    passed: 3,
+                    failed: 0
+                },
+                executables: vec![("vm_lsm".into(), Some(0)), ("vm_ima".into(), Some(0))],
+                done: true,
+            }
+        );
+        report.verdict().unwrap();
+    }
+
+    #[test]
+    fn fails_on_failures_crashes_and_silence() {
+        let failed = parse_console(&lines(
+            "BLOCKER-VM: begin vm_lsm\n\
+             test result: FAILED. 1 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out\n\
+             BLOCKER-VM: end vm_lsm exit=101\n\
+             BLOCKER-VM: done\n",
+        ));
+        assert_eq!(
+            failed.counts,
+            TestCounts {
+                passed: 1,
+                failed: 1
+            }
+        );
+        assert_eq!(
+            failed.verdict().unwrap_err().to_string(),
+            "vm_lsm exited with 101"
+        );
+
+        let crashed = parse_console(&lines("BLOCKER-VM: begin vm_lsm\nKernel panic\n"));
+        assert_eq!(
+            crashed.verdict().unwrap_err().to_string(),
+            "vm_lsm never finished; /init never printed `BLOCKER-VM: done`; no VM test ran"
+        );
+
+        let empty = parse_console(&lines("BLOCKER-VM: done\n"));
+        assert_eq!(empty.verdict().unwrap_err().to_string(), "no VM test ran");
+    }
+
+    #[test]
+    fn reads_library_paths_from_ldd() {
+        let output = "\tlinux-vdso.so.1 (0x00007ffd5a5f2000)\n\
+                      \tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f2c1c000000)\n\
+                      \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f2c1be00000)\n\
+                      \t/lib64/ld-linux-x86-64.so.2 (0x00007f2c1c0a0000)\n\
+                      \tstatically linked\n";
+        assert_eq!(
+            parse_ldd(output).unwrap(),
+            [
+                PathBuf::from("/lib/x86_64-linux-gnu/libgcc_s.so.1"),
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
+            ]
+        );
+        let missing = parse_ldd("\tlibbpf.so.1 => not found\n").unwrap_err();
+        assert_eq!(missing.to_string(), "libbpf.so.1 is not found");
+    }
+
+    #[test]
+    fn adds_parent_directories_before_their_contents() {
+        let mut image = Initramfs::default();
+        image.add("/usr/lib/x/libc.so.6", Entry::HostFile("/x".into()));
+        image.add("/usr/bin", Entry::Directory);
+        image.add("/init", Entry::Script(String::new()));
+        let paths: Vec<_> = image.entries.keys().map(String::as_str).collect();
+        assert_eq!(
+            paths,
+            [
+                "/init",
+                "/usr",
+                "/usr/bin",
+                "/usr/lib",
+                "/usr/lib/x",
+                "/usr/lib/x/libc.so.6"
+            ]
+        );
+    }
+}
