@@ -112,6 +112,90 @@ pub fn deny_and_audit_policy(deny: &[&Path], audit: &[&Path]) -> String {
     )
 }
 
+/// The common scenario: three copies of the same binary in a sandbox, one banned (rule `ban`),
+/// one audited (rule `watch`), one named by no rule, with the policy written.
+pub struct BanScenario {
+    pub sandbox: Sandbox,
+    pub banned: PathBuf,
+    pub audited: PathBuf,
+    pub unbanned: PathBuf,
+}
+
+impl BanScenario {
+    pub fn new(test_name: &str) -> Result<Self> {
+        let sandbox = Sandbox::new(test_name)?;
+        let banned = sandbox.copy_binary("banned")?;
+        let audited = sandbox.copy_binary("audited")?;
+        let unbanned = sandbox.copy_binary("unbanned")?;
+        sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[&audited]))?;
+        Ok(Self {
+            sandbox,
+            banned,
+            audited,
+            unbanned,
+        })
+    }
+
+    /// Starts the daemon on this scenario's policy with `args`.
+    pub fn start_daemon(&self, args: &[&str]) -> Result<(Daemon, Value)> {
+        Daemon::start(&self.sandbox.policy_dir(), args)
+    }
+
+    /// The unbanned copy runs, and the audited copy runs and is reported under rule `watch`
+    /// with `comm` as the task name.
+    pub fn check_unbanned_and_audited_run(
+        &self,
+        daemon: &mut Daemon,
+        comm: String,
+        backend: &str,
+    ) -> Result<()> {
+        let status = Command::new(&self.unbanned).status()?;
+        if !status.success() {
+            bail!("an unbanned copy of the same binary must run: {status}");
+        }
+        let (pid, status) = run_as_launcher(&self.audited)?;
+        if !status.success() {
+            bail!("audit must let the binary run: {status}");
+        }
+        let record = daemon.wait_for_exec(&self.audited)?;
+        assert_exec_record(
+            &record,
+            &ExpectedExec {
+                path: &self.audited,
+                pid,
+                comm,
+                rule: "watch",
+                enforcement: "none",
+                backend,
+            },
+        )
+    }
+
+    /// Stops the daemon, which must exit cleanly having reported nothing for the unbanned copy,
+    /// after which the banned copy runs again. Returns every record the daemon wrote.
+    pub fn stop_and_check_detached(&self, daemon: Daemon) -> Result<Vec<Value>> {
+        let (status, records, _) = daemon.stop()?;
+        if !status.success() {
+            bail!("daemon exit: {status}");
+        }
+        let unbanned = self.unbanned.display().to_string();
+        if records
+            .iter()
+            .any(|record| record["path"] == unbanned.as_str())
+        {
+            bail!("the unbanned copy produced an event: {records:?}");
+        }
+        if !records.iter().any(|record| record["kind"] == "stopped") {
+            bail!("no stopped record: {records:?}");
+        }
+        let status = Command::new(&self.banned).status()?;
+        if !status.success() {
+            bail!("after the daemon detaches the banned copy runs again: {status}");
+        }
+        Ok(records)
+    }
+}
+
 /// One line the daemon wrote: a JSON record on stdout or a log line on stderr.
 enum Output {
     Record(Value),

@@ -5,35 +5,31 @@ use std::{os::unix::process::ExitStatusExt, process::Command, time::Duration};
 
 use anyhow::{ensure, Result};
 use blocker_integration_tests::{
-    assert_exec_record, comm_of, deny_and_audit_policy, run_as_launcher, Daemon, ExpectedExec,
-    Sandbox,
+    assert_exec_record, comm_of, deny_and_audit_policy, run_as_launcher, BanScenario, Daemon,
+    ExpectedExec, Sandbox,
 };
 
 #[test]
 fn banned_copy_is_killed_other_copies_run_and_audit_reports() -> Result<()> {
-    let sandbox = Sandbox::new("kill")?;
-    let banned = sandbox.copy_binary("banned")?;
-    let unbanned = sandbox.copy_binary("unbanned")?;
-    let audited = sandbox.copy_binary("audited")?;
-    sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[&audited]))?;
-
-    let (mut daemon, started) = Daemon::start(&sandbox.policy_dir(), &["--backend", "kill"])?;
+    let scenario = BanScenario::new("kill")?;
+    let banned = &scenario.banned;
+    let (mut daemon, started) = scenario.start_daemon(&["--backend", "kill"])?;
     ensure!(started["backend"] == "kill", "{started}");
     ensure!(started["entries"] == 2, "{started}");
 
-    let (pid, status) = run_as_launcher(&banned)?;
+    let (pid, status) = run_as_launcher(banned)?;
     ensure!(
         status.signal() == Some(libc::SIGKILL),
         "banned copy was not killed: {status}"
     );
-    let record = daemon.wait_for_exec(&banned)?;
+    let record = daemon.wait_for_exec(banned)?;
     assert_exec_record(
         &record,
         &ExpectedExec {
-            path: &banned,
+            path: banned,
             pid,
             // The tracepoint runs after exec has renamed the task.
-            comm: comm_of(&banned),
+            comm: comm_of(banned),
             rule: "ban",
             enforcement: "sigkill",
             backend: "kill",
@@ -41,45 +37,13 @@ fn banned_copy_is_killed_other_copies_run_and_audit_reports() -> Result<()> {
     )?;
     ensure!(record["reason"] == "banned by the test", "{record}");
 
-    let status = Command::new(&unbanned).status()?;
-    ensure!(
-        status.success(),
-        "an unbanned copy of the same binary must run: {status}"
-    );
+    scenario.check_unbanned_and_audited_run(&mut daemon, comm_of(&scenario.audited), "kill")?;
 
-    let (pid, status) = run_as_launcher(&audited)?;
-    ensure!(status.success(), "audit must let the binary run: {status}");
-    let record = daemon.wait_for_exec(&audited)?;
-    assert_exec_record(
-        &record,
-        &ExpectedExec {
-            path: &audited,
-            pid,
-            comm: comm_of(&audited),
-            rule: "watch",
-            enforcement: "none",
-            backend: "kill",
-        },
-    )?;
-
-    let (status, records, _) = daemon.stop()?;
-    ensure!(status.success(), "daemon exit: {status}");
-    ensure!(
-        !records
-            .iter()
-            .any(|r| r["path"] == unbanned.display().to_string()),
-        "the unbanned copy produced an event: {records:?}"
-    );
+    let records = scenario.stop_and_check_detached(daemon)?;
     let stopped = records.iter().find(|r| r["kind"] == "stopped");
     ensure!(
         stopped.is_some_and(|s| s["events"] == 2 && s["events_lost"] == 0),
         "{records:?}"
-    );
-
-    let status = Command::new(&banned).status()?;
-    ensure!(
-        status.success(),
-        "after the daemon exits the banned copy runs again: {status}"
     );
     Ok(())
 }

@@ -5,32 +5,28 @@ use std::{process::Command, time::Duration};
 
 use anyhow::{ensure, Context, Result};
 use blocker_integration_tests::{
-    assert_exec_record, deny_and_audit_policy, run_as_launcher, Daemon, ExpectedExec, Sandbox,
-    LAUNCHER_COMM,
+    assert_exec_record, deny_and_audit_policy, run_as_launcher, BanScenario, Daemon, ExpectedExec,
+    Sandbox, LAUNCHER_COMM,
 };
 
 #[test]
 fn banned_exec_fails_with_eperm_until_the_daemon_detaches() -> Result<()> {
-    let sandbox = Sandbox::new("lsm")?;
-    let banned = sandbox.copy_binary("banned")?;
-    let unbanned = sandbox.copy_binary("unbanned")?;
-    let audited = sandbox.copy_binary("audited")?;
-    sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[&audited]))?;
-
-    let (mut daemon, started) = Daemon::start(&sandbox.policy_dir(), &["--backend", "lsm"])?;
+    let scenario = BanScenario::new("lsm")?;
+    let banned = &scenario.banned;
+    let (mut daemon, started) = scenario.start_daemon(&["--backend", "lsm"])?;
     ensure!(started["backend"] == "lsm", "{started}");
 
-    let error = run_as_launcher(&banned).expect_err("the banned exec must fail");
+    let error = run_as_launcher(banned).expect_err("the banned exec must fail");
     ensure!(
         error.raw_os_error() == Some(libc::EPERM),
         "expected EPERM, got {error}"
     );
-    let record = daemon.wait_for_exec(&banned)?;
+    let record = daemon.wait_for_exec(banned)?;
     let pid = record["pid"].as_u64().context("pid")? as u32;
     assert_exec_record(
         &record,
         &ExpectedExec {
-            path: &banned,
+            path: banned,
             pid,
             // The hook runs before exec renames the task: the caller's name is reported.
             comm: LAUNCHER_COMM.to_owned(),
@@ -41,40 +37,11 @@ fn banned_exec_fails_with_eperm_until_the_daemon_detaches() -> Result<()> {
     )?;
 
     ensure!(
-        Command::new(&unbanned).status()?.success(),
-        "an unbanned copy must run"
-    );
-    ensure!(
         Command::new("/bin/busybox").arg("true").status()?.success(),
         "other binaries run"
     );
-
-    let (pid, status) = run_as_launcher(&audited)?;
-    ensure!(status.success(), "audit must let the binary run: {status}");
-    let record = daemon.wait_for_exec(&audited)?;
-    assert_exec_record(
-        &record,
-        &ExpectedExec {
-            path: &audited,
-            pid,
-            comm: LAUNCHER_COMM.to_owned(),
-            rule: "watch",
-            enforcement: "none",
-            backend: "lsm",
-        },
-    )?;
-
-    let (status, records, _) = daemon.stop()?;
-    ensure!(status.success(), "daemon exit: {status}");
-    ensure!(
-        records.iter().any(|r| r["kind"] == "stopped"),
-        "{records:?}"
-    );
-    let status = Command::new(&banned).status()?;
-    ensure!(
-        status.success(),
-        "after the daemon detaches the banned copy runs again: {status}"
-    );
+    scenario.check_unbanned_and_audited_run(&mut daemon, LAUNCHER_COMM.to_owned(), "lsm")?;
+    scenario.stop_and_check_detached(daemon)?;
     Ok(())
 }
 
