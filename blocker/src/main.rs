@@ -2,10 +2,13 @@
 
 mod daemon;
 mod events;
+mod files;
 mod identity;
 mod kernel;
 mod policy;
 mod resolve;
+mod scan;
+mod sources;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 

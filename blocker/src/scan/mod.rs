@@ -1,0 +1,1 @@
+//! Content hashing of executable files under scan roots, with a persistent cache.

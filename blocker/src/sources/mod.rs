@@ -1,0 +1,1 @@
+//! Files named by distribution packages, Flatpak apps and snaps.
