@@ -1,1 +1,107 @@
-//! Files named by distribution packages, Flatpak apps and snaps.
+//! Files named by distribution packages, Flatpak apps and snaps: the names an administrator
+//! knows an application by, turned into the executable files it installed.
+
+mod dpkg;
+mod flatpak;
+mod packages;
+mod rpm;
+mod snap;
+
+use std::path::{Component, Path, PathBuf};
+
+pub use flatpak::{flatpak_files, validate_flatpak_id};
+pub use packages::{package_files, validate_package_name};
+pub use snap::{snap_files, validate_snap_name};
+
+use crate::files::{is_executable_candidate, walk};
+
+/// Where to look; tests point it at temporary trees.
+#[derive(Clone, Debug)]
+pub struct SourceRoots {
+    /// Prefix for every absolute path below ("/" on a real system).
+    pub root: PathBuf,
+    /// dpkg's database, relative to `root` ("var/lib/dpkg").
+    pub dpkg_admin_dir: PathBuf,
+}
+
+impl Default for SourceRoots {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::from("/"),
+            dpkg_admin_dir: PathBuf::from("var/lib/dpkg"),
+        }
+    }
+}
+
+impl SourceRoots {
+    /// `path`, absolute on the inspected system, as a path under `root`. `None` when it climbs
+    /// with `..`: package databases are trusted, but a path out of a test root must not be.
+    fn system_path(&self, path: &Path) -> Option<PathBuf> {
+        let mut joined = self.root.clone();
+        for component in path.components() {
+            match component {
+                Component::Normal(name) => joined.push(name),
+                Component::RootDir | Component::CurDir => {}
+                Component::ParentDir | Component::Prefix(_) => return None,
+            }
+        }
+        Some(joined)
+    }
+}
+
+/// Files found for one identifier, plus problems worth a warning (`path: reason`).
+#[derive(Debug, Default)]
+pub struct SourceFiles {
+    pub files: Vec<PathBuf>,
+    pub warnings: Vec<String>,
+}
+
+impl SourceFiles {
+    /// Adds the executable candidates below `directory`.
+    fn add_walked(&mut self, directory: &Path) {
+        for entry in walk(directory, &mut self.warnings) {
+            if is_executable_candidate(&entry.path, &entry.metadata) {
+                self.files.push(entry.path);
+            }
+        }
+    }
+
+    /// The error for an identifier that named nothing: `message`, then the warnings, which may
+    /// explain why.
+    fn not_found(self, mut message: String) -> String {
+        for warning in self.warnings {
+            message.push_str("; ");
+            message.push_str(&warning);
+        }
+        message
+    }
+
+    /// Sorted and without duplicates, so results compare and print predictably.
+    fn finish(mut self) -> Self {
+        self.files.sort();
+        self.files.dedup();
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_paths_stay_under_the_root() {
+        let roots = SourceRoots {
+            root: PathBuf::from("/tmp/root"),
+            ..SourceRoots::default()
+        };
+        assert_eq!(
+            roots.system_path(Path::new("/usr/bin/tool")),
+            Some(PathBuf::from("/tmp/root/usr/bin/tool"))
+        );
+        assert_eq!(
+            roots.system_path(Path::new("/.")),
+            Some(PathBuf::from("/tmp/root"))
+        );
+        assert_eq!(roots.system_path(Path::new("/usr/../../etc/passwd")), None);
+    }
+}

@@ -1,0 +1,234 @@
+//! Snaps: every mounted revision of a snap, under snapd's mount directory (`/snap/<name>/<rev>`;
+//! `/var/lib/snapd/snap` on distributions without `/snap`). The `current` symlink is not
+//! followed, and `/snap/bin`'s launchers, symlinks to `/usr/bin/snap`, are never looked at.
+
+use std::{fs, io::ErrorKind};
+
+use super::{SourceFiles, SourceRoots};
+
+/// Where snapd mounts snaps, relative to the root, in order of preference: Debian and Ubuntu
+/// use `/snap`; Fedora and Arch use the second, with `/snap` an optional symlink to it.
+const MOUNT_DIRECTORIES: [&str; 2] = ["snap", "var/lib/snapd/snap"];
+const MAX_NAME_LENGTH: usize = 40;
+const MAX_INSTANCE_KEY_LENGTH: usize = 10;
+
+/// Checks a snap name by snapd's rules: 2 to 40 characters of `[a-z0-9-]`, at least one letter,
+/// no leading, trailing or doubled `-`. A parallel-install instance key may follow:
+/// `name_key`, with 1 to 10 characters of `[a-z0-9]`.
+pub fn validate_snap_name(name: &str) -> Result<(), String> {
+    let invalid = |reason: &str| Err(format!("`{name}` is not a valid snap name: {reason}"));
+    let (snap, instance_key) = match name.split_once('_') {
+        Some((snap, key)) => (snap, Some(key)),
+        None => (name, None),
+    };
+    if !(2..=MAX_NAME_LENGTH).contains(&snap.len()) {
+        return invalid(&format!("a name has 2 to {MAX_NAME_LENGTH} characters"));
+    }
+    if let Some(c) = snap
+        .chars()
+        .find(|&c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+    {
+        return invalid(&format!("`{c}` is not allowed (only a-z, 0-9 and -)"));
+    }
+    if !snap.contains(|c: char| c.is_ascii_lowercase()) {
+        return invalid("a name has at least one letter");
+    }
+    if snap.starts_with('-') || snap.ends_with('-') || snap.contains("--") {
+        return invalid("`-` can't start or end a name or follow another `-`");
+    }
+    if let Some(key) = instance_key {
+        let valid = (1..=MAX_INSTANCE_KEY_LENGTH).contains(&key.len())
+            && key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if !valid {
+            return invalid(&format!(
+                "the instance key after `_` has 1 to {MAX_INSTANCE_KEY_LENGTH} characters of a-z and 0-9"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The executable files of every mounted revision of snap `name`. A name without an instance
+/// key also covers its parallel installs (`name_key`): they are the same application.
+pub fn snap_files(name: &str, roots: &SourceRoots) -> Result<SourceFiles, String> {
+    validate_snap_name(name)?;
+    let mount_directory = MOUNT_DIRECTORIES
+        .iter()
+        .map(|directory| roots.root.join(directory))
+        .find(|directory| directory.is_dir())
+        .unwrap_or_else(|| roots.root.join(MOUNT_DIRECTORIES[0]));
+    let not_installed = format!(
+        "snap `{name}` is not installed (searched {})",
+        mount_directory.display()
+    );
+    let entries = match fs::read_dir(&mount_directory) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == ErrorKind::NotFound => return Err(not_installed),
+        Err(error) => {
+            return Err(format!(
+                "{not_installed}; {}: {error}",
+                mount_directory.display()
+            ))
+        }
+    };
+
+    let parallel_install_prefix = format!("{name}_");
+    let mut found = SourceFiles::default();
+    let mut installed = false;
+    for entry in entries {
+        match entry {
+            Ok(entry) => {
+                let entry_name = entry.file_name();
+                let entry_name = entry_name.to_string_lossy();
+                if entry_name == name || entry_name.starts_with(&parallel_install_prefix) {
+                    installed = true;
+                    found.add_walked(&entry.path());
+                }
+            }
+            Err(error) => found
+                .warnings
+                .push(format!("{}: {error}", mount_directory.display())),
+        }
+    }
+    if !installed {
+        return Err(found.not_found(not_installed));
+    }
+    Ok(found.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        os::unix::fs::{symlink, PermissionsExt},
+        path::Path,
+    };
+
+    use super::*;
+
+    fn roots(root: &Path) -> SourceRoots {
+        SourceRoots {
+            root: root.to_owned(),
+            ..SourceRoots::default()
+        }
+    }
+
+    fn executable(path: &Path) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, b"\x7fELF").unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn finds_each_revision_once_without_following_current() {
+        let root = tempfile::tempdir().unwrap();
+        let snap = root.path().join("snap");
+        executable(&snap.join("hello/29/bin/hello"));
+        symlink("29", snap.join("hello/current")).unwrap();
+        executable(&snap.join("hello/30/bin/hello"));
+        fs::write(snap.join("hello/30/meta.yaml"), b"name: hello").unwrap();
+        executable(&snap.join("hello-world/1/bin/hello-world"));
+        fs::create_dir_all(snap.join("bin")).unwrap();
+        symlink("/usr/bin/snap", snap.join("bin/hello")).unwrap();
+
+        let found = snap_files("hello", &roots(root.path())).unwrap();
+        assert_eq!(
+            found.files,
+            [
+                snap.join("hello/29/bin/hello"),
+                snap.join("hello/30/bin/hello")
+            ]
+        );
+        assert!(found.warnings.is_empty(), "{:?}", found.warnings);
+    }
+
+    #[test]
+    fn a_name_covers_its_parallel_installs_and_an_instance_only_itself() {
+        let root = tempfile::tempdir().unwrap();
+        let snap = root.path().join("snap");
+        executable(&snap.join("hello/29/bin/hello"));
+        executable(&snap.join("hello_work/29/bin/hello"));
+
+        let all = snap_files("hello", &roots(root.path())).unwrap();
+        assert_eq!(
+            all.files,
+            [
+                snap.join("hello/29/bin/hello"),
+                snap.join("hello_work/29/bin/hello")
+            ]
+        );
+        let instance = snap_files("hello_work", &roots(root.path())).unwrap();
+        assert_eq!(instance.files, [snap.join("hello_work/29/bin/hello")]);
+    }
+
+    #[test]
+    fn uses_var_lib_snapd_snap_where_snap_does_not_exist() {
+        let root = tempfile::tempdir().unwrap();
+        let binary = root.path().join("var/lib/snapd/snap/hello/29/bin/hello");
+        executable(&binary);
+
+        let found = snap_files("hello", &roots(root.path())).unwrap();
+        assert_eq!(found.files, [binary]);
+    }
+
+    #[test]
+    fn a_missing_snap_is_an_error_naming_it_and_where_it_was_looked_for() {
+        let root = tempfile::tempdir().unwrap();
+        executable(&root.path().join("snap/hello/29/bin/hello"));
+        let error = snap_files("wechat", &roots(root.path())).unwrap_err();
+        assert!(error.contains("snap `wechat` is not installed"), "{error}");
+        assert!(
+            error.contains(&root.path().join("snap").display().to_string()),
+            "{error}"
+        );
+
+        let empty = tempfile::tempdir().unwrap();
+        let error = snap_files("wechat", &roots(empty.path())).unwrap_err();
+        assert!(error.contains("snap `wechat` is not installed"), "{error}");
+    }
+
+    #[test]
+    fn an_invalid_name_is_refused_before_any_lookup() {
+        let error = snap_files("../bin", &SourceRoots::default()).unwrap_err();
+        assert!(error.contains("not a valid snap name"), "{error}");
+    }
+
+    #[test]
+    fn snap_names() {
+        for valid in [
+            "hello",
+            "hello-world",
+            "0ad",
+            "a1",
+            "kesl",
+            "hello_work",
+            "hello_1",
+        ] {
+            assert_eq!(validate_snap_name(valid), Ok(()), "{valid}");
+        }
+        for invalid in [
+            "",
+            "a",
+            "123",
+            "../etc",
+            "a/b",
+            "Hello",
+            "-hello",
+            "hello-",
+            "hello--world",
+            "hello_",
+            "hello_Work",
+            "hello_abcdefghijk",
+            "hello_a_b",
+            "hello world",
+            &"a".repeat(MAX_NAME_LENGTH + 1),
+        ] {
+            let error = validate_snap_name(invalid).unwrap_err();
+            assert!(
+                error.contains("not a valid snap name"),
+                "{invalid:?}: {error}"
+            );
+        }
+    }
+}
