@@ -1,7 +1,7 @@
 //! `blocker run`: policy files → parsed policy → resolved entries → kernel maps, then kernel
 //! events → ring buffer → sinks, until SIGINT or SIGTERM.
 
-use std::{collections::BTreeMap, io::Write, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, io::Write, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
@@ -9,13 +9,17 @@ use blocker_common::FileKey;
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
+    sync::mpsc,
 };
 
 use crate::{
     events::{self, BootClock, ExecRecord, Record},
+    inspect::scan_if_needed,
     kernel::{BackendChoice, Enforcer, KernelCounters},
     policy::{self, Policy},
     resolve::{self, Resolution},
+    scan::{ScanOptions, ScanReport},
+    sources::SourceRoots,
 };
 
 /// How often the kernel's lost-event counter is checked.
@@ -24,9 +28,11 @@ const COUNTER_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 pub struct RunOptions {
     pub policy_dir: PathBuf,
     pub backend: BackendChoice,
-    /// How often banned paths are looked up again, so a deleted or replaced file's entry follows
-    /// what is at the path now.
+    /// How often rules are resolved again, so bans follow deleted, replaced and new files.
     pub refresh_interval: Duration,
+    /// How often the scan roots are scanned again for banned contents.
+    pub rescan_interval: Duration,
+    pub scan: ScanOptions,
     /// Size of the kernel's event ring buffer.
     pub event_buffer_bytes: u32,
 }
@@ -41,8 +47,9 @@ pub fn run(options: RunOptions) -> Result<()> {
             header.file.display()
         );
     }
-    let resolution = resolve::resolve(&policy);
-    log_unresolved(&resolution);
+    let scanned = scan_if_needed(&policy, &options.scan).map(Arc::new);
+    let resolution = resolve::resolve(&policy, &SourceRoots::default(), scanned.as_deref());
+    log_resolution(&resolution);
 
     let enforcer = Enforcer::start(
         options.backend,
@@ -61,13 +68,14 @@ pub fn run(options: RunOptions) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the event loop")?;
-    runtime.block_on(serve(enforcer, policy, resolution, options))
+    runtime.block_on(serve(enforcer, policy, resolution, scanned, options))
 }
 
 async fn serve(
     mut enforcer: Enforcer,
     policy: Policy,
     mut resolution: Resolution,
+    mut scanned: Option<Arc<ScanReport>>,
     options: RunOptions,
 ) -> Result<()> {
     let mut sink = JsonLines::stdout();
@@ -84,6 +92,11 @@ async fn serve(
     let mut refresh = tokio::time::interval(options.refresh_interval);
     refresh.tick().await;
     let mut counter_check = tokio::time::interval(COUNTER_CHECK_INTERVAL);
+    let mut rescan = tokio::time::interval(options.rescan_interval);
+    rescan.tick().await;
+    // Scans run on a blocking thread and report here, so events keep flowing during a scan.
+    let (scan_done, mut scan_results) = mpsc::channel::<ScanReport>(1);
+    let mut scan_running = false;
     let mut delivered = 0u64;
     let mut counters = KernelCounters::default();
 
@@ -108,8 +121,22 @@ async fn serve(
                 ready.get_inner_mut().flush();
                 ready.clear_ready();
             }
+            _ = rescan.tick(), if scanned.is_some() && !scan_running => {
+                scan_running = true;
+                let (policy, options, done) = (policy.clone(), options.scan.clone(), scan_done.clone());
+                tokio::task::spawn_blocking(move || {
+                    if let Some(report) = scan_if_needed(&policy, &options) {
+                        let _ = done.blocking_send(report);
+                    }
+                });
+            }
+            Some(report) = scan_results.recv() => {
+                scan_running = false;
+                scanned = Some(Arc::new(report));
+                refresh.reset_immediately();
+            }
             _ = refresh.tick() => {
-                let fresh = resolve::resolve(&policy);
+                let fresh = resolve::resolve(&policy, &SourceRoots::default(), scanned.as_deref());
                 if fresh.entries != resolution.entries {
                     match enforcer.apply(&fresh.entries) {
                         Ok(stats) => {
@@ -198,14 +225,25 @@ fn report_lost_events(
     current
 }
 
-fn log_unresolved(resolution: &Resolution) {
+fn log_resolution(resolution: &Resolution) {
     for unresolved in &resolution.unresolved {
         log::warn!(
-            "rule {}: {}: {}; nothing banned there until it appears",
+            "rule {}: {}: {}; nothing banned for it until it appears",
             unresolved.rule,
-            unresolved.path.display(),
-            unresolved.error
+            unresolved.via,
+            unresolved.reason
         );
+    }
+    for protected in &resolution.protected {
+        log::warn!(
+            "rule {} names {}, which is never banned: {}",
+            protected.rule,
+            protected.path.display(),
+            protected.why
+        );
+    }
+    for warning in &resolution.warnings {
+        log::warn!("{warning}");
     }
 }
 

@@ -107,7 +107,10 @@ mod tests {
             .map(|entry| entry.path.strip_prefix(root).unwrap().to_owned())
             .collect();
         found.sort();
-        assert_eq!(found, [PathBuf::from("a/b/libz.so.1"), PathBuf::from("a/tool")]);
+        assert_eq!(
+            found,
+            [PathBuf::from("a/b/libz.so.1"), PathBuf::from("a/tool")]
+        );
         assert!(warnings.is_empty(), "{warnings:?}");
     }
 
@@ -137,6 +140,9 @@ mod tests {
         assert!(check("WeChat-x86_64.AppImage", 0o644));
         assert!(!check("README", 0o644));
         assert!(!check("notes.sock", 0o644));
-        assert!(!is_executable_candidate(dir.path(), &std::fs::metadata(dir.path()).unwrap()));
+        assert!(!is_executable_candidate(
+            dir.path(),
+            &std::fs::metadata(dir.path()).unwrap()
+        ));
     }
 }

@@ -31,10 +31,21 @@ pub struct FileIdentity {
 impl FileIdentity {
     /// Identifies the regular file at `path`, following symlinks: the kernel sees the target.
     pub fn of_path(path: &Path) -> io::Result<Self> {
+        Self::open(path, 0)
+    }
+
+    /// Identifies the regular file at `path` only if `path` is not a symlink: for files found
+    /// by walking trees that users can write to, where a file swapped for a symlink to a system
+    /// program between the walk and this call must not get that program banned.
+    pub fn of_path_no_follow(path: &Path) -> io::Result<Self> {
+        Self::open(path, libc::O_NOFOLLOW)
+    }
+
+    fn open(path: &Path, extra_flags: libc::c_int) -> io::Result<Self> {
         // O_NONBLOCK: a FIFO planted at a banned path must not hang the daemon.
         let file = OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | extra_flags)
             .open(path)?;
         let metadata = file.metadata()?;
         if !metadata.is_file() {
@@ -119,6 +130,12 @@ mod tests {
 
         let error = FileIdentity::of_path(dir.path()).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert_eq!(FileIdentity::of_path(&link).unwrap(), identity);
+        let refused = FileIdentity::of_path_no_follow(&link).unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(libc::ELOOP));
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod daemon;
 mod events;
 mod files;
 mod identity;
+mod inspect;
 mod kernel;
 mod policy;
 mod resolve;
@@ -12,9 +13,13 @@ mod sources;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::kernel::BackendChoice;
+
+/// Exit status for errors: bad policies, bad arguments, kernel refusals.
+const EXIT_ERROR: u8 = 2;
+const DEFAULT_POLICY_DIR: &str = "policies";
 
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
@@ -28,25 +33,76 @@ enum Command {
     /// Enforce the policies until SIGINT or SIGTERM; events go to stdout as JSON lines.
     Run {
         /// Directory of policy files (*.toml).
-        #[arg(long, default_value = "policies")]
+        #[arg(long, default_value = DEFAULT_POLICY_DIR)]
         policy_dir: PathBuf,
         /// How denies are enforced: `lsm` refuses the exec with EPERM, `kill` kills the
         /// process before the new program runs, `auto` picks `lsm` where the kernel allows it.
         #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
         backend: BackendChoice,
-        /// Seconds between lookups of the banned paths, which follow deleted and replaced files.
-        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        /// Seconds between lookups of what rules name (paths, prefixes, globs, packages, apps),
+        /// so bans follow deleted, replaced and newly installed files.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
         refresh_interval: u64,
+        /// Seconds between content scans of the scan roots, for `sha256` and `appimage` rules.
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+        rescan_interval: u64,
+        #[command(flatten)]
+        scan: ScanArgs,
         /// Bytes of kernel memory for events waiting to be read: a power of two, at least the
         /// page size. When it is full, events are counted as lost; execs are still enforced.
         #[arg(long, default_value_t = blocker_common::EVENTS_RING_BYTES, value_parser = parse_ring_size)]
         event_buffer_bytes: u32,
     },
-    /// Check policy files and show what each path names on this machine; loads nothing.
+    /// Check policy files for errors; reads nothing else and loads nothing.
     Check {
-        #[arg(default_value = "policies")]
+        #[arg(default_value = DEFAULT_POLICY_DIR)]
         policy_dir: PathBuf,
     },
+    /// Show what each rule names on this machine: files, identities, hashes.
+    Resolve {
+        #[arg(default_value = DEFAULT_POLICY_DIR)]
+        policy_dir: PathBuf,
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        scan: ScanArgs,
+    },
+    /// Print each file's SHA-256, its identity and the rule that would match it.
+    Hash {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, default_value = DEFAULT_POLICY_DIR)]
+        policy_dir: PathBuf,
+    },
+    /// Say whether a file would be blocked, by which rule, and why not if not.
+    /// Exits 0 if it is banned, 1 if it is not.
+    Explain {
+        file: PathBuf,
+        #[arg(long, default_value = DEFAULT_POLICY_DIR)]
+        policy_dir: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct ScanArgs {
+    /// A directory to search for files with banned contents (repeatable). Default: /usr, /opt,
+    /// /home, /root, /srv, /var/lib/flatpak, /snap, /tmp.
+    #[arg(long = "scan-root")]
+    scan_roots: Vec<PathBuf>,
+    /// Where hashes are kept between scans, keyed by device, inode, size, mtime and ctime.
+    #[arg(long, default_value = scan::DEFAULT_CACHE_FILE)]
+    hash_cache: PathBuf,
+    /// Hash every file again instead of trusting the cache.
+    #[arg(long)]
+    no_hash_cache: bool,
+}
+
+impl ScanArgs {
+    fn options(self) -> scan::ScanOptions {
+        let cache = (!self.no_hash_cache).then_some(self.hash_cache);
+        inspect::scan_options(self.scan_roots, cache)
+    }
 }
 
 fn main() -> ExitCode {
@@ -57,22 +113,31 @@ fn main() -> ExitCode {
             policy_dir,
             backend,
             refresh_interval,
+            rescan_interval,
+            scan,
             event_buffer_bytes,
         } => daemon::run(daemon::RunOptions {
             policy_dir,
             backend,
             refresh_interval: Duration::from_secs(refresh_interval),
+            rescan_interval: Duration::from_secs(rescan_interval),
+            scan: scan.options(),
             event_buffer_bytes,
-        }),
-        Command::Check { policy_dir } => check(&policy_dir),
+        })
+        .map(|()| ExitCode::SUCCESS),
+        Command::Check { policy_dir } => inspect::check(&policy_dir),
+        Command::Resolve {
+            policy_dir,
+            json,
+            scan,
+        } => inspect::resolve(&policy_dir, &scan.options(), json),
+        Command::Hash { files, policy_dir } => inspect::hash(&files, &policy_dir),
+        Command::Explain { file, policy_dir } => inspect::explain(&file, &policy_dir),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("blocker: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    result.unwrap_or_else(|error| {
+        eprintln!("blocker: {error:#}");
+        ExitCode::from(EXIT_ERROR)
+    })
 }
 
 fn parse_ring_size(text: &str) -> Result<u32, String> {
@@ -86,44 +151,4 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
             "must be a power of two of at least {page} (the page size)"
         ))
     }
-}
-
-fn check(policy_dir: &std::path::Path) -> anyhow::Result<()> {
-    let policy = policy::load_dir(policy_dir)?;
-    let resolution = resolve::resolve(&policy);
-    for header in &policy.policies {
-        println!(
-            "{}: policy `{}` ({})",
-            header.file.display(),
-            header.name,
-            header.mode
-        );
-    }
-    for (key, path) in &resolution.paths {
-        let entry = &resolution.entries[key];
-        let rule = resolution
-            .rule(entry.rule_id)
-            .map_or("?", |rule| rule.id.as_str());
-        let (major, minor) = identity::split_kernel_device_number(key.dev);
-        println!(
-            "{rule}: {} → device {major}:{minor} inode {}",
-            path.display(),
-            key.ino
-        );
-    }
-    for unresolved in &resolution.unresolved {
-        println!(
-            "{}: {} → not banned: {}",
-            unresolved.rule,
-            unresolved.path.display(),
-            unresolved.error
-        );
-    }
-    println!(
-        "{} rules, {} files banned, {} paths not found",
-        resolution.rules.len(),
-        resolution.entries.len(),
-        resolution.unresolved.len()
-    );
-    Ok(())
 }

@@ -9,8 +9,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use globset::{GlobBuilder, GlobMatcher};
 use serde::Deserialize;
 use toml::Spanned;
+
+use crate::{
+    scan::{parse_sha256, Sha256},
+    sources::{validate_flatpak_id, validate_package_name, validate_snap_name},
+};
 
 /// Where something was written in a policy file (1-based line and column).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,6 +111,13 @@ pub enum Action {
 }
 
 impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Deny => "deny",
+            Action::Audit => "audit",
+        }
+    }
+
     pub fn kernel_value(self) -> u32 {
         match self {
             Action::Deny => blocker_common::action::DENY,
@@ -120,10 +133,58 @@ pub struct Rule {
     pub description: Option<String>,
     pub reason: Option<String>,
     pub action: Action,
-    pub paths: Vec<PathBuf>,
+    pub identifiers: Identifiers,
     /// Name of the policy the rule belongs to.
     pub policy: String,
     pub location: Location,
+}
+
+/// Every way a rule can name files, validated.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identifiers {
+    /// File contents, found by scanning the scan roots.
+    pub sha256: Vec<Sha256>,
+    /// Exact files (symlinks followed).
+    pub paths: Vec<PathBuf>,
+    /// Every executable file below these directories.
+    pub path_prefixes: Vec<PathBuf>,
+    /// Absolute glob patterns (`*` stays within a path component, `**` crosses them).
+    pub globs: Vec<String>,
+    /// Installed distribution packages.
+    pub packages: Vec<String>,
+    /// Flatpak application ids.
+    pub flatpak: Vec<String>,
+    /// Snap names.
+    pub snap: Vec<String>,
+    pub appimage: Vec<AppImage>,
+}
+
+impl Identifiers {
+    pub fn is_empty(&self) -> bool {
+        self.sha256.is_empty()
+            && self.paths.is_empty()
+            && self.path_prefixes.is_empty()
+            && self.globs.is_empty()
+            && self.packages.is_empty()
+            && self.flatpak.is_empty()
+            && self.snap.is_empty()
+            && self.appimage.is_empty()
+    }
+
+    /// Whether resolving these needs the content scan of the scan roots.
+    pub fn needs_scan(&self) -> bool {
+        !self.sha256.is_empty() || !self.appimage.is_empty()
+    }
+}
+
+/// AppImages found under the scan roots by file name, confirmed by content when hashes are
+/// given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppImage {
+    /// A glob for the file name alone (`WeChat-*.AppImage`).
+    pub name: String,
+    /// If not empty, only files with one of these contents.
+    pub sha256: Vec<Sha256>,
 }
 
 /// One policy file's own settings.
@@ -162,7 +223,179 @@ struct RuleSpec {
     #[serde(default)]
     action: Action,
     #[serde(default)]
+    sha256: Vec<Spanned<String>>,
+    #[serde(default)]
     paths: Vec<Spanned<String>>,
+    #[serde(default)]
+    path_prefixes: Vec<Spanned<String>>,
+    #[serde(default)]
+    globs: Vec<Spanned<String>>,
+    #[serde(default)]
+    packages: Vec<Spanned<String>>,
+    #[serde(default)]
+    flatpak: Vec<Spanned<String>>,
+    #[serde(default)]
+    snap: Vec<Spanned<String>>,
+    #[serde(default)]
+    appimage: Vec<AppImageSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppImageSpec {
+    name: Spanned<String>,
+    #[serde(default)]
+    sha256: Vec<Spanned<String>>,
+}
+
+/// Validates one rule's fields, collecting located errors.
+struct RuleChecker<'a> {
+    file: &'a Path,
+    source: &'a str,
+    /// `rule[N]`
+    rule: String,
+    errors: &'a mut Vec<PolicyError>,
+}
+
+impl RuleChecker<'_> {
+    fn error(&mut self, span: Range<usize>, field: String, message: String) {
+        self.errors.push(PolicyError {
+            location: Location::at(self.file, self.source, span.start),
+            field,
+            message,
+        });
+    }
+
+    /// Checks every element of the list `field`, keeping the valid ones.
+    fn list<T>(
+        &mut self,
+        field: &str,
+        items: &[Spanned<String>],
+        check: impl Fn(&str) -> Result<T, String>,
+    ) -> Vec<T> {
+        let mut valid = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            match check(item.get_ref()) {
+                Ok(value) => valid.push(value),
+                Err(message) => {
+                    let field = format!("{}.{field}[{index}]", self.rule);
+                    self.error(item.span(), field, message);
+                }
+            }
+        }
+        valid
+    }
+
+    fn identifiers(&mut self, spec: &RuleSpec) -> Identifiers {
+        let mut appimage = Vec::new();
+        for (index, entry) in spec.appimage.iter().enumerate() {
+            let field = format!("appimage[{index}]");
+            let name = match file_name_glob(entry.name.get_ref()) {
+                Ok(name) => Some(name),
+                Err(message) => {
+                    let field = format!("{}.{field}.name", self.rule);
+                    self.error(entry.name.span(), field, message);
+                    None
+                }
+            };
+            let sha256 = self.list(&format!("{field}.sha256"), &entry.sha256, parse_sha256);
+            if let Some(name) = name {
+                appimage.push(AppImage { name, sha256 });
+            }
+        }
+        Identifiers {
+            sha256: self.list("sha256", &spec.sha256, parse_sha256),
+            paths: self.list("paths", &spec.paths, absolute_path),
+            path_prefixes: self.list("path_prefixes", &spec.path_prefixes, path_prefix),
+            globs: self.list("globs", &spec.globs, path_glob),
+            packages: self.list("packages", &spec.packages, |name| {
+                validate_package_name(name).map(|()| name.to_owned())
+            }),
+            flatpak: self.list("flatpak", &spec.flatpak, |id| {
+                validate_flatpak_id(id).map(|()| id.to_owned())
+            }),
+            snap: self.list("snap", &spec.snap, |name| {
+                validate_snap_name(name).map(|()| name.to_owned())
+            }),
+            appimage,
+        }
+    }
+}
+
+fn absolute_path(text: &str) -> Result<PathBuf, String> {
+    if text.starts_with('/') {
+        Ok(PathBuf::from(text))
+    } else {
+        Err(format!("`{text}` is not an absolute path"))
+    }
+}
+
+fn path_prefix(text: &str) -> Result<PathBuf, String> {
+    let path = absolute_path(text)?;
+    if path.parent().is_none() {
+        return Err("`/` would ban every program on the machine".to_owned());
+    }
+    Ok(path)
+}
+
+/// Compiles a glob the way blocker matches it: `*` and `?` stay within one path component.
+pub fn compile_glob(pattern: &str) -> Result<GlobMatcher, String> {
+    GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map(|glob| glob.compile_matcher())
+        .map_err(|error| error.kind().to_string())
+}
+
+/// The directory a glob's matches all lie under: its components before the first wildcard.
+pub fn glob_base(pattern: &str) -> PathBuf {
+    let mut base = PathBuf::from("/");
+    for component in pattern.split('/').filter(|c| !c.is_empty()) {
+        if component.contains(['*', '?', '[', '{', '\\']) {
+            break;
+        }
+        base.push(component);
+    }
+    base
+}
+
+fn path_glob(pattern: &str) -> Result<String, String> {
+    if !pattern.starts_with('/') {
+        return Err(format!(
+            "`{pattern}` is not absolute: globs are matched against absolute paths, so it can never match"
+        ));
+    }
+    if pattern.ends_with('/') {
+        return Err(format!(
+            "`{pattern}` ends with `/`: it names directories, which are never executed"
+        ));
+    }
+    if pattern
+        .split('/')
+        .skip(1)
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(format!(
+            "`{pattern}` has an empty, `.` or `..` component: paths are matched in normal form, so it can never match"
+        ));
+    }
+    compile_glob(pattern)?;
+    if glob_base(pattern).parent().is_none() {
+        return Err(format!(
+            "`{pattern}` starts with a wildcard: begin it with a directory so blocker does not walk the whole filesystem"
+        ));
+    }
+    Ok(pattern.to_owned())
+}
+
+fn file_name_glob(pattern: &str) -> Result<String, String> {
+    if pattern.is_empty() || pattern.contains('/') {
+        return Err(format!(
+            "`{pattern}` must be a file name pattern without `/`"
+        ));
+    }
+    compile_glob(pattern)?;
+    Ok(pattern.to_owned())
 }
 
 /// Reads every `*.toml` file in `dir` (sorted by name, hidden files skipped).
@@ -229,24 +462,21 @@ pub fn parse_sources(sources: &[(PathBuf, String)]) -> Result<Policy, PolicyErro
                 first_definition.insert(id.clone(), id_location.clone());
             }
 
-            let mut paths = Vec::new();
-            for (path_index, path) in spec.paths.iter().enumerate() {
-                let text = path.get_ref();
-                if !text.starts_with('/') {
-                    errors.push(error_at(
-                        path.span(),
-                        format!("rule[{index}].paths[{path_index}]"),
-                        format!("`{text}` is not an absolute path"),
-                    ));
-                } else {
-                    paths.push(PathBuf::from(text));
-                }
+            let identifiers = RuleChecker {
+                file,
+                source,
+                rule: format!("rule[{index}]"),
+                errors: &mut errors,
             }
-            if spec.paths.is_empty() {
+            .identifiers(&spec);
+            if identifiers.is_empty() && !lists_any_identifier(&spec) {
                 errors.push(error_at(
                     spec.id.span(),
-                    field("paths"),
-                    format!("rule `{id}` names no files: give at least one entry in `paths`"),
+                    format!("rule[{index}]"),
+                    format!(
+                        "rule `{id}` names nothing: give at least one of {}",
+                        IDENTIFIER_FIELDS.join(", ")
+                    ),
                 ));
             }
 
@@ -259,7 +489,7 @@ pub fn parse_sources(sources: &[(PathBuf, String)]) -> Result<Policy, PolicyErro
                 description: spec.description,
                 reason: spec.reason,
                 action,
-                paths,
+                identifiers,
                 policy: parsed.name.clone(),
                 location: id_location,
             });
@@ -276,6 +506,34 @@ pub fn parse_sources(sources: &[(PathBuf, String)]) -> Result<Policy, PolicyErro
     } else {
         Err(PolicyErrors(errors))
     }
+}
+
+/// The fields a rule names files with, as an error lists them.
+const IDENTIFIER_FIELDS: [&str; 8] = [
+    "`sha256`",
+    "`paths`",
+    "`path_prefixes`",
+    "`globs`",
+    "`packages`",
+    "`flatpak`",
+    "`snap`",
+    "`appimage`",
+];
+
+/// Whether the rule lists any identifier, valid or not (invalid ones are reported one by one).
+fn lists_any_identifier(spec: &RuleSpec) -> bool {
+    [
+        &spec.sha256,
+        &spec.paths,
+        &spec.path_prefixes,
+        &spec.globs,
+        &spec.packages,
+        &spec.flatpak,
+        &spec.snap,
+    ]
+    .iter()
+    .any(|list| !list.is_empty())
+        || !spec.appimage.is_empty()
 }
 
 fn invalid_rule_id(id: &str) -> Option<String> {
@@ -401,7 +659,7 @@ paths = ["/usr/bin/tool"]
             Some("banned on government devices")
         );
         assert_eq!(
-            wechat.paths,
+            wechat.identifiers.paths,
             [
                 PathBuf::from("/opt/wechat/wechat"),
                 PathBuf::from("/usr/bin/wechat")
@@ -423,7 +681,9 @@ paths = ["/usr/bin/tool"]
         let text = "name = \"p\"\n[[rule]]\nid = \"a\"\npaths = [\"/x\"]\n\n[[rule]]\nid = \"b\"\npath = [\"/y\"]\n";
         assert_eq!(
             single_error(&[("p.toml", text)]),
-            "p.toml:8:1: rule[1].path: unknown field `path`, expected one of `id`, `description`, `reason`, `action`, `paths`"
+            "p.toml:8:1: rule[1].path: unknown field `path`, expected one of `id`, `description`, \
+             `reason`, `action`, `sha256`, `paths`, `path_prefixes`, `globs`, `packages`, `flatpak`, \
+             `snap`, `appimage`"
         );
     }
 
@@ -483,7 +743,8 @@ paths = ["/usr/bin/tool"]
         let text = "name = \"p\"\n[[rule]]\nid = \"empty\"\n";
         assert_eq!(
             single_error(&[("p.toml", text)]),
-            "p.toml:3:6: rule[0].paths: rule `empty` names no files: give at least one entry in `paths`"
+            "p.toml:3:6: rule[0]: rule `empty` names nothing: give at least one of `sha256`, \
+             `paths`, `path_prefixes`, `globs`, `packages`, `flatpak`, `snap`, `appimage`"
         );
     }
 
@@ -541,5 +802,202 @@ paths = ["/usr/bin/tool"]
             .unwrap_err()
             .to_string()
             .contains("no policy files"));
+    }
+
+    const EVERY_IDENTIFIER: &str = r#"
+name = "all"
+
+[[rule]]
+id = "wechat"
+sha256 = ["AB0000000000000000000000000000000000000000000000000000000000cdef"]
+paths = ["/opt/wechat/wechat"]
+path_prefixes = ["/opt/wechat"]
+globs = ["/home/*/Applications/WeChat*.AppImage", "/opt/wechat/**/lib*.so*"]
+packages = ["wechat", "kesl:amd64"]
+flatpak = ["com.tencent.WeChat"]
+snap = ["wechat-client"]
+appimage = [{ name = "WeChat-*.AppImage" }, { name = "wechat*.AppImage", sha256 = ["00000000000000000000000000000000000000000000000000000000000000ff"] }]
+"#;
+
+    #[test]
+    fn parses_every_identifier() {
+        let policy = parse(&[("all.toml", EVERY_IDENTIFIER)]).unwrap();
+        let ids = &policy.rules[0].identifiers;
+        assert_eq!(ids.sha256.len(), 1);
+        assert_eq!(ids.sha256[0][0], 0xab);
+        assert_eq!(ids.sha256[0][31], 0xef);
+        assert_eq!(ids.path_prefixes, [PathBuf::from("/opt/wechat")]);
+        assert_eq!(ids.globs.len(), 2);
+        assert_eq!(ids.packages, ["wechat", "kesl:amd64"]);
+        assert_eq!(ids.flatpak, ["com.tencent.WeChat"]);
+        assert_eq!(ids.snap, ["wechat-client"]);
+        assert_eq!(ids.appimage.len(), 2);
+        assert!(ids.appimage[0].sha256.is_empty());
+        assert_eq!(ids.appimage[1].sha256[0][31], 0xff);
+        assert!(ids.needs_scan());
+    }
+
+    /// One bad value in an otherwise valid rule: the error names its exact place.
+    fn error_for(field_line: &str) -> String {
+        let text = format!("name = \"p\"\n[[rule]]\nid = \"r\"\npaths = [\"/x\"]\n{field_line}\n");
+        single_error(&[("p.toml", &text)])
+    }
+
+    #[test]
+    fn malformed_hashes_are_located() {
+        assert_eq!(
+            error_for("sha256 = [\"abc\"]"),
+            format!(
+                "p.toml:5:11: rule[0].sha256[0]: {}",
+                parse_sha256("abc").unwrap_err()
+            )
+        );
+        let message = error_for(&format!(
+            "sha256 = [\"{}\", \"{}g\"]",
+            "a".repeat(64),
+            "b".repeat(63)
+        ));
+        assert!(
+            message.starts_with("p.toml:5:79: rule[0].sha256[1]: "),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn globs_that_can_never_match_are_refused() {
+        for (glob, complaint) in [
+            ("opt/*", "is not absolute"),
+            ("/opt/wechat/", "ends with `/`"),
+            ("/opt//wechat", "empty, `.` or `..` component"),
+            ("/opt/../wechat", "empty, `.` or `..` component"),
+            ("/**/wechat", "starts with a wildcard"),
+            ("/opt/[z-a]", "invalid range"),
+        ] {
+            let message = error_for(&format!("globs = [\"{glob}\"]"));
+            assert!(
+                message.starts_with("p.toml:5:10: rule[0].globs[0]: "),
+                "{message}"
+            );
+            assert!(message.contains(complaint), "{glob}: {message}");
+        }
+    }
+
+    #[test]
+    fn bad_names_of_packages_apps_and_snaps_are_located() {
+        assert!(
+            error_for("packages = [\"../etc\"]").starts_with("p.toml:5:13: rule[0].packages[0]: ")
+        );
+        assert!(
+            error_for("flatpak = [\"wechat\"]").starts_with("p.toml:5:12: rule[0].flatpak[0]: ")
+        );
+        assert!(error_for("snap = [\"Bad_Snap\"]").starts_with("p.toml:5:9: rule[0].snap[0]: "));
+        assert_eq!(
+            error_for("path_prefixes = [\"/\"]"),
+            "p.toml:5:18: rule[0].path_prefixes[0]: `/` would ban every program on the machine"
+        );
+        assert!(error_for("appimage = [{ name = \"dir/x.AppImage\" }]")
+            .starts_with("p.toml:5:22: rule[0].appimage[0].name: "));
+        assert!(
+            error_for("appimage = [{ name = \"x\", sha256 = [\"zz\"] }]")
+                .starts_with("p.toml:5:37: rule[0].appimage[0].sha256[0]: ")
+        );
+        assert!(error_for("appimage = [{ nme = \"x\" }]").contains("unknown field `nme`"));
+    }
+
+    #[test]
+    fn glob_bases_stop_at_the_first_wildcard() {
+        assert_eq!(glob_base("/opt/wechat/**"), PathBuf::from("/opt/wechat"));
+        assert_eq!(glob_base("/home/*/Apps/x"), PathBuf::from("/home"));
+        assert_eq!(glob_base("/usr/bin/we?hat"), PathBuf::from("/usr/bin"));
+        let matcher = compile_glob("/home/*/Applications/*.AppImage").unwrap();
+        assert!(matcher.is_match("/home/alice/Applications/WeChat.AppImage"));
+        assert!(!matcher.is_match("/home/alice/x/Applications/WeChat.AppImage"));
+    }
+
+    #[test]
+    fn the_shipped_policies_and_the_example_parse() {
+        let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let shipped = load_dir(&policies).unwrap();
+        assert!(shipped.rules.iter().any(|rule| rule.id == "wechat"));
+        assert!(shipped
+            .rules
+            .iter()
+            .any(|rule| rule.id == "kaspersky-endpoint-security"));
+        let example = load_dir(&policies.join("examples")).unwrap();
+        let rule = &example.rules[0];
+        assert_eq!(rule.action, Action::Audit, "the example is in monitor mode");
+        let ids = &rule.identifiers;
+        assert!(
+            [
+                ids.sha256.len(),
+                ids.paths.len(),
+                ids.path_prefixes.len(),
+                ids.globs.len(),
+                ids.packages.len(),
+                ids.flatpak.len(),
+                ids.snap.len(),
+                ids.appimage.len(),
+            ]
+            .iter()
+            .all(|&n| n > 0),
+            "the example shows every identifier"
+        );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn rule_id() -> impl Strategy<Value = String> {
+            "[A-Za-z0-9_.-]{1,20}"
+        }
+
+        proptest! {
+            /// Whatever the bytes, parsing returns a policy or located errors; it never panics
+            /// and every location lies inside the file.
+            #[test]
+            fn any_input_gives_a_policy_or_located_errors(text in "(\\PC|\n){0,200}") {
+                if let Err(errors) = parse(&[("fuzz.toml", &text)]) {
+                    let lines = text.split('\n').count().max(1);
+                    for error in errors.0 {
+                        prop_assert!(error.location.line >= 1 && error.location.line <= lines, "{error}");
+                        prop_assert!(error.location.column >= 1);
+                    }
+                }
+            }
+
+            /// Rules written with valid ids and paths come back as written, in order.
+            #[test]
+            fn valid_rules_round_trip(
+                rules in proptest::collection::btree_map(rule_id(), "(/[a-z0-9]{1,8}){1,4}", 1..6),
+                monitor in any::<bool>(),
+            ) {
+                let mut text = format!("name = \"p\"\nmode = \"{}\"\n", if monitor { "monitor" } else { "enforce" });
+                for (id, path) in &rules {
+                    text.push_str(&format!("[[rule]]\nid = \"{id}\"\npaths = [\"{path}\"]\n"));
+                }
+                let policy = parse(&[("p.toml", &text)]).unwrap();
+                let parsed: Vec<_> = policy.rules.iter().map(|r| (r.id.clone(), r.identifiers.paths[0].display().to_string())).collect();
+                let written: Vec<_> = rules.into_iter().collect();
+                prop_assert_eq!(parsed, written);
+                let expected = if monitor { Action::Audit } else { Action::Deny };
+                prop_assert!(policy.rules.iter().all(|r| r.action == expected));
+            }
+
+            /// A duplicate id anywhere is reported at its second definition.
+            #[test]
+            fn duplicates_are_always_found(id in rule_id(), gap in 0usize..4) {
+                let mut text = String::from("name = \"p\"\n");
+                text.push_str(&format!("[[rule]]\nid = \"{id}\"\npaths = [\"/a\"]\n"));
+                for n in 0..gap {
+                    text.push_str(&format!("[[rule]]\nid = \"other{n}-{id}\"\npaths = [\"/b\"]\n"));
+                }
+                text.push_str(&format!("[[rule]]\nid = \"{id}\"\npaths = [\"/c\"]\n"));
+                let errors = parse(&[("p.toml", &text)]).unwrap_err().0;
+                prop_assert_eq!(errors.len(), 1);
+                prop_assert_eq!(&errors[0].field, &format!("rule[{}].id", gap + 1));
+                prop_assert_eq!(errors[0].location.line, 3 * (gap + 1) + 3);
+            }
+        }
     }
 }

@@ -1,13 +1,21 @@
-//! Turns parsed rules into the entries of the kernel's ban map: every path a rule names becomes
-//! the identity of the file there now.
+//! Turns parsed rules into the entries of the kernel's ban map: every identifier a rule gives
+//! (path, prefix, glob, package, Flatpak app, snap, content hash, AppImage) becomes the files it
+//! names on this machine now, and each file becomes its kernel identity.
 
-use std::{collections::BTreeMap, io, path::PathBuf};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    path::{Path, PathBuf},
+};
 
 use blocker_common::{BanEntry, FileKey};
 
 use crate::{
+    files::{is_executable_candidate, walk},
     identity::FileIdentity,
-    policy::{Action, Policy},
+    policy::{compile_glob, glob_base, Action, Identifiers, Policy},
+    scan::{to_hex, HashedFile, ScanReport, ScanStats, Sha256},
+    sources::{self, SourceFiles, SourceRoots},
 };
 
 /// What an event needs to know about the rule that matched; indexed by the kernel's `rule_id`.
@@ -19,21 +27,75 @@ pub struct RuleInfo {
     pub action: Action,
 }
 
-/// A named path that could not be banned, and why.
-#[derive(Debug)]
+/// The identifier through which a rule matched a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Via {
+    Sha256(Sha256),
+    Path(PathBuf),
+    PathPrefix(PathBuf),
+    Glob(String),
+    Package(String),
+    Flatpak(String),
+    Snap(String),
+    AppImage(String),
+}
+
+impl fmt::Display for Via {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Via::Sha256(hash) => write!(f, "sha256 {}", to_hex(hash)),
+            Via::Path(path) => write!(f, "path {}", path.display()),
+            Via::PathPrefix(path) => write!(f, "path prefix {}", path.display()),
+            Via::Glob(glob) => write!(f, "glob {glob}"),
+            Via::Package(name) => write!(f, "package {name}"),
+            Via::Flatpak(id) => write!(f, "flatpak {id}"),
+            Via::Snap(name) => write!(f, "snap {name}"),
+            Via::AppImage(name) => write!(f, "appimage {name}"),
+        }
+    }
+}
+
+/// One file a rule names.
+#[derive(Clone, Debug)]
+pub struct Match {
+    pub rule_id: u32,
+    pub path: PathBuf,
+    pub identity: FileIdentity,
+    pub via: Via,
+}
+
+/// An identifier that named nothing on this machine, and why.
+#[derive(Clone, Debug)]
 pub struct Unresolved {
     pub rule: String,
+    pub via: Via,
+    pub reason: String,
+}
+
+/// A file a rule names that blocker refuses to ban, because the machine or blocker itself
+/// cannot run without it.
+#[derive(Clone, Debug)]
+pub struct Protected {
+    pub rule: String,
     pub path: PathBuf,
-    pub error: io::Error,
+    pub why: &'static str,
 }
 
 #[derive(Debug, Default)]
 pub struct Resolution {
     pub rules: Vec<RuleInfo>,
     pub entries: BTreeMap<FileKey, BanEntry>,
-    /// The banned file behind each entry, for logs.
+    /// Every file any rule names, including those another rule's entry takes precedence over.
+    pub matches: Vec<Match>,
+    /// A path of each banned file, for logs.
     pub paths: BTreeMap<FileKey, PathBuf>,
+    /// Banned contents, for hashing in the kernel.
+    pub hashes: BTreeMap<Sha256, u32>,
     pub unresolved: Vec<Unresolved>,
+    pub protected: Vec<Protected>,
+    /// Problems met while walking and reading (`path: reason`).
+    pub warnings: Vec<String>,
+    pub scan: Option<ScanStats>,
 }
 
 impl Resolution {
@@ -42,10 +104,24 @@ impl Resolution {
     }
 }
 
-/// Resolves every rule against the filesystem as it is now. A file named by several rules is
-/// banned by the strictest (deny over audit), then by the first.
-pub fn resolve(policy: &Policy) -> Resolution {
-    let mut resolution = Resolution::default();
+/// Whether any rule of `policy` needs the content scan.
+pub fn needs_scan(policy: &Policy) -> bool {
+    policy
+        .rules
+        .iter()
+        .any(|rule| rule.identifiers.needs_scan())
+}
+
+/// Resolves every rule against the filesystem as it is now. Content identifiers are matched
+/// against `scanned` (a scan of the scan roots); without one they match nothing. A file named
+/// by several rules is banned by the strictest (deny over audit), then by the first.
+pub fn resolve(policy: &Policy, roots: &SourceRoots, scanned: Option<&ScanReport>) -> Resolution {
+    let protected = protected_files();
+    let by_content = scanned.map(index_by_content).unwrap_or_default();
+    let mut resolution = Resolution {
+        scan: scanned.map(|report| report.stats),
+        ..Resolution::default()
+    };
     for (rule_id, rule) in policy.rules.iter().enumerate() {
         let rule_id = u32::try_from(rule_id).expect("fewer than 2^32 rules");
         resolution.rules.push(RuleInfo {
@@ -54,48 +130,267 @@ pub fn resolve(policy: &Policy) -> Resolution {
             reason: rule.reason.clone(),
             action: rule.action,
         });
-        for path in &rule.paths {
-            let identity = match FileIdentity::of_path(path) {
-                Ok(identity) => identity,
-                Err(error) => {
-                    resolution.unresolved.push(Unresolved {
-                        rule: rule.id.clone(),
-                        path: path.clone(),
-                        error,
-                    });
-                    continue;
+        let mut found = Found {
+            rule_id,
+            rule: &rule.id,
+            resolution: &mut resolution,
+        };
+        found.identifiers(&rule.identifiers, roots, scanned.map(|_| &by_content));
+        for hash in &rule.identifiers.sha256 {
+            resolution.hashes.entry(*hash).or_insert(rule_id);
+        }
+    }
+    resolution.choose_entries(&protected);
+    resolution
+}
+
+/// Collects one rule's matches into the resolution.
+struct Found<'a> {
+    rule_id: u32,
+    rule: &'a str,
+    resolution: &'a mut Resolution,
+}
+
+impl Found<'_> {
+    fn identifiers(
+        &mut self,
+        identifiers: &Identifiers,
+        roots: &SourceRoots,
+        by_content: Option<&HashMap<Sha256, Vec<&HashedFile>>>,
+    ) {
+        for path in &identifiers.paths {
+            let via = Via::Path(path.clone());
+            match FileIdentity::of_path(path) {
+                Ok(identity) => self.add(path.clone(), identity, via),
+                Err(error) => self.unresolved(via, error.to_string()),
+            }
+        }
+        for prefix in &identifiers.path_prefixes {
+            let via = Via::PathPrefix(prefix.clone());
+            if !prefix.is_dir() {
+                self.unresolved(via, "no such directory".to_owned());
+                continue;
+            }
+            let files = self.walk_candidates(prefix);
+            self.add_all(files, via);
+        }
+        for glob in &identifiers.globs {
+            let matcher = compile_glob(glob).expect("validated by the policy parser");
+            let files = self
+                .walk_candidates(&glob_base(glob))
+                .into_iter()
+                .filter(|path| matcher.is_match(path))
+                .collect();
+            self.add_all(files, Via::Glob(glob.clone()));
+        }
+        for name in &identifiers.packages {
+            self.add_source(
+                sources::package_files(name, roots),
+                Via::Package(name.clone()),
+            );
+        }
+        for id in &identifiers.flatpak {
+            self.add_source(sources::flatpak_files(id, roots), Via::Flatpak(id.clone()));
+        }
+        for name in &identifiers.snap {
+            self.add_source(sources::snap_files(name, roots), Via::Snap(name.clone()));
+        }
+        let Some(by_content) = by_content else {
+            return;
+        };
+        for hash in &identifiers.sha256 {
+            let files = by_content.get(hash).map(Vec::as_slice).unwrap_or_default();
+            if files.is_empty() {
+                self.unresolved(
+                    Via::Sha256(*hash),
+                    "no file under the scan roots has this content".to_owned(),
+                );
+            }
+            for file in files {
+                self.add(file.path.clone(), file.identity, Via::Sha256(*hash));
+            }
+        }
+        for appimage in &identifiers.appimage {
+            let matcher = compile_glob(&appimage.name).expect("validated by the policy parser");
+            let before = self.resolution.matches.len();
+            for file in by_content.values().flatten() {
+                let name_matches = file
+                    .path
+                    .file_name()
+                    .is_some_and(|name| matcher.is_match(name));
+                if name_matches
+                    && (appimage.sha256.is_empty() || appimage.sha256.contains(&file.sha256))
+                {
+                    self.add(
+                        file.path.clone(),
+                        file.identity,
+                        Via::AppImage(appimage.name.clone()),
+                    );
                 }
-            };
-            let entry = identity.ban_entry(rule_id, rule.action.kernel_value());
-            let stricter = match resolution.entries.get(&identity.key) {
-                None => true,
-                Some(existing) => {
-                    existing.action != entry.action && entry.action == blocker_common::action::DENY
-                }
-            };
-            if stricter {
-                resolution.entries.insert(identity.key, entry);
-                resolution.paths.insert(identity.key, path.clone());
+            }
+            if self.resolution.matches.len() == before {
+                let reason = if appimage.sha256.is_empty() {
+                    "no executable file under the scan roots has this name"
+                } else {
+                    "no executable file under the scan roots has this name and one of these contents"
+                };
+                self.unresolved(Via::AppImage(appimage.name.clone()), reason.to_owned());
             }
         }
     }
-    resolution
+
+    /// Executable candidates under `root`; walk problems become warnings.
+    fn walk_candidates(&mut self, root: &Path) -> Vec<PathBuf> {
+        walk(root, &mut self.resolution.warnings)
+            .into_iter()
+            .filter(|entry| is_executable_candidate(&entry.path, &entry.metadata))
+            .map(|entry| entry.path)
+            .collect()
+    }
+
+    fn add_source(&mut self, source: Result<SourceFiles, String>, via: Via) {
+        match source {
+            Ok(found) => {
+                self.resolution.warnings.extend(found.warnings);
+                self.add_all(found.files, via);
+            }
+            Err(reason) => self.unresolved(via, reason),
+        }
+    }
+
+    /// Adds files found by walking trees or reading package databases: each was a regular file
+    /// when found, and is only taken if it still is one (not a symlink swapped in since).
+    fn add_all(&mut self, files: Vec<PathBuf>, via: Via) {
+        if files.is_empty() {
+            self.unresolved(via, "no executable files found".to_owned());
+            return;
+        }
+        for path in files {
+            match FileIdentity::of_path_no_follow(&path) {
+                Ok(identity) => self.add(path, identity, via.clone()),
+                Err(error) => self
+                    .resolution
+                    .warnings
+                    .push(format!("{}: {error}", path.display())),
+            }
+        }
+    }
+
+    fn add(&mut self, path: PathBuf, identity: FileIdentity, via: Via) {
+        self.resolution.matches.push(Match {
+            rule_id: self.rule_id,
+            path,
+            identity,
+            via,
+        });
+    }
+
+    fn unresolved(&mut self, via: Via, reason: String) {
+        self.resolution.unresolved.push(Unresolved {
+            rule: self.rule.to_owned(),
+            via,
+            reason,
+        });
+    }
+}
+
+impl Resolution {
+    /// One entry per file: deny over audit, then the earliest rule; protected files never.
+    fn choose_entries(&mut self, protected: &BTreeMap<FileKey, (PathBuf, &'static str)>) {
+        for found in &self.matches {
+            let key = found.identity.key;
+            if let Some((_, why)) = protected.get(&key) {
+                let rule = self.rules[found.rule_id as usize].id.clone();
+                if !self
+                    .protected
+                    .iter()
+                    .any(|p| p.path == found.path && p.rule == rule)
+                {
+                    self.protected.push(Protected {
+                        rule,
+                        path: found.path.clone(),
+                        why,
+                    });
+                }
+                continue;
+            }
+            let action = self.rules[found.rule_id as usize].action;
+            let entry = found
+                .identity
+                .ban_entry(found.rule_id, action.kernel_value());
+            let replace = match self.entries.get(&key) {
+                None => true,
+                Some(existing) => {
+                    let existing_action = self.rules[existing.rule_id as usize].action;
+                    action > existing_action
+                        || (action == existing_action && found.rule_id < existing.rule_id)
+                }
+            };
+            if replace {
+                self.entries.insert(key, entry);
+                self.paths.insert(key, found.path.clone());
+            }
+        }
+    }
+}
+
+fn index_by_content(report: &ScanReport) -> HashMap<Sha256, Vec<&HashedFile>> {
+    let mut index: HashMap<Sha256, Vec<&HashedFile>> = HashMap::new();
+    for file in &report.files {
+        index.entry(file.sha256).or_default().push(file);
+    }
+    index
+}
+
+/// Files whose ban would stop the machine or blocker itself: the blocker binary, every file
+/// blocker has mapped (its loader and libraries, which most programs share), and init.
+pub fn protected_files() -> BTreeMap<FileKey, (PathBuf, &'static str)> {
+    let mut protected = BTreeMap::new();
+    let mut protect = |path: &Path, why: &'static str| {
+        if let Ok(identity) = FileIdentity::of_path(path) {
+            protected
+                .entry(identity.key)
+                .or_insert((path.to_owned(), why));
+        }
+    };
+    protect(Path::new("/proc/self/exe"), "it is the blocker binary");
+    protect(Path::new("/proc/1/exe"), "it is init (pid 1)");
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    for path in mapped_files(&maps) {
+        protect(Path::new(path), "blocker and most programs load it");
+    }
+    protected
+}
+
+/// File paths in the text of `/proc/PID/maps` (the sixth column, when it is absolute).
+fn mapped_files(maps: &str) -> Vec<&str> {
+    let mut paths: Vec<&str> = maps
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .filter(|path| path.starts_with('/'))
+        .collect();
+    paths.sort_unstable();
+    paths.dedup();
+    paths
 }
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     use super::*;
-    use crate::policy::{Location, Rule};
+    use crate::{
+        policy::{AppImage, Location, Rule},
+        scan::{scan, ScanOptions},
+    };
 
-    fn rule(id: &str, action: Action, paths: &[PathBuf]) -> Rule {
+    fn rule(id: &str, action: Action, identifiers: Identifiers) -> Rule {
         Rule {
             id: id.to_owned(),
             description: None,
             reason: Some(format!("{id} is banned")),
             action,
-            paths: paths.to_vec(),
+            identifiers,
             policy: "test".to_owned(),
             location: Location {
                 file: PathBuf::from("test.toml"),
@@ -105,61 +400,270 @@ mod tests {
         }
     }
 
+    fn paths(paths: &[&Path]) -> Identifiers {
+        Identifiers {
+            paths: paths.iter().map(|p| p.to_path_buf()).collect(),
+            ..Identifiers::default()
+        }
+    }
+
+    fn resolve_rules(rules: Vec<Rule>, scanned: Option<&ScanReport>) -> Resolution {
+        let policy = Policy {
+            policies: Vec::new(),
+            rules,
+        };
+        resolve(&policy, &SourceRoots::default(), scanned)
+    }
+
+    fn write(path: &Path, content: &[u8], mode: u32) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn banned_paths(resolution: &Resolution) -> Vec<PathBuf> {
+        resolution.paths.values().cloned().collect()
+    }
+
     #[test]
-    fn resolves_paths_to_identities_and_reports_missing_files() {
+    fn paths_resolve_to_identities_and_missing_files_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         let banned = dir.path().join("banned");
-        std::fs::write(&banned, b"x").unwrap();
+        write(&banned, b"x", 0o755);
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&banned, &link).unwrap();
         let missing = dir.path().join("missing");
-        let policy = Policy {
-            policies: Vec::new(),
-            rules: vec![rule(
-                "r",
-                Action::Deny,
-                &[banned.clone(), link, missing.clone()],
-            )],
-        };
-        let resolution = resolve(&policy);
+        let resolution = resolve_rules(
+            vec![rule("r", Action::Deny, paths(&[&banned, &link, &missing]))],
+            None,
+        );
         // The symlink names the same file: one entry.
         assert_eq!(resolution.entries.len(), 1);
         let (key, entry) = resolution.entries.iter().next().unwrap();
         assert_eq!(key.ino, std::fs::metadata(&banned).unwrap().ino());
-        assert_eq!(entry.rule_id, 0);
         assert_eq!(entry.action, blocker_common::action::DENY);
+        assert_eq!(resolution.matches.len(), 2);
         assert_eq!(resolution.unresolved.len(), 1);
-        assert_eq!(resolution.unresolved[0].path, missing);
-        assert_eq!(
-            resolution.unresolved[0].error.kind(),
-            io::ErrorKind::NotFound
-        );
-        assert_eq!(
-            resolution.rule(0).unwrap().reason.as_deref(),
-            Some("r is banned")
-        );
+        assert_eq!(resolution.unresolved[0].via, Via::Path(missing));
+        assert!(resolution.unresolved[0].reason.contains("No such file"));
     }
 
     #[test]
     fn deny_wins_over_audit_then_first_rule_wins() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("f");
-        std::fs::write(&file, b"x").unwrap();
-        let both = |rules| {
-            resolve(&Policy {
-                policies: Vec::new(),
-                rules,
-            })
-        };
-        let audit_then_deny = both(vec![
-            rule("audit", Action::Audit, std::slice::from_ref(&file)),
-            rule("deny", Action::Deny, std::slice::from_ref(&file)),
-        ]);
+        write(&file, b"x", 0o755);
+        let audit_then_deny = resolve_rules(
+            vec![
+                rule("audit", Action::Audit, paths(&[&file])),
+                rule("deny", Action::Deny, paths(&[&file])),
+            ],
+            None,
+        );
         assert_eq!(audit_then_deny.entries.values().next().unwrap().rule_id, 1);
-        let deny_then_deny = both(vec![
-            rule("first", Action::Deny, std::slice::from_ref(&file)),
-            rule("second", Action::Deny, std::slice::from_ref(&file)),
-        ]);
+        let deny_then_deny = resolve_rules(
+            vec![
+                rule("first", Action::Deny, paths(&[&file])),
+                rule("second", Action::Deny, paths(&[&file])),
+            ],
+            None,
+        );
         assert_eq!(deny_then_deny.entries.values().next().unwrap().rule_id, 0);
+    }
+
+    #[test]
+    fn prefixes_and_globs_name_the_executables_of_a_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = dir.path().join("opt/wechat");
+        write(&app.join("wechat"), b"elf", 0o755);
+        write(&app.join("lib/libwechat.so.1"), b"so", 0o644);
+        write(&app.join("share/icon.png"), b"png", 0o644);
+        write(
+            &dir.path().join("home/alice/Apps/WeChat.AppImage"),
+            b"ai",
+            0o755,
+        );
+        write(
+            &dir.path().join("home/alice/Apps/Other.AppImage"),
+            b"ai2",
+            0o755,
+        );
+
+        let prefix = resolve_rules(
+            vec![rule(
+                "tree",
+                Action::Deny,
+                Identifiers {
+                    path_prefixes: vec![app.clone()],
+                    ..Identifiers::default()
+                },
+            )],
+            None,
+        );
+        let mut found = banned_paths(&prefix);
+        found.sort();
+        assert_eq!(found, [app.join("lib/libwechat.so.1"), app.join("wechat")]);
+
+        let glob = format!("{}/home/*/Apps/WeChat*.AppImage", dir.path().display());
+        let globbed = resolve_rules(
+            vec![rule(
+                "glob",
+                Action::Deny,
+                Identifiers {
+                    globs: vec![glob.clone()],
+                    ..Identifiers::default()
+                },
+            )],
+            None,
+        );
+        assert_eq!(
+            banned_paths(&globbed),
+            [dir.path().join("home/alice/Apps/WeChat.AppImage")]
+        );
+
+        let nothing = resolve_rules(
+            vec![rule(
+                "none",
+                Action::Deny,
+                Identifiers {
+                    path_prefixes: vec![dir.path().join("absent")],
+                    ..Identifiers::default()
+                },
+            )],
+            None,
+        );
+        assert!(nothing.entries.is_empty());
+        assert_eq!(nothing.unresolved.len(), 1);
+    }
+
+    #[test]
+    fn content_rules_find_copies_anywhere_under_the_scan_roots() {
+        let dir = tempfile::tempdir().unwrap();
+        let banned_content = b"\x7fELF banned program";
+        write(&dir.path().join("opt/app/bin/app"), banned_content, 0o755);
+        write(
+            &dir.path().join("home/bob/renamed-copy"),
+            banned_content,
+            0o755,
+        );
+        write(
+            &dir.path().join("home/bob/WeChat-4.0.AppImage"),
+            b"appimage v4",
+            0o755,
+        );
+        write(
+            &dir.path().join("home/bob/other"),
+            b"another program",
+            0o755,
+        );
+        let report = scan(&ScanOptions {
+            roots: vec![dir.path().to_owned()],
+            cache_file: None,
+            progress: false,
+        });
+        let banned_hash = crate::scan::hash_file(&dir.path().join("opt/app/bin/app"))
+            .unwrap()
+            .sha256;
+        let appimage_hash =
+            crate::scan::hash_file(&dir.path().join("home/bob/WeChat-4.0.AppImage"))
+                .unwrap()
+                .sha256;
+        let resolution = resolve_rules(
+            vec![
+                rule(
+                    "content",
+                    Action::Deny,
+                    Identifiers {
+                        sha256: vec![banned_hash, [7; 32]],
+                        ..Identifiers::default()
+                    },
+                ),
+                rule(
+                    "appimage",
+                    Action::Deny,
+                    Identifiers {
+                        appimage: vec![
+                            AppImage {
+                                name: "WeChat-*.AppImage".to_owned(),
+                                sha256: vec![appimage_hash],
+                            },
+                            AppImage {
+                                name: "WeChat-*.AppImage".to_owned(),
+                                sha256: vec![[9; 32]],
+                            },
+                        ],
+                        ..Identifiers::default()
+                    },
+                ),
+            ],
+            Some(&report),
+        );
+        let mut found = banned_paths(&resolution);
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                dir.path().join("home/bob/WeChat-4.0.AppImage"),
+                dir.path().join("home/bob/renamed-copy"),
+                dir.path().join("opt/app/bin/app"),
+            ]
+        );
+        // The unmatched hash and the AppImage entry whose content differs name nothing.
+        assert_eq!(
+            resolution.unresolved.len(),
+            2,
+            "{:?}",
+            resolution.unresolved
+        );
+        assert_eq!(resolution.hashes.get(&banned_hash), Some(&0));
+
+        // Without a scan, content rules match nothing and say nothing.
+        let unscanned = resolve_rules(
+            vec![rule(
+                "content",
+                Action::Deny,
+                Identifiers {
+                    sha256: vec![banned_hash],
+                    ..Identifiers::default()
+                },
+            )],
+            None,
+        );
+        assert!(unscanned.entries.is_empty() && unscanned.unresolved.is_empty());
+    }
+
+    #[test]
+    fn files_the_machine_needs_are_never_banned() {
+        let libc_path = mapped_files(&std::fs::read_to_string("/proc/self/maps").unwrap())
+            .into_iter()
+            .find(|path| path.contains("libc.so"))
+            .map(PathBuf::from)
+            .expect("test binaries link libc dynamically");
+        let resolution = resolve_rules(
+            vec![rule(
+                "foot-gun",
+                Action::Deny,
+                paths(&[Path::new("/proc/self/exe"), &libc_path]),
+            )],
+            None,
+        );
+        assert!(resolution.entries.is_empty(), "{:?}", resolution.entries);
+        assert_eq!(resolution.protected.len(), 2);
+        assert!(resolution.protected.iter().any(|p| p.path == libc_path));
+    }
+
+    #[test]
+    fn mapped_files_are_read_from_proc_maps_text() {
+        let maps = "\
+55d0c0000000-55d0c0001000 r--p 00000000 fe:00 123 /usr/bin/blocker
+7f0000000000-7f0000001000 r-xp 00001000 fe:00 456 /usr/lib/x86_64-linux-gnu/libc.so.6
+7f0000002000-7f0000003000 r--p 00000000 fe:00 456 /usr/lib/x86_64-linux-gnu/libc.so.6
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
+7f0000004000-7f0000005000 rw-p 00000000 00:00 0
+";
+        assert_eq!(
+            mapped_files(maps),
+            ["/usr/bin/blocker", "/usr/lib/x86_64-linux-gnu/libc.so.6"]
+        );
     }
 }

@@ -1,0 +1,371 @@
+//! The commands that look without enforcing: `check`, `resolve`, `hash` and `explain`.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+use crate::{
+    identity::{split_kernel_device_number, FileIdentity},
+    policy::{self, compile_glob, Policy},
+    resolve::{self, protected_files, Resolution, Via},
+    scan::{self, to_hex, HashedFile, ScanOptions, ScanReport},
+    sources::SourceRoots,
+};
+
+/// Exit status of `explain` for a file no rule bans (0 means banned, 2 an error).
+pub const EXIT_NOT_BANNED: u8 = 1;
+
+/// `blocker check DIR`: parses and validates, touching nothing else.
+pub fn check(policy_dir: &Path) -> Result<ExitCode> {
+    let policy = policy::load_dir(policy_dir)?;
+    for header in &policy.policies {
+        let rules = policy
+            .rules
+            .iter()
+            .filter(|rule| rule.location.file == header.file)
+            .count();
+        println!(
+            "{}: policy `{}` ({}), {rules} rules",
+            header.file.display(),
+            header.name,
+            header.mode
+        );
+    }
+    println!(
+        "ok: {} policies, {} rules",
+        policy.policies.len(),
+        policy.rules.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the content scan if any rule needs it, logging its warnings.
+pub fn scan_if_needed(policy: &Policy, options: &ScanOptions) -> Option<ScanReport> {
+    if !resolve::needs_scan(policy) {
+        return None;
+    }
+    log::info!(
+        "scanning {} for banned contents",
+        options
+            .roots
+            .iter()
+            .map(|root| root.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let report = scan::scan(options);
+    for warning in &report.warnings {
+        log::warn!("scan: {warning}");
+    }
+    let stats = report.stats;
+    log::info!(
+        "scan: {} candidate files, {} read ({} MiB), {} from the cache, {} skipped",
+        stats.candidates,
+        stats.read,
+        stats.bytes_read >> 20,
+        stats.cached,
+        stats.skipped
+    );
+    Some(report)
+}
+
+/// `blocker resolve DIR`: what every rule names on this machine.
+pub fn resolve(policy_dir: &Path, scan_options: &ScanOptions, as_json: bool) -> Result<ExitCode> {
+    let policy = policy::load_dir(policy_dir)?;
+    let scanned = scan_if_needed(&policy, scan_options);
+    let resolution = resolve::resolve(&policy, &SourceRoots::default(), scanned.as_ref());
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&resolution_json(&resolution))?
+        );
+    } else {
+        print_resolution(&resolution);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn device(identity: &FileIdentity) -> String {
+    let (major, minor) = split_kernel_device_number(identity.key.dev);
+    format!("{major}:{minor}")
+}
+
+/// Whether the kernel entry for this match's file is this match's rule.
+fn is_in_force(resolution: &Resolution, rule_id: u32, identity: &FileIdentity) -> bool {
+    resolution
+        .entries
+        .get(&identity.key)
+        .is_some_and(|entry| entry.rule_id == rule_id)
+}
+
+fn print_resolution(resolution: &Resolution) {
+    for (rule_id, rule) in resolution.rules.iter().enumerate() {
+        let rule_id = rule_id as u32;
+        println!(
+            "rule {} ({}, policy {}):",
+            rule.id,
+            rule.action.name(),
+            rule.policy
+        );
+        for found in resolution.matches.iter().filter(|m| m.rule_id == rule_id) {
+            let note = if is_in_force(resolution, rule_id, &found.identity) {
+                ""
+            } else {
+                " [another rule or the protection list decides]"
+            };
+            println!(
+                "  {}  device {} inode {}  via {}{note}",
+                found.path.display(),
+                device(&found.identity),
+                found.identity.key.ino,
+                found.via
+            );
+        }
+        for missing in resolution.unresolved.iter().filter(|u| u.rule == rule.id) {
+            println!("  nothing for {}: {}", missing.via, missing.reason);
+        }
+    }
+    for protected in &resolution.protected {
+        println!(
+            "never banned: {} (named by rule {}): {}",
+            protected.path.display(),
+            protected.rule,
+            protected.why
+        );
+    }
+    for warning in &resolution.warnings {
+        println!("warning: {warning}");
+    }
+    println!(
+        "{} rules, {} files banned, {} identifiers matched nothing",
+        resolution.rules.len(),
+        resolution.entries.len(),
+        resolution.unresolved.len()
+    );
+}
+
+fn resolution_json(resolution: &Resolution) -> Value {
+    let rules: Vec<Value> = resolution
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(rule_id, rule)| {
+            let rule_id = rule_id as u32;
+            let files: Vec<Value> = resolution
+                .matches
+                .iter()
+                .filter(|m| m.rule_id == rule_id)
+                .map(|found| {
+                    json!({
+                        "path": found.path,
+                        "device": device(&found.identity),
+                        "inode": found.identity.key.ino,
+                        "generation": found.identity.generation,
+                        "via": found.via.to_string(),
+                        "in_force": is_in_force(resolution, rule_id, &found.identity),
+                    })
+                })
+                .collect();
+            let unresolved: Vec<Value> = resolution
+                .unresolved
+                .iter()
+                .filter(|u| u.rule == rule.id)
+                .map(|u| json!({ "via": u.via.to_string(), "reason": u.reason }))
+                .collect();
+            let hashes: Vec<String> = resolution
+                .hashes
+                .iter()
+                .filter(|(_, id)| **id == rule_id)
+                .map(|(hash, _)| to_hex(hash))
+                .collect();
+            json!({
+                "id": rule.id,
+                "policy": rule.policy,
+                "action": rule.action.name(),
+                "reason": rule.reason,
+                "files": files,
+                "sha256": hashes,
+                "unresolved": unresolved,
+            })
+        })
+        .collect();
+    let protected: Vec<Value> = resolution
+        .protected
+        .iter()
+        .map(|p| json!({ "path": p.path, "rule": p.rule, "why": p.why }))
+        .collect();
+    json!({
+        "rules": rules,
+        "protected": protected,
+        "warnings": resolution.warnings,
+        "banned_files": resolution.entries.len(),
+        "scan": resolution.scan.map(|s| json!({
+            "candidates": s.candidates, "read": s.read, "cached": s.cached,
+            "skipped": s.skipped, "bytes_read": s.bytes_read,
+        })),
+    })
+}
+
+/// A rule that names a file, and how.
+struct Verdict {
+    rule_id: u32,
+    via: Via,
+}
+
+/// Every rule naming `file`: by what the resolver found at the named paths, packages and
+/// apps, and by the file's own content (no scan needed for one file).
+fn verdicts(policy: &Policy, resolution: &Resolution, file: &HashedFile) -> Vec<Verdict> {
+    let mut verdicts: Vec<Verdict> = resolution
+        .matches
+        .iter()
+        .filter(|m| m.identity.key == file.identity.key)
+        .map(|m| Verdict {
+            rule_id: m.rule_id,
+            via: m.via.clone(),
+        })
+        .collect();
+    let name = file.path.file_name().unwrap_or_default();
+    for (rule_id, rule) in policy.rules.iter().enumerate() {
+        let rule_id = rule_id as u32;
+        if rule.identifiers.sha256.contains(&file.sha256) {
+            verdicts.push(Verdict {
+                rule_id,
+                via: Via::Sha256(file.sha256),
+            });
+        }
+        for appimage in &rule.identifiers.appimage {
+            let name_matches = compile_glob(&appimage.name)
+                .expect("validated by the policy parser")
+                .is_match(name);
+            if name_matches
+                && (appimage.sha256.is_empty() || appimage.sha256.contains(&file.sha256))
+            {
+                verdicts.push(Verdict {
+                    rule_id,
+                    via: Via::AppImage(appimage.name.clone()),
+                });
+            }
+        }
+    }
+    // Deny over audit, then the earliest rule: the same precedence as the ban map.
+    verdicts.sort_by_key(|v| {
+        (
+            std::cmp::Reverse(resolution.rules[v.rule_id as usize].action),
+            v.rule_id,
+        )
+    });
+    verdicts
+}
+
+fn load_for_lookup(policy_dir: &Path) -> Result<(Policy, Resolution)> {
+    let policy = policy::load_dir(policy_dir)?;
+    let resolution = resolve::resolve(&policy, &SourceRoots::default(), None);
+    Ok((policy, resolution))
+}
+
+/// `blocker hash FILE...`: content hash, identity and the rule that would match.
+pub fn hash(files: &[PathBuf], policy_dir: &Path) -> Result<ExitCode> {
+    let (policy, resolution) = load_for_lookup(policy_dir)?;
+    for path in files {
+        let file = scan::hash_file(path).with_context(|| format!("hashing {}", path.display()))?;
+        let rule = verdicts(&policy, &resolution, &file)
+            .first()
+            .map(|v| {
+                let rule = &resolution.rules[v.rule_id as usize];
+                format!("rule {} ({}) via {}", rule.id, rule.action.name(), v.via)
+            })
+            .unwrap_or_else(|| "no rule".to_owned());
+        println!(
+            "{}  {}  device {} inode {}  {rule}",
+            to_hex(&file.sha256),
+            path.display(),
+            device(&file.identity),
+            file.identity.key.ino
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `blocker explain FILE`: would this file be blocked, by which rule, and if not, why not.
+pub fn explain(path: &Path, policy_dir: &Path) -> Result<ExitCode> {
+    let (policy, resolution) = load_for_lookup(policy_dir)?;
+    let file = scan::hash_file(path).with_context(|| format!("reading {}", path.display()))?;
+    let verdicts = verdicts(&policy, &resolution, &file);
+    let identity = format!(
+        "device {} inode {}{}, sha256 {}",
+        device(&file.identity),
+        file.identity.key.ino,
+        file.identity
+            .generation
+            .map(|g| format!(" generation {g}"))
+            .unwrap_or_default(),
+        to_hex(&file.sha256)
+    );
+    if let Some((_, why)) = protected_files().get(&file.identity.key) {
+        println!("{}: never banned: {why} ({identity})", path.display());
+        for verdict in &verdicts {
+            let rule = &resolution.rules[verdict.rule_id as usize];
+            println!(
+                "  rule {} names it via {}, and is ignored for it",
+                rule.id, verdict.via
+            );
+        }
+        return Ok(ExitCode::from(EXIT_NOT_BANNED));
+    }
+    let Some(decisive) = verdicts.first() else {
+        println!(
+            "{}: not banned: none of the {} rules names this file by path, prefix, glob, \
+             package, Flatpak app or snap, and none lists its content ({identity})",
+            path.display(),
+            policy.rules.len()
+        );
+        return Ok(ExitCode::from(EXIT_NOT_BANNED));
+    };
+    let rule = &resolution.rules[decisive.rule_id as usize];
+    let verb = match rule.action {
+        policy::Action::Deny => "banned",
+        policy::Action::Audit => "allowed and audited",
+    };
+    println!(
+        "{}: {verb} by rule {} (policy {}) via {}",
+        path.display(),
+        rule.id,
+        rule.policy,
+        decisive.via
+    );
+    if let Some(reason) = &rule.reason {
+        println!("  reason: {reason}");
+    }
+    println!("  {identity}");
+    for other in &verdicts[1..] {
+        let rule = &resolution.rules[other.rule_id as usize];
+        println!(
+            "  also named by rule {} ({}) via {}",
+            rule.id,
+            rule.action.name(),
+            other.via
+        );
+    }
+    Ok(if rule.action == policy::Action::Deny {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_NOT_BANNED)
+    })
+}
+
+/// Scan settings from the command line.
+pub fn scan_options(roots: Vec<PathBuf>, cache: Option<PathBuf>) -> ScanOptions {
+    ScanOptions {
+        roots: if roots.is_empty() {
+            ScanOptions::default_roots()
+        } else {
+            roots
+        },
+        cache_file: cache,
+        progress: true,
+    }
+}
