@@ -267,20 +267,24 @@ fn load_for_lookup(policy_dir: &Path) -> Result<(Policy, Resolution)> {
     Ok((policy, resolution))
 }
 
-/// `blocker hash FILE...`: content hash, identity and the rule that would match.
-pub fn hash(files: &[PathBuf], policy_dir: &Path) -> Result<ExitCode> {
-    let (policy, resolution) = load_for_lookup(policy_dir)?;
+/// `blocker hash FILE...`: content hash, identity and, given policies, the rule that would
+/// match. The first column is the hash, as with `sha256sum`.
+pub fn hash(files: &[PathBuf], policy_dir: Option<&Path>) -> Result<ExitCode> {
+    let lookup = policy_dir.map(load_for_lookup).transpose()?;
     for path in files {
         let file = scan::hash_file(path).with_context(|| format!("hashing {}", path.display()))?;
-        let rule = verdicts(&policy, &resolution, &file)
-            .first()
-            .map(|v| {
-                let rule = &resolution.rules[v.rule_id as usize];
-                format!("rule {} ({}) via {}", rule.id, rule.action.name(), v.via)
-            })
-            .unwrap_or_else(|| "no rule".to_owned());
+        let rule = match &lookup {
+            None => String::new(),
+            Some((policy, resolution)) => verdicts(policy, resolution, &file)
+                .first()
+                .map(|v| {
+                    let rule = &resolution.rules[v.rule_id as usize];
+                    format!("  rule {} ({}) via {}", rule.id, rule.action.name(), v.via)
+                })
+                .unwrap_or_else(|| "  no rule".to_owned()),
+        };
         println!(
-            "{}  {}  device {} inode {}  {rule}",
+            "{}  {}  device {} inode {}{rule}",
             to_hex(&file.sha256),
             path.display(),
             device(&file.identity),

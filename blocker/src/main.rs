@@ -68,12 +68,12 @@ enum Command {
         #[command(flatten)]
         scan: ScanArgs,
     },
-    /// Print each file's SHA-256, its identity and the rule that would match it.
+    /// Print each file's SHA-256 and identity, and with --policy-dir the rule that would match.
     Hash {
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        #[arg(long, default_value = DEFAULT_POLICY_DIR)]
-        policy_dir: PathBuf,
+        #[arg(long)]
+        policy_dir: Option<PathBuf>,
     },
     /// Say whether a file would be blocked, by which rule, and why not if not.
     /// Exits 0 if it is banned, 1 if it is not.
@@ -131,7 +131,7 @@ fn main() -> ExitCode {
             json,
             scan,
         } => inspect::resolve(&policy_dir, &scan.options(), json),
-        Command::Hash { files, policy_dir } => inspect::hash(&files, &policy_dir),
+        Command::Hash { files, policy_dir } => inspect::hash(&files, policy_dir.as_deref()),
         Command::Explain { file, policy_dir } => inspect::explain(&file, &policy_dir),
     };
     result.unwrap_or_else(|error| {

@@ -40,6 +40,11 @@ const EXTRA_FILES: &[&str] = &[
     "/usr/bin/true",
 ];
 
+/// Packages the VM tests install: each directory here is built with `dpkg-deb` and put into the
+/// VM as `/fixtures/<name>.deb`.
+const FIXTURE_PACKAGES_DIR: &str = "tests/fixtures/debs";
+const GUEST_FIXTURES_DIR: &str = "/fixtures";
+
 /// Boots a VM that runs each of `tests` with `blocker` at hand, adds the test counts printed on its
 /// console to `counts`, and fails unless every test executable ran and passed.
 pub fn run_tests(
@@ -50,7 +55,7 @@ pub fn run_tests(
     counts: &mut TestCounts,
 ) -> Result<()> {
     let vm_dir = root.join(VM_DIR);
-    let initramfs = build_initramfs(&vm_dir, tests, blocker)?;
+    let initramfs = build_initramfs(root, &vm_dir, tests, blocker)?;
     let console_log = vm_dir.join("console.log");
     let (console, ended) = boot(kernel, &initramfs, &console_log)?;
     let report = parse_console(&console);
@@ -94,7 +99,12 @@ poweroff -f
     )
 }
 
-fn build_initramfs(vm_dir: &Path, tests: &[Artifact], blocker: &Path) -> Result<PathBuf> {
+fn build_initramfs(
+    root: &Path,
+    vm_dir: &Path,
+    tests: &[Artifact],
+    blocker: &Path,
+) -> Result<PathBuf> {
     let stripped_dir = vm_dir.join("stripped");
     if stripped_dir.exists() {
         fs::remove_dir_all(&stripped_dir)
@@ -125,6 +135,12 @@ fn build_initramfs(vm_dir: &Path, tests: &[Artifact], blocker: &Path) -> Result<
         image.add(file, Entry::HostFile(file.into()));
         programs.push(file.into());
     }
+    image.add(GUEST_FIXTURES_DIR, Entry::Directory);
+    for package in fixture_packages(root, vm_dir)? {
+        let name = package.file_name().expect("built packages have names");
+        let guest = format!("{GUEST_FIXTURES_DIR}/{}", name.to_string_lossy());
+        image.add(&guest, Entry::HostFile(package));
+    }
     for test in tests {
         let guest = format!("{GUEST_TESTS_DIR}/{}", test.target_name);
         image.add(
@@ -150,6 +166,31 @@ fn build_initramfs(vm_dir: &Path, tests: &[Artifact], blocker: &Path) -> Result<
         .len();
     println!("xtask: wrote {} ({} MiB)", archive.display(), size >> 20);
     Ok(archive)
+}
+
+/// Builds every fixture package into `vm_dir/fixtures/<name>.deb`.
+fn fixture_packages(root: &Path, vm_dir: &Path) -> Result<Vec<PathBuf>> {
+    let sources = root.join(FIXTURE_PACKAGES_DIR);
+    let built = vm_dir.join("fixtures");
+    fs::create_dir_all(&built).with_context(|| format!("creating {}", built.display()))?;
+    let mut packages = Vec::new();
+    for entry in fs::read_dir(&sources).with_context(|| format!("reading {}", sources.display()))? {
+        let source = entry?.path();
+        let name = source
+            .file_name()
+            .with_context(|| format!("{} has no file name", source.display()))?;
+        let package = built.join(format!("{}.deb", name.to_string_lossy()));
+        let mut dpkg_deb = Command::new("dpkg-deb");
+        dpkg_deb
+            .args(["--root-owner-group", "--build"])
+            .arg(&source)
+            .arg(&package)
+            .stdout(std::process::Stdio::null());
+        process::run(&mut dpkg_deb)?;
+        packages.push(package);
+    }
+    packages.sort();
+    Ok(packages)
 }
 
 /// A copy of `executable` in `dir` without debug info, which is most of a debug build and would

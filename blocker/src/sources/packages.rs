@@ -101,7 +101,7 @@ pub fn package_files(name: &str, roots: &SourceRoots) -> Result<SourceFiles, Str
         format!("package `{name}` could not be looked up")
     } else {
         format!(
-            "package `{name}`: no package manager found (no dpkg database in {}, no `rpm` command)",
+            "package `{name}`: no package manager found (no dpkg database in {}, no rpm database)",
             roots.root.join(&roots.dpkg_admin_dir).display()
         )
     };

@@ -5,8 +5,19 @@ use std::{ffi::OsStr, io::ErrorKind, os::unix::ffi::OsStrExt, path::PathBuf, pro
 
 use super::{packages::Lookup, SourceRoots};
 
+/// Where rpm keeps its database: the current location, then the traditional one.
+const DATABASE_DIRS: [&str; 2] = ["usr/lib/sysimage/rpm", "var/lib/rpm"];
+
 /// The paths `name` installed, every installed architecture included, as `rpm -ql` lists them.
+/// Without an rpm database rpm is not this system's package manager (Debian can have the `rpm`
+/// command, or busybox's applet of that name, for unpacking packages), so it is not asked.
 pub(super) fn listed_paths(name: &str, roots: &SourceRoots) -> Lookup {
+    if !DATABASE_DIRS
+        .iter()
+        .any(|dir| roots.root.join(dir).is_dir())
+    {
+        return Lookup::Absent;
+    }
     let output = Command::new("rpm")
         // Its "is not installed" message is translated otherwise.
         .env("LC_ALL", "C")
@@ -107,5 +118,15 @@ mod tests {
             }
             _ => panic!("expected Failed"),
         }
+    }
+
+    #[test]
+    fn without_an_rpm_database_rpm_is_not_asked() {
+        let root = tempfile::tempdir().unwrap();
+        let roots = SourceRoots {
+            root: root.path().to_owned(),
+            ..SourceRoots::default()
+        };
+        assert!(matches!(listed_paths("anything", &roots), Lookup::Absent));
     }
 }
