@@ -12,7 +12,7 @@ use blocker_common::{BanEntry, FileKey};
 
 use crate::{
     files::{is_executable_candidate, walk},
-    identity::FileIdentity,
+    identity::{kernel_device_number, FileIdentity},
     policy::{compile_glob, glob_base, Action, Identifiers, Policy},
     scan::{to_hex, HashedFile, ScanReport, ScanStats, Sha256},
     sources::{self, SourceFiles, SourceRoots},
@@ -171,17 +171,13 @@ impl Found<'_> {
                 self.unresolved(via, "no such directory".to_owned());
                 continue;
             }
-            let files = self.walk_candidates(prefix);
-            self.add_all(files, via);
+            let found = self.walk_candidates(prefix, |_| true);
+            self.add_all(found, via);
         }
         for glob in &identifiers.globs {
             let matcher = compile_glob(glob).expect("validated by the policy parser");
-            let files = self
-                .walk_candidates(&glob_base(glob))
-                .into_iter()
-                .filter(|path| matcher.is_match(path))
-                .collect();
-            self.add_all(files, Via::Glob(glob.clone()));
+            let found = self.walk_candidates(&glob_base(glob), |path| matcher.is_match(path));
+            self.add_all(found, Via::Glob(glob.clone()));
         }
         for name in &identifiers.packages {
             self.add_source(
@@ -239,40 +235,58 @@ impl Found<'_> {
         }
     }
 
-    /// Executable candidates under `root`; walk problems become warnings.
-    fn walk_candidates(&mut self, root: &Path) -> Vec<PathBuf> {
-        walk(root, &mut self.resolution.warnings)
-            .into_iter()
-            .filter(|entry| is_executable_candidate(&entry.path, &entry.metadata))
-            .map(|entry| entry.path)
-            .collect()
+    /// Executable candidates under `root` whose path `wanted` accepts; walk problems become
+    /// warnings.
+    fn walk_candidates(&mut self, root: &Path, wanted: impl Fn(&Path) -> bool) -> SourceFiles {
+        let mut found = SourceFiles::default();
+        for entry in walk(root, &mut self.resolution.warnings) {
+            if is_executable_candidate(&entry.path, &entry.status) && wanted(&entry.path) {
+                found.add(entry.path, &entry.status);
+            }
+        }
+        found
     }
 
     fn add_source(&mut self, source: Result<SourceFiles, String>, via: Via) {
         match source {
-            Ok(found) => {
-                self.resolution.warnings.extend(found.warnings);
-                self.add_all(found.files, via);
+            Ok(mut found) => {
+                self.resolution.warnings.append(&mut found.warnings);
+                self.add_all(found, via);
             }
             Err(reason) => self.unresolved(via, reason),
         }
     }
 
-    /// Adds files found by walking trees or reading package databases: each was a regular file
-    /// when found, and is only taken if it still is one (not a symlink swapped in since).
-    fn add_all(&mut self, files: Vec<PathBuf>, via: Via) {
-        if files.is_empty() {
+    /// Adds files found by walking trees or reading package databases, each only if opening it
+    /// now, without following a final symlink, reaches the inode seen when it was found: in a
+    /// tree a user can write to, a file or directory swapped for a symlink since must not get
+    /// another file banned.
+    fn add_all(&mut self, found: SourceFiles, via: Via) {
+        if found.files.is_empty() {
             self.unresolved(via, "no executable files found".to_owned());
             return;
         }
-        for path in files {
-            match FileIdentity::of_path_no_follow(&path) {
-                Ok(identity) => self.add(path, identity, via.clone()),
-                Err(error) => self
-                    .resolution
-                    .warnings
-                    .push(format!("{}: {error}", path.display())),
+        for path in found.files {
+            let identity = match FileIdentity::of_path_no_follow(&path) {
+                Ok(identity) => identity,
+                Err(error) => {
+                    let warning = format!("{}: {error}", path.display());
+                    self.resolution.warnings.push(warning);
+                    continue;
+                }
+            };
+            let same_as_seen = found.seen.get(&path).is_none_or(|&(dev, ino)| {
+                identity.key == FileKey::new(kernel_device_number(dev), ino)
+            });
+            if !same_as_seen {
+                let warning = format!(
+                    "{}: replaced since it was found; not banned",
+                    path.display()
+                );
+                self.resolution.warnings.push(warning);
+                continue;
             }
+            self.add(path, identity, via.clone());
         }
     }
 
@@ -380,6 +394,7 @@ mod tests {
 
     use super::*;
     use crate::{
+        files::FileStatus,
         policy::{AppImage, Location, Rule},
         scan::{scan, ScanOptions},
     };
@@ -664,6 +679,56 @@ mod tests {
         assert_eq!(
             mapped_files(maps),
             ["/usr/bin/blocker", "/usr/lib/x86_64-linux-gnu/libc.so.6"]
+        );
+    }
+
+    fn add_found(found: SourceFiles) -> Resolution {
+        let mut resolution = Resolution::default();
+        Found {
+            rule_id: 0,
+            rule: "r",
+            resolution: &mut resolution,
+        }
+        .add_all(found, Via::PathPrefix(PathBuf::from("/")));
+        resolution
+    }
+
+    #[test]
+    fn a_file_swapped_after_it_was_found_is_not_banned() {
+        let dir = tempfile::tempdir().unwrap();
+        let system_program = dir.path().join("system-program");
+        write(&system_program, b"precious", 0o755);
+        let listed = dir.path().join("users-tool");
+        write(&listed, b"user's file", 0o755);
+        let mut found = SourceFiles::default();
+        found.add(
+            listed.clone(),
+            &FileStatus::of(&std::fs::metadata(&listed).unwrap()),
+        );
+
+        // Between the walk and the open, the user swaps the file for a symlink...
+        std::fs::remove_file(&listed).unwrap();
+        std::os::unix::fs::symlink(&system_program, &listed).unwrap();
+        let resolution = add_found(found);
+        assert!(resolution.matches.is_empty());
+        assert_eq!(resolution.warnings.len(), 1, "{:?}", resolution.warnings);
+
+        // ... or for a hard link to another file.
+        let mut found = SourceFiles::default();
+        let replaced = dir.path().join("replaced");
+        write(&replaced, b"user's file", 0o755);
+        found.add(
+            replaced.clone(),
+            &FileStatus::of(&std::fs::metadata(&replaced).unwrap()),
+        );
+        std::fs::remove_file(&replaced).unwrap();
+        std::fs::hard_link(&system_program, &replaced).unwrap();
+        let resolution = add_found(found);
+        assert!(resolution.matches.is_empty());
+        assert!(
+            resolution.warnings[0].contains("replaced since it was found"),
+            "{:?}",
+            resolution.warnings
         );
     }
 }

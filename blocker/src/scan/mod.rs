@@ -165,10 +165,10 @@ fn list_candidates(
     for root in roots {
         progress.listing(root);
         for entry in walk(root, warnings) {
-            if !is_executable_candidate(&entry.path, &entry.metadata) {
+            if !is_executable_candidate(&entry.path, &entry.status) {
                 continue;
             }
-            let stamp = FileStamp::of(&entry.metadata);
+            let stamp = FileStamp::from(&entry.status);
             by_inode
                 .entry((stamp.dev, stamp.ino))
                 .or_insert_with(|| Candidate {

@@ -7,13 +7,16 @@ mod packages;
 mod rpm;
 mod snap;
 
-use std::path::{Component, Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Component, Path, PathBuf},
+};
 
 pub use flatpak::{flatpak_files, validate_flatpak_id};
 pub use packages::{package_files, validate_package_name};
 pub use snap::{snap_files, validate_snap_name};
 
-use crate::files::{is_executable_candidate, walk};
+use crate::files::{is_executable_candidate, walk, FileStatus};
 
 /// Where to look; tests point it at temporary trees.
 #[derive(Clone, Debug)]
@@ -53,15 +56,23 @@ impl SourceRoots {
 #[derive(Debug, Default)]
 pub struct SourceFiles {
     pub files: Vec<PathBuf>,
+    /// The (device, inode) each file had when it was found: whoever opens it later checks it
+    /// still finds that file, not one swapped in since.
+    pub seen: BTreeMap<PathBuf, (u64, u64)>,
     pub warnings: Vec<String>,
 }
 
 impl SourceFiles {
+    pub fn add(&mut self, path: PathBuf, status: &FileStatus) {
+        self.seen.insert(path.clone(), (status.dev, status.ino));
+        self.files.push(path);
+    }
+
     /// Adds the executable candidates below `directory`.
     fn add_walked(&mut self, directory: &Path) {
         for entry in walk(directory, &mut self.warnings) {
-            if is_executable_candidate(&entry.path, &entry.metadata) {
-                self.files.push(entry.path);
+            if is_executable_candidate(&entry.path, &entry.status) {
+                self.add(entry.path, &entry.status);
             }
         }
     }

@@ -4,7 +4,7 @@
 use std::{fs, io::ErrorKind, path::PathBuf};
 
 use super::{dpkg, rpm, SourceFiles, SourceRoots};
-use crate::files::is_executable_candidate;
+use crate::files::{is_executable_candidate, FileStatus};
 
 /// What one package manager knows about a package.
 pub(super) enum Lookup {
@@ -137,8 +137,9 @@ fn add_listed(
                 if !metadata.is_dir() {
                     existing_files += 1;
                 }
-                if is_executable_candidate(&path, &metadata) {
-                    found.files.push(path);
+                let status = FileStatus::of(&metadata);
+                if is_executable_candidate(&path, &status) {
+                    found.add(path, &status);
                 }
             }
             Err(error)
