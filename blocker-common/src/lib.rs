@@ -11,8 +11,14 @@ pub mod names {
     pub const EVENTS_MAP: &str = "EVENTS";
     pub const COUNTERS_MAP: &str = "COUNTERS";
     pub const KERNEL_OFFSETS_GLOBAL: &str = "KERNEL_OFFSETS";
-    pub const LSM_PROGRAM: &str = "bprm_check_security";
-    pub const LSM_HOOK: &str = "bprm_check_security";
+    pub const SETTINGS_MAP: &str = "SETTINGS";
+    /// LSM programs and the hooks they attach to: the exec check, and the checks of executable
+    /// mappings (`ld.so /path`, `dlopen`, `mprotect(PROT_EXEC)`).
+    pub const LSM_PROGRAMS: [(&str, &str); 3] = [
+        ("bprm_check_security", "bprm_check_security"),
+        ("mmap_file", "mmap_file"),
+        ("file_mprotect", "file_mprotect"),
+    ];
     pub const KILL_PROGRAM: &str = "sched_process_exec";
     pub const KILL_TRACEPOINT: &str = "sched_process_exec";
 }
@@ -53,6 +59,8 @@ impl FileKey {
 
 /// What happens when a banned file is executed.
 pub mod action {
+    /// Let it run without a report (only as a setting, e.g. for fileless execs).
+    pub const ALLOW: u32 = 0;
     /// Refuse the exec (EPERM under the LSM backend, SIGKILL under the kill backend).
     pub const DENY: u32 = 1;
     /// Let it run and report it.
@@ -66,6 +74,27 @@ pub mod backend {
     /// `tp_btf/sched_process_exec` sends SIGKILL before the new image runs any code.
     pub const KILL: u32 = 2;
 }
+
+/// What the kernel was asked to do with a banned file.
+pub mod operation {
+    /// `execve`/`execveat` of the file.
+    pub const EXEC: u32 = 1;
+    /// `mmap` of the file with `PROT_EXEC` (the dynamic loader, `dlopen`).
+    pub const MMAP: u32 = 2;
+    /// `mprotect` adding `PROT_EXEC` to a mapping of the file.
+    pub const MPROTECT: u32 = 3;
+}
+
+/// Indices into the settings array, each holding one of [`action`].
+pub mod setting {
+    /// What to do with the exec of a file that has no name on disk (`nlink == 0`: a memfd, an
+    /// `O_TMPFILE`, a deleted file).
+    pub const FILELESS: u32 = 0;
+    pub const COUNT: u32 = 1;
+}
+
+/// `rule_id` of events about fileless execs, which no rule but the policy's setting decides.
+pub const FILELESS_RULE_ID: u32 = u32::MAX;
 
 /// Flags of a [`BanEntry`].
 pub mod entry_flags {
@@ -109,7 +138,8 @@ pub const COMM_LEN: usize = 16;
 /// Bytes of `bprm->filename` carried in an event; longer names are cut.
 pub const FILENAME_LEN: usize = 256;
 
-/// One exec of a banned file, as the kernel reports it through the ring buffer.
+/// One attempt to run code from a banned file (exec or executable mapping), as the kernel
+/// reports it through the ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ExecEvent {
@@ -131,8 +161,13 @@ pub struct ExecEvent {
     pub action: u32,
     /// One of [`backend`].
     pub backend: u32,
-    /// Bytes of `filename` in use, without the terminating NUL.
+    /// One of [`operation`].
+    pub operation: u32,
+    /// Bytes of `filename` in use, without the terminating NUL; 0 for mappings, which have no
+    /// exec path.
     pub filename_len: u32,
+    /// Always zero; keeps `comm` at an offset a multiple of eight.
+    pub padding: u32,
     pub comm: [u8; COMM_LEN],
     /// The path as given to exec (`bprm->filename`), NUL-terminated unless cut.
     pub filename: [u8; FILENAME_LEN],
@@ -152,6 +187,8 @@ pub struct KernelOffsets {
     pub super_block_s_dev: u32,
     pub task_struct_real_parent: u32,
     pub task_struct_tgid: u32,
+    pub inode_i_nlink: u32,
+    pub vm_area_struct_vm_file: u32,
     /// Always zero; keeps the size a multiple of eight.
     pub padding: u32,
 }
@@ -176,10 +213,10 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<FileKey>(), 16);
         assert_eq!(size_of::<BanEntry>(), 16);
-        assert_eq!(size_of::<KernelOffsets>(), 40);
+        assert_eq!(size_of::<KernelOffsets>(), 48);
         assert_eq!(
             size_of::<ExecEvent>(),
-            8 + 8 + 10 * 4 + COMM_LEN + FILENAME_LEN
+            8 + 8 + 12 * 4 + COMM_LEN + FILENAME_LEN
         );
     }
 

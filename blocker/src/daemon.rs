@@ -55,6 +55,7 @@ pub fn run(options: RunOptions) -> Result<()> {
         options.backend,
         options.event_buffer_bytes,
         &resolution.entries,
+        resolution.fileless.kernel_value(),
     )?;
     log::info!(
         "enforcing {} rules ({} files) with the {} backend: {}",
@@ -176,7 +177,13 @@ fn drain(ring: &mut RingBuf<MapData>, resolution: &Resolution, sink: &mut JsonLi
     while let Some(item) = ring.next() {
         match events::decode(&item) {
             Ok(event) => {
-                let record = ExecRecord::new(&event, resolution.rule(event.rule_id), &clock);
+                let key = FileKey::new(event.dev, event.ino);
+                let record = ExecRecord::new(
+                    &event,
+                    resolution.rule(event.rule_id),
+                    resolution.paths.get(&key).map(PathBuf::as_path),
+                    &clock,
+                );
                 if record.enforcement == "none" {
                     log::info!("{}", record.summary());
                 } else {

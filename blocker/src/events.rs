@@ -1,10 +1,13 @@
 //! Kernel events → records for people and machines: decoding the ring buffer's bytes, turning
 //! kernel clocks and numbers into readable fields, and the JSON lines schema.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    path::Path,
+    time::{Duration, SystemTime},
+};
 
 use anyhow::{ensure, Result};
-use blocker_common::{action, backend, ExecEvent, FILENAME_LEN};
+use blocker_common::{action, backend, operation, ExecEvent, FILENAME_LEN};
 use serde::Serialize;
 
 use crate::{identity::split_kernel_device_number, resolve::RuleInfo};
@@ -34,7 +37,8 @@ pub enum Record {
         rules: usize,
         entries: usize,
     },
-    /// An exec of a banned file.
+    /// An attempt to run code from a banned file: an exec, or (LSM backend) an executable
+    /// mapping of it.
     Exec(ExecRecord),
     /// The ring buffer was full: `lost` exec events were dropped since the last report. The
     /// execs were still enforced.
@@ -56,6 +60,9 @@ pub struct ExecRecord {
     /// or `none` (audit).
     pub enforcement: &'static str,
     pub backend: &'static str,
+    /// `exec`, `mmap` (mapped executable: the dynamic loader, `dlopen`) or `mprotect` (made
+    /// executable after mapping).
+    pub operation: &'static str,
     pub rule: String,
     pub policy: String,
     pub reason: Option<String>,
@@ -67,7 +74,8 @@ pub struct ExecRecord {
     pub uid: u32,
     pub gid: u32,
     pub comm: String,
-    /// The path given to exec, as the caller spelled it.
+    /// For an exec, the path given to exec, as the caller spelled it; for a mapping, a path
+    /// of the banned file as blocker resolved it (empty if unknown, e.g. a fileless file).
     pub path: String,
     pub path_truncated: bool,
     /// `major:minor` of the file's filesystem.
@@ -76,9 +84,22 @@ pub struct ExecRecord {
 }
 
 impl ExecRecord {
-    pub fn new(event: &ExecEvent, rule: Option<&RuleInfo>, clock: &BootClock) -> Self {
+    /// `known_path` is where blocker found the banned file, for events without an exec path.
+    pub fn new(
+        event: &ExecEvent,
+        rule: Option<&RuleInfo>,
+        known_path: Option<&Path>,
+        clock: &BootClock,
+    ) -> Self {
         let (major, minor) = split_kernel_device_number(event.dev);
         let filename_len = (event.filename_len as usize).min(FILENAME_LEN);
+        let path = if event.operation == operation::EXEC {
+            nul_terminated(&event.filename[..filename_len])
+        } else {
+            known_path
+                .map(|path| path.display().to_string())
+                .unwrap_or_default()
+        };
         Self {
             time: rfc3339(clock.wall_time(event.boot_time_ns)),
             action: match event.action {
@@ -101,7 +122,13 @@ impl ExecRecord {
             uid: event.uid,
             gid: event.gid,
             comm: nul_terminated(&event.comm),
-            path: nul_terminated(&event.filename[..filename_len]),
+            operation: match event.operation {
+                operation::EXEC => "exec",
+                operation::MMAP => "mmap",
+                operation::MPROTECT => "mprotect",
+                _ => "unknown",
+            },
+            path,
             // The kernel copies at most FILENAME_LEN - 1 bytes and a NUL.
             path_truncated: filename_len >= FILENAME_LEN - 1,
             device: format!("{major}:{minor}"),
@@ -121,8 +148,12 @@ impl ExecRecord {
             .as_deref()
             .map(|reason| format!(": {reason}"))
             .unwrap_or_default();
+        let what = match self.operation {
+            "exec" => "exec",
+            _ => "executable mapping",
+        };
         format!(
-            "{verdict} exec of {} by pid {} ({}, uid {}) under rule {}{reason}",
+            "{verdict} {what} of {} by pid {} ({}, uid {}) under rule {}{reason}",
             self.path, self.pid, self.comm, self.uid, self.rule
         )
     }
@@ -195,7 +226,9 @@ mod tests {
             rule_id: 0,
             action: action::DENY,
             backend: backend::LSM,
+            operation: operation::EXEC,
             filename_len: 11,
+            padding: 0,
             comm,
             filename,
         }
@@ -229,7 +262,7 @@ mod tests {
             reason: Some("banned".to_owned()),
             action: Action::Deny,
         };
-        let record = ExecRecord::new(&event(), Some(&rule), &BootClock);
+        let record = ExecRecord::new(&event(), Some(&rule), None, &BootClock);
         assert_eq!(record.path, "/opt/wechat");
         assert!(!record.path_truncated);
         assert_eq!(record.comm, "bash");
@@ -256,7 +289,7 @@ mod tests {
         killed.filename = [b'a'; FILENAME_LEN];
         killed.filename[FILENAME_LEN - 1] = 0;
         killed.filename_len = FILENAME_LEN as u32;
-        let record = ExecRecord::new(&killed, None, &BootClock);
+        let record = ExecRecord::new(&killed, None, None, &BootClock);
         assert_eq!(record.enforcement, "sigkill");
         assert_eq!(record.rule, "#0");
         assert!(record.path_truncated);
@@ -265,7 +298,7 @@ mod tests {
         let mut audited = event();
         audited.action = action::AUDIT;
         assert_eq!(
-            ExecRecord::new(&audited, None, &BootClock).enforcement,
+            ExecRecord::new(&audited, None, None, &BootClock).enforcement,
             "none"
         );
     }
@@ -276,5 +309,20 @@ mod tests {
         let wall = BootClock.wall_time(boot_now);
         let skew = SystemTime::now().duration_since(wall).unwrap_or_default();
         assert!(skew < Duration::from_secs(5), "{skew:?}");
+    }
+
+    #[test]
+    fn mappings_name_the_file_blocker_resolved() {
+        let mut mapped = event();
+        mapped.operation = operation::MMAP;
+        mapped.filename_len = 0;
+        let known = Path::new("/opt/wechat/lib/libwechat.so");
+        let record = ExecRecord::new(&mapped, None, Some(known), &BootClock);
+        assert_eq!(record.operation, "mmap");
+        assert_eq!(record.path, "/opt/wechat/lib/libwechat.so");
+        assert!(record
+            .summary()
+            .starts_with("denied executable mapping of /opt/wechat/lib/libwechat.so"));
+        assert_eq!(ExecRecord::new(&mapped, None, None, &BootClock).path, "");
     }
 }

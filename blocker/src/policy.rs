@@ -187,6 +187,28 @@ pub struct AppImage {
     pub sha256: Vec<Sha256>,
 }
 
+/// What to do with the exec of a file that has no name on disk (`nlink == 0`): a memfd
+/// (`memfd_create` + `fexecve`), an `O_TMPFILE`, a deleted file. No path or package rule can
+/// name such a file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fileless {
+    #[default]
+    Allow,
+    Audit,
+    Deny,
+}
+
+impl Fileless {
+    pub fn kernel_value(self) -> u32 {
+        match self {
+            Fileless::Allow => blocker_common::action::ALLOW,
+            Fileless::Audit => blocker_common::action::AUDIT,
+            Fileless::Deny => blocker_common::action::DENY,
+        }
+    }
+}
+
 /// One policy file's own settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyHeader {
@@ -194,6 +216,8 @@ pub struct PolicyHeader {
     pub name: String,
     pub description: Option<String>,
     pub mode: Mode,
+    /// As written; [`Policy::fileless`] is what applies.
+    pub fileless: Option<Fileless>,
 }
 
 /// All rules of a policy directory, in file order then rule order.
@@ -203,6 +227,25 @@ pub struct Policy {
     pub rules: Vec<Rule>,
 }
 
+impl Policy {
+    /// The strictest fileless setting of all files (a monitor-mode file's deny counts as audit),
+    /// with the name of the policy that set it.
+    pub fn fileless(&self) -> (Fileless, Option<&str>) {
+        self.policies
+            .iter()
+            .filter_map(|header| {
+                let setting = header.fileless?;
+                let applied = match (header.mode, setting) {
+                    (Mode::Monitor, Fileless::Deny) => Fileless::Audit,
+                    _ => setting,
+                };
+                Some((applied, Some(header.name.as_str())))
+            })
+            .max_by_key(|(setting, _)| *setting)
+            .unwrap_or((Fileless::Allow, None))
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
@@ -210,6 +253,7 @@ struct PolicyFile {
     description: Option<String>,
     #[serde(default)]
     mode: Mode,
+    fileless: Option<Fileless>,
     #[serde(default)]
     rule: Vec<RuleSpec>,
 }
@@ -499,6 +543,7 @@ pub fn parse_sources(sources: &[(PathBuf, String)]) -> Result<Policy, PolicyErro
             name: parsed.name,
             description: parsed.description,
             mode: parsed.mode,
+            fileless: parsed.fileless,
         });
     }
     if errors.is_empty() {
@@ -941,6 +986,45 @@ appimage = [{ name = "WeChat-*.AppImage" }, { name = "wechat*.AppImage", sha256 
             .iter()
             .all(|&n| n > 0),
             "the example shows every identifier"
+        );
+    }
+
+    #[test]
+    fn the_strictest_fileless_setting_applies() {
+        let file = |name: &str, extra: &str| {
+            (
+                format!("{name}.toml"),
+                format!(
+                    "name = \"{name}\"\n{extra}\n[[rule]]\nid = \"{name}\"\npaths = [\"/x\"]\n"
+                ),
+            )
+        };
+        let parse_all = |files: &[(String, String)]| {
+            let borrowed: Vec<(&str, &str)> = files
+                .iter()
+                .map(|(n, t)| (n.as_str(), t.as_str()))
+                .collect();
+            parse(&borrowed).unwrap().fileless().0
+        };
+        assert_eq!(parse_all(&[file("a", "")]), Fileless::Allow);
+        assert_eq!(
+            parse_all(&[
+                file("a", "fileless = \"audit\""),
+                file("b", "fileless = \"deny\"")
+            ]),
+            Fileless::Deny
+        );
+        assert_eq!(
+            parse_all(&[
+                file("a", "fileless = \"deny\"\nmode = \"monitor\""),
+                file("b", "")
+            ]),
+            Fileless::Audit
+        );
+        let message = single_error(&[("p.toml", "name = \"p\"\nfileless = \"block\"\n")]);
+        assert!(
+            message.starts_with("p.toml:2:12: fileless: unknown variant `block`"),
+            "{message}"
         );
     }
 

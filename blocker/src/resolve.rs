@@ -8,12 +8,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use blocker_common::{BanEntry, FileKey};
+use blocker_common::{BanEntry, FileKey, FILELESS_RULE_ID};
 
 use crate::{
     files::{is_executable_candidate, walk},
     identity::{kernel_device_number, FileIdentity},
-    policy::{compile_glob, glob_base, Action, Identifiers, Policy},
+    policy::{compile_glob, glob_base, Action, Fileless, Identifiers, Policy},
     scan::{to_hex, HashedFile, ScanReport, ScanStats, Sha256},
     sources::{self, SourceFiles, SourceRoots},
 };
@@ -96,10 +96,17 @@ pub struct Resolution {
     /// Problems met while walking and reading (`path: reason`).
     pub warnings: Vec<String>,
     pub scan: Option<ScanStats>,
+    /// What the kernel does with fileless execs.
+    pub fileless: Fileless,
+    /// Events about fileless execs name this pseudo-rule.
+    pub fileless_rule: Option<RuleInfo>,
 }
 
 impl Resolution {
     pub fn rule(&self, rule_id: u32) -> Option<&RuleInfo> {
+        if rule_id == FILELESS_RULE_ID {
+            return self.fileless_rule.as_ref();
+        }
         self.rules.get(rule_id as usize)
     }
 }
@@ -118,8 +125,22 @@ pub fn needs_scan(policy: &Policy) -> bool {
 pub fn resolve(policy: &Policy, roots: &SourceRoots, scanned: Option<&ScanReport>) -> Resolution {
     let protected = protected_files();
     let by_content = scanned.map(index_by_content).unwrap_or_default();
+    let (fileless, fileless_policy) = policy.fileless();
     let mut resolution = Resolution {
         scan: scanned.map(|report| report.stats),
+        fileless,
+        fileless_rule: (fileless != Fileless::Allow).then(|| RuleInfo {
+            id: "fileless".to_owned(),
+            policy: fileless_policy.unwrap_or_default().to_owned(),
+            reason: Some(
+                "runs a file with no name on disk (memfd, O_TMPFILE or deleted file)".to_owned(),
+            ),
+            action: if fileless == Fileless::Deny {
+                Action::Deny
+            } else {
+                Action::Audit
+            },
+        }),
         ..Resolution::default()
     };
     for (rule_id, rule) in policy.rules.iter().enumerate() {

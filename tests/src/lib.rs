@@ -444,6 +444,76 @@ pub fn run_as_launcher(path: &Path) -> std::io::Result<(u32, ExitStatus)> {
     Ok((pid, child.wait()?))
 }
 
+/// `execveat(fd, "", AT_EMPTY_PATH)` of `file` in a child, which is how `fexecve` runs a file
+/// that may have no name; the child's status, or the exec's error.
+pub fn exec_by_descriptor(file: &std::fs::File) -> std::io::Result<ExitStatus> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let empty = std::ffi::CString::new("").unwrap();
+    let argv: [*const libc::c_char; 2] = [empty.as_ptr(), std::ptr::null()];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    // Addresses, so the closure is Send; the CString and arrays outlive the spawn below.
+    let (argv_address, envp_address, empty_address) = (
+        argv.as_ptr() as usize,
+        envp.as_ptr() as usize,
+        empty.as_ptr() as usize,
+    );
+    let mut command = Command::new("/proc/self/exe");
+    // SAFETY: only an async-signal-safe system call between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            libc::syscall(
+                libc::SYS_execveat,
+                fd,
+                empty_address as *const libc::c_char,
+                argv_address as *const *const libc::c_char,
+                envp_address as *const *const libc::c_char,
+                libc::AT_EMPTY_PATH,
+            );
+            Err(std::io::Error::last_os_error())
+        });
+    }
+    command.status()
+}
+
+/// A read-only descriptor of a copy of `source` in a memfd: a file with no name on disk
+/// (`nlink == 0`), as `memfd_create` + `fexecve` malware and runc use.
+pub fn memfd_copy(source: &Path) -> Result<std::fs::File> {
+    use std::{io::Write, os::fd::FromRawFd};
+    let name = std::ffi::CString::new("blocker-test").unwrap();
+    // SAFETY: a valid NUL-terminated name; the result is checked before use.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("memfd_create");
+    }
+    // SAFETY: a fresh descriptor this function owns.
+    let mut writable = unsafe { std::fs::File::from_raw_fd(fd) };
+    writable.write_all(&std::fs::read(source)?)?;
+    read_only_reopen(&writable)
+}
+
+/// A read-only copy of `source` in an `O_TMPFILE` under `directory`: never linked, `nlink == 0`.
+pub fn tmpfile_copy(source: &Path, directory: &Path) -> Result<std::fs::File> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut writable = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(0o755)
+        .open(directory)
+        .context("open(O_TMPFILE)")?;
+    writable.write_all(&std::fs::read(source)?)?;
+    read_only_reopen(&writable)
+}
+
+/// The kernel refuses to exec a file open for writing (ETXTBSY): reopen it read-only through
+/// /proc and let the writable descriptor go.
+fn read_only_reopen(writable: &std::fs::File) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/self/fd/{}", writable.as_raw_fd());
+    std::fs::File::open(&path).with_context(|| format!("reopening {path}"))
+}
+
 /// What a test knows about one exec of a banned file.
 pub struct ExpectedExec<'a> {
     pub path: &'a Path,

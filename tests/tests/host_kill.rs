@@ -5,8 +5,8 @@ use std::{os::unix::process::ExitStatusExt, process::Command, time::Duration};
 
 use anyhow::{ensure, Result};
 use blocker_integration_tests::{
-    assert_exec_record, comm_of, deny_and_audit_policy, run_as_launcher, BanScenario, Daemon,
-    ExpectedExec, Sandbox,
+    assert_exec_record, comm_of, deny_and_audit_policy, exec_by_descriptor, harmless_binary,
+    memfd_copy, run_as_launcher, BanScenario, Daemon, ExpectedExec, Sandbox,
 };
 
 #[test]
@@ -177,5 +177,43 @@ fn a_full_event_buffer_loses_events_but_never_a_denial() -> Result<()> {
         "{stopped}: every exec is either reported or counted"
     );
     ensure!(lost > 0 && delivered > 0, "{stopped}");
+    Ok(())
+}
+
+#[test]
+fn fileless_execs_follow_the_policy_setting() -> Result<()> {
+    for setting in ["deny", "audit", "allow"] {
+        let sandbox = Sandbox::new("fileless")?;
+        sandbox.write_policy(
+            "test.toml",
+            &format!("name = \"test\"\nfileless = \"{setting}\"\n"),
+        )?;
+        let (daemon, _) = Daemon::start(&sandbox.policy_dir(), &["--backend", "kill"])?;
+        let memfd = memfd_copy(&harmless_binary())?;
+        let status = exec_by_descriptor(&memfd)?;
+        match setting {
+            "deny" => ensure!(
+                status.signal() == Some(libc::SIGKILL),
+                "{setting}: {status}"
+            ),
+            _ => ensure!(status.success(), "{setting}: {status}"),
+        }
+        let (status, records, _) = daemon.stop()?;
+        ensure!(status.success());
+        let events: Vec<_> = records.iter().filter(|r| r["kind"] == "exec").collect();
+        if setting == "allow" {
+            ensure!(events.is_empty(), "{events:?}");
+            continue;
+        }
+        ensure!(events.len() == 1, "{setting}: {events:?}");
+        let event = events[0];
+        ensure!(
+            event["rule"] == "fileless" && event["policy"] == "test",
+            "{event}"
+        );
+        let enforcement = if setting == "deny" { "sigkill" } else { "none" };
+        ensure!(event["enforcement"] == enforcement, "{event}");
+        ensure!(event["operation"] == "exec", "{event}");
+    }
     Ok(())
 }

@@ -5,8 +5,8 @@ use std::{process::Command, time::Duration};
 
 use anyhow::{ensure, Context, Result};
 use blocker_integration_tests::{
-    assert_exec_record, deny_and_audit_policy, run_as_launcher, BanScenario, Daemon, ExpectedExec,
-    Sandbox, LAUNCHER_COMM,
+    assert_exec_record, deny_and_audit_policy, exec_by_descriptor, run_as_launcher, BanScenario,
+    Daemon, ExpectedExec, Sandbox, LAUNCHER_COMM,
 };
 
 #[test]
@@ -104,7 +104,8 @@ fn every_name_of_a_banned_file_is_refused() -> Result<()> {
         daemon.wait_for_exec(path)?;
     }
 
-    let error = exec_by_descriptor(&banned).expect_err("execveat of a banned file's fd");
+    let file = std::fs::File::open(&banned)?;
+    let error = exec_by_descriptor(&file).expect_err("execveat of a banned file's fd");
     ensure!(
         error.raw_os_error() == Some(libc::EPERM),
         "execveat: {error}"
@@ -113,35 +114,4 @@ fn every_name_of_a_banned_file_is_refused() -> Result<()> {
     let (status, _, _) = daemon.stop()?;
     ensure!(status.success());
     Ok(())
-}
-
-/// `execveat(fd, "", AT_EMPTY_PATH)` of `path` in a child; the child's exec error if it fails.
-fn exec_by_descriptor(path: &std::path::Path) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let file = std::fs::File::open(path)?;
-    let fd = file.as_raw_fd();
-    let mut command = Command::new("/bin/busybox");
-    // SAFETY: only async-signal-safe calls between fork and exec; the strings live on.
-    let empty = std::ffi::CString::new("").unwrap();
-    let argv: [*const libc::c_char; 2] = [empty.as_ptr(), std::ptr::null()];
-    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
-    let (argv_address, envp_address, empty_address) = (
-        argv.as_ptr() as usize,
-        envp.as_ptr() as usize,
-        empty.as_ptr() as usize,
-    );
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
-            libc::syscall(
-                libc::SYS_execveat,
-                fd,
-                empty_address as *const libc::c_char,
-                argv_address as *const *const libc::c_char,
-                envp_address as *const *const libc::c_char,
-                libc::AT_EMPTY_PATH,
-            );
-            Err(std::io::Error::last_os_error())
-        });
-    }
-    command.status().map(|_| ())
 }

@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, Lsm},
     Ebpf, EbpfLoader,
 };
-use blocker_common::{counter, names, BanEntry, FileKey};
+use blocker_common::{counter, names, setting, BanEntry, FileKey};
 
 /// The kernel's type information, which both the offsets and the program attach points need.
 const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -24,7 +24,8 @@ static EBPF_OBJECT: &[u8] =
 /// How a deny is enforced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
-    /// `lsm/bprm_check_security`: the exec fails with EPERM.
+    /// `lsm/bprm_check_security`, `lsm/mmap_file` and `lsm/file_mprotect`: the exec or the
+    /// executable mapping fails with EPERM.
     Lsm,
     /// `tp_btf/sched_process_exec`: the process is killed before the new image runs.
     Kill,
@@ -70,6 +71,7 @@ impl Enforcer {
         choice: BackendChoice,
         event_buffer_bytes: u32,
         entries: &BTreeMap<FileKey, BanEntry>,
+        fileless: u32,
     ) -> Result<Self> {
         raise_memlock_limit();
         let offsets = offsets::running_kernel_offsets()?;
@@ -88,6 +90,7 @@ impl Enforcer {
             installed: BTreeMap::new(),
         };
         enforcer.apply(entries)?;
+        enforcer.set_fileless(fileless)?;
         let (backend, reason) = enforcer.attach(choice)?;
         enforcer.backend = backend;
         enforcer.backend_reason = reason;
@@ -152,17 +155,30 @@ impl Enforcer {
         }
     }
 
+    /// Loads every LSM program before attaching any, so a kernel that refuses one leaves
+    /// nothing half attached.
     fn attach_lsm(&mut self) -> Result<()> {
         let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
-        let program: &mut Lsm = self
-            .ebpf
-            .program_mut(names::LSM_PROGRAM)
-            .context("the eBPF object has no LSM program")?
-            .try_into()?;
-        program
-            .load(names::LSM_HOOK, &btf)
-            .context("loading the LSM program")?;
-        program.attach().context("attaching the LSM program")?;
+        for (name, hook) in names::LSM_PROGRAMS {
+            let program: &mut Lsm = self
+                .ebpf
+                .program_mut(name)
+                .with_context(|| format!("the eBPF object has no program {name}"))?
+                .try_into()?;
+            program
+                .load(hook, &btf)
+                .with_context(|| format!("loading the LSM program for {hook}"))?;
+        }
+        for (name, hook) in names::LSM_PROGRAMS {
+            let program: &mut Lsm = self
+                .ebpf
+                .program_mut(name)
+                .expect("loaded above")
+                .try_into()?;
+            program
+                .attach()
+                .with_context(|| format!("attaching the LSM program to {hook}"))?;
+        }
         Ok(())
     }
 
@@ -229,6 +245,19 @@ impl Enforcer {
         }
         self.installed = entries.clone();
         Ok(stats)
+    }
+
+    /// Sets what the kernel does with fileless execs (one of `blocker_common::action`).
+    pub fn set_fileless(&mut self, action: u32) -> Result<()> {
+        let mut settings: Array<&mut MapData, u32> = Array::try_from(
+            self.ebpf
+                .map_mut(names::SETTINGS_MAP)
+                .context("the eBPF object has no settings map")?,
+        )?;
+        settings
+            .set(setting::FILELESS, action, 0)
+            .context("setting the fileless policy")?;
+        Ok(())
     }
 
     /// The ring buffer of exec events; can be taken once.

@@ -29,6 +29,8 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets> {
         super_block_s_dev: offset("super_block", "s_dev", 4)?,
         task_struct_real_parent: offset("task_struct", "real_parent", POINTER)?,
         task_struct_tgid: offset("task_struct", "tgid", 4)?,
+        inode_i_nlink: offset("inode", "i_nlink", 4)?,
+        vm_area_struct_vm_file: offset("vm_area_struct", "vm_file", POINTER)?,
         padding: 0,
     })
 }
@@ -53,6 +55,9 @@ mod tests {
         let u32_ = b.int("unsigned int", 4);
         let u64_ = b.int("long unsigned int", 8);
         let ptr = b.pointer(u32_);
+        // As in the kernel: `union { const unsigned int i_nlink; unsigned int __i_nlink; }`.
+        let nlink_union = b.union(4, &[("i_nlink", u32_, 0), ("__i_nlink", u32_, 0)]);
+        b.structure("vm_area_struct", 200, &[("vm_file", ptr, 160)]);
         b.structure(
             "linux_binprm",
             256,
@@ -65,6 +70,7 @@ mod tests {
             &[
                 ("i_sb", ptr, 40),
                 ("i_ino", u64_, 64),
+                ("", nlink_union, 72),
                 ("i_generation", u32_, 400),
             ],
         );
@@ -87,6 +93,8 @@ mod tests {
                 super_block_s_dev: 16,
                 task_struct_real_parent: 1400,
                 task_struct_tgid: 1300,
+                inode_i_nlink: 72,
+                vm_area_struct_vm_file: 160,
                 padding: 0,
             }
         );
