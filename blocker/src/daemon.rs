@@ -1,7 +1,7 @@
 //! `blocker run`: policy files → parsed policy → resolved entries → kernel maps, then kernel
 //! events → ring buffer → sinks, until SIGINT or SIGTERM.
 
-use std::{collections::BTreeMap, io::Write, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, io::Write, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
@@ -16,10 +16,11 @@ use crate::{
     events::{self, BootClock, ExecRecord, Record},
     inspect::scan_if_needed,
     kernel::{BackendChoice, Enforcer, KernelCounters},
-    policy::{self, Policy},
+    policy::{self, Action, Policy},
     resolve::{self, Resolution},
     scan::{ScanOptions, ScanReport},
     sources::SourceRoots,
+    watch,
 };
 
 /// How often the kernel's lost-event counter is checked.
@@ -47,8 +48,8 @@ pub fn run(options: RunOptions) -> Result<()> {
             header.file.display()
         );
     }
-    let scanned = scan_if_needed(&policy, &options.scan).map(Arc::new);
-    let resolution = resolve::resolve(&policy, &SourceRoots::default(), scanned.as_deref());
+    let scanned = scan_if_needed(&policy, &options.scan);
+    let resolution = resolve::resolve(&policy, &SourceRoots::default(), scanned.as_ref());
     log_resolution(&resolution);
 
     let enforcer = Enforcer::start(
@@ -76,7 +77,7 @@ async fn serve(
     mut enforcer: Enforcer,
     policy: Policy,
     mut resolution: Resolution,
-    mut scanned: Option<Arc<ScanReport>>,
+    mut scanned: Option<ScanReport>,
     options: RunOptions,
 ) -> Result<()> {
     let mut sink = JsonLines::stdout();
@@ -98,6 +99,7 @@ async fn serve(
     // Scans run on a blocking thread and report here, so events keep flowing during a scan.
     let (scan_done, mut scan_results) = mpsc::channel::<ScanReport>(1);
     let mut scan_running = false;
+    let mut watch_reports = start_content_watcher(scanned.is_some(), &options.scan.roots);
     let mut delivered = 0u64;
     let mut counters = KernelCounters::default();
 
@@ -133,22 +135,24 @@ async fn serve(
             }
             Some(report) = scan_results.recv() => {
                 scan_running = false;
-                scanned = Some(Arc::new(report));
+                scanned = Some(report);
                 refresh.reset_immediately();
             }
-            _ = refresh.tick() => {
-                let fresh = resolve::resolve(&policy, &SourceRoots::default(), scanned.as_deref());
-                if fresh.entries != resolution.entries {
-                    match enforcer.apply(&fresh.entries) {
-                        Ok(stats) => {
-                            log_changes(&resolution, &fresh);
-                            log::info!("ban map updated: {} added, {} changed, {} removed",
-                                stats.added, stats.changed, stats.removed);
-                            resolution = fresh;
-                        }
-                        Err(error) => log::error!("{error:#}"),
+            Some(report) = watch_reports.recv() => match report {
+                watch::Report::Seen(seen) => {
+                    let newly_banned = content_seen(&policy, &mut scanned, &resolution, &seen);
+                    if newly_banned {
+                        refresh_entries(&policy, scanned.as_ref(), &mut resolution, &mut enforcer);
                     }
                 }
+                watch::Report::Overflow => {
+                    log::warn!("content watcher: the kernel dropped events; rescanning");
+                    rescan.reset_immediately();
+                }
+                watch::Report::Warning(warning) => log::warn!("content watcher: {warning}"),
+            },
+            _ = refresh.tick() => {
+                refresh_entries(&policy, scanned.as_ref(), &mut resolution, &mut enforcer);
             }
             _ = counter_check.tick() => {
                 counters = report_lost_events(&enforcer, counters, &mut sink);
@@ -168,6 +172,98 @@ async fn serve(
         events_lost: counters.events_lost,
     });
     Ok(())
+}
+
+/// Resolves the policy again and updates the ban map if anything changed.
+fn refresh_entries(
+    policy: &Policy,
+    scanned: Option<&ScanReport>,
+    resolution: &mut Resolution,
+    enforcer: &mut Enforcer,
+) {
+    let fresh = resolve::resolve(policy, &SourceRoots::default(), scanned);
+    if fresh.entries == resolution.entries {
+        return;
+    }
+    match enforcer.apply(&fresh.entries) {
+        Ok(stats) => {
+            log_changes(resolution, &fresh);
+            log::info!(
+                "ban map updated: {} added, {} changed, {} removed",
+                stats.added,
+                stats.changed,
+                stats.removed
+            );
+            *resolution = fresh;
+        }
+        Err(error) => log::error!("{error:#}"),
+    }
+}
+
+/// Starts the content watcher where content rules need it; its reports arrive on the returned
+/// channel (which never yields when there is no watcher).
+fn start_content_watcher(
+    wanted: bool,
+    roots: &[PathBuf],
+) -> mpsc::UnboundedReceiver<watch::Report> {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    if !wanted {
+        return receiver;
+    }
+    match watch::ContentWatcher::new(roots) {
+        Ok(watcher) => {
+            log::info!(
+                "content watcher: hashing executables written or run under the scan roots; a new \
+                 copy of banned content is banned when written, or killed at its first exec"
+            );
+            std::thread::spawn(move || watcher.run(sender));
+        }
+        Err(error) => log::warn!(
+            "content watcher unavailable ({error}); new copies of banned content are found at \
+             the next content scan"
+        ),
+    }
+    receiver
+}
+
+/// Takes in a file the watcher hashed. Returns whether its content is banned and new to the
+/// ban map; a process that exec'd it before the ban was in place is killed.
+fn content_seen(
+    policy: &Policy,
+    scanned: &mut Option<ScanReport>,
+    resolution: &Resolution,
+    seen: &watch::Seen,
+) -> bool {
+    let matches = resolve::content_matches(policy, &seen.file);
+    let Some((rule_id, via)) = matches.first() else {
+        return false;
+    };
+    if resolution.entries.contains_key(&seen.file.identity.key) {
+        return false;
+    }
+    let rule = resolution
+        .rule(*rule_id)
+        .map_or("?", |rule| rule.id.as_str());
+    log::warn!(
+        "content watcher: {} has content banned by rule {rule} ({via})",
+        seen.file.path.display()
+    );
+    if let Some(pid) = seen.exec_by {
+        if resolution
+            .rule(*rule_id)
+            .is_some_and(|rule| rule.action == Action::Deny)
+        {
+            // SAFETY: plain kill(2). The pid exec'd the file moments ago, before its ban.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            log::warn!(
+                "content watcher: killed pid {pid}, which ran it before the ban was in place"
+            );
+        }
+    }
+    if let Some(report) = scanned {
+        report.files.push(seen.file.clone());
+    }
+    true
 }
 
 /// Forwards every queued exec event; returns how many there were.

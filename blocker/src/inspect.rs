@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::{
     identity::{split_kernel_device_number, FileIdentity},
-    policy::{self, compile_glob, Policy},
+    policy::{self, Policy},
     resolve::{self, protected_files, Resolution, Via},
     scan::{self, to_hex, HashedFile, ScanOptions, ScanReport},
     sources::SourceRoots,
@@ -228,29 +228,11 @@ fn verdicts(policy: &Policy, resolution: &Resolution, file: &HashedFile) -> Vec<
             via: m.via.clone(),
         })
         .collect();
-    let name = file.path.file_name().unwrap_or_default();
-    for (rule_id, rule) in policy.rules.iter().enumerate() {
-        let rule_id = rule_id as u32;
-        if rule.identifiers.sha256.contains(&file.sha256) {
-            verdicts.push(Verdict {
-                rule_id,
-                via: Via::Sha256(file.sha256),
-            });
-        }
-        for appimage in &rule.identifiers.appimage {
-            let name_matches = compile_glob(&appimage.name)
-                .expect("validated by the policy parser")
-                .is_match(name);
-            if name_matches
-                && (appimage.sha256.is_empty() || appimage.sha256.contains(&file.sha256))
-            {
-                verdicts.push(Verdict {
-                    rule_id,
-                    via: Via::AppImage(appimage.name.clone()),
-                });
-            }
-        }
-    }
+    verdicts.extend(
+        resolve::content_matches(policy, file)
+            .into_iter()
+            .map(|(rule_id, via)| Verdict { rule_id, via }),
+    );
     // Deny over audit, then the earliest rule: the same precedence as the ban map.
     verdicts.sort_by_key(|v| {
         (

@@ -10,6 +10,7 @@ mod policy;
 mod resolve;
 mod scan;
 mod sources;
+mod watch;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 

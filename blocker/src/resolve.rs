@@ -369,6 +369,29 @@ impl Resolution {
     }
 }
 
+/// The rules whose content identifiers (`sha256`, `appimage`) name `file`, and through which.
+pub fn content_matches(policy: &Policy, file: &HashedFile) -> Vec<(u32, Via)> {
+    let name = file.path.file_name().unwrap_or_default();
+    let mut found = Vec::new();
+    for (rule_id, rule) in policy.rules.iter().enumerate() {
+        let rule_id = rule_id as u32;
+        if rule.identifiers.sha256.contains(&file.sha256) {
+            found.push((rule_id, Via::Sha256(file.sha256)));
+        }
+        for appimage in &rule.identifiers.appimage {
+            let name_matches = compile_glob(&appimage.name)
+                .expect("validated by the policy parser")
+                .is_match(name);
+            if name_matches
+                && (appimage.sha256.is_empty() || appimage.sha256.contains(&file.sha256))
+            {
+                found.push((rule_id, Via::AppImage(appimage.name.clone())));
+            }
+        }
+    }
+    found
+}
+
 fn index_by_content(report: &ScanReport) -> HashMap<Sha256, Vec<&HashedFile>> {
     let mut index: HashMap<Sha256, Vec<&HashedFile>> = HashMap::new();
     for file in &report.files {

@@ -476,6 +476,19 @@ pub fn exec_by_descriptor(file: &std::fs::File) -> std::io::Result<ExitStatus> {
     command.status()
 }
 
+/// The SHA-256 of `path` in hex, as `blocker hash` prints it.
+pub fn sha256_of(path: &Path) -> Result<String> {
+    let output = Command::new(blocker_bin()).arg("hash").arg(path).output()?;
+    if !output.status.success() {
+        bail!("blocker hash {}: {output:?}", path.display());
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .map(str::to_owned)
+        .context("blocker hash printed nothing")
+}
+
 /// A read-only descriptor of a copy of `source` in a memfd: a file with no name on disk
 /// (`nlink == 0`), as `memfd_create` + `fexecve` malware and runc use.
 pub fn memfd_copy(source: &Path) -> Result<std::fs::File> {

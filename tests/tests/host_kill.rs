@@ -1,12 +1,16 @@
 //! The kill backend on the host's own kernel, which refuses BPF LSM programs: a banned file is
 //! killed at exec by `tp_btf/sched_process_exec`.
 
-use std::{os::unix::process::ExitStatusExt, process::Command, time::Duration};
+use std::{
+    os::unix::{fs::PermissionsExt, process::ExitStatusExt},
+    process::Command,
+    time::Duration,
+};
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use blocker_integration_tests::{
     assert_exec_record, comm_of, deny_and_audit_policy, exec_by_descriptor, harmless_binary,
-    memfd_copy, run_as_launcher, BanScenario, Daemon, ExpectedExec, Sandbox,
+    memfd_copy, run_as_launcher, sha256_of, BanScenario, Daemon, ExpectedExec, Sandbox,
 };
 
 #[test]
@@ -215,5 +219,56 @@ fn fileless_execs_follow_the_policy_setting() -> Result<()> {
         ensure!(event["enforcement"] == enforcement, "{event}");
         ensure!(event["operation"] == "exec", "{event}");
     }
+    Ok(())
+}
+
+#[test]
+fn the_content_watcher_bans_fresh_copies_of_banned_content() -> Result<()> {
+    let sandbox = Sandbox::new("watch")?;
+    let scanned = sandbox.path("scanned");
+    std::fs::create_dir(&scanned)?;
+    let hash = sha256_of(&harmless_binary())?;
+    sandbox.write_policy(
+        "test.toml",
+        &format!("name = \"test\"\n\n[[rule]]\nid = \"content\"\nsha256 = [\"{hash}\"]\n"),
+    )?;
+    let scan_root = scanned.to_str().context("utf-8 path")?;
+    let (mut daemon, started) = Daemon::start(
+        &sandbox.policy_dir(),
+        &[
+            "--backend",
+            "kill",
+            "--no-hash-cache",
+            "--scan-root",
+            scan_root,
+        ],
+    )?;
+    ensure!(started["entries"] == 0, "nothing to ban yet: {started}");
+
+    // An executable copy is banned as soon as it is written.
+    let copy = scanned.join("fresh-copy");
+    std::fs::copy(harmless_binary(), &copy)?;
+    daemon.wait_for_log("ban map updated: 1 added", Duration::from_secs(10))?;
+    let status = Command::new(&copy).status()?;
+    ensure!(
+        status.signal() == Some(libc::SIGKILL),
+        "fresh copy: {status}"
+    );
+
+    // Written without an execute bit and made executable later: caught at its first exec
+    // (which may or may not finish first), banned from then on.
+    let late = scanned.join("made-executable-later");
+    std::fs::write(&late, std::fs::read(harmless_binary())?)?;
+    std::fs::set_permissions(&late, std::fs::Permissions::from_mode(0o755))?;
+    let _ = Command::new(&late).status()?;
+    daemon.wait_for_log("ban map updated: 1 added", Duration::from_secs(10))?;
+    let status = Command::new(&late).status()?;
+    ensure!(
+        status.signal() == Some(libc::SIGKILL),
+        "made executable later: {status}"
+    );
+
+    let (status, _, _) = daemon.stop()?;
+    ensure!(status.success());
     Ok(())
 }

@@ -20,11 +20,13 @@ use std::{
 
 use blocker_common::FileKey;
 
-pub use self::hex::{parse_sha256, to_hex};
 use self::{
     cache::{CachedHash, HashCache},
     progress::Progress,
     read::{ContentReader, ReadFile},
+};
+pub use self::{
+    hex::{parse_sha256, to_hex},
     stamp::FileStamp,
 };
 use crate::{
