@@ -1,7 +1,12 @@
 //! `blocker run`: policy files → parsed policy → resolved entries → kernel maps, then kernel
 //! events → ring buffer → sinks, until SIGINT or SIGTERM.
 
-use std::{collections::BTreeMap, io::Write, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
@@ -10,6 +15,7 @@ use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
     sync::mpsc,
+    time::{sleep_until, Instant},
 };
 
 use crate::{
@@ -17,11 +23,16 @@ use crate::{
     inspect::scan_if_needed,
     kernel::{BackendChoice, Enforcer, KernelCounters},
     policy::{self, Action, Policy},
+    reload::{self, Loaded, PolicyDirWatcher, QUIET_BEFORE_RELOAD},
     resolve::{self, Resolution},
     scan::{ScanOptions, ScanReport},
     sources::SourceRoots,
     watch,
 };
+
+/// Events handled before the loop turns to signals, reloads and timers: an exec storm must not
+/// keep the daemon from reloading or stopping.
+const EVENTS_PER_TURN: usize = 256;
 
 /// How often the kernel's lost-event counter is checked.
 const COUNTER_CHECK_INTERVAL: Duration = Duration::from_secs(2);
@@ -75,7 +86,7 @@ pub fn run(options: RunOptions) -> Result<()> {
 
 async fn serve(
     mut enforcer: Enforcer,
-    policy: Policy,
+    mut policy: Policy,
     mut resolution: Resolution,
     mut scanned: Option<ScanReport>,
     options: RunOptions,
@@ -91,6 +102,13 @@ async fn serve(
             .context("watching eBPF logs")?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let policy_dir_changes = watch_policy_dir(&options.policy_dir);
+    // A reload runs on a blocking thread; changes meanwhile ask for one more afterwards.
+    let (reload_done, mut reload_results) = mpsc::channel::<Result<Loaded, String>>(1);
+    let mut reload_running = false;
+    let mut reload_again = false;
+    let mut reload_due: Option<Instant> = None;
     let mut refresh = tokio::time::interval(options.refresh_interval);
     refresh.tick().await;
     let mut counter_check = tokio::time::interval(COUNTER_CHECK_INTERVAL);
@@ -99,7 +117,8 @@ async fn serve(
     // Scans run on a blocking thread and report here, so events keep flowing during a scan.
     let (scan_done, mut scan_results) = mpsc::channel::<ScanReport>(1);
     let mut scan_running = false;
-    let mut watch_reports = start_content_watcher(scanned.is_some(), &options.scan.roots);
+    let mut watcher_started = scanned.is_some();
+    let mut watch_reports = start_content_watcher(watcher_started, &options.scan.roots);
     let mut delivered = 0u64;
     let mut counters = KernelCounters::default();
 
@@ -116,8 +135,12 @@ async fn serve(
         tokio::select! {
             ready = events.readable_mut() => {
                 let mut ready = ready?;
-                delivered += drain(ready.get_inner_mut(), &resolution, &mut sink);
-                ready.clear_ready();
+                let (count, emptied) = drain(ready.get_inner_mut(), &resolution, &mut sink, EVENTS_PER_TURN);
+                delivered += count;
+                // Left ready while events remain, so the loop comes back after its other work.
+                if emptied {
+                    ready.clear_ready();
+                }
             }
             ready = kernel_log.readable_mut() => {
                 let mut ready = ready?;
@@ -157,6 +180,60 @@ async fn serve(
             _ = counter_check.tick() => {
                 counters = report_lost_events(&enforcer, counters, &mut sink);
             }
+            _ = hangup.recv() => reload_due = Some(Instant::now()),
+            ready = changed(policy_dir_changes.as_ref()) => {
+                let mut ready = ready?;
+                if ready.get_inner().drain() {
+                    reload_due = Some(Instant::now() + QUIET_BEFORE_RELOAD);
+                }
+                ready.clear_ready();
+            }
+            _ = sleep_until(reload_due.unwrap_or_else(Instant::now)), if reload_due.is_some() => {
+                reload_due = None;
+                if reload_running {
+                    reload_again = true;
+                } else {
+                    reload_running = true;
+                    let (policy_dir, scan, done) =
+                        (options.policy_dir.clone(), options.scan.clone(), reload_done.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let loaded = reload::load(&policy_dir, &scan).map_err(|error| format!("{error:#}"));
+                        let _ = done.blocking_send(loaded);
+                    });
+                }
+            }
+            Some(loaded) = reload_results.recv() => {
+                reload_running = false;
+                if std::mem::take(&mut reload_again) {
+                    reload_due = Some(Instant::now());
+                }
+                match loaded.and_then(|loaded| {
+                    apply_reload(loaded, &mut enforcer).map_err(|error| format!("{error:#}"))
+                }) {
+                    Ok((new_policy, new_scan, fresh)) => {
+                        log_changes(&resolution, &fresh);
+                        log_resolution(&fresh);
+                        log::info!("policy reloaded: {} rules, {} files banned", fresh.rules.len(), fresh.entries.len());
+                        sink.emit(&Record::Reloaded {
+                            time: events::now_rfc3339(),
+                            policies: new_policy.policies.iter().map(|p| p.name.clone()).collect(),
+                            rules: fresh.rules.len(),
+                            entries: fresh.entries.len(),
+                        });
+                        policy = new_policy;
+                        scanned = new_scan;
+                        resolution = fresh;
+                        if scanned.is_some() && !watcher_started {
+                            watcher_started = true;
+                            watch_reports = start_content_watcher(true, &options.scan.roots);
+                        }
+                    }
+                    Err(error) => {
+                        log::error!("reload refused, the previous policy stays in force: {error}");
+                        sink.emit(&Record::ReloadFailed { time: events::now_rfc3339(), error });
+                    }
+                }
+            }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
         }
@@ -165,13 +242,62 @@ async fn serve(
     counters = report_lost_events(&enforcer, counters, &mut sink);
     drop(enforcer);
     log::info!("programs detached; execs are no longer checked");
-    delivered += drain(events.get_mut(), &resolution, &mut sink);
+    delivered += drain(events.get_mut(), &resolution, &mut sink, usize::MAX).0;
     sink.emit(&Record::Stopped {
         time: events::now_rfc3339(),
         events: delivered,
         events_lost: counters.events_lost,
     });
     Ok(())
+}
+
+/// Resolves a reloaded policy and puts it in force: ban map first (add before remove, all or
+/// nothing), then settings.
+fn apply_reload(
+    loaded: Loaded,
+    enforcer: &mut Enforcer,
+) -> Result<(Policy, Option<ScanReport>, Resolution)> {
+    let fresh = resolve::resolve(
+        &loaded.policy,
+        &SourceRoots::default(),
+        loaded.scanned.as_ref(),
+    );
+    enforcer.apply(&fresh.entries)?;
+    enforcer.set_fileless(fresh.fileless.kernel_value())?;
+    Ok((loaded.policy, loaded.scanned, fresh))
+}
+
+/// Watches the policy directory for changes; without a watch, only SIGHUP reloads.
+fn watch_policy_dir(policy_dir: &Path) -> Option<AsyncFd<PolicyDirWatcher>> {
+    let watched = PolicyDirWatcher::new(policy_dir).and_then(|watcher| {
+        // SAFETY: the watcher owns its descriptor and keeps it open while the AsyncFd holds it.
+        unsafe {
+            Ok(AsyncFd::register_with_interest(
+                watcher,
+                Interest::READABLE,
+            )?)
+        }
+    });
+    match watched {
+        Ok(watcher) => Some(watcher),
+        Err(error) => {
+            log::warn!(
+                "not watching {} ({error}); reload with SIGHUP",
+                policy_dir.display()
+            );
+            None
+        }
+    }
+}
+
+/// Readiness of the policy directory watch; never, without one.
+async fn changed(
+    watcher: Option<&AsyncFd<PolicyDirWatcher>>,
+) -> std::io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, PolicyDirWatcher>> {
+    match watcher {
+        Some(watcher) => watcher.readable().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves the policy again and updates the ban map if anything changed.
@@ -266,11 +392,19 @@ fn content_seen(
     true
 }
 
-/// Forwards every queued exec event; returns how many there were.
-fn drain(ring: &mut RingBuf<MapData>, resolution: &Resolution, sink: &mut JsonLines) -> u64 {
+/// Forwards up to `limit` queued events; returns how many, and whether the ring is now empty.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    resolution: &Resolution,
+    sink: &mut JsonLines,
+    limit: usize,
+) -> (u64, bool) {
     let clock = BootClock;
     let mut count = 0;
-    while let Some(item) = ring.next() {
+    for _ in 0..limit {
+        let Some(item) = ring.next() else {
+            return (count, true);
+        };
         match events::decode(&item) {
             Ok(event) => {
                 let key = FileKey::new(event.dev, event.ino);
@@ -291,7 +425,7 @@ fn drain(ring: &mut RingBuf<MapData>, resolution: &Resolution, sink: &mut JsonLi
             Err(error) => log::error!("{error:#}"),
         }
     }
-    count
+    (count, false)
 }
 
 fn report_lost_events(

@@ -43,6 +43,17 @@ pub enum Record {
     /// The ring buffer was full: `lost` exec events were dropped since the last report. The
     /// execs were still enforced.
     EventsLost { time: String, lost: u64, total: u64 },
+    /// A new policy is in force. Everything it bans was added to the kernel before anything it
+    /// no longer bans was removed.
+    Reloaded {
+        time: String,
+        policies: Vec<String>,
+        rules: usize,
+        entries: usize,
+    },
+    /// A reload was refused (a bad policy file, a kernel error): the previous policy stays in
+    /// force, unchanged.
+    ReloadFailed { time: String, error: String },
     /// Enforcement ended: the programs are detached.
     Stopped {
         time: String,

@@ -7,6 +7,7 @@ mod identity;
 mod inspect;
 mod kernel;
 mod policy;
+mod reload;
 mod resolve;
 mod scan;
 mod sources;

@@ -306,15 +306,22 @@ impl Daemon {
     /// The earliest output not returned before that `wanted` accepts, waiting up to `timeout`.
     fn claim(&mut self, timeout: Duration, wanted: impl Fn(&Output) -> bool) -> Result<Output> {
         let deadline = Instant::now() + timeout;
+        if let Some(index) = self.unclaimed.iter().position(&wanted) {
+            return Ok(self.unclaimed.remove(index));
+        }
+        // Only new output can match from here on: checking just it keeps a daemon writing
+        // thousands of lines from making every wait slower than the last.
         loop {
-            if let Some(index) = self.unclaimed.iter().position(&wanted) {
-                return Ok(self.unclaimed.remove(index));
-            }
-            if !self.receive(deadline)? {
+            if self.receive(deadline)? {
+                if wanted(self.unclaimed.last().expect("just received")) {
+                    return Ok(self.unclaimed.pop().expect("just received"));
+                }
+            } else {
+                let last = |lines: usize| lines.saturating_sub(20);
                 bail!(
-                    "nothing matching within {timeout:?}; records: {:?}; log: {:?}",
-                    self.records,
-                    self.log
+                    "nothing matching within {timeout:?}; last records: {:?}; last log lines: {:?}",
+                    &self.records[last(self.records.len())..],
+                    &self.log[last(self.log.len())..]
                 );
             }
         }

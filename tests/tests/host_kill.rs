@@ -272,3 +272,103 @@ fn the_content_watcher_bans_fresh_copies_of_banned_content() -> Result<()> {
     ensure!(status.success());
     Ok(())
 }
+
+#[test]
+fn a_hundred_reloads_never_let_a_banned_exec_through() -> Result<()> {
+    let sandbox = Sandbox::new("reloads")?;
+    let banned = sandbox.copy_binary("banned")?;
+    let audited = sandbox.copy_binary("audited")?;
+    // Alternating rule order moves the banned file's rule id, so every reload changes its entry.
+    let policy = |round: usize| {
+        let ban = format!(
+            "[[rule]]\nid = \"ban\"\npaths = [{:?}]\n",
+            banned.display().to_string()
+        );
+        let watch = format!(
+            "[[rule]]\nid = \"watch-{round}\"\naction = \"audit\"\npaths = [{:?}]\n",
+            audited.display().to_string()
+        );
+        if round.is_multiple_of(2) {
+            format!("name = \"test\"\n{ban}{watch}")
+        } else {
+            format!("name = \"test\"\n{watch}{ban}")
+        }
+    };
+    sandbox.write_policy("test.toml", &policy(0))?;
+    let (mut daemon, _) = Daemon::start(&sandbox.policy_dir(), &["--backend", "kill"])?;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let exec_loop = {
+        let (stop, banned) = (stop.clone(), banned.clone());
+        std::thread::spawn(move || -> std::io::Result<(u32, u32)> {
+            let (mut killed, mut ran) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if Command::new(&banned).status()?.signal() == Some(libc::SIGKILL) {
+                    killed += 1;
+                } else {
+                    ran += 1;
+                }
+            }
+            Ok((killed, ran))
+        })
+    };
+    for round in 1..=100 {
+        sandbox.write_policy("test.toml", &policy(round))?;
+        daemon.signal(libc::SIGHUP);
+        daemon.wait_for_record(Duration::from_secs(10), |r| r["kind"] == "reloaded")?;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (killed, ran) = exec_loop.join().expect("exec loop")?;
+    ensure!(
+        ran == 0,
+        "{ran} execs of the banned file ran during reloads ({killed} killed)"
+    );
+    ensure!(killed > 0, "the exec loop ran");
+    let (status, _, _) = daemon.stop()?;
+    ensure!(status.success());
+    Ok(())
+}
+
+#[test]
+fn a_bad_reload_keeps_the_old_policy_and_a_good_one_replaces_it() -> Result<()> {
+    let sandbox = Sandbox::new("bad-reload")?;
+    let first = sandbox.copy_binary("first")?;
+    let second = sandbox.copy_binary("second")?;
+    let policy_file = sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&first], &[]))?;
+    let (mut daemon, _) = Daemon::start(&sandbox.policy_dir(), &["--backend", "kill"])?;
+
+    // Written in place: the directory watch notices without a signal.
+    sandbox.write_policy(
+        "test.toml",
+        "name = \"test\"\n[[rule]]\nid = \"x\"\npaths = \"/x\"\n",
+    )?;
+    let failed =
+        daemon.wait_for_record(Duration::from_secs(10), |r| r["kind"] == "reload_failed")?;
+    let located = format!("{}:4:9: rule[0].paths: invalid type", policy_file.display());
+    ensure!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&located)),
+        "{failed}"
+    );
+    ensure!(
+        Command::new(&first).status()?.signal() == Some(libc::SIGKILL),
+        "old policy holds"
+    );
+    ensure!(Command::new(&second).status()?.success());
+
+    sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&second], &[]))?;
+    let reloaded = daemon.wait_for_record(Duration::from_secs(10), |r| r["kind"] == "reloaded")?;
+    ensure!(reloaded["entries"] == 1, "{reloaded}");
+    ensure!(
+        Command::new(&second).status()?.signal() == Some(libc::SIGKILL),
+        "new policy holds"
+    );
+    ensure!(
+        Command::new(&first).status()?.success(),
+        "the dropped rule no longer bans"
+    );
+    let (status, _, _) = daemon.stop()?;
+    ensure!(status.success());
+    Ok(())
+}
