@@ -12,15 +12,30 @@ pub mod names {
     pub const COUNTERS_MAP: &str = "COUNTERS";
     pub const KERNEL_OFFSETS_GLOBAL: &str = "KERNEL_OFFSETS";
     pub const SETTINGS_MAP: &str = "SETTINGS";
-    /// LSM programs and the hooks they attach to: the exec check, and the checks of executable
-    /// mappings (`ld.so /path`, `dlopen`, `mprotect(PROT_EXEC)`).
-    pub const LSM_PROGRAMS: [(&str, &str); 3] = [
-        ("bprm_check_security", "bprm_check_security"),
+    /// The hook of the LSM exec checks.
+    pub const EXEC_HOOK: &str = "bprm_check_security";
+    /// The LSM exec check by identity, for kernels that cannot hash files for BPF.
+    pub const IDENTITY_LSM_PROGRAM: &str = "bprm_check_security";
+    /// LSM programs refusing executable mappings of banned files (`ld.so /path`, `dlopen`,
+    /// `mprotect(PROT_EXEC)`), with their hooks.
+    pub const MAPPING_LSM_PROGRAMS: [(&str, &str); 2] = [
         ("mmap_file", "mmap_file"),
         ("file_mprotect", "file_mprotect"),
     ];
     pub const KILL_PROGRAM: &str = "sched_process_exec";
     pub const KILL_TRACEPOINT: &str = "sched_process_exec";
+    pub const BANNED_HASHES_MAP: &str = "BANNED_HASHES";
+    pub const VERDICT_CACHE_MAP: &str = "VERDICT_CACHE";
+    pub const POLICY_GENERATION_MAP: &str = "POLICY_GENERATION";
+    /// The sleepable LSM exec check that also checks content; hook [`EXEC_HOOK`].
+    pub const CONTENT_LSM_PROGRAM: &str = "bprm_check_content";
+    /// Programs that drop cached verdicts of files that may have changed, with their hooks.
+    pub const INVALIDATION_PROGRAMS: [(&str, &str); 4] = [
+        ("forget_verdict_on_write_open", "file_open"),
+        ("forget_verdict_on_setattr", "inode_setattr"),
+        ("forget_verdict_on_truncate", "path_truncate"),
+        ("forget_verdict_on_shared_write_mmap", "mmap_file"),
+    ];
 }
 
 /// Capacity of the banned-files map. Entries are allocated on use (`BPF_F_NO_PREALLOC`), so a
@@ -30,6 +45,17 @@ pub const BANNED_FILES_CAPACITY: u32 = 1 << 20;
 /// Default size of the event ring buffer in bytes (a power of two, a multiple of the page size);
 /// the daemon may set another at load time. About 3000 events fit in the default.
 pub const EVENTS_RING_BYTES: u32 = 1 << 20;
+
+/// Capacity of the content ban map (SHA-256 → entry), allocated on use like the banned files.
+pub const BANNED_HASHES_CAPACITY: u32 = 1 << 16;
+
+/// Capacity of the per-inode verdict cache. An LRU map is always preallocated, so this is paid
+/// up front (roughly 100 bytes an entry); the least recently executed files are evicted first,
+/// which only costs them a rehash.
+pub const VERDICT_CACHE_CAPACITY: u32 = 1 << 14;
+
+/// A SHA-256 digest, the key of the content ban map.
+pub type ContentHash = [u8; 32];
 
 /// `BPF_F_NO_PREALLOC`: hash map entries are allocated when inserted.
 pub const BPF_F_NO_PREALLOC: u32 = 1;
@@ -59,7 +85,8 @@ impl FileKey {
 
 /// What happens when a banned file is executed.
 pub mod action {
-    /// Let it run without a report (only as a setting, e.g. for fileless execs).
+    /// Let it run without a report: a setting (fileless execs), or a cached content verdict of
+    /// a file no rule bans.
     pub const ALLOW: u32 = 0;
     /// Refuse the exec (EPERM under the LSM backend, SIGKILL under the kill backend).
     pub const DENY: u32 = 1;
@@ -123,6 +150,22 @@ impl BanEntry {
     }
 }
 
+/// The content verdict the kernel remembers for an inode (keyed by its [`FileKey`]), so an
+/// unchanged file is hashed once per policy generation rather than at every exec.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedVerdict {
+    /// The policy generation the verdict was computed under; any other generation makes the
+    /// entry stale. The daemon bumps the generation after every change to the content bans.
+    pub policy_generation: u32,
+    /// `i_generation` of the inode that was hashed: a recycled inode number is a miss.
+    pub inode_generation: u32,
+    /// Rule of the matching content ban; meaningless when `action` is [`action::ALLOW`].
+    pub rule_id: u32,
+    /// One of [`action`]; [`action::ALLOW`] when the content is not banned.
+    pub action: u32,
+}
+
 /// Indices into the per-CPU counters map.
 pub mod counter {
     /// Events dropped because the ring buffer was full (enforcement happened regardless).
@@ -130,7 +173,17 @@ pub mod counter {
     /// Execs of an inode whose number was banned but whose generation differed: a recycled
     /// inode number, left alone.
     pub const GENERATION_MISMATCH: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// Content checks answered from the verdict cache, without hashing.
+    pub const VERDICT_CACHE_HIT: u32 = 2;
+    /// Content checks that hashed the file.
+    pub const VERDICT_CACHE_MISS: u32 = 3;
+    /// Execs whose content could not be hashed (the kernel's IMA failed or used another
+    /// algorithm): allowed unless banned by identity, and never cached.
+    pub const CONTENT_HASH_FAILED: u32 = 4;
+    /// Cached verdicts dropped because their file was opened for writing, truncated, had its
+    /// attributes changed or was mapped shared and writable.
+    pub const VERDICT_INVALIDATED: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// Length of `task_struct::comm`.
@@ -189,8 +242,9 @@ pub struct KernelOffsets {
     pub task_struct_tgid: u32,
     pub inode_i_nlink: u32,
     pub vm_area_struct_vm_file: u32,
-    /// Always zero; keeps the size a multiple of eight.
-    pub padding: u32,
+    pub file_f_mode: u32,
+    pub path_dentry: u32,
+    pub dentry_d_inode: u32,
 }
 
 #[cfg(feature = "user")]
@@ -201,6 +255,7 @@ mod pod {
     unsafe impl aya::Pod for super::BanEntry {}
     unsafe impl aya::Pod for super::ExecEvent {}
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::CachedVerdict {}
 }
 
 #[cfg(test)]
@@ -213,7 +268,8 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<FileKey>(), 16);
         assert_eq!(size_of::<BanEntry>(), 16);
-        assert_eq!(size_of::<KernelOffsets>(), 48);
+        assert_eq!(size_of::<KernelOffsets>(), 56);
+        assert_eq!(size_of::<CachedVerdict>(), 16);
         assert_eq!(
             size_of::<ExecEvent>(),
             8 + 8 + 12 * 4 + COMM_LEN + FILENAME_LEN

@@ -67,6 +67,7 @@ pub fn run(options: RunOptions) -> Result<()> {
         options.backend,
         options.event_buffer_bytes,
         &resolution.entries,
+        &resolution.content_bans(),
         resolution.fileless.kernel_value(),
     )?;
     log::info!(
@@ -240,6 +241,16 @@ async fn serve(
     }
 
     counters = report_lost_events(&enforcer, counters, &mut sink);
+    if enforcer.content_checks() {
+        log::info!(
+            "content checks: {} answered from the verdict cache, {} hashed, {} not hashable, {} \
+             cached verdicts dropped after a change",
+            counters.verdict_cache_hits,
+            counters.verdict_cache_misses,
+            counters.content_hash_failures,
+            counters.verdicts_invalidated
+        );
+    }
     drop(enforcer);
     log::info!("programs detached; execs are no longer checked");
     delivered += drain(events.get_mut(), &resolution, &mut sink, usize::MAX).0;
@@ -263,6 +274,7 @@ fn apply_reload(
         loaded.scanned.as_ref(),
     );
     enforcer.apply(&fresh.entries)?;
+    enforcer.apply_content_bans(&fresh.content_bans())?;
     enforcer.set_fileless(fresh.fileless.kernel_value())?;
     Ok((loaded.policy, loaded.scanned, fresh))
 }

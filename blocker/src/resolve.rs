@@ -109,6 +109,22 @@ impl Resolution {
         }
         self.rules.get(rule_id as usize)
     }
+
+    /// The kernel's content ban map: each banned SHA-256 with its rule and action.
+    pub fn content_bans(&self) -> BTreeMap<Sha256, BanEntry> {
+        self.hashes
+            .iter()
+            .map(|(hash, &rule_id)| {
+                let action = self.rules[rule_id as usize].action.kernel_value();
+                let entry = BanEntry {
+                    rule_id,
+                    action,
+                    ..BanEntry::default()
+                };
+                (*hash, entry)
+            })
+            .collect()
+    }
 }
 
 /// Whether any rule of `policy` needs the content scan.
@@ -158,7 +174,14 @@ pub fn resolve(policy: &Policy, roots: &SourceRoots, scanned: Option<&ScanReport
         };
         found.identifiers(&rule.identifiers, roots, scanned.map(|_| &by_content));
         for hash in &rule.identifiers.sha256 {
-            resolution.hashes.entry(*hash).or_insert(rule_id);
+            // Deny over audit, then the earliest rule, as for identities.
+            let stricter = resolution
+                .hashes
+                .get(hash)
+                .is_none_or(|&existing| rule.action > resolution.rules[existing as usize].action);
+            if stricter {
+                resolution.hashes.insert(*hash, rule_id);
+            }
         }
     }
     resolution.choose_entries(&protected);

@@ -11,9 +11,9 @@ use anyhow::{bail, Context, Result};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, Lsm},
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
 };
-use blocker_common::{counter, names, setting, BanEntry, FileKey};
+use blocker_common::{counter, names, setting, BanEntry, ContentHash, FileKey};
 
 /// The kernel's type information, which both the offsets and the program attach points need.
 const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -54,6 +54,10 @@ pub enum BackendChoice {
 pub struct KernelCounters {
     pub events_lost: u64,
     pub generation_mismatches: u64,
+    pub verdict_cache_hits: u64,
+    pub verdict_cache_misses: u64,
+    pub content_hash_failures: u64,
+    pub verdicts_invalidated: u64,
 }
 
 /// The loaded programs and their maps. Dropping it detaches the programs.
@@ -61,16 +65,21 @@ pub struct Enforcer {
     ebpf: Ebpf,
     backend: Backend,
     backend_reason: String,
+    /// Whether execs are also checked by content in the kernel (`lsm` with IMA's hash helper).
+    content_checks: bool,
     installed: BTreeMap<FileKey, BanEntry>,
+    installed_content: BTreeMap<ContentHash, BanEntry>,
+    policy_generation: u32,
 }
 
 impl Enforcer {
-    /// Loads the programs, fills the ban map with `entries` and only then attaches, so
-    /// enforcement starts with the whole policy in place.
+    /// Loads the programs, fills the ban maps with `entries` and `content_bans` and only then
+    /// attaches, so enforcement starts with the whole policy in place.
     pub fn start(
         choice: BackendChoice,
         event_buffer_bytes: u32,
         entries: &BTreeMap<FileKey, BanEntry>,
+        content_bans: &BTreeMap<ContentHash, BanEntry>,
         fileless: u32,
     ) -> Result<Self> {
         raise_memlock_limit();
@@ -87,14 +96,27 @@ impl Enforcer {
             ebpf,
             backend: Backend::Kill,
             backend_reason: String::new(),
+            content_checks: false,
             installed: BTreeMap::new(),
+            installed_content: BTreeMap::new(),
+            policy_generation: 0,
         };
         enforcer.apply(entries)?;
+        enforcer.apply_content_bans(content_bans)?;
         enforcer.set_fileless(fileless)?;
         let (backend, reason) = enforcer.attach(choice)?;
         enforcer.backend = backend;
-        enforcer.backend_reason = reason;
+        enforcer.backend_reason = if enforcer.content_checks {
+            format!("{reason}; contents are checked at exec")
+        } else {
+            reason
+        };
         Ok(enforcer)
+    }
+
+    /// Whether the kernel checks the content of exec'd files itself.
+    pub fn content_checks(&self) -> bool {
+        self.content_checks
     }
 
     pub fn backend(&self) -> Backend {
@@ -156,20 +178,29 @@ impl Enforcer {
     }
 
     /// Loads every LSM program before attaching any, so a kernel that refuses one leaves
-    /// nothing half attached.
+    /// nothing half attached. The exec check is the content one where the kernel can hash files
+    /// for BPF (IMA, 5.11 and later), by identity otherwise; its cache-keeping programs are
+    /// attached before it, so no verdict is ever cached unwatched.
     fn attach_lsm(&mut self) -> Result<()> {
-        let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
-        for (name, hook) in names::LSM_PROGRAMS {
-            let program: &mut Lsm = self
-                .ebpf
-                .program_mut(name)
-                .with_context(|| format!("the eBPF object has no program {name}"))?
-                .try_into()?;
-            program
-                .load(hook, &btf)
-                .with_context(|| format!("loading the LSM program for {hook}"))?;
-        }
-        for (name, hook) in names::LSM_PROGRAMS {
+        let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
+        let content_programs: Vec<(&str, &str)> = names::INVALIDATION_PROGRAMS
+            .into_iter()
+            .chain([(names::CONTENT_LSM_PROGRAM, names::EXEC_HOOK)])
+            .collect();
+        let exec_programs = match self.load_lsm(&btf, &content_programs) {
+            Ok(()) => {
+                self.content_checks = true;
+                content_programs
+            }
+            Err(error) => {
+                log::warn!("contents are not checked at exec by the kernel: {error:#}");
+                let identity = vec![(names::IDENTITY_LSM_PROGRAM, names::EXEC_HOOK)];
+                self.load_lsm(&btf, &identity)?;
+                identity
+            }
+        };
+        self.load_lsm(&btf, &names::MAPPING_LSM_PROGRAMS)?;
+        for (name, hook) in exec_programs.into_iter().chain(names::MAPPING_LSM_PROGRAMS) {
             let program: &mut Lsm = self
                 .ebpf
                 .program_mut(name)
@@ -177,13 +208,27 @@ impl Enforcer {
                 .try_into()?;
             program
                 .attach()
-                .with_context(|| format!("attaching the LSM program to {hook}"))?;
+                .with_context(|| format!("attaching {name} (lsm/{hook})"))?;
+        }
+        Ok(())
+    }
+
+    fn load_lsm(&mut self, btf: &Btf, programs: &[(&str, &str)]) -> Result<()> {
+        for &(name, hook) in programs {
+            let program: &mut Lsm = self
+                .ebpf
+                .program_mut(name)
+                .with_context(|| format!("the eBPF object has no program {name}"))?
+                .try_into()?;
+            program
+                .load(hook, btf)
+                .with_context(|| format!("loading {name} (lsm/{hook})"))?;
         }
         Ok(())
     }
 
     fn attach_kill(&mut self) -> Result<()> {
-        let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+        let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
         let program: &mut BtfTracePoint = self
             .ebpf
             .program_mut(names::KILL_PROGRAM)
@@ -247,6 +292,62 @@ impl Enforcer {
         Ok(stats)
     }
 
+    /// Makes the kernel's content ban map equal to `bans`, then, if anything changed, bumps the
+    /// policy generation so every verdict the kernel cached under the old bans is recomputed.
+    /// The bump comes last: an exec that read the old generation may still see a half-updated
+    /// map, but its verdict is filed under the old generation and never used. New bans go in
+    /// before stale ones leave, as for identities.
+    pub fn apply_content_bans(
+        &mut self,
+        bans: &BTreeMap<ContentHash, BanEntry>,
+    ) -> Result<ApplyStats> {
+        let mut map: HashMap<&mut MapData, ContentHash, BanEntry> = HashMap::try_from(
+            self.ebpf
+                .map_mut(names::BANNED_HASHES_MAP)
+                .context("the eBPF object has no content ban map")?,
+        )?;
+        let mut stats = ApplyStats::default();
+        for (hash, entry) in bans {
+            let previous = self.installed_content.get(hash);
+            if previous == Some(entry) {
+                continue;
+            }
+            map.insert(hash, entry, 0)
+                .context("adding a content ban to the kernel map")?;
+            if previous.is_some() {
+                stats.changed += 1;
+            } else {
+                stats.added += 1;
+            }
+        }
+        for hash in self.installed_content.keys() {
+            if !bans.contains_key(hash) {
+                map.remove(hash)
+                    .context("removing a stale content ban from the kernel map")?;
+                stats.removed += 1;
+            }
+        }
+        self.installed_content = bans.clone();
+        if stats != ApplyStats::default() {
+            self.bump_policy_generation()?;
+        }
+        Ok(stats)
+    }
+
+    fn bump_policy_generation(&mut self) -> Result<()> {
+        let mut generation: Array<&mut MapData, u32> = Array::try_from(
+            self.ebpf
+                .map_mut(names::POLICY_GENERATION_MAP)
+                .context("the eBPF object has no policy generation map")?,
+        )?;
+        let next = self.policy_generation.wrapping_add(1);
+        generation
+            .set(0, next, 0)
+            .context("bumping the policy generation")?;
+        self.policy_generation = next;
+        Ok(())
+    }
+
     /// Sets what the kernel does with fileless execs (one of `blocker_common::action`).
     pub fn set_fileless(&mut self, action: u32) -> Result<()> {
         let mut settings: Array<&mut MapData, u32> = Array::try_from(
@@ -284,6 +385,10 @@ impl Enforcer {
         Ok(KernelCounters {
             events_lost: total(counter::EVENTS_LOST)?,
             generation_mismatches: total(counter::GENERATION_MISMATCH)?,
+            verdict_cache_hits: total(counter::VERDICT_CACHE_HIT)?,
+            verdict_cache_misses: total(counter::VERDICT_CACHE_MISS)?,
+            content_hash_failures: total(counter::CONTENT_HASH_FAILED)?,
+            verdicts_invalidated: total(counter::VERDICT_INVALIDATED)?,
         })
     }
 }

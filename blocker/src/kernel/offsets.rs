@@ -31,7 +31,9 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets> {
         task_struct_tgid: offset("task_struct", "tgid", 4)?,
         inode_i_nlink: offset("inode", "i_nlink", 4)?,
         vm_area_struct_vm_file: offset("vm_area_struct", "vm_file", POINTER)?,
-        padding: 0,
+        file_f_mode: offset("file", "f_mode", 4)?,
+        path_dentry: offset("path", "dentry", POINTER)?,
+        dentry_d_inode: offset("dentry", "d_inode", POINTER)?,
     })
 }
 
@@ -63,7 +65,7 @@ mod tests {
             256,
             &[("file", ptr, 64), ("filename", ptr, 96)],
         );
-        b.structure("file", 256, &[("f_inode", ptr, 32)]);
+        b.structure("file", 256, &[("f_inode", ptr, 32), ("f_mode", u32_, 20)]);
         b.structure(
             "inode",
             600,
@@ -75,6 +77,8 @@ mod tests {
             ],
         );
         b.structure("super_block", 1000, &[("s_dev", u32_, 16)]);
+        b.structure("path", 16, &[("mnt", ptr, 0), ("dentry", ptr, 8)]);
+        b.structure("dentry", 200, &[("d_inode", ptr, 48)]);
         b.structure(
             "task_struct",
             9000,
@@ -95,7 +99,9 @@ mod tests {
                 task_struct_tgid: 1300,
                 inode_i_nlink: 72,
                 vm_area_struct_vm_file: 160,
-                padding: 0,
+                file_f_mode: 20,
+                path_dentry: 8,
+                dentry_d_inode: 48,
             }
         );
 
