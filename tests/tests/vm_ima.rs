@@ -352,3 +352,59 @@ fn newest_map(name: &str) -> Result<Map> {
     let id = newest.with_context(|| format!("no loaded map called {kernel_name}"))?;
     Ok(Map::from_map_data(MapData::from_id(id)?)?)
 }
+
+#[test]
+fn a_reload_banning_a_cached_allowed_file_takes_effect_at_once() -> Result<()> {
+    let sandbox = Sandbox::new("ima-reload")?;
+    let banned = with_content(&sandbox, "banned", b"banned content", 0)?;
+    let later = with_content(&sandbox, "banned-later", b"allowed until the reload", 0)?;
+    let (mut daemon, _) = start_daemon(&sandbox, "ban-content", &[&banned])?;
+    // Allowed twice: its verdict is in the cache.
+    expect_success(&later)?;
+    expect_success(&later)?;
+
+    let hashes = [sha256_of(&banned)?, sha256_of(&later)?];
+    sandbox.write_policy(
+        "content.toml",
+        &format!(
+            "name = \"content\"\n[[rule]]\nid = \"ban-content\"\nsha256 = [{:?}, {:?}]\n",
+            hashes[0], hashes[1]
+        ),
+    )?;
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for_record(Duration::from_secs(60), |r| r["kind"] == "reloaded")?;
+    expect_eperm(&later)?;
+    let record = daemon.wait_for_exec(&later)?;
+    ensure!(record["rule"] == "ban-content", "{record}");
+    Ok(())
+}
+
+#[test]
+fn banned_scripts_and_copies_on_other_filesystems_are_refused_by_content() -> Result<()> {
+    let sandbox = Sandbox::new("ima-script")?;
+    let script = sandbox.path("banned-script.sh");
+    fs::write(&script, "#!/bin/sh\n# banned by its own content\nexit 0\n")?;
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
+    let program = with_content(&sandbox, "program", b"banned program", 0)?;
+    expect_success(&script)?;
+    let (mut daemon, _) = start_daemon(&sandbox, "ban-content", &[&script, &program])?;
+
+    // /run is another tmpfs than /tmp: another filesystem, other inode numbers.
+    let elsewhere = PathBuf::from(format!("/run/blocker-ima-{}", std::process::id()));
+    fs::create_dir_all(&elsewhere)?;
+    let script_copy = elsewhere.join("renamed-script");
+    let program_copy = elsewhere.join("renamed-program");
+    fs::copy(&script, &script_copy)?;
+    fs::copy(&program, &program_copy)?;
+    ensure!(
+        fs::metadata(&program_copy)?.dev() != fs::metadata(&program)?.dev(),
+        "the copies are on another filesystem"
+    );
+    for path in [&script, &script_copy, &program_copy] {
+        expect_eperm(path)?;
+        let record = daemon.wait_for_exec(path)?;
+        ensure!(record["rule"] == "ban-content", "{record}");
+    }
+    fs::remove_dir_all(&elsewhere)?;
+    Ok(())
+}
