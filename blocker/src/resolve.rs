@@ -6,6 +6,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     fmt,
     path::{Path, PathBuf},
+    sync::OnceLock,
 };
 
 use blocker_common::{BanEntry, FileKey, FILELESS_RULE_ID};
@@ -174,6 +175,14 @@ pub fn resolve(policy: &Policy, roots: &SourceRoots, scanned: Option<&ScanReport
         };
         found.identifiers(&rule.identifiers, roots, scanned.map(|_| &by_content));
         for hash in &rule.identifiers.sha256 {
+            if let Some((path, why)) = protected_contents().get(hash) {
+                resolution.protected.push(Protected {
+                    rule: rule.id.clone(),
+                    path: path.clone(),
+                    why,
+                });
+                continue;
+            }
             // Deny over audit, then the earliest rule, as for identities.
             let stricter = resolution
                 .hashes
@@ -441,6 +450,21 @@ pub fn protected_files() -> BTreeMap<FileKey, (PathBuf, &'static str)> {
         protect(Path::new(path), "blocker and most programs load it");
     }
     protected
+}
+
+/// The contents of [`protected_files`]: a content ban in the kernel would refuse them under
+/// any name. Hashed once per process, since they are the files this process runs on.
+fn protected_contents() -> &'static BTreeMap<Sha256, (PathBuf, &'static str)> {
+    static CONTENTS: OnceLock<BTreeMap<Sha256, (PathBuf, &'static str)>> = OnceLock::new();
+    CONTENTS.get_or_init(|| {
+        protected_files()
+            .into_values()
+            .filter_map(|(path, why)| {
+                let hashed = crate::scan::hash_file(&path).ok()?;
+                Some((hashed.sha256, (path, why)))
+            })
+            .collect()
+    })
 }
 
 /// File paths in the text of `/proc/PID/maps` (the sixth column, when it is absolute).
@@ -797,5 +821,23 @@ mod tests {
             "{:?}",
             resolution.warnings
         );
+    }
+
+    #[test]
+    fn contents_the_machine_needs_are_never_banned() {
+        let own = crate::scan::hash_file(Path::new("/proc/self/exe")).unwrap();
+        let resolution = resolve_rules(
+            vec![rule(
+                "foot-gun",
+                Action::Deny,
+                Identifiers {
+                    sha256: vec![own.sha256],
+                    ..Identifiers::default()
+                },
+            )],
+            None,
+        );
+        assert!(resolution.hashes.is_empty());
+        assert_eq!(resolution.protected.len(), 1);
     }
 }
