@@ -113,15 +113,20 @@ pub fn bprm_check_content(ctx: LsmContext) -> i32 {
     }
     let bprm: *const u8 = ctx.arg(0);
     let offsets = KERNEL_OFFSETS.load();
-    let Some(file) = read_field::<*const u8>(bprm, offsets.linux_binprm_file) else {
+    // `bpf_ima_file_hash` only takes a pointer the verifier can vouch for: one loaded directly
+    // from the hook's trusted argument, not one copied by `bpf_probe_read_kernel`.
+    // SAFETY: `bprm` is the hook's `struct linux_binprm *`; the verifier checks the load.
+    let exec_file: *mut file =
+        unsafe { *(bprm.add(offsets.linux_binprm_file as usize) as *const *mut file) };
+    let Some(inode) = read_field::<*const u8>(exec_file as *const u8, offsets.file_f_inode) else {
         return 0;
     };
-    let Some(inode) = read_field::<*const u8>(file, offsets.file_f_inode) else {
+    let Some(key) = inode_key(inode, &offsets) else {
         return 0;
     };
-    let ban = check_inode(&ctx, inode, &offsets)
-        .or_else(|| banned_content(bprm, &offsets))
-        .or_else(|| fileless_ban(inode, &offsets));
+    let ban = banned_identity(&ctx, inode, key, &offsets)
+        .or_else(|| banned_content(exec_file, inode, key, &offsets))
+        .or_else(|| fileless_ban(inode, key, &offsets));
     let Some(ban) = ban else {
         return 0;
     };
@@ -184,7 +189,10 @@ fn mapping_verdict<C: EbpfContext>(ctx: &C, file: *const u8, prot: u64, operatio
     let Some(inode) = read_field::<*const u8>(file, offsets.file_f_inode) else {
         return 0;
     };
-    match check_inode(ctx, inode, &offsets) {
+    let Some(key) = inode_key(inode, &offsets) else {
+        return 0;
+    };
+    match banned_identity(ctx, inode, key, &offsets) {
         Some(ban) => {
             report(core::ptr::null(), &offsets, &ban, backend::LSM, operation);
             if ban.entry.action == action::DENY {
@@ -209,17 +217,23 @@ fn check_exec<C: EbpfContext>(ctx: &C, bprm: *const u8, backend: u32) -> Option<
     let offsets = KERNEL_OFFSETS.load();
     let file: *const u8 = read_field(bprm, offsets.linux_binprm_file)?;
     let inode: *const u8 = read_field(file, offsets.file_f_inode)?;
-    let ban = match check_inode(ctx, inode, &offsets) {
+    let key = inode_key(inode, &offsets)?;
+    let ban = match banned_identity(ctx, inode, key, &offsets) {
         Some(ban) => ban,
-        None => fileless_ban(inode, &offsets)?,
+        None => fileless_ban(inode, key, &offsets)?,
     };
     report(bprm, &offsets, &ban, backend, operation::EXEC);
     Some(ban.entry.action)
 }
 
-/// The ban of `inode` from `BANNED_FILES`, if any and if its generation matches.
-fn check_inode<C: EbpfContext>(ctx: &C, inode: *const u8, offsets: &KernelOffsets) -> Option<Ban> {
-    let key = inode_key(inode, offsets)?;
+/// The ban of `inode` (identity `key`) from `BANNED_FILES`, if any and if its generation
+/// matches.
+fn banned_identity<C: EbpfContext>(
+    ctx: &C,
+    inode: *const u8,
+    key: FileKey,
+    offsets: &KernelOffsets,
+) -> Option<Ban> {
     let entry = *unsafe { BANNED_FILES.get(&key) }?;
     let generation: u32 = read_field(inode, offsets.inode_i_generation)?;
     if !entry.matches_generation(generation) {
@@ -235,7 +249,7 @@ fn check_inode<C: EbpfContext>(ctx: &C, inode: *const u8, offsets: &KernelOffset
 
 /// The fileless setting's ban of `inode` if it has no link on disk (memfd, `O_TMPFILE`,
 /// deleted): no rule can name such a file.
-fn fileless_ban(inode: *const u8, offsets: &KernelOffsets) -> Option<Ban> {
+fn fileless_ban(inode: *const u8, key: FileKey, offsets: &KernelOffsets) -> Option<Ban> {
     let fileless = *SETTINGS.get(setting::FILELESS)?;
     if fileless == action::ALLOW {
         return None;
@@ -245,7 +259,7 @@ fn fileless_ban(inode: *const u8, offsets: &KernelOffsets) -> Option<Ban> {
         return None;
     }
     Some(Ban {
-        key: inode_key(inode, offsets)?,
+        key,
         entry: BanEntry {
             rule_id: FILELESS_RULE_ID,
             action: fileless,
@@ -255,15 +269,14 @@ fn fileless_ban(inode: *const u8, offsets: &KernelOffsets) -> Option<Ban> {
     })
 }
 
-/// The content ban matching the file `bprm` execs, from the verdict cache or by hashing it.
-fn banned_content(bprm: *const u8, offsets: &KernelOffsets) -> Option<Ban> {
-    // `bpf_ima_file_hash` only takes a pointer the verifier can vouch for: one loaded directly
-    // from the hook's trusted argument, not one copied by `bpf_probe_read_kernel`.
-    // SAFETY: `bprm` is the hook's `struct linux_binprm *`; the verifier checks the load.
-    let exec_file: *mut file =
-        unsafe { *(bprm.add(offsets.linux_binprm_file as usize) as *const *mut file) };
-    let inode: *const u8 = read_field(exec_file as *const u8, offsets.file_f_inode)?;
-    let key = inode_key(inode, offsets)?;
+/// The content ban matching `exec_file` (whose inode is `inode`, identity `key`), from the
+/// verdict cache or by hashing it.
+fn banned_content(
+    exec_file: *mut file,
+    inode: *const u8,
+    key: FileKey,
+    offsets: &KernelOffsets,
+) -> Option<Ban> {
     let inode_generation: u32 = read_field(inode, offsets.inode_i_generation)?;
     // Read before the ban lookup: if the daemon changes the bans meanwhile, this verdict is
     // stored under the old generation and is stale by the time anyone reads it.

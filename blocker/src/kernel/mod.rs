@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, Lsm},
-    Btf, Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader, Pod,
 };
 use blocker_common::{counter, names, setting, BanEntry, ContentHash, FileKey};
 
@@ -243,91 +243,29 @@ impl Enforcer {
         Ok(())
     }
 
-    /// Makes the kernel's ban map equal to `entries`. New and changed entries go in before stale
-    /// ones leave, so a file banned before and after is never unbanned in between. If the
-    /// kernel refuses an entry, every change is undone and the previous policy stays whole.
+    /// Makes the kernel's ban map equal to `entries`; see [`sync_map`].
     pub fn apply(&mut self, entries: &BTreeMap<FileKey, BanEntry>) -> Result<ApplyStats> {
-        let mut map: HashMap<&mut MapData, FileKey, BanEntry> = HashMap::try_from(
-            self.ebpf
-                .map_mut(names::BANNED_FILES_MAP)
-                .context("the eBPF object has no ban map")?,
-        )?;
-        let mut changed = Vec::new();
-        let mut stats = ApplyStats::default();
-        for (key, entry) in entries {
-            let previous = self.installed.get(key);
-            if previous == Some(entry) {
-                continue;
-            }
-            if let Err(error) = map.insert(key, entry, 0) {
-                for (key, previous) in changed {
-                    // Best effort: the map held these a moment ago, so they fit again.
-                    let _ = match previous {
-                        Some(previous) => map.insert(key, previous, 0),
-                        None => map.remove(key),
-                    };
-                }
-                return Err(error).with_context(|| {
-                    format!(
-                        "adding ban entry {} to the kernel map; the previous policy stays in force",
-                        entries.len()
-                    )
-                });
-            }
-            if previous.is_some() {
-                stats.changed += 1;
-            } else {
-                stats.added += 1;
-            }
-            changed.push((key, previous.copied()));
-        }
-        for key in self.installed.keys() {
-            if !entries.contains_key(key) {
-                map.remove(key)
-                    .with_context(|| format!("removing stale ban entry {key:?}"))?;
-                stats.removed += 1;
-            }
-        }
-        self.installed = entries.clone();
-        Ok(stats)
+        let map = self
+            .ebpf
+            .map_mut(names::BANNED_FILES_MAP)
+            .context("the eBPF object has no ban map")?;
+        sync_map(map, &mut self.installed, entries).context("updating the banned files")
     }
 
-    /// Makes the kernel's content ban map equal to `bans`, then, if anything changed, bumps the
-    /// policy generation so every verdict the kernel cached under the old bans is recomputed.
-    /// The bump comes last: an exec that read the old generation may still see a half-updated
-    /// map, but its verdict is filed under the old generation and never used. New bans go in
-    /// before stale ones leave, as for identities.
+    /// Makes the kernel's content ban map equal to `bans` (see [`sync_map`]), then, if anything
+    /// changed, bumps the policy generation so every verdict the kernel cached under the old
+    /// bans is recomputed. The bump comes last: an exec that read the old generation may still
+    /// see a half-updated map, but its verdict is filed under the old generation and never used.
     pub fn apply_content_bans(
         &mut self,
         bans: &BTreeMap<ContentHash, BanEntry>,
     ) -> Result<ApplyStats> {
-        let mut map: HashMap<&mut MapData, ContentHash, BanEntry> = HashMap::try_from(
-            self.ebpf
-                .map_mut(names::BANNED_HASHES_MAP)
-                .context("the eBPF object has no content ban map")?,
-        )?;
-        let mut stats = ApplyStats::default();
-        for (hash, entry) in bans {
-            let previous = self.installed_content.get(hash);
-            if previous == Some(entry) {
-                continue;
-            }
-            map.insert(hash, entry, 0)
-                .context("adding a content ban to the kernel map")?;
-            if previous.is_some() {
-                stats.changed += 1;
-            } else {
-                stats.added += 1;
-            }
-        }
-        for hash in self.installed_content.keys() {
-            if !bans.contains_key(hash) {
-                map.remove(hash)
-                    .context("removing a stale content ban from the kernel map")?;
-                stats.removed += 1;
-            }
-        }
-        self.installed_content = bans.clone();
+        let map = self
+            .ebpf
+            .map_mut(names::BANNED_HASHES_MAP)
+            .context("the eBPF object has no content ban map")?;
+        let stats = sync_map(map, &mut self.installed_content, bans)
+            .context("updating the banned contents")?;
         if stats != ApplyStats::default() {
             self.bump_policy_generation()?;
         }
@@ -391,6 +329,55 @@ impl Enforcer {
             verdicts_invalidated: total(counter::VERDICT_INVALIDATED)?,
         })
     }
+}
+
+/// Makes a kernel hash map that holds `installed` hold `wanted`. New and changed entries go in
+/// before stale ones leave, so an entry present in both is never absent, even for an instant. If
+/// the kernel refuses an entry, every change is undone and the previous contents stay whole.
+fn sync_map<K: Pod + Ord, V: Pod + PartialEq>(
+    map: &mut Map,
+    installed: &mut BTreeMap<K, V>,
+    wanted: &BTreeMap<K, V>,
+) -> Result<ApplyStats> {
+    let mut map: HashMap<&mut MapData, K, V> = HashMap::try_from(map)?;
+    let mut changed = Vec::new();
+    let mut stats = ApplyStats::default();
+    for (key, value) in wanted {
+        let previous = installed.get(key);
+        if previous == Some(value) {
+            continue;
+        }
+        if let Err(error) = map.insert(key, value, 0) {
+            for (key, previous) in changed {
+                // Best effort: the map held these a moment ago, so they fit again.
+                let _ = match previous {
+                    Some(previous) => map.insert(key, previous, 0),
+                    None => map.remove(key),
+                };
+            }
+            return Err(error).with_context(|| {
+                format!(
+                    "adding entry {} of {} to the kernel map; the previous policy stays in force",
+                    stats.added + stats.changed + 1,
+                    wanted.len()
+                )
+            });
+        }
+        if previous.is_some() {
+            stats.changed += 1;
+        } else {
+            stats.added += 1;
+        }
+        changed.push((key, previous.copied()));
+    }
+    for key in installed.keys() {
+        if !wanted.contains_key(key) {
+            map.remove(key).context("removing a stale entry")?;
+            stats.removed += 1;
+        }
+    }
+    installed.clone_from(wanted);
+    Ok(stats)
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
