@@ -41,7 +41,12 @@ enum Task {
         args: Vec<String>,
     },
     /// Installs all prerequisites, then runs the unit, host-kernel and VM tests.
-    Test,
+    Test {
+        /// Run only this VM test target (e.g. `vm_pin`; repeatable), skipping the unit and
+        /// host-kernel stages: for working on one VM test.
+        #[arg(long = "vm-test")]
+        vm_tests: Vec<String>,
+    },
 }
 
 fn main() -> Result<ExitCode> {
@@ -58,8 +63,8 @@ fn main() -> Result<ExitCode> {
             println!("xtask: built {}", blocker.display());
         }
         Task::Run { args } => run(&root, args)?,
-        Task::Test => {
-            if !test::run(&root) {
+        Task::Test { vm_tests } => {
+            if !test::run(&root, &vm_tests) {
                 return Ok(ExitCode::FAILURE);
             }
         }

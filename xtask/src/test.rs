@@ -18,9 +18,9 @@ const VM_TEST_PREFIX: &str = "vm_";
 const UNIT_TIMEOUT: Duration = Duration::from_secs(600);
 const HOST_KERNEL_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Runs every stage, even after one fails, and prints `summary: N passed, M failed` last.
-/// Returns whether everything passed.
-pub fn run(root: &Path) -> bool {
+/// Runs every stage, even after one fails, and prints `summary: N passed, M failed` last; with
+/// `only_vm_tests`, just those VM tests. Returns whether everything passed.
+pub fn run(root: &Path, only_vm_tests: &[String]) -> bool {
     let mut counts = TestCounts::default();
     let mut failures = Vec::new();
     let mut record = |what: &str, outcome: Result<()>| {
@@ -36,19 +36,26 @@ pub fn run(root: &Path) -> bool {
         "prerequisites",
         prerequisites::ensure(root, Needs::BuildAndVm),
     ) {
-        stage("unit tests");
-        record("unit tests", unit_tests(root, &mut counts));
+        if only_vm_tests.is_empty() {
+            stage("unit tests");
+            record("unit tests", unit_tests(root, &mut counts));
+        }
 
         stage("blocker (debug build, for the integration tests)");
         match cargo::build_blocker(root, Profile::Debug) {
             Ok(blocker) => {
-                stage("host-kernel tests");
-                record(
-                    "host-kernel tests",
-                    host_kernel_tests(root, &blocker, &mut counts),
-                );
+                if only_vm_tests.is_empty() {
+                    stage("host-kernel tests");
+                    record(
+                        "host-kernel tests",
+                        host_kernel_tests(root, &blocker, &mut counts),
+                    );
+                }
                 stage("VM tests");
-                record("VM tests", vm_tests(root, &blocker, &mut counts));
+                record(
+                    "VM tests",
+                    vm_tests(root, &blocker, only_vm_tests, &mut counts),
+                );
             }
             Err(error) => {
                 record("building blocker", Err(error));
@@ -92,7 +99,7 @@ fn host_kernel_tests(root: &Path, blocker: &Path, counts: &mut TestCounts) -> Re
     cargo::test(root, &run, counts)
 }
 
-fn vm_tests(root: &Path, blocker: &Path, counts: &mut TestCounts) -> Result<()> {
+fn vm_tests(root: &Path, blocker: &Path, only: &[String], counts: &mut TestCounts) -> Result<()> {
     let args = [
         "test",
         "--package",
@@ -106,6 +113,7 @@ fn vm_tests(root: &Path, blocker: &Path, counts: &mut TestCounts) -> Result<()> 
         .filter(|artifact| {
             artifact.target_name.starts_with(VM_TEST_PREFIX)
                 && artifact.target_kinds.iter().any(|kind| kind == "test")
+                && (only.is_empty() || only.contains(&artifact.target_name))
         })
         .collect();
     if tests.is_empty() {
