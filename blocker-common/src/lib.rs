@@ -36,6 +36,29 @@ pub mod names {
         ("forget_verdict_on_truncate", "path_truncate"),
         ("forget_verdict_on_shared_write_mmap", "mmap_file"),
     ];
+    pub const PROTECTION_MAP: &str = "PROTECTION";
+    pub const PROTECTED_INODES_MAP: &str = "PROTECTED_INODES";
+    pub const PROTECTED_BPF_OBJECTS_MAP: &str = "PROTECTED_BPF_OBJECTS";
+    /// Tamper protection programs, with their hooks; inert until `PROTECTION` names a daemon.
+    pub const PROTECTION_PROGRAMS: [(&str, &str); 17] = [
+        ("protect_daemon_from_signals", "task_kill"),
+        ("protect_daemon_from_ptrace", "ptrace_access_check"),
+        ("protect_maps", "bpf_map"),
+        ("protect_programs", "bpf_prog"),
+        ("protect_links", "bpf"),
+        ("protect_files_from_writes", "file_open"),
+        ("protect_files_from_setattr", "inode_setattr"),
+        ("protect_dirs_from_create", "inode_create"),
+        ("protect_dirs_from_symlink", "inode_symlink"),
+        ("protect_dirs_from_mkdir", "inode_mkdir"),
+        ("protect_dirs_from_mknod", "inode_mknod"),
+        ("protect_dirs_from_unlink", "inode_unlink"),
+        ("protect_dirs_from_rmdir", "inode_rmdir"),
+        ("protect_dirs_from_link", "inode_link"),
+        ("protect_dirs_from_rename", "inode_rename"),
+        ("protect_dirs_from_mount", "sb_mount"),
+        ("protect_dirs_from_move_mount", "move_mount"),
+    ];
 }
 
 /// Capacity of the banned-files map. Entries are allocated on use (`BPF_F_NO_PREALLOC`), so a
@@ -110,7 +133,62 @@ pub mod operation {
     pub const MMAP: u32 = 2;
     /// `mprotect` adding `PROT_EXEC` to a mapping of the file.
     pub const MPROTECT: u32 = 3;
+    /// Tamper attempts refused while protection is on. A signal to the daemon; the event's
+    /// `detail` is the signal number.
+    pub const SIGNAL: u32 = 4;
+    /// `ptrace` (or memory or descriptor access) of the daemon or of a process running the
+    /// blocker binary; `detail` is the kernel's ptrace access mode.
+    pub const PTRACE: u32 = 5;
+    /// A descriptor of one of blocker's maps, programs or links; `detail` is the
+    /// [`super::bpf_object`] kind and the event's `ino` its id.
+    pub const BPF_OBJECT: u32 = 6;
+    /// A change to a protected directory or file; `detail` is one of [`super::file_change`].
+    pub const FILE_CHANGE: u32 = 7;
 }
+
+/// Kinds of BPF objects tamper protection guards.
+pub mod bpf_object {
+    pub const MAP: u32 = 1;
+    pub const PROGRAM: u32 = 2;
+    pub const LINK: u32 = 3;
+
+    /// The key of `PROTECTED_BPF_OBJECTS` (ids are per kind).
+    pub const fn key(kind: u32, id: u32) -> u64 {
+        ((kind as u64) << 32) | id as u64
+    }
+}
+
+/// Changes to protected files and directories that tamper protection refuses.
+pub mod file_change {
+    pub const OPEN_FOR_WRITING: u32 = 1;
+    pub const SETATTR: u32 = 2;
+    pub const CREATE: u32 = 3;
+    pub const LINK: u32 = 4;
+    pub const UNLINK: u32 = 5;
+    pub const SYMLINK: u32 = 6;
+    pub const MKDIR: u32 = 7;
+    pub const RMDIR: u32 = 8;
+    pub const MKNOD: u32 = 9;
+    pub const RENAME: u32 = 10;
+    pub const MOUNT: u32 = 11;
+}
+
+/// Tamper protection, the one slot of `PROTECTION`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Protection {
+    /// The daemon, which other processes may not signal or trace; 0 turns protection off.
+    pub daemon_tgid: u32,
+    pub padding: u32,
+    /// The blocker binary. Processes running it (the daemon, `blocker stop`, `blocker policy`)
+    /// are trusted: they are the documented way to stop blocker and change its policy.
+    pub trusted_exe: FileKey,
+}
+
+/// Capacity of the protected inodes map: directories, and the blocker binary.
+pub const PROTECTED_INODES_CAPACITY: u32 = 64;
+/// Capacity of the protected BPF objects map: blocker's maps, programs and links.
+pub const PROTECTED_BPF_OBJECTS_CAPACITY: u32 = 256;
 
 /// Indices into the settings array, each holding one of [`action`].
 pub mod setting {
@@ -191,8 +269,9 @@ pub const COMM_LEN: usize = 16;
 /// Bytes of `bprm->filename` carried in an event; longer names are cut.
 pub const FILENAME_LEN: usize = 256;
 
-/// One attempt to run code from a banned file (exec or executable mapping), as the kernel
-/// reports it through the ring buffer.
+/// One attempt to run code from a banned file (exec or executable mapping), or to tamper with
+/// blocker, as the kernel reports it through the ring buffer. For a tamper attempt, `dev` and
+/// `ino` identify the file it aimed at (or the id of the BPF object in `ino`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ExecEvent {
@@ -219,8 +298,8 @@ pub struct ExecEvent {
     /// Bytes of `filename` in use, without the terminating NUL; 0 for mappings, which have no
     /// exec path.
     pub filename_len: u32,
-    /// Always zero; keeps `comm` at an offset a multiple of eight.
-    pub padding: u32,
+    /// For a refused tamper attempt, what was tried (see [`operation`]); otherwise 0.
+    pub detail: u32,
     pub comm: [u8; COMM_LEN],
     /// The path as given to exec (`bprm->filename`), NUL-terminated unless cut.
     pub filename: [u8; FILENAME_LEN],
@@ -245,6 +324,15 @@ pub struct KernelOffsets {
     pub file_f_mode: u32,
     pub path_dentry: u32,
     pub dentry_d_inode: u32,
+    pub dentry_d_parent: u32,
+    pub file_f_path: u32,
+    pub task_struct_mm: u32,
+    pub mm_struct_exe_file: u32,
+    pub bpf_map_id: u32,
+    pub bpf_prog_aux: u32,
+    pub bpf_prog_aux_id: u32,
+    /// Keeps the size a multiple of eight.
+    pub padding: u32,
 }
 
 #[cfg(feature = "user")]
@@ -256,6 +344,7 @@ mod pod {
     unsafe impl aya::Pod for super::ExecEvent {}
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::CachedVerdict {}
+    unsafe impl aya::Pod for super::Protection {}
 }
 
 #[cfg(test)]
@@ -268,7 +357,8 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<FileKey>(), 16);
         assert_eq!(size_of::<BanEntry>(), 16);
-        assert_eq!(size_of::<KernelOffsets>(), 56);
+        assert_eq!(size_of::<KernelOffsets>(), 88);
+        assert_eq!(size_of::<Protection>(), 24);
         assert_eq!(size_of::<CachedVerdict>(), 16);
         assert_eq!(
             size_of::<ExecEvent>(),

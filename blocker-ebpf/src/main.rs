@@ -21,9 +21,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use blocker_common::{
-    action, backend, counter, operation, setting, BanEntry, CachedVerdict, ContentHash, ExecEvent,
-    FileKey, KernelOffsets, BANNED_FILES_CAPACITY, BANNED_HASHES_CAPACITY, BPF_F_NO_PREALLOC,
-    EVENTS_RING_BYTES, FILELESS_RULE_ID, VERDICT_CACHE_CAPACITY,
+    action, backend, bpf_object, counter, file_change, operation, setting, BanEntry, CachedVerdict,
+    ContentHash, ExecEvent, FileKey, KernelOffsets, Protection, BANNED_FILES_CAPACITY,
+    BANNED_HASHES_CAPACITY, BPF_F_NO_PREALLOC, EVENTS_RING_BYTES, FILELESS_RULE_ID,
+    PROTECTED_BPF_OBJECTS_CAPACITY, PROTECTED_INODES_CAPACITY, VERDICT_CACHE_CAPACITY,
 };
 
 const EPERM: i32 = 1;
@@ -36,6 +37,11 @@ const PROT_WRITE: u64 = 0x2;
 const MAP_SHARED: u64 = 0x1;
 /// `HASH_ALGO_SHA256` of the kernel's `enum hash_algo`, which `bpf_ima_file_hash` returns.
 const HASH_ALGO_SHA256: i64 = 4;
+const SIGHUP: i32 = 1;
+/// `PTRACE_MODE_ATTACH` in a ptrace access mode.
+const PTRACE_MODE_ATTACH: u32 = 0x02;
+/// `BPF_LINK_GET_FD_BY_ID` of `enum bpf_cmd`.
+const BPF_LINK_GET_FD_BY_ID: u32 = 30;
 
 #[map]
 static BANNED_FILES: HashMap<FileKey, BanEntry> =
@@ -68,6 +74,21 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 #[map]
 static SETTINGS: Array<u32> = Array::with_max_entries(setting::COUNT, 0);
 
+/// Tamper protection: which daemon to guard and which binary is trusted; off while zero.
+#[map]
+static PROTECTION: Array<Protection> = Array::with_max_entries(1, 0);
+
+/// Directories whose entries, and files whose contents, only trusted processes may change: the
+/// policy directory, the pin directories, the blocker binary.
+#[map]
+static PROTECTED_INODES: HashMap<FileKey, u32> =
+    HashMap::with_max_entries(PROTECTED_INODES_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// blocker's own maps, programs and links, keyed by [`bpf_object::key`].
+#[map]
+static PROTECTED_BPF_OBJECTS: HashMap<u64, u32> =
+    HashMap::with_max_entries(PROTECTED_BPF_OBJECTS_CAPACITY, BPF_F_NO_PREALLOC);
+
 /// Set by the loader from the running kernel's BTF.
 #[no_mangle]
 static KERNEL_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
@@ -85,6 +106,14 @@ static KERNEL_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     file_f_mode: 0,
     path_dentry: 0,
     dentry_d_inode: 0,
+    dentry_d_parent: 0,
+    file_f_path: 0,
+    task_struct_mm: 0,
+    mm_struct_exe_file: 0,
+    bpf_map_id: 0,
+    bpf_prog_aux: 0,
+    bpf_prog_aux_id: 0,
+    padding: 0,
 });
 
 #[lsm(hook = "bprm_check_security")]
@@ -406,6 +435,374 @@ fn forget_verdict(inode: Option<*const u8>, offsets: &KernelOffsets) {
     }
 }
 
+// Tamper protection. Each program below returns 0 at once while protection is off, and refuses
+// a change only after finding that it touches something of blocker's and that the caller is
+// not trusted, which keeps the common path to one array lookup.
+
+/// `int security_task_kill(struct task_struct *p, struct kernel_siginfo *info, int sig, const
+/// struct cred *cred)`: a signal a process sends (the kernel's own never come here).
+#[lsm(hook = "task_kill")]
+pub fn protect_daemon_from_signals(ctx: LsmContext) -> i32 {
+    let earlier_verdict: i32 = ctx.arg(4);
+    if earlier_verdict != 0 {
+        return earlier_verdict;
+    }
+    let Some(protection) = active_protection() else {
+        return 0;
+    };
+    let signal: i32 = ctx.arg(2);
+    // Probing for the daemon (`kill -0`) and asking it to reload change nothing.
+    if signal == 0 || signal == SIGHUP {
+        return 0;
+    }
+    let target: *const u8 = ctx.arg(0);
+    let offsets = KERNEL_OFFSETS.load();
+    if read_field::<u32>(target, offsets.task_struct_tgid) != Some(protection.daemon_tgid) {
+        return 0;
+    }
+    let sender = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // The service manager stops and restarts the service.
+    if sender == 1 || sender == protection.daemon_tgid || trusted(&protection, &offsets) {
+        return 0;
+    }
+    refuse(
+        &offsets,
+        operation::SIGNAL,
+        signal as u32,
+        FileKey::default(),
+    )
+}
+
+/// `int security_ptrace_access_check(struct task_struct *child, unsigned int mode)`: ptrace
+/// and everything that reads or writes another process's memory or descriptors.
+#[lsm(hook = "ptrace_access_check")]
+pub fn protect_daemon_from_ptrace(ctx: LsmContext) -> i32 {
+    let earlier_verdict: i32 = ctx.arg(2);
+    if earlier_verdict != 0 {
+        return earlier_verdict;
+    }
+    let Some(protection) = active_protection() else {
+        return 0;
+    };
+    let mode: u32 = ctx.arg(1);
+    // Read access (`ps`, /proc/PID/exe for `blocker status`) stays open; attaching, memory
+    // access and descriptor theft need PTRACE_MODE_ATTACH.
+    if mode & PTRACE_MODE_ATTACH == 0 {
+        return 0;
+    }
+    let child: *const u8 = ctx.arg(0);
+    let offsets = KERNEL_OFFSETS.load();
+    let runs_blocker = task_exe(child, &offsets) == Some(protection.trusted_exe);
+    let is_daemon =
+        read_field::<u32>(child, offsets.task_struct_tgid) == Some(protection.daemon_tgid);
+    if !(runs_blocker || is_daemon) || trusted(&protection, &offsets) {
+        return 0;
+    }
+    refuse(&offsets, operation::PTRACE, mode, FileKey::default())
+}
+
+/// `int security_bpf_map(struct bpf_map *map, fmode_t fmode)`: a process gets a descriptor of a
+/// map, by id or from its pin; without one it can neither read nor change the map.
+#[lsm(hook = "bpf_map")]
+pub fn protect_maps(ctx: LsmContext) -> i32 {
+    let earlier_verdict: i32 = ctx.arg(2);
+    if earlier_verdict != 0 {
+        return earlier_verdict;
+    }
+    let map: *const u8 = ctx.arg(0);
+    let offsets = KERNEL_OFFSETS.load();
+    let id = read_field(map, offsets.bpf_map_id).unwrap_or(0);
+    refuse_bpf_object(&offsets, bpf_object::MAP, id)
+}
+
+/// `int security_bpf_prog(struct bpf_prog *prog)`: a process gets a descriptor of a program.
+#[lsm(hook = "bpf_prog")]
+pub fn protect_programs(ctx: LsmContext) -> i32 {
+    let earlier_verdict: i32 = ctx.arg(1);
+    if earlier_verdict != 0 {
+        return earlier_verdict;
+    }
+    let program: *const u8 = ctx.arg(0);
+    let offsets = KERNEL_OFFSETS.load();
+    let id = read_field::<*const u8>(program, offsets.bpf_prog_aux)
+        .and_then(|aux| read_field(aux, offsets.bpf_prog_aux_id))
+        .unwrap_or(0);
+    refuse_bpf_object(&offsets, bpf_object::PROGRAM, id)
+}
+
+/// `int security_bpf(int cmd, union bpf_attr *attr, unsigned int size)`: links have no hook of
+/// their own, so a descriptor of one by id is refused here (`attr` is the kernel's copy).
+#[lsm(hook = "bpf")]
+pub fn protect_links(ctx: LsmContext) -> i32 {
+    let earlier_verdict: i32 = ctx.arg(3);
+    if earlier_verdict != 0 {
+        return earlier_verdict;
+    }
+    let command: u32 = ctx.arg(0);
+    if command != BPF_LINK_GET_FD_BY_ID {
+        return 0;
+    }
+    let attr: *const u8 = ctx.arg(1);
+    let offsets = KERNEL_OFFSETS.load();
+    // `link_id` is the first member of the command's part of the union.
+    refuse_bpf_object(&offsets, bpf_object::LINK, read_field(attr, 0).unwrap_or(0))
+}
+
+/// `int security_file_open(struct file *file)`.
+#[lsm(hook = "file_open")]
+pub fn protect_files_from_writes(ctx: LsmContext) -> i32 {
+    let earlier_verdict: i32 = ctx.arg(1);
+    if earlier_verdict != 0 || active_protection().is_none() {
+        return earlier_verdict;
+    }
+    let opened: *const u8 = ctx.arg(0);
+    let offsets = KERNEL_OFFSETS.load();
+    if !opened_for_writing(opened, &offsets) {
+        return 0;
+    }
+    // SAFETY: `f_path` is a `struct path` inside the file; only its address is computed.
+    let path = unsafe { opened.add(offsets.file_f_path as usize) };
+    let dentry = read_field::<*const u8>(path, offsets.path_dentry);
+    refuse_change(
+        &offsets,
+        file_change::OPEN_FOR_WRITING,
+        protected_dentry(dentry, &offsets),
+    )
+}
+
+/// `int security_inode_setattr(struct dentry *dentry, struct iattr *attr)`.
+#[lsm(hook = "inode_setattr")]
+pub fn protect_files_from_setattr(ctx: LsmContext) -> i32 {
+    let earlier_verdict: i32 = ctx.arg(2);
+    if earlier_verdict != 0 || active_protection().is_none() {
+        return earlier_verdict;
+    }
+    let offsets = KERNEL_OFFSETS.load();
+    let target = protected_dentry(Some(ctx.arg(0)), &offsets);
+    refuse_change(&offsets, file_change::SETATTR, target)
+}
+
+/// `int security_inode_create(struct inode *dir, struct dentry *dentry, umode_t mode)`.
+#[lsm(hook = "inode_create")]
+pub fn protect_dirs_from_create(ctx: LsmContext) -> i32 {
+    directory_change(&ctx, 3, file_change::CREATE)
+}
+
+/// `int security_inode_symlink(struct inode *dir, struct dentry *dentry, const char *name)`.
+#[lsm(hook = "inode_symlink")]
+pub fn protect_dirs_from_symlink(ctx: LsmContext) -> i32 {
+    directory_change(&ctx, 3, file_change::SYMLINK)
+}
+
+/// `int security_inode_mkdir(struct inode *dir, struct dentry *dentry, umode_t mode)`.
+#[lsm(hook = "inode_mkdir")]
+pub fn protect_dirs_from_mkdir(ctx: LsmContext) -> i32 {
+    directory_change(&ctx, 3, file_change::MKDIR)
+}
+
+/// `int security_inode_mknod(struct inode *dir, struct dentry *dentry, umode_t mode, dev_t dev)`.
+#[lsm(hook = "inode_mknod")]
+pub fn protect_dirs_from_mknod(ctx: LsmContext) -> i32 {
+    directory_change(&ctx, 4, file_change::MKNOD)
+}
+
+/// `int security_inode_unlink(struct inode *dir, struct dentry *dentry)`.
+#[lsm(hook = "inode_unlink")]
+pub fn protect_dirs_from_unlink(ctx: LsmContext) -> i32 {
+    removal(&ctx, file_change::UNLINK)
+}
+
+/// `int security_inode_rmdir(struct inode *dir, struct dentry *dentry)`.
+#[lsm(hook = "inode_rmdir")]
+pub fn protect_dirs_from_rmdir(ctx: LsmContext) -> i32 {
+    removal(&ctx, file_change::RMDIR)
+}
+
+/// `int security_inode_link(struct dentry *old_dentry, struct inode *dir, struct dentry
+/// *new_dentry)`: a new name in a protected directory, or for a protected file (which could
+/// then be written through it).
+#[lsm(hook = "inode_link")]
+pub fn protect_dirs_from_link(ctx: LsmContext) -> i32 {
+    let earlier_verdict: i32 = ctx.arg(3);
+    if earlier_verdict != 0 || active_protection().is_none() {
+        return earlier_verdict;
+    }
+    let offsets = KERNEL_OFFSETS.load();
+    let target = protected_inode(ctx.arg(1), &offsets)
+        .or_else(|| protected_dentry(Some(ctx.arg(0)), &offsets));
+    refuse_change(&offsets, file_change::LINK, target)
+}
+
+/// `int security_inode_rename(struct inode *old_dir, struct dentry *old_dentry, struct inode
+/// *new_dir, struct dentry *new_dentry)`.
+#[lsm(hook = "inode_rename")]
+pub fn protect_dirs_from_rename(ctx: LsmContext) -> i32 {
+    let earlier_verdict: i32 = ctx.arg(4);
+    if earlier_verdict != 0 || active_protection().is_none() {
+        return earlier_verdict;
+    }
+    let offsets = KERNEL_OFFSETS.load();
+    let target = protected_inode(ctx.arg(0), &offsets)
+        .or_else(|| protected_inode(ctx.arg(2), &offsets))
+        .or_else(|| protected_inode(dentry_inode(ctx.arg(1), &offsets), &offsets))
+        .or_else(|| protected_inode(dentry_inode(ctx.arg(3), &offsets), &offsets));
+    refuse_change(&offsets, file_change::RENAME, target)
+}
+
+/// `int security_sb_mount(const char *dev_name, const struct path *path, const char *type,
+/// unsigned long flags, void *data)`: a mount over a protected directory or file would hide it.
+#[lsm(hook = "sb_mount")]
+pub fn protect_dirs_from_mount(ctx: LsmContext) -> i32 {
+    mount_over(&ctx, 1, 5)
+}
+
+/// `int security_move_mount(const struct path *from_path, const struct path *to_path)`.
+#[lsm(hook = "move_mount")]
+pub fn protect_dirs_from_move_mount(ctx: LsmContext) -> i32 {
+    mount_over(&ctx, 1, 2)
+}
+
+// Inlined: the verifier only allows context reads at offsets known in the program itself.
+#[inline(always)]
+fn mount_over(ctx: &LsmContext, path_argument: usize, verdict_argument: usize) -> i32 {
+    let earlier_verdict: i32 = ctx.arg(verdict_argument);
+    if earlier_verdict != 0 || active_protection().is_none() {
+        return earlier_verdict;
+    }
+    let offsets = KERNEL_OFFSETS.load();
+    let path: *const u8 = ctx.arg(path_argument);
+    let dentry = read_field::<*const u8>(path, offsets.path_dentry);
+    refuse_change(
+        &offsets,
+        file_change::MOUNT,
+        protected_dentry(dentry, &offsets),
+    )
+}
+
+/// A hook whose first argument is the directory about to get a new entry.
+// Inlined: the verifier only allows context reads at offsets known in the program itself.
+#[inline(always)]
+fn directory_change(ctx: &LsmContext, verdict_argument: usize, change: u32) -> i32 {
+    let earlier_verdict: i32 = ctx.arg(verdict_argument);
+    if earlier_verdict != 0 || active_protection().is_none() {
+        return earlier_verdict;
+    }
+    let offsets = KERNEL_OFFSETS.load();
+    refuse_change(&offsets, change, protected_inode(ctx.arg(0), &offsets))
+}
+
+/// `unlink` and `rmdir`: of an entry of a protected directory, or of a protected entry itself.
+// Inlined: the verifier only allows context reads at offsets known in the program itself.
+#[inline(always)]
+fn removal(ctx: &LsmContext, change: u32) -> i32 {
+    let earlier_verdict: i32 = ctx.arg(2);
+    if earlier_verdict != 0 || active_protection().is_none() {
+        return earlier_verdict;
+    }
+    let offsets = KERNEL_OFFSETS.load();
+    let target = protected_inode(ctx.arg(0), &offsets)
+        .or_else(|| protected_inode(dentry_inode(ctx.arg(1), &offsets), &offsets));
+    refuse_change(&offsets, change, target)
+}
+
+fn active_protection() -> Option<Protection> {
+    let protection = *PROTECTION.get(0)?;
+    (protection.daemon_tgid != 0).then_some(protection)
+}
+
+/// Whether the current process runs the blocker binary (the daemon, `blocker stop`, `blocker
+/// policy`), or is a kernel thread.
+fn trusted(protection: &Protection, offsets: &KernelOffsets) -> bool {
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    match read_field::<*const u8>(task, offsets.task_struct_mm) {
+        None => true,
+        Some(mm) if mm.is_null() => true,
+        Some(_) => task_exe(task, offsets) == Some(protection.trusted_exe),
+    }
+}
+
+/// The identity of the file `task` runs.
+fn task_exe(task: *const u8, offsets: &KernelOffsets) -> Option<FileKey> {
+    let mm: *const u8 = read_field(task, offsets.task_struct_mm)?;
+    let exe: *const u8 = read_field(mm, offsets.mm_struct_exe_file)?;
+    inode_key(read_field(exe, offsets.file_f_inode)?, offsets)
+}
+
+/// `id` 0 (unread: the kernel numbers objects from 1) is never refused. A plain id rather than
+/// an `Option`: the verifier rejects the unset payload register of a `None` passed to a call.
+fn refuse_bpf_object(offsets: &KernelOffsets, kind: u32, id: u32) -> i32 {
+    let Some(protection) = active_protection() else {
+        return 0;
+    };
+    if id == 0 {
+        return 0;
+    }
+    let key = bpf_object::key(kind, id);
+    if unsafe { PROTECTED_BPF_OBJECTS.get(&key) }.is_none() || trusted(&protection, offsets) {
+        return 0;
+    }
+    refuse(
+        offsets,
+        operation::BPF_OBJECT,
+        kind,
+        FileKey::new(0, id as u64),
+    )
+}
+
+fn refuse_change(offsets: &KernelOffsets, change: u32, target: Option<FileKey>) -> i32 {
+    let (Some(target), Some(protection)) = (target, active_protection()) else {
+        return 0;
+    };
+    if trusted(&protection, offsets) {
+        return 0;
+    }
+    refuse(offsets, operation::FILE_CHANGE, change, target)
+}
+
+/// Reports a refused tamper attempt and returns the refusal.
+fn refuse(offsets: &KernelOffsets, operation: u32, detail: u32, target: FileKey) -> i32 {
+    let ban = Ban {
+        key: target,
+        entry: BanEntry {
+            rule_id: 0,
+            action: action::DENY,
+            generation: 0,
+            flags: 0,
+        },
+    };
+    report_detailed(
+        core::ptr::null(),
+        offsets,
+        &ban,
+        backend::LSM,
+        operation,
+        detail,
+    );
+    -EPERM
+}
+
+/// `inode` if it is protected.
+fn protected_inode(inode: *const u8, offsets: &KernelOffsets) -> Option<FileKey> {
+    let key = inode_key(inode, offsets)?;
+    unsafe { PROTECTED_INODES.get(&key) }.map(|_| key)
+}
+
+/// The inode of `dentry` if it, or the directory holding it, is protected.
+fn protected_dentry(dentry: Option<*const u8>, offsets: &KernelOffsets) -> Option<FileKey> {
+    let dentry = dentry?;
+    let inode = dentry_inode(dentry, offsets);
+    if let Some(key) = protected_inode(inode, offsets) {
+        return Some(key);
+    }
+    let parent: *const u8 = read_field(dentry, offsets.dentry_d_parent)?;
+    protected_inode(dentry_inode(parent, offsets), offsets)?;
+    inode_key(inode, offsets)
+}
+
+fn dentry_inode(dentry: *const u8, offsets: &KernelOffsets) -> *const u8 {
+    read_field(dentry, offsets.dentry_d_inode).unwrap_or(core::ptr::null())
+}
+
 /// The kernel's identity of `inode`: its superblock's device and its number.
 fn inode_key(inode: *const u8, offsets: &KernelOffsets) -> Option<FileKey> {
     let ino: u64 = read_field(inode, offsets.inode_i_ino)?;
@@ -416,6 +813,19 @@ fn inode_key(inode: *const u8, offsets: &KernelOffsets) -> Option<FileKey> {
 
 /// Sends an event; `bprm` is null for mappings, which have no exec path.
 fn report(bprm: *const u8, offsets: &KernelOffsets, ban: &Ban, backend: u32, operation: u32) {
+    report_detailed(bprm, offsets, ban, backend, operation, 0);
+}
+
+// BPF calls take at most five arguments; inlined, this one is not a call.
+#[inline(always)]
+fn report_detailed(
+    bprm: *const u8,
+    offsets: &KernelOffsets,
+    ban: &Ban,
+    backend: u32,
+    operation: u32,
+    detail: u32,
+) {
     let Some(mut slot) = EVENTS.reserve::<ExecEvent>(0) else {
         increment(counter::EVENTS_LOST);
         return;
@@ -437,7 +847,7 @@ fn report(bprm: *const u8, offsets: &KernelOffsets, ban: &Ban, backend: u32, ope
         (*event).action = ban.entry.action;
         (*event).backend = backend;
         (*event).operation = operation;
-        (*event).padding = 0;
+        (*event).detail = detail;
         (*event).comm = bpf_get_current_comm().unwrap_or_default();
         (*event).filename_len = if bprm.is_null() {
             0

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use aya::maps::{MapData, RingBuf};
 use blocker_common::FileKey;
 use tokio::{
@@ -19,12 +19,12 @@ use tokio::{
 };
 
 use crate::{
-    events::{self, BootClock, ExecRecord, Record},
+    events::{self, BootClock, ExecRecord, Record, TamperRecord},
     inspect::scan_if_needed,
-    kernel::{BackendChoice, Enforcer, KernelCounters},
+    kernel::{pins, BackendChoice, Enforcer, KernelCounters, KernelPolicy},
     policy::{self, Action, Policy},
     reload::{self, Loaded, PolicyDirWatcher, QUIET_BEFORE_RELOAD},
-    resolve::{self, Resolution},
+    resolve::{self, Resolution, RuleInfo},
     scan::{ScanOptions, ScanReport},
     sources::SourceRoots,
     watch,
@@ -47,9 +47,16 @@ pub struct RunOptions {
     pub scan: ScanOptions,
     /// Size of the kernel's event ring buffer.
     pub event_buffer_bytes: u32,
+    /// Where programs and maps are pinned to outlive the daemon; `None` leaves nothing behind.
+    pub pin_root: Option<PathBuf>,
+    /// Tamper protection: see [`Enforcer::protect`].
+    pub protect: bool,
 }
 
 pub fn run(options: RunOptions) -> Result<()> {
+    if options.protect && options.backend == BackendChoice::Kill {
+        bail!("--protect needs the lsm backend: only LSM programs can refuse tampering");
+    }
     let policy = policy::load_dir(&options.policy_dir)?;
     for header in &policy.policies {
         log::info!(
@@ -63,12 +70,15 @@ pub fn run(options: RunOptions) -> Result<()> {
     let resolution = resolve::resolve(&policy, &SourceRoots::default(), scanned.as_ref());
     log_resolution(&resolution);
 
-    let enforcer = Enforcer::start(
+    let mut enforcer = Enforcer::start(
         options.backend,
         options.event_buffer_bytes,
-        &resolution.entries,
-        &resolution.content_bans(),
-        resolution.fileless.kernel_value(),
+        options.pin_root.as_deref(),
+        &KernelPolicy {
+            entries: &resolution.entries,
+            content_bans: &resolution.content_bans(),
+            fileless: resolution.fileless.kernel_value(),
+        },
     )?;
     log::info!(
         "enforcing {} rules ({} files) with the {} backend: {}",
@@ -77,16 +87,37 @@ pub fn run(options: RunOptions) -> Result<()> {
         enforcer.backend().name(),
         enforcer.backend_reason()
     );
+    let protected = if options.protect {
+        let mut directories = vec![std::fs::canonicalize(&options.policy_dir)
+            .with_context(|| format!("resolving {}", options.policy_dir.display()))?];
+        directories.extend(enforcer.pinned().map(pins::directories).unwrap_or_default());
+        let protected = enforcer.protect(&directories)?;
+        log::info!(
+            "tamper protection on: {}; stop with `blocker stop` or the service manager, change \
+             policies with `blocker policy`",
+            protected
+                .values()
+                .map(|path| path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        protected
+    } else {
+        BTreeMap::new()
+    };
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the event loop")?;
-    runtime.block_on(serve(enforcer, policy, resolution, scanned, options))
+    runtime.block_on(serve(
+        enforcer, protected, policy, resolution, scanned, options,
+    ))
 }
 
 async fn serve(
     mut enforcer: Enforcer,
+    protected: BTreeMap<FileKey, PathBuf>,
     mut policy: Policy,
     mut resolution: Resolution,
     mut scanned: Option<ScanReport>,
@@ -122,6 +153,8 @@ async fn serve(
     let mut watch_reports = start_content_watcher(watcher_started, &options.scan.roots);
     let mut delivered = 0u64;
     let mut counters = KernelCounters::default();
+    // Rules reloads removed, so an event raised under the previous policy still names its rule.
+    let mut retired_rules = BTreeMap::new();
 
     sink.emit(&Record::Started {
         time: events::now_rfc3339(),
@@ -130,13 +163,16 @@ async fn serve(
         policies: policy.policies.iter().map(|p| p.name.clone()).collect(),
         rules: resolution.rules.len(),
         entries: enforcer.installed_entries(),
+        pinned: enforcer.pinned().map(|dir| dir.display().to_string()),
+        adopted: enforcer.adopted(),
+        protected: !protected.is_empty(),
     });
 
     loop {
         tokio::select! {
             ready = events.readable_mut() => {
                 let mut ready = ready?;
-                let (count, emptied) = drain(ready.get_inner_mut(), &resolution, &mut sink, EVENTS_PER_TURN);
+                let (count, emptied) = drain(ready.get_inner_mut(), &Known { resolution: &resolution, retired_rules: &retired_rules, protected: &protected }, &mut sink, EVENTS_PER_TURN);
                 delivered += count;
                 // Left ready while events remain, so the loop comes back after its other work.
                 if emptied {
@@ -221,6 +257,7 @@ async fn serve(
                             rules: fresh.rules.len(),
                             entries: fresh.entries.len(),
                         });
+                        retire_rules(&mut retired_rules, &resolution, &fresh);
                         policy = new_policy;
                         scanned = new_scan;
                         resolution = fresh;
@@ -251,13 +288,32 @@ async fn serve(
             counters.verdicts_invalidated
         );
     }
+    let pinned = enforcer.pinned().map(|dir| dir.display().to_string());
+    if pinned.is_some() && !protected.is_empty() {
+        // Stopped the documented way: the pins and policies may now be changed, until the next
+        // daemon protects them again.
+        if let Err(error) = enforcer.unprotect() {
+            log::error!("{error:#}");
+        }
+    }
     drop(enforcer);
-    log::info!("programs detached; execs are no longer checked");
-    delivered += drain(events.get_mut(), &resolution, &mut sink, usize::MAX).0;
+    match &pinned {
+        Some(dir) => log::info!(
+            "the programs pinned at {dir} keep enforcing the policy; `blocker unload` detaches them"
+        ),
+        None => log::info!("programs detached; execs are no longer checked"),
+    }
+    let known = Known {
+        resolution: &resolution,
+        retired_rules: &retired_rules,
+        protected: &protected,
+    };
+    delivered += drain(events.get_mut(), &known, &mut sink, usize::MAX).0;
     sink.emit(&Record::Stopped {
         time: events::now_rfc3339(),
         events: delivered,
         events_lost: counters.events_lost,
+        pinned,
     });
     Ok(())
 }
@@ -404,10 +460,29 @@ fn content_seen(
     true
 }
 
+/// Remembers the rules of `old` that `new` no longer has (and forgets those it has again).
+fn retire_rules(retired: &mut BTreeMap<u32, RuleInfo>, old: &Resolution, new: &Resolution) {
+    for rule in &old.rules {
+        if new.rule(rule.rule_id).is_none() {
+            retired.insert(rule.rule_id, rule.clone());
+        }
+    }
+    for rule in &new.rules {
+        retired.remove(&rule.rule_id);
+    }
+}
+
+/// What the daemon knows to name the rules and files in events.
+struct Known<'a> {
+    resolution: &'a Resolution,
+    retired_rules: &'a BTreeMap<u32, RuleInfo>,
+    protected: &'a BTreeMap<FileKey, PathBuf>,
+}
+
 /// Forwards up to `limit` queued events; returns how many, and whether the ring is now empty.
 fn drain(
     ring: &mut RingBuf<MapData>,
-    resolution: &Resolution,
+    known: &Known<'_>,
     sink: &mut JsonLines,
     limit: usize,
 ) -> (u64, bool) {
@@ -418,11 +493,25 @@ fn drain(
             return (count, true);
         };
         match events::decode(&item) {
+            Ok(event) if events::is_tamper_attempt(&event) => {
+                let key = FileKey::new(event.dev, event.ino);
+                let record = TamperRecord::new(
+                    &event,
+                    known.protected.get(&key).map(PathBuf::as_path),
+                    &clock,
+                );
+                log::warn!("{}", record.summary());
+                sink.emit(&Record::Tamper(record));
+                count += 1;
+            }
             Ok(event) => {
                 let key = FileKey::new(event.dev, event.ino);
+                let resolution = known.resolution;
                 let record = ExecRecord::new(
                     &event,
-                    resolution.rule(event.rule_id),
+                    resolution
+                        .rule(event.rule_id)
+                        .or_else(|| known.retired_rules.get(&event.rule_id)),
                     resolution.paths.get(&key).map(PathBuf::as_path),
                     &clock,
                 );

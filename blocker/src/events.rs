@@ -7,7 +7,9 @@ use std::{
 };
 
 use anyhow::{ensure, Result};
-use blocker_common::{action, backend, operation, ExecEvent, FILENAME_LEN};
+use blocker_common::{
+    action, backend, bpf_object, file_change, operation, ExecEvent, FILENAME_LEN,
+};
 use serde::Serialize;
 
 use crate::{identity::split_kernel_device_number, resolve::RuleInfo};
@@ -36,10 +38,18 @@ pub enum Record {
         policies: Vec<String>,
         rules: usize,
         entries: usize,
+        /// Where the programs are pinned (they outlive the daemon), or null.
+        pinned: Option<String>,
+        /// Whether the programs were adopted from an earlier daemon's pins rather than loaded.
+        adopted: bool,
+        /// Whether tamper protection is on.
+        protected: bool,
     },
     /// An attempt to run code from a banned file: an exec, or (LSM backend) an executable
     /// mapping of it.
     Exec(ExecRecord),
+    /// A tamper attempt the kernel refused (`blocker run --protect`).
+    Tamper(TamperRecord),
     /// The ring buffer was full: `lost` exec events were dropped since the last report. The
     /// execs were still enforced.
     EventsLost { time: String, lost: u64, total: u64 },
@@ -54,11 +64,13 @@ pub enum Record {
     /// A reload was refused (a bad policy file, a kernel error): the previous policy stays in
     /// force, unchanged.
     ReloadFailed { time: String, error: String },
-    /// Enforcement ended: the programs are detached.
+    /// The daemon stopped. Its programs are detached, unless they are `pinned`: then they keep
+    /// enforcing the last policy until `blocker unload` or the next daemon replaces them.
     Stopped {
         time: String,
         events: u64,
         events_lost: u64,
+        pinned: Option<String>,
     },
 }
 
@@ -170,6 +182,128 @@ impl ExecRecord {
     }
 }
 
+/// Whether `event` reports a refused tamper attempt rather than a banned file.
+pub fn is_tamper_attempt(event: &ExecEvent) -> bool {
+    matches!(
+        event.operation,
+        operation::SIGNAL | operation::PTRACE | operation::BPF_OBJECT | operation::FILE_CHANGE
+    )
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct TamperRecord {
+    pub time: String,
+    /// `signal` (to the daemon), `ptrace` (of the daemon or of a blocker command), `bpf_object`
+    /// (a descriptor of blocker's maps, programs or links) or `file_change` (the policy
+    /// directory, the pins, the blocker binary).
+    pub attempt: &'static str,
+    /// What exactly: the signal, the ptrace mode, the BPF object, the kind of change.
+    pub detail: String,
+    /// The protected file or directory aimed at, where blocker knows it (empty otherwise).
+    pub path: String,
+    /// `major:minor` and inode of that file (zero for other attempts).
+    pub device: String,
+    pub inode: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+}
+
+impl TamperRecord {
+    pub fn new(event: &ExecEvent, known_path: Option<&Path>, clock: &BootClock) -> Self {
+        let (attempt, detail) = match event.operation {
+            operation::SIGNAL => ("signal", signal_name(event.detail)),
+            operation::PTRACE => ("ptrace", format!("access mode {:#x}", event.detail)),
+            operation::BPF_OBJECT => (
+                "bpf_object",
+                format!(
+                    "{} id {}",
+                    match event.detail {
+                        bpf_object::MAP => "map",
+                        bpf_object::PROGRAM => "program",
+                        bpf_object::LINK => "link",
+                        _ => "object",
+                    },
+                    event.ino
+                ),
+            ),
+            _ => ("file_change", file_change_name(event.detail).to_owned()),
+        };
+        let is_file = event.operation == operation::FILE_CHANGE;
+        let (major, minor) = split_kernel_device_number(event.dev);
+        Self {
+            time: rfc3339(clock.wall_time(event.boot_time_ns)),
+            attempt,
+            detail,
+            path: known_path
+                .map(|path| path.display().to_string())
+                .unwrap_or_default(),
+            device: if is_file {
+                format!("{major}:{minor}")
+            } else {
+                String::new()
+            },
+            inode: if is_file { event.ino } else { 0 },
+            pid: event.tgid,
+            tid: event.tid,
+            ppid: event.ppid,
+            uid: event.uid,
+            gid: event.gid,
+            comm: nul_terminated(&event.comm),
+        }
+    }
+
+    /// The line for people reading the daemon's log.
+    pub fn summary(&self) -> String {
+        let target = if self.path.is_empty() {
+            String::new()
+        } else {
+            format!(" on {}", self.path)
+        };
+        format!(
+            "refused tamper attempt: {} ({}){target} by pid {} ({}, uid {})",
+            self.attempt, self.detail, self.pid, self.comm, self.uid
+        )
+    }
+}
+
+fn signal_name(signal: u32) -> String {
+    let name = match signal as i32 {
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGSTOP => "SIGSTOP",
+        libc::SIGTSTP => "SIGTSTP",
+        libc::SIGCONT => "SIGCONT",
+        _ => return format!("signal {signal}"),
+    };
+    format!("{name} ({signal})")
+}
+
+fn file_change_name(change: u32) -> &'static str {
+    match change {
+        file_change::OPEN_FOR_WRITING => "open for writing",
+        file_change::SETATTR => "change of attributes or size",
+        file_change::CREATE => "create",
+        file_change::LINK => "hard link",
+        file_change::UNLINK => "unlink",
+        file_change::SYMLINK => "symlink",
+        file_change::MKDIR => "mkdir",
+        file_change::RMDIR => "rmdir",
+        file_change::MKNOD => "mknod",
+        file_change::RENAME => "rename",
+        file_change::MOUNT => "mount over",
+        _ => "change",
+    }
+}
+
 pub fn backend_name(value: u32) -> &'static str {
     match value {
         backend::LSM => "lsm",
@@ -239,7 +373,7 @@ mod tests {
             backend: backend::LSM,
             operation: operation::EXEC,
             filename_len: 11,
-            padding: 0,
+            detail: 0,
             comm,
             filename,
         }
@@ -268,6 +402,7 @@ mod tests {
     #[test]
     fn records_carry_readable_fields() {
         let rule = RuleInfo {
+            rule_id: 0,
             id: "wechat".to_owned(),
             policy: "ban".to_owned(),
             reason: Some("banned".to_owned()),
@@ -320,6 +455,37 @@ mod tests {
         let wall = BootClock.wall_time(boot_now);
         let skew = SystemTime::now().duration_since(wall).unwrap_or_default();
         assert!(skew < Duration::from_secs(5), "{skew:?}");
+    }
+
+    #[test]
+    fn tamper_attempts_say_what_was_tried() {
+        let mut signal = event();
+        signal.operation = operation::SIGNAL;
+        signal.detail = 9;
+        assert!(is_tamper_attempt(&signal));
+        let record = TamperRecord::new(&signal, None, &BootClock);
+        assert_eq!(
+            (record.attempt, record.detail.as_str()),
+            ("signal", "SIGKILL (9)")
+        );
+        assert_eq!(record.inode, 0);
+        assert_eq!(
+            record.summary(),
+            "refused tamper attempt: signal (SIGKILL (9)) by pid 40 (bash, uid 1000)"
+        );
+
+        let mut write = event();
+        write.operation = operation::FILE_CHANGE;
+        write.detail = file_change::OPEN_FOR_WRITING;
+        let dir = Path::new("/etc/blocker/policies");
+        let record = TamperRecord::new(&write, Some(dir), &BootClock);
+        assert_eq!(record.attempt, "file_change");
+        assert_eq!(record.detail, "open for writing");
+        assert_eq!((record.device.as_str(), record.inode), ("254:1", 1234));
+        let json = serde_json::to_value(Record::Tamper(record)).unwrap();
+        assert_eq!(json["kind"], "tamper");
+        assert_eq!(json["path"], "/etc/blocker/policies");
+        assert!(!is_tamper_attempt(&event()));
     }
 
     #[test]

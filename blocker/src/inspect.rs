@@ -103,8 +103,8 @@ fn is_in_force(resolution: &Resolution, rule_id: u32, identity: &FileIdentity) -
 }
 
 fn print_resolution(resolution: &Resolution) {
-    for (rule_id, rule) in resolution.rules.iter().enumerate() {
-        let rule_id = rule_id as u32;
+    for rule in &resolution.rules {
+        let rule_id = rule.rule_id;
         println!(
             "rule {} ({}, policy {}):",
             rule.id,
@@ -152,9 +152,8 @@ fn resolution_json(resolution: &Resolution) -> Value {
     let rules: Vec<Value> = resolution
         .rules
         .iter()
-        .enumerate()
-        .map(|(rule_id, rule)| {
-            let rule_id = rule_id as u32;
+        .map(|rule| {
+            let rule_id = rule.rule_id;
             let files: Vec<Value> = resolution
                 .matches
                 .iter()
@@ -234,12 +233,7 @@ fn verdicts(policy: &Policy, resolution: &Resolution, file: &HashedFile) -> Vec<
             .map(|(rule_id, via)| Verdict { rule_id, via }),
     );
     // Deny over audit, then the earliest rule: the same precedence as the ban map.
-    verdicts.sort_by_key(|v| {
-        (
-            std::cmp::Reverse(resolution.rules[v.rule_id as usize].action),
-            v.rule_id,
-        )
-    });
+    verdicts.sort_by_key(|v| resolution.precedence(v.rule_id));
     verdicts
 }
 
@@ -260,7 +254,7 @@ pub fn hash(files: &[PathBuf], policy_dir: Option<&Path>) -> Result<ExitCode> {
             Some((policy, resolution)) => verdicts(policy, resolution, &file)
                 .first()
                 .map(|v| {
-                    let rule = &resolution.rules[v.rule_id as usize];
+                    let rule = resolution.own_rule(v.rule_id);
                     format!("  rule {} ({}) via {}", rule.id, rule.action.name(), v.via)
                 })
                 .unwrap_or_else(|| "  no rule".to_owned()),
@@ -294,7 +288,7 @@ pub fn explain(path: &Path, policy_dir: &Path) -> Result<ExitCode> {
     if let Some((_, why)) = protected_files().get(&file.identity.key) {
         println!("{}: never banned: {why} ({identity})", path.display());
         for verdict in &verdicts {
-            let rule = &resolution.rules[verdict.rule_id as usize];
+            let rule = resolution.own_rule(verdict.rule_id);
             println!(
                 "  rule {} names it via {}, and is ignored for it",
                 rule.id, verdict.via
@@ -311,7 +305,7 @@ pub fn explain(path: &Path, policy_dir: &Path) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(EXIT_NOT_BANNED));
     };
-    let rule = &resolution.rules[decisive.rule_id as usize];
+    let rule = resolution.own_rule(decisive.rule_id);
     let verb = match rule.action {
         policy::Action::Deny => "banned",
         policy::Action::Audit => "allowed and audited",
@@ -328,7 +322,7 @@ pub fn explain(path: &Path, policy_dir: &Path) -> Result<ExitCode> {
     }
     println!("  {identity}");
     for other in &verdicts[1..] {
-        let rule = &resolution.rules[other.rule_id as usize];
+        let rule = resolution.own_rule(other.rule_id);
         println!(
             "  also named by rule {} ({}) via {}",
             rule.id,

@@ -1,5 +1,6 @@
 //! blocker: refuses to run the binaries a policy bans.
 
+mod control;
 mod daemon;
 mod events;
 mod files;
@@ -11,6 +12,7 @@ mod reload;
 mod resolve;
 mod scan;
 mod sources;
+mod unload;
 mod watch;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -54,6 +56,30 @@ enum Command {
         /// page size. When it is full, events are counted as lost; execs are still enforced.
         #[arg(long, default_value_t = blocker_common::EVENTS_RING_BYTES, value_parser = parse_ring_size)]
         event_buffer_bytes: u32,
+        /// Pin the programs and maps under --pin-dir, so they keep enforcing if the daemon stops
+        /// or is killed; a daemon started with --pin adopts what an earlier one pinned.
+        #[arg(long)]
+        pin: bool,
+        /// Where --pin pins (on a BPF filesystem).
+        #[arg(long, default_value = kernel::pins::DEFAULT_PIN_ROOT)]
+        pin_dir: PathBuf,
+        /// Tamper protection (lsm backend): no other process may kill or trace the daemon,
+        /// touch its maps, programs or pins, or change the policy directory or the blocker
+        /// binary; `blocker stop`, `blocker policy` and the service manager still can.
+        #[arg(long)]
+        protect: bool,
+    },
+    /// Stop the running daemon: SIGTERM, then wait for it to exit. Exits 1 if none runs.
+    Stop,
+    /// Change the policy directory, checking the whole resulting policy before writing anything.
+    Policy {
+        #[command(subcommand)]
+        change: PolicyChange,
+    },
+    /// Remove the pins `blocker run --pin` left, detaching its programs; says what it removed.
+    Unload {
+        #[arg(long, default_value = kernel::pins::DEFAULT_PIN_ROOT)]
+        pin_dir: PathBuf,
     },
     /// Check policy files for errors; reads nothing else and loads nothing.
     Check {
@@ -81,6 +107,24 @@ enum Command {
     /// Exits 0 if it is banned, 1 if it is not.
     Explain {
         file: PathBuf,
+        #[arg(long, default_value = DEFAULT_POLICY_DIR)]
+        policy_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyChange {
+    /// Copy policy files into the directory, replacing files of the same name.
+    Install {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, default_value = DEFAULT_POLICY_DIR)]
+        policy_dir: PathBuf,
+    },
+    /// Remove policy files (by file name) from the directory.
+    Remove {
+        #[arg(required = true)]
+        names: Vec<String>,
         #[arg(long, default_value = DEFAULT_POLICY_DIR)]
         policy_dir: PathBuf,
     },
@@ -118,6 +162,9 @@ fn main() -> ExitCode {
             rescan_interval,
             scan,
             event_buffer_bytes,
+            pin,
+            pin_dir,
+            protect,
         } => daemon::run(daemon::RunOptions {
             policy_dir,
             backend,
@@ -125,8 +172,18 @@ fn main() -> ExitCode {
             rescan_interval: Duration::from_secs(rescan_interval),
             scan: scan.options(),
             event_buffer_bytes,
+            pin_root: pin.then_some(pin_dir),
+            protect,
         })
         .map(|()| ExitCode::SUCCESS),
+        Command::Unload { pin_dir } => unload::unload(&pin_dir),
+        Command::Stop => control::stop(),
+        Command::Policy {
+            change: PolicyChange::Install { files, policy_dir },
+        } => control::install(&files, &policy_dir),
+        Command::Policy {
+            change: PolicyChange::Remove { names, policy_dir },
+        } => control::remove(&names, &policy_dir),
         Command::Check { policy_dir } => inspect::check(&policy_dir),
         Command::Resolve {
             policy_dir,

@@ -445,6 +445,18 @@ fn file_name_glob(pattern: &str) -> Result<String, String> {
 /// Reads every `*.toml` file in `dir` (sorted by name, hidden files skipped).
 pub fn load_dir(dir: &Path) -> anyhow::Result<Policy> {
     use anyhow::Context;
+    let mut sources = Vec::new();
+    for file in policy_files(dir)? {
+        let source = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading policy file {}", file.display()))?;
+        sources.push((file, source));
+    }
+    Ok(parse_sources(&sources)?)
+}
+
+/// The policy files of `dir` (`*.toml`, not hidden), sorted; an error if there are none.
+pub fn policy_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    use anyhow::Context;
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)
         .with_context(|| format!("reading policy directory {}", dir.display()))?
@@ -463,13 +475,7 @@ pub fn load_dir(dir: &Path) -> anyhow::Result<Policy> {
         "no policy files (*.toml) in {}",
         dir.display()
     );
-    let mut sources = Vec::new();
-    for file in files {
-        let source = std::fs::read_to_string(&file)
-            .with_context(|| format!("reading policy file {}", file.display()))?;
-        sources.push((file, source));
-    }
-    Ok(parse_sources(&sources)?)
+    Ok(files)
 }
 
 /// Parses policy files given as `(path, contents)`; rule ids must be unique across all of them.

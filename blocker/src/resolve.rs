@@ -10,6 +10,7 @@ use std::{
 };
 
 use blocker_common::{BanEntry, FileKey, FILELESS_RULE_ID};
+use sha2::{Digest, Sha256 as Sha256Hasher};
 
 use crate::{
     files::{is_executable_candidate, walk},
@@ -19,9 +20,11 @@ use crate::{
     sources::{self, SourceFiles, SourceRoots},
 };
 
-/// What an event needs to know about the rule that matched; indexed by the kernel's `rule_id`.
+/// What an event needs to know about the rule that matched.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuleInfo {
+    /// The number the kernel's entries and events carry for this rule; see [`kernel_rule_ids`].
+    pub rule_id: u32,
     pub id: String,
     pub policy: String,
     pub reason: Option<String>,
@@ -84,7 +87,10 @@ pub struct Protected {
 
 #[derive(Debug, Default)]
 pub struct Resolution {
+    /// In policy order, which is also precedence order between rules of equal action.
     pub rules: Vec<RuleInfo>,
+    /// Position in `rules` of each kernel rule id.
+    positions: HashMap<u32, usize>,
     pub entries: BTreeMap<FileKey, BanEntry>,
     /// Every file any rule names, including those another rule's entry takes precedence over.
     pub matches: Vec<Match>,
@@ -108,7 +114,27 @@ impl Resolution {
         if rule_id == FILELESS_RULE_ID {
             return self.fileless_rule.as_ref();
         }
-        self.rules.get(rule_id as usize)
+        self.positions
+            .get(&rule_id)
+            .map(|&position| &self.rules[position])
+    }
+
+    /// The rule of an id this resolution gave out itself (in its matches, entries, hashes).
+    pub fn own_rule(&self, rule_id: u32) -> &RuleInfo {
+        self.rule(rule_id).expect("ids come from this resolution")
+    }
+
+    /// Orders rules by precedence for a file several name: deny over audit, then the earlier
+    /// rule. Smaller is stronger.
+    pub fn precedence(&self, rule_id: u32) -> (std::cmp::Reverse<Action>, usize) {
+        (
+            std::cmp::Reverse(self.own_rule(rule_id).action),
+            self.positions[&rule_id],
+        )
+    }
+
+    fn takes_precedence(&self, a: u32, b: u32) -> bool {
+        self.precedence(a) < self.precedence(b)
     }
 
     /// The kernel's content ban map: each banned SHA-256 with its rule and action.
@@ -116,7 +142,7 @@ impl Resolution {
         self.hashes
             .iter()
             .map(|(hash, &rule_id)| {
-                let action = self.rules[rule_id as usize].action.kernel_value();
+                let action = self.own_rule(rule_id).action.kernel_value();
                 let entry = BanEntry {
                     rule_id,
                     action,
@@ -147,6 +173,7 @@ pub fn resolve(policy: &Policy, roots: &SourceRoots, scanned: Option<&ScanReport
         scan: scanned.map(|report| report.stats),
         fileless,
         fileless_rule: (fileless != Fileless::Allow).then(|| RuleInfo {
+            rule_id: FILELESS_RULE_ID,
             id: "fileless".to_owned(),
             policy: fileless_policy.unwrap_or_default().to_owned(),
             reason: Some(
@@ -160,9 +187,10 @@ pub fn resolve(policy: &Policy, roots: &SourceRoots, scanned: Option<&ScanReport
         }),
         ..Resolution::default()
     };
-    for (rule_id, rule) in policy.rules.iter().enumerate() {
-        let rule_id = u32::try_from(rule_id).expect("fewer than 2^32 rules");
+    for (rule, rule_id) in policy.rules.iter().zip(kernel_rule_ids(policy)) {
+        resolution.positions.insert(rule_id, resolution.rules.len());
         resolution.rules.push(RuleInfo {
+            rule_id,
             id: rule.id.clone(),
             policy: rule.policy.clone(),
             reason: rule.reason.clone(),
@@ -187,7 +215,7 @@ pub fn resolve(policy: &Policy, roots: &SourceRoots, scanned: Option<&ScanReport
             let stricter = resolution
                 .hashes
                 .get(hash)
-                .is_none_or(|&existing| rule.action > resolution.rules[existing as usize].action);
+                .is_none_or(|&existing| resolution.takes_precedence(rule_id, existing));
             if stricter {
                 resolution.hashes.insert(*hash, rule_id);
             }
@@ -367,7 +395,7 @@ impl Resolution {
         for found in &self.matches {
             let key = found.identity.key;
             if let Some((_, why)) = protected.get(&key) {
-                let rule = self.rules[found.rule_id as usize].id.clone();
+                let rule = self.own_rule(found.rule_id).id.clone();
                 if !self
                     .protected
                     .iter()
@@ -381,18 +409,14 @@ impl Resolution {
                 }
                 continue;
             }
-            let action = self.rules[found.rule_id as usize].action;
+            let action = self.own_rule(found.rule_id).action;
             let entry = found
                 .identity
                 .ban_entry(found.rule_id, action.kernel_value());
-            let replace = match self.entries.get(&key) {
-                None => true,
-                Some(existing) => {
-                    let existing_action = self.rules[existing.rule_id as usize].action;
-                    action > existing_action
-                        || (action == existing_action && found.rule_id < existing.rule_id)
-                }
-            };
+            let replace = self
+                .entries
+                .get(&key)
+                .is_none_or(|existing| self.takes_precedence(found.rule_id, existing.rule_id));
             if replace {
                 self.entries.insert(key, entry);
                 self.paths.insert(key, found.path.clone());
@@ -405,8 +429,7 @@ impl Resolution {
 pub fn content_matches(policy: &Policy, file: &HashedFile) -> Vec<(u32, Via)> {
     let name = file.path.file_name().unwrap_or_default();
     let mut found = Vec::new();
-    for (rule_id, rule) in policy.rules.iter().enumerate() {
-        let rule_id = rule_id as u32;
+    for (rule, rule_id) in policy.rules.iter().zip(kernel_rule_ids(policy)) {
         if rule.identifiers.sha256.contains(&file.sha256) {
             found.push((rule_id, Via::Sha256(file.sha256)));
         }
@@ -422,6 +445,33 @@ pub fn content_matches(policy: &Policy, file: &HashedFile) -> Vec<(u32, Via)> {
         }
     }
     found
+}
+
+/// The number each rule (in policy order) is known by in the kernel's entries and events: a hash
+/// of its id, so it stays the same across reloads and daemon restarts while the rule exists. An
+/// event raised under the previous policy then still names its rule, and maps a restarted daemon
+/// adopts keep meaning what they meant. Ids whose hashes collide are told apart by rehashing the
+/// later one with a counter.
+pub fn kernel_rule_ids(policy: &Policy) -> Vec<u32> {
+    let mut taken = std::collections::HashSet::from([FILELESS_RULE_ID]);
+    policy
+        .rules
+        .iter()
+        .map(|rule| {
+            (0u32..)
+                .map(|attempt| {
+                    let mut hasher = Sha256Hasher::new();
+                    hasher.update(rule.id.as_bytes());
+                    if attempt > 0 {
+                        hasher.update(attempt.to_le_bytes());
+                    }
+                    let digest = hasher.finalize();
+                    u32::from_le_bytes(digest[..4].try_into().expect("4 bytes"))
+                })
+                .find(|&id| taken.insert(id))
+                .expect("a free id among 2^32")
+        })
+        .collect()
 }
 
 fn index_by_content(report: &ScanReport) -> HashMap<Sha256, Vec<&HashedFile>> {
@@ -566,7 +616,11 @@ mod tests {
             ],
             None,
         );
-        assert_eq!(audit_then_deny.entries.values().next().unwrap().rule_id, 1);
+        let winner = |resolution: &Resolution| {
+            let entry = resolution.entries.values().next().unwrap();
+            resolution.rule(entry.rule_id).unwrap().id.clone()
+        };
+        assert_eq!(winner(&audit_then_deny), "deny");
         let deny_then_deny = resolve_rules(
             vec![
                 rule("first", Action::Deny, paths(&[&file])),
@@ -574,7 +628,27 @@ mod tests {
             ],
             None,
         );
-        assert_eq!(deny_then_deny.entries.values().next().unwrap().rule_id, 0);
+        assert_eq!(winner(&deny_then_deny), "first");
+    }
+
+    #[test]
+    fn kernel_rule_ids_follow_the_rule_not_its_position() {
+        let policy = |ids: &[&str]| Policy {
+            rules: ids
+                .iter()
+                .map(|id| rule(id, Action::Deny, Identifiers::default()))
+                .collect(),
+            ..Policy::default()
+        };
+        let before = kernel_rule_ids(&policy(&["wechat", "tiktok", "kaspersky"]));
+        let after = kernel_rule_ids(&policy(&["kaspersky", "new-rule", "wechat"]));
+        assert_eq!(before[0], after[2]);
+        assert_eq!(before[2], after[0]);
+        let mut distinct = after.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 3);
+        assert!(!after.contains(&FILELESS_RULE_ID));
     }
 
     #[test]
@@ -721,7 +795,10 @@ mod tests {
             "{:?}",
             resolution.unresolved
         );
-        assert_eq!(resolution.hashes.get(&banned_hash), Some(&0));
+        assert_eq!(
+            resolution.hashes.get(&banned_hash),
+            Some(&resolution.rules[0].rule_id)
+        );
 
         // Without a scan, content rules match nothing and say nothing.
         let unscanned = resolve_rules(

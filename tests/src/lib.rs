@@ -361,6 +361,10 @@ impl Daemon {
         }
     }
 
+    pub fn pid(&self) -> libc::pid_t {
+        self.child.id() as libc::pid_t
+    }
+
     /// Sends `signal` to the daemon.
     pub fn signal(&self, signal: libc::c_int) {
         // SAFETY: plain kill(2) of our own child, which has not been reaped yet.

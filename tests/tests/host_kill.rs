@@ -9,8 +9,9 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 use blocker_integration_tests::{
-    assert_exec_record, comm_of, deny_and_audit_policy, exec_by_descriptor, harmless_binary,
-    memfd_copy, run_as_launcher, sha256_of, BanScenario, Daemon, ExpectedExec, Sandbox,
+    assert_exec_record, blocker_bin, comm_of, deny_and_audit_policy, exec_by_descriptor,
+    harmless_binary, memfd_copy, run_as_launcher, sha256_of, BanScenario, Daemon, ExpectedExec,
+    Sandbox,
 };
 
 #[test]
@@ -278,10 +279,11 @@ fn a_hundred_reloads_never_let_a_banned_exec_through() -> Result<()> {
     let sandbox = Sandbox::new("reloads")?;
     let banned = sandbox.copy_binary("banned")?;
     let audited = sandbox.copy_binary("audited")?;
-    // Alternating rule order moves the banned file's rule id, so every reload changes its entry.
+    // A new rule id each round gives the banned file's entry a new rule number, so every reload
+    // rewrites it; the alternating order moves the rules around as well.
     let policy = |round: usize| {
         let ban = format!(
-            "[[rule]]\nid = \"ban\"\npaths = [{:?}]\n",
+            "[[rule]]\nid = \"ban-{round}\"\npaths = [{:?}]\n",
             banned.display().to_string()
         );
         let watch = format!(
@@ -370,5 +372,31 @@ fn a_bad_reload_keeps_the_old_policy_and_a_good_one_replaces_it() -> Result<()> 
     );
     let (status, _, _) = daemon.stop()?;
     ensure!(status.success());
+    Ok(())
+}
+
+#[test]
+fn pinning_outside_a_bpf_filesystem_is_refused_before_anything_loads() -> Result<()> {
+    let sandbox = Sandbox::new("pin-refused")?;
+    let banned = sandbox.copy_binary("banned")?;
+    sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[]))?;
+    let not_bpffs = sandbox.path("pins");
+    let output = Command::new(blocker_bin())
+        .args(["run", "--backend", "kill", "--pin", "--pin-dir"])
+        .arg(&not_bpffs)
+        .arg("--policy-dir")
+        .arg(sandbox.policy_dir())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(output.status.code() == Some(2), "{output:?}");
+    ensure!(
+        stderr.contains("is not on a BPF filesystem") && stderr.contains("mount -t bpf"),
+        "{stderr}"
+    );
+    ensure!(!not_bpffs.exists(), "nothing was created");
+    ensure!(
+        Command::new(&banned).status()?.success(),
+        "nothing was loaded"
+    );
     Ok(())
 }

@@ -4,16 +4,25 @@
 mod btf;
 pub mod features;
 mod offsets;
+pub mod pins;
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, Lsm},
+    programs::{links::FdLink, BtfTracePoint, Lsm},
     Btf, Ebpf, EbpfLoader, Pod,
 };
-use blocker_common::{counter, names, setting, BanEntry, ContentHash, FileKey};
+use blocker_common::{
+    bpf_object, counter, names, setting, BanEntry, ContentHash, FileKey, Protection,
+};
+
+use crate::identity::{kernel_device_number, FileIdentity};
 
 /// The kernel's type information, which both the offsets and the program attach points need.
 const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -60,9 +69,34 @@ pub struct KernelCounters {
     pub verdicts_invalidated: u64,
 }
 
-/// The loaded programs and their maps. Dropping it detaches the programs.
+/// The maps userspace reads and writes, the ones pinned for the next daemon.
+const USERSPACE_MAPS: [&str; 9] = [
+    names::BANNED_FILES_MAP,
+    names::BANNED_HASHES_MAP,
+    names::SETTINGS_MAP,
+    names::COUNTERS_MAP,
+    names::POLICY_GENERATION_MAP,
+    names::EVENTS_MAP,
+    names::PROTECTION_MAP,
+    names::PROTECTED_INODES_MAP,
+    names::PROTECTED_BPF_OBJECTS_MAP,
+];
+
+/// What the kernel enforces: the entries of the ban maps and the fileless setting.
+pub struct KernelPolicy<'a> {
+    pub entries: &'a BTreeMap<FileKey, BanEntry>,
+    pub content_bans: &'a BTreeMap<ContentHash, BanEntry>,
+    pub fileless: u32,
+}
+
+/// The programs in force and their maps. Dropping it detaches the programs unless they are
+/// pinned.
 pub struct Enforcer {
-    ebpf: Ebpf,
+    /// The object this daemon loaded; `None` when it adopted pinned programs.
+    ebpf: Option<Ebpf>,
+    maps: BTreeMap<&'static str, Map>,
+    /// Program name and the link attaching it.
+    links: Vec<(String, FdLink)>,
     backend: Backend,
     backend_reason: String,
     /// Whether execs are also checked by content in the kernel (`lsm` with IMA's hash helper).
@@ -70,40 +104,41 @@ pub struct Enforcer {
     installed: BTreeMap<FileKey, BanEntry>,
     installed_content: BTreeMap<ContentHash, BanEntry>,
     policy_generation: u32,
+    /// Where the programs are pinned, when they are.
+    pinned: Option<PathBuf>,
 }
 
 impl Enforcer {
-    /// Loads the programs, fills the ban maps with `entries` and `content_bans` and only then
-    /// attaches, so enforcement starts with the whole policy in place.
+    /// Puts `policy` in force. With `pin_root`, programs an earlier daemon pinned there are
+    /// adopted (their maps brought to `policy`); otherwise the programs are loaded, the maps
+    /// filled and only then the programs attached, so enforcement starts with the whole policy
+    /// in place; with `pin_root` they are then pinned, replacing earlier pins only once attached.
     pub fn start(
         choice: BackendChoice,
         event_buffer_bytes: u32,
-        entries: &BTreeMap<FileKey, BanEntry>,
-        content_bans: &BTreeMap<ContentHash, BanEntry>,
-        fileless: u32,
+        pin_root: Option<&Path>,
+        policy: &KernelPolicy<'_>,
     ) -> Result<Self> {
         raise_memlock_limit();
-        let offsets = offsets::running_kernel_offsets()?;
-        let log_level = log::max_level() as u8;
-        let ebpf = EbpfLoader::new()
-            .override_global(names::KERNEL_OFFSETS_GLOBAL, &offsets, true)
-            // A ring buffer's max_entries is its size in bytes.
-            .map_max_entries(names::EVENTS_MAP, event_buffer_bytes)
-            .override_global(aya_log::LEVEL, &log_level, false)
-            .load(EBPF_OBJECT)
-            .context("loading blocker's eBPF object")?;
-        let mut enforcer = Self {
-            ebpf,
-            backend: Backend::Kill,
-            backend_reason: String::new(),
-            content_checks: false,
-            installed: BTreeMap::new(),
-            installed_content: BTreeMap::new(),
-            policy_generation: 0,
-        };
-        enforcer.apply(entries)?;
-        enforcer.apply_content_bans(content_bans)?;
-        enforcer.set_fileless(fileless)?;
+        if let Some(root) = pin_root {
+            pins::ensure_bpf_fs(root)?;
+        }
+        let pin_dir = pin_root.map(|root| pins::build_dir(root, EBPF_OBJECT));
+        if let Some(dir) = pin_dir.as_deref().filter(|dir| dir.exists()) {
+            match Self::adopt(dir, choice) {
+                Ok(Some(mut enforcer)) => {
+                    enforcer.fill(policy)?;
+                    return Ok(enforcer);
+                }
+                Ok(None) => {}
+                Err(error) => log::warn!(
+                    "not adopting the programs pinned at {}: {error:#}; loading new ones",
+                    dir.display()
+                ),
+            }
+        }
+        let mut enforcer = Self::load(event_buffer_bytes)?;
+        enforcer.fill(policy)?;
         let (backend, reason) = enforcer.attach(choice)?;
         enforcer.backend = backend;
         enforcer.backend_reason = if enforcer.content_checks {
@@ -111,7 +146,114 @@ impl Enforcer {
         } else {
             reason
         };
+        if let Some(dir) = pin_dir {
+            let maps: Vec<(&str, &Map)> = enforcer.maps.iter().map(|(n, m)| (*n, m)).collect();
+            let links = std::mem::take(&mut enforcer.links);
+            enforcer.links = pins::pin(&dir, &maps, links)?;
+            log::info!(
+                "programs and maps pinned at {}: they keep enforcing if the daemon stops",
+                dir.display()
+            );
+            enforcer.pinned = Some(dir);
+        }
         Ok(enforcer)
+    }
+
+    fn load(event_buffer_bytes: u32) -> Result<Self> {
+        let offsets = offsets::running_kernel_offsets()?;
+        let log_level = log::max_level() as u8;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::KERNEL_OFFSETS_GLOBAL, &offsets, true)
+            // A ring buffer's max_entries is its size in bytes.
+            .map_max_entries(names::EVENTS_MAP, event_buffer_bytes)
+            .override_global(aya_log::LEVEL, &log_level, false)
+            .load(EBPF_OBJECT)
+            .context("loading blocker's eBPF object")?;
+        let mut maps = BTreeMap::new();
+        for name in USERSPACE_MAPS {
+            let map = ebpf
+                .take_map(name)
+                .with_context(|| format!("the eBPF object has no map {name}"))?;
+            maps.insert(name, map);
+        }
+        Ok(Self {
+            ebpf: Some(ebpf),
+            maps,
+            links: Vec::new(),
+            backend: Backend::Kill,
+            backend_reason: String::new(),
+            content_checks: false,
+            installed: BTreeMap::new(),
+            installed_content: BTreeMap::new(),
+            policy_generation: 0,
+            pinned: None,
+        })
+    }
+
+    /// Takes over the programs pinned in `dir`, unless they run another backend than `choice`
+    /// asks for (`None`: they are to be replaced).
+    fn adopt(dir: &Path, choice: BackendChoice) -> Result<Option<Self>> {
+        let adopted = pins::adopt(dir, &USERSPACE_MAPS)?;
+        let attached = |program: &str| adopted.links.iter().any(|(name, _)| name == program);
+        let backend = if attached(names::KILL_PROGRAM) {
+            Backend::Kill
+        } else {
+            Backend::Lsm
+        };
+        let wanted = match choice {
+            BackendChoice::Auto => backend,
+            BackendChoice::Lsm => Backend::Lsm,
+            BackendChoice::Kill => Backend::Kill,
+        };
+        if wanted != backend {
+            log::info!(
+                "the programs pinned at {} use the {} backend; replacing them with the {} backend",
+                dir.display(),
+                backend.name(),
+                wanted.name()
+            );
+            return Ok(None);
+        }
+        let content_checks = attached(names::CONTENT_LSM_PROGRAM);
+        let mut enforcer = Self {
+            ebpf: None,
+            maps: adopted.maps.into_iter().collect(),
+            links: adopted.links,
+            backend,
+            backend_reason: format!(
+                "adopted the {} programs an earlier daemon pinned at {}{}",
+                backend.name(),
+                dir.display(),
+                if content_checks {
+                    "; contents are checked at exec"
+                } else {
+                    ""
+                }
+            ),
+            content_checks,
+            installed: BTreeMap::new(),
+            installed_content: BTreeMap::new(),
+            policy_generation: 0,
+            pinned: Some(dir.to_owned()),
+        };
+        enforcer.installed = read_map(enforcer.map_mut(names::BANNED_FILES_MAP)?)?;
+        enforcer.installed_content = read_map(enforcer.map_mut(names::BANNED_HASHES_MAP)?)?;
+        let generation: Array<&mut MapData, u32> =
+            Array::try_from(enforcer.map_mut(names::POLICY_GENERATION_MAP)?)?;
+        enforcer.policy_generation = generation.get(&0, 0)?;
+        log::info!(
+            "adopted the programs pinned at {} ({} banned files, {} banned contents in force)",
+            dir.display(),
+            enforcer.installed.len(),
+            enforcer.installed_content.len()
+        );
+        Ok(Some(enforcer))
+    }
+
+    fn fill(&mut self, policy: &KernelPolicy<'_>) -> Result<()> {
+        self.apply(policy.entries)?;
+        self.apply_content_bans(policy.content_bans)?;
+        self.set_fileless(policy.fileless)
     }
 
     /// Whether the kernel checks the content of exec'd files itself.
@@ -132,6 +274,27 @@ impl Enforcer {
         self.installed.len()
     }
 
+    /// Where the programs are pinned, if they are: they outlive the daemon.
+    pub fn pinned(&self) -> Option<&Path> {
+        self.pinned.as_deref()
+    }
+
+    /// Whether the programs were adopted from pins rather than loaded by this daemon.
+    pub fn adopted(&self) -> bool {
+        self.ebpf.is_none()
+    }
+
+    fn ebpf_mut(&mut self) -> &mut Ebpf {
+        self.ebpf
+            .as_mut()
+            .expect("programs are attached only by the daemon that loaded them")
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
+        self.maps
+            .get_mut(name)
+            .with_context(|| format!("no map {name}"))
+    }
     fn attach(&mut self, choice: BackendChoice) -> Result<(Backend, String)> {
         let lsms = features::active_lsms()?;
         let bpf_lsm_active = lsms.iter().any(|lsm| lsm == "bpf");
@@ -200,15 +363,29 @@ impl Enforcer {
             }
         };
         self.load_lsm(&btf, &names::MAPPING_LSM_PROGRAMS)?;
-        for (name, hook) in exec_programs.into_iter().chain(names::MAPPING_LSM_PROGRAMS) {
+        // Inert until `protect`; attached last, so they never see blocker's own setup.
+        let protection_programs = match self.load_lsm(&btf, &names::PROTECTION_PROGRAMS) {
+            Ok(()) => names::PROTECTION_PROGRAMS.as_slice(),
+            Err(error) => {
+                log::warn!("tamper protection is unavailable on this kernel: {error:#}");
+                &[]
+            }
+        };
+        let all = exec_programs
+            .into_iter()
+            .chain(names::MAPPING_LSM_PROGRAMS)
+            .chain(protection_programs.iter().copied());
+        for (name, hook) in all {
             let program: &mut Lsm = self
-                .ebpf
+                .ebpf_mut()
                 .program_mut(name)
                 .expect("loaded above")
                 .try_into()?;
-            program
+            let link = program
                 .attach()
+                .and_then(|id| program.take_link(id))
                 .with_context(|| format!("attaching {name} (lsm/{hook})"))?;
+            self.links.push((name.to_owned(), link.into()));
         }
         Ok(())
     }
@@ -216,7 +393,7 @@ impl Enforcer {
     fn load_lsm(&mut self, btf: &Btf, programs: &[(&str, &str)]) -> Result<()> {
         for &(name, hook) in programs {
             let program: &mut Lsm = self
-                .ebpf
+                .ebpf_mut()
                 .program_mut(name)
                 .with_context(|| format!("the eBPF object has no program {name}"))?
                 .try_into()?;
@@ -230,25 +407,25 @@ impl Enforcer {
     fn attach_kill(&mut self) -> Result<()> {
         let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
         let program: &mut BtfTracePoint = self
-            .ebpf
+            .ebpf_mut()
             .program_mut(names::KILL_PROGRAM)
             .context("the eBPF object has no exec tracepoint program")?
             .try_into()?;
         program
             .load(names::KILL_TRACEPOINT, &btf)
             .context("loading the exec tracepoint program")?;
-        program
+        let link = program
             .attach()
+            .and_then(|id| program.take_link(id))
             .context("attaching the exec tracepoint program")?;
+        self.links
+            .push((names::KILL_PROGRAM.to_owned(), link.into()));
         Ok(())
     }
 
     /// Makes the kernel's ban map equal to `entries`; see [`sync_map`].
     pub fn apply(&mut self, entries: &BTreeMap<FileKey, BanEntry>) -> Result<ApplyStats> {
-        let map = self
-            .ebpf
-            .map_mut(names::BANNED_FILES_MAP)
-            .context("the eBPF object has no ban map")?;
+        let map = self.maps.get_mut(names::BANNED_FILES_MAP).expect("loaded");
         sync_map(map, &mut self.installed, entries).context("updating the banned files")
     }
 
@@ -260,10 +437,7 @@ impl Enforcer {
         &mut self,
         bans: &BTreeMap<ContentHash, BanEntry>,
     ) -> Result<ApplyStats> {
-        let map = self
-            .ebpf
-            .map_mut(names::BANNED_HASHES_MAP)
-            .context("the eBPF object has no content ban map")?;
+        let map = self.maps.get_mut(names::BANNED_HASHES_MAP).expect("loaded");
         let stats = sync_map(map, &mut self.installed_content, bans)
             .context("updating the banned contents")?;
         if stats != ApplyStats::default() {
@@ -273,12 +447,9 @@ impl Enforcer {
     }
 
     fn bump_policy_generation(&mut self) -> Result<()> {
-        let mut generation: Array<&mut MapData, u32> = Array::try_from(
-            self.ebpf
-                .map_mut(names::POLICY_GENERATION_MAP)
-                .context("the eBPF object has no policy generation map")?,
-        )?;
         let next = self.policy_generation.wrapping_add(1);
+        let mut generation: Array<&mut MapData, u32> =
+            Array::try_from(self.map_mut(names::POLICY_GENERATION_MAP)?)?;
         generation
             .set(0, next, 0)
             .context("bumping the policy generation")?;
@@ -288,36 +459,121 @@ impl Enforcer {
 
     /// Sets what the kernel does with fileless execs (one of `blocker_common::action`).
     pub fn set_fileless(&mut self, action: u32) -> Result<()> {
-        let mut settings: Array<&mut MapData, u32> = Array::try_from(
-            self.ebpf
-                .map_mut(names::SETTINGS_MAP)
-                .context("the eBPF object has no settings map")?,
-        )?;
+        let mut settings: Array<&mut MapData, u32> =
+            Array::try_from(self.map_mut(names::SETTINGS_MAP)?)?;
         settings
             .set(setting::FILELESS, action, 0)
             .context("setting the fileless policy")?;
         Ok(())
     }
 
+    /// Turns tamper protection on for this process: no other process may signal or trace it,
+    /// get descriptors of blocker's maps, programs or links, or change `directories` (their
+    /// entries and the files in them) or the blocker binary, except processes running that
+    /// binary and, for signals, the service manager (pid 1).
+    /// Returns what it protects by identity, for naming it in events.
+    pub fn protect(&mut self, directories: &[PathBuf]) -> Result<BTreeMap<FileKey, PathBuf>> {
+        let attached = self
+            .links
+            .iter()
+            .any(|(name, _)| name == names::PROTECTION_PROGRAMS[0].0);
+        if !attached {
+            bail!(
+                "tamper protection needs the lsm backend and a kernel that takes its programs; \
+                 {}",
+                if self.adopted() {
+                    "the adopted programs have none: `blocker unload`, then start again"
+                } else {
+                    "see the log for why they did not load"
+                }
+            );
+        }
+        let binary_path =
+            std::fs::read_link("/proc/self/exe").context("finding the blocker binary")?;
+        let binary = FileIdentity::of_path(Path::new("/proc/self/exe"))
+            .context("finding the blocker binary")?;
+        let mut protected = BTreeMap::from([(binary.key, binary_path)]);
+        for directory in directories {
+            let metadata = std::fs::metadata(directory)
+                .with_context(|| format!("protecting {}", directory.display()))?;
+            let key = FileKey::new(kernel_device_number(metadata.dev()), metadata.ino());
+            protected.insert(key, directory.clone());
+        }
+        let inodes: BTreeMap<FileKey, u32> = protected.keys().map(|key| (*key, 0)).collect();
+        let mut objects = BTreeMap::new();
+        for (name, link) in &self.links {
+            let link = link.info().context("reading a link's id")?;
+            let program = aya::programs::loaded_programs()
+                .filter_map(Result::ok)
+                .find(|program| program.id() == link.program_id())
+                .with_context(|| format!("the kernel does not list program {name}"))?;
+            objects.insert(bpf_object::key(bpf_object::LINK, link.id()), 0u32);
+            objects.insert(bpf_object::key(bpf_object::PROGRAM, program.id()), 0);
+            for map in program.map_ids()?.unwrap_or_default() {
+                objects.insert(bpf_object::key(bpf_object::MAP, map), 0);
+            }
+        }
+        let (mut installed_inodes, mut installed_objects) = (BTreeMap::new(), BTreeMap::new());
+        sync_map(
+            self.map_mut(names::PROTECTED_INODES_MAP)?,
+            &mut installed_inodes,
+            &inodes,
+        )
+        .context("filling the protected inodes")?;
+        sync_map(
+            self.map_mut(names::PROTECTED_BPF_OBJECTS_MAP)?,
+            &mut installed_objects,
+            &objects,
+        )
+        .context("filling the protected BPF objects")?;
+        self.set_protection(Protection {
+            daemon_tgid: std::process::id(),
+            padding: 0,
+            trusted_exe: binary.key,
+        })?;
+        Ok(protected)
+    }
+
+    /// Turns tamper protection off, before a pinned daemon stops through the documented way:
+    /// the pins and the policy can then be changed until the next daemon protects them again.
+    pub fn unprotect(&mut self) -> Result<()> {
+        self.set_protection(Protection::default())
+    }
+
+    fn set_protection(&mut self, protection: Protection) -> Result<()> {
+        let mut slot: Array<&mut MapData, Protection> =
+            Array::try_from(self.map_mut(names::PROTECTION_MAP)?)?;
+        slot.set(0, protection, 0)
+            .context("setting tamper protection")?;
+        Ok(())
+    }
+
     /// The ring buffer of exec events; can be taken once.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
         let map = self
-            .ebpf
-            .take_map(names::EVENTS_MAP)
+            .maps
+            .remove(names::EVENTS_MAP)
             .context("the event ring buffer was already taken")?;
         Ok(RingBuf::try_from(map)?)
     }
 
     /// The eBPF programs' aya-log records, to be forwarded to `log`.
     pub fn take_logger(&mut self) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>> {
-        aya_log::EbpfLogger::init(&mut self.ebpf).context("starting the eBPF log forwarder")
+        let logger = match &mut self.ebpf {
+            Some(ebpf) => aya_log::EbpfLogger::init(ebpf),
+            None => {
+                let (_, link) = self.links.first().context("no program is attached")?;
+                aya_log::EbpfLogger::init_from_id(link.info()?.program_id())
+            }
+        };
+        logger.context("starting the eBPF log forwarder")
     }
 
     pub fn counters(&self) -> Result<KernelCounters> {
         let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map(names::COUNTERS_MAP)
-                .context("the eBPF object has no counters map")?,
+            self.maps
+                .get(names::COUNTERS_MAP)
+                .context("no counters map")?,
         )?;
         let total = |index: u32| -> Result<u64> { Ok(map.get(&index, 0)?.iter().sum()) };
         Ok(KernelCounters {
@@ -329,6 +585,17 @@ impl Enforcer {
             verdicts_invalidated: total(counter::VERDICT_INVALIDATED)?,
         })
     }
+}
+
+/// The whole contents of a kernel hash map.
+fn read_map<K: Pod + Ord, V: Pod>(map: &mut Map) -> Result<BTreeMap<K, V>> {
+    let map: HashMap<&mut MapData, K, V> = HashMap::try_from(map)?;
+    let mut contents = BTreeMap::new();
+    for item in map.iter() {
+        let (key, value) = item.context("reading a pinned map")?;
+        contents.insert(key, value);
+    }
+    Ok(contents)
 }
 
 /// Makes a kernel hash map that holds `installed` hold `wanted`. New and changed entries go in

@@ -34,6 +34,14 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets> {
         file_f_mode: offset("file", "f_mode", 4)?,
         path_dentry: offset("path", "dentry", POINTER)?,
         dentry_d_inode: offset("dentry", "d_inode", POINTER)?,
+        dentry_d_parent: offset("dentry", "d_parent", POINTER)?,
+        file_f_path: btf.field("file", "f_path")?.offset,
+        task_struct_mm: offset("task_struct", "mm", POINTER)?,
+        mm_struct_exe_file: offset("mm_struct", "exe_file", POINTER)?,
+        bpf_map_id: offset("bpf_map", "id", 4)?,
+        bpf_prog_aux: offset("bpf_prog", "aux", POINTER)?,
+        bpf_prog_aux_id: offset("bpf_prog_aux", "id", 4)?,
+        padding: 0,
     })
 }
 
@@ -65,7 +73,16 @@ mod tests {
             256,
             &[("file", ptr, 64), ("filename", ptr, 96)],
         );
-        b.structure("file", 256, &[("f_inode", ptr, 32), ("f_mode", u32_, 20)]);
+        let path = b.structure("path", 16, &[("mnt", ptr, 0), ("dentry", ptr, 8)]);
+        b.structure(
+            "file",
+            256,
+            &[
+                ("f_inode", ptr, 32),
+                ("f_mode", u32_, 20),
+                ("f_path", path, 40),
+            ],
+        );
         b.structure(
             "inode",
             600,
@@ -77,13 +94,24 @@ mod tests {
             ],
         );
         b.structure("super_block", 1000, &[("s_dev", u32_, 16)]);
-        b.structure("path", 16, &[("mnt", ptr, 0), ("dentry", ptr, 8)]);
-        b.structure("dentry", 200, &[("d_inode", ptr, 48)]);
+        b.structure(
+            "dentry",
+            200,
+            &[("d_inode", ptr, 48), ("d_parent", ptr, 24)],
+        );
         b.structure(
             "task_struct",
             9000,
-            &[("real_parent", ptr, 1400), ("tgid", u32_, 1300)],
+            &[
+                ("real_parent", ptr, 1400),
+                ("tgid", u32_, 1300),
+                ("mm", ptr, 1200),
+            ],
         );
+        b.structure("mm_struct", 1000, &[("exe_file", ptr, 900)]);
+        b.structure("bpf_map", 200, &[("id", u32_, 100)]);
+        b.structure("bpf_prog", 100, &[("aux", ptr, 56)]);
+        b.structure("bpf_prog_aux", 500, &[("id", u32_, 28)]);
         let offsets = kernel_offsets(&Btf::parse(&b.build()).unwrap()).unwrap();
         assert_eq!(
             offsets,
@@ -102,6 +130,14 @@ mod tests {
                 file_f_mode: 20,
                 path_dentry: 8,
                 dentry_d_inode: 48,
+                dentry_d_parent: 24,
+                file_f_path: 40,
+                task_struct_mm: 1200,
+                mm_struct_exe_file: 900,
+                bpf_map_id: 100,
+                bpf_prog_aux: 56,
+                bpf_prog_aux_id: 28,
+                padding: 0,
             }
         );
 

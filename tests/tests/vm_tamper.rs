@@ -1,0 +1,293 @@
+//! Tamper protection (`blocker run --protect`, run inside the VM by `cargo xtask test`): other
+//! processes cannot kill or trace the daemon, get at its maps, programs or links, or change its
+//! policy directory or pins; `blocker policy` and `blocker stop` still can, and every refused
+//! attempt is an event.
+
+use std::{
+    fs,
+    os::{
+        fd::{FromRawFd, OwnedFd},
+        unix::fs::PermissionsExt,
+    },
+    path::Path,
+    process::{Command, Output},
+    time::Duration,
+};
+
+use anyhow::{ensure, Context, Result};
+use blocker_integration_tests::{
+    blocker_bin, deny_and_audit_policy, run_as_launcher, Daemon, Sandbox,
+};
+use serde_json::Value;
+
+const PIN_DIR: &str = "/sys/fs/bpf/blocker-tamper-test";
+
+// `enum bpf_cmd`.
+const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
+const BPF_MAP_GET_NEXT_ID: libc::c_long = 12;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
+const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+const BPF_LINK_GET_NEXT_ID: libc::c_long = 31;
+
+/// `bpf()` with the `{ id; next_id; open_flags }` part of `union bpf_attr`.
+fn bpf_by_id(command: libc::c_long, id: u32) -> std::io::Result<i64> {
+    let attr = [id, 0, 0];
+    let mut result = attr;
+    // SAFETY: the attribute is 12 readable and writable bytes, the size passed.
+    let value = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command,
+            result.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if value < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if matches!(
+        command,
+        BPF_PROG_GET_NEXT_ID | BPF_MAP_GET_NEXT_ID | BPF_LINK_GET_NEXT_ID
+    ) {
+        return Ok(i64::from(result[1]));
+    }
+    // SAFETY: a descriptor the kernel just returned to us.
+    drop(unsafe { OwnedFd::from_raw_fd(value as i32) });
+    Ok(value)
+}
+
+/// Tries to open every BPF object of a kind by id; returns how many were refused with EPERM.
+fn refused_by_id(next_id: libc::c_long, get_fd: libc::c_long) -> usize {
+    let (mut id, mut refused) = (0, 0);
+    while let Ok(next) = bpf_by_id(next_id, id) {
+        id = next as u32;
+        if let Err(error) = bpf_by_id(get_fd, id) {
+            if error.raw_os_error() == Some(libc::EPERM) {
+                refused += 1;
+            }
+        }
+    }
+    refused
+}
+
+fn blocker(args: &[&str]) -> Result<Output> {
+    Ok(Command::new(blocker_bin()).args(args).output()?)
+}
+
+fn expect_eperm<T>(what: &str, result: std::io::Result<T>) -> Result<()> {
+    match result {
+        Ok(_) => anyhow::bail!("{what} was allowed"),
+        Err(error) => {
+            ensure!(
+                error.raw_os_error() == Some(libc::EPERM),
+                "{what}: expected EPERM, got {error}"
+            );
+            Ok(())
+        }
+    }
+}
+
+fn wait_for_tamper(daemon: &mut Daemon, attempt: &str) -> Result<Value> {
+    daemon.wait_for_record(Duration::from_secs(10), |record| {
+        record["kind"] == "tamper" && record["attempt"] == attempt
+    })
+}
+
+/// Stops a protected daemon the documented way, even when a test fails half-way: nothing else
+/// may stop it.
+struct StopOnDrop;
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = blocker(&["stop"]);
+    }
+}
+
+#[test]
+fn a_protected_daemon_refuses_tampering_but_takes_the_documented_ways() -> Result<()> {
+    let sandbox = Sandbox::new("tamper")?;
+    let banned = sandbox.copy_binary("banned")?;
+    let banned_later = sandbox.copy_binary("banned-later")?;
+    let policy_dir = sandbox.policy_dir();
+    let policy_file = sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[]))?;
+    let _stop = StopOnDrop;
+    let (mut daemon, started) = Daemon::start(&policy_dir, &["--backend", "lsm", "--protect"])?;
+    ensure!(started["protected"] == true, "{started}");
+    let pid = daemon.pid();
+
+    // SAFETY (all three): plain kill(2) and ptrace(2) of the daemon.
+    expect_eperm(
+        "SIGKILL to the daemon",
+        errno(unsafe { libc::kill(pid, libc::SIGKILL) }),
+    )?;
+    let record = wait_for_tamper(&mut daemon, "signal")?;
+    ensure!(record["detail"] == "SIGKILL (9)", "{record}");
+    expect_eperm(
+        "SIGTERM to the daemon",
+        errno(unsafe { libc::kill(pid, libc::SIGTERM) }),
+    )?;
+    ensure!(
+        unsafe { libc::kill(pid, 0) } == 0,
+        "probing with signal 0 works"
+    );
+    expect_eperm(
+        "ptrace attach to the daemon",
+        errno(unsafe { libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0) } as i32),
+    )?;
+    wait_for_tamper(&mut daemon, "ptrace")?;
+
+    ensure!(
+        refused_by_id(BPF_MAP_GET_NEXT_ID, BPF_MAP_GET_FD_BY_ID) >= 9,
+        "every map of blocker's is refused"
+    );
+    ensure!(
+        refused_by_id(BPF_PROG_GET_NEXT_ID, BPF_PROG_GET_FD_BY_ID) >= 3,
+        "its programs"
+    );
+    ensure!(
+        refused_by_id(BPF_LINK_GET_NEXT_ID, BPF_LINK_GET_FD_BY_ID) >= 3,
+        "its links"
+    );
+    let record = wait_for_tamper(&mut daemon, "bpf_object")?;
+    ensure!(
+        record["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("map id")),
+        "{record}"
+    );
+
+    let policy_dir_name = fs::canonicalize(&policy_dir)?.display().to_string();
+    expect_eperm(
+        "creating a policy file",
+        fs::write(policy_dir.join("evil.toml"), "x"),
+    )?;
+    let record = wait_for_tamper(&mut daemon, "file_change")?;
+    ensure!(
+        record["detail"] == "create" && record["path"] == policy_dir_name.as_str(),
+        "{record}"
+    );
+    expect_eperm(
+        "opening a policy file for writing",
+        fs::OpenOptions::new().append(true).open(&policy_file),
+    )?;
+    expect_eperm("removing a policy file", fs::remove_file(&policy_file))?;
+    expect_eperm(
+        "renaming a policy file",
+        fs::rename(&policy_file, policy_dir.join("moved.toml")),
+    )?;
+    expect_eperm(
+        "making a policy file writable for all",
+        fs::set_permissions(&policy_file, fs::Permissions::from_mode(0o666)),
+    )?;
+    expect_eperm(
+        "removing the policy directory",
+        fs::remove_dir_all(&policy_dir),
+    )?;
+    expect_eperm(
+        "making the blocker binary non-executable",
+        fs::set_permissions(blocker_bin(), fs::Permissions::from_mode(0o644)),
+    )?;
+    let error = run_as_launcher(&banned).expect_err("still enforcing");
+    ensure!(error.raw_os_error() == Some(libc::EPERM));
+
+    // The documented way to change the policy checks it first, then writes.
+    let bad = sandbox.path("bad.toml");
+    fs::write(
+        &bad,
+        "name = \"bad\"\n[[rule]]\nid = \"ban\"\npaths = [\"/x\"]\n",
+    )?;
+    let output = blocker(&[
+        "policy",
+        "install",
+        bad.to_str().unwrap(),
+        "--policy-dir",
+        policy_dir.to_str().unwrap(),
+    ])?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.code() == Some(2) && stderr.contains("duplicate rule id"),
+        "{output:?}"
+    );
+    ensure!(!policy_dir.join("bad.toml").exists());
+    let later = sandbox.path("later.toml");
+    fs::write(
+        &later,
+        deny_and_audit_policy(&[&banned_later], &[])
+            .replace("id = \"ban\"", "id = \"ban-later\"")
+            .replace("name = \"test\"", "name = \"later\""),
+    )?;
+    let output = blocker(&[
+        "policy",
+        "install",
+        later.to_str().unwrap(),
+        "--policy-dir",
+        policy_dir.to_str().unwrap(),
+    ])?;
+    ensure!(output.status.success(), "{output:?}");
+    daemon.wait_for_record(Duration::from_secs(30), |r| r["kind"] == "reloaded")?;
+    let error = run_as_launcher(&banned_later).expect_err("banned by the installed policy");
+    ensure!(error.raw_os_error() == Some(libc::EPERM));
+
+    let output = blocker(&["stop"])?;
+    ensure!(output.status.success(), "{output:?}");
+    let status = daemon.wait(Duration::from_secs(30))?;
+    ensure!(status.success(), "{status}");
+    let (records, _) = daemon.remaining_output();
+    ensure!(
+        records.iter().any(|r| r["kind"] == "stopped"),
+        "{records:?}"
+    );
+    fs::write(policy_dir.join("after.toml"), "")
+        .context("the policy directory is writable once the daemon stopped")?;
+    Ok(())
+}
+
+#[test]
+fn protected_pins_cannot_be_removed_and_stay_after_a_documented_stop() -> Result<()> {
+    let sandbox = Sandbox::new("tamper-pins")?;
+    let banned = sandbox.copy_binary("banned")?;
+    sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[]))?;
+    let _stop = StopOnDrop;
+    let args = [
+        "--backend",
+        "lsm",
+        "--protect",
+        "--pin",
+        "--pin-dir",
+        PIN_DIR,
+    ];
+    let (mut daemon, started) = Daemon::start(&sandbox.policy_dir(), &args)?;
+    let pinned = started["pinned"].as_str().context("pinned")?.to_owned();
+
+    let links = Path::new(&pinned).join("links");
+    let link = fs::read_dir(&links)?
+        .next()
+        .context("a pinned link")??
+        .path();
+    expect_eperm("unpinning a link", fs::remove_file(&link))?;
+    expect_eperm(
+        "renaming the pins",
+        fs::rename(&pinned, format!("{PIN_DIR}/moved")),
+    )?;
+    let record = wait_for_tamper(&mut daemon, "file_change")?;
+    ensure!(record["detail"] == "unlink", "{record}");
+
+    ensure!(blocker(&["stop"])?.status.success());
+    daemon.wait(Duration::from_secs(30))?;
+    let error = run_as_launcher(&banned).expect_err("the pins keep enforcing");
+    ensure!(error.raw_os_error() == Some(libc::EPERM));
+    let output = blocker(&["unload", "--pin-dir", PIN_DIR])?;
+    ensure!(output.status.success(), "{output:?}");
+    let (_, status) = run_as_launcher(&banned)?;
+    ensure!(status.success(), "runs once unloaded: {status}");
+    Ok(())
+}
+
+fn errno(value: i32) -> std::io::Result<i32> {
+    if value < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(value)
+    }
+}
