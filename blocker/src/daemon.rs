@@ -3,7 +3,6 @@
 
 use std::{
     collections::BTreeMap,
-    io::Write,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -26,6 +25,7 @@ use crate::{
     reload::{self, Loaded, PolicyDirWatcher, QUIET_BEFORE_RELOAD},
     resolve::{self, Resolution},
     scan::{ScanOptions, ScanReport},
+    sinks::{SinkOptions, Sinks},
     sources::SourceRoots,
     watch,
 };
@@ -47,6 +47,7 @@ pub struct RunOptions {
     pub scan: ScanOptions,
     /// Size of the kernel's event ring buffer.
     pub event_buffer_bytes: u32,
+    pub sinks: SinkOptions,
 }
 
 pub fn run(options: RunOptions) -> Result<()> {
@@ -62,6 +63,7 @@ pub fn run(options: RunOptions) -> Result<()> {
     let scanned = scan_if_needed(&policy, &options.scan);
     let resolution = resolve::resolve(&policy, &SourceRoots::default(), scanned.as_ref());
     log_resolution(&resolution);
+    let sink = Sinks::start(&options.sinks)?;
 
     let enforcer = Enforcer::start(
         options.backend,
@@ -82,7 +84,7 @@ pub fn run(options: RunOptions) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the event loop")?;
-    runtime.block_on(serve(enforcer, policy, resolution, scanned, options))
+    runtime.block_on(serve(enforcer, policy, resolution, scanned, options, sink))
 }
 
 async fn serve(
@@ -91,8 +93,8 @@ async fn serve(
     mut resolution: Resolution,
     mut scanned: Option<ScanReport>,
     options: RunOptions,
+    sink: Sinks,
 ) -> Result<()> {
-    let mut sink = JsonLines::stdout();
     // SAFETY (both): each value owns its file descriptor and keeps it open, unreplaced, for as
     // long as the AsyncFd holds it.
     let mut events =
@@ -123,7 +125,7 @@ async fn serve(
     let mut delivered = 0u64;
     let mut counters = KernelCounters::default();
 
-    sink.emit(&Record::Started {
+    sink.emit(Record::Started {
         time: events::now_rfc3339(),
         backend: enforcer.backend().name(),
         backend_reason: enforcer.backend_reason().to_owned(),
@@ -136,7 +138,7 @@ async fn serve(
         tokio::select! {
             ready = events.readable_mut() => {
                 let mut ready = ready?;
-                let (count, emptied) = drain(ready.get_inner_mut(), &resolution, &mut sink, EVENTS_PER_TURN);
+                let (count, emptied) = drain(ready.get_inner_mut(), &resolution, &sink, EVENTS_PER_TURN);
                 delivered += count;
                 // Left ready while events remain, so the loop comes back after its other work.
                 if emptied {
@@ -179,7 +181,7 @@ async fn serve(
                 refresh_entries(&policy, scanned.as_ref(), &mut resolution, &mut enforcer);
             }
             _ = counter_check.tick() => {
-                counters = report_lost_events(&enforcer, counters, &mut sink);
+                counters = report_lost_events(&enforcer, counters, &sink);
             }
             _ = hangup.recv() => reload_due = Some(Instant::now()),
             ready = changed(policy_dir_changes.as_ref()) => {
@@ -215,7 +217,7 @@ async fn serve(
                         log_changes(&resolution, &fresh);
                         log_resolution(&fresh);
                         log::info!("policy reloaded: {} rules, {} files banned", fresh.rules.len(), fresh.entries.len());
-                        sink.emit(&Record::Reloaded {
+                        sink.emit(Record::Reloaded {
                             time: events::now_rfc3339(),
                             policies: new_policy.policies.iter().map(|p| p.name.clone()).collect(),
                             rules: fresh.rules.len(),
@@ -231,7 +233,7 @@ async fn serve(
                     }
                     Err(error) => {
                         log::error!("reload refused, the previous policy stays in force: {error}");
-                        sink.emit(&Record::ReloadFailed { time: events::now_rfc3339(), error });
+                        sink.emit(Record::ReloadFailed { time: events::now_rfc3339(), error });
                     }
                 }
             }
@@ -240,7 +242,7 @@ async fn serve(
         }
     }
 
-    counters = report_lost_events(&enforcer, counters, &mut sink);
+    counters = report_lost_events(&enforcer, counters, &sink);
     if enforcer.content_checks() {
         log::info!(
             "content checks: {} answered from the verdict cache, {} hashed, {} not hashable, {} \
@@ -253,11 +255,12 @@ async fn serve(
     }
     drop(enforcer);
     log::info!("programs detached; execs are no longer checked");
-    delivered += drain(events.get_mut(), &resolution, &mut sink, usize::MAX).0;
-    sink.emit(&Record::Stopped {
+    delivered += drain(events.get_mut(), &resolution, &sink, usize::MAX).0;
+    sink.close(|records_dropped| Record::Stopped {
         time: events::now_rfc3339(),
         events: delivered,
         events_lost: counters.events_lost,
+        records_dropped,
     });
     Ok(())
 }
@@ -408,7 +411,7 @@ fn content_seen(
 fn drain(
     ring: &mut RingBuf<MapData>,
     resolution: &Resolution,
-    sink: &mut JsonLines,
+    sink: &Sinks,
     limit: usize,
 ) -> (u64, bool) {
     let clock = BootClock;
@@ -431,7 +434,7 @@ fn drain(
                 } else {
                     log::warn!("{}", record.summary());
                 }
-                sink.emit(&Record::Exec(record));
+                sink.emit(Record::Exec(record));
                 count += 1;
             }
             Err(error) => log::error!("{error:#}"),
@@ -443,7 +446,7 @@ fn drain(
 fn report_lost_events(
     enforcer: &Enforcer,
     previous: KernelCounters,
-    sink: &mut JsonLines,
+    sink: &Sinks,
 ) -> KernelCounters {
     let current = match enforcer.counters() {
         Ok(current) => current,
@@ -459,7 +462,7 @@ fn report_lost_events(
              affected; {} lost in total)",
             current.events_lost
         );
-        sink.emit(&Record::EventsLost {
+        sink.emit(Record::EventsLost {
             time: events::now_rfc3339(),
             lost,
             total: current.events_lost,
@@ -524,33 +527,5 @@ fn log_changes(old: &Resolution, new: &Resolution) {
             "rule {rule}: {path} is gone or was replaced; inode {} is no longer banned",
             key.ino
         );
-    }
-}
-
-/// The JSON lines stream on stdout: one record per line, flushed at once for `tail -f` and pipes.
-struct JsonLines {
-    out: std::io::Stdout,
-    broken: bool,
-}
-
-impl JsonLines {
-    fn stdout() -> Self {
-        Self {
-            out: std::io::stdout(),
-            broken: false,
-        }
-    }
-
-    fn emit(&mut self, record: &Record) {
-        if self.broken {
-            return;
-        }
-        let line = serde_json::to_string(record).expect("records serialize");
-        let mut out = self.out.lock();
-        if let Err(error) = writeln!(out, "{line}").and_then(|()| out.flush()) {
-            // Enforcement goes on without a reader; the log still has every event.
-            log::error!("stdout event stream stopped: {error}");
-            self.broken = true;
-        }
     }
 }

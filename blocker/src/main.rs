@@ -10,6 +10,7 @@ mod policy;
 mod reload;
 mod resolve;
 mod scan;
+mod sinks;
 mod sources;
 mod watch;
 
@@ -32,7 +33,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Enforce the policies until SIGINT or SIGTERM; events go to stdout as JSON lines.
+    /// Enforce the policies until SIGINT or SIGTERM; events go to the events file, stdout and
+    /// the journal as they come.
     Run {
         /// Directory of policy files (*.toml).
         #[arg(long, default_value = DEFAULT_POLICY_DIR)]
@@ -54,6 +56,8 @@ enum Command {
         /// page size. When it is full, events are counted as lost; execs are still enforced.
         #[arg(long, default_value_t = blocker_common::EVENTS_RING_BYTES, value_parser = parse_ring_size)]
         event_buffer_bytes: u32,
+        #[command(flatten)]
+        sinks: SinkArgs,
     },
     /// Check policy files for errors; reads nothing else and loads nothing.
     Check {
@@ -100,6 +104,43 @@ struct ScanArgs {
     no_hash_cache: bool,
 }
 
+/// Where `blocker run` writes its events.
+#[derive(Args)]
+struct SinkArgs {
+    /// The events file: JSON lines, created readable by root only.
+    #[arg(long, default_value = sinks::DEFAULT_EVENTS_FILE)]
+    events_file: PathBuf,
+    /// Write no events file.
+    #[arg(long, conflicts_with = "events_file")]
+    no_events_file: bool,
+    /// Start a new events file when a line would take it past this many bytes.
+    #[arg(long, default_value_t = sinks::DEFAULT_MAX_BYTES, value_parser = clap::value_parser!(u64).range(1..))]
+    events_file_max_bytes: u64,
+    /// Rotated events files kept (FILE.1 the newest); older ones are deleted.
+    #[arg(long, default_value_t = sinks::DEFAULT_KEEP)]
+    events_file_keep: u32,
+    /// Write no events to stdout (for a service, whose stdout goes to the journal anyway).
+    #[arg(long)]
+    no_stdout: bool,
+    /// Write no events to the systemd journal (by default they go there when journald runs).
+    #[arg(long)]
+    no_journald: bool,
+}
+
+impl SinkArgs {
+    fn options(self) -> sinks::SinkOptions {
+        sinks::SinkOptions {
+            file: (!self.no_events_file).then_some(sinks::FileOptions {
+                path: self.events_file,
+                max_bytes: self.events_file_max_bytes,
+                keep: self.events_file_keep,
+            }),
+            stdout: !self.no_stdout,
+            journald_socket: (!self.no_journald).then(|| PathBuf::from(sinks::JOURNALD_SOCKET)),
+        }
+    }
+}
+
 impl ScanArgs {
     fn options(self) -> scan::ScanOptions {
         let cache = (!self.no_hash_cache).then_some(self.hash_cache);
@@ -118,6 +159,7 @@ fn main() -> ExitCode {
             rescan_interval,
             scan,
             event_buffer_bytes,
+            sinks,
         } => daemon::run(daemon::RunOptions {
             policy_dir,
             backend,
@@ -125,6 +167,7 @@ fn main() -> ExitCode {
             rescan_interval: Duration::from_secs(rescan_interval),
             scan: scan.options(),
             event_buffer_bytes,
+            sinks: sinks.options(),
         })
         .map(|()| ExitCode::SUCCESS),
         Command::Check { policy_dir } => inspect::check(&policy_dir),

@@ -8,10 +8,10 @@ use std::{
     io::{BufRead, BufReader},
     os::unix::{fs::MetadataExt, process::CommandExt},
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, ChildStdout, Command, ExitStatus, Stdio},
     sync::{
         atomic::{AtomicUsize, Ordering},
-        mpsc::{self, Receiver, RecvTimeoutError},
+        mpsc::{self, Receiver, RecvTimeoutError, Sender},
     },
     thread,
     time::{Duration, Instant},
@@ -202,10 +202,23 @@ enum Output {
     Log(String),
 }
 
+/// What a test does with the daemon's stdout.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum StdoutReader {
+    /// Records are read as they come (`wait_for_record`).
+    Reading,
+    /// The pipe stays open and nobody reads it, like a stuck log shipper, until
+    /// [`Daemon::read_stdout`].
+    NotReading,
+}
+
 /// A running `blocker run`.
 pub struct Daemon {
     child: Child,
     output: Receiver<Output>,
+    /// Set while [`StdoutReader::NotReading`]: the pipe and where its records will go.
+    unread_stdout: Option<(ChildStdout, Sender<Output>)>,
+    events_file: PathBuf,
     /// Everything received, for diagnostics.
     pub records: Vec<Value>,
     pub log: Vec<String>,
@@ -227,11 +240,25 @@ impl Daemon {
     }
 
     pub fn spawn(policy_dir: &Path, args: &[&str]) -> Result<Self> {
+        Self::spawn_with(policy_dir, args, StdoutReader::Reading)
+    }
+
+    /// Like [`Daemon::spawn`], with a choice of reading stdout. Events are also written to
+    /// `events.jsonl` next to `policy_dir` (in the sandbox, never the host's /var/log), and
+    /// never to the host's journal.
+    pub fn spawn_with(policy_dir: &Path, args: &[&str], stdout: StdoutReader) -> Result<Self> {
+        let events_file = policy_dir
+            .parent()
+            .unwrap_or(policy_dir)
+            .join("events.jsonl");
         let mut command = Command::new(blocker_bin());
         command
             .arg("run")
             .arg("--policy-dir")
             .arg(policy_dir)
+            .arg("--events-file")
+            .arg(&events_file)
+            .arg("--no-journald")
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -251,18 +278,12 @@ impl Daemon {
             .with_context(|| format!("starting {}", blocker_bin().display()))?;
 
         let (sender, output) = mpsc::channel();
-        let stdout = child.stdout.take().expect("piped");
-        let records = sender.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let value = serde_json::from_str(&line).unwrap_or_else(|error| {
-                    panic!("daemon wrote a line that is not JSON ({error}): {line}")
-                });
-                if records.send(Output::Record(value)).is_err() {
-                    break;
-                }
-            }
-        });
+        let child_stdout = child.stdout.take().expect("piped");
+        let mut unread_stdout = None;
+        match stdout {
+            StdoutReader::Reading => read_records(child_stdout, sender.clone()),
+            StdoutReader::NotReading => unread_stdout = Some((child_stdout, sender.clone())),
+        }
         let stderr = child.stderr.take().expect("piped");
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -281,10 +302,24 @@ impl Daemon {
         Ok(Self {
             child,
             output,
+            unread_stdout,
+            events_file,
             records: Vec::new(),
             log: Vec::new(),
             unclaimed: Vec::new(),
         })
+    }
+
+    /// Where this daemon writes its events file.
+    pub fn events_file(&self) -> &Path {
+        &self.events_file
+    }
+
+    /// Starts reading the stdout of a daemon spawned with [`StdoutReader::NotReading`].
+    pub fn read_stdout(&mut self) {
+        if let Some((stdout, records)) = self.unread_stdout.take() {
+            read_records(stdout, records);
+        }
     }
 
     fn receive(&mut self, deadline: Instant) -> Result<bool> {
@@ -403,6 +438,32 @@ impl Daemon {
             std::mem::take(&mut self.log),
         )
     }
+}
+
+/// Forwards every JSON line of the daemon's stdout as a record.
+fn read_records(stdout: ChildStdout, records: Sender<Output>) {
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let value = serde_json::from_str(&line).unwrap_or_else(|error| {
+                panic!("daemon wrote a line that is not JSON ({error}): {line}")
+            });
+            if records.send(Output::Record(value)).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// The records in an events file, in order.
+pub fn events_in(file: &Path) -> Result<Vec<Value>> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    text.lines()
+        .map(|line| {
+            serde_json::from_str(line)
+                .with_context(|| format!("{}: a line that is not JSON: {line}", file.display()))
+        })
+        .collect()
 }
 
 impl Drop for Daemon {

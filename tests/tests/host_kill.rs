@@ -9,8 +9,9 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 use blocker_integration_tests::{
-    assert_exec_record, comm_of, deny_and_audit_policy, exec_by_descriptor, harmless_binary,
-    memfd_copy, run_as_launcher, sha256_of, BanScenario, Daemon, ExpectedExec, Sandbox,
+    assert_exec_record, comm_of, deny_and_audit_policy, events_in, exec_by_descriptor,
+    harmless_binary, memfd_copy, run_as_launcher, sha256_of, BanScenario, Daemon, ExpectedExec,
+    Sandbox, StdoutReader, EVENT_TIMEOUT, STARTUP_TIMEOUT,
 };
 
 #[test]
@@ -370,5 +371,65 @@ fn a_bad_reload_keeps_the_old_policy_and_a_good_one_replaces_it() -> Result<()> 
     );
     let (status, _, _) = daemon.stop()?;
     ensure!(status.success());
+    Ok(())
+}
+
+#[test]
+fn a_stdout_nobody_reads_holds_up_neither_enforcement_nor_reloads_nor_the_file() -> Result<()> {
+    // More records than the stdout queue (1024) and the pipe (64 KiB) hold together; few
+    // enough for the ring buffer (1 MiB) to hold them all, so none are lost there.
+    const EXECS: u64 = 1500;
+    let sandbox = Sandbox::new("stuck-stdout")?;
+    let banned = sandbox.copy_binary("banned")?;
+    let banned_later = sandbox.copy_binary("banned-later")?;
+    sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[]))?;
+    let mut daemon = Daemon::spawn_with(
+        &sandbox.policy_dir(),
+        &["--backend", "kill"],
+        StdoutReader::NotReading,
+    )?;
+    daemon.wait_for_log("enforcing 1 rules", STARTUP_TIMEOUT)?;
+
+    for _ in 0..EXECS {
+        let status = Command::new(&banned).status()?;
+        ensure!(status.signal() == Some(libc::SIGKILL), "{status}");
+    }
+    daemon.wait_for_log("the stdout sink is not keeping up", EVENT_TIMEOUT)?;
+    sandbox.write_policy(
+        "test.toml",
+        &deny_and_audit_policy(&[&banned, &banned_later], &[]),
+    )?;
+    daemon.wait_for_log("policy reloaded", EVENT_TIMEOUT)?;
+    let status = Command::new(&banned_later).status()?;
+    ensure!(status.signal() == Some(libc::SIGKILL), "{status}");
+
+    // Once read, stdout catches up and says what it missed, where it missed it.
+    daemon.read_stdout();
+    let report = daemon.wait_for_record(EVENT_TIMEOUT, |r| r["kind"] == "records_dropped")?;
+    ensure!(report["sink"] == "stdout", "{report}");
+    let dropped = report["dropped"].as_u64().unwrap_or_default();
+    ensure!(dropped > 0 && report["total"] == dropped, "{report}");
+
+    let events_file = daemon.events_file().to_owned();
+    let (status, _, _) = daemon.stop()?;
+    ensure!(status.success());
+    let records = events_in(&events_file)?;
+    let stopped = records.last().context("an empty events file")?;
+    ensure!(stopped["kind"] == "stopped", "{stopped}");
+    ensure!(
+        stopped["events"] == EXECS + 1 && stopped["events_lost"] == 0,
+        "{stopped}"
+    );
+    ensure!(
+        stopped["records_dropped"]["stdout"] == dropped,
+        "nothing dropped after catching up: {stopped}"
+    );
+    ensure!(stopped["records_dropped"]["file"] == 0, "{stopped}");
+    let execs_in_file = records.iter().filter(|r| r["kind"] == "exec").count() as u64;
+    ensure!(
+        execs_in_file == EXECS + 1,
+        "the file got every exec: {execs_in_file}"
+    );
+    ensure!(records.iter().any(|r| r["kind"] == "reloaded"));
     Ok(())
 }
