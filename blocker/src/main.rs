@@ -1,6 +1,7 @@
 //! blocker: refuses to run the binaries a policy bans.
 
 mod daemon;
+mod event_log;
 mod events;
 mod files;
 mod identity;
@@ -14,7 +15,11 @@ mod sinks;
 mod sources;
 mod watch;
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, SystemTime},
+};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -58,6 +63,26 @@ enum Command {
         event_buffer_bytes: u32,
         #[command(flatten)]
         sinks: SinkArgs,
+    },
+    /// Show recorded events: the events file and its rotated predecessors, oldest first, as a
+    /// table, or as JSON lines with --json.
+    Events {
+        /// Keep showing new events as they are written, across rotations.
+        #[arg(long, short)]
+        follow: bool,
+        /// Print the records as the JSON lines they are written as.
+        #[arg(long)]
+        json: bool,
+        /// Only exec events of this rule.
+        #[arg(long)]
+        rule: Option<String>,
+        /// Only events at or after this time: RFC 3339 (2026-11-28T08:00:00Z,
+        /// 2026-11-28T10:00:00+02:00, 2026-11-28) or a duration before now (10m, 2h, 1day).
+        #[arg(long, value_parser = parse_since)]
+        since: Option<SystemTime>,
+        /// The events file, as given to `blocker run --events-file`.
+        #[arg(long, default_value = sinks::DEFAULT_EVENTS_FILE)]
+        file: PathBuf,
     },
     /// Check policy files for errors; reads nothing else and loads nothing.
     Check {
@@ -170,6 +195,19 @@ fn main() -> ExitCode {
             sinks: sinks.options(),
         })
         .map(|()| ExitCode::SUCCESS),
+        Command::Events {
+            follow,
+            json,
+            rule,
+            since,
+            file,
+        } => event_log::events(&event_log::EventsOptions {
+            file,
+            follow,
+            json,
+            rule,
+            since,
+        }),
         Command::Check { policy_dir } => inspect::check(&policy_dir),
         Command::Resolve {
             policy_dir,
@@ -196,4 +234,8 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
             "must be a power of two of at least {page} (the page size)"
         ))
     }
+}
+
+fn parse_since(text: &str) -> Result<SystemTime, String> {
+    event_log::parse_since(text, SystemTime::now())
 }

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 use blocker_integration_tests::{
-    assert_exec_record, comm_of, deny_and_audit_policy, events_in, exec_by_descriptor,
+    assert_exec_record, blocker_bin, comm_of, deny_and_audit_policy, events_in, exec_by_descriptor,
     harmless_binary, memfd_copy, run_as_launcher, sha256_of, BanScenario, Daemon, ExpectedExec,
     Sandbox, StdoutReader, EVENT_TIMEOUT, STARTUP_TIMEOUT,
 };
@@ -371,6 +371,76 @@ fn a_bad_reload_keeps_the_old_policy_and_a_good_one_replaces_it() -> Result<()> 
     );
     let (status, _, _) = daemon.stop()?;
     ensure!(status.success());
+    Ok(())
+}
+
+#[test]
+fn the_events_file_records_a_denial_and_blocker_events_filters_it() -> Result<()> {
+    let scenario = BanScenario::new("events-file")?;
+    let (mut daemon, _) = scenario.start_daemon(&["--backend", "kill"])?;
+    let (pid, status) = run_as_launcher(&scenario.banned)?;
+    ensure!(status.signal() == Some(libc::SIGKILL), "{status}");
+    daemon.wait_for_exec(&scenario.banned)?;
+    let events_file = daemon.events_file().to_owned();
+    // Stopping waits for the sinks to write everything.
+    let (status, stdout_records, _) = daemon.stop()?;
+    ensure!(status.success());
+    let mode = std::fs::metadata(&events_file)?.permissions().mode() & 0o777;
+    ensure!(mode == 0o600, "events file mode {mode:o}");
+    ensure!(
+        events_in(&events_file)? == stdout_records,
+        "the file holds the same records as stdout"
+    );
+
+    let events = |args: &[&str]| -> Result<String> {
+        let output = Command::new(blocker_bin())
+            .arg("events")
+            .args(args)
+            .arg("--file")
+            .arg(&events_file)
+            .output()?;
+        ensure!(
+            output.status.success(),
+            "blocker events {args:?}: {output:?}"
+        );
+        Ok(String::from_utf8(output.stdout)?)
+    };
+    let printed = events(&["--json", "--rule", "ban"])?;
+    let records: Vec<serde_json::Value> = printed
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    ensure!(records.len() == 1, "{printed}");
+    assert_exec_record(
+        &records[0],
+        &ExpectedExec {
+            path: &scenario.banned,
+            pid,
+            comm: comm_of(&scenario.banned),
+            rule: "ban",
+            enforcement: "sigkill",
+            backend: "kill",
+        },
+    )?;
+    ensure!(events(&["--json", "--rule", "other"])?.is_empty());
+
+    let table = events(&[])?;
+    let banned = scenario.banned.display().to_string();
+    ensure!(
+        table.lines().any(|row| row.contains(" killed ")
+            && row.contains(" ban ")
+            && row.contains(&pid.to_string())
+            && row.ends_with(&banned)),
+        "{table}"
+    );
+    ensure!(
+        table.lines().any(|row| row.contains(" started ")),
+        "{table}"
+    );
+    ensure!(
+        table.lines().any(|row| row.contains(" stopped ")),
+        "{table}"
+    );
     Ok(())
 }
 

@@ -116,6 +116,33 @@ pub fn rotated_path(path: &Path, number: u32) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// The rotated files that exist, oldest (highest number) first.
+pub fn rotated_paths_oldest_first(path: &Path) -> io::Result<Vec<PathBuf>> {
+    let Some(name) = path.file_name().and_then(|name| name.to_str()) else {
+        return Ok(Vec::new());
+    };
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let prefix = format!("{name}.");
+    let mut numbered = Vec::new();
+    for entry in std::fs::read_dir(directory)? {
+        let entry = entry?;
+        let entry_name = entry.file_name();
+        let number = entry_name
+            .to_str()
+            .and_then(|entry_name| entry_name.strip_prefix(&prefix))
+            .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|digits| digits.parse::<u32>().ok());
+        if let Some(number) = number {
+            numbered.push((number, entry.path()));
+        }
+    }
+    numbered.sort_by_key(|(number, _)| std::cmp::Reverse(*number));
+    Ok(numbered.into_iter().map(|(_, path)| path).collect())
+}
+
 fn rename_if_present(from: &Path, to: &Path) -> io::Result<()> {
     match std::fs::rename(from, to) {
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -235,6 +262,10 @@ mod tests {
         assert_eq!(rules_in(&rotated_path(&path, 1)), [4, 5]);
         assert_eq!(rules_in(&rotated_path(&path, 2)), [2, 3]);
         assert!(!rotated_path(&path, 3).exists(), "only two are kept");
+        assert_eq!(
+            rotated_paths_oldest_first(&path).unwrap(),
+            [rotated_path(&path, 2), rotated_path(&path, 1)]
+        );
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "a new file after rotation is private too");
     }
@@ -252,7 +283,7 @@ mod tests {
         file.write(&reloaded(1)).unwrap();
         file.write(&reloaded(2)).unwrap();
         assert_eq!(rules_in(&path), [2]);
-        assert!(!rotated_path(&path, 1).exists());
+        assert!(rotated_paths_oldest_first(&path).unwrap().is_empty());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::Result;
 
-pub use file::{FileOptions, DEFAULT_KEEP, DEFAULT_MAX_BYTES};
+pub use file::{rotated_paths_oldest_first, FileOptions, DEFAULT_KEEP, DEFAULT_MAX_BYTES};
 pub use journald::SOCKET as JOURNALD_SOCKET;
 
 use crate::events::Record;
