@@ -158,14 +158,9 @@ impl<S: Sink> Writer<S> {
                 && state.records.is_empty()
                 && state.dropped_unreported > 0;
             if caught_up {
-                let report = Record::RecordsDropped {
-                    time: events::now_rfc3339(),
-                    sink: self.name,
-                    dropped: state.dropped_unreported,
-                    total: state.dropped_total,
-                };
+                let (dropped, total) = (state.dropped_unreported, state.dropped_total);
                 drop(state);
-                self.report_drops(report);
+                self.report_drops(dropped, total);
             }
         }
         self.shared.lock().finished = true;
@@ -212,9 +207,13 @@ impl<S: Sink> Writer<S> {
         }
     }
 
-    fn report_drops(&mut self, report: Record) {
-        let Record::RecordsDropped { dropped, total, .. } = report else {
-            unreachable!("only drop reports are reported here");
+    /// Writes a `records_dropped` record into the sink, where its gap is.
+    fn report_drops(&mut self, dropped: u64, total: u64) {
+        let report = Record::RecordsDropped {
+            time: events::now_rfc3339(),
+            sink: self.name,
+            dropped,
+            total,
         };
         if self.sink.write(&report).is_err() {
             // Not reported yet: the next catch-up reports these too.
