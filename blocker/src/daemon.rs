@@ -27,6 +27,7 @@ use crate::{
     resolve::{self, Resolution},
     scan::{ScanOptions, ScanReport},
     sources::SourceRoots,
+    status::{self, EventCounts, KernelFeatures, Publisher, Snapshot},
     watch,
 };
 
@@ -47,6 +48,8 @@ pub struct RunOptions {
     pub scan: ScanOptions,
     /// Size of the kernel's event ring buffer.
     pub event_buffer_bytes: u32,
+    /// Where `blocker status` finds what this daemon enforces.
+    pub status_file: PathBuf,
 }
 
 pub fn run(options: RunOptions) -> Result<()> {
@@ -131,6 +134,15 @@ async fn serve(
         rules: resolution.rules.len(),
         entries: enforcer.installed_entries(),
     });
+    let mut status = Publisher::start(
+        status::Setup {
+            path: options.status_file.clone(),
+            policy_dir: options.policy_dir.clone(),
+            kernel: KernelFeatures::detect(&enforcer),
+            pinned: false,
+        },
+        Snapshot::of(&enforcer, &policy, &resolution, delivered, &counters),
+    );
 
     loop {
         tokio::select! {
@@ -165,8 +177,8 @@ async fn serve(
             Some(report) = watch_reports.recv() => match report {
                 watch::Report::Seen(seen) => {
                     let newly_banned = content_seen(&policy, &mut scanned, &resolution, &seen);
-                    if newly_banned {
-                        refresh_entries(&policy, scanned.as_ref(), &mut resolution, &mut enforcer);
+                    if newly_banned && refresh_entries(&policy, scanned.as_ref(), &mut resolution, &mut enforcer) {
+                        status.publish(Snapshot::of(&enforcer, &policy, &resolution, delivered, &counters));
                     }
                 }
                 watch::Report::Overflow => {
@@ -176,10 +188,13 @@ async fn serve(
                 watch::Report::Warning(warning) => log::warn!("content watcher: {warning}"),
             },
             _ = refresh.tick() => {
-                refresh_entries(&policy, scanned.as_ref(), &mut resolution, &mut enforcer);
+                if refresh_entries(&policy, scanned.as_ref(), &mut resolution, &mut enforcer) {
+                    status.publish(Snapshot::of(&enforcer, &policy, &resolution, delivered, &counters));
+                }
             }
             _ = counter_check.tick() => {
                 counters = report_lost_events(&enforcer, counters, &mut sink);
+                status.publish(Snapshot::of(&enforcer, &policy, &resolution, delivered, &counters));
             }
             _ = hangup.recv() => reload_due = Some(Instant::now()),
             ready = changed(policy_dir_changes.as_ref()) => {
@@ -224,6 +239,7 @@ async fn serve(
                         policy = new_policy;
                         scanned = new_scan;
                         resolution = fresh;
+                        status.publish(Snapshot::of(&enforcer, &policy, &resolution, delivered, &counters));
                         if scanned.is_some() && !watcher_started {
                             watcher_started = true;
                             watch_reports = start_content_watcher(true, &options.scan.roots);
@@ -258,6 +274,10 @@ async fn serve(
         time: events::now_rfc3339(),
         events: delivered,
         events_lost: counters.events_lost,
+    });
+    status.stopped(EventCounts {
+        delivered,
+        lost: counters.events_lost,
     });
     Ok(())
 }
@@ -312,16 +332,16 @@ async fn changed(
     }
 }
 
-/// Resolves the policy again and updates the ban map if anything changed.
+/// Resolves the policy again and updates the ban map if anything changed; says whether it did.
 fn refresh_entries(
     policy: &Policy,
     scanned: Option<&ScanReport>,
     resolution: &mut Resolution,
     enforcer: &mut Enforcer,
-) {
+) -> bool {
     let fresh = resolve::resolve(policy, &SourceRoots::default(), scanned);
     if fresh.entries == resolution.entries {
-        return;
+        return false;
     }
     match enforcer.apply(&fresh.entries) {
         Ok(stats) => {
@@ -333,8 +353,12 @@ fn refresh_entries(
                 stats.removed
             );
             *resolution = fresh;
+            true
         }
-        Err(error) => log::error!("{error:#}"),
+        Err(error) => {
+            log::error!("{error:#}");
+            false
+        }
     }
 }
 

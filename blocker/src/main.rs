@@ -11,6 +11,7 @@ mod reload;
 mod resolve;
 mod scan;
 mod sources;
+mod status;
 mod watch;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -54,6 +55,9 @@ enum Command {
         /// page size. When it is full, events are counted as lost; execs are still enforced.
         #[arg(long, default_value_t = blocker_common::EVENTS_RING_BYTES, value_parser = parse_ring_size)]
         event_buffer_bytes: u32,
+        /// Where the daemon keeps its status document for `blocker status`.
+        #[arg(long, default_value = status::DEFAULT_STATUS_FILE)]
+        status_file: PathBuf,
     },
     /// Check policy files for errors; reads nothing else and loads nothing.
     Check {
@@ -83,6 +87,15 @@ enum Command {
         file: PathBuf,
         #[arg(long, default_value = DEFAULT_POLICY_DIR)]
         policy_dir: PathBuf,
+    },
+    /// Say whether the daemon runs, what it enforces and how; exits 0 if it runs, 1 if not.
+    Status {
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The status document the daemon was told to write with `run --status-file`.
+        #[arg(long, default_value = status::DEFAULT_STATUS_FILE)]
+        status_file: PathBuf,
     },
 }
 
@@ -118,6 +131,7 @@ fn main() -> ExitCode {
             rescan_interval,
             scan,
             event_buffer_bytes,
+            status_file,
         } => daemon::run(daemon::RunOptions {
             policy_dir,
             backend,
@@ -125,6 +139,7 @@ fn main() -> ExitCode {
             rescan_interval: Duration::from_secs(rescan_interval),
             scan: scan.options(),
             event_buffer_bytes,
+            status_file,
         })
         .map(|()| ExitCode::SUCCESS),
         Command::Check { policy_dir } => inspect::check(&policy_dir),
@@ -135,6 +150,7 @@ fn main() -> ExitCode {
         } => inspect::resolve(&policy_dir, &scan.options(), json),
         Command::Hash { files, policy_dir } => inspect::hash(&files, policy_dir.as_deref()),
         Command::Explain { file, policy_dir } => inspect::explain(&file, &policy_dir),
+        Command::Status { json, status_file } => status::command(&status_file, json),
     };
     result.unwrap_or_else(|error| {
         eprintln!("blocker: {error:#}");
