@@ -28,7 +28,7 @@ use crate::{
     scan::{ScanOptions, ScanReport},
     sources::SourceRoots,
     status::{self, EventCounts, KernelFeatures, Publisher, Snapshot},
-    watch,
+    systemd, watch,
 };
 
 /// Events handled before the loop turns to signals, reloads and timers: an exec storm must not
@@ -143,6 +143,7 @@ async fn serve(
         },
         Snapshot::of(&enforcer, &policy, &resolution, delivered, &counters),
     );
+    systemd::notify_ready();
 
     loop {
         tokio::select! {

@@ -12,6 +12,7 @@ mod resolve;
 mod scan;
 mod sources;
 mod status;
+mod systemd;
 mod watch;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
