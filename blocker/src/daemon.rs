@@ -27,7 +27,8 @@ use crate::{
     scan::{ScanOptions, ScanReport},
     sinks::{SinkOptions, Sinks},
     sources::SourceRoots,
-    watch,
+    status::{self, EventCounts, KernelFeatures, Publisher, Snapshot},
+    systemd, watch,
 };
 
 /// Events handled before the loop turns to signals, reloads and timers: an exec storm must not
@@ -48,6 +49,8 @@ pub struct RunOptions {
     /// Size of the kernel's event ring buffer.
     pub event_buffer_bytes: u32,
     pub sinks: SinkOptions,
+    /// Where `blocker status` finds what this daemon enforces.
+    pub status_file: PathBuf,
 }
 
 pub fn run(options: RunOptions) -> Result<()> {
@@ -133,6 +136,16 @@ async fn serve(
         rules: resolution.rules.len(),
         entries: enforcer.installed_entries(),
     });
+    let mut status = Publisher::start(
+        status::Setup {
+            path: options.status_file.clone(),
+            policy_dir: options.policy_dir.clone(),
+            kernel: KernelFeatures::detect(&enforcer),
+            pinned: false,
+        },
+        Snapshot::of(&enforcer, &policy, &resolution, delivered, &counters),
+    );
+    systemd::notify_ready();
 
     loop {
         tokio::select! {
@@ -167,8 +180,8 @@ async fn serve(
             Some(report) = watch_reports.recv() => match report {
                 watch::Report::Seen(seen) => {
                     let newly_banned = content_seen(&policy, &mut scanned, &resolution, &seen);
-                    if newly_banned {
-                        refresh_entries(&policy, scanned.as_ref(), &mut resolution, &mut enforcer);
+                    if newly_banned && refresh_entries(&policy, scanned.as_ref(), &mut resolution, &mut enforcer) {
+                        status.publish(Snapshot::of(&enforcer, &policy, &resolution, delivered, &counters));
                     }
                 }
                 watch::Report::Overflow => {
@@ -178,10 +191,13 @@ async fn serve(
                 watch::Report::Warning(warning) => log::warn!("content watcher: {warning}"),
             },
             _ = refresh.tick() => {
-                refresh_entries(&policy, scanned.as_ref(), &mut resolution, &mut enforcer);
+                if refresh_entries(&policy, scanned.as_ref(), &mut resolution, &mut enforcer) {
+                    status.publish(Snapshot::of(&enforcer, &policy, &resolution, delivered, &counters));
+                }
             }
             _ = counter_check.tick() => {
                 counters = report_lost_events(&enforcer, counters, &sink);
+                status.publish(Snapshot::of(&enforcer, &policy, &resolution, delivered, &counters));
             }
             _ = hangup.recv() => reload_due = Some(Instant::now()),
             ready = changed(policy_dir_changes.as_ref()) => {
@@ -226,6 +242,7 @@ async fn serve(
                         policy = new_policy;
                         scanned = new_scan;
                         resolution = fresh;
+                        status.publish(Snapshot::of(&enforcer, &policy, &resolution, delivered, &counters));
                         if scanned.is_some() && !watcher_started {
                             watcher_started = true;
                             watch_reports = start_content_watcher(true, &options.scan.roots);
@@ -261,6 +278,10 @@ async fn serve(
         events: delivered,
         events_lost: counters.events_lost,
         records_dropped,
+    });
+    status.stopped(EventCounts {
+        delivered,
+        lost: counters.events_lost,
     });
     Ok(())
 }
@@ -315,16 +336,16 @@ async fn changed(
     }
 }
 
-/// Resolves the policy again and updates the ban map if anything changed.
+/// Resolves the policy again and updates the ban map if anything changed; says whether it did.
 fn refresh_entries(
     policy: &Policy,
     scanned: Option<&ScanReport>,
     resolution: &mut Resolution,
     enforcer: &mut Enforcer,
-) {
+) -> bool {
     let fresh = resolve::resolve(policy, &SourceRoots::default(), scanned);
     if fresh.entries == resolution.entries {
-        return;
+        return false;
     }
     match enforcer.apply(&fresh.entries) {
         Ok(stats) => {
@@ -336,8 +357,12 @@ fn refresh_entries(
                 stats.removed
             );
             *resolution = fresh;
+            true
         }
-        Err(error) => log::error!("{error:#}"),
+        Err(error) => {
+            log::error!("{error:#}");
+            false
+        }
     }
 }
 

@@ -13,6 +13,8 @@ mod resolve;
 mod scan;
 mod sinks;
 mod sources;
+mod status;
+mod systemd;
 mod watch;
 
 use std::{
@@ -63,6 +65,9 @@ enum Command {
         event_buffer_bytes: u32,
         #[command(flatten)]
         sinks: SinkArgs,
+        /// Where the daemon keeps its status document for `blocker status`.
+        #[arg(long, default_value = status::DEFAULT_STATUS_FILE)]
+        status_file: PathBuf,
     },
     /// Show recorded events: the events file and its rotated predecessors, oldest first, as a
     /// table, or as JSON lines with --json.
@@ -112,6 +117,15 @@ enum Command {
         file: PathBuf,
         #[arg(long, default_value = DEFAULT_POLICY_DIR)]
         policy_dir: PathBuf,
+    },
+    /// Say whether the daemon runs, what it enforces and how; exits 0 if it runs, 1 if not.
+    Status {
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The status document the daemon was told to write with `run --status-file`.
+        #[arg(long, default_value = status::DEFAULT_STATUS_FILE)]
+        status_file: PathBuf,
     },
 }
 
@@ -185,6 +199,7 @@ fn main() -> ExitCode {
             scan,
             event_buffer_bytes,
             sinks,
+            status_file,
         } => daemon::run(daemon::RunOptions {
             policy_dir,
             backend,
@@ -193,6 +208,7 @@ fn main() -> ExitCode {
             scan: scan.options(),
             event_buffer_bytes,
             sinks: sinks.options(),
+            status_file,
         })
         .map(|()| ExitCode::SUCCESS),
         Command::Events {
@@ -216,6 +232,7 @@ fn main() -> ExitCode {
         } => inspect::resolve(&policy_dir, &scan.options(), json),
         Command::Hash { files, policy_dir } => inspect::hash(&files, policy_dir.as_deref()),
         Command::Explain { file, policy_dir } => inspect::explain(&file, &policy_dir),
+        Command::Status { json, status_file } => status::command(&status_file, json),
     };
     result.unwrap_or_else(|error| {
         eprintln!("blocker: {error:#}");

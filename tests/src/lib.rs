@@ -224,34 +224,78 @@ pub struct Daemon {
     pub log: Vec<String>,
     /// Received but not yet returned by a `wait_for_*`.
     unclaimed: Vec<Output>,
+    /// A status document [`Daemon::spawn`] chose, removed with the daemon.
+    private_status_file: Option<PathBuf>,
 }
 
 impl Daemon {
     /// Starts `blocker run` on `policy_dir` with extra `args` and waits for its `started`
     /// record, which it writes once the programs are attached.
     pub fn start(policy_dir: &Path, args: &[&str]) -> Result<(Self, Value)> {
-        let mut daemon = Self::spawn(policy_dir, args)?;
-        let started = daemon
-            .wait_for_record(STARTUP_TIMEOUT, |record| record["kind"] == "started")
-            .with_context(|| {
-                format!("daemon did not start; its log:\n{}", daemon.log.join("\n"))
-            })?;
-        Ok((daemon, started))
+        Self::spawn(policy_dir, args)?.started()
     }
 
+    /// Starts `blocker run` on `policy_dir` with extra `args`. Unless `args` name one, the
+    /// daemon writes its status document to a file of its own, never the host's
+    /// /run/blocker/status.json.
     pub fn spawn(policy_dir: &Path, args: &[&str]) -> Result<Self> {
         Self::spawn_with(policy_dir, args, StdoutReader::Reading)
     }
 
-    /// Like [`Daemon::spawn`], with a choice of reading stdout. Events are also written to
-    /// `events.jsonl` next to `policy_dir` (in the sandbox, never the host's /var/log), and
-    /// never to the host's journal.
+    /// Like [`Daemon::spawn`], with a choice of reading stdout.
     pub fn spawn_with(policy_dir: &Path, args: &[&str], stdout: StdoutReader) -> Result<Self> {
+        if args.contains(&"--status-file") {
+            return Self::spawn_program(&blocker_bin(), policy_dir, args, stdout);
+        }
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let status_file = std::env::temp_dir().join(format!(
+            "blocker-test-status-{}-{}.json",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let status_file_arg = status_file
+            .to_str()
+            .context("the temporary directory's path is not UTF-8")?;
+        let mut daemon = Self::spawn_program(
+            &blocker_bin(),
+            policy_dir,
+            &[&["--status-file", status_file_arg], args].concat(),
+            stdout,
+        )?;
+        daemon.private_status_file = Some(status_file);
+        Ok(daemon)
+    }
+
+    /// Starts `program run --policy-dir POLICY_DIR ARGS` as given, e.g. an installed blocker
+    /// with its default status file, and waits for its `started` record.
+    pub fn start_program(
+        program: &Path,
+        policy_dir: &Path,
+        args: &[&str],
+    ) -> Result<(Self, Value)> {
+        Self::spawn_program(program, policy_dir, args, StdoutReader::Reading)?.started()
+    }
+
+    fn started(mut self) -> Result<(Self, Value)> {
+        let started = self
+            .wait_for_record(STARTUP_TIMEOUT, |record| record["kind"] == "started")
+            .with_context(|| format!("daemon did not start; its log:\n{}", self.log.join("\n")))?;
+        Ok((self, started))
+    }
+
+    /// Events are also written to `events.jsonl` next to `policy_dir` (in the sandbox, never
+    /// the host's /var/log), and never to the host's journal.
+    fn spawn_program(
+        program: &Path,
+        policy_dir: &Path,
+        args: &[&str],
+        stdout: StdoutReader,
+    ) -> Result<Self> {
         let events_file = policy_dir
             .parent()
             .unwrap_or(policy_dir)
             .join("events.jsonl");
-        let mut command = Command::new(blocker_bin());
+        let mut command = Command::new(program);
         command
             .arg("run")
             .arg("--policy-dir")
@@ -275,7 +319,7 @@ impl Daemon {
         }
         let mut child = command
             .spawn()
-            .with_context(|| format!("starting {}", blocker_bin().display()))?;
+            .with_context(|| format!("starting {}", program.display()))?;
 
         let (sender, output) = mpsc::channel();
         let child_stdout = child.stdout.take().expect("piped");
@@ -307,6 +351,7 @@ impl Daemon {
             records: Vec::new(),
             log: Vec::new(),
             unclaimed: Vec::new(),
+            private_status_file: None,
         })
     }
 
@@ -320,6 +365,10 @@ impl Daemon {
         if let Some((stdout, records)) = self.unread_stdout.take() {
             read_records(stdout, records);
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn receive(&mut self, deadline: Instant) -> Result<bool> {
@@ -471,6 +520,9 @@ impl Drop for Daemon {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        if let Some(status_file) = &self.private_status_file {
+            let _ = std::fs::remove_file(status_file);
         }
     }
 }

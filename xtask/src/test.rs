@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::{
     cargo::{self, Profile, TestCounts, TestRun},
+    package::{self, Built},
     prerequisites::{self, Needs},
     vm,
 };
@@ -39,7 +40,7 @@ pub fn run(root: &Path) -> bool {
         stage("unit tests");
         record("unit tests", unit_tests(root, &mut counts));
 
-        stage("blocker (debug build, for the integration tests)");
+        stage("blocker (debug build, for the host-kernel tests)");
         match cargo::build_blocker(root, Profile::Debug) {
             Ok(blocker) => {
                 stage("host-kernel tests");
@@ -47,11 +48,21 @@ pub fn run(root: &Path) -> bool {
                     "host-kernel tests",
                     host_kernel_tests(root, &blocker, &mut counts),
                 );
-                stage("VM tests");
-                record("VM tests", vm_tests(root, &blocker, &mut counts));
             }
             Err(error) => {
                 record("building blocker", Err(error));
+            }
+        }
+        // The VM tests run the release build the package holds, and install the package.
+        stage("package (release build, for the VM tests)");
+        match package::build(root) {
+            Ok(built) => {
+                println!("xtask: built {}", built.deb.display());
+                stage("VM tests");
+                record("VM tests", vm_tests(root, &built, &mut counts));
+            }
+            Err(error) => {
+                record("building the package", Err(error));
             }
         }
     }
@@ -92,7 +103,7 @@ fn host_kernel_tests(root: &Path, blocker: &Path, counts: &mut TestCounts) -> Re
     cargo::test(root, &run, counts)
 }
 
-fn vm_tests(root: &Path, blocker: &Path, counts: &mut TestCounts) -> Result<()> {
+fn vm_tests(root: &Path, package: &Built, counts: &mut TestCounts) -> Result<()> {
     let args = [
         "test",
         "--package",
@@ -116,5 +127,5 @@ fn vm_tests(root: &Path, blocker: &Path, counts: &mut TestCounts) -> Result<()> 
     }
     let kernel = prerequisites::cached_kernel(root)?
         .context("no VM kernel in target/vm/kernel although prerequisites were ensured")?;
-    vm::run_tests(root, &kernel, &tests, blocker, counts)
+    vm::run_tests(root, &kernel, &tests, package, counts)
 }

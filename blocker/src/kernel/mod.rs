@@ -132,6 +132,10 @@ impl Enforcer {
         self.installed.len()
     }
 
+    pub fn installed_content_entries(&self) -> usize {
+        self.installed_content.len()
+    }
+
     fn attach(&mut self, choice: BackendChoice) -> Result<(Backend, String)> {
         let lsms = features::active_lsms()?;
         let bpf_lsm_active = lsms.iter().any(|lsm| lsm == "bpf");
