@@ -3,7 +3,6 @@
 
 use std::{
     collections::BTreeMap,
-    io::Write,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -26,8 +25,10 @@ use crate::{
     reload::{self, Loaded, PolicyDirWatcher, QUIET_BEFORE_RELOAD},
     resolve::{self, Resolution, RuleInfo},
     scan::{ScanOptions, ScanReport},
+    sinks::{SinkOptions, Sinks},
     sources::SourceRoots,
-    watch,
+    status::{self, EventCounts, KernelFeatures, Publisher, Snapshot},
+    systemd, watch,
 };
 
 /// Events handled before the loop turns to signals, reloads and timers: an exec storm must not
@@ -51,6 +52,9 @@ pub struct RunOptions {
     pub pin_root: Option<PathBuf>,
     /// Tamper protection: see [`Enforcer::protect`].
     pub protect: bool,
+    pub sinks: SinkOptions,
+    /// Where `blocker status` finds what this daemon enforces.
+    pub status_file: PathBuf,
 }
 
 pub fn run(options: RunOptions) -> Result<()> {
@@ -69,6 +73,7 @@ pub fn run(options: RunOptions) -> Result<()> {
     let scanned = scan_if_needed(&policy, &options.scan);
     let resolution = resolve::resolve(&policy, &SourceRoots::default(), scanned.as_ref());
     log_resolution(&resolution);
+    let sink = Sinks::start(&options.sinks)?;
 
     let mut enforcer = Enforcer::start(
         options.backend,
@@ -111,7 +116,7 @@ pub fn run(options: RunOptions) -> Result<()> {
         .build()
         .context("starting the event loop")?;
     runtime.block_on(serve(
-        enforcer, protected, policy, resolution, scanned, options,
+        enforcer, protected, policy, resolution, scanned, options, sink,
     ))
 }
 
@@ -122,8 +127,8 @@ async fn serve(
     mut resolution: Resolution,
     mut scanned: Option<ScanReport>,
     options: RunOptions,
+    sink: Sinks,
 ) -> Result<()> {
-    let mut sink = JsonLines::stdout();
     // SAFETY (both): each value owns its file descriptor and keeps it open, unreplaced, for as
     // long as the AsyncFd holds it.
     let mut events =
@@ -156,7 +161,7 @@ async fn serve(
     // Rules reloads removed, so an event raised under the previous policy still names its rule.
     let mut retired_rules = BTreeMap::new();
 
-    sink.emit(&Record::Started {
+    sink.emit(Record::Started {
         time: events::now_rfc3339(),
         backend: enforcer.backend().name(),
         backend_reason: enforcer.backend_reason().to_owned(),
@@ -167,12 +172,22 @@ async fn serve(
         adopted: enforcer.adopted(),
         protected: !protected.is_empty(),
     });
+    let mut status = Publisher::start(
+        status::Setup {
+            path: options.status_file.clone(),
+            policy_dir: options.policy_dir.clone(),
+            kernel: KernelFeatures::detect(&enforcer),
+            pinned: enforcer.pinned().is_some(),
+        },
+        Snapshot::of(&enforcer, &policy, &resolution, delivered, &counters),
+    );
+    systemd::notify_ready();
 
     loop {
         tokio::select! {
             ready = events.readable_mut() => {
                 let mut ready = ready?;
-                let (count, emptied) = drain(ready.get_inner_mut(), &Known { resolution: &resolution, retired_rules: &retired_rules, protected: &protected }, &mut sink, EVENTS_PER_TURN);
+                let (count, emptied) = drain(ready.get_inner_mut(), &Known { resolution: &resolution, retired_rules: &retired_rules, protected: &protected }, &sink, EVENTS_PER_TURN);
                 delivered += count;
                 // Left ready while events remain, so the loop comes back after its other work.
                 if emptied {
@@ -201,8 +216,8 @@ async fn serve(
             Some(report) = watch_reports.recv() => match report {
                 watch::Report::Seen(seen) => {
                     let newly_banned = content_seen(&policy, &mut scanned, &resolution, &seen);
-                    if newly_banned {
-                        refresh_entries(&policy, scanned.as_ref(), &mut resolution, &mut enforcer);
+                    if newly_banned && refresh_entries(&policy, scanned.as_ref(), &mut resolution, &mut enforcer) {
+                        status.publish(Snapshot::of(&enforcer, &policy, &resolution, delivered, &counters));
                     }
                 }
                 watch::Report::Overflow => {
@@ -212,10 +227,13 @@ async fn serve(
                 watch::Report::Warning(warning) => log::warn!("content watcher: {warning}"),
             },
             _ = refresh.tick() => {
-                refresh_entries(&policy, scanned.as_ref(), &mut resolution, &mut enforcer);
+                if refresh_entries(&policy, scanned.as_ref(), &mut resolution, &mut enforcer) {
+                    status.publish(Snapshot::of(&enforcer, &policy, &resolution, delivered, &counters));
+                }
             }
             _ = counter_check.tick() => {
-                counters = report_lost_events(&enforcer, counters, &mut sink);
+                counters = report_lost_events(&enforcer, counters, &sink);
+                status.publish(Snapshot::of(&enforcer, &policy, &resolution, delivered, &counters));
             }
             _ = hangup.recv() => reload_due = Some(Instant::now()),
             ready = changed(policy_dir_changes.as_ref()) => {
@@ -251,7 +269,7 @@ async fn serve(
                         log_changes(&resolution, &fresh);
                         log_resolution(&fresh);
                         log::info!("policy reloaded: {} rules, {} files banned", fresh.rules.len(), fresh.entries.len());
-                        sink.emit(&Record::Reloaded {
+                        sink.emit(Record::Reloaded {
                             time: events::now_rfc3339(),
                             policies: new_policy.policies.iter().map(|p| p.name.clone()).collect(),
                             rules: fresh.rules.len(),
@@ -261,6 +279,7 @@ async fn serve(
                         policy = new_policy;
                         scanned = new_scan;
                         resolution = fresh;
+                        status.publish(Snapshot::of(&enforcer, &policy, &resolution, delivered, &counters));
                         if scanned.is_some() && !watcher_started {
                             watcher_started = true;
                             watch_reports = start_content_watcher(true, &options.scan.roots);
@@ -268,7 +287,7 @@ async fn serve(
                     }
                     Err(error) => {
                         log::error!("reload refused, the previous policy stays in force: {error}");
-                        sink.emit(&Record::ReloadFailed { time: events::now_rfc3339(), error });
+                        sink.emit(Record::ReloadFailed { time: events::now_rfc3339(), error });
                     }
                 }
             }
@@ -277,7 +296,7 @@ async fn serve(
         }
     }
 
-    counters = report_lost_events(&enforcer, counters, &mut sink);
+    counters = report_lost_events(&enforcer, counters, &sink);
     if enforcer.content_checks() {
         log::info!(
             "content checks: {} answered from the verdict cache, {} hashed, {} not hashable, {} \
@@ -308,12 +327,17 @@ async fn serve(
         retired_rules: &retired_rules,
         protected: &protected,
     };
-    delivered += drain(events.get_mut(), &known, &mut sink, usize::MAX).0;
-    sink.emit(&Record::Stopped {
+    delivered += drain(events.get_mut(), &known, &sink, usize::MAX).0;
+    sink.close(|records_dropped| Record::Stopped {
         time: events::now_rfc3339(),
         events: delivered,
         events_lost: counters.events_lost,
         pinned,
+        records_dropped,
+    });
+    status.stopped(EventCounts {
+        delivered,
+        lost: counters.events_lost,
     });
     Ok(())
 }
@@ -368,16 +392,16 @@ async fn changed(
     }
 }
 
-/// Resolves the policy again and updates the ban map if anything changed.
+/// Resolves the policy again and updates the ban map if anything changed; says whether it did.
 fn refresh_entries(
     policy: &Policy,
     scanned: Option<&ScanReport>,
     resolution: &mut Resolution,
     enforcer: &mut Enforcer,
-) {
+) -> bool {
     let fresh = resolve::resolve(policy, &SourceRoots::default(), scanned);
     if fresh.entries == resolution.entries {
-        return;
+        return false;
     }
     match enforcer.apply(&fresh.entries) {
         Ok(stats) => {
@@ -389,8 +413,12 @@ fn refresh_entries(
                 stats.removed
             );
             *resolution = fresh;
+            true
         }
-        Err(error) => log::error!("{error:#}"),
+        Err(error) => {
+            log::error!("{error:#}");
+            false
+        }
     }
 }
 
@@ -483,7 +511,7 @@ struct Known<'a> {
 fn drain(
     ring: &mut RingBuf<MapData>,
     known: &Known<'_>,
-    sink: &mut JsonLines,
+    sink: &Sinks,
     limit: usize,
 ) -> (u64, bool) {
     let clock = BootClock;
@@ -501,7 +529,7 @@ fn drain(
                     &clock,
                 );
                 log::warn!("{}", record.summary());
-                sink.emit(&Record::Tamper(record));
+                sink.emit(Record::Tamper(record));
                 count += 1;
             }
             Ok(event) => {
@@ -520,7 +548,7 @@ fn drain(
                 } else {
                     log::warn!("{}", record.summary());
                 }
-                sink.emit(&Record::Exec(record));
+                sink.emit(Record::Exec(record));
                 count += 1;
             }
             Err(error) => log::error!("{error:#}"),
@@ -532,7 +560,7 @@ fn drain(
 fn report_lost_events(
     enforcer: &Enforcer,
     previous: KernelCounters,
-    sink: &mut JsonLines,
+    sink: &Sinks,
 ) -> KernelCounters {
     let current = match enforcer.counters() {
         Ok(current) => current,
@@ -548,7 +576,7 @@ fn report_lost_events(
              affected; {} lost in total)",
             current.events_lost
         );
-        sink.emit(&Record::EventsLost {
+        sink.emit(Record::EventsLost {
             time: events::now_rfc3339(),
             lost,
             total: current.events_lost,
@@ -613,33 +641,5 @@ fn log_changes(old: &Resolution, new: &Resolution) {
             "rule {rule}: {path} is gone or was replaced; inode {} is no longer banned",
             key.ino
         );
-    }
-}
-
-/// The JSON lines stream on stdout: one record per line, flushed at once for `tail -f` and pipes.
-struct JsonLines {
-    out: std::io::Stdout,
-    broken: bool,
-}
-
-impl JsonLines {
-    fn stdout() -> Self {
-        Self {
-            out: std::io::stdout(),
-            broken: false,
-        }
-    }
-
-    fn emit(&mut self, record: &Record) {
-        if self.broken {
-            return;
-        }
-        let line = serde_json::to_string(record).expect("records serialize");
-        let mut out = self.out.lock();
-        if let Err(error) = writeln!(out, "{line}").and_then(|()| out.flush()) {
-            // Enforcement goes on without a reader; the log still has every event.
-            log::error!("stdout event stream stopped: {error}");
-            self.broken = true;
-        }
     }
 }

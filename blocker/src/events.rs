@@ -2,6 +2,7 @@
 //! kernel clocks and numbers into readable fields, and the JSON lines schema.
 
 use std::{
+    collections::BTreeMap,
     path::Path,
     time::{Duration, SystemTime},
 };
@@ -64,6 +65,14 @@ pub enum Record {
     /// A reload was refused (a bad policy file, a kernel error): the previous policy stays in
     /// force, unchanged.
     ReloadFailed { time: String, error: String },
+    /// A sink fell behind or failed and has caught up: `dropped` records never reached it since
+    /// its last report. Enforcement was not affected.
+    RecordsDropped {
+        time: String,
+        sink: &'static str,
+        dropped: u64,
+        total: u64,
+    },
     /// The daemon stopped. Its programs are detached, unless they are `pinned`: then they keep
     /// enforcing the last policy until `blocker unload` or the next daemon replaces them.
     Stopped {
@@ -71,7 +80,56 @@ pub enum Record {
         events: u64,
         events_lost: u64,
         pinned: Option<String>,
+        /// Per sink, the records it never got.
+        records_dropped: BTreeMap<&'static str, u64>,
     },
+}
+
+impl Record {
+    /// One line for people: the journal's MESSAGE.
+    pub fn summary(&self) -> String {
+        match self {
+            Record::Started {
+                backend,
+                rules,
+                entries,
+                ..
+            } => format!("enforcing {rules} rules ({entries} files) with the {backend} backend"),
+            Record::Exec(exec) => exec.summary(),
+            Record::Tamper(tamper) => tamper.summary(),
+            Record::EventsLost { lost, total, .. } => format!(
+                "{lost} exec events lost because the ring buffer was full ({total} in total); \
+                 the execs were still enforced"
+            ),
+            Record::Reloaded { rules, entries, .. } => {
+                format!("policy reloaded: {rules} rules, {entries} files banned")
+            }
+            Record::ReloadFailed { error, .. } => {
+                format!("reload refused, the previous policy stays in force: {error}")
+            }
+            Record::RecordsDropped {
+                sink,
+                dropped,
+                total,
+                ..
+            } => format!(
+                "{dropped} records never reached the {sink} sink ({total} in total); enforcement \
+                 was not affected"
+            ),
+            Record::Stopped {
+                events,
+                events_lost,
+                pinned,
+                ..
+            } => {
+                let enforcement = match pinned {
+                    Some(dir) => format!("the programs pinned at {dir} keep enforcing"),
+                    None => "programs detached, execs are no longer checked".to_owned(),
+                };
+                format!("{enforcement} ({events} events delivered, {events_lost} lost)")
+            }
+        }
+    }
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 
 mod control;
 mod daemon;
+mod event_log;
 mod events;
 mod files;
 mod identity;
@@ -11,11 +12,18 @@ mod policy;
 mod reload;
 mod resolve;
 mod scan;
+mod sinks;
 mod sources;
+mod status;
+mod systemd;
 mod unload;
 mod watch;
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, SystemTime},
+};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -34,7 +42,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Enforce the policies until SIGINT or SIGTERM; events go to stdout as JSON lines.
+    /// Enforce the policies until SIGINT or SIGTERM; events go to the events file, stdout and
+    /// the journal as they come.
     Run {
         /// Directory of policy files (*.toml).
         #[arg(long, default_value = DEFAULT_POLICY_DIR)]
@@ -68,6 +77,11 @@ enum Command {
         /// binary; `blocker stop`, `blocker policy` and the service manager still can.
         #[arg(long)]
         protect: bool,
+        #[command(flatten)]
+        sinks: SinkArgs,
+        /// Where the daemon keeps its status document for `blocker status`.
+        #[arg(long, default_value = status::DEFAULT_STATUS_FILE)]
+        status_file: PathBuf,
     },
     /// Stop the running daemon: SIGTERM, then wait for it to exit. Exits 1 if none runs.
     Stop,
@@ -80,6 +94,26 @@ enum Command {
     Unload {
         #[arg(long, default_value = kernel::pins::DEFAULT_PIN_ROOT)]
         pin_dir: PathBuf,
+    },
+    /// Show recorded events: the events file and its rotated predecessors, oldest first, as a
+    /// table, or as JSON lines with --json.
+    Events {
+        /// Keep showing new events as they are written, across rotations.
+        #[arg(long, short)]
+        follow: bool,
+        /// Print the records as the JSON lines they are written as.
+        #[arg(long)]
+        json: bool,
+        /// Only exec events of this rule.
+        #[arg(long)]
+        rule: Option<String>,
+        /// Only events at or after this time: RFC 3339 (2026-11-28T08:00:00Z,
+        /// 2026-11-28T10:00:00+02:00, 2026-11-28) or a duration before now (10m, 2h, 1day).
+        #[arg(long, value_parser = parse_since)]
+        since: Option<SystemTime>,
+        /// The events file, as given to `blocker run --events-file`.
+        #[arg(long, default_value = sinks::DEFAULT_EVENTS_FILE)]
+        file: PathBuf,
     },
     /// Check policy files for errors; reads nothing else and loads nothing.
     Check {
@@ -109,6 +143,15 @@ enum Command {
         file: PathBuf,
         #[arg(long, default_value = DEFAULT_POLICY_DIR)]
         policy_dir: PathBuf,
+    },
+    /// Say whether the daemon runs, what it enforces and how; exits 0 if it runs, 1 if not.
+    Status {
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The status document the daemon was told to write with `run --status-file`.
+        #[arg(long, default_value = status::DEFAULT_STATUS_FILE)]
+        status_file: PathBuf,
     },
 }
 
@@ -144,6 +187,43 @@ struct ScanArgs {
     no_hash_cache: bool,
 }
 
+/// Where `blocker run` writes its events.
+#[derive(Args)]
+struct SinkArgs {
+    /// The events file: JSON lines, created readable by root only.
+    #[arg(long, default_value = sinks::DEFAULT_EVENTS_FILE)]
+    events_file: PathBuf,
+    /// Write no events file.
+    #[arg(long, conflicts_with = "events_file")]
+    no_events_file: bool,
+    /// Start a new events file when a line would take it past this many bytes.
+    #[arg(long, default_value_t = sinks::DEFAULT_MAX_BYTES, value_parser = clap::value_parser!(u64).range(1..))]
+    events_file_max_bytes: u64,
+    /// Rotated events files kept (FILE.1 the newest); older ones are deleted.
+    #[arg(long, default_value_t = sinks::DEFAULT_KEEP)]
+    events_file_keep: u32,
+    /// Write no events to stdout (for a service, whose stdout goes to the journal anyway).
+    #[arg(long)]
+    no_stdout: bool,
+    /// Write no events to the systemd journal (by default they go there when journald runs).
+    #[arg(long)]
+    no_journald: bool,
+}
+
+impl SinkArgs {
+    fn options(self) -> sinks::SinkOptions {
+        sinks::SinkOptions {
+            file: (!self.no_events_file).then_some(sinks::FileOptions {
+                path: self.events_file,
+                max_bytes: self.events_file_max_bytes,
+                keep: self.events_file_keep,
+            }),
+            stdout: !self.no_stdout,
+            journald_socket: (!self.no_journald).then(|| PathBuf::from(sinks::JOURNALD_SOCKET)),
+        }
+    }
+}
+
 impl ScanArgs {
     fn options(self) -> scan::ScanOptions {
         let cache = (!self.no_hash_cache).then_some(self.hash_cache);
@@ -165,6 +245,8 @@ fn main() -> ExitCode {
             pin,
             pin_dir,
             protect,
+            sinks,
+            status_file,
         } => daemon::run(daemon::RunOptions {
             policy_dir,
             backend,
@@ -174,6 +256,8 @@ fn main() -> ExitCode {
             event_buffer_bytes,
             pin_root: pin.then_some(pin_dir),
             protect,
+            sinks: sinks.options(),
+            status_file,
         })
         .map(|()| ExitCode::SUCCESS),
         Command::Unload { pin_dir } => unload::unload(&pin_dir),
@@ -184,6 +268,19 @@ fn main() -> ExitCode {
         Command::Policy {
             change: PolicyChange::Remove { names, policy_dir },
         } => control::remove(&names, &policy_dir),
+        Command::Events {
+            follow,
+            json,
+            rule,
+            since,
+            file,
+        } => event_log::events(&event_log::EventsOptions {
+            file,
+            follow,
+            json,
+            rule,
+            since,
+        }),
         Command::Check { policy_dir } => inspect::check(&policy_dir),
         Command::Resolve {
             policy_dir,
@@ -192,6 +289,7 @@ fn main() -> ExitCode {
         } => inspect::resolve(&policy_dir, &scan.options(), json),
         Command::Hash { files, policy_dir } => inspect::hash(&files, policy_dir.as_deref()),
         Command::Explain { file, policy_dir } => inspect::explain(&file, &policy_dir),
+        Command::Status { json, status_file } => status::command(&status_file, json),
     };
     result.unwrap_or_else(|error| {
         eprintln!("blocker: {error:#}");
@@ -210,4 +308,8 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
             "must be a power of two of at least {page} (the page size)"
         ))
     }
+}
+
+fn parse_since(text: &str) -> Result<SystemTime, String> {
+    event_log::parse_since(text, SystemTime::now())
 }

@@ -8,10 +8,10 @@ use std::{
     io::{BufRead, BufReader},
     os::unix::{fs::MetadataExt, process::CommandExt},
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, ChildStdout, Command, ExitStatus, Stdio},
     sync::{
         atomic::{AtomicUsize, Ordering},
-        mpsc::{self, Receiver, RecvTimeoutError},
+        mpsc::{self, Receiver, RecvTimeoutError, Sender},
     },
     thread,
     time::{Duration, Instant},
@@ -202,36 +202,107 @@ enum Output {
     Log(String),
 }
 
+/// What a test does with the daemon's stdout.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum StdoutReader {
+    /// Records are read as they come (`wait_for_record`).
+    Reading,
+    /// The pipe stays open and nobody reads it, like a stuck log shipper, until
+    /// [`Daemon::read_stdout`].
+    NotReading,
+}
+
 /// A running `blocker run`.
 pub struct Daemon {
     child: Child,
     output: Receiver<Output>,
+    /// Set while [`StdoutReader::NotReading`]: the pipe and where its records will go.
+    unread_stdout: Option<(ChildStdout, Sender<Output>)>,
+    events_file: PathBuf,
     /// Everything received, for diagnostics.
     pub records: Vec<Value>,
     pub log: Vec<String>,
     /// Received but not yet returned by a `wait_for_*`.
     unclaimed: Vec<Output>,
+    /// A status document [`Daemon::spawn`] chose, removed with the daemon.
+    private_status_file: Option<PathBuf>,
 }
 
 impl Daemon {
     /// Starts `blocker run` on `policy_dir` with extra `args` and waits for its `started`
     /// record, which it writes once the programs are attached.
     pub fn start(policy_dir: &Path, args: &[&str]) -> Result<(Self, Value)> {
-        let mut daemon = Self::spawn(policy_dir, args)?;
-        let started = daemon
-            .wait_for_record(STARTUP_TIMEOUT, |record| record["kind"] == "started")
-            .with_context(|| {
-                format!("daemon did not start; its log:\n{}", daemon.log.join("\n"))
-            })?;
-        Ok((daemon, started))
+        Self::spawn(policy_dir, args)?.started()
     }
 
+    /// Starts `blocker run` on `policy_dir` with extra `args`. Unless `args` name one, the
+    /// daemon writes its status document to a file of its own, never the host's
+    /// /run/blocker/status.json.
     pub fn spawn(policy_dir: &Path, args: &[&str]) -> Result<Self> {
-        let mut command = Command::new(blocker_bin());
+        Self::spawn_with(policy_dir, args, StdoutReader::Reading)
+    }
+
+    /// Like [`Daemon::spawn`], with a choice of reading stdout.
+    pub fn spawn_with(policy_dir: &Path, args: &[&str], stdout: StdoutReader) -> Result<Self> {
+        if args.contains(&"--status-file") {
+            return Self::spawn_program(&blocker_bin(), policy_dir, args, stdout);
+        }
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let status_file = std::env::temp_dir().join(format!(
+            "blocker-test-status-{}-{}.json",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let status_file_arg = status_file
+            .to_str()
+            .context("the temporary directory's path is not UTF-8")?;
+        let mut daemon = Self::spawn_program(
+            &blocker_bin(),
+            policy_dir,
+            &[&["--status-file", status_file_arg], args].concat(),
+            stdout,
+        )?;
+        daemon.private_status_file = Some(status_file);
+        Ok(daemon)
+    }
+
+    /// Starts `program run --policy-dir POLICY_DIR ARGS` as given, e.g. an installed blocker
+    /// with its default status file, and waits for its `started` record.
+    pub fn start_program(
+        program: &Path,
+        policy_dir: &Path,
+        args: &[&str],
+    ) -> Result<(Self, Value)> {
+        Self::spawn_program(program, policy_dir, args, StdoutReader::Reading)?.started()
+    }
+
+    fn started(mut self) -> Result<(Self, Value)> {
+        let started = self
+            .wait_for_record(STARTUP_TIMEOUT, |record| record["kind"] == "started")
+            .with_context(|| format!("daemon did not start; its log:\n{}", self.log.join("\n")))?;
+        Ok((self, started))
+    }
+
+    /// Events are also written to `events.jsonl` next to `policy_dir` (in the sandbox, never
+    /// the host's /var/log), and never to the host's journal.
+    fn spawn_program(
+        program: &Path,
+        policy_dir: &Path,
+        args: &[&str],
+        stdout: StdoutReader,
+    ) -> Result<Self> {
+        let events_file = policy_dir
+            .parent()
+            .unwrap_or(policy_dir)
+            .join("events.jsonl");
+        let mut command = Command::new(program);
         command
             .arg("run")
             .arg("--policy-dir")
             .arg(policy_dir)
+            .arg("--events-file")
+            .arg(&events_file)
+            .arg("--no-journald")
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -248,21 +319,15 @@ impl Daemon {
         }
         let mut child = command
             .spawn()
-            .with_context(|| format!("starting {}", blocker_bin().display()))?;
+            .with_context(|| format!("starting {}", program.display()))?;
 
         let (sender, output) = mpsc::channel();
-        let stdout = child.stdout.take().expect("piped");
-        let records = sender.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let value = serde_json::from_str(&line).unwrap_or_else(|error| {
-                    panic!("daemon wrote a line that is not JSON ({error}): {line}")
-                });
-                if records.send(Output::Record(value)).is_err() {
-                    break;
-                }
-            }
-        });
+        let child_stdout = child.stdout.take().expect("piped");
+        let mut unread_stdout = None;
+        match stdout {
+            StdoutReader::Reading => read_records(child_stdout, sender.clone()),
+            StdoutReader::NotReading => unread_stdout = Some((child_stdout, sender.clone())),
+        }
         let stderr = child.stderr.take().expect("piped");
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -281,10 +346,29 @@ impl Daemon {
         Ok(Self {
             child,
             output,
+            unread_stdout,
+            events_file,
             records: Vec::new(),
             log: Vec::new(),
             unclaimed: Vec::new(),
+            private_status_file: None,
         })
+    }
+
+    /// Where this daemon writes its events file.
+    pub fn events_file(&self) -> &Path {
+        &self.events_file
+    }
+
+    /// Starts reading the stdout of a daemon spawned with [`StdoutReader::NotReading`].
+    pub fn read_stdout(&mut self) {
+        if let Some((stdout, records)) = self.unread_stdout.take() {
+            read_records(stdout, records);
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn receive(&mut self, deadline: Instant) -> Result<bool> {
@@ -361,10 +445,6 @@ impl Daemon {
         }
     }
 
-    pub fn pid(&self) -> libc::pid_t {
-        self.child.id() as libc::pid_t
-    }
-
     /// Sends `signal` to the daemon.
     pub fn signal(&self, signal: libc::c_int) {
         // SAFETY: plain kill(2) of our own child, which has not been reaped yet.
@@ -409,11 +489,40 @@ impl Daemon {
     }
 }
 
+/// Forwards every JSON line of the daemon's stdout as a record.
+fn read_records(stdout: ChildStdout, records: Sender<Output>) {
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let value = serde_json::from_str(&line).unwrap_or_else(|error| {
+                panic!("daemon wrote a line that is not JSON ({error}): {line}")
+            });
+            if records.send(Output::Record(value)).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// The records in an events file, in order.
+pub fn events_in(file: &Path) -> Result<Vec<Value>> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    text.lines()
+        .map(|line| {
+            serde_json::from_str(line)
+                .with_context(|| format!("{}: a line that is not JSON: {line}", file.display()))
+        })
+        .collect()
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        if let Some(status_file) = &self.private_status_file {
+            let _ = std::fs::remove_file(status_file);
         }
     }
 }

@@ -9,9 +9,9 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 use blocker_integration_tests::{
-    assert_exec_record, blocker_bin, comm_of, deny_and_audit_policy, exec_by_descriptor,
+    assert_exec_record, blocker_bin, comm_of, deny_and_audit_policy, events_in, exec_by_descriptor,
     harmless_binary, memfd_copy, run_as_launcher, sha256_of, BanScenario, Daemon, ExpectedExec,
-    Sandbox,
+    Sandbox, StdoutReader, EVENT_TIMEOUT, STARTUP_TIMEOUT,
 };
 
 #[test]
@@ -398,5 +398,135 @@ fn pinning_outside_a_bpf_filesystem_is_refused_before_anything_loads() -> Result
         Command::new(&banned).status()?.success(),
         "nothing was loaded"
     );
+    Ok(())
+}
+
+#[test]
+fn the_events_file_records_a_denial_and_blocker_events_filters_it() -> Result<()> {
+    let scenario = BanScenario::new("events-file")?;
+    let (mut daemon, _) = scenario.start_daemon(&["--backend", "kill"])?;
+    let (pid, status) = run_as_launcher(&scenario.banned)?;
+    ensure!(status.signal() == Some(libc::SIGKILL), "{status}");
+    daemon.wait_for_exec(&scenario.banned)?;
+    let events_file = daemon.events_file().to_owned();
+    // Stopping waits for the sinks to write everything.
+    let (status, stdout_records, _) = daemon.stop()?;
+    ensure!(status.success());
+    let mode = std::fs::metadata(&events_file)?.permissions().mode() & 0o777;
+    ensure!(mode == 0o600, "events file mode {mode:o}");
+    ensure!(
+        events_in(&events_file)? == stdout_records,
+        "the file holds the same records as stdout"
+    );
+
+    let events = |args: &[&str]| -> Result<String> {
+        let output = Command::new(blocker_bin())
+            .arg("events")
+            .args(args)
+            .arg("--file")
+            .arg(&events_file)
+            .output()?;
+        ensure!(
+            output.status.success(),
+            "blocker events {args:?}: {output:?}"
+        );
+        Ok(String::from_utf8(output.stdout)?)
+    };
+    let printed = events(&["--json", "--rule", "ban"])?;
+    let records: Vec<serde_json::Value> = printed
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    ensure!(records.len() == 1, "{printed}");
+    assert_exec_record(
+        &records[0],
+        &ExpectedExec {
+            path: &scenario.banned,
+            pid,
+            comm: comm_of(&scenario.banned),
+            rule: "ban",
+            enforcement: "sigkill",
+            backend: "kill",
+        },
+    )?;
+    ensure!(events(&["--json", "--rule", "other"])?.is_empty());
+
+    let table = events(&[])?;
+    let banned = scenario.banned.display().to_string();
+    ensure!(
+        table.lines().any(|row| row.contains(" killed ")
+            && row.contains(" ban ")
+            && row.contains(&pid.to_string())
+            && row.ends_with(&banned)),
+        "{table}"
+    );
+    ensure!(
+        table.lines().any(|row| row.contains(" started ")),
+        "{table}"
+    );
+    ensure!(
+        table.lines().any(|row| row.contains(" stopped ")),
+        "{table}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_stdout_nobody_reads_holds_up_neither_enforcement_nor_reloads_nor_the_file() -> Result<()> {
+    // More records than the stdout queue (1024) and the pipe (64 KiB) hold together; few
+    // enough for the ring buffer (1 MiB) to hold them all, so none are lost there.
+    const EXECS: u64 = 1500;
+    let sandbox = Sandbox::new("stuck-stdout")?;
+    let banned = sandbox.copy_binary("banned")?;
+    let banned_later = sandbox.copy_binary("banned-later")?;
+    sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[]))?;
+    let mut daemon = Daemon::spawn_with(
+        &sandbox.policy_dir(),
+        &["--backend", "kill"],
+        StdoutReader::NotReading,
+    )?;
+    daemon.wait_for_log("enforcing 1 rules", STARTUP_TIMEOUT)?;
+
+    for _ in 0..EXECS {
+        let status = Command::new(&banned).status()?;
+        ensure!(status.signal() == Some(libc::SIGKILL), "{status}");
+    }
+    daemon.wait_for_log("the stdout sink is not keeping up", EVENT_TIMEOUT)?;
+    sandbox.write_policy(
+        "test.toml",
+        &deny_and_audit_policy(&[&banned, &banned_later], &[]),
+    )?;
+    daemon.wait_for_log("policy reloaded", EVENT_TIMEOUT)?;
+    let status = Command::new(&banned_later).status()?;
+    ensure!(status.signal() == Some(libc::SIGKILL), "{status}");
+
+    // Once read, stdout catches up and says what it missed, where it missed it.
+    daemon.read_stdout();
+    let report = daemon.wait_for_record(EVENT_TIMEOUT, |r| r["kind"] == "records_dropped")?;
+    ensure!(report["sink"] == "stdout", "{report}");
+    let dropped = report["dropped"].as_u64().unwrap_or_default();
+    ensure!(dropped > 0 && report["total"] == dropped, "{report}");
+
+    let events_file = daemon.events_file().to_owned();
+    let (status, _, _) = daemon.stop()?;
+    ensure!(status.success());
+    let records = events_in(&events_file)?;
+    let stopped = records.last().context("an empty events file")?;
+    ensure!(stopped["kind"] == "stopped", "{stopped}");
+    ensure!(
+        stopped["events"] == EXECS + 1 && stopped["events_lost"] == 0,
+        "{stopped}"
+    );
+    ensure!(
+        stopped["records_dropped"]["stdout"] == dropped,
+        "nothing dropped after catching up: {stopped}"
+    );
+    ensure!(stopped["records_dropped"]["file"] == 0, "{stopped}");
+    let execs_in_file = records.iter().filter(|r| r["kind"] == "exec").count() as u64;
+    ensure!(
+        execs_in_file == EXECS + 1,
+        "the file got every exec: {execs_in_file}"
+    );
+    ensure!(records.iter().any(|r| r["kind"] == "reloaded"));
     Ok(())
 }

@@ -114,7 +114,7 @@ fn a_protected_daemon_refuses_tampering_but_takes_the_documented_ways() -> Resul
     let _stop = StopOnDrop;
     let (mut daemon, started) = Daemon::start(&policy_dir, &["--backend", "lsm", "--protect"])?;
     ensure!(started["protected"] == true, "{started}");
-    let pid = daemon.pid();
+    let pid = daemon.pid() as libc::pid_t;
 
     // SAFETY (all three): plain kill(2) and ptrace(2) of the daemon.
     expect_eperm(

@@ -3,6 +3,7 @@
 
 mod cargo;
 mod cpio;
+mod package;
 mod prerequisites;
 mod process;
 mod test;
@@ -40,6 +41,9 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Builds blocker in release mode and packages it with its systemd unit and policies as
+    /// target/package/blocker_<version>_<arch>.deb.
+    Package,
     /// Installs all prerequisites, then runs the unit, host-kernel and VM tests.
     Test {
         /// Run only this VM test target (e.g. `vm_pin`; repeatable), skipping the unit and
@@ -63,6 +67,11 @@ fn main() -> Result<ExitCode> {
             println!("xtask: built {}", blocker.display());
         }
         Task::Run { args } => run(&root, args)?,
+        Task::Package => {
+            prerequisites::ensure(&root, Needs::Package)?;
+            let built = package::build(&root)?;
+            println!("xtask: built {}", built.deb.display());
+        }
         Task::Test { vm_tests } => {
             if !test::run(&root, &vm_tests) {
                 return Ok(ExitCode::FAILURE);

@@ -47,6 +47,11 @@ const BUILD_PACKAGES: &[AptPackages] = &[
     },
 ];
 
+const PACKAGING_PACKAGES: &[AptPackages] = &[AptPackages {
+    names: &["dpkg-dev"],
+    purpose: "dpkg-shlibdeps, which finds the libraries the Debian package depends on",
+}];
+
 const VM_PACKAGES: &[AptPackages] = &[AptPackages {
     names: &["qemu-system-x86", "busybox-static"],
     purpose: "the emulator and the initramfs shell for the VM tests",
@@ -55,6 +60,9 @@ const VM_PACKAGES: &[AptPackages] = &[AptPackages {
 #[derive(Clone, Copy)]
 pub enum Needs {
     Build,
+    /// Building the Debian package.
+    Package,
+    /// Everything `cargo xtask test` does: the package too, which the VM tests install.
     BuildAndVm,
 }
 
@@ -62,7 +70,12 @@ pub enum Needs {
 pub fn ensure(root: &Path, needs: Needs) -> Result<()> {
     let groups: Vec<&AptPackages> = match needs {
         Needs::Build => BUILD_PACKAGES.iter().collect(),
-        Needs::BuildAndVm => BUILD_PACKAGES.iter().chain(VM_PACKAGES).collect(),
+        Needs::Package => BUILD_PACKAGES.iter().chain(PACKAGING_PACKAGES).collect(),
+        Needs::BuildAndVm => BUILD_PACKAGES
+            .iter()
+            .chain(PACKAGING_PACKAGES)
+            .chain(VM_PACKAGES)
+            .collect(),
     };
     let installed = installed_packages(groups.iter().flat_map(|group| group.names))?;
     let missing_packages: Vec<(&AptPackages, Vec<&str>)> = groups

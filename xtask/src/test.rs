@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::{
     cargo::{self, Profile, TestCounts, TestRun},
+    package::{self, Built},
     prerequisites::{self, Needs},
     vm,
 };
@@ -41,24 +42,34 @@ pub fn run(root: &Path, only_vm_tests: &[String]) -> bool {
             record("unit tests", unit_tests(root, &mut counts));
         }
 
-        stage("blocker (debug build, for the integration tests)");
-        match cargo::build_blocker(root, Profile::Debug) {
-            Ok(blocker) => {
-                if only_vm_tests.is_empty() {
+        if only_vm_tests.is_empty() {
+            stage("blocker (debug build, for the host-kernel tests)");
+            match cargo::build_blocker(root, Profile::Debug) {
+                Ok(blocker) => {
                     stage("host-kernel tests");
                     record(
                         "host-kernel tests",
                         host_kernel_tests(root, &blocker, &mut counts),
                     );
                 }
+                Err(error) => {
+                    record("building blocker", Err(error));
+                }
+            }
+        }
+        // The VM tests run the release build the package holds, and install the package.
+        stage("package (release build, for the VM tests)");
+        match package::build(root) {
+            Ok(built) => {
+                println!("xtask: built {}", built.deb.display());
                 stage("VM tests");
                 record(
                     "VM tests",
-                    vm_tests(root, &blocker, only_vm_tests, &mut counts),
+                    vm_tests(root, &built, only_vm_tests, &mut counts),
                 );
             }
             Err(error) => {
-                record("building blocker", Err(error));
+                record("building the package", Err(error));
             }
         }
     }
@@ -99,7 +110,7 @@ fn host_kernel_tests(root: &Path, blocker: &Path, counts: &mut TestCounts) -> Re
     cargo::test(root, &run, counts)
 }
 
-fn vm_tests(root: &Path, blocker: &Path, only: &[String], counts: &mut TestCounts) -> Result<()> {
+fn vm_tests(root: &Path, package: &Built, only: &[String], counts: &mut TestCounts) -> Result<()> {
     let args = [
         "test",
         "--package",
@@ -124,5 +135,5 @@ fn vm_tests(root: &Path, blocker: &Path, only: &[String], counts: &mut TestCount
     }
     let kernel = prerequisites::cached_kernel(root)?
         .context("no VM kernel in target/vm/kernel although prerequisites were ensured")?;
-    vm::run_tests(root, &kernel, &tests, blocker, counts)
+    vm::run_tests(root, &kernel, &tests, package, counts)
 }

@@ -17,6 +17,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::{
     cargo::{parse_test_result, Artifact, TestCounts},
     cpio::CpioWriter,
+    package::Built,
     process::{self, Ended},
 };
 
@@ -30,7 +31,10 @@ const KERNEL_COMMAND_LINE: &str =
 /// Starts every line /init prints about the test run.
 const MARKER: &str = "BLOCKER-VM:";
 const BUSYBOX: &str = "/bin/busybox";
-const GUEST_BLOCKER: &str = "/usr/bin/blocker";
+/// Not /usr/bin/blocker, where only installing the package puts one.
+const GUEST_BLOCKER: &str = "/usr/local/bin/blocker";
+/// The blocker package, for the tests to install.
+const GUEST_PACKAGE: &str = "/packages/blocker.deb";
 const GUEST_TESTS_DIR: &str = "/tests";
 
 /// Host files the VM tests use, put at the same path in the VM along with the shared libraries
@@ -38,6 +42,14 @@ const GUEST_TESTS_DIR: &str = "/tests";
 const EXTRA_FILES: &[&str] = &[
     // Tests copy it to get a harmless binary to ban.
     "/usr/bin/true",
+    // Debian's dpkg, which installs the blocker package as on a real system (maintainer scripts
+    // with their arguments, conffiles), and what it runs: busybox's tar lacks options it uses.
+    "/usr/bin/dpkg",
+    "/usr/bin/dpkg-deb",
+    "/usr/bin/dpkg-split",
+    "/usr/bin/dpkg-query",
+    "/usr/bin/tar",
+    "/usr/sbin/ldconfig",
 ];
 
 /// Packages the VM tests install: each directory here is built with `dpkg-deb` and put into the
@@ -45,17 +57,18 @@ const EXTRA_FILES: &[&str] = &[
 const FIXTURE_PACKAGES_DIR: &str = "tests/fixtures/debs";
 const GUEST_FIXTURES_DIR: &str = "/fixtures";
 
-/// Boots a VM that runs each of `tests` with `blocker` at hand, adds the test counts printed on its
-/// console to `counts`, and fails unless every test executable ran and passed.
+/// Boots a VM that runs each of `tests` with the package's `blocker` at hand and the package to
+/// install, adds the test counts printed on its console to `counts`, and fails unless every
+/// test executable ran and passed.
 pub fn run_tests(
     root: &Path,
     kernel: &Path,
     tests: &[Artifact],
-    blocker: &Path,
+    package: &Built,
     counts: &mut TestCounts,
 ) -> Result<()> {
     let vm_dir = root.join(VM_DIR);
-    let initramfs = build_initramfs(root, &vm_dir, tests, blocker)?;
+    let initramfs = build_initramfs(root, &vm_dir, tests, package)?;
     let console_log = vm_dir.join("console.log");
     let (console, ended) = boot(kernel, &initramfs, &console_log)?;
     let report = parse_console(&console);
@@ -103,8 +116,9 @@ fn build_initramfs(
     root: &Path,
     vm_dir: &Path,
     tests: &[Artifact],
-    blocker: &Path,
+    package: &Built,
 ) -> Result<PathBuf> {
+    let blocker = &package.blocker;
     let stripped_dir = vm_dir.join("stripped");
     if stripped_dir.exists() {
         fs::remove_dir_all(&stripped_dir)
@@ -135,6 +149,7 @@ fn build_initramfs(
         image.add(file, Entry::HostFile(file.into()));
         programs.push(file.into());
     }
+    image.add(GUEST_PACKAGE, Entry::HostFile(package.deb.clone()));
     image.add(GUEST_FIXTURES_DIR, Entry::Directory);
     for package in fixture_packages(root, vm_dir)? {
         let name = package.file_name().expect("built packages have names");

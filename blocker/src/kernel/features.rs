@@ -1,4 +1,5 @@
-//! What the running kernel offers: the active LSMs decide between the two backends.
+//! What the running kernel offers: the active LSMs decide between the two backends; BTF is
+//! needed for either.
 
 use std::{ffi::CString, path::Path};
 
@@ -15,6 +16,11 @@ pub fn active_lsms() -> Result<Vec<String>> {
     }
     let list = std::fs::read_to_string(LSM_LIST).with_context(|| format!("reading {LSM_LIST}"))?;
     Ok(parse_lsm_list(&list))
+}
+
+/// Whether the kernel describes its types in BTF, where blocker reads its field offsets.
+pub fn btf_available() -> bool {
+    Path::new(super::KERNEL_BTF).exists()
 }
 
 fn parse_lsm_list(list: &str) -> Vec<String> {

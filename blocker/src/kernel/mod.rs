@@ -295,6 +295,11 @@ impl Enforcer {
             .get_mut(name)
             .with_context(|| format!("no map {name}"))
     }
+
+    pub fn installed_content_entries(&self) -> usize {
+        self.installed_content.len()
+    }
+
     fn attach(&mut self, choice: BackendChoice) -> Result<(Backend, String)> {
         let lsms = features::active_lsms()?;
         let bpf_lsm_active = lsms.iter().any(|lsm| lsm == "bpf");

@@ -1,0 +1,169 @@
+//! Records as table rows for people: one row per record, exec records in columns, the other
+//! kinds with their fields as `name=value` after the kind.
+
+use serde_json::Value;
+
+pub fn header() -> String {
+    row_of("TIME", "EVENT", "RULE", "PID", "UID", "COMM", "PATH")
+}
+
+pub fn row(record: &Value) -> String {
+    let time = short_time(record["time"].as_str().unwrap_or("-"));
+    let kind = record["kind"].as_str().unwrap_or("-");
+    if kind != "exec" {
+        return format!("{time:<20} {kind} {}", details(record));
+    }
+    let verdict = match record["enforcement"].as_str() {
+        Some("eperm") => "denied",
+        Some("sigkill") => "killed",
+        Some("none") => "audited",
+        _ => "?",
+    };
+    let mut path = text(&record["path"]);
+    if record["path_truncated"] == true {
+        path.push_str("… (truncated)");
+    }
+    if let Some(operation) = record["operation"].as_str().filter(|&op| op != "exec") {
+        path.push_str(&format!(" ({operation})"));
+    }
+    row_of(
+        &time,
+        verdict,
+        &text(&record["rule"]),
+        &text(&record["pid"]),
+        &text(&record["uid"]),
+        &text(&record["comm"]),
+        &path,
+    )
+}
+
+fn row_of(
+    time: &str,
+    event: &str,
+    rule: &str,
+    pid: &str,
+    uid: &str,
+    comm: &str,
+    path: &str,
+) -> String {
+    format!("{time:<20} {event:<8} {rule:<16} {pid:>7} {uid:>6} {comm:<16} {path}")
+}
+
+/// `2026-11-28T08:39:20.546048089Z` → `2026-11-28T08:39:20Z`: seconds are enough to read.
+fn short_time(time: &str) -> String {
+    match (time.find('.'), time.strip_suffix('Z')) {
+        (Some(dot), Some(_)) => format!("{}Z", &time[..dot]),
+        _ => time.to_owned(),
+    }
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// Every field but kind and time, as `name=value`; text with spaces or newlines quoted.
+fn details(record: &Value) -> String {
+    let Some(fields) = record.as_object() else {
+        return String::new();
+    };
+    fields
+        .iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "kind" | "time"))
+        .map(|(name, value)| format!("{name}={}", detail(value)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn detail(value: &Value) -> String {
+    match value {
+        Value::String(text) if text.is_empty() || text.contains(char::is_whitespace) => {
+            value.to_string()
+        }
+        Value::Array(items) => items.iter().map(detail).collect::<Vec<_>>().join(","),
+        Value::Object(members) => members
+            .iter()
+            .map(|(name, member)| format!("{name}:{}", detail(member)))
+            .collect::<Vec<_>>()
+            .join(","),
+        other => text(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn exec_records_fill_the_columns() {
+        let record = json!({"kind":"exec","time":"2026-11-28T08:39:20.546048089Z","action":"deny",
+            "enforcement":"sigkill","backend":"kill","operation":"exec","rule":"ban","policy":"t",
+            "reason":null,"pid":9900,"tid":9900,"ppid":1,"uid":1000,"gid":1000,"comm":"banned",
+            "path":"./banned","path_truncated":false,"device":"254:0","inode":1});
+        let row = row(&record);
+        let columns: Vec<_> = row.split_whitespace().collect();
+        assert_eq!(
+            columns,
+            [
+                "2026-11-28T08:39:20Z",
+                "killed",
+                "ban",
+                "9900",
+                "1000",
+                "banned",
+                "./banned"
+            ]
+        );
+        assert_eq!(header().split_whitespace().count(), columns.len());
+        assert_eq!(row.find("ban "), header().find("RULE"), "aligned: {row}");
+    }
+
+    #[test]
+    fn mappings_and_truncated_paths_say_so() {
+        let record = json!({"kind":"exec","time":"2026-11-28T08:39:20Z","enforcement":"eperm",
+            "operation":"mmap","rule":"r","pid":1,"uid":0,"comm":"ld.so","path":"/opt/x/lib.so",
+            "path_truncated":true});
+        let row = row(&record);
+        assert!(row.contains(" denied "), "{row}");
+        assert!(row.ends_with("/opt/x/lib.so… (truncated) (mmap)"), "{row}");
+    }
+
+    #[test]
+    fn other_kinds_show_their_fields() {
+        let started = json!({"kind":"started","time":"2026-11-28T08:39:20.1Z","backend":"kill",
+            "backend_reason":"the kernel refused","policies":["a","b"],"rules":2,"entries":3});
+        let started = row(&started);
+        assert!(
+            started.starts_with("2026-11-28T08:39:20Z started "),
+            "{started}"
+        );
+        for field in [
+            "backend=kill",
+            "backend_reason=\"the kernel refused\"",
+            "entries=3",
+            "policies=a,b",
+            "rules=2",
+        ] {
+            assert!(started.contains(field), "{field} in {started}");
+        }
+        let stopped = json!({"kind":"stopped","time":"2026-11-28T08:39:20Z","events":2,
+            "events_lost":0,"records_dropped":{"file":0,"stdout":5}});
+        assert!(
+            row(&stopped).ends_with("records_dropped=file:0,stdout:5"),
+            "{}",
+            row(&stopped)
+        );
+        let failed = json!({"kind":"reload_failed","time":"2026-11-28T08:39:20Z",
+            "error":"a:1:1: x\nb:2:2: y"});
+        assert!(
+            row(&failed).ends_with(r#"error="a:1:1: x\nb:2:2: y""#),
+            "{}",
+            row(&failed)
+        );
+    }
+}

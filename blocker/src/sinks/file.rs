@@ -1,0 +1,332 @@
+//! The events file: JSON lines, readable by root only, rotated by size like logrotate does
+//! (`events.jsonl` → `events.jsonl.1` → `.2` ..., the highest number the oldest).
+
+use std::{
+    fs::{DirBuilder, File, OpenOptions},
+    io::{self, Write},
+    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+
+use super::queue::Sink;
+use crate::events::Record;
+
+pub const DEFAULT_PATH: &str = "/var/log/blocker/events.jsonl";
+pub const DEFAULT_MAX_BYTES: u64 = 16 * 1024 * 1024;
+pub const DEFAULT_KEEP: u32 = 5;
+
+#[derive(Clone, Debug)]
+pub struct FileOptions {
+    pub path: PathBuf,
+    /// A line that would take the file past this size goes into a new file.
+    pub max_bytes: u64,
+    /// Rotated files kept besides the current one.
+    pub keep: u32,
+}
+
+pub struct EventsFile {
+    options: FileOptions,
+    file: File,
+    /// Device and inode of `file`, to notice it being moved away or deleted by someone else.
+    identity: (u64, u64),
+    size: u64,
+}
+
+impl EventsFile {
+    /// Opens (or creates, mode 0600, in a directory created 0700) the events file.
+    pub fn open(options: FileOptions) -> Result<Self> {
+        let (file, identity, size) = open_for_appending(&options.path).with_context(|| {
+            format!(
+                "opening the events file {} (choose another with --events-file PATH, or \
+                     turn it off with --no-events-file)",
+                options.path.display()
+            )
+        })?;
+        Ok(Self {
+            options,
+            file,
+            identity,
+            size,
+        })
+    }
+
+    fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
+        if self.moved_away()? {
+            self.reopen()?;
+        }
+        let length = line.len() as u64;
+        if self.size > 0 && self.size + length > self.options.max_bytes {
+            // Someone may have truncated it (logrotate's copytruncate): trust the file.
+            self.size = self.file.metadata()?.len();
+            if self.size > 0 && self.size + length > self.options.max_bytes {
+                self.rotate()?;
+            }
+        }
+        // One write per line: readers following the file never see half a record, unless the
+        // disk fills up in the middle of one.
+        self.file.write_all(line)?;
+        self.size += length;
+        Ok(())
+    }
+
+    /// Whether the path no longer names the file being written (renamed or deleted by
+    /// logrotate or an administrator).
+    fn moved_away(&self) -> io::Result<bool> {
+        match std::fs::symlink_metadata(&self.options.path) {
+            Ok(metadata) => Ok((metadata.dev(), metadata.ino()) != self.identity),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(true),
+            Err(error) => Err(error),
+        }
+    }
+
+    fn reopen(&mut self) -> io::Result<()> {
+        (self.file, self.identity, self.size) = open_for_appending(&self.options.path)?;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let path = &self.options.path;
+        let keep = self.options.keep;
+        if keep == 0 {
+            std::fs::remove_file(path)?;
+        } else {
+            for number in (1..keep).rev() {
+                rename_if_present(&rotated_path(path, number), &rotated_path(path, number + 1))?;
+            }
+            std::fs::rename(path, rotated_path(path, 1))?;
+        }
+        self.reopen()
+    }
+}
+
+impl Sink for EventsFile {
+    fn write(&mut self, record: &Record) -> io::Result<()> {
+        let mut line = serde_json::to_vec(record).expect("records serialize");
+        line.push(b'\n');
+        self.write_line(&line)
+    }
+}
+
+/// `events.jsonl.N`.
+pub fn rotated_path(path: &Path, number: u32) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{number}"));
+    PathBuf::from(name)
+}
+
+/// The rotated files that exist, oldest (highest number) first.
+pub fn rotated_paths_oldest_first(path: &Path) -> io::Result<Vec<PathBuf>> {
+    let Some(name) = path.file_name().and_then(|name| name.to_str()) else {
+        return Ok(Vec::new());
+    };
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let prefix = format!("{name}.");
+    let mut numbered = Vec::new();
+    for entry in std::fs::read_dir(directory)? {
+        let entry = entry?;
+        let entry_name = entry.file_name();
+        let number = entry_name
+            .to_str()
+            .and_then(|entry_name| entry_name.strip_prefix(&prefix))
+            .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|digits| digits.parse::<u32>().ok());
+        if let Some(number) = number {
+            numbered.push((number, entry.path()));
+        }
+    }
+    numbered.sort_by_key(|(number, _)| std::cmp::Reverse(*number));
+    Ok(numbered.into_iter().map(|(_, path)| path).collect())
+}
+
+fn rename_if_present(from: &Path, to: &Path) -> io::Result<()> {
+    match std::fs::rename(from, to) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+fn open_for_appending(path: &Path) -> io::Result<(File, (u64, u64), u64)> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
+    }
+    // Events say who ran what: readable by root only. O_NOFOLLOW: a symlink planted at the
+    // path must not make root append to some other file.
+    let file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let metadata = file.metadata()?;
+    Ok((file, (metadata.dev(), metadata.ino()), metadata.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::events;
+
+    fn reloaded(rules: usize) -> Record {
+        Record::Reloaded {
+            time: events::now_rfc3339(),
+            policies: vec!["test".to_owned()],
+            rules,
+            entries: 0,
+        }
+    }
+
+    fn line_length() -> u64 {
+        serde_json::to_string(&reloaded(0)).unwrap().len() as u64 + 1
+    }
+
+    fn rules_in(path: &Path) -> Vec<u64> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|line| {
+                serde_json::from_str::<serde_json::Value>(line).unwrap()["rules"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn created_readable_by_root_only_in_a_private_directory() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("log/blocker/events.jsonl");
+        let mut file = EventsFile::open(FileOptions {
+            path: path.clone(),
+            max_bytes: DEFAULT_MAX_BYTES,
+            keep: DEFAULT_KEEP,
+        })
+        .unwrap();
+        file.write(&reloaded(1)).unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        assert_eq!(rules_in(&path), [1]);
+    }
+
+    #[test]
+    fn lines_are_the_records_json_and_appended_to_what_is_there() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("events.jsonl");
+        let options = FileOptions {
+            path: path.clone(),
+            max_bytes: DEFAULT_MAX_BYTES,
+            keep: DEFAULT_KEEP,
+        };
+        let record = reloaded(1);
+        EventsFile::open(options.clone())
+            .unwrap()
+            .write(&record)
+            .unwrap();
+        EventsFile::open(options)
+            .unwrap()
+            .write(&reloaded(2))
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text.lines().next().unwrap(),
+            serde_json::to_string(&record).unwrap()
+        );
+        assert_eq!(rules_in(&path), [1, 2]);
+    }
+
+    #[test]
+    fn rotates_by_size_keeping_the_newest_files() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("events.jsonl");
+        // Two lines per file.
+        let mut file = EventsFile::open(FileOptions {
+            path: path.clone(),
+            max_bytes: 2 * line_length(),
+            keep: 2,
+        })
+        .unwrap();
+        for rules in 0..7 {
+            file.write(&reloaded(rules)).unwrap();
+        }
+        assert_eq!(rules_in(&path), [6]);
+        assert_eq!(rules_in(&rotated_path(&path, 1)), [4, 5]);
+        assert_eq!(rules_in(&rotated_path(&path, 2)), [2, 3]);
+        assert!(!rotated_path(&path, 3).exists(), "only two are kept");
+        assert_eq!(
+            rotated_paths_oldest_first(&path).unwrap(),
+            [rotated_path(&path, 2), rotated_path(&path, 1)]
+        );
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "a new file after rotation is private too");
+    }
+
+    #[test]
+    fn keeping_none_starts_over_and_a_line_longer_than_the_limit_still_goes_in() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("events.jsonl");
+        let mut file = EventsFile::open(FileOptions {
+            path: path.clone(),
+            max_bytes: 1,
+            keep: 0,
+        })
+        .unwrap();
+        file.write(&reloaded(1)).unwrap();
+        file.write(&reloaded(2)).unwrap();
+        assert_eq!(rules_in(&path), [2]);
+        assert!(rotated_paths_oldest_first(&path).unwrap().is_empty());
+    }
+
+    #[test]
+    fn follows_the_path_when_someone_else_moves_or_truncates_the_file() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("events.jsonl");
+        let mut file = EventsFile::open(FileOptions {
+            path: path.clone(),
+            max_bytes: 2 * line_length(),
+            keep: 1,
+        })
+        .unwrap();
+        file.write(&reloaded(1)).unwrap();
+        let moved = temp.path().join("moved");
+        std::fs::rename(&path, &moved).unwrap();
+        file.write(&reloaded(2)).unwrap();
+        assert_eq!(rules_in(&moved), [1]);
+        assert_eq!(rules_in(&path), [2]);
+
+        file.write(&reloaded(3)).unwrap();
+        std::fs::File::create(&path).unwrap();
+        // The file is empty again: two more lines fit without rotating.
+        file.write(&reloaded(4)).unwrap();
+        file.write(&reloaded(5)).unwrap();
+        assert_eq!(rules_in(&path), [4, 5]);
+        assert!(!rotated_path(&path, 1).exists());
+    }
+
+    #[test]
+    fn refuses_a_symlink_and_names_the_file_and_the_flags() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("events.jsonl");
+        std::os::unix::fs::symlink(temp.path().join("elsewhere"), &path).unwrap();
+        let error = EventsFile::open(FileOptions {
+            path: path.clone(),
+            max_bytes: DEFAULT_MAX_BYTES,
+            keep: DEFAULT_KEEP,
+        })
+        .err()
+        .unwrap();
+        let message = format!("{error:#}");
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains("--events-file"), "{message}");
+        assert!(!temp.path().join("elsewhere").exists());
+    }
+}

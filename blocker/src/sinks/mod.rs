@@ -1,0 +1,206 @@
+//! Where records go: the events file, stdout and the systemd journal. Each sink has its own
+//! bounded queue and writer thread, so a slow or stuck sink never slows the event loop, and
+//! with it enforcement: what does not fit is dropped, counted and reported.
+
+mod file;
+mod journald;
+mod queue;
+mod stdout;
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+
+pub use file::{rotated_paths_oldest_first, FileOptions, DEFAULT_KEEP, DEFAULT_MAX_BYTES};
+pub use journald::SOCKET as JOURNALD_SOCKET;
+
+use crate::events::Record;
+use queue::SinkQueue;
+
+pub const DEFAULT_EVENTS_FILE: &str = file::DEFAULT_PATH;
+
+/// Records waiting for one sink; beyond this, new ones are dropped and counted. A record is
+/// a few hundred bytes: about half a megabyte per sink at most.
+const QUEUE_RECORDS: usize = 1024;
+
+/// How long stopping waits for the sinks to write what they still have.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
+
+pub struct SinkOptions {
+    /// The events file, unless turned off.
+    pub file: Option<FileOptions>,
+    pub stdout: bool,
+    /// journald's socket, written to if it exists; `None` when turned off.
+    pub journald_socket: Option<PathBuf>,
+}
+
+pub struct Sinks {
+    queues: Vec<SinkQueue>,
+}
+
+impl Sinks {
+    /// Opens the sinks; an events file that cannot be opened is an error, a journal that
+    /// cannot be reached a warning.
+    pub fn start(options: &SinkOptions) -> Result<Self> {
+        let mut queues = Vec::new();
+        let mut destinations = Vec::new();
+        if let Some(file) = &options.file {
+            let sink = file::EventsFile::open(file.clone())?;
+            destinations.push(format!(
+                "{} (rotated at {} bytes, {} kept)",
+                file.path.display(),
+                file.max_bytes,
+                file.keep
+            ));
+            queues.push(SinkQueue::start("file", sink, QUEUE_RECORDS));
+        }
+        if options.stdout {
+            destinations.push("stdout".to_owned());
+            queues.push(SinkQueue::start(
+                "stdout",
+                stdout::Stdout::default(),
+                QUEUE_RECORDS,
+            ));
+        }
+        if let Some(socket) = options.journald_socket.as_deref() {
+            if socket.exists() {
+                match journald::Journald::connect(socket) {
+                    Ok(sink) => {
+                        destinations.push(format!("the journal ({})", socket.display()));
+                        queues.push(SinkQueue::start("journald", sink, QUEUE_RECORDS));
+                    }
+                    Err(error) => log::warn!(
+                        "not writing events to the journal: connecting to {}: {error}",
+                        socket.display()
+                    ),
+                }
+            }
+        }
+        if destinations.is_empty() {
+            log::warn!("events go nowhere but this log: every sink is turned off");
+        } else {
+            log::info!("events go to {}", destinations.join(", "));
+        }
+        Ok(Self { queues })
+    }
+
+    /// Hands `record` to every sink without waiting for any.
+    pub fn emit(&self, record: Record) {
+        let record = Arc::new(record);
+        for queue in &self.queues {
+            queue.push(record.clone());
+        }
+    }
+
+    /// Writes `last`, made from what each sink never got, after everything else, and waits
+    /// a few seconds at most for the sinks to write what they still have.
+    pub fn close(self, last: impl FnOnce(BTreeMap<&'static str, u64>) -> Record) {
+        let dropped = self
+            .queues
+            .iter()
+            .map(|queue| (queue.name(), queue.dropped()))
+            .collect();
+        let last = Arc::new(last(dropped));
+        for queue in &self.queues {
+            queue.close_with(last.clone());
+        }
+        let deadline = Instant::now() + CLOSE_DEADLINE;
+        for queue in &self.queues {
+            let unwritten = queue.wait_until_written(deadline);
+            if unwritten > 0 {
+                log::warn!(
+                    "the {} sink did not take its last {unwritten} records within \
+                     {CLOSE_DEADLINE:?}; they are lost",
+                    queue.name()
+                );
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn names(&self) -> Vec<&'static str> {
+        self.queues.iter().map(SinkQueue::name).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixDatagram;
+
+    use super::*;
+    use crate::events;
+
+    fn stopped(records_dropped: BTreeMap<&'static str, u64>) -> Record {
+        Record::Stopped {
+            time: events::now_rfc3339(),
+            events: 1,
+            events_lost: 0,
+            pinned: None,
+            records_dropped,
+        }
+    }
+
+    #[test]
+    fn every_record_reaches_the_file_and_the_journal_and_stopped_comes_last() {
+        let temp = tempfile::tempdir().unwrap();
+        let events_file = temp.path().join("events.jsonl");
+        let socket = temp.path().join("journal");
+        let journal = UnixDatagram::bind(&socket).unwrap();
+        let sinks = Sinks::start(&SinkOptions {
+            file: Some(FileOptions {
+                path: events_file.clone(),
+                max_bytes: DEFAULT_MAX_BYTES,
+                keep: DEFAULT_KEEP,
+            }),
+            stdout: false,
+            journald_socket: Some(socket),
+        })
+        .unwrap();
+        assert_eq!(sinks.names(), ["file", "journald"]);
+        sinks.emit(Record::ReloadFailed {
+            time: events::now_rfc3339(),
+            error: "bad".to_owned(),
+        });
+        sinks.close(stopped);
+
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&events_file)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[0]["kind"], "reload_failed");
+        assert_eq!(lines[1]["kind"], "stopped");
+        assert_eq!(
+            lines[1]["records_dropped"],
+            serde_json::json!({"file": 0, "journald": 0})
+        );
+
+        let mut buffer = vec![0; 64 * 1024];
+        for kind in ["reload_failed", "stopped"] {
+            let length = journal.recv(&mut buffer).unwrap();
+            let entry = String::from_utf8_lossy(&buffer[..length]).into_owned();
+            assert!(
+                entry.contains(&format!("\nBLOCKER_KIND={kind}\n")),
+                "{entry}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_journal_is_used_only_where_its_socket_exists() {
+        let temp = tempfile::tempdir().unwrap();
+        let sinks = Sinks::start(&SinkOptions {
+            file: None,
+            stdout: false,
+            journald_socket: Some(temp.path().join("no-journald-here")),
+        })
+        .unwrap();
+        assert!(sinks.names().is_empty());
+    }
+}

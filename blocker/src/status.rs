@@ -1,0 +1,469 @@
+//! The daemon's status document: `blocker run` publishes what it enforces and how (default
+//! `/run/blocker/status.json`), and `blocker status` reads it, checks that the daemon that wrote
+//! it is still the process it names, and reports.
+
+mod process;
+mod report;
+
+use std::{
+    fs,
+    io::{self, Write},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    events,
+    kernel::{features, Enforcer, KernelCounters},
+    policy::Policy,
+    resolve::Resolution,
+};
+
+pub use report::command;
+
+pub const DEFAULT_STATUS_FILE: &str = "/run/blocker/status.json";
+/// Where the daemon pins its programs and maps so that they outlive it.
+pub const PIN_DIR: &str = "/sys/fs/bpf/blocker";
+
+/// Exit status of `blocker status` when no daemon is running (0: running, 2: an error).
+pub const EXIT_NOT_RUNNING: u8 = 1;
+
+/// What a daemon last said about itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusDocument {
+    pub state: DaemonState,
+    pub pid: u32,
+    /// When the process started, in clock ticks after boot (`/proc/PID/stat`): a later process
+    /// given the same pid has another.
+    pub process_start_ticks: u64,
+    pub executable: String,
+    pub version: String,
+    pub started: String,
+    pub updated: String,
+    /// When it stopped cleanly; absent while running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+    pub backend: String,
+    pub backend_reason: String,
+    pub kernel: KernelFeatures,
+    pub policy_dir: String,
+    pub policies: Vec<PolicyStatus>,
+    pub rules: usize,
+    pub entries: MapEntries,
+    pub events: EventCounts,
+    /// Whether the programs are pinned under [`PIN_DIR`], so they keep enforcing without it.
+    pub pinned: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DaemonState {
+    Running,
+    Stopped,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelFeatures {
+    /// The active LSMs, in order; the `lsm` backend needs `bpf` among them.
+    pub lsms: Vec<String>,
+    /// Whether `/sys/kernel/btf/vmlinux` exists; blocker reads its field offsets from it.
+    pub btf: bool,
+    /// Whether the kernel checks the content of exec'd files itself (IMA's hash).
+    pub ima_content_checks: bool,
+}
+
+impl KernelFeatures {
+    /// What the running kernel offers the loaded `enforcer`.
+    pub fn detect(enforcer: &Enforcer) -> Self {
+        let lsms = features::active_lsms().unwrap_or_else(|error| {
+            log::warn!("status: {error:#}");
+            Vec::new()
+        });
+        Self {
+            lsms,
+            btf: features::btf_available(),
+            ima_content_checks: enforcer.content_checks(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    pub name: String,
+    pub file: String,
+    pub mode: String,
+}
+
+/// Entries in each kernel map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapEntries {
+    pub banned_files: usize,
+    pub banned_contents: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventCounts {
+    /// Read from the kernel and written out.
+    pub delivered: u64,
+    /// Dropped by the kernel because the ring buffer was full (the execs were still enforced).
+    pub lost: u64,
+}
+
+/// What does not change while a daemon runs.
+pub struct Setup {
+    pub path: PathBuf,
+    pub policy_dir: PathBuf,
+    pub kernel: KernelFeatures,
+    pub pinned: bool,
+}
+
+/// What the daemon enforces at one moment.
+pub struct Snapshot {
+    pub backend: String,
+    pub backend_reason: String,
+    pub policies: Vec<PolicyStatus>,
+    pub rules: usize,
+    pub entries: MapEntries,
+    pub events: EventCounts,
+}
+
+impl Snapshot {
+    pub fn of(
+        enforcer: &Enforcer,
+        policy: &Policy,
+        resolution: &Resolution,
+        delivered: u64,
+        counters: &KernelCounters,
+    ) -> Self {
+        Self {
+            backend: enforcer.backend().name().to_owned(),
+            backend_reason: enforcer.backend_reason().to_owned(),
+            policies: policy
+                .policies
+                .iter()
+                .map(|header| PolicyStatus {
+                    name: header.name.clone(),
+                    file: header.file.display().to_string(),
+                    mode: header.mode.to_string(),
+                })
+                .collect(),
+            rules: resolution.rules.len(),
+            entries: MapEntries {
+                banned_files: enforcer.installed_entries(),
+                banned_contents: enforcer.installed_content_entries(),
+            },
+            events: EventCounts {
+                delivered,
+                lost: counters.events_lost,
+            },
+        }
+    }
+}
+
+/// Keeps the daemon's status document up to date. Enforcement never depends on it: a document
+/// that cannot be written is a warning.
+pub struct Publisher {
+    path: PathBuf,
+    document: StatusDocument,
+    failing: bool,
+}
+
+impl Publisher {
+    /// Publishes the first document.
+    pub fn start(setup: Setup, first: Snapshot) -> Self {
+        let started = events::now_rfc3339();
+        let document = StatusDocument {
+            state: DaemonState::Running,
+            pid: std::process::id(),
+            process_start_ticks: process::own_start_ticks(),
+            executable: fs::read_link("/proc/self/exe")
+                .map(|path| path.display().to_string())
+                .unwrap_or_default(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started: started.clone(),
+            updated: started,
+            stopped: None,
+            backend: String::new(),
+            backend_reason: String::new(),
+            kernel: setup.kernel,
+            policy_dir: setup.policy_dir.display().to_string(),
+            policies: Vec::new(),
+            rules: 0,
+            entries: MapEntries {
+                banned_files: 0,
+                banned_contents: 0,
+            },
+            events: EventCounts {
+                delivered: 0,
+                lost: 0,
+            },
+            pinned: setup.pinned,
+        };
+        let mut publisher = Self {
+            path: setup.path,
+            document,
+            failing: false,
+        };
+        publisher.publish(first);
+        publisher
+    }
+
+    pub fn publish(&mut self, snapshot: Snapshot) {
+        let document = &mut self.document;
+        document.updated = events::now_rfc3339();
+        document.backend = snapshot.backend;
+        document.backend_reason = snapshot.backend_reason;
+        document.policies = snapshot.policies;
+        document.rules = snapshot.rules;
+        document.entries = snapshot.entries;
+        document.events = snapshot.events;
+        self.write();
+    }
+
+    /// Marks the document stopped, with the final event counts.
+    pub fn stopped(&mut self, events: EventCounts) {
+        let now = events::now_rfc3339();
+        self.document.state = DaemonState::Stopped;
+        self.document.updated = now.clone();
+        self.document.stopped = Some(now);
+        self.document.events = events;
+        self.write();
+    }
+
+    fn write(&mut self) {
+        match write_atomically(&self.path, &self.document) {
+            Ok(()) if self.failing => {
+                log::info!("status: writing {} again", self.path.display());
+                self.failing = false;
+            }
+            Ok(()) => {}
+            // Once per failure streak: it is retried every few seconds.
+            Err(error) if !self.failing => {
+                log::warn!("status: {error:#}; `blocker status` cannot see this daemon");
+                self.failing = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Replaces `path` with `document` in one rename, so a reader sees the old or the new one whole.
+fn write_atomically(path: &Path, document: &StatusDocument) -> Result<()> {
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(directory).with_context(|| format!("creating {}", directory.display()))?;
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} names no file", path.display()))?;
+    let temporary = directory.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let written = (|| -> io::Result<()> {
+        let mut file = fs::File::create(&temporary)?;
+        let mut text = serde_json::to_vec_pretty(document).expect("status documents serialize");
+        text.push(b'\n');
+        file.write_all(&text)?;
+        // Readable by everyone whatever the umask: it holds no secret, and a security team's
+        // monitoring need not run as root.
+        file.set_permissions(fs::Permissions::from_mode(0o644))?;
+        fs::rename(&temporary, path)
+    })();
+    if let Err(error) = written {
+        let _ = fs::remove_file(&temporary);
+        return Err(error).with_context(|| format!("writing {}", path.display()));
+    }
+    Ok(())
+}
+
+/// The document at `path`; `None` if there is none.
+pub fn read(path: &Path) -> Result<Option<StatusDocument>> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
+    };
+    let document = serde_json::from_str(&text).map_err(|error| {
+        anyhow::anyhow!(
+            "{}:{}:{}: not a blocker status document: {error}",
+            path.display(),
+            error.line(),
+            error.column()
+        )
+    })?;
+    Ok(Some(document))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn example_document() -> StatusDocument {
+        StatusDocument {
+            state: DaemonState::Running,
+            pid: 4242,
+            process_start_ticks: 1234,
+            executable: "/usr/bin/blocker".to_owned(),
+            version: "0.1.0".to_owned(),
+            started: "2026-11-28T10:00:00Z".to_owned(),
+            updated: "2026-11-28T10:05:00Z".to_owned(),
+            stopped: None,
+            backend: "lsm".to_owned(),
+            backend_reason: "`bpf` is an active LSM (lockdown,capability,integrity,bpf) and the \
+                             LSM program loaded; contents are checked at exec"
+                .to_owned(),
+            kernel: KernelFeatures {
+                lsms: vec![
+                    "lockdown".to_owned(),
+                    "capability".to_owned(),
+                    "integrity".to_owned(),
+                    "bpf".to_owned(),
+                ],
+                btf: true,
+                ima_content_checks: true,
+            },
+            policy_dir: "/etc/blocker/policies".to_owned(),
+            policies: vec![PolicyStatus {
+                name: "government-devices".to_owned(),
+                file: "/etc/blocker/policies/government-devices.toml".to_owned(),
+                mode: "enforce".to_owned(),
+            }],
+            rules: 3,
+            entries: MapEntries {
+                banned_files: 12,
+                banned_contents: 1,
+            },
+            events: EventCounts {
+                delivered: 5,
+                lost: 0,
+            },
+            pinned: false,
+        }
+    }
+
+    fn snapshot(rules: usize, delivered: u64) -> Snapshot {
+        let example = example_document();
+        Snapshot {
+            backend: example.backend,
+            backend_reason: example.backend_reason,
+            policies: example.policies,
+            rules,
+            entries: example.entries,
+            events: EventCounts { delivered, lost: 2 },
+        }
+    }
+
+    fn publisher(path: &Path) -> Publisher {
+        Publisher::start(
+            Setup {
+                path: path.to_owned(),
+                policy_dir: "/etc/blocker/policies".into(),
+                kernel: example_document().kernel,
+                pinned: true,
+            },
+            snapshot(3, 0),
+        )
+    }
+
+    #[test]
+    fn the_daemon_publishes_itself_and_every_update() {
+        let dir = tempfile::tempdir().unwrap();
+        // The directory is created if missing, as /run/blocker is after a reboot.
+        let path = dir.path().join("run/status.json");
+        let mut publisher = publisher(&path);
+
+        let first = read(&path).unwrap().expect("written at start");
+        assert_eq!(first.state, DaemonState::Running);
+        assert_eq!(first.pid, std::process::id());
+        assert_eq!(
+            first.process_start_ticks,
+            process::start_ticks(std::process::id()).unwrap()
+        );
+        assert_eq!(
+            Path::new(&first.executable),
+            std::env::current_exe().unwrap()
+        );
+        assert_eq!(first.version, env!("CARGO_PKG_VERSION"));
+        assert_eq!((first.rules, first.pinned), (3, true));
+        assert_eq!(first.policies, example_document().policies);
+
+        publisher.publish(snapshot(4, 7));
+        let second = read(&path).unwrap().unwrap();
+        assert_eq!((second.rules, second.events.delivered), (4, 7));
+        assert_eq!(second.started, first.started);
+
+        publisher.stopped(EventCounts {
+            delivered: 9,
+            lost: 3,
+        });
+        let last = read(&path).unwrap().unwrap();
+        assert_eq!(last.state, DaemonState::Stopped);
+        assert_eq!(last.stopped.as_deref(), Some(last.updated.as_str()));
+        assert_eq!(
+            last.events,
+            EventCounts {
+                delivered: 9,
+                lost: 3
+            }
+        );
+
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+        let names: Vec<_> = fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["status.json"], "no temporary file is left behind");
+    }
+
+    #[test]
+    fn a_document_survives_the_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        let mut stopped = example_document();
+        stopped.state = DaemonState::Stopped;
+        stopped.stopped = Some("2026-11-28T11:00:00Z".to_owned());
+        for document in [example_document(), stopped] {
+            write_atomically(&path, &document).unwrap();
+            assert_eq!(read(&path).unwrap(), Some(document));
+        }
+    }
+
+    #[test]
+    fn a_missing_document_is_none_and_a_damaged_one_an_error_naming_the_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        assert_eq!(read(&path).unwrap(), None);
+
+        fs::write(&path, "{\n  \"state\": \"running\",\n  \"pid\": \"x\"\n}\n").unwrap();
+        let error = read(&path).unwrap_err().to_string();
+        assert!(
+            error.starts_with(&format!("{}:3:", path.display())),
+            "{error}"
+        );
+        assert!(error.contains("not a blocker status document"), "{error}");
+    }
+
+    #[test]
+    fn an_unwritable_document_does_not_stop_the_daemon() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocked = dir.path().join("file");
+        fs::write(&blocked, "").unwrap();
+        // Its directory is a file: every write fails, and publishing carries on.
+        let mut publisher = publisher(&blocked.join("status.json"));
+        assert!(publisher.failing);
+        fs::remove_file(&blocked).unwrap();
+        publisher.publish(snapshot(5, 1));
+        assert!(!publisher.failing);
+        assert_eq!(
+            read(&blocked.join("status.json")).unwrap().unwrap().rules,
+            5
+        );
+    }
+}

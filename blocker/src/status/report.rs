@@ -1,0 +1,388 @@
+//! `blocker status`: what the daemon said about itself, whether it still runs, and what it
+//! left pinned in the kernel if it does not.
+
+use std::{
+    fs, io,
+    path::Path,
+    process::ExitCode,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::{
+    process::{liveness, Liveness},
+    read, StatusDocument, EXIT_NOT_RUNNING, PIN_DIR,
+};
+
+/// `blocker status [--json] [--status-file PATH]`: exits 0 if the daemon runs, 1 if not.
+pub fn command(status_file: &Path, as_json: bool) -> Result<ExitCode> {
+    let document = read(status_file)?;
+    let liveness = match &document {
+        Some(document) => liveness(document),
+        None => Liveness::NotRunning {
+            reason: format!(
+                "there is no status file {} (`blocker run` writes it while it runs; see \
+                 --status-file)",
+                status_file.display()
+            ),
+        },
+    };
+    let pins = match liveness {
+        Liveness::Running { .. } => None,
+        Liveness::NotRunning { .. } => Some(pinned_objects(Path::new(PIN_DIR))),
+    };
+    let report = Report {
+        status_file,
+        document: document.as_ref(),
+        liveness: &liveness,
+        pins: pins.as_ref(),
+    };
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report.json()).expect("reports serialize")
+        );
+    } else {
+        print!("{}", report.text(SystemTime::now()));
+    }
+    Ok(match liveness {
+        Liveness::Running { .. } => ExitCode::SUCCESS,
+        Liveness::NotRunning { .. } => ExitCode::from(EXIT_NOT_RUNNING),
+    })
+}
+
+/// What is pinned under the pin directory, which keeps enforcing without a daemon.
+#[derive(Debug, PartialEq)]
+enum Pins {
+    Nothing,
+    Objects(Vec<String>),
+    /// Could not look, e.g. bpffs is only open to root.
+    Unknown(String),
+}
+
+fn pinned_objects(dir: &Path) -> Pins {
+    let mut objects = Vec::new();
+    match list_files(dir, dir, &mut objects) {
+        Ok(()) if objects.is_empty() => Pins::Nothing,
+        Ok(()) => {
+            objects.sort();
+            Pins::Objects(objects)
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Pins::Nothing,
+        Err(error) => Pins::Unknown(format!("cannot list {}: {error}", dir.display())),
+    }
+}
+
+/// Every non-directory below `dir`, relative to `base`.
+fn list_files(base: &Path, dir: &Path, found: &mut Vec<String>) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            list_files(base, &entry.path(), found)?;
+        } else {
+            let path = entry.path();
+            let relative = path.strip_prefix(base).unwrap_or(&path);
+            found.push(relative.display().to_string());
+        }
+    }
+    Ok(())
+}
+
+struct Report<'a> {
+    status_file: &'a Path,
+    document: Option<&'a StatusDocument>,
+    liveness: &'a Liveness,
+    /// Looked at only when no daemon runs.
+    pins: Option<&'a Pins>,
+}
+
+/// The document's fields with what `blocker status` found out.
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    running: bool,
+    /// Seconds since the daemon started, to the hundredth; `null` when it is not running.
+    uptime_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    not_running_reason: Option<&'a str>,
+    status_file: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pinned_objects: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pinned_objects_unknown: Option<&'a str>,
+    #[serde(flatten)]
+    document: Option<&'a StatusDocument>,
+}
+
+impl Report<'_> {
+    fn json(&self) -> JsonReport<'_> {
+        let (running, uptime_seconds, not_running_reason) = match self.liveness {
+            Liveness::Running { uptime } => (true, Some(uptime.as_millis() as f64 / 1000.0), None),
+            Liveness::NotRunning { reason } => (false, None, Some(reason.as_str())),
+        };
+        let (pinned_objects, pinned_objects_unknown) = match self.pins {
+            None => (None, None),
+            Some(Pins::Nothing) => (Some(Vec::new()), None),
+            Some(Pins::Objects(objects)) => (Some(objects.clone()), None),
+            Some(Pins::Unknown(why)) => (None, Some(why.as_str())),
+        };
+        JsonReport {
+            running,
+            uptime_seconds,
+            not_running_reason,
+            status_file: self.status_file.display().to_string(),
+            pinned_objects,
+            pinned_objects_unknown,
+            document: self.document,
+        }
+    }
+
+    fn text(&self, now: SystemTime) -> String {
+        let mut out = String::new();
+        let mut line = |label: &str, value: String| {
+            out.push_str(&format!("{label:<13}{value}\n"));
+        };
+        match (self.liveness, self.document) {
+            (Liveness::Running { uptime }, Some(document)) => {
+                line(
+                    "blocker",
+                    format!(
+                        "running: pid {}, version {}, up {} (since {})",
+                        document.pid,
+                        document.version,
+                        whole_seconds(*uptime),
+                        document.started
+                    ),
+                );
+                describe(document, now, &mut line);
+            }
+            (Liveness::NotRunning { reason }, document) => {
+                line("blocker", format!("not running: {reason}"));
+                match self.pins {
+                    Some(Pins::Nothing) | None => {
+                        line("in kernel", format!("nothing pinned under {PIN_DIR}"));
+                    }
+                    Some(Pins::Objects(objects)) => {
+                        line(
+                            "in kernel",
+                            format!("pinned under {PIN_DIR}, enforcing without the daemon:"),
+                        );
+                        for object in objects {
+                            line("", object.clone());
+                        }
+                    }
+                    Some(Pins::Unknown(why)) => line("in kernel", why.clone()),
+                }
+                if let Some(document) = document {
+                    line("last status", "as the daemon left it:".to_owned());
+                    describe(document, now, &mut line);
+                }
+            }
+            (Liveness::Running { .. }, None) => unreachable!("only a document says it runs"),
+        }
+        out
+    }
+}
+
+fn describe(document: &StatusDocument, now: SystemTime, line: &mut impl FnMut(&str, String)) {
+    let yes_no = |flag: bool| if flag { "yes" } else { "no" };
+    line(
+        "backend",
+        format!("{}: {}", document.backend, document.backend_reason),
+    );
+    line(
+        "kernel",
+        format!(
+            "LSMs {}; BTF {}; content checks with IMA {}",
+            document.kernel.lsms.join(","),
+            yes_no(document.kernel.btf),
+            yes_no(document.kernel.ima_content_checks)
+        ),
+    );
+    let mut label = "policies";
+    for policy in &document.policies {
+        line(
+            label,
+            format!("{} ({}) {}", policy.name, policy.mode, policy.file),
+        );
+        label = "";
+    }
+    line("rules", document.rules.to_string());
+    line(
+        "kernel maps",
+        format!(
+            "{} banned files, {} banned contents",
+            document.entries.banned_files, document.entries.banned_contents
+        ),
+    );
+    line(
+        "events",
+        format!(
+            "{} delivered, {} lost",
+            document.events.delivered, document.events.lost
+        ),
+    );
+    let pinned = if document.pinned {
+        format!("yes, under {PIN_DIR}")
+    } else {
+        "no".to_owned()
+    };
+    line("pinned", pinned);
+    let age = humantime::parse_rfc3339(&document.updated)
+        .ok()
+        .and_then(|updated| now.duration_since(updated).ok())
+        .map(|age| format!(" ({} ago)", whole_seconds(age)))
+        .unwrap_or_default();
+    line("updated", format!("{}{age}", document.updated));
+}
+
+fn whole_seconds(duration: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_secs(duration.as_secs()))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::status::{tests::example_document, DaemonState};
+
+    fn at(time: &str) -> SystemTime {
+        humantime::parse_rfc3339(time).unwrap()
+    }
+
+    #[test]
+    fn a_running_daemon_in_text() {
+        let document = example_document();
+        let report = Report {
+            status_file: Path::new("/run/blocker/status.json"),
+            document: Some(&document),
+            liveness: &Liveness::Running {
+                uptime: Duration::from_millis(3_723_450),
+            },
+            pins: None,
+        };
+        assert_eq!(
+            report.text(at("2026-11-28T10:05:02Z")),
+            "blocker      running: pid 4242, version 0.1.0, up 1h 2m 3s (since \
+             2026-11-28T10:00:00Z)\n\
+             backend      lsm: `bpf` is an active LSM (lockdown,capability,integrity,bpf) and \
+             the LSM program loaded; contents are checked at exec\n\
+             kernel       LSMs lockdown,capability,integrity,bpf; BTF yes; content checks with \
+             IMA yes\n\
+             policies     government-devices (enforce) \
+             /etc/blocker/policies/government-devices.toml\n\
+             rules        3\n\
+             kernel maps  12 banned files, 1 banned contents\n\
+             events       5 delivered, 0 lost\n\
+             pinned       no\n\
+             updated      2026-11-28T10:05:00Z (2s ago)\n"
+        );
+    }
+
+    #[test]
+    fn a_running_daemon_in_json_has_the_document_and_its_uptime() {
+        let document = example_document();
+        let report = Report {
+            status_file: Path::new("/run/blocker/status.json"),
+            document: Some(&document),
+            liveness: &Liveness::Running {
+                uptime: Duration::from_millis(3_723_450),
+            },
+            pins: None,
+        };
+        let mut expected = serde_json::to_value(&document).unwrap();
+        let fields = expected.as_object_mut().unwrap();
+        fields.insert("running".into(), json!(true));
+        fields.insert("uptime_seconds".into(), json!(3723.45));
+        fields.insert("status_file".into(), json!("/run/blocker/status.json"));
+        assert_eq!(serde_json::to_value(report.json()).unwrap(), expected);
+    }
+
+    #[test]
+    fn a_stopped_daemon_says_why_and_what_is_pinned() {
+        let mut document = example_document();
+        document.state = DaemonState::Stopped;
+        let pins = Pins::Objects(vec!["exec_check".to_owned(), "maps/banned".to_owned()]);
+        let report = Report {
+            status_file: Path::new("/run/blocker/status.json"),
+            document: Some(&document),
+            liveness: &Liveness::NotRunning {
+                reason: "it stopped at 2026-11-28T11:00:00Z (pid 4242)".to_owned(),
+            },
+            pins: Some(&pins),
+        };
+        let text = report.text(at("2026-11-28T12:00:00Z"));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[..5],
+            [
+                "blocker      not running: it stopped at 2026-11-28T11:00:00Z (pid 4242)",
+                "in kernel    pinned under /sys/fs/bpf/blocker, enforcing without the daemon:",
+                "             exec_check",
+                "             maps/banned",
+                "last status  as the daemon left it:",
+            ]
+        );
+        assert_eq!(
+            lines[5],
+            format!("backend      lsm: {}", document.backend_reason)
+        );
+
+        let json = serde_json::to_value(report.json()).unwrap();
+        assert_eq!(json["running"], false);
+        assert_eq!(json["uptime_seconds"], serde_json::Value::Null);
+        assert_eq!(
+            json["not_running_reason"],
+            "it stopped at 2026-11-28T11:00:00Z (pid 4242)"
+        );
+        assert_eq!(json["pinned_objects"], json!(["exec_check", "maps/banned"]));
+        assert_eq!(json["state"], "stopped");
+    }
+
+    #[test]
+    fn no_document_and_nothing_pinned() {
+        let report = Report {
+            status_file: Path::new("/run/blocker/status.json"),
+            document: None,
+            liveness: &Liveness::NotRunning {
+                reason: "there is no status file".to_owned(),
+            },
+            pins: Some(&Pins::Nothing),
+        };
+        assert_eq!(
+            report.text(SystemTime::now()),
+            "blocker      not running: there is no status file\n\
+             in kernel    nothing pinned under /sys/fs/bpf/blocker\n"
+        );
+        assert_eq!(
+            serde_json::to_value(report.json()).unwrap(),
+            json!({
+                "running": false,
+                "uptime_seconds": null,
+                "not_running_reason": "there is no status file",
+                "status_file": "/run/blocker/status.json",
+                "pinned_objects": [],
+            })
+        );
+    }
+
+    #[test]
+    fn lists_pinned_objects_below_the_pin_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = dir.path().join("blocker");
+        assert_eq!(pinned_objects(&pins), Pins::Nothing);
+        fs::create_dir_all(pins.join("maps")).unwrap();
+        assert_eq!(pinned_objects(&pins), Pins::Nothing);
+        fs::write(pins.join("maps/banned_files"), "").unwrap();
+        fs::write(pins.join("exec_check"), "").unwrap();
+        assert_eq!(
+            pinned_objects(&pins),
+            Pins::Objects(vec![
+                "exec_check".to_owned(),
+                "maps/banned_files".to_owned()
+            ])
+        );
+    }
+}
