@@ -132,6 +132,32 @@ impl Record {
     }
 }
 
+/// The process an event is about, as the kernel saw it.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Caller {
+    /// Process id (the kernel's tgid).
+    pub pid: u32,
+    /// Thread that made the call (the kernel's pid).
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+}
+
+impl Caller {
+    fn of(event: &ExecEvent) -> Self {
+        Self {
+            pid: event.tgid,
+            tid: event.tid,
+            ppid: event.ppid,
+            uid: event.uid,
+            gid: event.gid,
+            comm: nul_terminated(&event.comm),
+        }
+    }
+}
+
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct ExecRecord {
     pub time: String,
@@ -147,14 +173,8 @@ pub struct ExecRecord {
     pub rule: String,
     pub policy: String,
     pub reason: Option<String>,
-    /// Process id (the kernel's tgid).
-    pub pid: u32,
-    /// Thread that called exec (the kernel's pid).
-    pub tid: u32,
-    pub ppid: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub comm: String,
+    #[serde(flatten)]
+    pub caller: Caller,
     /// For an exec, the path given to exec, as the caller spelled it; for a mapping, a path
     /// of the banned file as blocker resolved it (empty if unknown, e.g. a fileless file).
     pub path: String,
@@ -197,12 +217,7 @@ impl ExecRecord {
             rule: rule.map_or_else(|| format!("#{}", event.rule_id), |rule| rule.id.clone()),
             policy: rule.map(|rule| rule.policy.clone()).unwrap_or_default(),
             reason: rule.and_then(|rule| rule.reason.clone()),
-            pid: event.tgid,
-            tid: event.tid,
-            ppid: event.ppid,
-            uid: event.uid,
-            gid: event.gid,
-            comm: nul_terminated(&event.comm),
+            caller: Caller::of(event),
             operation: match event.operation {
                 operation::EXEC => "exec",
                 operation::MMAP => "mmap",
@@ -235,7 +250,7 @@ impl ExecRecord {
         };
         format!(
             "{verdict} {what} of {} by pid {} ({}, uid {}) under rule {}{reason}",
-            self.path, self.pid, self.comm, self.uid, self.rule
+            self.path, self.caller.pid, self.caller.comm, self.caller.uid, self.rule
         )
     }
 }
@@ -262,12 +277,8 @@ pub struct TamperRecord {
     /// `major:minor` and inode of that file (zero for other attempts).
     pub device: String,
     pub inode: u64,
-    pub pid: u32,
-    pub tid: u32,
-    pub ppid: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub comm: String,
+    #[serde(flatten)]
+    pub caller: Caller,
 }
 
 impl TamperRecord {
@@ -305,12 +316,7 @@ impl TamperRecord {
                 String::new()
             },
             inode: if is_file { event.ino } else { 0 },
-            pid: event.tgid,
-            tid: event.tid,
-            ppid: event.ppid,
-            uid: event.uid,
-            gid: event.gid,
-            comm: nul_terminated(&event.comm),
+            caller: Caller::of(event),
         }
     }
 
@@ -323,7 +329,7 @@ impl TamperRecord {
         };
         format!(
             "refused tamper attempt: {} ({}){target} by pid {} ({}, uid {})",
-            self.attempt, self.detail, self.pid, self.comm, self.uid
+            self.attempt, self.detail, self.caller.pid, self.caller.comm, self.caller.uid
         )
     }
 }
@@ -469,9 +475,9 @@ mod tests {
         let record = ExecRecord::new(&event(), Some(&rule), None, &BootClock);
         assert_eq!(record.path, "/opt/wechat");
         assert!(!record.path_truncated);
-        assert_eq!(record.comm, "bash");
+        assert_eq!(record.caller.comm, "bash");
         assert_eq!(record.device, "254:1");
-        assert_eq!((record.pid, record.tid), (40, 41));
+        assert_eq!((record.caller.pid, record.caller.tid), (40, 41));
         assert_eq!(record.enforcement, "eperm");
         assert_eq!(record.rule, "wechat");
         assert_eq!(

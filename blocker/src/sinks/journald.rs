@@ -165,7 +165,7 @@ mod tests {
     use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 
     use super::*;
-    use crate::events::ExecRecord;
+    use crate::events::{Caller, ExecRecord};
 
     /// Fields of a native-protocol entry, in order.
     fn parse(mut entry: &[u8]) -> Vec<(String, String)> {
@@ -206,12 +206,14 @@ mod tests {
             rule: "wechat".to_owned(),
             policy: "government-devices".to_owned(),
             reason: None,
-            pid: 9900,
-            tid: 9901,
-            ppid: 1,
-            uid: 1000,
-            gid: 100,
-            comm: "bash".to_owned(),
+            caller: Caller {
+                pid: 9900,
+                tid: 9901,
+                ppid: 1,
+                uid: 1000,
+                gid: 100,
+                comm: "bash".to_owned(),
+            },
             path: "/opt/wechat/wechat".to_owned(),
             path_truncated: false,
             device: "254:1".to_owned(),
