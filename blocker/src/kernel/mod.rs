@@ -566,10 +566,14 @@ impl Enforcer {
     pub fn take_logger(&mut self) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>> {
         let logger = match &mut self.ebpf {
             Some(ebpf) => aya_log::EbpfLogger::init(ebpf),
-            None => {
-                let (_, link) = self.links.first().context("no program is attached")?;
-                aya_log::EbpfLogger::init_from_id(link.info()?.program_id())
-            }
+            // Only the programs that log use the log map: the first of those leads to it.
+            None => self
+                .links
+                .iter()
+                .filter_map(|(_, link)| link.info().ok())
+                .map(|link| aya_log::EbpfLogger::init_from_id(link.program_id()))
+                .find(Result::is_ok)
+                .unwrap_or(Err(aya_log::Error::MapNotFound)),
         };
         logger.context("starting the eBPF log forwarder")
     }
