@@ -29,6 +29,8 @@ const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 const BPF_LINK_GET_NEXT_ID: libc::c_long = 31;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_DETACH: libc::c_long = 34;
 
 /// `bpf()` with the `{ id; next_id; open_flags }` part of `union bpf_attr`.
 fn bpf_by_id(command: libc::c_long, id: u32) -> std::io::Result<i64> {
@@ -76,16 +78,48 @@ fn blocker(args: &[&str]) -> Result<Output> {
 }
 
 fn expect_eperm<T>(what: &str, result: std::io::Result<T>) -> Result<()> {
+    expect_errno(what, libc::EPERM, result)
+}
+
+fn expect_errno<T>(what: &str, errno: i32, result: std::io::Result<T>) -> Result<()> {
     match result {
         Ok(_) => anyhow::bail!("{what} was allowed"),
         Err(error) => {
             ensure!(
-                error.raw_os_error() == Some(libc::EPERM),
-                "{what}: expected EPERM, got {error}"
+                error.raw_os_error() == Some(errno),
+                "{what}: expected errno {errno}, got {error}"
             );
             Ok(())
         }
     }
+}
+
+/// `BPF_OBJ_GET`: a descriptor of the object pinned at `path`.
+fn pinned_object(path: &Path) -> Result<OwnedFd> {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // `{ __aligned_u64 pathname; __u32 bpf_fd; __u32 file_flags; }`
+    let attr: [u64; 2] = [path.as_ptr() as u64, 0];
+    // SAFETY: the attribute and the path it points to outlive the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_ptr(), 16) };
+    ensure!(
+        fd >= 0,
+        "BPF_OBJ_GET {}: {}",
+        path.to_string_lossy(),
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a descriptor the kernel just returned to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// A `bpf()` command whose attribute is one descriptor (`link_detach`'s `link_fd`).
+fn bpf_with_fd(command: libc::c_long, fd: &OwnedFd) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let attr: [u32; 4] = [fd.as_raw_fd() as u32, 0, 0, 0];
+    // SAFETY: a 16-byte attribute, the size passed.
+    if unsafe { libc::syscall(libc::SYS_bpf, command, attr.as_ptr(), 16) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn wait_for_tamper(daemon: &mut Daemon, attempt: &str) -> Result<Value> {
@@ -265,6 +299,17 @@ fn protected_pins_cannot_be_removed_and_stay_after_a_documented_stop() -> Result
         .next()
         .context("a pinned link")??
         .path();
+    // A descriptor of a link can be had from its pin, but an LSM program's link cannot be
+    // detached through it.
+    let link_fd = pinned_object(&link)?;
+    expect_errno(
+        "detaching a pinned link",
+        libc::EOPNOTSUPP,
+        bpf_with_fd(BPF_LINK_DETACH, &link_fd),
+    )?;
+    drop(link_fd);
+    let error = run_as_launcher(&banned).expect_err("still attached");
+    ensure!(error.raw_os_error() == Some(libc::EPERM));
     expect_eperm("unpinning a link", fs::remove_file(&link))?;
     expect_eperm(
         "renaming the pins",
