@@ -1,6 +1,8 @@
 //! Developer tasks for the blocker workspace, run as `cargo xtask ...`: each installs what it needs
 //! on Debian (as root), so a fresh machine gets from a clone to passing tests in one command.
 
+mod bench;
+mod bench_report;
 mod cargo;
 mod cpio;
 mod prerequisites;
@@ -42,6 +44,9 @@ enum Task {
     },
     /// Installs all prerequisites, then runs the unit, host-kernel and VM tests.
     Test,
+    /// Measures blocker's costs against no blocker and fapolicyd, on the host and in the VM;
+    /// prints a table and writes target/bench/report.json.
+    Bench,
 }
 
 fn main() -> Result<ExitCode> {
@@ -63,6 +68,7 @@ fn main() -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Task::Bench => bench::run(&root)?,
     }
     Ok(ExitCode::SUCCESS)
 }

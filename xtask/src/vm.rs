@@ -30,7 +30,7 @@ const KERNEL_COMMAND_LINE: &str =
 /// Starts every line /init prints about the test run.
 const MARKER: &str = "BLOCKER-VM:";
 const BUSYBOX: &str = "/bin/busybox";
-const GUEST_BLOCKER: &str = "/usr/bin/blocker";
+pub const GUEST_BLOCKER: &str = "/usr/bin/blocker";
 const GUEST_TESTS_DIR: &str = "/tests";
 
 /// Host files the VM tests use, put at the same path in the VM along with the shared libraries
@@ -55,7 +55,20 @@ pub fn run_tests(
     counts: &mut TestCounts,
 ) -> Result<()> {
     let vm_dir = root.join(VM_DIR);
-    let initramfs = build_initramfs(root, &vm_dir, tests, blocker)?;
+    let guest = Guest {
+        init: init_script(),
+        programs: tests
+            .iter()
+            .map(|test| {
+                (
+                    format!("{GUEST_TESTS_DIR}/{}", test.target_name),
+                    test.executable.clone(),
+                )
+            })
+            .collect(),
+        data: Vec::new(),
+    };
+    let initramfs = build_initramfs(root, &vm_dir, &guest, blocker)?;
     let console_log = vm_dir.join("console.log");
     let (console, ended) = boot(kernel, &initramfs, &console_log)?;
     let report = parse_console(&console);
@@ -71,11 +84,44 @@ pub fn run_tests(
     .with_context(|| format!("the VM's console is in {}", console_log.display()))
 }
 
-fn init_script() -> String {
-    format!(
-        r#"#!/bin/busybox sh
-# Written by xtask (vm.rs): runs every test executable in {GUEST_TESTS_DIR}, then powers off.
-/bin/busybox --install -s
+/// What a VM run needs besides busybox, blocker and the test fixtures: its `/init` script, and
+/// host files by guest path: programs (stripped of debug info, with their shared libraries) and
+/// data files (as they are).
+pub struct Guest {
+    pub init: String,
+    pub programs: Vec<(String, PathBuf)>,
+    pub data: Vec<(String, PathBuf)>,
+}
+
+/// Boots a VM running `guest` with `blocker` at hand and returns its console lines, also
+/// written to `target/vm/<console_name>`; fails if it did not power off by itself.
+pub fn run_guest(
+    root: &Path,
+    kernel: &Path,
+    guest: &Guest,
+    blocker: &Path,
+    console_name: &str,
+) -> Result<Vec<String>> {
+    let vm_dir = root.join(VM_DIR);
+    let initramfs = build_initramfs(root, &vm_dir, guest, blocker)?;
+    let console_log = vm_dir.join(console_name);
+    let (console, ended) = boot(kernel, &initramfs, &console_log)?;
+    match ended {
+        Ended::TimedOut => bail!(
+            "the VM did not power off within {} s and was killed; its console is in {}",
+            TIMEOUT.as_secs(),
+            console_log.display()
+        ),
+        Ended::Exited(status) if !status.success() => bail!(
+            "QEMU failed ({status}); the VM's console is in {}",
+            console_log.display()
+        ),
+        Ended::Exited(_) => Ok(console),
+    }
+}
+
+/// The start of every /init: busybox's commands, and the filesystems blocker needs mounted.
+pub const GUEST_SETUP: &str = "/bin/busybox --install -s
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -84,7 +130,13 @@ mount -t securityfs securityfs /sys/kernel/security
 mount -t bpf bpf /sys/fs/bpf
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
-export BLOCKER_BIN={GUEST_BLOCKER} RUST_BACKTRACE=1 RUST_LOG=info
+";
+
+fn init_script() -> String {
+    format!(
+        r#"#!/bin/busybox sh
+# Written by xtask (vm.rs): runs every test executable in {GUEST_TESTS_DIR}, then powers off.
+{GUEST_SETUP}export BLOCKER_BIN={GUEST_BLOCKER} RUST_BACKTRACE=1 RUST_LOG=info
 echo "{MARKER} lsm $(cat /sys/kernel/security/lsm)"
 cd /tmp
 for test in {GUEST_TESTS_DIR}/*; do
@@ -99,12 +151,7 @@ poweroff -f
     )
 }
 
-fn build_initramfs(
-    root: &Path,
-    vm_dir: &Path,
-    tests: &[Artifact],
-    blocker: &Path,
-) -> Result<PathBuf> {
+fn build_initramfs(root: &Path, vm_dir: &Path, guest: &Guest, blocker: &Path) -> Result<PathBuf> {
     let stripped_dir = vm_dir.join("stripped");
     if stripped_dir.exists() {
         fs::remove_dir_all(&stripped_dir)
@@ -123,7 +170,7 @@ fn build_initramfs(
     }
     // The kernel opens it for /init's standard streams before anything can mount devtmpfs.
     image.add("/dev/console", Entry::CharDevice { major: 5, minor: 1 });
-    image.add("/init", Entry::Script(init_script()));
+    image.add("/init", Entry::Script(guest.init.clone()));
 
     let mut programs: Vec<PathBuf> = vec![BUSYBOX.into(), blocker.to_owned()];
     image.add(BUSYBOX, Entry::HostFile(BUSYBOX.into()));
@@ -141,13 +188,15 @@ fn build_initramfs(
         let guest = format!("{GUEST_FIXTURES_DIR}/{}", name.to_string_lossy());
         image.add(&guest, Entry::HostFile(package));
     }
-    for test in tests {
-        let guest = format!("{GUEST_TESTS_DIR}/{}", test.target_name);
+    for (guest_path, program) in &guest.programs {
         image.add(
-            &guest,
-            Entry::HostFile(without_debug_info(&test.executable, &stripped_dir)?),
+            guest_path,
+            Entry::HostFile(without_debug_info(program, &stripped_dir)?),
         );
-        programs.push(test.executable.clone());
+        programs.push(program.clone());
+    }
+    for (guest_path, file) in &guest.data {
+        image.add(guest_path, Entry::HostFile(file.clone()));
     }
     for program in &programs {
         for library in shared_libraries(program)? {
