@@ -21,7 +21,7 @@ const WARM_UP_EXECS: u64 = 20;
 
 pub struct Rounds {
     pub rounds: usize,
-    pub execs_per_round: u64,
+    pub execs_per_loop: u64,
 }
 
 /// What runs while the loop is timed.
@@ -86,7 +86,7 @@ pub fn measure(
                 (&configurations[index], &mut guarded[index]),
                 (&baseline, &mut neighbours[index]),
             ] {
-                let median = time_loop(setup, configuration, rounds.execs_per_round)
+                let median = time_loop(setup, configuration, rounds.execs_per_loop)
                     .with_context(|| format!("exec latency under {}", configuration.name))?;
                 samples.push(median.as_secs_f64() * 1e6);
             }
@@ -96,7 +96,7 @@ pub fn measure(
     let loops = format!(
         "fork+exec+wait of {}, {} execs a loop; sample = a loop's median",
         setup.target.display(),
-        rounds.execs_per_round
+        rounds.execs_per_loop
     );
     let figure = |configuration: &Configuration, samples: &[f64], ratio| -> Result<Figure> {
         Ok(Figure {
@@ -106,7 +106,7 @@ pub fn measure(
             name: configuration.name.clone(),
             unit: "µs/exec",
             summary: Summary::of(samples)?,
-            repetitions: samples.len() as u64 * rounds.execs_per_round,
+            repetitions: samples.len() as u64 * rounds.execs_per_loop,
             ratio,
             detail: format!("{loops}; {} rounds", rounds.rounds),
         })

@@ -93,7 +93,7 @@ struct Common {
     #[arg(long)]
     rounds: usize,
     #[arg(long)]
-    execs_per_round: u64,
+    execs_per_loop: u64,
     /// Files named by one rule in the large exec-latency policy.
     #[arg(long)]
     large_policy_files: u64,
@@ -235,7 +235,7 @@ impl Fixture {
             &configurations,
             &Rounds {
                 rounds: common.rounds,
-                execs_per_round: common.execs_per_round,
+                execs_per_loop: common.execs_per_loop,
             },
         )
     }

@@ -41,7 +41,7 @@ const HOST_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 /// How much the host stage measures: enough rounds and repetitions for a median and a spread.
 const HOST_PLAN: &[(&str, &str)] = &[
     ("--rounds", "20"),
-    ("--execs-per-round", "500"),
+    ("--execs-per-loop", "500"),
     ("--large-policy-files", "100000"),
     ("--storm-execs", "20000"),
     ("--storms", "3"),
@@ -55,7 +55,7 @@ const HOST_PLAN: &[(&str, &str)] = &[
 /// The VM emulates without KVM, tens of times slower: fewer execs, the same shape.
 const VM_PLAN: &[(&str, &str)] = &[
     ("--rounds", "8"),
-    ("--execs-per-round", "200"),
+    ("--execs-per-loop", "200"),
     ("--large-policy-files", "100000"),
     ("--storm-execs", "2000"),
     ("--storms", "3"),

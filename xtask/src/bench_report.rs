@@ -31,7 +31,73 @@ pub struct Report {
 struct TargetResult {
     target: String,
     measured: String,
-    met: bool,
+    verdict: Verdict,
+}
+
+/// A target is judged on the interquartile range of its figure, not on the median alone: on a
+/// noisy machine a median can land on either side of a target the spread straddles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Even the unfavourable quartile meets it.
+    Met,
+    /// Even the favourable quartile misses it.
+    Missed,
+    /// The quartiles fall on both sides.
+    WithinNoise,
+}
+
+impl Verdict {
+    fn judge(favourable_meets: bool, unfavourable_meets: bool) -> Self {
+        match (favourable_meets, unfavourable_meets) {
+            (_, true) => Verdict::Met,
+            (false, false) => Verdict::Missed,
+            (true, false) => Verdict::WithinNoise,
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            Verdict::Met => "yes",
+            Verdict::Missed => "**no**",
+            Verdict::WithinNoise => "undecided: the spread straddles it",
+        }
+    }
+}
+
+/// The median and quartiles of a figure or of its ratio.
+#[derive(Clone, Copy)]
+struct Quartiles {
+    q1: f64,
+    median: f64,
+    q3: f64,
+}
+
+impl Quartiles {
+    fn of(summary: &Value, id: &str) -> Result<Self> {
+        Ok(Self {
+            q1: number(&summary["q1"], id)?,
+            median: number(&summary["median"], id)?,
+            q3: number(&summary["q3"], id)?,
+        })
+    }
+
+    /// Each quartile shifted by `offset`, e.g. a ratio turned into an overhead.
+    fn minus(self, offset: f64) -> Self {
+        Self {
+            q1: self.q1 - offset,
+            median: self.median - offset,
+            q3: self.q3 - offset,
+        }
+    }
+
+    fn describe(self, show: impl Fn(f64) -> String) -> String {
+        format!(
+            "{} ({}–{})",
+            show(self.median),
+            show(self.q1),
+            show(self.q3)
+        )
+    }
 }
 
 impl Report {
@@ -76,60 +142,71 @@ impl Report {
             .with_context(|| format!("figure {id} was not measured"))
     }
 
-    fn median(&self, id: &str) -> Result<f64> {
-        number(&self.figure(id)?["summary"]["median"], id)
+    fn quartiles(&self, id: &str) -> Result<Quartiles> {
+        Quartiles::of(&self.figure(id)?["summary"], id)
     }
 
-    fn ratio_median(&self, id: &str) -> Result<f64> {
-        number(&self.figure(id)?["ratio"]["summary"]["median"], id)
+    fn ratio_quartiles(&self, id: &str) -> Result<Quartiles> {
+        Quartiles::of(&self.figure(id)?["ratio"]["summary"], id)
     }
 
-    /// The targets of the benchmarks issue, each against the median of its figure.
+    /// The targets of the benchmarks issue, each judged on its figure's quartiles.
     fn evaluate_targets(&self) -> Result<Vec<TargetResult>> {
         let mut results = Vec::new();
         for environment in ENVIRONMENTS {
-            let blocker = self.ratio_median(&format!("exec.{environment}.blocker-large"))? - 1.0;
-            let fapolicyd = self.ratio_median(&format!("exec.{environment}.fapolicyd"))? - 1.0;
+            let blocker = self
+                .ratio_quartiles(&format!("exec.{environment}.blocker-large"))?
+                .minus(1.0);
+            let fapolicyd = self
+                .ratio_quartiles(&format!("exec.{environment}.fapolicyd"))?
+                .minus(1.0);
             results.push(TargetResult {
                 target: format!("{environment}: exec overhead ≤ 1 % with the 100k-entry policy"),
-                measured: percent(blocker),
-                met: blocker <= 0.01,
+                measured: blocker.describe(percent),
+                verdict: Verdict::judge(blocker.q1 <= 0.01, blocker.q3 <= 0.01),
             });
+            let ten_times_less =
+                |blocker: f64, fapolicyd: f64| fapolicyd > 0.0 && blocker * 10.0 <= fapolicyd;
             results.push(TargetResult {
                 target: format!("{environment}: at least 10× less exec overhead than fapolicyd"),
                 measured: format!(
                     "blocker {}, fapolicyd {}",
-                    percent(blocker),
-                    percent(fapolicyd)
+                    blocker.describe(percent),
+                    fapolicyd.describe(percent)
                 ),
-                met: fapolicyd > 0.0 && blocker * 10.0 <= fapolicyd,
+                verdict: Verdict::judge(
+                    ten_times_less(blocker.q1, fapolicyd.q3),
+                    ten_times_less(blocker.q3, fapolicyd.q1),
+                ),
             });
         }
-        let load = self.median("load.host.total")?;
+        let seconds = |value: f64| format!("{} s", significant(value));
+        let times = |value: f64| format!("{}×", significant(value));
+        let load = self.quartiles("load.host.total")?;
         results.push(TargetResult {
             target: "1M entries resolved and loaded in ≤ 1 s".to_owned(),
-            measured: format!("{} s", significant(load)),
-            met: load <= 1.0,
+            measured: load.describe(seconds),
+            verdict: Verdict::judge(load.q1 <= 1.0, load.q3 <= 1.0),
         });
         let cores = self.machines["host"]["cpus"].as_f64().unwrap_or(1.0);
         for (id, what) in [
             ("scan.host.cold", "page cache dropped"),
             ("scan.host.cached", "files in the page cache"),
         ] {
-            let speedup = self.ratio_median(id)?;
+            let speedup = self.ratio_quartiles(id)?;
             results.push(TargetResult {
                 target: format!(
                     "scan faster than sha256sum by at least the number of cores ({cores}), {what}"
                 ),
-                measured: format!("{}×", significant(speedup)),
-                met: speedup >= cores,
+                measured: speedup.describe(times),
+                verdict: Verdict::judge(speedup.q3 >= cores, speedup.q1 >= cores),
             });
         }
-        let rescan = self.ratio_median("scan.host.warm")?;
+        let rescan = self.ratio_quartiles("scan.host.warm")?;
         results.push(TargetResult {
             target: "warm rescan ≥ 50× faster than a cold scan".to_owned(),
-            measured: format!("{}×", significant(rescan)),
-            met: rescan >= 50.0,
+            measured: rescan.describe(times),
+            verdict: Verdict::judge(rescan.q3 >= 50.0, rescan.q1 >= 50.0),
         });
         Ok(results)
     }
@@ -161,13 +238,13 @@ impl Report {
                 out.push_str(&figure_row(figure));
             }
         }
-        out.push_str("\n| Target | Measured (median) | Met |\n|---|---|---|\n");
+        out.push_str("\n| Target | Measured: median (q1–q3) | Met |\n|---|---|---|\n");
         for result in &self.targets {
             out.push_str(&format!(
                 "| {} | {} | {} |\n",
                 result.target,
                 result.measured,
-                if result.met { "yes" } else { "**no**" }
+                result.verdict.text()
             ));
         }
         out
@@ -180,7 +257,13 @@ impl Report {
             "machines": self.machines,
             "figures": self.figures,
             "targets": self.targets.iter().map(|t| json!({
-                "target": t.target, "measured": t.measured, "met": t.met,
+                "target": t.target,
+                "measured": t.measured,
+                "met": match t.verdict {
+                    Verdict::Met => json!(true),
+                    Verdict::Missed => json!(false),
+                    Verdict::WithinNoise => json!(null),
+                },
             })).collect::<Vec<_>>(),
         });
         serde_json::to_string_pretty(&report).expect("a JSON value always serialises")
@@ -277,66 +360,93 @@ mod tests {
         assert!(parse_record("BLOCKER-BENCH: {\"no\":\"kind\"}").is_none());
     }
 
-    fn figure(id: &str, environment: &str, median: f64, ratio: Option<f64>) -> Value {
+    type Quartets = (f64, f64, f64);
+
+    fn summary((q1, median, q3): Quartets) -> Value {
+        json!({"median": median, "q1": q1, "q3": q3, "min": q1, "max": q3, "samples": 3})
+    }
+
+    fn figure(id: &str, environment: &str, value: Quartets, ratio: Option<Quartets>) -> Value {
         json!({
             "kind": "figure", "id": id, "environment": environment, "group": "g", "name": id,
-            "unit": "s", "repetitions": 3,
-            "summary": {"median": median, "q1": median, "q3": median, "min": median, "max": median, "samples": 3},
-            "ratio": ratio.map(|r| json!({"definition": "÷ x", "summary": {"median": r, "q1": r, "q3": r, "min": r, "max": r, "samples": 3}})),
+            "unit": "s", "repetitions": 3, "summary": summary(value),
+            "ratio": ratio.map(|r| json!({"definition": "÷ x", "summary": summary(r)})),
         })
     }
 
     fn complete_run() -> Vec<Value> {
+        let one = (1.0, 1.0, 1.0);
         let mut records = Vec::new();
-        for environment in ENVIRONMENTS {
-            records.push(json!({"kind": "environment", "environment": environment, "cpus": 2, "cpu": "c", "kernel": "k", "memory_mib": 1024, "backend": "b"}));
+        for (environment, blocker) in [("host", (0.995, 1.005, 1.02)), ("vm", (0.99, 1.0, 1.005))] {
+            records.push(json!({
+                "kind": "environment", "environment": environment, "cpus": 2, "cpu": "c",
+                "kernel": "k", "memory_mib": 1024, "backend": "b",
+            }));
+            let exec = |key: &str| format!("exec.{environment}.{key}");
             records.push(figure(
-                &format!("exec.{environment}.blocker-large"),
+                &exec("blocker-large"),
                 environment,
-                1.0,
-                Some(1.005),
+                one,
+                Some(blocker),
             ));
             records.push(figure(
-                &format!("exec.{environment}.fapolicyd"),
+                &exec("fapolicyd"),
                 environment,
-                1.0,
-                Some(1.2),
+                one,
+                Some((1.15, 1.2, 1.25)),
             ));
         }
-        records.push(figure("load.host.total", "host", 2.5, None));
-        records.push(figure("scan.host.cold", "host", 1.0, Some(1.5)));
-        records.push(figure("scan.host.cached", "host", 1.0, Some(2.5)));
-        records.push(figure("scan.host.warm", "host", 1.0, Some(80.0)));
+        records.push(figure("load.host.total", "host", (2.4, 2.5, 2.6), None));
+        records.push(figure("scan.host.cold", "host", one, Some((1.4, 1.5, 1.6))));
+        records.push(figure(
+            "scan.host.cached",
+            "host",
+            one,
+            Some((2.4, 2.5, 2.6)),
+        ));
+        records.push(figure(
+            "scan.host.warm",
+            "host",
+            one,
+            Some((70.0, 80.0, 90.0)),
+        ));
         records
     }
 
     #[test]
-    fn judges_each_target_by_its_median() {
+    fn judges_each_target_on_the_quartiles_of_its_figure() {
         let report = Report::new(complete_run(), Duration::from_secs(60), "now").unwrap();
-        let verdicts: Vec<(String, bool)> = report
+        let verdicts: Vec<(&str, Verdict)> = report
             .targets
             .iter()
-            .map(|t| (t.measured.clone(), t.met))
+            .map(|t| (t.measured.as_str(), t.verdict))
             .collect();
         assert_eq!(
             verdicts,
             [
-                ("+0.5 %".to_owned(), true),
-                ("blocker +0.5 %, fapolicyd +20.0 %".to_owned(), true),
-                ("+0.5 %".to_owned(), true),
-                ("blocker +0.5 %, fapolicyd +20.0 %".to_owned(), true),
-                ("2.500 s".to_owned(), false),
-                ("1.500×".to_owned(), false),
-                ("2.500×".to_owned(), true),
-                ("80.0×".to_owned(), true),
+                ("+0.5 % (-0.5 %–+2.0 %)", Verdict::WithinNoise),
+                (
+                    "blocker +0.5 % (-0.5 %–+2.0 %), fapolicyd +20.0 % (+15.0 %–+25.0 %)",
+                    Verdict::WithinNoise
+                ),
+                ("+0.0 % (-1.0 %–+0.5 %)", Verdict::Met),
+                (
+                    "blocker +0.0 % (-1.0 %–+0.5 %), fapolicyd +20.0 % (+15.0 %–+25.0 %)",
+                    Verdict::Met
+                ),
+                ("2.500 s (2.400 s–2.600 s)", Verdict::Missed),
+                ("1.500× (1.400×–1.600×)", Verdict::Missed),
+                ("2.500× (2.400×–2.600×)", Verdict::Met),
+                ("80.0× (70.0×–90.0×)", Verdict::Met),
             ]
         );
         let table = report.table();
         assert!(
-            table.contains("| host | load.host.total | 2.500 s |"),
+            table.contains("| host | load.host.total | 2.500 s | 2.400–2.600 |"),
             "{table}"
         );
-        assert!(table.contains("| warm rescan ≥ 50× faster than a cold scan | 80.0× | yes |"));
+        assert!(table
+            .contains("| warm rescan ≥ 50× faster than a cold scan | 80.0× (70.0×–90.0×) | yes |"));
     }
 
     #[test]
