@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 /// Starts every line that carries a record for xtask; anything else on the output is progress.
 pub const MARKER: &str = "BLOCKER-BENCH:";
 
-/// Median, quartiles and range of a set of samples.
+/// Median, quartiles and range of a set of samples, and how far the median can be trusted.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Summary {
     pub median: f64,
@@ -18,6 +18,11 @@ pub struct Summary {
     pub min: f64,
     pub max: f64,
     pub samples: usize,
+    /// A confidence interval of the median: see [`median_interval`].
+    pub median_low: f64,
+    pub median_high: f64,
+    /// The probability that the interval holds the true median.
+    pub median_confidence: f64,
 }
 
 impl Summary {
@@ -32,6 +37,7 @@ impl Summary {
         }
         let mut sorted = values.to_vec();
         sorted.sort_by(f64::total_cmp);
+        let (median_low, median_high, median_confidence) = median_interval(&sorted);
         Ok(Self {
             median: quantile(&sorted, 0.5),
             q1: quantile(&sorted, 0.25),
@@ -39,6 +45,9 @@ impl Summary {
             min: sorted[0],
             max: sorted[sorted.len() - 1],
             samples: sorted.len(),
+            median_low,
+            median_high,
+            median_confidence,
         })
     }
 
@@ -50,8 +59,33 @@ impl Summary {
             "min": self.min,
             "max": self.max,
             "samples": self.samples,
+            "median_low": self.median_low,
+            "median_high": self.median_high,
+            "median_confidence": self.median_confidence,
         })
     }
+}
+
+/// The narrowest interval between order statistics, `[x(k), x(n+1-k)]`, that holds the true
+/// median with a probability of at least 95 %, whatever the distribution (each sample falls
+/// below the median with probability ½, so the count below is binomial), and that probability.
+/// Fewer than six samples cannot reach 95 %: their interval is the whole range.
+fn median_interval(sorted: &[f64]) -> (f64, f64, f64) {
+    let n = sorted.len();
+    // P(X ≤ j) for X ~ Binomial(n, ½), accumulated term by term.
+    let mut term = 0.5f64.powi(n as i32);
+    let mut below = term;
+    let mut k = 1;
+    // Widening from [x(k), x(n+1-k)] to [x(k+1), x(n-k)] loses coverage 2·P(X = k).
+    while k < n.div_ceil(2) {
+        term *= (n - k + 1) as f64 / k as f64;
+        if 2.0 * (below + term) > 0.05 {
+            break;
+        }
+        below += term;
+        k += 1;
+    }
+    (sorted[k - 1], sorted[n - k], 1.0 - 2.0 * below)
 }
 
 /// The `q` quantile of sorted values, interpolating linearly between neighbours (the usual
@@ -188,11 +222,27 @@ mod tests {
                 q3: 3.25,
                 min: 1.0,
                 max: 4.0,
-                samples: 4
+                samples: 4,
+                median_low: 1.0,
+                median_high: 4.0,
+                median_confidence: 0.875,
             }
         );
         let one = Summary::of(&[7.0]).unwrap();
         assert_eq!((one.median, one.q1, one.q3), (7.0, 7.0, 7.0));
+    }
+
+    #[test]
+    fn bounds_the_median_with_order_statistics() {
+        // Five samples: only the whole range, which misses the median when all five fall on one
+        // side of it (2 × 1/32).
+        let five: Vec<f64> = (1..=5).map(f64::from).collect();
+        assert_eq!(median_interval(&five), (1.0, 5.0, 1.0 - 2.0 / 32.0));
+        // Twenty samples: [x(6), x(15)], the textbook interval, 95.9 %.
+        let twenty: Vec<f64> = (1..=20).map(f64::from).collect();
+        let (low, high, confidence) = median_interval(&twenty);
+        assert_eq!((low, high), (6.0, 15.0));
+        assert!((confidence - 0.9586).abs() < 1e-4, "{confidence}");
     }
 
     #[test]

@@ -38,10 +38,11 @@ const GUEST_EXIT: &str = "BLOCKER-BENCH-VM: exit=";
 /// The host stage has taken about 10 minutes on 2 busy CPUs; this only catches hangs.
 const HOST_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
-/// How much the host stage measures: enough rounds and repetitions for a median and a spread.
+/// How much the host stage measures: enough rounds for the median of a ratio to be known
+/// within a few percent on a busy machine, and repetitions for a median and a spread.
 const HOST_PLAN: &[(&str, &str)] = &[
-    ("--rounds", "20"),
-    ("--execs-per-loop", "500"),
+    ("--rounds", "40"),
+    ("--execs-per-loop", "250"),
     ("--large-policy-files", "100000"),
     ("--storm-execs", "20000"),
     ("--storms", "3"),
