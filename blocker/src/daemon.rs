@@ -61,6 +61,7 @@ pub fn run(options: RunOptions) -> Result<()> {
     if options.protect && options.backend == BackendChoice::Kill {
         bail!("--protect needs the lsm backend: only LSM programs can refuse tampering");
     }
+    let resolving = std::time::Instant::now();
     let policy = policy::load_dir(&options.policy_dir)?;
     for header in &policy.policies {
         log::info!(
@@ -73,8 +74,16 @@ pub fn run(options: RunOptions) -> Result<()> {
     let scanned = scan_if_needed(&policy, &options.scan);
     let resolution = resolve::resolve(&policy, &SourceRoots::default(), scanned.as_ref());
     log_resolution(&resolution);
+    // `cargo xtask bench` reads the startup costs from these two lines.
+    log::info!(
+        "resolved {} rules to {} files in {:.3} s",
+        resolution.rules.len(),
+        resolution.entries.len(),
+        resolving.elapsed().as_secs_f64()
+    );
     let sink = Sinks::start(&options.sinks)?;
 
+    let loading = std::time::Instant::now();
     let mut enforcer = Enforcer::start(
         options.backend,
         options.event_buffer_bytes,
@@ -85,6 +94,11 @@ pub fn run(options: RunOptions) -> Result<()> {
             fileless: resolution.fileless.kernel_value(),
         },
     )?;
+    log::info!(
+        "loaded the kernel programs and {} map entries in {:.3} s",
+        enforcer.installed_entries(),
+        loading.elapsed().as_secs_f64()
+    );
     log::info!(
         "enforcing {} rules ({} files) with the {} backend: {}",
         resolution.rules.len(),

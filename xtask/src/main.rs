@@ -1,6 +1,8 @@
 //! Developer tasks for the blocker workspace, run as `cargo xtask ...`: each installs what it needs
 //! on Debian (as root), so a fresh machine gets from a clone to passing tests in one command.
 
+mod bench;
+mod bench_report;
 mod cargo;
 mod cpio;
 mod package;
@@ -51,6 +53,9 @@ enum Task {
         #[arg(long = "vm-test")]
         vm_tests: Vec<String>,
     },
+    /// Measures blocker's costs against no blocker and fapolicyd, on the host and in the VM;
+    /// prints a table and writes target/bench/report.json.
+    Bench,
 }
 
 fn main() -> Result<ExitCode> {
@@ -77,6 +82,7 @@ fn main() -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Task::Bench => bench::run(&root)?,
     }
     Ok(ExitCode::SUCCESS)
 }

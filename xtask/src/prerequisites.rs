@@ -27,12 +27,16 @@ const KERNEL_METAPACKAGE: &str = "linux-image-cloud-amd64";
 struct AptPackages {
     names: &'static [&'static str],
     purpose: &'static str,
+    /// systemd units these packages ship that must never start: masked before installing, so
+    /// neither the package's own scripts nor a later boot can start them.
+    never_started: &'static [&'static str],
 }
 
 const BUILD_PACKAGES: &[AptPackages] = &[
     AptPackages {
         names: &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf"],
         purpose: "Debian's rustc, the only compiler matching the prebuilt core for the BPF target",
+        never_started: &[],
     },
     AptPackages {
         // llvm-22-dev is only a recommendation of rustc-web, and recommendations are not installed.
@@ -44,18 +48,35 @@ const BUILD_PACKAGES: &[AptPackages] = &[
             "libffi-dev",
         ],
         purpose: "LLVM 22 and the libraries bpf-linker is built against",
+        never_started: &[],
     },
 ];
 
 const PACKAGING_PACKAGES: &[AptPackages] = &[AptPackages {
     names: &["dpkg-dev"],
     purpose: "dpkg-shlibdeps, which finds the libraries the Debian package depends on",
+    never_started: &[],
 }];
 
 const VM_PACKAGES: &[AptPackages] = &[AptPackages {
     names: &["qemu-system-x86", "busybox-static"],
     purpose: "the emulator and the initramfs shell for the VM tests",
+    never_started: &[],
 }];
+
+const BENCH_PACKAGES: &[AptPackages] = &[
+    AptPackages {
+        names: &["gcc", "libc6-dev"],
+        purpose: "to compile the small static program the exec benchmark runs",
+        never_started: &[],
+    },
+    AptPackages {
+        names: &["fapolicyd"],
+        purpose: "the peer the benchmark compares exec overhead against; its service is masked \
+                  first, because its default rules deny nearly every exec",
+        never_started: &["fapolicyd.service"],
+    },
+];
 
 #[derive(Clone, Copy)]
 pub enum Needs {
@@ -64,6 +85,8 @@ pub enum Needs {
     Package,
     /// Everything `cargo xtask test` does: the package too, which the VM tests install.
     BuildAndVm,
+    /// Everything the VM needs, plus what `cargo xtask bench` runs.
+    Bench,
 }
 
 /// Installs whatever `needs` calls for and is missing, saying what and why.
@@ -75,6 +98,11 @@ pub fn ensure(root: &Path, needs: Needs) -> Result<()> {
             .iter()
             .chain(PACKAGING_PACKAGES)
             .chain(VM_PACKAGES)
+            .collect(),
+        Needs::Bench => BUILD_PACKAGES
+            .iter()
+            .chain(VM_PACKAGES)
+            .chain(BENCH_PACKAGES)
             .collect(),
     };
     let installed = installed_packages(groups.iter().flat_map(|group| group.names))?;
@@ -93,7 +121,7 @@ pub fn ensure(root: &Path, needs: Needs) -> Result<()> {
     let missing = Missing {
         packages: missing_packages,
         bpf_linker: !is_bpf_linker_current(&root.join(BPF_LINKER)),
-        kernel: matches!(needs, Needs::BuildAndVm) && cached_kernel(root)?.is_none(),
+        kernel: matches!(needs, Needs::BuildAndVm | Needs::Bench) && cached_kernel(root)?.is_none(),
     };
 
     let system = System::detect();
@@ -110,6 +138,9 @@ pub fn ensure(root: &Path, needs: Needs) -> Result<()> {
     if !missing.packages.is_empty() {
         for (group, names) in &missing.packages {
             println!("xtask: installing {} ({})", names.join(" "), group.purpose);
+            for unit in group.never_started {
+                mask_systemd_unit(unit)?;
+            }
         }
         apt.install(&missing.package_names())?;
     }
@@ -119,6 +150,32 @@ pub fn ensure(root: &Path, needs: Needs) -> Result<()> {
     if missing.kernel {
         fetch_kernel(root, &mut apt)?;
     }
+    Ok(())
+}
+
+/// Where an administrator masks a unit: a link to /dev/null here overrides the packaged unit.
+const SYSTEMD_ADMIN_UNITS: &str = "/etc/systemd/system";
+
+/// Masks `unit` the way an administrator would, so that systemd refuses to start it: the
+/// package's scripts only unmask what `deb-systemd-helper` itself masked. A unit that already
+/// has a file of the administrator's is left as it is.
+fn mask_systemd_unit(unit: &str) -> Result<()> {
+    let link = Path::new(SYSTEMD_ADMIN_UNITS).join(unit);
+    if link.symlink_metadata().is_ok() {
+        println!(
+            "xtask: {} exists; leaving it as the administrator set it",
+            link.display()
+        );
+        return Ok(());
+    }
+    fs::create_dir_all(SYSTEMD_ADMIN_UNITS)
+        .with_context(|| format!("creating {SYSTEMD_ADMIN_UNITS}"))?;
+    std::os::unix::fs::symlink("/dev/null", &link)
+        .with_context(|| format!("masking {unit}: linking {} to /dev/null", link.display()))?;
+    println!(
+        "xtask: masked {unit} ({} -> /dev/null) so it never starts as a service",
+        link.display()
+    );
     Ok(())
 }
 
@@ -155,6 +212,13 @@ impl Missing<'_> {
                     names.join(" "),
                     group.purpose
                 ));
+            }
+            for unit in self
+                .packages
+                .iter()
+                .flat_map(|(group, _)| group.never_started)
+            {
+                commands.push(format!("ln -s /dev/null {SYSTEMD_ADMIN_UNITS}/{unit}"));
             }
             commands.push("apt-get update".to_owned());
             commands.push(format!(

@@ -32,7 +32,7 @@ const KERNEL_COMMAND_LINE: &str =
 const MARKER: &str = "BLOCKER-VM:";
 const BUSYBOX: &str = "/bin/busybox";
 /// Not /usr/bin/blocker, where only installing the package puts one.
-const GUEST_BLOCKER: &str = "/usr/local/bin/blocker";
+pub const GUEST_BLOCKER: &str = "/usr/local/bin/blocker";
 /// The blocker package, for the tests to install.
 const GUEST_PACKAGE: &str = "/packages/blocker.deb";
 const GUEST_TESTS_DIR: &str = "/tests";
@@ -68,7 +68,20 @@ pub fn run_tests(
     counts: &mut TestCounts,
 ) -> Result<()> {
     let vm_dir = root.join(VM_DIR);
-    let initramfs = build_initramfs(root, &vm_dir, tests, package)?;
+    let guest = Guest {
+        init: init_script(),
+        programs: tests
+            .iter()
+            .map(|test| {
+                (
+                    format!("{GUEST_TESTS_DIR}/{}", test.target_name),
+                    test.executable.clone(),
+                )
+            })
+            .collect(),
+        data: vec![(GUEST_PACKAGE.to_owned(), package.deb.clone())],
+    };
+    let initramfs = build_initramfs(root, &vm_dir, &guest, &package.blocker)?;
     let console_log = vm_dir.join("console.log");
     let (console, ended) = boot(kernel, &initramfs, &console_log)?;
     let report = parse_console(&console);
@@ -84,11 +97,44 @@ pub fn run_tests(
     .with_context(|| format!("the VM's console is in {}", console_log.display()))
 }
 
-fn init_script() -> String {
-    format!(
-        r#"#!/bin/busybox sh
-# Written by xtask (vm.rs): runs every test executable in {GUEST_TESTS_DIR}, then powers off.
-/bin/busybox --install -s
+/// What a VM run needs besides busybox, blocker and the test fixtures: its `/init` script, and
+/// host files by guest path: programs (stripped of debug info, with their shared libraries) and
+/// data files (as they are).
+pub struct Guest {
+    pub init: String,
+    pub programs: Vec<(String, PathBuf)>,
+    pub data: Vec<(String, PathBuf)>,
+}
+
+/// Boots a VM running `guest` with `blocker` at hand and returns its console lines, also
+/// written to `target/vm/<console_name>`; fails if it did not power off by itself.
+pub fn run_guest(
+    root: &Path,
+    kernel: &Path,
+    guest: &Guest,
+    blocker: &Path,
+    console_name: &str,
+) -> Result<Vec<String>> {
+    let vm_dir = root.join(VM_DIR);
+    let initramfs = build_initramfs(root, &vm_dir, guest, blocker)?;
+    let console_log = vm_dir.join(console_name);
+    let (console, ended) = boot(kernel, &initramfs, &console_log)?;
+    match ended {
+        Ended::TimedOut => bail!(
+            "the VM did not power off within {} s and was killed; its console is in {}",
+            TIMEOUT.as_secs(),
+            console_log.display()
+        ),
+        Ended::Exited(status) if !status.success() => bail!(
+            "QEMU failed ({status}); the VM's console is in {}",
+            console_log.display()
+        ),
+        Ended::Exited(_) => Ok(console),
+    }
+}
+
+/// The start of every /init: busybox's commands, and the filesystems blocker needs mounted.
+pub const GUEST_SETUP: &str = "/bin/busybox --install -s
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -97,7 +143,13 @@ mount -t securityfs securityfs /sys/kernel/security
 mount -t bpf bpf /sys/fs/bpf
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
-export BLOCKER_BIN={GUEST_BLOCKER} RUST_BACKTRACE=1 RUST_LOG=info
+";
+
+fn init_script() -> String {
+    format!(
+        r#"#!/bin/busybox sh
+# Written by xtask (vm.rs): runs every test executable in {GUEST_TESTS_DIR}, then powers off.
+{GUEST_SETUP}export BLOCKER_BIN={GUEST_BLOCKER} RUST_BACKTRACE=1 RUST_LOG=info
 echo "{MARKER} lsm $(cat /sys/kernel/security/lsm)"
 cd /tmp
 for test in {GUEST_TESTS_DIR}/*; do
@@ -112,13 +164,7 @@ poweroff -f
     )
 }
 
-fn build_initramfs(
-    root: &Path,
-    vm_dir: &Path,
-    tests: &[Artifact],
-    package: &Built,
-) -> Result<PathBuf> {
-    let blocker = &package.blocker;
+fn build_initramfs(root: &Path, vm_dir: &Path, guest: &Guest, blocker: &Path) -> Result<PathBuf> {
     let stripped_dir = vm_dir.join("stripped");
     if stripped_dir.exists() {
         fs::remove_dir_all(&stripped_dir)
@@ -137,7 +183,7 @@ fn build_initramfs(
     }
     // The kernel opens it for /init's standard streams before anything can mount devtmpfs.
     image.add("/dev/console", Entry::CharDevice { major: 5, minor: 1 });
-    image.add("/init", Entry::Script(init_script()));
+    image.add("/init", Entry::Script(guest.init.clone()));
 
     let mut programs: Vec<PathBuf> = vec![BUSYBOX.into(), blocker.to_owned()];
     image.add(BUSYBOX, Entry::HostFile(BUSYBOX.into()));
@@ -149,20 +195,21 @@ fn build_initramfs(
         image.add(file, Entry::HostFile(file.into()));
         programs.push(file.into());
     }
-    image.add(GUEST_PACKAGE, Entry::HostFile(package.deb.clone()));
     image.add(GUEST_FIXTURES_DIR, Entry::Directory);
     for package in fixture_packages(root, vm_dir)? {
         let name = package.file_name().expect("built packages have names");
         let guest = format!("{GUEST_FIXTURES_DIR}/{}", name.to_string_lossy());
         image.add(&guest, Entry::HostFile(package));
     }
-    for test in tests {
-        let guest = format!("{GUEST_TESTS_DIR}/{}", test.target_name);
+    for (guest_path, program) in &guest.programs {
         image.add(
-            &guest,
-            Entry::HostFile(without_debug_info(&test.executable, &stripped_dir)?),
+            guest_path,
+            Entry::HostFile(without_debug_info(program, &stripped_dir)?),
         );
-        programs.push(test.executable.clone());
+        programs.push(program.clone());
+    }
+    for (guest_path, file) in &guest.data {
+        image.add(guest_path, Entry::HostFile(file.clone()));
     }
     for program in &programs {
         for library in shared_libraries(program)? {

@@ -1,0 +1,239 @@
+//! `cargo xtask bench`: builds blocker and the bench driver (`tests/src/bin/blocker-bench/`) in
+//! release mode, runs the driver on the host (the `kill` backend) and in the VM (the `lsm`
+//! backend), and turns the figures they print into one table on stdout and
+//! `target/bench/report.json`.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::{
+    bench_report::{self, Report},
+    cargo::{self, Profile},
+    prerequisites::{self, Needs},
+    process::{self, Ended},
+    vm::{self, Guest, GUEST_SETUP},
+};
+
+const BENCH_DIR: &str = "target/bench";
+/// The bench driver is a binary of the integration tests' package (tests/src/bin/).
+const DRIVER_PACKAGE: &str = "blocker-integration-tests";
+const DRIVER: &str = "blocker-bench";
+const EXEC_TARGET_SOURCE: &str = "tests/fixtures/exec-target.c";
+const FAPOLICYD: &str = "/usr/sbin/fapolicyd";
+/// The libmagic databases fapolicyd loads at start, its own and the system's.
+const FAPOLICYD_DATA: &[&str] = &[
+    "/usr/share/fapolicyd/fapolicyd-magic.mgc",
+    "/usr/share/misc/magic.mgc",
+];
+const GUEST_DRIVER: &str = "/bench/blocker-bench";
+const GUEST_EXEC_TARGET: &str = "/bench/exec-target";
+/// Where the driver mounts its private tmpfs in the VM.
+const GUEST_WORK_DIR: &str = "/bench-work";
+/// What the VM's /init prints after the driver, with its exit status.
+const GUEST_EXIT: &str = "BLOCKER-BENCH-VM: exit=";
+/// The host stage has taken about 10 minutes on 2 busy CPUs; this only catches hangs.
+const HOST_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+
+/// How much the host stage measures: enough rounds for the median of a ratio to be known
+/// within a few percent on a busy machine, and repetitions for a median and a spread.
+const HOST_PLAN: &[(&str, &str)] = &[
+    ("--rounds", "40"),
+    ("--execs-per-loop", "250"),
+    ("--large-policy-files", "100000"),
+    ("--storm-execs", "20000"),
+    ("--storms", "3"),
+    ("--startup-timeout-secs", "300"),
+    ("--load-files", "1000000"),
+    ("--load-repetitions", "3"),
+    ("--scan-tree", "/usr"),
+    ("--scan-repetitions", "3"),
+];
+
+/// The VM emulates without KVM, tens of times slower: fewer execs, the same shape.
+const VM_PLAN: &[(&str, &str)] = &[
+    ("--rounds", "8"),
+    ("--execs-per-loop", "200"),
+    ("--large-policy-files", "100000"),
+    ("--storm-execs", "2000"),
+    ("--storms", "3"),
+    ("--startup-timeout-secs", "600"),
+    ("--hashed-program-mib", "20"),
+    ("--hashed-programs", "5"),
+];
+
+pub fn run(root: &Path) -> Result<()> {
+    if !process::is_root() {
+        bail!(
+            "the bench loads BPF programs, mounts filesystems and drops the page cache: run \
+             `cargo xtask bench` as root"
+        );
+    }
+    prerequisites::ensure(root, Needs::Bench)?;
+    let bench_dir = root.join(BENCH_DIR);
+    fs::create_dir_all(&bench_dir).with_context(|| format!("creating {}", bench_dir.display()))?;
+    let blocker = cargo::build_blocker(root, Profile::Release)?;
+    let driver = build_driver(root)?;
+    let exec_target = compile_exec_target(root, &bench_dir)?;
+    let kernel = prerequisites::cached_kernel(root)?
+        .context("no VM kernel in target/vm/kernel although prerequisites were ensured")?;
+
+    let started = Instant::now();
+    stage("host (kill backend)");
+    let mut records = on_host(&bench_dir, &driver, &blocker, &exec_target)?;
+    stage("VM (lsm backend)");
+    records.extend(in_vm(root, &kernel, &driver, &blocker, &exec_target)?);
+
+    let report = Report::new(records, started.elapsed(), &utc_now()?)?;
+    println!("\n{}", report.table());
+    let report_file = bench_dir.join("report.json");
+    fs::write(&report_file, report.to_json())
+        .with_context(|| format!("writing {}", report_file.display()))?;
+    println!("xtask: wrote {}", report_file.display());
+    Ok(())
+}
+
+fn stage(name: &str) {
+    println!("\n==== xtask bench: {name} ====");
+}
+
+fn build_driver(root: &Path) -> Result<PathBuf> {
+    let args = [
+        "build",
+        "--release",
+        "--package",
+        DRIVER_PACKAGE,
+        "--bin",
+        DRIVER,
+    ];
+    cargo::build_executables(root, &args)?
+        .into_iter()
+        .find(|artifact| artifact.target_name == DRIVER)
+        .map(|artifact| artifact.executable)
+        .with_context(|| format!("`cargo {}` built no {DRIVER}", args.join(" ")))
+}
+
+/// The program every exec loop runs, linked statically so that an exec opens nothing else.
+fn compile_exec_target(root: &Path, bench_dir: &Path) -> Result<PathBuf> {
+    let target = bench_dir.join("exec-target");
+    process::run(
+        Command::new("gcc")
+            .args(["-static", "-O2", "-o"])
+            .arg(&target)
+            .arg(root.join(EXEC_TARGET_SOURCE)),
+    )?;
+    Ok(target)
+}
+
+fn plan_args(plan: &[(&str, &str)]) -> Vec<String> {
+    plan.iter()
+        .flat_map(|(flag, value)| [flag.to_string(), value.to_string()])
+        .collect()
+}
+
+fn on_host(
+    bench_dir: &Path,
+    driver: &Path,
+    blocker: &Path,
+    exec_target: &Path,
+) -> Result<Vec<Value>> {
+    let mut command = Command::new(driver);
+    command
+        .arg("host")
+        .arg("--blocker")
+        .arg(blocker)
+        .arg("--exec-target")
+        .arg(exec_target)
+        .args(["--fapolicyd", FAPOLICYD])
+        .arg("--work-dir")
+        .arg(bench_dir.join("work"))
+        .args(plan_args(HOST_PLAN));
+    let log_file = bench_dir.join("host.log");
+    let mut log = Vec::new();
+    let mut records = Vec::new();
+    let ended = process::run_with_deadline(&mut command, HOST_TIMEOUT, |line| {
+        log.push(line.to_owned());
+        match bench_report::parse_record(line) {
+            Some(record) => records.push(record),
+            None => println!("{line}"),
+        }
+    })?;
+    fs::write(&log_file, log.join("\n") + "\n")
+        .with_context(|| format!("writing {}", log_file.display()))?;
+    match ended {
+        Ended::Exited(status) if status.success() => Ok(records),
+        Ended::Exited(status) => bail!(
+            "the host bench failed ({status}); its output is in {}",
+            log_file.display()
+        ),
+        Ended::TimedOut => bail!(
+            "the host bench did not finish within {} s; its output is in {}",
+            HOST_TIMEOUT.as_secs(),
+            log_file.display()
+        ),
+    }
+}
+
+fn in_vm(
+    root: &Path,
+    kernel: &Path,
+    driver: &Path,
+    blocker: &Path,
+    exec_target: &Path,
+) -> Result<Vec<Value>> {
+    let arguments = plan_args(VM_PLAN).join(" ");
+    let init = format!(
+        r#"#!/bin/busybox sh
+# Written by xtask (bench.rs): runs the bench driver, then powers off.
+{GUEST_SETUP}export RUST_BACKTRACE=1
+{GUEST_DRIVER} vm --blocker {blocker} --exec-target {GUEST_EXEC_TARGET} --fapolicyd {FAPOLICYD} \
+    --work-dir {GUEST_WORK_DIR} {arguments} 2>/tmp/bench-errors
+echo "{GUEST_EXIT}$?"
+tail -n 40 /tmp/bench-errors
+poweroff -f
+"#,
+        blocker = vm::GUEST_BLOCKER,
+    );
+    let guest = Guest {
+        init,
+        programs: vec![
+            (GUEST_DRIVER.to_owned(), driver.to_owned()),
+            (GUEST_EXEC_TARGET.to_owned(), exec_target.to_owned()),
+            (FAPOLICYD.to_owned(), PathBuf::from(FAPOLICYD)),
+        ],
+        data: FAPOLICYD_DATA
+            .iter()
+            .map(|file| (file.to_string(), PathBuf::from(file)))
+            .collect(),
+    };
+    let console = vm::run_guest(root, kernel, &guest, blocker, "bench-console.log")?;
+    let exit = console.iter().find_map(|line| {
+        line.split_once(GUEST_EXIT)
+            .map(|(_, code)| code.trim().to_owned())
+    });
+    match exit.as_deref() {
+        Some("0") => Ok(console
+            .iter()
+            .filter_map(|line| bench_report::parse_record(line))
+            .collect()),
+        Some(code) => {
+            bail!("the bench driver failed in the VM (exit {code}); see its console above")
+        }
+        None => bail!("the bench driver never finished in the VM; see its console above"),
+    }
+}
+
+/// The current time in UTC, as `date` prints it.
+fn utc_now() -> Result<String> {
+    let output = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .context("running date")?;
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
