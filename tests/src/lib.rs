@@ -33,6 +33,30 @@ pub fn blocker_bin() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/blocker"))
 }
 
+/// `program run --policy-dir POLICY_DIR` with its output piped, logging at `info`, and killed
+/// with the process that started it, so that no test or bench leaves programs loaded behind it.
+pub fn blocker_run(program: &Path, policy_dir: &Path) -> Command {
+    let mut command = Command::new(program);
+    command
+        .arg("run")
+        .arg("--policy-dir")
+        .arg(policy_dir)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
+}
+
 /// A program that exits 0; copies of it play the banned and unbanned binaries.
 pub fn harmless_binary() -> PathBuf {
     std::env::var_os("BLOCKER_TEST_BINARY")
@@ -295,28 +319,12 @@ impl Daemon {
             .parent()
             .unwrap_or(policy_dir)
             .join("events.jsonl");
-        let mut command = Command::new(program);
+        let mut command = blocker_run(program, policy_dir);
         command
-            .arg("run")
-            .arg("--policy-dir")
-            .arg(policy_dir)
             .arg("--events-file")
             .arg(&events_file)
             .arg("--no-journald")
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+            .args(args);
         let mut child = command
             .spawn()
             .with_context(|| format!("starting {}", program.display()))?;

@@ -4,15 +4,15 @@
 
 use std::{
     io::{BufRead, BufReader},
-    os::unix::process::CommandExt,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::Child,
     sync::mpsc::{self, Receiver, RecvTimeoutError},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
+use blocker_integration_tests::blocker_run;
 use serde_json::Value;
 
 /// Generous: under QEMU's emulation a large policy takes long to resolve.
@@ -51,27 +51,18 @@ impl Daemon {
         extra: &[&str],
         timeout: Duration,
     ) -> Result<(Self, Startup)> {
-        let mut command = Command::new(blocker);
+        let work = policy_dir.parent().unwrap_or(policy_dir);
+        let mut command = blocker_run(blocker, policy_dir);
         command
-            .arg("run")
-            .arg("--policy-dir")
-            .arg(policy_dir)
             .args(["--backend", backend, "--refresh-interval", "86400"])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        // SAFETY: prctl is async-signal-safe; the daemon dies with the bench, so its programs
-        // never outlive the measurement.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+            // Events and status stay in the bench's own tmpfs, out of the host's /var/log and
+            // /run and out of its journal; the file sink still works as in the service.
+            .arg("--events-file")
+            .arg(work.join("events.jsonl"))
+            .arg("--status-file")
+            .arg(work.join("status.json"))
+            .arg("--no-journald")
+            .args(extra);
         let spawned = Instant::now();
         let mut child = command
             .spawn()

@@ -289,12 +289,7 @@ fn measure_host(
     let fixture = Fixture::new(common)?;
     let startup_timeout = Duration::from_secs(common.startup_timeout_secs);
 
-    let fapolicyd = fixture.start_fapolicyd(&common.fapolicyd, startup_timeout)?;
-    report(fixture.exec_latency(environment, common, &fapolicyd)?);
-    let (allowed, denied) = fapolicyd.stop()?;
-    progress(&format!(
-        "fapolicyd allowed {allowed} accesses and denied {denied}"
-    ));
+    measure_exec_latency(&fixture, environment, common, startup_timeout)?;
 
     report(fixture.event_storm(environment, common)?);
 
@@ -337,18 +332,29 @@ fn measure_host(
     Ok(())
 }
 
-fn measure_vm(common: &Common, hashed_program_mib: usize, hashed_programs: usize) -> Result<()> {
-    let environment = Environment::Vm;
-    emit(&machine::describe(environment));
-    let fixture = Fixture::new(common)?;
-    let startup_timeout = Duration::from_secs(common.startup_timeout_secs);
-
+/// Exec latency with nothing, blocker and fapolicyd in force; fapolicyd runs only meanwhile.
+fn measure_exec_latency(
+    fixture: &Fixture,
+    environment: Environment,
+    common: &Common,
+    startup_timeout: Duration,
+) -> Result<()> {
     let fapolicyd = fixture.start_fapolicyd(&common.fapolicyd, startup_timeout)?;
     report(fixture.exec_latency(environment, common, &fapolicyd)?);
     let (allowed, denied) = fapolicyd.stop()?;
     progress(&format!(
         "fapolicyd allowed {allowed} accesses and denied {denied}"
     ));
+    Ok(())
+}
+
+fn measure_vm(common: &Common, hashed_program_mib: usize, hashed_programs: usize) -> Result<()> {
+    let environment = Environment::Vm;
+    emit(&machine::describe(environment));
+    let fixture = Fixture::new(common)?;
+    let startup_timeout = Duration::from_secs(common.startup_timeout_secs);
+
+    measure_exec_latency(&fixture, environment, common, startup_timeout)?;
 
     report(content_hash::measure(
         &fixture.workspace,
