@@ -552,9 +552,12 @@ pub fn protect_links(ctx: LsmContext) -> i32 {
 #[lsm(hook = "file_open")]
 pub fn protect_files_from_writes(ctx: LsmContext) -> i32 {
     let earlier_verdict: i32 = ctx.arg(1);
-    if earlier_verdict != 0 || active_protection().is_none() {
+    if earlier_verdict != 0 {
         return earlier_verdict;
     }
+    let Some(protection) = active_protection() else {
+        return 0;
+    };
     let opened: *const u8 = ctx.arg(0);
     let offsets = KERNEL_OFFSETS.load();
     if !opened_for_writing(opened, &offsets) {
@@ -565,6 +568,7 @@ pub fn protect_files_from_writes(ctx: LsmContext) -> i32 {
     let dentry = read_field::<*const u8>(path, offsets.path_dentry);
     refuse_change(
         &offsets,
+        &protection,
         file_change::OPEN_FOR_WRITING,
         protected_dentry(dentry, &offsets),
     )
@@ -574,12 +578,15 @@ pub fn protect_files_from_writes(ctx: LsmContext) -> i32 {
 #[lsm(hook = "inode_setattr")]
 pub fn protect_files_from_setattr(ctx: LsmContext) -> i32 {
     let earlier_verdict: i32 = ctx.arg(2);
-    if earlier_verdict != 0 || active_protection().is_none() {
+    if earlier_verdict != 0 {
         return earlier_verdict;
     }
+    let Some(protection) = active_protection() else {
+        return 0;
+    };
     let offsets = KERNEL_OFFSETS.load();
     let target = protected_dentry(Some(ctx.arg(0)), &offsets);
-    refuse_change(&offsets, file_change::SETATTR, target)
+    refuse_change(&offsets, &protection, file_change::SETATTR, target)
 }
 
 /// `int security_inode_create(struct inode *dir, struct dentry *dentry, umode_t mode)`.
@@ -624,13 +631,16 @@ pub fn protect_dirs_from_rmdir(ctx: LsmContext) -> i32 {
 #[lsm(hook = "inode_link")]
 pub fn protect_dirs_from_link(ctx: LsmContext) -> i32 {
     let earlier_verdict: i32 = ctx.arg(3);
-    if earlier_verdict != 0 || active_protection().is_none() {
+    if earlier_verdict != 0 {
         return earlier_verdict;
     }
+    let Some(protection) = active_protection() else {
+        return 0;
+    };
     let offsets = KERNEL_OFFSETS.load();
     let target = protected_inode(ctx.arg(1), &offsets)
         .or_else(|| protected_dentry(Some(ctx.arg(0)), &offsets));
-    refuse_change(&offsets, file_change::LINK, target)
+    refuse_change(&offsets, &protection, file_change::LINK, target)
 }
 
 /// `int security_inode_rename(struct inode *old_dir, struct dentry *old_dentry, struct inode
@@ -638,15 +648,18 @@ pub fn protect_dirs_from_link(ctx: LsmContext) -> i32 {
 #[lsm(hook = "inode_rename")]
 pub fn protect_dirs_from_rename(ctx: LsmContext) -> i32 {
     let earlier_verdict: i32 = ctx.arg(4);
-    if earlier_verdict != 0 || active_protection().is_none() {
+    if earlier_verdict != 0 {
         return earlier_verdict;
     }
+    let Some(protection) = active_protection() else {
+        return 0;
+    };
     let offsets = KERNEL_OFFSETS.load();
     let target = protected_inode(ctx.arg(0), &offsets)
         .or_else(|| protected_inode(ctx.arg(2), &offsets))
         .or_else(|| protected_inode(dentry_inode(ctx.arg(1), &offsets), &offsets))
         .or_else(|| protected_inode(dentry_inode(ctx.arg(3), &offsets), &offsets));
-    refuse_change(&offsets, file_change::RENAME, target)
+    refuse_change(&offsets, &protection, file_change::RENAME, target)
 }
 
 /// `int security_sb_mount(const char *dev_name, const struct path *path, const char *type,
@@ -666,14 +679,18 @@ pub fn protect_dirs_from_move_mount(ctx: LsmContext) -> i32 {
 #[inline(always)]
 fn mount_over(ctx: &LsmContext, path_argument: usize, verdict_argument: usize) -> i32 {
     let earlier_verdict: i32 = ctx.arg(verdict_argument);
-    if earlier_verdict != 0 || active_protection().is_none() {
+    if earlier_verdict != 0 {
         return earlier_verdict;
     }
+    let Some(protection) = active_protection() else {
+        return 0;
+    };
     let offsets = KERNEL_OFFSETS.load();
     let path: *const u8 = ctx.arg(path_argument);
     let dentry = read_field::<*const u8>(path, offsets.path_dentry);
     refuse_change(
         &offsets,
+        &protection,
         file_change::MOUNT,
         protected_dentry(dentry, &offsets),
     )
@@ -684,11 +701,19 @@ fn mount_over(ctx: &LsmContext, path_argument: usize, verdict_argument: usize) -
 #[inline(always)]
 fn directory_change(ctx: &LsmContext, verdict_argument: usize, change: u32) -> i32 {
     let earlier_verdict: i32 = ctx.arg(verdict_argument);
-    if earlier_verdict != 0 || active_protection().is_none() {
+    if earlier_verdict != 0 {
         return earlier_verdict;
     }
+    let Some(protection) = active_protection() else {
+        return 0;
+    };
     let offsets = KERNEL_OFFSETS.load();
-    refuse_change(&offsets, change, protected_inode(ctx.arg(0), &offsets))
+    refuse_change(
+        &offsets,
+        &protection,
+        change,
+        protected_inode(ctx.arg(0), &offsets),
+    )
 }
 
 /// `unlink` and `rmdir`: of an entry of a protected directory, or of a protected entry itself.
@@ -696,13 +721,16 @@ fn directory_change(ctx: &LsmContext, verdict_argument: usize, change: u32) -> i
 #[inline(always)]
 fn removal(ctx: &LsmContext, change: u32) -> i32 {
     let earlier_verdict: i32 = ctx.arg(2);
-    if earlier_verdict != 0 || active_protection().is_none() {
+    if earlier_verdict != 0 {
         return earlier_verdict;
     }
+    let Some(protection) = active_protection() else {
+        return 0;
+    };
     let offsets = KERNEL_OFFSETS.load();
     let target = protected_inode(ctx.arg(0), &offsets)
         .or_else(|| protected_inode(dentry_inode(ctx.arg(1), &offsets), &offsets));
-    refuse_change(&offsets, change, target)
+    refuse_change(&offsets, &protection, change, target)
 }
 
 fn active_protection() -> Option<Protection> {
@@ -711,19 +739,21 @@ fn active_protection() -> Option<Protection> {
 }
 
 /// Whether the current process runs the blocker binary (the daemon, `blocker stop`, `blocker
-/// policy`), or is a kernel thread.
+/// policy`), or is a kernel thread (no `mm`). A task that cannot be read is not trusted.
 fn trusted(protection: &Protection, offsets: &KernelOffsets) -> bool {
     let task = unsafe { bpf_get_current_task() } as *const u8;
-    match read_field::<*const u8>(task, offsets.task_struct_mm) {
-        None => true,
-        Some(mm) if mm.is_null() => true,
-        Some(_) => task_exe(task, offsets) == Some(protection.trusted_exe),
-    }
+    let Some(mm) = read_field::<*const u8>(task, offsets.task_struct_mm) else {
+        return false;
+    };
+    mm.is_null() || mm_exe(mm, offsets) == Some(protection.trusted_exe)
 }
 
 /// The identity of the file `task` runs.
 fn task_exe(task: *const u8, offsets: &KernelOffsets) -> Option<FileKey> {
-    let mm: *const u8 = read_field(task, offsets.task_struct_mm)?;
+    mm_exe(read_field(task, offsets.task_struct_mm)?, offsets)
+}
+
+fn mm_exe(mm: *const u8, offsets: &KernelOffsets) -> Option<FileKey> {
     let exe: *const u8 = read_field(mm, offsets.mm_struct_exe_file)?;
     inode_key(read_field(exe, offsets.file_f_inode)?, offsets)
 }
@@ -749,11 +779,16 @@ fn refuse_bpf_object(offsets: &KernelOffsets, kind: u32, id: u32) -> i32 {
     )
 }
 
-fn refuse_change(offsets: &KernelOffsets, change: u32, target: Option<FileKey>) -> i32 {
-    let (Some(target), Some(protection)) = (target, active_protection()) else {
+fn refuse_change(
+    offsets: &KernelOffsets,
+    protection: &Protection,
+    change: u32,
+    target: Option<FileKey>,
+) -> i32 {
+    let Some(target) = target else {
         return 0;
     };
-    if trusted(&protection, offsets) {
+    if trusted(protection, offsets) {
         return 0;
     }
     refuse(offsets, operation::FILE_CHANGE, change, target)

@@ -93,6 +93,7 @@ pub fn adopt(dir: &Path, map_names: &[&'static str]) -> Result<Adopted> {
 /// Pins `maps` and `links` as `dir`, then removes whatever else is pinned under its root (other
 /// builds, staging left by a crash): those programs detach only now, after the new ones were
 /// attached, so enforcement never lapses. Returns the links, still attached, as held links.
+/// The caller has checked that the root is on a BPF filesystem ([`ensure_bpf_fs`]).
 pub fn pin(
     dir: &Path,
     maps: &[(&str, &Map)],
