@@ -165,6 +165,11 @@ pub fn unload(root: &Path) -> Result<Vec<Removed>> {
     Ok(removed)
 }
 
+/// Removes the pins of one build, `dir` (see [`build_dir`]).
+pub fn remove(dir: &Path) -> Result<()> {
+    remove_tree(dir, &mut Vec::new())
+}
+
 fn remove_tree(path: &Path, removed: &mut Vec<Removed>) -> Result<()> {
     let metadata =
         fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
