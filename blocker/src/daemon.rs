@@ -337,7 +337,7 @@ async fn serve(
             log::error!("{error:#}");
         }
     }
-    drop(enforcer);
+    enforcer.release();
     match &pinned {
         Some(dir) => log::info!(
             "the programs pinned at {dir} keep enforcing the policy; `blocker unload` detaches them"

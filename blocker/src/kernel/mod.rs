@@ -29,6 +29,9 @@ use self::{
     hooks::HookLayout,
 };
 
+/// How long to wait for the kernel to detach programs whose last link reference is gone.
+pub const DETACH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The kernel's type information, which both the offsets and the program attach points need.
 const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -189,6 +192,30 @@ impl Enforcer {
             );
         }
         Ok(enforcer)
+    }
+
+    /// Lets go of the programs: unpinned ones are detached, and this returns once the kernel
+    /// no longer lists their links (it may release them from a work queue a moment later);
+    /// pinned ones keep enforcing.
+    pub fn release(self) {
+        if self.pinned.is_some() {
+            return;
+        }
+        let ids: Vec<u32> = self
+            .links
+            .iter()
+            .filter_map(|(_, link)| link.info().ok())
+            .map(|info| info.id())
+            .collect();
+        drop(self);
+        let still_attached = pins::wait_for_detach(&ids, DETACH_TIMEOUT);
+        if !still_attached.is_empty() {
+            log::warn!(
+                "{} links still attached {} s after the daemon let them go",
+                still_attached.len(),
+                DETACH_TIMEOUT.as_secs()
+            );
+        }
     }
 
     /// Reports tamper protection off where its programs are attached but inert.

@@ -10,6 +10,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
@@ -145,6 +146,8 @@ pub fn pin(
 pub struct Removed {
     pub path: PathBuf,
     pub kind: PinKind,
+    /// The kernel's id of a removed link, where it could be read.
+    pub link_id: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,12 +184,14 @@ fn remove_tree(path: &Path, removed: &mut Vec<Removed>) -> Result<()> {
         removed.push(Removed {
             path: path.to_owned(),
             kind: PinKind::Directory,
+            link_id: None,
         });
     } else {
         let in_links_dir = path
             .parent()
             .and_then(Path::file_name)
             .is_some_and(|name| name == LINKS_DIR);
+        let link_id = in_links_dir.then(|| pinned_link_id(path)).flatten();
         fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
         removed.push(Removed {
             path: path.to_owned(),
@@ -195,9 +200,33 @@ fn remove_tree(path: &Path, removed: &mut Vec<Removed>) -> Result<()> {
             } else {
                 PinKind::Map
             },
+            link_id,
         });
     }
     Ok(())
+}
+
+fn pinned_link_id(path: &Path) -> Option<u32> {
+    let link = FdLink::from(PinnedLink::from_pin(path).ok()?);
+    Some(link.info().ok()?.id())
+}
+
+/// Waits until the kernel no longer lists the links `ids`, at most `timeout`, and returns those
+/// it still lists. Newer kernels (6.12 and later here) release a link from a work queue once its
+/// last reference is gone, so its program may run for a moment after its pin was removed.
+pub fn wait_for_detach(ids: &[u32], timeout: Duration) -> Vec<u32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let listed: Vec<u32> = aya::programs::loaded_links()
+            .filter_map(Result::ok)
+            .map(|link| link.id())
+            .filter(|id| ids.contains(id))
+            .collect();
+        if listed.is_empty() || Instant::now() >= deadline {
+            return listed;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Pins can only go on a mounted BPF filesystem; the usual mount point is /sys/fs/bpf.
