@@ -51,17 +51,31 @@ pub mod lsm_programs {
     }
 
     /// The exec check by identity, for kernels that cannot hash files for BPF.
-    pub const EXEC_IDENTITY: LsmProgram =
-        program("bprm_check_security", "bprm_check_security", &[BprmCheckSecurityBprm]);
+    pub const EXEC_IDENTITY: LsmProgram = program(
+        "bprm_check_security",
+        "bprm_check_security",
+        &[BprmCheckSecurityBprm],
+    );
     /// The sleepable exec check by identity and content (IMA's hash), with the fileless setting.
-    pub const EXEC_CONTENT: LsmProgram =
-        program("bprm_check_content", "bprm_check_security", &[BprmCheckSecurityBprm]);
+    pub const EXEC_CONTENT: LsmProgram = program(
+        "bprm_check_content",
+        "bprm_check_security",
+        &[BprmCheckSecurityBprm],
+    );
     /// Programs that drop cached content verdicts of files that may have changed. The cache is
     /// used only while all of them are attached.
     pub const VERDICT_INVALIDATION: [LsmProgram; 4] = [
         program("forget_verdict_on_write_open", "file_open", &[FileOpenFile]),
-        program("forget_verdict_on_setattr", "inode_setattr", &[InodeSetattrDentry]),
-        program("forget_verdict_on_truncate", "path_truncate", &[PathTruncatePath]),
+        program(
+            "forget_verdict_on_setattr",
+            "inode_setattr",
+            &[InodeSetattrDentry],
+        ),
+        program(
+            "forget_verdict_on_truncate",
+            "path_truncate",
+            &[PathTruncatePath],
+        ),
         program(
             "forget_verdict_on_shared_write_mmap",
             "mmap_file",
@@ -72,11 +86,19 @@ pub mod lsm_programs {
     /// `mprotect(PROT_EXEC)`).
     pub const EXECUTABLE_MAPPINGS: [LsmProgram; 2] = [
         program("mmap_file", "mmap_file", &[MmapFileFile, MmapFileProt]),
-        program("file_mprotect", "file_mprotect", &[FileMprotectVma, FileMprotectProt]),
+        program(
+            "file_mprotect",
+            "file_mprotect",
+            &[FileMprotectVma, FileMprotectProt],
+        ),
     ];
     /// Tamper protection programs; inert until `PROTECTION` names a daemon.
     pub const PROTECTION: [LsmProgram; 17] = [
-        program("protect_daemon_from_signals", "task_kill", &[TaskKillTask, TaskKillSignal]),
+        program(
+            "protect_daemon_from_signals",
+            "task_kill",
+            &[TaskKillTask, TaskKillSignal],
+        ),
         program(
             "protect_daemon_from_ptrace",
             "ptrace_access_check",
@@ -86,9 +108,21 @@ pub mod lsm_programs {
         program("protect_programs", "bpf_prog", &[BpfProgProg]),
         program("protect_links", "bpf", &[BpfCommand, BpfAttr]),
         program("protect_files_from_writes", "file_open", &[FileOpenFile]),
-        program("protect_files_from_setattr", "inode_setattr", &[InodeSetattrDentry]),
-        program("protect_dirs_from_create", "inode_create", &[InodeCreateDir]),
-        program("protect_dirs_from_symlink", "inode_symlink", &[InodeSymlinkDir]),
+        program(
+            "protect_files_from_setattr",
+            "inode_setattr",
+            &[InodeSetattrDentry],
+        ),
+        program(
+            "protect_dirs_from_create",
+            "inode_create",
+            &[InodeCreateDir],
+        ),
+        program(
+            "protect_dirs_from_symlink",
+            "inode_symlink",
+            &[InodeSymlinkDir],
+        ),
         program("protect_dirs_from_mkdir", "inode_mkdir", &[InodeMkdirDir]),
         program("protect_dirs_from_mknod", "inode_mknod", &[InodeMknodDir]),
         program(
@@ -117,7 +151,11 @@ pub mod lsm_programs {
             ],
         ),
         program("protect_dirs_from_mount", "sb_mount", &[SbMountPath]),
-        program("protect_dirs_from_move_mount", "move_mount", &[MoveMountToPath]),
+        program(
+            "protect_dirs_from_move_mount",
+            "move_mount",
+            &[MoveMountToPath],
+        ),
     ];
 }
 

@@ -9,8 +9,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use blocker_common::{
-    action, backend, counter, operation, setting, BanEntry, FileKey, HookArgument,
-    FILELESS_RULE_ID,
+    action, backend, counter, operation, setting, BanEntry, FileKey, HookArgument, FILELESS_RULE_ID,
 };
 
 use crate::{

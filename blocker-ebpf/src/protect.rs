@@ -3,7 +3,9 @@
 //! caller is not trusted, which keeps the common path to one array lookup.
 
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::lsm, programs::LsmContext};
-use blocker_common::{backend, bpf_object, file_change, operation, FileKey, HookArgument, Protection};
+use blocker_common::{
+    backend, bpf_object, file_change, operation, FileKey, HookArgument, Protection,
+};
 
 use crate::{
     hook_arguments,
@@ -79,7 +81,10 @@ pub fn protect_maps(ctx: LsmContext) -> i32 {
 #[lsm(hook = "bpf_prog")]
 pub fn protect_programs(ctx: LsmContext) -> i32 {
     let program = BpfProg::new(hook_arguments::pointer(&ctx, HookArgument::BpfProgProg));
-    refuse_bpf_object(bpf_object::PROGRAM, program.and_then(BpfProg::id).unwrap_or(0))
+    refuse_bpf_object(
+        bpf_object::PROGRAM,
+        program.and_then(BpfProg::id).unwrap_or(0),
+    )
 }
 
 /// Links have no hook of their own, so a descriptor of one by id is refused at the `bpf(2)`
@@ -91,7 +96,10 @@ pub fn protect_links(ctx: LsmContext) -> i32 {
         return ALLOW;
     }
     let attr = BpfAttr::new(hook_arguments::pointer(&ctx, HookArgument::BpfAttr));
-    refuse_bpf_object(bpf_object::LINK, attr.and_then(BpfAttr::object_id).unwrap_or(0))
+    refuse_bpf_object(
+        bpf_object::LINK,
+        attr.and_then(BpfAttr::object_id).unwrap_or(0),
+    )
 }
 
 #[lsm(hook = "file_open")]

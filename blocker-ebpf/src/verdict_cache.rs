@@ -118,7 +118,10 @@ pub fn forget_verdict_on_setattr(ctx: LsmContext) -> i32 {
 #[lsm(hook = "path_truncate")]
 pub fn forget_verdict_on_truncate(ctx: LsmContext) -> i32 {
     let path = hook_arguments::path(&ctx, HookArgument::PathTruncatePath);
-    forget_verdict(path.and_then(|path| path.dentry()).and_then(|dentry| dentry.inode()));
+    forget_verdict(
+        path.and_then(|path| path.dentry())
+            .and_then(|dentry| dentry.inode()),
+    );
     ALLOW
 }
 

@@ -89,7 +89,9 @@ pub fn run(options: RunOptions) -> Result<()> {
     // Decided before anything is loaded: protection covers the policy directory as it is now.
     let protected_directories = if options.protect {
         Some(vec![std::fs::canonicalize(&options.policy_dir)
-            .with_context(|| format!("resolving {}", options.policy_dir.display()))?])
+            .with_context(|| {
+                format!("resolving {}", options.policy_dir.display())
+            })?])
     } else {
         None
     };

@@ -13,9 +13,7 @@ use blocker_common::{
 };
 use serde::Serialize;
 
-use crate::{
-    identity::split_kernel_device_number, kernel::coverage::Features, resolve::RuleInfo,
-};
+use crate::{identity::split_kernel_device_number, kernel::coverage::Features, resolve::RuleInfo};
 
 /// Copies an [`ExecEvent`] out of a ring buffer record.
 pub fn decode(bytes: &[u8]) -> Result<ExecEvent> {

@@ -190,7 +190,9 @@ impl Btf {
     /// The parameter names of function `name`, in order; `None` if the BTF has no such
     /// function.
     pub fn function_parameters(&self, name: &str) -> Option<Vec<&str>> {
-        let function = self.types.get(*self.functions_by_name.get(name)? as usize)?;
+        let function = self
+            .types
+            .get(*self.functions_by_name.get(name)? as usize)?;
         let prototype = self.types.get(function.size_or_type as usize)?;
         (prototype.kind == KIND_FUNC_PROTO).then(|| {
             prototype

@@ -139,7 +139,10 @@ impl Features {
 
     /// The features of LSM programs of which those named by `attached` are attached; the
     /// others are missing for `why_missing(program)`.
-    pub fn lsm(attached: impl Fn(&str) -> bool, why_missing: impl Fn(&LsmProgram) -> String) -> Self {
+    pub fn lsm(
+        attached: impl Fn(&str) -> bool,
+        why_missing: impl Fn(&LsmProgram) -> String,
+    ) -> Self {
         let missing = |programs: &[LsmProgram]| -> Vec<MissingProgram> {
             programs
                 .iter()
@@ -223,6 +226,9 @@ mod tests {
     fn without_content_checks_the_cache_is_off_for_that_reason() {
         let features = Features::lsm(|name| name != "bprm_check_content", |_| "no IMA".to_owned());
         assert_eq!(features.exec_content.state, State::Off);
-        assert_eq!(features.verdict_cache.reason.as_deref(), Some("no content checks"));
+        assert_eq!(
+            features.verdict_cache.reason.as_deref(),
+            Some("no content checks")
+        );
     }
 }

@@ -108,9 +108,18 @@ mod tests {
     fn reads_through_verifier_annotations() {
         let linux_7 = kernel(&[("mmap_file", &["file__nullable", "reqprot", "prot", "flags"])]);
         let layout = HookLayout::of(&linux_7);
-        assert_eq!(layout.positions.positions[HookArgument::MmapFileFile as usize], 0);
-        assert_eq!(layout.positions.positions[HookArgument::MmapFileProt as usize], 2);
-        assert_eq!(layout.unavailable(&lsm_programs::EXECUTABLE_MAPPINGS[0]), None);
+        assert_eq!(
+            layout.positions.positions[HookArgument::MmapFileFile as usize],
+            0
+        );
+        assert_eq!(
+            layout.positions.positions[HookArgument::MmapFileProt as usize],
+            2
+        );
+        assert_eq!(
+            layout.unavailable(&lsm_programs::EXECUTABLE_MAPPINGS[0]),
+            None
+        );
         assert!(!names("filename", "file"));
     }
 
@@ -129,7 +138,10 @@ mod tests {
                  entry, attr)"
             )
         );
-        assert_eq!(layout.unavailable(&lsm_programs::VERDICT_INVALIDATION[0]), None);
+        assert_eq!(
+            layout.unavailable(&lsm_programs::VERDICT_INVALIDATION[0]),
+            None
+        );
         assert_eq!(
             layout.unavailable(&lsm_programs::VERDICT_INVALIDATION[2]),
             Some("this kernel has no LSM hook path_truncate")

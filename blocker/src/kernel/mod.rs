@@ -21,7 +21,9 @@ use aya::{
     Btf, Ebpf, EbpfLoader, Pod,
 };
 use blocker_common::{
-    counter, lsm_programs::{self, LsmProgram}, names, setting, BanEntry, ContentHash, FileKey,
+    counter,
+    lsm_programs::{self, LsmProgram},
+    names, setting, BanEntry, ContentHash, FileKey,
 };
 
 use self::{
