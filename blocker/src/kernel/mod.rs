@@ -724,3 +724,44 @@ fn raise_memlock_limit() {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use object::{Object, ObjectSection, ObjectSymbol};
+
+    use super::*;
+
+    /// The section of every LSM program the loader knows names the hook the loader attaches it
+    /// to: the program was written for that hook's arguments.
+    #[test]
+    fn every_lsm_program_is_in_the_object_under_its_hook() {
+        let object = object::File::parse(EBPF_OBJECT).unwrap();
+        let section_of = |program: &str| -> Option<String> {
+            let symbol = object.symbols().find(|symbol| symbol.name() == Ok(program))?;
+            let section = object.section_by_index(symbol.section_index()?).ok()?;
+            section.name().ok().map(str::to_owned)
+        };
+        let every = [lsm_programs::EXEC_IDENTITY]
+            .into_iter()
+            .chain(lsm_programs::VERDICT_INVALIDATION)
+            .chain(lsm_programs::EXECUTABLE_MAPPINGS)
+            .chain(lsm_programs::PROTECTION);
+        for program in every {
+            assert_eq!(
+                section_of(program.name),
+                Some(format!("lsm/{}", program.hook)),
+                "{}",
+                program.name
+            );
+        }
+        let content = lsm_programs::EXEC_CONTENT;
+        assert_eq!(
+            section_of(content.name),
+            Some(format!("lsm.s/{}", content.hook))
+        );
+        assert_eq!(
+            section_of(names::KILL_PROGRAM),
+            Some(format!("tp_btf/{}", names::KILL_TRACEPOINT))
+        );
+    }
+}
