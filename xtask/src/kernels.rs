@@ -104,7 +104,7 @@ pub fn cache_dir(root: &Path, suite: Suite) -> PathBuf {
 
 /// Fetches the suite's current cloud kernel and its modules into the cache.
 pub fn fetch(root: &Path, suite: Suite) -> Result<Kernel> {
-    let apt = PrivateApt::create(root, suite, &machine_archive()?)?;
+    let apt = PrivateApt::create(root, suite, &MachineArchives::find()?)?;
     println!(
         "xtask: fetching Debian {suite}'s cloud kernel (the host kernel cannot load BPF LSM \
          programs); apt's lists for it are kept in {}",
@@ -189,18 +189,15 @@ struct PrivateApt {
 }
 
 impl PrivateApt {
-    fn create(root: &Path, suite: Suite, archive: &str) -> Result<Self> {
+    fn create(root: &Path, suite: Suite, archives: &MachineArchives) -> Result<Self> {
         let dir = root.join(APT_DIR).join(suite.name());
         for sub in ["lists", "cache", "sources.list.d"] {
             let path = dir.join(sub);
             fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
         }
         let sources = dir.join("sources.list");
-        fs::write(
-            &sources,
-            format!("deb [signed-by={ARCHIVE_KEYRING}] {archive} {suite} main\n"),
-        )
-        .with_context(|| format!("writing {}", sources.display()))?;
+        fs::write(&sources, sources_list(suite, archives))
+            .with_context(|| format!("writing {}", sources.display()))?;
         Ok(Self { dir })
     }
 
@@ -327,33 +324,66 @@ fn choose_vmlinuz(paths: &[String]) -> Option<(String, String)> {
         .max()
 }
 
-/// The Debian archive the machine's apt uses.
-fn machine_archive() -> Result<String> {
-    let mut files: Vec<PathBuf> = match fs::read_dir(MACHINE_SOURCES_DIR) {
-        Ok(entries) => entries
-            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-            .collect(),
-        Err(_) => Vec::new(),
+/// The Debian archives the machine's apt uses: the main one and, if configured, the security one.
+#[derive(Debug, PartialEq)]
+struct MachineArchives {
+    main: String,
+    security: Option<String>,
+}
+
+impl MachineArchives {
+    fn find() -> Result<Self> {
+        let mut files: Vec<PathBuf> = match fs::read_dir(MACHINE_SOURCES_DIR) {
+            Ok(entries) => entries
+                .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        files.sort();
+        files.push(PathBuf::from(MACHINE_SOURCES_LIST));
+        let texts: Vec<(bool, String)> = files
+            .iter()
+            .filter_map(|file| {
+                let is_deb822 = file
+                    .extension()
+                    .is_some_and(|extension| extension == "sources");
+                Some((is_deb822, fs::read_to_string(file).ok()?))
+            })
+            .collect();
+        let find = |wanted: fn(&str) -> bool| {
+            texts.iter().find_map(|(is_deb822, text)| match is_deb822 {
+                true => archive_in_deb822(text, wanted),
+                false => archive_in_one_line_format(text, wanted),
+            })
+        };
+        let main = find(is_release_suite).with_context(|| {
+            format!(
+                "found no Debian archive (a `deb` source of a release suite with component \
+                 `main`) in {MACHINE_SOURCES_DIR}/*.sources or {MACHINE_SOURCES_LIST}; the VM \
+                 kernels are fetched from the archive the machine's apt uses"
+            )
+        })?;
+        Ok(Self {
+            main,
+            security: find(is_security_suite),
+        })
+    }
+}
+
+/// The private sources list of `suite`: a stable suite's kernel is updated through its
+/// `-updates` and `-security` suites too, so those are listed where the machine has them.
+fn sources_list(suite: Suite, archives: &MachineArchives) -> String {
+    let line = |archive: &str, suite: &str| {
+        format!("deb [signed-by={ARCHIVE_KEYRING}] {archive} {suite} main\n")
     };
-    files.sort();
-    files.push(PathBuf::from(MACHINE_SOURCES_LIST));
-    for file in &files {
-        let Ok(text) = fs::read_to_string(file) else {
-            continue;
-        };
-        let archive = match file.extension().and_then(|extension| extension.to_str()) {
-            Some("sources") => archive_in_deb822(&text),
-            _ => archive_in_one_line_format(&text),
-        };
-        if archive.is_some() {
-            return archive.context("checked above");
+    let mut list = line(&archives.main, suite.name());
+    if suite != Suite::Sid {
+        list += &line(&archives.main, &format!("{suite}-updates"));
+        if let Some(security) = &archives.security {
+            list += &line(security, &format!("{suite}-security"));
         }
     }
-    bail!(
-        "found no Debian archive (a `deb` source of a release suite with component `main`) in \
-         {MACHINE_SOURCES_DIR}/*.sources or {MACHINE_SOURCES_LIST}; the VM kernels are fetched \
-         from the archive the machine's apt uses"
-    )
+    list
 }
 
 /// A suite of a release, not of its updates or security archive (`bookworm-security`).
@@ -361,8 +391,12 @@ fn is_release_suite(suite: &str) -> bool {
     !suite.contains(['-', '/'])
 }
 
-/// The first URI of a `Types: deb` stanza with a release suite and component `main`.
-fn archive_in_deb822(text: &str) -> Option<String> {
+fn is_security_suite(suite: &str) -> bool {
+    suite.ends_with("-security")
+}
+
+/// The first URI of a `Types: deb` stanza with a wanted suite and component `main`.
+fn archive_in_deb822(text: &str, wanted: fn(&str) -> bool) -> Option<String> {
     text.split("\n\n").find_map(|stanza| {
         let field = |name: &str| {
             stanza.lines().find_map(|line| {
@@ -373,17 +407,17 @@ fn archive_in_deb822(text: &str) -> Option<String> {
             })
         };
         let is_deb = field("Types")?.contains(&"deb");
-        let has_release = field("Suites")?.into_iter().any(is_release_suite);
+        let has_wanted = field("Suites")?.into_iter().any(wanted);
         let has_main = field("Components")?.contains(&"main");
-        if !(is_deb && has_release && has_main) {
+        if !(is_deb && has_wanted && has_main) {
             return None;
         }
         field("URIs")?.first().map(|uri| uri.to_string())
     })
 }
 
-/// The URI of the first `deb [options] URI SUITE main...` line with a release suite.
-fn archive_in_one_line_format(text: &str) -> Option<String> {
+/// The URI of the first `deb [options] URI SUITE main...` line with a wanted suite.
+fn archive_in_one_line_format(text: &str, wanted: fn(&str) -> bool) -> Option<String> {
     text.lines().find_map(|line| {
         let rest = line.trim().strip_prefix("deb ")?;
         let rest = match rest.trim_start().strip_prefix('[') {
@@ -392,8 +426,7 @@ fn archive_in_one_line_format(text: &str) -> Option<String> {
         };
         let mut words = rest.split_whitespace();
         let (uri, suite) = (words.next()?, words.next()?);
-        (is_release_suite(suite) && words.any(|component| component == "main"))
-            .then(|| uri.to_owned())
+        (wanted(suite) && words.any(|component| component == "main")).then(|| uri.to_owned())
     })
 }
 
@@ -509,18 +542,23 @@ mod tests {
     }
 
     #[test]
-    fn finds_the_machine_archive_in_either_format() {
+    fn finds_the_machine_archives_in_either_format() {
         let deb822 = "Types: deb\n# a comment\nURIs: http://deb.debian.org/debian-security\n\
                       Suites: bookworm-security\nComponents: main\n\n\
                       Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\n\
                       Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n";
         assert_eq!(
-            archive_in_deb822(deb822).as_deref(),
+            archive_in_deb822(deb822, is_release_suite).as_deref(),
             Some("http://deb.debian.org/debian")
         );
         assert_eq!(
+            archive_in_deb822(deb822, is_security_suite).as_deref(),
+            Some("http://deb.debian.org/debian-security")
+        );
+        assert_eq!(
             archive_in_deb822(
-                "Types: deb-src\nURIs: http://x/debian\nSuites: sid\nComponents: main\n"
+                "Types: deb-src\nURIs: http://x/debian\nSuites: sid\nComponents: main\n",
+                is_release_suite
             ),
             None
         );
@@ -529,8 +567,43 @@ mod tests {
                         deb http://security.debian.org/debian-security bookworm-security main\n\
                         deb [signed-by=/k.gpg] http://mirror.example/debian bookworm main contrib\n";
         assert_eq!(
-            archive_in_one_line_format(one_line).as_deref(),
+            archive_in_one_line_format(one_line, is_release_suite).as_deref(),
             Some("http://mirror.example/debian")
+        );
+        assert_eq!(
+            archive_in_one_line_format(one_line, is_security_suite).as_deref(),
+            Some("http://security.debian.org/debian-security")
+        );
+    }
+
+    #[test]
+    fn stable_suites_list_their_updates_and_security_archives() {
+        let archives = MachineArchives {
+            main: "http://m/debian".to_owned(),
+            security: Some("http://s/debian-security".to_owned()),
+        };
+        let keyring = format!("[signed-by={ARCHIVE_KEYRING}]");
+        assert_eq!(
+            sources_list(Suite::Trixie, &archives),
+            format!(
+                "deb {keyring} http://m/debian trixie main\n\
+                 deb {keyring} http://m/debian trixie-updates main\n\
+                 deb {keyring} http://s/debian-security trixie-security main\n"
+            )
+        );
+        assert_eq!(
+            sources_list(Suite::Sid, &archives),
+            format!("deb {keyring} http://m/debian sid main\n")
+        );
+        let without_security = MachineArchives {
+            security: None,
+            ..archives
+        };
+        assert_eq!(
+            sources_list(Suite::Bookworm, &without_security)
+                .lines()
+                .count(),
+            2
         );
     }
 }
