@@ -54,6 +54,15 @@ impl Suite {
         }
     }
 
+    /// The release, for people.
+    pub fn description(self) -> &'static str {
+        match self {
+            Suite::Bookworm => "Debian 12 (bookworm)",
+            Suite::Trixie => "Debian 13 (trixie)",
+            Suite::Sid => "Debian unstable (sid)",
+        }
+    }
+
     /// `panic=-1` with QEMU's `-no-reboot` turns a kernel panic (or /init dying) into QEMU
     /// exiting. 6.1 enables the BPF LSM only when `lsm=` names it (`integrity` is IMA there);
     /// from 6.9 on Debian's default list holds `bpf` and IMA as an LSM of its own (`ima`).

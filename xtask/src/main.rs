@@ -5,6 +5,7 @@ mod bench;
 mod bench_report;
 mod cargo;
 mod cpio;
+mod kernel_table;
 mod kernels;
 mod package;
 mod prerequisites;

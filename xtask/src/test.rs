@@ -10,6 +10,7 @@ use anyhow::{bail, Result};
 
 use crate::{
     cargo::{self, Profile, TestCounts, TestRun},
+    kernel_table,
     kernels::{self, Suite},
     package::{self, Built},
     prerequisites::{self, Needs},
@@ -94,6 +95,13 @@ pub fn run(root: &Path, only_vm_tests: &[String], kernels: &[Suite]) -> bool {
         }
     }
 
+    if only_vm_tests.is_empty() && kernels == Suite::ALL {
+        let readme = root.join("README.md");
+        match kernel_table::update_readme(root, &readme) {
+            Ok(()) => println!("xtask: wrote the kernel table in {}", readme.display()),
+            Err(error) => failures.push(format!("the kernel table: {error:#}")),
+        }
+    }
     for failure in &failures {
         println!("xtask: FAILED {failure}");
     }

@@ -194,10 +194,30 @@ for test in {GUEST_TESTS_DIR}/*; do
     "$test" --test-threads=1
     echo "{MARKER} end $name exit=$?"
 done
-echo "{MARKER} done"
+{probe}echo "{MARKER} done"
 poweroff -f
 "#,
         setup = guest_setup(),
+        probe = features_probe(),
+    )
+}
+
+/// Runs `blocker run --protect` once the tests are done and prints its status document, which
+/// says what it turned on with this kernel, on a `BLOCKER-VM: status` line (see
+/// `parse_guest_status`): the README's kernel table is written from it.
+fn features_probe() -> String {
+    format!(
+        r#"probe=/tmp/features-probe
+mkdir -p $probe/policies
+printf 'name = "probe"\n' > $probe/policies/probe.toml
+{GUEST_BLOCKER} run --policy-dir $probe/policies --protect --no-stdout --scan-root $probe \
+    --status-file $probe/status.json --events-file $probe/events.jsonl >$probe/log 2>&1 &
+waited=0
+while [ ! -s $probe/status.json ] && [ $waited -lt 600 ]; do sleep 0.1; waited=$((waited + 1)); done
+echo "{MARKER} status $(tr -d '
+' < $probe/status.json)"
+{GUEST_BLOCKER} stop >/dev/null || cat $probe/log
+"#
     )
 }
 
@@ -473,10 +493,19 @@ fn parse_guest_kernel(line: &str) -> Option<GuestKernel> {
     }
 }
 
+/// Reads /init's `BLOCKER-VM: status DOCUMENT` line.
+fn parse_guest_status(line: &str) -> Option<Value> {
+    let (_, event) = line.split_once(MARKER)?;
+    let document = event.trim_start().strip_prefix("status ")?;
+    serde_json::from_str(document).ok()
+}
+
 /// What /init's marker lines and libtest's output on the console say.
 #[derive(Debug, Default, PartialEq)]
 struct ConsoleReport {
     kernel: Option<GuestKernel>,
+    /// The status document of the probe daemon (`features_probe`).
+    status: Option<Value>,
     /// Each test executable that started, in order.
     executables: Vec<ExecutableReport>,
     done: bool,
@@ -504,6 +533,10 @@ fn parse_console(lines: &[String]) -> ConsoleReport {
     for line in lines {
         if let Some(kernel) = parse_guest_kernel(line) {
             report.kernel = Some(kernel);
+            continue;
+        }
+        if let Some(status) = parse_guest_status(line) {
+            report.status = Some(status);
             continue;
         }
         let running = report
@@ -624,6 +657,8 @@ impl ConsoleReport {
 ///   "lsms": ["lockdown", "capability", "bpf"],  // /sys/kernel/security/lsm in the VM
 ///   "passed": 10, "failed": 2,                  // summed over the targets
 ///   "completed": true,                          // /init ran every target and powered off
+///   "backend": "lsm",                           // of `blocker run --protect` after the tests
+///   "features": {"exec": {"state": "on"}, ...}, // its status document's; null if unknown
 ///   "targets": [{
 ///     "name": "vm_lsm",                         // the test target (tests/tests/vm_lsm.rs)
 ///     "exit_code": 101,                         // null if it never finished
@@ -674,6 +709,8 @@ fn results_json(kernel: &Kernel, report: &ConsoleReport) -> Value {
         "passed": counts.passed,
         "failed": counts.failed,
         "completed": report.done,
+        "backend": report.status.as_ref().map(|status| &status["backend"]),
+        "features": report.status.as_ref().map(|status| &status["features"]),
         "targets": targets,
     })
 }
@@ -728,6 +765,7 @@ mod tests {
                     release: "6.12.117+deb13-cloud-amd64".into(),
                     lsms: "lockdown,capability,bpf,ima".into(),
                 }),
+                status: None,
                 executables: vec![
                     executable(
                         "vm_lsm",
@@ -806,7 +844,8 @@ mod tests {
              test pins ... FAILED\n\
              test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out\n\
              BLOCKER-VM: end vm_pin exit=101\n\
-             BLOCKER-VM: begin vm_tamper\n",
+             BLOCKER-VM: begin vm_tamper\n\
+             BLOCKER-VM: status {\"backend\": \"lsm\",  \"features\": {\"exec\": {\"state\": \"on\"}}}\n",
         ));
         let kernel = Kernel {
             suite: crate::kernels::Suite::Sid,
@@ -821,6 +860,8 @@ mod tests {
                 "passed": 0,
                 "failed": 1,
                 "completed": false,
+                "backend": "lsm",
+                "features": {"exec": {"state": "on"}},
                 "targets": [
                     {
                         "name": "vm_pin",

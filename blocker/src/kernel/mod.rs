@@ -737,7 +737,9 @@ mod tests {
     fn every_lsm_program_is_in_the_object_under_its_hook() {
         let object = object::File::parse(EBPF_OBJECT).unwrap();
         let section_of = |program: &str| -> Option<String> {
-            let symbol = object.symbols().find(|symbol| symbol.name() == Ok(program))?;
+            let symbol = object
+                .symbols()
+                .find(|symbol| symbol.name() == Ok(program))?;
             let section = object.section_by_index(symbol.section_index()?).ok()?;
             section.name().ok().map(str::to_owned)
         };
