@@ -30,7 +30,10 @@ pub fn unload(root: &Path) -> Result<ExitCode> {
     let ids: Vec<u32> = removed.iter().filter_map(|pin| pin.link_id).collect();
     let still_attached = pins::wait_for_detach(&ids, DETACH_TIMEOUT);
     if still_attached.is_empty() {
-        println!("{links} program links unpinned and detached");
+        println!(
+            "{links} program links unpinned and detached (the kernel listed {} of them)",
+            ids.len()
+        );
     } else {
         println!(
             "{links} program links unpinned; {} still attached after {} s: a running `blocker \
