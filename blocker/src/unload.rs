@@ -27,7 +27,7 @@ pub fn unload(root: &Path) -> Result<ExitCode> {
         };
         println!("removed {what} {}", pin.path.display());
     }
-    let ids: Vec<u32> = removed.iter().filter_map(|pin| pin.link_id).collect();
+    let ids: Vec<_> = removed.iter().filter_map(|pin| pin.link_ids).collect();
     let still_attached = pins::wait_for_detach(&ids, DETACH_TIMEOUT);
     if still_attached.is_empty() {
         println!(

@@ -203,11 +203,10 @@ impl Enforcer {
         if self.pinned.is_some() {
             return;
         }
-        let ids: Vec<u32> = self
+        let ids: Vec<_> = self
             .links
             .iter()
-            .filter_map(|(_, link)| link.info().ok())
-            .map(|info| info.id())
+            .filter_map(|(_, link)| pins::LinkIds::of(link))
             .collect();
         drop(self);
         let still_attached = pins::wait_for_detach(&ids, DETACH_TIMEOUT);
