@@ -12,53 +12,246 @@ pub mod names {
     pub const COUNTERS_MAP: &str = "COUNTERS";
     pub const KERNEL_OFFSETS_GLOBAL: &str = "KERNEL_OFFSETS";
     pub const SETTINGS_MAP: &str = "SETTINGS";
-    /// The hook of the LSM exec checks.
-    pub const EXEC_HOOK: &str = "bprm_check_security";
-    /// The LSM exec check by identity, for kernels that cannot hash files for BPF.
-    pub const IDENTITY_LSM_PROGRAM: &str = "bprm_check_security";
-    /// LSM programs refusing executable mappings of banned files (`ld.so /path`, `dlopen`,
-    /// `mprotect(PROT_EXEC)`), with their hooks.
-    pub const MAPPING_LSM_PROGRAMS: [(&str, &str); 2] = [
-        ("mmap_file", "mmap_file"),
-        ("file_mprotect", "file_mprotect"),
-    ];
+    pub const HOOK_ARGUMENT_POSITIONS_GLOBAL: &str = "HOOK_ARGUMENT_POSITIONS";
     pub const KILL_PROGRAM: &str = "sched_process_exec";
     pub const KILL_TRACEPOINT: &str = "sched_process_exec";
     pub const BANNED_HASHES_MAP: &str = "BANNED_HASHES";
     pub const VERDICT_CACHE_MAP: &str = "VERDICT_CACHE";
     pub const POLICY_GENERATION_MAP: &str = "POLICY_GENERATION";
-    /// The sleepable LSM exec check that also checks content; hook [`EXEC_HOOK`].
-    pub const CONTENT_LSM_PROGRAM: &str = "bprm_check_content";
-    /// Programs that drop cached verdicts of files that may have changed, with their hooks.
-    pub const INVALIDATION_PROGRAMS: [(&str, &str); 4] = [
-        ("forget_verdict_on_write_open", "file_open"),
-        ("forget_verdict_on_setattr", "inode_setattr"),
-        ("forget_verdict_on_truncate", "path_truncate"),
-        ("forget_verdict_on_shared_write_mmap", "mmap_file"),
-    ];
     pub const PROTECTION_MAP: &str = "PROTECTION";
     pub const PROTECTED_INODES_MAP: &str = "PROTECTED_INODES";
     pub const PROTECTED_BPF_OBJECTS_MAP: &str = "PROTECTED_BPF_OBJECTS";
-    /// Tamper protection programs, with their hooks; inert until `PROTECTION` names a daemon.
-    pub const PROTECTION_PROGRAMS: [(&str, &str); 17] = [
-        ("protect_daemon_from_signals", "task_kill"),
-        ("protect_daemon_from_ptrace", "ptrace_access_check"),
-        ("protect_maps", "bpf_map"),
-        ("protect_programs", "bpf_prog"),
-        ("protect_links", "bpf"),
-        ("protect_files_from_writes", "file_open"),
-        ("protect_files_from_setattr", "inode_setattr"),
-        ("protect_dirs_from_create", "inode_create"),
-        ("protect_dirs_from_symlink", "inode_symlink"),
-        ("protect_dirs_from_mkdir", "inode_mkdir"),
-        ("protect_dirs_from_mknod", "inode_mknod"),
-        ("protect_dirs_from_unlink", "inode_unlink"),
-        ("protect_dirs_from_rmdir", "inode_rmdir"),
-        ("protect_dirs_from_link", "inode_link"),
-        ("protect_dirs_from_rename", "inode_rename"),
-        ("protect_dirs_from_mount", "sb_mount"),
-        ("protect_dirs_from_move_mount", "move_mount"),
+}
+
+/// The LSM programs, each with its hook and the hook arguments it reads; the loader attaches a
+/// program only where the running kernel's prototype of the hook has every one of them.
+pub mod lsm_programs {
+    use crate::HookArgument::{self, *};
+
+    /// An LSM program of the eBPF object.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct LsmProgram {
+        /// The program's name in the object (its function name).
+        pub name: &'static str,
+        /// The hook, without the `bpf_lsm_` prefix of its BTF function.
+        pub hook: &'static str,
+        pub arguments: &'static [HookArgument],
+    }
+
+    const fn program(
+        name: &'static str,
+        hook: &'static str,
+        arguments: &'static [HookArgument],
+    ) -> LsmProgram {
+        LsmProgram {
+            name,
+            hook,
+            arguments,
+        }
+    }
+
+    /// The exec check by identity, for kernels that cannot hash files for BPF.
+    pub const EXEC_IDENTITY: LsmProgram = program(
+        "bprm_check_security",
+        "bprm_check_security",
+        &[BprmCheckSecurityBprm],
+    );
+    /// The sleepable exec check by identity and content (IMA's hash), with the fileless setting.
+    pub const EXEC_CONTENT: LsmProgram = program(
+        "bprm_check_content",
+        "bprm_check_security",
+        &[BprmCheckSecurityBprm],
+    );
+    /// Programs that drop cached content verdicts of files that may have changed. The cache is
+    /// used only while all of them are attached.
+    pub const VERDICT_INVALIDATION: [LsmProgram; 4] = [
+        program("forget_verdict_on_write_open", "file_open", &[FileOpenFile]),
+        program(
+            "forget_verdict_on_setattr",
+            "inode_setattr",
+            &[InodeSetattrDentry],
+        ),
+        program(
+            "forget_verdict_on_truncate",
+            "path_truncate",
+            &[PathTruncatePath],
+        ),
+        program(
+            "forget_verdict_on_shared_write_mmap",
+            "mmap_file",
+            &[MmapFileFile, MmapFileProt, MmapFileFlags],
+        ),
     ];
+    /// Programs refusing executable mappings of banned files (`ld.so /path`, `dlopen`,
+    /// `mprotect(PROT_EXEC)`).
+    pub const EXECUTABLE_MAPPINGS: [LsmProgram; 2] = [
+        program("mmap_file", "mmap_file", &[MmapFileFile, MmapFileProt]),
+        program(
+            "file_mprotect",
+            "file_mprotect",
+            &[FileMprotectVma, FileMprotectProt],
+        ),
+    ];
+    /// Tamper protection programs; inert until `PROTECTION` names a daemon.
+    pub const PROTECTION: [LsmProgram; 17] = [
+        program(
+            "protect_daemon_from_signals",
+            "task_kill",
+            &[TaskKillTask, TaskKillSignal],
+        ),
+        program(
+            "protect_daemon_from_ptrace",
+            "ptrace_access_check",
+            &[PtraceAccessCheckChild, PtraceAccessCheckMode],
+        ),
+        program("protect_maps", "bpf_map", &[BpfMapMap]),
+        program("protect_programs", "bpf_prog", &[BpfProgProg]),
+        program("protect_links", "bpf", &[BpfCommand, BpfAttr]),
+        program("protect_files_from_writes", "file_open", &[FileOpenFile]),
+        program(
+            "protect_files_from_setattr",
+            "inode_setattr",
+            &[InodeSetattrDentry],
+        ),
+        program(
+            "protect_dirs_from_create",
+            "inode_create",
+            &[InodeCreateDir],
+        ),
+        program(
+            "protect_dirs_from_symlink",
+            "inode_symlink",
+            &[InodeSymlinkDir],
+        ),
+        program("protect_dirs_from_mkdir", "inode_mkdir", &[InodeMkdirDir]),
+        program("protect_dirs_from_mknod", "inode_mknod", &[InodeMknodDir]),
+        program(
+            "protect_dirs_from_unlink",
+            "inode_unlink",
+            &[InodeUnlinkDir, InodeUnlinkDentry],
+        ),
+        program(
+            "protect_dirs_from_rmdir",
+            "inode_rmdir",
+            &[InodeRmdirDir, InodeRmdirDentry],
+        ),
+        program(
+            "protect_dirs_from_link",
+            "inode_link",
+            &[InodeLinkOldDentry, InodeLinkDir],
+        ),
+        program(
+            "protect_dirs_from_rename",
+            "inode_rename",
+            &[
+                InodeRenameOldDir,
+                InodeRenameOldDentry,
+                InodeRenameNewDir,
+                InodeRenameNewDentry,
+            ],
+        ),
+        program("protect_dirs_from_mount", "sb_mount", &[SbMountPath]),
+        program(
+            "protect_dirs_from_move_mount",
+            "move_mount",
+            &[MoveMountToPath],
+        ),
+    ];
+}
+
+/// Declares [`HookArgument`] with, beside each variant, its hook and its name in the hook's
+/// prototype.
+macro_rules! hook_arguments {
+    ($($(#[$doc:meta])* $variant:ident = $hook:literal . $name:literal,)*) => {
+        /// An argument of an LSM hook that a program reads. Its position differs between
+        /// kernels (hooks gain arguments), so the loader finds it by name in the running
+        /// kernel's BTF and hands it to the programs in `HOOK_ARGUMENT_POSITIONS`, indexed by
+        /// this value.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum HookArgument {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl HookArgument {
+            pub const ALL: [HookArgument; HOOK_ARGUMENT_COUNT] = [$(HookArgument::$variant,)*];
+
+            /// The hook, without the `bpf_lsm_` prefix of its BTF function.
+            pub const fn hook(self) -> &'static str {
+                match self {
+                    $(HookArgument::$variant => $hook,)*
+                }
+            }
+
+            /// The argument's name in the hook's prototype.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(HookArgument::$variant => $name,)*
+                }
+            }
+        }
+
+        /// How many [`HookArgument`]s there are.
+        pub const HOOK_ARGUMENT_COUNT: usize = [$($name,)*].len();
+    };
+}
+
+hook_arguments! {
+    BprmCheckSecurityBprm = "bprm_check_security"."bprm",
+    MmapFileFile = "mmap_file"."file",
+    MmapFileProt = "mmap_file"."prot",
+    MmapFileFlags = "mmap_file"."flags",
+    FileMprotectVma = "file_mprotect"."vma",
+    FileMprotectProt = "file_mprotect"."prot",
+    FileOpenFile = "file_open"."file",
+    /// Second since Linux 6.3, behind the mount's `struct mnt_idmap *`.
+    InodeSetattrDentry = "inode_setattr"."dentry",
+    PathTruncatePath = "path_truncate"."path",
+    TaskKillTask = "task_kill"."p",
+    TaskKillSignal = "task_kill"."sig",
+    PtraceAccessCheckChild = "ptrace_access_check"."child",
+    PtraceAccessCheckMode = "ptrace_access_check"."mode",
+    BpfMapMap = "bpf_map"."map",
+    BpfProgProg = "bpf_prog"."prog",
+    BpfCommand = "bpf"."cmd",
+    BpfAttr = "bpf"."attr",
+    InodeCreateDir = "inode_create"."dir",
+    InodeSymlinkDir = "inode_symlink"."dir",
+    InodeMkdirDir = "inode_mkdir"."dir",
+    InodeMknodDir = "inode_mknod"."dir",
+    InodeUnlinkDir = "inode_unlink"."dir",
+    InodeUnlinkDentry = "inode_unlink"."dentry",
+    InodeRmdirDir = "inode_rmdir"."dir",
+    InodeRmdirDentry = "inode_rmdir"."dentry",
+    InodeLinkOldDentry = "inode_link"."old_dentry",
+    InodeLinkDir = "inode_link"."dir",
+    InodeRenameOldDir = "inode_rename"."old_dir",
+    InodeRenameOldDentry = "inode_rename"."old_dentry",
+    InodeRenameNewDir = "inode_rename"."new_dir",
+    InodeRenameNewDentry = "inode_rename"."new_dentry",
+    SbMountPath = "sb_mount"."path",
+    MoveMountToPath = "move_mount"."to_path",
+}
+
+/// Where each [`HookArgument`] sits among its hook's arguments in the running kernel (0 for the
+/// first), indexed by the argument; set by the loader from the kernel's BTF. An argument the
+/// kernel lacks keeps [`HookArgumentPositions::UNKNOWN`], and no program reading it is loaded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HookArgumentPositions {
+    pub positions: [u8; HOOK_ARGUMENT_COUNT],
+}
+
+impl HookArgumentPositions {
+    pub const UNKNOWN: u8 = u8::MAX;
+    /// The programs read arguments among a hook's first six; LSM hooks have no more today.
+    pub const MAX_POSITION: u8 = 5;
+
+    pub const fn unknown() -> Self {
+        Self {
+            positions: [Self::UNKNOWN; HOOK_ARGUMENT_COUNT],
+        }
+    }
 }
 
 /// Capacity of the banned-files map. Entries are allocated on use (`BPF_F_NO_PREALLOC`), so a
@@ -195,7 +388,11 @@ pub mod setting {
     /// What to do with the exec of a file that has no name on disk (`nlink == 0`: a memfd, an
     /// `O_TMPFILE`, a deleted file).
     pub const FILELESS: u32 = 0;
-    pub const COUNT: u32 = 1;
+    /// Whether the verdict cache may be used (1) or not (0): only while every program that
+    /// drops stale verdicts is attached, so no verdict outlives a change the kernel could not
+    /// report. Without it content is hashed at every exec.
+    pub const VERDICT_CACHE: u32 = 1;
+    pub const COUNT: u32 = 2;
 }
 
 /// `rule_id` of events about fileless execs, which no rule but the policy's setting decides.
@@ -345,6 +542,7 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::CachedVerdict {}
     unsafe impl aya::Pod for super::Protection {}
+    unsafe impl aya::Pod for super::HookArgumentPositions {}
 }
 
 #[cfg(test)]

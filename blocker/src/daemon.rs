@@ -20,7 +20,10 @@ use tokio::{
 use crate::{
     events::{self, BootClock, ExecRecord, Record, TamperRecord},
     inspect::scan_if_needed,
-    kernel::{pins, BackendChoice, Enforcer, KernelCounters, KernelPolicy},
+    kernel::{
+        coverage::{Features, State},
+        BackendChoice, Enforcer, KernelCounters, KernelPolicy,
+    },
     policy::{self, Action, Policy},
     reload::{self, Loaded, PolicyDirWatcher, QUIET_BEFORE_RELOAD},
     resolve::{self, Resolution, RuleInfo},
@@ -83,8 +86,17 @@ pub fn run(options: RunOptions) -> Result<()> {
     );
     let sink = Sinks::start(&options.sinks)?;
 
+    // Decided before anything is loaded: protection covers the policy directory as it is now.
+    let protected_directories = if options.protect {
+        Some(vec![std::fs::canonicalize(&options.policy_dir)
+            .with_context(|| {
+                format!("resolving {}", options.policy_dir.display())
+            })?])
+    } else {
+        None
+    };
     let loading = std::time::Instant::now();
-    let mut enforcer = Enforcer::start(
+    let enforcer = Enforcer::start(
         options.backend,
         options.event_buffer_bytes,
         options.pin_root.as_deref(),
@@ -93,6 +105,7 @@ pub fn run(options: RunOptions) -> Result<()> {
             content_bans: &resolution.content_bans(),
             fileless: resolution.fileless.kernel_value(),
         },
+        protected_directories.as_deref(),
     )?;
     log::info!(
         "loaded the kernel programs and {} map entries in {:.3} s",
@@ -106,11 +119,9 @@ pub fn run(options: RunOptions) -> Result<()> {
         enforcer.backend().name(),
         enforcer.backend_reason()
     );
-    let protected = if options.protect {
-        let mut directories = vec![std::fs::canonicalize(&options.policy_dir)
-            .with_context(|| format!("resolving {}", options.policy_dir.display()))?];
-        directories.extend(enforcer.pinned().map(pins::directories).unwrap_or_default());
-        let protected = enforcer.protect(&directories)?;
+    log_features(enforcer.features());
+    let protected = enforcer.protected().clone();
+    if !protected.is_empty() {
         log::info!(
             "tamper protection on: {}; stop with `blocker stop` or the service manager, change \
              policies with `blocker policy`",
@@ -120,10 +131,7 @@ pub fn run(options: RunOptions) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        protected
-    } else {
-        BTreeMap::new()
-    };
+    }
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -185,12 +193,14 @@ async fn serve(
         pinned: enforcer.pinned().map(|dir| dir.display().to_string()),
         adopted: enforcer.adopted(),
         protected: !protected.is_empty(),
+        features: enforcer.features().clone(),
     });
     let mut status = Publisher::start(
         status::Setup {
             path: options.status_file.clone(),
             policy_dir: options.policy_dir.clone(),
             kernel: KernelFeatures::detect(&enforcer),
+            features: enforcer.features().clone(),
             pinned: enforcer.pinned().is_some(),
         },
         Snapshot::of(&enforcer, &policy, &resolution, delivered, &counters),
@@ -329,7 +339,7 @@ async fn serve(
             log::error!("{error:#}");
         }
     }
-    drop(enforcer);
+    enforcer.release();
     match &pinned {
         Some(dir) => log::info!(
             "the programs pinned at {dir} keep enforcing the policy; `blocker unload` detaches them"
@@ -354,6 +364,18 @@ async fn serve(
         lost: counters.events_lost,
     });
     Ok(())
+}
+
+/// One line per feature of the kernel side; a warning for each that is not wholly on.
+fn log_features(features: &Features) {
+    for (name, feature) in features.named() {
+        let level = if feature.state == State::On {
+            log::Level::Info
+        } else {
+            log::Level::Warn
+        };
+        log::log!(level, "{name}: {}", feature.describe());
+    }
 }
 
 /// Resolves a reloaded policy and puts it in force: ban map first (add before remove, all or

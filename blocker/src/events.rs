@@ -13,7 +13,7 @@ use blocker_common::{
 };
 use serde::Serialize;
 
-use crate::{identity::split_kernel_device_number, resolve::RuleInfo};
+use crate::{identity::split_kernel_device_number, kernel::coverage::Features, resolve::RuleInfo};
 
 /// Copies an [`ExecEvent`] out of a ring buffer record.
 pub fn decode(bytes: &[u8]) -> Result<ExecEvent> {
@@ -45,6 +45,8 @@ pub enum Record {
         adopted: bool,
         /// Whether tamper protection is on.
         protected: bool,
+        /// What the attached programs cover, and what is missing and why.
+        features: Features,
     },
     /// An attempt to run code from a banned file: an exec, or (LSM backend) an executable
     /// mapping of it.

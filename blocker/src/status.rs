@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     events,
-    kernel::{features, Enforcer, KernelCounters},
+    kernel::{coverage::Features, features, Enforcer, KernelCounters},
     policy::Policy,
     resolve::Resolution,
 };
@@ -49,6 +49,8 @@ pub struct StatusDocument {
     pub backend: String,
     pub backend_reason: String,
     pub kernel: KernelFeatures,
+    /// What the attached programs cover, and what is missing and why.
+    pub features: Features,
     pub policy_dir: String,
     pub policies: Vec<PolicyStatus>,
     pub rules: usize,
@@ -117,6 +119,7 @@ pub struct Setup {
     pub path: PathBuf,
     pub policy_dir: PathBuf,
     pub kernel: KernelFeatures,
+    pub features: Features,
     pub pinned: bool,
 }
 
@@ -189,6 +192,7 @@ impl Publisher {
             backend: String::new(),
             backend_reason: String::new(),
             kernel: setup.kernel,
+            features: setup.features,
             policy_dir: setup.policy_dir.display().to_string(),
             policies: Vec::new(),
             rules: 0,
@@ -316,7 +320,7 @@ pub(crate) mod tests {
             stopped: None,
             backend: "lsm".to_owned(),
             backend_reason: "`bpf` is an active LSM (lockdown,capability,integrity,bpf) and the \
-                             LSM program loaded; contents are checked at exec"
+                             LSM program loaded"
                 .to_owned(),
             kernel: KernelFeatures {
                 lsms: vec![
@@ -328,6 +332,10 @@ pub(crate) mod tests {
                 btf: true,
                 ima_content_checks: true,
             },
+            features: Features::lsm(
+                |program| program != "protect_links",
+                |_| "refused by the verifier".to_owned(),
+            ),
             policy_dir: "/etc/blocker/policies".to_owned(),
             policies: vec![PolicyStatus {
                 name: "government-devices".to_owned(),
@@ -365,6 +373,7 @@ pub(crate) mod tests {
                 path: path.to_owned(),
                 policy_dir: "/etc/blocker/policies".into(),
                 kernel: example_document().kernel,
+                features: example_document().features,
                 pinned: true,
             },
             snapshot(3, 0),

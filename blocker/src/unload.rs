@@ -4,7 +4,10 @@ use std::{path::Path, process::ExitCode};
 
 use anyhow::Result;
 
-use crate::kernel::pins::{self, PinKind};
+use crate::kernel::{
+    pins::{self, PinKind},
+    DETACH_TIMEOUT,
+};
 
 pub fn unload(root: &Path) -> Result<ExitCode> {
     let removed = pins::unload(root)?;
@@ -24,9 +27,20 @@ pub fn unload(root: &Path) -> Result<ExitCode> {
         };
         println!("removed {what} {}", pin.path.display());
     }
-    println!(
-        "{links} program links unpinned: blocker's programs are detached once no running \
-         daemon holds them (a running `blocker run` keeps enforcing until it stops)"
-    );
+    let ids: Vec<_> = removed.iter().filter_map(|pin| pin.link_ids).collect();
+    let still_attached = pins::wait_for_detach(&ids, DETACH_TIMEOUT);
+    if still_attached.is_empty() {
+        println!(
+            "{links} program links unpinned and detached (the kernel listed {} of them)",
+            ids.len()
+        );
+    } else {
+        println!(
+            "{links} program links unpinned; {} still attached after {} s: a running `blocker \
+             run` holds them and keeps enforcing until it stops",
+            still_attached.len(),
+            DETACH_TIMEOUT.as_secs()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -49,7 +49,7 @@ fn banned_content_is_refused_under_any_name_without_a_scan() -> Result<()> {
     ensure!(status.success(), "daemon exit: {status}");
     ensure!(
         log.iter()
-            .any(|line| line.contains("contents are checked at exec")),
+            .any(|line| line.contains("content checks at exec: on")),
         "the daemon says content checks are on: {log:?}"
     );
     expect_success(&renamed)?;

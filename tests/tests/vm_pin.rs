@@ -78,7 +78,8 @@ fn pinned_programs_outlive_a_killed_daemon_and_the_next_one_adopts_them() -> Res
     let said = unload()?;
     ensure!(said.contains("removed link"), "{said}");
     ensure!(!Path::new(PIN_DIR).exists(), "{PIN_DIR} is gone");
-    let (_, status) = run_as_launcher(&banned)?;
+    let (_, status) = run_as_launcher(&banned)
+        .with_context(|| format!("running {} once unloaded ({said})", banned.display()))?;
     ensure!(status.success(), "runs again once unloaded: {status}");
     ensure!(unload()?.contains("nothing is pinned"));
     Ok(())

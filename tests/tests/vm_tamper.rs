@@ -148,6 +148,14 @@ fn a_protected_daemon_refuses_tampering_but_takes_the_documented_ways() -> Resul
     let _stop = StopOnDrop;
     let (mut daemon, started) = Daemon::start(&policy_dir, &["--backend", "lsm", "--protect"])?;
     ensure!(started["protected"] == true, "{started}");
+    // Every program of every feature loads on each kernel the VM tests boot.
+    let features = started["features"]
+        .as_object()
+        .with_context(|| format!("no features in {started}"))?;
+    ensure!(features.len() == 5, "{started}");
+    for (name, feature) in features {
+        ensure!(feature["state"] == "on", "{name}: {feature}");
+    }
     let pid = daemon.pid() as libc::pid_t;
 
     // SAFETY (all three): plain kill(2) and ptrace(2) of the daemon.

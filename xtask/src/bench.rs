@@ -16,12 +16,15 @@ use serde_json::Value;
 use crate::{
     bench_report::{self, Report},
     cargo::{self, Profile},
+    kernels::{self, Kernel, Suite},
     prerequisites::{self, Needs},
     process::{self, Ended},
-    vm::{self, Guest, GUEST_SETUP},
+    vm::{self, Guest},
 };
 
 const BENCH_DIR: &str = "target/bench";
+/// The VM's figures come from one kernel, the one of the Debian release blocker targets.
+const KERNEL: Suite = Suite::Bookworm;
 /// The bench driver is a binary of the integration tests' package (tests/src/bin/).
 const DRIVER_PACKAGE: &str = "blocker-integration-tests";
 const DRIVER: &str = "blocker-bench";
@@ -75,14 +78,13 @@ pub fn run(root: &Path) -> Result<()> {
              `cargo xtask bench` as root"
         );
     }
-    prerequisites::ensure(root, Needs::Bench)?;
+    prerequisites::ensure(root, Needs::Bench { kernels: &[KERNEL] })?;
     let bench_dir = root.join(BENCH_DIR);
     fs::create_dir_all(&bench_dir).with_context(|| format!("creating {}", bench_dir.display()))?;
     let blocker = cargo::build_blocker(root, Profile::Release)?;
     let driver = build_driver(root)?;
     let exec_target = compile_exec_target(root, &bench_dir)?;
-    let kernel = prerequisites::cached_kernel(root)?
-        .context("no VM kernel in target/vm/kernel although prerequisites were ensured")?;
+    let kernel = kernels::ensured(root, KERNEL)?;
 
     let started = Instant::now();
     stage("host (kill backend)");
@@ -182,7 +184,7 @@ fn on_host(
 
 fn in_vm(
     root: &Path,
-    kernel: &Path,
+    kernel: &Kernel,
     driver: &Path,
     blocker: &Path,
     exec_target: &Path,
@@ -191,7 +193,7 @@ fn in_vm(
     let init = format!(
         r#"#!/bin/busybox sh
 # Written by xtask (bench.rs): runs the bench driver, then powers off.
-{GUEST_SETUP}export RUST_BACKTRACE=1
+{setup}export RUST_BACKTRACE=1
 {GUEST_DRIVER} vm --blocker {blocker} --exec-target {GUEST_EXEC_TARGET} --fapolicyd {FAPOLICYD} \
     --work-dir {GUEST_WORK_DIR} {arguments} 2>/tmp/bench-errors
 echo "{GUEST_EXIT}$?"
@@ -199,6 +201,7 @@ tail -n 40 /tmp/bench-errors
 poweroff -f
 "#,
         blocker = vm::GUEST_BLOCKER,
+        setup = vm::guest_setup(),
     );
     let guest = Guest {
         init,

@@ -5,6 +5,8 @@ mod bench;
 mod bench_report;
 mod cargo;
 mod cpio;
+mod kernel_table;
+mod kernels;
 mod package;
 mod prerequisites;
 mod process;
@@ -21,7 +23,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-use crate::{cargo::Profile, prerequisites::Needs};
+use crate::{cargo::Profile, kernels::Suite, prerequisites::Needs};
 
 #[derive(Parser)]
 #[command(about = "Builds, runs and tests blocker, installing what that needs")]
@@ -46,12 +48,16 @@ enum Task {
     /// Builds blocker in release mode and packages it with its systemd unit and policies as
     /// target/package/blocker_<version>_<arch>.deb.
     Package,
-    /// Installs all prerequisites, then runs the unit, host-kernel and VM tests.
+    /// Installs all prerequisites, then runs the unit, host-kernel and VM tests; the VM tests
+    /// run on each Debian kernel in turn.
     Test {
         /// Run only this VM test target (e.g. `vm_pin`; repeatable), skipping the unit and
         /// host-kernel stages: for working on one VM test.
         #[arg(long = "vm-test")]
         vm_tests: Vec<String>,
+        /// Run the VM tests only on this Debian suite's kernel (repeatable); all three without.
+        #[arg(long = "kernel", value_enum)]
+        kernels: Vec<Suite>,
     },
     /// Measures blocker's costs against no blocker and fapolicyd, on the host and in the VM;
     /// prints a table and writes target/bench/report.json.
@@ -77,14 +83,28 @@ fn main() -> Result<ExitCode> {
             let built = package::build(&root)?;
             println!("xtask: built {}", built.deb.display());
         }
-        Task::Test { vm_tests } => {
-            if !test::run(&root, &vm_tests) {
+        Task::Test { vm_tests, kernels } => {
+            if !test::run(&root, &vm_tests, &chosen_kernels(&kernels)) {
                 return Ok(ExitCode::FAILURE);
             }
         }
         Task::Bench => bench::run(&root)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The suites named on the command line, each once in the order given; all of them if none.
+fn chosen_kernels(named: &[Suite]) -> Vec<Suite> {
+    if named.is_empty() {
+        return Suite::ALL.to_vec();
+    }
+    let mut chosen = Vec::new();
+    for suite in named {
+        if !chosen.contains(suite) {
+            chosen.push(*suite);
+        }
+    }
+    chosen
 }
 
 fn workspace_root() -> PathBuf {
@@ -118,4 +138,31 @@ fn run(root: &Path, args: Vec<String>) -> Result<()> {
     }
     let error = blocker_command.exec();
     Err(error).with_context(|| format!("cannot run `{}`", process::describe(&blocker_command)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn test_kernels(args: &[&str]) -> Result<Vec<Suite>, clap::Error> {
+        let cli = Cli::try_parse_from(["xtask", "test"].iter().chain(args))?;
+        match cli.task {
+            Task::Test { kernels, .. } => Ok(chosen_kernels(&kernels)),
+            _ => unreachable!("parsed a test task"),
+        }
+    }
+
+    #[test]
+    fn the_kernel_option_chooses_suites() {
+        assert_eq!(test_kernels(&[]).unwrap(), Suite::ALL);
+        assert_eq!(
+            test_kernels(&["--kernel", "sid", "--kernel", "bookworm", "--kernel", "sid"]).unwrap(),
+            [Suite::Sid, Suite::Bookworm]
+        );
+        assert_eq!(
+            test_kernels(&["--kernel", "trixie", "--vm-test", "vm_lsm"]).unwrap(),
+            [Suite::Trixie]
+        );
+        assert!(test_kernels(&["--kernel", "buster"]).is_err());
+    }
 }

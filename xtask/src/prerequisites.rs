@@ -1,18 +1,17 @@
 //! Checks for, and installs, what building and testing need: Debian packages, bpf-linker in
-//! `target/tools`, and a Debian kernel for the VM tests in `target/vm/kernel`. When everything is
-//! there this only asks dpkg and bpf-linker, and never touches the network.
+//! `target/tools`, and the Debian kernels for the VM tests in `target/vm/kernels/` (see
+//! `kernels.rs`). When everything is there this only asks dpkg and bpf-linker, and never touches
+//! the network.
 
-use std::{
-    collections::HashSet,
-    fs,
-    io::ErrorKind,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{collections::HashSet, fs, io::ErrorKind, path::Path, process::Command};
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cargo, process};
+use crate::{
+    cargo,
+    kernels::{self, Suite},
+    process,
+};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const TOOLS_DIR: &str = "target/tools";
@@ -20,9 +19,6 @@ const TOOLS_DIR: &str = "target/tools";
 const BPF_LINKER: &str = "target/tools/bin/bpf-linker";
 /// The LLVM that Debian's rustc-web uses; bpf-linker must link the same major version.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
-const KERNEL_DIR: &str = "target/vm/kernel";
-/// Depends on the current Debian cloud kernel, which has BPF LSM built in.
-const KERNEL_METAPACKAGE: &str = "linux-image-cloud-amd64";
 
 struct AptPackages {
     names: &'static [&'static str],
@@ -79,31 +75,45 @@ const BENCH_PACKAGES: &[AptPackages] = &[
 ];
 
 #[derive(Clone, Copy)]
-pub enum Needs {
+pub enum Needs<'a> {
     Build,
     /// Building the Debian package.
     Package,
-    /// Everything `cargo xtask test` does: the package too, which the VM tests install.
-    BuildAndVm,
+    /// Everything `cargo xtask test` does: the package too, which the VM tests install, and the
+    /// kernels they boot.
+    BuildAndVm {
+        kernels: &'a [Suite],
+    },
     /// Everything the VM needs, plus what `cargo xtask bench` runs.
-    Bench,
+    Bench {
+        kernels: &'a [Suite],
+    },
 }
 
 /// Installs whatever `needs` calls for and is missing, saying what and why.
 pub fn ensure(root: &Path, needs: Needs) -> Result<()> {
-    let groups: Vec<&AptPackages> = match needs {
-        Needs::Build => BUILD_PACKAGES.iter().collect(),
-        Needs::Package => BUILD_PACKAGES.iter().chain(PACKAGING_PACKAGES).collect(),
-        Needs::BuildAndVm => BUILD_PACKAGES
-            .iter()
-            .chain(PACKAGING_PACKAGES)
-            .chain(VM_PACKAGES)
-            .collect(),
-        Needs::Bench => BUILD_PACKAGES
-            .iter()
-            .chain(VM_PACKAGES)
-            .chain(BENCH_PACKAGES)
-            .collect(),
+    let (groups, kernels): (Vec<&AptPackages>, &[Suite]) = match needs {
+        Needs::Build => (BUILD_PACKAGES.iter().collect(), &[]),
+        Needs::Package => (
+            BUILD_PACKAGES.iter().chain(PACKAGING_PACKAGES).collect(),
+            &[],
+        ),
+        Needs::BuildAndVm { kernels } => (
+            BUILD_PACKAGES
+                .iter()
+                .chain(PACKAGING_PACKAGES)
+                .chain(VM_PACKAGES)
+                .collect(),
+            kernels,
+        ),
+        Needs::Bench { kernels } => (
+            BUILD_PACKAGES
+                .iter()
+                .chain(VM_PACKAGES)
+                .chain(BENCH_PACKAGES)
+                .collect(),
+            kernels,
+        ),
     };
     let installed = installed_packages(groups.iter().flat_map(|group| group.names))?;
     let missing_packages: Vec<(&AptPackages, Vec<&str>)> = groups
@@ -118,23 +128,26 @@ pub fn ensure(root: &Path, needs: Needs) -> Result<()> {
             (!missing.is_empty()).then_some((group, missing))
         })
         .collect();
+    let mut missing_kernels = Vec::new();
+    for &suite in kernels {
+        if kernels::cached(root, suite)?.is_none() {
+            missing_kernels.push(suite);
+        }
+    }
     let missing = Missing {
         packages: missing_packages,
         bpf_linker: !is_bpf_linker_current(&root.join(BPF_LINKER)),
-        kernel: matches!(needs, Needs::BuildAndVm | Needs::Bench) && cached_kernel(root)?.is_none(),
+        kernels: missing_kernels,
     };
 
     let system = System::detect();
+    // Kernels come through an apt state of their own in the workspace: apt, but not root.
     if (!missing.packages.is_empty() && !system.can_install_packages())
-        || (missing.kernel && !system.is_debian)
+        || (!missing.kernels.is_empty() && !system.is_debian)
     {
         bail!(missing.manual_instructions(root, &system));
     }
 
-    let mut apt = Apt {
-        may_update: system.can_install_packages(),
-        updated: false,
-    };
     if !missing.packages.is_empty() {
         for (group, names) in &missing.packages {
             println!("xtask: installing {} ({})", names.join(" "), group.purpose);
@@ -142,13 +155,13 @@ pub fn ensure(root: &Path, needs: Needs) -> Result<()> {
                 mask_systemd_unit(unit)?;
             }
         }
-        apt.install(&missing.package_names())?;
+        apt_install(&missing.package_names())?;
     }
     if missing.bpf_linker {
         install_bpf_linker(root)?;
     }
-    if missing.kernel {
-        fetch_kernel(root, &mut apt)?;
+    for &suite in &missing.kernels {
+        kernels::fetch(root, suite)?;
     }
     Ok(())
 }
@@ -179,19 +192,10 @@ fn mask_systemd_unit(unit: &str) -> Result<()> {
     Ok(())
 }
 
-/// The kernel the VM tests boot, once `ensure` has fetched it.
-pub fn cached_kernel(root: &Path) -> Result<Option<PathBuf>> {
-    let dir = root.join(KERNEL_DIR);
-    if !dir.is_dir() {
-        return Ok(None);
-    }
-    newest_file(&dir, |name| name.starts_with("vmlinuz-"))
-}
-
 struct Missing<'a> {
     packages: Vec<(&'a AptPackages, Vec<&'a str>)>,
     bpf_linker: bool,
-    kernel: bool,
+    kernels: Vec<Suite>,
 }
 
 impl Missing<'_> {
@@ -238,22 +242,12 @@ impl Missing<'_> {
                 tools.display()
             ));
         }
-        if self.kernel {
-            let kernel_dir = root.join(KERNEL_DIR);
+        for &suite in &self.kernels {
             missing.push(format!(
-                "a Debian kernel with BPF LSM in {}",
-                kernel_dir.display()
+                "Debian {suite}'s cloud kernel in {}",
+                kernels::cache_dir(root, suite).display()
             ));
-            commands.push(format!("mkdir -p {0} && cd {0}", kernel_dir.display()));
-            commands.push(format!(
-                "apt-get download \"$(apt-cache depends {KERNEL_METAPACKAGE} | sed -n \
-                 's/^ *Depends: //p' | head -n 1)-unsigned\""
-            ));
-            commands.push(
-                "dpkg -x linux-image-*.deb extracted && mv extracted/boot/vmlinuz-* . \
-                 && rm -r extracted linux-image-*.deb"
-                    .to_owned(),
-            );
+            commands.push(kernels::manual_instructions(root, suite));
         }
         format!(
             "xtask cannot install what is missing: {}.\nMissing:\n  {}\nInstall it as root on \
@@ -322,80 +316,15 @@ fn parse_installed(output: &str) -> HashSet<String> {
         .collect()
 }
 
-struct Apt {
-    may_update: bool,
-    updated: bool,
-}
-
-impl Apt {
-    /// Refreshes the package lists unless done already in this run or not allowed; says whether
-    /// it did, so that a failed lookup knows whether retrying can help.
-    fn update_once(&mut self) -> Result<bool> {
-        if self.updated || !self.may_update {
-            return Ok(false);
-        }
-        process::run(Command::new("apt-get").arg("update"))?;
-        self.updated = true;
-        Ok(true)
-    }
-
-    fn install(&mut self, packages: &[&str]) -> Result<()> {
-        self.update_once()?;
-        process::run(
-            Command::new("apt-get")
-                .args(["install", "-y", "--no-install-recommends"])
-                .args(packages)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
-    }
-
-    /// The versioned kernel package the metapackage currently depends on.
-    fn kernel_package(&mut self) -> Result<String> {
-        loop {
-            let mut depends = Command::new("apt-cache");
-            depends.args(["depends", KERNEL_METAPACKAGE]);
-            let output = depends
-                .output()
-                .with_context(|| format!("cannot run `{}`", process::describe(&depends)))?;
-            if let Some(package) = parse_kernel_dependency(&String::from_utf8_lossy(&output.stdout))
-            {
-                return Ok(package);
-            }
-            if !self.update_once()? {
-                bail!(
-                    "`{}` names no kernel package ({}); `apt-get update` as root may help",
-                    process::describe(&depends),
-                    String::from_utf8_lossy(&output.stderr).trim()
-                );
-            }
-        }
-    }
-
-    /// Downloads the .deb of `package` into `dir`; stale package lists name files the mirror no
-    /// longer has, so a failure is retried once after refreshing them.
-    fn download(&mut self, package: &str, dir: &Path) -> Result<()> {
-        loop {
-            // As root, apt downloads as the `_apt` user, who cannot write into the workspace.
-            let downloaded = process::run(
-                Command::new("apt-get")
-                    .args(["-o", "APT::Sandbox::User=root", "download", package])
-                    .current_dir(dir),
-            );
-            if downloaded.is_ok() || !self.update_once()? {
-                return downloaded;
-            }
-        }
-    }
-}
-
-/// Reads `apt-cache depends` output for the first `Depends: linux-image-...` line.
-fn parse_kernel_dependency(output: &str) -> Option<String> {
-    output
-        .lines()
-        .filter_map(|line| line.trim().trim_start_matches('|').strip_prefix("Depends:"))
-        .map(str::trim)
-        .find(|name| name.starts_with("linux-image-"))
-        .map(str::to_owned)
+/// Refreshes the machine's package lists, then installs `packages`.
+fn apt_install(packages: &[&str]) -> Result<()> {
+    process::run(Command::new("apt-get").arg("update"))?;
+    process::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn is_bpf_linker_current(linker: &Path) -> bool {
@@ -450,60 +379,6 @@ fn install_bpf_linker(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn fetch_kernel(root: &Path, apt: &mut Apt) -> Result<()> {
-    let package = format!("{}-unsigned", apt.kernel_package()?);
-    println!(
-        "xtask: downloading {package} into {KERNEL_DIR} (a kernel with BPF LSM for the VM tests; \
-         the host kernel cannot load LSM programs)"
-    );
-    let kernel_dir = root.join(KERNEL_DIR);
-    let download_dir = kernel_dir.join("download");
-    if download_dir.exists() {
-        fs::remove_dir_all(&download_dir)
-            .with_context(|| format!("removing {}", download_dir.display()))?;
-    }
-    fs::create_dir_all(&download_dir)
-        .with_context(|| format!("creating {}", download_dir.display()))?;
-
-    apt.download(&package, &download_dir)?;
-    let deb = newest_file(&download_dir, |name| name.ends_with(".deb"))?.with_context(|| {
-        format!(
-            "apt-get download left no .deb in {}",
-            download_dir.display()
-        )
-    })?;
-    let extracted = download_dir.join("extracted");
-    process::run(Command::new("dpkg").arg("-x").arg(&deb).arg(&extracted))?;
-    let boot = extracted.join("boot");
-    let vmlinuz = newest_file(&boot, |name| name.starts_with("vmlinuz-"))?
-        .with_context(|| format!("{} has no boot/vmlinuz-*", deb.display()))?;
-
-    // Moved in whole only once complete, so an interrupted download is never taken for a kernel.
-    let cached = kernel_dir.join(vmlinuz.file_name().expect("found by its file name"));
-    fs::rename(&vmlinuz, &cached)
-        .with_context(|| format!("moving {} to {}", vmlinuz.display(), cached.display()))?;
-    fs::remove_dir_all(&download_dir)
-        .with_context(|| format!("removing {}", download_dir.display()))?;
-    println!("xtask: cached {}", cached.display());
-    Ok(())
-}
-
-/// The regular file in `dir` whose name matches and sorts last (the highest version).
-fn newest_file(dir: &Path, matches: impl Fn(&str) -> bool) -> Result<Option<PathBuf>> {
-    let mut newest = None;
-    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
-        let is_file = entry
-            .file_type()
-            .with_context(|| format!("inspecting {}", entry.path().display()))?
-            .is_file();
-        if is_file && entry.file_name().to_str().is_some_and(&matches) {
-            newest = newest.max(Some(entry.path()));
-        }
-    }
-    Ok(newest)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -516,21 +391,5 @@ mod tests {
         let mut names: Vec<_> = installed.iter().map(String::as_str).collect();
         names.sort();
         assert_eq!(names, ["busybox-static", "rustc-web"]);
-    }
-
-    #[test]
-    fn finds_the_versioned_kernel_package() {
-        let output = "linux-image-cloud-amd64\n  Depends: linux-image-6.1.0-56-cloud-amd64\n";
-        assert_eq!(
-            parse_kernel_dependency(output).as_deref(),
-            Some("linux-image-6.1.0-56-cloud-amd64")
-        );
-        let alternatives = "linux-image-cloud-amd64\n  Recommends: firmware-linux-free\n \
-                            |Depends: linux-image-6.12.9-cloud-amd64\n  Depends: other\n";
-        assert_eq!(
-            parse_kernel_dependency(alternatives).as_deref(),
-            Some("linux-image-6.12.9-cloud-amd64")
-        );
-        assert_eq!(parse_kernel_dependency("E: No packages found\n"), None);
     }
 }

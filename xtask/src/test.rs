@@ -1,12 +1,17 @@
 //! `cargo xtask test`: the unit tests, the tests against the host kernel, and the tests in a VM
-//! whose kernel can load BPF LSM programs, summed up in one line.
+//! on each chosen Debian kernel (which can load BPF LSM programs), summed up in one line.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::{
     cargo::{self, Profile, TestCounts, TestRun},
+    kernel_table,
+    kernels::{self, Suite},
     package::{self, Built},
     prerequisites::{self, Needs},
     vm,
@@ -20,8 +25,9 @@ const UNIT_TIMEOUT: Duration = Duration::from_secs(600);
 const HOST_KERNEL_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Runs every stage, even after one fails, and prints `summary: N passed, M failed` last; with
-/// `only_vm_tests`, just those VM tests. Returns whether everything passed.
-pub fn run(root: &Path, only_vm_tests: &[String]) -> bool {
+/// `only_vm_tests`, just those VM tests. The VM tests run once per kernel in `kernels`. Returns
+/// whether everything passed.
+pub fn run(root: &Path, only_vm_tests: &[String], kernels: &[Suite]) -> bool {
     let mut counts = TestCounts::default();
     let mut failures = Vec::new();
     let mut record = |what: &str, outcome: Result<()>| {
@@ -35,7 +41,7 @@ pub fn run(root: &Path, only_vm_tests: &[String]) -> bool {
     stage("prerequisites");
     if record(
         "prerequisites",
-        prerequisites::ensure(root, Needs::BuildAndVm),
+        prerequisites::ensure(root, Needs::BuildAndVm { kernels }),
     ) {
         if only_vm_tests.is_empty() {
             stage("unit tests");
@@ -62,11 +68,26 @@ pub fn run(root: &Path, only_vm_tests: &[String]) -> bool {
         match package::build(root) {
             Ok(built) => {
                 println!("xtask: built {}", built.deb.display());
-                stage("VM tests");
-                record(
-                    "VM tests",
-                    vm_tests(root, &built, only_vm_tests, &mut counts),
-                );
+                stage("VM tests: the initramfs");
+                match vm_test_image(root, &built, only_vm_tests) {
+                    Ok(initramfs) => {
+                        for &suite in kernels {
+                            stage(&format!("VM tests on Debian {suite}'s kernel"));
+                            let started = Instant::now();
+                            record(
+                                &format!("VM tests on {suite}"),
+                                vm_tests(root, suite, &initramfs, &mut counts),
+                            );
+                            println!(
+                                "xtask: the VM tests on {suite} took {:.0} s",
+                                started.elapsed().as_secs_f64()
+                            );
+                        }
+                    }
+                    Err(error) => {
+                        record("VM tests", Err(error));
+                    }
+                }
             }
             Err(error) => {
                 record("building the package", Err(error));
@@ -74,6 +95,13 @@ pub fn run(root: &Path, only_vm_tests: &[String]) -> bool {
         }
     }
 
+    if only_vm_tests.is_empty() && kernels == Suite::ALL {
+        let readme = root.join("README.md");
+        match kernel_table::update_readme(root, &readme) {
+            Ok(()) => println!("xtask: wrote the kernel table in {}", readme.display()),
+            Err(error) => failures.push(format!("the kernel table: {error:#}")),
+        }
+    }
     for failure in &failures {
         println!("xtask: FAILED {failure}");
     }
@@ -110,7 +138,8 @@ fn host_kernel_tests(root: &Path, blocker: &Path, counts: &mut TestCounts) -> Re
     cargo::test(root, &run, counts)
 }
 
-fn vm_tests(root: &Path, package: &Built, only: &[String], counts: &mut TestCounts) -> Result<()> {
+/// The initramfs with the VM test targets (all, or the `only` ones) and the package.
+fn vm_test_image(root: &Path, package: &Built, only: &[String]) -> Result<PathBuf> {
     let args = [
         "test",
         "--package",
@@ -133,7 +162,10 @@ fn vm_tests(root: &Path, package: &Built, only: &[String], counts: &mut TestCoun
              tests/Cargo.toml with required-features = [\"vm\"])"
         );
     }
-    let kernel = prerequisites::cached_kernel(root)?
-        .context("no VM kernel in target/vm/kernel although prerequisites were ensured")?;
-    vm::run_tests(root, &kernel, &tests, package, counts)
+    vm::test_image(root, &tests, package)
+}
+
+fn vm_tests(root: &Path, suite: Suite, initramfs: &Path, counts: &mut TestCounts) -> Result<()> {
+    let kernel = kernels::ensured(root, suite)?;
+    vm::run_suite(root, &kernel, initramfs, counts)
 }

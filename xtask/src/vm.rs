@@ -1,6 +1,6 @@
 //! The VM tests: an initramfs holding the test executables, blocker and the libraries they need,
-//! booted with Debian's kernel (which, unlike the host's, can load BPF LSM programs) in QEMU; the
-//! console says how the tests went.
+//! booted with Debian's kernels (which, unlike the host's, can load BPF LSM programs) in QEMU; the
+//! console says how the tests went, and `target/vm/results/<suite>.json` keeps it per kernel.
 
 use std::{
     collections::BTreeMap,
@@ -13,21 +13,21 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
 
 use crate::{
     cargo::{parse_test_result, Artifact, TestCounts},
     cpio::CpioWriter,
+    kernels::Kernel,
     package::Built,
     process::{self, Ended},
 };
 
 const VM_DIR: &str = "target/vm";
+/// Under VM_DIR: one results file per kernel.
+const RESULTS_DIR: &str = "results";
 /// TCG emulates slowly; a whole suite has taken seconds, so this only catches hangs.
 const TIMEOUT: Duration = Duration::from_secs(900);
-/// bpf must be named for the kernel to enable the BPF LSM; `panic=-1` with QEMU's `-no-reboot`
-/// turns a kernel panic (or /init dying) into QEMU exiting.
-const KERNEL_COMMAND_LINE: &str =
-    "console=ttyS0 panic=-1 lsm=lockdown,capability,integrity,bpf quiet";
 /// Starts every line /init prints about the test run.
 const MARKER: &str = "BLOCKER-VM:";
 const BUSYBOX: &str = "/bin/busybox";
@@ -57,17 +57,9 @@ const EXTRA_FILES: &[&str] = &[
 const FIXTURE_PACKAGES_DIR: &str = "tests/fixtures/debs";
 const GUEST_FIXTURES_DIR: &str = "/fixtures";
 
-/// Boots a VM that runs each of `tests` with the package's `blocker` at hand and the package to
-/// install, adds the test counts printed on its console to `counts`, and fails unless every
-/// test executable ran and passed.
-pub fn run_tests(
-    root: &Path,
-    kernel: &Path,
-    tests: &[Artifact],
-    package: &Built,
-    counts: &mut TestCounts,
-) -> Result<()> {
-    let vm_dir = root.join(VM_DIR);
+/// Builds the initramfs that runs each of `tests` with the package's `blocker` at hand and the
+/// package to install; every kernel boots the same one.
+pub fn test_image(root: &Path, tests: &[Artifact], package: &Built) -> Result<PathBuf> {
     let guest = Guest {
         init: init_script(),
         programs: tests
@@ -81,11 +73,45 @@ pub fn run_tests(
             .collect(),
         data: vec![(GUEST_PACKAGE.to_owned(), package.deb.clone())],
     };
-    let initramfs = build_initramfs(root, &vm_dir, &guest, &package.blocker)?;
-    let console_log = vm_dir.join("console.log");
-    let (console, ended) = boot(kernel, &initramfs, &console_log)?;
+    build_initramfs(root, &root.join(VM_DIR), &guest, &package.blocker)
+}
+
+/// Boots `kernel` with the `test_image`, adds the test counts printed on its console to
+/// `counts`, writes them to `target/vm/results/<suite>.json` (see `results_json`) and fails
+/// unless every test executable ran and passed.
+pub fn run_suite(
+    root: &Path,
+    kernel: &Kernel,
+    initramfs: &Path,
+    counts: &mut TestCounts,
+) -> Result<()> {
+    let vm_dir = root.join(VM_DIR);
+    let suite_dir = vm_dir.join(kernel.suite.name());
+    let results_dir = vm_dir.join(RESULTS_DIR);
+    for dir in [&suite_dir, &results_dir] {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let results = results_dir.join(format!("{}.json", kernel.suite));
+    // A file left from an earlier run must not pass for this one's if the VM cannot start.
+    if results.exists() {
+        fs::remove_file(&results).with_context(|| format!("removing {}", results.display()))?;
+    }
+    let console_log = suite_dir.join("console.log");
+    let (console, ended) = boot(kernel, initramfs, &console_log)?;
     let report = parse_console(&console);
-    *counts += report.counts;
+    let suite_counts = report.counts();
+    *counts += suite_counts;
+    let results_text = serde_json::to_string_pretty(&results_json(kernel, &report))?;
+    fs::write(&results, results_text + "\n")
+        .with_context(|| format!("writing {}", results.display()))?;
+    let release = report.release().unwrap_or("unknown release");
+    println!(
+        "xtask: VM tests on {} (Linux {release}): {} passed, {} failed; results in {}",
+        kernel.suite,
+        suite_counts.passed,
+        suite_counts.failed,
+        results.display()
+    );
     match ended {
         Ended::TimedOut => Err(anyhow!(
             "the VM did not power off within {} s and was killed",
@@ -94,7 +120,12 @@ pub fn run_tests(
         Ended::Exited(status) if !status.success() => Err(anyhow!("QEMU failed ({status})")),
         Ended::Exited(_) => report.verdict(),
     }
-    .with_context(|| format!("the VM's console is in {}", console_log.display()))
+    .with_context(|| {
+        format!(
+            "on Linux {release}; the VM's console is in {}",
+            console_log.display()
+        )
+    })
 }
 
 /// What a VM run needs besides busybox, blocker and the test fixtures: its `/init` script, and
@@ -110,7 +141,7 @@ pub struct Guest {
 /// written to `target/vm/<console_name>`; fails if it did not power off by itself.
 pub fn run_guest(
     root: &Path,
-    kernel: &Path,
+    kernel: &Kernel,
     guest: &Guest,
     blocker: &Path,
     console_name: &str,
@@ -133,8 +164,11 @@ pub fn run_guest(
     }
 }
 
-/// The start of every /init: busybox's commands, and the filesystems blocker needs mounted.
-pub const GUEST_SETUP: &str = "/bin/busybox --install -s
+/// The start of every /init: busybox's commands, the filesystems blocker needs mounted, and a
+/// line saying which kernel runs with which LSMs.
+pub fn guest_setup() -> String {
+    format!(
+        "/bin/busybox --install -s
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -143,14 +177,16 @@ mount -t securityfs securityfs /sys/kernel/security
 mount -t bpf bpf /sys/fs/bpf
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
-";
+echo \"{MARKER} kernel $(uname -r) lsm $(cat /sys/kernel/security/lsm)\"
+"
+    )
+}
 
 fn init_script() -> String {
     format!(
         r#"#!/bin/busybox sh
 # Written by xtask (vm.rs): runs every test executable in {GUEST_TESTS_DIR}, then powers off.
-{GUEST_SETUP}export BLOCKER_BIN={GUEST_BLOCKER} RUST_BACKTRACE=1 RUST_LOG=info
-echo "{MARKER} lsm $(cat /sys/kernel/security/lsm)"
+{setup}export BLOCKER_BIN={GUEST_BLOCKER} RUST_BACKTRACE=1 RUST_LOG=info
 cd /tmp
 for test in {GUEST_TESTS_DIR}/*; do
     name=${{test##*/}}
@@ -158,8 +194,29 @@ for test in {GUEST_TESTS_DIR}/*; do
     "$test" --test-threads=1
     echo "{MARKER} end $name exit=$?"
 done
-echo "{MARKER} done"
+{probe}echo "{MARKER} done"
 poweroff -f
+"#,
+        setup = guest_setup(),
+        probe = features_probe(),
+    )
+}
+
+/// Runs `blocker run --protect` once the tests are done and prints its status document, which
+/// says what it turned on with this kernel, on a `BLOCKER-VM: status` line (see
+/// `parse_guest_status`): the README's kernel table is written from it.
+fn features_probe() -> String {
+    format!(
+        r#"probe=/tmp/features-probe
+mkdir -p $probe/policies
+printf 'name = "probe"\n' > $probe/policies/probe.toml
+{GUEST_BLOCKER} run --policy-dir $probe/policies --protect --no-stdout --scan-root $probe \
+    --status-file $probe/status.json --events-file $probe/events.jsonl >$probe/log 2>&1 &
+waited=0
+while [ ! -s $probe/status.json ] && [ $waited -lt 600 ]; do sleep 0.1; waited=$((waited + 1)); done
+echo "{MARKER} status $(tr -d '
+' < $probe/status.json)"
+{GUEST_BLOCKER} stop >/dev/null || cat $probe/log
 "#
     )
 }
@@ -375,28 +432,35 @@ impl Initramfs {
     }
 }
 
-fn boot(kernel: &Path, initramfs: &Path, console_log: &Path) -> Result<(Vec<String>, Ended)> {
+fn boot(kernel: &Kernel, initramfs: &Path, console_log: &Path) -> Result<(Vec<String>, Ended)> {
     let mut qemu = Command::new("qemu-system-x86_64");
     // KVM is present on these machines but hangs the guest; TCG is slower but works.
     qemu.args(["-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "1024"])
         .arg("-kernel")
-        .arg(kernel)
+        .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(initramfs)
-        .args(["-append", KERNEL_COMMAND_LINE])
+        .args(["-append", kernel.suite.kernel_command_line()])
         .args([
             "-display", "none", "-serial", "stdio", "-monitor", "none", "-nic", "none",
         ])
         .arg("-no-reboot");
     println!(
-        "xtask: booting {} (console lines start with `vm| `)",
-        kernel.display()
+        "xtask: booting Debian {}'s kernel {} (console lines start with `vm| `)",
+        kernel.suite,
+        kernel.vmlinuz.display()
     );
 
     let started = Instant::now();
     let mut console = Vec::new();
     let ended = process::run_with_deadline(&mut qemu, TIMEOUT, |line| {
         println!("vm| {line}");
+        if let Some(guest) = parse_guest_kernel(line) {
+            println!(
+                "xtask: the VM runs Debian {}'s kernel: Linux {}, LSMs {}",
+                kernel.suite, guest.release, guest.lsms
+            );
+        }
         console.push(line.to_owned());
     })?;
     println!(
@@ -408,31 +472,111 @@ fn boot(kernel: &Path, initramfs: &Path, console_log: &Path) -> Result<(Vec<Stri
     Ok((console, ended))
 }
 
-/// What /init's marker lines and libtest's summaries on the console say.
+/// The kernel release and the active LSMs, as the VM's /init reports them.
+#[derive(Debug, PartialEq)]
+struct GuestKernel {
+    release: String,
+    /// As /sys/kernel/security/lsm lists them, comma-separated.
+    lsms: String,
+}
+
+/// Reads /init's `BLOCKER-VM: kernel RELEASE lsm LIST` line.
+fn parse_guest_kernel(line: &str) -> Option<GuestKernel> {
+    let (_, event) = line.split_once(MARKER)?;
+    let mut words = event.split_whitespace();
+    match (words.next(), words.next(), words.next()) {
+        (Some("kernel"), Some(release), Some("lsm")) => Some(GuestKernel {
+            release: release.to_owned(),
+            lsms: words.next().unwrap_or_default().to_owned(),
+        }),
+        _ => None,
+    }
+}
+
+/// Reads /init's `BLOCKER-VM: status DOCUMENT` line.
+fn parse_guest_status(line: &str) -> Option<Value> {
+    let (_, event) = line.split_once(MARKER)?;
+    let document = event.trim_start().strip_prefix("status ")?;
+    serde_json::from_str(document).ok()
+}
+
+/// What /init's marker lines and libtest's output on the console say.
 #[derive(Debug, Default, PartialEq)]
 struct ConsoleReport {
-    counts: TestCounts,
-    /// Each test executable that started, with its exit code once it ended.
-    executables: Vec<(String, Option<i32>)>,
+    kernel: Option<GuestKernel>,
+    /// The status document of the probe daemon (`features_probe`).
+    status: Option<Value>,
+    /// Each test executable that started, in order.
+    executables: Vec<ExecutableReport>,
     done: bool,
+}
+
+#[derive(Debug, PartialEq)]
+struct ExecutableReport {
+    name: String,
+    /// Its exit code, once it ended.
+    exit: Option<i32>,
+    /// From libtest's `test result:` line.
+    counts: TestCounts,
+    /// Each test's name and libtest's word for its outcome (`ok`, `FAILED`, `ignored`), from
+    /// `test NAME ... OUTCOME` lines, where output of the processes a test started may come
+    /// between the name and the outcome; failed tests are also read from libtest's list.
+    tests: Vec<(String, String)>,
 }
 
 fn parse_console(lines: &[String]) -> ConsoleReport {
     let mut report = ConsoleReport::default();
+    // A test whose `test NAME ... ` line did not end in its outcome.
+    let mut pending_test: Option<String> = None;
+    // libtest lists the failed tests again, one per indented line, right after `failures:`.
+    let mut in_failure_list = false;
     for line in lines {
-        if let Some(counts) = parse_test_result(line) {
-            report.counts += counts;
+        if let Some(kernel) = parse_guest_kernel(line) {
+            report.kernel = Some(kernel);
+            continue;
+        }
+        if let Some(status) = parse_guest_status(line) {
+            report.status = Some(status);
+            continue;
+        }
+        let running = report
+            .executables
+            .last_mut()
+            .filter(|executable| executable.exit.is_none());
+        if let Some(executable) = running {
+            if let Some(counts) = parse_test_result(line) {
+                executable.counts += counts;
+            } else if let Some((name, outcome)) = parse_test_line(line) {
+                match outcome {
+                    Some(outcome) => executable.record(name, outcome),
+                    None => pending_test = Some(name.to_owned()),
+                }
+            } else if let Some(outcome) = as_outcome(line.trim()) {
+                if let Some(name) = pending_test.take() {
+                    executable.record(&name, outcome);
+                }
+            } else if in_failure_list && line.starts_with("    ") && !line.trim().contains(' ') {
+                executable.record(line.trim(), "FAILED");
+                continue;
+            }
+            in_failure_list = line.trim_end() == "failures:";
         }
         let Some((_, event)) = line.split_once(MARKER) else {
             continue;
         };
+        pending_test = None;
         let mut words = event.split_whitespace();
         match (words.next(), words.next(), words.next()) {
-            (Some("begin"), Some(name), _) => report.executables.push((name.to_owned(), None)),
+            (Some("begin"), Some(name), _) => report.executables.push(ExecutableReport {
+                name: name.to_owned(),
+                exit: None,
+                counts: TestCounts::default(),
+                tests: Vec::new(),
+            }),
             (Some("end"), Some(name), Some(exit)) => {
-                if let Some((started, code)) = report.executables.last_mut() {
-                    if started == name {
-                        *code = exit
+                if let Some(executable) = report.executables.last_mut() {
+                    if executable.name == name {
+                        executable.exit = exit
                             .strip_prefix("exit=")
                             .and_then(|code| code.parse().ok());
                     }
@@ -445,11 +589,46 @@ fn parse_console(lines: &[String]) -> ConsoleReport {
     report
 }
 
+/// Reads libtest's `test NAME ... OUTCOME` line, whose outcome may be missing when other output
+/// came between (`ignored` may be followed by a reason).
+fn parse_test_line(line: &str) -> Option<(&str, Option<&str>)> {
+    let (name, rest) = line.strip_prefix("test ")?.split_once(" ...")?;
+    let outcome = rest.split([' ', ',']).find(|word| !word.is_empty());
+    Some((name, outcome.and_then(as_outcome)))
+}
+
+fn as_outcome(word: &str) -> Option<&str> {
+    matches!(word, "ok" | "FAILED" | "ignored").then_some(word)
+}
+
+impl ExecutableReport {
+    /// Sets the outcome of test `name`, adding the test if it is new.
+    fn record(&mut self, name: &str, outcome: &str) {
+        match self.tests.iter_mut().find(|(known, _)| known == name) {
+            Some((_, known_outcome)) => *known_outcome = outcome.to_owned(),
+            None => self.tests.push((name.to_owned(), outcome.to_owned())),
+        }
+    }
+}
+
 impl ConsoleReport {
+    fn counts(&self) -> TestCounts {
+        let mut counts = TestCounts::default();
+        for executable in &self.executables {
+            counts += executable.counts;
+        }
+        counts
+    }
+
+    fn release(&self) -> Option<&str> {
+        self.kernel.as_ref().map(|kernel| kernel.release.as_str())
+    }
+
     fn verdict(&self) -> Result<()> {
         let mut problems = Vec::new();
-        for (name, exit) in &self.executables {
-            match exit {
+        for executable in &self.executables {
+            let name = &executable.name;
+            match executable.exit {
                 Some(0) => {}
                 Some(code) => problems.push(format!("{name} exited with {code}")),
                 None => problems.push(format!("{name} never finished")),
@@ -458,7 +637,8 @@ impl ConsoleReport {
         if !self.done {
             problems.push(format!("/init never printed `{MARKER} done`"));
         }
-        if self.counts.passed + self.counts.failed == 0 {
+        let counts = self.counts();
+        if counts.passed + counts.failed == 0 {
             problems.push("no VM test ran".to_owned());
         }
         if !problems.is_empty() {
@@ -466,6 +646,73 @@ impl ConsoleReport {
         }
         Ok(())
     }
+}
+
+/// The results file of one kernel's VM run, `target/vm/results/<suite>.json`:
+///
+/// ```json
+/// {
+///   "suite": "trixie",                          // as given to --kernel
+///   "kernel_release": "6.12.117+deb13-cloud-amd64", // `uname -r` in the VM; null if unknown
+///   "lsms": ["lockdown", "capability", "bpf"],  // /sys/kernel/security/lsm in the VM
+///   "passed": 10, "failed": 2,                  // summed over the targets
+///   "completed": true,                          // /init ran every target and powered off
+///   "backend": "lsm",                           // of `blocker run --protect` after the tests
+///   "features": {"exec": {"state": "on"}, ...}, // its status document's; null if unknown
+///   "targets": [{
+///     "name": "vm_lsm",                         // the test target (tests/tests/vm_lsm.rs)
+///     "exit_code": 101,                         // null if it never finished
+///     "passed": 4, "failed": 1,                 // libtest's `test result:` line
+///     "tests": [{"name": "banned_exec_is_refused", "outcome": "ok"}]
+///   }]
+/// }
+/// ```
+///
+/// `outcome` is `ok`, `failed` or `ignored`. `tests` lists what libtest printed per test; the
+/// counts are authoritative where the two differ (a test's line broken up by a daemon's output).
+/// Only the targets that ran appear: `--vm-test` selects fewer.
+fn results_json(kernel: &Kernel, report: &ConsoleReport) -> Value {
+    let counts = report.counts();
+    let lsms: Vec<&str> = report
+        .kernel
+        .as_ref()
+        .map(|kernel| {
+            kernel
+                .lsms
+                .split(',')
+                .filter(|lsm| !lsm.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let targets: Vec<Value> = report
+        .executables
+        .iter()
+        .map(|executable| {
+            let tests: Vec<Value> = executable
+                .tests
+                .iter()
+                .map(|(name, outcome)| json!({"name": name, "outcome": outcome.to_lowercase()}))
+                .collect();
+            json!({
+                "name": executable.name,
+                "exit_code": executable.exit,
+                "passed": executable.counts.passed,
+                "failed": executable.counts.failed,
+                "tests": tests,
+            })
+        })
+        .collect();
+    json!({
+        "suite": kernel.suite.name(),
+        "kernel_release": report.release(),
+        "lsms": lsms,
+        "passed": counts.passed,
+        "failed": counts.failed,
+        "completed": report.done,
+        "backend": report.status.as_ref().map(|status| &status["backend"]),
+        "features": report.status.as_ref().map(|status| &status["features"]),
+        "targets": targets,
+    })
 }
 
 #[cfg(test)]
@@ -476,16 +723,37 @@ mod tests {
         text.lines().map(str::to_owned).collect()
     }
 
+    fn executable(
+        name: &str,
+        exit: Option<i32>,
+        (passed, failed): (u64, u64),
+        tests: &[(&str, &str)],
+    ) -> ExecutableReport {
+        ExecutableReport {
+            name: name.to_owned(),
+            exit,
+            counts: TestCounts { passed, failed },
+            tests: tests
+                .iter()
+                .map(|(name, outcome)| (name.to_string(), outcome.to_string()))
+                .collect(),
+        }
+    }
+
     #[test]
     fn reads_a_passing_run() {
         let report = parse_console(&lines(
             "[    0.0] booting\n\
-             BLOCKER-VM: lsm lockdown,capability,bpf\n\
+             BLOCKER-VM: kernel 6.12.117+deb13-cloud-amd64 lsm lockdown,capability,bpf,ima\n\
              BLOCKER-VM: begin vm_lsm\n\
              running 2 tests\n\
-             test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out\n\
+             test denies ... ok\n\
+             test audits ... ignored, needs a fixture\n\
+             test result: ok. 1 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out\n\
              BLOCKER-VM: end vm_lsm exit=0\n\
              BLOCKER-VM: begin vm_ima\n\
+             test hashes ... [2026-11-29T19:00:00Z INFO  blocker] loaded\n\
+             ok\n\
              test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out\n\
              BLOCKER-VM: end vm_ima exit=0\n\
              BLOCKER-VM: done\n",
@@ -493,12 +761,28 @@ mod tests {
         assert_eq!(
             report,
             ConsoleReport {
-                counts: TestCounts {
-                    passed: 3,
-                    failed: 0
-                },
-                executables: vec![("vm_lsm".into(), Some(0)), ("vm_ima".into(), Some(0))],
+                kernel: Some(GuestKernel {
+                    release: "6.12.117+deb13-cloud-amd64".into(),
+                    lsms: "lockdown,capability,bpf,ima".into(),
+                }),
+                status: None,
+                executables: vec![
+                    executable(
+                        "vm_lsm",
+                        Some(0),
+                        (1, 0),
+                        &[("denies", "ok"), ("audits", "ignored")]
+                    ),
+                    executable("vm_ima", Some(0), (1, 0), &[("hashes", "ok")]),
+                ],
                 done: true,
+            }
+        );
+        assert_eq!(
+            report.counts(),
+            TestCounts {
+                passed: 2,
+                failed: 0
             }
         );
         report.verdict().unwrap();
@@ -508,16 +792,34 @@ mod tests {
     fn fails_on_failures_crashes_and_silence() {
         let failed = parse_console(&lines(
             "BLOCKER-VM: begin vm_lsm\n\
-             test result: FAILED. 1 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out\n\
+             test denies ... FAILED\n\
+             test refuses_links ... [INFO] daemon started\n\
+             [ERROR] daemon: loading failed\n\
+             test audits ... ok\n\
+             \n\
+             failures:\n\
+             \n\
+             ---- denies stdout ----\n\
+             Error: no EPERM\n\
+             \n\
+             failures:\n    denies\n    refuses_links\n\
+             \n\
+             test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out\n\
              BLOCKER-VM: end vm_lsm exit=101\n\
              BLOCKER-VM: done\n",
         ));
         assert_eq!(
-            failed.counts,
-            TestCounts {
-                passed: 1,
-                failed: 1
-            }
+            failed.executables,
+            [executable(
+                "vm_lsm",
+                Some(101),
+                (1, 2),
+                &[
+                    ("denies", "FAILED"),
+                    ("audits", "ok"),
+                    ("refuses_links", "FAILED")
+                ]
+            )]
         );
         assert_eq!(
             failed.verdict().unwrap_err().to_string(),
@@ -532,6 +834,46 @@ mod tests {
 
         let empty = parse_console(&lines("BLOCKER-VM: done\n"));
         assert_eq!(empty.verdict().unwrap_err().to_string(), "no VM test ran");
+    }
+
+    #[test]
+    fn writes_the_results_file() {
+        let report = parse_console(&lines(
+            "BLOCKER-VM: kernel 7.2.13+deb14-cloud-amd64 lsm lockdown,bpf,ima\n\
+             BLOCKER-VM: begin vm_pin\n\
+             test pins ... FAILED\n\
+             test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out\n\
+             BLOCKER-VM: end vm_pin exit=101\n\
+             BLOCKER-VM: begin vm_tamper\n\
+             BLOCKER-VM: status {\"backend\": \"lsm\",  \"features\": {\"exec\": {\"state\": \"on\"}}}\n",
+        ));
+        let kernel = Kernel {
+            suite: crate::kernels::Suite::Sid,
+            vmlinuz: PathBuf::from("/k/vmlinuz-7.2.13+deb14-cloud-amd64"),
+        };
+        assert_eq!(
+            results_json(&kernel, &report),
+            json!({
+                "suite": "sid",
+                "kernel_release": "7.2.13+deb14-cloud-amd64",
+                "lsms": ["lockdown", "bpf", "ima"],
+                "passed": 0,
+                "failed": 1,
+                "completed": false,
+                "backend": "lsm",
+                "features": {"exec": {"state": "on"}},
+                "targets": [
+                    {
+                        "name": "vm_pin",
+                        "exit_code": 101,
+                        "passed": 0,
+                        "failed": 1,
+                        "tests": [{"name": "pins", "outcome": "failed"}],
+                    },
+                    {"name": "vm_tamper", "exit_code": null, "passed": 0, "failed": 0, "tests": []},
+                ],
+            })
+        );
     }
 
     #[test]

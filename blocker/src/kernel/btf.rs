@@ -18,6 +18,7 @@ const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
@@ -38,8 +39,10 @@ struct Member {
 struct Type {
     kind: u32,
     name: String,
-    /// Size in bytes for INT/STRUCT/UNION/ENUM, referenced type id for PTR/TYPEDEF/modifiers.
+    /// Size in bytes for INT/STRUCT/UNION/ENUM, referenced type id for PTR/TYPEDEF/modifiers,
+    /// the prototype's id for FUNC.
     size_or_type: u32,
+    /// Members of a STRUCT or UNION, parameters of a FUNC_PROTO (offset 0).
     members: Vec<Member>,
 }
 
@@ -55,6 +58,7 @@ pub struct Btf {
     /// Index 0 is the implicit `void`.
     types: Vec<Type>,
     structs_by_name: HashMap<String, u32>,
+    functions_by_name: HashMap<String, u32>,
 }
 
 impl Btf {
@@ -97,6 +101,7 @@ impl Btf {
             members: Vec::new(),
         }];
         let mut structs_by_name = HashMap::new();
+        let mut functions_by_name = HashMap::new();
         while !reader.done() {
             let name = string_at(strings, reader.u32()?)?;
             let info = reader.u32()?;
@@ -125,7 +130,18 @@ impl Btf {
                         });
                     }
                 }
-                KIND_ENUM | KIND_FUNC_PROTO => reader.skip(8 * vlen)?,
+                KIND_FUNC_PROTO => {
+                    for _ in 0..vlen {
+                        let name = string_at(strings, reader.u32()?)?;
+                        let type_id = reader.u32()?;
+                        members.push(Member {
+                            name,
+                            type_id,
+                            bit_offset: 0,
+                        });
+                    }
+                }
+                KIND_ENUM => reader.skip(8 * vlen)?,
                 KIND_DATASEC | KIND_ENUM64 => reader.skip(12 * vlen)?,
                 _ => {}
             }
@@ -134,6 +150,9 @@ impl Btf {
                 structs_by_name
                     .entry(name.clone())
                     .or_insert(types.len() as u32);
+            }
+            if kind == KIND_FUNC {
+                functions_by_name.insert(name.clone(), types.len() as u32);
             }
             types.push(Type {
                 kind,
@@ -145,6 +164,7 @@ impl Btf {
         Ok(Self {
             types,
             structs_by_name,
+            functions_by_name,
         })
     }
 
@@ -164,6 +184,22 @@ impl Btf {
         Ok(Field {
             offset: bit_offset / 8,
             size: self.size_of(type_id)?,
+        })
+    }
+
+    /// The parameter names of function `name`, in order; `None` if the BTF has no such
+    /// function.
+    pub fn function_parameters(&self, name: &str) -> Option<Vec<&str>> {
+        let function = self
+            .types
+            .get(*self.functions_by_name.get(name)? as usize)?;
+        let prototype = self.types.get(function.size_or_type as usize)?;
+        (prototype.kind == KIND_FUNC_PROTO).then(|| {
+            prototype
+                .members
+                .iter()
+                .map(|parameter| parameter.name.as_str())
+                .collect()
         })
     }
 
@@ -326,6 +362,19 @@ pub(crate) mod tests {
             id
         }
 
+        /// A function and its prototype (returning `int`-sized `returns`), with these
+        /// parameters.
+        pub(crate) fn function(&mut self, name: &str, returns: u32, parameters: &[(&str, u32)]) {
+            let prototype = self.header("", KIND_FUNC_PROTO, parameters.len(), returns);
+            for &(parameter, type_id) in parameters {
+                let parameter = self.string(parameter);
+                for word in [parameter, type_id] {
+                    self.types.extend_from_slice(&word.to_le_bytes());
+                }
+            }
+            self.header(name, KIND_FUNC, 0, prototype);
+        }
+
         pub(crate) fn build(&self) -> Vec<u8> {
             let mut blob = Vec::new();
             blob.extend_from_slice(&BTF_MAGIC.to_le_bytes());
@@ -379,6 +428,24 @@ pub(crate) mod tests {
         );
         assert!(btf.field("inode", "i_missing").is_err());
         assert!(btf.field("dentry", "d_inode").is_err());
+    }
+
+    #[test]
+    fn reads_function_parameters() {
+        let mut b = BtfBuilder::new();
+        let int = b.int("int", 4);
+        let ptr = b.pointer(int);
+        b.function(
+            "bpf_lsm_inode_setattr",
+            int,
+            &[("idmap", ptr), ("dentry", ptr), ("attr", ptr)],
+        );
+        let btf = Btf::parse(&b.build()).unwrap();
+        assert_eq!(
+            btf.function_parameters("bpf_lsm_inode_setattr"),
+            Some(vec!["idmap", "dentry", "attr"])
+        );
+        assert_eq!(btf.function_parameters("bpf_lsm_file_open"), None);
     }
 
     #[test]

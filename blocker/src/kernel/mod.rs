@@ -2,7 +2,9 @@
 //! the backend, and keeping the ban map equal to the resolved policy.
 
 mod btf;
+pub mod coverage;
 pub mod features;
+mod hooks;
 mod offsets;
 pub mod pins;
 mod protection;
@@ -18,7 +20,19 @@ use aya::{
     programs::{links::FdLink, BtfTracePoint, Lsm},
     Btf, Ebpf, EbpfLoader, Pod,
 };
-use blocker_common::{counter, names, setting, BanEntry, ContentHash, FileKey};
+use blocker_common::{
+    counter,
+    lsm_programs::{self, LsmProgram},
+    names, setting, BanEntry, ContentHash, FileKey,
+};
+
+use self::{
+    coverage::{Feature, Features},
+    hooks::HookLayout,
+};
+
+/// How long to wait for the kernel to detach programs whose last link reference is gone.
+pub const DETACH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The kernel's type information, which both the offsets and the program attach points need.
 const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -95,25 +109,33 @@ pub struct Enforcer {
     links: Vec<(String, FdLink)>,
     backend: Backend,
     backend_reason: String,
-    /// Whether execs are also checked by content in the kernel (`lsm` with IMA's hash helper).
-    content_checks: bool,
+    /// What the attached programs cover.
+    features: Features,
+    /// Where this kernel's hooks take the arguments the programs read; `None` when adopted.
+    hook_layout: Option<HookLayout>,
     installed: BTreeMap<FileKey, BanEntry>,
     installed_content: BTreeMap<ContentHash, BanEntry>,
     policy_generation: u32,
     /// Where the programs are pinned, when they are.
     pinned: Option<PathBuf>,
+    /// What tamper protection guards, by identity; empty while it is off.
+    protected: BTreeMap<FileKey, PathBuf>,
 }
 
 impl Enforcer {
     /// Puts `policy` in force. With `pin_root`, programs an earlier daemon pinned there are
     /// adopted (their maps brought to `policy`); otherwise the programs are loaded, the maps
     /// filled and only then the programs attached, so enforcement starts with the whole policy
-    /// in place; with `pin_root` they are then pinned, replacing earlier pins only once attached.
+    /// in place. With `protect`, tamper protection is turned on for these directories (see
+    /// [`Enforcer::protect`]) before anything is pinned; with `pin_root` the programs are then
+    /// pinned, replacing earlier pins only once attached. A start that fails leaves no pins of
+    /// its own behind.
     pub fn start(
         choice: BackendChoice,
         event_buffer_bytes: u32,
         pin_root: Option<&Path>,
         policy: &KernelPolicy<'_>,
+        protect: Option<&[PathBuf]>,
     ) -> Result<Self> {
         raise_memlock_limit();
         if let Some(root) = pin_root {
@@ -124,6 +146,14 @@ impl Enforcer {
             match Self::adopt(dir, choice) {
                 Ok(Some(mut enforcer)) => {
                     enforcer.fill(policy)?;
+                    match protect {
+                        Some(directories) => {
+                            let mut directories = directories.to_vec();
+                            directories.extend(pins::directories(dir));
+                            enforcer.protect(&directories)?;
+                        }
+                        None => enforcer.protection_not_asked_for(),
+                    }
                     return Ok(enforcer);
                 }
                 Ok(None) => {}
@@ -137,29 +167,93 @@ impl Enforcer {
         enforcer.fill(policy)?;
         let (backend, reason) = enforcer.attach(choice)?;
         enforcer.backend = backend;
-        enforcer.backend_reason = if enforcer.content_checks {
-            format!("{reason}; contents are checked at exec")
-        } else {
-            reason
-        };
+        enforcer.backend_reason = reason;
+        if protect.is_none() {
+            enforcer.protection_not_asked_for();
+        }
+        if let Some(directories) = protect {
+            // The pin directories do not exist yet: they are protected once pinned, below.
+            enforcer.protect(directories)?;
+        }
         if let Some(dir) = pin_dir {
             let maps: Vec<(&str, &Map)> = enforcer.maps.iter().map(|(n, m)| (*n, m)).collect();
             let links = std::mem::take(&mut enforcer.links);
             enforcer.links = pins::pin(&dir, &maps, links)?;
+            enforcer.pinned = Some(dir.clone());
+            if let Some(directories) = protect {
+                let mut directories = directories.to_vec();
+                directories.extend(pins::directories(&dir));
+                if let Err(error) = enforcer.protect(&directories) {
+                    enforcer.remove_own_pins();
+                    return Err(error);
+                }
+            }
             log::info!(
                 "programs and maps pinned at {}: they keep enforcing if the daemon stops",
                 dir.display()
             );
-            enforcer.pinned = Some(dir);
         }
         Ok(enforcer)
     }
 
+    /// Lets go of the programs: unpinned ones are detached, and this returns once the kernel
+    /// no longer lists their links (it may release them from a work queue a moment later);
+    /// pinned ones keep enforcing.
+    pub fn release(self) {
+        if self.pinned.is_some() {
+            return;
+        }
+        let ids: Vec<_> = self
+            .links
+            .iter()
+            .filter_map(|(_, link)| pins::LinkIds::of(link))
+            .collect();
+        drop(self);
+        let still_attached = pins::wait_for_detach(&ids, DETACH_TIMEOUT);
+        if !still_attached.is_empty() {
+            log::warn!(
+                "{} links still attached {} s after the daemon let them go",
+                still_attached.len(),
+                DETACH_TIMEOUT.as_secs()
+            );
+        }
+    }
+
+    /// Reports tamper protection off where its programs are attached but inert.
+    fn protection_not_asked_for(&mut self) {
+        if self.features.tamper_protection.state != coverage::State::Off {
+            self.features.tamper_protection =
+                Feature::off("not asked for; `blocker run --protect` turns it on");
+        }
+    }
+
+    /// Removes the pins this daemon made, after a start that failed once they were made: the
+    /// programs then detach when the daemon exits.
+    fn remove_own_pins(&mut self) {
+        let Some(dir) = self.pinned.take() else {
+            return;
+        };
+        let _ = self.unprotect();
+        if let Err(error) = pins::remove(&dir) {
+            log::warn!(
+                "removing the pins at {} after a failed start: {error:#}",
+                dir.display()
+            );
+        }
+    }
+
     fn load(event_buffer_bytes: u32) -> Result<Self> {
-        let offsets = offsets::running_kernel_offsets()?;
+        let btf = offsets::running_kernel_btf()?;
+        let offsets = offsets::running_kernel_offsets(&btf)?;
+        let hook_layout = HookLayout::of(&btf);
         let log_level = log::max_level() as u8;
         let mut ebpf = EbpfLoader::new()
             .override_global(names::KERNEL_OFFSETS_GLOBAL, &offsets, true)
+            .override_global(
+                names::HOOK_ARGUMENT_POSITIONS_GLOBAL,
+                &hook_layout.positions,
+                true,
+            )
             // A ring buffer's max_entries is its size in bytes.
             .map_max_entries(names::EVENTS_MAP, event_buffer_bytes)
             .override_global(aya_log::LEVEL, &log_level, false)
@@ -178,11 +272,13 @@ impl Enforcer {
             links: Vec::new(),
             backend: Backend::Kill,
             backend_reason: String::new(),
-            content_checks: false,
+            features: Features::kill_backend(),
+            hook_layout: Some(hook_layout),
             installed: BTreeMap::new(),
             installed_content: BTreeMap::new(),
             policy_generation: 0,
             pinned: None,
+            protected: BTreeMap::new(),
         })
     }
 
@@ -210,27 +306,31 @@ impl Enforcer {
             );
             return Ok(None);
         }
-        let content_checks = attached(names::CONTENT_LSM_PROGRAM);
+        let features = match backend {
+            Backend::Kill => Features::kill_backend(),
+            Backend::Lsm => Features::lsm(attached, |_| {
+                "not among the programs the earlier daemon pinned; `blocker unload`, then start \
+                 again, to load it"
+                    .to_owned()
+            }),
+        };
         let mut enforcer = Self {
             ebpf: None,
             maps: adopted.maps.into_iter().collect(),
             links: adopted.links,
             backend,
             backend_reason: format!(
-                "adopted the {} programs an earlier daemon pinned at {}{}",
+                "adopted the {} programs an earlier daemon pinned at {}",
                 backend.name(),
                 dir.display(),
-                if content_checks {
-                    "; contents are checked at exec"
-                } else {
-                    ""
-                }
             ),
-            content_checks,
+            features,
+            hook_layout: None,
             installed: BTreeMap::new(),
             installed_content: BTreeMap::new(),
             policy_generation: 0,
             pinned: Some(dir.to_owned()),
+            protected: BTreeMap::new(),
         };
         enforcer.installed = read_map(enforcer.map_mut(names::BANNED_FILES_MAP)?)?;
         enforcer.installed_content = read_map(enforcer.map_mut(names::BANNED_HASHES_MAP)?)?;
@@ -254,7 +354,12 @@ impl Enforcer {
 
     /// Whether the kernel checks the content of exec'd files itself.
     pub fn content_checks(&self) -> bool {
-        self.content_checks
+        self.features.exec_content.state == coverage::State::On
+    }
+
+    /// What the attached programs cover.
+    pub fn features(&self) -> &Features {
+        &self.features
     }
 
     pub fn backend(&self) -> Backend {
@@ -331,6 +436,8 @@ impl Enforcer {
                     format!("`bpf` is an active LSM ({lsm_list}) and the LSM program loaded"),
                 )),
                 Err(error) => {
+                    // Dropping the links detaches whatever was attached before the failure.
+                    self.links.clear();
                     self.attach_kill()?;
                     Ok((
                         Backend::Kill,
@@ -341,68 +448,87 @@ impl Enforcer {
         }
     }
 
-    /// Loads every LSM program before attaching any, so a kernel that refuses one leaves
-    /// nothing half attached. The exec check is the content one where the kernel can hash files
-    /// for BPF (IMA, 5.11 and later), by identity otherwise; its cache-keeping programs are
-    /// attached before it, so no verdict is ever cached unwatched.
+    /// Loads every LSM program this kernel takes before attaching any; each optional one that
+    /// it refuses is reported missing, never the whole backend. The exec check is the content
+    /// one where the kernel can hash files for BPF (IMA, 5.11 and later), by identity
+    /// otherwise. The programs dropping stale cached verdicts are attached before the content
+    /// check, and the cache is used only if all of them are, so no verdict is cached unwatched.
+    /// Protection programs, inert until `protect`, are attached last.
     fn attach_lsm(&mut self) -> Result<()> {
         let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
-        let content_programs: Vec<(&str, &str)> = names::INVALIDATION_PROGRAMS
+        let mut missing: BTreeMap<&'static str, String> = BTreeMap::new();
+        let mut load = |enforcer: &mut Self, program: &LsmProgram| -> bool {
+            match enforcer.load_lsm(&btf, program) {
+                Ok(()) => true,
+                Err(error) => {
+                    missing.insert(program.name, format!("{error:#}"));
+                    false
+                }
+            }
+        };
+        let invalidation: Vec<LsmProgram> = lsm_programs::VERDICT_INVALIDATION
             .into_iter()
-            .chain([(names::CONTENT_LSM_PROGRAM, names::EXEC_HOOK)])
+            .filter(|program| load(self, program))
             .collect();
-        let exec_programs = match self.load_lsm(&btf, &content_programs) {
-            Ok(()) => {
-                self.content_checks = true;
-                content_programs
-            }
-            Err(error) => {
-                log::warn!("contents are not checked at exec by the kernel: {error:#}");
-                let identity = vec![(names::IDENTITY_LSM_PROGRAM, names::EXEC_HOOK)];
-                self.load_lsm(&btf, &identity)?;
-                identity
-            }
+        let exec = if load(self, &lsm_programs::EXEC_CONTENT) {
+            lsm_programs::EXEC_CONTENT
+        } else {
+            let identity = lsm_programs::EXEC_IDENTITY;
+            self.load_lsm(&btf, &identity)?;
+            identity
         };
-        self.load_lsm(&btf, &names::MAPPING_LSM_PROGRAMS)?;
-        // Inert until `protect`; attached last, so they never see blocker's own setup.
-        let protection_programs = match self.load_lsm(&btf, &names::PROTECTION_PROGRAMS) {
-            Ok(()) => names::PROTECTION_PROGRAMS.as_slice(),
-            Err(error) => {
-                log::warn!("tamper protection is unavailable on this kernel: {error:#}");
-                &[]
-            }
-        };
-        let all = exec_programs
+        let optional: Vec<LsmProgram> = lsm_programs::EXECUTABLE_MAPPINGS
             .into_iter()
-            .chain(names::MAPPING_LSM_PROGRAMS)
-            .chain(protection_programs.iter().copied());
-        for (name, hook) in all {
-            let program: &mut Lsm = self
+            .chain(lsm_programs::PROTECTION)
+            .filter(|program| load(self, program))
+            .collect();
+
+        let content_checks = exec == lsm_programs::EXEC_CONTENT;
+        let cache_usable =
+            content_checks && invalidation.len() == lsm_programs::VERDICT_INVALIDATION.len();
+        self.set_setting(setting::VERDICT_CACHE, u32::from(cache_usable))?;
+        let invalidation = invalidation.into_iter().filter(|_| content_checks);
+        for program in invalidation.chain([exec]).chain(optional) {
+            let lsm: &mut Lsm = self
                 .ebpf_mut()
-                .program_mut(name)
+                .program_mut(program.name)
                 .expect("loaded above")
                 .try_into()?;
-            let link = program
+            let link = lsm
                 .attach()
-                .and_then(|id| program.take_link(id))
-                .with_context(|| format!("attaching {name} (lsm/{hook})"))?;
-            self.links.push((name.to_owned(), link.into()));
+                .and_then(|id| lsm.take_link(id))
+                .with_context(|| format!("attaching {} (lsm/{})", program.name, program.hook))?;
+            self.links.push((program.name.to_owned(), link.into()));
         }
+        let attached: Vec<String> = self.links.iter().map(|(name, _)| name.clone()).collect();
+        self.features = Features::lsm(
+            |name| attached.iter().any(|attached| attached == name),
+            |program| {
+                missing
+                    .get(program.name)
+                    .cloned()
+                    .unwrap_or_else(|| "not needed without content checks".to_owned())
+            },
+        );
         Ok(())
     }
 
-    fn load_lsm(&mut self, btf: &Btf, programs: &[(&str, &str)]) -> Result<()> {
-        for &(name, hook) in programs {
-            let program: &mut Lsm = self
-                .ebpf_mut()
-                .program_mut(name)
-                .with_context(|| format!("the eBPF object has no program {name}"))?
-                .try_into()?;
-            program
-                .load(hook, btf)
-                .with_context(|| format!("loading {name} (lsm/{hook})"))?;
+    /// Loads `program` unless this kernel's hook lacks an argument it reads.
+    fn load_lsm(&mut self, btf: &Btf, program: &LsmProgram) -> Result<()> {
+        if let Some(reason) = self
+            .hook_layout
+            .as_ref()
+            .and_then(|layout| layout.unavailable(program))
+        {
+            bail!("{reason}");
         }
-        Ok(())
+        let lsm: &mut Lsm = self
+            .ebpf_mut()
+            .program_mut(program.name)
+            .with_context(|| format!("the eBPF object has no program {}", program.name))?
+            .try_into()?;
+        lsm.load(program.hook, btf)
+            .with_context(|| format!("loading {} (lsm/{})", program.name, program.hook))
     }
 
     fn attach_kill(&mut self) -> Result<()> {
@@ -460,11 +586,16 @@ impl Enforcer {
 
     /// Sets what the kernel does with fileless execs (one of `blocker_common::action`).
     pub fn set_fileless(&mut self, action: u32) -> Result<()> {
+        self.set_setting(setting::FILELESS, action)
+            .context("setting the fileless policy")
+    }
+
+    fn set_setting(&mut self, index: u32, value: u32) -> Result<()> {
         let mut settings: Array<&mut MapData, u32> =
             Array::try_from(self.map_mut(names::SETTINGS_MAP)?)?;
         settings
-            .set(setting::FILELESS, action, 0)
-            .context("setting the fileless policy")?;
+            .set(index, value, 0)
+            .with_context(|| format!("setting {index} of {}", names::SETTINGS_MAP))?;
         Ok(())
     }
 
@@ -589,6 +720,49 @@ fn raise_memlock_limit() {
         log::debug!(
             "could not raise RLIMIT_MEMLOCK: {}",
             std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use object::{Object, ObjectSection, ObjectSymbol};
+
+    use super::*;
+
+    /// The section of every LSM program the loader knows names the hook the loader attaches it
+    /// to: the program was written for that hook's arguments.
+    #[test]
+    fn every_lsm_program_is_in_the_object_under_its_hook() {
+        let object = object::File::parse(EBPF_OBJECT).unwrap();
+        let section_of = |program: &str| -> Option<String> {
+            let symbol = object
+                .symbols()
+                .find(|symbol| symbol.name() == Ok(program))?;
+            let section = object.section_by_index(symbol.section_index()?).ok()?;
+            section.name().ok().map(str::to_owned)
+        };
+        let every = [lsm_programs::EXEC_IDENTITY]
+            .into_iter()
+            .chain(lsm_programs::VERDICT_INVALIDATION)
+            .chain(lsm_programs::EXECUTABLE_MAPPINGS)
+            .chain(lsm_programs::PROTECTION);
+        for program in every {
+            assert_eq!(
+                section_of(program.name),
+                Some(format!("lsm/{}", program.hook)),
+                "{}",
+                program.name
+            );
+        }
+        let content = lsm_programs::EXEC_CONTENT;
+        assert_eq!(
+            section_of(content.name),
+            Some(format!("lsm.s/{}", content.hook))
+        );
+        assert_eq!(
+            section_of(names::KILL_PROGRAM),
+            Some(format!("tp_btf/{}", names::KILL_TRACEPOINT))
         );
     }
 }

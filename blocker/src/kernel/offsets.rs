@@ -45,13 +45,17 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets> {
     })
 }
 
-/// Offsets for the kernel this process runs on.
-pub fn running_kernel_offsets() -> Result<KernelOffsets> {
+/// The type information of the kernel this process runs on.
+pub fn running_kernel_btf() -> Result<Btf> {
     let path = std::path::Path::new(super::KERNEL_BTF);
-    let btf = Btf::from_file(path).context(
+    Btf::from_file(path).context(
         "blocker needs the kernel's BTF (CONFIG_DEBUG_INFO_BTF=y, /sys/kernel/btf/vmlinux)",
-    )?;
-    kernel_offsets(&btf).context("the running kernel's structs are not what blocker expects")
+    )
+}
+
+/// Offsets for the kernel `btf` describes, the running one.
+pub fn running_kernel_offsets(btf: &Btf) -> Result<KernelOffsets> {
+    kernel_offsets(btf).context("the running kernel's structs are not what blocker expects")
 }
 
 #[cfg(test)]
@@ -159,7 +163,7 @@ mod tests {
     /// The host always has BTF (the project requires it); its layout must parse.
     #[test]
     fn the_running_kernel_has_every_member() {
-        let offsets = running_kernel_offsets().unwrap();
+        let offsets = running_kernel_offsets(&running_kernel_btf().unwrap()).unwrap();
         assert_ne!(offsets.inode_i_ino, offsets.inode_i_sb);
         assert!(offsets.task_struct_real_parent > 0);
     }

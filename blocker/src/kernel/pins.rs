@@ -10,6 +10,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
@@ -145,6 +146,8 @@ pub fn pin(
 pub struct Removed {
     pub path: PathBuf,
     pub kind: PinKind,
+    /// The kernel's ids of a removed link and its program, where they could be read.
+    pub link_ids: Option<LinkIds>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,6 +168,11 @@ pub fn unload(root: &Path) -> Result<Vec<Removed>> {
     Ok(removed)
 }
 
+/// Removes the pins of one build, `dir` (see [`build_dir`]).
+pub fn remove(dir: &Path) -> Result<()> {
+    remove_tree(dir, &mut Vec::new())
+}
+
 fn remove_tree(path: &Path, removed: &mut Vec<Removed>) -> Result<()> {
     let metadata =
         fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
@@ -176,12 +184,14 @@ fn remove_tree(path: &Path, removed: &mut Vec<Removed>) -> Result<()> {
         removed.push(Removed {
             path: path.to_owned(),
             kind: PinKind::Directory,
+            link_ids: None,
         });
     } else {
         let in_links_dir = path
             .parent()
             .and_then(Path::file_name)
             .is_some_and(|name| name == LINKS_DIR);
+        let link_ids = in_links_dir.then(|| pinned_link_ids(path)).flatten();
         fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
         removed.push(Removed {
             path: path.to_owned(),
@@ -190,9 +200,91 @@ fn remove_tree(path: &Path, removed: &mut Vec<Removed>) -> Result<()> {
             } else {
                 PinKind::Map
             },
+            link_ids,
         });
     }
     Ok(())
+}
+
+fn pinned_link_ids(path: &Path) -> Option<LinkIds> {
+    LinkIds::of(&FdLink::from(PinnedLink::from_pin(path).ok()?))
+}
+
+/// A link and the program it attaches, by the kernel's ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkIds {
+    pub link: u32,
+    pub program: u32,
+}
+
+impl LinkIds {
+    pub fn of(link: &FdLink) -> Option<Self> {
+        let info = link.info().ok()?;
+        Some(Self {
+            link: info.id(),
+            program: info.program_id(),
+        })
+    }
+}
+
+/// Waits, at most `timeout`, until the kernel lists neither the links nor the programs of
+/// `attached`, and returns the links it still lists. A program is detached once the kernel has
+/// freed it: newer kernels (6.12 and later here) drop a pin's reference after an RCU grace
+/// period and free the link from a work queue, and the program keeps running for a moment after
+/// the link's id is gone. Only links still listed (held by a running daemon) are reported.
+pub fn wait_for_detach(attached: &[LinkIds], timeout: Duration) -> Vec<u32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let links = listed_ids(BPF_LINK_GET_NEXT_ID);
+        let programs = listed_ids(BPF_PROG_GET_NEXT_ID);
+        let still_linked: Vec<u32> = attached
+            .iter()
+            .map(|ids| ids.link)
+            .filter(|id| links.contains(id))
+            .collect();
+        let still_loaded = attached.iter().any(|ids| programs.contains(&ids.program));
+        if (still_linked.is_empty() && !still_loaded) || Instant::now() >= deadline {
+            return still_linked;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `BPF_PROG_GET_NEXT_ID` and `BPF_LINK_GET_NEXT_ID` of `enum bpf_cmd`.
+const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
+const BPF_LINK_GET_NEXT_ID: libc::c_long = 31;
+
+/// Every id the kernel lists for `command`, including objects being freed, which can no longer
+/// be opened by id (so aya's `loaded_links` does not show them) but may still be attached.
+fn listed_ids(command: libc::c_long) -> Vec<u32> {
+    /// The `*_GET_NEXT_ID` part of `union bpf_attr`.
+    #[repr(C)]
+    struct NextId {
+        start_id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    let mut ids = Vec::new();
+    let mut attr = NextId {
+        start_id: 0,
+        next_id: 0,
+        open_flags: 0,
+    };
+    // SAFETY: `attr` is a valid `bpf_attr` prefix of the size given, which the kernel writes
+    // `next_id` into; the loop ends when it answers ENOENT (no more) or anything else.
+    while unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command,
+            &mut attr as *mut NextId,
+            std::mem::size_of::<NextId>(),
+        )
+    } == 0
+    {
+        ids.push(attr.next_id);
+        attr.start_id = attr.next_id;
+    }
+    ids
 }
 
 /// Pins can only go on a mounted BPF filesystem; the usual mount point is /sys/fs/bpf.

@@ -6,11 +6,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use aya::maps::{Array, MapData};
 use blocker_common::{bpf_object, names, FileKey, Protection};
 
-use super::{sync_map, Enforcer};
+use super::{coverage::State, sync_map, Enforcer};
 use crate::identity::{kernel_device_number, FileIdentity};
 
 impl Enforcer {
@@ -18,22 +18,16 @@ impl Enforcer {
     /// get descriptors of blocker's maps, programs or links, or change `directories` (their
     /// entries and the files in them) or the blocker binary, except processes running that
     /// binary and, for signals, the service manager (pid 1).
-    /// Returns what it protects by identity, for naming it in events.
-    pub fn protect(&mut self, directories: &[PathBuf]) -> Result<BTreeMap<FileKey, PathBuf>> {
-        let attached = self
-            .links
-            .iter()
-            .any(|(name, _)| name == names::PROTECTION_PROGRAMS[0].0);
-        if !attached {
-            bail!(
-                "tamper protection needs the lsm backend and a kernel that takes its programs; \
-                 {}",
-                if self.adopted() {
-                    "the adopted programs have none: `blocker unload`, then start again"
-                } else {
-                    "see the log for why they did not load"
-                }
+    /// Protection needs its programs: where none is attached (the kill backend, adopted pins
+    /// without them), the daemon runs unprotected and `features` says why; where some are
+    /// missing, it names them. Enforcement never waits on protection.
+    pub fn protect(&mut self, directories: &[PathBuf]) -> Result<()> {
+        if self.features.tamper_protection.state == State::Off {
+            log::warn!(
+                "tamper protection is off: {}",
+                self.features.tamper_protection.describe()
             );
+            return Ok(());
         }
         let binary_path =
             std::fs::read_link("/proc/self/exe").context("finding the blocker binary")?;
@@ -78,12 +72,19 @@ impl Enforcer {
             padding: 0,
             trusted_exe: binary.key,
         })?;
-        Ok(protected)
+        self.protected = protected;
+        Ok(())
+    }
+
+    /// What tamper protection guards by identity, for naming it in events; empty while off.
+    pub fn protected(&self) -> &BTreeMap<FileKey, PathBuf> {
+        &self.protected
     }
 
     /// Turns tamper protection off, before a pinned daemon stops through the documented way:
     /// the pins and the policy can then be changed until the next daemon protects them again.
     pub fn unprotect(&mut self) -> Result<()> {
+        self.protected.clear();
         self.set_protection(Protection::default())
     }
 

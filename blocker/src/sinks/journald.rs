@@ -165,7 +165,10 @@ mod tests {
     use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 
     use super::*;
-    use crate::events::{Caller, ExecRecord};
+    use crate::{
+        events::{Caller, ExecRecord},
+        kernel::coverage::Features,
+    };
 
     /// Fields of a native-protocol entry, in order.
     fn parse(mut entry: &[u8]) -> Vec<(String, String)> {
@@ -290,6 +293,7 @@ mod tests {
                 pinned: None,
                 adopted: false,
                 protected: false,
+                features: Features::kill_backend(),
             })
             .unwrap();
         client

@@ -200,6 +200,11 @@ fn describe(document: &StatusDocument, now: SystemTime, line: &mut impl FnMut(&s
             yes_no(document.kernel.ima_content_checks)
         ),
     );
+    let mut label = "features";
+    for feature in document.features.describe() {
+        line(label, feature);
+        label = "";
+    }
     let mut label = "policies";
     for policy in &document.policies {
         line(
@@ -268,9 +273,15 @@ mod tests {
             "blocker      running: pid 4242, version 0.1.0, up 1h 2m 3s (since \
              2026-11-28T10:00:00Z)\n\
              backend      lsm: `bpf` is an active LSM (lockdown,capability,integrity,bpf) and \
-             the LSM program loaded; contents are checked at exec\n\
+             the LSM program loaded\n\
              kernel       LSMs lockdown,capability,integrity,bpf; BTF yes; content checks with \
              IMA yes\n\
+             features     exec checks: on\n\
+             \x20            content checks at exec: on\n\
+             \x20            verdict cache: on\n\
+             \x20            executable-mapping checks: on\n\
+             \x20            tamper protection: partial; without protect_links (lsm/bpf): \
+             refused by the verifier\n\
              policies     government-devices (enforce) \
              /etc/blocker/policies/government-devices.toml\n\
              rules        3\n\

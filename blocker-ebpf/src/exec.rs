@@ -1,0 +1,128 @@
+//! Exec checks: the LSM ones refuse with EPERM, the kill backend's tracepoint kills the process
+//! before the new image runs.
+
+use aya_ebpf::{
+    helpers::bpf_send_signal,
+    macros::{btf_tracepoint, lsm},
+    programs::{BtfTracePointContext, LsmContext},
+    EbpfContext,
+};
+use aya_log_ebpf::debug;
+use blocker_common::{
+    action, backend, counter, operation, setting, BanEntry, FileKey, HookArgument, FILELESS_RULE_ID,
+};
+
+use crate::{
+    hook_arguments,
+    kernel_types::{Bprm, Inode},
+    maps::{increment, setting, BANNED_FILES},
+    report::{lsm_verdict, report, Ban, Occurrence, ALLOW},
+    verdict_cache,
+};
+
+const SIGKILL: u32 = 9;
+
+/// The exec check by identity, for kernels that cannot hash files for BPF.
+#[lsm(hook = "bprm_check_security")]
+pub fn bprm_check_security(ctx: LsmContext) -> i32 {
+    let Some(bprm) = hook_arguments::bprm(&ctx, HookArgument::BprmCheckSecurityBprm) else {
+        return ALLOW;
+    };
+    check_exec(&ctx, bprm, backend::LSM).map_or(ALLOW, lsm_verdict)
+}
+
+/// The exec check by identity, then by the SHA-256 of the file against `BANNED_HASHES`
+/// (through the verdict cache), then the fileless setting. Sleepable because
+/// `bpf_ima_file_hash` may read the file; the kernel then allows only array, hash, LRU and ring
+/// buffer maps here, which is all this uses.
+#[lsm(hook = "bprm_check_security", sleepable)]
+pub fn bprm_check_content(ctx: LsmContext) -> i32 {
+    let Some(bprm) = hook_arguments::bprm(&ctx, HookArgument::BprmCheckSecurityBprm) else {
+        return ALLOW;
+    };
+    // SAFETY: `bprm` is the hook's argument as the kernel passed it.
+    let exec_file = unsafe { bprm.trusted_file() };
+    let Some(inode) = bprm.file().and_then(|file| file.inode()) else {
+        return ALLOW;
+    };
+    let Some(key) = inode.key() else {
+        return ALLOW;
+    };
+    let ban = banned_identity(&ctx, inode, key)
+        .or_else(|| verdict_cache::banned_content(exec_file, inode, key))
+        .or_else(|| fileless_ban(inode, key));
+    let Some(ban) = ban else {
+        return ALLOW;
+    };
+    report(&ban, &exec_occurrence(bprm, backend::LSM));
+    lsm_verdict(ban.entry.action)
+}
+
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm): unchanged
+    // since tracepoints gained BTF.
+    let Some(bprm) = Bprm::new(ctx.arg(2)) else {
+        return 0;
+    };
+    if check_exec(&ctx, bprm, backend::KILL) == Some(action::DENY) {
+        // The exec is past its point of no return; the pending SIGKILL is delivered before the
+        // new image returns to userspace, so none of its code runs.
+        // SAFETY: signals the current task, which is what the helper does.
+        unsafe { bpf_send_signal(SIGKILL) };
+    }
+    0
+}
+
+/// Looks the file of `bprm` up in the ban list, then applies the fileless setting to a file
+/// with no name on disk; reports a hit and returns its action.
+fn check_exec<C: EbpfContext>(ctx: &C, bprm: Bprm, backend: u32) -> Option<u32> {
+    let inode = bprm.file()?.inode()?;
+    let key = inode.key()?;
+    let ban = banned_identity(ctx, inode, key).or_else(|| fileless_ban(inode, key))?;
+    report(&ban, &exec_occurrence(bprm, backend));
+    Some(ban.entry.action)
+}
+
+fn exec_occurrence(bprm: Bprm, backend: u32) -> Occurrence {
+    Occurrence {
+        backend,
+        operation: operation::EXEC,
+        detail: 0,
+        exec: Some(bprm),
+    }
+}
+
+/// The ban of `inode` (identity `key`) from `BANNED_FILES`, if any and if its generation
+/// matches.
+pub fn banned_identity<C: EbpfContext>(ctx: &C, inode: Inode, key: FileKey) -> Option<Ban> {
+    // SAFETY: the entry is copied out at once.
+    let entry = *unsafe { BANNED_FILES.get(&key) }?;
+    if !entry.matches_generation(inode.generation()?) {
+        increment(counter::GENERATION_MISMATCH);
+        return None;
+    }
+    debug!(
+        ctx,
+        "banned file dev={} ino={} rule={}", key.dev, key.ino, entry.rule_id
+    );
+    Some(Ban { key, entry })
+}
+
+/// The fileless setting's ban of `inode` if it has no link on disk (memfd, `O_TMPFILE`,
+/// deleted): no rule can name such a file.
+fn fileless_ban(inode: Inode, key: FileKey) -> Option<Ban> {
+    let fileless = setting(setting::FILELESS);
+    if fileless == action::ALLOW || inode.links()? != 0 {
+        return None;
+    }
+    Some(Ban {
+        key,
+        entry: BanEntry {
+            rule_id: FILELESS_RULE_ID,
+            action: fileless,
+            generation: 0,
+            flags: 0,
+        },
+    })
+}

@@ -1,0 +1,230 @@
+//! Typed views of the kernel structs the programs read. Each reads its members at the offsets
+//! the loader found in the running kernel's BTF (`KERNEL_OFFSETS`), through
+//! `bpf_probe_read_kernel`, so a bad pointer is a failed read rather than a rejected program.
+
+use aya_ebpf::{
+    bindings::file,
+    helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
+};
+use blocker_common::FileKey;
+
+use crate::maps::KERNEL_OFFSETS;
+
+/// The offset of a member, read so that the compiler cannot fold in the placeholder value.
+macro_rules! offset {
+    ($member:ident) => {
+        // SAFETY: a read of a static's field.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(KERNEL_OFFSETS.$member)) }
+    };
+}
+
+/// Reads the `T` at `base + offset` in kernel memory; `None` for a null base or a fault.
+fn read_field<T>(base: *const u8, offset: u32) -> Option<T> {
+    if base.is_null() {
+        return None;
+    }
+    // SAFETY: the helper checks the address; a fault is an error, not a crash.
+    unsafe { bpf_probe_read_kernel(base.add(offset as usize) as *const T) }.ok()
+}
+
+/// Declares a view of a kernel struct: a non-null pointer to it.
+macro_rules! kernel_struct {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy)]
+        pub struct $name(*const u8);
+
+        impl $name {
+            /// `None` for a null pointer.
+            pub fn new(pointer: *const u8) -> Option<Self> {
+                (!pointer.is_null()).then_some(Self(pointer))
+            }
+        }
+    };
+}
+
+kernel_struct!(
+    /// `struct linux_binprm`: an exec in progress.
+    Bprm
+);
+kernel_struct!(
+    /// `struct file`.
+    File
+);
+kernel_struct!(
+    /// `struct inode`.
+    Inode
+);
+kernel_struct!(
+    /// `struct dentry`.
+    Dentry
+);
+kernel_struct!(
+    /// `struct path`.
+    Path
+);
+kernel_struct!(
+    /// `struct vm_area_struct`: a mapping.
+    Vma
+);
+kernel_struct!(
+    /// `struct task_struct`.
+    Task
+);
+kernel_struct!(
+    /// `struct bpf_map`.
+    BpfMap
+);
+kernel_struct!(
+    /// `struct bpf_prog`.
+    BpfProg
+);
+
+/// `FMODE_WRITE` in `file.f_mode`.
+const FMODE_WRITE: u32 = 0x2;
+
+impl Bprm {
+    pub fn file(self) -> Option<File> {
+        File::new(read_field(self.0, offset!(linux_binprm_file))?)
+    }
+
+    /// The file about to run, read directly from the hook's trusted argument: helpers such as
+    /// `bpf_ima_file_hash` take only a pointer the verifier can vouch for, never one copied by
+    /// `bpf_probe_read_kernel`.
+    ///
+    /// # Safety
+    /// `self` must be the `bprm` argument of the hook, unmodified.
+    pub unsafe fn trusted_file(self) -> *mut file {
+        let member = offset!(linux_binprm_file) as usize;
+        *(self.0.add(member) as *const *mut file)
+    }
+
+    /// Copies the path given to exec into `out`; returns the bytes copied, without the NUL.
+    pub fn filename_into(self, out: &mut [u8]) -> u32 {
+        let Some(name) = read_field::<*const u8>(self.0, offset!(linux_binprm_filename)) else {
+            return 0;
+        };
+        // SAFETY: the helper checks the address and bounds the copy by `out`.
+        match unsafe { bpf_probe_read_kernel_str_bytes(name, out) } {
+            Ok(bytes) => bytes.len() as u32,
+            Err(_) => 0,
+        }
+    }
+}
+
+impl File {
+    pub fn inode(self) -> Option<Inode> {
+        Inode::new(read_field(self.0, offset!(file_f_inode))?)
+    }
+
+    pub fn opened_for_writing(self) -> bool {
+        read_field::<u32>(self.0, offset!(file_f_mode)).is_some_and(|mode| mode & FMODE_WRITE != 0)
+    }
+
+    /// The dentry of `f_path`, the name the file was opened by.
+    pub fn dentry(self) -> Option<Dentry> {
+        let f_path = offset!(file_f_path) as usize;
+        // SAFETY: `f_path` is a `struct path` inside the file; only its address is computed.
+        Path::new(unsafe { self.0.add(f_path) })?.dentry()
+    }
+}
+
+impl Inode {
+    /// The kernel's identity of the inode: its superblock's device and its number.
+    pub fn key(self) -> Option<FileKey> {
+        let ino: u64 = read_field(self.0, offset!(inode_i_ino))?;
+        let super_block: *const u8 = read_field(self.0, offset!(inode_i_sb))?;
+        let dev: u32 = read_field(super_block, offset!(super_block_s_dev))?;
+        Some(FileKey::new(dev, ino))
+    }
+
+    pub fn generation(self) -> Option<u32> {
+        read_field(self.0, offset!(inode_i_generation))
+    }
+
+    /// Names on disk; 0 for a memfd, an `O_TMPFILE` or a deleted file.
+    pub fn links(self) -> Option<u32> {
+        read_field(self.0, offset!(inode_i_nlink))
+    }
+}
+
+impl Dentry {
+    /// `None` for a negative dentry (a name without a file).
+    pub fn inode(self) -> Option<Inode> {
+        Inode::new(read_field(self.0, offset!(dentry_d_inode))?)
+    }
+
+    pub fn parent(self) -> Option<Dentry> {
+        Dentry::new(read_field(self.0, offset!(dentry_d_parent))?)
+    }
+}
+
+impl Path {
+    pub fn dentry(self) -> Option<Dentry> {
+        Dentry::new(read_field(self.0, offset!(path_dentry))?)
+    }
+}
+
+impl Vma {
+    /// `None` for an anonymous mapping.
+    pub fn file(self) -> Option<File> {
+        File::new(read_field(self.0, offset!(vm_area_struct_vm_file))?)
+    }
+}
+
+/// What a task runs.
+pub enum Executable {
+    /// A kernel thread: no memory map, no executable.
+    KernelThread,
+    File(FileKey),
+}
+
+impl Task {
+    pub fn current() -> Option<Task> {
+        // SAFETY: the helper returns the running task.
+        Task::new(unsafe { bpf_get_current_task() } as *const u8)
+    }
+
+    pub fn tgid(self) -> Option<u32> {
+        read_field(self.0, offset!(task_struct_tgid))
+    }
+
+    pub fn real_parent(self) -> Option<Task> {
+        Task::new(read_field(self.0, offset!(task_struct_real_parent))?)
+    }
+
+    /// `None` if it cannot be read.
+    pub fn executable(self) -> Option<Executable> {
+        let mm: *const u8 = read_field(self.0, offset!(task_struct_mm))?;
+        if mm.is_null() {
+            return Some(Executable::KernelThread);
+        }
+        let exe = File::new(read_field(mm, offset!(mm_struct_exe_file))?)?;
+        Some(Executable::File(exe.inode()?.key()?))
+    }
+}
+
+impl BpfMap {
+    pub fn id(self) -> Option<u32> {
+        read_field(self.0, offset!(bpf_map_id))
+    }
+}
+
+impl BpfProg {
+    pub fn id(self) -> Option<u32> {
+        let aux: *const u8 = read_field(self.0, offset!(bpf_prog_aux))?;
+        read_field(aux, offset!(bpf_prog_aux_id))
+    }
+}
+
+kernel_struct!(
+    /// `union bpf_attr`, the kernel's copy of a `bpf(2)` call's attributes.
+    BpfAttr
+);
+
+impl BpfAttr {
+    /// The id a `BPF_*_GET_FD_BY_ID` command names: the first member of its part of the union.
+    pub fn object_id(self) -> Option<u32> {
+        read_field(self.0, 0)
+    }
+}

@@ -1,0 +1,329 @@
+//! Tamper protection. Each program lets everything through at once while protection is off, and
+//! refuses only after finding that the operation touches something of blocker's and that the
+//! caller is not trusted, which keeps the common path to one array lookup.
+
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::lsm, programs::LsmContext};
+use blocker_common::{
+    backend, bpf_object, file_change, operation, FileKey, HookArgument, Protection,
+};
+
+use crate::{
+    hook_arguments,
+    kernel_types::{BpfAttr, BpfMap, BpfProg, Dentry, Executable, Inode, Task},
+    maps::{PROTECTED_BPF_OBJECTS, PROTECTED_INODES, PROTECTION},
+    report::{report, Ban, Occurrence, ALLOW, REFUSE},
+};
+
+const SIGHUP: i32 = 1;
+/// `PTRACE_MODE_ATTACH` in a ptrace access mode.
+const PTRACE_MODE_ATTACH: u32 = 0x02;
+/// `BPF_LINK_GET_FD_BY_ID` of `enum bpf_cmd`.
+const BPF_LINK_GET_FD_BY_ID: u32 = 30;
+
+/// A signal a process sends (the kernel's own never come here).
+#[lsm(hook = "task_kill")]
+pub fn protect_daemon_from_signals(ctx: LsmContext) -> i32 {
+    let Some(protection) = active_protection() else {
+        return ALLOW;
+    };
+    let signal = hook_arguments::raw(&ctx, HookArgument::TaskKillSignal) as i32;
+    // Probing for the daemon (`kill -0`) and asking it to reload change nothing.
+    if signal == 0 || signal == SIGHUP {
+        return ALLOW;
+    }
+    let target = hook_arguments::task(&ctx, HookArgument::TaskKillTask);
+    if target.and_then(Task::tgid) != Some(protection.daemon_tgid) {
+        return ALLOW;
+    }
+    let sender = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // The service manager stops and restarts the service.
+    if sender == 1 || sender == protection.daemon_tgid || trusted(&protection) {
+        return ALLOW;
+    }
+    refuse(operation::SIGNAL, signal as u32, FileKey::default())
+}
+
+/// ptrace, and everything that reads or writes another process's memory or descriptors.
+#[lsm(hook = "ptrace_access_check")]
+pub fn protect_daemon_from_ptrace(ctx: LsmContext) -> i32 {
+    let Some(protection) = active_protection() else {
+        return ALLOW;
+    };
+    let mode = hook_arguments::raw(&ctx, HookArgument::PtraceAccessCheckMode) as u32;
+    // Read access (`ps`, /proc/PID/exe for `blocker status`) stays open; attaching, memory
+    // access and descriptor theft need PTRACE_MODE_ATTACH.
+    if mode & PTRACE_MODE_ATTACH == 0 {
+        return ALLOW;
+    }
+    let Some(child) = hook_arguments::task(&ctx, HookArgument::PtraceAccessCheckChild) else {
+        return ALLOW;
+    };
+    let runs_blocker = matches!(
+        child.executable(),
+        Some(Executable::File(key)) if key == protection.trusted_exe
+    );
+    let is_daemon = child.tgid() == Some(protection.daemon_tgid);
+    if !(runs_blocker || is_daemon) || trusted(&protection) {
+        return ALLOW;
+    }
+    refuse(operation::PTRACE, mode, FileKey::default())
+}
+
+/// A process gets a descriptor of a map, by id or from its pin; without one it can neither read
+/// nor change the map.
+#[lsm(hook = "bpf_map")]
+pub fn protect_maps(ctx: LsmContext) -> i32 {
+    let map = BpfMap::new(hook_arguments::pointer(&ctx, HookArgument::BpfMapMap));
+    refuse_bpf_object(bpf_object::MAP, map.and_then(BpfMap::id).unwrap_or(0))
+}
+
+/// A process gets a descriptor of a program.
+#[lsm(hook = "bpf_prog")]
+pub fn protect_programs(ctx: LsmContext) -> i32 {
+    let program = BpfProg::new(hook_arguments::pointer(&ctx, HookArgument::BpfProgProg));
+    refuse_bpf_object(
+        bpf_object::PROGRAM,
+        program.and_then(BpfProg::id).unwrap_or(0),
+    )
+}
+
+/// Links have no hook of their own, so a descriptor of one by id is refused at the `bpf(2)`
+/// call (`attr` is the kernel's copy of the caller's attributes).
+#[lsm(hook = "bpf")]
+pub fn protect_links(ctx: LsmContext) -> i32 {
+    let command = hook_arguments::raw(&ctx, HookArgument::BpfCommand) as u32;
+    if command != BPF_LINK_GET_FD_BY_ID {
+        return ALLOW;
+    }
+    let attr = BpfAttr::new(hook_arguments::pointer(&ctx, HookArgument::BpfAttr));
+    refuse_bpf_object(
+        bpf_object::LINK,
+        attr.and_then(BpfAttr::object_id).unwrap_or(0),
+    )
+}
+
+#[lsm(hook = "file_open")]
+pub fn protect_files_from_writes(ctx: LsmContext) -> i32 {
+    let Some(protection) = active_protection() else {
+        return ALLOW;
+    };
+    let Some(opened) = hook_arguments::file(&ctx, HookArgument::FileOpenFile) else {
+        return ALLOW;
+    };
+    if !opened.opened_for_writing() {
+        return ALLOW;
+    }
+    let target = opened.dentry().and_then(protected_dentry);
+    refuse_change(&protection, file_change::OPEN_FOR_WRITING, target)
+}
+
+#[lsm(hook = "inode_setattr")]
+pub fn protect_files_from_setattr(ctx: LsmContext) -> i32 {
+    let Some(protection) = active_protection() else {
+        return ALLOW;
+    };
+    let dentry = hook_arguments::dentry(&ctx, HookArgument::InodeSetattrDentry);
+    refuse_change(
+        &protection,
+        file_change::SETATTR,
+        dentry.and_then(protected_dentry),
+    )
+}
+
+#[lsm(hook = "inode_create")]
+pub fn protect_dirs_from_create(ctx: LsmContext) -> i32 {
+    directory_change(&ctx, HookArgument::InodeCreateDir, file_change::CREATE)
+}
+
+#[lsm(hook = "inode_symlink")]
+pub fn protect_dirs_from_symlink(ctx: LsmContext) -> i32 {
+    directory_change(&ctx, HookArgument::InodeSymlinkDir, file_change::SYMLINK)
+}
+
+#[lsm(hook = "inode_mkdir")]
+pub fn protect_dirs_from_mkdir(ctx: LsmContext) -> i32 {
+    directory_change(&ctx, HookArgument::InodeMkdirDir, file_change::MKDIR)
+}
+
+#[lsm(hook = "inode_mknod")]
+pub fn protect_dirs_from_mknod(ctx: LsmContext) -> i32 {
+    directory_change(&ctx, HookArgument::InodeMknodDir, file_change::MKNOD)
+}
+
+#[lsm(hook = "inode_unlink")]
+pub fn protect_dirs_from_unlink(ctx: LsmContext) -> i32 {
+    removal(
+        &ctx,
+        HookArgument::InodeUnlinkDir,
+        HookArgument::InodeUnlinkDentry,
+        file_change::UNLINK,
+    )
+}
+
+#[lsm(hook = "inode_rmdir")]
+pub fn protect_dirs_from_rmdir(ctx: LsmContext) -> i32 {
+    removal(
+        &ctx,
+        HookArgument::InodeRmdirDir,
+        HookArgument::InodeRmdirDentry,
+        file_change::RMDIR,
+    )
+}
+
+/// A new name in a protected directory, or for a protected file (which could then be written
+/// through it).
+#[lsm(hook = "inode_link")]
+pub fn protect_dirs_from_link(ctx: LsmContext) -> i32 {
+    let Some(protection) = active_protection() else {
+        return ALLOW;
+    };
+    let target = hook_arguments::inode(&ctx, HookArgument::InodeLinkDir)
+        .and_then(protected_inode)
+        .or_else(|| {
+            hook_arguments::dentry(&ctx, HookArgument::InodeLinkOldDentry)
+                .and_then(protected_dentry)
+        });
+    refuse_change(&protection, file_change::LINK, target)
+}
+
+#[lsm(hook = "inode_rename")]
+pub fn protect_dirs_from_rename(ctx: LsmContext) -> i32 {
+    let Some(protection) = active_protection() else {
+        return ALLOW;
+    };
+    let directory = |argument| hook_arguments::inode(&ctx, argument).and_then(protected_inode);
+    let entry = |argument| {
+        hook_arguments::dentry(&ctx, argument)
+            .and_then(Dentry::inode)
+            .and_then(protected_inode)
+    };
+    let target = directory(HookArgument::InodeRenameOldDir)
+        .or_else(|| directory(HookArgument::InodeRenameNewDir))
+        .or_else(|| entry(HookArgument::InodeRenameOldDentry))
+        .or_else(|| entry(HookArgument::InodeRenameNewDentry));
+    refuse_change(&protection, file_change::RENAME, target)
+}
+
+/// A mount over a protected directory or file would hide it.
+#[lsm(hook = "sb_mount")]
+pub fn protect_dirs_from_mount(ctx: LsmContext) -> i32 {
+    mount_over(&ctx, HookArgument::SbMountPath)
+}
+
+#[lsm(hook = "move_mount")]
+pub fn protect_dirs_from_move_mount(ctx: LsmContext) -> i32 {
+    mount_over(&ctx, HookArgument::MoveMountToPath)
+}
+
+// The helpers below that take a `HookArgument` are inlined, so it stays a constant: see
+// `hook_arguments::raw`.
+
+#[inline(always)]
+fn mount_over(ctx: &LsmContext, mount_point: HookArgument) -> i32 {
+    let Some(protection) = active_protection() else {
+        return ALLOW;
+    };
+    let target = hook_arguments::path(ctx, mount_point)
+        .and_then(|path| path.dentry())
+        .and_then(protected_dentry);
+    refuse_change(&protection, file_change::MOUNT, target)
+}
+
+/// A new entry in `directory`.
+#[inline(always)]
+fn directory_change(ctx: &LsmContext, directory: HookArgument, change: u32) -> i32 {
+    let Some(protection) = active_protection() else {
+        return ALLOW;
+    };
+    let target = hook_arguments::inode(ctx, directory).and_then(protected_inode);
+    refuse_change(&protection, change, target)
+}
+
+/// `unlink` and `rmdir`: of an entry of a protected directory, or of a protected entry itself.
+#[inline(always)]
+fn removal(ctx: &LsmContext, directory: HookArgument, entry: HookArgument, change: u32) -> i32 {
+    let Some(protection) = active_protection() else {
+        return ALLOW;
+    };
+    let target = hook_arguments::inode(ctx, directory)
+        .and_then(protected_inode)
+        .or_else(|| {
+            hook_arguments::dentry(ctx, entry)
+                .and_then(Dentry::inode)
+                .and_then(protected_inode)
+        });
+    refuse_change(&protection, change, target)
+}
+
+fn active_protection() -> Option<Protection> {
+    let protection = *PROTECTION.get(0)?;
+    (protection.daemon_tgid != 0).then_some(protection)
+}
+
+/// Whether the current process runs the blocker binary (the daemon, `blocker stop`, `blocker
+/// policy`), or is a kernel thread. A task that cannot be read is not trusted.
+fn trusted(protection: &Protection) -> bool {
+    match Task::current().and_then(Task::executable) {
+        Some(Executable::KernelThread) => true,
+        Some(Executable::File(key)) => key == protection.trusted_exe,
+        None => false,
+    }
+}
+
+/// `id` 0 (unread: the kernel numbers objects from 1) is never refused. A plain id rather than
+/// an `Option`: the verifier rejects the unset payload register of a `None` passed to a call.
+fn refuse_bpf_object(kind: u32, id: u32) -> i32 {
+    let Some(protection) = active_protection() else {
+        return ALLOW;
+    };
+    if id == 0 {
+        return ALLOW;
+    }
+    let key = bpf_object::key(kind, id);
+    // SAFETY: only the presence of the entry is used.
+    if unsafe { PROTECTED_BPF_OBJECTS.get(&key) }.is_none() || trusted(&protection) {
+        return ALLOW;
+    }
+    refuse(operation::BPF_OBJECT, kind, FileKey::new(0, id as u64))
+}
+
+fn refuse_change(protection: &Protection, change: u32, target: Option<FileKey>) -> i32 {
+    let Some(target) = target else {
+        return ALLOW;
+    };
+    if trusted(protection) {
+        return ALLOW;
+    }
+    refuse(operation::FILE_CHANGE, change, target)
+}
+
+/// Reports a refused tamper attempt and returns the refusal.
+fn refuse(operation: u32, detail: u32, target: FileKey) -> i32 {
+    report(
+        &Ban::protection(target),
+        &Occurrence {
+            backend: backend::LSM,
+            operation,
+            detail,
+            exec: None,
+        },
+    );
+    REFUSE
+}
+
+/// `inode`'s identity if it is protected.
+fn protected_inode(inode: Inode) -> Option<FileKey> {
+    let key = inode.key()?;
+    // SAFETY: only the presence of the entry is used.
+    unsafe { PROTECTED_INODES.get(&key) }.map(|_| key)
+}
+
+/// The identity of `dentry`'s inode if it, or the directory holding it, is protected.
+fn protected_dentry(dentry: Dentry) -> Option<FileKey> {
+    let inode = dentry.inode();
+    if let Some(key) = inode.and_then(protected_inode) {
+        return Some(key);
+    }
+    dentry.parent()?.inode().and_then(protected_inode)?;
+    inode?.key()
+}

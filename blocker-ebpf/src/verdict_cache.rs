@@ -1,0 +1,151 @@
+//! Content checks through a per-inode verdict cache: a file is hashed once per policy generation,
+//! and its verdict dropped whenever the kernel sees it about to change.
+
+use aya_ebpf::{bindings::file, helpers::bpf_ima_file_hash, macros::lsm, programs::LsmContext};
+use blocker_common::{
+    action, counter, setting, BanEntry, CachedVerdict, ContentHash, FileKey, HookArgument,
+};
+
+use crate::{
+    hook_arguments,
+    kernel_types::Inode,
+    maps::{increment, setting, BANNED_HASHES, POLICY_GENERATION, VERDICT_CACHE},
+    report::{Ban, ALLOW},
+};
+
+/// `HASH_ALGO_SHA256` of the kernel's `enum hash_algo`, which `bpf_ima_file_hash` returns.
+const HASH_ALGO_SHA256: i64 = 4;
+/// `PROT_WRITE` and `MAP_SHARED` as `mmap` takes them (`MAP_SHARED_VALIDATE` includes the bit).
+const PROT_WRITE: u64 = 0x2;
+const MAP_SHARED: u64 = 0x1;
+
+/// The content ban matching `exec_file` (whose inode is `inode`, identity `key`), from the
+/// verdict cache or by hashing it.
+pub fn banned_content(exec_file: *mut file, inode: Inode, key: FileKey) -> Option<Ban> {
+    let inode_generation = inode.generation()?;
+    // Read before the ban lookup: if the daemon changes the bans meanwhile, this verdict is
+    // stored under the old generation and is stale by the time anyone reads it.
+    let policy_generation = *POLICY_GENERATION.get(0)?;
+    let cache_usable = setting(setting::VERDICT_CACHE) != 0;
+
+    if cache_usable {
+        // SAFETY: the entry is copied out at once.
+        if let Some(cached) = unsafe { VERDICT_CACHE.get(key) } {
+            let cached = *cached;
+            if cached.policy_generation == policy_generation
+                && cached.inode_generation == inode_generation
+            {
+                increment(counter::VERDICT_CACHE_HIT);
+                return banned_verdict(key, &cached);
+            }
+        }
+    }
+    increment(counter::VERDICT_CACHE_MISS);
+
+    let mut digest: ContentHash = [0; 32];
+    // SAFETY: `digest` is writable for its whole length.
+    let algorithm = unsafe {
+        bpf_ima_file_hash(
+            exec_file,
+            digest.as_mut_ptr() as *mut _,
+            digest.len() as u32,
+        )
+    };
+    if algorithm != HASH_ALGO_SHA256 {
+        increment(counter::CONTENT_HASH_FAILED);
+        return None;
+    }
+    // SAFETY: the entry is copied out at once.
+    let verdict = match unsafe { BANNED_HASHES.get(digest) } {
+        Some(entry) => CachedVerdict {
+            policy_generation,
+            inode_generation,
+            rule_id: entry.rule_id,
+            action: entry.action,
+        },
+        None => CachedVerdict {
+            policy_generation,
+            inode_generation,
+            rule_id: 0,
+            action: action::ALLOW,
+        },
+    };
+    // An inode without a name (memfd, O_TMPFILE, deleted) can be written through a descriptor
+    // whose open this program never saw and which does not stop exec (memfd skips
+    // `deny_write_access`), so its verdict could go stale unnoticed: never cache it. A named
+    // file cannot change while it is being exec'd, and only after an open for writing, a
+    // truncate or a setattr, which the `forget_verdict_*` programs see.
+    if cache_usable && inode.links()? != 0 {
+        // Best effort: if the LRU cannot take it, the next exec hashes again.
+        let _ = VERDICT_CACHE.insert(key, verdict, 0);
+    }
+    banned_verdict(key, &verdict)
+}
+
+fn banned_verdict(key: FileKey, verdict: &CachedVerdict) -> Option<Ban> {
+    (verdict.action != action::ALLOW).then_some(Ban {
+        key,
+        entry: BanEntry {
+            rule_id: verdict.rule_id,
+            action: verdict.action,
+            generation: 0,
+            flags: 0,
+        },
+    })
+}
+
+// The `forget_verdict_*` programs only observe: each lets the operation go on.
+
+#[lsm(hook = "file_open")]
+pub fn forget_verdict_on_write_open(ctx: LsmContext) -> i32 {
+    if let Some(opened) = hook_arguments::file(&ctx, HookArgument::FileOpenFile) {
+        if opened.opened_for_writing() {
+            forget_verdict(opened.inode());
+        }
+    }
+    ALLOW
+}
+
+/// Truncate, chmod, chown, utimes. Every attribute change forgets the verdict; they are rare on
+/// executables and only cost a rehash.
+#[lsm(hook = "inode_setattr")]
+pub fn forget_verdict_on_setattr(ctx: LsmContext) -> i32 {
+    let dentry = hook_arguments::dentry(&ctx, HookArgument::InodeSetattrDentry);
+    forget_verdict(dentry.and_then(|dentry| dentry.inode()));
+    ALLOW
+}
+
+#[lsm(hook = "path_truncate")]
+pub fn forget_verdict_on_truncate(ctx: LsmContext) -> i32 {
+    let path = hook_arguments::path(&ctx, HookArgument::PathTruncatePath);
+    forget_verdict(
+        path.and_then(|path| path.dentry())
+            .and_then(|dentry| dentry.inode()),
+    );
+    ALLOW
+}
+
+/// A shared writable mapping writes the file without `write(2)`.
+#[lsm(hook = "mmap_file")]
+pub fn forget_verdict_on_shared_write_mmap(ctx: LsmContext) -> i32 {
+    let prot = hook_arguments::raw(&ctx, HookArgument::MmapFileProt);
+    let flags = hook_arguments::raw(&ctx, HookArgument::MmapFileFlags);
+    if prot & PROT_WRITE == 0 || flags & MAP_SHARED == 0 {
+        return ALLOW;
+    }
+    if let Some(mapped) = hook_arguments::file(&ctx, HookArgument::MmapFileFile) {
+        if mapped.opened_for_writing() {
+            forget_verdict(mapped.inode());
+        }
+    }
+    ALLOW
+}
+
+fn forget_verdict(inode: Option<Inode>) {
+    let Some(key) = inode.and_then(Inode::key) else {
+        return;
+    };
+    if VERDICT_CACHE.remove(key).is_ok() {
+        increment(counter::VERDICT_INVALIDATED);
+    }
+}
