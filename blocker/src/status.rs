@@ -189,7 +189,11 @@ impl Publisher {
             backend: String::new(),
             backend_reason: String::new(),
             kernel: setup.kernel,
-            policy_dir: setup.policy_dir.display().to_string(),
+            // Absolute, so that `blocker policy` run from anywhere finds the directory.
+            policy_dir: std::path::absolute(&setup.policy_dir)
+                .unwrap_or(setup.policy_dir)
+                .display()
+                .to_string(),
             policies: Vec::new(),
             rules: 0,
             entries: MapEntries {
@@ -282,6 +286,17 @@ fn write_atomically(path: &Path, document: &StatusDocument) -> Result<()> {
     Ok(())
 }
 
+/// The policy directory of the daemon whose document is at `status_file`, if it runs.
+pub fn running_daemon_policy_dir(status_file: &Path) -> Option<PathBuf> {
+    let document = read(status_file).ok()??;
+    let policy_dir = PathBuf::from(&document.policy_dir);
+    let running = matches!(
+        process::liveness(&document),
+        process::Liveness::Running { .. }
+    );
+    (running && policy_dir.is_absolute()).then_some(policy_dir)
+}
+
 /// The document at `path`; `None` if there is none.
 pub fn read(path: &Path) -> Result<Option<StatusDocument>> {
     let text = match fs::read_to_string(path) {
@@ -369,6 +384,40 @@ pub(crate) mod tests {
             },
             snapshot(3, 0),
         )
+    }
+
+    #[test]
+    fn commands_find_the_policy_directory_of_a_running_daemon_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        assert_eq!(running_daemon_policy_dir(&path), None, "no document");
+
+        let mut running = publisher(&path);
+        assert_eq!(
+            running_daemon_policy_dir(&path),
+            Some(PathBuf::from("/etc/blocker/policies"))
+        );
+        running.stopped(EventCounts {
+            delivered: 0,
+            lost: 0,
+        });
+        assert_eq!(running_daemon_policy_dir(&path), None, "stopped");
+
+        let relative = Publisher::start(
+            Setup {
+                path: path.clone(),
+                policy_dir: "policies".into(),
+                kernel: example_document().kernel,
+                pinned: false,
+            },
+            snapshot(3, 0),
+        );
+        assert_eq!(
+            running_daemon_policy_dir(&path),
+            Some(std::env::current_dir().unwrap().join("policies")),
+            "published as an absolute path"
+        );
+        drop(relative);
     }
 
     #[test]
