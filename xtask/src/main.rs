@@ -8,6 +8,7 @@ mod cpio;
 mod package;
 mod prerequisites;
 mod process;
+mod systemd_vm;
 mod test;
 mod vm;
 

@@ -9,7 +9,7 @@ use crate::{
     cargo::{self, Profile, TestCounts, TestRun},
     package::{self, Built},
     prerequisites::{self, Needs},
-    vm,
+    systemd_vm, vm,
 };
 
 const TESTS_PACKAGE: &str = "blocker-integration-tests";
@@ -119,15 +119,15 @@ fn vm_tests(root: &Path, package: &Built, only: &[String], counts: &mut TestCoun
         "vm",
         "--no-run",
     ];
-    let tests: Vec<_> = cargo::build_executables(root, &args)?
+    let (systemd_tests, busybox_tests): (Vec<_>, Vec<_>) = cargo::build_executables(root, &args)?
         .into_iter()
         .filter(|artifact| {
             artifact.target_name.starts_with(VM_TEST_PREFIX)
                 && artifact.target_kinds.iter().any(|kind| kind == "test")
                 && (only.is_empty() || only.contains(&artifact.target_name))
         })
-        .collect();
-    if tests.is_empty() {
+        .partition(|artifact| artifact.target_name.starts_with(systemd_vm::TEST_PREFIX));
+    if systemd_tests.is_empty() && busybox_tests.is_empty() {
         bail!(
             "{TESTS_PACKAGE} has no test target named {VM_TEST_PREFIX}* (declared in \
              tests/Cargo.toml with required-features = [\"vm\"])"
@@ -135,5 +135,17 @@ fn vm_tests(root: &Path, package: &Built, only: &[String], counts: &mut TestCoun
     }
     let kernel = prerequisites::cached_kernel(root)?
         .context("no VM kernel in target/vm/kernel although prerequisites were ensured")?;
-    vm::run_tests(root, &kernel, &tests, package, counts)
+    // Both VMs run even when the first fails; each failure is reported.
+    let busybox = if busybox_tests.is_empty() {
+        Ok(())
+    } else {
+        vm::run_tests(root, &kernel, &busybox_tests, package, counts)
+    };
+    let systemd = if systemd_tests.is_empty() {
+        Ok(())
+    } else {
+        systemd_vm::run_tests(root, &kernel, &systemd_tests, package, counts)
+            .context("the systemd VM")
+    };
+    busybox.and(systemd)
 }
