@@ -254,7 +254,18 @@ fn a_banned_exec_is_refused_logged_in_the_journal_and_reported_alike() -> Result
         "the events file and the journal hold the same denial: {denial} {entry}"
     );
 
-    let status: Value = serde_json::from_str(&succeed(INSTALLED_BLOCKER, &["status", "--json"])?)?;
+    // The daemon publishes its counts with every refresh, not with every event.
+    let mut status = Value::Null;
+    wait_until(
+        "blocker status to count the denial",
+        JOURNAL_TIMEOUT,
+        || {
+            status = serde_json::from_str(&succeed(INSTALLED_BLOCKER, &["status", "--json"])?)?;
+            Ok(status["events"]["delivered"]
+                .as_u64()
+                .is_some_and(|delivered| delivered >= 1))
+        },
+    )?;
     ensure!(status["running"] == true, "{status}");
     ensure!(
         status["pid"] == main_pid()?,
@@ -268,12 +279,6 @@ fn a_banned_exec_is_refused_logged_in_the_journal_and_reported_alike() -> Result
             .as_array()
             .is_some_and(|policies| policies.iter().any(|policy| policy["name"] == "test")),
         "{status}"
-    );
-    ensure!(
-        status["events"]["delivered"]
-            .as_u64()
-            .is_some_and(|delivered| delivered >= 1),
-        "the daemon counts the denial it delivered: {status}"
     );
     Ok(())
 }
@@ -342,6 +347,57 @@ fn reload_applies_a_policy_change_and_restart_lets_nothing_through() -> Result<(
     ensure!(
         exec_refused(&late)?,
         "the restarted daemon enforces the policy"
+    );
+    Ok(())
+}
+
+/// Whether each of `mount_points` is mounted read-only in the mount namespace of `pid`, as its
+/// topmost mount says (`/proc/PID/mountinfo`).
+fn read_only_mounts(pid: u32, mount_points: &[&str]) -> Result<Vec<bool>> {
+    let mountinfo = fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
+    mount_points
+        .iter()
+        .map(|mount_point| {
+            // Fields: id, parent, device, root, mount point, mount options, ...
+            let options = mountinfo
+                .lines()
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split(' ').collect();
+                    (fields.get(4) == Some(mount_point)).then(|| fields[5])
+                })
+                .next_back()
+                .with_context(|| format!("nothing is mounted at {mount_point}:\n{mountinfo}"))?;
+            Ok(options.split(',').any(|option| option == "ro"))
+        })
+        .collect()
+}
+
+#[test]
+fn the_unit_verifies_and_its_sandbox_is_read_only_but_for_bpffs_and_its_directories() -> Result<()>
+{
+    service_running()?;
+    let verified = output("systemd-analyze", &["verify", UNIT])?;
+    ensure!(
+        verified.status.success() && verified.stderr.is_empty(),
+        "systemd-analyze verify {UNIT}: {verified:?}"
+    );
+    let mount_points = [
+        "/",
+        "/sys",
+        "/sys/fs/bpf",
+        "/run/blocker",
+        "/var/cache/blocker",
+        "/var/log/blocker",
+    ];
+    let read_only = read_only_mounts(main_pid()?, &mount_points)?;
+    ensure!(
+        read_only == [true, true, false, false, false, false],
+        "read-only: {:?}",
+        mount_points.iter().zip(&read_only).collect::<Vec<_>>()
+    );
+    ensure!(
+        Path::new(PIN_DIR).is_dir(),
+        "the daemon pinned in the host's bpffs"
     );
     Ok(())
 }
