@@ -78,7 +78,7 @@ pub fn run_tests(
     }
     image.add(RUNNER, Entry::Script(runner_script(&names)));
     let unit = format!("/etc/systemd/system/{RUNNER_UNIT}");
-    image.add(&unit, Entry::Text(RUNNER_UNIT_TEXT.to_owned()));
+    image.add(&unit, Entry::Text(runner_unit()));
     image.add(
         &format!("/etc/systemd/system/multi-user.target.wants/{RUNNER_UNIT}"),
         Entry::Symlink(unit),
@@ -92,18 +92,22 @@ pub fn run_tests(
 }
 
 /// Runs the tests once systemd has started everything else, printing on the console.
-const RUNNER_UNIT_TEXT: &str = "# Written by xtask (systemd_vm.rs).
+fn runner_unit() -> String {
+    format!(
+        "# Written by xtask (systemd_vm.rs).
 [Unit]
 Description=blocker's VM tests
 After=multi-user.target
 
 [Service]
 Type=oneshot
-ExecStart=/usr/local/sbin/blocker-vm-tests
+ExecStart={RUNNER}
 StandardOutput=journal+console
 StandardError=journal+console
 TimeoutStartSec=infinity
-";
+"
+    )
+}
 
 /// The runner: every test but the reboot test, then that one, which reboots (systemd's
 /// soft-reboot: userspace starts over, the root filesystem in memory stays); after the reboot
