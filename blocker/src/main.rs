@@ -20,7 +20,7 @@ mod unload;
 mod watch;
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitCode,
     time::{Duration, SystemTime},
 };
@@ -31,7 +31,8 @@ use crate::kernel::BackendChoice;
 
 /// Exit status for errors: bad policies, bad arguments, kernel refusals.
 const EXIT_ERROR: u8 = 2;
-const DEFAULT_POLICY_DIR: &str = "policies";
+/// Where the package installs the policies, and the service enforces them.
+const INSTALLED_POLICY_DIR: &str = "/etc/blocker/policies";
 
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
@@ -46,7 +47,7 @@ enum Command {
     /// the journal as they come.
     Run {
         /// Directory of policy files (*.toml).
-        #[arg(long, default_value = DEFAULT_POLICY_DIR)]
+        #[arg(long, default_value = INSTALLED_POLICY_DIR)]
         policy_dir: PathBuf,
         /// How denies are enforced: `lsm` refuses the exec with EPERM, `kill` kills the
         /// process before the new program runs, `auto` picks `lsm` where the kernel allows it.
@@ -117,13 +118,13 @@ enum Command {
     },
     /// Check policy files for errors; reads nothing else and loads nothing.
     Check {
-        #[arg(default_value = DEFAULT_POLICY_DIR)]
-        policy_dir: PathBuf,
+        /// Default: the running daemon's policy directory, else /etc/blocker/policies.
+        policy_dir: Option<PathBuf>,
     },
     /// Show what each rule names on this machine: files, identities, hashes.
     Resolve {
-        #[arg(default_value = DEFAULT_POLICY_DIR)]
-        policy_dir: PathBuf,
+        /// Default: the running daemon's policy directory, else /etc/blocker/policies.
+        policy_dir: Option<PathBuf>,
         /// One JSON document instead of text.
         #[arg(long)]
         json: bool,
@@ -141,8 +142,9 @@ enum Command {
     /// Exits 0 if it is banned, 1 if it is not.
     Explain {
         file: PathBuf,
-        #[arg(long, default_value = DEFAULT_POLICY_DIR)]
-        policy_dir: PathBuf,
+        /// Default: the running daemon's policy directory, else /etc/blocker/policies.
+        #[arg(long)]
+        policy_dir: Option<PathBuf>,
     },
     /// Say whether the daemon runs, what it enforces and how; exits 0 if it runs, 1 if not.
     Status {
@@ -161,15 +163,17 @@ enum PolicyChange {
     Install {
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        #[arg(long, default_value = DEFAULT_POLICY_DIR)]
-        policy_dir: PathBuf,
+        /// Default: the running daemon's policy directory, else /etc/blocker/policies.
+        #[arg(long)]
+        policy_dir: Option<PathBuf>,
     },
     /// Remove policy files (by file name) from the directory.
     Remove {
         #[arg(required = true)]
         names: Vec<String>,
-        #[arg(long, default_value = DEFAULT_POLICY_DIR)]
-        policy_dir: PathBuf,
+        /// Default: the running daemon's policy directory, else /etc/blocker/policies.
+        #[arg(long)]
+        policy_dir: Option<PathBuf>,
     },
 }
 
@@ -264,10 +268,10 @@ fn main() -> ExitCode {
         Command::Stop => control::stop(),
         Command::Policy {
             change: PolicyChange::Install { files, policy_dir },
-        } => control::install(&files, &policy_dir),
+        } => control::install(&files, &policy_dir_or_default(policy_dir)),
         Command::Policy {
             change: PolicyChange::Remove { names, policy_dir },
-        } => control::remove(&names, &policy_dir),
+        } => control::remove(&names, &policy_dir_or_default(policy_dir)),
         Command::Events {
             follow,
             json,
@@ -281,20 +285,30 @@ fn main() -> ExitCode {
             rule,
             since,
         }),
-        Command::Check { policy_dir } => inspect::check(&policy_dir),
+        Command::Check { policy_dir } => inspect::check(&policy_dir_or_default(policy_dir)),
         Command::Resolve {
             policy_dir,
             json,
             scan,
-        } => inspect::resolve(&policy_dir, &scan.options(), json),
+        } => inspect::resolve(&policy_dir_or_default(policy_dir), &scan.options(), json),
         Command::Hash { files, policy_dir } => inspect::hash(&files, policy_dir.as_deref()),
-        Command::Explain { file, policy_dir } => inspect::explain(&file, &policy_dir),
+        Command::Explain { file, policy_dir } => {
+            inspect::explain(&file, &policy_dir_or_default(policy_dir))
+        }
         Command::Status { json, status_file } => status::command(&status_file, json),
     };
     result.unwrap_or_else(|error| {
         eprintln!("blocker: {error:#}");
         ExitCode::from(EXIT_ERROR)
     })
+}
+
+/// The policy directory commands work on when not told: the one the running daemon enforces (from
+/// its status document), else the installed one; never one relative to where they run.
+fn policy_dir_or_default(given: Option<PathBuf>) -> PathBuf {
+    given
+        .or_else(|| status::running_daemon_policy_dir(Path::new(status::DEFAULT_STATUS_FILE)))
+        .unwrap_or_else(|| PathBuf::from(INSTALLED_POLICY_DIR))
 }
 
 fn parse_ring_size(text: &str) -> Result<u32, String> {

@@ -193,7 +193,11 @@ impl Publisher {
             backend_reason: String::new(),
             kernel: setup.kernel,
             features: setup.features,
-            policy_dir: setup.policy_dir.display().to_string(),
+            // Absolute, so that `blocker policy` run from anywhere finds the directory.
+            policy_dir: std::path::absolute(&setup.policy_dir)
+                .unwrap_or(setup.policy_dir)
+                .display()
+                .to_string(),
             policies: Vec::new(),
             rules: 0,
             entries: MapEntries {
@@ -284,6 +288,17 @@ fn write_atomically(path: &Path, document: &StatusDocument) -> Result<()> {
         return Err(error).with_context(|| format!("writing {}", path.display()));
     }
     Ok(())
+}
+
+/// The policy directory of the daemon whose document is at `status_file`, if it runs.
+pub fn running_daemon_policy_dir(status_file: &Path) -> Option<PathBuf> {
+    let document = read(status_file).ok()??;
+    let policy_dir = PathBuf::from(&document.policy_dir);
+    let running = matches!(
+        process::liveness(&document),
+        process::Liveness::Running { .. }
+    );
+    (running && policy_dir.is_absolute()).then_some(policy_dir)
 }
 
 /// The document at `path`; `None` if there is none.
@@ -378,6 +393,40 @@ pub(crate) mod tests {
             },
             snapshot(3, 0),
         )
+    }
+
+    #[test]
+    fn commands_find_the_policy_directory_of_a_running_daemon_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        assert_eq!(running_daemon_policy_dir(&path), None, "no document");
+
+        let mut running = publisher(&path);
+        assert_eq!(
+            running_daemon_policy_dir(&path),
+            Some(PathBuf::from("/etc/blocker/policies"))
+        );
+        running.stopped(EventCounts {
+            delivered: 0,
+            lost: 0,
+        });
+        assert_eq!(running_daemon_policy_dir(&path), None, "stopped");
+
+        let relative = Publisher::start(
+            Setup {
+                path: path.clone(),
+                policy_dir: "policies".into(),
+                kernel: example_document().kernel,
+                pinned: false,
+            },
+            snapshot(3, 0),
+        );
+        assert_eq!(
+            running_daemon_policy_dir(&path),
+            Some(std::env::current_dir().unwrap().join("policies")),
+            "published as an absolute path"
+        );
+        drop(relative);
     }
 
     #[test]

@@ -9,6 +9,7 @@ const TRAILER: &str = "TRAILER!!!";
 const S_IFDIR: u32 = 0o040000;
 const S_IFREG: u32 = 0o100000;
 const S_IFCHR: u32 = 0o020000;
+const S_IFLNK: u32 = 0o120000;
 
 /// Streams entries to `out`. Paths are archive paths; a leading `/` is dropped, as cpio expects.
 /// Parents must be written before their children: the kernel creates no missing directories.
@@ -17,10 +18,29 @@ pub struct CpioWriter<W: Write> {
     next_inode: u32,
 }
 
+/// Who owns an entry and its permission bits (setuid, setgid and sticky included).
+#[derive(Clone, Copy)]
+pub struct Attributes {
+    pub permissions: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Attributes {
+    pub fn root(permissions: u32) -> Self {
+        Self {
+            permissions,
+            uid: 0,
+            gid: 0,
+        }
+    }
+}
+
 /// The header fields that differ between entries.
 struct Header<'a> {
     path: &'a str,
     mode: u32,
+    owner: (u32, u32),
     links: u32,
     size: usize,
     device: (u32, u32),
@@ -31,11 +51,12 @@ impl<W: Write> CpioWriter<W> {
         Self { out, next_inode: 1 }
     }
 
-    pub fn directory(&mut self, path: &str, permissions: u32) -> io::Result<()> {
+    pub fn directory(&mut self, path: &str, attributes: Attributes) -> io::Result<()> {
         self.entry(
             Header {
                 path,
-                mode: S_IFDIR | permissions,
+                mode: S_IFDIR | attributes.permissions,
+                owner: (attributes.uid, attributes.gid),
                 links: 2,
                 size: 0,
                 device: (0, 0),
@@ -44,10 +65,11 @@ impl<W: Write> CpioWriter<W> {
         )
     }
 
-    pub fn file(&mut self, path: &str, permissions: u32, data: &[u8]) -> io::Result<()> {
+    pub fn file(&mut self, path: &str, attributes: Attributes, data: &[u8]) -> io::Result<()> {
         let header = Header {
             path,
-            mode: S_IFREG | permissions,
+            mode: S_IFREG | attributes.permissions,
+            owner: (attributes.uid, attributes.gid),
             links: 1,
             size: data.len(),
             device: (0, 0),
@@ -58,18 +80,32 @@ impl<W: Write> CpioWriter<W> {
     pub fn char_device(
         &mut self,
         path: &str,
-        permissions: u32,
+        attributes: Attributes,
         major: u32,
         minor: u32,
     ) -> io::Result<()> {
         let header = Header {
             path,
-            mode: S_IFCHR | permissions,
+            mode: S_IFCHR | attributes.permissions,
+            owner: (attributes.uid, attributes.gid),
             links: 1,
             size: 0,
             device: (major, minor),
         };
         self.entry(header, &[])
+    }
+
+    /// A symbolic link to `target`, which the archive holds as the link's data.
+    pub fn symlink(&mut self, path: &str, target: &str) -> io::Result<()> {
+        let header = Header {
+            path,
+            mode: S_IFLNK | 0o777,
+            owner: (0, 0),
+            links: 1,
+            size: target.len(),
+            device: (0, 0),
+        };
+        self.entry(header, target.as_bytes())
     }
 
     /// Ends the archive and hands back the output.
@@ -78,6 +114,7 @@ impl<W: Write> CpioWriter<W> {
             Header {
                 path: TRAILER,
                 mode: 0,
+                owner: (0, 0),
                 links: 1,
                 size: 0,
                 device: (0, 0),
@@ -94,8 +131,8 @@ impl<W: Write> CpioWriter<W> {
         let fields = [
             self.next_inode,
             header.mode,
-            0, // uid: root
-            0, // gid: root
+            header.owner.0,
+            header.owner.1,
             header.links,
             0, // mtime: fixed, so that equal inputs give equal archives
             to_u32(header.size, "file size")?,
@@ -160,9 +197,11 @@ mod tests {
     #[test]
     fn writes_newc_headers_padding_and_trailer() {
         let mut cpio = CpioWriter::new(Vec::new());
-        cpio.directory("/bin", 0o755).unwrap();
-        cpio.file("/bin/init", 0o755, b"hello").unwrap();
-        cpio.char_device("/dev/console", 0o600, 5, 1).unwrap();
+        cpio.directory("/bin", Attributes::root(0o755)).unwrap();
+        cpio.file("/bin/init", Attributes::root(0o755), b"hello")
+            .unwrap();
+        cpio.char_device("/dev/console", Attributes::root(0o600), 5, 1)
+            .unwrap();
         let archive = cpio.finish().unwrap();
 
         // "bin\0" after the 110-byte header ends at 114, padded to 116.
@@ -186,5 +225,30 @@ mod tests {
         assert_eq!(name, TRAILER);
         assert_eq!(trailer[1], 0);
         assert_eq!(archive.len(), 492);
+    }
+
+    #[test]
+    fn writes_owners_and_symbolic_links() {
+        let mut cpio = CpioWriter::new(Vec::new());
+        let journal = Attributes {
+            permissions: 0o2755,
+            uid: 0,
+            gid: 101,
+        };
+        cpio.directory("/var/log/journal", journal).unwrap();
+        cpio.symlink("/bin", "usr/bin").unwrap();
+        let archive = cpio.finish().unwrap();
+
+        // "var/log/journal\0" ends at 110 + 16 = 126, padded to 128.
+        let (directory, name) = header_at(&archive, 0);
+        assert_eq!(name, "var/log/journal");
+        assert_eq!(directory[1..4], [0o042755, 0, 101]);
+
+        // "bin\0" ends at 128 + 114 = 242, padded to 244; the target is the data.
+        let (link, name) = header_at(&archive, 128);
+        assert_eq!(name, "bin");
+        assert_eq!(link[1], 0o120777);
+        assert_eq!(link[6], 7);
+        assert_eq!(&archive[244..252], b"usr/bin\0");
     }
 }

@@ -68,8 +68,8 @@ impl Suite {
     /// from 6.9 on Debian's default list holds `bpf` and IMA as an LSM of its own (`ima`).
     pub fn kernel_command_line(self) -> &'static str {
         match self {
-            Suite::Bookworm => "console=ttyS0 panic=-1 lsm=lockdown,capability,integrity,bpf quiet",
-            Suite::Trixie | Suite::Sid => "console=ttyS0 panic=-1 quiet",
+            Suite::Bookworm => "console=ttyS0 panic=-1 lsm=lockdown,capability,integrity,bpf",
+            Suite::Trixie | Suite::Sid => "console=ttyS0 panic=-1",
         }
     }
 }

@@ -10,6 +10,7 @@ mod kernels;
 mod package;
 mod prerequisites;
 mod process;
+mod systemd_vm;
 mod test;
 mod vm;
 

@@ -54,11 +54,18 @@ const PACKAGING_PACKAGES: &[AptPackages] = &[AptPackages {
     never_started: &[],
 }];
 
-const VM_PACKAGES: &[AptPackages] = &[AptPackages {
-    names: &["qemu-system-x86", "busybox-static"],
-    purpose: "the emulator and the initramfs shell for the VM tests",
-    never_started: &[],
-}];
+const VM_PACKAGES: &[AptPackages] = &[
+    AptPackages {
+        names: &["qemu-system-x86", "busybox-static"],
+        purpose: "the emulator and the initramfs shell for the VM tests",
+        never_started: &[],
+    },
+    AptPackages {
+        names: &["mmdebstrap"],
+        purpose: "builds the Debian 13 root filesystem the systemd VM tests boot",
+        never_started: &[],
+    },
+];
 
 const BENCH_PACKAGES: &[AptPackages] = &[
     AptPackages {

@@ -6,18 +6,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::{
-    cargo::{self, Profile, TestCounts, TestRun},
+    cargo::{self, Artifact, Profile, TestCounts, TestRun},
     kernel_table,
     kernels::{self, Suite},
     package::{self, Built},
     prerequisites::{self, Needs},
-    vm,
+    systemd_vm, vm,
 };
 
 const TESTS_PACKAGE: &str = "blocker-integration-tests";
+/// The kernel the systemd VM boots: Debian 13's, under Debian 13's userspace.
+const SYSTEMD_VM_SUITE: Suite = Suite::Trixie;
 /// Test targets with this prefix run in the VM; every other stage leaves them out through their
 /// `required-features = ["vm"]`.
 const VM_TEST_PREFIX: &str = "vm_";
@@ -70,16 +72,32 @@ pub fn run(root: &Path, only_vm_tests: &[String], kernels: &[Suite]) -> bool {
                 println!("xtask: built {}", built.deb.display());
                 stage("VM tests: the initramfs");
                 match vm_test_image(root, &built, only_vm_tests) {
-                    Ok(initramfs) => {
-                        for &suite in kernels {
-                            stage(&format!("VM tests on Debian {suite}'s kernel"));
+                    Ok(vm) => {
+                        if let Some(initramfs) = &vm.busybox_image {
+                            for &suite in kernels {
+                                stage(&format!("VM tests on Debian {suite}'s kernel"));
+                                let started = Instant::now();
+                                record(
+                                    &format!("VM tests on {suite}"),
+                                    vm_tests(root, suite, initramfs, &mut counts),
+                                );
+                                println!(
+                                    "xtask: the VM tests on {suite} took {:.0} s",
+                                    started.elapsed().as_secs_f64()
+                                );
+                            }
+                        }
+                        if !vm.systemd_tests.is_empty() && kernels.contains(&SYSTEMD_VM_SUITE) {
+                            stage(&format!(
+                                "VM tests under systemd on Debian {SYSTEMD_VM_SUITE}'s kernel"
+                            ));
                             let started = Instant::now();
                             record(
-                                &format!("VM tests on {suite}"),
-                                vm_tests(root, suite, &initramfs, &mut counts),
+                                "VM tests under systemd",
+                                systemd_vm_tests(root, &vm.systemd_tests, &built, &mut counts),
                             );
                             println!(
-                                "xtask: the VM tests on {suite} took {:.0} s",
+                                "xtask: the VM tests under systemd took {:.0} s",
                                 started.elapsed().as_secs_f64()
                             );
                         }
@@ -139,7 +157,7 @@ fn host_kernel_tests(root: &Path, blocker: &Path, counts: &mut TestCounts) -> Re
 }
 
 /// The initramfs with the VM test targets (all, or the `only` ones) and the package.
-fn vm_test_image(root: &Path, package: &Built, only: &[String]) -> Result<PathBuf> {
+fn vm_test_image(root: &Path, package: &Built, only: &[String]) -> Result<VmTests> {
     let args = [
         "test",
         "--package",
@@ -148,24 +166,50 @@ fn vm_test_image(root: &Path, package: &Built, only: &[String]) -> Result<PathBu
         "vm",
         "--no-run",
     ];
-    let tests: Vec<_> = cargo::build_executables(root, &args)?
+    let (systemd_tests, busybox_tests): (Vec<_>, Vec<_>) = cargo::build_executables(root, &args)?
         .into_iter()
         .filter(|artifact| {
             artifact.target_name.starts_with(VM_TEST_PREFIX)
                 && artifact.target_kinds.iter().any(|kind| kind == "test")
                 && (only.is_empty() || only.contains(&artifact.target_name))
         })
-        .collect();
-    if tests.is_empty() {
+        .partition(|artifact| artifact.target_name.starts_with(systemd_vm::TEST_PREFIX));
+    if systemd_tests.is_empty() && busybox_tests.is_empty() {
         bail!(
             "{TESTS_PACKAGE} has no test target named {VM_TEST_PREFIX}* (declared in \
              tests/Cargo.toml with required-features = [\"vm\"])"
         );
     }
-    vm::test_image(root, &tests, package)
+    let busybox_image = if busybox_tests.is_empty() {
+        None
+    } else {
+        Some(vm::test_image(root, &busybox_tests, package)?)
+    };
+    Ok(VmTests {
+        busybox_image,
+        systemd_tests,
+    })
+}
+
+/// The VM tests to run: the busybox VM's initramfs, if any of its targets was chosen, and the
+/// targets for the systemd VM.
+struct VmTests {
+    busybox_image: Option<PathBuf>,
+    systemd_tests: Vec<Artifact>,
 }
 
 fn vm_tests(root: &Path, suite: Suite, initramfs: &Path, counts: &mut TestCounts) -> Result<()> {
     let kernel = kernels::ensured(root, suite)?;
     vm::run_suite(root, &kernel, initramfs, counts)
+}
+
+/// The systemd VM boots Debian 13's userspace on Debian 13's kernel.
+fn systemd_vm_tests(
+    root: &Path,
+    tests: &[Artifact],
+    package: &Built,
+    counts: &mut TestCounts,
+) -> Result<()> {
+    let kernel = kernels::ensured(root, SYSTEMD_VM_SUITE)?;
+    systemd_vm::run_tests(root, &kernel, tests, package, counts).context("the systemd VM")
 }

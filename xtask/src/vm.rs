@@ -6,7 +6,7 @@ use std::{
     collections::BTreeMap,
     fs::{self, File},
     io::{BufWriter, ErrorKind},
-    os::unix::fs::PermissionsExt,
+    os::unix::fs::{FileTypeExt, MetadataExt},
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -17,19 +17,24 @@ use serde_json::{json, Value};
 
 use crate::{
     cargo::{parse_test_result, Artifact, TestCounts},
-    cpio::CpioWriter,
+    cpio::{Attributes, CpioWriter},
     kernels::Kernel,
     package::Built,
     process::{self, Ended},
 };
 
-const VM_DIR: &str = "target/vm";
+pub const VM_DIR: &str = "target/vm";
 /// Under VM_DIR: one results file per kernel.
 const RESULTS_DIR: &str = "results";
 /// TCG emulates slowly; a whole suite has taken seconds, so this only catches hangs.
 const TIMEOUT: Duration = Duration::from_secs(900);
-/// Starts every line /init prints about the test run.
-const MARKER: &str = "BLOCKER-VM:";
+/// The busybox VM: a small initramfs and a shell script as /init.
+const BUSYBOX_MACHINE: Machine = Machine {
+    memory_mib: 1024,
+    extra_command_line: "quiet",
+};
+/// Starts every line the guest prints about the test run.
+pub const MARKER: &str = "BLOCKER-VM:";
 const BUSYBOX: &str = "/bin/busybox";
 /// Not /usr/bin/blocker, where only installing the package puts one.
 pub const GUEST_BLOCKER: &str = "/usr/local/bin/blocker";
@@ -97,7 +102,7 @@ pub fn run_suite(
         fs::remove_file(&results).with_context(|| format!("removing {}", results.display()))?;
     }
     let console_log = suite_dir.join("console.log");
-    let (console, ended) = boot(kernel, initramfs, &console_log)?;
+    let (console, ended) = boot(kernel, &BUSYBOX_MACHINE, initramfs, &console_log)?;
     let report = parse_console(&console);
     let suite_counts = report.counts();
     *counts += suite_counts;
@@ -112,6 +117,29 @@ pub fn run_suite(
         suite_counts.failed,
         results.display()
     );
+    verdict(&report, ended).with_context(|| {
+        format!(
+            "on Linux {release}; the VM's console is in {}",
+            console_log.display()
+        )
+    })
+}
+
+/// Adds the test counts on `console` to `counts`, and fails unless the VM powered off by itself
+/// after every test executable it started ran and passed.
+pub fn judge(
+    console: &[String],
+    ended: Ended,
+    console_log: &Path,
+    counts: &mut TestCounts,
+) -> Result<()> {
+    let report = parse_console(console);
+    *counts += report.counts();
+    verdict(&report, ended)
+        .with_context(|| format!("the VM's console is in {}", console_log.display()))
+}
+
+fn verdict(report: &ConsoleReport, ended: Ended) -> Result<()> {
     match ended {
         Ended::TimedOut => Err(anyhow!(
             "the VM did not power off within {} s and was killed",
@@ -120,12 +148,6 @@ pub fn run_suite(
         Ended::Exited(status) if !status.success() => Err(anyhow!("QEMU failed ({status})")),
         Ended::Exited(_) => report.verdict(),
     }
-    .with_context(|| {
-        format!(
-            "on Linux {release}; the VM's console is in {}",
-            console_log.display()
-        )
-    })
 }
 
 /// What a VM run needs besides busybox, blocker and the test fixtures: its `/init` script, and
@@ -149,7 +171,7 @@ pub fn run_guest(
     let vm_dir = root.join(VM_DIR);
     let initramfs = build_initramfs(root, &vm_dir, guest, blocker)?;
     let console_log = vm_dir.join(console_name);
-    let (console, ended) = boot(kernel, &initramfs, &console_log)?;
+    let (console, ended) = boot(kernel, &BUSYBOX_MACHINE, &initramfs, &console_log)?;
     match ended {
         Ended::TimedOut => bail!(
             "the VM did not power off within {} s and was killed; its console is in {}",
@@ -239,7 +261,7 @@ fn build_initramfs(root: &Path, vm_dir: &Path, guest: &Guest, blocker: &Path) ->
         image.add(bin, Entry::Directory);
     }
     // The kernel opens it for /init's standard streams before anything can mount devtmpfs.
-    image.add("/dev/console", Entry::CharDevice { major: 5, minor: 1 });
+    image.add("/dev/console", Entry::console());
     image.add("/init", Entry::Script(guest.init.clone()));
 
     let mut programs: Vec<PathBuf> = vec![BUSYBOX.into(), blocker.to_owned()];
@@ -280,10 +302,6 @@ fn build_initramfs(root: &Path, vm_dir: &Path, guest: &Guest, blocker: &Path) ->
 
     let archive = vm_dir.join("initramfs.cpio");
     image.write(&archive)?;
-    let size = fs::metadata(&archive)
-        .with_context(|| format!("reading the size of {}", archive.display()))?
-        .len();
-    println!("xtask: wrote {} ({} MiB)", archive.display(), size >> 20);
     Ok(archive)
 }
 
@@ -314,7 +332,7 @@ fn fixture_packages(root: &Path, vm_dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// A copy of `executable` in `dir` without debug info, which is most of a debug build and would
 /// only slow down loading the initramfs; the executable itself where `strip` is not installed.
-fn without_debug_info(executable: &Path, dir: &Path) -> Result<PathBuf> {
+pub fn without_debug_info(executable: &Path, dir: &Path) -> Result<PathBuf> {
     let name = executable
         .file_name()
         .with_context(|| format!("{} has no file name", executable.display()))?;
@@ -382,21 +400,88 @@ fn parse_ldd(output: &str) -> Result<Vec<PathBuf>> {
 
 /// Initramfs contents by path; the order of paths puts each directory before what it holds.
 #[derive(Default)]
-struct Initramfs {
+pub struct Initramfs {
     entries: BTreeMap<String, Entry>,
 }
 
-enum Entry {
+pub enum Entry {
     Directory,
+    /// A host file or directory with its permissions and owner.
     HostFile(PathBuf),
+    HostDirectory(PathBuf),
     Script(String),
-    CharDevice { major: u32, minor: u32 },
+    /// A file root may read and write, everyone read.
+    Text(String),
+    Symlink(String),
+    CharDevice {
+        attributes: Attributes,
+        major: u32,
+        minor: u32,
+    },
+}
+
+impl Entry {
+    /// The kernel opens it for init's standard streams before anything can mount devtmpfs.
+    pub fn console() -> Self {
+        Entry::CharDevice {
+            attributes: Attributes::root(0o600),
+            major: 5,
+            minor: 1,
+        }
+    }
 }
 
 impl Initramfs {
+    /// Adds the tree under the host directory `host` at `guest`, as it is: files, directories,
+    /// symbolic links and character devices with their owners and permissions (hard links
+    /// become copies; other special files are left out).
+    pub fn add_tree(&mut self, guest: &str, host: &Path) -> Result<()> {
+        self.add(guest, Entry::HostDirectory(host.to_owned()));
+        let mut entries: Vec<_> = fs::read_dir(host)
+            .with_context(|| format!("reading {}", host.display()))?
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("reading {}", host.display()))?;
+        entries.sort_by_key(|entry| entry.file_name());
+        for entry in entries {
+            let name = entry.file_name();
+            let name = name
+                .to_str()
+                .with_context(|| format!("{} is not UTF-8", entry.path().display()))?;
+            let guest_path = format!("{}/{name}", guest.trim_end_matches('/'));
+            let host_path = entry.path();
+            let metadata = fs::symlink_metadata(&host_path)
+                .with_context(|| format!("inspecting {}", host_path.display()))?;
+            let file_type = metadata.file_type();
+            if file_type.is_dir() {
+                self.add_tree(&guest_path, &host_path)?;
+            } else if file_type.is_file() {
+                self.add(&guest_path, Entry::HostFile(host_path));
+            } else if file_type.is_symlink() {
+                let target = fs::read_link(&host_path)
+                    .with_context(|| format!("reading the link {}", host_path.display()))?;
+                let target = target
+                    .to_str()
+                    .with_context(|| format!("{} links to a non-UTF-8 path", host_path.display()))?
+                    .to_owned();
+                self.add(&guest_path, Entry::Symlink(target));
+            } else if file_type.is_char_device() {
+                let device = metadata.rdev();
+                self.add(
+                    &guest_path,
+                    Entry::CharDevice {
+                        attributes: attributes_of(&metadata),
+                        major: libc::major(device),
+                        minor: libc::minor(device),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Adds `entry` at `path` with any missing parent directories, which the kernel does not
     /// create by itself.
-    fn add(&mut self, path: &str, entry: Entry) {
+    pub fn add(&mut self, path: &str, entry: Entry) {
         for (slash, _) in path.match_indices('/').skip(1) {
             self.entries
                 .entry(path[..slash].to_owned())
@@ -405,42 +490,86 @@ impl Initramfs {
         self.entries.insert(path.to_owned(), entry);
     }
 
-    fn write(&self, archive: &Path) -> Result<()> {
+    /// Writes the archive to `archive` and says how big it is.
+    pub fn write(&self, archive: &Path) -> Result<()> {
         let file =
             File::create(archive).with_context(|| format!("creating {}", archive.display()))?;
         let mut cpio = CpioWriter::new(BufWriter::new(file));
         for (path, entry) in &self.entries {
             let written = match entry {
-                Entry::Directory => cpio.directory(path, 0o755),
-                Entry::Script(text) => cpio.file(path, 0o755, text.as_bytes()),
-                Entry::CharDevice { major, minor } => cpio.char_device(path, 0o600, *major, *minor),
+                Entry::Directory => cpio.directory(path, Attributes::root(0o755)),
+                Entry::HostDirectory(host) => cpio.directory(path, host_attributes(host)?),
+                Entry::Script(text) => cpio.file(path, Attributes::root(0o755), text.as_bytes()),
+                Entry::Text(text) => cpio.file(path, Attributes::root(0o644), text.as_bytes()),
+                Entry::Symlink(target) => cpio.symlink(path, target),
+                Entry::CharDevice {
+                    attributes,
+                    major,
+                    minor,
+                } => cpio.char_device(path, *attributes, *major, *minor),
                 Entry::HostFile(host) => {
                     let data =
                         fs::read(host).with_context(|| format!("reading {}", host.display()))?;
-                    let permissions = fs::metadata(host)
-                        .with_context(|| format!("reading the mode of {}", host.display()))?
-                        .permissions()
-                        .mode();
-                    cpio.file(path, permissions & 0o7777, &data)
+                    cpio.file(path, host_attributes(host)?, &data)
                 }
             };
             written.with_context(|| format!("writing {path} into {}", archive.display()))?;
         }
         cpio.finish()
             .with_context(|| format!("finishing {}", archive.display()))?;
+        let size = fs::metadata(archive)
+            .with_context(|| format!("reading the size of {}", archive.display()))?
+            .len();
+        println!("xtask: wrote {} ({} MiB)", archive.display(), size >> 20);
         Ok(())
     }
 }
 
-fn boot(kernel: &Kernel, initramfs: &Path, console_log: &Path) -> Result<(Vec<String>, Ended)> {
+fn host_attributes(host: &Path) -> Result<Attributes> {
+    let metadata =
+        fs::metadata(host).with_context(|| format!("reading the mode of {}", host.display()))?;
+    Ok(attributes_of(&metadata))
+}
+
+fn attributes_of(metadata: &fs::Metadata) -> Attributes {
+    Attributes {
+        permissions: metadata.mode() & 0o7777,
+        uid: metadata.uid(),
+        gid: metadata.gid(),
+    }
+}
+
+/// How a VM is booted besides its kernel and initramfs.
+pub struct Machine {
+    pub memory_mib: u32,
+    /// Appended to the kernel's own command line (`Suite::kernel_command_line`).
+    pub extra_command_line: &'static str,
+}
+
+/// Boots `kernel` with `initramfs` until QEMU exits or [`TIMEOUT`] passes; returns the console's
+/// lines, also written to `console_log`.
+pub fn boot(
+    kernel: &Kernel,
+    machine: &Machine,
+    initramfs: &Path,
+    console_log: &Path,
+) -> Result<(Vec<String>, Ended)> {
     let mut qemu = Command::new("qemu-system-x86_64");
     // KVM is present on these machines but hangs the guest; TCG is slower but works.
-    qemu.args(["-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "1024"])
+    qemu.args(["-accel", "tcg", "-cpu", "max", "-smp", "1"])
+        .args(["-m", &machine.memory_mib.to_string()])
         .arg("-kernel")
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(initramfs)
-        .args(["-append", kernel.suite.kernel_command_line()])
+        .args([
+            "-append",
+            &format!(
+                "{} {}",
+                kernel.suite.kernel_command_line(),
+                machine.extra_command_line
+            ),
+        ])
         .args([
             "-display", "none", "-serial", "stdio", "-monitor", "none", "-nic", "none",
         ])
