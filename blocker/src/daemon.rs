@@ -1,6 +1,7 @@
 //! `blocker run`: policy files → parsed policy → resolved entries → kernel maps, then kernel
 //! events → ring buffer → sinks, until SIGINT or SIGTERM.
 
+use crate::escape::escaped;
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -68,7 +69,7 @@ pub fn run(options: RunOptions) -> Result<()> {
             "policy `{}` ({}) from {}",
             header.name,
             header.mode,
-            header.file.display()
+            escaped(&header.file)
         );
     }
     let scanned = scan_if_needed(&policy, &options.scan);
@@ -108,7 +109,7 @@ pub fn run(options: RunOptions) -> Result<()> {
     );
     let protected = if options.protect {
         let mut directories = vec![std::fs::canonicalize(&options.policy_dir)
-            .with_context(|| format!("resolving {}", options.policy_dir.display()))?];
+            .with_context(|| format!("resolving {}", escaped(&options.policy_dir)))?];
         directories.extend(enforcer.pinned().map(pins::directories).unwrap_or_default());
         let protected = enforcer.protect(&directories)?;
         log::info!(
@@ -389,7 +390,7 @@ fn watch_policy_dir(policy_dir: &Path) -> Option<AsyncFd<PolicyDirWatcher>> {
         Err(error) => {
             log::warn!(
                 "not watching {} ({error}); reload with SIGHUP",
-                policy_dir.display()
+                escaped(&policy_dir)
             );
             None
         }
@@ -482,7 +483,7 @@ fn content_seen(
         .map_or("?", |rule| rule.id.as_str());
     log::warn!(
         "content watcher: {} has content banned by rule {rule} ({via})",
-        seen.file.path.display()
+        escaped(&seen.file.path)
     );
     if let Some(pid) = seen.exec_by {
         if resolution
@@ -618,7 +619,7 @@ fn log_resolution(resolution: &Resolution) {
         log::warn!(
             "rule {} names {}, which is never banned: {}",
             protected.rule,
-            protected.path.display(),
+            escaped(&protected.path),
             protected.why
         );
     }
@@ -629,7 +630,7 @@ fn log_resolution(resolution: &Resolution) {
 
 fn log_changes(old: &Resolution, new: &Resolution) {
     let describe = |resolution: &Resolution, key: &FileKey| {
-        let path = resolution.paths.get(key).map(|p| p.display().to_string());
+        let path = resolution.paths.get(key).map(|p| escaped(&p).to_string());
         let rule = resolution
             .entries
             .get(key)

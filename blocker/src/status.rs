@@ -5,6 +5,7 @@
 mod process;
 mod report;
 
+use crate::escape::escaped;
 use std::{
     fs,
     io::{self, Write},
@@ -236,7 +237,7 @@ impl Publisher {
     fn write(&mut self) {
         match write_atomically(&self.path, &self.document) {
             Ok(()) if self.failing => {
-                log::info!("status: writing {} again", self.path.display());
+                log::info!("status: writing {} again", escaped(&self.path));
                 self.failing = false;
             }
             Ok(()) => {}
@@ -256,10 +257,10 @@ fn write_atomically(path: &Path, document: &StatusDocument) -> Result<()> {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
-    fs::create_dir_all(directory).with_context(|| format!("creating {}", directory.display()))?;
+    fs::create_dir_all(directory).with_context(|| format!("creating {}", escaped(&directory)))?;
     let name = path
         .file_name()
-        .with_context(|| format!("{} names no file", path.display()))?;
+        .with_context(|| format!("{} names no file", escaped(&path)))?;
     let temporary = directory.join(format!(
         ".{}.{}.tmp",
         name.to_string_lossy(),
@@ -277,7 +278,7 @@ fn write_atomically(path: &Path, document: &StatusDocument) -> Result<()> {
     })();
     if let Err(error) = written {
         let _ = fs::remove_file(&temporary);
-        return Err(error).with_context(|| format!("writing {}", path.display()));
+        return Err(error).with_context(|| format!("writing {}", escaped(&path)));
     }
     Ok(())
 }
@@ -287,12 +288,12 @@ pub fn read(path: &Path) -> Result<Option<StatusDocument>> {
     let text = match fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
+        Err(error) => return Err(error).with_context(|| format!("reading {}", escaped(&path))),
     };
     let document = serde_json::from_str(&text).map_err(|error| {
         anyhow::anyhow!(
             "{}:{}:{}: not a blocker status document: {error}",
-            path.display(),
+            escaped(&path),
             error.line(),
             error.column()
         )

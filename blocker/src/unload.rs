@@ -1,5 +1,6 @@
 //! `blocker unload`: removes the pins that keep blocker's programs enforcing without a daemon.
 
+use crate::escape::escaped;
 use std::{path::Path, process::ExitCode};
 
 use anyhow::Result;
@@ -9,7 +10,7 @@ use crate::kernel::pins::{self, PinKind};
 pub fn unload(root: &Path) -> Result<ExitCode> {
     let removed = pins::unload(root)?;
     if removed.is_empty() {
-        println!("nothing is pinned at {}", root.display());
+        println!("nothing is pinned at {}", escaped(&root));
         return Ok(ExitCode::SUCCESS);
     }
     let mut links = 0;
@@ -22,7 +23,7 @@ pub fn unload(root: &Path) -> Result<ExitCode> {
             PinKind::Map => "map",
             PinKind::Directory => "directory",
         };
-        println!("removed {what} {}", pin.path.display());
+        println!("removed {what} {}", escaped(&pin.path));
     }
     println!(
         "{links} program links unpinned: blocker's programs are detached once no running \

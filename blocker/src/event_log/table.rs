@@ -3,6 +3,8 @@
 
 use serde_json::Value;
 
+use crate::escape::{escaped, escaped_bytes, is_hex_of_sibling, Lossless};
+
 pub fn header() -> String {
     row_of("TIME", "EVENT", "RULE", "PID", "UID", "COMM", "PATH")
 }
@@ -19,7 +21,7 @@ pub fn row(record: &Value) -> String {
         Some("none") => "audited",
         _ => "?",
     };
-    let mut path = text(&record["path"]);
+    let mut path = exact_text(record, "path");
     if record["path_truncated"] == true {
         path.push_str("… (truncated)");
     }
@@ -32,7 +34,7 @@ pub fn row(record: &Value) -> String {
         &text(&record["rule"]),
         &text(&record["pid"]),
         &text(&record["uid"]),
-        &text(&record["comm"]),
+        &exact_text(record, "comm"),
         &path,
     )
 }
@@ -57,9 +59,16 @@ fn short_time(time: &str) -> String {
     }
 }
 
+/// A field that may hold any bytes (a path, a `comm`): its exact bytes, escaped.
+fn exact_text(record: &Value, name: &str) -> String {
+    Lossless::from_json(record, name)
+        .map(|kept| escaped_bytes(&kept.bytes()).to_string())
+        .unwrap_or_else(|| text(&record[name]))
+}
+
 fn text(value: &Value) -> String {
     match value {
-        Value::String(text) => text.clone(),
+        Value::String(text) => escaped(text).to_string(),
         Value::Null => "-".to_owned(),
         other => other.to_string(),
     }
@@ -73,16 +82,27 @@ fn details(record: &Value) -> String {
     fields
         .iter()
         .filter(|(name, _)| !matches!(name.as_str(), "kind" | "time"))
-        .map(|(name, value)| format!("{name}={}", detail(value)))
+        .filter(|(name, _)| !is_hex_of_sibling(fields, name))
+        .map(|(name, value)| match value {
+            Value::String(_) => format!("{}={}", escaped(name), quoted(&exact_text(record, name))),
+            _ => format!("{}={}", escaped(name), detail(value)),
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
 
+/// Text with spaces quoted, or empty, in quotes; escaped text holds no quote-breaking newline.
+fn quoted(shown: &str) -> String {
+    if shown.is_empty() || shown.contains(char::is_whitespace) {
+        format!("\"{}\"", shown.replace('"', "\\\""))
+    } else {
+        shown.to_owned()
+    }
+}
+
 fn detail(value: &Value) -> String {
     match value {
-        Value::String(text) if text.is_empty() || text.contains(char::is_whitespace) => {
-            value.to_string()
-        }
+        Value::String(text) => quoted(&escaped(text).to_string()),
         Value::Array(items) => items.iter().map(detail).collect::<Vec<_>>().join(","),
         Value::Object(members) => members
             .iter()
@@ -131,6 +151,33 @@ mod tests {
         let row = row(&record);
         assert!(row.contains(" denied "), "{row}");
         assert!(row.ends_with("/opt/x/lib.so… (truncated) (mmap)"), "{row}");
+    }
+
+    #[test]
+    fn hostile_names_are_shown_escaped_and_exact() {
+        let name = b"/tmp/\x1b]52;c;aGk=\x07\nfake \xff\xe2\x80\xae";
+        let kept = Lossless::new(name);
+        let record = json!({"kind":"exec","time":"2026-11-28T08:39:20Z","enforcement":"eperm",
+            "operation":"exec","rule":"r","pid":1,"uid":0,"comm":"\u{1b}[2J","path":kept.text,
+            "path_hex":kept.hex,"path_truncated":false});
+        let row = row(&record);
+        assert!(
+            row.ends_with("/tmp/\\x1b]52;c;aGk=\\x07\\nfake \\xff\\u{202e}"),
+            "{row}"
+        );
+        assert!(row.contains(" \\x1b[2J "), "{row}");
+        assert!(!row.contains(|c: char| c.is_control()), "{row:?}");
+
+        let tamper = json!({"kind":"tamper","time":"2026-11-28T08:39:20Z","attempt":"signal",
+            "path":kept.text,"path_hex":kept.hex,"comm":"a\nb c"});
+        let row = super::row(&tamper);
+        assert!(!row.contains(|c: char| c.is_control()), "{row:?}");
+        assert!(
+            row.contains("path=\"/tmp/\\x1b]52;c;aGk=\\x07\\nfake \\xff\\u{202e}\""),
+            "{row}"
+        );
+        assert!(!row.contains("path_hex"), "{row}");
+        assert!(row.contains(r#"comm="a\nb c""#), "{row}");
     }
 
     #[test]

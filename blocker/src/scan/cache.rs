@@ -14,6 +14,7 @@
 //! A cache that cannot be read back whole is dropped: losing it costs one full read of the
 //! files, while a wrong entry would hide a banned file.
 
+use crate::escape::escaped;
 use std::{
     collections::HashMap,
     fs::{self, DirBuilder, OpenOptions},
@@ -52,7 +53,7 @@ pub fn load(path: &Path, warnings: &mut Vec<String>) -> HashCache {
     decoded.unwrap_or_else(|reason| {
         warnings.push(format!(
             "{}: {reason}; hashing every file again",
-            path.display()
+            escaped(&path)
         ));
         HashCache::new()
     })

@@ -1,6 +1,7 @@
 //! `blocker status`: what the daemon said about itself, whether it still runs, and what it
 //! left pinned in the kernel if it does not.
 
+use crate::escape::escaped;
 use std::{
     fs, io,
     path::Path,
@@ -25,7 +26,7 @@ pub fn command(status_file: &Path, as_json: bool) -> Result<ExitCode> {
             reason: format!(
                 "there is no status file {} (`blocker run` writes it while it runs; see \
                  --status-file)",
-                status_file.display()
+                escaped(&status_file)
             ),
         },
     };
@@ -71,7 +72,7 @@ fn pinned_objects(dir: &Path) -> Pins {
             Pins::Objects(objects)
         }
         Err(error) if error.kind() == io::ErrorKind::NotFound => Pins::Nothing,
-        Err(error) => Pins::Unknown(format!("cannot list {}: {error}", dir.display())),
+        Err(error) => Pins::Unknown(format!("cannot list {}: {error}", escaped(&dir))),
     }
 }
 
@@ -84,7 +85,7 @@ fn list_files(base: &Path, dir: &Path, found: &mut Vec<String>) -> io::Result<()
         } else {
             let path = entry.path();
             let relative = path.strip_prefix(base).unwrap_or(&path);
-            found.push(relative.display().to_string());
+            found.push(escaped(&relative).to_string());
         }
     }
     Ok(())
