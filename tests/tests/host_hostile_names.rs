@@ -89,7 +89,7 @@ fn hostile_names_are_exact_in_json_and_escaped_for_people() -> Result<()> {
     let shown_path = format!("{}/{SHOWN_NAME}", directory.display());
     let line = daemon.wait_for_log(&shown_path, EVENT_TIMEOUT)?;
     ensure!(line.contains("killed exec of"), "{line}");
-    ensure!(line.contains(r"(x\x1b]0;owned\x07\nbl, uid"), "{line}");
+    ensure!(line.contains(r"(x\x1b]0;owned\x07\nblo, uid"), "{line}");
     let events_file = daemon.events_file().to_owned();
     let (status, _, log) = daemon.stop()?;
     ensure!(status.success(), "{log:?}");
