@@ -14,7 +14,7 @@ use blocker_common::{
 use serde::Serialize;
 
 use crate::{
-    escape::{escaped_bytes, Lossless},
+    escape::{escaped, escaped_bytes, Lossless},
     identity::split_kernel_device_number,
     resolve::RuleInfo,
 };
@@ -253,7 +253,7 @@ impl ExecRecord {
         let reason = self
             .reason
             .as_deref()
-            .map(|reason| format!(": {reason}"))
+            .map(|reason| format!(": {}", escaped(reason)))
             .unwrap_or_default();
         let what = match self.operation {
             "exec" => "exec",

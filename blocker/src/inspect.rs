@@ -32,7 +32,7 @@ pub fn check(policy_dir: &Path) -> Result<ExitCode> {
         println!(
             "{}: policy `{}` ({}), {rules} rules",
             escaped(&header.file),
-            header.name,
+            escaped(&header.name),
             header.mode
         );
     }
