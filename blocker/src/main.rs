@@ -1,25 +1,5 @@
-//! blocker: refuses to run the binaries a policy bans.
-
-mod control;
-mod critical;
-mod daemon;
-mod escape;
-mod event_log;
-mod events;
-mod files;
-mod identity;
-mod inspect;
-mod kernel;
-mod policy;
-mod reload;
-mod resolve;
-mod scan;
-mod sinks;
-mod sources;
-mod status;
-mod systemd;
-mod unload;
-mod watch;
+//! blocker: refuses to run the binaries a policy bans. The command line; the rest is the
+//! library.
 
 use std::{
     path::PathBuf,
@@ -29,7 +9,10 @@ use std::{
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::kernel::BackendChoice;
+use blocker::{
+    control, daemon, escape, event_log, inspect, kernel, kernel::BackendChoice, scan, sinks,
+    status, unload,
+};
 
 /// Exit status for errors: bad policies, bad arguments, kernel refusals.
 const EXIT_ERROR: u8 = 2;

@@ -653,7 +653,7 @@ pub fn parse_sources(sources: &[(PathBuf, String)]) -> Result<Policy, PolicyErro
 }
 
 /// [`parse_sources`], with the critical files `guard` knows.
-fn parse_sources_guarded(
+pub(crate) fn parse_sources_guarded(
     sources: &[(PathBuf, String)],
     guard: &mut Guard,
 ) -> Result<Policy, PolicyErrors> {

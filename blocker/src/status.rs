@@ -290,15 +290,19 @@ pub fn read(path: &Path) -> Result<Option<StatusDocument>> {
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(error).with_context(|| format!("reading {}", escaped(&path))),
     };
-    let document = serde_json::from_str(&text).map_err(|error| {
+    parse(path, &text).map(Some)
+}
+
+/// The document in `text`, read from `path`.
+pub fn parse(path: &Path, text: &str) -> Result<StatusDocument> {
+    serde_json::from_str(text).map_err(|error| {
         anyhow::anyhow!(
             "{}:{}:{}: not a blocker status document: {error}",
             escaped(&path),
             error.line(),
             error.column()
         )
-    })?;
-    Ok(Some(document))
+    })
 }
 
 #[cfg(test)]

@@ -182,6 +182,30 @@ impl<W: Write> Printer<W> {
     }
 }
 
+/// What `blocker events` prints for an events file holding `text` (`--json`: the records
+/// themselves), with `since` as `--since`.
+pub fn shown(text: &str, json: bool, since: Option<SystemTime>) -> Vec<u8> {
+    let lines: Vec<Line> = text
+        .lines()
+        .enumerate()
+        .map(|(index, line)| Line {
+            file: PathBuf::from("events.jsonl"),
+            number: index + 1,
+            text: line.to_owned(),
+        })
+        .collect();
+    let mut printer = Printer {
+        json,
+        filter: Filter { rule: None, since },
+        out: Vec::new(),
+    };
+    printer
+        .header()
+        .and_then(|()| printer.show_all(&lines))
+        .expect("writing to memory");
+    printer.out
+}
+
 fn skip(line: &Line, why: &str) {
     log::warn!(
         "{}:{}: skipped, not an event record: {why}",

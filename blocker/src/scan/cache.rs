@@ -104,7 +104,7 @@ pub fn save(path: &Path, cache: &HashCache) -> io::Result<()> {
     written
 }
 
-fn encode(cache: &HashCache) -> Vec<u8> {
+pub(crate) fn encode(cache: &HashCache) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(HEADER_BYTES + cache.len() * ENTRY_BYTES + CHECKSUM_BYTES);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&VERSION.to_le_bytes());
@@ -124,7 +124,7 @@ fn encode(cache: &HashCache) -> Vec<u8> {
     bytes
 }
 
-fn decode(bytes: &[u8]) -> Result<HashCache, String> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<HashCache, String> {
     let mut fields = Fields(bytes);
     if fields.take()? != *MAGIC {
         return Err("not a blocker hash cache".to_owned());

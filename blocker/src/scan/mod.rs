@@ -4,7 +4,7 @@
 //! it has seen before from the cache, and reads the others on every CPU. Whatever goes wrong
 //! with one file (gone, unreadable, changed while read) is a warning about that file.
 
-mod cache;
+pub(crate) mod cache;
 mod hex;
 mod progress;
 mod read;

@@ -3,7 +3,7 @@
 //! with it enforcement: what does not fit is dropped, counted and reported.
 
 mod file;
-mod journald;
+pub(crate) mod journald;
 mod queue;
 mod stdout;
 

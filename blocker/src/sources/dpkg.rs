@@ -18,7 +18,7 @@ use super::{packages::Lookup, SourceRoots};
 
 /// One architecture of a package as the database records it.
 #[derive(Debug, Default, PartialEq)]
-struct Instance {
+pub(crate) struct Instance {
     architecture: String,
     multi_arch_same: bool,
     /// The last word of `Status:`, e.g. `installed`, `unpacked`, `config-files`.
@@ -115,7 +115,7 @@ fn pending_updates(updates_dir: &Path) -> Result<Vec<Vec<u8>>, String> {
 
 /// The records of `package` in a database file: paragraphs of `Field: value` lines separated by
 /// blank lines, continuation lines starting with a space.
-fn instances_in(database: &str, package: &str) -> Vec<Instance> {
+pub(crate) fn instances_in(database: &str, package: &str) -> Vec<Instance> {
     let mut instances = Vec::new();
     let mut is_package = false;
     let mut instance = Instance::default();
@@ -187,14 +187,14 @@ fn read_listed_paths(
 
 /// `dpkg-divert` moved the file a package ships at some path to `to`, unless the package is
 /// `by` itself (`:` for a local diversion, which moves every package's file).
-struct Diversion<'a> {
+pub(crate) struct Diversion<'a> {
     to: &'a [u8],
     by: &'a [u8],
 }
 
 /// `diversions`: three lines per diversion, the original path, the new one, the diverting
 /// package. Keyed by the original path.
-fn parse_diversions(file: &[u8]) -> HashMap<&[u8], Diversion<'_>> {
+pub(crate) fn parse_diversions(file: &[u8]) -> HashMap<&[u8], Diversion<'_>> {
     let lines: Vec<&[u8]> = non_empty_lines(file).collect();
     lines
         .chunks_exact(3)
@@ -205,7 +205,7 @@ fn parse_diversions(file: &[u8]) -> HashMap<&[u8], Diversion<'_>> {
         .collect()
 }
 
-fn non_empty_lines(file: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn non_empty_lines(file: &[u8]) -> impl Iterator<Item = &[u8]> {
     file.split(|&byte| byte == b'\n')
         .filter(|line| !line.is_empty())
 }
