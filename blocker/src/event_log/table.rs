@@ -10,8 +10,8 @@ pub fn header() -> String {
 }
 
 pub fn row(record: &Value) -> String {
-    let time = short_time(record["time"].as_str().unwrap_or("-"));
-    let kind = record["kind"].as_str().unwrap_or("-");
+    let time = escaped(&short_time(record["time"].as_str().unwrap_or("-"))).to_string();
+    let kind = escaped(record["kind"].as_str().unwrap_or("-")).to_string();
     if kind != "exec" {
         return format!("{time:<20} {kind} {}", details(record));
     }
@@ -178,6 +178,11 @@ mod tests {
         );
         assert!(!row.contains("path_hex"), "{row}");
         assert!(row.contains(r#"comm="a\nb c""#), "{row}");
+
+        // Found by fuzzing: a record's kind and time come from the file too.
+        let forged = json!({"kind":"\u{1b}]0;x","time":"\u{1b}[2J"});
+        let row = super::row(&forged);
+        assert_eq!(row, format!("{:<20} {} ", r"\x1b[2J", r"\x1b]0;x"));
     }
 
     #[test]
