@@ -26,7 +26,7 @@ pub fn row(record: &Value) -> String {
         path.push_str("… (truncated)");
     }
     if let Some(operation) = record["operation"].as_str().filter(|&op| op != "exec") {
-        path.push_str(&format!(" ({operation})"));
+        path.push_str(&format!(" ({})", escaped(operation)));
     }
     row_of(
         &time,
@@ -179,10 +179,16 @@ mod tests {
         assert!(!row.contains("path_hex"), "{row}");
         assert!(row.contains(r#"comm="a\nb c""#), "{row}");
 
-        // Found by fuzzing: a record's kind and time come from the file too.
+        // Found by fuzzing: a record's kind, time and operation come from the file too.
         let forged = json!({"kind":"\u{1b}]0;x","time":"\u{1b}[2J"});
         let row = super::row(&forged);
         assert_eq!(row, format!("{:<20} {} ", r"\x1b[2J", r"\x1b]0;x"));
+        let forged = json!({"kind":"exec","operation":"\u{7f}\u{1b}"});
+        assert!(
+            super::row(&forged).ends_with(r"- (\x7f\x1b)"),
+            "{}",
+            super::row(&forged)
+        );
     }
 
     #[test]
