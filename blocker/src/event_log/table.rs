@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::escape::{escaped, escaped_bytes, is_hex_of_sibling, Lossless};
+use crate::escape::{controls_escaped, escaped, escaped_bytes, is_hex_of_sibling, Lossless};
 
 pub fn header() -> String {
     row_of("TIME", "EVENT", "RULE", "PID", "UID", "COMM", "PATH")
@@ -70,7 +70,8 @@ fn text(value: &Value) -> String {
     match value {
         Value::String(text) => escaped(text).to_string(),
         Value::Null => "-".to_owned(),
-        other => other.to_string(),
+        // JSON writes DEL, C1 controls and bidirectional formatting as they are.
+        other => controls_escaped(&other.to_string()),
     }
 }
 
@@ -106,7 +107,7 @@ fn detail(value: &Value) -> String {
         Value::Array(items) => items.iter().map(detail).collect::<Vec<_>>().join(","),
         Value::Object(members) => members
             .iter()
-            .map(|(name, member)| format!("{name}:{}", detail(member)))
+            .map(|(name, member)| format!("{}:{}", escaped(name), detail(member)))
             .collect::<Vec<_>>()
             .join(","),
         other => text(other),
@@ -183,9 +184,15 @@ mod tests {
         let forged = json!({"kind":"\u{1b}]0;x","time":"\u{1b}[2J"});
         let row = super::row(&forged);
         assert_eq!(row, format!("{:<20} {} ", r"\x1b[2J", r"\x1b]0;x"));
-        let forged = json!({"kind":"exec","operation":"\u{7f}\u{1b}"});
+        let forged = json!({"kind":"exec","operation":"\u{7f}\u{1b}","path":{"\u{7f}":"\u{7f}"}});
         assert!(
-            super::row(&forged).ends_with(r"- (\x7f\x1b)"),
+            super::row(&forged).ends_with(r#"{"\x7f":"\x7f"} (\x7f\x1b)"#),
+            "{}",
+            super::row(&forged)
+        );
+        let forged = json!({"kind":"x","y":{"\u{202e}":1}});
+        assert!(
+            super::row(&forged).ends_with(r"y=\u{202e}:1"),
             "{}",
             super::row(&forged)
         );
