@@ -1,6 +1,7 @@
 //! `blocker run`: policy files → parsed policy → resolved entries → kernel maps, then kernel
 //! events → ring buffer → sinks, until SIGINT or SIGTERM.
 
+use crate::escape::escaped;
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -71,7 +72,7 @@ pub fn run(options: RunOptions) -> Result<()> {
             "policy `{}` ({}) from {}",
             header.name,
             header.mode,
-            header.file.display()
+            escaped(&header.file)
         );
     }
     let scanned = scan_if_needed(&policy, &options.scan);
@@ -127,7 +128,7 @@ pub fn run(options: RunOptions) -> Result<()> {
              policies with `blocker policy`",
             protected
                 .values()
-                .map(|path| path.display().to_string())
+                .map(|path| escaped(path).to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
         );
@@ -411,7 +412,7 @@ fn watch_policy_dir(policy_dir: &Path) -> Option<AsyncFd<PolicyDirWatcher>> {
         Err(error) => {
             log::warn!(
                 "not watching {} ({error}); reload with SIGHUP",
-                policy_dir.display()
+                escaped(&policy_dir)
             );
             None
         }
@@ -504,7 +505,7 @@ fn content_seen(
         .map_or("?", |rule| rule.id.as_str());
     log::warn!(
         "content watcher: {} has content banned by rule {rule} ({via})",
-        seen.file.path.display()
+        escaped(&seen.file.path)
     );
     if let Some(pid) = seen.exec_by {
         if resolution
@@ -640,7 +641,7 @@ fn log_resolution(resolution: &Resolution) {
         log::warn!(
             "rule {} names {}, which is never banned: {}",
             protected.rule,
-            protected.path.display(),
+            escaped(&protected.path),
             protected.why
         );
     }
@@ -651,7 +652,7 @@ fn log_resolution(resolution: &Resolution) {
 
 fn log_changes(old: &Resolution, new: &Resolution) {
     let describe = |resolution: &Resolution, key: &FileKey| {
-        let path = resolution.paths.get(key).map(|p| p.display().to_string());
+        let path = resolution.paths.get(key).map(|p| escaped(&p).to_string());
         let rule = resolution
             .entries
             .get(key)

@@ -13,7 +13,12 @@ use blocker_common::{
 };
 use serde::Serialize;
 
-use crate::{identity::split_kernel_device_number, kernel::coverage::Features, resolve::RuleInfo};
+use crate::{
+    escape::{escaped, escaped_bytes, Lossless},
+    identity::split_kernel_device_number,
+    kernel::coverage::Features,
+    resolve::RuleInfo,
+};
 
 /// Copies an [`ExecEvent`] out of a ring buffer record.
 pub fn decode(bytes: &[u8]) -> Result<ExecEvent> {
@@ -144,18 +149,23 @@ pub struct Caller {
     pub ppid: u32,
     pub uid: u32,
     pub gid: u32,
+    /// The process's `comm`, which it may set to anything: see [`crate::escape`] for `comm_hex`.
     pub comm: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm_hex: Option<String>,
 }
 
 impl Caller {
     fn of(event: &ExecEvent) -> Self {
+        let comm = Lossless::new(nul_terminated(&event.comm));
         Self {
             pid: event.tgid,
             tid: event.tid,
             ppid: event.ppid,
             uid: event.uid,
             gid: event.gid,
-            comm: nul_terminated(&event.comm),
+            comm: comm.text,
+            comm_hex: comm.hex,
         }
     }
 }
@@ -179,7 +189,10 @@ pub struct ExecRecord {
     pub caller: Caller,
     /// For an exec, the path given to exec, as the caller spelled it; for a mapping, a path
     /// of the banned file as blocker resolved it (empty if unknown, e.g. a fileless file).
+    /// Exactly as the kernel gave it: see [`crate::escape`] for `path_hex`.
     pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_hex: Option<String>,
     pub path_truncated: bool,
     /// `major:minor` of the file's filesystem.
     pub device: String,
@@ -197,11 +210,9 @@ impl ExecRecord {
         let (major, minor) = split_kernel_device_number(event.dev);
         let filename_len = (event.filename_len as usize).min(FILENAME_LEN);
         let path = if event.operation == operation::EXEC {
-            nul_terminated(&event.filename[..filename_len])
+            Lossless::new(nul_terminated(&event.filename[..filename_len]))
         } else {
-            known_path
-                .map(|path| path.display().to_string())
-                .unwrap_or_default()
+            known_path.map(Lossless::of).unwrap_or_default()
         };
         Self {
             time: rfc3339(clock.wall_time(event.boot_time_ns)),
@@ -226,7 +237,8 @@ impl ExecRecord {
                 operation::MPROTECT => "mprotect",
                 _ => "unknown",
             },
-            path,
+            path: path.text,
+            path_hex: path.hex,
             // The kernel copies at most FILENAME_LEN - 1 bytes and a NUL.
             path_truncated: filename_len >= FILENAME_LEN - 1,
             device: format!("{major}:{minor}"),
@@ -244,7 +256,7 @@ impl ExecRecord {
         let reason = self
             .reason
             .as_deref()
-            .map(|reason| format!(": {reason}"))
+            .map(|reason| format!(": {}", escaped(reason)))
             .unwrap_or_default();
         let what = match self.operation {
             "exec" => "exec",
@@ -252,8 +264,17 @@ impl ExecRecord {
         };
         format!(
             "{verdict} {what} of {} by pid {} ({}, uid {}) under rule {}{reason}",
-            self.path, self.caller.pid, self.caller.comm, self.caller.uid, self.rule
+            escaped_bytes(&self.path_bytes()),
+            self.caller.pid,
+            self.caller.shown_comm(),
+            self.caller.uid,
+            self.rule
         )
+    }
+
+    /// The exact bytes of `path`.
+    pub fn path_bytes(&self) -> Vec<u8> {
+        lossless_bytes(&self.path, &self.path_hex)
     }
 }
 
@@ -276,6 +297,8 @@ pub struct TamperRecord {
     pub detail: String,
     /// The protected file or directory aimed at, where blocker knows it (empty otherwise).
     pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_hex: Option<String>,
     /// `major:minor` and inode of that file (zero for other attempts).
     pub device: String,
     pub inode: u64,
@@ -304,14 +327,14 @@ impl TamperRecord {
             _ => ("file_change", file_change_name(event.detail).to_owned()),
         };
         let is_file = event.operation == operation::FILE_CHANGE;
+        let path = known_path.map(Lossless::of).unwrap_or_default();
         let (major, minor) = split_kernel_device_number(event.dev);
         Self {
             time: rfc3339(clock.wall_time(event.boot_time_ns)),
             attempt,
             detail,
-            path: known_path
-                .map(|path| path.display().to_string())
-                .unwrap_or_default(),
+            path: path.text,
+            path_hex: path.hex,
             device: if is_file {
                 format!("{major}:{minor}")
             } else {
@@ -327,11 +350,18 @@ impl TamperRecord {
         let target = if self.path.is_empty() {
             String::new()
         } else {
-            format!(" on {}", self.path)
+            format!(
+                " on {}",
+                escaped_bytes(&lossless_bytes(&self.path, &self.path_hex))
+            )
         };
         format!(
             "refused tamper attempt: {} ({}){target} by pid {} ({}, uid {})",
-            self.attempt, self.detail, self.caller.pid, self.caller.comm, self.caller.uid
+            self.attempt,
+            self.detail,
+            self.caller.pid,
+            self.caller.shown_comm(),
+            self.caller.uid
         )
     }
 }
@@ -409,9 +439,24 @@ pub fn now_rfc3339() -> String {
     rfc3339(SystemTime::now())
 }
 
-fn nul_terminated(bytes: &[u8]) -> String {
+fn nul_terminated(bytes: &[u8]) -> &[u8] {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    &bytes[..end]
+}
+
+fn lossless_bytes(text: &str, hex: &Option<String>) -> Vec<u8> {
+    Lossless {
+        text: text.to_owned(),
+        hex: hex.clone(),
+    }
+    .bytes()
+}
+
+impl Caller {
+    /// `comm` for people: its exact bytes, escaped.
+    fn shown_comm(&self) -> String {
+        escaped_bytes(&lossless_bytes(&self.comm, &self.comm_hex)).to_string()
+    }
 }
 
 #[cfg(test)]
@@ -492,6 +537,32 @@ mod tests {
         assert_eq!(json["inode"], 1234);
         assert_eq!(json["backend"], "lsm");
         assert!(json["time"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn hostile_names_are_kept_exactly_and_shown_escaped() {
+        let mut hostile = event();
+        let name = b"/tmp/\x1b[2J\nblocker: fake \xff\xe2\x80\xae";
+        hostile.filename = [0; FILENAME_LEN];
+        hostile.filename[..name.len()].copy_from_slice(name);
+        hostile.filename_len = name.len() as u32 + 1;
+        hostile.comm = [0; COMM_LEN];
+        hostile.comm[..5].copy_from_slice(b"\x1b]0;\xff");
+        let record = ExecRecord::new(&hostile, None, None, &BootClock);
+        assert_eq!(record.path_bytes(), name);
+        assert_eq!(
+            record.summary(),
+            "denied exec of /tmp/\\x1b[2J\\nblocker: fake \\xff\\u{202e} by pid 40 \
+             (\\x1b]0;\\xff, uid 1000) under rule #0"
+        );
+        let line = serde_json::to_string(&Record::Exec(record)).unwrap();
+        assert!(!line.contains(['\x1b', '\n']), "{line}");
+        let read: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(Lossless::from_json(&read, "path").unwrap().bytes(), name);
+        assert_eq!(
+            Lossless::from_json(&read, "comm").unwrap().bytes(),
+            b"\x1b]0;\xff"
+        );
     }
 
     #[test]

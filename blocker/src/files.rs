@@ -4,6 +4,7 @@
 //! reached twice (bind mounts) is walked once; depth is bounded; unreadable entries are reported
 //! and skipped, never fatal.
 
+use crate::escape::escaped;
 use std::{
     collections::HashSet,
     ffi::{CStr, CString, OsStr},
@@ -126,7 +127,7 @@ pub fn walk(root: &Path, warnings: &mut Vec<String>) -> Vec<WalkEntry> {
         Ok(opened) => opened,
         Err(rustix::io::Errno::NOENT) => return files,
         Err(error) => {
-            warnings.push(format!("{}: {error}", root.display()));
+            warnings.push(format!("{}: {error}", escaped(&root)));
             return files;
         }
     };
@@ -162,7 +163,7 @@ pub fn walk(root: &Path, warnings: &mut Vec<String>) -> Vec<WalkEntry> {
         if depth > MAX_DEPTH {
             warnings.push(format!(
                 "{}: deeper than {MAX_DEPTH} levels; not walked",
-                path.display()
+                escaped(&path)
             ));
             continue;
         }
@@ -170,14 +171,14 @@ pub fn walk(root: &Path, warnings: &mut Vec<String>) -> Vec<WalkEntry> {
         let child = match openat(&top.fd, name.as_c_str(), flags, Mode::empty()) {
             Ok(child) => child,
             Err(error) => {
-                warnings.push(format!("{}: {error}", path.display()));
+                warnings.push(format!("{}: {error}", escaped(&path)));
                 continue;
             }
         };
         if !fstat(&child).is_ok_and(|stat| FileStatus::of_stat(&stat).is_same_inode(&expected)) {
             warnings.push(format!(
                 "{}: replaced while being walked; skipped",
-                path.display()
+                escaped(&path)
             ));
             continue;
         }
@@ -204,7 +205,7 @@ fn reopen_directory(
         }
         Ok(_) => None,
         Err(error) => {
-            warnings.push(format!("{}: {error}", root.display()));
+            warnings.push(format!("{}: {error}", escaped(&root)));
             None
         }
     }
@@ -224,7 +225,7 @@ fn read_level(
                 let entry = match entry {
                     Ok(entry) => entry,
                     Err(error) => {
-                        warnings.push(format!("{}: {error}", path.display()));
+                        warnings.push(format!("{}: {error}", escaped(&path)));
                         break;
                     }
                 };
@@ -246,11 +247,11 @@ fn read_level(
                             });
                         }
                     }
-                    Err(error) => warnings.push(format!("{}: {error}", child_path.display())),
+                    Err(error) => warnings.push(format!("{}: {error}", escaped(&child_path))),
                 }
             }
         }
-        Err(error) => warnings.push(format!("{}: {error}", path.display())),
+        Err(error) => warnings.push(format!("{}: {error}", escaped(&path))),
     }
     Level {
         fd,

@@ -1,5 +1,6 @@
 //! The commands that look without enforcing: `check`, `resolve`, `hash` and `explain`.
 
+use crate::escape::{escaped, Lossless};
 use std::{
     path::{Path, PathBuf},
     process::ExitCode,
@@ -30,8 +31,8 @@ pub fn check(policy_dir: &Path) -> Result<ExitCode> {
             .count();
         println!(
             "{}: policy `{}` ({}), {rules} rules",
-            header.file.display(),
-            header.name,
+            escaped(&header.file),
+            escaped(&header.name),
             header.mode
         );
     }
@@ -53,7 +54,7 @@ pub fn scan_if_needed(policy: &Policy, options: &ScanOptions) -> Option<ScanRepo
         options
             .roots
             .iter()
-            .map(|root| root.display().to_string())
+            .map(|root| escaped(&root).to_string())
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -119,7 +120,7 @@ fn print_resolution(resolution: &Resolution) {
             };
             println!(
                 "  {}  device {} inode {}  via {}{note}",
-                found.path.display(),
+                escaped(&found.path),
                 device(&found.identity),
                 found.identity.key.ino,
                 found.via
@@ -132,7 +133,7 @@ fn print_resolution(resolution: &Resolution) {
     for protected in &resolution.protected {
         println!(
             "never banned: {} (named by rule {}): {}",
-            protected.path.display(),
+            escaped(&protected.path),
             protected.rule,
             protected.why
         );
@@ -159,14 +160,15 @@ fn resolution_json(resolution: &Resolution) -> Value {
                 .iter()
                 .filter(|m| m.rule_id == rule_id)
                 .map(|found| {
-                    json!({
-                        "path": found.path,
+                    let mut file = json!({
                         "device": device(&found.identity),
                         "inode": found.identity.key.ino,
                         "generation": found.identity.generation,
                         "via": found.via.to_string(),
                         "in_force": is_in_force(resolution, rule_id, &found.identity),
-                    })
+                    });
+                    Lossless::of(&found.path).set_in(&mut file, "path");
+                    file
                 })
                 .collect();
             let unresolved: Vec<Value> = resolution
@@ -195,7 +197,11 @@ fn resolution_json(resolution: &Resolution) -> Value {
     let protected: Vec<Value> = resolution
         .protected
         .iter()
-        .map(|p| json!({ "path": p.path, "rule": p.rule, "why": p.why }))
+        .map(|p| {
+            let mut protected = json!({ "rule": p.rule, "why": p.why });
+            Lossless::of(&p.path).set_in(&mut protected, "path");
+            protected
+        })
         .collect();
     json!({
         "rules": rules,
@@ -248,7 +254,7 @@ fn load_for_lookup(policy_dir: &Path) -> Result<(Policy, Resolution)> {
 pub fn hash(files: &[PathBuf], policy_dir: Option<&Path>) -> Result<ExitCode> {
     let lookup = policy_dir.map(load_for_lookup).transpose()?;
     for path in files {
-        let file = scan::hash_file(path).with_context(|| format!("hashing {}", path.display()))?;
+        let file = scan::hash_file(path).with_context(|| format!("hashing {}", escaped(&path)))?;
         let rule = match &lookup {
             None => String::new(),
             Some((policy, resolution)) => verdicts(policy, resolution, &file)
@@ -262,7 +268,7 @@ pub fn hash(files: &[PathBuf], policy_dir: Option<&Path>) -> Result<ExitCode> {
         println!(
             "{}  {}  device {} inode {}{rule}",
             to_hex(&file.sha256),
-            path.display(),
+            escaped(&path),
             device(&file.identity),
             file.identity.key.ino
         );
@@ -273,8 +279,8 @@ pub fn hash(files: &[PathBuf], policy_dir: Option<&Path>) -> Result<ExitCode> {
 /// `blocker explain FILE`: would this file be blocked, by which rule, and if not, why not.
 pub fn explain(path: &Path, policy_dir: &Path) -> Result<ExitCode> {
     let (policy, resolution) = load_for_lookup(policy_dir)?;
-    let file = scan::hash_file(path).with_context(|| format!("reading {}", path.display()))?;
-    let verdicts = verdicts(&policy, &resolution, &file);
+    let file = scan::hash_file(path).with_context(|| format!("reading {}", escaped(&path)))?;
+    let mut verdicts = verdicts(&policy, &resolution, &file);
     let identity = format!(
         "device {} inode {}{}, sha256 {}",
         device(&file.identity),
@@ -285,22 +291,32 @@ pub fn explain(path: &Path, policy_dir: &Path) -> Result<ExitCode> {
             .unwrap_or_default(),
         to_hex(&file.sha256)
     );
-    if let Some((_, why)) = protected_files().get(&file.identity.key) {
-        println!("{}: never banned: {why} ({identity})", path.display());
-        for verdict in &verdicts {
-            let rule = resolution.own_rule(verdict.rule_id);
+    if let Some(critical) = protected_files().get(&file.identity.key) {
+        let (allowed, ignored): (Vec<Verdict>, Vec<Verdict>) = verdicts
+            .into_iter()
+            .partition(|verdict| resolution.may_ban_critical(verdict.rule_id, critical));
+        if allowed.is_empty() {
             println!(
-                "  rule {} names it via {}, and is ignored for it",
-                rule.id, verdict.via
+                "{}: never banned: {} ({identity})",
+                escaped(&path),
+                critical.why
             );
+            for verdict in &ignored {
+                let rule = resolution.own_rule(verdict.rule_id);
+                println!(
+                    "  rule {} names it via {}, and is ignored for it",
+                    rule.id, verdict.via
+                );
+            }
+            return Ok(ExitCode::from(EXIT_NOT_BANNED));
         }
-        return Ok(ExitCode::from(EXIT_NOT_BANNED));
+        verdicts = allowed;
     }
     let Some(decisive) = verdicts.first() else {
         println!(
             "{}: not banned: none of the {} rules names this file by path, prefix, glob, \
              package, Flatpak app or snap, and none lists its content ({identity})",
-            path.display(),
+            escaped(&path),
             policy.rules.len()
         );
         return Ok(ExitCode::from(EXIT_NOT_BANNED));
@@ -312,7 +328,7 @@ pub fn explain(path: &Path, policy_dir: &Path) -> Result<ExitCode> {
     };
     println!(
         "{}: {verb} by rule {} (policy {}) via {}",
-        path.display(),
+        escaped(&path),
         rule.id,
         rule.policy,
         decisive.via
@@ -347,5 +363,46 @@ pub fn scan_options(roots: Vec<PathBuf>, cache: Option<PathBuf>) -> ScanOptions 
         },
         cache_file: cache,
         progress: true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy_dir(rule: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("p.toml"),
+            format!("name = \"p\"\n[[rule]]\nid = \"r\"\n{rule}\n"),
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn explain_refuses_a_policy_that_bans_the_machine() {
+        for rule in [
+            "path_prefixes = [\"/usr/..\"]",
+            "path_prefixes = [\"/proc/self/root\"]",
+            "path_prefixes = [\"/bin/..\"]",
+            "paths = [\"/bin/../bin/sh\"]",
+        ] {
+            let dir = policy_dir(rule);
+            let error = explain(Path::new("/bin/ls"), dir.path()).unwrap_err();
+            let message = format!("{error:#}");
+            assert!(message.contains("p.toml:4:"), "{rule}: {message}");
+            assert!(message.contains("would ban"), "{rule}: {message}");
+        }
+    }
+
+    #[test]
+    fn explain_says_a_named_critical_file_is_banned_only_with_the_override() {
+        let dir = policy_dir("paths = [\"/bin/sh\"]\nban_critical_files = [\"/bin/sh\"]");
+        let banned = explain(Path::new("/bin/sh"), dir.path()).unwrap();
+        assert_eq!(banned, ExitCode::SUCCESS);
+        let dir = policy_dir("paths = [\"/opt/x\"]");
+        let not_banned = explain(Path::new("/bin/sh"), dir.path()).unwrap();
+        assert_eq!(not_banned, ExitCode::from(EXIT_NOT_BANNED));
     }
 }

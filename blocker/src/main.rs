@@ -1,23 +1,5 @@
-//! blocker: refuses to run the binaries a policy bans.
-
-mod control;
-mod daemon;
-mod event_log;
-mod events;
-mod files;
-mod identity;
-mod inspect;
-mod kernel;
-mod policy;
-mod reload;
-mod resolve;
-mod scan;
-mod sinks;
-mod sources;
-mod status;
-mod systemd;
-mod unload;
-mod watch;
+//! blocker: refuses to run the binaries a policy bans. The command line; the rest is the
+//! library.
 
 use std::{
     path::{Path, PathBuf},
@@ -27,7 +9,10 @@ use std::{
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::kernel::BackendChoice;
+use blocker::{
+    control, daemon, escape, event_log, inspect, kernel, kernel::BackendChoice, scan, sinks,
+    status, unload,
+};
 
 /// Exit status for errors: bad policies, bad arguments, kernel refusals.
 const EXIT_ERROR: u8 = 2;
@@ -237,7 +222,21 @@ impl ScanArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format(|out, record| {
+            use std::io::Write;
+            // Every line is one record: whatever a message carries (a file name that escaped a
+            // call site, a line forwarded from the kernel) cannot break it or act on a terminal.
+            writeln!(
+                out,
+                "[{} {:<5} {}] {}",
+                out.timestamp(),
+                record.level(),
+                record.target(),
+                escape::controls_escaped(&record.args().to_string())
+            )
+        })
+        .init();
     let result = match cli.command {
         Command::Run {
             policy_dir,
@@ -298,7 +297,11 @@ fn main() -> ExitCode {
         Command::Status { json, status_file } => status::command(&status_file, json),
     };
     result.unwrap_or_else(|error| {
-        eprintln!("blocker: {error:#}");
+        // Messages may span lines (every problem of a policy, one a line); within a line,
+        // nothing may act on the terminal.
+        let message = format!("{error:#}");
+        let lines: Vec<String> = message.split('\n').map(escape::controls_escaped).collect();
+        eprintln!("blocker: {}", lines.join("\n"));
         ExitCode::from(EXIT_ERROR)
     })
 }

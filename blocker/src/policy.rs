@@ -3,17 +3,20 @@
 //! file, line, column and field.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     fmt,
     ops::Range,
     path::{Path, PathBuf},
 };
 
-use globset::{GlobBuilder, GlobMatcher};
+use blocker_common::FileKey;
+use globset::{Glob, GlobBuilder, GlobMatcher};
 use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
+    critical::{CriticalFile, Guard},
+    escape::escaped,
     scan::{parse_sha256, Sha256},
     sources::{validate_flatpak_id, validate_package_name, validate_snap_name},
 };
@@ -26,21 +29,44 @@ pub struct Location {
     pub column: usize,
 }
 
-impl Location {
-    fn at(file: &Path, source: &str, offset: usize) -> Self {
-        let before = &source[..offset.min(source.len())];
-        let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+/// Where each line of one file starts, so that turning a byte offset into a line and column
+/// costs a binary search rather than a count from the start of the file (a policy of many
+/// thousand rules has as many locations).
+struct LineStarts<'a> {
+    file: &'a Path,
+    source: &'a str,
+    /// Byte offset of the first character of each line; the first is 0.
+    starts: Vec<usize>,
+}
+
+impl<'a> LineStarts<'a> {
+    fn new(file: &'a Path, source: &'a str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(source.match_indices('\n').map(|(newline, _)| newline + 1))
+            .collect();
         Self {
-            file: file.to_owned(),
-            line: before.matches('\n').count() + 1,
-            column: before[line_start..].chars().count() + 1,
+            file,
+            source,
+            starts,
+        }
+    }
+
+    fn location(&self, offset: usize) -> Location {
+        let offset = offset.min(self.source.len());
+        // The last line starting at or before `offset`.
+        let line = self.starts.partition_point(|&start| start <= offset);
+        let line_start = self.starts[line - 1];
+        Location {
+            file: self.file.to_owned(),
+            line,
+            column: self.source[line_start..offset].chars().count() + 1,
         }
     }
 }
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+        write!(f, "{}:{}:{}", escaped(&self.file), self.line, self.column)
     }
 }
 
@@ -134,6 +160,8 @@ pub struct Rule {
     pub reason: Option<String>,
     pub action: Action,
     pub identifiers: Identifiers,
+    /// Critical files (see [`crate::critical`]) the rule may ban all the same, as written.
+    pub ban_critical_files: Vec<PathBuf>,
     /// Name of the policy the rule belongs to.
     pub policy: String,
     pub location: Location,
@@ -282,6 +310,8 @@ struct RuleSpec {
     snap: Vec<Spanned<String>>,
     #[serde(default)]
     appimage: Vec<AppImageSpec>,
+    #[serde(default)]
+    ban_critical_files: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -294,8 +324,7 @@ struct AppImageSpec {
 
 /// Validates one rule's fields, collecting located errors.
 struct RuleChecker<'a> {
-    file: &'a Path,
-    source: &'a str,
+    lines: &'a LineStarts<'a>,
     /// `rule[N]`
     rule: String,
     errors: &'a mut Vec<PolicyError>,
@@ -304,7 +333,7 @@ struct RuleChecker<'a> {
 impl RuleChecker<'_> {
     fn error(&mut self, span: Range<usize>, field: String, message: String) {
         self.errors.push(PolicyError {
-            location: Location::at(self.file, self.source, span.start),
+            location: self.lines.location(span.start),
             field,
             message,
         });
@@ -315,7 +344,7 @@ impl RuleChecker<'_> {
         &mut self,
         field: &str,
         items: &[Spanned<String>],
-        check: impl Fn(&str) -> Result<T, String>,
+        mut check: impl FnMut(&str) -> Result<T, String>,
     ) -> Vec<T> {
         let mut valid = Vec::new();
         for (index, item) in items.iter().enumerate() {
@@ -330,7 +359,40 @@ impl RuleChecker<'_> {
         valid
     }
 
-    fn identifiers(&mut self, spec: &RuleSpec) -> Identifiers {
+    /// The rule's `ban_critical_files`: as written, and the critical files they are now.
+    fn critical_overrides(&mut self, spec: &RuleSpec, guard: &Guard) -> (Vec<PathBuf>, Overrides) {
+        let mut overrides = Overrides::new();
+        let written = self.list("ban_critical_files", &spec.ban_critical_files, |text| {
+            let path = absolute_path(text)?;
+            match guard.named_by_path(&path) {
+                Some(file) if file.overridable => {
+                    overrides.insert(file.key);
+                    Ok(path)
+                }
+                Some(file) => Err(format!(
+                    "`{}` names {}, which no rule can ban: {}",
+                    escaped(text),
+                    shown_critical(file),
+                    file.why
+                )),
+                // Missing here: the policy may be for machines that have it.
+                None if !path.exists() => Ok(path),
+                None => Err(format!(
+                    "`{}` is not a critical file: list here only the critical files this rule \
+                     must ban",
+                    escaped(text)
+                )),
+            }
+        });
+        (written, overrides)
+    }
+
+    fn identifiers(
+        &mut self,
+        spec: &RuleSpec,
+        guard: &mut Guard,
+        overrides: &Overrides,
+    ) -> Identifiers {
         let mut appimage = Vec::new();
         for (index, entry) in spec.appimage.iter().enumerate() {
             let field = format!("appimage[{index}]");
@@ -348,10 +410,26 @@ impl RuleChecker<'_> {
             }
         }
         Identifiers {
-            sha256: self.list("sha256", &spec.sha256, parse_sha256),
-            paths: self.list("paths", &spec.paths, absolute_path),
-            path_prefixes: self.list("path_prefixes", &spec.path_prefixes, path_prefix),
-            globs: self.list("globs", &spec.globs, path_glob),
+            sha256: self.list("sha256", &spec.sha256, |text| {
+                let sha256 = parse_sha256(text)?;
+                if let Some(file) = guard.with_content(&sha256) {
+                    refuse_unless_overridden(file, overrides, "this content")?;
+                }
+                Ok(sha256)
+            }),
+            paths: self.list("paths", &spec.paths, |text| {
+                let path = absolute_path(text)?;
+                if let Some(file) = guard.named_by_path(&path) {
+                    refuse_unless_overridden(file, overrides, &format!("`{}`", escaped(text)))?;
+                }
+                Ok(path)
+            }),
+            path_prefixes: self.list("path_prefixes", &spec.path_prefixes, |text| {
+                path_prefix(text, guard, overrides)
+            }),
+            globs: self.list("globs", &spec.globs, |pattern| {
+                path_glob(pattern, guard, overrides)
+            }),
             packages: self.list("packages", &spec.packages, |name| {
                 validate_package_name(name).map(|()| name.to_owned())
             }),
@@ -366,28 +444,96 @@ impl RuleChecker<'_> {
     }
 }
 
-fn absolute_path(text: &str) -> Result<PathBuf, String> {
-    if text.starts_with('/') {
-        Ok(PathBuf::from(text))
+/// The critical files a rule's `ban_critical_files` lets it ban, by identity.
+type Overrides = BTreeSet<FileKey>;
+
+/// An error unless the rule's `ban_critical_files` names `file` and it may be banned at all.
+fn refuse_unless_overridden(
+    file: &CriticalFile,
+    overrides: &Overrides,
+    what: &str,
+) -> Result<(), String> {
+    if file.overridable && overrides.contains(&file.key) {
+        return Ok(());
+    }
+    let file_named = shown_critical(file);
+    let why = file.why;
+    Err(if file.overridable {
+        format!(
+            "{what} would ban {file_named}, a critical file ({why}): if this rule must ban it, \
+             name it in the rule's `ban_critical_files`"
+        )
     } else {
-        Err(format!("`{text}` is not an absolute path"))
+        format!("{what} would ban {file_named}, which no rule can ban ({why})")
+    })
+}
+
+/// A critical file as listed, with what it resolves to when that differs.
+fn shown_critical(file: &CriticalFile) -> String {
+    if file.path == file.resolved {
+        escaped(&file.path).to_string()
+    } else {
+        format!("{} ({})", escaped(&file.path), escaped(&file.resolved))
     }
 }
 
-fn path_prefix(text: &str) -> Result<PathBuf, String> {
+fn no_nul(text: &str) -> Result<(), String> {
+    if text.contains('\0') {
+        Err(format!(
+            "`{}` contains a NUL character, which no path can",
+            escaped(text)
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn absolute_path(text: &str) -> Result<PathBuf, String> {
+    no_nul(text)?;
+    if text.starts_with('/') {
+        Ok(PathBuf::from(text))
+    } else {
+        Err(format!("`{}` is not an absolute path", escaped(text)))
+    }
+}
+
+/// A directory whose executables a rule bans: never `/` however written, nor one holding a
+/// critical file the rule does not name in `ban_critical_files`.
+fn path_prefix(text: &str, guard: &mut Guard, overrides: &Overrides) -> Result<PathBuf, String> {
     let path = absolute_path(text)?;
-    if path.parent().is_none() {
-        return Err("`/` would ban every program on the machine".to_owned());
+    let resolved = guard.resolve(&path);
+    if resolved.parent().is_none() {
+        let resolves = if path.parent().is_none() {
+            ""
+        } else {
+            " (it resolves to `/`)"
+        };
+        return Err(format!(
+            "`{}`{resolves} would ban every program on the machine",
+            escaped(text)
+        ));
+    }
+    let below: Vec<&CriticalFile> = guard
+        .below(&path, &resolved)
+        .map(|(file, _)| file)
+        .collect();
+    for file in below {
+        refuse_unless_overridden(file, overrides, &format!("`{}`", escaped(text)))?;
     }
     Ok(path)
 }
 
 /// Compiles a glob the way blocker matches it: `*` and `?` stay within one path component.
 pub fn compile_glob(pattern: &str) -> Result<GlobMatcher, String> {
+    parse_glob(pattern).map(|glob| glob.compile_matcher())
+}
+
+/// Parses a glob, which finds every error in it; compiling its matcher costs far more, so
+/// checking a policy does that only for globs that may match a critical file.
+fn parse_glob(pattern: &str) -> Result<Glob, String> {
     GlobBuilder::new(pattern)
         .literal_separator(true)
         .build()
-        .map(|glob| glob.compile_matcher())
         .map_err(|error| error.kind().to_string())
 }
 
@@ -403,15 +549,19 @@ pub fn glob_base(pattern: &str) -> PathBuf {
     base
 }
 
-fn path_glob(pattern: &str) -> Result<String, String> {
+/// A glob of files a rule bans: its base never `/` however written, and matching no critical
+/// file the rule does not name in `ban_critical_files`.
+fn path_glob(pattern: &str, guard: &mut Guard, overrides: &Overrides) -> Result<String, String> {
+    no_nul(pattern)?;
+    let shown = escaped(pattern);
     if !pattern.starts_with('/') {
         return Err(format!(
-            "`{pattern}` is not absolute: globs are matched against absolute paths, so it can never match"
+            "`{shown}` is not absolute: globs are matched against absolute paths, so it can never match"
         ));
     }
     if pattern.ends_with('/') {
         return Err(format!(
-            "`{pattern}` ends with `/`: it names directories, which are never executed"
+            "`{shown}` ends with `/`: it names directories, which are never executed"
         ));
     }
     if pattern
@@ -420,25 +570,43 @@ fn path_glob(pattern: &str) -> Result<String, String> {
         .any(|c| c.is_empty() || c == "." || c == "..")
     {
         return Err(format!(
-            "`{pattern}` has an empty, `.` or `..` component: paths are matched in normal form, so it can never match"
+            "`{shown}` has an empty, `.` or `..` component: paths are matched in normal form, so it can never match"
         ));
     }
-    compile_glob(pattern)?;
-    if glob_base(pattern).parent().is_none() {
+    let glob = parse_glob(pattern)?;
+    let base = glob_base(pattern);
+    let resolved = guard.resolve(&base);
+    if resolved.parent().is_none() {
+        let resolves = if base.parent().is_none() {
+            String::new()
+        } else {
+            format!(" once `{}` is resolved to `/`", escaped(&base))
+        };
         return Err(format!(
-            "`{pattern}` starts with a wildcard: begin it with a directory so blocker does not walk the whole filesystem"
+            "`{shown}` starts with a wildcard{resolves}: begin it with a directory so blocker does not walk the whole filesystem"
         ));
+    }
+    let below: Vec<(&CriticalFile, PathBuf)> = guard.below(&base, &resolved).collect();
+    let matcher = (!below.is_empty()).then(|| glob.compile_matcher());
+    let matched = below
+        .into_iter()
+        .filter(|(_, walked_as)| matcher.as_ref().is_some_and(|m| m.is_match(walked_as)))
+        .map(|(file, _)| file);
+    for file in matched {
+        refuse_unless_overridden(file, overrides, &format!("`{shown}`"))?;
     }
     Ok(pattern.to_owned())
 }
 
 fn file_name_glob(pattern: &str) -> Result<String, String> {
+    no_nul(pattern)?;
     if pattern.is_empty() || pattern.contains('/') {
         return Err(format!(
-            "`{pattern}` must be a file name pattern without `/`"
+            "`{}` must be a file name pattern without `/`",
+            escaped(pattern)
         ));
     }
-    compile_glob(pattern)?;
+    parse_glob(pattern)?;
     Ok(pattern.to_owned())
 }
 
@@ -448,7 +616,7 @@ pub fn load_dir(dir: &Path) -> anyhow::Result<Policy> {
     let mut sources = Vec::new();
     for file in policy_files(dir)? {
         let source = std::fs::read_to_string(&file)
-            .with_context(|| format!("reading policy file {}", file.display()))?;
+            .with_context(|| format!("reading policy file {}", escaped(&file)))?;
         sources.push((file, source));
     }
     Ok(parse_sources(&sources)?)
@@ -459,7 +627,7 @@ pub fn policy_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     use anyhow::Context;
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)
-        .with_context(|| format!("reading policy directory {}", dir.display()))?
+        .with_context(|| format!("reading policy directory {}", escaped(&dir)))?
     {
         let path = entry?.path();
         let hidden = path
@@ -473,32 +641,42 @@ pub fn policy_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     anyhow::ensure!(
         !files.is_empty(),
         "no policy files (*.toml) in {}",
-        dir.display()
+        escaped(&dir)
     );
     Ok(files)
 }
 
-/// Parses policy files given as `(path, contents)`; rule ids must be unique across all of them.
+/// Parses policy files given as `(path, contents)`; rule ids must be unique across all of them,
+/// and no rule may ban `/` or a critical file of this machine (see [`crate::critical`]).
 pub fn parse_sources(sources: &[(PathBuf, String)]) -> Result<Policy, PolicyErrors> {
+    parse_sources_guarded(sources, &mut Guard::of_this_machine())
+}
+
+/// [`parse_sources`], with the critical files `guard` knows.
+pub(crate) fn parse_sources_guarded(
+    sources: &[(PathBuf, String)],
+    guard: &mut Guard,
+) -> Result<Policy, PolicyErrors> {
     let mut errors = Vec::new();
     let mut policy = Policy::default();
     let mut first_definition: HashMap<String, Location> = HashMap::new();
     for (file, source) in sources {
+        let lines = LineStarts::new(file, source);
         let parsed = match toml::from_str::<PolicyFile>(source) {
             Ok(parsed) => parsed,
             Err(error) => {
-                errors.push(deserialize_error(file, source, &error));
+                errors.push(deserialize_error(&lines, &error));
                 continue;
             }
         };
         for (index, spec) in parsed.rule.into_iter().enumerate() {
             let field = |name: &str| format!("rule[{index}].{name}");
             let error_at = |span: Range<usize>, field: String, message: String| PolicyError {
-                location: Location::at(file, source, span.start),
+                location: lines.location(span.start),
                 field,
                 message,
             };
-            let id_location = Location::at(file, source, spec.id.span().start);
+            let id_location = lines.location(spec.id.span().start);
             let id = spec.id.get_ref().clone();
             if let Some(problem) = invalid_rule_id(&id) {
                 errors.push(error_at(spec.id.span(), field("id"), problem));
@@ -506,25 +684,29 @@ pub fn parse_sources(sources: &[(PathBuf, String)]) -> Result<Policy, PolicyErro
                 errors.push(error_at(
                     spec.id.span(),
                     field("id"),
-                    format!("duplicate rule id `{id}`, first defined at {first}"),
+                    format!(
+                        "duplicate rule id `{}`, first defined at {first}",
+                        escaped(&id)
+                    ),
                 ));
             } else {
                 first_definition.insert(id.clone(), id_location.clone());
             }
 
-            let identifiers = RuleChecker {
-                file,
-                source,
+            let mut checker = RuleChecker {
+                lines: &lines,
                 rule: format!("rule[{index}]"),
                 errors: &mut errors,
-            }
-            .identifiers(&spec);
+            };
+            let (ban_critical_files, overrides) = checker.critical_overrides(&spec, guard);
+            let identifiers = checker.identifiers(&spec, guard, &overrides);
             if identifiers.is_empty() && !lists_any_identifier(&spec) {
                 errors.push(error_at(
                     spec.id.span(),
                     format!("rule[{index}]"),
                     format!(
-                        "rule `{id}` names nothing: give at least one of {}",
+                        "rule `{}` names nothing: give at least one of {}",
+                        escaped(&id),
                         IDENTIFIER_FIELDS.join(", ")
                     ),
                 ));
@@ -540,6 +722,7 @@ pub fn parse_sources(sources: &[(PathBuf, String)]) -> Result<Policy, PolicyErro
                 reason: spec.reason,
                 action,
                 identifiers,
+                ban_critical_files,
                 policy: parsed.name.clone(),
                 location: id_location,
             });
@@ -592,15 +775,19 @@ fn invalid_rule_id(id: &str) -> Option<String> {
         return Some("rule id is empty".to_owned());
     }
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    (!id.chars().all(allowed))
-        .then(|| format!("rule id `{id}` may only contain ASCII letters, digits, `-`, `_` and `.`"))
+    (!id.chars().all(allowed)).then(|| {
+        format!(
+            "rule id `{}` may only contain ASCII letters, digits, `-`, `_` and `.`",
+            escaped(id)
+        )
+    })
 }
 
-fn deserialize_error(file: &Path, source: &str, error: &toml::de::Error) -> PolicyError {
+fn deserialize_error(lines: &LineStarts, error: &toml::de::Error) -> PolicyError {
     let offset = error.span().map_or(0, |span| span.start);
     PolicyError {
-        location: Location::at(file, source, offset),
-        field: field_path_at(source, offset),
+        location: lines.location(offset),
+        field: field_path_at(lines.source, offset),
         message: error.message().trim().to_owned(),
     }
 }
@@ -734,7 +921,7 @@ paths = ["/usr/bin/tool"]
             single_error(&[("p.toml", text)]),
             "p.toml:8:1: rule[1].path: unknown field `path`, expected one of `id`, `description`, \
              `reason`, `action`, `sha256`, `paths`, `path_prefixes`, `globs`, `packages`, `flatpak`, \
-             `snap`, `appimage`"
+             `snap`, `appimage`, `ban_critical_files`"
         );
     }
 
@@ -894,6 +1081,13 @@ appimage = [{ name = "WeChat-*.AppImage" }, { name = "wechat*.AppImage", sha256 
         single_error(&[("p.toml", &text)])
     }
 
+    /// One bad value in a rule whose other fields name nothing: on line 5, like [`error_for`].
+    fn error_in(field_line: &str) -> String {
+        let text =
+            format!("name = \"p\"\n[[rule]]\nid = \"r\"\ndescription = \"d\"\n{field_line}\n");
+        single_error(&[("p.toml", &text)])
+    }
+
     #[test]
     fn malformed_hashes_are_located() {
         assert_eq!(
@@ -953,6 +1147,169 @@ appimage = [{ name = "WeChat-*.AppImage" }, { name = "wechat*.AppImage", sha256 
                 .starts_with("p.toml:5:37: rule[0].appimage[0].sha256[0]: ")
         );
         assert!(error_for("appimage = [{ nme = \"x\" }]").contains("unknown field `nme`"));
+    }
+
+    #[test]
+    fn every_spelling_of_root_is_refused_as_a_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("everything");
+        std::os::unix::fs::symlink("/", &link).unwrap();
+        let link = link.display().to_string();
+        for prefix in [
+            "/",
+            "//",
+            "/.",
+            "/usr/..",
+            "/proc/self/root",
+            "/tmp/../",
+            link.as_str(),
+        ] {
+            let message = error_in(&format!("path_prefixes = [\"{prefix}\"]"));
+            assert!(
+                message.starts_with("p.toml:5:18: rule[0].path_prefixes[0]: "),
+                "{message}"
+            );
+            assert!(
+                message.ends_with("would ban every program on the machine"),
+                "{prefix}: {message}"
+            );
+        }
+        // Without merged /usr, `/bin/..` is `/`; with it, `/usr`, which holds critical files.
+        let message = error_in("path_prefixes = [\"/bin/..\"]");
+        assert!(
+            message.starts_with("p.toml:5:18: rule[0].path_prefixes[0]: `/bin/..`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn globs_based_on_root_however_written_are_refused() {
+        let message = error_in("globs = [\"/proc/self/root/*/bin/x\"]");
+        assert_eq!(
+            message,
+            "p.toml:5:10: rule[0].globs[0]: `/proc/self/root/*/bin/x` starts with a wildcard \
+             once `/proc/self/root` is resolved to `/`: begin it with a directory so blocker \
+             does not walk the whole filesystem"
+        );
+    }
+
+    #[test]
+    fn critical_files_are_refused_however_named() {
+        for (field, value) in [
+            ("paths", "/bin/sh"),
+            ("paths", "/usr/bin/../bin/sh"),
+            ("paths", "//bin/./sh"),
+            ("path_prefixes", "/bin"),
+            ("path_prefixes", "/usr"),
+            ("globs", "/bin/da?h"),
+            ("globs", "/usr/**"),
+        ] {
+            let message = error_in(&format!("{field} = [\"{value}\"]"));
+            assert!(
+                message.starts_with("p.toml:5:"),
+                "{field} {value}: {message}"
+            );
+            assert!(
+                message.contains(&format!("rule[0].{field}[0]: `{value}` would ban ")),
+                "{message}"
+            );
+            // Below /usr, what blocker itself has mapped may come first.
+            assert!(
+                message.contains("a critical file (")
+                    || message.contains("which no rule can ban ("),
+                "{field} {value}: {message}"
+            );
+        }
+        let message = error_in("paths = [\"/bin/sh\"]");
+        assert!(message.contains("would ban /bin/sh"), "{message}");
+        assert!(message.contains("(it is the POSIX shell"), "{message}");
+    }
+
+    #[test]
+    fn ban_critical_files_lets_a_rule_ban_what_it_names() {
+        let policy = parse(&[(
+            "p.toml",
+            "name = \"p\"\n[[rule]]\nid = \"r\"\npaths = [\"/bin/sh\"]\nban_critical_files = [\"/usr/bin/sh\"]\n",
+        )])
+        .unwrap();
+        assert_eq!(
+            policy.rules[0].ban_critical_files,
+            [PathBuf::from("/usr/bin/sh")]
+        );
+        // Naming one critical file does not open the others.
+        let message = error_in("ban_critical_files = [\"/bin/sh\"]\nglobs = [\"/usr/bin/*\"]");
+        assert!(
+            message.starts_with("p.toml:6:10: rule[0].globs[0]: "),
+            "{message}"
+        );
+        // Missing files may be named, for machines that have them; other files may not.
+        parse(&[(
+            "p.toml",
+            "name = \"p\"\n[[rule]]\nid = \"r\"\npaths = [\"/x\"]\nban_critical_files = [\"/no/such/sshd\"]\n",
+        )])
+        .unwrap();
+        let message = error_for("ban_critical_files = [\"/etc/hostname\"]");
+        assert!(
+            message.starts_with("p.toml:5:23: rule[0].ban_critical_files[0]: `/etc/hostname` is not a critical file"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn what_blocker_runs_on_cannot_be_overridden() {
+        let message = error_in("paths = [\"/proc/self/exe\"]");
+        assert!(
+            message.contains("which no rule can ban (it is the blocker binary)"),
+            "{message}"
+        );
+        let message = error_for("ban_critical_files = [\"/proc/self/exe\"]");
+        assert!(
+            message.contains("which no rule can ban: it is the blocker binary"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn contents_of_critical_files_are_refused() {
+        let shell = crate::scan::hash_file(Path::new("/bin/sh")).unwrap().sha256;
+        let hex = crate::scan::to_hex(&shell);
+        let message = error_in(&format!("sha256 = [\"{hex}\"]"));
+        assert!(
+            message.starts_with("p.toml:5:11: rule[0].sha256[0]: this content would ban /bin/sh"),
+            "{message}"
+        );
+        parse(&[(
+            "p.toml",
+            &format!("name = \"p\"\n[[rule]]\nid = \"r\"\nsha256 = [\"{hex}\"]\nban_critical_files = [\"/bin/sh\"]\n"),
+        )])
+        .unwrap();
+    }
+
+    #[test]
+    fn nul_in_a_path_is_refused() {
+        for (field, value) in [
+            ("paths", "/opt/a\\u0000b"),
+            ("path_prefixes", "/opt/a\\u0000"),
+            ("globs", "/opt/\\u0000*"),
+        ] {
+            let message = error_in(&format!("{field} = [\"{value}\"]"));
+            assert!(message.starts_with("p.toml:5:"), "{message}");
+            assert!(
+                message.contains(&format!("rule[0].{field}[0]: `")),
+                "{message}"
+            );
+            assert!(message.contains("\\x00"), "{message}");
+            assert!(message.contains("contains a NUL character"), "{message}");
+        }
+    }
+
+    #[test]
+    fn values_in_messages_are_escaped() {
+        let message = error_in("paths = [\"bin/\\u001b[2J\\n\"]");
+        assert!(
+            message.contains("`bin/\\x1b[2J\\n` is not an absolute path"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -1034,6 +1391,67 @@ appimage = [{ name = "WeChat-*.AppImage" }, { name = "wechat*.AppImage", sha256 
         );
     }
 
+    #[test]
+    fn line_starts_locate_every_offset() {
+        let source = "ab\n\u{e7}d\n\nx";
+        let lines = LineStarts::new(Path::new("f.toml"), source);
+        let at = |offset| {
+            let location = lines.location(offset);
+            (location.line, location.column)
+        };
+        assert_eq!(at(0), (1, 1));
+        assert_eq!(at(2), (1, 3), "the newline ends its line");
+        assert_eq!(at(3), (2, 1));
+        assert_eq!(at(5), (2, 2), "columns count characters, not bytes");
+        assert_eq!(at(7), (3, 1));
+        assert_eq!(at(8), (4, 1));
+        assert_eq!(at(9), (4, 2), "the end of the file");
+        assert_eq!(at(1000), (4, 2), "past the end is the end");
+        assert_eq!(lines.location(0).file, Path::new("f.toml"));
+    }
+
+    /// A generated policy of `rules` rules mixing content, path and glob identifiers.
+    fn generated_policy(rules: usize) -> String {
+        let mut text = String::from("name = \"generated\"\n");
+        for n in 0..rules {
+            text.push_str(&format!("\n[[rule]]\nid = \"rule-{n}\"\n"));
+            match n % 3 {
+                0 => text.push_str(&format!("sha256 = [\"{n:064x}\"]\n")),
+                1 => text.push_str(&format!("paths = [\"/opt/generated/{n}/bin/app\"]\n")),
+                _ => text.push_str(&format!("globs = [\"/opt/generated/{n}/**/*.so\"]\n")),
+            }
+        }
+        text
+    }
+
+    #[test]
+    fn large_policies_are_checked_with_exact_locations() {
+        const RULES: usize = 20_000;
+        let text = generated_policy(RULES);
+        let policy = parse(&[("big.toml", &text)]).unwrap();
+        assert_eq!(policy.rules.len(), RULES);
+        // Each rule takes four lines after the one-line header: `id` is on line 4n + 4.
+        let last = &policy.rules[RULES - 1];
+        assert_eq!((last.location.line, last.location.column), (4 * RULES, 6));
+
+        let broken = format!("{text}\n[[rule]]\nid = \"rule-7\"\npaths = [\"relative\"]\n");
+        let errors = parse(&[("big.toml", &broken)]).unwrap_err().0;
+        let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            messages,
+            [
+                format!(
+                    "big.toml:{}:6: rule[{RULES}].id: duplicate rule id `rule-7`, first defined at big.toml:32:6",
+                    4 * RULES + 4
+                ),
+                format!(
+                    "big.toml:{}:10: rule[{RULES}].paths[0]: `relative` is not an absolute path",
+                    4 * RULES + 5
+                ),
+            ]
+        );
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;
@@ -1054,6 +1472,18 @@ appimage = [{ name = "WeChat-*.AppImage" }, { name = "wechat*.AppImage", sha256 
                         prop_assert!(error.location.column >= 1);
                     }
                 }
+            }
+
+            /// The line index gives what counting newlines from the start of the file gives.
+            #[test]
+            fn line_starts_agree_with_counting(text in "(\\PC|\n){0,100}", pick in any::<prop::sample::Index>()) {
+                let offsets: Vec<usize> = text.char_indices().map(|(offset, _)| offset).chain([text.len()]).collect();
+                let offset = offsets[pick.index(offsets.len())];
+                let before = &text[..offset];
+                let line = before.matches('\n').count() + 1;
+                let column = before[before.rfind('\n').map_or(0, |newline| newline + 1)..].chars().count() + 1;
+                let location = LineStarts::new(Path::new("p.toml"), &text).location(offset);
+                prop_assert_eq!((location.line, location.column), (line, column));
             }
 
             /// Rules written with valid ids and paths come back as written, in order.

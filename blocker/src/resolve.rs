@@ -2,17 +2,18 @@
 //! (path, prefix, glob, package, Flatpak app, snap, content hash, AppImage) becomes the files it
 //! names on this machine now, and each file becomes its kernel identity.
 
+use crate::escape::escaped;
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
     path::{Path, PathBuf},
-    sync::OnceLock,
 };
 
 use blocker_common::{BanEntry, FileKey, FILELESS_RULE_ID};
 use sha2::{Digest, Sha256 as Sha256Hasher};
 
 use crate::{
+    critical::{self, critical_files, CriticalFile},
     files::{is_executable_candidate, walk},
     identity::{kernel_device_number, FileIdentity},
     policy::{compile_glob, glob_base, Action, Fileless, Identifiers, Policy},
@@ -48,9 +49,9 @@ impl fmt::Display for Via {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Via::Sha256(hash) => write!(f, "sha256 {}", to_hex(hash)),
-            Via::Path(path) => write!(f, "path {}", path.display()),
-            Via::PathPrefix(path) => write!(f, "path prefix {}", path.display()),
-            Via::Glob(glob) => write!(f, "glob {glob}"),
+            Via::Path(path) => write!(f, "path {}", escaped(&path)),
+            Via::PathPrefix(path) => write!(f, "path prefix {}", escaped(&path)),
+            Via::Glob(glob) => write!(f, "glob {}", escaped(glob)),
             Via::Package(name) => write!(f, "package {name}"),
             Via::Flatpak(id) => write!(f, "flatpak {id}"),
             Via::Snap(name) => write!(f, "snap {name}"),
@@ -91,6 +92,8 @@ pub struct Resolution {
     pub rules: Vec<RuleInfo>,
     /// Position in `rules` of each kernel rule id.
     positions: HashMap<u32, usize>,
+    /// The critical files each rule's `ban_critical_files` lets it ban.
+    critical_overrides: HashMap<u32, BTreeSet<FileKey>>,
     pub entries: BTreeMap<FileKey, BanEntry>,
     /// Every file any rule names, including those another rule's entry takes precedence over.
     pub matches: Vec<Match>,
@@ -133,6 +136,13 @@ impl Resolution {
         )
     }
 
+    /// Whether the rule may ban the critical `file`: its `ban_critical_files` names it.
+    pub fn may_ban_critical(&self, rule_id: u32, file: &CriticalFile) -> bool {
+        self.critical_overrides
+            .get(&rule_id)
+            .is_some_and(|overrides| may_ban(file, overrides))
+    }
+
     fn takes_precedence(&self, a: u32, b: u32) -> bool {
         self.precedence(a) < self.precedence(b)
     }
@@ -167,6 +177,8 @@ pub fn needs_scan(policy: &Policy) -> bool {
 /// by several rules is banned by the strictest (deny over audit), then by the first.
 pub fn resolve(policy: &Policy, roots: &SourceRoots, scanned: Option<&ScanReport>) -> Resolution {
     let protected = protected_files();
+    let critical: Vec<CriticalFile> = protected.values().cloned().collect();
+    let mut critical_contents = None;
     let by_content = scanned.map(index_by_content).unwrap_or_default();
     let (fileless, fileless_policy) = policy.fileless();
     let mut resolution = Resolution {
@@ -202,14 +214,23 @@ pub fn resolve(policy: &Policy, roots: &SourceRoots, scanned: Option<&ScanReport
             resolution: &mut resolution,
         };
         found.identifiers(&rule.identifiers, roots, scanned.map(|_| &by_content));
+        let overrides: BTreeSet<FileKey> = rule
+            .ban_critical_files
+            .iter()
+            .filter_map(|path| critical::key_of(path))
+            .collect();
         for hash in &rule.identifiers.sha256 {
-            if let Some((path, why)) = protected_contents().get(hash) {
-                resolution.protected.push(Protected {
-                    rule: rule.id.clone(),
-                    path: path.clone(),
-                    why,
-                });
-                continue;
+            let contents = critical_contents.get_or_insert_with(|| critical::contents(&critical));
+            if let Some(&position) = contents.get(hash) {
+                let file = &critical[position];
+                if !may_ban(file, &overrides) {
+                    resolution.protected.push(Protected {
+                        rule: rule.id.clone(),
+                        path: file.path.clone(),
+                        why: file.why,
+                    });
+                    continue;
+                }
             }
             // Deny over audit, then the earliest rule, as for identities.
             let stricter = resolution
@@ -220,6 +241,7 @@ pub fn resolve(policy: &Policy, roots: &SourceRoots, scanned: Option<&ScanReport
                 resolution.hashes.insert(*hash, rule_id);
             }
         }
+        resolution.critical_overrides.insert(rule_id, overrides);
     }
     resolution.choose_entries(&protected);
     resolution
@@ -351,7 +373,7 @@ impl Found<'_> {
             let identity = match FileIdentity::of_path_no_follow(&path) {
                 Ok(identity) => identity,
                 Err(error) => {
-                    let warning = format!("{}: {error}", path.display());
+                    let warning = format!("{}: {error}", escaped(&path));
                     self.resolution.warnings.push(warning);
                     continue;
                 }
@@ -362,7 +384,7 @@ impl Found<'_> {
             if !same_as_seen {
                 let warning = format!(
                     "{}: replaced since it was found; not banned",
-                    path.display()
+                    escaped(&path)
                 );
                 self.resolution.warnings.push(warning);
                 continue;
@@ -391,10 +413,13 @@ impl Found<'_> {
 
 impl Resolution {
     /// One entry per file: deny over audit, then the earliest rule; protected files never.
-    fn choose_entries(&mut self, protected: &BTreeMap<FileKey, (PathBuf, &'static str)>) {
+    fn choose_entries(&mut self, protected: &BTreeMap<FileKey, CriticalFile>) {
         for found in &self.matches {
             let key = found.identity.key;
-            if let Some((_, why)) = protected.get(&key) {
+            let critical = protected.get(&key);
+            if let Some(file) = critical.filter(|file| !self.may_ban_critical(found.rule_id, file))
+            {
+                let why = file.why;
                 let rule = self.own_rule(found.rule_id).id.clone();
                 if !self
                     .protected
@@ -482,53 +507,19 @@ fn index_by_content(report: &ScanReport) -> HashMap<Sha256, Vec<&HashedFile>> {
     index
 }
 
-/// Files whose ban would stop the machine or blocker itself: the blocker binary, every file
-/// blocker has mapped (its loader and libraries, which most programs share), and init.
-pub fn protected_files() -> BTreeMap<FileKey, (PathBuf, &'static str)> {
-    let mut protected = BTreeMap::new();
-    let mut protect = |path: &Path, why: &'static str| {
-        if let Ok(identity) = FileIdentity::of_path(path) {
-            protected
-                .entry(identity.key)
-                .or_insert((path.to_owned(), why));
-        }
-    };
-    protect(Path::new("/proc/self/exe"), "it is the blocker binary");
-    protect(Path::new("/proc/1/exe"), "it is init (pid 1)");
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    for path in mapped_files(&maps) {
-        protect(Path::new(path), "blocker and most programs load it");
-    }
-    protected
+/// Whether a rule whose `ban_critical_files` names `overrides` may ban the critical `file`.
+fn may_ban(file: &CriticalFile, overrides: &BTreeSet<FileKey>) -> bool {
+    file.overridable && overrides.contains(&file.key)
 }
 
-/// The contents of [`protected_files`]: a content ban in the kernel would refuse them under
-/// any name. Hashed once per process, since they are the files this process runs on.
-fn protected_contents() -> &'static BTreeMap<Sha256, (PathBuf, &'static str)> {
-    static CONTENTS: OnceLock<BTreeMap<Sha256, (PathBuf, &'static str)>> = OnceLock::new();
-    CONTENTS.get_or_init(|| {
-        protected_files()
-            .into_values()
-            .filter_map(|(path, why)| {
-                let hashed = crate::scan::hash_file(&path).ok()?;
-                Some((hashed.sha256, (path, why)))
-            })
-            .collect()
-    })
+/// Files whose ban would stop the machine or blocker itself, by identity: see
+/// [`crate::critical`].
+pub fn protected_files() -> BTreeMap<FileKey, CriticalFile> {
+    critical_files()
+        .into_iter()
+        .map(|file| (file.key, file))
+        .collect()
 }
-
-/// File paths in the text of `/proc/PID/maps` (the sixth column, when it is absolute).
-fn mapped_files(maps: &str) -> Vec<&str> {
-    let mut paths: Vec<&str> = maps
-        .lines()
-        .filter_map(|line| line.split_whitespace().nth(5))
-        .filter(|path| path.starts_with('/'))
-        .collect();
-    paths.sort_unstable();
-    paths.dedup();
-    paths
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -547,6 +538,7 @@ mod tests {
             reason: Some(format!("{id} is banned")),
             action,
             identifiers,
+            ban_critical_files: Vec::new(),
             policy: "test".to_owned(),
             location: Location {
                 file: PathBuf::from("test.toml"),
@@ -817,11 +809,12 @@ mod tests {
 
     #[test]
     fn files_the_machine_needs_are_never_banned() {
-        let libc_path = mapped_files(&std::fs::read_to_string("/proc/self/maps").unwrap())
-            .into_iter()
-            .find(|path| path.contains("libc.so"))
-            .map(PathBuf::from)
-            .expect("test binaries link libc dynamically");
+        let libc_path =
+            critical::mapped_files(&std::fs::read_to_string("/proc/self/maps").unwrap())
+                .into_iter()
+                .find(|path| path.contains("libc.so"))
+                .map(PathBuf::from)
+                .expect("test binaries link libc dynamically");
         let resolution = resolve_rules(
             vec![rule(
                 "foot-gun",
@@ -833,21 +826,6 @@ mod tests {
         assert!(resolution.entries.is_empty(), "{:?}", resolution.entries);
         assert_eq!(resolution.protected.len(), 2);
         assert!(resolution.protected.iter().any(|p| p.path == libc_path));
-    }
-
-    #[test]
-    fn mapped_files_are_read_from_proc_maps_text() {
-        let maps = "\
-55d0c0000000-55d0c0001000 r--p 00000000 fe:00 123 /usr/bin/blocker
-7f0000000000-7f0000001000 r-xp 00001000 fe:00 456 /usr/lib/x86_64-linux-gnu/libc.so.6
-7f0000002000-7f0000003000 r--p 00000000 fe:00 456 /usr/lib/x86_64-linux-gnu/libc.so.6
-7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
-7f0000004000-7f0000005000 rw-p 00000000 00:00 0
-";
-        assert_eq!(
-            mapped_files(maps),
-            ["/usr/bin/blocker", "/usr/lib/x86_64-linux-gnu/libc.so.6"]
-        );
     }
 
     fn add_found(found: SourceFiles) -> Resolution {

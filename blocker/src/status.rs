@@ -5,6 +5,7 @@
 mod process;
 mod report;
 
+use crate::escape::escaped;
 use std::{
     fs,
     io::{self, Write},
@@ -244,7 +245,7 @@ impl Publisher {
     fn write(&mut self) {
         match write_atomically(&self.path, &self.document) {
             Ok(()) if self.failing => {
-                log::info!("status: writing {} again", self.path.display());
+                log::info!("status: writing {} again", escaped(&self.path));
                 self.failing = false;
             }
             Ok(()) => {}
@@ -264,10 +265,10 @@ fn write_atomically(path: &Path, document: &StatusDocument) -> Result<()> {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
-    fs::create_dir_all(directory).with_context(|| format!("creating {}", directory.display()))?;
+    fs::create_dir_all(directory).with_context(|| format!("creating {}", escaped(&directory)))?;
     let name = path
         .file_name()
-        .with_context(|| format!("{} names no file", path.display()))?;
+        .with_context(|| format!("{} names no file", escaped(&path)))?;
     let temporary = directory.join(format!(
         ".{}.{}.tmp",
         name.to_string_lossy(),
@@ -285,7 +286,7 @@ fn write_atomically(path: &Path, document: &StatusDocument) -> Result<()> {
     })();
     if let Err(error) = written {
         let _ = fs::remove_file(&temporary);
-        return Err(error).with_context(|| format!("writing {}", path.display()));
+        return Err(error).with_context(|| format!("writing {}", escaped(&path)));
     }
     Ok(())
 }
@@ -306,17 +307,21 @@ pub fn read(path: &Path) -> Result<Option<StatusDocument>> {
     let text = match fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
+        Err(error) => return Err(error).with_context(|| format!("reading {}", escaped(&path))),
     };
-    let document = serde_json::from_str(&text).map_err(|error| {
+    parse(path, &text).map(Some)
+}
+
+/// The document in `text`, read from `path`.
+pub fn parse(path: &Path, text: &str) -> Result<StatusDocument> {
+    serde_json::from_str(text).map_err(|error| {
         anyhow::anyhow!(
             "{}:{}:{}: not a blocker status document: {error}",
-            path.display(),
+            escaped(&path),
             error.line(),
             error.column()
         )
-    })?;
-    Ok(Some(document))
+    })
 }
 
 #[cfg(test)]
@@ -417,6 +422,7 @@ pub(crate) mod tests {
                 path: path.clone(),
                 policy_dir: "policies".into(),
                 kernel: example_document().kernel,
+                features: example_document().features,
                 pinned: false,
             },
             snapshot(3, 0),

@@ -1,5 +1,6 @@
 //! `blocker unload`: removes the pins that keep blocker's programs enforcing without a daemon.
 
+use crate::escape::escaped;
 use std::{path::Path, process::ExitCode};
 
 use anyhow::Result;
@@ -12,7 +13,7 @@ use crate::kernel::{
 pub fn unload(root: &Path) -> Result<ExitCode> {
     let removed = pins::unload(root)?;
     if removed.is_empty() {
-        println!("nothing is pinned at {}", root.display());
+        println!("nothing is pinned at {}", escaped(&root));
         return Ok(ExitCode::SUCCESS);
     }
     let mut links = 0;
@@ -25,7 +26,7 @@ pub fn unload(root: &Path) -> Result<ExitCode> {
             PinKind::Map => "map",
             PinKind::Directory => "directory",
         };
-        println!("removed {what} {}", pin.path.display());
+        println!("removed {what} {}", escaped(&pin.path));
     }
     let ids: Vec<_> = removed.iter().filter_map(|pin| pin.link_ids).collect();
     let still_attached = pins::wait_for_detach(&ids, DETACH_TIMEOUT);

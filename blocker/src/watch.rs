@@ -4,6 +4,7 @@
 //! is written, instead of at the next content scan; one made executable only later is caught at
 //! its first exec, whose process is then killed.
 
+use crate::escape::escaped;
 use std::{
     collections::HashMap,
     ffi::CString,
@@ -83,7 +84,7 @@ impl ContentWatcher {
                 let error = io::Error::last_os_error();
                 return Err(io::Error::new(
                     error.kind(),
-                    format!("{}: {error}", root.display()),
+                    format!("{}: {error}", escaped(&root)),
                 ));
             }
         }
@@ -159,7 +160,7 @@ impl ContentWatcher {
         };
         let file = match hashed {
             Ok(file) => file,
-            Err(error) => return Some(Report::Warning(format!("{}: {error}", path.display()))),
+            Err(error) => return Some(Report::Warning(format!("{}: {error}", escaped(&path)))),
         };
         if remembered.len() >= REMEMBERED_HASHES {
             remembered.clear();

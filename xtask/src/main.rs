@@ -5,6 +5,7 @@ mod bench;
 mod bench_report;
 mod cargo;
 mod cpio;
+mod fuzz;
 mod kernel_table;
 mod kernels;
 mod package;
@@ -63,6 +64,14 @@ enum Task {
     /// Measures blocker's costs against no blocker and fapolicyd, on the host and in the VM;
     /// prints a table and writes target/bench/report.json.
     Bench,
+    /// Runs the fuzz targets of fuzz/ (cargo-fuzz, nightly toolchain) from their corpora.
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only these targets (default: all).
+        targets: Vec<String>,
+    },
 }
 
 fn main() -> Result<ExitCode> {
@@ -90,6 +99,11 @@ fn main() -> Result<ExitCode> {
             }
         }
         Task::Bench => bench::run(&root)?,
+        Task::Fuzz { seconds, targets } => {
+            if !fuzz::run(&root, seconds, &targets)? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

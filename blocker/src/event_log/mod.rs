@@ -6,6 +6,7 @@ mod follow;
 mod since;
 mod table;
 
+use crate::escape::escaped;
 use std::{
     io::{self, Write},
     os::unix::fs::MetadataExt,
@@ -69,7 +70,7 @@ fn show(
 ) -> Result<()> {
     printer.header()?;
     let rotated = sinks::rotated_paths_oldest_first(&options.file)
-        .with_context(|| format!("listing rotated files of {}", options.file.display()))?;
+        .with_context(|| format!("listing rotated files of {}", escaped(&options.file)))?;
     for path in rotated {
         let lines = match std::fs::metadata(&path) {
             Ok(metadata) if (metadata.dev(), metadata.ino()) == current.identity() => continue,
@@ -80,13 +81,13 @@ fn show(
             Ok(lines) => printer.show_all(&lines)?,
             // Rotated away while listing: it held the oldest records, which are gone.
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
+            Err(error) => return Err(error).with_context(|| format!("reading {}", escaped(&path))),
         }
     }
     loop {
         let lines = current
             .read_new()
-            .with_context(|| format!("reading {}", options.file.display()))?;
+            .with_context(|| format!("reading {}", escaped(&options.file)))?;
         printer.show_all(&lines)?;
         if !options.follow {
             return Ok(());
@@ -105,13 +106,13 @@ fn open_error(path: &Path, error: io::Error) -> anyhow::Error {
         io::ErrorKind::NotFound => anyhow!(
             "no events file at {}: `blocker run` writes its events to {DEFAULT_EVENTS_FILE}, or \
              to the PATH it was started with as --events-file PATH (none with --no-events-file)",
-            path.display()
+            escaped(&path)
         ),
         io::ErrorKind::PermissionDenied => anyhow!(
             "reading {}: {error} (the events file is readable by root only)",
-            path.display()
+            escaped(&path)
         ),
-        _ => anyhow!("reading {}: {error}", path.display()),
+        _ => anyhow!("reading {}: {error}", escaped(&path)),
     }
 }
 
@@ -181,10 +182,34 @@ impl<W: Write> Printer<W> {
     }
 }
 
+/// What `blocker events` prints for an events file holding `text` (`--json`: the records
+/// themselves), with `since` as `--since`.
+pub fn shown(text: &str, json: bool, since: Option<SystemTime>) -> Vec<u8> {
+    let lines: Vec<Line> = text
+        .lines()
+        .enumerate()
+        .map(|(index, line)| Line {
+            file: PathBuf::from("events.jsonl"),
+            number: index + 1,
+            text: line.to_owned(),
+        })
+        .collect();
+    let mut printer = Printer {
+        json,
+        filter: Filter { rule: None, since },
+        out: Vec::new(),
+    };
+    printer
+        .header()
+        .and_then(|()| printer.show_all(&lines))
+        .expect("writing to memory");
+    printer.out
+}
+
 fn skip(line: &Line, why: &str) {
     log::warn!(
         "{}:{}: skipped, not an event record: {why}",
-        line.file.display(),
+        escaped(&line.file),
         line.number
     );
 }

@@ -3,13 +3,15 @@
 
 use serde_json::Value;
 
+use crate::escape::{controls_escaped, escaped, escaped_bytes, is_hex_of_sibling, Lossless};
+
 pub fn header() -> String {
     row_of("TIME", "EVENT", "RULE", "PID", "UID", "COMM", "PATH")
 }
 
 pub fn row(record: &Value) -> String {
-    let time = short_time(record["time"].as_str().unwrap_or("-"));
-    let kind = record["kind"].as_str().unwrap_or("-");
+    let time = escaped(&short_time(record["time"].as_str().unwrap_or("-"))).to_string();
+    let kind = escaped(record["kind"].as_str().unwrap_or("-")).to_string();
     if kind != "exec" {
         return format!("{time:<20} {kind} {}", details(record));
     }
@@ -19,12 +21,12 @@ pub fn row(record: &Value) -> String {
         Some("none") => "audited",
         _ => "?",
     };
-    let mut path = text(&record["path"]);
+    let mut path = exact_text(record, "path");
     if record["path_truncated"] == true {
         path.push_str("… (truncated)");
     }
     if let Some(operation) = record["operation"].as_str().filter(|&op| op != "exec") {
-        path.push_str(&format!(" ({operation})"));
+        path.push_str(&format!(" ({})", escaped(operation)));
     }
     row_of(
         &time,
@@ -32,7 +34,7 @@ pub fn row(record: &Value) -> String {
         &text(&record["rule"]),
         &text(&record["pid"]),
         &text(&record["uid"]),
-        &text(&record["comm"]),
+        &exact_text(record, "comm"),
         &path,
     )
 }
@@ -57,11 +59,19 @@ fn short_time(time: &str) -> String {
     }
 }
 
+/// A field that may hold any bytes (a path, a `comm`): its exact bytes, escaped.
+fn exact_text(record: &Value, name: &str) -> String {
+    Lossless::from_json(record, name)
+        .map(|kept| escaped_bytes(&kept.bytes()).to_string())
+        .unwrap_or_else(|| text(&record[name]))
+}
+
 fn text(value: &Value) -> String {
     match value {
-        Value::String(text) => text.clone(),
+        Value::String(text) => escaped(text).to_string(),
         Value::Null => "-".to_owned(),
-        other => other.to_string(),
+        // JSON writes DEL, C1 controls and bidirectional formatting as they are.
+        other => controls_escaped(&other.to_string()),
     }
 }
 
@@ -73,20 +83,31 @@ fn details(record: &Value) -> String {
     fields
         .iter()
         .filter(|(name, _)| !matches!(name.as_str(), "kind" | "time"))
-        .map(|(name, value)| format!("{name}={}", detail(value)))
+        .filter(|(name, _)| !is_hex_of_sibling(fields, name))
+        .map(|(name, value)| match value {
+            Value::String(_) => format!("{}={}", escaped(name), quoted(&exact_text(record, name))),
+            _ => format!("{}={}", escaped(name), detail(value)),
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
 
+/// Text with spaces quoted, or empty, in quotes; escaped text holds no quote-breaking newline.
+fn quoted(shown: &str) -> String {
+    if shown.is_empty() || shown.contains(char::is_whitespace) {
+        format!("\"{}\"", shown.replace('"', "\\\""))
+    } else {
+        shown.to_owned()
+    }
+}
+
 fn detail(value: &Value) -> String {
     match value {
-        Value::String(text) if text.is_empty() || text.contains(char::is_whitespace) => {
-            value.to_string()
-        }
+        Value::String(text) => quoted(&escaped(text).to_string()),
         Value::Array(items) => items.iter().map(detail).collect::<Vec<_>>().join(","),
         Value::Object(members) => members
             .iter()
-            .map(|(name, member)| format!("{name}:{}", detail(member)))
+            .map(|(name, member)| format!("{}:{}", escaped(name), detail(member)))
             .collect::<Vec<_>>()
             .join(","),
         other => text(other),
@@ -131,6 +152,50 @@ mod tests {
         let row = row(&record);
         assert!(row.contains(" denied "), "{row}");
         assert!(row.ends_with("/opt/x/lib.so… (truncated) (mmap)"), "{row}");
+    }
+
+    #[test]
+    fn hostile_names_are_shown_escaped_and_exact() {
+        let name = b"/tmp/\x1b]52;c;aGk=\x07\nfake \xff\xe2\x80\xae";
+        let kept = Lossless::new(name);
+        let record = json!({"kind":"exec","time":"2026-11-28T08:39:20Z","enforcement":"eperm",
+            "operation":"exec","rule":"r","pid":1,"uid":0,"comm":"\u{1b}[2J","path":kept.text,
+            "path_hex":kept.hex,"path_truncated":false});
+        let row = row(&record);
+        assert!(
+            row.ends_with("/tmp/\\x1b]52;c;aGk=\\x07\\nfake \\xff\\u{202e}"),
+            "{row}"
+        );
+        assert!(row.contains(" \\x1b[2J "), "{row}");
+        assert!(!row.contains(|c: char| c.is_control()), "{row:?}");
+
+        let tamper = json!({"kind":"tamper","time":"2026-11-28T08:39:20Z","attempt":"signal",
+            "path":kept.text,"path_hex":kept.hex,"comm":"a\nb c"});
+        let row = super::row(&tamper);
+        assert!(!row.contains(|c: char| c.is_control()), "{row:?}");
+        assert!(
+            row.contains("path=\"/tmp/\\x1b]52;c;aGk=\\x07\\nfake \\xff\\u{202e}\""),
+            "{row}"
+        );
+        assert!(!row.contains("path_hex"), "{row}");
+        assert!(row.contains(r#"comm="a\nb c""#), "{row}");
+
+        // Found by fuzzing: a record's kind, time and operation come from the file too.
+        let forged = json!({"kind":"\u{1b}]0;x","time":"\u{1b}[2J"});
+        let row = super::row(&forged);
+        assert_eq!(row, format!("{:<20} {} ", r"\x1b[2J", r"\x1b]0;x"));
+        let forged = json!({"kind":"exec","operation":"\u{7f}\u{1b}","path":{"\u{7f}":"\u{7f}"}});
+        assert!(
+            super::row(&forged).ends_with(r#"{"\x7f":"\x7f"} (\x7f\x1b)"#),
+            "{}",
+            super::row(&forged)
+        );
+        let forged = json!({"kind":"x","y":{"\u{202e}":1}});
+        assert!(
+            super::row(&forged).ends_with(r"y=\u{202e}:1"),
+            "{}",
+            super::row(&forged)
+        );
     }
 
     #[test]

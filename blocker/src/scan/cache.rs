@@ -14,6 +14,7 @@
 //! A cache that cannot be read back whole is dropped: losing it costs one full read of the
 //! files, while a wrong entry would hide a banned file.
 
+use crate::escape::escaped;
 use std::{
     collections::HashMap,
     fs::{self, DirBuilder, OpenOptions},
@@ -52,7 +53,7 @@ pub fn load(path: &Path, warnings: &mut Vec<String>) -> HashCache {
     decoded.unwrap_or_else(|reason| {
         warnings.push(format!(
             "{}: {reason}; hashing every file again",
-            path.display()
+            escaped(&path)
         ));
         HashCache::new()
     })
@@ -103,7 +104,7 @@ pub fn save(path: &Path, cache: &HashCache) -> io::Result<()> {
     written
 }
 
-fn encode(cache: &HashCache) -> Vec<u8> {
+pub(crate) fn encode(cache: &HashCache) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(HEADER_BYTES + cache.len() * ENTRY_BYTES + CHECKSUM_BYTES);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&VERSION.to_le_bytes());
@@ -123,7 +124,7 @@ fn encode(cache: &HashCache) -> Vec<u8> {
     bytes
 }
 
-fn decode(bytes: &[u8]) -> Result<HashCache, String> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<HashCache, String> {
     let mut fields = Fields(bytes);
     if fields.take()? != *MAGIC {
         return Err("not a blocker hash cache".to_owned());

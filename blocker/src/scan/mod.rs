@@ -4,13 +4,14 @@
 //! it has seen before from the cache, and reads the others on every CPU. Whatever goes wrong
 //! with one file (gone, unreadable, changed while read) is a warning about that file.
 
-mod cache;
+pub(crate) mod cache;
 mod hex;
 mod progress;
 mod read;
 mod stamp;
 mod workers;
 
+use crate::escape::escaped;
 use std::{
     collections::HashMap,
     io,
@@ -147,7 +148,7 @@ fn scan_caching_changes_before(options: &ScanOptions, cacheable_ctime_ns: i128) 
         .filter(|_| hashed.cache != previous)
     {
         if let Err(error) = cache::save(path, &hashed.cache) {
-            warnings.push(format!("{}: {error}", path.display()));
+            warnings.push(format!("{}: {error}", escaped(&path)));
         }
     }
     ScanReport {
@@ -288,7 +289,7 @@ fn read_candidate<'a>(
     for (index, path) in candidate.paths.iter().enumerate() {
         match reader.read(path, Some(&candidate.stamp)) {
             Ok(read) => return Ok((read, &candidate.paths[index..])),
-            Err(error) => failures.push(format!("{}: {error}", path.display())),
+            Err(error) => failures.push(format!("{}: {error}", escaped(&path))),
         }
     }
     Err(failures.join("; "))

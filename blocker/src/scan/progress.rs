@@ -1,5 +1,6 @@
 //! The progress display of a long scan: on a terminal only, so logs and pipes get nothing.
 
+use crate::escape::escaped;
 use std::{io::IsTerminal, path::Path, time::Duration};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -22,7 +23,7 @@ impl Progress {
     }
 
     pub fn listing(&self, root: &Path) {
-        self.0.set_message(format!("listing {}", root.display()));
+        self.0.set_message(format!("listing {}", escaped(&root)));
     }
 
     pub fn reading(&self, total_bytes: u64) {

@@ -1,6 +1,7 @@
 //! The events file: JSON lines, readable by root only, rotated by size like logrotate does
 //! (`events.jsonl` → `events.jsonl.1` → `.2` ..., the highest number the oldest).
 
+use crate::escape::escaped;
 use std::{
     fs::{DirBuilder, File, OpenOptions},
     io::{self, Write},
@@ -41,7 +42,7 @@ impl EventsFile {
             format!(
                 "opening the events file {} (choose another with --events-file PATH, or \
                      turn it off with --no-events-file)",
-                options.path.display()
+                escaped(&options.path)
             )
         })?;
         Ok(Self {

@@ -18,7 +18,10 @@ use rustix::{
 use serde_json::Value;
 
 use super::queue::Sink;
-use crate::events::Record;
+use crate::{
+    escape::{is_hex_of_sibling, Lossless},
+    events::Record,
+};
 
 pub const SOCKET: &str = "/run/systemd/journal/socket";
 /// `SYSLOG_IDENTIFIER`, hence `journalctl -t blocker`.
@@ -116,7 +119,15 @@ fn structured_fields(entry: &mut Vec<u8>, name: &str, value: &Value) {
         Value::Null => {}
         Value::Object(members) => {
             for (key, member) in members {
-                structured_fields(entry, &format!("{name}_{}", field_name(key)), member);
+                if is_hex_of_sibling(members, key) {
+                    continue;
+                }
+                let name = format!("{name}_{}", field_name(key));
+                // Journal fields hold any bytes: a field that is not UTF-8 goes in exactly.
+                match Lossless::from_json(value, key) {
+                    Some(kept) if kept.hex.is_some() => field(entry, &name, &kept.bytes()),
+                    _ => structured_fields(entry, &name, member),
+                }
             }
         }
         Value::Array(items) => {
@@ -216,8 +227,10 @@ mod tests {
                 uid: 1000,
                 gid: 100,
                 comm: "bash".to_owned(),
+                comm_hex: None,
             },
             path: "/opt/wechat/wechat".to_owned(),
+            path_hex: None,
             path_truncated: false,
             device: "254:1".to_owned(),
             inode: 42,
@@ -231,6 +244,37 @@ mod tests {
         let server = UnixDatagram::bind(&path).unwrap();
         let client = Journald::connect(&path).unwrap();
         (temp, server, client)
+    }
+
+    #[test]
+    fn hostile_names_are_escaped_in_the_message_and_exact_in_fields() {
+        let name = b"/tmp/\x1b[2J\nblocker: fake \xff";
+        let kept = Lossless::new(name);
+        let comm = Lossless::new(b"\x1b]0;x\x07");
+        let mut exec = exec_record();
+        exec.path = kept.text;
+        exec.path_hex = kept.hex;
+        exec.caller.comm = comm.text;
+        let entry = entry(&Record::Exec(exec));
+        let message = entry.split(|&b| b == b'\n').next().unwrap();
+        assert_eq!(
+            String::from_utf8(message.to_vec()).unwrap(),
+            "MESSAGE=denied exec of /tmp/\\x1b[2J\\nblocker: fake \\xff by pid 9900 \
+             (\\x1b]0;x\\x07, uid 1000) under rule wechat"
+        );
+        let exact_field = |field: &str, value: &[u8]| {
+            let mut expected = format!("{field}\n").into_bytes();
+            expected.extend_from_slice(&(value.len() as u64).to_le_bytes());
+            expected.extend_from_slice(value);
+            expected.push(b'\n');
+            entry
+                .windows(expected.len())
+                .any(|window| window == expected)
+        };
+        assert!(exact_field("BLOCKER_PATH", name));
+        assert!(!entry.windows(16).any(|w| w == b"BLOCKER_PATH_HEX"));
+        let comm_field = b"BLOCKER_COMM=\x1b]0;x\x07\n";
+        assert!(entry.windows(comm_field.len()).any(|w| w == comm_field));
     }
 
     #[test]

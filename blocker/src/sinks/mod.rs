@@ -3,10 +3,11 @@
 //! with it enforcement: what does not fit is dropped, counted and reported.
 
 mod file;
-mod journald;
+pub(crate) mod journald;
 mod queue;
 mod stdout;
 
+use crate::escape::escaped;
 use std::{
     collections::BTreeMap,
     path::PathBuf,
@@ -53,7 +54,7 @@ impl Sinks {
             let sink = file::EventsFile::open(file.clone())?;
             destinations.push(format!(
                 "{} (rotated at {} bytes, {} kept)",
-                file.path.display(),
+                escaped(&file.path),
                 file.max_bytes,
                 file.keep
             ));
@@ -71,12 +72,12 @@ impl Sinks {
             if socket.exists() {
                 match journald::Journald::connect(socket) {
                     Ok(sink) => {
-                        destinations.push(format!("the journal ({})", socket.display()));
+                        destinations.push(format!("the journal ({})", escaped(&socket)));
                         queues.push(SinkQueue::start("journald", sink, QUEUE_RECORDS));
                     }
                     Err(error) => log::warn!(
                         "not writing events to the journal: connecting to {}: {error}",
-                        socket.display()
+                        escaped(&socket)
                     ),
                 }
             }

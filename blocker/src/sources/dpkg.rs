@@ -4,6 +4,7 @@
 //! `info/<package>:<arch>.list` for `Multi-Arch: same` packages), and where `diversions` moved
 //! them.
 
+use crate::escape::escaped;
 use std::{
     collections::HashMap,
     ffi::OsStr,
@@ -17,7 +18,7 @@ use super::{packages::Lookup, SourceRoots};
 
 /// One architecture of a package as the database records it.
 #[derive(Debug, Default, PartialEq)]
-struct Instance {
+pub(crate) struct Instance {
     architecture: String,
     multi_arch_same: bool,
     /// The last word of `Status:`, e.g. `installed`, `unpacked`, `config-files`.
@@ -68,7 +69,7 @@ fn installed_instances(
     let status = match fs::read(&status_path) {
         Ok(status) => status,
         Err(error) if error.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(format!("{}: {error}", status_path.display())),
+        Err(error) => return Err(format!("{}: {error}", escaped(&status_path))),
     };
     // Only ASCII fields are read, so text in other encodings (old packages' descriptions) must
     // not make the database unreadable.
@@ -91,11 +92,11 @@ fn pending_updates(updates_dir: &Path) -> Result<Vec<Vec<u8>>, String> {
     let entries = match fs::read_dir(updates_dir) {
         Ok(entries) => entries,
         Err(error) if error.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(error) => return Err(format!("{}: {error}", updates_dir.display())),
+        Err(error) => return Err(format!("{}: {error}", escaped(&updates_dir))),
     };
     let mut names = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|error| format!("{}: {error}", updates_dir.display()))?;
+        let entry = entry.map_err(|error| format!("{}: {error}", escaped(&updates_dir)))?;
         let name = entry.file_name();
         let name_bytes = name.as_bytes();
         if !name_bytes.is_empty() && name_bytes.iter().all(u8::is_ascii_digit) {
@@ -107,14 +108,14 @@ fn pending_updates(updates_dir: &Path) -> Result<Vec<Vec<u8>>, String> {
         .iter()
         .map(|name| {
             let path = updates_dir.join(name);
-            fs::read(&path).map_err(|error| format!("{}: {error}", path.display()))
+            fs::read(&path).map_err(|error| format!("{}: {error}", escaped(&path)))
         })
         .collect()
 }
 
 /// The records of `package` in a database file: paragraphs of `Field: value` lines separated by
 /// blank lines, continuation lines starting with a space.
-fn instances_in(database: &str, package: &str) -> Vec<Instance> {
+pub(crate) fn instances_in(database: &str, package: &str) -> Vec<Instance> {
     let mut instances = Vec::new();
     let mut is_package = false;
     let mut instance = Instance::default();
@@ -157,7 +158,7 @@ fn read_listed_paths(
     let diversions_file = match fs::read(&diversions_path) {
         Ok(file) => file,
         Err(error) if error.kind() == ErrorKind::NotFound => Vec::new(),
-        Err(error) => return Err(format!("{}: {error}", diversions_path.display())),
+        Err(error) => return Err(format!("{}: {error}", escaped(&diversions_path))),
     };
     let diversions = parse_diversions(&diversions_file);
     let mut paths = Vec::new();
@@ -168,7 +169,7 @@ fn read_listed_paths(
         let list = fs::read(&list_path).map_err(|error| {
             format!(
                 "{}: {error} (dpkg's status says `{package}:{}` is {})",
-                list_path.display(),
+                escaped(&list_path),
                 instance.architecture,
                 instance.state
             )
@@ -186,14 +187,14 @@ fn read_listed_paths(
 
 /// `dpkg-divert` moved the file a package ships at some path to `to`, unless the package is
 /// `by` itself (`:` for a local diversion, which moves every package's file).
-struct Diversion<'a> {
+pub(crate) struct Diversion<'a> {
     to: &'a [u8],
     by: &'a [u8],
 }
 
 /// `diversions`: three lines per diversion, the original path, the new one, the diverting
 /// package. Keyed by the original path.
-fn parse_diversions(file: &[u8]) -> HashMap<&[u8], Diversion<'_>> {
+pub(crate) fn parse_diversions(file: &[u8]) -> HashMap<&[u8], Diversion<'_>> {
     let lines: Vec<&[u8]> = non_empty_lines(file).collect();
     lines
         .chunks_exact(3)
@@ -204,7 +205,7 @@ fn parse_diversions(file: &[u8]) -> HashMap<&[u8], Diversion<'_>> {
         .collect()
 }
 
-fn non_empty_lines(file: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn non_empty_lines(file: &[u8]) -> impl Iterator<Item = &[u8]> {
     file.split(|&byte| byte == b'\n')
         .filter(|line| !line.is_empty())
 }

@@ -3,6 +3,7 @@
 //! `<installation>/app/<id>/`, reached through the `current` and `active` symlinks that the
 //! walk does not follow, so each deployed file is found once.
 
+use crate::escape::escaped;
 use std::{
     fs::{self, Metadata},
     io::ErrorKind,
@@ -76,11 +77,11 @@ pub fn flatpak_files(app_id: &str, roots: &SourceRoots) -> Result<SourceFiles, S
     }
     let homes: Vec<String> = homes
         .iter()
-        .map(|home| home.display().to_string())
+        .map(|home| escaped(&home).to_string())
         .collect();
     let message = format!(
         "flatpak app `{app_id}` is not installed (searched {} and {USER_INSTALLATION} in {})",
-        roots.root.join(SYSTEM_INSTALLATION).display(),
+        escaped(&roots.root.join(SYSTEM_INSTALLATION)),
         if homes.is_empty() {
             "no home directory".to_owned()
         } else {
@@ -105,14 +106,14 @@ fn home_directories(roots: &SourceRoots, warnings: &mut Vec<String>) -> Vec<Path
                 match entry {
                     Ok(entry) if entry.path().is_dir() => users.push(entry.path()),
                     Ok(_) => {}
-                    Err(error) => warnings.push(format!("{}: {error}", home.display())),
+                    Err(error) => warnings.push(format!("{}: {error}", escaped(&home))),
                 }
             }
             users.sort();
             homes.extend(users);
         }
         Err(error) if error.kind() == ErrorKind::NotFound => {}
-        Err(error) => warnings.push(format!("{}: {error}", home.display())),
+        Err(error) => warnings.push(format!("{}: {error}", escaped(&home))),
     }
     homes
 }
@@ -129,8 +130,8 @@ fn user_app_directory(home: &Path, app_id: &str, warnings: &mut Vec<String>) -> 
         warnings.push(format!(
             "{}: not searched: owned by uid {app_owner}, not by {}'s owner (uid {home_owner}), \
              so it may lead to files that are not the app's",
-            app.display(),
-            home.display()
+            escaped(&app),
+            escaped(&home)
         ));
         return None;
     }
@@ -147,7 +148,7 @@ fn directory_metadata(path: &Path, warnings: &mut Vec<String>) -> Option<Metadat
             None
         }
         Err(error) => {
-            warnings.push(format!("{}: {error}", path.display()));
+            warnings.push(format!("{}: {error}", escaped(&path)));
             None
         }
     }

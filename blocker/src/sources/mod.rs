@@ -1,7 +1,7 @@
 //! Files named by distribution packages, Flatpak apps and snaps: the names an administrator
 //! knows an application by, turned into the executable files it installed.
 
-mod dpkg;
+pub(crate) mod dpkg;
 mod flatpak;
 mod packages;
 mod rpm;

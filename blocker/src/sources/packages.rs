@@ -1,6 +1,7 @@
 //! Installed distribution packages: every package manager the system has is asked which files
 //! a package installed, and the executable ones among them are kept.
 
+use crate::escape::escaped;
 use std::{fs, io::ErrorKind, path::PathBuf};
 
 use super::{dpkg, rpm, SourceFiles, SourceRoots};
@@ -102,7 +103,7 @@ pub fn package_files(name: &str, roots: &SourceRoots) -> Result<SourceFiles, Str
     } else {
         format!(
             "package `{name}`: no package manager found (no dpkg database in {}, no rpm database)",
-            roots.root.join(&roots.dpkg_admin_dir).display()
+            escaped(&roots.root.join(&roots.dpkg_admin_dir))
         )
     };
     Err(found.not_found(message))
@@ -127,8 +128,8 @@ fn add_listed(
         let Some(path) = roots.system_path(listed_path) else {
             found.warnings.push(format!(
                 "{}: {manager} lists this path for package `{name}`, but it leaves {}",
-                listed_path.display(),
-                roots.root.display()
+                escaped(&listed_path),
+                escaped(&roots.root)
             ));
             continue;
         };
@@ -148,7 +149,7 @@ fn add_listed(
                 missing_files += 1;
                 first_missing.get_or_insert(path);
             }
-            Err(error) => found.warnings.push(format!("{}: {error}", path.display())),
+            Err(error) => found.warnings.push(format!("{}: {error}", escaped(&path))),
         }
     }
     if existing_files == 0 {
@@ -156,7 +157,7 @@ fn add_listed(
             found.warnings.push(format!(
                 "none of the files {manager} lists for package `{name}` exist ({missing_files} \
                  missing, such as {})",
-                first_missing.display()
+                escaped(&first_missing)
             ));
         }
     }

@@ -2,6 +2,7 @@
 //! `/var/lib/snapd/snap` on distributions without `/snap`). The `current` symlink is not
 //! followed, and `/snap/bin`'s launchers, symlinks to `/usr/bin/snap`, are never looked at.
 
+use crate::escape::escaped;
 use std::{fs, io::ErrorKind};
 
 use super::{SourceFiles, SourceRoots};
@@ -61,7 +62,7 @@ pub fn snap_files(name: &str, roots: &SourceRoots) -> Result<SourceFiles, String
         .unwrap_or_else(|| roots.root.join(MOUNT_DIRECTORIES[0]));
     let not_installed = format!(
         "snap `{name}` is not installed (searched {})",
-        mount_directory.display()
+        escaped(&mount_directory)
     );
     let entries = match fs::read_dir(&mount_directory) {
         Ok(entries) => entries,
@@ -69,7 +70,7 @@ pub fn snap_files(name: &str, roots: &SourceRoots) -> Result<SourceFiles, String
         Err(error) => {
             return Err(format!(
                 "{not_installed}; {}: {error}",
-                mount_directory.display()
+                escaped(&mount_directory)
             ))
         }
     };
@@ -89,7 +90,7 @@ pub fn snap_files(name: &str, roots: &SourceRoots) -> Result<SourceFiles, String
             }
             Err(error) => found
                 .warnings
-                .push(format!("{}: {error}", mount_directory.display())),
+                .push(format!("{}: {error}", escaped(&mount_directory))),
         }
     }
     if !installed {

@@ -2,6 +2,7 @@
 //! The process's start time (`/proc/PID/stat`, readable by everyone) and its executable
 //! (`/proc/PID/exe`, readable by root) can.
 
+use crate::escape::escaped;
 use std::{fs, io, path::Path, time::Duration};
 
 use super::{DaemonState, StatusDocument};
@@ -51,7 +52,7 @@ pub fn liveness(document: &StatusDocument) -> Liveness {
             return not_running(format!(
                 "pid {} runs {}, not {}",
                 document.pid,
-                executable.display(),
+                escaped(&executable),
                 document.executable
             ));
         }

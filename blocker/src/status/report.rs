@@ -1,6 +1,7 @@
 //! `blocker status`: what the daemon said about itself, whether it still runs, and what it
 //! left pinned in the kernel if it does not.
 
+use crate::escape::{controls_escaped, escaped};
 use std::{
     fs, io,
     path::Path,
@@ -25,7 +26,7 @@ pub fn command(status_file: &Path, as_json: bool) -> Result<ExitCode> {
             reason: format!(
                 "there is no status file {} (`blocker run` writes it while it runs; see \
                  --status-file)",
-                status_file.display()
+                escaped(&status_file)
             ),
         },
     };
@@ -71,7 +72,7 @@ fn pinned_objects(dir: &Path) -> Pins {
             Pins::Objects(objects)
         }
         Err(error) if error.kind() == io::ErrorKind::NotFound => Pins::Nothing,
-        Err(error) => Pins::Unknown(format!("cannot list {}: {error}", dir.display())),
+        Err(error) => Pins::Unknown(format!("cannot list {}: {error}", escaped(&dir))),
     }
 }
 
@@ -84,7 +85,7 @@ fn list_files(base: &Path, dir: &Path, found: &mut Vec<String>) -> io::Result<()
         } else {
             let path = entry.path();
             let relative = path.strip_prefix(base).unwrap_or(&path);
-            found.push(relative.display().to_string());
+            found.push(escaped(&relative).to_string());
         }
     }
     Ok(())
@@ -140,8 +141,9 @@ impl Report<'_> {
 
     fn text(&self, now: SystemTime) -> String {
         let mut out = String::new();
+        // The document is read from a file: nothing in it may act on the terminal.
         let mut line = |label: &str, value: String| {
-            out.push_str(&format!("{label:<13}{value}\n"));
+            out.push_str(&format!("{label:<13}{}\n", controls_escaped(&value)));
         };
         match (self.liveness, self.document) {
             (Liveness::Running { uptime }, Some(document)) => {
@@ -350,6 +352,26 @@ mod tests {
         );
         assert_eq!(json["pinned_objects"], json!(["exec_check", "maps/banned"]));
         assert_eq!(json["state"], "stopped");
+    }
+
+    #[test]
+    fn strings_from_the_document_cannot_act_on_the_terminal() {
+        let mut document = example_document();
+        document.policies[0].name = "\u{1b}]0;owned\u{7}\nforged".to_owned();
+        let report = Report {
+            status_file: Path::new("/run/blocker/status.json"),
+            document: Some(&document),
+            liveness: &Liveness::Running {
+                uptime: Duration::from_secs(1),
+            },
+            pins: None,
+        };
+        let text = report.text(SystemTime::now());
+        assert!(
+            text.contains("policies     \\x1b]0;owned\\x07\\nforged (enforce)"),
+            "{text}"
+        );
+        assert!(!text.contains(['\u{1b}', '\u{7}']), "{text:?}");
     }
 
     #[test]

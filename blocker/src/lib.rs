@@ -1,0 +1,24 @@
+//! blocker: refuses to run the binaries a policy bans. The library holds everything but the
+//! command line (`main.rs`), so that the fuzz targets in `fuzz/` reach the parsers.
+
+pub mod control;
+pub mod critical;
+pub mod daemon;
+pub mod escape;
+pub mod event_log;
+pub mod events;
+pub mod files;
+pub mod fuzzing;
+pub mod identity;
+pub mod inspect;
+pub mod kernel;
+pub mod policy;
+pub mod reload;
+pub mod resolve;
+pub mod scan;
+pub mod sinks;
+pub mod sources;
+pub mod status;
+pub mod systemd;
+pub mod unload;
+pub mod watch;
