@@ -334,6 +334,12 @@ fn choose_vmlinuz(paths: &[String]) -> Option<(String, String)> {
 }
 
 /// The Debian archives the machine's apt uses: the main one and, if configured, the security one.
+/// The Debian archive the machine's apt uses (read, never changed), for the systemd VM's root
+/// filesystem.
+pub fn debian_archive() -> Result<String> {
+    Ok(MachineArchives::find()?.main)
+}
+
 #[derive(Debug, PartialEq)]
 struct MachineArchives {
     main: String,

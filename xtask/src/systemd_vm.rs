@@ -8,11 +8,11 @@ use std::{
     process::Command,
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use crate::{
     cargo::{Artifact, TestCounts},
-    kernels::Kernel,
+    kernels::{self, Kernel},
     package::Built,
     process,
     vm::{self, Entry, Initramfs, Machine, MARKER, VM_DIR},
@@ -31,9 +31,6 @@ const PACKAGES: &[&str] = &[
     "procps",
     "iproute2",
 ];
-/// Where the machine's apt finds Debian; its first archive is used for the root filesystem.
-const APT_SOURCES: &str = "/etc/apt/sources.list.d/debian.sources";
-const LEGACY_APT_SOURCES: &str = "/etc/apt/sources.list";
 /// systemd and Debian's userspace in memory need more than the busybox VM.
 const MACHINE: Machine = Machine {
     memory_mib: 3072,
@@ -169,7 +166,7 @@ systemctl poweroff
 fn ensure_rootfs(vm_dir: &Path) -> Result<PathBuf> {
     let rootfs = vm_dir.join(format!("rootfs-{SUITE}"));
     let stamp = vm_dir.join(format!("rootfs-{SUITE}.command"));
-    let archive = debian_archive()?;
+    let archive = kernels::debian_archive()?;
     let mut mmdebstrap = Command::new("mmdebstrap");
     mmdebstrap
         .args(["--variant=minbase", "--format=directory", "--quiet"])
@@ -197,96 +194,9 @@ fn ensure_rootfs(vm_dir: &Path) -> Result<PathBuf> {
     Ok(rootfs)
 }
 
-/// The first Debian archive the machine's apt uses (read, never changed).
-fn debian_archive() -> Result<String> {
-    for (file, parse) in [
-        (
-            APT_SOURCES,
-            parse_deb822_archive as fn(&str) -> Option<String>,
-        ),
-        (LEGACY_APT_SOURCES, parse_one_line_archive),
-    ] {
-        if let Ok(text) = fs::read_to_string(file) {
-            if let Some(archive) = parse(&text) {
-                return Ok(archive);
-            }
-        }
-    }
-    bail!("neither {APT_SOURCES} nor {LEGACY_APT_SOURCES} names a Debian archive")
-}
-
-/// Reads the first `URIs:` of a deb822 sources file whose suites are not the security ones.
-fn parse_deb822_archive(text: &str) -> Option<String> {
-    text.split("\n\n").find_map(|stanza| {
-        let field = |name: &str| {
-            stanza
-                .lines()
-                .find_map(|line| line.strip_prefix(name))
-                .map(str::trim)
-        };
-        let suites = field("Suites:")?;
-        if suites.contains("-security") {
-            return None;
-        }
-        field("URIs:")?.split_whitespace().next().map(str::to_owned)
-    })
-}
-
-/// Reads the first `deb [options] URI suite ...` line that is not a security one.
-fn parse_one_line_archive(text: &str) -> Option<String> {
-    text.lines().find_map(|line| {
-        let mut words = line.split_whitespace();
-        if words.next()? != "deb" {
-            return None;
-        }
-        let mut uri = words.next()?;
-        if uri.starts_with('[') {
-            uri = words.find(|word| word.ends_with(']')).and(words.next())?;
-        }
-        let suite = words.next()?;
-        (!suite.contains("-security")).then(|| uri.to_owned())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_the_archive_in_deb822_sources() {
-        let sources = "Types: deb\n# http://snapshot.debian.org/archive/debian/20250520T000000Z\n\
-                       URIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\n\
-                       Components: main\n\n\
-                       Types: deb\nURIs: http://deb.debian.org/debian-security\n\
-                       Suites: bookworm-security\nComponents: main\n";
-        assert_eq!(
-            parse_deb822_archive(sources).as_deref(),
-            Some("http://deb.debian.org/debian")
-        );
-        let security_first = "URIs: http://security.example/debian-security\n\
-                              Suites: bookworm-security\n\n\
-                              URIs: http://mirror.example/debian http://other.example/debian\n\
-                              Suites: bookworm\n";
-        assert_eq!(
-            parse_deb822_archive(security_first).as_deref(),
-            Some("http://mirror.example/debian")
-        );
-        assert_eq!(parse_deb822_archive("# nothing\n"), None);
-    }
-
-    #[test]
-    fn finds_the_archive_in_one_line_sources() {
-        let sources = "# comment\ndeb http://security.example/debian-security bookworm-security main\n\
-                       deb [signed-by=/usr/share/keyrings/k.gpg arch=amd64] http://mirror.example/debian bookworm main\n";
-        assert_eq!(
-            parse_one_line_archive(sources).as_deref(),
-            Some("http://mirror.example/debian")
-        );
-        assert_eq!(
-            parse_one_line_archive("deb-src http://x/debian bookworm main\n"),
-            None
-        );
-    }
 
     #[test]
     fn the_runner_reboots_once_and_then_checks() {
