@@ -92,6 +92,13 @@ pub mod lsm_programs {
             &[FileMprotectVma, FileMprotectProt],
         ),
     ];
+    /// The sleepable check of executable mappings by identity, content and the fileless
+    /// setting, used instead of the identity one (`EXECUTABLE_MAPPINGS[0]`) with content checks.
+    pub const MAPPING_CONTENT: LsmProgram = program(
+        "mmap_file_content",
+        "mmap_file",
+        &[MmapFileFile, MmapFileProt],
+    );
     /// Tamper protection programs; inert until `PROTECTION` names a daemon.
     pub const PROTECTION: [LsmProgram; 17] = [
         program(
@@ -458,7 +465,12 @@ pub mod counter {
     /// Cached verdicts dropped because their file was opened for writing, truncated, had its
     /// attributes changed or was mapped shared and writable.
     pub const VERDICT_INVALIDATED: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// Content checks of executable mappings answered from the verdict cache. Kept apart from
+    /// the exec's: one exec maps the program, its loader and its libraries.
+    pub const MAPPING_VERDICT_CACHE_HIT: u32 = 6;
+    /// Content checks of executable mappings that hashed the file.
+    pub const MAPPING_VERDICT_CACHE_MISS: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 /// Length of `task_struct::comm`.

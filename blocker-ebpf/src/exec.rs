@@ -48,9 +48,10 @@ pub fn bprm_check_content(ctx: LsmContext) -> i32 {
     let Some(key) = inode.key() else {
         return ALLOW;
     };
-    let ban = banned_identity(&ctx, inode, key)
-        .or_else(|| verdict_cache::banned_content(exec_file, inode, key))
-        .or_else(|| fileless_ban(inode, key));
+    let ban = strictest(banned_identity(&ctx, inode, key), || {
+        verdict_cache::banned_content(exec_file, inode, key, &verdict_cache::EXEC_COUNTERS)
+    })
+    .or_else(|| fileless_ban(inode, key));
     let Some(ban) = ban else {
         return ALLOW;
     };
@@ -109,9 +110,28 @@ pub fn banned_identity<C: EbpfContext>(ctx: &C, inode: Inode, key: FileKey) -> O
     Some(Ban { key, entry })
 }
 
+/// The stricter of `first` and what `then` finds: a deny as soon as either says so, otherwise
+/// the first that names the file. So an `audit` rule naming a file never hides a `deny` content
+/// rule for the same bytes. Both are made whole (`Ban::NOTHING` for none) before they are
+/// compared: merging an `Option` whose payload is unset leaves a register the verifier refuses
+/// to read.
+#[inline(always)]
+pub fn strictest(first: Option<Ban>, then: impl FnOnce() -> Option<Ban>) -> Option<Ban> {
+    let first = first.unwrap_or(Ban::NOTHING);
+    if first.denies() {
+        return Some(first);
+    }
+    let second = then().unwrap_or(Ban::NOTHING);
+    if second.denies() {
+        return Some(second);
+    }
+    let chosen = if first.names_a_rule() { first } else { second };
+    chosen.names_a_rule().then_some(chosen)
+}
+
 /// The fileless setting's ban of `inode` if it has no link on disk (memfd, `O_TMPFILE`,
 /// deleted): no rule can name such a file.
-fn fileless_ban(inode: Inode, key: FileKey) -> Option<Ban> {
+pub fn fileless_ban(inode: Inode, key: FileKey) -> Option<Ban> {
     let fileless = setting(setting::FILELESS);
     if fileless == action::ALLOW || inode.links()? != 0 {
         return None;

@@ -5,10 +5,11 @@ use aya_ebpf::{macros::lsm, programs::LsmContext};
 use blocker_common::{backend, operation, HookArgument};
 
 use crate::{
-    exec::banned_identity,
+    exec::{banned_identity, fileless_ban, strictest},
     hook_arguments,
     kernel_types::{File, Vma},
-    report::{lsm_verdict, report, Occurrence, ALLOW},
+    report::{lsm_verdict, report, Ban, Occurrence, ALLOW},
+    verdict_cache,
 };
 
 const PROT_EXEC: u64 = 4;
@@ -19,6 +20,36 @@ pub fn mmap_file(ctx: LsmContext) -> i32 {
     let prot = hook_arguments::raw(&ctx, HookArgument::MmapFileProt);
     let file = hook_arguments::file(&ctx, HookArgument::MmapFileFile);
     mapping_verdict(&ctx, file, prot, operation::MMAP)
+}
+
+/// `mmap(PROT_EXEC)` of a file, checked as an exec is where the kernel can hash files for BPF:
+/// by identity, then by content through the verdict cache, then by the fileless setting. So
+/// `ld.so ./copy`, `dlopen` and a `PT_INTERP` naming a copy of banned content, or a deleted file,
+/// meet the checks its exec would. Sleepable because hashing may read the file (the kernel calls
+/// this hook before taking the mapping lock).
+#[lsm(hook = "mmap_file", sleepable)]
+pub fn mmap_file_content(ctx: LsmContext) -> i32 {
+    if hook_arguments::raw(&ctx, HookArgument::MmapFileProt) & PROT_EXEC == 0 {
+        return ALLOW;
+    }
+    let mapped = hook_arguments::pointer(&ctx, HookArgument::MmapFileFile);
+    let Some(inode) = File::new(mapped).and_then(File::inode) else {
+        return ALLOW;
+    };
+    let Some(key) = inode.key() else {
+        return ALLOW;
+    };
+    let ban = strictest(banned_identity(&ctx, inode, key), || {
+        // SAFETY: `mapped` is the hook's argument as the kernel passed it, checked non-null.
+        verdict_cache::banned_content(
+            mapped as *mut _,
+            inode,
+            key,
+            &verdict_cache::MAPPING_COUNTERS,
+        )
+    })
+    .or_else(|| fileless_ban(inode, key));
+    mapping_report(ban, operation::MMAP)
 }
 
 /// `mprotect(PROT_EXEC)` of a mapping made without it.
@@ -37,7 +68,15 @@ fn mapping_verdict(ctx: &LsmContext, file: Option<File>, prot: u64, operation: u
     let Some(inode) = file.and_then(File::inode) else {
         return ALLOW;
     };
-    let Some(ban) = inode.key().and_then(|key| banned_identity(ctx, inode, key)) else {
+    mapping_report(
+        inode.key().and_then(|key| banned_identity(ctx, inode, key)),
+        operation,
+    )
+}
+
+/// Reports `ban` of a mapping, if any, and returns its verdict.
+fn mapping_report(ban: Option<Ban>, operation: u32) -> i32 {
+    let Some(ban) = ban else {
         return ALLOW;
     };
     report(

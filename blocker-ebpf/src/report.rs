@@ -35,6 +35,26 @@ pub struct Ban {
 }
 
 impl Ban {
+    /// No ban: what a check that found none stands for where a whole value is needed.
+    pub const NOTHING: Ban = Ban {
+        key: FileKey::new(0, 0),
+        entry: BanEntry {
+            rule_id: 0,
+            action: action::ALLOW,
+            generation: 0,
+            flags: 0,
+        },
+    };
+
+    pub fn denies(&self) -> bool {
+        self.entry.action == action::DENY
+    }
+
+    /// Whether a rule or setting names the file (deny or audit).
+    pub fn names_a_rule(&self) -> bool {
+        self.entry.action != action::ALLOW
+    }
+
     /// A refusal no rule decides (tamper protection): `key` is what it protects.
     pub fn protection(key: FileKey) -> Self {
         Ban {

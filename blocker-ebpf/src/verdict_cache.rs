@@ -19,9 +19,31 @@ const HASH_ALGO_SHA256: i64 = 4;
 const PROT_WRITE: u64 = 0x2;
 const MAP_SHARED: u64 = 0x1;
 
+/// Which counters a content check bumps.
+pub struct CacheCounters {
+    pub hit: u32,
+    pub miss: u32,
+}
+
+pub const EXEC_COUNTERS: CacheCounters = CacheCounters {
+    hit: counter::VERDICT_CACHE_HIT,
+    miss: counter::VERDICT_CACHE_MISS,
+};
+
+pub const MAPPING_COUNTERS: CacheCounters = CacheCounters {
+    hit: counter::MAPPING_VERDICT_CACHE_HIT,
+    miss: counter::MAPPING_VERDICT_CACHE_MISS,
+};
+
 /// The content ban matching `exec_file` (whose inode is `inode`, identity `key`), from the
 /// verdict cache or by hashing it.
-pub fn banned_content(exec_file: *mut file, inode: Inode, key: FileKey) -> Option<Ban> {
+#[inline(always)]
+pub fn banned_content(
+    exec_file: *mut file,
+    inode: Inode,
+    key: FileKey,
+    counters: &CacheCounters,
+) -> Option<Ban> {
     let inode_generation = inode.generation()?;
     // Read before the ban lookup: if the daemon changes the bans meanwhile, this verdict is
     // stored under the old generation and is stale by the time anyone reads it.
@@ -35,12 +57,12 @@ pub fn banned_content(exec_file: *mut file, inode: Inode, key: FileKey) -> Optio
             if cached.policy_generation == policy_generation
                 && cached.inode_generation == inode_generation
             {
-                increment(counter::VERDICT_CACHE_HIT);
+                increment(counters.hit);
                 return banned_verdict(key, &cached);
             }
         }
     }
-    increment(counter::VERDICT_CACHE_MISS);
+    increment(counters.miss);
 
     let mut digest: ContentHash = [0; 32];
     // SAFETY: `digest` is writable for its whole length.

@@ -324,10 +324,13 @@ async fn serve(
     counters = report_lost_events(&enforcer, counters, &sink);
     if enforcer.content_checks() {
         log::info!(
-            "content checks: {} answered from the verdict cache, {} hashed, {} not hashable, {} \
-             cached verdicts dropped after a change",
+            "content checks: {} answered from the verdict cache, {} hashed (executable \
+             mappings: {} from the cache, {} hashed), {} not hashable, {} cached verdicts dropped \
+             after a change",
             counters.verdict_cache_hits,
             counters.verdict_cache_misses,
+            counters.mapping_verdict_cache_hits,
+            counters.mapping_verdict_cache_misses,
             counters.content_hash_failures,
             counters.verdicts_invalidated
         );

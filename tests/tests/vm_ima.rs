@@ -214,6 +214,27 @@ fn measure_exec_cost_with_and_without_the_cache() -> Result<()> {
 
 /// Starts the daemon with one deny rule `rule` on the contents of `files`, scanning an empty
 /// directory so that every content match is the kernel's own.
+/// An `audit` rule naming a file by path does not hide a `deny` rule for its content.
+#[test]
+fn a_path_audit_does_not_hide_a_content_deny() -> Result<()> {
+    let sandbox = Sandbox::new("ima-strictest")?;
+    let banned = with_content(&sandbox, "banned", b"banned and audited", 0)?;
+    sandbox.write_policy(
+        "audit.toml",
+        &format!(
+            "name = \"audit\"\n[[rule]]\nid = \"watch\"\naction = \"audit\"\npaths = [{:?}]\n",
+            banned.display().to_string()
+        ),
+    )?;
+    let (mut daemon, _) = start_daemon(&sandbox, "ban-content", &[&banned])?;
+    expect_eperm(&banned)?;
+    let record = daemon.wait_for_exec(&banned)?;
+    ensure!(record["rule"] == "ban-content", "{record}");
+    let (status, _, _) = daemon.stop()?;
+    ensure!(status.success(), "daemon exit: {status}");
+    Ok(())
+}
+
 fn start_daemon(sandbox: &Sandbox, rule: &str, files: &[&Path]) -> Result<(Daemon, String)> {
     let hashes: Vec<String> = files
         .iter()

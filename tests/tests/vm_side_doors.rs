@@ -136,6 +136,61 @@ fn a_banned_library_cannot_be_loaded_or_made_executable() -> Result<()> {
     Ok(())
 }
 
+/// A copy of banned content made after the daemon started, outside any scan root: only the
+/// kernel's hashing recognises it, at exec and when the loader maps it.
+#[test]
+fn the_dynamic_loader_cannot_run_a_copy_of_banned_content() -> Result<()> {
+    let sandbox = Sandbox::new("ldso-content")?;
+    let mut content = std::fs::read(harmless_binary())?;
+    content.extend_from_slice(b"content banned for its mappings too");
+    let original = sandbox.path("original");
+    std::fs::write(&original, &content)?;
+    let hash = blocker_integration_tests::sha256_of(&original)?;
+    sandbox.write_policy(
+        "content.toml",
+        &format!("name = \"content\"\n[[rule]]\nid = \"ban-content\"\nsha256 = [{hash:?}]\n"),
+    )?;
+    let nothing_to_scan = sandbox.path("nothing-to-scan");
+    std::fs::create_dir_all(&nothing_to_scan)?;
+    let scan_root = nothing_to_scan.display().to_string();
+    let (mut daemon, started) = Daemon::start(
+        &sandbox.policy_dir(),
+        &[
+            "--backend",
+            "lsm",
+            "--scan-root",
+            &scan_root,
+            "--no-hash-cache",
+        ],
+    )?;
+    ensure!(
+        started["features"]["mapping_content"]["state"] == "on",
+        "{started}"
+    );
+    let copy = sandbox.path("copy");
+    std::fs::write(&copy, &content)?;
+
+    let output = Command::new(DYNAMIC_LOADER).arg(&copy).output()?;
+    ensure!(
+        !output.status.success(),
+        "ld.so ran a copy of banned content: {output:?}"
+    );
+    let event = daemon.wait_for_record(blocker_integration_tests::EVENT_TIMEOUT, |r| {
+        r["kind"] == "exec" && r["rule"] == "ban-content" && r["operation"] == "mmap"
+    })?;
+    ensure!(event["enforcement"] == "eperm", "{event}");
+    ensure!(
+        Command::new(DYNAMIC_LOADER)
+            .arg(harmless_binary())
+            .status()?
+            .success(),
+        "the loader still runs other programs"
+    );
+    let (status, _, _) = daemon.stop()?;
+    ensure!(status.success());
+    Ok(())
+}
+
 #[test]
 fn fileless_execs_are_refused_when_the_policy_says_deny() -> Result<()> {
     let sandbox = Sandbox::new("fileless")?;
@@ -161,6 +216,21 @@ fn fileless_execs_are_refused_when_the_policy_says_deny() -> Result<()> {
         })?;
         ensure!(event["enforcement"] == "eperm", "{what}: {event}");
     }
+    // The dynamic loader handed the same deleted file by its /proc name maps it instead.
+    let through_proc = format!(
+        "/proc/{}/fd/{}",
+        std::process::id(),
+        deleted_file.as_raw_fd()
+    );
+    let output = Command::new(DYNAMIC_LOADER).arg(&through_proc).output()?;
+    ensure!(
+        !output.status.success(),
+        "ld.so ran a deleted file: {output:?}"
+    );
+    let event = daemon.wait_for_record(blocker_integration_tests::EVENT_TIMEOUT, |r| {
+        r["kind"] == "exec" && r["rule"] == "fileless" && r["operation"] == "mmap"
+    })?;
+    ensure!(event["enforcement"] == "eperm", "ld.so: {event}");
     ensure!(
         Command::new(harmless_binary()).status()?.success(),
         "files with a name still run"

@@ -13,11 +13,16 @@ const BEGIN: &str = "<!-- kernel-table: written by `cargo xtask test` from its l
 const END: &str = "<!-- kernel-table end -->";
 
 /// The features in the table, each with the VM test target that exercises it.
-const COLUMNS: [(&str, &str, &str); 3] = [
+const COLUMNS: [(&str, &str, &str); 4] = [
     ("Content checks at exec", "exec_content", "vm_ima"),
     (
         "Executable-mapping checks",
         "executable_mappings",
+        "vm_side_doors",
+    ),
+    (
+        "Content checks of mappings",
+        "mapping_content",
         "vm_side_doors",
     ),
     ("Tamper protection", "tamper_protection", "vm_tamper"),
@@ -44,9 +49,11 @@ pub fn update_readme(root: &Path, readme: &Path) -> Result<()> {
 }
 
 fn render(results: &[(Suite, Value)]) -> String {
-    let mut table = String::from(
-        "| Kernel | LSMs | Backend | Content checks at exec | Executable-mapping checks | Tamper \
-         protection | VM tests |\n|---|---|---|---|---|---|---|\n",
+    let features: Vec<&str> = COLUMNS.iter().map(|(name, _, _)| *name).collect();
+    let mut table = format!(
+        "| Kernel | LSMs | Backend | {} | VM tests |\n|---|---|---|{}---|\n",
+        features.join(" | "),
+        "---|".repeat(COLUMNS.len())
     );
     for (suite, result) in results {
         let text = |value: &Value| value.as_str().unwrap_or("unknown").to_owned();
@@ -163,7 +170,8 @@ mod tests {
         assert_eq!(
             row,
             "| Debian 13 (trixie) `6.12.117+deb13-cloud-amd64` | `lockdown,bpf,ima` | lsm | on \
-             (`vm_ima` 6/6) | on (`vm_side_doors` did not run) | partial: without \
+             (`vm_ima` 6/6) | on (`vm_side_doors` did not run) | unknown (`vm_side_doors` did not \
+             run) | partial: without \
              `protect_links` (`vm_tamper` 1/2) | 30 passed, 1 failed |"
         );
     }

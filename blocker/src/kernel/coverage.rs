@@ -101,18 +101,25 @@ pub struct Features {
     pub verdict_cache: Feature,
     /// Executable mappings (`mmap`, `mprotect` with `PROT_EXEC`) of banned files refused.
     pub executable_mappings: Feature,
+    /// Executable mappings (`mmap` with `PROT_EXEC`: the dynamic loader, `dlopen`) checked by
+    /// content and the fileless setting too, as execs are.
+    pub mapping_content: Feature,
     /// Tamper protection (`--protect`).
     pub tamper_protection: Feature,
 }
 
 impl Features {
     /// Every feature with its name for people.
-    pub fn named(&self) -> [(&'static str, &Feature); 5] {
+    pub fn named(&self) -> [(&'static str, &Feature); 6] {
         [
             ("exec checks", &self.exec),
             ("content checks at exec", &self.exec_content),
             ("verdict cache", &self.verdict_cache),
             ("executable-mapping checks", &self.executable_mappings),
+            (
+                "content checks of executable mappings",
+                &self.mapping_content,
+            ),
             ("tamper protection", &self.tamper_protection),
         ]
     }
@@ -133,6 +140,7 @@ impl Features {
             exec_content: lsm_only(),
             verdict_cache: lsm_only(),
             executable_mappings: lsm_only(),
+            mapping_content: lsm_only(),
             tamper_protection: lsm_only(),
         }
     }
@@ -176,14 +184,30 @@ impl Features {
         } else {
             Feature::off("no content checks")
         };
+        // The content check of mappings stands in for the identity one of `mmap`.
+        let mapping_content = attached(lsm_programs::MAPPING_CONTENT.name);
+        let mapping_programs: Vec<LsmProgram> = lsm_programs::EXECUTABLE_MAPPINGS
+            .into_iter()
+            .filter(|program| {
+                !(mapping_content && program.name == lsm_programs::EXECUTABLE_MAPPINGS[0].name)
+            })
+            .collect();
         Self {
             exec: Feature::on(),
             exec_content,
             verdict_cache,
             executable_mappings: Feature::of(
                 &lsm_programs::EXECUTABLE_MAPPINGS,
-                missing(&lsm_programs::EXECUTABLE_MAPPINGS),
+                missing(&mapping_programs),
             ),
+            mapping_content: if content {
+                Feature::of(
+                    &[lsm_programs::MAPPING_CONTENT],
+                    missing(&[lsm_programs::MAPPING_CONTENT]),
+                )
+            } else {
+                Feature::off("no content checks")
+            },
             tamper_protection: Feature::of(
                 &lsm_programs::PROTECTION,
                 missing(&lsm_programs::PROTECTION),
@@ -220,6 +244,18 @@ mod tests {
                 == "tamper protection: partial; without protect_links (lsm/bpf): refused"));
         let none = Features::lsm(|name| !name.starts_with("protect_"), |_| "x".to_owned());
         assert_eq!(none.tamper_protection.state, State::Off);
+    }
+
+    #[test]
+    fn the_content_check_of_mappings_stands_in_for_the_identity_one() {
+        let features = Features::lsm(|name| name != "mmap_file", |_| "not loaded".to_owned());
+        assert_eq!(features.executable_mappings.state, State::On);
+        assert_eq!(features.mapping_content.state, State::On);
+        let identity_only =
+            Features::lsm(|name| name != "mmap_file_content", |_| "refused".to_owned());
+        assert_eq!(identity_only.executable_mappings.state, State::On);
+        assert_eq!(identity_only.mapping_content.state, State::Off);
+        assert_eq!(identity_only.mapping_content.missing[0].reason, "refused");
     }
 
     #[test]

@@ -75,6 +75,8 @@ pub struct KernelCounters {
     pub generation_mismatches: u64,
     pub verdict_cache_hits: u64,
     pub verdict_cache_misses: u64,
+    pub mapping_verdict_cache_hits: u64,
+    pub mapping_verdict_cache_misses: u64,
     pub content_hash_failures: u64,
     pub verdicts_invalidated: u64,
 }
@@ -477,10 +479,24 @@ impl Enforcer {
             self.load_lsm(&btf, &identity)?;
             identity
         };
-        let optional: Vec<LsmProgram> = lsm_programs::EXECUTABLE_MAPPINGS
+        // Mappings are checked by content where execs are and the kernel takes the program;
+        // by identity otherwise.
+        let mapping_content =
+            exec == lsm_programs::EXEC_CONTENT && load(self, &lsm_programs::MAPPING_CONTENT);
+        let mapping_programs = lsm_programs::EXECUTABLE_MAPPINGS.map(|program| {
+            if mapping_content && program == lsm_programs::EXECUTABLE_MAPPINGS[0] {
+                lsm_programs::MAPPING_CONTENT
+            } else {
+                program
+            }
+        });
+        // The content check of mappings is loaded already; every other program is loaded here.
+        let optional: Vec<LsmProgram> = mapping_programs
             .into_iter()
             .chain(lsm_programs::PROTECTION)
-            .filter(|program| load(self, program))
+            .filter(|program| {
+                program.name == lsm_programs::MAPPING_CONTENT.name || load(self, program)
+            })
             .collect();
 
         let content_checks = exec == lsm_programs::EXEC_CONTENT;
@@ -636,6 +652,8 @@ impl Enforcer {
             generation_mismatches: total(counter::GENERATION_MISMATCH)?,
             verdict_cache_hits: total(counter::VERDICT_CACHE_HIT)?,
             verdict_cache_misses: total(counter::VERDICT_CACHE_MISS)?,
+            mapping_verdict_cache_hits: total(counter::MAPPING_VERDICT_CACHE_HIT)?,
+            mapping_verdict_cache_misses: total(counter::MAPPING_VERDICT_CACHE_MISS)?,
             content_hash_failures: total(counter::CONTENT_HASH_FAILED)?,
             verdicts_invalidated: total(counter::VERDICT_INVALIDATED)?,
         })
@@ -755,11 +773,12 @@ mod tests {
                 program.name
             );
         }
-        let content = lsm_programs::EXEC_CONTENT;
-        assert_eq!(
-            section_of(content.name),
-            Some(format!("lsm.s/{}", content.hook))
-        );
+        for content in [lsm_programs::EXEC_CONTENT, lsm_programs::MAPPING_CONTENT] {
+            assert_eq!(
+                section_of(content.name),
+                Some(format!("lsm.s/{}", content.hook))
+            );
+        }
         assert_eq!(
             section_of(names::KILL_PROGRAM),
             Some(format!("tp_btf/{}", names::KILL_TRACEPOINT))
