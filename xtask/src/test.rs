@@ -1,5 +1,6 @@
-//! `cargo xtask test`: the unit tests, the tests against the host kernel, and the tests in a VM
-//! on each chosen Debian kernel (which can load BPF LSM programs), summed up in one line.
+//! `cargo xtask test`: the unit tests, the tests against the host kernel, a short run of each
+//! fuzz target, and the tests in a VM on each chosen Debian kernel (which can load BPF LSM
+//! programs), summed up in one line.
 
 use std::{
     path::{Path, PathBuf},
@@ -10,7 +11,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::{
     cargo::{self, Artifact, Profile, TestCounts, TestRun},
-    kernel_table,
+    fuzz, kernel_table,
     kernels::{self, Suite},
     package::{self, Built},
     prerequisites::{self, Needs},
@@ -64,6 +65,11 @@ pub fn run(root: &Path, only_vm_tests: &[String], kernels: &[Suite]) -> bool {
                     record("building blocker", Err(error));
                 }
             }
+            stage(&format!(
+                "fuzz targets ({} s each, as a regression check)",
+                fuzz::REGRESSION_SECONDS
+            ));
+            record("fuzz targets", fuzz::regression(root, &mut counts));
         }
         // The VM tests run the release build the package holds, and install the package.
         stage("package (release build, for the VM tests)");
