@@ -14,7 +14,7 @@ use blocker_common::{
 
 use crate::{
     hook_arguments,
-    kernel_types::{Bprm, Inode},
+    kernel_types::{Bprm, File, Inode},
     maps::{increment, setting, BANNED_FILES},
     report::{lsm_verdict, report, Ban, Occurrence, ALLOW},
     verdict_cache,
@@ -42,7 +42,7 @@ pub fn bprm_check_content(ctx: LsmContext) -> i32 {
     };
     // SAFETY: `bprm` is the hook's argument as the kernel passed it.
     let exec_file = unsafe { bprm.trusted_file() };
-    let Some(inode) = bprm.file().and_then(|file| file.inode()) else {
+    let Some(inode) = File::new(exec_file as *const u8).and_then(File::inode) else {
         return ALLOW;
     };
     let Some(key) = inode.key() else {

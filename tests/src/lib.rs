@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
 /// Longest a daemon may live in a test before the watchdog kills it.
@@ -710,4 +710,40 @@ pub fn assert_exec_record(record: &Value, expected: &ExpectedExec<'_>) -> Result
         bail!("time is not RFC 3339 UTC in {record}");
     }
     Ok(())
+}
+
+/// Starts a daemon (lsm backend) enforcing one content rule, `rule`, that bans the contents of
+/// `files`, with a scan root holding nothing and no hash cache: only the kernel's hashing can
+/// recognise a copy. Returns the daemon and its `started` record.
+pub fn start_content_daemon(
+    sandbox: &Sandbox,
+    rule: &str,
+    files: &[&Path],
+) -> Result<(Daemon, Value)> {
+    let hashes: Vec<String> = files
+        .iter()
+        .map(|file| sha256_of(file).map(|hash| format!("{hash:?}")))
+        .collect::<Result<_>>()?;
+    sandbox.write_policy(
+        "content.toml",
+        &format!(
+            "name = \"content\"\n[[rule]]\nid = \"{rule}\"\nsha256 = [{}]\n",
+            hashes.join(", ")
+        ),
+    )?;
+    let nothing_to_scan = sandbox.path("nothing-to-scan");
+    std::fs::create_dir_all(&nothing_to_scan)?;
+    let scan_root = nothing_to_scan.display().to_string();
+    let (daemon, started) = Daemon::start(
+        &sandbox.policy_dir(),
+        &[
+            "--backend",
+            "lsm",
+            "--scan-root",
+            &scan_root,
+            "--no-hash-cache",
+        ],
+    )?;
+    ensure!(started["backend"] == "lsm", "{started}");
+    Ok((daemon, started))
 }

@@ -15,7 +15,7 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use aya::maps::{loaded_maps, Array, Map, MapData, PerCpuArray};
 use blocker_common::{counter, names};
-use blocker_integration_tests::{harmless_binary, sha256_of, Daemon, Sandbox};
+use blocker_integration_tests::{harmless_binary, sha256_of, start_content_daemon, Sandbox};
 
 /// The kernel keeps at most this many bytes of a map's name, without the terminating NUL.
 const KERNEL_NAME_LEN: usize = 15;
@@ -25,7 +25,7 @@ fn banned_content_is_refused_under_any_name_without_a_scan() -> Result<()> {
     let sandbox = Sandbox::new("ima-names")?;
     let banned = with_content(&sandbox, "banned", b"banned content", 0)?;
     let allowed = with_content(&sandbox, "allowed", b"allowed content", 0)?;
-    let (mut daemon, _) = start_daemon(&sandbox, "ban-content", &[&banned])?;
+    let (mut daemon, _) = start_content_daemon(&sandbox, "ban-content", &[&banned])?;
 
     // Copies made after the daemon started, in a directory it does not scan: only the kernel's
     // hashing can recognise them.
@@ -62,7 +62,7 @@ fn verdicts_are_cached_until_the_file_or_the_bans_change() -> Result<()> {
     let banned_source = with_content(&sandbox, "banned-source", b"banned content", 0)?;
     let allowed = with_content(&sandbox, "allowed", b"allowed content", 0)?;
     let other = with_content(&sandbox, "other", b"other allowed content", 0)?;
-    let (_daemon, _) = start_daemon(&sandbox, "ban-content", &[&banned_source])?;
+    let (_daemon, _) = start_content_daemon(&sandbox, "ban-content", &[&banned_source])?;
     let mut kernel = KernelMaps::find()?;
 
     let before = kernel.counters()?;
@@ -139,7 +139,7 @@ fn verdicts_are_cached_until_the_file_or_the_bans_change() -> Result<()> {
 fn an_unnamed_file_is_hashed_at_every_exec() -> Result<()> {
     let sandbox = Sandbox::new("ima-memfd")?;
     let banned = with_content(&sandbox, "banned", b"banned content", 0)?;
-    let (_daemon, _) = start_daemon(&sandbox, "ban-content", &[&banned])?;
+    let (_daemon, _) = start_content_daemon(&sandbox, "ban-content", &[&banned])?;
     let kernel = KernelMaps::find()?;
 
     // Not close-on-exec, so the child reaches it as /proc/self/fd/N.
@@ -188,7 +188,7 @@ fn measure_exec_cost_with_and_without_the_cache() -> Result<()> {
         baseline.push(median_exec_time(path, EXECS, || Ok(()))?);
     }
 
-    let (_daemon, _) = start_daemon(&sandbox, "ban-content", &[&banned])?;
+    let (_daemon, _) = start_content_daemon(&sandbox, "ban-content", &[&banned])?;
     let mut kernel = KernelMaps::find()?;
     for ((size, path), without_blocker) in files.iter().zip(baseline) {
         let before = kernel.counters()?;
@@ -226,42 +226,13 @@ fn a_path_audit_does_not_hide_a_content_deny() -> Result<()> {
             banned.display().to_string()
         ),
     )?;
-    let (mut daemon, _) = start_daemon(&sandbox, "ban-content", &[&banned])?;
+    let (mut daemon, _) = start_content_daemon(&sandbox, "ban-content", &[&banned])?;
     expect_eperm(&banned)?;
     let record = daemon.wait_for_exec(&banned)?;
     ensure!(record["rule"] == "ban-content", "{record}");
     let (status, _, _) = daemon.stop()?;
     ensure!(status.success(), "daemon exit: {status}");
     Ok(())
-}
-
-fn start_daemon(sandbox: &Sandbox, rule: &str, files: &[&Path]) -> Result<(Daemon, String)> {
-    let hashes: Vec<String> = files
-        .iter()
-        .map(|file| sha256_of(file).map(|hash| format!("{hash:?}")))
-        .collect::<Result<_>>()?;
-    sandbox.write_policy(
-        "content.toml",
-        &format!(
-            "name = \"content\"\n[[rule]]\nid = \"{rule}\"\nsha256 = [{}]\n",
-            hashes.join(", ")
-        ),
-    )?;
-    let nothing_to_scan = sandbox.path("nothing-to-scan");
-    fs::create_dir_all(&nothing_to_scan)?;
-    let scan_root = nothing_to_scan.display().to_string();
-    let (daemon, started) = Daemon::start(
-        &sandbox.policy_dir(),
-        &[
-            "--backend",
-            "lsm",
-            "--scan-root",
-            &scan_root,
-            "--no-hash-cache",
-        ],
-    )?;
-    ensure!(started["backend"] == "lsm", "{started}");
-    Ok((daemon, started.to_string()))
 }
 
 /// A runnable copy of the harmless binary made distinct by `tag` and padded with zeros to at
@@ -379,7 +350,7 @@ fn a_reload_banning_a_cached_allowed_file_takes_effect_at_once() -> Result<()> {
     let sandbox = Sandbox::new("ima-reload")?;
     let banned = with_content(&sandbox, "banned", b"banned content", 0)?;
     let later = with_content(&sandbox, "banned-later", b"allowed until the reload", 0)?;
-    let (mut daemon, _) = start_daemon(&sandbox, "ban-content", &[&banned])?;
+    let (mut daemon, _) = start_content_daemon(&sandbox, "ban-content", &[&banned])?;
     // Allowed twice: its verdict is in the cache.
     expect_success(&later)?;
     expect_success(&later)?;
@@ -408,7 +379,7 @@ fn banned_scripts_and_copies_on_other_filesystems_are_refused_by_content() -> Re
     fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
     let program = with_content(&sandbox, "program", b"banned program", 0)?;
     expect_success(&script)?;
-    let (mut daemon, _) = start_daemon(&sandbox, "ban-content", &[&script, &program])?;
+    let (mut daemon, _) = start_content_daemon(&sandbox, "ban-content", &[&script, &program])?;
 
     // /run is another tmpfs than /tmp: another filesystem, other inode numbers.
     let elsewhere = PathBuf::from(format!("/run/blocker-ima-{}", std::process::id()));

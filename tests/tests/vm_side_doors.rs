@@ -145,24 +145,8 @@ fn the_dynamic_loader_cannot_run_a_copy_of_banned_content() -> Result<()> {
     content.extend_from_slice(b"content banned for its mappings too");
     let original = sandbox.path("original");
     std::fs::write(&original, &content)?;
-    let hash = blocker_integration_tests::sha256_of(&original)?;
-    sandbox.write_policy(
-        "content.toml",
-        &format!("name = \"content\"\n[[rule]]\nid = \"ban-content\"\nsha256 = [{hash:?}]\n"),
-    )?;
-    let nothing_to_scan = sandbox.path("nothing-to-scan");
-    std::fs::create_dir_all(&nothing_to_scan)?;
-    let scan_root = nothing_to_scan.display().to_string();
-    let (mut daemon, started) = Daemon::start(
-        &sandbox.policy_dir(),
-        &[
-            "--backend",
-            "lsm",
-            "--scan-root",
-            &scan_root,
-            "--no-hash-cache",
-        ],
-    )?;
+    let (mut daemon, started) =
+        blocker_integration_tests::start_content_daemon(&sandbox, "ban-content", &[&original])?;
     ensure!(
         started["features"]["mapping_content"]["state"] == "on",
         "{started}"

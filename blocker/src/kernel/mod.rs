@@ -149,11 +149,7 @@ impl Enforcer {
                 Ok(Some(mut enforcer)) => {
                     enforcer.fill(policy)?;
                     match protect {
-                        Some(directories) => {
-                            let mut directories = directories.to_vec();
-                            directories.extend(pins::directories(dir));
-                            enforcer.protect(&directories)?;
-                        }
+                        Some(directories) => enforcer.protect(directories)?,
                         None => enforcer.protection_not_asked_for(),
                     }
                     return Ok(enforcer);
@@ -174,7 +170,7 @@ impl Enforcer {
             enforcer.protection_not_asked_for();
         }
         if let Some(directories) = protect {
-            // The pin directories do not exist yet: they are protected once pinned, below.
+            // The pin directories do not exist yet: protected again once pinned, below.
             enforcer.protect(directories)?;
         }
         if let Some(dir) = pin_dir {
@@ -183,9 +179,7 @@ impl Enforcer {
             enforcer.links = pins::pin(&dir, &maps, links)?;
             enforcer.pinned = Some(dir.clone());
             if let Some(directories) = protect {
-                let mut directories = directories.to_vec();
-                directories.extend(pins::directories(&dir));
-                if let Err(error) = enforcer.protect(&directories) {
+                if let Err(error) = enforcer.protect(directories) {
                     enforcer.remove_own_pins();
                     return Err(error);
                 }

@@ -10,13 +10,13 @@ use anyhow::{Context, Result};
 use aya::maps::{Array, MapData};
 use blocker_common::{bpf_object, names, FileKey, Protection};
 
-use super::{coverage::State, sync_map, Enforcer};
+use super::{coverage::State, pins, sync_map, Enforcer};
 use crate::identity::{kernel_device_number, FileIdentity};
 
 impl Enforcer {
     /// Turns tamper protection on for this process: no other process may signal or trace it,
-    /// get descriptors of blocker's maps, programs or links, or change `directories` (their
-    /// entries and the files in them) or the blocker binary, except processes running that
+    /// get descriptors of blocker's maps, programs or links, or change `directories` and the pin directories, once pinned (their
+    /// entries and the files in them), or the blocker binary, except processes running that
     /// binary and, for signals, the service manager (pid 1).
     /// Protection needs its programs: where none is attached (the kill backend, adopted pins
     /// without them), the daemon runs unprotected and `features` says why; where some are
@@ -34,7 +34,8 @@ impl Enforcer {
         let binary = FileIdentity::of_path(Path::new("/proc/self/exe"))
             .context("finding the blocker binary")?;
         let mut protected = BTreeMap::from([(binary.key, binary_path)]);
-        for directory in directories {
+        let pin_directories = self.pinned.as_deref().map(pins::directories);
+        for directory in directories.iter().chain(pin_directories.iter().flatten()) {
             let metadata = std::fs::metadata(directory)
                 .with_context(|| format!("protecting {}", directory.display()))?;
             let key = FileKey::new(kernel_device_number(metadata.dev()), metadata.ino());
