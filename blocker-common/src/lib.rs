@@ -118,7 +118,7 @@ pub mod lsm_programs {
         program(
             "protect_files_from_setattr",
             "inode_setattr",
-            &[InodeSetattrDentry],
+            &[InodeSetattrDentry, InodeSetattrAttr],
         ),
         program(
             "protect_dirs_from_create",
@@ -213,6 +213,7 @@ hook_arguments! {
     FileOpenFile = "file_open"."file",
     /// Second since Linux 6.3, behind the mount's `struct mnt_idmap *`.
     InodeSetattrDentry = "inode_setattr"."dentry",
+    InodeSetattrAttr = "inode_setattr"."attr",
     PathTruncatePath = "path_truncate"."path",
     TaskKillTask = "task_kill"."p",
     TaskKillSignal = "task_kill"."sig",
@@ -399,11 +400,25 @@ pub mod setting {
     /// drops stale verdicts is attached, so no verdict outlives a change the kernel could not
     /// report. Without it content is hashed at every exec.
     pub const VERDICT_CACHE: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// What to do with the exec or executable mapping of a file whose content the kernel could
+    /// not hash (larger than [`HASH_LIMIT_MIB`], or the hash failed) while content bans exist.
+    pub const UNHASHABLE: u32 = 2;
+    /// Whether any content ban is in force (1) or not (0): without one nothing is hashed.
+    pub const CONTENT_BANS: u32 = 3;
+    /// Files larger than this many MiB are not hashed, in the kernel as in userspace; their
+    /// execs are unhashable. Unset (0) means [`super::DEFAULT_HASH_LIMIT_MIB`].
+    pub const HASH_LIMIT_MIB: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
+
+/// The hash size bound when no policy sets one: larger than any application's executable or
+/// library we know of, small enough that hashing one file takes seconds, not minutes.
+pub const DEFAULT_HASH_LIMIT_MIB: u32 = 2048;
 
 /// `rule_id` of events about fileless execs, which no rule but the policy's setting decides.
 pub const FILELESS_RULE_ID: u32 = u32::MAX;
+/// `rule_id` of events about execs and mappings whose content could not be hashed.
+pub const UNHASHABLE_RULE_ID: u32 = u32::MAX - 1;
 
 /// Flags of a [`BanEntry`].
 pub mod entry_flags {
@@ -470,7 +485,64 @@ pub mod counter {
     pub const MAPPING_VERDICT_CACHE_HIT: u32 = 6;
     /// Content checks of executable mappings that hashed the file.
     pub const MAPPING_VERDICT_CACHE_MISS: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// Content checks of files larger than the hash limit, which are not hashed.
+    pub const CONTENT_TOO_LARGE: u32 = 8;
+    /// Content verdicts not cached because the file's filesystem can change its bytes without
+    /// the kernel hooks that drop verdicts seeing it (overlay, FUSE, network, user-namespace and
+    /// loop-device mounts).
+    pub const VERDICT_NOT_CACHEABLE: u32 = 9;
+    /// Records not sent because the same user, file and operation was reported
+    /// [`super::record_limit::BURST`] times within [`super::record_limit::WINDOW_NS`].
+    pub const RECORDS_SUPPRESSED: u32 = 10;
+    pub const COUNT: u32 = 11;
+}
+
+/// Filesystems on which every change to a file's bytes passes the hooks that drop cached
+/// verdicts (`file_open` for writing, `inode_setattr`, `path_truncate`, shared writable `mmap`)
+/// for that very inode, given a superblock owned by the initial user namespace and not backed
+/// by a loop device: `s_magic` values. Every other filesystem is hashed at each exec.
+pub mod cacheable_filesystem {
+    pub const EXT4: u64 = 0xEF53;
+    pub const XFS: u64 = 0x5846_5342;
+    pub const BTRFS: u64 = 0x9123_683E;
+    pub const TMPFS: u64 = 0x0102_1994;
+    pub const F2FS: u64 = 0xF2F5_2010;
+    pub const ALL: [u64; 5] = [EXT4, XFS, BTRFS, TMPFS, F2FS];
+    /// `LOOP_MAJOR`: the block device of a filesystem image, whose backing file can be written
+    /// without touching the mounted filesystem's inodes.
+    pub const LOOP_DEVICE_MAJOR: u32 = 7;
+}
+
+/// How the kernel bounds records of repeated attempts: per (user, file, operation), at most
+/// `BURST` records every `WINDOW_NS`; the first record after a window that suppressed some says
+/// how many (`ExecEvent::suppressed`).
+pub mod record_limit {
+    pub const BURST: u32 = 5;
+    pub const WINDOW_NS: u64 = 10_000_000_000;
+    /// Distinct (user, file, operation) triples tracked; the least recent are forgotten first.
+    pub const CAPACITY: u32 = 1 << 13;
+}
+
+/// The key of the record limiter: who did what to which file.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordKey {
+    pub file: FileKey,
+    pub uid: u32,
+    /// One of [`operation`].
+    pub operation: u32,
+}
+
+/// The record limiter's state for one [`RecordKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordWindow {
+    /// `bpf_ktime_get_boot_ns()` when the window began.
+    pub start_ns: u64,
+    /// Records sent in this window.
+    pub sent: u32,
+    /// Records suppressed in this window.
+    pub suppressed: u32,
 }
 
 /// Length of `task_struct::comm`.
@@ -509,6 +581,11 @@ pub struct ExecEvent {
     pub filename_len: u32,
     /// For a refused tamper attempt, what was tried (see [`operation`]); otherwise 0.
     pub detail: u32,
+    /// Records of the same user, file and operation suppressed in the window before this one
+    /// (see [`record_limit`]).
+    pub suppressed: u32,
+    /// Always zero: keeps the size a multiple of eight.
+    pub padding: u32,
     pub comm: [u8; COMM_LEN],
     /// The path as given to exec (`bprm->filename`), NUL-terminated unless cut.
     pub filename: [u8; FILENAME_LEN],
@@ -540,8 +617,17 @@ pub struct KernelOffsets {
     pub bpf_map_id: u32,
     pub bpf_prog_aux: u32,
     pub bpf_prog_aux_id: u32,
-    /// Keeps the size a multiple of eight.
-    pub padding: u32,
+    pub inode_i_size: u32,
+    pub inode_i_uid: u32,
+    pub super_block_s_magic: u32,
+    pub super_block_s_user_ns: u32,
+    pub super_block_s_bdev: u32,
+    pub block_device_bd_dev: u32,
+    pub user_namespace_level: u32,
+    pub task_struct_cred: u32,
+    pub cred_fsuid: u32,
+    pub cred_cap_effective: u32,
+    pub cred_user_ns: u32,
 }
 
 #[cfg(feature = "user")]
@@ -555,6 +641,8 @@ mod pod {
     unsafe impl aya::Pod for super::CachedVerdict {}
     unsafe impl aya::Pod for super::Protection {}
     unsafe impl aya::Pod for super::HookArgumentPositions {}
+    unsafe impl aya::Pod for super::RecordKey {}
+    unsafe impl aya::Pod for super::RecordWindow {}
 }
 
 #[cfg(test)]
@@ -567,12 +655,14 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<FileKey>(), 16);
         assert_eq!(size_of::<BanEntry>(), 16);
-        assert_eq!(size_of::<KernelOffsets>(), 88);
+        assert_eq!(size_of::<KernelOffsets>(), 128);
+        assert_eq!(size_of::<RecordKey>(), 24);
+        assert_eq!(size_of::<RecordWindow>(), 16);
         assert_eq!(size_of::<Protection>(), 24);
         assert_eq!(size_of::<CachedVerdict>(), 16);
         assert_eq!(
             size_of::<ExecEvent>(),
-            8 + 8 + 12 * 4 + COMM_LEN + FILENAME_LEN
+            8 + 8 + 14 * 4 + COMM_LEN + FILENAME_LEN
         );
     }
 

@@ -6,7 +6,7 @@ use aya_ebpf::{programs::LsmContext, EbpfContext};
 use blocker_common::HookArgument;
 
 use crate::{
-    kernel_types::{Bprm, Dentry, File, Inode, Path, Task},
+    kernel_types::{Bprm, Dentry, File, Iattr, Inode, Path, Task},
     maps::HOOK_ARGUMENT_POSITIONS,
 };
 
@@ -88,4 +88,9 @@ pub fn path(ctx: &LsmContext, argument: HookArgument) -> Option<Path> {
 #[inline(always)]
 pub fn task(ctx: &LsmContext, argument: HookArgument) -> Option<Task> {
     Task::new(pointer(ctx, argument))
+}
+
+#[inline(always)]
+pub fn iattr(ctx: &LsmContext, argument: HookArgument) -> Option<Iattr> {
+    Iattr::new(pointer(ctx, argument))
 }

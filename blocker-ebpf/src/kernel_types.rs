@@ -6,7 +6,7 @@ use aya_ebpf::{
     bindings::file,
     helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
 };
-use blocker_common::FileKey;
+use blocker_common::{cacheable_filesystem, FileKey};
 
 use crate::maps::KERNEL_OFFSETS;
 
@@ -146,6 +146,93 @@ impl Inode {
     pub fn links(self) -> Option<u32> {
         read_field(self.0, offset!(inode_i_nlink))
     }
+
+    /// Bytes of content.
+    pub fn size(self) -> Option<u64> {
+        read_field(self.0, offset!(inode_i_size))
+    }
+
+    /// The owner, as a kernel-wide uid.
+    pub fn owner(self) -> Option<u32> {
+        read_field(self.0, offset!(inode_i_uid))
+    }
+
+    pub fn super_block(self) -> Option<SuperBlock> {
+        SuperBlock::new(read_field(self.0, offset!(inode_i_sb))?)
+    }
+
+    /// Whether every change to this file's bytes passes the hooks that drop cached verdicts
+    /// for this very inode (see `blocker_common::cacheable_filesystem`). Overlay and FUSE files
+    /// change through another inode or another machine; a filesystem a user namespace mounted,
+    /// or one on a loop device, through a file its owner writes directly.
+    pub fn verdict_cacheable(self) -> bool {
+        let Some(super_block) = self.super_block() else {
+            return false;
+        };
+        let Some(magic) = super_block.magic() else {
+            return false;
+        };
+        cacheable_filesystem::ALL.contains(&magic)
+            && super_block.owned_by_initial_user_namespace()
+            && !super_block.on_loop_device()
+    }
+}
+
+/// The kernel's `MINORBITS`: `dev_t` inside the kernel is `(major << 20) | minor`.
+const MINOR_BITS: u32 = 20;
+
+impl SuperBlock {
+    pub fn magic(self) -> Option<u64> {
+        read_field(self.0, offset!(super_block_s_magic))
+    }
+
+    fn owned_by_initial_user_namespace(self) -> bool {
+        read_field::<*const u8>(self.0, offset!(super_block_s_user_ns))
+            .is_some_and(in_initial_user_namespace)
+    }
+
+    /// Unknown counts as a loop device.
+    fn on_loop_device(self) -> bool {
+        let Some(device) = read_field::<*const u8>(self.0, offset!(super_block_s_bdev)) else {
+            return true;
+        };
+        if device.is_null() {
+            return false;
+        }
+        read_field::<u32>(device, offset!(block_device_bd_dev)).map_or(true, |number| {
+            number >> MINOR_BITS == cacheable_filesystem::LOOP_DEVICE_MAJOR
+        })
+    }
+}
+
+/// Whether `namespace` (a `struct user_namespace *`) is the initial one, the only one at level 0.
+fn in_initial_user_namespace(namespace: *const u8) -> bool {
+    read_field::<u32>(namespace, offset!(user_namespace_level)) == Some(0)
+}
+
+impl Cred {
+    /// The uid the task acts as on files.
+    pub fn fsuid(self) -> Option<u32> {
+        read_field(self.0, offset!(cred_fsuid))
+    }
+
+    /// Whether the credentials hold `capability` (a `CAP_*` number) over the whole machine:
+    /// effective, and in the initial user namespace. A user namespace's root holds every
+    /// capability only over what that namespace owns.
+    pub fn capable(self, capability: u32) -> bool {
+        let machine_wide = read_field::<*const u8>(self.0, offset!(cred_user_ns))
+            .is_some_and(in_initial_user_namespace);
+        machine_wide
+            && read_field::<u64>(self.0, offset!(cred_cap_effective))
+                .is_some_and(|effective| effective & (1 << capability) != 0)
+    }
+}
+
+impl Iattr {
+    /// `ia_valid`, the first member: which attributes change (`ATTR_*`).
+    pub fn changes(self) -> Option<u32> {
+        read_field(self.0, 0)
+    }
 }
 
 impl Dentry {
@@ -189,6 +276,10 @@ impl Task {
         read_field(self.0, offset!(task_struct_tgid))
     }
 
+    pub fn credentials(self) -> Option<Cred> {
+        Cred::new(read_field(self.0, offset!(task_struct_cred))?)
+    }
+
     pub fn real_parent(self) -> Option<Task> {
         Task::new(read_field(self.0, offset!(task_struct_real_parent))?)
     }
@@ -216,6 +307,19 @@ impl BpfProg {
         read_field(aux, offset!(bpf_prog_aux_id))
     }
 }
+
+kernel_struct!(
+    /// `struct super_block`: a mounted filesystem.
+    SuperBlock
+);
+kernel_struct!(
+    /// `struct cred`: a task's credentials.
+    Cred
+);
+kernel_struct!(
+    /// `struct iattr`: the attribute changes of a setattr.
+    Iattr
+);
 
 kernel_struct!(
     /// `union bpf_attr`, the kernel's copy of a `bpf(2)` call's attributes.

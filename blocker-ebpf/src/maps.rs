@@ -5,10 +5,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use blocker_common::{
-    BanEntry, CachedVerdict, ContentHash, FileKey, HookArgumentPositions, KernelOffsets,
-    Protection, BANNED_FILES_CAPACITY, BANNED_HASHES_CAPACITY, BPF_F_NO_PREALLOC,
-    EVENTS_RING_BYTES, PROTECTED_BPF_OBJECTS_CAPACITY, PROTECTED_INODES_CAPACITY,
-    VERDICT_CACHE_CAPACITY,
+    record_limit, BanEntry, CachedVerdict, ContentHash, FileKey, HookArgumentPositions,
+    KernelOffsets, Protection, RecordKey, RecordWindow, BANNED_FILES_CAPACITY,
+    BANNED_HASHES_CAPACITY, BPF_F_NO_PREALLOC, EVENTS_RING_BYTES, PROTECTED_BPF_OBJECTS_CAPACITY,
+    PROTECTED_INODES_CAPACITY, VERDICT_CACHE_CAPACITY,
 };
 
 #[map]
@@ -43,6 +43,12 @@ pub static COUNTERS: PerCpuArray<u64> =
 /// change them without reloading the programs.
 #[map]
 pub static SETTINGS: Array<u32> = Array::with_max_entries(blocker_common::setting::COUNT, 0);
+
+/// The record limiter: how often each user was recently reported doing each operation to each
+/// file (see `blocker_common::record_limit`).
+#[map]
+pub static RECENT_RECORDS: LruHashMap<RecordKey, RecordWindow> =
+    LruHashMap::with_max_entries(record_limit::CAPACITY, 0);
 
 /// Tamper protection: which daemon to guard and which binary is trusted; off while zero.
 #[map]
@@ -87,7 +93,17 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     bpf_map_id: 0,
     bpf_prog_aux: 0,
     bpf_prog_aux_id: 0,
-    padding: 0,
+    inode_i_size: 0,
+    inode_i_uid: 0,
+    super_block_s_magic: 0,
+    super_block_s_user_ns: 0,
+    super_block_s_bdev: 0,
+    block_device_bd_dev: 0,
+    user_namespace_level: 0,
+    task_struct_cred: 0,
+    cred_fsuid: 0,
+    cred_cap_effective: 0,
+    cred_user_ns: 0,
 };
 
 /// Where each hook argument the programs read sits in the running kernel's hook prototypes.

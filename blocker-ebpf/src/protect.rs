@@ -19,6 +19,14 @@ const SIGHUP: i32 = 1;
 const PTRACE_MODE_ATTACH: u32 = 0x02;
 /// `BPF_LINK_GET_FD_BY_ID` of `enum bpf_cmd`.
 const BPF_LINK_GET_FD_BY_ID: u32 = 30;
+/// Capabilities (`CAP_*`) that let a caller past the kernel's own checks.
+const CAP_CHOWN: u32 = 0;
+const CAP_FOWNER: u32 = 3;
+const CAP_SYS_ADMIN: u32 = 21;
+/// `ATTR_*` of `iattr.ia_valid` that need ownership or a capability (mode, owner, group, times
+/// set to a given value). Size changes and times set to now were checked for write permission
+/// before the hook.
+const ATTR_NEEDING_OWNERSHIP: u32 = 0x1 | 0x2 | 0x4 | 0x80 | 0x100;
 
 /// A signal a process sends (the kernel's own never come here).
 #[lsm(hook = "task_kill")]
@@ -95,6 +103,11 @@ pub fn protect_links(ctx: LsmContext) -> i32 {
     if command != BPF_LINK_GET_FD_BY_ID {
         return ALLOW;
     }
+    // The hook runs before the command's own CAP_SYS_ADMIN check: anyone else is refused by the
+    // kernel anyway, and is not worth a record.
+    if !current_capable(CAP_SYS_ADMIN) {
+        return ALLOW;
+    }
     let attr = BpfAttr::new(hook_arguments::pointer(&ctx, HookArgument::BpfAttr));
     refuse_bpf_object(
         bpf_object::LINK,
@@ -123,11 +136,30 @@ pub fn protect_files_from_setattr(ctx: LsmContext) -> i32 {
         return ALLOW;
     };
     let dentry = hook_arguments::dentry(&ctx, HookArgument::InodeSetattrDentry);
-    refuse_change(
-        &protection,
-        file_change::SETATTR,
-        dentry.and_then(protected_dentry),
-    )
+    let Some(target) = dentry.and_then(protected_dentry) else {
+        return ALLOW;
+    };
+    if trusted(&protection) {
+        return ALLOW;
+    }
+    // The hook runs before the filesystem checks ownership: a user chmod-ing a file they do
+    // not own fails anyway, and is not worth a record (nor a way to flood the event stream).
+    let changes = hook_arguments::iattr(&ctx, HookArgument::InodeSetattrAttr)
+        .and_then(|attr| attr.changes())
+        .unwrap_or(ATTR_NEEDING_OWNERSHIP);
+    let owner = dentry.and_then(Dentry::inode).and_then(Inode::owner);
+    let could_succeed = changes & ATTR_NEEDING_OWNERSHIP == 0
+        || Task::current()
+            .and_then(Task::credentials)
+            .is_some_and(|credentials| {
+                credentials.fsuid().is_some_and(|uid| Some(uid) == owner)
+                    || credentials.capable(CAP_FOWNER)
+                    || credentials.capable(CAP_CHOWN)
+            });
+    if !could_succeed {
+        return REFUSE;
+    }
+    refuse(operation::FILE_CHANGE, file_change::SETATTR, target)
 }
 
 #[lsm(hook = "inode_create")]
@@ -226,7 +258,19 @@ fn mount_over(ctx: &LsmContext, mount_point: HookArgument) -> i32 {
     let target = hook_arguments::path(ctx, mount_point)
         .and_then(|path| path.dentry())
         .and_then(protected_dentry);
+    // `sb_mount` runs before the kernel checks the caller may mount. Without CAP_SYS_ADMIN over
+    // the machine the caller either fails anyway or mounts in a user namespace's own mount
+    // namespace, which the daemon never looks through: refused, but not worth a record.
+    if target.is_some() && !trusted(&protection) && !current_capable(CAP_SYS_ADMIN) {
+        return REFUSE;
+    }
     refuse_change(&protection, file_change::MOUNT, target)
+}
+
+fn current_capable(capability: u32) -> bool {
+    Task::current()
+        .and_then(Task::credentials)
+        .is_some_and(|credentials| credentials.capable(capability))
 }
 
 /// A new entry in `directory`.

@@ -4,11 +4,13 @@
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
 };
-use blocker_common::{action, counter, BanEntry, ExecEvent, FileKey};
+use blocker_common::{
+    action, counter, record_limit, BanEntry, ExecEvent, FileKey, RecordKey, RecordWindow,
+};
 
 use crate::{
     kernel_types::{Bprm, Task},
-    maps::{increment, EVENTS},
+    maps::{increment, EVENTS, RECENT_RECORDS},
 };
 
 const EPERM: i32 = 1;
@@ -81,18 +83,28 @@ pub struct Occurrence {
     pub exec: Option<Bprm>,
 }
 
-/// Sends an event about `ban`; counts it as lost if the ring buffer is full (the verdict stands
-/// regardless).
+/// Sends an event about `ban`, unless the record limiter suppresses it; counts it as lost if the
+/// ring buffer is full (the verdict stands regardless).
 // Inlined: the verifier then sees which fields of `occurrence` are set at each call.
 #[inline(always)]
 pub fn report(ban: &Ban, occurrence: &Occurrence) {
+    let uid_gid = bpf_get_current_uid_gid();
+    let limited = RecordKey {
+        file: ban.key,
+        uid: uid_gid as u32,
+        operation: occurrence.operation,
+    };
+    let suppressed = suppressed_before(&limited);
+    if suppressed == SUPPRESS {
+        increment(counter::RECORDS_SUPPRESSED);
+        return;
+    }
     let Some(mut slot) = EVENTS.reserve::<ExecEvent>(0) else {
         increment(counter::EVENTS_LOST);
         return;
     };
     let event = slot.as_mut_ptr();
     let pid_tgid = bpf_get_current_pid_tgid();
-    let uid_gid = bpf_get_current_uid_gid();
     let parent = Task::current()
         .and_then(Task::real_parent)
         .and_then(Task::tgid);
@@ -111,6 +123,8 @@ pub fn report(ban: &Ban, occurrence: &Occurrence) {
         (*event).backend = occurrence.backend;
         (*event).operation = occurrence.operation;
         (*event).detail = occurrence.detail;
+        (*event).suppressed = suppressed;
+        (*event).padding = 0;
         (*event).comm = bpf_get_current_comm().unwrap_or_default();
         (*event).filename_len = match occurrence.exec {
             Some(bprm) => bprm.filename_into(&mut (*event).filename),
@@ -118,4 +132,41 @@ pub fn report(ban: &Ban, occurrence: &Occurrence) {
         };
     }
     slot.submit(0);
+}
+
+/// What [`suppressed_before`] returns for a record to suppress. A plain number rather than an
+/// `Option`, which the verifier may see half-set after the branches merge.
+const SUPPRESS: u32 = u32::MAX;
+
+/// Admits a record of `key` to the ring buffer: at most `record_limit::BURST` per window.
+/// Returns how many records of `key` the previous window suppressed (for the first record of a
+/// window), 0 for a later one, or [`SUPPRESS`]. Updates race between CPUs; a lost update only
+/// lets one record more through or miscounts one suppressed.
+#[inline(always)]
+fn suppressed_before(key: &RecordKey) -> u32 {
+    // SAFETY: reads the clock.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let fresh = RecordWindow {
+        start_ns: now,
+        sent: 1,
+        suppressed: 0,
+    };
+    let Some(window) = RECENT_RECORDS.get_ptr_mut(key) else {
+        // Best effort: an LRU map makes room by forgetting the least recent.
+        let _ = RECENT_RECORDS.insert(key, &fresh, 0);
+        return 0;
+    };
+    // SAFETY: the map's value, which this program may write; concurrent writers are tolerated.
+    let window = unsafe { &mut *window };
+    if now.wrapping_sub(window.start_ns) >= record_limit::WINDOW_NS {
+        let suppressed = window.suppressed;
+        *window = fresh;
+        return suppressed;
+    }
+    if window.sent < record_limit::BURST {
+        window.sent += 1;
+        return 0;
+    }
+    window.suppressed = window.suppressed.saturating_add(1);
+    SUPPRESS
 }

@@ -4,6 +4,7 @@
 use aya_ebpf::{bindings::file, helpers::bpf_ima_file_hash, macros::lsm, programs::LsmContext};
 use blocker_common::{
     action, counter, setting, BanEntry, CachedVerdict, ContentHash, FileKey, HookArgument,
+    DEFAULT_HASH_LIMIT_MIB, UNHASHABLE_RULE_ID,
 };
 
 use crate::{
@@ -36,7 +37,8 @@ pub const MAPPING_COUNTERS: CacheCounters = CacheCounters {
 };
 
 /// The content ban matching `exec_file` (whose inode is `inode`, identity `key`), from the
-/// verdict cache or by hashing it.
+/// verdict cache or by hashing it; the unhashable setting's ban if it cannot be hashed. Nothing
+/// is hashed while no content ban is in force.
 #[inline(always)]
 pub fn banned_content(
     exec_file: *mut file,
@@ -44,11 +46,14 @@ pub fn banned_content(
     key: FileKey,
     counters: &CacheCounters,
 ) -> Option<Ban> {
+    if setting(setting::CONTENT_BANS) == 0 {
+        return None;
+    }
     let inode_generation = inode.generation()?;
     // Read before the ban lookup: if the daemon changes the bans meanwhile, this verdict is
     // stored under the old generation and is stale by the time anyone reads it.
     let policy_generation = *POLICY_GENERATION.get(0)?;
-    let cache_usable = setting(setting::VERDICT_CACHE) != 0;
+    let cache_usable = setting(setting::VERDICT_CACHE) != 0 && cacheable(inode);
 
     if cache_usable {
         // SAFETY: the entry is copied out at once.
@@ -64,6 +69,10 @@ pub fn banned_content(
     }
     increment(counters.miss);
 
+    if inode.size()? > hash_limit_bytes() {
+        increment(counter::CONTENT_TOO_LARGE);
+        return unhashable_ban(key);
+    }
     let mut digest: ContentHash = [0; 32];
     // SAFETY: `digest` is writable for its whole length.
     let algorithm = unsafe {
@@ -75,7 +84,7 @@ pub fn banned_content(
     };
     if algorithm != HASH_ALGO_SHA256 {
         increment(counter::CONTENT_HASH_FAILED);
-        return None;
+        return unhashable_ban(key);
     }
     // SAFETY: the entry is copied out at once.
     let verdict = match unsafe { BANNED_HASHES.get(digest) } {
@@ -102,6 +111,41 @@ pub fn banned_content(
         let _ = VERDICT_CACHE.insert(key, verdict, 0);
     }
     banned_verdict(key, &verdict)
+}
+
+/// Whether a verdict on `inode` may be cached: only where every write to its bytes passes the
+/// hooks below, for this very inode. An unprivileged user can otherwise mount an overlay in a
+/// user namespace, get an allowed program's verdict cached under the overlay inode, and then
+/// write banned bytes into the upper layer's file, which drops nothing.
+#[inline(always)]
+fn cacheable(inode: Inode) -> bool {
+    let cacheable = inode.verdict_cacheable();
+    if !cacheable {
+        increment(counter::VERDICT_NOT_CACHEABLE);
+    }
+    cacheable
+}
+
+fn hash_limit_bytes() -> u64 {
+    let limit = match setting(setting::HASH_LIMIT_MIB) {
+        0 => DEFAULT_HASH_LIMIT_MIB,
+        set => set,
+    };
+    u64::from(limit) << 20
+}
+
+/// The unhashable setting's ban of the file `key` names, unless the setting allows it.
+fn unhashable_ban(key: FileKey) -> Option<Ban> {
+    let unhashable = setting(setting::UNHASHABLE);
+    (unhashable != action::ALLOW).then_some(Ban {
+        key,
+        entry: BanEntry {
+            rule_id: UNHASHABLE_RULE_ID,
+            action: unhashable,
+            generation: 0,
+            flags: 0,
+        },
+    })
 }
 
 fn banned_verdict(key: FileKey, verdict: &CachedVerdict) -> Option<Ban> {

@@ -104,7 +104,7 @@ pub fn run(options: RunOptions) -> Result<()> {
         &KernelPolicy {
             entries: &resolution.entries,
             content_bans: &resolution.content_bans(),
-            fileless: resolution.fileless.kernel_value(),
+            settings: resolution.exec_settings(),
         },
         protected_directories.as_deref(),
     )?;
@@ -325,13 +325,15 @@ async fn serve(
     if enforcer.content_checks() {
         log::info!(
             "content checks: {} answered from the verdict cache, {} hashed (executable \
-             mappings: {} from the cache, {} hashed), {} not hashable, {} cached verdicts dropped \
-             after a change",
+             mappings: {} from the cache, {} hashed), {} over the hash limit, {} not hashable, \
+             {} not cacheable on their filesystem, {} cached verdicts dropped after a change",
             counters.verdict_cache_hits,
             counters.verdict_cache_misses,
             counters.mapping_verdict_cache_hits,
             counters.mapping_verdict_cache_misses,
+            counters.content_too_large,
             counters.content_hash_failures,
+            counters.verdicts_not_cacheable,
             counters.verdicts_invalidated
         );
     }
@@ -366,6 +368,7 @@ async fn serve(
     status.stopped(EventCounts {
         delivered,
         lost: counters.events_lost,
+        suppressed: counters.records_suppressed,
     });
     Ok(())
 }
@@ -395,7 +398,7 @@ fn apply_reload(
     );
     enforcer.apply(&fresh.entries)?;
     enforcer.apply_content_bans(&fresh.content_bans())?;
-    enforcer.set_fileless(fresh.fileless.kernel_value())?;
+    enforcer.set_exec_settings(fresh.exec_settings())?;
     Ok((loaded.policy, loaded.scanned, fresh))
 }
 
@@ -621,6 +624,16 @@ fn report_lost_events(
             lost,
             total: current.events_lost,
         });
+    }
+    if current.records_suppressed > previous.records_suppressed {
+        log::warn!(
+            "{} records of repeated attempts suppressed by the kernel's limit of {} per user, \
+             file and operation every {} s (the attempts were enforced; {} suppressed in total)",
+            current.records_suppressed - previous.records_suppressed,
+            blocker_common::record_limit::BURST,
+            blocker_common::record_limit::WINDOW_NS / 1_000_000_000,
+            current.records_suppressed
+        );
     }
     if current.generation_mismatches > previous.generation_mismatches {
         log::info!(

@@ -197,6 +197,10 @@ pub struct ExecRecord {
     /// `major:minor` of the file's filesystem.
     pub device: String,
     pub inode: u64,
+    /// Records of the same user, file and operation the kernel suppressed before this one
+    /// (it sends at most `record_limit::BURST` every `record_limit::WINDOW_NS`); absent when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub suppressed_before: u32,
 }
 
 impl ExecRecord {
@@ -243,6 +247,7 @@ impl ExecRecord {
             path_truncated: filename_len >= FILENAME_LEN - 1,
             device: format!("{major}:{minor}"),
             inode: event.ino,
+            suppressed_before: event.suppressed,
         }
     }
 
@@ -263,12 +268,13 @@ impl ExecRecord {
             _ => "executable mapping",
         };
         format!(
-            "{verdict} {what} of {} by pid {} ({}, uid {}) under rule {}{reason}",
+            "{verdict} {what} of {} by pid {} ({}, uid {}) under rule {}{reason}{}",
             escaped_bytes(&self.path_bytes()),
             self.caller.pid,
             self.caller.shown_comm(),
             self.caller.uid,
-            self.rule
+            self.rule,
+            suppressed_note(self.suppressed_before)
         )
     }
 
@@ -302,6 +308,10 @@ pub struct TamperRecord {
     /// `major:minor` and inode of that file (zero for other attempts).
     pub device: String,
     pub inode: u64,
+    /// Records of the same user, file and operation the kernel suppressed before this one
+    /// (it sends at most `record_limit::BURST` every `record_limit::WINDOW_NS`); absent when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub suppressed_before: u32,
     #[serde(flatten)]
     pub caller: Caller,
 }
@@ -341,6 +351,7 @@ impl TamperRecord {
                 String::new()
             },
             inode: if is_file { event.ino } else { 0 },
+            suppressed_before: event.suppressed,
             caller: Caller::of(event),
         }
     }
@@ -356,14 +367,27 @@ impl TamperRecord {
             )
         };
         format!(
-            "refused tamper attempt: {} ({}){target} by pid {} ({}, uid {})",
+            "refused tamper attempt: {} ({}){target} by pid {} ({}, uid {}){}",
             self.attempt,
             self.detail,
             self.caller.pid,
             self.caller.shown_comm(),
-            self.caller.uid
+            self.caller.uid,
+            suppressed_note(self.suppressed_before)
         )
     }
+}
+
+fn is_zero(count: &u32) -> bool {
+    *count == 0
+}
+
+/// The end of a log line for a record whose repeats the kernel suppressed before it.
+fn suppressed_note(suppressed: u32) -> String {
+    if suppressed == 0 {
+        return String::new();
+    }
+    format!(" ({suppressed} earlier repeats by this user were enforced without a record)")
 }
 
 fn signal_name(signal: u32) -> String {
@@ -485,6 +509,8 @@ mod tests {
             operation: operation::EXEC,
             filename_len: 11,
             detail: 0,
+            suppressed: 0,
+            padding: 0,
             comm,
             filename,
         }
@@ -537,6 +563,23 @@ mod tests {
         assert_eq!(json["inode"], 1234);
         assert_eq!(json["backend"], "lsm");
         assert!(json["time"].as_str().unwrap().ends_with('Z'));
+        assert!(json.get("suppressed_before").is_none(), "absent when 0");
+    }
+
+    #[test]
+    fn records_say_how_many_repeats_the_kernel_suppressed() {
+        let mut repeated = event();
+        repeated.suppressed = 7;
+        let record = ExecRecord::new(&repeated, None, None, &BootClock);
+        assert!(
+            record
+                .summary()
+                .ends_with("(7 earlier repeats by this user were enforced without a record)"),
+            "{}",
+            record.summary()
+        );
+        let json = serde_json::to_value(Record::Exec(record)).unwrap();
+        assert_eq!(json["suppressed_before"], 7);
     }
 
     #[test]

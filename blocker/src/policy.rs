@@ -215,24 +215,26 @@ pub struct AppImage {
     pub sha256: Vec<Sha256>,
 }
 
-/// What to do with the exec of a file that has no name on disk (`nlink == 0`): a memfd
-/// (`memfd_create` + `fexecve`), an `O_TMPFILE`, a deleted file. No path or package rule can
-/// name such a file.
+/// What a policy-wide setting does with the execs it covers: `fileless` with a file that has no
+/// name on disk (`nlink == 0`: a memfd from `memfd_create` + `fexecve`, an `O_TMPFILE`, a
+/// deleted file), which no path or package rule can name; `unhashable` with a file whose content
+/// the kernel could not hash while content rules are in force (larger than `hash_limit_mib`, or
+/// the hash failed).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Fileless {
+pub enum SettingAction {
     #[default]
     Allow,
     Audit,
     Deny,
 }
 
-impl Fileless {
+impl SettingAction {
     pub fn kernel_value(self) -> u32 {
         match self {
-            Fileless::Allow => blocker_common::action::ALLOW,
-            Fileless::Audit => blocker_common::action::AUDIT,
-            Fileless::Deny => blocker_common::action::DENY,
+            SettingAction::Allow => blocker_common::action::ALLOW,
+            SettingAction::Audit => blocker_common::action::AUDIT,
+            SettingAction::Deny => blocker_common::action::DENY,
         }
     }
 }
@@ -245,7 +247,9 @@ pub struct PolicyHeader {
     pub description: Option<String>,
     pub mode: Mode,
     /// As written; [`Policy::fileless`] is what applies.
-    pub fileless: Option<Fileless>,
+    pub fileless: Option<SettingAction>,
+    /// As written; [`Policy::unhashable`] is what applies.
+    pub unhashable: Option<SettingAction>,
 }
 
 /// All rules of a policy directory, in file order then rule order.
@@ -257,20 +261,33 @@ pub struct Policy {
 
 impl Policy {
     /// The strictest fileless setting of all files (a monitor-mode file's deny counts as audit),
-    /// with the name of the policy that set it.
-    pub fn fileless(&self) -> (Fileless, Option<&str>) {
+    /// with the name of the policy that set it; allow where none does.
+    pub fn fileless(&self) -> (SettingAction, Option<&str>) {
+        self.strictest(|header| header.fileless, SettingAction::Allow)
+    }
+
+    /// The strictest unhashable setting of all files, as [`Policy::fileless`]; audit where none
+    /// says: an exec whose content no rule could judge is always worth a record.
+    pub fn unhashable(&self) -> (SettingAction, Option<&str>) {
+        self.strictest(|header| header.unhashable, SettingAction::Audit)
+    }
+
+    fn strictest(
+        &self,
+        setting: impl Fn(&PolicyHeader) -> Option<SettingAction>,
+        default: SettingAction,
+    ) -> (SettingAction, Option<&str>) {
         self.policies
             .iter()
             .filter_map(|header| {
-                let setting = header.fileless?;
-                let applied = match (header.mode, setting) {
-                    (Mode::Monitor, Fileless::Deny) => Fileless::Audit,
-                    _ => setting,
+                let applied = match (header.mode, setting(header)?) {
+                    (Mode::Monitor, SettingAction::Deny) => SettingAction::Audit,
+                    (_, written) => written,
                 };
                 Some((applied, Some(header.name.as_str())))
             })
             .max_by_key(|(setting, _)| *setting)
-            .unwrap_or((Fileless::Allow, None))
+            .unwrap_or((default, None))
     }
 }
 
@@ -281,7 +298,8 @@ struct PolicyFile {
     description: Option<String>,
     #[serde(default)]
     mode: Mode,
-    fileless: Option<Fileless>,
+    fileless: Option<SettingAction>,
+    unhashable: Option<SettingAction>,
     #[serde(default)]
     rule: Vec<RuleSpec>,
 }
@@ -733,6 +751,7 @@ pub(crate) fn parse_sources_guarded(
             description: parsed.description,
             mode: parsed.mode,
             fileless: parsed.fileless,
+            unhashable: parsed.unhashable,
         });
     }
     if errors.is_empty() {
@@ -1369,25 +1388,48 @@ appimage = [{ name = "WeChat-*.AppImage" }, { name = "wechat*.AppImage", sha256 
                 .collect();
             parse(&borrowed).unwrap().fileless().0
         };
-        assert_eq!(parse_all(&[file("a", "")]), Fileless::Allow);
+        assert_eq!(parse_all(&[file("a", "")]), SettingAction::Allow);
         assert_eq!(
             parse_all(&[
                 file("a", "fileless = \"audit\""),
                 file("b", "fileless = \"deny\"")
             ]),
-            Fileless::Deny
+            SettingAction::Deny
         );
         assert_eq!(
             parse_all(&[
                 file("a", "fileless = \"deny\"\nmode = \"monitor\""),
                 file("b", "")
             ]),
-            Fileless::Audit
+            SettingAction::Audit
         );
         let message = single_error(&[("p.toml", "name = \"p\"\nfileless = \"block\"\n")]);
         assert!(
             message.starts_with("p.toml:2:12: fileless: unknown variant `block`"),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn unhashable_execs_are_audited_unless_a_policy_says_otherwise() {
+        let parse_one = |header: &str| {
+            let text = format!("name = \"p\"\n{header}\n[[rule]]\nid = \"r\"\npaths = [\"/x\"]\n");
+            let policy = parse(&[("p.toml", text.as_str())]).unwrap();
+            let (setting, named_by) = policy.unhashable();
+            (setting, named_by.map(str::to_owned))
+        };
+        assert_eq!(parse_one(""), (SettingAction::Audit, None));
+        assert_eq!(
+            parse_one("unhashable = \"deny\""),
+            (SettingAction::Deny, Some("p".to_owned()))
+        );
+        assert_eq!(
+            parse_one("unhashable = \"allow\""),
+            (SettingAction::Allow, Some("p".to_owned()))
+        );
+        assert_eq!(
+            parse_one("unhashable = \"deny\"\nmode = \"monitor\"").0,
+            SettingAction::Audit
         );
     }
 

@@ -9,14 +9,15 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use blocker_common::{BanEntry, FileKey, FILELESS_RULE_ID};
+use blocker_common::{BanEntry, FileKey, FILELESS_RULE_ID, UNHASHABLE_RULE_ID};
 use sha2::{Digest, Sha256 as Sha256Hasher};
 
 use crate::{
     critical::{self, critical_files, CriticalFile},
     files::{is_executable_candidate, walk},
     identity::{kernel_device_number, FileIdentity},
-    policy::{compile_glob, glob_base, Action, Fileless, Identifiers, Policy},
+    kernel::ExecSettings,
+    policy::{compile_glob, glob_base, Action, Identifiers, Policy, SettingAction},
     scan::{to_hex, HashedFile, ScanReport, ScanStats, Sha256},
     sources::{self, SourceFiles, SourceRoots},
 };
@@ -107,19 +108,33 @@ pub struct Resolution {
     pub warnings: Vec<String>,
     pub scan: Option<ScanStats>,
     /// What the kernel does with fileless execs.
-    pub fileless: Fileless,
+    pub fileless: SettingAction,
     /// Events about fileless execs name this pseudo-rule.
     pub fileless_rule: Option<RuleInfo>,
+    /// What the kernel does with execs it could not hash while content rules are in force.
+    pub unhashable: SettingAction,
+    /// Events about unhashable execs name this pseudo-rule.
+    pub unhashable_rule: Option<RuleInfo>,
 }
 
 impl Resolution {
     pub fn rule(&self, rule_id: u32) -> Option<&RuleInfo> {
-        if rule_id == FILELESS_RULE_ID {
-            return self.fileless_rule.as_ref();
+        match rule_id {
+            FILELESS_RULE_ID => return self.fileless_rule.as_ref(),
+            UNHASHABLE_RULE_ID => return self.unhashable_rule.as_ref(),
+            _ => {}
         }
         self.positions
             .get(&rule_id)
             .map(|&position| &self.rules[position])
+    }
+
+    /// What the kernel does with execs no rule names.
+    pub fn exec_settings(&self) -> ExecSettings {
+        ExecSettings {
+            fileless: self.fileless.kernel_value(),
+            unhashable: self.unhashable.kernel_value(),
+        }
     }
 
     /// The rule of an id this resolution gave out itself (in its matches, entries, hashes).
@@ -172,6 +187,27 @@ pub fn needs_scan(policy: &Policy) -> bool {
         .any(|rule| rule.identifiers.needs_scan())
 }
 
+/// The pseudo-rule events about a policy-wide setting name; none while it allows.
+fn setting_rule(
+    rule_id: u32,
+    id: &str,
+    setting: SettingAction,
+    policy: Option<&str>,
+    reason: &str,
+) -> Option<RuleInfo> {
+    (setting != SettingAction::Allow).then(|| RuleInfo {
+        rule_id,
+        id: id.to_owned(),
+        policy: policy.unwrap_or_default().to_owned(),
+        reason: Some(reason.to_owned()),
+        action: if setting == SettingAction::Deny {
+            Action::Deny
+        } else {
+            Action::Audit
+        },
+    })
+}
+
 /// Resolves every rule against the filesystem as it is now. Content identifiers are matched
 /// against `scanned` (a scan of the scan roots); without one they match nothing. A file named
 /// by several rules is banned by the strictest (deny over audit), then by the first.
@@ -181,22 +217,26 @@ pub fn resolve(policy: &Policy, roots: &SourceRoots, scanned: Option<&ScanReport
     let mut critical_contents = None;
     let by_content = scanned.map(index_by_content).unwrap_or_default();
     let (fileless, fileless_policy) = policy.fileless();
+    let (unhashable, unhashable_policy) = policy.unhashable();
     let mut resolution = Resolution {
         scan: scanned.map(|report| report.stats),
         fileless,
-        fileless_rule: (fileless != Fileless::Allow).then(|| RuleInfo {
-            rule_id: FILELESS_RULE_ID,
-            id: "fileless".to_owned(),
-            policy: fileless_policy.unwrap_or_default().to_owned(),
-            reason: Some(
-                "runs a file with no name on disk (memfd, O_TMPFILE or deleted file)".to_owned(),
-            ),
-            action: if fileless == Fileless::Deny {
-                Action::Deny
-            } else {
-                Action::Audit
-            },
-        }),
+        fileless_rule: setting_rule(
+            FILELESS_RULE_ID,
+            "fileless",
+            fileless,
+            fileless_policy,
+            "runs a file with no name on disk (memfd, O_TMPFILE or deleted file)",
+        ),
+        unhashable,
+        unhashable_rule: setting_rule(
+            UNHASHABLE_RULE_ID,
+            "unhashable",
+            unhashable,
+            unhashable_policy,
+            "runs a file whose content the kernel could not hash (over the hash limit, or \
+             unreadable), so no content rule could judge it",
+        ),
         ..Resolution::default()
     };
     for (rule, rule_id) in policy.rules.iter().zip(kernel_rule_ids(policy)) {
@@ -478,7 +518,7 @@ pub fn content_matches(policy: &Policy, file: &HashedFile) -> Vec<(u32, Via)> {
 /// adopts keep meaning what they meant. Ids whose hashes collide are told apart by rehashing the
 /// later one with a counter.
 pub fn kernel_rule_ids(policy: &Policy) -> Vec<u32> {
-    let mut taken = std::collections::HashSet::from([FILELESS_RULE_ID]);
+    let mut taken = std::collections::HashSet::from([FILELESS_RULE_ID, UNHASHABLE_RULE_ID]);
     policy
         .rules
         .iter()

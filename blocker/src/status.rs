@@ -113,6 +113,10 @@ pub struct EventCounts {
     pub delivered: u64,
     /// Dropped by the kernel because the ring buffer was full (the execs were still enforced).
     pub lost: u64,
+    /// Not sent by the kernel's record limiter: repeats of the same user, file and operation
+    /// beyond its burst (the attempts were still enforced).
+    #[serde(default)]
+    pub suppressed: u64,
 }
 
 /// What does not change while a daemon runs.
@@ -162,6 +166,7 @@ impl Snapshot {
             events: EventCounts {
                 delivered,
                 lost: counters.events_lost,
+                suppressed: counters.records_suppressed,
             },
         }
     }
@@ -208,6 +213,7 @@ impl Publisher {
             events: EventCounts {
                 delivered: 0,
                 lost: 0,
+                suppressed: 0,
             },
             pinned: setup.pinned,
         };
@@ -370,6 +376,7 @@ pub(crate) mod tests {
             events: EventCounts {
                 delivered: 5,
                 lost: 0,
+                suppressed: 0,
             },
             pinned: false,
         }
@@ -383,7 +390,11 @@ pub(crate) mod tests {
             policies: example.policies,
             rules,
             entries: example.entries,
-            events: EventCounts { delivered, lost: 2 },
+            events: EventCounts {
+                delivered,
+                lost: 2,
+                suppressed: 0,
+            },
         }
     }
 
@@ -414,6 +425,7 @@ pub(crate) mod tests {
         running.stopped(EventCounts {
             delivered: 0,
             lost: 0,
+            suppressed: 0,
         });
         assert_eq!(running_daemon_policy_dir(&path), None, "stopped");
 
@@ -465,6 +477,7 @@ pub(crate) mod tests {
         publisher.stopped(EventCounts {
             delivered: 9,
             lost: 3,
+            suppressed: 4,
         });
         let last = read(&path).unwrap().unwrap();
         assert_eq!(last.state, DaemonState::Stopped);
@@ -473,7 +486,8 @@ pub(crate) mod tests {
             last.events,
             EventCounts {
                 delivered: 9,
-                lost: 3
+                lost: 3,
+                suppressed: 4,
             }
         );
 

@@ -3,6 +3,7 @@
 
 use std::{
     os::unix::{fs::PermissionsExt, process::ExitStatusExt},
+    path::{Path, PathBuf},
     process::Command,
     time::Duration,
 };
@@ -148,8 +149,10 @@ fn a_replaced_file_is_followed_and_a_removed_one_unbanned() -> Result<()> {
 fn a_full_event_buffer_loses_events_but_never_a_denial() -> Result<()> {
     const EXECS: u64 = 40;
     let sandbox = Sandbox::new("lost")?;
-    let banned = sandbox.copy_binary("banned")?;
-    sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[]))?;
+    // Distinct files: the kernel sends only a few records of repeats of one file.
+    let banned = distinct_copies(&sandbox, "banned", EXECS)?;
+    let banned_paths: Vec<&Path> = banned.iter().map(PathBuf::as_path).collect();
+    sandbox.write_policy("test.toml", &deny_and_audit_policy(&banned_paths, &[]))?;
     // One page holds about a dozen events.
     let (mut daemon, _) = Daemon::start(
         &sandbox.policy_dir(),
@@ -158,8 +161,8 @@ fn a_full_event_buffer_loses_events_but_never_a_denial() -> Result<()> {
 
     // A stopped daemon reads nothing, so the ring fills up.
     daemon.signal(libc::SIGSTOP);
-    for _ in 0..EXECS {
-        let status = Command::new(&banned).status()?;
+    for banned in &banned {
+        let status = Command::new(banned).status()?;
         ensure!(
             status.signal() == Some(libc::SIGKILL),
             "every exec is denied: {status}"
@@ -477,9 +480,11 @@ fn a_stdout_nobody_reads_holds_up_neither_enforcement_nor_reloads_nor_the_file()
     // enough for the ring buffer (1 MiB) to hold them all, so none are lost there.
     const EXECS: u64 = 1500;
     let sandbox = Sandbox::new("stuck-stdout")?;
-    let banned = sandbox.copy_binary("banned")?;
+    // Distinct files: the kernel sends only a few records of repeats of one file.
+    let banned = distinct_copies(&sandbox, "banned", EXECS)?;
     let banned_later = sandbox.copy_binary("banned-later")?;
-    sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[]))?;
+    let mut banned_paths: Vec<&Path> = banned.iter().map(PathBuf::as_path).collect();
+    sandbox.write_policy("test.toml", &deny_and_audit_policy(&banned_paths, &[]))?;
     let mut daemon = Daemon::spawn_with(
         &sandbox.policy_dir(),
         &["--backend", "kill"],
@@ -487,15 +492,13 @@ fn a_stdout_nobody_reads_holds_up_neither_enforcement_nor_reloads_nor_the_file()
     )?;
     daemon.wait_for_log("enforcing 1 rules", STARTUP_TIMEOUT)?;
 
-    for _ in 0..EXECS {
-        let status = Command::new(&banned).status()?;
+    for banned in &banned {
+        let status = Command::new(banned).status()?;
         ensure!(status.signal() == Some(libc::SIGKILL), "{status}");
     }
     daemon.wait_for_log("the stdout sink is not keeping up", EVENT_TIMEOUT)?;
-    sandbox.write_policy(
-        "test.toml",
-        &deny_and_audit_policy(&[&banned, &banned_later], &[]),
-    )?;
+    banned_paths.push(&banned_later);
+    sandbox.write_policy("test.toml", &deny_and_audit_policy(&banned_paths, &[]))?;
     daemon.wait_for_log("policy reloaded", EVENT_TIMEOUT)?;
     let status = Command::new(&banned_later).status()?;
     ensure!(status.signal() == Some(libc::SIGKILL), "{status}");
@@ -528,5 +531,69 @@ fn a_stdout_nobody_reads_holds_up_neither_enforcement_nor_reloads_nor_the_file()
         "the file got every exec: {execs_in_file}"
     );
     ensure!(records.iter().any(|r| r["kind"] == "reloaded"));
+    Ok(())
+}
+
+/// `count` copies of the harmless binary, each its own inode.
+fn distinct_copies(sandbox: &Sandbox, prefix: &str, count: u64) -> Result<Vec<PathBuf>> {
+    (0..count)
+        .map(|index| sandbox.copy_binary(&format!("{prefix}-{index}")))
+        .collect()
+}
+
+/// A user exec'ing one banned file in a loop gets every exec refused, but only
+/// `record_limit::BURST` records per window; the first record of the next window says how many
+/// were suppressed, and so do the status and the daemon's log.
+#[test]
+fn repeats_of_one_denial_are_enforced_but_recorded_a_few_times() -> Result<()> {
+    const EXECS: u64 = 12;
+    let sandbox = Sandbox::new("repeats")?;
+    let banned = sandbox.copy_binary("banned")?;
+    let other = sandbox.copy_binary("other")?;
+    sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned, &other], &[]))?;
+    let (mut daemon, _) = Daemon::start(&sandbox.policy_dir(), &["--backend", "kill"])?;
+    for _ in 0..EXECS {
+        let status = Command::new(&banned).status()?;
+        ensure!(
+            status.signal() == Some(libc::SIGKILL),
+            "every exec is denied: {status}"
+        );
+    }
+    // Another file is another key: its first denial is recorded at once.
+    let status = Command::new(&other).status()?;
+    ensure!(status.signal() == Some(libc::SIGKILL), "{status}");
+    daemon.wait_for_exec(&other)?;
+    daemon.wait_for_log("records of repeated attempts suppressed", EVENT_TIMEOUT)?;
+
+    // The window is the kernel's: wait it out, then the next record carries the count.
+    std::thread::sleep(Duration::from_nanos(
+        blocker_common::record_limit::WINDOW_NS,
+    ));
+    let status = Command::new(&banned).status()?;
+    ensure!(status.signal() == Some(libc::SIGKILL), "{status}");
+    daemon.wait_for_record(EVENT_TIMEOUT, |r| {
+        r["kind"] == "exec" && r["suppressed_before"].is_u64()
+    })?;
+
+    let events_file = daemon.events_file().to_owned();
+    let (status, _, _) = daemon.stop()?;
+    ensure!(status.success());
+    let of_banned: Vec<_> = events_in(&events_file)?
+        .into_iter()
+        .filter(|r| r["kind"] == "exec" && r["path"] == banned.to_str().unwrap())
+        .collect();
+    let suppressed: u64 = of_banned
+        .iter()
+        .filter_map(|r| r["suppressed_before"].as_u64())
+        .sum();
+    ensure!(
+        of_banned.len() as u64 + suppressed == EXECS + 1,
+        "every exec is recorded or counted: {of_banned:?}"
+    );
+    ensure!(
+        suppressed > 0
+            && of_banned.len() as u64 <= 2 * u64::from(blocker_common::record_limit::BURST),
+        "{of_banned:?}"
+    );
     Ok(())
 }

@@ -15,7 +15,9 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use aya::maps::{loaded_maps, Array, Map, MapData, PerCpuArray};
 use blocker_common::{counter, names};
-use blocker_integration_tests::{harmless_binary, sha256_of, start_content_daemon, Sandbox};
+use blocker_integration_tests::{
+    harmless_binary, sha256_of, start_content_daemon, Daemon, Sandbox,
+};
 
 /// The kernel keeps at most this many bytes of a map's name, without the terminating NUL.
 const KERNEL_NAME_LEN: usize = 15;
@@ -237,6 +239,86 @@ fn a_path_audit_does_not_hide_a_content_deny() -> Result<()> {
 
 /// A runnable copy of the harmless binary made distinct by `tag` and padded with zeros to at
 /// least `size` bytes; the ELF loader ignores bytes past the segments it maps.
+/// A file over the hash limit is not hashed at exec: with content rules in force its exec is
+/// unhashable, recorded by default and refused where a policy says `unhashable = "deny"`; the
+/// loader mapping it meets the same check. Without content rules nothing is hashed at all.
+#[test]
+fn files_over_the_hash_limit_are_unhashable_and_follow_the_setting() -> Result<()> {
+    let over_the_limit = (u64::from(blocker_common::DEFAULT_HASH_LIMIT_MIB) << 20) + 1;
+    for setting in ["audit", "deny"] {
+        let sandbox = Sandbox::new("ima-unhashable")?;
+        let banned = with_content(&sandbox, "banned", b"banned content", 0)?;
+        let big = with_content(&sandbox, "big", b"", 0)?;
+        // Sparse: nothing reads it, so it costs nothing.
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&big)?
+            .set_len(over_the_limit)?;
+        sandbox.write_policy(
+            "content.toml",
+            &format!(
+                "name = \"content\"\nunhashable = \"{setting}\"\n[[rule]]\nid = \"ban\"\n\
+                 sha256 = [\"{}\"]\n",
+                sha256_of(&banned)?
+            ),
+        )?;
+        let (mut daemon, _) = Daemon::start(
+            &sandbox.policy_dir(),
+            &[
+                "--backend",
+                "lsm",
+                "--scan-root",
+                &sandbox.path("none").display().to_string(),
+            ],
+        )?;
+        match setting {
+            "deny" => expect_eperm(&big)?,
+            _ => expect_success(&big)?,
+        }
+        let record = daemon.wait_for_exec(&big)?;
+        ensure!(record["rule"] == "unhashable", "{record}");
+        ensure!(record["action"] == setting, "{record}");
+        ensure!(
+            record["reason"]
+                .as_str()
+                .is_some_and(|reason| reason.contains("could not hash")),
+            "{record}"
+        );
+        let (status, _, log) = daemon.stop()?;
+        ensure!(status.success(), "daemon exit: {status}");
+        ensure!(
+            log.iter().any(|line| line.contains("over the hash limit")
+                && !line.contains(" 0 over the hash limit")),
+            "the daemon counts it: {log:?}"
+        );
+    }
+
+    // No content rule: the same file is nobody's business.
+    let sandbox = Sandbox::new("ima-unhashable-no-content")?;
+    let big = with_content(&sandbox, "big", b"", 0)?;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&big)?
+        .set_len(over_the_limit)?;
+    let other = sandbox.copy_binary("other")?;
+    sandbox.write_policy(
+        "paths.toml",
+        &format!(
+            "name = \"paths\"\nunhashable = \"deny\"\n[[rule]]\nid = \"ban\"\npaths = [\"{}\"]\n",
+            other.display()
+        ),
+    )?;
+    let (daemon, _) = Daemon::start(&sandbox.policy_dir(), &["--backend", "lsm"])?;
+    expect_success(&big)?;
+    let (status, records, _) = daemon.stop()?;
+    ensure!(status.success(), "daemon exit: {status}");
+    ensure!(
+        !records.iter().any(|r| r["rule"] == "unhashable"),
+        "{records:?}"
+    );
+    Ok(())
+}
+
 fn with_content(sandbox: &Sandbox, name: &str, tag: &[u8], size: usize) -> Result<PathBuf> {
     let mut content = fs::read(harmless_binary())?;
     content.extend_from_slice(tag);

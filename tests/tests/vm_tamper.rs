@@ -344,3 +344,77 @@ fn errno(value: i32) -> std::io::Result<i32> {
         Ok(value)
     }
 }
+
+/// An unprivileged user trying, a few hundred times, what the kernel would refuse them anyway
+/// (changing the mode of the blocker binary, which they do not own; a descriptor of blocker's
+/// links, which needs CAP_SYS_ADMIN) is refused without a record, so they cannot flood the event
+/// stream; root trying the same is refused and recorded.
+#[test]
+fn attempts_the_kernel_refuses_anyway_are_not_recorded() -> Result<()> {
+    const NOBODY: u32 = 65534;
+    const ATTEMPTS: usize = 300;
+    let sandbox = Sandbox::new("tamper-flood")?;
+    let banned = sandbox.copy_binary("banned")?;
+    let policy_dir = sandbox.policy_dir();
+    sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[]))?;
+    let _stop = StopOnDrop;
+    let (mut daemon, _) = Daemon::start(&policy_dir, &["--backend", "lsm", "--protect"])?;
+    let events_file = daemon.events_file().to_owned();
+
+    let mut link_ids = Vec::new();
+    let mut id = 0;
+    while let Ok(next) = bpf_by_id(BPF_LINK_GET_NEXT_ID, id) {
+        id = next as u32;
+        link_ids.push(id);
+    }
+    let binary = std::ffi::CString::new(blocker_bin().into_os_string().into_encoded_bytes())?;
+    // SAFETY: the child only makes system calls and exits: nothing that needs the parent's
+    // other threads.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        unsafe {
+            if libc::setgid(NOBODY) != 0 || libc::setuid(NOBODY) != 0 {
+                libc::_exit(2);
+            }
+            for _ in 0..ATTEMPTS {
+                if libc::chmod(binary.as_ptr(), 0o644) == 0 {
+                    libc::_exit(3);
+                }
+                for &link in &link_ids {
+                    let mut attr = [link, 0, 0];
+                    libc::syscall(
+                        libc::SYS_bpf,
+                        BPF_LINK_GET_FD_BY_ID,
+                        attr.as_mut_ptr(),
+                        std::mem::size_of_val(&attr),
+                    );
+                }
+            }
+            libc::_exit(0);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    ensure!(unsafe { libc::waitpid(child, &mut status, 0) } == child);
+    ensure!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the unprivileged attempts all failed: wait status {status:#x}"
+    );
+
+    expect_eperm(
+        "root making the blocker binary non-executable",
+        fs::set_permissions(blocker_bin(), fs::Permissions::from_mode(0o644)),
+    )?;
+    let record = wait_for_tamper(&mut daemon, "file_change")?;
+    ensure!(record["uid"] == 0, "{record}");
+
+    let output = blocker(&["stop"])?;
+    ensure!(output.status.success(), "{output:?}");
+    daemon.wait(Duration::from_secs(30))?;
+    let from_nobody: Vec<Value> = blocker_integration_tests::events_in(&events_file)?
+        .into_iter()
+        .filter(|r| r["kind"] == "tamper" && r["uid"] == NOBODY)
+        .collect();
+    ensure!(from_nobody.is_empty(), "{from_nobody:?}");
+    Ok(())
+}

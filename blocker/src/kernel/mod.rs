@@ -79,6 +79,9 @@ pub struct KernelCounters {
     pub mapping_verdict_cache_misses: u64,
     pub content_hash_failures: u64,
     pub verdicts_invalidated: u64,
+    pub content_too_large: u64,
+    pub verdicts_not_cacheable: u64,
+    pub records_suppressed: u64,
 }
 
 /// The maps userspace reads and writes, the ones pinned for the next daemon.
@@ -94,11 +97,20 @@ const USERSPACE_MAPS: [&str; 9] = [
     names::PROTECTED_BPF_OBJECTS_MAP,
 ];
 
-/// What the kernel enforces: the entries of the ban maps and the fileless setting.
+/// What the kernel enforces: the entries of the ban maps and the policy-wide settings.
 pub struct KernelPolicy<'a> {
     pub entries: &'a BTreeMap<FileKey, BanEntry>,
     pub content_bans: &'a BTreeMap<ContentHash, BanEntry>,
+    pub settings: ExecSettings,
+}
+
+/// The policy-wide settings of execs no rule names, each one of `blocker_common::action`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecSettings {
+    /// Execs of files with no name on disk.
     pub fileless: u32,
+    /// Execs the kernel could not hash while content bans are in force.
+    pub unhashable: u32,
 }
 
 /// The programs in force and their maps. Dropping it detaches the programs unless they are
@@ -345,7 +357,7 @@ impl Enforcer {
     fn fill(&mut self, policy: &KernelPolicy<'_>) -> Result<()> {
         self.apply(policy.entries)?;
         self.apply_content_bans(policy.content_bans)?;
-        self.set_fileless(policy.fileless)
+        self.set_exec_settings(policy.settings)
     }
 
     /// Whether the kernel checks the content of exec'd files itself.
@@ -574,11 +586,19 @@ impl Enforcer {
         &mut self,
         bans: &BTreeMap<ContentHash, BanEntry>,
     ) -> Result<ApplyStats> {
+        // The kernel hashes only while the flag says bans exist: raised before the first ban
+        // goes in, lowered after the last one left, so no exec skips a ban in force.
+        if !bans.is_empty() {
+            self.set_setting(setting::CONTENT_BANS, 1)?;
+        }
         let map = self.maps.get_mut(names::BANNED_HASHES_MAP).expect("loaded");
         let stats = sync_map(map, &mut self.installed_content, bans)
             .context("updating the banned contents")?;
         if stats != ApplyStats::default() {
             self.bump_policy_generation()?;
+        }
+        if bans.is_empty() {
+            self.set_setting(setting::CONTENT_BANS, 0)?;
         }
         Ok(stats)
     }
@@ -594,10 +614,12 @@ impl Enforcer {
         Ok(())
     }
 
-    /// Sets what the kernel does with fileless execs (one of `blocker_common::action`).
-    pub fn set_fileless(&mut self, action: u32) -> Result<()> {
-        self.set_setting(setting::FILELESS, action)
-            .context("setting the fileless policy")
+    /// Sets what the kernel does with execs no rule names.
+    pub fn set_exec_settings(&mut self, settings: ExecSettings) -> Result<()> {
+        self.set_setting(setting::FILELESS, settings.fileless)
+            .context("setting the fileless policy")?;
+        self.set_setting(setting::UNHASHABLE, settings.unhashable)
+            .context("setting the unhashable policy")
     }
 
     fn set_setting(&mut self, index: u32, value: u32) -> Result<()> {
@@ -650,6 +672,9 @@ impl Enforcer {
             mapping_verdict_cache_misses: total(counter::MAPPING_VERDICT_CACHE_MISS)?,
             content_hash_failures: total(counter::CONTENT_HASH_FAILED)?,
             verdicts_invalidated: total(counter::VERDICT_INVALIDATED)?,
+            content_too_large: total(counter::CONTENT_TOO_LARGE)?,
+            verdicts_not_cacheable: total(counter::VERDICT_NOT_CACHEABLE)?,
+            records_suppressed: total(counter::RECORDS_SUPPRESSED)?,
         })
     }
 }

@@ -41,7 +41,18 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets> {
         bpf_map_id: offset("bpf_map", "id", 4)?,
         bpf_prog_aux: offset("bpf_prog", "aux", POINTER)?,
         bpf_prog_aux_id: offset("bpf_prog_aux", "id", 4)?,
-        padding: 0,
+        inode_i_size: offset("inode", "i_size", 8)?,
+        inode_i_uid: offset("inode", "i_uid", 4)?,
+        super_block_s_magic: offset("super_block", "s_magic", 8)?,
+        super_block_s_user_ns: offset("super_block", "s_user_ns", POINTER)?,
+        super_block_s_bdev: offset("super_block", "s_bdev", POINTER)?,
+        block_device_bd_dev: offset("block_device", "bd_dev", 4)?,
+        user_namespace_level: offset("user_namespace", "level", 4)?,
+        task_struct_cred: offset("task_struct", "cred", POINTER)?,
+        cred_fsuid: offset("cred", "fsuid", 4)?,
+        // `kernel_cap_t`: two u32 words before 6.3, one u64 since; the same bits either way.
+        cred_cap_effective: offset("cred", "cap_effective", 8)?,
+        cred_user_ns: offset("cred", "user_ns", POINTER)?,
     })
 }
 
@@ -95,9 +106,31 @@ mod tests {
                 ("i_ino", u64_, 64),
                 ("", nlink_union, 72),
                 ("i_generation", u32_, 400),
+                ("i_size", u64_, 80),
+                ("i_uid", u32_, 4),
             ],
         );
-        b.structure("super_block", 1000, &[("s_dev", u32_, 16)]);
+        b.structure(
+            "super_block",
+            1000,
+            &[
+                ("s_dev", u32_, 16),
+                ("s_magic", u64_, 96),
+                ("s_user_ns", ptr, 900),
+                ("s_bdev", ptr, 240),
+            ],
+        );
+        b.structure("block_device", 100, &[("bd_dev", u32_, 52)]);
+        b.structure("user_namespace", 300, &[("level", u32_, 200)]);
+        b.structure(
+            "cred",
+            200,
+            &[
+                ("fsuid", u32_, 32),
+                ("cap_effective", u64_, 64),
+                ("user_ns", ptr, 144),
+            ],
+        );
         b.structure(
             "dentry",
             200,
@@ -110,6 +143,7 @@ mod tests {
                 ("real_parent", ptr, 1400),
                 ("tgid", u32_, 1300),
                 ("mm", ptr, 1200),
+                ("cred", ptr, 2960),
             ],
         );
         b.structure("mm_struct", 1000, &[("exe_file", ptr, 900)]);
@@ -141,7 +175,17 @@ mod tests {
                 bpf_map_id: 100,
                 bpf_prog_aux: 56,
                 bpf_prog_aux_id: 28,
-                padding: 0,
+                inode_i_size: 80,
+                inode_i_uid: 4,
+                super_block_s_magic: 96,
+                super_block_s_user_ns: 900,
+                super_block_s_bdev: 240,
+                block_device_bd_dev: 52,
+                user_namespace_level: 200,
+                task_struct_cred: 2960,
+                cred_fsuid: 32,
+                cred_cap_effective: 64,
+                cred_user_ns: 144,
             }
         );
 

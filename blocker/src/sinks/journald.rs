@@ -234,6 +234,7 @@ mod tests {
             path_truncated: false,
             device: "254:1".to_owned(),
             inode: 42,
+            suppressed_before: 0,
         }
     }
 

@@ -226,8 +226,8 @@ fn describe(document: &StatusDocument, now: SystemTime, line: &mut impl FnMut(&s
     line(
         "events",
         format!(
-            "{} delivered, {} lost",
-            document.events.delivered, document.events.lost
+            "{} delivered, {} lost, {} repeats suppressed",
+            document.events.delivered, document.events.lost, document.events.suppressed
         ),
     );
     let pinned = if document.pinned {
@@ -289,7 +289,7 @@ mod tests {
              /etc/blocker/policies/government-devices.toml\n\
              rules        3\n\
              kernel maps  12 banned files, 1 banned contents\n\
-             events       5 delivered, 0 lost\n\
+             events       5 delivered, 0 lost, 0 repeats suppressed\n\
              pinned       no\n\
              updated      2026-11-28T10:05:00Z (2s ago)\n"
         );

@@ -1,6 +1,7 @@
 //! Event throughput: an exec storm of a banned program, one worker per CPU, with the daemon
 //! streaming an event for each; how many events per second reach its output, and how many the
-//! kernel had to drop because the ring buffer was full.
+//! kernel had to drop because the ring buffer was full. Each exec runs as another user, so the
+//! kernel's limit on records of one user's repeats lets every record through.
 
 use std::{
     path::Path,
@@ -14,6 +15,9 @@ use crate::{
     exec_loop::{self, Expect},
     figure::{progress, Environment, Figure, Ratio, Summary},
 };
+
+/// The storm's users: far from any real account's uid.
+const FIRST_STORM_UID: u32 = 2_000_000;
 
 /// No event for this long after the storm: the daemon has delivered all it will.
 const QUIET: Duration = Duration::from_secs(3);
@@ -63,7 +67,15 @@ pub fn measure(run: &StormRun) -> Result<Vec<Figure>> {
         )?;
         let started = Instant::now();
         let spawned: Vec<_> = (0..workers)
-            .map(|_| exec_loop::spawn(run.banned, per_worker, None))
+            .map(|worker| {
+                let first_uid = FIRST_STORM_UID + (worker * per_worker) as u32;
+                exec_loop::spawn(
+                    run.banned,
+                    per_worker,
+                    exec_loop::Users::Distinct { first_uid },
+                    None,
+                )
+            })
             .collect::<Result<_>>()?;
         for worker in spawned {
             exec_loop::finish(worker, per_worker, expect, run.banned)?;

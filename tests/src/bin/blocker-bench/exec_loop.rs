@@ -75,10 +75,21 @@ impl Outcomes {
     }
 }
 
-/// The worker: `count` times fork, exec `target` with no arguments and an empty environment,
-/// and wait; prints the outcomes as one JSON line. Runs in a process of its own, which is small
-/// and single-threaded, so `fork` copies little and nothing but `execve` runs in the child.
-pub fn work(target: &Path, count: u64) -> Result<()> {
+/// Who runs the execs of a loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Users {
+    /// The worker's own user.
+    Caller,
+    /// The Nth exec as user `first_uid + N`: each exec is another (user, file, operation), so
+    /// the kernel's limit on records of repeats never applies and every denial is recorded.
+    Distinct { first_uid: u32 },
+}
+
+/// The worker: `count` times fork, exec `target` with no arguments and an empty environment
+/// (as user `first_uid + N` if given), and wait; prints the outcomes as one JSON line. Runs in a
+/// process of its own, which is small and single-threaded, so `fork` copies little and nothing
+/// but `setuid` and `execve` run in the child.
+pub fn work(target: &Path, count: u64, first_uid: Option<u32>) -> Result<()> {
     let program = CString::new(target.as_os_str().as_bytes())
         .with_context(|| format!("{} contains a NUL byte", target.display()))?;
     let argv = [program.as_ptr(), std::ptr::null()];
@@ -86,7 +97,8 @@ pub fn work(target: &Path, count: u64) -> Result<()> {
     let mut outcomes = Outcomes::default();
     let mut times = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
     let started = Instant::now();
-    for _ in 0..count {
+    for index in 0..count {
+        let uid = first_uid.map(|first| first.wrapping_add(index as u32));
         let forked = Instant::now();
         // SAFETY: the child only calls execve and _exit, which are async-signal-safe, on memory
         // prepared before the fork.
@@ -96,6 +108,11 @@ pub fn work(target: &Path, count: u64) -> Result<()> {
         }
         if pid == 0 {
             unsafe {
+                if let Some(uid) = uid {
+                    if libc::setuid(uid) != 0 {
+                        libc::_exit(EXIT_EXEC_FAILED);
+                    }
+                }
                 libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr());
                 let refused = *libc::__errno_location() == libc::EPERM;
                 libc::_exit(if refused {
@@ -132,9 +149,14 @@ fn nanoseconds(time: Duration) -> u64 {
     u64::try_from(time.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Starts a worker running `target` `count` times, inside the mount namespace `namespace`
-/// (a descriptor of `/proc/PID/ns/mnt`) if given.
-pub fn spawn(target: &Path, count: u64, namespace: Option<BorrowedFd<'_>>) -> Result<Child> {
+/// Starts a worker running `target` `count` times as `users`, inside the mount namespace
+/// `namespace` (a descriptor of `/proc/PID/ns/mnt`) if given.
+pub fn spawn(
+    target: &Path,
+    count: u64,
+    users: Users,
+    namespace: Option<BorrowedFd<'_>>,
+) -> Result<Child> {
     let mut command = Command::new("/proc/self/exe");
     command
         .arg("exec-loop")
@@ -142,6 +164,9 @@ pub fn spawn(target: &Path, count: u64, namespace: Option<BorrowedFd<'_>>) -> Re
         .arg(count.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
+    if let Users::Distinct { first_uid } = users {
+        command.arg("--first-uid").arg(first_uid.to_string());
+    }
     if let Some(namespace) = namespace {
         let fd = namespace.as_raw_fd();
         // SAFETY: setns is async-signal-safe and only moves this child.
@@ -202,7 +227,12 @@ pub fn run(
     expect: Expect,
     namespace: Option<BorrowedFd<'_>>,
 ) -> Result<Timing> {
-    finish(spawn(target, count, namespace)?, count, expect, target)
+    finish(
+        spawn(target, count, Users::Caller, namespace)?,
+        count,
+        expect,
+        target,
+    )
 }
 
 #[cfg(test)]

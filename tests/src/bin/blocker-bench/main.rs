@@ -75,7 +75,13 @@ enum Command {
     },
     /// Forks and execs TARGET COUNT times and prints how that went as JSON (a worker the
     /// measurements start).
-    ExecLoop { target: PathBuf, count: u64 },
+    ExecLoop {
+        target: PathBuf,
+        count: u64,
+        /// Run the Nth exec as user FIRST_UID + N.
+        #[arg(long)]
+        first_uid: Option<u32>,
+    },
 }
 
 #[derive(Args)]
@@ -108,7 +114,11 @@ struct Common {
 
 fn main() -> ExitCode {
     let outcome = match Cli::parse().command {
-        Command::ExecLoop { target, count } => exec_loop::work(&target, count),
+        Command::ExecLoop {
+            target,
+            count,
+            first_uid,
+        } => exec_loop::work(&target, count, first_uid),
         Command::Host {
             common,
             load_files,
