@@ -24,7 +24,7 @@ use std::{
 };
 
 use rustix::{
-    fs::{fstat, openat, statat, AtFlags, Dir, FileType, Mode, OFlags, Stat, CWD},
+    fs::{fstat, openat, readlinkat, statat, AtFlags, Dir, FileType, Mode, OFlags, Stat, CWD},
     io::Errno,
 };
 
@@ -240,20 +240,16 @@ struct Level {
 }
 
 /// Every regular file under `root` (or `root` itself if it is a file), in no particular order.
-/// `root` is followed if it is a symlink; nothing below it is. Problems are appended to
-/// `warnings` as `path: reason`; a missing root is simply empty.
+/// Symlinks on the way to `root` are followed only if root owns them (`/bin` → `usr/bin`); one
+/// anyone else owns could point a walk that an administrator aimed at a user's directory at
+/// `/usr/bin`. Nothing below `root` is followed. Problems are appended to `warnings` as
+/// `path: reason`; a missing root is simply empty.
 pub fn walk(root: &Path, warnings: &mut Vec<String>) -> Vec<WalkEntry> {
     let mut files = Vec::new();
-    let opened = openat(
-        CWD,
-        root,
-        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::PATH,
-        Mode::empty(),
-    )
-    .and_then(|fd| Ok((fstat(&fd)?, fd)));
+    let opened = open_following_roots_symlinks(root).and_then(|fd| Ok((fstat(&fd)?, fd)));
     let (stat, fd) = match opened {
         Ok(opened) => opened,
-        Err(Errno::NOENT) => return files,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return files,
         Err(error) => {
             warnings.push(format!("{}: {error}", escaped(&root)));
             return files;
@@ -336,6 +332,67 @@ pub fn walk_directory(
         }
         let level = read_level(child, path, warnings, &mut visit);
         stack.push(level);
+    }
+}
+
+/// Symlinks one resolution follows at most, as the kernel's `MAXSYMLINKS`.
+const MAX_SYMLINKS: usize = 40;
+
+/// Opens `path` with `O_PATH`, one component at a time, following a symlink only if root owns
+/// it: the owner is read from the link's own descriptor, and the target from that descriptor
+/// too, so what is checked is what is followed.
+fn open_following_roots_symlinks(path: &Path) -> io::Result<OwnedFd> {
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let start = if path.is_absolute() { c"/" } else { c"." };
+    let mut current = openat(CWD, start, flags | OFlags::DIRECTORY, Mode::empty())?;
+    let mut shown = PathBuf::from(OsStr::from_bytes(start.to_bytes()));
+    let mut pending: Vec<std::ffi::OsString> = Vec::new();
+    push_components(&mut pending, path);
+    let mut followed = 0;
+    while let Some(name) = pending.pop() {
+        let next = openat(&current, name.as_os_str(), flags, Mode::empty())?;
+        let stat = fstat(&next)?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::Symlink {
+            if name == ".." {
+                shown.pop();
+            } else {
+                shown.push(&name);
+            }
+            current = next;
+            continue;
+        }
+        let link = shown.join(&name);
+        if stat.st_uid != 0 {
+            return Err(io::Error::other(format!(
+                "{} is a symlink owned by uid {}, not root; not followed",
+                escaped(&link),
+                stat.st_uid
+            )));
+        }
+        followed += 1;
+        if followed > MAX_SYMLINKS {
+            return Err(Errno::LOOP.into());
+        }
+        let target = PathBuf::from(OsStr::from_bytes(
+            readlinkat(&next, c"", Vec::new())?.as_bytes(),
+        ));
+        if target.is_absolute() {
+            current = openat(CWD, c"/", flags | OFlags::DIRECTORY, Mode::empty())?;
+            shown = PathBuf::from("/");
+        }
+        push_components(&mut pending, &target);
+    }
+    Ok(current)
+}
+
+/// Pushes the names of `path` onto a stack of names still to resolve, first on top.
+fn push_components(pending: &mut Vec<std::ffi::OsString>, path: &Path) {
+    for component in path.components().rev() {
+        match component {
+            Component::Normal(name) => pending.push(name.to_owned()),
+            Component::ParentDir => pending.push("..".into()),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
     }
 }
 
@@ -441,6 +498,39 @@ mod tests {
             [PathBuf::from("a/b/libz.so.1"), PathBuf::from("a/tool")]
         );
         assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn a_root_is_reached_through_roots_symlinks_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        std::fs::write(root.join("usr/bin/tool"), b"x").unwrap();
+        std::fs::create_dir_all(root.join("home/alice")).unwrap();
+        // Root's: `/bin` → `usr/bin`, and one through `..`.
+        std::os::unix::fs::symlink("usr/bin", root.join("bin")).unwrap();
+        std::os::unix::fs::symlink("../../bin", root.join("home/alice/roots")).unwrap();
+        // Alice's, in her home.
+        let alices = root.join("home/alice/apps");
+        std::os::unix::fs::symlink(root.join("usr/bin"), &alices).unwrap();
+        std::os::unix::fs::lchown(&alices, Some(1000), Some(1000)).unwrap();
+
+        for through_roots in [root.join("bin"), root.join("home/alice/roots")] {
+            let mut warnings = Vec::new();
+            let found = walk(&through_roots, &mut warnings);
+            assert_eq!(found.len(), 1, "{through_roots:?}: {warnings:?}");
+            assert_eq!(found[0].path, through_roots.join("tool"));
+        }
+        for through_alices in [alices.clone(), alices.join("tool")] {
+            let mut warnings = Vec::new();
+            assert!(walk(&through_alices, &mut warnings).is_empty());
+            assert_eq!(warnings.len(), 1, "{warnings:?}");
+            let expected = format!(
+                "{} is a symlink owned by uid 1000, not root; not followed",
+                alices.display()
+            );
+            assert!(warnings[0].contains(&expected), "{warnings:?}");
+        }
     }
 
     #[test]
