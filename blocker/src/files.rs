@@ -1,22 +1,32 @@
 //! Walking directory trees for files that can be executed or mapped as code, safely: every
 //! directory is opened relative to its parent's descriptor without following symlinks, so a
 //! directory swapped for a symlink while the walk runs cannot lead it elsewhere; a directory
-//! reached twice (bind mounts) is walked once; depth is bounded; unreadable entries are reported
-//! and skipped, never fatal.
+//! reached twice (bind mounts) is walked once; depth is bounded, and a directory's descriptor is
+//! closed when the walk leaves it, so a tree built deep or wide cannot exhaust descriptors;
+//! unreadable entries are reported and skipped, never fatal.
+//!
+//! A tree a user owns is entered through [`OpenDirectory::open_beneath`], which follows no
+//! symlink on the way down either, and walked with [`walk_directory`] from that descriptor:
+//! its path is never resolved again, so swapping a component for a symlink at any moment
+//! cannot point the walk at someone else's files.
 
 use crate::escape::escaped;
 use std::{
     collections::HashSet,
     ffi::{CStr, CString, OsStr},
-    fs::Metadata,
+    fs::{File, Metadata},
+    io,
     os::{
-        fd::OwnedFd,
+        fd::{AsFd, BorrowedFd, OwnedFd},
         unix::{ffi::OsStrExt, fs::MetadataExt},
     },
-    path::{Path, PathBuf},
+    path::{Component, Path, PathBuf},
 };
 
-use rustix::fs::{fstat, openat, statat, AtFlags, Dir, FileType, Mode, OFlags, Stat, CWD};
+use rustix::{
+    fs::{fstat, openat, readlinkat, statat, AtFlags, Dir, FileType, Mode, OFlags, Stat, CWD},
+    io::Errno,
+};
 
 /// Directories deeper than this below a walk's root are reported and not entered: each level
 /// holds a descriptor open, and a user can make a directory chain as deep as they like.
@@ -29,6 +39,8 @@ pub struct FileStatus {
     pub ino: u64,
     pub mode: u32,
     pub size: u64,
+    /// The owner's user id.
+    pub uid: u32,
     /// Nanoseconds since the epoch; 128 bits so no timestamp a filesystem can hold overflows.
     pub mtime_ns: i128,
     pub ctime_ns: i128,
@@ -41,6 +53,7 @@ impl FileStatus {
             ino: metadata.ino(),
             mode: metadata.mode(),
             size: metadata.size(),
+            uid: metadata.uid(),
             mtime_ns: nanoseconds(metadata.mtime(), metadata.mtime_nsec()),
             ctime_ns: nanoseconds(metadata.ctime(), metadata.ctime_nsec()),
         }
@@ -52,6 +65,7 @@ impl FileStatus {
             ino: stat.st_ino,
             mode: stat.st_mode,
             size: u64::try_from(stat.st_size).unwrap_or(0),
+            uid: stat.st_uid,
             mtime_ns: nanoseconds(
                 stat.st_mtime,
                 i64::try_from(stat.st_mtime_nsec).unwrap_or(0),
@@ -67,7 +81,7 @@ impl FileStatus {
         FileType::from_raw_mode(self.mode) == FileType::RegularFile
     }
 
-    fn is_dir(&self) -> bool {
+    pub fn is_dir(&self) -> bool {
         FileType::from_raw_mode(self.mode) == FileType::Directory
     }
 
@@ -104,6 +118,120 @@ pub fn is_executable_candidate(path: &Path, status: &FileStatus) -> bool {
     name.ends_with(".so") || name.contains(".so.") || name.ends_with(".AppImage")
 }
 
+/// A directory open for reading, the path it stands for (in messages, and as the start of the
+/// paths of what is found in it) and what `fstat` said of it through this descriptor.
+pub struct OpenDirectory {
+    fd: OwnedFd,
+    pub path: PathBuf,
+    pub status: FileStatus,
+}
+
+/// Why [`OpenDirectory::open_beneath`] did not open a directory.
+#[derive(Debug)]
+pub enum NotOpened {
+    /// A component is missing or is not a directory: nothing is there.
+    Absent,
+    /// A component is a symlink (the path given, up to it), which is not followed.
+    Symlink(PathBuf),
+    /// Anything else, as `path: reason`.
+    Failed(String),
+}
+
+impl OpenDirectory {
+    /// Opens the directory at `path`, following symlinks: for paths that only root can change.
+    /// `None` when nothing or something else than a directory is there.
+    pub fn open(path: &Path) -> io::Result<Option<Self>> {
+        match openat(CWD, path, DIRECTORY_FLAGS, Mode::empty()) {
+            Ok(fd) => Self::opened(fd, path).map(Some),
+            Err(Errno::NOENT | Errno::NOTDIR) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Opens `relative` below this directory one component at a time, relative to the
+    /// previous component's descriptor and following no symlink, so the directory reached is
+    /// one that the path names now through directories only. `relative` must consist of plain
+    /// names.
+    pub fn open_beneath(&self, relative: &Path) -> Result<Self, NotOpened> {
+        let mut path = self.path.clone();
+        let mut current: Option<Self> = None;
+        for component in relative.components() {
+            let Component::Normal(name) = component else {
+                return Err(NotOpened::Failed(format!(
+                    "{}: only plain names are opened beneath a directory",
+                    escaped(&relative)
+                )));
+            };
+            path.push(name);
+            let name = CString::new(name.as_bytes())
+                .map_err(|_| NotOpened::Failed(format!("{}: a NUL in a name", escaped(&path))))?;
+            let parent = current.as_ref().unwrap_or(self);
+            let flags = DIRECTORY_FLAGS | OFlags::NOFOLLOW;
+            let child = match openat(&parent.fd, name.as_c_str(), flags, Mode::empty()) {
+                Ok(child) => child,
+                // What is there, not followed, is not a directory: a symlink, something else
+                // or nothing.
+                Err(Errno::LOOP | Errno::NOTDIR | Errno::NOENT) => {
+                    let symlink = statat(&parent.fd, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
+                        .is_ok_and(|stat| {
+                            FileType::from_raw_mode(stat.st_mode) == FileType::Symlink
+                        });
+                    return Err(if symlink {
+                        NotOpened::Symlink(path)
+                    } else {
+                        NotOpened::Absent
+                    });
+                }
+                Err(error) => {
+                    return Err(NotOpened::Failed(format!("{}: {error}", escaped(&path))))
+                }
+            };
+            current = Some(
+                Self::opened(child, &path)
+                    .map_err(|error| NotOpened::Failed(format!("{}: {error}", escaped(&path))))?,
+            );
+        }
+        current.ok_or_else(|| NotOpened::Failed(format!("{}: nothing to open", escaped(&path))))
+    }
+
+    fn opened(fd: OwnedFd, path: &Path) -> io::Result<Self> {
+        let status = FileStatus::of_stat(&fstat(&fd)?);
+        Ok(Self {
+            fd,
+            path: path.to_owned(),
+            status,
+        })
+    }
+}
+
+const DIRECTORY_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::CLOEXEC)
+    .union(OFlags::NONBLOCK);
+
+/// A regular file met by [`walk_directory`], while its directory is still open.
+pub struct WalkedFile<'a> {
+    /// The directory holding the file: [`WalkedFile::open`] opens exactly the file the walk saw
+    /// through it, not whatever its path leads to by the time someone uses the path.
+    pub directory: BorrowedFd<'a>,
+    pub name: &'a CStr,
+    pub path: PathBuf,
+    pub status: FileStatus,
+}
+
+impl WalkedFile<'_> {
+    /// Opens the file for reading relative to its directory, without following a symlink or
+    /// blocking on a FIFO, and only if it is still the file the walk saw.
+    pub fn open(&self) -> io::Result<File> {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let file = File::from(openat(self.directory, self.name, flags, Mode::empty())?);
+        if !FileStatus::of_stat(&fstat(&file)?).is_same_inode(&self.status) {
+            return Err(io::Error::other("replaced since the walk found it"));
+        }
+        Ok(file)
+    }
+}
+
 /// One open directory of a walk and the subdirectories of it still to enter.
 struct Level {
     fd: OwnedFd,
@@ -112,20 +240,16 @@ struct Level {
 }
 
 /// Every regular file under `root` (or `root` itself if it is a file), in no particular order.
-/// `root` is followed if it is a symlink; nothing below it is. Problems are appended to
-/// `warnings` as `path: reason`; a missing root is simply empty.
+/// Symlinks on the way to `root` are followed only if root owns them (`/bin` → `usr/bin`); one
+/// anyone else owns could point a walk that an administrator aimed at a user's directory at
+/// `/usr/bin`. Nothing below `root` is followed. Problems are appended to `warnings` as
+/// `path: reason`; a missing root is simply empty.
 pub fn walk(root: &Path, warnings: &mut Vec<String>) -> Vec<WalkEntry> {
     let mut files = Vec::new();
-    let opened = openat(
-        CWD,
-        root,
-        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::PATH,
-        Mode::empty(),
-    )
-    .and_then(|fd| Ok((fstat(&fd)?, fd)));
+    let opened = open_following_roots_symlinks(root).and_then(|fd| Ok((fstat(&fd)?, fd)));
     let (stat, fd) = match opened {
         Ok(opened) => opened,
-        Err(rustix::io::Errno::NOENT) => return files,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return files,
         Err(error) => {
             warnings.push(format!("{}: {error}", escaped(&root)));
             return files;
@@ -145,14 +269,38 @@ pub fn walk(root: &Path, warnings: &mut Vec<String>) -> Vec<WalkEntry> {
     let Some(fd) = reopen_directory(fd, root, &status, warnings) else {
         return files;
     };
-    let mut visited = HashSet::from([(status.dev, status.ino)]);
-    let mut stack = vec![read_level(fd, root.to_owned(), &mut files, warnings)];
+    let directory = OpenDirectory {
+        fd,
+        path: root.to_owned(),
+        status,
+    };
+    walk_directory(directory, warnings, |file, _| {
+        files.push(WalkEntry {
+            path: file.path,
+            status: file.status,
+        });
+    });
+    files
+}
+
+/// Gives every regular file below `root` to `visit` (with the warnings, to add its own), while
+/// the file's directory is open. Nothing below `root` is reached through a symlink or through
+/// a path: each directory is opened relative to its parent's descriptor, and only if it is
+/// still the directory the parent's listing showed.
+pub fn walk_directory(
+    root: OpenDirectory,
+    warnings: &mut Vec<String>,
+    mut visit: impl FnMut(WalkedFile<'_>, &mut Vec<String>),
+) {
+    let mut visited = HashSet::from([(root.status.dev, root.status.ino)]);
+    let mut stack = vec![read_level(root.fd, root.path, warnings, &mut visit)];
     loop {
         let depth = stack.len();
         let Some(top) = stack.last_mut() else {
             break;
         };
         let Some((name, expected)) = top.subdirectories.pop() else {
+            // Leaving the directory closes its descriptor.
             stack.pop();
             continue;
         };
@@ -182,10 +330,70 @@ pub fn walk(root: &Path, warnings: &mut Vec<String>) -> Vec<WalkEntry> {
             ));
             continue;
         }
-        let level = read_level(child, path, &mut files, warnings);
+        let level = read_level(child, path, warnings, &mut visit);
         stack.push(level);
     }
-    files
+}
+
+/// Symlinks one resolution follows at most, as the kernel's `MAXSYMLINKS`.
+const MAX_SYMLINKS: usize = 40;
+
+/// Opens `path` with `O_PATH`, one component at a time, following a symlink only if root owns
+/// it: the owner is read from the link's own descriptor, and the target from that descriptor
+/// too, so what is checked is what is followed.
+fn open_following_roots_symlinks(path: &Path) -> io::Result<OwnedFd> {
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let start = if path.is_absolute() { c"/" } else { c"." };
+    let mut current = openat(CWD, start, flags | OFlags::DIRECTORY, Mode::empty())?;
+    let mut shown = PathBuf::from(OsStr::from_bytes(start.to_bytes()));
+    let mut pending: Vec<std::ffi::OsString> = Vec::new();
+    push_components(&mut pending, path);
+    let mut followed = 0;
+    while let Some(name) = pending.pop() {
+        let next = openat(&current, name.as_os_str(), flags, Mode::empty())?;
+        let stat = fstat(&next)?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::Symlink {
+            if name == ".." {
+                shown.pop();
+            } else {
+                shown.push(&name);
+            }
+            current = next;
+            continue;
+        }
+        let link = shown.join(&name);
+        if stat.st_uid != 0 {
+            return Err(io::Error::other(format!(
+                "{} is a symlink owned by uid {}, not root; not followed",
+                escaped(&link),
+                stat.st_uid
+            )));
+        }
+        followed += 1;
+        if followed > MAX_SYMLINKS {
+            return Err(Errno::LOOP.into());
+        }
+        let target = PathBuf::from(OsStr::from_bytes(
+            readlinkat(&next, c"", Vec::new())?.as_bytes(),
+        ));
+        if target.is_absolute() {
+            current = openat(CWD, c"/", flags | OFlags::DIRECTORY, Mode::empty())?;
+            shown = PathBuf::from("/");
+        }
+        push_components(&mut pending, &target);
+    }
+    Ok(current)
+}
+
+/// Pushes the names of `path` onto a stack of names still to resolve, first on top.
+fn push_components(pending: &mut Vec<std::ffi::OsString>, path: &Path) {
+    for component in path.components().rev() {
+        match component {
+            Component::Normal(name) => pending.push(name.to_owned()),
+            Component::ParentDir => pending.push("..".into()),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
 }
 
 /// Turns the `O_PATH` descriptor of the root into one that can be read, checking it is still the
@@ -211,12 +419,12 @@ fn reopen_directory(
     }
 }
 
-/// Reads one directory: regular files go to `files`, subdirectories into the level.
+/// Reads one directory: regular files go to `visit`, subdirectories into the level.
 fn read_level(
     fd: OwnedFd,
     path: PathBuf,
-    files: &mut Vec<WalkEntry>,
     warnings: &mut Vec<String>,
+    visit: &mut impl FnMut(WalkedFile<'_>, &mut Vec<String>),
 ) -> Level {
     let mut subdirectories = Vec::new();
     match Dir::read_from(&fd) {
@@ -241,10 +449,13 @@ fn read_level(
                         if status.is_dir() {
                             subdirectories.push((name.to_owned(), status));
                         } else if status.is_file() {
-                            files.push(WalkEntry {
+                            let file = WalkedFile {
+                                directory: fd.as_fd(),
+                                name,
                                 path: child_path,
                                 status,
-                            });
+                            };
+                            visit(file, warnings);
                         }
                     }
                     Err(error) => warnings.push(format!("{}: {error}", escaped(&child_path))),
@@ -287,6 +498,39 @@ mod tests {
             [PathBuf::from("a/b/libz.so.1"), PathBuf::from("a/tool")]
         );
         assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn a_root_is_reached_through_roots_symlinks_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        std::fs::write(root.join("usr/bin/tool"), b"x").unwrap();
+        std::fs::create_dir_all(root.join("home/alice")).unwrap();
+        // Root's: `/bin` → `usr/bin`, and one through `..`.
+        std::os::unix::fs::symlink("usr/bin", root.join("bin")).unwrap();
+        std::os::unix::fs::symlink("../../bin", root.join("home/alice/roots")).unwrap();
+        // Alice's, in her home.
+        let alices = root.join("home/alice/apps");
+        std::os::unix::fs::symlink(root.join("usr/bin"), &alices).unwrap();
+        std::os::unix::fs::lchown(&alices, Some(1000), Some(1000)).unwrap();
+
+        for through_roots in [root.join("bin"), root.join("home/alice/roots")] {
+            let mut warnings = Vec::new();
+            let found = walk(&through_roots, &mut warnings);
+            assert_eq!(found.len(), 1, "{through_roots:?}: {warnings:?}");
+            assert_eq!(found[0].path, through_roots.join("tool"));
+        }
+        for through_alices in [alices.clone(), alices.join("tool")] {
+            let mut warnings = Vec::new();
+            assert!(walk(&through_alices, &mut warnings).is_empty());
+            assert_eq!(warnings.len(), 1, "{warnings:?}");
+            let expected = format!(
+                "{} is a symlink owned by uid 1000, not root; not followed",
+                alices.display()
+            );
+            assert!(warnings[0].contains(&expected), "{warnings:?}");
+        }
     }
 
     #[test]
@@ -350,6 +594,53 @@ mod tests {
             warnings[0].contains("deeper than 256 levels"),
             "{warnings:?}"
         );
+    }
+
+    #[test]
+    fn opening_beneath_follows_no_symlink_and_tells_what_stopped_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("a/b/c")).unwrap();
+        std::fs::create_dir_all(root.join("elsewhere/c")).unwrap();
+        std::os::unix::fs::symlink(root.join("elsewhere"), root.join("a/link")).unwrap();
+        std::fs::write(root.join("a/file"), b"x").unwrap();
+        let base = OpenDirectory::open(root).unwrap().unwrap();
+
+        let opened = base.open_beneath(Path::new("a/b/c")).unwrap();
+        assert_eq!(opened.path, root.join("a/b/c"));
+        let metadata = std::fs::metadata(root.join("a/b/c")).unwrap();
+        assert!(opened.status.is_same_inode(&FileStatus::of(&metadata)));
+        assert!(matches!(
+            base.open_beneath(Path::new("a/link/c")),
+            Err(NotOpened::Symlink(link)) if link == root.join("a/link")
+        ));
+        for absent in ["a/missing/c", "a/file/c", "a/file"] {
+            assert!(
+                matches!(base.open_beneath(Path::new(absent)), Err(NotOpened::Absent)),
+                "{absent}"
+            );
+        }
+        assert!(matches!(
+            base.open_beneath(Path::new("a/../elsewhere")),
+            Err(NotOpened::Failed(_))
+        ));
+    }
+
+    #[test]
+    fn a_walked_file_opens_only_as_the_file_the_walk_saw() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tool"), b"x").unwrap();
+        std::fs::write(dir.path().join("other"), b"y").unwrap();
+        let root = OpenDirectory::open(dir.path()).unwrap().unwrap();
+        let mut opened = Vec::new();
+        walk_directory(root, &mut Vec::new(), |file, _| {
+            if file.name == c"tool" {
+                opened.push(file.open().is_ok());
+                std::fs::rename(dir.path().join("other"), &file.path).unwrap();
+                opened.push(file.open().is_ok());
+            }
+        });
+        assert_eq!(opened, [true, false]);
     }
 
     #[test]

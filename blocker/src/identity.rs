@@ -47,6 +47,11 @@ impl FileIdentity {
             .read(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | extra_flags)
             .open(path)?;
+        Self::of_file(&file)
+    }
+
+    /// Identifies the regular file open as `file`.
+    pub fn of_file(file: &File) -> io::Result<Self> {
         let metadata = file.metadata()?;
         if !metadata.is_file() {
             return Err(io::Error::new(
@@ -56,7 +61,7 @@ impl FileIdentity {
         }
         Ok(Self {
             key: FileKey::new(kernel_device_number(metadata.dev()), metadata.ino()),
-            generation: inode_generation(&file),
+            generation: inode_generation(file),
         })
     }
 

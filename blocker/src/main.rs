@@ -188,9 +188,14 @@ struct SinkArgs {
     /// Start a new events file when a line would take it past this many bytes.
     #[arg(long, default_value_t = sinks::DEFAULT_MAX_BYTES, value_parser = clap::value_parser!(u64).range(1..))]
     events_file_max_bytes: u64,
-    /// Rotated events files kept (FILE.1 the newest); older ones are deleted.
+    /// Rotated events files kept (FILE.1 the newest); older ones are deleted, unless they
+    /// hold denials.
     #[arg(long, default_value_t = sinks::DEFAULT_KEEP)]
     events_file_keep: u32,
+    /// Rotated events files holding denials kept beyond --events-file-keep, so a flood of
+    /// other records never deletes the only copy of a denial; the oldest go first.
+    #[arg(long, default_value_t = sinks::DEFAULT_KEEP_DENIALS)]
+    events_file_keep_denials: u32,
     /// Write no events to stdout (for a service, whose stdout goes to the journal anyway).
     #[arg(long)]
     no_stdout: bool,
@@ -206,6 +211,7 @@ impl SinkArgs {
                 path: self.events_file,
                 max_bytes: self.events_file_max_bytes,
                 keep: self.events_file_keep,
+                keep_denials: self.events_file_keep_denials,
             }),
             stdout: !self.no_stdout,
             journald_socket: (!self.no_journald).then(|| PathBuf::from(sinks::JOURNALD_SOCKET)),

@@ -400,17 +400,21 @@ impl Found<'_> {
         }
     }
 
-    /// Adds files found by walking trees or reading package databases, each only if opening it
-    /// now, without following a final symlink, reaches the inode seen when it was found: in a
-    /// tree a user can write to, a file or directory swapped for a symlink since must not get
-    /// another file banned.
+    /// Adds files found by walking trees or reading package databases. A file not identified
+    /// as it was found is only if opening it now, without following a final symlink, reaches
+    /// the inode seen when it was found: in a tree a user can write to, a file or directory
+    /// swapped for a symlink since must not get another file banned.
     fn add_all(&mut self, found: SourceFiles, via: Via) {
         if found.files.is_empty() {
             self.unresolved(via, "no executable files found".to_owned());
             return;
         }
         for path in found.files {
-            let identity = match FileIdentity::of_path_no_follow(&path) {
+            let identity = match found.identified.get(&path) {
+                Some(identity) => Ok(*identity),
+                None => FileIdentity::of_path_no_follow(&path),
+            };
+            let identity = match identity {
                 Ok(identity) => identity,
                 Err(error) => {
                     let warning = format!("{}: {error}", escaped(&path));

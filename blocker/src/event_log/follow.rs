@@ -234,6 +234,7 @@ mod tests {
                 path: path.clone(),
                 max_bytes: 3 * line_length,
                 keep: 3,
+                keep_denials: 0,
             }),
             stdout: false,
             journald_socket: None,

@@ -1,15 +1,24 @@
 //! The events file: JSON lines, readable by root only, rotated by size like logrotate does
 //! (`events.jsonl` → `events.jsonl.1` → `.2` ..., the highest number the oldest).
+//!
+//! Rotation never lets a flood of other records push out the only copy of a denial: the file
+//! about to fall out of the newest `keep` is deleted only if it holds no denial (an exec record
+//! whose rule said `deny`); one that does is kept, beyond `keep`, until `keep_denials` newer
+//! such files are kept too. A user who can make the daemon write audit or tamper records as
+//! fast as they like can therefore erase nothing but such records; only denials push out
+//! denials. The files stay one chain, oldest highest, so readers need not know; the disk used
+//! is at most `(1 + keep + keep_denials) × max_bytes`.
 
 use crate::escape::escaped;
 use std::{
     fs::{DirBuilder, File, OpenOptions},
-    io::{self, Write},
+    io::{self, BufRead, BufReader, Write},
     os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context, Result};
+use serde::Deserialize;
 
 use super::queue::Sink;
 use crate::events::Record;
@@ -17,6 +26,7 @@ use crate::events::Record;
 pub const DEFAULT_PATH: &str = "/var/log/blocker/events.jsonl";
 pub const DEFAULT_MAX_BYTES: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_KEEP: u32 = 5;
+pub const DEFAULT_KEEP_DENIALS: u32 = 20;
 
 #[derive(Clone, Debug)]
 pub struct FileOptions {
@@ -25,6 +35,8 @@ pub struct FileOptions {
     pub max_bytes: u64,
     /// Rotated files kept besides the current one.
     pub keep: u32,
+    /// Rotated files holding denials kept beyond `keep`, the oldest deleted first.
+    pub keep_denials: u32,
 }
 
 pub struct EventsFile {
@@ -87,19 +99,66 @@ impl EventsFile {
         Ok(())
     }
 
+    /// Renames the file to `.1`, shifting the rotated files up, and starts a new one. The file
+    /// that would become `.keep + 1` is deleted unless it holds a denial; then the files beyond
+    /// `keep` are those holding denials, of which the newest `keep_denials` stay.
     fn rotate(&mut self) -> io::Result<()> {
         let path = &self.options.path;
-        let keep = self.options.keep;
-        if keep == 0 {
-            std::fs::remove_file(path)?;
+        let (keep, keep_denials) = (self.options.keep, self.options.keep_denials);
+        let numbers = rotated_numbers(path)?;
+        let leaving = numbered_path(path, keep);
+        let leaving_exists = keep == 0 || numbers.contains(&keep);
+        let shifted = if leaving_exists && !holds_denials(&leaving) {
+            std::fs::remove_file(&leaving)?;
+            numbers
+                .into_iter()
+                .filter(|&number| number < keep)
+                .collect()
         } else {
-            for number in (1..keep).rev() {
-                rename_if_present(&rotated_path(path, number), &rotated_path(path, number + 1))?;
-            }
-            std::fs::rename(path, rotated_path(path, 1))?;
+            numbers
+        };
+        for &number in shifted.iter().rev() {
+            std::fs::rename(rotated_path(path, number), rotated_path(path, number + 1))?;
+        }
+        rename_if_present(path, &rotated_path(path, 1))?;
+        let beyond_keep = rotated_numbers(path)?
+            .into_iter()
+            .filter(|&number| number > keep);
+        for number in beyond_keep.skip(keep_denials as usize) {
+            std::fs::remove_file(rotated_path(path, number))?;
         }
         self.reopen()
     }
+}
+
+/// The events file for `0`, else its rotated file `number`.
+fn numbered_path(path: &Path, number: u32) -> PathBuf {
+    if number == 0 {
+        path.to_owned()
+    } else {
+        rotated_path(path, number)
+    }
+}
+
+/// Whether the file holds a denial. One that cannot be read counts as holding one: what it
+/// holds is unknown, and keeping it costs only disk.
+fn holds_denials(path: &Path) -> bool {
+    let Ok(file) = File::open(path) else {
+        return true;
+    };
+    let mut lines = BufReader::new(file).split(b'\n');
+    lines.any(|line| line.map_or(true, |line| is_denial(&line)))
+}
+
+/// Whether a line of the events file is an exec record of a `deny` rule.
+fn is_denial(line: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Kind<'a> {
+        kind: &'a str,
+        action: Option<&'a str>,
+    }
+    serde_json::from_slice::<Kind>(line)
+        .is_ok_and(|record| record.kind == "exec" && record.action == Some("deny"))
 }
 
 impl Sink for EventsFile {
@@ -119,6 +178,16 @@ pub fn rotated_path(path: &Path, number: u32) -> PathBuf {
 
 /// The rotated files that exist, oldest (highest number) first.
 pub fn rotated_paths_oldest_first(path: &Path) -> io::Result<Vec<PathBuf>> {
+    let numbers = rotated_numbers(path)?;
+    Ok(numbers
+        .into_iter()
+        .rev()
+        .map(|number| rotated_path(path, number))
+        .collect())
+}
+
+/// The numbers of the rotated files that exist, lowest (newest) first.
+fn rotated_numbers(path: &Path) -> io::Result<Vec<u32>> {
     let Some(name) = path.file_name().and_then(|name| name.to_str()) else {
         return Ok(Vec::new());
     };
@@ -127,21 +196,18 @@ pub fn rotated_paths_oldest_first(path: &Path) -> io::Result<Vec<PathBuf>> {
         _ => Path::new("."),
     };
     let prefix = format!("{name}.");
-    let mut numbered = Vec::new();
+    let mut numbers = Vec::new();
     for entry in std::fs::read_dir(directory)? {
-        let entry = entry?;
-        let entry_name = entry.file_name();
+        let entry_name = entry?.file_name();
         let number = entry_name
             .to_str()
             .and_then(|entry_name| entry_name.strip_prefix(&prefix))
             .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|digits| digits.parse::<u32>().ok());
-        if let Some(number) = number {
-            numbered.push((number, entry.path()));
-        }
+        numbers.extend(number);
     }
-    numbered.sort_by_key(|(number, _)| std::cmp::Reverse(*number));
-    Ok(numbered.into_iter().map(|(_, path)| path).collect())
+    numbers.sort_unstable();
+    Ok(numbers)
 }
 
 fn rename_if_present(from: &Path, to: &Path) -> io::Result<()> {
@@ -175,7 +241,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
-    use crate::events;
+    use crate::events::{self, Caller, ExecRecord, TamperRecord};
 
     fn reloaded(rules: usize) -> Record {
         Record::Reloaded {
@@ -210,6 +276,7 @@ mod tests {
             path: path.clone(),
             max_bytes: DEFAULT_MAX_BYTES,
             keep: DEFAULT_KEEP,
+            keep_denials: DEFAULT_KEEP_DENIALS,
         })
         .unwrap();
         file.write(&reloaded(1)).unwrap();
@@ -227,6 +294,7 @@ mod tests {
             path: path.clone(),
             max_bytes: DEFAULT_MAX_BYTES,
             keep: DEFAULT_KEEP,
+            keep_denials: DEFAULT_KEEP_DENIALS,
         };
         let record = reloaded(1);
         EventsFile::open(options.clone())
@@ -254,6 +322,7 @@ mod tests {
             path: path.clone(),
             max_bytes: 2 * line_length(),
             keep: 2,
+            keep_denials: DEFAULT_KEEP_DENIALS,
         })
         .unwrap();
         for rules in 0..7 {
@@ -279,6 +348,7 @@ mod tests {
             path: path.clone(),
             max_bytes: 1,
             keep: 0,
+            keep_denials: 0,
         })
         .unwrap();
         file.write(&reloaded(1)).unwrap();
@@ -295,6 +365,7 @@ mod tests {
             path: path.clone(),
             max_bytes: 2 * line_length(),
             keep: 1,
+            keep_denials: DEFAULT_KEEP_DENIALS,
         })
         .unwrap();
         file.write(&reloaded(1)).unwrap();
@@ -313,6 +384,134 @@ mod tests {
         assert!(!rotated_path(&path, 1).exists());
     }
 
+    const TIME: &str = "2026-11-28T08:39:20.546048089Z";
+
+    fn exec(rule: usize, action: &'static str) -> Record {
+        Record::Exec(ExecRecord {
+            time: TIME.to_owned(),
+            action,
+            enforcement: if action == "deny" { "eperm" } else { "none" },
+            backend: "lsm",
+            operation: "exec",
+            rule: rule.to_string(),
+            policy: "test".to_owned(),
+            reason: None,
+            caller: caller(),
+            path: "/opt/wechat/wechat".to_owned(),
+            path_hex: None,
+            path_truncated: false,
+            device: "254:1".to_owned(),
+            inode: 42,
+        })
+    }
+
+    fn tamper() -> Record {
+        Record::Tamper(TamperRecord {
+            time: TIME.to_owned(),
+            attempt: "file_change",
+            detail: "chmod".to_owned(),
+            path: "/usr/sbin/blocker".to_owned(),
+            path_hex: None,
+            device: "254:1".to_owned(),
+            inode: 7,
+            caller: caller(),
+        })
+    }
+
+    fn caller() -> Caller {
+        Caller {
+            pid: 9900,
+            tid: 9900,
+            ppid: 1,
+            uid: 1000,
+            gid: 1000,
+            comm: "bash".to_owned(),
+            comm_hex: None,
+        }
+    }
+
+    /// The rules of the denials in every file of the chain, oldest file first.
+    fn denials_in_chain(path: &Path) -> Vec<Vec<String>> {
+        let mut files = rotated_paths_oldest_first(path).unwrap();
+        files.push(path.to_owned());
+        files
+            .iter()
+            .map(|file| {
+                std::fs::read_to_string(file)
+                    .unwrap()
+                    .lines()
+                    .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+                    .filter(|record| record["kind"] == "exec" && record["action"] == "deny")
+                    .map(|record| record["rule"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn small_file(path: &Path, keep: u32, keep_denials: u32) -> EventsFile {
+        let line = serde_json::to_vec(&exec(0, "deny")).unwrap().len() as u64 + 1;
+        EventsFile::open(FileOptions {
+            path: path.to_owned(),
+            max_bytes: 4 * line,
+            keep,
+            keep_denials,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_flood_of_other_records_never_rotates_away_a_denial() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("events.jsonl");
+        let mut file = small_file(&path, 2, 3);
+        file.write(&exec(1, "deny")).unwrap();
+        for _ in 0..1000 {
+            file.write(&tamper()).unwrap();
+            file.write(&exec(0, "audit")).unwrap();
+        }
+
+        let chain = denials_in_chain(&path);
+        assert_eq!(chain.concat(), ["1"], "{chain:?}");
+        assert_eq!(chain[0], ["1"], "the oldest file is the denial's");
+        assert_eq!(chain.len(), 1 + 2 + 1, "{chain:?}");
+        assert!(
+            !rotated_path(&path, 5).exists(),
+            "files without denials are not kept beyond `keep`"
+        );
+    }
+
+    #[test]
+    fn only_the_newest_files_of_denials_are_kept_beyond_keep() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("events.jsonl");
+        let mut file = small_file(&path, 1, 2);
+        for rule in 1..=5 {
+            file.write(&exec(rule, "deny")).unwrap();
+            for _ in 0..4 {
+                file.write(&tamper()).unwrap();
+            }
+        }
+
+        // Each denial started a file: the current one, the one `keep` keeps, and two kept for
+        // their denials; the first went.
+        assert_eq!(denials_in_chain(&path), [["2"], ["3"], ["4"], ["5"]]);
+    }
+
+    #[test]
+    fn keeping_no_files_keeps_those_of_denials_unless_told_not_to() {
+        for keep_denials in [0, 1] {
+            let temp = tempfile::tempdir().unwrap();
+            let path = temp.path().join("events.jsonl");
+            let mut file = small_file(&path, 0, keep_denials);
+            file.write(&exec(1, "deny")).unwrap();
+            for _ in 0..20 {
+                file.write(&tamper()).unwrap();
+            }
+            let expected: &[&str] = if keep_denials == 0 { &[] } else { &["1"] };
+            assert_eq!(denials_in_chain(&path).concat(), expected);
+        }
+    }
+
     #[test]
     fn refuses_a_symlink_and_names_the_file_and_the_flags() {
         let temp = tempfile::tempdir().unwrap();
@@ -322,6 +521,7 @@ mod tests {
             path: path.clone(),
             max_bytes: DEFAULT_MAX_BYTES,
             keep: DEFAULT_KEEP,
+            keep_denials: DEFAULT_KEEP_DENIALS,
         })
         .err()
         .unwrap();

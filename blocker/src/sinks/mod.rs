@@ -17,7 +17,9 @@ use std::{
 
 use anyhow::Result;
 
-pub use file::{rotated_paths_oldest_first, FileOptions, DEFAULT_KEEP, DEFAULT_MAX_BYTES};
+pub use file::{
+    rotated_paths_oldest_first, FileOptions, DEFAULT_KEEP, DEFAULT_KEEP_DENIALS, DEFAULT_MAX_BYTES,
+};
 pub use journald::SOCKET as JOURNALD_SOCKET;
 
 use crate::events::Record;
@@ -53,10 +55,11 @@ impl Sinks {
         if let Some(file) = &options.file {
             let sink = file::EventsFile::open(file.clone())?;
             destinations.push(format!(
-                "{} (rotated at {} bytes, {} kept)",
+                "{} (rotated at {} bytes, {} kept, and {} more holding denials)",
                 escaped(&file.path),
                 file.max_bytes,
-                file.keep
+                file.keep,
+                file.keep_denials
             ));
             queues.push(SinkQueue::start("file", sink, QUEUE_RECORDS));
         }
@@ -157,6 +160,7 @@ mod tests {
                 path: events_file.clone(),
                 max_bytes: DEFAULT_MAX_BYTES,
                 keep: DEFAULT_KEEP,
+                keep_denials: DEFAULT_KEEP_DENIALS,
             }),
             stdout: false,
             journald_socket: Some(socket),

@@ -3,13 +3,11 @@
 //! `<installation>/app/<id>/`, reached through the `current` and `active` symlinks that the
 //! walk does not follow, so each deployed file is found once.
 
-use crate::escape::escaped;
-use std::{
-    fs::{self, Metadata},
-    io::ErrorKind,
-    os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
+use crate::{
+    escape::escaped,
+    files::{NotOpened, OpenDirectory},
 };
+use std::{fs, io::ErrorKind, path::Path};
 
 use super::{SourceFiles, SourceRoots};
 
@@ -53,110 +51,119 @@ pub fn validate_flatpak_id(id: &str) -> Result<(), String> {
 pub fn flatpak_files(app_id: &str, roots: &SourceRoots) -> Result<SourceFiles, String> {
     validate_flatpak_id(app_id)?;
     let mut found = SourceFiles::default();
-    let mut installed = false;
 
     let system_app = roots
         .root
         .join(SYSTEM_INSTALLATION)
         .join("app")
         .join(app_id);
-    if directory_metadata(&system_app, &mut found.warnings).is_some() {
-        installed = true;
-        found.add_walked(&system_app);
-    }
+    let mut installed = found.add_walked_path(&system_app);
     let homes = home_directories(roots, &mut found.warnings);
+    let home_paths: Vec<String> = homes
+        .iter()
+        .map(|home| escaped(&home.path).to_string())
+        .collect();
     for home in &homes {
         if let Some(user_app) = user_app_directory(home, app_id, &mut found.warnings) {
             installed = true;
-            found.add_walked(&user_app);
+            found.add_walked(user_app, Some(home.status.uid));
         }
     }
 
     if installed {
         return Ok(found.finish());
     }
-    let homes: Vec<String> = homes
-        .iter()
-        .map(|home| escaped(&home).to_string())
-        .collect();
     let message = format!(
         "flatpak app `{app_id}` is not installed (searched {} and {USER_INSTALLATION} in {})",
         escaped(&roots.root.join(SYSTEM_INSTALLATION)),
-        if homes.is_empty() {
+        if home_paths.is_empty() {
             "no home directory".to_owned()
         } else {
-            homes.join(", ")
+            home_paths.join(", ")
         }
     );
     Err(found.not_found(message))
 }
 
-/// `/root` and every directory in `/home`, sorted, where they exist.
-fn home_directories(roots: &SourceRoots, warnings: &mut Vec<String>) -> Vec<PathBuf> {
-    let mut homes = Vec::new();
-    let root_home = roots.root.join("root");
-    if root_home.is_dir() {
-        homes.push(root_home);
-    }
+/// `/root` and every directory in `/home`, sorted by path, open. `/home` and its entries are
+/// root's to make, so a home that is a symlink is followed; nothing below a home is.
+fn home_directories(roots: &SourceRoots, warnings: &mut Vec<String>) -> Vec<OpenDirectory> {
+    let mut paths = vec![roots.root.join("root")];
     let home = roots.root.join("home");
     match fs::read_dir(&home) {
         Ok(entries) => {
             let mut users = Vec::new();
             for entry in entries {
                 match entry {
-                    Ok(entry) if entry.path().is_dir() => users.push(entry.path()),
-                    Ok(_) => {}
+                    Ok(entry) => users.push(entry.path()),
                     Err(error) => warnings.push(format!("{}: {error}", escaped(&home))),
                 }
             }
             users.sort();
-            homes.extend(users);
+            paths.extend(users);
         }
         Err(error) if error.kind() == ErrorKind::NotFound => {}
         Err(error) => warnings.push(format!("{}: {error}", escaped(&home))),
     }
-    homes
+    paths
+        .iter()
+        .filter_map(|path| match OpenDirectory::open(path) {
+            Ok(directory) => directory,
+            Err(error) => {
+                warnings.push(format!("{}: {error}", escaped(&path)));
+                None
+            }
+        })
+        .collect()
 }
 
-/// `<home>/.local/share/flatpak/app/<app_id>` if it is a directory owned by the home's owner.
-/// The user controls everything below the home and could make the app directory a symlink to
-/// `/usr/bin`, which would get all of it banned; a directory they own holds only files they
-/// could have put anywhere, and the walk follows no symlink inside it.
-fn user_app_directory(home: &Path, app_id: &str, warnings: &mut Vec<String>) -> Option<PathBuf> {
-    let app = home.join(USER_INSTALLATION).join("app").join(app_id);
-    let app_owner = directory_metadata(&app, warnings)?.uid();
-    let home_owner = directory_metadata(home, warnings)?.uid();
+/// `<home>/.local/share/flatpak/app/<app_id>`, open, if it is a directory owned by the home's
+/// owner and reached through directories only. The user controls everything below the home:
+/// were any component a symlink, it could lead to `/usr/bin` and get all of it banned, so the
+/// directory is opened one component at a time from the home's descriptor without following
+/// symlinks, its owner read from that descriptor, and the walk starts from it.
+fn user_app_directory(
+    home: &OpenDirectory,
+    app_id: &str,
+    warnings: &mut Vec<String>,
+) -> Option<OpenDirectory> {
+    let relative = Path::new(USER_INSTALLATION).join("app").join(app_id);
+    let app = match home.open_beneath(&relative) {
+        Ok(app) => app,
+        Err(NotOpened::Absent) => return None,
+        Err(NotOpened::Symlink(symlink)) => {
+            warnings.push(format!(
+                "{}: not searched: {} is a symlink, and no symlink in a user's installation \
+                 is followed, since it may lead to files that are not the app's",
+                escaped(&home.path.join(&relative)),
+                escaped(&symlink)
+            ));
+            return None;
+        }
+        Err(NotOpened::Failed(error)) => {
+            warnings.push(error);
+            return None;
+        }
+    };
+    let (app_owner, home_owner) = (app.status.uid, home.status.uid);
     if app_owner != home_owner {
         warnings.push(format!(
             "{}: not searched: owned by uid {app_owner}, not by {}'s owner (uid {home_owner}), \
              so it may lead to files that are not the app's",
-            escaped(&app),
-            escaped(&home)
+            escaped(&app.path),
+            escaped(&home.path)
         ));
         return None;
     }
     Some(app)
 }
 
-/// The metadata of `path`, following symlinks, if it is a directory. Absence is normal; other
-/// failures are warnings.
-fn directory_metadata(path: &Path, warnings: &mut Vec<String>) -> Option<Metadata> {
-    match fs::metadata(path) {
-        Ok(metadata) if metadata.is_dir() => Some(metadata),
-        Ok(_) => None,
-        Err(error) if matches!(error.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
-            None
-        }
-        Err(error) => {
-            warnings.push(format!("{}: {error}", escaped(&path)));
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::{symlink, PermissionsExt};
+    use std::{
+        os::unix::fs::{symlink, PermissionsExt},
+        path::PathBuf,
+    };
 
     use super::*;
 
@@ -223,10 +230,10 @@ mod tests {
         assert_eq!(found.files, [binary, library]);
     }
 
-    #[test]
-    fn a_per_user_app_directory_not_owned_by_the_user_is_not_searched() {
-        let root = tempfile::tempdir().unwrap();
-        let system_binaries = root.path().join("usr/bin");
+    /// A home owned by uid 1000 with an (empty) per-user installation, and a stand-in for
+    /// `/usr/bin` holding an executable.
+    fn mallory_and_system_binaries(root: &Path) -> (PathBuf, PathBuf) {
+        let system_binaries = root.join("usr/bin");
         fs::create_dir_all(&system_binaries).unwrap();
         fs::write(system_binaries.join("bash"), b"").unwrap();
         fs::set_permissions(
@@ -234,15 +241,147 @@ mod tests {
             fs::Permissions::from_mode(0o755),
         )
         .unwrap();
-        let home = root.path().join("home/mallory");
-        let apps = home.join(USER_INSTALLATION).join("app");
-        fs::create_dir_all(&apps).unwrap();
-        symlink(&system_binaries, apps.join("com.tencent.WeChat")).unwrap();
-        std::os::unix::fs::chown(&home, Some(1000), Some(1000)).unwrap();
+        let home = root.join("home/mallory");
+        fs::create_dir_all(home.join(USER_INSTALLATION).join("app")).unwrap();
+        chown_tree(&home, 1000);
+        (home, system_binaries)
+    }
+
+    fn chown_tree(path: &Path, uid: u32) {
+        std::os::unix::fs::lchown(path, Some(uid), Some(uid)).unwrap();
+        if fs::symlink_metadata(path).unwrap().is_dir() {
+            for entry in fs::read_dir(path).unwrap() {
+                chown_tree(&entry.unwrap().path(), uid);
+            }
+        }
+    }
+
+    #[test]
+    fn an_app_directory_that_is_a_symlink_is_not_followed() {
+        let root = tempfile::tempdir().unwrap();
+        let (home, system_binaries) = mallory_and_system_binaries(root.path());
+        let app = home.join(USER_INSTALLATION).join("app/com.tencent.WeChat");
+        symlink(&system_binaries, &app).unwrap();
+        std::os::unix::fs::lchown(&app, Some(1000), Some(1000)).unwrap();
+
+        let error = flatpak_files("com.tencent.WeChat", &roots(root.path())).unwrap_err();
+        assert!(error.contains("is not installed"), "{error}");
+        assert!(
+            error.contains(&format!("{} is a symlink", app.display())),
+            "{error}"
+        );
+        assert!(!error.contains("bash"), "{error}");
+    }
+
+    #[test]
+    fn a_symlink_anywhere_in_the_per_user_path_is_not_followed() {
+        for component in [
+            ".local",
+            ".local/share",
+            ".local/share/flatpak",
+            ".local/share/flatpak/app",
+        ] {
+            let root = tempfile::tempdir().unwrap();
+            let (home, _) = mallory_and_system_binaries(root.path());
+            // The real installation, owned by mallory, moved aside and reached through a
+            // symlink she made: even her own files are not searched through it.
+            let elsewhere = home.join("elsewhere");
+            deploy(
+                &elsewhere.join(USER_INSTALLATION),
+                "com.tencent.WeChat",
+                COMMIT_A,
+            );
+            let linked = home.join(component);
+            fs::remove_dir_all(&linked).unwrap();
+            symlink(elsewhere.join(component), &linked).unwrap();
+            chown_tree(&home, 1000);
+
+            let error = flatpak_files("com.tencent.WeChat", &roots(root.path())).unwrap_err();
+            assert!(
+                error.contains(&format!("{} is a symlink", linked.display())),
+                "{component}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_per_user_app_directory_not_owned_by_the_user_is_not_searched() {
+        let root = tempfile::tempdir().unwrap();
+        let (home, _) = mallory_and_system_binaries(root.path());
+        deploy(
+            &home.join(USER_INSTALLATION),
+            "com.tencent.WeChat",
+            COMMIT_A,
+        );
+        chown_tree(&home, 1000);
+        let app = home.join(USER_INSTALLATION).join("app/com.tencent.WeChat");
+        std::os::unix::fs::chown(&app, Some(0), Some(0)).unwrap();
 
         let error = flatpak_files("com.tencent.WeChat", &roots(root.path())).unwrap_err();
         assert!(error.contains("is not installed"), "{error}");
         assert!(error.contains("not searched: owned by uid 0"), "{error}");
+    }
+
+    #[test]
+    fn a_file_in_a_users_installation_owned_by_someone_else_is_left_out() {
+        let root = tempfile::tempdir().unwrap();
+        let (home, _) = mallory_and_system_binaries(root.path());
+        let [binary, library] = deploy(
+            &home.join(USER_INSTALLATION),
+            "com.tencent.WeChat",
+            COMMIT_A,
+        );
+        chown_tree(&home, 1000);
+        // What a hard link to a system program would look like.
+        std::os::unix::fs::chown(&library, Some(0), Some(0)).unwrap();
+
+        let found = flatpak_files("com.tencent.WeChat", &roots(root.path())).unwrap();
+        assert_eq!(found.files, [binary]);
+        let warning = format!("{}: owned by uid 0, not by uid 1000", library.display());
+        assert!(
+            found.warnings.iter().any(|w| w.contains(&warning)),
+            "{:?}",
+            found.warnings
+        );
+    }
+
+    #[test]
+    fn swapping_the_app_directory_for_a_symlink_after_it_is_opened_changes_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let (home, system_binaries) = mallory_and_system_binaries(root.path());
+        let [binary, library] = deploy(
+            &home.join(USER_INSTALLATION),
+            "com.tencent.WeChat",
+            COMMIT_A,
+        );
+        chown_tree(&home, 1000);
+        let mut warnings = Vec::new();
+        let homes = home_directories(&roots(root.path()), &mut warnings);
+        let mallory = homes.iter().find(|h| h.path == home).unwrap();
+        let app = user_app_directory(mallory, "com.tencent.WeChat", &mut warnings).unwrap();
+
+        // The moment the attack needs: between the ownership check and the walk.
+        let app_path = app.path.clone();
+        fs::rename(&app_path, home.join("moved")).unwrap();
+        symlink(&system_binaries, &app_path).unwrap();
+        let mut found = SourceFiles::default();
+        found.add_walked(app, Some(1000));
+
+        assert!(found.warnings.is_empty(), "{:?}", found.warnings);
+        let identity = |path: &Path| {
+            crate::identity::FileIdentity::of_file(&fs::File::open(path).unwrap()).unwrap()
+        };
+        let moved = home.join("moved");
+        let mut identities: Vec<_> = found.identified.values().copied().collect();
+        identities.sort_by_key(|identity| identity.key.ino);
+        let mut expected = [binary, library]
+            .map(|path| identity(&moved.join(path.strip_prefix(&app_path).unwrap())));
+        expected.sort_by_key(|identity| identity.key.ino);
+        assert_eq!(identities, expected);
+        assert!(!found
+            .identified
+            .values()
+            .any(|found| *found == identity(&system_binaries.join("bash"))));
     }
 
     #[test]

@@ -16,7 +16,11 @@ pub use flatpak::{flatpak_files, validate_flatpak_id};
 pub use packages::{package_files, validate_package_name};
 pub use snap::{snap_files, validate_snap_name};
 
-use crate::files::{is_executable_candidate, walk, FileStatus};
+use crate::{
+    escape::escaped,
+    files::{is_executable_candidate, walk_directory, FileStatus, OpenDirectory},
+    identity::FileIdentity,
+};
 
 /// Where to look; tests point it at temporary trees.
 #[derive(Clone, Debug)]
@@ -59,6 +63,9 @@ pub struct SourceFiles {
     /// The (device, inode) each file had when it was found: whoever opens it later checks it
     /// still finds that file, not one swapped in since.
     pub seen: BTreeMap<PathBuf, (u64, u64)>,
+    /// Files identified through their directory's descriptor as the walk met them, without
+    /// following a symlink: nobody resolves their paths again.
+    pub identified: BTreeMap<PathBuf, FileIdentity>,
     pub warnings: Vec<String>,
 }
 
@@ -68,13 +75,50 @@ impl SourceFiles {
         self.files.push(path);
     }
 
-    /// Adds the executable candidates below `directory`.
-    fn add_walked(&mut self, directory: &Path) {
-        for entry in walk(directory, &mut self.warnings) {
-            if is_executable_candidate(&entry.path, &entry.status) {
-                self.add(entry.path, &entry.status);
+    /// Adds the executable candidates below `path`, a directory only root can change (it is
+    /// followed if it is a symlink). Whether there was a directory to walk.
+    fn add_walked_path(&mut self, path: &Path) -> bool {
+        match OpenDirectory::open(path) {
+            Ok(Some(directory)) => {
+                self.add_walked(directory, None);
+                true
+            }
+            Ok(None) => false,
+            Err(error) => {
+                self.warnings.push(format!("{}: {error}", escaped(&path)));
+                false
             }
         }
+    }
+
+    /// Adds the executable candidates below `directory`, identified as the walk meets them.
+    /// With an `owner`, a file owned by anyone else is left out with a warning: in a tree that
+    /// user owns, such a file is a hard link to another's file (where the kernel allows those).
+    fn add_walked(&mut self, directory: OpenDirectory, owner: Option<u32>) {
+        let (files, identified) = (&mut self.files, &mut self.identified);
+        walk_directory(directory, &mut self.warnings, |file, warnings| {
+            if !is_executable_candidate(&file.path, &file.status) {
+                return;
+            }
+            if let Some(owner) = owner.filter(|&owner| owner != file.status.uid) {
+                warnings.push(format!(
+                    "{}: owned by uid {}, not by uid {owner} who owns the tree; not banned",
+                    escaped(&file.path),
+                    file.status.uid
+                ));
+                return;
+            }
+            match file
+                .open()
+                .and_then(|opened| FileIdentity::of_file(&opened))
+            {
+                Ok(identity) => {
+                    identified.insert(file.path.clone(), identity);
+                    files.push(file.path);
+                }
+                Err(error) => warnings.push(format!("{}: {error}", escaped(&file.path))),
+            }
+        });
     }
 
     /// The error for an identifier that named nothing: `message`, then the warnings, which may

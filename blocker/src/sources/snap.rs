@@ -84,8 +84,7 @@ pub fn snap_files(name: &str, roots: &SourceRoots) -> Result<SourceFiles, String
                 let entry_name = entry.file_name();
                 let entry_name = entry_name.to_string_lossy();
                 if entry_name == name || entry_name.starts_with(&parallel_install_prefix) {
-                    installed = true;
-                    found.add_walked(&entry.path());
+                    installed |= found.add_walked_path(&entry.path());
                 }
             }
             Err(error) => found
