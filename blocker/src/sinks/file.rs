@@ -402,6 +402,7 @@ mod tests {
             path_truncated: false,
             device: "254:1".to_owned(),
             inode: 42,
+            suppressed_before: 0,
         })
     }
 
@@ -414,6 +415,7 @@ mod tests {
             path_hex: None,
             device: "254:1".to_owned(),
             inode: 7,
+            suppressed_before: 0,
             caller: caller(),
         })
     }
