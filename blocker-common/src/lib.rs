@@ -487,10 +487,10 @@ pub mod counter {
     pub const MAPPING_VERDICT_CACHE_MISS: u32 = 7;
     /// Content checks of files larger than the hash limit, which are not hashed.
     pub const CONTENT_TOO_LARGE: u32 = 8;
-    /// Content verdicts not cached because the file's filesystem can change its bytes without
-    /// the kernel hooks that drop verdicts seeing it (overlay, FUSE, network, user-namespace and
-    /// loop-device mounts).
-    pub const VERDICT_NOT_CACHEABLE: u32 = 9;
+    /// Content checks of files on a filesystem that can change their bytes without the hooks
+    /// this inode passes seeing it (overlay, FUSE, network, user-namespace and loop-device
+    /// mounts): not hashed, unhashable.
+    pub const CONTENT_UNGUARDED: u32 = 9;
     /// Records not sent because the same user, file and operation was reported
     /// [`super::record_limit::BURST`] times within [`super::record_limit::WINDOW_NS`].
     pub const RECORDS_SUPPRESSED: u32 = 10;
@@ -500,8 +500,10 @@ pub mod counter {
 /// Filesystems on which every change to a file's bytes passes the hooks that drop cached
 /// verdicts (`file_open` for writing, `inode_setattr`, `path_truncate`, shared writable `mmap`)
 /// for that very inode, given a superblock owned by the initial user namespace and not backed
-/// by a loop device: `s_magic` values. Every other filesystem is hashed at each exec.
-pub mod cacheable_filesystem {
+/// by a loop device: `s_magic` values. Only there is content judged: elsewhere the bytes hashed
+/// need not be the bytes that run (an overlay's upper file, a FUSE server, another machine can
+/// change them unseen), so such files are unhashable.
+pub mod guarded_filesystem {
     pub const EXT4: u64 = 0xEF53;
     pub const XFS: u64 = 0x5846_5342;
     pub const BTRFS: u64 = 0x9123_683E;

@@ -6,7 +6,7 @@ use aya_ebpf::{
     bindings::file,
     helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
 };
-use blocker_common::{cacheable_filesystem, FileKey};
+use blocker_common::{guarded_filesystem, FileKey};
 
 use crate::maps::KERNEL_OFFSETS;
 
@@ -162,17 +162,17 @@ impl Inode {
     }
 
     /// Whether every change to this file's bytes passes the hooks that drop cached verdicts
-    /// for this very inode (see `blocker_common::cacheable_filesystem`). Overlay and FUSE files
-    /// change through another inode or another machine; a filesystem a user namespace mounted,
-    /// or one on a loop device, through a file its owner writes directly.
-    pub fn verdict_cacheable(self) -> bool {
+    /// for this very inode (see `blocker_common::guarded_filesystem`). Overlay and FUSE files
+    /// change through another inode or another process or machine; a filesystem a user
+    /// namespace mounted, or one on a loop device, through a file its owner writes directly.
+    pub fn content_guarded(self) -> bool {
         let Some(super_block) = self.super_block() else {
             return false;
         };
         let Some(magic) = super_block.magic() else {
             return false;
         };
-        cacheable_filesystem::ALL.contains(&magic)
+        guarded_filesystem::ALL.contains(&magic)
             && super_block.owned_by_initial_user_namespace()
             && !super_block.on_loop_device()
     }
@@ -200,7 +200,7 @@ impl SuperBlock {
             return false;
         }
         read_field::<u32>(device, offset!(block_device_bd_dev)).map_or(true, |number| {
-            number >> MINOR_BITS == cacheable_filesystem::LOOP_DEVICE_MAJOR
+            number >> MINOR_BITS == guarded_filesystem::LOOP_DEVICE_MAJOR
         })
     }
 }

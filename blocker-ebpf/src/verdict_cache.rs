@@ -49,11 +49,19 @@ pub fn banned_content(
     if setting(setting::CONTENT_BANS) == 0 {
         return None;
     }
+    // Bytes that can change without this inode's hooks seeing it cannot be judged: a hash
+    // would vouch for bytes other than those that run. An unprivileged user can otherwise mount
+    // an overlay in a user namespace and swap the upper layer's file under a cached or fresh
+    // verdict (measured: IMA also fails on, or misreads, such files).
+    if !inode.content_guarded() {
+        increment(counter::CONTENT_UNGUARDED);
+        return unhashable_ban(key);
+    }
     let inode_generation = inode.generation()?;
     // Read before the ban lookup: if the daemon changes the bans meanwhile, this verdict is
     // stored under the old generation and is stale by the time anyone reads it.
     let policy_generation = *POLICY_GENERATION.get(0)?;
-    let cache_usable = setting(setting::VERDICT_CACHE) != 0 && cacheable(inode);
+    let cache_usable = setting(setting::VERDICT_CACHE) != 0;
 
     if cache_usable {
         // SAFETY: the entry is copied out at once.
@@ -111,19 +119,6 @@ pub fn banned_content(
         let _ = VERDICT_CACHE.insert(key, verdict, 0);
     }
     banned_verdict(key, &verdict)
-}
-
-/// Whether a verdict on `inode` may be cached: only where every write to its bytes passes the
-/// hooks below, for this very inode. An unprivileged user can otherwise mount an overlay in a
-/// user namespace, get an allowed program's verdict cached under the overlay inode, and then
-/// write banned bytes into the upper layer's file, which drops nothing.
-#[inline(always)]
-fn cacheable(inode: Inode) -> bool {
-    let cacheable = inode.verdict_cacheable();
-    if !cacheable {
-        increment(counter::VERDICT_NOT_CACHEABLE);
-    }
-    cacheable
 }
 
 fn hash_limit_bytes() -> u64 {

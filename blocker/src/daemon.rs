@@ -326,14 +326,15 @@ async fn serve(
         log::info!(
             "content checks: {} answered from the verdict cache, {} hashed (executable \
              mappings: {} from the cache, {} hashed), {} over the hash limit, {} not hashable, \
-             {} not cacheable on their filesystem, {} cached verdicts dropped after a change",
+             {} on filesystems that can change bytes unseen (not judged), {} cached verdicts \
+             dropped after a change",
             counters.verdict_cache_hits,
             counters.verdict_cache_misses,
             counters.mapping_verdict_cache_hits,
             counters.mapping_verdict_cache_misses,
             counters.content_too_large,
             counters.content_hash_failures,
-            counters.verdicts_not_cacheable,
+            counters.content_unguarded,
             counters.verdicts_invalidated
         );
     }

@@ -720,6 +720,16 @@ pub fn start_content_daemon(
     rule: &str,
     files: &[&Path],
 ) -> Result<(Daemon, Value)> {
+    start_content_daemon_with(sandbox, rule, files, "")
+}
+
+/// [`start_content_daemon`] with `header` (policy settings, one per line) in the policy file.
+pub fn start_content_daemon_with(
+    sandbox: &Sandbox,
+    rule: &str,
+    files: &[&Path],
+    header: &str,
+) -> Result<(Daemon, Value)> {
     let hashes: Vec<String> = files
         .iter()
         .map(|file| sha256_of(file).map(|hash| format!("{hash:?}")))
@@ -727,7 +737,7 @@ pub fn start_content_daemon(
     sandbox.write_policy(
         "content.toml",
         &format!(
-            "name = \"content\"\n[[rule]]\nid = \"{rule}\"\nsha256 = [{}]\n",
+            "name = \"content\"\n{header}\n[[rule]]\nid = \"{rule}\"\nsha256 = [{}]\n",
             hashes.join(", ")
         ),
     )?;

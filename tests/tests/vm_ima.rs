@@ -16,7 +16,7 @@ use anyhow::{bail, ensure, Context, Result};
 use aya::maps::{loaded_maps, Array, Map, MapData, PerCpuArray};
 use blocker_common::{counter, names};
 use blocker_integration_tests::{
-    harmless_binary, sha256_of, start_content_daemon, Daemon, Sandbox,
+    harmless_binary, sha256_of, start_content_daemon, start_content_daemon_with, Daemon, Sandbox,
 };
 
 /// The kernel keeps at most this many bytes of a map's name, without the terminating NUL.
@@ -239,6 +239,247 @@ fn a_path_audit_does_not_hide_a_content_deny() -> Result<()> {
 
 /// A runnable copy of the harmless binary made distinct by `tag` and padded with zeros to at
 /// least `size` bytes; the ELF loader ignores bytes past the segments it maps.
+/// An unprivileged user mounts an overlay in a user namespace, runs an allowed program through
+/// it, writes banned content straight into the upper layer's file (which the overlay inode's
+/// hooks never see) and runs it again through the overlay. No verdict on an overlay is trusted,
+/// cached or fresh: both execs are unhashable, recorded by default and refused where the policy
+/// says `unhashable = "deny"`.
+#[test]
+fn a_user_namespace_overlay_is_never_judged_by_content() -> Result<()> {
+    for setting in ["audit", "deny"] {
+        let sandbox = Sandbox::new("ima-overlay")?;
+        let banned = with_content(&sandbox, "banned", b"banned content", 0)?;
+        let allowed = with_content(&sandbox, "allowed", b"allowed content", 0)?;
+        let (daemon, _) = start_content_daemon_with(
+            &sandbox,
+            "ban-content",
+            &[&banned],
+            &format!("unhashable = \"{setting}\""),
+        )?;
+        let layers = overlay_layers(&sandbox, &allowed)?;
+        for path in ["", "upper", "upper/program", "work", "merged"] {
+            std::os::unix::fs::chown(layers.join(path), Some(NOBODY), Some(NOBODY))?;
+        }
+        let c_path =
+            |path: PathBuf| std::ffi::CString::new(path.into_os_string().into_encoded_bytes());
+        let merged = c_path(layers.join("merged"))?;
+        let program = c_path(layers.join("merged/program"))?;
+        let upper_program = c_path(layers.join("upper/program"))?;
+        let options = std::ffi::CString::new(overlay_options(&layers))?;
+        let banned_bytes = fs::read(&banned)?;
+        let id_map = format!("0 {NOBODY} 1");
+        let expected = if setting == "deny" { REFUSED } else { 0 };
+
+        // SAFETY: the child makes system calls on memory prepared before the fork, then exits.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            let code = unsafe {
+                as_user_in_own_namespace(NOBODY, &id_map)
+                    .and_then(|()| mount_overlay(&merged, &options))
+                    .and_then(|()| expect_exit(&program, expected))
+                    .and_then(|()| overwrite(&upper_program, &banned_bytes))
+                    .and_then(|()| expect_exit(&program, expected))
+                    .err()
+                    .unwrap_or(0)
+            };
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        ensure!(unsafe { libc::waitpid(child, &mut status, 0) } == child);
+        let outcome = if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            -1
+        };
+        let events_file = daemon.events_file().to_owned();
+        let (_, _, log) = daemon.stop()?;
+        match outcome {
+            0 => {}
+            10 => bail!("could not become an unprivileged user"),
+            15 => bail!("an unprivileged user could not make a user namespace"),
+            16 => bail!("could not map the user into its user namespace"),
+            11 => bail!("could not mount the overlay in the user namespace"),
+            12 | 14 => bail!(
+                "{setting}: an exec through the overlay did not end as expected: {:?}",
+                content_lines(&log)
+            ),
+            13 => bail!("could not write the upper layer's file"),
+            other => bail!("the user's child ended with {other} (wait status {status:#x})"),
+        }
+        let unhashable = unhashable_execs(&events_file, &layers.join("merged/program"))?;
+        ensure!(
+            unhashable.len() == 2
+                && unhashable
+                    .iter()
+                    .all(|r| r["uid"] == NOBODY && r["action"] == setting),
+            "{setting}: both execs are recorded as unhashable: {unhashable:?}"
+        );
+    }
+    Ok(())
+}
+
+/// The same through an overlay the machine mounted (a container's root filesystem).
+#[test]
+fn a_machine_overlay_is_never_judged_by_content() -> Result<()> {
+    for setting in ["audit", "deny"] {
+        let sandbox = Sandbox::new("ima-root-overlay")?;
+        let banned = with_content(&sandbox, "banned", b"banned content", 0)?;
+        let allowed = with_content(&sandbox, "allowed", b"allowed content", 0)?;
+        let (daemon, _) = start_content_daemon_with(
+            &sandbox,
+            "ban-content",
+            &[&banned],
+            &format!("unhashable = \"{setting}\""),
+        )?;
+        let layers = overlay_layers(&sandbox, &allowed)?;
+        let status = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &overlay_options(&layers)])
+            .arg(layers.join("merged"))
+            .status()?;
+        ensure!(status.success(), "mounting the overlay: {status}");
+        let program = layers.join("merged/program");
+        let run = || match setting {
+            "deny" => expect_eperm(&program),
+            _ => expect_success(&program),
+        };
+        let outcome = run()
+            .and_then(|()| Ok(fs::write(layers.join("upper/program"), fs::read(&banned)?)?))
+            .and_then(|()| run());
+        let _ = Command::new("umount").arg(layers.join("merged")).status();
+        let events_file = daemon.events_file().to_owned();
+        let (_, _, log) = daemon.stop()?;
+        outcome.with_context(|| format!("{setting}: {:?}", content_lines(&log)))?;
+        let unhashable = unhashable_execs(&events_file, &program)?;
+        ensure!(
+            unhashable.len() == 2 && unhashable.iter().all(|r| r["action"] == setting),
+            "{setting}: both execs are recorded as unhashable: {unhashable:?}"
+        );
+    }
+    Ok(())
+}
+
+const NOBODY: u32 = 65534;
+
+/// `layers/{lower,upper,work,merged}` with `program` in the upper layer.
+fn overlay_layers(sandbox: &Sandbox, program: &Path) -> Result<PathBuf> {
+    let layers = sandbox.path("layers");
+    for layer in ["lower", "upper", "work", "merged"] {
+        fs::create_dir_all(layers.join(layer))?;
+    }
+    fs::copy(program, layers.join("upper/program"))?;
+    Ok(layers)
+}
+
+fn overlay_options(layers: &Path) -> String {
+    format!(
+        "lowerdir={},upperdir={},workdir={}",
+        layers.join("lower").display(),
+        layers.join("upper").display(),
+        layers.join("work").display()
+    )
+}
+
+/// The daemon's lines about content checks, for a failure message.
+fn content_lines(log: &[String]) -> Vec<&String> {
+    log.iter()
+        .filter(|line| line.contains("content checks:") || line.contains("unhashable"))
+        .collect()
+}
+
+/// The exec records of `path` under the pseudo-rule `unhashable`, from the events file.
+fn unhashable_execs(events_file: &Path, path: &Path) -> Result<Vec<serde_json::Value>> {
+    Ok(blocker_integration_tests::events_in(events_file)?
+        .into_iter()
+        .filter(|r| {
+            r["kind"] == "exec"
+                && r["operation"] == "exec"
+                && r["rule"] == "unhashable"
+                && r["path"] == path.to_str().unwrap_or_default()
+        })
+        .collect())
+}
+
+/// Exit status of a grandchild whose exec was refused with EPERM.
+const REFUSED: i32 = 126;
+
+/// Becomes `uid` (and the group of that number), then root of a new user namespace with a
+/// mount namespace of its own, as any user can; `id_map` maps root there to `uid` (prepared
+/// before the fork: the child allocates nothing). Exit codes 10, 15, 16 on failure.
+unsafe fn as_user_in_own_namespace(uid: u32, id_map: &str) -> Result<(), i32> {
+    if libc::setgid(uid) != 0 || libc::setuid(uid) != 0 {
+        return Err(10);
+    }
+    // Changing credentials made the process undumpable, which leaves its /proc files to root:
+    // a user's own process is dumpable.
+    if libc::prctl(libc::PR_SET_DUMPABLE, 1) != 0 {
+        return Err(10);
+    }
+    if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) != 0 {
+        return Err(15);
+    }
+    for (file, content) in [
+        (c"/proc/self/setgroups", "deny"),
+        (c"/proc/self/uid_map", id_map),
+        (c"/proc/self/gid_map", id_map),
+    ] {
+        let fd = libc::open(file.as_ptr(), libc::O_WRONLY);
+        if fd < 0 || libc::write(fd, content.as_ptr().cast(), content.len()) < 0 {
+            return Err(16);
+        }
+        libc::close(fd);
+    }
+    Ok(())
+}
+
+/// Exit code 11 on failure.
+unsafe fn mount_overlay(target: &std::ffi::CStr, options: &std::ffi::CStr) -> Result<(), i32> {
+    let mounted = libc::mount(
+        c"overlay".as_ptr(),
+        target.as_ptr(),
+        c"overlay".as_ptr(),
+        0,
+        options.as_ptr().cast(),
+    );
+    if mounted != 0 {
+        return Err(11);
+    }
+    Ok(())
+}
+
+/// Runs `program` in a child and checks its exit status: `REFUSED` for an exec refused with
+/// EPERM. Exit code 12 if a run that should succeed did not, 14 if a refusal did not happen.
+unsafe fn expect_exit(program: &std::ffi::CStr, expected: i32) -> Result<(), i32> {
+    let failure = if expected == 0 { 12 } else { 14 };
+    let pid = libc::fork();
+    if pid == 0 {
+        let argv = [program.as_ptr(), std::ptr::null()];
+        let envp = [std::ptr::null::<libc::c_char>()];
+        libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        let refused = *libc::__errno_location() == libc::EPERM;
+        libc::_exit(if refused { REFUSED } else { 127 });
+    }
+    let mut status = 0;
+    if pid < 0 || libc::waitpid(pid, &mut status, 0) != pid {
+        return Err(failure);
+    }
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == expected {
+        Ok(())
+    } else {
+        Err(failure)
+    }
+}
+
+/// Replaces the content of the file at `path` with `bytes`. Exit code 13 on failure.
+unsafe fn overwrite(path: &std::ffi::CStr, bytes: &[u8]) -> Result<(), i32> {
+    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_TRUNC);
+    if fd < 0 || libc::write(fd, bytes.as_ptr().cast(), bytes.len()) != bytes.len() as isize {
+        return Err(13);
+    }
+    libc::close(fd);
+    Ok(())
+}
+
 /// A file over the hash limit is not hashed at exec: with content rules in force its exec is
 /// unhashable, recorded by default and refused where a policy says `unhashable = "deny"`; the
 /// loader mapping it meets the same check. Without content rules nothing is hashed at all.

@@ -80,7 +80,7 @@ pub struct KernelCounters {
     pub content_hash_failures: u64,
     pub verdicts_invalidated: u64,
     pub content_too_large: u64,
-    pub verdicts_not_cacheable: u64,
+    pub content_unguarded: u64,
     pub records_suppressed: u64,
 }
 
@@ -673,7 +673,7 @@ impl Enforcer {
             content_hash_failures: total(counter::CONTENT_HASH_FAILED)?,
             verdicts_invalidated: total(counter::VERDICT_INVALIDATED)?,
             content_too_large: total(counter::CONTENT_TOO_LARGE)?,
-            verdicts_not_cacheable: total(counter::VERDICT_NOT_CACHEABLE)?,
+            content_unguarded: total(counter::CONTENT_UNGUARDED)?,
             records_suppressed: total(counter::RECORDS_SUPPRESSED)?,
         })
     }
