@@ -272,6 +272,12 @@ pub const EVENTS_RING_BYTES: u32 = 1 << 20;
 /// Capacity of the content ban map (SHA-256 → entry), allocated on use like the banned files.
 pub const BANNED_HASHES_CAPACITY: u32 = 1 << 16;
 
+/// Files larger than this many MiB are not hashed, unless a policy file's `hash_limit_mib` sets
+/// a smaller bound: hashing a file costs time in proportion to its size, and any user can make a
+/// sparse file of any size for free. Userspace then matches such a file by identity only; the
+/// kernel treats the exec of one as unhashable.
+pub const DEFAULT_HASH_LIMIT_MIB: u32 = 2048;
+
 /// Capacity of the per-inode verdict cache. An LRU map is always preallocated, so this is paid
 /// up front (roughly 100 bytes an entry); the least recently executed files are evicted first,
 /// which only costs them a rehash.

@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use blocker_common::FileKey;
+use blocker_common::{FileKey, DEFAULT_HASH_LIMIT_MIB};
 use globset::{Glob, GlobBuilder, GlobMatcher};
 use serde::Deserialize;
 use toml::Spanned;
@@ -246,6 +246,8 @@ pub struct PolicyHeader {
     pub mode: Mode,
     /// As written; [`Policy::fileless`] is what applies.
     pub fileless: Option<Fileless>,
+    /// As written; [`Policy::hash_limit_bytes`] is what applies.
+    pub hash_limit_mib: Option<u32>,
 }
 
 /// All rules of a policy directory, in file order then rule order.
@@ -272,6 +274,18 @@ impl Policy {
             .max_by_key(|(setting, _)| *setting)
             .unwrap_or((Fileless::Allow, None))
     }
+
+    /// Files larger than this are not hashed: the smallest `hash_limit_mib` of all files, else
+    /// [`DEFAULT_HASH_LIMIT_MIB`].
+    pub fn hash_limit_bytes(&self) -> u64 {
+        let mib = self
+            .policies
+            .iter()
+            .filter_map(|header| header.hash_limit_mib)
+            .min()
+            .unwrap_or(DEFAULT_HASH_LIMIT_MIB);
+        u64::from(mib) << 20
+    }
 }
 
 #[derive(Deserialize)]
@@ -282,6 +296,7 @@ struct PolicyFile {
     #[serde(default)]
     mode: Mode,
     fileless: Option<Fileless>,
+    hash_limit_mib: Option<Spanned<i64>>,
     #[serde(default)]
     rule: Vec<RuleSpec>,
 }
@@ -727,12 +742,28 @@ pub(crate) fn parse_sources_guarded(
                 location: id_location,
             });
         }
+        let hash_limit_mib = parsed.hash_limit_mib.and_then(|limit| {
+            let valid = u32::try_from(*limit.get_ref()).ok().filter(|&mib| mib >= 1);
+            if valid.is_none() {
+                errors.push(PolicyError {
+                    location: lines.location(limit.span().start),
+                    field: "hash_limit_mib".to_owned(),
+                    message: format!(
+                        "{} is not a size in MiB from 1 to {}",
+                        limit.get_ref(),
+                        u32::MAX
+                    ),
+                });
+            }
+            valid
+        });
         policy.policies.push(PolicyHeader {
             file: file.clone(),
             name: parsed.name,
             description: parsed.description,
             mode: parsed.mode,
             fileless: parsed.fileless,
+            hash_limit_mib,
         });
     }
     if errors.is_empty() {
@@ -1387,6 +1418,40 @@ appimage = [{ name = "WeChat-*.AppImage" }, { name = "wechat*.AppImage", sha256 
         let message = single_error(&[("p.toml", "name = \"p\"\nfileless = \"block\"\n")]);
         assert!(
             message.starts_with("p.toml:2:12: fileless: unknown variant `block`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn the_smallest_hash_limit_applies_and_bad_ones_are_located() {
+        let header = |name: &str, extra: &str| {
+            format!("name = \"{name}\"\n{extra}\n[[rule]]\nid = \"{name}\"\npaths = [\"/x\"]\n")
+        };
+        let default = parse(&[("a.toml", &header("a", ""))]).unwrap();
+        assert_eq!(
+            default.hash_limit_bytes(),
+            u64::from(DEFAULT_HASH_LIMIT_MIB) << 20
+        );
+        let (a, b) = (
+            header("a", "hash_limit_mib = 64"),
+            header("b", "hash_limit_mib = 8"),
+        );
+        let both = parse(&[("a.toml", &a), ("b.toml", &b)]).unwrap();
+        assert_eq!(both.hash_limit_bytes(), 8 << 20);
+        assert_eq!(both.policies[0].hash_limit_mib, Some(64));
+        for bad in ["0", "-1", "4294967296"] {
+            let message =
+                single_error(&[("p.toml", &format!("name = \"p\"\nhash_limit_mib = {bad}\n"))]);
+            assert!(
+                message.starts_with(&format!(
+                    "p.toml:2:18: hash_limit_mib: {bad} is not a size in MiB"
+                )),
+                "{message}"
+            );
+        }
+        let message = single_error(&[("p.toml", "name = \"p\"\nhash_limit_mib = \"1G\"\n")]);
+        assert!(
+            message.starts_with("p.toml:2:18: hash_limit_mib: invalid type"),
             "{message}"
         );
     }
