@@ -520,28 +520,38 @@ impl State {
             return false;
         }
         let rule = self.resolution.rule(rule_id).cloned();
-        newly_banned.note(format_args!(
-            "content watcher: {} has content banned by rule {} ({via})",
-            escaped(&file.path),
-            rule.as_ref().map_or("?", |rule| rule.id.as_str())
-        ));
         if let Some(pid) = seen.exec_by {
-            let deny = rule.is_some_and(|rule| rule.action == Action::Deny);
+            let deny = rule
+                .as_ref()
+                .is_some_and(|rule| rule.action == Action::Deny);
             if deny && !self.kernel_refused(enforcer, file) {
                 kill_late_exec(pid, file);
             }
         }
-        if !self.resolution.add_seen(rule_id, via, file) {
-            return false;
+        let entered = self.resolution.add_seen(rule_id, via.clone(), file);
+        let banned = entered
+            && match enforcer.apply(&self.resolution.entries) {
+                Ok(_) => true,
+                Err(error) => {
+                    log::error!("{error:#}");
+                    false
+                }
+            };
+        if entered {
+            self.watched.push(file.clone());
         }
-        self.watched.push(file.clone());
-        match enforcer.apply(&self.resolution.entries) {
-            Ok(_) => true,
-            Err(error) => {
-                log::error!("{error:#}");
-                false
+        // Logged once the entry is in force.
+        newly_banned.note(format_args!(
+            "content watcher: {} has content banned by rule {} ({via}){}",
+            escaped(&file.path),
+            rule.as_ref().map_or("?", |rule| rule.id.as_str()),
+            if banned {
+                ""
+            } else {
+                "; not banned by identity (see the ban map budget)"
             }
-        }
+        ));
+        entered
     }
 
     /// Whether the kernel refused the exec of `file` itself: it checks contents and a deny
