@@ -329,7 +329,9 @@ async fn serve(
                             status.publish(Snapshot::of(&enforcer, &state.policy, &state.resolution, delivered, &counters));
                         }
                     }
-                    Done::Reloaded(loaded) => match loaded.and_then(|loaded| {
+                    Done::Reloaded(loaded) => match loaded.and_then(|mut loaded| {
+                        // Files the watcher found while the reload ran, which its scan may lack.
+                        background::take_in_watched(&loaded.policy, &mut loaded.resolution, state.watched_since_job());
                         apply_reload(loaded, &mut enforcer).map_err(|error| format!("{error:#}"))
                     }) {
                         Ok(reloaded) => {
@@ -446,6 +448,13 @@ impl State {
         &self.watched[self.watched_by_job.min(self.watched.len())..]
     }
 
+    /// After a job that scanned: its scan, which started after them, has the watcher's earlier
+    /// finds that are still on disk.
+    fn forget_watched_before_job(&mut self) {
+        self.watched
+            .drain(..self.watched_by_job.min(self.watched.len()));
+    }
+
     /// Puts a refreshed resolution in force if it changes the ban map; says whether it did.
     fn refreshed(
         &mut self,
@@ -455,10 +464,7 @@ impl State {
     ) -> bool {
         background::take_in_watched(&self.policy, &mut fresh, self.watched_since_job());
         if let Some(scanned) = rescanned {
-            // The new scan saw every file on disk when it started; the watcher's finds before
-            // that are in it.
-            self.watched
-                .drain(..self.watched_by_job.min(self.watched.len()));
+            self.forget_watched_before_job();
             self.scanned = scanned;
             if !std::mem::replace(&mut self.scanned_once, true) {
                 log::info!(
@@ -497,7 +503,7 @@ impl State {
         self.policy = reloaded.policy;
         self.scanned = reloaded.scanned;
         self.resolution = reloaded.resolution;
-        self.watched.clear();
+        self.forget_watched_before_job();
     }
 
     /// Takes in a file the watcher hashed: if a content rule bans it and it has no entry yet, a
