@@ -3,7 +3,7 @@
 
 use crate::escape::escaped;
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -31,7 +31,7 @@ use crate::{
         coverage::{Features, State as FeatureState},
         BackendChoice, Enforcer, KernelCounters, KernelPolicy,
     },
-    listed::{log_listed, Tally},
+    listed::{log_listed, Tally, LISTED_LINES},
     pidfd,
     policy::{self, Action, Policy},
     reload::{PolicyDirWatcher, QUIET_BEFORE_RELOAD},
@@ -591,15 +591,23 @@ impl State {
             overflow.over_user_limits,
             budget.per_user,
             budget.users,
-            overflow
-                .owners
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
+            listed_owners(&overflow.owners),
             overflow.over_capacity,
             budget.capacity
         );
+    }
+}
+
+/// The first [`LISTED_LINES`] owners, and how many more.
+fn listed_owners(owners: &BTreeSet<u32>) -> String {
+    let listed: Vec<String> = owners
+        .iter()
+        .take(LISTED_LINES)
+        .map(u32::to_string)
+        .collect();
+    match owners.len() - listed.len() {
+        0 => listed.join(", "),
+        more => format!("{} and {more} more", listed.join(", ")),
     }
 }
 
