@@ -150,9 +150,13 @@ pub fn run(options: RunOptions) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the event loop")?;
-    runtime.block_on(serve(
+    let served = runtime.block_on(serve(
         enforcer, protected, policy, resolution, options, sink,
-    ))
+    ));
+    // A scan still running in the background has no one left to report to: stopping must not
+    // wait for it.
+    runtime.shutdown_background();
+    served
 }
 
 /// What the event loop keeps of the policy in force and of the background work on it.
