@@ -274,8 +274,8 @@ pub const BANNED_HASHES_CAPACITY: u32 = 1 << 16;
 
 /// Files larger than this many MiB are not hashed, unless a policy file's `hash_limit_mib` sets
 /// a smaller bound: hashing a file costs time in proportion to its size, and any user can make a
-/// sparse file of any size for free. Userspace then matches such a file by identity only; the
-/// kernel treats the exec of one as unhashable.
+/// sparse file of any size for free. Userspace matches such a file by identity only; the kernel
+/// side is to read the same bound and treat the exec of one as unhashable.
 pub const DEFAULT_HASH_LIMIT_MIB: u32 = 2048;
 
 /// Capacity of the per-inode verdict cache. An LRU map is always preallocated, so this is paid
