@@ -273,6 +273,13 @@ pub const EVENTS_RING_BYTES: u32 = 1 << 20;
 /// Capacity of the content ban map (SHA-256 → entry), allocated on use like the banned files.
 pub const BANNED_HASHES_CAPACITY: u32 = 1 << 16;
 
+/// Files larger than this many MiB are not hashed, unless a policy file's `hash_limit_mib` sets
+/// a smaller bound: hashing a file costs time in proportion to its size, and any user can make a
+/// sparse file of any size for free. 2 GiB is larger than any application's executable or
+/// library we know of. Userspace matches such a file by identity only; the kernel reads the
+/// same bound (`setting::HASH_LIMIT_MIB`) and treats its exec as unhashable.
+pub const DEFAULT_HASH_LIMIT_MIB: u32 = 2048;
+
 /// Capacity of the per-inode verdict cache. An LRU map is always preallocated, so this is paid
 /// up front (roughly 100 bytes an entry); the least recently executed files are evicted first,
 /// which only costs them a rehash.
@@ -410,10 +417,6 @@ pub mod setting {
     pub const HASH_LIMIT_MIB: u32 = 4;
     pub const COUNT: u32 = 5;
 }
-
-/// The hash size bound when no policy sets one: larger than any application's executable or
-/// library we know of, small enough that hashing one file takes seconds, not minutes.
-pub const DEFAULT_HASH_LIMIT_MIB: u32 = 2048;
 
 /// `rule_id` of events about fileless execs, which no rule but the policy's setting decides.
 pub const FILELESS_RULE_ID: u32 = u32::MAX;

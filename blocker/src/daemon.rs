@@ -3,8 +3,12 @@
 
 use crate::escape::escaped;
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -19,16 +23,20 @@ use tokio::{
 };
 
 use crate::{
+    background::{self, Done, Reloaded, Work},
+    budget::Budget,
     events::{self, BootClock, ExecRecord, Record, TamperRecord},
-    inspect::scan_if_needed,
+    jobs::Slot,
     kernel::{
-        coverage::{Features, State},
+        coverage::{Features, State as FeatureState},
         BackendChoice, Enforcer, KernelCounters, KernelPolicy,
     },
+    listed::{log_listed, Tally, LISTED_LINES},
+    pidfd,
     policy::{self, Action, Policy},
-    reload::{self, Loaded, PolicyDirWatcher, QUIET_BEFORE_RELOAD},
+    reload::{PolicyDirWatcher, QUIET_BEFORE_RELOAD},
     resolve::{self, Resolution, RuleInfo},
-    scan::{ScanOptions, ScanReport},
+    scan::{HashedFile, ScanOptions, ScanReport},
     sinks::{SinkOptions, Sinks},
     sources::SourceRoots,
     status::{self, EventCounts, KernelFeatures, Publisher, Snapshot},
@@ -50,6 +58,8 @@ pub struct RunOptions {
     /// How often the scan roots are scanned again for banned contents.
     pub rescan_interval: Duration,
     pub scan: ScanOptions,
+    /// How the ban map's capacity is shared; see [`crate::budget`].
+    pub budget: Budget,
     /// Size of the kernel's event ring buffer.
     pub event_buffer_bytes: u32,
     /// Where programs and maps are pinned to outlive the daemon; `None` leaves nothing behind.
@@ -75,8 +85,10 @@ pub fn run(options: RunOptions) -> Result<()> {
             escaped(&header.file)
         );
     }
-    let scanned = scan_if_needed(&policy, &options.scan);
-    let resolution = resolve::resolve(&policy, &SourceRoots::default(), scanned.as_ref());
+    // Identity rules first: the content scan can take long, and runs in the background once
+    // the programs are attached.
+    let resolution =
+        resolve::resolve_within(&policy, &SourceRoots::default(), None, options.budget);
     log_resolution(&resolution);
     // `cargo xtask bench` reads the startup costs from these two lines.
     log::info!(
@@ -138,17 +150,37 @@ pub fn run(options: RunOptions) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the event loop")?;
-    runtime.block_on(serve(
-        enforcer, protected, policy, resolution, scanned, options, sink,
-    ))
+    let served = runtime.block_on(serve(
+        enforcer, protected, policy, resolution, options, sink,
+    ));
+    // A scan still running in the background has no one left to report to: stopping must not
+    // wait for it.
+    runtime.shutdown_background();
+    served
+}
+
+/// What the event loop keeps of the policy in force and of the background work on it.
+struct State {
+    policy: Policy,
+    resolution: Resolution,
+    scanned: Option<Arc<ScanReport>>,
+    /// Files the content watcher found banned since the last content scan started.
+    watched: Vec<HashedFile>,
+    /// How many of `watched` the running job knows of.
+    watched_by_job: usize,
+    jobs: Slot<Work>,
+    hash_limit_bytes: Arc<AtomicU64>,
+    /// The ban map's overflow last reported.
+    reported_overflow: usize,
+    /// Whether the first content scan is done.
+    scanned_once: bool,
 }
 
 async fn serve(
     mut enforcer: Enforcer,
     protected: BTreeMap<FileKey, PathBuf>,
-    mut policy: Policy,
-    mut resolution: Resolution,
-    mut scanned: Option<ScanReport>,
+    policy: Policy,
+    resolution: Resolution,
     options: RunOptions,
     sink: Sinks,
 ) -> Result<()> {
@@ -164,21 +196,32 @@ async fn serve(
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
     let policy_dir_changes = watch_policy_dir(&options.policy_dir);
-    // A reload runs on a blocking thread; changes meanwhile ask for one more afterwards.
-    let (reload_done, mut reload_results) = mpsc::channel::<Result<Loaded, String>>(1);
-    let mut reload_running = false;
-    let mut reload_again = false;
+    let (job_done, mut job_results) = mpsc::channel::<Done>(1);
     let mut reload_due: Option<Instant> = None;
     let mut refresh = tokio::time::interval(options.refresh_interval);
     refresh.tick().await;
     let mut counter_check = tokio::time::interval(COUNTER_CHECK_INTERVAL);
     let mut rescan = tokio::time::interval(options.rescan_interval);
     rescan.tick().await;
-    // Scans run on a blocking thread and report here, so events keep flowing during a scan.
-    let (scan_done, mut scan_results) = mpsc::channel::<ScanReport>(1);
-    let mut scan_running = false;
-    let mut watcher_started = scanned.is_some();
-    let mut watch_reports = start_content_watcher(watcher_started, &options.scan.roots);
+    let mut state = State {
+        hash_limit_bytes: Arc::new(AtomicU64::new(policy.hash_limit_bytes())),
+        policy,
+        resolution,
+        scanned: None,
+        watched: Vec::new(),
+        watched_by_job: 0,
+        jobs: Slot::default(),
+        reported_overflow: 0,
+        scanned_once: false,
+    };
+    let mut watcher_started = resolve::needs_scan(&state.policy);
+    let mut watch_reports = start_content_watcher(
+        watcher_started,
+        &options.scan.roots,
+        &state.hash_limit_bytes,
+    );
+    let mut watch_warnings = Tally::new(log::Level::Warn);
+    let mut newly_banned = Tally::new(log::Level::Warn);
     let mut delivered = 0u64;
     let mut counters = KernelCounters::default();
     // Rules reloads removed, so an event raised under the previous policy still names its rule.
@@ -188,8 +231,13 @@ async fn serve(
         time: events::now_rfc3339(),
         backend: enforcer.backend().name(),
         backend_reason: enforcer.backend_reason().to_owned(),
-        policies: policy.policies.iter().map(|p| p.name.clone()).collect(),
-        rules: resolution.rules.len(),
+        policies: state
+            .policy
+            .policies
+            .iter()
+            .map(|p| p.name.clone())
+            .collect(),
+        rules: state.resolution.rules.len(),
         entries: enforcer.installed_entries(),
         pinned: enforcer.pinned().map(|dir| dir.display().to_string()),
         adopted: enforcer.adopted(),
@@ -204,15 +252,30 @@ async fn serve(
             features: enforcer.features().clone(),
             pinned: enforcer.pinned().is_some(),
         },
-        Snapshot::of(&enforcer, &policy, &resolution, delivered, &counters),
+        Snapshot::of(
+            &enforcer,
+            &state.policy,
+            &state.resolution,
+            delivered,
+            &counters,
+        ),
     );
     systemd::notify_ready();
+    if resolve::needs_scan(&state.policy) {
+        log::info!("content rules: scanning the scan roots in the background");
+        state.request(Work::Refresh { rescan: true }, &options, &job_done);
+    }
 
     loop {
         tokio::select! {
             ready = events.readable_mut() => {
                 let mut ready = ready?;
-                let (count, emptied) = drain(ready.get_inner_mut(), &Known { resolution: &resolution, retired_rules: &retired_rules, protected: &protected }, &sink, EVENTS_PER_TURN);
+                let known = Known {
+                    resolution: &state.resolution,
+                    retired_rules: &retired_rules,
+                    protected: &protected,
+                };
+                let (count, emptied) = drain(ready.get_inner_mut(), &known, &sink, EVENTS_PER_TURN);
                 delivered += count;
                 // Left ready while events remain, so the loop comes back after its other work.
                 if emptied {
@@ -224,41 +287,32 @@ async fn serve(
                 ready.get_inner_mut().flush();
                 ready.clear_ready();
             }
-            _ = rescan.tick(), if scanned.is_some() && !scan_running => {
-                scan_running = true;
-                let (policy, options, done) = (policy.clone(), options.scan.clone(), scan_done.clone());
-                tokio::task::spawn_blocking(move || {
-                    if let Some(report) = scan_if_needed(&policy, &options) {
-                        let _ = done.blocking_send(report);
-                    }
-                });
-            }
-            Some(report) = scan_results.recv() => {
-                scan_running = false;
-                scanned = Some(report);
-                refresh.reset_immediately();
+            _ = rescan.tick(), if resolve::needs_scan(&state.policy) => {
+                state.request(Work::Refresh { rescan: true }, &options, &job_done);
             }
             Some(report) = watch_reports.recv() => match report {
                 watch::Report::Seen(seen) => {
-                    let newly_banned = content_seen(&policy, &mut scanned, &resolution, &seen);
-                    if newly_banned && refresh_entries(&policy, scanned.as_ref(), &mut resolution, &mut enforcer) {
-                        status.publish(Snapshot::of(&enforcer, &policy, &resolution, delivered, &counters));
+                    if state.content_seen(&seen, &mut enforcer, &mut newly_banned) {
+                        status.publish(Snapshot::of(&enforcer, &state.policy, &state.resolution, delivered, &counters));
                     }
                 }
                 watch::Report::Overflow => {
                     log::warn!("content watcher: the kernel dropped events; rescanning");
-                    rescan.reset_immediately();
+                    state.request(Work::Refresh { rescan: true }, &options, &job_done);
                 }
-                watch::Report::Warning(warning) => log::warn!("content watcher: {warning}"),
+                watch::Report::Warning(warning) => {
+                    watch_warnings.note(format_args!("content watcher: {warning}"));
+                }
             },
             _ = refresh.tick() => {
-                if refresh_entries(&policy, scanned.as_ref(), &mut resolution, &mut enforcer) {
-                    status.publish(Snapshot::of(&enforcer, &policy, &resolution, delivered, &counters));
-                }
+                state.request(Work::Refresh { rescan: false }, &options, &job_done);
             }
             _ = counter_check.tick() => {
                 counters = report_lost_events(&enforcer, counters, &sink);
-                status.publish(Snapshot::of(&enforcer, &policy, &resolution, delivered, &counters));
+                watch_warnings.flush(|more| format!("content watcher: {more} more warnings not listed"));
+                newly_banned.flush(|more| format!("content watcher: {more} more files with banned content not listed"));
+                state.report_overflow();
+                status.publish(Snapshot::of(&enforcer, &state.policy, &state.resolution, delivered, &counters));
             }
             _ = hangup.recv() => reload_due = Some(Instant::now()),
             ready = changed(policy_dir_changes.as_ref()) => {
@@ -270,50 +324,48 @@ async fn serve(
             }
             _ = sleep_until(reload_due.unwrap_or_else(Instant::now)), if reload_due.is_some() => {
                 reload_due = None;
-                if reload_running {
-                    reload_again = true;
-                } else {
-                    reload_running = true;
-                    let (policy_dir, scan, done) =
-                        (options.policy_dir.clone(), options.scan.clone(), reload_done.clone());
-                    tokio::task::spawn_blocking(move || {
-                        let loaded = reload::load(&policy_dir, &scan).map_err(|error| format!("{error:#}"));
-                        let _ = done.blocking_send(loaded);
-                    });
-                }
+                state.request(Work::Reload, &options, &job_done);
             }
-            Some(loaded) = reload_results.recv() => {
-                reload_running = false;
-                if std::mem::take(&mut reload_again) {
-                    reload_due = Some(Instant::now());
-                }
-                match loaded.and_then(|loaded| {
-                    apply_reload(loaded, &mut enforcer).map_err(|error| format!("{error:#}"))
-                }) {
-                    Ok((new_policy, new_scan, fresh)) => {
-                        log_changes(&resolution, &fresh);
-                        log_resolution(&fresh);
-                        log::info!("policy reloaded: {} rules, {} files banned", fresh.rules.len(), fresh.entries.len());
-                        sink.emit(Record::Reloaded {
-                            time: events::now_rfc3339(),
-                            policies: new_policy.policies.iter().map(|p| p.name.clone()).collect(),
-                            rules: fresh.rules.len(),
-                            entries: fresh.entries.len(),
-                        });
-                        retire_rules(&mut retired_rules, &resolution, &fresh);
-                        policy = new_policy;
-                        scanned = new_scan;
-                        resolution = fresh;
-                        status.publish(Snapshot::of(&enforcer, &policy, &resolution, delivered, &counters));
-                        if scanned.is_some() && !watcher_started {
-                            watcher_started = true;
-                            watch_reports = start_content_watcher(true, &options.scan.roots);
+            Some(done) = job_results.recv() => {
+                match done {
+                    Done::Refreshed { resolution, rescanned } => {
+                        if state.refreshed(resolution, rescanned, &mut enforcer) {
+                            status.publish(Snapshot::of(&enforcer, &state.policy, &state.resolution, delivered, &counters));
                         }
                     }
-                    Err(error) => {
-                        log::error!("reload refused, the previous policy stays in force: {error}");
-                        sink.emit(Record::ReloadFailed { time: events::now_rfc3339(), error });
-                    }
+                    Done::Reloaded(loaded) => match loaded.and_then(|mut loaded| {
+                        // Files the watcher found while the reload ran, which its scan may lack.
+                        background::take_in_watched(&loaded.policy, &mut loaded.resolution, state.watched_since_job());
+                        apply_reload(loaded, &mut enforcer).map_err(|error| format!("{error:#}"))
+                    }) {
+                        Ok(reloaded) => {
+                            let fresh = &reloaded.resolution;
+                            log_changes(&state.resolution, fresh);
+                            log_resolution(fresh);
+                            log::info!("policy reloaded: {} rules, {} files banned", fresh.rules.len(), fresh.entries.len());
+                            sink.emit(Record::Reloaded {
+                                time: events::now_rfc3339(),
+                                policies: reloaded.policy.policies.iter().map(|p| p.name.clone()).collect(),
+                                rules: fresh.rules.len(),
+                                entries: fresh.entries.len(),
+                            });
+                            retire_rules(&mut retired_rules, &state.resolution, fresh);
+                            state.reloaded(reloaded);
+                            status.publish(Snapshot::of(&enforcer, &state.policy, &state.resolution, delivered, &counters));
+                            if resolve::needs_scan(&state.policy) && !watcher_started {
+                                watcher_started = true;
+                                watch_reports = start_content_watcher(true, &options.scan.roots, &state.hash_limit_bytes);
+                            }
+                        }
+                        Err(error) => {
+                            log::error!("reload refused, the previous policy stays in force: {error}");
+                            sink.emit(Record::ReloadFailed { time: events::now_rfc3339(), error });
+                        }
+                    },
+                }
+                state.report_overflow();
+                if let Some(next) = state.jobs.finished() {
+                    state.start(next, &options, &job_done);
                 }
             }
             _ = interrupt.recv() => break,
@@ -354,7 +406,7 @@ async fn serve(
         None => log::info!("programs detached; execs are no longer checked"),
     }
     let known = Known {
-        resolution: &resolution,
+        resolution: &state.resolution,
         retired_rules: &retired_rules,
         protected: &protected,
     };
@@ -374,10 +426,215 @@ async fn serve(
     Ok(())
 }
 
+impl State {
+    /// Asks for `work`; it starts now unless a job runs, else after it.
+    fn request(&mut self, work: Work, options: &RunOptions, done: &mpsc::Sender<Done>) {
+        if let Some(work) = self.jobs.request(work) {
+            self.start(work, options, done);
+        }
+    }
+
+    /// Runs `work` on a blocking thread, from the state as it is now.
+    fn start(&mut self, work: Work, options: &RunOptions, done: &mpsc::Sender<Done>) {
+        self.watched_by_job = self.watched.len();
+        let inputs = background::Inputs {
+            policy: self.policy.clone(),
+            policy_dir: options.policy_dir.clone(),
+            scan: options.scan.clone(),
+            budget: options.budget,
+            scanned: self.scanned.clone(),
+            watched: self.watched.clone(),
+        };
+        let done = done.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = done.blocking_send(background::run(work, inputs));
+        });
+    }
+
+    /// Files the watcher found while the finished job ran, which its resolution lacks.
+    fn watched_since_job(&self) -> &[HashedFile] {
+        &self.watched[self.watched_by_job.min(self.watched.len())..]
+    }
+
+    /// After a job that scanned: its scan, which started after them, has the watcher's earlier
+    /// finds that are still on disk.
+    fn forget_watched_before_job(&mut self) {
+        self.watched
+            .drain(..self.watched_by_job.min(self.watched.len()));
+    }
+
+    /// Puts a refreshed resolution in force if it changes the ban map; says whether it did.
+    fn refreshed(
+        &mut self,
+        mut fresh: Resolution,
+        rescanned: Option<Option<Arc<ScanReport>>>,
+        enforcer: &mut Enforcer,
+    ) -> bool {
+        background::take_in_watched(&self.policy, &mut fresh, self.watched_since_job());
+        if let Some(scanned) = rescanned {
+            self.forget_watched_before_job();
+            self.scanned = scanned;
+            if !std::mem::replace(&mut self.scanned_once, true) {
+                log::info!(
+                    "content rules: the background scan is done; {} files banned",
+                    fresh.entries.len()
+                );
+                log_resolution(&fresh);
+            }
+        }
+        if fresh.entries == self.resolution.entries {
+            self.resolution = fresh;
+            return false;
+        }
+        match enforcer.apply(&fresh.entries) {
+            Ok(stats) => {
+                log_changes(&self.resolution, &fresh);
+                log::info!(
+                    "ban map updated: {} added, {} changed, {} removed",
+                    stats.added,
+                    stats.changed,
+                    stats.removed
+                );
+                self.resolution = fresh;
+                true
+            }
+            Err(error) => {
+                log::error!("{error:#}");
+                false
+            }
+        }
+    }
+
+    fn reloaded(&mut self, reloaded: Reloaded) {
+        self.hash_limit_bytes
+            .store(reloaded.policy.hash_limit_bytes(), Ordering::Relaxed);
+        self.policy = reloaded.policy;
+        self.scanned = reloaded.scanned;
+        self.resolution = reloaded.resolution;
+        self.forget_watched_before_job();
+    }
+
+    /// Takes in a file the watcher hashed: if a content rule bans it and it has no entry yet, a
+    /// process that exec'd it before the ban was in place is killed, and the file gets an
+    /// entry if the budget has room. Returns whether the ban map changed.
+    fn content_seen(
+        &mut self,
+        seen: &watch::Seen,
+        enforcer: &mut Enforcer,
+        newly_banned: &mut Tally,
+    ) -> bool {
+        let file = &seen.file;
+        let Some((rule_id, via)) = resolve::content_matches(&self.policy, file)
+            .into_iter()
+            .next()
+        else {
+            return false;
+        };
+        if self.resolution.entries.contains_key(&file.identity.key) {
+            return false;
+        }
+        let rule = self.resolution.rule(rule_id).cloned();
+        if let Some(pid) = seen.exec_by {
+            let deny = rule
+                .as_ref()
+                .is_some_and(|rule| rule.action == Action::Deny);
+            if deny && !self.kernel_refused(enforcer, file) {
+                kill_late_exec(pid, file);
+            }
+        }
+        let entered = self.resolution.add_seen(rule_id, via.clone(), file);
+        let banned = entered
+            && match enforcer.apply(&self.resolution.entries) {
+                Ok(_) => true,
+                Err(error) => {
+                    log::error!("{error:#}");
+                    false
+                }
+            };
+        if entered {
+            self.watched.push(file.clone());
+        }
+        // Logged once the entry is in force.
+        newly_banned.note(format_args!(
+            "content watcher: {} has content banned by rule {} ({via}){}",
+            escaped(&file.path),
+            rule.as_ref().map_or("?", |rule| rule.id.as_str()),
+            if banned {
+                ""
+            } else {
+                "; not banned by identity (see the ban map budget)"
+            }
+        ));
+        entered
+    }
+
+    /// Whether the kernel refused the exec of `file` itself: it checks contents and a deny
+    /// rule names this one.
+    fn kernel_refused(&self, enforcer: &Enforcer, file: &HashedFile) -> bool {
+        enforcer.content_checks()
+            && self
+                .resolution
+                .hashes
+                .get(&file.sha256)
+                .is_some_and(|&rule_id| {
+                    self.resolution
+                        .rule(rule_id)
+                        .is_some_and(|rule| rule.action == Action::Deny)
+                })
+    }
+
+    /// Warns when more files than last time were left out of the ban map.
+    fn report_overflow(&mut self) {
+        let overflow = self.resolution.overflow();
+        let total = overflow.total();
+        if total == std::mem::replace(&mut self.reported_overflow, total) || total == 0 {
+            return;
+        }
+        let budget = self.resolution.budget();
+        log::warn!(
+            "ban map budget: {total} files rules name are not banned by identity: {} beyond the \
+             limits on files owned by users other than root ({} per user, {} in all; owners: \
+             {}), {} beyond the map's capacity ({}); content rules still catch them when they \
+             run",
+            overflow.over_user_limits,
+            budget.per_user,
+            budget.users,
+            listed_owners(&overflow.owners),
+            overflow.over_capacity,
+            budget.capacity
+        );
+    }
+}
+
+/// The first [`LISTED_LINES`] owners, and how many more.
+fn listed_owners(owners: &BTreeSet<u32>) -> String {
+    let listed: Vec<String> = owners
+        .iter()
+        .take(LISTED_LINES)
+        .map(u32::to_string)
+        .collect();
+    match owners.len() - listed.len() {
+        0 => listed.join(", "),
+        more => format!("{} and {more} more", listed.join(", ")),
+    }
+}
+
+/// Kills a process that exec'd banned content before its ban was in place, if it still runs it.
+fn kill_late_exec(pid: i32, file: &HashedFile) {
+    match pidfd::kill_if_running(pid, file.identity.key) {
+        Ok(pidfd::Outcome::Killed) => log::warn!(
+            "content watcher: killed pid {pid}, which ran {} before the ban was in place",
+            escaped(&file.path)
+        ),
+        Ok(pidfd::Outcome::Exited | pidfd::Outcome::RunsSomethingElse) => {}
+        Err(error) => log::error!("content watcher: killing pid {pid}: {error}"),
+    }
+}
+
 /// One line per feature of the kernel side; a warning for each that is not wholly on.
 fn log_features(features: &Features) {
     for (name, feature) in features.named() {
-        let level = if feature.state == State::On {
+        let level = if feature.state == FeatureState::On {
             log::Level::Info
         } else {
             log::Level::Warn
@@ -386,21 +643,14 @@ fn log_features(features: &Features) {
     }
 }
 
-/// Resolves a reloaded policy and puts it in force: ban map first (add before remove, all or
-/// nothing), then settings.
-fn apply_reload(
-    loaded: Loaded,
-    enforcer: &mut Enforcer,
-) -> Result<(Policy, Option<ScanReport>, Resolution)> {
-    let fresh = resolve::resolve(
-        &loaded.policy,
-        &SourceRoots::default(),
-        loaded.scanned.as_ref(),
-    );
+/// Puts a reloaded policy in force: ban map first (add before remove, all or nothing), then
+/// settings.
+fn apply_reload(reloaded: Reloaded, enforcer: &mut Enforcer) -> Result<Reloaded> {
+    let fresh = &reloaded.resolution;
     enforcer.apply(&fresh.entries)?;
     enforcer.apply_content_bans(&fresh.content_bans())?;
     enforcer.set_exec_settings(fresh.exec_settings())?;
-    Ok((loaded.policy, loaded.scanned, fresh))
+    Ok(reloaded)
 }
 
 /// Watches the policy directory for changes; without a watch, only SIGHUP reloads.
@@ -436,41 +686,12 @@ async fn changed(
     }
 }
 
-/// Resolves the policy again and updates the ban map if anything changed; says whether it did.
-fn refresh_entries(
-    policy: &Policy,
-    scanned: Option<&ScanReport>,
-    resolution: &mut Resolution,
-    enforcer: &mut Enforcer,
-) -> bool {
-    let fresh = resolve::resolve(policy, &SourceRoots::default(), scanned);
-    if fresh.entries == resolution.entries {
-        return false;
-    }
-    match enforcer.apply(&fresh.entries) {
-        Ok(stats) => {
-            log_changes(resolution, &fresh);
-            log::info!(
-                "ban map updated: {} added, {} changed, {} removed",
-                stats.added,
-                stats.changed,
-                stats.removed
-            );
-            *resolution = fresh;
-            true
-        }
-        Err(error) => {
-            log::error!("{error:#}");
-            false
-        }
-    }
-}
-
 /// Starts the content watcher where content rules need it; its reports arrive on the returned
 /// channel (which never yields when there is no watcher).
 fn start_content_watcher(
     wanted: bool,
     roots: &[PathBuf],
+    hash_limit_bytes: &Arc<AtomicU64>,
 ) -> mpsc::UnboundedReceiver<watch::Report> {
     let (sender, receiver) = mpsc::unbounded_channel();
     if !wanted {
@@ -482,7 +703,8 @@ fn start_content_watcher(
                 "content watcher: hashing executables written or run under the scan roots; a new \
                  copy of banned content is banned when written, or killed at its first exec"
             );
-            std::thread::spawn(move || watcher.run(sender));
+            let hash_limit_bytes = hash_limit_bytes.clone();
+            std::thread::spawn(move || watcher.run(sender, hash_limit_bytes));
         }
         Err(error) => log::warn!(
             "content watcher unavailable ({error}); new copies of banned content are found at \
@@ -490,46 +712,6 @@ fn start_content_watcher(
         ),
     }
     receiver
-}
-
-/// Takes in a file the watcher hashed. Returns whether its content is banned and new to the
-/// ban map; a process that exec'd it before the ban was in place is killed.
-fn content_seen(
-    policy: &Policy,
-    scanned: &mut Option<ScanReport>,
-    resolution: &Resolution,
-    seen: &watch::Seen,
-) -> bool {
-    let matches = resolve::content_matches(policy, &seen.file);
-    let Some((rule_id, via)) = matches.first() else {
-        return false;
-    };
-    if resolution.entries.contains_key(&seen.file.identity.key) {
-        return false;
-    }
-    let rule = resolution
-        .rule(*rule_id)
-        .map_or("?", |rule| rule.id.as_str());
-    log::warn!(
-        "content watcher: {} has content banned by rule {rule} ({via})",
-        escaped(&seen.file.path)
-    );
-    if let Some(pid) = seen.exec_by {
-        if resolution
-            .rule(*rule_id)
-            .is_some_and(|rule| rule.action == Action::Deny)
-        {
-            // SAFETY: plain kill(2). The pid exec'd the file moments ago, before its ban.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            log::warn!(
-                "content watcher: killed pid {pid}, which ran it before the ban was in place"
-            );
-        }
-    }
-    if let Some(report) = scanned {
-        report.files.push(seen.file.clone());
-    }
-    true
 }
 
 /// Remembers the rules of `old` that `new` no longer has (and forgets those it has again).
@@ -646,25 +828,31 @@ fn report_lost_events(
 }
 
 fn log_resolution(resolution: &Resolution) {
-    for unresolved in &resolution.unresolved {
-        log::warn!(
-            "rule {}: {}: {}; nothing banned for it until it appears",
-            unresolved.rule,
-            unresolved.via,
-            unresolved.reason
-        );
-    }
-    for protected in &resolution.protected {
-        log::warn!(
-            "rule {} names {}, which is never banned: {}",
-            protected.rule,
-            escaped(&protected.path),
-            protected.why
-        );
-    }
-    for warning in &resolution.warnings {
-        log::warn!("{warning}");
-    }
+    log_listed(
+        log::Level::Warn,
+        resolution.unresolved.iter().map(|unresolved| {
+            format!(
+                "rule {}: {}: {}; nothing banned for it until it appears",
+                unresolved.rule, unresolved.via, unresolved.reason
+            )
+        }),
+        |more| format!("{more} more identifiers named nothing"),
+    );
+    log_listed(
+        log::Level::Warn,
+        resolution.protected.iter().map(|protected| {
+            format!(
+                "rule {} names {}, which is never banned: {}",
+                protected.rule,
+                escaped(&protected.path),
+                protected.why
+            )
+        }),
+        |more| format!("{more} more files rules name are never banned"),
+    );
+    log_listed(log::Level::Warn, &resolution.warnings, |more| {
+        format!("{more} more warnings about files rules name")
+    });
 }
 
 fn log_changes(old: &Resolution, new: &Resolution) {
@@ -679,21 +867,31 @@ fn log_changes(old: &Resolution, new: &Resolution) {
             rule.map(|r| r.id.clone()).unwrap_or_default(),
         )
     };
-    let changed = |a: &BTreeMap<_, _>, b: &BTreeMap<_, _>| {
-        a.keys()
-            .filter(|key| !b.contains_key(*key))
-            .copied()
-            .collect::<Vec<_>>()
-    };
-    for key in changed(&new.entries, &old.entries) {
-        let (path, rule) = describe(new, &key);
-        log::info!("rule {rule}: banning {path} (inode {})", key.ino);
-    }
-    for key in changed(&old.entries, &new.entries) {
-        let (path, rule) = describe(old, &key);
-        log::info!(
-            "rule {rule}: {path} is gone or was replaced; inode {} is no longer banned",
-            key.ino
-        );
-    }
+    let added = new
+        .entries
+        .keys()
+        .filter(|key| !old.entries.contains_key(*key));
+    log_listed(
+        log::Level::Info,
+        added.map(|key| {
+            let (path, rule) = describe(new, key);
+            format!("rule {rule}: banning {path} (inode {})", key.ino)
+        }),
+        |more| format!("{more} more files banned"),
+    );
+    let removed = old
+        .entries
+        .keys()
+        .filter(|key| !new.entries.contains_key(*key));
+    log_listed(
+        log::Level::Info,
+        removed.map(|key| {
+            let (path, rule) = describe(old, key);
+            format!(
+                "rule {rule}: {path} is gone or was replaced; inode {} is no longer banned",
+                key.ino
+            )
+        }),
+        |more| format!("{more} more files no longer banned"),
+    );
 }

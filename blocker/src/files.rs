@@ -38,9 +38,9 @@ pub struct FileStatus {
     pub dev: u64,
     pub ino: u64,
     pub mode: u32,
-    pub size: u64,
-    /// The owner's user id.
+    /// The owner's uid.
     pub uid: u32,
+    pub size: u64,
     /// Nanoseconds since the epoch; 128 bits so no timestamp a filesystem can hold overflows.
     pub mtime_ns: i128,
     pub ctime_ns: i128,
@@ -52,8 +52,8 @@ impl FileStatus {
             dev: metadata.dev(),
             ino: metadata.ino(),
             mode: metadata.mode(),
-            size: metadata.size(),
             uid: metadata.uid(),
+            size: metadata.size(),
             mtime_ns: nanoseconds(metadata.mtime(), metadata.mtime_nsec()),
             ctime_ns: nanoseconds(metadata.ctime(), metadata.ctime_nsec()),
         }
@@ -64,8 +64,8 @@ impl FileStatus {
             dev: stat.st_dev,
             ino: stat.st_ino,
             mode: stat.st_mode,
-            size: u64::try_from(stat.st_size).unwrap_or(0),
             uid: stat.st_uid,
+            size: u64::try_from(stat.st_size).unwrap_or(0),
             mtime_ns: nanoseconds(
                 stat.st_mtime,
                 i64::try_from(stat.st_mtime_nsec).unwrap_or(0),

@@ -26,6 +26,9 @@ pub struct FileIdentity {
     pub key: FileKey,
     /// `None` where the filesystem does not expose `i_generation` (tmpfs, overlayfs, ...).
     pub generation: Option<u32>,
+    /// The owner's uid: what the ban map's budget counts a file against (see
+    /// [`crate::budget`]).
+    pub owner: u32,
 }
 
 impl FileIdentity {
@@ -62,6 +65,7 @@ impl FileIdentity {
         Ok(Self {
             key: FileKey::new(kernel_device_number(metadata.dev()), metadata.ino()),
             generation: inode_generation(file),
+            owner: metadata.uid(),
         })
     }
 
@@ -148,6 +152,7 @@ mod tests {
         let known = FileIdentity {
             key: FileKey::new(1, 2),
             generation: Some(42),
+            owner: 0,
         };
         let entry = known.ban_entry(3, blocker_common::action::DENY);
         assert_eq!(entry.flags, entry_flags::GENERATION_KNOWN);

@@ -1,6 +1,9 @@
 //! The commands that look without enforcing: `check`, `resolve`, `hash` and `explain`.
 
-use crate::escape::{escaped, Lossless};
+use crate::{
+    escape::{escaped, Lossless},
+    listed::log_listed,
+};
 use std::{
     path::{Path, PathBuf},
     process::ExitCode,
@@ -58,18 +61,25 @@ pub fn scan_if_needed(policy: &Policy, options: &ScanOptions) -> Option<ScanRepo
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let report = scan::scan(options);
-    for warning in &report.warnings {
-        log::warn!("scan: {warning}");
-    }
+    let report = scan::scan(options, policy.hash_limit_bytes());
+    log_listed(
+        log::Level::Warn,
+        report
+            .warnings
+            .iter()
+            .map(|warning| format!("scan: {warning}")),
+        |more| format!("scan: {more} more warnings like these"),
+    );
     let stats = report.stats;
     log::info!(
-        "scan: {} candidate files, {} read ({} MiB), {} from the cache, {} skipped",
+        "scan: {} candidate files, {} read ({} MiB), {} from the cache, {} skipped, {} larger \
+         than the hash limit",
         stats.candidates,
         stats.read,
         stats.bytes_read >> 20,
         stats.cached,
-        stats.skipped
+        stats.skipped,
+        stats.too_large
     );
     Some(report)
 }

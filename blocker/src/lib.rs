@@ -1,6 +1,8 @@
 //! blocker: refuses to run the binaries a policy bans. The library holds everything but the
 //! command line (`main.rs`), so that the fuzz targets in `fuzz/` reach the parsers.
 
+pub mod background;
+pub mod budget;
 pub mod control;
 pub mod critical;
 pub mod daemon;
@@ -11,7 +13,10 @@ pub mod files;
 pub mod fuzzing;
 pub mod identity;
 pub mod inspect;
+pub mod jobs;
 pub mod kernel;
+pub mod listed;
+pub mod pidfd;
 pub mod policy;
 pub mod reload;
 pub mod resolve;

@@ -47,6 +47,10 @@ enum Command {
         rescan_interval: u64,
         #[command(flatten)]
         scan: ScanArgs,
+        /// Ban-map entries the files of one owner other than root, found by walking or
+        /// scanning trees, may take; files beyond it are reported, not banned by identity.
+        #[arg(long, default_value_t = blocker::budget::DEFAULT_PER_USER, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        max_entries_per_user: usize,
         /// Bytes of kernel memory for events waiting to be read: a power of two, at least the
         /// page size. When it is full, events are counted as lost; execs are still enforced.
         #[arg(long, default_value_t = blocker_common::EVENTS_RING_BYTES, value_parser = parse_ring_size)]
@@ -250,6 +254,7 @@ fn main() -> ExitCode {
             refresh_interval,
             rescan_interval,
             scan,
+            max_entries_per_user,
             event_buffer_bytes,
             pin,
             pin_dir,
@@ -262,6 +267,7 @@ fn main() -> ExitCode {
             refresh_interval: Duration::from_secs(refresh_interval),
             rescan_interval: Duration::from_secs(rescan_interval),
             scan: scan.options(),
+            budget: blocker::budget::Budget::with_per_user(max_entries_per_user),
             event_buffer_bytes,
             pin_root: pin.then_some(pin_dir),
             protect,

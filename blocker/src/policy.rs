@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use blocker_common::FileKey;
+use blocker_common::{FileKey, DEFAULT_HASH_LIMIT_MIB};
 use globset::{Glob, GlobBuilder, GlobMatcher};
 use serde::Deserialize;
 use toml::Spanned;
@@ -250,6 +250,8 @@ pub struct PolicyHeader {
     pub fileless: Option<SettingAction>,
     /// As written; [`Policy::unhashable`] is what applies.
     pub unhashable: Option<SettingAction>,
+    /// As written; [`Policy::hash_limit_bytes`] is what applies.
+    pub hash_limit_mib: Option<u32>,
 }
 
 /// All rules of a policy directory, in file order then rule order.
@@ -289,6 +291,21 @@ impl Policy {
             .max_by_key(|(setting, _)| *setting)
             .unwrap_or((default, None))
     }
+
+    /// Files larger than this many MiB are not hashed: the smallest `hash_limit_mib` of all
+    /// files, else [`DEFAULT_HASH_LIMIT_MIB`].
+    pub fn hash_limit_mib(&self) -> u32 {
+        self.policies
+            .iter()
+            .filter_map(|header| header.hash_limit_mib)
+            .min()
+            .unwrap_or(DEFAULT_HASH_LIMIT_MIB)
+    }
+
+    /// [`Policy::hash_limit_mib`] in bytes.
+    pub fn hash_limit_bytes(&self) -> u64 {
+        u64::from(self.hash_limit_mib()) << 20
+    }
 }
 
 #[derive(Deserialize)]
@@ -300,6 +317,7 @@ struct PolicyFile {
     mode: Mode,
     fileless: Option<SettingAction>,
     unhashable: Option<SettingAction>,
+    hash_limit_mib: Option<Spanned<i64>>,
     #[serde(default)]
     rule: Vec<RuleSpec>,
 }
@@ -745,6 +763,21 @@ pub(crate) fn parse_sources_guarded(
                 location: id_location,
             });
         }
+        let hash_limit_mib = parsed.hash_limit_mib.and_then(|limit| {
+            let valid = u32::try_from(*limit.get_ref()).ok().filter(|&mib| mib >= 1);
+            if valid.is_none() {
+                errors.push(PolicyError {
+                    location: lines.location(limit.span().start),
+                    field: "hash_limit_mib".to_owned(),
+                    message: format!(
+                        "{} is not a size in MiB from 1 to {}",
+                        limit.get_ref(),
+                        u32::MAX
+                    ),
+                });
+            }
+            valid
+        });
         policy.policies.push(PolicyHeader {
             file: file.clone(),
             name: parsed.name,
@@ -752,6 +785,7 @@ pub(crate) fn parse_sources_guarded(
             mode: parsed.mode,
             fileless: parsed.fileless,
             unhashable: parsed.unhashable,
+            hash_limit_mib,
         });
     }
     if errors.is_empty() {
@@ -1430,6 +1464,40 @@ appimage = [{ name = "WeChat-*.AppImage" }, { name = "wechat*.AppImage", sha256 
         assert_eq!(
             parse_one("unhashable = \"deny\"\nmode = \"monitor\"").0,
             SettingAction::Audit
+        );
+    }
+
+    #[test]
+    fn the_smallest_hash_limit_applies_and_bad_ones_are_located() {
+        let header = |name: &str, extra: &str| {
+            format!("name = \"{name}\"\n{extra}\n[[rule]]\nid = \"{name}\"\npaths = [\"/x\"]\n")
+        };
+        let default = parse(&[("a.toml", &header("a", ""))]).unwrap();
+        assert_eq!(
+            default.hash_limit_bytes(),
+            u64::from(DEFAULT_HASH_LIMIT_MIB) << 20
+        );
+        let (a, b) = (
+            header("a", "hash_limit_mib = 64"),
+            header("b", "hash_limit_mib = 8"),
+        );
+        let both = parse(&[("a.toml", &a), ("b.toml", &b)]).unwrap();
+        assert_eq!(both.hash_limit_bytes(), 8 << 20);
+        assert_eq!(both.policies[0].hash_limit_mib, Some(64));
+        for bad in ["0", "-1", "4294967296"] {
+            let message =
+                single_error(&[("p.toml", &format!("name = \"p\"\nhash_limit_mib = {bad}\n"))]);
+            assert!(
+                message.starts_with(&format!(
+                    "p.toml:2:18: hash_limit_mib: {bad} is not a size in MiB"
+                )),
+                "{message}"
+            );
+        }
+        let message = single_error(&[("p.toml", "name = \"p\"\nhash_limit_mib = \"1G\"\n")]);
+        assert!(
+            message.starts_with("p.toml:2:18: hash_limit_mib: invalid type"),
+            "{message}"
         );
     }
 

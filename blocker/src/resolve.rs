@@ -13,6 +13,7 @@ use blocker_common::{BanEntry, FileKey, FILELESS_RULE_ID, UNHASHABLE_RULE_ID};
 use sha2::{Digest, Sha256 as Sha256Hasher};
 
 use crate::{
+    budget::{Budget, Overflow, Spending, Standing},
     critical::{self, critical_files, CriticalFile},
     files::{is_executable_candidate, walk},
     identity::{kernel_device_number, FileIdentity},
@@ -115,6 +116,12 @@ pub struct Resolution {
     pub unhashable: SettingAction,
     /// Events about unhashable execs name this pseudo-rule.
     pub unhashable_rule: Option<RuleInfo>,
+    /// Files larger than this many MiB are not hashed.
+    pub hash_limit_mib: u32,
+    /// The files no rule may ban, unless its `ban_critical_files` names them.
+    critical: BTreeMap<FileKey, CriticalFile>,
+    /// The map's budget and what the entries took of it.
+    spending: Spending,
 }
 
 impl Resolution {
@@ -134,6 +141,7 @@ impl Resolution {
         ExecSettings {
             fileless: self.fileless.kernel_value(),
             unhashable: self.unhashable.kernel_value(),
+            hash_limit_mib: self.hash_limit_mib,
         }
     }
 
@@ -160,6 +168,41 @@ impl Resolution {
 
     fn takes_precedence(&self, a: u32, b: u32) -> bool {
         self.precedence(a) < self.precedence(b)
+    }
+
+    /// The files the budget left out of the map.
+    pub fn overflow(&self) -> &Overflow {
+        &self.spending.overflow
+    }
+
+    pub fn budget(&self) -> &Budget {
+        self.spending.budget()
+    }
+
+    /// Adds a file the content watcher found that `rule_id` names through `via`, as a
+    /// resolution finding it would have: unless it is critical, and within the budget. Returns
+    /// whether the file got an entry now.
+    pub fn add_seen(&mut self, rule_id: u32, via: Via, file: &HashedFile) -> bool {
+        let key = file.identity.key;
+        if self.entries.contains_key(&key) {
+            return false;
+        }
+        self.matches.push(Match {
+            rule_id,
+            path: file.path.clone(),
+            identity: file.identity,
+            via,
+        });
+        let found = self.matches.len() - 1;
+        if !self.may_enter(found) {
+            return false;
+        }
+        let standing = self.standing(&self.matches[found]);
+        if !self.spending.admit(standing) {
+            return false;
+        }
+        self.enter(found);
+        true
     }
 
     /// The kernel's content ban map: each banned SHA-256 with its rule and action.
@@ -212,6 +255,16 @@ fn setting_rule(
 /// against `scanned` (a scan of the scan roots); without one they match nothing. A file named
 /// by several rules is banned by the strictest (deny over audit), then by the first.
 pub fn resolve(policy: &Policy, roots: &SourceRoots, scanned: Option<&ScanReport>) -> Resolution {
+    resolve_within(policy, roots, scanned, Budget::default())
+}
+
+/// [`resolve`], sharing the map's capacity as `budget` says.
+pub fn resolve_within(
+    policy: &Policy,
+    roots: &SourceRoots,
+    scanned: Option<&ScanReport>,
+    budget: Budget,
+) -> Resolution {
     let protected = protected_files();
     let critical: Vec<CriticalFile> = protected.values().cloned().collect();
     let mut critical_contents = None;
@@ -234,9 +287,12 @@ pub fn resolve(policy: &Policy, roots: &SourceRoots, scanned: Option<&ScanReport
             "unhashable",
             unhashable,
             unhashable_policy,
-            "runs a file whose content the kernel could not hash (over the hash limit, or \
-             unreadable), so no content rule could judge it",
+            "runs a file whose content the kernel could not judge (over the hash limit, \
+             unreadable, or on a filesystem that can change its bytes unseen), so no content \
+             rule could",
         ),
+        hash_limit_mib: policy.hash_limit_mib(),
+        spending: Spending::new(budget),
         ..Resolution::default()
     };
     for (rule, rule_id) in policy.rules.iter().zip(kernel_rule_ids(policy)) {
@@ -283,7 +339,8 @@ pub fn resolve(policy: &Policy, roots: &SourceRoots, scanned: Option<&ScanReport
         }
         resolution.critical_overrides.insert(rule_id, overrides);
     }
-    resolution.choose_entries(&protected);
+    resolution.critical = protected;
+    resolution.choose_entries();
     resolution
 }
 
@@ -457,40 +514,81 @@ impl Found<'_> {
 
 impl Resolution {
     /// One entry per file: deny over audit, then the earliest rule; protected files never.
-    fn choose_entries(&mut self, protected: &BTreeMap<FileKey, CriticalFile>) {
-        for found in &self.matches {
-            let key = found.identity.key;
-            let critical = protected.get(&key);
-            if let Some(file) = critical.filter(|file| !self.may_ban_critical(found.rule_id, file))
-            {
-                let why = file.why;
-                let rule = self.own_rule(found.rule_id).id.clone();
-                if !self
-                    .protected
-                    .iter()
-                    .any(|p| p.path == found.path && p.rule == rule)
-                {
-                    self.protected.push(Protected {
-                        rule,
-                        path: found.path.clone(),
-                        why,
-                    });
-                }
+    /// Then as many as the budget takes, the most important first (see [`crate::budget`]).
+    fn choose_entries(&mut self) {
+        let mut chosen: BTreeMap<FileKey, usize> = BTreeMap::new();
+        for found in 0..self.matches.len() {
+            if !self.may_enter(found) {
                 continue;
             }
-            let action = self.own_rule(found.rule_id).action;
-            let entry = found
-                .identity
-                .ban_entry(found.rule_id, action.kernel_value());
-            let replace = self
-                .entries
-                .get(&key)
-                .is_none_or(|existing| self.takes_precedence(found.rule_id, existing.rule_id));
+            let (key, rule_id) = (
+                self.matches[found].identity.key,
+                self.matches[found].rule_id,
+            );
+            let replace = chosen.get(&key).is_none_or(|&existing| {
+                self.takes_precedence(rule_id, self.matches[existing].rule_id)
+            });
             if replace {
-                self.entries.insert(key, entry);
-                self.paths.insert(key, found.path.clone());
+                chosen.insert(key, found);
             }
         }
+        let mut by_importance: Vec<(Standing, bool, FileKey, usize)> = chosen
+            .into_iter()
+            .map(|(key, found)| {
+                let found_match = &self.matches[found];
+                let by_name_only = !matches!(found_match.via, Via::Sha256(_));
+                (self.standing(found_match), by_name_only, key, found)
+            })
+            .collect();
+        by_importance.sort_unstable();
+        for (standing, _, _, found) in by_importance {
+            if self.spending.admit(standing) {
+                self.enter(found);
+            }
+        }
+    }
+
+    /// Whether match `found` may be banned: not a critical file, unless its rule's
+    /// `ban_critical_files` names it. Records the refusal otherwise.
+    fn may_enter(&mut self, found: usize) -> bool {
+        let found = &self.matches[found];
+        let Some(file) = self.critical.get(&found.identity.key) else {
+            return true;
+        };
+        if self.may_ban_critical(found.rule_id, file) {
+            return true;
+        }
+        let rule = self.own_rule(found.rule_id).id.clone();
+        if !self
+            .protected
+            .iter()
+            .any(|p| p.path == found.path && p.rule == rule)
+        {
+            self.protected.push(Protected {
+                rule,
+                path: found.path.clone(),
+                why: file.why,
+            });
+        }
+        false
+    }
+
+    fn standing(&self, found: &Match) -> Standing {
+        Standing::of(&found.via, found.identity.owner)
+    }
+
+    /// Puts match `found` in the map.
+    fn enter(&mut self, found: usize) {
+        let found = &self.matches[found];
+        let action = self.own_rule(found.rule_id).action;
+        let key = found.identity.key;
+        self.entries.insert(
+            key,
+            found
+                .identity
+                .ban_entry(found.rule_id, action.kernel_value()),
+        );
+        self.paths.insert(key, found.path.clone());
     }
 }
 
@@ -772,11 +870,14 @@ mod tests {
             b"another program",
             0o755,
         );
-        let report = scan(&ScanOptions {
-            roots: vec![dir.path().to_owned()],
-            cache_file: None,
-            progress: false,
-        });
+        let report = scan(
+            &ScanOptions {
+                roots: vec![dir.path().to_owned()],
+                cache_file: None,
+                progress: false,
+            },
+            u64::MAX,
+        );
         let banned_hash = crate::scan::hash_file(&dir.path().join("opt/app/bin/app"))
             .unwrap()
             .sha256;
@@ -920,6 +1021,57 @@ mod tests {
             "{:?}",
             resolution.warnings
         );
+    }
+
+    #[test]
+    fn files_users_make_take_no_more_than_their_share_of_the_map() {
+        let dir = tempfile::tempdir().unwrap();
+        let named = dir.path().join("named");
+        write(&named, b"x", 0o755);
+        let policy = Policy {
+            policies: Vec::new(),
+            rules: vec![rule("r", Action::Deny, paths(&[&named]))],
+        };
+        let budget = Budget {
+            capacity: 5,
+            users: 3,
+            per_user: 2,
+        };
+        let mut resolution = resolve_within(&policy, &SourceRoots::default(), None, budget);
+        assert_eq!(resolution.entries.len(), 1);
+        let rule_id = resolution.rules[0].rule_id;
+        let seen = |ino: u64, owner: u32| HashedFile {
+            path: PathBuf::from(format!("/home/u/WeChatLinux_{ino}.AppImage")),
+            identity: FileIdentity {
+                key: FileKey::new(1, ino),
+                generation: None,
+                owner,
+            },
+            sha256: [0; 32],
+        };
+        let via = || Via::AppImage("WeChatLinux_*.AppImage".to_owned());
+        let flood = (100..110)
+            .filter(|&ino| resolution.add_seen(rule_id, via(), &seen(ino, 1000)))
+            .count();
+        assert_eq!(flood, 2);
+        // Another user still has room; so has root, up to the capacity.
+        assert!(resolution.add_seen(rule_id, via(), &seen(200, 1001)));
+        assert!(
+            !resolution.add_seen(rule_id, via(), &seen(201, 1001)),
+            "the users' share is full"
+        );
+        assert!(resolution.add_seen(rule_id, via(), &seen(300, 0)));
+        assert!(
+            !resolution.add_seen(rule_id, via(), &seen(301, 0)),
+            "the map is full"
+        );
+        assert!(
+            !resolution.add_seen(rule_id, via(), &seen(300, 0)),
+            "already banned"
+        );
+        assert_eq!(resolution.entries.len(), 5);
+        assert_eq!(resolution.overflow().over_user_limits, 9);
+        assert_eq!(resolution.overflow().over_capacity, 1);
     }
 
     #[test]

@@ -105,6 +105,9 @@ pub struct PolicyStatus {
 pub struct MapEntries {
     pub banned_files: usize,
     pub banned_contents: usize,
+    /// Files rules name that the ban map's budget left out (see [`crate::budget`]).
+    #[serde(default)]
+    pub over_budget: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,6 +165,7 @@ impl Snapshot {
             entries: MapEntries {
                 banned_files: enforcer.installed_entries(),
                 banned_contents: enforcer.installed_content_entries(),
+                over_budget: resolution.overflow().total(),
             },
             events: EventCounts {
                 delivered,
@@ -209,6 +213,7 @@ impl Publisher {
             entries: MapEntries {
                 banned_files: 0,
                 banned_contents: 0,
+                over_budget: 0,
             },
             events: EventCounts {
                 delivered: 0,
@@ -372,6 +377,7 @@ pub(crate) mod tests {
             entries: MapEntries {
                 banned_files: 12,
                 banned_contents: 1,
+                over_budget: 0,
             },
             events: EventCounts {
                 delivered: 5,

@@ -3,6 +3,10 @@
 //! file itself, which is hashed. A fresh copy of banned content is thus banned moments after it
 //! is written, instead of at the next content scan; one made executable only later is caught at
 //! its first exec, whose process is then killed.
+//!
+//! Files are hashed on several threads, each file given up at a deadline and none larger than
+//! the policy's hash limit, so no one file (a huge sparse one, one on a stalled filesystem)
+//! holds up the others.
 
 use crate::escape::escaped;
 use std::{
@@ -14,6 +18,12 @@ use std::{
         unix::ffi::OsStrExt,
     },
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc::{sync_channel, Receiver},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
 };
 
 use tokio::sync::mpsc::UnboundedSender;
@@ -21,13 +31,21 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::{
     files::{is_executable_candidate, FileStatus},
     identity::FileIdentity,
-    scan::{hash_file, FileStamp, HashedFile, Sha256},
+    scan::{hash_file_within, ContentReader, FileStamp, HashedFile, Sha256},
 };
 
 /// Hashes remembered per file version, so a program exec'd a thousand times is read once.
 /// Cleared when full: a bounded memory cost matters more than a few rehashes.
 const REMEMBERED_HASHES: usize = 65_536;
 const EVENT_BUFFER_BYTES: usize = 64 * 1024;
+/// Threads hashing files. Hashing waits on the disk more than on the CPU, so more threads than
+/// CPUs keep a few slow files from holding up the rest.
+const HASHING_THREADS: usize = 4;
+/// Files waiting for a hashing thread; when full, events wait in the kernel's queue, and its
+/// overflow makes the daemon rescan.
+const QUEUED_FILES: usize = 1024;
+/// How long one file may take to hash before it is given up.
+pub const HASH_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A file under a scan root that was just written or exec'd, with its content hash.
 #[derive(Debug)]
@@ -49,6 +67,14 @@ pub enum Report {
 pub struct ContentWatcher {
     fanotify: OwnedFd,
     roots: Vec<PathBuf>,
+}
+
+/// A file an event named, for a hashing thread.
+struct Work {
+    fd: OwnedFd,
+    path: PathBuf,
+    status: FileStatus,
+    exec_by: Option<i32>,
 }
 
 impl ContentWatcher {
@@ -94,11 +120,30 @@ impl ContentWatcher {
         })
     }
 
-    /// Reads events until the descriptor fails, sending a report for every executable
-    /// candidate under a root; returns when the receiver is gone.
-    pub fn run(self, reports: UnboundedSender<Report>) {
+    /// Reads events until the descriptor fails, handing every executable candidate under a
+    /// root to the hashing threads, which report on `reports`; returns when the receiver is
+    /// gone. Files larger than `hash_limit_bytes` (which a reload may change) are not hashed.
+    pub fn run(self, reports: UnboundedSender<Report>, hash_limit_bytes: Arc<AtomicU64>) {
+        let (queue, queued) = sync_channel::<Work>(QUEUED_FILES);
+        let queued = Arc::new(Mutex::new(queued));
+        let remembered = Arc::new(Mutex::new(HashMap::new()));
+        for _ in 0..HASHING_THREADS {
+            let hasher = Hasher {
+                queued: queued.clone(),
+                reports: reports.clone(),
+                remembered: remembered.clone(),
+                limit_bytes: hash_limit_bytes.clone(),
+            };
+            let started = std::thread::Builder::new()
+                .name("blocker-watch".to_owned())
+                .spawn(move || hasher.run());
+            if let Err(error) = started {
+                let _ = reports.send(Report::Warning(format!(
+                    "content watcher: a hashing thread did not start: {error}"
+                )));
+            }
+        }
         let mut buffer = vec![0u8; EVENT_BUFFER_BYTES];
-        let mut remembered: HashMap<FileStamp, Sha256> = HashMap::new();
         loop {
             // SAFETY: reading into a buffer of the given length.
             let length = unsafe {
@@ -117,59 +162,105 @@ impl ContentWatcher {
                 return;
             }
             for event in parse_events(&buffer[..length as usize]) {
-                let report = match event {
-                    Event::Overflow => Some(Report::Overflow),
-                    Event::File { fd, mask, pid } => self.examine(fd, mask, pid, &mut remembered),
+                let delivered = match event {
+                    Event::Overflow => reports.send(Report::Overflow).is_ok(),
+                    Event::File { fd, mask, pid } => match self.work(fd, mask, pid) {
+                        Some(work) => queue.send(work).is_ok(),
+                        None => true,
+                    },
                 };
-                if let Some(report) = report {
-                    if reports.send(report).is_err() {
-                        return;
-                    }
+                if !delivered {
+                    return;
                 }
             }
         }
     }
 
-    /// Hashes the file behind an event's descriptor if it is an executable candidate under a
-    /// root.
-    fn examine(
-        &self,
-        fd: OwnedFd,
-        mask: u64,
-        pid: i32,
-        remembered: &mut HashMap<FileStamp, Sha256>,
-    ) -> Option<Report> {
-        let same_file = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    /// The work for an event's file if it is an executable candidate under a root.
+    fn work(&self, fd: OwnedFd, mask: u64, pid: i32) -> Option<Work> {
+        let same_file = proc_fd_path(&fd);
         let path = std::fs::read_link(&same_file).ok()?;
         if !self.roots.iter().any(|root| path.starts_with(root)) {
             return None;
         }
-        let metadata = std::fs::metadata(&same_file).ok()?;
-        let status = FileStatus::of(&metadata);
+        let status = FileStatus::of(&std::fs::metadata(&same_file).ok()?);
         let exec = mask & libc::FAN_OPEN_EXEC != 0;
         if !exec && !is_executable_candidate(&path, &status) {
             return None;
         }
-        let stamp = FileStamp::from(&status);
-        let hashed = match remembered.get(&stamp) {
-            Some(sha256) => hash_known(&same_file, &path, *sha256),
-            None => hash_file(&same_file).map(|mut file| {
-                file.path.clone_from(&path);
-                file
-            }),
+        Some(Work {
+            fd,
+            path,
+            status,
+            exec_by: exec.then_some(pid),
+        })
+    }
+}
+
+fn proc_fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// One hashing thread.
+struct Hasher {
+    queued: Arc<Mutex<Receiver<Work>>>,
+    reports: UnboundedSender<Report>,
+    remembered: Arc<Mutex<HashMap<FileStamp, Sha256>>>,
+    limit_bytes: Arc<AtomicU64>,
+}
+
+impl Hasher {
+    fn run(self) {
+        loop {
+            let next = self
+                .queued
+                .lock()
+                .map_err(|_| ())
+                .and_then(|queued| queued.recv().map_err(|_| ()));
+            let Ok(work) = next else {
+                return;
+            };
+            if self.reports.send(self.hash(work)).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn hash(&self, work: Work) -> Report {
+        let same_file = proc_fd_path(&work.fd);
+        let stamp = FileStamp::from(&work.status);
+        let known = self
+            .remembered
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&stamp).copied());
+        let hashed = match known {
+            Some(sha256) => hash_known(&same_file, &work.path, sha256),
+            None => {
+                let mut reader = ContentReader::new(self.limit_bytes.load(Ordering::Relaxed));
+                let deadline = Instant::now() + HASH_DEADLINE;
+                hash_file_within(&same_file, &mut reader, Some(deadline)).map(|mut file| {
+                    file.path.clone_from(&work.path);
+                    file
+                })
+            }
         };
         let file = match hashed {
             Ok(file) => file,
-            Err(error) => return Some(Report::Warning(format!("{}: {error}", escaped(&path)))),
+            Err(error) => {
+                return Report::Warning(format!("{}: {error}", escaped(&work.path)));
+            }
         };
-        if remembered.len() >= REMEMBERED_HASHES {
-            remembered.clear();
+        if let Ok(mut remembered) = self.remembered.lock() {
+            if remembered.len() >= REMEMBERED_HASHES {
+                remembered.clear();
+            }
+            remembered.insert(stamp, file.sha256);
         }
-        remembered.insert(stamp, file.sha256);
-        Some(Report::Seen(Seen {
+        Report::Seen(Seen {
             file,
-            exec_by: exec.then_some(pid),
-        }))
+            exec_by: work.exec_by,
+        })
     }
 }
 

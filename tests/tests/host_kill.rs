@@ -248,11 +248,18 @@ fn the_content_watcher_bans_fresh_copies_of_banned_content() -> Result<()> {
         ],
     )?;
     ensure!(started["entries"] == 0, "nothing to ban yet: {started}");
+    daemon.wait_for_log(
+        "content rules: the background scan is done; 0 files banned",
+        Duration::from_secs(10),
+    )?;
 
     // An executable copy is banned as soon as it is written.
     let copy = scanned.join("fresh-copy");
     std::fs::copy(harmless_binary(), &copy)?;
-    daemon.wait_for_log("ban map updated: 1 added", Duration::from_secs(10))?;
+    daemon.wait_for_log(
+        "fresh-copy has content banned by rule content",
+        Duration::from_secs(10),
+    )?;
     let status = Command::new(&copy).status()?;
     ensure!(
         status.signal() == Some(libc::SIGKILL),
@@ -265,7 +272,10 @@ fn the_content_watcher_bans_fresh_copies_of_banned_content() -> Result<()> {
     std::fs::write(&late, std::fs::read(harmless_binary())?)?;
     std::fs::set_permissions(&late, std::fs::Permissions::from_mode(0o755))?;
     let _ = Command::new(&late).status()?;
-    daemon.wait_for_log("ban map updated: 1 added", Duration::from_secs(10))?;
+    daemon.wait_for_log(
+        "made-executable-later has content banned by rule content",
+        Duration::from_secs(10),
+    )?;
     let status = Command::new(&late).status()?;
     ensure!(
         status.signal() == Some(libc::SIGKILL),

@@ -485,8 +485,12 @@ unsafe fn overwrite(path: &std::ffi::CStr, bytes: &[u8]) -> Result<(), i32> {
 /// loader mapping it meets the same check. Without content rules nothing is hashed at all.
 #[test]
 fn files_over_the_hash_limit_are_unhashable_and_follow_the_setting() -> Result<()> {
-    let over_the_limit = (u64::from(blocker_common::DEFAULT_HASH_LIMIT_MIB) << 20) + 1;
-    for setting in ["audit", "deny"] {
+    let over_the_default = (u64::from(blocker_common::DEFAULT_HASH_LIMIT_MIB) << 20) + 1;
+    // The default bound, then a policy's smaller one, which the kernel must read too.
+    for (setting, limit, size) in [
+        ("audit", "", over_the_default),
+        ("deny", "hash_limit_mib = 1", (1 << 20) + 1),
+    ] {
         let sandbox = Sandbox::new("ima-unhashable")?;
         let banned = with_content(&sandbox, "banned", b"banned content", 0)?;
         let big = with_content(&sandbox, "big", b"", 0)?;
@@ -494,12 +498,12 @@ fn files_over_the_hash_limit_are_unhashable_and_follow_the_setting() -> Result<(
         fs::OpenOptions::new()
             .write(true)
             .open(&big)?
-            .set_len(over_the_limit)?;
+            .set_len(size)?;
         sandbox.write_policy(
             "content.toml",
             &format!(
-                "name = \"content\"\nunhashable = \"{setting}\"\n[[rule]]\nid = \"ban\"\n\
-                 sha256 = [\"{}\"]\n",
+                "name = \"content\"\nunhashable = \"{setting}\"\n{limit}\n[[rule]]\n\
+                 id = \"ban\"\nsha256 = [\"{}\"]\n",
                 sha256_of(&banned)?
             ),
         )?;
@@ -522,7 +526,7 @@ fn files_over_the_hash_limit_are_unhashable_and_follow_the_setting() -> Result<(
         ensure!(
             record["reason"]
                 .as_str()
-                .is_some_and(|reason| reason.contains("could not hash")),
+                .is_some_and(|reason| reason.contains("could not judge")),
             "{record}"
         );
         let (status, _, log) = daemon.stop()?;

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{ensure, Context, Result};
-use blocker_integration_tests::{blocker_bin, sha256_of, Daemon, Sandbox};
+use blocker_integration_tests::{blocker_bin, sha256_of, Daemon, Sandbox, EVENT_TIMEOUT};
 
 /// Built from tests/fixtures/debs/blocker-test-fixture by xtask.
 const FIXTURE_PACKAGE: &str = "/fixtures/blocker-test-fixture.deb";
@@ -153,7 +153,12 @@ fn banned_content_is_denied_under_any_name() -> Result<()> {
             scan_root.to_str().context("utf-8 path")?,
         ],
     )?;
-    ensure!(started["entries"] == 1, "{started}");
+    // Content rules wait for the background scan; the kernel checks contents meanwhile.
+    ensure!(started["entries"] == 0, "{started}");
+    daemon.wait_for_log(
+        "content rules: the background scan is done; 1 files banned",
+        EVENT_TIMEOUT,
+    )?;
     let error = Command::new(&renamed)
         .status()
         .expect_err("banned content must not run under another name");

@@ -111,6 +111,8 @@ pub struct ExecSettings {
     pub fileless: u32,
     /// Execs the kernel could not hash while content bans are in force.
     pub unhashable: u32,
+    /// Files larger than this many MiB are not hashed.
+    pub hash_limit_mib: u32,
 }
 
 /// The programs in force and their maps. Dropping it detaches the programs unless they are
@@ -619,7 +621,9 @@ impl Enforcer {
         self.set_setting(setting::FILELESS, settings.fileless)
             .context("setting the fileless policy")?;
         self.set_setting(setting::UNHASHABLE, settings.unhashable)
-            .context("setting the unhashable policy")
+            .context("setting the unhashable policy")?;
+        self.set_setting(setting::HASH_LIMIT_MIB, settings.hash_limit_mib)
+            .context("setting the hash limit")
     }
 
     fn set_setting(&mut self, index: u32, value: u32) -> Result<()> {

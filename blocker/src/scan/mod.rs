@@ -16,7 +16,7 @@ use std::{
     collections::HashMap,
     io,
     path::{Path, PathBuf},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use blocker_common::FileKey;
@@ -24,10 +24,11 @@ use blocker_common::FileKey;
 use self::{
     cache::{CachedHash, HashCache},
     progress::Progress,
-    read::{ContentReader, ReadFile},
+    read::ReadFile,
 };
 pub use self::{
     hex::{parse_sha256, to_hex},
+    read::{is_too_large, ContentReader},
     stamp::FileStamp,
 };
 use crate::{
@@ -81,7 +82,7 @@ pub struct HashedFile {
 }
 
 /// Files are counted as distinct inodes, once however many paths lead to them, and every
-/// candidate is exactly one of read, cached or skipped.
+/// candidate is exactly one of read, cached, skipped or too large.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ScanStats {
     pub candidates: usize,
@@ -91,6 +92,8 @@ pub struct ScanStats {
     pub cached: usize,
     /// Given up, with a warning.
     pub skipped: usize,
+    /// Larger than the hash limit, so not hashed; one warning counts them all.
+    pub too_large: usize,
     pub bytes_read: u64,
 }
 
@@ -104,17 +107,32 @@ pub struct ScanReport {
     pub warnings: Vec<String>,
 }
 
-/// Walks every root, keeps executable candidates, hashes them (cache first), updates the cache.
-pub fn scan(options: &ScanOptions) -> ScanReport {
+/// Walks every root, keeps executable candidates, hashes those of at most `limit_bytes` (cache
+/// first), updates the cache.
+pub fn scan(options: &ScanOptions, limit_bytes: u64) -> ScanReport {
     let now_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since_epoch| since_epoch.as_nanos() as i128);
-    scan_caching_changes_before(options, now_ns - RECENT_CHANGE.as_nanos() as i128)
+    scan_caching_changes_before(
+        options,
+        now_ns - RECENT_CHANGE.as_nanos() as i128,
+        limit_bytes,
+    )
 }
 
-/// One file, following symlinks, no cache: for `blocker hash FILE`.
+/// One file, following symlinks, no cache, no size limit: for `blocker hash FILE`.
 pub fn hash_file(path: &Path) -> io::Result<HashedFile> {
-    let read = ContentReader::new().read(path, None)?;
+    hash_file_within(path, &mut ContentReader::new(u64::MAX), None)
+}
+
+/// One file, following symlinks, no cache, with `reader`'s size limit and given up at
+/// `deadline`: for the content watcher.
+pub fn hash_file_within(
+    path: &Path,
+    reader: &mut ContentReader,
+    deadline: Option<Instant>,
+) -> io::Result<HashedFile> {
+    let read = reader.read_until(path, None, deadline)?;
     Ok(HashedFile {
         path: path.to_owned(),
         identity: read.identity,
@@ -126,10 +144,15 @@ pub fn hash_file(path: &Path) -> io::Result<HashedFile> {
 struct Candidate {
     paths: Vec<PathBuf>,
     stamp: FileStamp,
+    owner: u32,
 }
 
 /// [`scan`], caching the hashes of files whose ctime is before `cacheable_ctime_ns`.
-fn scan_caching_changes_before(options: &ScanOptions, cacheable_ctime_ns: i128) -> ScanReport {
+fn scan_caching_changes_before(
+    options: &ScanOptions,
+    cacheable_ctime_ns: i128,
+    limit_bytes: u64,
+) -> ScanReport {
     let mut warnings = Vec::new();
     let progress = Progress::new(options.progress);
     let previous = options
@@ -138,7 +161,15 @@ fn scan_caching_changes_before(options: &ScanOptions, cacheable_ctime_ns: i128) 
         .map(|path| cache::load(path, &mut warnings))
         .unwrap_or_default();
     let candidates = list_candidates(&options.roots, &progress, &mut warnings);
-    let hashed = hash_candidates(&candidates, &previous, cacheable_ctime_ns, &progress);
+    let hashed = hash_candidates(
+        &candidates,
+        &previous,
+        &Bounds {
+            cacheable_ctime_ns,
+            limit_bytes,
+        },
+        &progress,
+    );
 
     warnings.extend(hashed.warnings);
     // An unchanged tree leaves the file alone: periodic rescans then write nothing.
@@ -177,6 +208,7 @@ fn list_candidates(
                 .or_insert_with(|| Candidate {
                     paths: Vec::new(),
                     stamp,
+                    owner: entry.status.uid,
                 })
                 .paths
                 .push(entry.path);
@@ -205,10 +237,21 @@ struct Hashed {
     cache: HashCache,
 }
 
+/// Which hashes a scan keeps and which files it reads.
+struct Bounds {
+    /// Hashes of files changed since are not cached.
+    cacheable_ctime_ns: i128,
+    /// Larger files are not hashed.
+    limit_bytes: u64,
+}
+
+/// How many paths of files too large to hash a scan's warning lists.
+const TOO_LARGE_LISTED: usize = 5;
+
 fn hash_candidates(
     candidates: &[Candidate],
     previous: &HashCache,
-    cacheable_ctime_ns: i128,
+    bounds: &Bounds,
     progress: &Progress,
 ) -> Hashed {
     let mut hashed = Hashed {
@@ -221,36 +264,63 @@ fn hash_candidates(
         cache: HashCache::new(),
     };
     let mut to_read = Vec::new();
+    let mut too_large = Vec::new();
     for candidate in candidates {
+        if candidate.stamp.size > bounds.limit_bytes {
+            too_large.push(candidate);
+            continue;
+        }
         match previous.get(&candidate.stamp) {
             Some(&known) => {
                 hashed.stats.cached += 1;
                 hashed.cache.insert(candidate.stamp, known);
-                hashed.add_files(&candidate.paths, &candidate.stamp, known);
+                hashed.add_files(candidate, &candidate.paths, known);
             }
             None => to_read.push(candidate),
         }
     }
+    hashed.stats.too_large = too_large.len();
+    if !too_large.is_empty() {
+        let listed: Vec<String> = too_large
+            .iter()
+            .take(TOO_LARGE_LISTED)
+            .map(|candidate| escaped(&candidate.paths[0]).to_string())
+            .collect();
+        let more = too_large.len().saturating_sub(listed.len());
+        hashed.warnings.push(format!(
+            "{} files larger than the hash limit ({} MiB) were not hashed, so no content rule \
+             matches them: {}{}",
+            too_large.len(),
+            bounds.limit_bytes >> 20,
+            listed.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ));
+    }
 
     progress.reading(to_read.iter().map(|candidate| candidate.stamp.size).sum());
-    let outcomes = workers::map_in_parallel(&to_read, ContentReader::new, |reader, candidate| {
+    let new_reader = || ContentReader::new(bounds.limit_bytes);
+    let outcomes = workers::map_in_parallel(&to_read, new_reader, |reader, candidate| {
         let outcome = read_candidate(reader, candidate);
         progress.advance(candidate.stamp.size);
         outcome
     });
     for outcome in outcomes {
         match outcome {
-            Ok((read, paths)) => {
+            Ok((read, candidate, paths)) => {
                 hashed.stats.read += 1;
                 hashed.stats.bytes_read += read.stamp.size;
                 let known = CachedHash {
                     sha256: read.sha256,
                     generation: read.identity.generation,
                 };
-                if read.stamp.ctime_ns < cacheable_ctime_ns {
+                if read.stamp.ctime_ns < bounds.cacheable_ctime_ns {
                     hashed.cache.insert(read.stamp, known);
                 }
-                hashed.add_files(paths, &read.stamp, known);
+                hashed.add_files(candidate, paths, known);
             }
             Err(warning) => {
                 hashed.stats.skipped += 1;
@@ -265,10 +335,12 @@ fn hash_candidates(
 }
 
 impl Hashed {
-    fn add_files(&mut self, paths: &[PathBuf], stamp: &FileStamp, known: CachedHash) {
+    fn add_files(&mut self, candidate: &Candidate, paths: &[PathBuf], known: CachedHash) {
+        let stamp = &candidate.stamp;
         let identity = FileIdentity {
             key: FileKey::new(kernel_device_number(stamp.dev), stamp.ino),
             generation: known.generation,
+            owner: candidate.owner,
         };
         self.files.extend(paths.iter().map(|path| HashedFile {
             path: path.clone(),
@@ -284,11 +356,11 @@ impl Hashed {
 fn read_candidate<'a>(
     reader: &mut ContentReader,
     candidate: &'a Candidate,
-) -> Result<(ReadFile, &'a [PathBuf]), String> {
+) -> Result<(ReadFile, &'a Candidate, &'a [PathBuf]), String> {
     let mut failures = Vec::new();
     for (index, path) in candidate.paths.iter().enumerate() {
         match reader.read(path, Some(&candidate.stamp)) {
-            Ok(read) => return Ok((read, &candidate.paths[index..])),
+            Ok(read) => return Ok((read, candidate, &candidate.paths[index..])),
             Err(error) => failures.push(format!("{}: {error}", escaped(&path))),
         }
     }
@@ -308,7 +380,7 @@ mod tests {
 
     /// Caches every hash, however recent the file: the files of a test are all brand new.
     fn scan_trusting_recent_changes(options: &ScanOptions) -> ScanReport {
-        scan_caching_changes_before(options, i128::MAX)
+        scan_caching_changes_before(options, i128::MAX, u64::MAX)
     }
 
     fn options(root: &Path, cache_file: Option<PathBuf>) -> ScanOptions {
@@ -356,7 +428,7 @@ mod tests {
         let root = dir.path();
         sample_tree(root);
 
-        let report = scan(&options(root, None));
+        let report = scan(&options(root, None), u64::MAX);
         assert!(report.warnings.is_empty(), "{:?}", report.warnings);
         assert_eq!(
             found(&report, root),
@@ -376,6 +448,7 @@ mod tests {
                 read: 3,
                 cached: 0,
                 skipped: 0,
+                too_large: 0,
                 bytes_read: 600_000 + 20 + 12,
             }
         );
@@ -387,6 +460,36 @@ mod tests {
         assert_eq!(
             printed.split_whitespace().next(),
             Some(to_hex(&tool.sha256).as_str())
+        );
+    }
+
+    #[test]
+    fn files_over_the_limit_are_counted_not_hashed_in_one_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(&root.join("small"), b"small", 0o755);
+        for name in ["huge-1.so", "huge-2.so"] {
+            // Sparse: 8 GiB of nothing, costing no disk space and, unhashed, no time.
+            let file = fs::File::create(root.join(name)).unwrap();
+            file.set_len(8 << 30).unwrap();
+        }
+        let report = scan(&options(root, None), 1 << 20);
+        assert_eq!(found_paths(&report.files), [root.join("small")]);
+        assert_eq!(
+            (
+                report.stats.read,
+                report.stats.too_large,
+                report.stats.candidates
+            ),
+            (1, 2, 3)
+        );
+        assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+        assert!(
+            report.warnings[0]
+                .starts_with("2 files larger than the hash limit (1 MiB) were not hashed")
+                && report.warnings[0].contains("huge-2.so"),
+            "{:?}",
+            report.warnings
         );
     }
 
@@ -409,6 +512,7 @@ mod tests {
                 read: 0,
                 cached: 3,
                 skipped: 0,
+                too_large: 0,
                 bytes_read: 0,
             }
         );
@@ -450,8 +554,8 @@ mod tests {
         sample_tree(&root);
         let options = options(&root, Some(dir.path().join("hashes")));
 
-        assert_eq!(scan(&options).stats.read, 3);
-        assert_eq!(scan(&options).stats.read, 3);
+        assert_eq!(scan(&options, u64::MAX).stats.read, 3);
+        assert_eq!(scan(&options, u64::MAX).stats.read, 3);
     }
 
     #[test]
@@ -490,7 +594,7 @@ mod tests {
             progress: false,
         };
 
-        let report = scan(&options);
+        let report = scan(&options, u64::MAX);
         assert_eq!(
             found(&report, root),
             [
@@ -511,7 +615,7 @@ mod tests {
         symlink(root, root.join("a/loop")).unwrap();
         symlink("self", root.join("a/self")).unwrap();
 
-        let report = scan(&options(root, None));
+        let report = scan(&options(root, None), u64::MAX);
         assert_eq!(
             found(&report, root),
             [("a/tool".to_owned(), sha256_of(b"tool"))]
@@ -534,7 +638,10 @@ mod tests {
         let hashed = hash_candidates(
             &candidates,
             &HashCache::new(),
-            i128::MAX,
+            &Bounds {
+                cacheable_ctime_ns: i128::MAX,
+                limit_bytes: u64::MAX,
+            },
             &Progress::new(false),
         );
 
@@ -546,6 +653,7 @@ mod tests {
                 read: 1,
                 cached: 0,
                 skipped: 2,
+                too_large: 0,
                 bytes_read: 4,
             }
         );
@@ -582,7 +690,10 @@ mod tests {
         let hashed = hash_candidates(
             &candidates,
             &HashCache::new(),
-            i128::MAX,
+            &Bounds {
+                cacheable_ctime_ns: i128::MAX,
+                limit_bytes: u64::MAX,
+            },
             &Progress::new(false),
         );
         assert!(hashed.warnings.is_empty(), "{:?}", hashed.warnings);

@@ -6,6 +6,7 @@ use std::{
     io::{self, Read},
     os::{fd::AsRawFd, unix::fs::OpenOptionsExt},
     path::{Path, PathBuf},
+    time::Instant,
 };
 
 use sha2::Digest;
@@ -28,18 +29,31 @@ pub struct ReadFile {
 /// would be mapped and faulted in again for each of thousands of small files.
 pub struct ContentReader {
     buffer: Box<[u8]>,
+    /// A file found larger than this, before or while being read, is given up.
+    limit_bytes: u64,
 }
 
 impl ContentReader {
-    pub fn new() -> Self {
+    pub fn new(limit_bytes: u64) -> Self {
         Self {
             buffer: vec![0; CHUNK_BYTES].into_boxed_slice(),
+            limit_bytes,
         }
     }
 
     /// Reads the regular file at `path`, following symlinks. With `listed`, the file must still
     /// be that inode: the path may have been replaced since the walk saw it.
     pub fn read(&mut self, path: &Path, listed: Option<&FileStamp>) -> io::Result<ReadFile> {
+        self.read_until(path, listed, None)
+    }
+
+    /// [`Self::read`], given up once `deadline` passes.
+    pub fn read_until(
+        &mut self,
+        path: &Path,
+        listed: Option<&FileStamp>,
+        deadline: Option<Instant>,
+    ) -> io::Result<ReadFile> {
         // O_PATH runs no driver code. Below a scan root anyone may have swapped the file for a
         // symlink to a device whose open has effects (a watchdog, a tape), so only a file checked
         // to be regular is opened for reading, and through this descriptor's /proc/self/fd link:
@@ -63,7 +77,7 @@ impl ContentReader {
         let same_file = PathBuf::from(format!("/proc/self/fd/{}", handle.as_raw_fd()));
         let file = open_for_reading(&same_file)?;
         let before = FileStamp::of(&file.metadata()?);
-        let sha256 = self.hash_unchanged(&file, &before)?;
+        let sha256 = self.hash_unchanged(&file, &before, deadline)?;
         Ok(ReadFile {
             identity: FileIdentity::of_path(&same_file)?,
             stamp: before,
@@ -72,13 +86,35 @@ impl ContentReader {
     }
 
     /// Hashes `file` from where it stands to its end, then fails if its stamp is no longer
-    /// `before`: the digest could mix two versions of the content.
-    fn hash_unchanged(&mut self, mut file: &File, before: &FileStamp) -> io::Result<Sha256> {
+    /// `before`: the digest could mix two versions of the content. Fails as well once more than
+    /// the limit was read (the file may grow while it is read) or `deadline` passed.
+    fn hash_unchanged(
+        &mut self,
+        mut file: &File,
+        before: &FileStamp,
+        deadline: Option<Instant>,
+    ) -> io::Result<Sha256> {
+        if before.size > self.limit_bytes {
+            return Err(too_large(self.limit_bytes));
+        }
         let mut hasher = sha2::Sha256::new();
+        let mut read = 0u64;
         loop {
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "still hashing at the deadline; given up",
+                ));
+            }
             match file.read(&mut self.buffer) {
                 Ok(0) => break,
-                Ok(length) => hasher.update(&self.buffer[..length]),
+                Ok(length) => {
+                    read += length as u64;
+                    if read > self.limit_bytes {
+                        return Err(too_large(self.limit_bytes));
+                    }
+                    hasher.update(&self.buffer[..length]);
+                }
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) => return Err(error),
             }
@@ -88,6 +124,21 @@ impl ContentReader {
         }
         Ok(hasher.finalize().into())
     }
+}
+
+/// The error of a file larger than the hash limit; [`is_too_large`] recognises it.
+fn too_large(limit_bytes: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::FileTooLarge,
+        format!(
+            "larger than the hash limit ({} MiB); not hashed",
+            limit_bytes >> 20
+        ),
+    )
+}
+
+pub fn is_too_large(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::FileTooLarge
 }
 
 fn open_for_reading(path: &Path) -> io::Result<File> {
@@ -124,7 +175,9 @@ mod tests {
         let content = vec![7; CHUNK_BYTES * 2 + 3];
         let listed = write_file(&path, &content);
 
-        let read = ContentReader::new().read(&path, Some(&listed)).unwrap();
+        let read = ContentReader::new(u64::MAX)
+            .read(&path, Some(&listed))
+            .unwrap();
         assert_eq!(
             read.sha256,
             <[u8; 32]>::from(sha2::Sha256::digest(&content))
@@ -143,14 +196,16 @@ mod tests {
         write_file(&replacement, b"other");
         std::fs::rename(&replacement, &path).unwrap();
 
-        let error = ContentReader::new().read(&path, Some(&listed)).unwrap_err();
+        let error = ContentReader::new(u64::MAX)
+            .read(&path, Some(&listed))
+            .unwrap_err();
         assert!(error.to_string().contains("replaced"), "{error}");
     }
 
     #[test]
     fn refuses_a_missing_file_a_directory_and_a_fifo() {
         let dir = tempfile::tempdir().unwrap();
-        let mut reader = ContentReader::new();
+        let mut reader = ContentReader::new(u64::MAX);
         let missing = reader.read(&dir.path().join("gone"), None).unwrap_err();
         assert_eq!(missing.kind(), io::ErrorKind::NotFound);
         let directory = reader.read(dir.path(), None).unwrap_err();
@@ -178,10 +233,39 @@ mod tests {
         let mut writer = OpenOptions::new().append(true).open(&path).unwrap();
         writer.write_all(b", second half").unwrap();
 
-        let error = ContentReader::new()
-            .hash_unchanged(&file, &before)
+        let error = ContentReader::new(u64::MAX)
+            .hash_unchanged(&file, &before, None)
             .unwrap_err();
         assert_eq!(error.to_string(), "changed while being read");
+    }
+
+    #[test]
+    fn gives_up_files_over_the_limit_and_at_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tool");
+        write_file(&path, &vec![1; CHUNK_BYTES * 2]);
+        let error = ContentReader::new(CHUNK_BYTES as u64)
+            .read(&path, None)
+            .unwrap_err();
+        assert!(is_too_large(&error), "{error}");
+
+        // Growing past the limit after the size was checked is noticed while reading.
+        let file = open_for_reading(&path).unwrap();
+        let mut before = FileStamp::of(&file.metadata().unwrap());
+        before.size = 1;
+        let error = ContentReader::new(CHUNK_BYTES as u64)
+            .hash_unchanged(&file, &before, None)
+            .unwrap_err();
+        assert!(is_too_large(&error), "{error}");
+
+        let passed = Instant::now();
+        let error = ContentReader::new(u64::MAX)
+            .read_until(&path, None, Some(passed))
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+        assert!(ContentReader::new(CHUNK_BYTES as u64 * 2)
+            .read(&path, None)
+            .is_ok());
     }
 
     #[test]
@@ -192,7 +276,7 @@ mod tests {
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&target, &link).unwrap();
 
-        let read = ContentReader::new().read(&link, None).unwrap();
+        let read = ContentReader::new(u64::MAX).read(&link, None).unwrap();
         assert_eq!(read.stamp.ino, std::fs::metadata(&target).unwrap().ino());
         assert_eq!(
             read.sha256,

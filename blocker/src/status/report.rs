@@ -216,10 +216,14 @@ fn describe(document: &StatusDocument, now: SystemTime, line: &mut impl FnMut(&s
         label = "";
     }
     line("rules", document.rules.to_string());
+    let over_budget = match document.entries.over_budget {
+        0 => String::new(),
+        files => format!(" ({files} more files named but left out: over the map's budget)"),
+    };
     line(
         "kernel maps",
         format!(
-            "{} banned files, {} banned contents",
+            "{} banned files, {} banned contents{over_budget}",
             document.entries.banned_files, document.entries.banned_contents
         ),
     );
