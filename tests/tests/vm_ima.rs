@@ -544,7 +544,7 @@ fn files_over_the_hash_limit_are_unhashable_and_follow_the_setting() -> Result<(
     fs::OpenOptions::new()
         .write(true)
         .open(&big)?
-        .set_len(over_the_limit)?;
+        .set_len(over_the_default)?;
     let other = sandbox.copy_binary("other")?;
     sandbox.write_policy(
         "paths.toml",
