@@ -336,6 +336,7 @@ async fn serve(
                     Done::Reloaded(loaded) => match loaded.and_then(|mut loaded| {
                         // Files the watcher found while the reload ran, which its scan may lack.
                         background::take_in_watched(&loaded.policy, &mut loaded.resolution, state.watched_since_job());
+                        loaded.resolution.keep_undecided(&state.resolution);
                         apply_reload(loaded, &mut enforcer).map_err(|error| format!("{error:#}"))
                     }) {
                         Ok(reloaded) => {
@@ -471,6 +472,13 @@ impl State {
         enforcer: &mut Enforcer,
     ) -> bool {
         background::take_in_watched(&self.policy, &mut fresh, self.watched_since_job());
+        fresh.keep_undecided(&self.resolution);
+        if (&fresh.undecided, fresh.kept) != (&self.resolution.undecided, self.resolution.kept) {
+            log_undecided(&fresh);
+            if fresh.undecided.is_empty() {
+                log::info!("every identifier could be looked up again");
+            }
+        }
         if let Some(scanned) = rescanned {
             self.forget_watched_before_job();
             self.scanned = scanned;
@@ -853,6 +861,28 @@ fn log_resolution(resolution: &Resolution) {
     log_listed(log::Level::Warn, &resolution.warnings, |more| {
         format!("{more} more warnings about files rules name")
     });
+    log_undecided(resolution);
+}
+
+/// Warns of the identifiers whose lookups failed for a reason other than their files being
+/// gone, and of the entries kept for them.
+fn log_undecided(resolution: &Resolution) {
+    log_listed(
+        log::Level::Warn,
+        resolution.undecided.iter().map(|undecided| {
+            format!(
+                "rule {}: {}: could not be looked up ({}), which does not show its files gone",
+                undecided.rule, undecided.via, undecided.reason
+            )
+        }),
+        |more| format!("{more} more identifiers could not be looked up"),
+    );
+    if resolution.kept > 0 {
+        log::warn!(
+            "{} files banned by rules whose lookups failed stay banned until a lookup decides",
+            resolution.kept
+        );
+    }
 }
 
 fn log_changes(old: &Resolution, new: &Resolution) {

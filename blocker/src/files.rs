@@ -10,7 +10,7 @@
 //! its path is never resolved again, so swapping a component for a symlink at any moment
 //! cannot point the walk at someone else's files.
 
-use crate::escape::escaped;
+use crate::{escape::escaped, lookup::Problems};
 use std::{
     collections::HashSet,
     ffi::{CStr, CString, OsStr},
@@ -242,16 +242,16 @@ struct Level {
 /// Every regular file under `root` (or `root` itself if it is a file), in no particular order.
 /// Symlinks on the way to `root` are followed only if root owns them (`/bin` → `usr/bin`); one
 /// anyone else owns could point a walk that an administrator aimed at a user's directory at
-/// `/usr/bin`. Nothing below `root` is followed. Problems are appended to `warnings` as
-/// `path: reason`; a missing root is simply empty.
-pub fn walk(root: &Path, warnings: &mut Vec<String>) -> Vec<WalkEntry> {
+/// `/usr/bin`. Nothing below `root` is followed. Problems are appended to `problems`; a
+/// missing root is simply empty.
+pub fn walk(root: &Path, problems: &mut Problems) -> Vec<WalkEntry> {
     let mut files = Vec::new();
     let opened = open_following_roots_symlinks(root).and_then(|fd| Ok((fstat(&fd)?, fd)));
     let (stat, fd) = match opened {
         Ok(opened) => opened,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return files,
         Err(error) => {
-            warnings.push(format!("{}: {error}", escaped(&root)));
+            problems.failed(root, error);
             return files;
         }
     };
@@ -266,7 +266,7 @@ pub fn walk(root: &Path, warnings: &mut Vec<String>) -> Vec<WalkEntry> {
     if !status.is_dir() {
         return files;
     }
-    let Some(fd) = reopen_directory(fd, root, &status, warnings) else {
+    let Some(fd) = reopen_directory(fd, root, &status, problems) else {
         return files;
     };
     let directory = OpenDirectory {
@@ -274,7 +274,7 @@ pub fn walk(root: &Path, warnings: &mut Vec<String>) -> Vec<WalkEntry> {
         path: root.to_owned(),
         status,
     };
-    walk_directory(directory, warnings, |file, _| {
+    walk_directory(directory, problems, |file, _| {
         files.push(WalkEntry {
             path: file.path,
             status: file.status,
@@ -283,17 +283,17 @@ pub fn walk(root: &Path, warnings: &mut Vec<String>) -> Vec<WalkEntry> {
     files
 }
 
-/// Gives every regular file below `root` to `visit` (with the warnings, to add its own), while
+/// Gives every regular file below `root` to `visit` (with the problems, to add its own), while
 /// the file's directory is open. Nothing below `root` is reached through a symlink or through
 /// a path: each directory is opened relative to its parent's descriptor, and only if it is
 /// still the directory the parent's listing showed.
 pub fn walk_directory(
     root: OpenDirectory,
-    warnings: &mut Vec<String>,
-    mut visit: impl FnMut(WalkedFile<'_>, &mut Vec<String>),
+    problems: &mut Problems,
+    mut visit: impl FnMut(WalkedFile<'_>, &mut Problems),
 ) {
     let mut visited = HashSet::from([(root.status.dev, root.status.ino)]);
-    let mut stack = vec![read_level(root.fd, root.path, warnings, &mut visit)];
+    let mut stack = vec![read_level(root.fd, root.path, problems, &mut visit)];
     loop {
         let depth = stack.len();
         let Some(top) = stack.last_mut() else {
@@ -309,7 +309,7 @@ pub fn walk_directory(
             continue;
         }
         if depth > MAX_DEPTH {
-            warnings.push(format!(
+            problems.push(format!(
                 "{}: deeper than {MAX_DEPTH} levels; not walked",
                 escaped(&path)
             ));
@@ -319,18 +319,18 @@ pub fn walk_directory(
         let child = match openat(&top.fd, name.as_c_str(), flags, Mode::empty()) {
             Ok(child) => child,
             Err(error) => {
-                warnings.push(format!("{}: {error}", escaped(&path)));
+                problems.failed(&path, error);
                 continue;
             }
         };
         if !fstat(&child).is_ok_and(|stat| FileStatus::of_stat(&stat).is_same_inode(&expected)) {
-            warnings.push(format!(
+            problems.push(format!(
                 "{}: replaced while being walked; skipped",
                 escaped(&path)
             ));
             continue;
         }
-        let level = read_level(child, path, warnings, &mut visit);
+        let level = read_level(child, path, problems, &mut visit);
         stack.push(level);
     }
 }
@@ -402,7 +402,7 @@ fn reopen_directory(
     fd: OwnedFd,
     root: &Path,
     status: &FileStatus,
-    warnings: &mut Vec<String>,
+    problems: &mut Problems,
 ) -> Option<OwnedFd> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     match openat(&fd, c".", flags, Mode::empty()) {
@@ -413,7 +413,7 @@ fn reopen_directory(
         }
         Ok(_) => None,
         Err(error) => {
-            warnings.push(format!("{}: {error}", escaped(&root)));
+            problems.failed(root, error);
             None
         }
     }
@@ -423,8 +423,8 @@ fn reopen_directory(
 fn read_level(
     fd: OwnedFd,
     path: PathBuf,
-    warnings: &mut Vec<String>,
-    visit: &mut impl FnMut(WalkedFile<'_>, &mut Vec<String>),
+    problems: &mut Problems,
+    visit: &mut impl FnMut(WalkedFile<'_>, &mut Problems),
 ) -> Level {
     let mut subdirectories = Vec::new();
     match Dir::read_from(&fd) {
@@ -433,7 +433,7 @@ fn read_level(
                 let entry = match entry {
                     Ok(entry) => entry,
                     Err(error) => {
-                        warnings.push(format!("{}: {error}", escaped(&path)));
+                        problems.failed(&path, error);
                         break;
                     }
                 };
@@ -455,14 +455,14 @@ fn read_level(
                                 path: child_path,
                                 status,
                             };
-                            visit(file, warnings);
+                            visit(file, problems);
                         }
                     }
-                    Err(error) => warnings.push(format!("{}: {error}", escaped(&child_path))),
+                    Err(error) => problems.failed(&child_path, error),
                 }
             }
         }
-        Err(error) => warnings.push(format!("{}: {error}", escaped(&path))),
+        Err(error) => problems.failed(&path, error),
     }
     Level {
         fd,
@@ -487,8 +487,8 @@ mod tests {
         std::os::unix::fs::symlink(root, root.join("a/b/loop")).unwrap();
         std::os::unix::fs::symlink("/usr/bin", root.join("a/outside")).unwrap();
 
-        let mut warnings = Vec::new();
-        let mut found: Vec<_> = walk(root, &mut warnings)
+        let mut problems = Problems::default();
+        let mut found: Vec<_> = walk(root, &mut problems)
             .into_iter()
             .map(|entry| entry.path.strip_prefix(root).unwrap().to_owned())
             .collect();
@@ -497,7 +497,7 @@ mod tests {
             found,
             [PathBuf::from("a/b/libz.so.1"), PathBuf::from("a/tool")]
         );
-        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(problems.is_empty(), "{problems:?}");
     }
 
     #[test]
@@ -516,32 +516,32 @@ mod tests {
         std::os::unix::fs::lchown(&alices, Some(1000), Some(1000)).unwrap();
 
         for through_roots in [root.join("bin"), root.join("home/alice/roots")] {
-            let mut warnings = Vec::new();
-            let found = walk(&through_roots, &mut warnings);
-            assert_eq!(found.len(), 1, "{through_roots:?}: {warnings:?}");
+            let mut problems = Problems::default();
+            let found = walk(&through_roots, &mut problems);
+            assert_eq!(found.len(), 1, "{through_roots:?}: {problems:?}");
             assert_eq!(found[0].path, through_roots.join("tool"));
         }
         for through_alices in [alices.clone(), alices.join("tool")] {
-            let mut warnings = Vec::new();
-            assert!(walk(&through_alices, &mut warnings).is_empty());
-            assert_eq!(warnings.len(), 1, "{warnings:?}");
+            let mut problems = Problems::default();
+            assert!(walk(&through_alices, &mut problems).is_empty());
+            assert_eq!(problems.warnings.len(), 1, "{problems:?}");
             let expected = format!(
                 "{} is a symlink owned by uid 1000, not root; not followed",
                 alices.display()
             );
-            assert!(warnings[0].contains(&expected), "{warnings:?}");
+            assert!(problems.warnings[0].contains(&expected), "{problems:?}");
         }
     }
 
     #[test]
     fn a_missing_root_is_empty_and_a_file_root_is_itself() {
         let dir = tempfile::tempdir().unwrap();
-        let mut warnings = Vec::new();
-        assert!(walk(&dir.path().join("missing"), &mut warnings).is_empty());
+        let mut problems = Problems::default();
+        assert!(walk(&dir.path().join("missing"), &mut problems).is_empty());
         let file = dir.path().join("f");
         std::fs::write(&file, b"x").unwrap();
-        assert_eq!(walk(&file, &mut warnings)[0].path, file);
-        assert!(warnings.is_empty());
+        assert_eq!(walk(&file, &mut problems)[0].path, file);
+        assert!(problems.is_empty());
     }
 
     #[test]
@@ -568,8 +568,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("f");
         std::fs::write(&file, b"12345").unwrap();
-        let mut warnings = Vec::new();
-        let found = walk(dir.path(), &mut warnings);
+        let mut problems = Problems::default();
+        let found = walk(dir.path(), &mut problems);
         assert_eq!(found.len(), 1);
         assert_eq!(
             found[0].status,
@@ -586,13 +586,13 @@ mod tests {
         }
         std::fs::create_dir_all(&deep).unwrap();
         std::fs::write(deep.join("bottom"), b"x").unwrap();
-        let mut warnings = Vec::new();
-        let found = walk(dir.path(), &mut warnings);
+        let mut problems = Problems::default();
+        let found = walk(dir.path(), &mut problems);
         assert!(found.is_empty());
-        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(problems.warnings.len(), 1, "{problems:?}");
         assert!(
-            warnings[0].contains("deeper than 256 levels"),
-            "{warnings:?}"
+            problems.warnings[0].contains("deeper than 256 levels"),
+            "{problems:?}"
         );
     }
 
@@ -633,7 +633,7 @@ mod tests {
         std::fs::write(dir.path().join("other"), b"y").unwrap();
         let root = OpenDirectory::open(dir.path()).unwrap().unwrap();
         let mut opened = Vec::new();
-        walk_directory(root, &mut Vec::new(), |file, _| {
+        walk_directory(root, &mut Problems::default(), |file, _| {
             if file.name == c"tool" {
                 opened.push(file.open().is_ok());
                 std::fs::rename(dir.path().join("other"), &file.path).unwrap();

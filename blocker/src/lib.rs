@@ -16,6 +16,7 @@ pub mod inspect;
 pub mod jobs;
 pub mod kernel;
 pub mod listed;
+pub mod lookup;
 pub mod pidfd;
 pub mod policy;
 pub mod reload;

@@ -18,6 +18,7 @@ use crate::{
     files::{is_executable_candidate, walk},
     identity::{kernel_device_number, FileIdentity},
     kernel::ExecSettings,
+    lookup,
     policy::{compile_glob, glob_base, Action, Identifiers, Policy, SettingAction},
     scan::{to_hex, HashedFile, ScanReport, ScanStats, Sha256},
     sources::{self, SourceFiles, SourceRoots},
@@ -79,6 +80,17 @@ pub struct Unresolved {
     pub reason: String,
 }
 
+/// An identifier whose files could not be looked up now, for a reason other than their being
+/// gone (see [`crate::lookup`]): what it names is undecided, so the entries its rule had stay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Undecided {
+    pub rule: String,
+    pub rule_id: u32,
+    pub via: Via,
+    /// `path: error`, escaped.
+    pub reason: String,
+}
+
 /// A file a rule names that blocker refuses to ban, because the machine or blocker itself
 /// cannot run without it.
 #[derive(Clone, Debug)]
@@ -104,6 +116,10 @@ pub struct Resolution {
     /// Banned contents, for hashing in the kernel.
     pub hashes: BTreeMap<Sha256, u32>,
     pub unresolved: Vec<Unresolved>,
+    pub undecided: Vec<Undecided>,
+    /// Entries of rules with undecided identifiers that this resolution did not find, kept
+    /// from the resolution in force before it (see [`Resolution::keep_undecided`]).
+    pub kept: usize,
     pub protected: Vec<Protected>,
     /// Problems met while walking and reading (`path: reason`).
     pub warnings: Vec<String>,
@@ -362,14 +378,26 @@ impl Found<'_> {
             let via = Via::Path(path.clone());
             match FileIdentity::of_path(path) {
                 Ok(identity) => self.add(path.clone(), identity, via),
-                Err(error) => self.unresolved(via, error.to_string()),
+                Err(error) if lookup::shows_gone(&error) => self.unresolved(via, error.to_string()),
+                Err(error) => self.undecided(via, format!("{}: {error}", escaped(path))),
             }
         }
         for prefix in &identifiers.path_prefixes {
             let via = Via::PathPrefix(prefix.clone());
-            if !prefix.is_dir() {
-                self.unresolved(via, "no such directory".to_owned());
-                continue;
+            match std::fs::metadata(prefix) {
+                Ok(metadata) if metadata.is_dir() => {}
+                Ok(_) => {
+                    self.unresolved(via, "not a directory".to_owned());
+                    continue;
+                }
+                Err(error) if lookup::shows_gone(&error) => {
+                    self.unresolved(via, "no such directory".to_owned());
+                    continue;
+                }
+                Err(error) => {
+                    self.undecided(via, format!("{}: {error}", escaped(prefix)));
+                    continue;
+                }
             }
             let found = self.walk_candidates(prefix, |_| true);
             self.add_all(found, via);
@@ -435,11 +463,11 @@ impl Found<'_> {
         }
     }
 
-    /// Executable candidates under `root` whose path `wanted` accepts; walk problems become
-    /// warnings.
+    /// Executable candidates under `root` whose path `wanted` accepts, with the walk's
+    /// problems.
     fn walk_candidates(&mut self, root: &Path, wanted: impl Fn(&Path) -> bool) -> SourceFiles {
         let mut found = SourceFiles::default();
-        for entry in walk(root, &mut self.resolution.warnings) {
+        for entry in walk(root, &mut found.problems) {
             if is_executable_candidate(&entry.path, &entry.status) && wanted(&entry.path) {
                 found.add(entry.path, &entry.status);
             }
@@ -449,10 +477,7 @@ impl Found<'_> {
 
     fn add_source(&mut self, source: Result<SourceFiles, String>, via: Via) {
         match source {
-            Ok(mut found) => {
-                self.resolution.warnings.append(&mut found.warnings);
-                self.add_all(found, via);
-            }
+            Ok(found) => self.add_all(found, via),
             Err(reason) => self.unresolved(via, reason),
         }
     }
@@ -460,10 +485,20 @@ impl Found<'_> {
     /// Adds files found by walking trees or reading package databases. A file not identified
     /// as it was found is only if opening it now, without following a final symlink, reaches
     /// the inode seen when it was found: in a tree a user can write to, a file or directory
-    /// swapped for a symlink since must not get another file banned.
-    fn add_all(&mut self, found: SourceFiles, via: Via) {
+    /// swapped for a symlink since must not get another file banned. Nothing found is only
+    /// "unresolved" when every lookup decided.
+    fn add_all(&mut self, mut found: SourceFiles, via: Via) {
+        let decided = found.problems.undecided.is_empty();
+        self.resolution
+            .warnings
+            .append(&mut found.problems.warnings);
+        for reason in std::mem::take(&mut found.problems.undecided) {
+            self.undecided(via.clone(), reason);
+        }
         if found.files.is_empty() {
-            self.unresolved(via, "no executable files found".to_owned());
+            if decided {
+                self.unresolved(via, "no executable files found".to_owned());
+            }
             return;
         }
         for path in found.files {
@@ -473,9 +508,13 @@ impl Found<'_> {
             };
             let identity = match identity {
                 Ok(identity) => identity,
-                Err(error) => {
+                Err(error) if lookup::shows_gone(&error) => {
                     let warning = format!("{}: {error}", escaped(&path));
                     self.resolution.warnings.push(warning);
+                    continue;
+                }
+                Err(error) => {
+                    self.undecided(via.clone(), format!("{}: {error}", escaped(&path)));
                     continue;
                 }
             };
@@ -510,9 +549,53 @@ impl Found<'_> {
             reason,
         });
     }
+
+    fn undecided(&mut self, via: Via, reason: String) {
+        self.resolution.undecided.push(Undecided {
+            rule: self.rule.to_owned(),
+            rule_id: self.rule_id,
+            via,
+            reason,
+        });
+    }
 }
 
 impl Resolution {
+    /// The rules with an identifier this resolution could not decide.
+    pub fn undecided_rules(&self) -> BTreeSet<u32> {
+        self.undecided
+            .iter()
+            .map(|undecided| undecided.rule_id)
+            .collect()
+    }
+
+    /// Fails closed: keeps the entries of `installed` (the resolution in force) whose rules
+    /// this one left undecided and whose files it did not find, with the action the rule has
+    /// now. Such a file was not shown gone, only not looked at; its entry goes once a lookup
+    /// decides. A file that became critical is not kept. Returns how many entries were kept.
+    pub fn keep_undecided(&mut self, installed: &Resolution) -> usize {
+        let undecided = self.undecided_rules();
+        for (key, entry) in &installed.entries {
+            if !undecided.contains(&entry.rule_id) || self.entries.contains_key(key) {
+                continue;
+            }
+            if self
+                .critical
+                .get(key)
+                .is_some_and(|file| !self.may_ban_critical(entry.rule_id, file))
+            {
+                continue;
+            }
+            let action = self.own_rule(entry.rule_id).action.kernel_value();
+            self.entries.insert(*key, BanEntry { action, ..*entry });
+            if let Some(path) = installed.paths.get(key) {
+                self.paths.insert(*key, path.clone());
+            }
+            self.kept += 1;
+        }
+        self.kept
+    }
+
     /// One entry per file: deny over audit, then the earliest rule; protected files never.
     /// Then as many as the budget takes, the most important first (see [`crate::budget`]).
     fn choose_entries(&mut self) {
@@ -736,6 +819,79 @@ mod tests {
         assert_eq!(resolution.unresolved.len(), 1);
         assert_eq!(resolution.unresolved[0].via, Via::Path(missing));
         assert!(resolution.unresolved[0].reason.contains("No such file"));
+    }
+
+    #[test]
+    fn a_path_through_a_file_is_gone_not_undecided() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_a_directory = dir.path().join("file");
+        write(&not_a_directory, b"x", 0o644);
+        let resolution = resolve_rules(
+            vec![rule(
+                "r",
+                Action::Deny,
+                Identifiers {
+                    paths: vec![not_a_directory.join("banned")],
+                    path_prefixes: vec![not_a_directory.join("tree")],
+                    ..Identifiers::default()
+                },
+            )],
+            None,
+        );
+        assert_eq!(
+            resolution.unresolved.len(),
+            2,
+            "{:?}",
+            resolution.unresolved
+        );
+        assert!(
+            resolution.undecided.is_empty(),
+            "{:?}",
+            resolution.undecided
+        );
+    }
+
+    #[test]
+    fn entries_of_undecided_rules_stay_and_take_the_rules_action() {
+        let dir = tempfile::tempdir().unwrap();
+        let undecided_file = dir.path().join("undecided");
+        let gone_file = dir.path().join("gone");
+        write(&undecided_file, b"x", 0o755);
+        write(&gone_file, b"y", 0o755);
+        let rules = |action| {
+            vec![
+                rule("undecided", action, paths(&[&undecided_file])),
+                rule("gone", Action::Deny, paths(&[&gone_file])),
+            ]
+        };
+        let installed = resolve_rules(rules(Action::Deny), None);
+        assert_eq!(installed.entries.len(), 2);
+        let undecided_key = std::fs::metadata(&undecided_file).unwrap().ino();
+        std::fs::remove_file(&undecided_file).unwrap();
+        std::fs::remove_file(&gone_file).unwrap();
+
+        // Both files are gone, but the first rule's lookup is taken as failed (as with EMFILE).
+        let mut fresh = resolve_rules(rules(Action::Audit), None);
+        assert!(fresh.entries.is_empty());
+        let rule_id = fresh.rules[0].rule_id;
+        fresh.undecided.push(Undecided {
+            rule: "undecided".to_owned(),
+            rule_id,
+            via: Via::Path(undecided_file.clone()),
+            reason: "EMFILE".to_owned(),
+        });
+        assert_eq!(fresh.keep_undecided(&installed), 1);
+        let (key, entry) = fresh.entries.iter().next().unwrap();
+        assert_eq!(fresh.entries.len(), 1);
+        assert_eq!(key.ino, undecided_key);
+        assert_eq!(entry.rule_id, rule_id);
+        assert_eq!(entry.action, blocker_common::action::AUDIT);
+        assert_eq!(fresh.paths[key], undecided_file);
+
+        // A decided resolution keeps nothing.
+        let mut decided = resolve_rules(rules(Action::Deny), None);
+        assert_eq!(decided.keep_undecided(&installed), 0);
+        assert!(decided.entries.is_empty());
     }
 
     #[test]

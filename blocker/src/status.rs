@@ -108,6 +108,10 @@ pub struct MapEntries {
     /// Files rules name that the ban map's budget left out (see [`crate::budget`]).
     #[serde(default)]
     pub over_budget: usize,
+    /// Identifiers whose lookups failed for a reason other than their files being gone (see
+    /// [`crate::lookup`]); their rules' entries were kept.
+    #[serde(default)]
+    pub undecided: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,6 +170,7 @@ impl Snapshot {
                 banned_files: enforcer.installed_entries(),
                 banned_contents: enforcer.installed_content_entries(),
                 over_budget: resolution.overflow().total(),
+                undecided: resolution.undecided.len(),
             },
             events: EventCounts {
                 delivered,
@@ -214,6 +219,7 @@ impl Publisher {
                 banned_files: 0,
                 banned_contents: 0,
                 over_budget: 0,
+                undecided: 0,
             },
             events: EventCounts {
                 delivered: 0,
@@ -378,6 +384,7 @@ pub(crate) mod tests {
                 banned_files: 12,
                 banned_contents: 1,
                 over_budget: 0,
+                undecided: 0,
             },
             events: EventCounts {
                 delivered: 5,

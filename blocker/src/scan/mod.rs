@@ -34,6 +34,7 @@ pub use self::{
 use crate::{
     files::{is_executable_candidate, walk},
     identity::{kernel_device_number, FileIdentity},
+    lookup::Problems,
 };
 
 pub type Sha256 = [u8; 32];
@@ -198,7 +199,13 @@ fn list_candidates(
     let mut by_inode: HashMap<(u64, u64), Candidate> = HashMap::new();
     for root in roots {
         progress.listing(root);
-        for entry in walk(root, warnings) {
+        // The content scan reports every problem alike: a content rule's entries follow the
+        // files the scan found.
+        let mut problems = Problems::default();
+        let walked = walk(root, &mut problems);
+        warnings.append(&mut problems.warnings);
+        warnings.append(&mut problems.undecided);
+        for entry in walked {
             if !is_executable_candidate(&entry.path, &entry.status) {
                 continue;
             }

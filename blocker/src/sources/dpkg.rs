@@ -311,7 +311,11 @@ mod tests {
 
         let found = package_files("blocker-test-fixture", &roots(root.path())).unwrap();
         assert_eq!(found.files, fixture_files(root.path()));
-        assert!(found.warnings.is_empty(), "{:?}", found.warnings);
+        assert!(
+            found.problems.warnings.is_empty(),
+            "{:?}",
+            found.problems.warnings
+        );
 
         let with_architecture =
             package_files("blocker-test-fixture:all", &roots(root.path())).unwrap();
@@ -371,6 +375,24 @@ mod tests {
         assert!(
             error.contains("package `wechat` is not installed (dpkg"),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_database_decides_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        fs::create_dir_all(root.path().join("var/lib/dpkg/status")).unwrap();
+        let found = package_files("wechat", &roots(root.path())).unwrap();
+        assert!(found.files.is_empty());
+        assert!(
+            found
+                .problems
+                .undecided
+                .iter()
+                .any(|reason| reason.starts_with("dpkg failed: ")
+                    && reason.contains("Is a directory")),
+            "{:?}",
+            found.problems
         );
     }
 

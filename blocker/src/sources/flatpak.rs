@@ -6,6 +6,7 @@
 use crate::{
     escape::escaped,
     files::{NotOpened, OpenDirectory},
+    lookup::Problems,
 };
 use std::{fs, io::ErrorKind, path::Path};
 
@@ -58,13 +59,13 @@ pub fn flatpak_files(app_id: &str, roots: &SourceRoots) -> Result<SourceFiles, S
         .join("app")
         .join(app_id);
     let mut installed = found.add_walked_path(&system_app);
-    let homes = home_directories(roots, &mut found.warnings);
+    let homes = home_directories(roots, &mut found.problems);
     let home_paths: Vec<String> = homes
         .iter()
         .map(|home| escaped(&home.path).to_string())
         .collect();
     for home in &homes {
-        if let Some(user_app) = user_app_directory(home, app_id, &mut found.warnings) {
+        if let Some(user_app) = user_app_directory(home, app_id, &mut found.problems) {
             installed = true;
             found.add_walked(user_app, Some(home.status.uid));
         }
@@ -82,12 +83,12 @@ pub fn flatpak_files(app_id: &str, roots: &SourceRoots) -> Result<SourceFiles, S
             home_paths.join(", ")
         }
     );
-    Err(found.not_found(message))
+    found.nothing_found(message)
 }
 
 /// `/root` and every directory in `/home`, sorted by path, open. `/home` and its entries are
 /// root's to make, so a home that is a symlink is followed; nothing below a home is.
-fn home_directories(roots: &SourceRoots, warnings: &mut Vec<String>) -> Vec<OpenDirectory> {
+fn home_directories(roots: &SourceRoots, problems: &mut Problems) -> Vec<OpenDirectory> {
     let mut paths = vec![roots.root.join("root")];
     let home = roots.root.join("home");
     match fs::read_dir(&home) {
@@ -96,21 +97,21 @@ fn home_directories(roots: &SourceRoots, warnings: &mut Vec<String>) -> Vec<Open
             for entry in entries {
                 match entry {
                     Ok(entry) => users.push(entry.path()),
-                    Err(error) => warnings.push(format!("{}: {error}", escaped(&home))),
+                    Err(error) => problems.failed(&home, error),
                 }
             }
             users.sort();
             paths.extend(users);
         }
         Err(error) if error.kind() == ErrorKind::NotFound => {}
-        Err(error) => warnings.push(format!("{}: {error}", escaped(&home))),
+        Err(error) => problems.failed(&home, error),
     }
     paths
         .iter()
         .filter_map(|path| match OpenDirectory::open(path) {
             Ok(directory) => directory,
             Err(error) => {
-                warnings.push(format!("{}: {error}", escaped(&path)));
+                problems.failed(path, error);
                 None
             }
         })
@@ -125,14 +126,14 @@ fn home_directories(roots: &SourceRoots, warnings: &mut Vec<String>) -> Vec<Open
 fn user_app_directory(
     home: &OpenDirectory,
     app_id: &str,
-    warnings: &mut Vec<String>,
+    problems: &mut Problems,
 ) -> Option<OpenDirectory> {
     let relative = Path::new(USER_INSTALLATION).join("app").join(app_id);
     let app = match home.open_beneath(&relative) {
         Ok(app) => app,
         Err(NotOpened::Absent) => return None,
         Err(NotOpened::Symlink(symlink)) => {
-            warnings.push(format!(
+            problems.push(format!(
                 "{}: not searched: {} is a symlink, and no symlink in a user's installation \
                  is followed, since it may lead to files that are not the app's",
                 escaped(&home.path.join(&relative)),
@@ -141,13 +142,13 @@ fn user_app_directory(
             return None;
         }
         Err(NotOpened::Failed(error)) => {
-            warnings.push(error);
+            problems.undecided.push(error);
             return None;
         }
     };
     let (app_owner, home_owner) = (app.status.uid, home.status.uid);
     if app_owner != home_owner {
-        warnings.push(format!(
+        problems.push(format!(
             "{}: not searched: owned by uid {app_owner}, not by {}'s owner (uid {home_owner}), \
              so it may lead to files that are not the app's",
             escaped(&app.path),
@@ -217,7 +218,11 @@ mod tests {
         let mut expected: Vec<PathBuf> = system.into_iter().chain(alice).collect();
         expected.sort();
         assert_eq!(found.files, expected);
-        assert!(found.warnings.is_empty(), "{:?}", found.warnings);
+        assert!(
+            found.problems.warnings.is_empty(),
+            "{:?}",
+            found.problems.warnings
+        );
     }
 
     #[test]
@@ -339,9 +344,9 @@ mod tests {
         assert_eq!(found.files, [binary]);
         let warning = format!("{}: owned by uid 0, not by uid 1000", library.display());
         assert!(
-            found.warnings.iter().any(|w| w.contains(&warning)),
+            found.problems.warnings.iter().any(|w| w.contains(&warning)),
             "{:?}",
-            found.warnings
+            found.problems.warnings
         );
     }
 
@@ -355,10 +360,10 @@ mod tests {
             COMMIT_A,
         );
         chown_tree(&home, 1000);
-        let mut warnings = Vec::new();
-        let homes = home_directories(&roots(root.path()), &mut warnings);
+        let mut problems = Problems::default();
+        let homes = home_directories(&roots(root.path()), &mut problems);
         let mallory = homes.iter().find(|h| h.path == home).unwrap();
-        let app = user_app_directory(mallory, "com.tencent.WeChat", &mut warnings).unwrap();
+        let app = user_app_directory(mallory, "com.tencent.WeChat", &mut problems).unwrap();
 
         // The moment the attack needs: between the ownership check and the walk.
         let app_path = app.path.clone();
@@ -367,7 +372,11 @@ mod tests {
         let mut found = SourceFiles::default();
         found.add_walked(app, Some(1000));
 
-        assert!(found.warnings.is_empty(), "{:?}", found.warnings);
+        assert!(
+            found.problems.warnings.is_empty(),
+            "{:?}",
+            found.problems.warnings
+        );
         let identity = |path: &Path| {
             crate::identity::FileIdentity::of_file(&fs::File::open(path).unwrap()).unwrap()
         };

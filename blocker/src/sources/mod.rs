@@ -20,6 +20,7 @@ use crate::{
     escape::escaped,
     files::{is_executable_candidate, walk_directory, FileStatus, OpenDirectory},
     identity::FileIdentity,
+    lookup::Problems,
 };
 
 /// Where to look; tests point it at temporary trees.
@@ -56,7 +57,7 @@ impl SourceRoots {
     }
 }
 
-/// Files found for one identifier, plus problems worth a warning (`path: reason`).
+/// Files found for one identifier, and the problems met finding them.
 #[derive(Debug, Default)]
 pub struct SourceFiles {
     pub files: Vec<PathBuf>,
@@ -66,7 +67,7 @@ pub struct SourceFiles {
     /// Files identified through their directory's descriptor as the walk met them, without
     /// following a symlink: nobody resolves their paths again.
     pub identified: BTreeMap<PathBuf, FileIdentity>,
-    pub warnings: Vec<String>,
+    pub problems: Problems,
 }
 
 impl SourceFiles {
@@ -85,7 +86,7 @@ impl SourceFiles {
             }
             Ok(None) => false,
             Err(error) => {
-                self.warnings.push(format!("{}: {error}", escaped(&path)));
+                self.problems.failed(path, error);
                 false
             }
         }
@@ -96,12 +97,12 @@ impl SourceFiles {
     /// user owns, such a file is a hard link to another's file (where the kernel allows those).
     fn add_walked(&mut self, directory: OpenDirectory, owner: Option<u32>) {
         let (files, identified) = (&mut self.files, &mut self.identified);
-        walk_directory(directory, &mut self.warnings, |file, warnings| {
+        walk_directory(directory, &mut self.problems, |file, problems| {
             if !is_executable_candidate(&file.path, &file.status) {
                 return;
             }
             if let Some(owner) = owner.filter(|&owner| owner != file.status.uid) {
-                warnings.push(format!(
+                problems.push(format!(
                     "{}: owned by uid {}, not by uid {owner} who owns the tree; not banned",
                     escaped(&file.path),
                     file.status.uid
@@ -116,19 +117,23 @@ impl SourceFiles {
                     identified.insert(file.path.clone(), identity);
                     files.push(file.path);
                 }
-                Err(error) => warnings.push(format!("{}: {error}", escaped(&file.path))),
+                Err(error) => problems.failed(&file.path, error),
             }
         });
     }
 
-    /// The error for an identifier that named nothing: `message`, then the warnings, which may
-    /// explain why.
-    fn not_found(self, mut message: String) -> String {
-        for warning in self.warnings {
+    /// What to return when no file was found: the files' absence as `message`, then the
+    /// warnings, which may explain it; or, when a lookup decided nothing, the empty result
+    /// with its undecided lookups, so that no ban is dropped for it.
+    fn nothing_found(self, mut message: String) -> Result<Self, String> {
+        if !self.problems.undecided.is_empty() {
+            return Ok(self);
+        }
+        for warning in self.problems.warnings {
             message.push_str("; ");
             message.push_str(&warning);
         }
-        message
+        Err(message)
     }
 
     /// Sorted and without duplicates, so results compare and print predictably.

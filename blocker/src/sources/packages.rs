@@ -77,7 +77,6 @@ pub fn package_files(name: &str, roots: &SourceRoots) -> Result<SourceFiles, Str
     let mut found = SourceFiles::default();
     let mut installed = false;
     let mut not_installed_in = Vec::new();
-    let mut failures = Vec::new();
     for (manager, lookup) in lookups {
         match lookup {
             Lookup::Absent => {}
@@ -86,10 +85,12 @@ pub fn package_files(name: &str, roots: &SourceRoots) -> Result<SourceFiles, Str
                 installed = true;
                 add_listed(&mut found, name, manager, &paths, roots);
             }
-            Lookup::Failed(reason) => failures.push(format!("{manager} failed: {reason}")),
+            Lookup::Failed(reason) => found
+                .problems
+                .undecided
+                .push(format!("{manager} failed: {reason}")),
         }
     }
-    found.warnings.extend(failures);
     if installed {
         return Ok(found.finish());
     }
@@ -98,15 +99,13 @@ pub fn package_files(name: &str, roots: &SourceRoots) -> Result<SourceFiles, Str
             "package `{name}` is not installed ({})",
             not_installed_in.join(", ")
         )
-    } else if !found.warnings.is_empty() {
-        format!("package `{name}` could not be looked up")
     } else {
         format!(
             "package `{name}`: no package manager found (no dpkg database in {}, no rpm database)",
             escaped(&roots.root.join(&roots.dpkg_admin_dir))
         )
     };
-    Err(found.not_found(message))
+    found.nothing_found(message)
 }
 
 /// Adds the executable candidates among the paths a package manager lists. Directories are
@@ -126,7 +125,7 @@ fn add_listed(
     let mut first_missing = None;
     for listed_path in listed {
         let Some(path) = roots.system_path(listed_path) else {
-            found.warnings.push(format!(
+            found.problems.push(format!(
                 "{}: {manager} lists this path for package `{name}`, but it leaves {}",
                 escaped(&listed_path),
                 escaped(&roots.root)
@@ -149,12 +148,12 @@ fn add_listed(
                 missing_files += 1;
                 first_missing.get_or_insert(path);
             }
-            Err(error) => found.warnings.push(format!("{}: {error}", escaped(&path))),
+            Err(error) => found.problems.failed(&path, error),
         }
     }
     if existing_files == 0 {
         if let Some(first_missing) = first_missing {
-            found.warnings.push(format!(
+            found.problems.push(format!(
                 "none of the files {manager} lists for package `{name}` exist ({missing_files} \
                  missing, such as {})",
                 escaped(&first_missing)
@@ -231,9 +230,9 @@ mod tests {
         add_listed(&mut some_missing, "fixture", "dpkg", &paths, &roots);
         assert_eq!(some_missing.files, [tool]);
         assert!(
-            some_missing.warnings.is_empty(),
+            some_missing.problems.warnings.is_empty(),
             "{:?}",
-            some_missing.warnings
+            some_missing.problems.warnings
         );
 
         let mut all_missing = SourceFiles::default();
@@ -245,8 +244,13 @@ mod tests {
             &roots,
         );
         assert!(all_missing.files.is_empty());
-        assert_eq!(all_missing.warnings.len(), 1, "{:?}", all_missing.warnings);
-        assert!(all_missing.warnings[0]
+        assert_eq!(
+            all_missing.problems.warnings.len(),
+            1,
+            "{:?}",
+            all_missing.problems.warnings
+        );
+        assert!(all_missing.problems.warnings[0]
             .contains("none of the files dpkg lists for package `fixture` exist"));
 
         let mut escaping = SourceFiles::default();
@@ -259,9 +263,9 @@ mod tests {
         );
         assert!(escaping.files.is_empty());
         assert!(
-            escaping.warnings[0].contains("leaves"),
+            escaping.problems.warnings[0].contains("leaves"),
             "{:?}",
-            escaping.warnings
+            escaping.problems.warnings
         );
     }
 

@@ -68,10 +68,9 @@ pub fn snap_files(name: &str, roots: &SourceRoots) -> Result<SourceFiles, String
         Ok(entries) => entries,
         Err(error) if error.kind() == ErrorKind::NotFound => return Err(not_installed),
         Err(error) => {
-            return Err(format!(
-                "{not_installed}; {}: {error}",
-                escaped(&mount_directory)
-            ))
+            let mut found = SourceFiles::default();
+            found.problems.failed(&mount_directory, error);
+            return found.nothing_found(not_installed);
         }
     };
 
@@ -87,13 +86,11 @@ pub fn snap_files(name: &str, roots: &SourceRoots) -> Result<SourceFiles, String
                     installed |= found.add_walked_path(&entry.path());
                 }
             }
-            Err(error) => found
-                .warnings
-                .push(format!("{}: {error}", escaped(&mount_directory))),
+            Err(error) => found.problems.failed(&mount_directory, error),
         }
     }
     if !installed {
-        return Err(found.not_found(not_installed));
+        return found.nothing_found(not_installed);
     }
     Ok(found.finish())
 }
@@ -140,7 +137,11 @@ mod tests {
                 snap.join("hello/30/bin/hello")
             ]
         );
-        assert!(found.warnings.is_empty(), "{:?}", found.warnings);
+        assert!(
+            found.problems.warnings.is_empty(),
+            "{:?}",
+            found.problems.warnings
+        );
     }
 
     #[test]

@@ -220,10 +220,17 @@ fn describe(document: &StatusDocument, now: SystemTime, line: &mut impl FnMut(&s
         0 => String::new(),
         files => format!(" ({files} more files named but left out: over the map's budget)"),
     };
+    let undecided = match document.entries.undecided {
+        0 => String::new(),
+        lookups => format!(
+            "; {lookups} lookups failed (not as missing files), their rules' bans kept: see the \
+             log"
+        ),
+    };
     line(
         "kernel maps",
         format!(
-            "{} banned files, {} banned contents{over_budget}",
+            "{} banned files, {} banned contents{over_budget}{undecided}",
             document.entries.banned_files, document.entries.banned_contents
         ),
     );
