@@ -61,6 +61,11 @@ const VM_PACKAGES: &[AptPackages] = &[
         never_started: &[],
     },
     AptPackages {
+        names: &["kmod", "xz-utils"],
+        purpose: "modinfo and xz, which find and decompress the kernel modules the VM loads",
+        never_started: &[],
+    },
+    AptPackages {
         names: &["mmdebstrap"],
         purpose: "builds the Debian 13 root filesystem the systemd VM tests boot",
         never_started: &[],

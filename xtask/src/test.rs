@@ -77,7 +77,7 @@ pub fn run(root: &Path, only_vm_tests: &[String], kernels: &[Suite]) -> bool {
             Ok(built) => {
                 println!("xtask: built {}", built.deb.display());
                 stage("VM tests: the initramfs");
-                match vm_test_image(root, &built, only_vm_tests) {
+                match vm_test_image(root, &built, only_vm_tests, kernels) {
                     Ok(vm) => {
                         if let Some(initramfs) = &vm.busybox_image {
                             for &suite in kernels {
@@ -162,8 +162,14 @@ fn host_kernel_tests(root: &Path, blocker: &Path, counts: &mut TestCounts) -> Re
     cargo::test(root, &run, counts)
 }
 
-/// The initramfs with the VM test targets (all, or the `only` ones) and the package.
-fn vm_test_image(root: &Path, package: &Built, only: &[String]) -> Result<VmTests> {
+/// The initramfs with the VM test targets (all, or the `only` ones), the package and the modules
+/// of the `kernels` that boot it.
+fn vm_test_image(
+    root: &Path,
+    package: &Built,
+    only: &[String],
+    kernels: &[Suite],
+) -> Result<VmTests> {
     let args = [
         "test",
         "--package",
@@ -189,7 +195,11 @@ fn vm_test_image(root: &Path, package: &Built, only: &[String]) -> Result<VmTest
     let busybox_image = if busybox_tests.is_empty() {
         None
     } else {
-        Some(vm::test_image(root, &busybox_tests, package)?)
+        let kernels = kernels
+            .iter()
+            .map(|&suite| kernels::ensured(root, suite))
+            .collect::<Result<Vec<_>>>()?;
+        Some(vm::test_image(root, &busybox_tests, package, &kernels)?)
     };
     Ok(VmTests {
         busybox_image,

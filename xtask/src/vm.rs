@@ -19,6 +19,7 @@ use crate::{
     cargo::{parse_test_result, Artifact, TestCounts},
     cpio::{Attributes, CpioWriter},
     kernels::Kernel,
+    modules,
     package::Built,
     process::{self, Ended},
 };
@@ -62,9 +63,15 @@ const EXTRA_FILES: &[&str] = &[
 const FIXTURE_PACKAGES_DIR: &str = "tests/fixtures/debs";
 const GUEST_FIXTURES_DIR: &str = "/fixtures";
 
-/// Builds the initramfs that runs each of `tests` with the package's `blocker` at hand and the
-/// package to install; every kernel boots the same one.
-pub fn test_image(root: &Path, tests: &[Artifact], package: &Built) -> Result<PathBuf> {
+/// Builds the initramfs that runs each of `tests` with the package's `blocker` at hand, the
+/// package to install and the modules of `kernels` (see `modules.rs`); each of them boots the same
+/// one.
+pub fn test_image(
+    root: &Path,
+    tests: &[Artifact],
+    package: &Built,
+    kernels: &[Kernel],
+) -> Result<PathBuf> {
     let guest = Guest {
         init: init_script(),
         programs: tests
@@ -77,6 +84,7 @@ pub fn test_image(root: &Path, tests: &[Artifact], package: &Built) -> Result<Pa
             })
             .collect(),
         data: vec![(GUEST_PACKAGE.to_owned(), package.deb.clone())],
+        kernels,
     };
     build_initramfs(root, &root.join(VM_DIR), &guest, &package.blocker)
 }
@@ -150,13 +158,14 @@ fn verdict(report: &ConsoleReport, ended: Ended) -> Result<()> {
     }
 }
 
-/// What a VM run needs besides busybox, blocker and the test fixtures: its `/init` script, and
-/// host files by guest path: programs (stripped of debug info, with their shared libraries) and
-/// data files (as they are).
-pub struct Guest {
+/// What a VM run needs besides busybox, blocker and the test fixtures: its `/init` script, host
+/// files by guest path: programs (stripped of debug info, with their shared libraries) and data
+/// files (as they are), and the kernels whose modules it loads.
+pub struct Guest<'a> {
     pub init: String,
     pub programs: Vec<(String, PathBuf)>,
     pub data: Vec<(String, PathBuf)>,
+    pub kernels: &'a [Kernel],
 }
 
 /// Boots a VM running `guest` with `blocker` at hand and returns its console lines, also
@@ -208,7 +217,7 @@ fn init_script() -> String {
     format!(
         r#"#!/bin/busybox sh
 # Written by xtask (vm.rs): runs every test executable in {GUEST_TESTS_DIR}, then powers off.
-{setup}export BLOCKER_BIN={GUEST_BLOCKER} RUST_BACKTRACE=1 RUST_LOG=info
+{setup}{load_modules}export BLOCKER_BIN={GUEST_BLOCKER} RUST_BACKTRACE=1 RUST_LOG=info
 cd /tmp
 for test in {GUEST_TESTS_DIR}/*; do
     name=${{test##*/}}
@@ -220,6 +229,7 @@ done
 poweroff -f
 "#,
         setup = guest_setup(),
+        load_modules = modules::load_script(),
         probe = features_probe(),
     )
 }
@@ -290,6 +300,7 @@ fn build_initramfs(root: &Path, vm_dir: &Path, guest: &Guest, blocker: &Path) ->
     for (guest_path, file) in &guest.data {
         image.add(guest_path, Entry::HostFile(file.clone()));
     }
+    modules::add_to_image(&mut image, guest.kernels, &vm_dir.join("modules"))?;
     for program in &programs {
         for library in shared_libraries(program)? {
             let guest = library
