@@ -20,6 +20,7 @@ use tokio::{
 
 use crate::{
     events::{self, BootClock, ExecRecord, Record, TamperRecord},
+    identity,
     inspect::scan_if_needed,
     kernel::{
         coverage::{Features, State},
@@ -85,8 +86,6 @@ pub fn run(options: RunOptions) -> Result<()> {
         resolution.entries.len(),
         resolving.elapsed().as_secs_f64()
     );
-    let sink = Sinks::start(&options.sinks)?;
-
     // Decided before anything is loaded: protection covers the policy directory as it is now.
     let protected_directories = if options.protect {
         Some(vec![std::fs::canonicalize(&options.policy_dir)
@@ -96,6 +95,8 @@ pub fn run(options: RunOptions) -> Result<()> {
     } else {
         None
     };
+    check_identities(&resolution, protected_directories.as_deref())?;
+    let sink = Sinks::start(&options.sinks)?;
     let loading = std::time::Instant::now();
     let enforcer = Enforcer::start(
         options.backend,
@@ -371,6 +372,36 @@ async fn serve(
 }
 
 /// One line per feature of the kernel side; a warning for each that is not wholly on.
+/// Refuses to start where the kernel would not match the keys the maps get (see
+/// `identity::check_kernel_agrees`): on each filesystem holding a banned file, and with
+/// protection, those holding the blocker binary and the `protected` directories.
+fn check_identities(resolution: &Resolution, protected: Option<&[PathBuf]>) -> Result<()> {
+    let mut files: Vec<(&Path, FileKey)> = resolution
+        .paths
+        .iter()
+        .map(|(key, path)| (path.as_path(), *key))
+        .collect();
+    if let Some(directories) = protected {
+        for path in directories
+            .iter()
+            .map(PathBuf::as_path)
+            .chain([Path::new("/proc/self/exe")])
+        {
+            let key = identity::key_of_path(path)
+                .with_context(|| format!("identifying {}", escaped(path)))?;
+            files.push((path, key));
+        }
+    }
+    let checked = identity::check_kernel_agrees(files)?;
+    if checked > 0 {
+        log::info!(
+            "the kernel identifies files as blocker does on the {checked} filesystems it bans or \
+             protects files on"
+        );
+    }
+    Ok(())
+}
+
 fn log_features(features: &Features) {
     for (name, feature) in features.named() {
         let level = if feature.state == State::On {

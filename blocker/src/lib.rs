@@ -12,6 +12,7 @@ pub mod fuzzing;
 pub mod identity;
 pub mod inspect;
 pub mod kernel;
+pub mod mounts;
 pub mod policy;
 pub mod reload;
 pub mod resolve;

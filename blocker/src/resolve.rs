@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256 as Sha256Hasher};
 use crate::{
     critical::{self, critical_files, CriticalFile},
     files::{is_executable_candidate, walk},
-    identity::{kernel_device_number, FileIdentity},
+    identity::FileIdentity,
     policy::{compile_glob, glob_base, Action, Fileless, Identifiers, Policy},
     scan::{to_hex, HashedFile, ScanReport, ScanStats, Sha256},
     sources::{self, SourceFiles, SourceRoots},
@@ -370,17 +370,15 @@ impl Found<'_> {
             return;
         }
         for path in found.files {
-            let identity = match FileIdentity::of_path_no_follow(&path) {
-                Ok(identity) => identity,
+            let (identity, seen_as) = match FileIdentity::of_path_no_follow_as_seen(&path) {
+                Ok(found) => found,
                 Err(error) => {
                     let warning = format!("{}: {error}", escaped(&path));
                     self.resolution.warnings.push(warning);
                     continue;
                 }
             };
-            let same_as_seen = found.seen.get(&path).is_none_or(|&(dev, ino)| {
-                identity.key == FileKey::new(kernel_device_number(dev), ino)
-            });
+            let same_as_seen = found.seen.get(&path).is_none_or(|&seen| seen == seen_as);
             if !same_as_seen {
                 let warning = format!(
                     "{}: replaced since it was found; not banned",
