@@ -394,9 +394,14 @@ fn check_identities(resolution: &Resolution, protected: Option<&[PathBuf]>) -> R
     }
     let checked = identity::check_kernel_agrees(files)?;
     if checked > 0 {
+        let filesystems = if checked == 1 {
+            "filesystem"
+        } else {
+            "filesystems"
+        };
         log::info!(
-            "the kernel identifies files as blocker does on the {checked} filesystems it bans or \
-             protects files on"
+            "the kernel identifies files as blocker does on the {checked} {filesystems} it bans \
+             or protects files on"
         );
     }
     Ok(())

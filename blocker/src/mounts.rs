@@ -183,7 +183,10 @@ pub fn mount(id: u64) -> io::Result<Mount> {
     cached.table.get(id).cloned().ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::NotFound,
-            format!("mount {id} is not in {MOUNTINFO}: not in this mount namespace"),
+            format!(
+                "mount {id} is not in {MOUNTINFO}: unmounted, or outside this process's mount \
+                 namespace"
+            ),
         )
     })
 }

@@ -71,6 +71,10 @@ fn a_file_on_btrfs_banned_by_path_is_killed() -> Result<()> {
     sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[]))?;
     let (mut daemon, started) = Daemon::start(&sandbox.policy_dir(), &["--backend", "kill"])?;
     ensure!(started["entries"] == 1, "{started}");
+    daemon.wait_for_log(
+        "the kernel identifies files as blocker does on the 1 filesystem",
+        Duration::from_secs(5),
+    )?;
 
     let (_, status) = run_as_launcher(&banned)?;
     ensure!(
