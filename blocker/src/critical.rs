@@ -19,7 +19,7 @@ use std::{
 use blocker_common::FileKey;
 
 use crate::{
-    identity::{kernel_device_number, FileIdentity},
+    identity::{self, FileIdentity},
     scan::Sha256,
 };
 
@@ -185,11 +185,7 @@ pub fn contents(files: &[CriticalFile]) -> HashMap<Sha256, usize> {
 
 /// The identity a path's target has now (symlinks followed), if it exists.
 pub fn key_of(path: &Path) -> Option<FileKey> {
-    let metadata = std::fs::metadata(path).ok()?;
-    Some(FileKey::new(
-        kernel_device_number(metadata.dev()),
-        metadata.ino(),
-    ))
+    identity::key_of_path(path).ok()
 }
 
 /// What checking a policy asks about the critical files: which ones a path, a directory, a glob

@@ -26,6 +26,7 @@ use crate::{
     background::{self, Done, Reloaded, Work},
     budget::Budget,
     events::{self, BootClock, ExecRecord, Record, TamperRecord},
+    identity,
     jobs::Slot,
     kernel::{
         coverage::{Features, State as FeatureState},
@@ -97,8 +98,6 @@ pub fn run(options: RunOptions) -> Result<()> {
         resolution.entries.len(),
         resolving.elapsed().as_secs_f64()
     );
-    let sink = Sinks::start(&options.sinks)?;
-
     // Decided before anything is loaded: protection covers the policy directory as it is now.
     let protected_directories = if options.protect {
         Some(vec![std::fs::canonicalize(&options.policy_dir)
@@ -108,6 +107,8 @@ pub fn run(options: RunOptions) -> Result<()> {
     } else {
         None
     };
+    check_identities(&resolution, protected_directories.as_deref())?;
+    let sink = Sinks::start(&options.sinks)?;
     let loading = std::time::Instant::now();
     let enforcer = Enforcer::start(
         options.backend,
@@ -637,6 +638,41 @@ fn kill_late_exec(pid: i32, file: &HashedFile) {
         Ok(pidfd::Outcome::Exited | pidfd::Outcome::RunsSomethingElse) => {}
         Err(error) => log::error!("content watcher: killing pid {pid}: {error}"),
     }
+}
+
+/// Refuses to start where the kernel would not match the keys the maps get (see
+/// `identity::check_kernel_agrees`): on each filesystem holding a banned file, and with
+/// protection, those holding the blocker binary and the `protected` directories.
+fn check_identities(resolution: &Resolution, protected: Option<&[PathBuf]>) -> Result<()> {
+    let mut files: Vec<(&Path, FileKey)> = resolution
+        .paths
+        .iter()
+        .map(|(key, path)| (path.as_path(), *key))
+        .collect();
+    if let Some(directories) = protected {
+        for path in directories
+            .iter()
+            .map(PathBuf::as_path)
+            .chain([Path::new("/proc/self/exe")])
+        {
+            let key = identity::key_of_path(path)
+                .with_context(|| format!("identifying {}", escaped(path)))?;
+            files.push((path, key));
+        }
+    }
+    let checked = identity::check_kernel_agrees(files)?;
+    if checked > 0 {
+        let filesystems = if checked == 1 {
+            "filesystem"
+        } else {
+            "filesystems"
+        };
+        log::info!(
+            "the kernel identifies files as blocker does on the {checked} {filesystems} it bans \
+             or protects files on"
+        );
+    }
+    Ok(())
 }
 
 /// One line per feature of the kernel side; a warning for each that is not wholly on.

@@ -17,6 +17,7 @@ pub mod jobs;
 pub mod kernel;
 pub mod listed;
 pub mod lookup;
+pub mod mounts;
 pub mod pidfd;
 pub mod policy;
 pub mod reload;

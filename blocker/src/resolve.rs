@@ -16,7 +16,7 @@ use crate::{
     budget::{Budget, Overflow, Spending, Standing},
     critical::{self, critical_files, CriticalFile},
     files::{is_executable_candidate, walk},
-    identity::{kernel_device_number, FileIdentity},
+    identity::FileIdentity,
     kernel::ExecSettings,
     lookup,
     policy::{compile_glob, glob_base, Action, Identifiers, Policy, SettingAction},
@@ -502,12 +502,14 @@ impl Found<'_> {
             return;
         }
         for path in found.files {
-            let identity = match found.identified.get(&path) {
-                Some(identity) => Ok(*identity),
-                None => FileIdentity::of_path_no_follow(&path),
+            let looked_up = match found.identified.get(&path) {
+                // Identified through the walk's own descriptors: the very inode it listed.
+                Some(identity) => Ok((*identity, None)),
+                None => FileIdentity::of_path_no_follow_as_seen(&path)
+                    .map(|(identity, seen_as)| (identity, Some(seen_as))),
             };
-            let identity = match identity {
-                Ok(identity) => identity,
+            let (identity, seen_as) = match looked_up {
+                Ok(found) => found,
                 Err(error) if lookup::shows_gone(&error) => {
                     let warning = format!("{}: {error}", escaped(&path));
                     self.resolution.warnings.push(warning);
@@ -518,9 +520,10 @@ impl Found<'_> {
                     continue;
                 }
             };
-            let same_as_seen = found.seen.get(&path).is_none_or(|&(dev, ino)| {
-                identity.key == FileKey::new(kernel_device_number(dev), ino)
-            });
+            let same_as_seen = match (seen_as, found.seen.get(&path)) {
+                (Some(seen_as), Some(&seen)) => seen == seen_as,
+                _ => true,
+            };
             if !same_as_seen {
                 let warning = format!(
                     "{}: replaced since it was found; not banned",

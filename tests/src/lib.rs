@@ -20,6 +20,8 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
+pub mod filesystems;
+
 /// Longest a daemon may live in a test before the watchdog kills it.
 const DAEMON_LIFETIME_LIMIT: Duration = Duration::from_secs(180);
 /// Generous: under QEMU's emulation loading takes seconds.

@@ -11,6 +11,7 @@ use std::{
 use anyhow::{ensure, Context, Result};
 use blocker_integration_tests::{
     assert_exec_record, blocker_bin, comm_of, deny_and_audit_policy, events_in, exec_by_descriptor,
+    filesystems::{devices_of, Mounted},
     harmless_binary, memfd_copy, run_as_launcher, sha256_of, BanScenario, Daemon, ExpectedExec,
     Sandbox, StdoutReader, EVENT_TIMEOUT, STARTUP_TIMEOUT,
 };
@@ -51,6 +52,41 @@ fn banned_copy_is_killed_other_copies_run_and_audit_reports() -> Result<()> {
         stopped.is_some_and(|s| s["events"] == 2 && s["events_lost"] == 0),
         "{records:?}"
     );
+    Ok(())
+}
+
+/// btrfs gives `stat` a per-subvolume anonymous device, not its superblock's: a ban keyed by
+/// `st_dev` never matched there. The image is loop-mounted in the test's sandbox.
+#[test]
+fn a_file_on_btrfs_banned_by_path_is_killed() -> Result<()> {
+    let sandbox = Sandbox::new("kill-btrfs")?;
+    let btrfs = Mounted::image(
+        &sandbox.path("filesystems"),
+        "btrfs",
+        "btrfs",
+        128,
+        &["mkfs.btrfs", "-q", "-f"],
+    )?;
+    let banned = btrfs.copy(&harmless_binary(), "banned")?;
+    let unbanned = btrfs.copy(&harmless_binary(), "unbanned")?;
+    sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[]))?;
+    let (mut daemon, started) = Daemon::start(&sandbox.policy_dir(), &["--backend", "kill"])?;
+    ensure!(started["entries"] == 1, "{started}");
+    daemon.wait_for_log(
+        "the kernel identifies files as blocker does on the 1 filesystem",
+        Duration::from_secs(5),
+    )?;
+
+    let (_, status) = run_as_launcher(&banned)?;
+    ensure!(
+        status.signal() == Some(libc::SIGKILL),
+        "the banned file on btrfs ({}) was not killed: {status}",
+        devices_of(&banned)?
+    );
+    daemon.wait_for_exec(&banned)?;
+    ensure!(Command::new(&unbanned).status()?.success());
+    let (status, _, _) = daemon.stop()?;
+    ensure!(status.success(), "{status}");
     Ok(())
 }
 

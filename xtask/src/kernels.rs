@@ -17,7 +17,7 @@ use std::{
     process::Command,
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::ValueEnum;
 
 use crate::process;
@@ -234,20 +234,8 @@ impl PrivateApt {
 
     /// `apt-cache depends PACKAGE`'s output.
     fn depends(&self, package: &str) -> Result<String> {
-        let mut depends = self.command("apt-cache");
-        depends.args(["depends", package]);
-        let output = depends
-            .output()
-            .with_context(|| format!("cannot run `{}`", process::describe(&depends)))?;
-        if !output.status.success() {
-            bail!(
-                "`{}` failed ({}): {}",
-                process::describe(&depends),
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        let stdout = process::stdout_of(self.command("apt-cache").args(["depends", package]))?;
+        Ok(String::from_utf8_lossy(&stdout).into_owned())
     }
 
     /// The versioned kernel package the metapackage currently depends on.

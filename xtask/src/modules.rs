@@ -130,20 +130,8 @@ fn module_files(tree: &Path) -> Result<BTreeMap<String, PathBuf>> {
 
 /// The modules `module` needs loaded first, from its `depends=` field.
 fn depends(module: &Path) -> Result<Vec<String>> {
-    let mut modinfo = Command::new("modinfo");
-    modinfo.args(["-F", "depends"]).arg(module);
-    let output = modinfo
-        .output()
-        .with_context(|| format!("cannot run `{}`", process::describe(&modinfo)))?;
-    if !output.status.success() {
-        bail!(
-            "`{}` failed ({}): {}",
-            process::describe(&modinfo),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout)
+    let stdout = process::stdout_of(Command::new("modinfo").args(["-F", "depends"]).arg(module))?;
+    Ok(String::from_utf8_lossy(&stdout)
         .split(',')
         .map(str::trim)
         .filter(|name| !name.is_empty())
@@ -204,20 +192,12 @@ fn decompressed(module: &Path, copy: &Path) -> Result<PathBuf> {
     if module.extension().is_none_or(|extension| extension != "xz") {
         return Ok(module.to_owned());
     }
-    let mut xz = Command::new("xz");
-    xz.args(["--decompress", "--stdout"]).arg(module);
-    let output = xz
-        .output()
-        .with_context(|| format!("cannot run `{}`", process::describe(&xz)))?;
-    if !output.status.success() {
-        bail!(
-            "`{}` failed ({}): {}",
-            process::describe(&xz),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    fs::write(copy, output.stdout).with_context(|| format!("writing {}", copy.display()))?;
+    let module = process::stdout_of(
+        Command::new("xz")
+            .args(["--decompress", "--stdout"])
+            .arg(module),
+    )?;
+    fs::write(copy, module).with_context(|| format!("writing {}", copy.display()))?;
     Ok(copy.to_owned())
 }
 

@@ -66,6 +66,11 @@ const VM_PACKAGES: &[AptPackages] = &[
         never_started: &[],
     },
     AptPackages {
+        names: &["e2fsprogs", "btrfs-progs", "xfsprogs"],
+        purpose: "mkfs for the ext4, btrfs and xfs images the identity tests mount (host and VM)",
+        never_started: &[],
+    },
+    AptPackages {
         names: &["mmdebstrap"],
         purpose: "builds the Debian 13 root filesystem the systemd VM tests boot",
         never_started: &[],

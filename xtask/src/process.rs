@@ -43,6 +43,23 @@ pub fn run(command: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Runs `command` and returns its standard output; fails unless it succeeds, with its standard
+/// error in the message.
+pub fn stdout_of(command: &mut Command) -> Result<Vec<u8>> {
+    let output = command
+        .output()
+        .with_context(|| format!("cannot run `{}`", describe(command)))?;
+    if !output.status.success() {
+        bail!(
+            "`{}` failed ({}): {}",
+            describe(command),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(output.stdout)
+}
+
 /// Runs `command` in a process group of its own, passes each line of its output (standard output
 /// and error alike, without the line ending) to `on_line`, and kills the whole group when
 /// `timeout` passes or when this process is interrupted (after which it dies of the interrupting

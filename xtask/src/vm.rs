@@ -56,6 +56,10 @@ const EXTRA_FILES: &[&str] = &[
     "/usr/bin/dpkg-query",
     "/usr/bin/tar",
     "/usr/sbin/ldconfig",
+    // vm_filesystems formats the filesystem images it mounts with the host's tools.
+    "/usr/sbin/mkfs.ext4",
+    "/usr/sbin/mkfs.btrfs",
+    "/usr/sbin/mkfs.xfs",
 ];
 
 /// Packages the VM tests install: each directory here is built with `dpkg-deb` and put into the

@@ -2,7 +2,6 @@
 
 use std::{
     collections::BTreeMap,
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
@@ -11,7 +10,7 @@ use aya::maps::{Array, MapData};
 use blocker_common::{bpf_object, names, FileKey, Protection};
 
 use super::{coverage::State, pins, sync_map, Enforcer};
-use crate::identity::{kernel_device_number, FileIdentity};
+use crate::identity::{self, FileIdentity};
 
 impl Enforcer {
     /// Turns tamper protection on for this process: no other process may signal or trace it,
@@ -36,9 +35,8 @@ impl Enforcer {
         let mut protected = BTreeMap::from([(binary.key, binary_path)]);
         let pin_directories = self.pinned.as_deref().map(pins::directories);
         for directory in directories.iter().chain(pin_directories.iter().flatten()) {
-            let metadata = std::fs::metadata(directory)
+            let key = identity::key_of_path(directory)
                 .with_context(|| format!("protecting {}", directory.display()))?;
-            let key = FileKey::new(kernel_device_number(metadata.dev()), metadata.ino());
             protected.insert(key, directory.clone());
         }
         let inodes: BTreeMap<FileKey, u32> = protected.keys().map(|key| (*key, 0)).collect();

@@ -33,7 +33,7 @@ pub use self::{
 };
 use crate::{
     files::{is_executable_candidate, walk},
-    identity::{kernel_device_number, FileIdentity},
+    identity::{self, FileIdentity},
     lookup::Problems,
 };
 
@@ -281,7 +281,10 @@ fn hash_candidates(
             Some(&known) => {
                 hashed.stats.cached += 1;
                 hashed.cache.insert(candidate.stamp, known);
-                hashed.add_files(candidate, &candidate.paths, known);
+                match cached_key(candidate) {
+                    Ok((key, paths)) => hashed.add_files(candidate, paths, key, known),
+                    Err(warning) => hashed.warnings.push(warning),
+                }
             }
             None => to_read.push(candidate),
         }
@@ -327,7 +330,7 @@ fn hash_candidates(
                 if read.stamp.ctime_ns < bounds.cacheable_ctime_ns {
                     hashed.cache.insert(read.stamp, known);
                 }
-                hashed.add_files(candidate, paths, known);
+                hashed.add_files(candidate, paths, read.identity.key, known);
             }
             Err(warning) => {
                 hashed.stats.skipped += 1;
@@ -342,10 +345,15 @@ fn hash_candidates(
 }
 
 impl Hashed {
-    fn add_files(&mut self, candidate: &Candidate, paths: &[PathBuf], known: CachedHash) {
-        let stamp = &candidate.stamp;
+    fn add_files(
+        &mut self,
+        candidate: &Candidate,
+        paths: &[PathBuf],
+        key: FileKey,
+        known: CachedHash,
+    ) {
         let identity = FileIdentity {
-            key: FileKey::new(kernel_device_number(stamp.dev), stamp.ino),
+            key,
             generation: known.generation,
             owner: candidate.owner,
         };
@@ -355,6 +363,22 @@ impl Hashed {
             sha256: known.sha256,
         }));
     }
+}
+
+/// The key of a candidate whose hash the cache holds, through the first of its paths that still
+/// names the inode listed (the paths before it no longer do, and are left out); the error is the
+/// warning about every path tried.
+fn cached_key(candidate: &Candidate) -> Result<(FileKey, &[PathBuf]), String> {
+    let listed = (candidate.stamp.dev, candidate.stamp.ino);
+    let mut failures = Vec::new();
+    for (index, path) in candidate.paths.iter().enumerate() {
+        match identity::key_of_path_no_follow(path) {
+            Ok((key, seen_as)) if seen_as == listed => return Ok((key, &candidate.paths[index..])),
+            Ok(_) => failures.push(format!("{}: replaced since it was listed", escaped(path))),
+            Err(error) => failures.push(format!("{}: {error}", escaped(path))),
+        }
+    }
+    Err(failures.join("; "))
 }
 
 /// Reads the candidate through the first of its paths that still leads to it: one hard link may
