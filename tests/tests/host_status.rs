@@ -86,7 +86,8 @@ fn status_follows_the_daemon_from_start_to_stop() -> Result<()> {
     );
     ensure!(report["rules"] == 2, "{report}");
     ensure!(
-        report["entries"] == json!({"banned_files": 2, "banned_contents": 0, "over_budget": 0}),
+        report["entries"]
+            == json!({"banned_files": 2, "banned_contents": 0, "over_budget": 0, "undecided": 0}),
         "{report}"
     );
     ensure!(report["kernel"]["btf"] == true, "{report}");
