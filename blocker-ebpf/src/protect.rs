@@ -303,12 +303,13 @@ fn mount_over(ctx: &LsmContext, mount_point: HookArgument) -> i32 {
 /// namespaces (a service's sandbox, a container) are their owners' own view. Unknown counts as
 /// seen.
 fn seen_by_blocker(protection: &Protection, mount: Option<Vfsmount>) -> bool {
-    let in_blocker_namespace = Task::current()
-        .and_then(Task::mount_namespace)
-        .map_or(true, |namespace| {
-            namespace == protection.daemon_mount_namespace
-                || namespace == protection.init_mount_namespace
-        });
+    let in_blocker_namespace =
+        Task::current()
+            .and_then(Task::mount_namespace)
+            .map_or(true, |namespace| {
+                namespace == protection.daemon_mount_namespace
+                    || namespace == protection.init_mount_namespace
+            });
     in_blocker_namespace || mount.map_or(true, Vfsmount::shared)
 }
 
