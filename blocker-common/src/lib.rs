@@ -165,7 +165,7 @@ pub mod lsm_programs {
         program(
             "protect_dirs_from_move_mount",
             "move_mount",
-            &[MoveMountToPath],
+            &[MoveMountFromPath, MoveMountToPath],
         ),
         program("protect_mounts_from_umount", "sb_umount", &[SbUmountMnt]),
     ];
@@ -244,6 +244,7 @@ hook_arguments! {
     InodeRenameNewDentry = "inode_rename"."new_dentry",
     SbMountPath = "sb_mount"."path",
     SbMountFlags = "sb_mount"."flags",
+    MoveMountFromPath = "move_mount"."from_path",
     MoveMountToPath = "move_mount"."to_path",
     SbUmountMnt = "sb_umount"."mnt",
 }
@@ -667,6 +668,8 @@ pub struct KernelOffsets {
     /// Where the `struct vfsmount` the hooks see sits in its `struct mount`.
     pub mount_mnt: u32,
     pub mount_mnt_group_id: u32,
+    pub mount_mnt_parent: u32,
+    pub padding: u32,
 }
 
 #[cfg(feature = "user")]
@@ -694,7 +697,7 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<FileKey>(), 16);
         assert_eq!(size_of::<BanEntry>(), 16);
-        assert_eq!(size_of::<KernelOffsets>(), 160);
+        assert_eq!(size_of::<KernelOffsets>(), 168);
         assert_eq!(size_of::<RecordKey>(), 24);
         assert_eq!(size_of::<RecordWindow>(), 16);
         assert_eq!(size_of::<Protection>(), 32);

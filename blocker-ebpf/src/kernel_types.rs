@@ -266,6 +266,16 @@ impl Vfsmount {
         Dentry::new(read_field(self.0, offset!(vfsmount_mnt_root))?)
     }
 
+    /// Whether it is mounted somewhere: a mount not attached (a namespace's root, a detached
+    /// clone) is its own parent. Unknown counts as attached.
+    pub fn attached(self) -> bool {
+        let member = offset!(mount_mnt) as usize;
+        // SAFETY: see `shared`.
+        let mount = unsafe { self.0.sub(member) };
+        read_field::<*const u8>(mount, offset!(mount_mnt_parent))
+            .map_or(true, |parent| parent != mount)
+    }
+
     /// Whether mounts made on it propagate to other mount namespaces (it has peers: a shared
     /// mount's `mnt_group_id` is not 0). Unknown counts as shared.
     pub fn shared(self) -> bool {

@@ -112,6 +112,8 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     vfsmount_mnt_root: 0,
     mount_mnt: 0,
     mount_mnt_group_id: 0,
+    mount_mnt_parent: 0,
+    padding: 0,
 };
 
 /// Where each hook argument the programs read sits in the running kernel's hook prototypes.

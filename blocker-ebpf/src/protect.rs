@@ -253,8 +253,23 @@ pub fn protect_dirs_from_mount(ctx: LsmContext) -> i32 {
     mount_over(&ctx, HookArgument::SbMountPath)
 }
 
+/// `move_mount(2)`: onto a protected directory, or of the mount that shows one away from it
+/// (which unmounts it from there).
 #[lsm(hook = "move_mount")]
 pub fn protect_dirs_from_move_mount(ctx: LsmContext) -> i32 {
+    let Some(protection) = active_protection() else {
+        return ALLOW;
+    };
+    let moved = hook_arguments::path(&ctx, HookArgument::MoveMountFromPath);
+    // A clone from `open_tree` (how `mount --bind` works with the new mount API) is attached
+    // nowhere yet: moving it takes nothing away.
+    let moved_away = moved
+        .and_then(|path| path.mount())
+        .filter(|mount| mount.attached());
+    let target = showing_guarded(&protection, moved_away);
+    if target.is_some() {
+        return refuse_mount_change(&protection, file_change::UMOUNT, target);
+    }
     mount_over(&ctx, HookArgument::MoveMountToPath)
 }
 
@@ -266,12 +281,11 @@ pub fn protect_mounts_from_umount(ctx: LsmContext) -> i32 {
         return ALLOW;
     };
     let mount = hook_arguments::mount(&ctx, HookArgument::SbUmountMnt);
-    let target = mount
-        .and_then(Vfsmount::root)
-        .and_then(Dentry::inode)
-        .and_then(guarded_inode)
-        .filter(|_| seen_by_blocker(&protection, mount));
-    refuse_mount_change(&protection, file_change::UMOUNT, target)
+    refuse_mount_change(
+        &protection,
+        file_change::UMOUNT,
+        showing_guarded(&protection, mount),
+    )
 }
 
 // The helpers below that take a `HookArgument` are inlined, so it stays a constant: see
@@ -295,6 +309,16 @@ fn mount_over(ctx: &LsmContext, mount_point: HookArgument) -> i32 {
             .filter(|_| seen_by_blocker(&protection, path.mount()))
     });
     refuse_mount_change(&protection, file_change::MOUNT, target)
+}
+
+/// The directory `mount` shows if it is guarded and taking the mount away would show in
+/// blocker's namespaces.
+fn showing_guarded(protection: &Protection, mount: Option<Vfsmount>) -> Option<FileKey> {
+    mount
+        .and_then(Vfsmount::root)
+        .and_then(Dentry::inode)
+        .and_then(guarded_inode)
+        .filter(|_| seen_by_blocker(protection, mount))
 }
 
 /// Whether a change of the mounts at `mount` by the current task shows in the daemon's mount

@@ -448,6 +448,58 @@ fn umount(path: &Path, flags: libc::c_int) -> std::io::Result<i32> {
     errno(unsafe { libc::umount2(path.as_ptr(), flags) })
 }
 
+// `open_tree(2)` and `move_mount(2)` flags.
+const OPEN_TREE_CLONE: libc::c_long = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_long = 0x4;
+
+/// `move_mount(2)` of the mount at `from` onto `to`.
+fn move_mount(from: &Path, to: &Path) -> std::io::Result<i32> {
+    let (from, to) = (c_path(from), c_path(to));
+    // SAFETY: NUL-terminated strings that outlive the call.
+    errno(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            0,
+        )
+    } as i32)
+}
+
+/// `mount --bind FROM TO` through the new mount API, as util-linux 2.39 does it: a clone of
+/// `from` (`open_tree`), attached at `to` (`move_mount`).
+fn bind_with_open_tree(from: &Path, to: &Path) -> Result<()> {
+    let (from, to) = (c_path(from), c_path(to));
+    // SAFETY: a NUL-terminated string that outlives the call.
+    let tree = errno(unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_long,
+        )
+    } as i32)
+    .context("open_tree")?;
+    // SAFETY: a descriptor the kernel just returned to us.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree) };
+    use std::os::fd::AsRawFd;
+    // SAFETY: a descriptor of ours, and NUL-terminated strings that outlive the call.
+    errno(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    } as i32)
+    .context("move_mount")?;
+    Ok(())
+}
+
 fn wait_for_change(daemon: &mut Daemon, detail: &str, path: &Path) -> Result<Value> {
     let path = path.display().to_string();
     daemon.wait_for_record(Duration::from_secs(10), |record| {
@@ -550,6 +602,19 @@ fn the_directories_on_the_way_keep_their_names_and_mounts() -> Result<()> {
         "lazily unmounting the pins' BPF filesystem",
         umount(bpffs, libc::MNT_DETACH),
     )?;
+    let elsewhere = std::env::temp_dir().join(format!("blocker-bind-{}", std::process::id()));
+    fs::create_dir_all(&elsewhere)?;
+    expect_eperm(
+        "moving the pins' BPF filesystem away with move_mount",
+        move_mount(bpffs, &elsewhere),
+    )?;
+    // A bind mount of the parent elsewhere adds a view and takes none away; while protected it
+    // cannot be unmounted (the kernel names only the directory a mount shows).
+    bind_with_open_tree(&parent, &elsewhere).context("binding the parent elsewhere")?;
+    expect_eperm(
+        "unmounting a bind mount of the parent",
+        umount(&elsewhere, 0),
+    )?;
     let other = parent.join("other");
     fs::write(&other, "x").context("another file in the parent")?;
     fs::rename(&other, parent.join("other-renamed")).context("renaming it")?;
@@ -560,6 +625,7 @@ fn the_directories_on_the_way_keep_their_names_and_mounts() -> Result<()> {
     fs::rename(&moved, &parent)?;
     mount_tmpfs(&parent).context("mounting over the parent once stopped")?;
     umount(&parent, 0)?;
+    umount(&elsewhere, 0).context("unmounting the bind mount once stopped")?;
     let output = blocker(&["unload", "--pin-dir", PIN_DIR])?;
     ensure!(output.status.success(), "{output:?}");
     Ok(())

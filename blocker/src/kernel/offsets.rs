@@ -61,6 +61,8 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets> {
         vfsmount_mnt_root: offset("vfsmount", "mnt_root", POINTER)?,
         mount_mnt: btf.field("mount", "mnt")?.offset,
         mount_mnt_group_id: offset("mount", "mnt_group_id", 4)?,
+        mount_mnt_parent: offset("mount", "mnt_parent", POINTER)?,
+        padding: 0,
     })
 }
 
@@ -162,7 +164,11 @@ mod tests {
         b.structure(
             "mount",
             320,
-            &[("mnt", vfsmount, 32), ("mnt_group_id", u32_, 296)],
+            &[
+                ("mnt_parent", ptr, 16),
+                ("mnt", vfsmount, 32),
+                ("mnt_group_id", u32_, 296),
+            ],
         );
         b.structure("mm_struct", 1000, &[("exe_file", ptr, 900)]);
         b.structure("bpf_map", 200, &[("id", u32_, 100)]);
@@ -212,6 +218,8 @@ mod tests {
                 vfsmount_mnt_root: 0,
                 mount_mnt: 32,
                 mount_mnt_group_id: 296,
+                mount_mnt_parent: 16,
+                padding: 0,
             }
         );
 
