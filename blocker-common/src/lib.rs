@@ -100,7 +100,7 @@ pub mod lsm_programs {
         &[MmapFileFile, MmapFileProt],
     );
     /// Tamper protection programs; inert until `PROTECTION` names a daemon.
-    pub const PROTECTION: [LsmProgram; 17] = [
+    pub const PROTECTION: [LsmProgram; 18] = [
         program(
             "protect_daemon_from_signals",
             "task_kill",
@@ -157,12 +157,17 @@ pub mod lsm_programs {
                 InodeRenameNewDentry,
             ],
         ),
-        program("protect_dirs_from_mount", "sb_mount", &[SbMountPath]),
+        program(
+            "protect_dirs_from_mount",
+            "sb_mount",
+            &[SbMountPath, SbMountFlags],
+        ),
         program(
             "protect_dirs_from_move_mount",
             "move_mount",
-            &[MoveMountToPath],
+            &[MoveMountFromPath, MoveMountToPath],
         ),
+        program("protect_mounts_from_umount", "sb_umount", &[SbUmountMnt]),
     ];
 }
 
@@ -238,7 +243,10 @@ hook_arguments! {
     InodeRenameNewDir = "inode_rename"."new_dir",
     InodeRenameNewDentry = "inode_rename"."new_dentry",
     SbMountPath = "sb_mount"."path",
+    SbMountFlags = "sb_mount"."flags",
+    MoveMountFromPath = "move_mount"."from_path",
     MoveMountToPath = "move_mount"."to_path",
+    SbUmountMnt = "sb_umount"."mnt",
 }
 
 /// Where each [`HookArgument`] sits among its hook's arguments in the running kernel (0 for the
@@ -379,6 +387,17 @@ pub mod file_change {
     pub const MKNOD: u32 = 9;
     pub const RENAME: u32 = 10;
     pub const MOUNT: u32 = 11;
+    pub const UMOUNT: u32 = 12;
+}
+
+/// How much of a protected inode is guarded, the value of its `PROTECTED_INODES` entry.
+pub mod inode_guard {
+    /// The inode, its own name, what is mounted on it and, for a directory, every entry in it:
+    /// the policy and pin directories and the blocker binary.
+    pub const WHOLE: u32 = 1;
+    /// Only the inode's own name and what is mounted on or from it: a directory on the way to
+    /// a whole one, whose other entries stay free to change.
+    pub const PATH: u32 = 2;
 }
 
 /// Tamper protection, the one slot of `PROTECTION`.
@@ -387,14 +406,20 @@ pub mod file_change {
 pub struct Protection {
     /// The daemon, which other processes may not signal or trace; 0 turns protection off.
     pub daemon_tgid: u32,
-    pub padding: u32,
+    /// The inode number of the daemon's mount namespace (`/proc/self/ns/mnt`).
+    pub daemon_mount_namespace: u32,
     /// The blocker binary. Processes running it (the daemon, `blocker stop`, `blocker policy`)
     /// are trusted: they are the documented way to stop blocker and change its policy.
     pub trusted_exe: FileKey,
+    /// The inode number of pid 1's mount namespace, where the service manager starts the next
+    /// daemon; 0 if it could not be read.
+    pub init_mount_namespace: u32,
+    pub padding: u32,
 }
 
-/// Capacity of the protected inodes map: directories, and the blocker binary.
-pub const PROTECTED_INODES_CAPACITY: u32 = 64;
+/// Capacity of the protected inodes map: directories, the directories above them, and the blocker
+/// binary.
+pub const PROTECTED_INODES_CAPACITY: u32 = 128;
 /// Capacity of the protected BPF objects map: blocker's maps, programs and links.
 pub const PROTECTED_BPF_OBJECTS_CAPACITY: u32 = 256;
 
@@ -633,6 +658,18 @@ pub struct KernelOffsets {
     pub cred_fsuid: u32,
     pub cred_cap_effective: u32,
     pub cred_user_ns: u32,
+    pub task_struct_nsproxy: u32,
+    pub nsproxy_mnt_ns: u32,
+    /// `mnt_namespace.ns.inum`: the namespace's `ns_common` and its inode number in it.
+    pub mnt_namespace_ns: u32,
+    pub ns_common_inum: u32,
+    pub path_mnt: u32,
+    pub vfsmount_mnt_root: u32,
+    /// Where the `struct vfsmount` the hooks see sits in its `struct mount`.
+    pub mount_mnt: u32,
+    pub mount_mnt_group_id: u32,
+    pub mount_mnt_parent: u32,
+    pub padding: u32,
 }
 
 #[cfg(feature = "user")]
@@ -660,10 +697,10 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<FileKey>(), 16);
         assert_eq!(size_of::<BanEntry>(), 16);
-        assert_eq!(size_of::<KernelOffsets>(), 128);
+        assert_eq!(size_of::<KernelOffsets>(), 168);
         assert_eq!(size_of::<RecordKey>(), 24);
         assert_eq!(size_of::<RecordWindow>(), 16);
-        assert_eq!(size_of::<Protection>(), 24);
+        assert_eq!(size_of::<Protection>(), 32);
         assert_eq!(size_of::<CachedVerdict>(), 16);
         assert_eq!(
             size_of::<ExecEvent>(),

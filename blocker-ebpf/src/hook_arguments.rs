@@ -6,7 +6,7 @@ use aya_ebpf::{programs::LsmContext, EbpfContext};
 use blocker_common::HookArgument;
 
 use crate::{
-    kernel_types::{Bprm, Dentry, File, Iattr, Inode, Path, Task},
+    kernel_types::{Bprm, Dentry, File, Iattr, Inode, Path, Task, Vfsmount},
     maps::HOOK_ARGUMENT_POSITIONS,
 };
 
@@ -83,6 +83,11 @@ pub fn dentry(ctx: &LsmContext, argument: HookArgument) -> Option<Dentry> {
 #[inline(always)]
 pub fn path(ctx: &LsmContext, argument: HookArgument) -> Option<Path> {
     Path::new(pointer(ctx, argument))
+}
+
+#[inline(always)]
+pub fn mount(ctx: &LsmContext, argument: HookArgument) -> Option<Vfsmount> {
+    Vfsmount::new(pointer(ctx, argument))
 }
 
 #[inline(always)]

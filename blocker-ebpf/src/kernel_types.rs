@@ -64,6 +64,10 @@ kernel_struct!(
     Path
 );
 kernel_struct!(
+    /// `struct vfsmount`: a mount, as the hooks see it.
+    Vfsmount
+);
+kernel_struct!(
     /// `struct vm_area_struct`: a mapping.
     Vma
 );
@@ -250,6 +254,37 @@ impl Path {
     pub fn dentry(self) -> Option<Dentry> {
         Dentry::new(read_field(self.0, offset!(path_dentry))?)
     }
+
+    pub fn mount(self) -> Option<Vfsmount> {
+        Vfsmount::new(read_field(self.0, offset!(path_mnt))?)
+    }
+}
+
+impl Vfsmount {
+    /// The directory of its filesystem that the mount shows.
+    pub fn root(self) -> Option<Dentry> {
+        Dentry::new(read_field(self.0, offset!(vfsmount_mnt_root))?)
+    }
+
+    /// Whether it is mounted somewhere: a mount not attached (a namespace's root, a detached
+    /// clone) is its own parent. Unknown counts as attached.
+    pub fn attached(self) -> bool {
+        let member = offset!(mount_mnt) as usize;
+        // SAFETY: see `shared`.
+        let mount = unsafe { self.0.sub(member) };
+        read_field::<*const u8>(mount, offset!(mount_mnt_parent))
+            .map_or(true, |parent| parent != mount)
+    }
+
+    /// Whether mounts made on it propagate to other mount namespaces (it has peers: a shared
+    /// mount's `mnt_group_id` is not 0). Unknown counts as shared.
+    pub fn shared(self) -> bool {
+        let member = offset!(mount_mnt) as usize;
+        // SAFETY: `vfsmount` is the `mnt` member of its `struct mount`; only the address of the
+        // latter is computed, and read through the helper.
+        let mount = unsafe { self.0.sub(member) };
+        read_field::<u32>(mount, offset!(mount_mnt_group_id)).map_or(true, |group| group != 0)
+    }
 }
 
 impl Vma {
@@ -278,6 +313,19 @@ impl Task {
 
     pub fn credentials(self) -> Option<Cred> {
         Cred::new(read_field(self.0, offset!(task_struct_cred))?)
+    }
+
+    /// The inode number of the task's mount namespace.
+    pub fn mount_namespace(self) -> Option<u32> {
+        let nsproxy: *const u8 = read_field(self.0, offset!(task_struct_nsproxy))?;
+        let namespace: *const u8 = read_field(nsproxy, offset!(nsproxy_mnt_ns))?;
+        if namespace.is_null() {
+            return None;
+        }
+        let member = offset!(mnt_namespace_ns) as usize;
+        // SAFETY: `ns` is a `struct ns_common` inside the namespace; only its address is computed.
+        let common = unsafe { namespace.add(member) };
+        read_field(common, offset!(ns_common_inum))
     }
 
     pub fn real_parent(self) -> Option<Task> {

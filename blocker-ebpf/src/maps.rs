@@ -104,6 +104,16 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     cred_fsuid: 0,
     cred_cap_effective: 0,
     cred_user_ns: 0,
+    task_struct_nsproxy: 0,
+    nsproxy_mnt_ns: 0,
+    mnt_namespace_ns: 0,
+    ns_common_inum: 0,
+    path_mnt: 0,
+    vfsmount_mnt_root: 0,
+    mount_mnt: 0,
+    mount_mnt_group_id: 0,
+    mount_mnt_parent: 0,
+    padding: 0,
 };
 
 /// Where each hook argument the programs read sits in the running kernel's hook prototypes.

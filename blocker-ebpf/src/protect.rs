@@ -4,12 +4,12 @@
 
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::lsm, programs::LsmContext};
 use blocker_common::{
-    backend, bpf_object, file_change, operation, FileKey, HookArgument, Protection,
+    backend, bpf_object, file_change, inode_guard, operation, FileKey, HookArgument, Protection,
 };
 
 use crate::{
     hook_arguments,
-    kernel_types::{BpfAttr, BpfMap, BpfProg, Dentry, Executable, Inode, Task},
+    kernel_types::{BpfAttr, BpfMap, BpfProg, Dentry, Executable, Inode, Task, Vfsmount},
     maps::{PROTECTED_BPF_OBJECTS, PROTECTED_INODES, PROTECTION},
     report::{report, Ban, Occurrence, ALLOW, REFUSE},
 };
@@ -27,6 +27,10 @@ const CAP_SYS_ADMIN: u32 = 21;
 /// set to a given value). Size changes and times set to now were checked for write permission
 /// before the hook.
 const ATTR_NEEDING_OWNERSHIP: u32 = 0x1 | 0x2 | 0x4 | 0x80 | 0x100;
+/// `MS_*` flags of `mount(2)`: a remount, a bind mount, and the changes of propagation.
+const MS_REMOUNT: u64 = 0x20;
+const MS_BIND: u64 = 0x1000;
+const MS_PROPAGATION: u64 = (1 << 17) | (1 << 18) | (1 << 19) | (1 << 20);
 
 /// A signal a process sends (the kernel's own never come here).
 #[lsm(hook = "task_kill")]
@@ -227,7 +231,7 @@ pub fn protect_dirs_from_rename(ctx: LsmContext) -> i32 {
     let entry = |argument| {
         hook_arguments::dentry(&ctx, argument)
             .and_then(Dentry::inode)
-            .and_then(protected_inode)
+            .and_then(guarded_inode)
     };
     let target = directory(HookArgument::InodeRenameOldDir)
         .or_else(|| directory(HookArgument::InodeRenameNewDir))
@@ -236,15 +240,52 @@ pub fn protect_dirs_from_rename(ctx: LsmContext) -> i32 {
     refuse_change(&protection, file_change::RENAME, target)
 }
 
-/// A mount over a protected directory or file would hide it.
+/// A mount over a protected directory or file would hide it; one over a directory on the way to
+/// one would hide it from the next daemon, `blocker policy` and whoever looks.
 #[lsm(hook = "sb_mount")]
 pub fn protect_dirs_from_mount(ctx: LsmContext) -> i32 {
+    let flags = hook_arguments::raw(&ctx, HookArgument::SbMountFlags);
+    // A remount, or a change of propagation (`mount(2)` takes it only without MS_BIND), puts
+    // nothing over the mount point.
+    if flags & MS_REMOUNT != 0 || (flags & MS_BIND == 0 && flags & MS_PROPAGATION != 0) {
+        return ALLOW;
+    }
     mount_over(&ctx, HookArgument::SbMountPath)
 }
 
+/// `move_mount(2)`: onto a protected directory, or of the mount that shows one away from it
+/// (which unmounts it from there).
 #[lsm(hook = "move_mount")]
 pub fn protect_dirs_from_move_mount(ctx: LsmContext) -> i32 {
+    let Some(protection) = active_protection() else {
+        return ALLOW;
+    };
+    let moved = hook_arguments::path(&ctx, HookArgument::MoveMountFromPath);
+    // A clone from `open_tree` (how `mount --bind` works with the new mount API) is attached
+    // nowhere yet: moving it takes nothing away.
+    let moved_away = moved
+        .and_then(|path| path.mount())
+        .filter(|mount| mount.attached());
+    let target = showing_guarded(&protection, moved_away);
+    if target.is_some() {
+        return refuse_mount_change(&protection, file_change::UMOUNT, target);
+    }
     mount_over(&ctx, HookArgument::MoveMountToPath)
+}
+
+/// Unmounting the filesystem that shows a protected directory, or one on the way to it (the BPF
+/// filesystem of the pins, the filesystem of the policy directory), lazily or not.
+#[lsm(hook = "sb_umount")]
+pub fn protect_mounts_from_umount(ctx: LsmContext) -> i32 {
+    let Some(protection) = active_protection() else {
+        return ALLOW;
+    };
+    let mount = hook_arguments::mount(&ctx, HookArgument::SbUmountMnt);
+    refuse_mount_change(
+        &protection,
+        file_change::UMOUNT,
+        showing_guarded(&protection, mount),
+    )
 }
 
 // The helpers below that take a `HookArgument` are inlined, so it stays a constant: see
@@ -255,16 +296,56 @@ fn mount_over(ctx: &LsmContext, mount_point: HookArgument) -> i32 {
     let Some(protection) = active_protection() else {
         return ALLOW;
     };
-    let target = hook_arguments::path(ctx, mount_point)
-        .and_then(|path| path.dentry())
-        .and_then(protected_dentry);
-    // `sb_mount` runs before the kernel checks the caller may mount. Without CAP_SYS_ADMIN over
-    // the machine the caller either fails anyway or mounts in a user namespace's own mount
-    // namespace, which the daemon never looks through: refused, but not worth a record.
-    if target.is_some() && !trusted(&protection) && !current_capable(CAP_SYS_ADMIN) {
+    let Some(path) = hook_arguments::path(ctx, mount_point) else {
+        return ALLOW;
+    };
+    let dentry = path.dentry();
+    // Protected directories and files, in any mount namespace; the directories on the way to
+    // them where the daemon or the service manager would see it.
+    let target = dentry.and_then(protected_dentry).or_else(|| {
+        dentry
+            .and_then(Dentry::inode)
+            .and_then(guarded_inode)
+            .filter(|_| seen_by_blocker(&protection, path.mount()))
+    });
+    refuse_mount_change(&protection, file_change::MOUNT, target)
+}
+
+/// The directory `mount` shows if it is guarded and taking the mount away would show in
+/// blocker's namespaces.
+fn showing_guarded(protection: &Protection, mount: Option<Vfsmount>) -> Option<FileKey> {
+    mount
+        .and_then(Vfsmount::root)
+        .and_then(Dentry::inode)
+        .and_then(guarded_inode)
+        .filter(|_| seen_by_blocker(protection, mount))
+}
+
+/// Whether a change of the mounts at `mount` by the current task shows in the daemon's mount
+/// namespace (`nsenter` into it included) or in pid 1's, where the service manager starts the
+/// next daemon: made in one of them, or on a mount that propagates to other namespaces. Other
+/// namespaces (a service's sandbox, a container) are their owners' own view. Unknown counts as
+/// seen.
+fn seen_by_blocker(protection: &Protection, mount: Option<Vfsmount>) -> bool {
+    let in_blocker_namespace =
+        Task::current()
+            .and_then(Task::mount_namespace)
+            .map_or(true, |namespace| {
+                namespace == protection.daemon_mount_namespace
+                    || namespace == protection.init_mount_namespace
+            });
+    in_blocker_namespace || mount.map_or(true, Vfsmount::shared)
+}
+
+fn refuse_mount_change(protection: &Protection, change: u32, target: Option<FileKey>) -> i32 {
+    // `sb_mount` and `sb_umount` run before the kernel checks the caller may (un)mount. Without
+    // CAP_SYS_ADMIN over the machine the caller either fails anyway or works in a user
+    // namespace's own mount namespace, which the daemon never looks through: refused, but not
+    // worth a record.
+    if target.is_some() && !trusted(protection) && !current_capable(CAP_SYS_ADMIN) {
         return REFUSE;
     }
-    refuse_change(&protection, file_change::MOUNT, target)
+    refuse_change(protection, change, target)
 }
 
 fn current_capable(capability: u32) -> bool {
@@ -294,7 +375,7 @@ fn removal(ctx: &LsmContext, directory: HookArgument, entry: HookArgument, chang
         .or_else(|| {
             hook_arguments::dentry(ctx, entry)
                 .and_then(Dentry::inode)
-                .and_then(protected_inode)
+                .and_then(guarded_inode)
         });
     refuse_change(&protection, change, target)
 }
@@ -355,8 +436,17 @@ fn refuse(operation: u32, detail: u32, target: FileKey) -> i32 {
     REFUSE
 }
 
-/// `inode`'s identity if it is protected.
+/// `inode`'s identity if it is protected whole (see `inode_guard`).
 fn protected_inode(inode: Inode) -> Option<FileKey> {
+    let key = inode.key()?;
+    // SAFETY: the value is copied out at once.
+    let guard = *unsafe { PROTECTED_INODES.get(&key) }?;
+    (guard == inode_guard::WHOLE).then_some(key)
+}
+
+/// `inode`'s identity if it is protected whole or on the way to one that is: its own name and
+/// what is mounted on it are guarded.
+fn guarded_inode(inode: Inode) -> Option<FileKey> {
     let key = inode.key()?;
     // SAFETY: only the presence of the entry is used.
     unsafe { PROTECTED_INODES.get(&key) }.map(|_| key)

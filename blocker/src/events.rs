@@ -420,6 +420,7 @@ fn file_change_name(change: u32) -> &'static str {
         file_change::MKNOD => "mknod",
         file_change::RENAME => "rename",
         file_change::MOUNT => "mount over",
+        file_change::UMOUNT => "unmount",
         _ => "change",
     }
 }

@@ -418,3 +418,215 @@ fn attempts_the_kernel_refuses_anyway_are_not_recorded() -> Result<()> {
     ensure!(from_nobody.is_empty(), "{from_nobody:?}");
     Ok(())
 }
+
+fn c_path(path: &Path) -> std::ffi::CString {
+    std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL in a test path")
+}
+
+/// `mount -t tmpfs tmpfs PATH`.
+fn mount_tmpfs(path: &Path) -> std::io::Result<i32> {
+    mount_tmpfs_at(&c_path(path))
+}
+
+/// `mount_tmpfs` without allocating, for a forked child.
+fn mount_tmpfs_at(path: &std::ffi::CStr) -> std::io::Result<i32> {
+    // SAFETY: NUL-terminated strings that outlive the call, and no data.
+    errno(unsafe {
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            path.as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    })
+}
+
+fn umount(path: &Path, flags: libc::c_int) -> std::io::Result<i32> {
+    let path = c_path(path);
+    // SAFETY: a NUL-terminated string that outlives the call.
+    errno(unsafe { libc::umount2(path.as_ptr(), flags) })
+}
+
+// `open_tree(2)` and `move_mount(2)` flags.
+const OPEN_TREE_CLONE: libc::c_long = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_long = 0x4;
+
+/// `move_mount(2)` of the mount at `from` onto `to`.
+fn move_mount(from: &Path, to: &Path) -> std::io::Result<i32> {
+    let (from, to) = (c_path(from), c_path(to));
+    // SAFETY: NUL-terminated strings that outlive the call.
+    errno(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            0,
+        )
+    } as i32)
+}
+
+/// `mount --bind FROM TO` through the new mount API, as util-linux 2.39 does it: a clone of
+/// `from` (`open_tree`), attached at `to` (`move_mount`).
+fn bind_with_open_tree(from: &Path, to: &Path) -> Result<()> {
+    let (from, to) = (c_path(from), c_path(to));
+    // SAFETY: a NUL-terminated string that outlives the call.
+    let tree = errno(unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_long,
+        )
+    } as i32)
+    .context("open_tree")?;
+    // SAFETY: a descriptor the kernel just returned to us.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree) };
+    use std::os::fd::AsRawFd;
+    // SAFETY: a descriptor of ours, and NUL-terminated strings that outlive the call.
+    errno(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    } as i32)
+    .context("move_mount")?;
+    Ok(())
+}
+
+fn wait_for_change(daemon: &mut Daemon, detail: &str, path: &Path) -> Result<Value> {
+    let path = path.display().to_string();
+    daemon.wait_for_record(Duration::from_secs(10), |record| {
+        record["kind"] == "tamper" && record["detail"] == detail && record["path"] == path.as_str()
+    })
+}
+
+/// In a forked child: a mount over `parent` in a private mount namespace of its own (a
+/// sandbox's view, which no daemon looks through) is allowed; entered into the daemon's
+/// namespace as `nsenter -t PID -m` does, a mount over the policy directory or over `parent` is
+/// refused. Returns the child's exit code, 0 when all that held.
+fn mounts_from_other_namespaces(daemon_pid: u32, policy_dir: &Path, parent: &Path) -> Result<i32> {
+    let namespace = c_path(Path::new(&format!("/proc/{daemon_pid}/ns/mnt")));
+    let (policy_dir, parent) = (c_path(policy_dir), c_path(parent));
+    // SAFETY: the child only makes system calls (no allocation: the paths are made above) and
+    // exits.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        let code = unsafe {
+            if libc::unshare(libc::CLONE_NEWNS) != 0
+                || libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_SLAVE,
+                    std::ptr::null(),
+                ) != 0
+            {
+                2
+            } else if mount_tmpfs_at(&parent).is_err() {
+                3
+            } else {
+                let fd = libc::open(namespace.as_ptr(), libc::O_RDONLY);
+                if fd < 0 || libc::setns(fd, libc::CLONE_NEWNS) != 0 {
+                    4
+                } else if !matches!(mount_tmpfs_at(&policy_dir), Err(e) if e.raw_os_error() == Some(libc::EPERM))
+                {
+                    5
+                } else if !matches!(mount_tmpfs_at(&parent), Err(e) if e.raw_os_error() == Some(libc::EPERM))
+                {
+                    6
+                } else {
+                    0
+                }
+            }
+        };
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    ensure!(unsafe { libc::waitpid(child, &mut status, 0) } == child);
+    ensure!(libc::WIFEXITED(status), "wait status {status:#x}");
+    Ok(libc::WEXITSTATUS(status))
+}
+
+/// The directories on the way to the policy directory and the pins keep their names and their
+/// mounts: renaming the policy directory's parent, mounting over it (in this namespace or in the
+/// daemon's, entered as `nsenter` does) and unmounting the BPF filesystem of the pins are
+/// refused and recorded, while the parent's other entries stay free; after `blocker stop` all of
+/// it works again.
+#[test]
+fn the_directories_on_the_way_keep_their_names_and_mounts() -> Result<()> {
+    let sandbox = Sandbox::new("tamper-ancestors")?;
+    let banned = sandbox.copy_binary("banned")?;
+    sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[]))?;
+    let policy_dir = fs::canonicalize(sandbox.policy_dir())?;
+    let parent = policy_dir.parent().context("a parent")?.to_owned();
+    let moved = parent.with_extension("old");
+    let _stop = StopOnDrop;
+    let args = [
+        "--backend",
+        "lsm",
+        "--protect",
+        "--pin",
+        "--pin-dir",
+        PIN_DIR,
+    ];
+    let (mut daemon, _) = Daemon::start(&policy_dir, &args)?;
+
+    expect_eperm(
+        "renaming the policy directory's parent",
+        fs::rename(&parent, &moved),
+    )?;
+    wait_for_change(&mut daemon, "rename", &parent)?;
+    let mounted = mount_tmpfs(&parent);
+    if mounted.is_ok() {
+        let _ = umount(&parent, 0);
+    }
+    expect_eperm("a tmpfs over the policy directory's parent", mounted)?;
+    wait_for_change(&mut daemon, "mount over", &parent)?;
+    let code = mounts_from_other_namespaces(daemon.pid(), &policy_dir, &parent)?;
+    ensure!(
+        code == 0,
+        "mounts from other namespaces: step {code} failed"
+    );
+    let bpffs = Path::new("/sys/fs/bpf");
+    expect_eperm("unmounting the pins' BPF filesystem", umount(bpffs, 0))?;
+    wait_for_change(&mut daemon, "unmount", bpffs)?;
+    expect_eperm(
+        "lazily unmounting the pins' BPF filesystem",
+        umount(bpffs, libc::MNT_DETACH),
+    )?;
+    let elsewhere = std::env::temp_dir().join(format!("blocker-bind-{}", std::process::id()));
+    fs::create_dir_all(&elsewhere)?;
+    expect_eperm(
+        "moving the pins' BPF filesystem away with move_mount",
+        move_mount(bpffs, &elsewhere),
+    )?;
+    // A bind mount of the parent elsewhere adds a view and takes none away; while protected it
+    // cannot be unmounted (the kernel names only the directory a mount shows).
+    bind_with_open_tree(&parent, &elsewhere).context("binding the parent elsewhere")?;
+    expect_eperm(
+        "unmounting a bind mount of the parent",
+        umount(&elsewhere, 0),
+    )?;
+    let other = parent.join("other");
+    fs::write(&other, "x").context("another file in the parent")?;
+    fs::rename(&other, parent.join("other-renamed")).context("renaming it")?;
+
+    ensure!(blocker(&["stop"])?.status.success());
+    daemon.wait(Duration::from_secs(30))?;
+    fs::rename(&parent, &moved).context("renaming the parent once stopped")?;
+    fs::rename(&moved, &parent)?;
+    mount_tmpfs(&parent).context("mounting over the parent once stopped")?;
+    umount(&parent, 0)?;
+    umount(&elsewhere, 0).context("unmounting the bind mount once stopped")?;
+    let output = blocker(&["unload", "--pin-dir", PIN_DIR])?;
+    ensure!(output.status.success(), "{output:?}");
+    Ok(())
+}

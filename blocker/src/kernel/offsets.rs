@@ -53,6 +53,16 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets> {
         // `kernel_cap_t`: two u32 words before 6.3, one u64 since; the same bits either way.
         cred_cap_effective: offset("cred", "cap_effective", 8)?,
         cred_user_ns: offset("cred", "user_ns", POINTER)?,
+        task_struct_nsproxy: offset("task_struct", "nsproxy", POINTER)?,
+        nsproxy_mnt_ns: offset("nsproxy", "mnt_ns", POINTER)?,
+        mnt_namespace_ns: btf.field("mnt_namespace", "ns")?.offset,
+        ns_common_inum: offset("ns_common", "inum", 4)?,
+        path_mnt: offset("path", "mnt", POINTER)?,
+        vfsmount_mnt_root: offset("vfsmount", "mnt_root", POINTER)?,
+        mount_mnt: btf.field("mount", "mnt")?.offset,
+        mount_mnt_group_id: offset("mount", "mnt_group_id", 4)?,
+        mount_mnt_parent: offset("mount", "mnt_parent", POINTER)?,
+        padding: 0,
     })
 }
 
@@ -144,6 +154,20 @@ mod tests {
                 ("tgid", u32_, 1300),
                 ("mm", ptr, 1200),
                 ("cred", ptr, 2960),
+                ("nsproxy", ptr, 3060),
+            ],
+        );
+        b.structure("nsproxy", 72, &[("mnt_ns", ptr, 24)]);
+        let ns_common = b.structure("ns_common", 24, &[("inum", u32_, 16)]);
+        b.structure("mnt_namespace", 120, &[("ns", ns_common, 0)]);
+        let vfsmount = b.structure("vfsmount", 32, &[("mnt_root", ptr, 0)]);
+        b.structure(
+            "mount",
+            320,
+            &[
+                ("mnt_parent", ptr, 16),
+                ("mnt", vfsmount, 32),
+                ("mnt_group_id", u32_, 296),
             ],
         );
         b.structure("mm_struct", 1000, &[("exe_file", ptr, 900)]);
@@ -186,6 +210,16 @@ mod tests {
                 cred_fsuid: 32,
                 cred_cap_effective: 64,
                 cred_user_ns: 144,
+                task_struct_nsproxy: 3060,
+                nsproxy_mnt_ns: 24,
+                mnt_namespace_ns: 0,
+                ns_common_inum: 16,
+                path_mnt: 0,
+                vfsmount_mnt_root: 0,
+                mount_mnt: 32,
+                mount_mnt_group_id: 296,
+                mount_mnt_parent: 16,
+                padding: 0,
             }
         );
 

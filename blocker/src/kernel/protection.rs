@@ -2,21 +2,23 @@
 
 use std::{
     collections::BTreeMap,
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context, Result};
 use aya::maps::{Array, MapData};
-use blocker_common::{bpf_object, names, FileKey, Protection};
+use blocker_common::{bpf_object, inode_guard, names, FileKey, Protection};
 
 use super::{coverage::State, pins, sync_map, Enforcer};
 use crate::identity::{self, FileIdentity};
 
 impl Enforcer {
     /// Turns tamper protection on for this process: no other process may signal or trace it,
-    /// get descriptors of blocker's maps, programs or links, or change `directories` and the pin directories, once pinned (their
-    /// entries and the files in them), or the blocker binary, except processes running that
-    /// binary and, for signals, the service manager (pid 1).
+    /// get descriptors of blocker's maps, programs or links, or change `directories` and the pin
+    /// directories, once pinned (their entries and the files in them), or the blocker binary;
+    /// nor rename, remove, mount over or unmount the directories on the way to each. Processes
+    /// running that binary may, and, for signals, the service manager (pid 1).
     /// Protection needs its programs: where none is attached (the kill backend, adopted pins
     /// without them), the daemon runs unprotected and `features` says why; where some are
     /// missing, it names them. Enforcement never waits on protection.
@@ -32,14 +34,31 @@ impl Enforcer {
             std::fs::read_link("/proc/self/exe").context("finding the blocker binary")?;
         let binary = FileIdentity::of_path(Path::new("/proc/self/exe"))
             .context("finding the blocker binary")?;
-        let mut protected = BTreeMap::from([(binary.key, binary_path)]);
         let pin_directories = self.pinned.as_deref().map(pins::directories);
+        let mut whole = vec![(binary.key, binary_path.clone())];
         for directory in directories.iter().chain(pin_directories.iter().flatten()) {
-            let key = identity::key_of_path(directory)
-                .with_context(|| format!("protecting {}", directory.display()))?;
-            protected.insert(key, directory.clone());
+            whole.push((key_of(directory)?, directory.clone()));
         }
-        let inodes: BTreeMap<FileKey, u32> = protected.keys().map(|key| (*key, 0)).collect();
+        let mut inodes = BTreeMap::new();
+        let mut protected = BTreeMap::new();
+        // The directories on the way to each, up to `/`, guarded after the whole ones so that
+        // one both (a pin directory in another) stays whole.
+        let on_the_way = std::iter::once(binary_path)
+            .chain(directories.iter().cloned())
+            .chain(pin_directories.into_iter().flatten());
+        for path in on_the_way {
+            let path = std::fs::canonicalize(&path)
+                .with_context(|| format!("protecting {}", path.display()))?;
+            for ancestor in path.ancestors().skip(1) {
+                let key = key_of(ancestor)?;
+                inodes.insert(key, inode_guard::PATH);
+                protected.insert(key, ancestor.to_owned());
+            }
+        }
+        for (key, path) in whole {
+            inodes.insert(key, inode_guard::WHOLE);
+            protected.insert(key, path);
+        }
         let mut objects = BTreeMap::new();
         for (name, link) in &self.links {
             let link = link.info().context("reading a link's id")?;
@@ -68,8 +87,17 @@ impl Enforcer {
         .context("filling the protected BPF objects")?;
         self.set_protection(Protection {
             daemon_tgid: std::process::id(),
-            padding: 0,
+            daemon_mount_namespace: mount_namespace("self")
+                .context("reading the daemon's mount namespace")?,
             trusted_exe: binary.key,
+            init_mount_namespace: mount_namespace("1").unwrap_or_else(|error| {
+                log::warn!(
+                    "reading pid 1's mount namespace: {error:#}; mounts there over the \
+                     directories on the way to the protected ones are not refused"
+                );
+                0
+            }),
+            padding: 0,
         })?;
         self.protected = protected;
         Ok(())
@@ -94,4 +122,17 @@ impl Enforcer {
             .context("setting tamper protection")?;
         Ok(())
     }
+}
+
+fn key_of(path: &Path) -> Result<FileKey> {
+    identity::key_of_path(path).with_context(|| format!("protecting {}", path.display()))
+}
+
+/// The inode number of process `pid`'s mount namespace, which the kernel programs compare.
+fn mount_namespace(pid: &str) -> Result<u32> {
+    let path = format!("/proc/{pid}/ns/mnt");
+    let inode = std::fs::metadata(&path)
+        .with_context(|| format!("reading {path}"))?
+        .ino();
+    u32::try_from(inode).with_context(|| format!("{path} has inode number {inode}"))
 }
