@@ -100,7 +100,7 @@ pub mod lsm_programs {
         &[MmapFileFile, MmapFileProt],
     );
     /// Tamper protection programs; inert until `PROTECTION` names a daemon.
-    pub const PROTECTION: [LsmProgram; 18] = [
+    pub const PROTECTION: [LsmProgram; 20] = [
         program(
             "protect_daemon_from_signals",
             "task_kill",
@@ -168,6 +168,16 @@ pub mod lsm_programs {
             &[MoveMountFromPath, MoveMountToPath],
         ),
         program("protect_mounts_from_umount", "sb_umount", &[SbUmountMnt]),
+        program(
+            "protect_daemon_from_rlimits",
+            "task_setrlimit",
+            &[TaskSetrlimitTask, TaskSetrlimitResource],
+        ),
+        program(
+            "protect_daemon_from_owner_signals",
+            "file_send_sigiotask",
+            &[FileSendSigiotaskTask, FileSendSigiotaskSignal],
+        ),
     ];
 }
 
@@ -247,6 +257,10 @@ hook_arguments! {
     MoveMountFromPath = "move_mount"."from_path",
     MoveMountToPath = "move_mount"."to_path",
     SbUmountMnt = "sb_umount"."mnt",
+    TaskSetrlimitTask = "task_setrlimit"."p",
+    TaskSetrlimitResource = "task_setrlimit"."resource",
+    FileSendSigiotaskTask = "file_send_sigiotask"."tsk",
+    FileSendSigiotaskSignal = "file_send_sigiotask"."sig",
 }
 
 /// Where each [`HookArgument`] sits among its hook's arguments in the running kernel (0 for the
@@ -360,6 +374,11 @@ pub mod operation {
     pub const BPF_OBJECT: u32 = 6;
     /// A change to a protected directory or file; `detail` is one of [`super::file_change`].
     pub const FILE_CHANGE: u32 = 7;
+    /// A new resource limit for the daemon (`prlimit`); `detail` is the `RLIMIT_*` resource.
+    pub const RESOURCE_LIMIT: u32 = 8;
+    /// A signal to the daemon through a descriptor's owner (`F_SETOWN`, `F_SETSIG`); `detail`
+    /// is the signal number (0: SIGIO).
+    pub const OWNER_SIGNAL: u32 = 9;
 }
 
 /// Kinds of BPF objects tamper protection guards.

@@ -15,6 +15,8 @@ use crate::{
 };
 
 const SIGHUP: i32 = 1;
+/// The signals that stop a process: SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU.
+const STOP_SIGNALS: [i32; 4] = [19, 20, 21, 22];
 /// `PTRACE_MODE_ATTACH` in a ptrace access mode.
 const PTRACE_MODE_ATTACH: u32 = 0x02;
 /// `BPF_LINK_GET_FD_BY_ID` of `enum bpf_cmd`.
@@ -48,11 +50,47 @@ pub fn protect_daemon_from_signals(ctx: LsmContext) -> i32 {
         return ALLOW;
     }
     let sender = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // The service manager stops and restarts the service.
-    if sender == 1 || sender == protection.daemon_tgid || trusted(&protection) {
+    // The service manager stops and restarts the service, but never stops it in place: a stop
+    // signal from pid 1 is `systemctl kill -s STOP`, root blinding the daemon through it.
+    let from_service_manager = sender == 1 && !STOP_SIGNALS.contains(&signal);
+    if from_service_manager || sender == protection.daemon_tgid || trusted(&protection) {
         return ALLOW;
     }
     refuse(operation::SIGNAL, signal as u32, FileKey::default())
+}
+
+/// A new resource limit for the daemon: root lowering `RLIMIT_NOFILE` or `RLIMIT_AS` could
+/// starve it. The kernel checked the caller's right to change them before this hook.
+#[lsm(hook = "task_setrlimit")]
+pub fn protect_daemon_from_rlimits(ctx: LsmContext) -> i32 {
+    let Some(protection) = active_protection() else {
+        return ALLOW;
+    };
+    let target = hook_arguments::task(&ctx, HookArgument::TaskSetrlimitTask);
+    if target.and_then(Task::tgid) != Some(protection.daemon_tgid) {
+        return ALLOW;
+    }
+    let caller = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if caller == protection.daemon_tgid || trusted(&protection) {
+        return ALLOW;
+    }
+    let resource = hook_arguments::raw(&ctx, HookArgument::TaskSetrlimitResource) as u32;
+    refuse(operation::RESOURCE_LIMIT, resource, FileKey::default())
+}
+
+/// A signal through a descriptor whose owner is the daemon (`F_SETOWN`, `F_SETSIG`), which
+/// `task_kill` never sees. The daemon asks for no such signal, so every one is refused.
+#[lsm(hook = "file_send_sigiotask")]
+pub fn protect_daemon_from_owner_signals(ctx: LsmContext) -> i32 {
+    let Some(protection) = active_protection() else {
+        return ALLOW;
+    };
+    let target = hook_arguments::task(&ctx, HookArgument::FileSendSigiotaskTask);
+    if target.and_then(Task::tgid) != Some(protection.daemon_tgid) {
+        return ALLOW;
+    }
+    let signal = hook_arguments::raw(&ctx, HookArgument::FileSendSigiotaskSignal) as u32;
+    refuse(operation::OWNER_SIGNAL, signal, FileKey::default())
 }
 
 /// ptrace, and everything that reads or writes another process's memory or descriptors.

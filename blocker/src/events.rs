@@ -288,16 +288,22 @@ impl ExecRecord {
 pub fn is_tamper_attempt(event: &ExecEvent) -> bool {
     matches!(
         event.operation,
-        operation::SIGNAL | operation::PTRACE | operation::BPF_OBJECT | operation::FILE_CHANGE
+        operation::SIGNAL
+            | operation::PTRACE
+            | operation::BPF_OBJECT
+            | operation::FILE_CHANGE
+            | operation::RESOURCE_LIMIT
+            | operation::OWNER_SIGNAL
     )
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct TamperRecord {
     pub time: String,
-    /// `signal` (to the daemon), `ptrace` (of the daemon or of a blocker command), `bpf_object`
-    /// (a descriptor of blocker's maps, programs or links) or `file_change` (the policy
-    /// directory, the pins, the blocker binary).
+    /// `signal` (to the daemon), `owner_signal` (to the daemon as a descriptor's owner),
+    /// `resource_limit` (a new limit for the daemon), `ptrace` (of the daemon or of a blocker
+    /// command), `bpf_object` (a descriptor of blocker's maps, programs or links) or
+    /// `file_change` (the policy directory, the pins, the blocker binary).
     pub attempt: &'static str,
     /// What exactly: the signal, the ptrace mode, the BPF object, the kind of change.
     pub detail: String,
@@ -320,6 +326,14 @@ impl TamperRecord {
     pub fn new(event: &ExecEvent, known_path: Option<&Path>, clock: &BootClock) -> Self {
         let (attempt, detail) = match event.operation {
             operation::SIGNAL => ("signal", signal_name(event.detail)),
+            operation::OWNER_SIGNAL => (
+                "owner_signal",
+                match event.detail {
+                    0 => signal_name(libc::SIGIO as u32),
+                    signal => signal_name(signal),
+                },
+            ),
+            operation::RESOURCE_LIMIT => ("resource_limit", resource_name(event.detail)),
             operation::PTRACE => ("ptrace", format!("access mode {:#x}", event.detail)),
             operation::BPF_OBJECT => (
                 "bpf_object",
@@ -390,6 +404,23 @@ fn suppressed_note(suppressed: u32) -> String {
     format!(" ({suppressed} earlier repeats by this user were enforced without a record)")
 }
 
+fn resource_name(resource: u32) -> String {
+    let name = match resource as libc::__rlimit_resource_t {
+        libc::RLIMIT_CPU => "RLIMIT_CPU",
+        libc::RLIMIT_FSIZE => "RLIMIT_FSIZE",
+        libc::RLIMIT_DATA => "RLIMIT_DATA",
+        libc::RLIMIT_STACK => "RLIMIT_STACK",
+        libc::RLIMIT_CORE => "RLIMIT_CORE",
+        libc::RLIMIT_RSS => "RLIMIT_RSS",
+        libc::RLIMIT_NPROC => "RLIMIT_NPROC",
+        libc::RLIMIT_NOFILE => "RLIMIT_NOFILE",
+        libc::RLIMIT_MEMLOCK => "RLIMIT_MEMLOCK",
+        libc::RLIMIT_AS => "RLIMIT_AS",
+        _ => return format!("resource {resource}"),
+    };
+    format!("{name} ({resource})")
+}
+
 fn signal_name(signal: u32) -> String {
     let name = match signal as i32 {
         libc::SIGINT => "SIGINT",
@@ -402,6 +433,10 @@ fn signal_name(signal: u32) -> String {
         libc::SIGSTOP => "SIGSTOP",
         libc::SIGTSTP => "SIGTSTP",
         libc::SIGCONT => "SIGCONT",
+        libc::SIGTTIN => "SIGTTIN",
+        libc::SIGTTOU => "SIGTTOU",
+        libc::SIGIO => "SIGIO",
+        libc::SIGURG => "SIGURG",
         _ => return format!("signal {signal}"),
     };
     format!("{name} ({signal})")

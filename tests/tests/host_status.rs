@@ -183,3 +183,105 @@ fn a_killed_daemon_is_not_running() -> Result<()> {
     );
     Ok(())
 }
+
+/// A daemon stopped by SIGSTOP, or frozen with its cgroup, is there but does nothing: `blocker
+/// status` says it is held and exits 1, and says it runs again once it is let go.
+#[test]
+fn a_stopped_or_frozen_daemon_is_held() -> Result<()> {
+    let scenario = BanScenario::new("status-held")?;
+    let status_file = scenario.sandbox.path("status.json");
+    let status_arg = status_file.to_str().context("utf-8 path")?;
+    let (daemon, _) = Daemon::start(
+        &scenario.sandbox.policy_dir(),
+        &["--backend", "kill", "--status-file", status_arg],
+    )?;
+    let held = |report: &Value| report["held"].is_string();
+
+    daemon.signal(libc::SIGSTOP);
+    let report = wait_for_status(&status_file, held)?;
+    ensure!(
+        report["held"]
+            .as_str()
+            .is_some_and(|reason| reason.ends_with("is stopped (SIGSTOP or another stop signal)")),
+        "{report}"
+    );
+    let (code, text) = status(&status_file, false)?;
+    ensure!(
+        code == 1 && text.starts_with("blocker      held: "),
+        "exit {code}: {text}"
+    );
+    daemon.signal(libc::SIGCONT);
+    wait_for_status(&status_file, |report| report["running"] == true)?;
+
+    let freezer = Freezer::new(daemon.pid())?;
+    freezer.set(true)?;
+    let report = wait_for_status(&status_file, held);
+    freezer.set(false)?;
+    let report = report?;
+    ensure!(
+        report["held"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("is frozen with its cgroup")),
+        "{report}"
+    );
+    wait_for_status(&status_file, |report| report["running"] == true)?;
+    drop(freezer);
+    let (status, _, _) = daemon.stop()?;
+    ensure!(status.success(), "{status}");
+    Ok(())
+}
+
+/// A test-made freezer cgroup holding one process: cgroup v2 where it is mounted at
+/// /sys/fs/cgroup, else the v1 freezer. Dropping it puts the process back and removes it.
+struct Freezer {
+    dir: std::path::PathBuf,
+    pid: u32,
+    /// Where the process was, to put it back.
+    home: std::path::PathBuf,
+    v2: bool,
+}
+
+impl Freezer {
+    fn new(pid: u32) -> Result<Self> {
+        let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        let root = if v2 {
+            Path::new("/sys/fs/cgroup").to_owned()
+        } else {
+            Path::new("/sys/fs/cgroup/freezer").to_owned()
+        };
+        let listing = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+        let controllers = if v2 { "" } else { "freezer" };
+        let home = listing
+            .lines()
+            .find_map(|line| {
+                let (_, rest) = line.split_once(':')?;
+                let (listed, path) = rest.split_once(':')?;
+                (listed == controllers).then(|| root.join(path.trim_start_matches('/')))
+            })
+            .context("the daemon's freezer cgroup")?;
+        let dir = root.join(format!("blocker-test-freezer-{}", std::process::id()));
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let freezer = Self { dir, pid, home, v2 };
+        std::fs::write(freezer.dir.join("cgroup.procs"), pid.to_string())
+            .context("moving the daemon into the test cgroup")?;
+        Ok(freezer)
+    }
+
+    fn set(&self, frozen: bool) -> Result<()> {
+        let (file, value) = match (self.v2, frozen) {
+            (true, frozen) => ("cgroup.freeze", if frozen { "1" } else { "0" }),
+            (false, true) => ("freezer.state", "FROZEN"),
+            (false, false) => ("freezer.state", "THAWED"),
+        };
+        std::fs::write(self.dir.join(file), value)
+            .with_context(|| format!("writing {value} to {file}"))
+    }
+}
+
+impl Drop for Freezer {
+    fn drop(&mut self) {
+        let _ = self.set(false);
+        let _ = std::fs::write(self.home.join("cgroup.procs"), self.pid.to_string());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}

@@ -524,3 +524,31 @@ fn the_service_is_up_before_logins_after_a_reboot() -> Result<()> {
     );
     Ok(())
 }
+
+/// `systemctl kill -s STOP` has pid 1 send SIGSTOP, which would leave the daemon there doing
+/// nothing. Pid 1 may stop and restart the service, but not stop it in place: refused, and
+/// recorded.
+#[test]
+fn the_service_manager_cannot_stop_the_daemon_in_place() -> Result<()> {
+    service_running()?;
+    let pid = main_pid()?;
+    let _ = output("systemctl", &["kill", "--signal=SIGSTOP", SERVICE])?;
+    let refused = |record: &Value| {
+        record["MESSAGE"].as_str().is_some_and(|message| {
+            message.contains("refused tamper attempt: signal (SIGSTOP (19))")
+        })
+    };
+    wait_until(
+        "the refused SIGSTOP in the journal",
+        STARTUP_TIMEOUT,
+        || Ok(journal(&[])?.iter().any(refused)),
+    )?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .unwrap_or_default();
+    ensure!(state != "T", "the daemon was stopped: {stat}");
+    ensure!(is_active()?, "the service is still active");
+    Ok(())
+}

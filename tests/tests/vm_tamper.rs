@@ -630,3 +630,54 @@ fn the_directories_on_the_way_keep_their_names_and_mounts() -> Result<()> {
     ensure!(output.status.success(), "{output:?}");
     Ok(())
 }
+
+/// Root's quieter ways to starve or kill the daemon: a new resource limit (`prlimit`), and a
+/// signal through a descriptor the daemon is made the owner of (`F_SETOWN` + `O_ASYNC`: SIGIO,
+/// whose default action ends a process, never passes `task_kill`). Both are refused and
+/// recorded, and the daemon lives on.
+#[test]
+fn resource_limits_and_owner_signals_do_not_reach_the_daemon() -> Result<()> {
+    let sandbox = Sandbox::new("tamper-quiet")?;
+    let banned = sandbox.copy_binary("banned")?;
+    sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[]))?;
+    let _stop = StopOnDrop;
+    let (mut daemon, _) = Daemon::start(&sandbox.policy_dir(), &["--backend", "lsm", "--protect"])?;
+    let pid = daemon.pid() as libc::pid_t;
+
+    let starved = libc::rlimit {
+        rlim_cur: 3,
+        rlim_max: 3,
+    };
+    // SAFETY: prlimit of another process with a valid new limit and no old one asked for.
+    expect_eperm(
+        "lowering the daemon's RLIMIT_NOFILE",
+        errno(unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &starved, std::ptr::null_mut()) }),
+    )?;
+    let record = wait_for_tamper(&mut daemon, "resource_limit")?;
+    ensure!(record["detail"] == "RLIMIT_NOFILE (7)", "{record}");
+
+    let mut ends = [0; 2];
+    // SAFETY: a pipe into a local array, then fcntl on its own descriptors.
+    unsafe {
+        ensure!(libc::pipe(ends.as_mut_ptr()) == 0);
+        ensure!(libc::fcntl(ends[0], libc::F_SETOWN, pid) == 0);
+        let flags = libc::fcntl(ends[0], libc::F_GETFL);
+        ensure!(libc::fcntl(ends[0], libc::F_SETFL, flags | libc::O_ASYNC) == 0);
+        ensure!(libc::write(ends[1], b"x".as_ptr().cast(), 1) == 1);
+    }
+    let record = wait_for_tamper(&mut daemon, "owner_signal")?;
+    ensure!(record["detail"] == "SIGIO (29)", "{record}");
+    // SAFETY: closes the pipe made above.
+    unsafe {
+        libc::close(ends[0]);
+        libc::close(ends[1]);
+    }
+    // SAFETY: probes the daemon with signal 0.
+    ensure!(unsafe { libc::kill(pid, 0) } == 0, "the daemon lives on");
+
+    let output = blocker(&["stop"])?;
+    ensure!(output.status.success(), "{output:?}");
+    let status = daemon.wait(Duration::from_secs(30))?;
+    ensure!(status.success(), "{status}");
+    Ok(())
+}

@@ -10,8 +10,18 @@ use super::{DaemonState, StatusDocument};
 /// Whether the daemon behind a document runs, and for how long, or why it does not.
 #[derive(Debug, PartialEq)]
 pub enum Liveness {
-    Running { uptime: Duration },
-    NotRunning { reason: String },
+    Running {
+        uptime: Duration,
+    },
+    /// The process is there but does nothing: stopped by a signal or a tracer, or frozen with
+    /// its cgroup. The kernel keeps enforcing what is in its maps, but no event is delivered and
+    /// nothing is refreshed or reloaded.
+    Held {
+        reason: String,
+    },
+    NotRunning {
+        reason: String,
+    },
 }
 
 pub fn liveness(document: &StatusDocument) -> Liveness {
@@ -61,9 +71,58 @@ pub fn liveness(document: &StatusDocument) -> Liveness {
         Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {}
         Err(_) => return gone(),
     }
+    if let Some(reason) = held(document.pid, process.state) {
+        return Liveness::Held { reason };
+    }
     Liveness::Running {
         uptime: uptime(process.start_ticks).unwrap_or_default(),
     }
+}
+
+/// Why process `pid`, in `/proc` state `state`, does nothing, if it does nothing.
+fn held(pid: u32, state: char) -> Option<String> {
+    match state {
+        'T' => {
+            return Some(format!(
+                "pid {pid} is stopped (SIGSTOP or another stop signal)"
+            ))
+        }
+        't' => return Some(format!("pid {pid} is stopped by a tracer")),
+        _ => {}
+    }
+    // A frozen task sleeps like any other; only its cgroup says it is frozen: `cgroup.freeze`
+    // in cgroup v2, the v1 freezer's `freezer.state`.
+    let listing = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let frozen_in = |path: &str, file: &str, frozen: fn(&str) -> bool| {
+        let state = fs::read_to_string(format!("/sys/fs/cgroup{file}")).ok()?;
+        frozen(&state).then(|| format!("pid {pid} is frozen with its cgroup {}", escaped(path)))
+    };
+    let unified = cgroup_of(&listing, "")
+        .and_then(|path| frozen_in(path, &format!("{path}/cgroup.events"), frozen_v2));
+    unified.or_else(|| {
+        cgroup_of(&listing, "freezer")
+            .and_then(|path| frozen_in(path, &format!("/freezer{path}/freezer.state"), frozen_v1))
+    })
+}
+
+/// The path of the cgroup of `controllers` (`""` for cgroup v2) in a `/proc/PID/cgroup`
+/// listing, whose lines read `ID:CONTROLLERS:PATH`.
+fn cgroup_of<'a>(listing: &'a str, controllers: &str) -> Option<&'a str> {
+    listing.lines().find_map(|line| {
+        let (_, rest) = line.split_once(':')?;
+        let (listed, path) = rest.split_once(':')?;
+        (listed == controllers).then_some(path)
+    })
+}
+
+/// Whether a cgroup v2 `cgroup.events` file says the cgroup is frozen.
+fn frozen_v2(events: &str) -> bool {
+    events.lines().any(|line| line.trim() == "frozen 1")
+}
+
+/// Whether a cgroup v1 `freezer.state` is frozen or on its way.
+fn frozen_v1(state: &str) -> bool {
+    matches!(state.trim(), "FROZEN" | "FREEZING")
 }
 
 /// The kernel appends " (deleted)" to the executable of a process whose file was replaced, as a
@@ -146,6 +205,39 @@ mod tests {
             uptime <= boot,
             "{uptime:?} is longer than the machine has run"
         );
+    }
+
+    #[test]
+    fn a_stopped_or_frozen_process_is_held() {
+        let mut child = Command::new("/bin/sleep").arg("30").spawn().unwrap();
+        let document = document_of(child.id());
+        // SAFETY: signals the child just spawned.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGSTOP) };
+        let held = (0..200).find_map(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            match liveness(&document) {
+                Liveness::Held { reason } => Some(reason),
+                _ => None,
+            }
+        });
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let reason = held.expect("a stopped process is held");
+        assert!(
+            reason.ends_with("is stopped (SIGSTOP or another stop signal)"),
+            "{reason}"
+        );
+
+        let listing = "6:freezer:/test\n12:cpu:/x\n0::/system.slice/blocker.service\n";
+        assert_eq!(
+            cgroup_of(listing, ""),
+            Some("/system.slice/blocker.service")
+        );
+        assert_eq!(cgroup_of(listing, "freezer"), Some("/test"));
+        assert_eq!(cgroup_of("12:cpu:/x\n", ""), None);
+        assert!(frozen_v2("populated 1\nfrozen 1\n"));
+        assert!(!frozen_v2("populated 1\nfrozen 0\n"));
+        assert!(frozen_v1("FROZEN\n") && frozen_v1("FREEZING\n") && !frozen_v1("THAWED\n"));
     }
 
     #[test]

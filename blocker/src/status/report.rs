@@ -31,7 +31,7 @@ pub fn command(status_file: &Path, as_json: bool) -> Result<ExitCode> {
         },
     };
     let pins = match liveness {
-        Liveness::Running { .. } => None,
+        Liveness::Running { .. } | Liveness::Held { .. } => None,
         Liveness::NotRunning { .. } => Some(pinned_objects(Path::new(PIN_DIR))),
     };
     let report = Report {
@@ -50,7 +50,7 @@ pub fn command(status_file: &Path, as_json: bool) -> Result<ExitCode> {
     }
     Ok(match liveness {
         Liveness::Running { .. } => ExitCode::SUCCESS,
-        Liveness::NotRunning { .. } => ExitCode::from(EXIT_NOT_RUNNING),
+        Liveness::Held { .. } | Liveness::NotRunning { .. } => ExitCode::from(EXIT_NOT_RUNNING),
     })
 }
 
@@ -107,6 +107,9 @@ struct JsonReport<'a> {
     uptime_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     not_running_reason: Option<&'a str>,
+    /// Why a daemon that is there does nothing (stopped, traced, frozen).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    held: Option<&'a str>,
     status_file: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pinned_objects: Option<Vec<String>>,
@@ -118,9 +121,12 @@ struct JsonReport<'a> {
 
 impl Report<'_> {
     fn json(&self) -> JsonReport<'_> {
-        let (running, uptime_seconds, not_running_reason) = match self.liveness {
-            Liveness::Running { uptime } => (true, Some(uptime.as_millis() as f64 / 1000.0), None),
-            Liveness::NotRunning { reason } => (false, None, Some(reason.as_str())),
+        let (running, uptime_seconds, not_running_reason, held) = match self.liveness {
+            Liveness::Running { uptime } => {
+                (true, Some(uptime.as_millis() as f64 / 1000.0), None, None)
+            }
+            Liveness::Held { reason } => (false, None, None, Some(reason.as_str())),
+            Liveness::NotRunning { reason } => (false, None, Some(reason.as_str()), None),
         };
         let (pinned_objects, pinned_objects_unknown) = match self.pins {
             None => (None, None),
@@ -132,6 +138,7 @@ impl Report<'_> {
             running,
             uptime_seconds,
             not_running_reason,
+            held,
             status_file: self.status_file.display().to_string(),
             pinned_objects,
             pinned_objects_unknown,
@@ -159,6 +166,16 @@ impl Report<'_> {
                 );
                 describe(document, now, &mut line);
             }
+            (Liveness::Held { reason }, Some(document)) => {
+                line(
+                    "blocker",
+                    format!(
+                        "held: {reason}; the kernel keeps enforcing the maps as they are, but no \
+                         event is delivered and nothing is refreshed or reloaded"
+                    ),
+                );
+                describe(document, now, &mut line);
+            }
             (Liveness::NotRunning { reason }, document) => {
                 line("blocker", format!("not running: {reason}"));
                 match self.pins {
@@ -181,7 +198,9 @@ impl Report<'_> {
                     describe(document, now, &mut line);
                 }
             }
-            (Liveness::Running { .. }, None) => unreachable!("only a document says it runs"),
+            (Liveness::Running { .. } | Liveness::Held { .. }, None) => {
+                unreachable!("only a document says it runs")
+            }
         }
         out
     }
