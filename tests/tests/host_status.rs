@@ -196,6 +196,8 @@ fn a_stopped_or_frozen_daemon_is_held() -> Result<()> {
         &["--backend", "kill", "--status-file", status_arg],
     )?;
     let held = |report: &Value| report["held"].is_string();
+    // Stopped before it wrote its first status, the daemon would have nothing to be held in.
+    wait_for_status(&status_file, |report| report["running"] == true)?;
 
     daemon.signal(libc::SIGSTOP);
     let report = wait_for_status(&status_file, held)?;
