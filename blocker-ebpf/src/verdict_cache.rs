@@ -49,14 +49,6 @@ pub fn banned_content(
     if setting(setting::CONTENT_BANS) == 0 {
         return None;
     }
-    // Bytes that can change without this inode's hooks seeing it cannot be judged: a hash
-    // would vouch for bytes other than those that run. An unprivileged user can otherwise mount
-    // an overlay in a user namespace and swap the upper layer's file under a cached or fresh
-    // verdict (measured: IMA also fails on, or misreads, such files).
-    if !inode.content_guarded() {
-        increment(counter::CONTENT_UNGUARDED);
-        return unhashable_ban(key);
-    }
     let inode_generation = inode.generation()?;
     // Read before the ban lookup: if the daemon changes the bans meanwhile, this verdict is
     // stored under the old generation and is stale by the time anyone reads it.
@@ -74,6 +66,16 @@ pub fn banned_content(
                 return banned_verdict(key, &cached);
             }
         }
+    }
+    // Bytes that can change without this inode's hooks seeing it cannot be judged: a hash
+    // would vouch for bytes other than those that run. An unprivileged user can otherwise mount
+    // an overlay in a user namespace and swap the upper layer's file under a cached or fresh
+    // verdict (measured: IMA also fails on, or misreads, such files). Checked only on a miss:
+    // such a file never gets a verdict cached, so a hit is a guarded file, and the common
+    // path (every exec and library mapping of a cached file) skips the superblock reads.
+    if !inode.content_guarded() {
+        increment(counter::CONTENT_UNGUARDED);
+        return unhashable_ban(key);
     }
     increment(counters.miss);
 
