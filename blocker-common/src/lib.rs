@@ -21,6 +21,7 @@ pub mod names {
     pub const PROTECTION_MAP: &str = "PROTECTION";
     pub const PROTECTED_INODES_MAP: &str = "PROTECTED_INODES";
     pub const PROTECTED_BPF_OBJECTS_MAP: &str = "PROTECTED_BPF_OBJECTS";
+    pub const HEARTBEAT_MAP: &str = "HEARTBEAT";
 }
 
 /// The LSM programs, each with its hook and the hook arguments it reads; the loader attaches a
@@ -417,6 +418,20 @@ pub mod inode_guard {
     /// Only the inode's own name and what is mounted on or from it: a directory on the way to
     /// a whole one, whose other entries stay free to change.
     pub const PATH: u32 = 2;
+    /// A cgroup directory of the daemon or one of its ancestors: its control files
+    /// (`cgroup.kill`, `cpu.max`, `memory.max`, ...) may be written by the blocker binary and
+    /// the service manager (pid 1) only, whichever files the enabled controllers add later.
+    pub const CGROUP: u32 = 3;
+    /// `cgroup.procs`, `cgroup.threads` and `cgroup.subtree_control` of those: free, since other
+    /// processes' moves and controllers pass through them.
+    pub const CGROUP_MEMBERSHIP: u32 = 4;
+    /// `cgroup.freeze` of those: the blocker binary only. The service manager never freezes a
+    /// service but when told to (`systemctl freeze`), root blinding the daemon through it.
+    pub const CGROUP_FREEZE: u32 = 5;
+    /// Whether an entry guards the inode's own name and what is mounted on it.
+    pub const fn guards_name(guard: u32) -> bool {
+        guard == WHOLE || guard == PATH
+    }
 }
 
 /// Tamper protection, the one slot of `PROTECTION`.
@@ -438,7 +453,7 @@ pub struct Protection {
 
 /// Capacity of the protected inodes map: directories, the directories above them, and the blocker
 /// binary.
-pub const PROTECTED_INODES_CAPACITY: u32 = 128;
+pub const PROTECTED_INODES_CAPACITY: u32 = 256;
 /// Capacity of the protected BPF objects map: blocker's maps, programs and links.
 pub const PROTECTED_BPF_OBJECTS_CAPACITY: u32 = 256;
 
@@ -572,6 +587,29 @@ pub mod record_limit {
     pub const CAPACITY: u32 = 1 << 13;
 }
 
+/// The daemon's heartbeat, the one slot of `HEARTBEAT`: the daemon writes it every
+/// [`heartbeat::INTERVAL_SECS`], so the programs can tell, in each event, that nobody has been
+/// answering (killed, frozen or starved without a signal), and the next daemon that the last one
+/// went silent rather than stopped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// `CLOCK_BOOTTIME` (`bpf_ktime_get_boot_ns`) of the last beat; 0: none yet.
+    pub last_beat_ns: u64,
+    /// The process id of the daemon that beat.
+    pub daemon_tgid: u32,
+    /// 1 once that daemon stopped the documented way (its pinned programs enforce on with
+    /// nobody answering, as intended); 0 while it runs.
+    pub stopped: u32,
+}
+
+pub mod heartbeat {
+    pub const INTERVAL_SECS: u64 = 5;
+    /// Beats missed before the daemon counts as silent: slack for a busy machine.
+    pub const MISSED_BEFORE_SILENT: u64 = 3;
+    pub const SILENT_AFTER_NS: u64 = INTERVAL_SECS * MISSED_BEFORE_SILENT * 1_000_000_000;
+}
+
 /// The key of the record limiter: who did what to which file.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -633,8 +671,9 @@ pub struct ExecEvent {
     /// Records of the same user, file and operation suppressed in the window before this one
     /// (see [`record_limit`]).
     pub suppressed: u32,
-    /// Always zero: keeps the size a multiple of eight.
-    pub padding: u32,
+    /// Seconds since the daemon's last heartbeat, when it had gone silent without stopping
+    /// (see [`Heartbeat`]); 0 while it answers.
+    pub daemon_silent_secs: u32,
     pub comm: [u8; COMM_LEN],
     /// The path as given to exec (`bprm->filename`), NUL-terminated unless cut.
     pub filename: [u8; FILENAME_LEN],
@@ -701,6 +740,7 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::CachedVerdict {}
     unsafe impl aya::Pod for super::Protection {}
+    unsafe impl aya::Pod for super::Heartbeat {}
     unsafe impl aya::Pod for super::HookArgumentPositions {}
     unsafe impl aya::Pod for super::RecordKey {}
     unsafe impl aya::Pod for super::RecordWindow {}

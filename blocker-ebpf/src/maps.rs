@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use blocker_common::{
-    record_limit, BanEntry, CachedVerdict, ContentHash, FileKey, HookArgumentPositions,
+    record_limit, BanEntry, CachedVerdict, ContentHash, FileKey, Heartbeat, HookArgumentPositions,
     KernelOffsets, Protection, RecordKey, RecordWindow, BANNED_FILES_CAPACITY,
     BANNED_HASHES_CAPACITY, BPF_F_NO_PREALLOC, EVENTS_RING_BYTES, PROTECTED_BPF_OBJECTS_CAPACITY,
     PROTECTED_INODES_CAPACITY, VERDICT_CACHE_CAPACITY,
@@ -53,6 +53,10 @@ pub static RECENT_RECORDS: LruHashMap<RecordKey, RecordWindow> =
 /// Tamper protection: which daemon to guard and which binary is trusted; off while zero.
 #[map]
 pub static PROTECTION: Array<Protection> = Array::with_max_entries(1, 0);
+
+/// The daemon's heartbeat (see `blocker_common::Heartbeat`).
+#[map]
+pub static HEARTBEAT: Array<Heartbeat> = Array::with_max_entries(1, 0);
 
 /// Directories whose entries, and files whose contents, only trusted processes may change: the
 /// policy directory, the pin directories, the blocker binary.

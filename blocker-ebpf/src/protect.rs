@@ -168,8 +168,45 @@ pub fn protect_files_from_writes(ctx: LsmContext) -> i32 {
     if !opened.opened_for_writing() {
         return ALLOW;
     }
-    let target = opened.dentry().and_then(protected_dentry);
-    refuse_change(&protection, file_change::OPEN_FOR_WRITING, target)
+    let Some(dentry) = opened.dentry() else {
+        return ALLOW;
+    };
+    if let Some(target) = protected_dentry(dentry) {
+        return refuse_change(&protection, file_change::OPEN_FOR_WRITING, Some(target));
+    }
+    refuse_cgroup_control(&protection, dentry)
+}
+
+/// Writing a control file of the daemon's cgroups: `cgroup.kill` ends the daemon, and
+/// `cgroup.freeze`, a tiny `cpu.max` or `memory.max` stop or starve it, none of them through a
+/// signal. The service manager applies the unit's own limits and kills the service when
+/// stopping it, so it may write all but `cgroup.freeze`.
+fn refuse_cgroup_control(protection: &Protection, dentry: Dentry) -> i32 {
+    let Some(key) = dentry.inode().and_then(Inode::key) else {
+        return ALLOW;
+    };
+    // SAFETY: the value is copied out at once.
+    let guard = unsafe { PROTECTED_INODES.get(&key) }.copied().unwrap_or(0);
+    let service_manager_may = match guard {
+        inode_guard::CGROUP_MEMBERSHIP => return ALLOW,
+        inode_guard::CGROUP_FREEZE => false,
+        _ => {
+            let Some(directory) = dentry.parent().and_then(Dentry::inode).and_then(Inode::key)
+            else {
+                return ALLOW;
+            };
+            // SAFETY: the value is copied out at once.
+            if unsafe { PROTECTED_INODES.get(&directory) }.copied() != Some(inode_guard::CGROUP) {
+                return ALLOW;
+            }
+            true
+        }
+    };
+    let caller = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if (service_manager_may && caller == 1) || trusted(protection) {
+        return ALLOW;
+    }
+    refuse(operation::FILE_CHANGE, file_change::OPEN_FOR_WRITING, key)
 }
 
 #[lsm(hook = "inode_setattr")]
@@ -486,8 +523,9 @@ fn protected_inode(inode: Inode) -> Option<FileKey> {
 /// what is mounted on it are guarded.
 fn guarded_inode(inode: Inode) -> Option<FileKey> {
     let key = inode.key()?;
-    // SAFETY: only the presence of the entry is used.
-    unsafe { PROTECTED_INODES.get(&key) }.map(|_| key)
+    // SAFETY: the value is copied out at once.
+    let guard = *unsafe { PROTECTED_INODES.get(&key) }?;
+    inode_guard::guards_name(guard).then_some(key)
 }
 
 /// The identity of `dentry`'s inode if it, or the directory holding it, is protected.

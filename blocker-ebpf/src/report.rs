@@ -5,12 +5,12 @@ use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
 };
 use blocker_common::{
-    action, counter, record_limit, BanEntry, ExecEvent, FileKey, RecordKey, RecordWindow,
+    action, counter, heartbeat, record_limit, BanEntry, ExecEvent, FileKey, RecordKey, RecordWindow,
 };
 
 use crate::{
     kernel_types::{Bprm, Task},
-    maps::{increment, EVENTS, RECENT_RECORDS},
+    maps::{increment, EVENTS, HEARTBEAT, RECENT_RECORDS},
 };
 
 const EPERM: i32 = 1;
@@ -108,9 +108,11 @@ pub fn report(ban: &Ban, occurrence: &Occurrence) {
     let parent = Task::current()
         .and_then(Task::real_parent)
         .and_then(Task::tgid);
+    // SAFETY: reads the clock.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
     // SAFETY: `event` points at a reserved, exclusively owned ring buffer slot of the right size.
     unsafe {
-        (*event).boot_time_ns = bpf_ktime_get_boot_ns();
+        (*event).boot_time_ns = now;
         (*event).ino = ban.key.ino;
         (*event).tid = pid_tgid as u32;
         (*event).tgid = (pid_tgid >> 32) as u32;
@@ -124,7 +126,7 @@ pub fn report(ban: &Ban, occurrence: &Occurrence) {
         (*event).operation = occurrence.operation;
         (*event).detail = occurrence.detail;
         (*event).suppressed = suppressed;
-        (*event).padding = 0;
+        (*event).daemon_silent_secs = daemon_silent_secs(now);
         (*event).comm = bpf_get_current_comm().unwrap_or_default();
         (*event).filename_len = match occurrence.exec {
             Some(bprm) => bprm.filename_into(&mut (*event).filename),
@@ -132,6 +134,19 @@ pub fn report(ban: &Ban, occurrence: &Occurrence) {
         };
     }
     slot.submit(0);
+}
+
+/// Seconds since the daemon last beat, if it went silent without stopping; 0 otherwise.
+#[inline(always)]
+fn daemon_silent_secs(now: u64) -> u32 {
+    let Some(beat) = HEARTBEAT.get(0) else {
+        return 0;
+    };
+    let silent_ns = now.saturating_sub(beat.last_beat_ns);
+    if beat.last_beat_ns == 0 || beat.stopped != 0 || silent_ns < heartbeat::SILENT_AFTER_NS {
+        return 0;
+    }
+    (silent_ns / 1_000_000_000) as u32
 }
 
 /// What [`suppressed_before`] returns for a record to suppress. A plain number rather than an

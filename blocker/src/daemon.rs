@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{MapData, RingBuf};
-use blocker_common::FileKey;
+use blocker_common::{heartbeat, FileKey, Heartbeat};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
@@ -134,12 +134,13 @@ pub fn run(options: RunOptions) -> Result<()> {
         enforcer.backend_reason()
     );
     log_features(enforcer.features());
-    let protected = enforcer.protected().clone();
+    let protected = enforcer.named_in_events();
     if !protected.is_empty() {
         log::info!(
             "tamper protection on: {}; stop with `blocker stop` or the service manager, change \
              policies with `blocker policy`",
-            protected
+            enforcer
+                .protected()
                 .values()
                 .map(|path| escaped(path).to_string())
                 .collect::<Vec<_>>()
@@ -158,6 +159,32 @@ pub fn run(options: RunOptions) -> Result<()> {
     // wait for it.
     runtime.shutdown_background();
     served
+}
+
+/// Tells the kernel programs, and systemd's watchdog (`WatchdogSec=`), that the event loop
+/// runs.
+fn beat(enforcer: &mut Enforcer) {
+    if let Err(error) = enforcer.beat() {
+        log::error!("{error:#}");
+    }
+    systemd::notify_watchdog();
+}
+
+/// The daemon before this one, whose programs this one adopted, stopped beating without
+/// stopping: whatever ended or held it did so without a record of its own.
+fn report_lost_daemon(last: Heartbeat, sink: &Sinks) {
+    if last.last_beat_ns == 0 || last.stopped != 0 {
+        return;
+    }
+    let clock = BootClock;
+    let record = Record::DaemonLost {
+        time: events::now_rfc3339(),
+        pid: last.daemon_tgid,
+        last_heard: events::rfc3339(clock.wall_time(last.last_beat_ns)),
+        silent_seconds: clock.now_ns().saturating_sub(last.last_beat_ns) / 1_000_000_000,
+    };
+    log::warn!("{}", record.summary());
+    sink.emit(record);
 }
 
 /// What the event loop keeps of the policy in force and of the background work on it.
@@ -204,6 +231,7 @@ async fn serve(
     let mut counter_check = tokio::time::interval(COUNTER_CHECK_INTERVAL);
     let mut rescan = tokio::time::interval(options.rescan_interval);
     rescan.tick().await;
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(heartbeat::INTERVAL_SECS));
     let mut state = State {
         hash_limit_bytes: Arc::new(AtomicU64::new(policy.hash_limit_bytes())),
         policy,
@@ -228,6 +256,12 @@ async fn serve(
     // Rules reloads removed, so an event raised under the previous policy still names its rule.
     let mut retired_rules = BTreeMap::new();
 
+    // Read before this daemon's first beat; beaten before anyone hears it started.
+    let previous_heartbeat = enforcer
+        .heartbeat()
+        .map_err(|error| log::error!("{error:#}"))
+        .ok();
+    beat(&mut enforcer);
     sink.emit(Record::Started {
         time: events::now_rfc3339(),
         backend: enforcer.backend().name(),
@@ -245,6 +279,9 @@ async fn serve(
         protected: !protected.is_empty(),
         features: enforcer.features().clone(),
     });
+    if let Some(previous) = previous_heartbeat {
+        report_lost_daemon(previous, &sink);
+    }
     let mut status = Publisher::start(
         status::Setup {
             path: options.status_file.clone(),
@@ -315,6 +352,7 @@ async fn serve(
                 state.report_overflow();
                 status.publish(Snapshot::of(&enforcer, &state.policy, &state.resolution, delivered, &counters));
             }
+            _ = heartbeat.tick() => beat(&mut enforcer),
             _ = hangup.recv() => reload_due = Some(Instant::now()),
             ready = changed(policy_dir_changes.as_ref()) => {
                 let mut ready = ready?;
@@ -393,6 +431,9 @@ async fn serve(
         );
     }
     let pinned = enforcer.pinned().map(|dir| dir.display().to_string());
+    if let Err(error) = enforcer.stop_beating() {
+        log::error!("{error:#}");
+    }
     if pinned.is_some() && !protected.is_empty() {
         // Stopped the documented way: the pins and policies may now be changed, until the next
         // daemon protects them again.

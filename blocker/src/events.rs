@@ -80,6 +80,18 @@ pub enum Record {
         dropped: u64,
         total: u64,
     },
+    /// The daemon before this one went silent without stopping (killed, frozen or starved
+    /// without a signal: its heartbeat stopped); its pinned programs kept enforcing meanwhile,
+    /// and events they raised say how long nobody had been answering.
+    DaemonLost {
+        time: String,
+        /// Process id of that daemon.
+        pid: u32,
+        /// When it last beat.
+        last_heard: String,
+        /// How long before this daemon's start.
+        silent_seconds: u64,
+    },
     /// The daemon stopped. Its programs are detached, unless they are `pinned`: then they keep
     /// enforcing the last policy until `blocker unload` or the next daemon replaces them.
     Stopped {
@@ -122,6 +134,16 @@ impl Record {
             } => format!(
                 "{dropped} records never reached the {sink} sink ({total} in total); enforcement \
                  was not affected"
+            ),
+            Record::DaemonLost {
+                pid,
+                last_heard,
+                silent_seconds,
+                ..
+            } => format!(
+                "the daemon before this one (pid {pid}) went silent at {last_heard}, \
+                 {silent_seconds} s ago, without stopping: it was killed, frozen or starved; its \
+                 pinned programs kept enforcing"
             ),
             Record::Stopped {
                 events,
@@ -201,6 +223,10 @@ pub struct ExecRecord {
     /// (it sends at most `record_limit::BURST` every `record_limit::WINDOW_NS`); absent when 0.
     #[serde(skip_serializing_if = "is_zero")]
     pub suppressed_before: u32,
+    /// Seconds the daemon had been silent (no heartbeat, not stopped) when the kernel raised
+    /// this event: it was killed, frozen or starved meanwhile. Absent while it answered.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub daemon_silent_seconds: u32,
 }
 
 impl ExecRecord {
@@ -248,6 +274,7 @@ impl ExecRecord {
             device: format!("{major}:{minor}"),
             inode: event.ino,
             suppressed_before: event.suppressed,
+            daemon_silent_seconds: event.daemon_silent_secs,
         }
     }
 
@@ -268,13 +295,14 @@ impl ExecRecord {
             _ => "executable mapping",
         };
         format!(
-            "{verdict} {what} of {} by pid {} ({}, uid {}) under rule {}{reason}{}",
+            "{verdict} {what} of {} by pid {} ({}, uid {}) under rule {}{reason}{}{}",
             escaped_bytes(&self.path_bytes()),
             self.caller.pid,
             self.caller.shown_comm(),
             self.caller.uid,
             self.rule,
-            suppressed_note(self.suppressed_before)
+            suppressed_note(self.suppressed_before),
+            silence_note(self.daemon_silent_seconds)
         )
     }
 
@@ -318,6 +346,10 @@ pub struct TamperRecord {
     /// (it sends at most `record_limit::BURST` every `record_limit::WINDOW_NS`); absent when 0.
     #[serde(skip_serializing_if = "is_zero")]
     pub suppressed_before: u32,
+    /// Seconds the daemon had been silent (no heartbeat, not stopped) when the kernel raised
+    /// this event: it was killed, frozen or starved meanwhile. Absent while it answered.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub daemon_silent_seconds: u32,
     #[serde(flatten)]
     pub caller: Caller,
 }
@@ -366,6 +398,7 @@ impl TamperRecord {
             },
             inode: if is_file { event.ino } else { 0 },
             suppressed_before: event.suppressed,
+            daemon_silent_seconds: event.daemon_silent_secs,
             caller: Caller::of(event),
         }
     }
@@ -381,13 +414,14 @@ impl TamperRecord {
             )
         };
         format!(
-            "refused tamper attempt: {} ({}){target} by pid {} ({}, uid {}){}",
+            "refused tamper attempt: {} ({}){target} by pid {} ({}, uid {}){}{}",
             self.attempt,
             self.detail,
             self.caller.pid,
             self.caller.shown_comm(),
             self.caller.uid,
-            suppressed_note(self.suppressed_before)
+            suppressed_note(self.suppressed_before),
+            silence_note(self.daemon_silent_seconds)
         )
     }
 }
@@ -402,6 +436,13 @@ fn suppressed_note(suppressed: u32) -> String {
         return String::new();
     }
     format!(" ({suppressed} earlier repeats by this user were enforced without a record)")
+}
+
+fn silence_note(silent_seconds: u32) -> String {
+    if silent_seconds == 0 {
+        return String::new();
+    }
+    format!(" (raised while the daemon had been silent for {silent_seconds} s)")
 }
 
 fn resource_name(resource: u32) -> String {
@@ -472,6 +513,11 @@ pub fn backend_name(value: u32) -> &'static str {
 pub struct BootClock;
 
 impl BootClock {
+    /// Now, as `bpf_ktime_get_boot_ns()` reads it.
+    pub fn now_ns(&self) -> u64 {
+        clock_ns(libc::CLOCK_BOOTTIME)
+    }
+
     pub fn wall_time(&self, boot_time_ns: u64) -> SystemTime {
         // Both clocks read now: their difference is the wall-clock time of boot.
         let now_wall = SystemTime::now();
@@ -546,7 +592,7 @@ mod tests {
             filename_len: 11,
             detail: 0,
             suppressed: 0,
-            padding: 0,
+            daemon_silent_secs: 0,
             comm,
             filename,
         }

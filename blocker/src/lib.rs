@@ -3,6 +3,7 @@
 
 pub mod background;
 pub mod budget;
+pub mod cgroups;
 pub mod control;
 pub mod critical;
 pub mod daemon;

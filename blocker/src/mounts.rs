@@ -65,6 +65,20 @@ impl MountTable {
     pub fn get(&self, id: u64) -> Option<&Mount> {
         self.mounts.get(&id)
     }
+
+    /// The mount of a filesystem of type `fs_type` with the shortest mount point (the main one
+    /// where a filesystem is also mounted deeper), if any.
+    pub fn of_type(&self, fs_type: &str) -> Option<&Mount> {
+        self.mounts
+            .values()
+            .filter(|mount| mount.fs_type == fs_type)
+            .min_by_key(|mount| mount.mount_point.as_os_str().len())
+    }
+}
+
+/// This process's mount table, read now.
+pub fn table() -> io::Result<MountTable> {
+    Ok(MountTable::parse(&std::fs::read(MOUNTINFO)?))
 }
 
 /// `36 35 98:0 /root /mnt rw,noatime master:1 - ext4 /dev/root rw,errors=continue`: the id,

@@ -1,5 +1,6 @@
 //! Telling systemd that enforcement has begun (`Type=notify`), so that units ordered after
-//! blocker.service, such as user sessions, start only once banned programs are refused.
+//! blocker.service, such as user sessions, start only once banned programs are refused; and
+//! that the daemon still runs, for its watchdog.
 
 use std::{
     ffi::OsStr,
@@ -20,6 +21,21 @@ pub fn notify_ready() {
         if let Err(error) = send(&socket, "READY=1") {
             log::warn!(
                 "could not tell systemd that enforcement began ({}: {error})",
+                socket.to_string_lossy()
+            );
+        }
+    }
+}
+
+/// Sends `WATCHDOG=1` where systemd asked for it (`WatchdogSec=` sets `WATCHDOG_USEC`, and
+/// `WATCHDOG_PID` names this process); a daemon that stops sending is killed and restarted.
+pub fn notify_watchdog() {
+    let asked = std::env::var_os("WATCHDOG_USEC").is_some()
+        && std::env::var("WATCHDOG_PID").map_or(true, |pid| pid == std::process::id().to_string());
+    if let (true, Some(socket)) = (asked, std::env::var_os("NOTIFY_SOCKET")) {
+        if let Err(error) = send(&socket, "WATCHDOG=1") {
+            log::warn!(
+                "could not tell systemd's watchdog the daemon runs ({}: {error})",
                 socket.to_string_lossy()
             );
         }

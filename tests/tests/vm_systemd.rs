@@ -552,3 +552,91 @@ fn the_service_manager_cannot_stop_the_daemon_in_place() -> Result<()> {
     ensure!(is_active()?, "the service is still active");
     Ok(())
 }
+
+/// The control files of the service's cgroup end, freeze or starve the daemon without a signal.
+/// Root writing them is refused and recorded; pid 1 applies the unit's limits (`systemctl
+/// set-property`, again at `daemon-reload`) and may, but `systemctl freeze` is refused like
+/// SIGSTOP.
+#[test]
+fn the_services_cgroup_cannot_kill_freeze_or_starve_it() -> Result<()> {
+    service_running()?;
+    let pid = main_pid()?;
+    let cgroup = Path::new("/sys/fs/cgroup/system.slice").join(SERVICE);
+    let refused_write = |file: &str| {
+        let needle = format!(
+            "refused tamper attempt: file_change (open for writing) on {}",
+            cgroup.join(file).display()
+        );
+        move |record: &Value| {
+            record["MESSAGE"]
+                .as_str()
+                .is_some_and(|message| message.contains(&needle))
+        }
+    };
+    for (file, value) in [
+        ("cgroup.kill", "1"),
+        ("cgroup.freeze", "1"),
+        ("memory.max", "1M"),
+        ("pids.max", "1"),
+        ("../cgroup.freeze", "1"),
+    ] {
+        match fs::write(cgroup.join(file), value) {
+            Err(error) if error.raw_os_error() == Some(libc::EPERM) => {}
+            other => bail!("writing {value} to {file}: {other:?}"),
+        }
+    }
+    wait_until(
+        "the refused cgroup.kill in the journal",
+        JOURNAL_TIMEOUT,
+        || Ok(journal(&[])?.iter().any(refused_write("cgroup.kill"))),
+    )?;
+
+    let freeze = output("systemctl", &["freeze", SERVICE])?;
+    ensure!(!freeze.status.success(), "systemctl freeze: {freeze:?}");
+    wait_until(
+        "pid 1's refused cgroup.freeze in the journal",
+        JOURNAL_TIMEOUT,
+        || {
+            Ok(journal(&[])?.iter().any(|record| {
+                refused_write("cgroup.freeze")(record)
+                    && record["MESSAGE"]
+                        .as_str()
+                        .is_some_and(|message| message.contains("by pid 1 "))
+            }))
+        },
+    )?;
+    let events = fs::read_to_string(cgroup.join("cgroup.events"))?;
+    ensure!(events.contains("frozen 0"), "{events}");
+
+    let before = journal(&[])?.len();
+    succeed(
+        "systemctl",
+        &["set-property", "--runtime", SERVICE, "TasksMax=4321"],
+    )?;
+    ensure!(fs::read_to_string(cgroup.join("pids.max"))?.trim() == "4321");
+    succeed("systemctl", &["daemon-reload"])?;
+    succeed(
+        "systemctl",
+        &["set-property", "--runtime", SERVICE, "TasksMax=infinity"],
+    )?;
+    thread::sleep(Duration::from_secs(2));
+    let tampering: Vec<_> = journal(&[])?
+        .into_iter()
+        .skip(before)
+        .filter(|record| {
+            record["MESSAGE"]
+                .as_str()
+                .is_some_and(|message| message.contains("refused tamper attempt"))
+        })
+        .collect();
+    ensure!(tampering.is_empty(), "pid 1 applying limits: {tampering:?}");
+    ensure!(
+        main_pid()? == pid && is_active()?,
+        "the daemon is untouched"
+    );
+    ensure!(
+        exec_refused(&banned_by_the_service("banned-cgroup")?)?,
+        "still enforcing"
+    );
+    Ok(())
+}

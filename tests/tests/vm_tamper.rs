@@ -681,3 +681,163 @@ fn resource_limits_and_owner_signals_do_not_reach_the_daemon() -> Result<()> {
     ensure!(status.success(), "{status}");
     Ok(())
 }
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// A test-made cgroup (v2, mounted by the VM's init), removed when dropped.
+struct TestCgroup {
+    dir: std::path::PathBuf,
+}
+
+impl TestCgroup {
+    fn new(dir: std::path::PathBuf) -> Result<Self> {
+        fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self { dir })
+    }
+
+    /// Starts the daemon in this cgroup: the test process enters it to spawn the daemon and
+    /// leaves again (tests run one at a time).
+    fn start_daemon(&self, policy_dir: &Path, args: &[&str]) -> Result<(Daemon, Value)> {
+        let own_pid = std::process::id().to_string();
+        fs::write(self.dir.join("cgroup.procs"), &own_pid)?;
+        let started = Daemon::start(policy_dir, args);
+        fs::write(Path::new(CGROUP_ROOT).join("cgroup.procs"), &own_pid)?;
+        started
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+/// The control files of the daemon's cgroup and its ancestors end, freeze or starve it without
+/// a signal: each write is refused and recorded, controllers turned on after the start
+/// included, while moves and controller changes through the membership files stay free.
+#[test]
+fn the_daemons_cgroups_cannot_kill_freeze_or_starve_it() -> Result<()> {
+    let sandbox = Sandbox::new("tamper-cgroup")?;
+    let banned = sandbox.copy_binary("banned")?;
+    sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[]))?;
+    fs::write(
+        Path::new(CGROUP_ROOT).join("cgroup.subtree_control"),
+        "+memory +pids",
+    )?;
+    let parent = TestCgroup::new(Path::new(CGROUP_ROOT).join("blocker-tamper"))?;
+    fs::write(parent.dir.join("cgroup.subtree_control"), "+memory")?;
+    let cgroup = TestCgroup::new(parent.dir.join("daemon"))?;
+    let _stop = StopOnDrop;
+    let (mut daemon, started) =
+        cgroup.start_daemon(&sandbox.policy_dir(), &["--backend", "lsm", "--protect"])?;
+    ensure!(started["protected"] == true, "{started}");
+
+    for (file, value) in [
+        ("cgroup.kill", "1"),
+        ("cgroup.freeze", "1"),
+        ("memory.max", "1M"),
+        ("memory.high", "1M"),
+        ("../cgroup.kill", "1"),
+        ("../cgroup.freeze", "1"),
+        ("../memory.max", "1M"),
+    ] {
+        expect_eperm(
+            &format!("writing {value} to {file}"),
+            fs::write(cgroup.dir.join(file), value),
+        )?;
+    }
+    let kill_file = cgroup.dir.join("cgroup.kill");
+    let record = daemon.wait_for_record(Duration::from_secs(10), |record| {
+        record["kind"] == "tamper" && record["path"] == kill_file.to_str().unwrap()
+    })?;
+    ensure!(
+        record["attempt"] == "file_change" && record["detail"] == "open for writing",
+        "{record}"
+    );
+
+    // A controller turned on after the start adds files guarded all the same.
+    fs::write(parent.dir.join("cgroup.subtree_control"), "+pids")?;
+    expect_eperm(
+        "writing 1 to pids.max, added after the start",
+        fs::write(cgroup.dir.join("pids.max"), "1"),
+    )?;
+    // Moving a process in and out passes.
+    let mut sleeper = Command::new("sleep").arg("60").spawn()?;
+    fs::write(cgroup.dir.join("cgroup.procs"), sleeper.id().to_string())?;
+    fs::write(
+        Path::new(CGROUP_ROOT).join("cgroup.procs"),
+        sleeper.id().to_string(),
+    )?;
+    sleeper.kill()?;
+    sleeper.wait()?;
+
+    let events = fs::read_to_string(cgroup.dir.join("cgroup.events"))?;
+    ensure!(events.contains("frozen 0"), "{events}");
+    // SAFETY: probing the daemon with signal 0.
+    ensure!(unsafe { libc::kill(daemon.pid() as libc::pid_t, 0) } == 0);
+    let error = run_as_launcher(&banned).expect_err("still enforcing");
+    ensure!(error.raw_os_error() == Some(libc::EPERM));
+
+    let output = blocker(&["stop"])?;
+    ensure!(output.status.success(), "{output:?}");
+    daemon.wait(Duration::from_secs(30))?;
+    fs::write(cgroup.dir.join("pids.max"), "max")
+        .context("the control files are writable once the daemon stopped")?;
+    Ok(())
+}
+
+/// A daemon that ends without stopping (here SIGKILL, as pid 1 or a crash would; with
+/// protection, what `cgroup.kill` or the OOM killer would do) leaves no record of its own: its
+/// heartbeat stops, so events its pinned programs raise meanwhile say how long nobody answered,
+/// and the next daemon reports it. A documented stop is not reported.
+#[test]
+fn a_daemon_gone_silent_is_reported_by_the_kernel_and_the_next_daemon() -> Result<()> {
+    const SILENT_PIN_DIR: &str = "/sys/fs/bpf/blocker-silent-test";
+    let sandbox = Sandbox::new("tamper-silent")?;
+    let banned = sandbox.copy_binary("banned")?;
+    sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[]))?;
+    let args = ["--backend", "lsm", "--pin", "--pin-dir", SILENT_PIN_DIR];
+    let silent_after =
+        blocker_common::heartbeat::INTERVAL_SECS * blocker_common::heartbeat::MISSED_BEFORE_SILENT;
+    let (mut first, _) = Daemon::start(&sandbox.policy_dir(), &args)?;
+    let first_pid = first.pid();
+    first.signal(libc::SIGKILL);
+    first.wait(Duration::from_secs(10))?;
+    std::thread::sleep(Duration::from_secs(silent_after + 2));
+    let error = run_as_launcher(&banned).expect_err("the pins keep enforcing");
+    ensure!(error.raw_os_error() == Some(libc::EPERM));
+
+    let (mut second, started) = Daemon::start(&sandbox.policy_dir(), &args)?;
+    ensure!(started["adopted"] == true, "{started}");
+    let lost = second.wait_for_record(Duration::from_secs(10), |r| r["kind"] == "daemon_lost")?;
+    ensure!(lost["pid"] == first_pid, "{lost}");
+    ensure!(
+        lost["silent_seconds"].as_u64() >= Some(silent_after),
+        "{lost}"
+    );
+    let record = second.wait_for_exec(&banned)?;
+    ensure!(
+        record["daemon_silent_seconds"].as_u64() >= Some(silent_after),
+        "raised while nobody answered: {record}"
+    );
+    run_as_launcher(&banned).expect_err("still enforcing");
+    let record = second.wait_for_exec(&banned)?;
+    ensure!(
+        record.get("daemon_silent_seconds").is_none(),
+        "raised while the daemon answers: {record}"
+    );
+
+    let (status, _, _) = second.stop()?;
+    ensure!(status.success(), "{status}");
+    let (third, started) = Daemon::start(&sandbox.policy_dir(), &args)?;
+    ensure!(started["adopted"] == true, "{started}");
+    let (status, records, _) = third.stop()?;
+    ensure!(status.success(), "{status}");
+    ensure!(
+        records.iter().all(|r| r["kind"] != "daemon_lost"),
+        "a documented stop is not a loss: {records:?}"
+    );
+    let output = blocker(&["unload", "--pin-dir", SILENT_PIN_DIR])?;
+    ensure!(output.status.success(), "{output:?}");
+    Ok(())
+}

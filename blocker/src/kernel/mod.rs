@@ -4,6 +4,7 @@
 mod btf;
 pub mod coverage;
 pub mod features;
+pub mod heartbeat;
 mod hooks;
 mod offsets;
 pub mod pins;
@@ -85,7 +86,7 @@ pub struct KernelCounters {
 }
 
 /// The maps userspace reads and writes, the ones pinned for the next daemon.
-const USERSPACE_MAPS: [&str; 9] = [
+const USERSPACE_MAPS: [&str; 10] = [
     names::BANNED_FILES_MAP,
     names::BANNED_HASHES_MAP,
     names::SETTINGS_MAP,
@@ -95,6 +96,7 @@ const USERSPACE_MAPS: [&str; 9] = [
     names::PROTECTION_MAP,
     names::PROTECTED_INODES_MAP,
     names::PROTECTED_BPF_OBJECTS_MAP,
+    names::HEARTBEAT_MAP,
 ];
 
 /// What the kernel enforces: the entries of the ban maps and the policy-wide settings.
@@ -136,6 +138,8 @@ pub struct Enforcer {
     pinned: Option<PathBuf>,
     /// What tamper protection guards, by identity; empty while it is off.
     protected: BTreeMap<FileKey, PathBuf>,
+    /// The files in the daemon's guarded cgroups, for naming them in events.
+    cgroup_files: BTreeMap<FileKey, PathBuf>,
 }
 
 impl Enforcer {
@@ -289,6 +293,7 @@ impl Enforcer {
             policy_generation: 0,
             pinned: None,
             protected: BTreeMap::new(),
+            cgroup_files: BTreeMap::new(),
         })
     }
 
@@ -341,6 +346,7 @@ impl Enforcer {
             policy_generation: 0,
             pinned: Some(dir.to_owned()),
             protected: BTreeMap::new(),
+            cgroup_files: BTreeMap::new(),
         };
         enforcer.installed = read_map(enforcer.map_mut(names::BANNED_FILES_MAP)?)?;
         enforcer.installed_content = read_map(enforcer.map_mut(names::BANNED_HASHES_MAP)?)?;

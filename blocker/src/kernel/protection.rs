@@ -11,7 +11,10 @@ use aya::maps::{Array, MapData};
 use blocker_common::{bpf_object, inode_guard, names, FileKey, Protection};
 
 use super::{coverage::State, pins, sync_map, Enforcer};
-use crate::identity::{self, FileIdentity};
+use crate::{
+    cgroups,
+    identity::{self, FileIdentity},
+};
 
 impl Enforcer {
     /// Turns tamper protection on for this process: no other process may signal or trace it,
@@ -59,6 +62,24 @@ impl Enforcer {
             inodes.insert(key, inode_guard::WHOLE);
             protected.insert(key, path);
         }
+        let cgroups = cgroups::own().unwrap_or_else(|error| {
+            log::warn!("the daemon's cgroup is not guarded: {error:#}");
+            Vec::new()
+        });
+        let mut cgroup_files = BTreeMap::new();
+        for entry in &cgroups {
+            let key = key_of(&entry.path)?;
+            inodes.insert(key, entry.guard);
+            if entry.guard == inode_guard::CGROUP {
+                protected.insert(key, entry.path.clone());
+            }
+        }
+        for path in cgroups::control_files(&cgroups) {
+            // A file gone meanwhile (a controller turned off) needs no name.
+            if let Ok(key) = identity::key_of_path(&path) {
+                cgroup_files.insert(key, path);
+            }
+        }
         let mut objects = BTreeMap::new();
         for (name, link) in &self.links {
             let link = link.info().context("reading a link's id")?;
@@ -100,18 +121,33 @@ impl Enforcer {
             padding: 0,
         })?;
         self.protected = protected;
+        self.cgroup_files = cgroup_files;
         Ok(())
     }
 
-    /// What tamper protection guards by identity, for naming it in events; empty while off.
+    /// What tamper protection guards by identity (but the files in the daemon's cgroups); empty
+    /// while off.
     pub fn protected(&self) -> &BTreeMap<FileKey, PathBuf> {
         &self.protected
+    }
+
+    /// What tamper protection guards by identity, the files in the daemon's cgroups included, for
+    /// naming it in events.
+    pub fn named_in_events(&self) -> BTreeMap<FileKey, PathBuf> {
+        let mut named = self.cgroup_files.clone();
+        named.extend(
+            self.protected
+                .iter()
+                .map(|(key, path)| (*key, path.clone())),
+        );
+        named
     }
 
     /// Turns tamper protection off, before a pinned daemon stops through the documented way:
     /// the pins and the policy can then be changed until the next daemon protects them again.
     pub fn unprotect(&mut self) -> Result<()> {
         self.protected.clear();
+        self.cgroup_files.clear();
         self.set_protection(Protection::default())
     }
 

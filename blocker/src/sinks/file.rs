@@ -403,6 +403,7 @@ mod tests {
             device: "254:1".to_owned(),
             inode: 42,
             suppressed_before: 0,
+            daemon_silent_seconds: 0,
         })
     }
 
@@ -416,6 +417,7 @@ mod tests {
             device: "254:1".to_owned(),
             inode: 7,
             suppressed_before: 0,
+            daemon_silent_seconds: 0,
             caller: caller(),
         })
     }

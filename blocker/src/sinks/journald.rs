@@ -105,7 +105,8 @@ fn priority(record: &Record) -> u8 {
         Record::Exec(_)
         | Record::Tamper(_)
         | Record::EventsLost { .. }
-        | Record::RecordsDropped { .. } => WARNING,
+        | Record::RecordsDropped { .. }
+        | Record::DaemonLost { .. } => WARNING,
         Record::ReloadFailed { .. } => ERR,
         Record::Stopped { .. } => NOTICE,
         Record::Started { .. } | Record::Reloaded { .. } => INFO,
@@ -235,6 +236,7 @@ mod tests {
             device: "254:1".to_owned(),
             inode: 42,
             suppressed_before: 0,
+            daemon_silent_seconds: 0,
         }
     }
 
