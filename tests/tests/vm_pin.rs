@@ -1,16 +1,33 @@
 //! Enforcement that outlives the daemon (run inside the VM by `cargo xtask test`, where pinning
 //! is safe): `blocker run --pin` leaves its programs pinned, a `kill -9` of the daemon opens no
 //! door, the next daemon adopts the pins and delivers what happened meanwhile, and `blocker
-//! unload` removes them.
+//! unload` removes them. Pins forged while no daemon ran are not adopted: the next daemon loads
+//! its own programs and replaces them.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{
+    collections::BTreeSet,
+    fs,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::Path,
+    process::Command,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
+use aya::programs::links::{FdLink, PinnedLink};
+use blocker_common::{lsm_programs, names, BanEntry, FileKey};
 use blocker_integration_tests::{
-    blocker_bin, deny_and_audit_policy, run_as_launcher, Daemon, Sandbox,
+    blocker_bin, deny_and_audit_policy, run_as_launcher, Daemon, Sandbox, STARTUP_TIMEOUT,
 };
 
 const PIN_DIR: &str = "/sys/fs/bpf/blocker-vm-test";
+const FORGED_PIN_DIR: &str = "/sys/fs/bpf/blocker-vm-forged";
+const KILL_PIN_DIR: &str = "/sys/fs/bpf/blocker-vm-kill";
 
 fn assert_denied(path: &Path) -> Result<()> {
     let error = run_as_launcher(path).expect_err("a banned exec must fail");
@@ -22,9 +39,9 @@ fn assert_denied(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn unload() -> Result<String> {
+fn unload(pin_dir: &str) -> Result<String> {
     let output = Command::new(blocker_bin())
-        .args(["unload", "--pin-dir", PIN_DIR])
+        .args(["unload", "--pin-dir", pin_dir])
         .output()?;
     ensure!(output.status.success(), "blocker unload: {output:?}");
     Ok(String::from_utf8(output.stdout)?)
@@ -75,12 +92,327 @@ fn pinned_programs_outlive_a_killed_daemon_and_the_next_one_adopts_them() -> Res
     ensure!(stopped["pinned"] == pinned.as_str(), "{stopped}");
     assert_denied(&banned)?;
 
-    let said = unload()?;
+    let said = unload(PIN_DIR)?;
     ensure!(said.contains("removed link"), "{said}");
     ensure!(!Path::new(PIN_DIR).exists(), "{PIN_DIR} is gone");
     let (_, status) = run_as_launcher(&banned)
         .with_context(|| format!("running {} once unloaded ({said})", banned.display()))?;
     ensure!(status.success(), "runs again once unloaded: {status}");
-    ensure!(unload()?.contains("nothing is pinned"));
+    ensure!(unload(PIN_DIR)?.contains("nothing is pinned"));
+    Ok(())
+}
+
+/// Stops a protected daemon the documented way and removes the pins, even when a test fails
+/// half-way: nothing else may stop it.
+struct StopAndUnload(&'static str);
+
+impl Drop for StopAndUnload {
+    fn drop(&mut self) {
+        let _ = Command::new(blocker_bin()).arg("stop").output();
+        let _ = unload(self.0);
+    }
+}
+
+/// `blocker stop`, the documented way to stop a protected daemon: protection ends with it, the
+/// pins stay.
+fn stop_documented(mut daemon: Daemon) -> Result<()> {
+    let output = Command::new(blocker_bin()).arg("stop").output()?;
+    ensure!(output.status.success(), "blocker stop: {output:?}");
+    let status = daemon.wait(STARTUP_TIMEOUT)?;
+    ensure!(status.success(), "{status}");
+    Ok(())
+}
+
+/// The names in the links directory, sorted.
+fn link_names(links: &Path) -> Result<Vec<String>> {
+    let mut names = fs::read_dir(links)?
+        .map(|entry| Ok(entry?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<Vec<_>>>()?;
+    names.sort();
+    Ok(names)
+}
+
+fn pinned_link(path: &Path) -> Result<FdLink> {
+    Ok(FdLink::from(PinnedLink::from_pin(path).with_context(
+        || format!("opening the link pinned at {}", path.display()),
+    )?))
+}
+
+/// The kernel's ids of the links pinned in `links`.
+fn pinned_link_ids(links: &Path) -> Result<BTreeSet<u32>> {
+    link_names(links)?
+        .iter()
+        .map(|name| Ok(pinned_link(&links.join(name))?.info()?.id()))
+        .collect()
+}
+
+/// Every link id the kernel lists, including links being freed.
+fn listed_link_ids() -> BTreeSet<u32> {
+    /// `BPF_LINK_GET_NEXT_ID` of `enum bpf_cmd`.
+    const BPF_LINK_GET_NEXT_ID: libc::c_long = 31;
+    let mut ids = BTreeSet::new();
+    // `{ start_id; next_id; open_flags }` of `union bpf_attr`.
+    let mut attr = [0u32; 3];
+    // SAFETY: a 12-byte attribute, the size passed, which the kernel writes `next_id` into.
+    while unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_GET_NEXT_ID,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    } == 0
+    {
+        ids.insert(attr[1]);
+        attr[0] = attr[1];
+    }
+    ids
+}
+
+/// Pins a new hash map at `path`, as anyone with `CAP_BPF` can.
+fn pin_new_hash_map(path: &Path, key_size: usize, value_size: usize) -> Result<()> {
+    // `enum bpf_cmd` and `enum bpf_map_type`.
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    // `{ map_type; key_size; value_size; max_entries; map_flags }`
+    let create = [BPF_MAP_TYPE_HASH, key_size as u32, value_size as u32, 64, 0];
+    // SAFETY: a 20-byte attribute, the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            create.as_ptr(),
+            std::mem::size_of_val(&create),
+        )
+    };
+    ensure!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a descriptor the kernel just returned to us.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // `{ __aligned_u64 pathname; __u32 bpf_fd; __u32 file_flags; }`, little-endian.
+    let pin: [u64; 2] = [path.as_ptr() as u64, fd.as_raw_fd() as u64];
+    // SAFETY: the attribute and the path it points to outlive the call.
+    let pinned = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, pin.as_ptr(), 16) };
+    ensure!(
+        pinned == 0,
+        "BPF_OBJ_PIN: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+/// Execs `banned` over and over until finished (or dropped), counting the execs that ran.
+struct ExecLoop {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<(usize, usize)>>,
+}
+
+impl ExecLoop {
+    fn start(banned: &Path) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = Arc::clone(&stop);
+        let banned = banned.to_owned();
+        let thread = thread::spawn(move || {
+            let (mut ran, mut tried) = (0, 0);
+            while !stop_flag.load(Ordering::Relaxed) {
+                if run_as_launcher(&banned).is_ok() {
+                    ran += 1;
+                }
+                tried += 1;
+            }
+            (ran, tried)
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the loop; returns how many execs ran, and how many were tried.
+    fn finish(mut self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .and_then(|thread| thread.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for ExecLoop {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Starts a daemon over forged pins and checks that it refuses them, naming `culprit` (as it
+/// is shown to people), loads and pins programs of its own in their place, and denies
+/// `banned`; the forged links are detached. Stops the daemon the documented way.
+fn expect_refused_and_replaced(
+    policy_dir: &Path,
+    args: &[&str],
+    links: &Path,
+    culprit: &str,
+    banned: &Path,
+) -> Result<()> {
+    let forged = pinned_link_ids(links)?;
+    let (mut daemon, started) = Daemon::start(policy_dir, args)?;
+    // A protected daemon can only be stopped the documented way, also when a check failed.
+    let checked = refused_and_replaced(&mut daemon, &started, links, &forged, culprit, banned);
+    let stopped = stop_documented(daemon);
+    checked.and(stopped)
+}
+
+fn refused_and_replaced(
+    daemon: &mut Daemon,
+    started: &serde_json::Value,
+    links: &Path,
+    forged: &BTreeSet<u32>,
+    culprit: &str,
+    banned: &Path,
+) -> Result<()> {
+    ensure!(
+        started["adopted"] == false,
+        "forged pins adopted: {started}"
+    );
+    let refused = started["adoption_refused"]
+        .as_str()
+        .with_context(|| format!("no reason for not adopting: {started}"))?;
+    ensure!(refused.contains(culprit), "{culprit} not named: {refused}");
+    let logged = daemon.wait_for_log("not adopting the programs pinned at", STARTUP_TIMEOUT)?;
+    ensure!(logged.contains(culprit), "{culprit} not named: {logged}");
+    assert_denied(banned)?;
+
+    let fresh = pinned_link_ids(links)?;
+    ensure!(
+        fresh.is_disjoint(forged),
+        "forged links still pinned: {forged:?} / {fresh:?}"
+    );
+    // The kernel frees a link whose last pin is gone a moment later, from a work queue.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let still: BTreeSet<u32> = listed_link_ids().intersection(forged).copied().collect();
+        if still.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("forged links {still:?} still attached once replaced");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn forged_pins_are_not_adopted_but_replaced() -> Result<()> {
+    let sandbox = Sandbox::new("pin-forged")?;
+    let banned = sandbox.copy_binary("banned")?;
+    sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[]))?;
+    let policy_dir = sandbox.policy_dir();
+    let _cleanup = StopAndUnload(FORGED_PIN_DIR);
+    let args = [
+        "--backend",
+        "lsm",
+        "--protect",
+        "--pin",
+        "--pin-dir",
+        FORGED_PIN_DIR,
+    ];
+
+    let (daemon, started) = Daemon::start(&policy_dir, &args)?;
+    stop_documented(daemon)?;
+    ensure!(started["adopted"] == false, "{started}");
+    let links = Path::new(started["pinned"].as_str().context("pinned")?).join("links");
+    assert_denied(&banned)?;
+    let names = link_names(&links)?;
+    ensure!(names.len() > 2, "{names:?}");
+
+    // Two link pins trade names: the same programs stay attached, under each other's names.
+    let (first, second) = (&names[0], &names[1]);
+    let swapping = links.join("swapping");
+    fs::rename(links.join(first), &swapping)?;
+    fs::rename(links.join(second), links.join(first))?;
+    fs::rename(&swapping, links.join(second))?;
+    assert_denied(&banned)?;
+    // Replacing them never opens a gap.
+    let execs = ExecLoop::start(&banned);
+    expect_refused_and_replaced(&policy_dir, &args, &links, first, &banned)?;
+    let (ran, tried) = execs.finish();
+    ensure!(
+        ran == 0,
+        "{ran} of {tried} banned execs ran while forged pins were replaced"
+    );
+
+    // The exec check's pin replaced by a pin of another of blocker's links: execs go unchecked.
+    let exec = [lsm_programs::EXEC_CONTENT, lsm_programs::EXEC_IDENTITY]
+        .into_iter()
+        .map(|program| program.name)
+        .find(|name| links.join(name).exists())
+        .context("no exec check pinned")?;
+    let other = names
+        .iter()
+        .find(|name| name.as_str() != exec)
+        .context("another link")?;
+    let other_link = pinned_link(&links.join(other))?;
+    fs::remove_file(links.join(exec))?;
+    other_link.pin(links.join(exec))?;
+    expect_refused_and_replaced(&policy_dir, &args, &links, exec, &banned)?;
+
+    // A link pin no program of blocker's is named after, with a name that would act on a
+    // terminal: shown escaped.
+    let hostile = "forged\u{1b}[2K";
+    pinned_link(&links.join(&names[0]))?.pin(links.join(hostile))?;
+    expect_refused_and_replaced(&policy_dir, &args, &links, "forged\\x1b[2K", &banned)?;
+
+    // A pinned map replaced by a lookalike: the daemon would fill a map no program reads.
+    let banned_files = links
+        .parent()
+        .context("the build directory")?
+        .join("maps")
+        .join(names::BANNED_FILES_MAP);
+    fs::remove_file(&banned_files)?;
+    pin_new_hash_map(
+        &banned_files,
+        std::mem::size_of::<FileKey>(),
+        std::mem::size_of::<BanEntry>(),
+    )?;
+    expect_refused_and_replaced(&policy_dir, &args, &links, names::BANNED_FILES_MAP, &banned)?;
+
+    // Genuine pins are still adopted.
+    let (daemon, started) = Daemon::start(&policy_dir, &args)?;
+    let denied = assert_denied(&banned);
+    stop_documented(daemon)?;
+    ensure!(started["adopted"] == true, "{started}");
+    ensure!(started["adoption_refused"].is_null(), "{started}");
+    denied
+}
+
+/// The kill backend's pinned program passes the same checks: a restarted daemon adopts it.
+#[test]
+fn kill_backend_pins_are_adopted() -> Result<()> {
+    use std::os::unix::process::ExitStatusExt;
+
+    let sandbox = Sandbox::new("pin-kill")?;
+    let banned = sandbox.copy_binary("banned")?;
+    sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[]))?;
+    let _cleanup = StopAndUnload(KILL_PIN_DIR);
+    let args = ["--backend", "kill", "--pin", "--pin-dir", KILL_PIN_DIR];
+
+    let (first, started) = Daemon::start(&sandbox.policy_dir(), &args)?;
+    ensure!(started["adopted"] == false, "{started}");
+    let (status, _, _) = first.stop()?;
+    ensure!(status.success(), "{status}");
+
+    let (second, started) = Daemon::start(&sandbox.policy_dir(), &args)?;
+    ensure!(started["adopted"] == true, "{started}");
+    ensure!(started["adoption_refused"].is_null(), "{started}");
+    ensure!(started["backend"] == "kill", "{started}");
+    let (_, status) = run_as_launcher(&banned)?;
+    ensure!(status.signal() == Some(libc::SIGKILL), "{status}");
+    let (status, _, _) = second.stop()?;
+    ensure!(status.success(), "{status}");
     Ok(())
 }
