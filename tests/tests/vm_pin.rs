@@ -7,7 +7,11 @@
 use std::{
     collections::BTreeSet,
     fs,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    io::Write,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::fs::PermissionsExt,
+    },
     path::Path,
     process::Command,
     sync::{
@@ -22,12 +26,14 @@ use anyhow::{bail, ensure, Context, Result};
 use aya::programs::links::{FdLink, PinnedLink};
 use blocker_common::{lsm_programs, names, BanEntry, FileKey};
 use blocker_integration_tests::{
-    blocker_bin, deny_and_audit_policy, run_as_launcher, Daemon, Sandbox, STARTUP_TIMEOUT,
+    blocker_bin, deny_and_audit_policy, harmless_binary, run_as_launcher, sha256_of, Daemon,
+    Sandbox, STARTUP_TIMEOUT,
 };
 
 const PIN_DIR: &str = "/sys/fs/bpf/blocker-vm-test";
 const FORGED_PIN_DIR: &str = "/sys/fs/bpf/blocker-vm-forged";
 const KILL_PIN_DIR: &str = "/sys/fs/bpf/blocker-vm-kill";
+const CACHE_PIN_DIR: &str = "/sys/fs/bpf/blocker-vm-cache";
 
 fn assert_denied(path: &Path) -> Result<()> {
     let error = run_as_launcher(path).expect_err("a banned exec must fail");
@@ -146,10 +152,12 @@ fn pinned_link_ids(links: &Path) -> Result<BTreeSet<u32>> {
         .collect()
 }
 
-/// Every link id the kernel lists, including links being freed.
-fn listed_link_ids() -> BTreeSet<u32> {
-    /// `BPF_LINK_GET_NEXT_ID` of `enum bpf_cmd`.
-    const BPF_LINK_GET_NEXT_ID: libc::c_long = 31;
+/// `BPF_PROG_GET_NEXT_ID` and `BPF_LINK_GET_NEXT_ID` of `enum bpf_cmd`.
+const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
+const BPF_LINK_GET_NEXT_ID: libc::c_long = 31;
+
+/// Every id the kernel lists for `command`, including objects being freed.
+fn listed_ids(command: libc::c_long) -> BTreeSet<u32> {
     let mut ids = BTreeSet::new();
     // `{ start_id; next_id; open_flags }` of `union bpf_attr`.
     let mut attr = [0u32; 3];
@@ -157,7 +165,7 @@ fn listed_link_ids() -> BTreeSet<u32> {
     while unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_LINK_GET_NEXT_ID,
+            command,
             attr.as_mut_ptr(),
             std::mem::size_of_val(&attr),
         )
@@ -167,6 +175,22 @@ fn listed_link_ids() -> BTreeSet<u32> {
         attr[0] = attr[1];
     }
     ids
+}
+
+/// Waits until the kernel lists none of `ids` for `command`: it frees a link whose last pin is
+/// gone, and then its program, a moment later, from a work queue.
+fn wait_until_freed(command: libc::c_long, ids: &BTreeSet<u32>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let still: BTreeSet<u32> = listed_ids(command).intersection(ids).copied().collect();
+        if still.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{still:?} still listed (command {command})");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Pins a new hash map at `path`, as anyone with `CAP_BPF` can.
@@ -292,18 +316,7 @@ fn refused_and_replaced(
         fresh.is_disjoint(forged),
         "forged links still pinned: {forged:?} / {fresh:?}"
     );
-    // The kernel frees a link whose last pin is gone a moment later, from a work queue.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let still: BTreeSet<u32> = listed_link_ids().intersection(forged).copied().collect();
-        if still.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("forged links {still:?} still attached once replaced");
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_freed(BPF_LINK_GET_NEXT_ID, forged).context("the forged links once replaced")
 }
 
 #[test]
@@ -415,4 +428,90 @@ fn kill_backend_pins_are_adopted() -> Result<()> {
     let (status, _, _) = second.stop()?;
     ensure!(status.success(), "{status}");
     Ok(())
+}
+
+/// A copy of the harmless binary with `tag` appended, executable.
+fn with_content(sandbox: &Sandbox, name: &str, tag: &[u8]) -> Result<std::path::PathBuf> {
+    let mut content = fs::read(harmless_binary())?;
+    content.extend_from_slice(tag);
+    let path = sandbox.path(name);
+    fs::write(&path, content)?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+    Ok(path)
+}
+
+/// Removing a link pin while no daemon runs detaches its program. When that program is one
+/// that drops stale cached verdicts, the daemon adopting the rest uses no cache, as it reports:
+/// a file changed into banned content is refused at its next exec.
+#[test]
+fn adopting_without_every_invalidation_program_turns_the_verdict_cache_off() -> Result<()> {
+    let sandbox = Sandbox::new("pin-cache")?;
+    // Tags of one length, so that writing one over the other leaves no byte of the first.
+    let banned_source = with_content(&sandbox, "banned-source", b"banned content!")?;
+    let allowed = with_content(&sandbox, "allowed", b"allowed content")?;
+    sandbox.write_policy(
+        "content.toml",
+        &format!(
+            "name = \"content\"\n[[rule]]\nid = \"ban-content\"\nsha256 = [{:?}]\n",
+            sha256_of(&banned_source)?
+        ),
+    )?;
+    let nothing_to_scan = sandbox.path("nothing-to-scan");
+    fs::create_dir_all(&nothing_to_scan)?;
+    let scan_root = nothing_to_scan.to_str().context("UTF-8 sandbox")?;
+    let _cleanup = StopAndUnload(CACHE_PIN_DIR);
+    let args = [
+        "--backend",
+        "lsm",
+        "--pin",
+        "--pin-dir",
+        CACHE_PIN_DIR,
+        "--scan-root",
+        scan_root,
+        "--no-hash-cache",
+    ];
+    let policy_dir = sandbox.policy_dir();
+
+    let (first, started) = Daemon::start(&policy_dir, &args)?;
+    let (status, _, _) = first.stop()?;
+    ensure!(status.success(), "{status}");
+    ensure!(
+        started["features"]["verdict_cache"]["state"] == "on",
+        "{started}"
+    );
+    let forget = Path::new(started["pinned"].as_str().context("pinned")?)
+        .join("links")
+        .join(lsm_programs::VERDICT_INVALIDATION[0].name);
+    let link = pinned_link(&forget)?.info()?;
+    fs::remove_file(&forget)?;
+    wait_until_freed(BPF_LINK_GET_NEXT_ID, &BTreeSet::from([link.id()]))?;
+    wait_until_freed(BPF_PROG_GET_NEXT_ID, &BTreeSet::from([link.program_id()]))?;
+
+    let (second, started) = Daemon::start(&policy_dir, &args)?;
+    let checked = cache_off_and_changed_file_refused(&started, &allowed, &banned_source);
+    let (status, _, _) = second.stop()?;
+    ensure!(status.success(), "{status}");
+    checked
+}
+
+fn cache_off_and_changed_file_refused(
+    started: &serde_json::Value,
+    allowed: &Path,
+    banned_source: &Path,
+) -> Result<()> {
+    ensure!(started["adopted"] == true, "{started}");
+    ensure!(
+        started["features"]["verdict_cache"]["state"] == "off",
+        "{started}"
+    );
+    for _ in 0..2 {
+        let (_, status) = run_as_launcher(allowed)?;
+        ensure!(status.success(), "{status}");
+    }
+    // Written in place: the open for writing goes unseen with its program detached.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(allowed)?
+        .write_all(&fs::read(banned_source)?)?;
+    assert_denied(allowed)
 }

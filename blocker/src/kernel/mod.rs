@@ -383,9 +383,13 @@ impl Enforcer {
         let generation: Array<&mut MapData, u32> =
             Array::try_from(enforcer.map_mut(names::POLICY_GENERATION_MAP)?)?;
         enforcer.policy_generation = generation.get(&0, 0)?;
+        // The kernel caches verdicts only while every program that drops stale ones runs, as
+        // `features` reports: a pin removed since the programs were loaded detached its program.
+        let cache_usable = enforcer.features.verdict_cache.state == coverage::State::On;
+        enforcer.set_setting(setting::VERDICT_CACHE, u32::from(cache_usable))?;
         log::info!(
             "adopted the programs pinned at {} ({} banned files, {} banned contents in force)",
-            dir.display(),
+            escaped(dir),
             enforcer.installed.len(),
             enforcer.installed_content.len()
         );
