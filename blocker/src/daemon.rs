@@ -276,6 +276,7 @@ async fn serve(
         entries: enforcer.installed_entries(),
         pinned: enforcer.pinned().map(|dir| dir.display().to_string()),
         adopted: enforcer.adopted(),
+        adoption_refused: enforcer.adoption_refused().map(str::to_owned),
         protected: !protected.is_empty(),
         features: enforcer.features().clone(),
     });

@@ -48,6 +48,10 @@ pub enum Record {
         pinned: Option<String>,
         /// Whether the programs were adopted from an earlier daemon's pins rather than loaded.
         adopted: bool,
+        /// Why the pins found were not adopted (they were not this build's programs as it
+        /// loads them, or were incomplete) and new programs were loaded in their place; null
+        /// when none were found or they were adopted.
+        adoption_refused: Option<String>,
         /// Whether tamper protection is on.
         protected: bool,
         /// What the attached programs cover, and what is missing and why.
@@ -112,8 +116,19 @@ impl Record {
                 backend,
                 rules,
                 entries,
+                adoption_refused,
                 ..
-            } => format!("enforcing {rules} rules ({entries} files) with the {backend} backend"),
+            } => {
+                let enforcing =
+                    format!("enforcing {rules} rules ({entries} files) with the {backend} backend");
+                match adoption_refused {
+                    Some(reason) => format!(
+                        "{enforcing}; the pinned programs found were not adopted but replaced: \
+                         {reason}"
+                    ),
+                    None => enforcing,
+                }
+            }
             Record::Exec(exec) => exec.summary(),
             Record::Tamper(tamper) => tamper.summary(),
             Record::EventsLost { lost, total, .. } => format!(

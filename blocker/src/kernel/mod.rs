@@ -3,10 +3,12 @@
 
 mod btf;
 pub mod coverage;
+mod expected;
 pub mod features;
 pub mod heartbeat;
 mod hooks;
 mod offsets;
+mod pin_check;
 pub mod pins;
 mod protection;
 
@@ -29,8 +31,10 @@ use blocker_common::{
 
 use self::{
     coverage::{Feature, Features},
+    expected::{ExpectedObject, Globals},
     hooks::HookLayout,
 };
+use crate::escape::escaped;
 
 /// How long to wait for the kernel to detach programs whose last link reference is gone.
 pub const DETACH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -83,6 +87,19 @@ pub struct KernelCounters {
     pub content_too_large: u64,
     pub content_unguarded: u64,
     pub records_suppressed: u64,
+}
+
+/// Every LSM program blocker attaches where the kernel takes it.
+fn every_lsm_program() -> impl Iterator<Item = LsmProgram> {
+    [
+        lsm_programs::EXEC_IDENTITY,
+        lsm_programs::EXEC_CONTENT,
+        lsm_programs::MAPPING_CONTENT,
+    ]
+    .into_iter()
+    .chain(lsm_programs::VERDICT_INVALIDATION)
+    .chain(lsm_programs::EXECUTABLE_MAPPINGS)
+    .chain(lsm_programs::PROTECTION)
 }
 
 /// The maps userspace reads and writes, the ones pinned for the next daemon.
@@ -140,6 +157,8 @@ pub struct Enforcer {
     protected: BTreeMap<FileKey, PathBuf>,
     /// The files in the daemon's guarded cgroups, for naming them in events.
     cgroup_files: BTreeMap<FileKey, PathBuf>,
+    /// Why the programs found pinned were not adopted, when they were not.
+    adoption_refused: Option<String>,
 }
 
 impl Enforcer {
@@ -162,6 +181,7 @@ impl Enforcer {
             pins::ensure_bpf_fs(root)?;
         }
         let pin_dir = pin_root.map(|root| pins::build_dir(root, EBPF_OBJECT));
+        let mut adoption_refused = None;
         if let Some(dir) = pin_dir.as_deref().filter(|dir| dir.exists()) {
             match Self::adopt(dir, choice) {
                 Ok(Some(mut enforcer)) => {
@@ -173,13 +193,20 @@ impl Enforcer {
                     return Ok(enforcer);
                 }
                 Ok(None) => {}
-                Err(error) => log::warn!(
-                    "not adopting the programs pinned at {}: {error:#}; loading new ones",
-                    dir.display()
-                ),
+                Err(error) => {
+                    // What the error says of pins and paths is escaped already.
+                    let reason = crate::escape::controls_escaped(&format!("{error:#}"));
+                    log::warn!(
+                        "not adopting the programs pinned at {}: {reason}; loading new ones, \
+                         which replace them",
+                        escaped(dir)
+                    );
+                    adoption_refused = Some(reason);
+                }
             }
         }
         let mut enforcer = Self::load(event_buffer_bytes)?;
+        enforcer.adoption_refused = adoption_refused;
         enforcer.fill(policy)?;
         let (backend, reason) = enforcer.attach(choice)?;
         enforcer.backend = backend;
@@ -257,20 +284,15 @@ impl Enforcer {
     }
 
     fn load(event_buffer_bytes: u32) -> Result<Self> {
-        let btf = offsets::running_kernel_btf()?;
-        let offsets = offsets::running_kernel_offsets(&btf)?;
-        let hook_layout = HookLayout::of(&btf);
+        let (globals, hook_layout) = Globals::of_running_kernel()?;
         let log_level = log::max_level() as u8;
-        let mut ebpf = EbpfLoader::new()
-            .override_global(names::KERNEL_OFFSETS_GLOBAL, &offsets, true)
-            .override_global(
-                names::HOOK_ARGUMENT_POSITIONS_GLOBAL,
-                &hook_layout.positions,
-                true,
-            )
+        let mut loader = EbpfLoader::new();
+        for (name, value, must_exist) in globals.values(&log_level) {
+            loader.override_global(name, value, must_exist);
+        }
+        let mut ebpf = loader
             // A ring buffer's max_entries is its size in bytes.
             .map_max_entries(names::EVENTS_MAP, event_buffer_bytes)
-            .override_global(aya_log::LEVEL, &log_level, false)
             .load(EBPF_OBJECT)
             .context("loading blocker's eBPF object")?;
         let mut maps = BTreeMap::new();
@@ -294,19 +316,28 @@ impl Enforcer {
             pinned: None,
             protected: BTreeMap::new(),
             cgroup_files: BTreeMap::new(),
+            adoption_refused: None,
         })
     }
 
     /// Takes over the programs pinned in `dir`, unless they run another backend than `choice`
-    /// asks for (`None`: they are to be replaced).
+    /// asks for (`None`: they are to be replaced). Pins that are not this build's programs and
+    /// maps as it would load them on this kernel ([`pin_check`]), or that lack an exec check,
+    /// are refused.
     fn adopt(dir: &Path, choice: BackendChoice) -> Result<Option<Self>> {
         let adopted = pins::adopt(dir, &USERSPACE_MAPS)?;
+        let (globals, _) = Globals::of_running_kernel()?;
+        pin_check::check(&adopted, &ExpectedObject::of(EBPF_OBJECT, &globals)?)?;
         let attached = |program: &str| adopted.links.iter().any(|(name, _)| name == program);
         let backend = if attached(names::KILL_PROGRAM) {
             Backend::Kill
         } else {
             Backend::Lsm
         };
+        let exec_checks = [lsm_programs::EXEC_CONTENT, lsm_programs::EXEC_IDENTITY];
+        if backend == Backend::Lsm && !exec_checks.iter().any(|exec| attached(exec.name)) {
+            bail!("no exec check is pinned");
+        }
         let wanted = match choice {
             BackendChoice::Auto => backend,
             BackendChoice::Lsm => Backend::Lsm,
@@ -331,7 +362,11 @@ impl Enforcer {
         };
         let mut enforcer = Self {
             ebpf: None,
-            maps: adopted.maps.into_iter().collect(),
+            maps: adopted
+                .maps
+                .into_iter()
+                .map(|pinned| (pinned.name, pinned.map))
+                .collect(),
             links: adopted.links,
             backend,
             backend_reason: format!(
@@ -347,15 +382,20 @@ impl Enforcer {
             pinned: Some(dir.to_owned()),
             protected: BTreeMap::new(),
             cgroup_files: BTreeMap::new(),
+            adoption_refused: None,
         };
         enforcer.installed = read_map(enforcer.map_mut(names::BANNED_FILES_MAP)?)?;
         enforcer.installed_content = read_map(enforcer.map_mut(names::BANNED_HASHES_MAP)?)?;
         let generation: Array<&mut MapData, u32> =
             Array::try_from(enforcer.map_mut(names::POLICY_GENERATION_MAP)?)?;
         enforcer.policy_generation = generation.get(&0, 0)?;
+        // The kernel caches verdicts only while every program that drops stale ones runs, as
+        // `features` reports: a pin removed since the programs were loaded detached its program.
+        let cache_usable = enforcer.features.verdict_cache.state == coverage::State::On;
+        enforcer.set_setting(setting::VERDICT_CACHE, u32::from(cache_usable))?;
         log::info!(
             "adopted the programs pinned at {} ({} banned files, {} banned contents in force)",
-            dir.display(),
+            escaped(dir),
             enforcer.installed.len(),
             enforcer.installed_content.len()
         );
@@ -399,6 +439,11 @@ impl Enforcer {
     /// Whether the programs were adopted from pins rather than loaded by this daemon.
     pub fn adopted(&self) -> bool {
         self.ebpf.is_none()
+    }
+
+    /// Why the programs found pinned were not adopted, when they were not.
+    pub fn adoption_refused(&self) -> Option<&str> {
+        self.adoption_refused.as_deref()
     }
 
     fn ebpf_mut(&mut self) -> &mut Ebpf {
@@ -789,23 +834,18 @@ mod tests {
             let section = object.section_by_index(symbol.section_index()?).ok()?;
             section.name().ok().map(str::to_owned)
         };
-        let every = [lsm_programs::EXEC_IDENTITY]
-            .into_iter()
-            .chain(lsm_programs::VERDICT_INVALIDATION)
-            .chain(lsm_programs::EXECUTABLE_MAPPINGS)
-            .chain(lsm_programs::PROTECTION);
-        for program in every {
+        let sleepable = [lsm_programs::EXEC_CONTENT, lsm_programs::MAPPING_CONTENT];
+        for program in every_lsm_program() {
+            let kind = if sleepable.contains(&program) {
+                "lsm.s"
+            } else {
+                "lsm"
+            };
             assert_eq!(
                 section_of(program.name),
-                Some(format!("lsm/{}", program.hook)),
+                Some(format!("{kind}/{}", program.hook)),
                 "{}",
                 program.name
-            );
-        }
-        for content in [lsm_programs::EXEC_CONTENT, lsm_programs::MAPPING_CONTENT] {
-            assert_eq!(
-                section_of(content.name),
-                Some(format!("lsm.s/{}", content.hook))
             );
         }
         assert_eq!(

@@ -15,10 +15,12 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{Map, MapData},
+    maps::{Map, MapData, MapInfo},
     programs::links::{FdLink, PinnedLink},
 };
 use sha2::{Digest, Sha256};
+
+use crate::escape::escaped;
 
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/blocker";
 
@@ -52,11 +54,18 @@ pub fn directories(dir: &Path) -> Vec<PathBuf> {
     ]
 }
 
-/// Pinned maps and links a restarted daemon takes over.
+/// Pinned maps and links a restarted daemon takes over, once checked
+/// ([`super::pin_check`]): their names are only names.
 pub struct Adopted {
-    pub maps: Vec<(&'static str, Map)>,
-    /// Program name and link, for every attached program.
+    pub maps: Vec<PinnedMap>,
+    /// The name of its pin and the link, for every pinned link.
     pub links: Vec<(String, FdLink)>,
+}
+
+pub struct PinnedMap {
+    pub name: &'static str,
+    pub map: Map,
+    pub info: MapInfo,
 }
 
 /// Opens the maps named `map_names` and every link pinned in `dir`.
@@ -64,20 +73,24 @@ pub fn adopt(dir: &Path, map_names: &[&'static str]) -> Result<Adopted> {
     let mut maps = Vec::new();
     for &name in map_names {
         let path = dir.join(MAPS_DIR).join(name);
-        let data = MapData::from_pin(&path)
-            .with_context(|| format!("opening pinned map {}", path.display()))?;
+        let shown = escaped(&path);
+        let data =
+            MapData::from_pin(&path).with_context(|| format!("opening pinned map {shown}"))?;
+        let info = data
+            .info()
+            .with_context(|| format!("reading pinned map {shown}"))?;
         let map = Map::from_map_data(data)
-            .with_context(|| format!("pinned map {} has an unexpected type", path.display()))?;
-        maps.push((name, map));
+            .with_context(|| format!("pinned map {shown} has an unexpected type"))?;
+        maps.push(PinnedMap { name, map, info });
     }
     let mut links = Vec::new();
     let links_dir = dir.join(LINKS_DIR);
     for entry in
-        fs::read_dir(&links_dir).with_context(|| format!("reading {}", links_dir.display()))?
+        fs::read_dir(&links_dir).with_context(|| format!("reading {}", escaped(&links_dir)))?
     {
         let path = entry?.path();
         let link = PinnedLink::from_pin(&path)
-            .with_context(|| format!("opening pinned link {}", path.display()))?;
+            .with_context(|| format!("opening pinned link {}", escaped(&path)))?;
         let program = path
             .file_name()
             .expect("directory entries have names")
@@ -86,7 +99,7 @@ pub fn adopt(dir: &Path, map_names: &[&'static str]) -> Result<Adopted> {
         links.push((program, FdLink::from(link)));
     }
     if links.is_empty() {
-        bail!("no programs are pinned in {}", dir.display());
+        bail!("no programs are pinned in {}", escaped(dir));
     }
     Ok(Adopted { maps, links })
 }
@@ -104,41 +117,41 @@ pub fn pin(
         .parent()
         .expect("build directories are inside the pin root");
     ensure_bpf_fs(root)?;
-    fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    fs::create_dir_all(root).with_context(|| format!("creating {}", escaped(&root)))?;
     let staging = root.join(format!("{STAGING_PREFIX}{}", std::process::id()));
     if staging.exists() {
         remove_tree(&staging, &mut Vec::new())?;
     }
     fs::create_dir_all(staging.join(MAPS_DIR))
         .and_then(|()| fs::create_dir(staging.join(LINKS_DIR)))
-        .with_context(|| format!("creating {}", staging.display()))?;
+        .with_context(|| format!("creating {}", escaped(&staging)))?;
     for (name, map) in maps {
         let path = staging.join(MAPS_DIR).join(name);
         map.pin(&path)
-            .with_context(|| format!("pinning map {}", path.display()))?;
+            .with_context(|| format!("pinning map {}", escaped(&path)))?;
     }
     let mut held = Vec::new();
     for (program, link) in links {
         let path = staging.join(LINKS_DIR).join(&program);
         let pinned = link
             .pin(&path)
-            .with_context(|| format!("pinning the link of {program} at {}", path.display()))?;
+            .with_context(|| format!("pinning the link of {program} at {}", escaped(&path)))?;
         held.push((program, FdLink::from(pinned)));
     }
-    for entry in fs::read_dir(root).with_context(|| format!("reading {}", root.display()))? {
+    for entry in fs::read_dir(root).with_context(|| format!("reading {}", escaped(&root)))? {
         let path = entry?.path();
         if path != staging {
             let mut removed = Vec::new();
             remove_tree(&path, &mut removed)?;
             log::info!(
                 "removed earlier pins at {} ({} objects)",
-                path.display(),
+                escaped(&path),
                 removed.len()
             );
         }
     }
     fs::rename(&staging, dir)
-        .with_context(|| format!("renaming {} to {}", staging.display(), dir.display()))?;
+        .with_context(|| format!("renaming {} to {}", escaped(&staging), escaped(&dir)))?;
     Ok(held)
 }
 
@@ -175,12 +188,12 @@ pub fn remove(dir: &Path) -> Result<()> {
 
 fn remove_tree(path: &Path, removed: &mut Vec<Removed>) -> Result<()> {
     let metadata =
-        fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+        fs::symlink_metadata(path).with_context(|| format!("reading {}", escaped(&path)))?;
     if metadata.is_dir() {
-        for entry in fs::read_dir(path).with_context(|| format!("reading {}", path.display()))? {
+        for entry in fs::read_dir(path).with_context(|| format!("reading {}", escaped(&path)))? {
             remove_tree(&entry?.path(), removed)?;
         }
-        fs::remove_dir(path).with_context(|| format!("removing {}", path.display()))?;
+        fs::remove_dir(path).with_context(|| format!("removing {}", escaped(&path)))?;
         removed.push(Removed {
             path: path.to_owned(),
             kind: PinKind::Directory,
@@ -192,7 +205,7 @@ fn remove_tree(path: &Path, removed: &mut Vec<Removed>) -> Result<()> {
             .and_then(Path::file_name)
             .is_some_and(|name| name == LINKS_DIR);
         let link_ids = in_links_dir.then(|| pinned_link_ids(path)).flatten();
-        fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+        fs::remove_file(path).with_context(|| format!("removing {}", escaped(&path)))?;
         removed.push(Removed {
             path: path.to_owned(),
             kind: if in_links_dir {
@@ -291,12 +304,12 @@ fn listed_ids(command: libc::c_long) -> Vec<u32> {
 pub fn ensure_bpf_fs(root: &Path) -> Result<()> {
     let mount = root.ancestors().find(|dir| dir.exists()).unwrap_or(root);
     let statfs =
-        rustix::fs::statfs(mount).with_context(|| format!("statfs {}", mount.display()))?;
+        rustix::fs::statfs(mount).with_context(|| format!("statfs {}", escaped(&mount)))?;
     if statfs.f_type as i64 != BPF_FS_MAGIC {
         bail!(
             "{} is not on a BPF filesystem, so nothing can be pinned there; mount one with \
              `mount -t bpf bpf /sys/fs/bpf`",
-            root.display()
+            escaped(&root)
         );
     }
     Ok(())

@@ -109,6 +109,10 @@ fn priority(record: &Record) -> u8 {
         | Record::DaemonLost { .. } => WARNING,
         Record::ReloadFailed { .. } => ERR,
         Record::Stopped { .. } => NOTICE,
+        Record::Started {
+            adoption_refused: Some(_),
+            ..
+        } => WARNING,
         Record::Started { .. } | Record::Reloaded { .. } => INFO,
     }
 }
@@ -339,6 +343,7 @@ mod tests {
                 entries: 4,
                 pinned: None,
                 adopted: false,
+                adoption_refused: None,
                 protected: false,
                 features: Features::kill_backend(),
             })
@@ -377,6 +382,33 @@ mod tests {
         let stopped = parse(&buffer[..length]);
         assert_eq!(value(&stopped, "BLOCKER_RECORDS_DROPPED_STDOUT"), "7");
         assert_eq!(value(&stopped, "BLOCKER_RECORDS_DROPPED_FILE"), "0");
+    }
+
+    #[test]
+    fn a_start_that_replaced_pins_it_refused_is_a_warning_saying_why() {
+        let (_temp, server, mut client) = journal();
+        let reason = "link pin `file_mprotect`: it attaches this build's bprm_check_content \
+                      program instead";
+        let record = Record::Started {
+            time: "2026-11-28T08:39:20Z".to_owned(),
+            backend: "lsm",
+            backend_reason: "`bpf` is an active LSM".to_owned(),
+            policies: vec!["one".to_owned()],
+            rules: 1,
+            entries: 1,
+            pinned: Some("/sys/fs/bpf/blocker/0011223344556677".to_owned()),
+            adopted: false,
+            adoption_refused: Some(reason.to_owned()),
+            protected: true,
+            features: Features::kill_backend(),
+        };
+        client.write(&record).unwrap();
+        let mut buffer = vec![0; 64 * 1024];
+        let length = server.recv(&mut buffer).unwrap();
+        let started = parse(&buffer[..length]);
+        assert_eq!(value(&started, "PRIORITY"), "4");
+        assert_eq!(value(&started, "BLOCKER_ADOPTION_REFUSED"), reason);
+        assert!(value(&started, "MESSAGE").ends_with(reason), "{started:?}");
     }
 
     #[test]
