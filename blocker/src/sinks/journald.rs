@@ -110,6 +110,7 @@ fn priority(record: &Record) -> u8 {
         Record::ReloadFailed { .. } => ERR,
         Record::Stopped { .. } => NOTICE,
         Record::Started { .. } | Record::Reloaded { .. } => INFO,
+        Record::PolicyChanged { .. } => NOTICE,
     }
 }
 
