@@ -32,28 +32,30 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest policy file `blocker policy install` takes.
 pub const MAX_POLICY_FILE_BYTES: usize = 4 << 20;
 
-/// Stops the daemon whose status document is `status_file` through its control socket, and
-/// sends SIGTERM to every other running `blocker run` of this binary (and to that one, if it
-/// has no socket); then waits for them to exit. Exits 1 if none runs.
+/// Stops the daemon whose status document is `status_file` through its control socket; with
+/// no daemon listening there (an older one, or none), sends SIGTERM to every running
+/// `blocker run` of this binary. Then waits for them to exit. Exits 1 if none runs.
 pub fn stop(status_file: &Path) -> Result<ExitCode> {
-    let asked = ask_to_stop(status_file)?;
-    let signalled: Vec<libc::pid_t> = running_daemons()?
-        .into_iter()
-        .filter(|&pid| Some(pid) != asked)
-        .collect();
-    if asked.is_none() && signalled.is_empty() {
-        println!("no blocker daemon is running");
-        return Ok(ExitCode::from(1));
-    }
-    for &pid in &signalled {
-        // SAFETY: plain kill(2).
-        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-            let error = std::io::Error::last_os_error();
-            bail!("stopping the blocker daemon (pid {pid}): {error}");
+    let daemons = match ask_to_stop(status_file)? {
+        Some(asked) => vec![asked],
+        None => {
+            let daemons = running_daemons()?;
+            if daemons.is_empty() {
+                println!("no blocker daemon is running");
+                return Ok(ExitCode::from(1));
+            }
+            for &pid in &daemons {
+                // SAFETY: plain kill(2).
+                if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+                    let error = std::io::Error::last_os_error();
+                    bail!("stopping the blocker daemon (pid {pid}): {error}");
+                }
+            }
+            daemons
         }
-    }
+    };
     let deadline = Instant::now() + STOP_TIMEOUT;
-    for pid in asked.into_iter().chain(signalled) {
+    for pid in daemons {
         while is_alive(pid) {
             ensure!(
                 Instant::now() < deadline,

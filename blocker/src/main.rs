@@ -75,8 +75,8 @@ enum Command {
         #[arg(long, default_value = status::DEFAULT_STATUS_FILE)]
         status_file: PathBuf,
     },
-    /// Stop the running daemon: asked over its control socket (else SIGTERM), then wait for it
-    /// to exit. Exits 1 if none runs.
+    /// Stop the running daemon, asked over its control socket (a daemon without one: SIGTERM to
+    /// every `blocker run`), and wait for it to exit. Exits 1 if none runs.
     Stop {
         /// The status document of the daemon to stop (`run --status-file`), which names its
         /// control socket.

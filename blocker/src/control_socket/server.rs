@@ -22,11 +22,20 @@ use tokio::{
 use super::protocol::{self, Reply, Request, MAX_REQUEST_BYTES};
 use crate::{control::PolicyChange, escape::escaped};
 
-/// Connections served at once; any beyond are closed unanswered.
-const MAX_CONNECTIONS: usize = 4;
-/// How long a client may take to send its request, and to take its reply: one that connects
-/// and says nothing holds its place no longer.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How much of the daemon clients may take.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    /// Connections served at once; any beyond are closed unanswered.
+    connections: usize,
+    /// How long a client may take to send its request, and to take its reply: one that
+    /// connects and says nothing holds its place no longer.
+    client_timeout: Duration,
+}
+
+const LIMITS: Limits = Limits {
+    connections: 4,
+    client_timeout: Duration::from_secs(5),
+};
 /// Connections the kernel queues before the daemon accepts them.
 const BACKLOG: i32 = 16;
 /// The only mode the socket ever has: root's (connecting takes write permission).
@@ -150,13 +159,22 @@ impl ControlSocket {
     /// Starts serving clients on the running event loop: requests change `policy_dir`, and
     /// what the loop must do itself arrives on the returned channel.
     pub fn serve(&mut self, policy_dir: PathBuf) -> Result<mpsc::Receiver<Notice>> {
+        self.serve_within(policy_dir, LIMITS)
+    }
+
+    fn serve_within(
+        &mut self,
+        policy_dir: PathBuf,
+        limits: Limits,
+    ) -> Result<mpsc::Receiver<Notice>> {
         let listener = self
             .listener
             .take()
             .context("the control socket is served once")?;
         let listener = UnixListener::from_std(listener).context("serving the control socket")?;
-        let (notices, received) = mpsc::channel(MAX_CONNECTIONS);
+        let (notices, received) = mpsc::channel(limits.connections);
         let shared = Arc::new(Shared {
+            limits,
             policy_dir,
             changing: Mutex::new(()),
             notices,
@@ -183,6 +201,7 @@ impl Drop for ControlSocket {
 
 /// What every connection's task shares.
 struct Shared {
+    limits: Limits,
     policy_dir: PathBuf,
     /// Held while a change is checked and written: each is checked against the last.
     changing: Mutex<()>,
@@ -190,7 +209,7 @@ struct Shared {
 }
 
 async fn accept(listener: UnixListener, shared: Arc<Shared>) {
-    let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let places = Arc::new(Semaphore::new(shared.limits.connections));
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -203,8 +222,8 @@ async fn accept(listener: UnixListener, shared: Arc<Shared>) {
         };
         let Ok(place) = places.clone().try_acquire_owned() else {
             log::warn!(
-                "control socket: closed a connection unanswered: {MAX_CONNECTIONS} are being \
-                 served"
+                "control socket: closed a connection unanswered: {} are being served",
+                shared.limits.connections
             );
             continue;
         };
@@ -227,6 +246,7 @@ fn admit(peer: Peer) -> Result<(), String> {
 }
 
 async fn serve_connection(mut stream: UnixStream, shared: &Shared) {
+    let client_timeout = shared.limits.client_timeout;
     let peer = match stream.peer_cred() {
         Ok(credentials) => Peer {
             pid: credentials.pid(),
@@ -239,19 +259,19 @@ async fn serve_connection(mut stream: UnixStream, shared: &Shared) {
     };
     if let Err(error) = admit(peer) {
         log::warn!("control socket: refused {peer}: {error}");
-        answer(&mut stream, peer, Reply::Refused { error }).await;
+        answer(&mut stream, peer, client_timeout, Reply::Refused { error }).await;
         return;
     }
-    let request = match timeout(CLIENT_TIMEOUT, read_request(&mut stream)).await {
+    let request = match timeout(client_timeout, read_request(&mut stream)).await {
         Ok(Ok(request)) => request,
         Ok(Err(error)) => {
             log::warn!("control socket: refused {peer}: {error}");
-            answer(&mut stream, peer, Reply::Refused { error }).await;
+            answer(&mut stream, peer, client_timeout, Reply::Refused { error }).await;
             return;
         }
         Err(_) => {
             log::warn!(
-                "control socket: {peer} sent no request within {CLIENT_TIMEOUT:?}; closed the \
+                "control socket: {peer} sent no request within {client_timeout:?}; closed the \
                  connection"
             );
             return;
@@ -261,7 +281,13 @@ async fn serve_connection(mut stream: UnixStream, shared: &Shared) {
     let change = match request {
         Request::Stop {} => {
             let said = format!("the blocker daemon (pid {}) stops", std::process::id());
-            answer(&mut stream, peer, Reply::Done { said: vec![said] }).await;
+            answer(
+                &mut stream,
+                peer,
+                client_timeout,
+                Reply::Done { said: vec![said] },
+            )
+            .await;
             let _ = shared.notices.send(Notice::Stop { peer }).await;
             return;
         }
@@ -278,7 +304,7 @@ async fn serve_connection(mut stream: UnixStream, shared: &Shared) {
     };
     match changed {
         Ok(said) => {
-            answer(&mut stream, peer, Reply::Done { said }).await;
+            answer(&mut stream, peer, client_timeout, Reply::Done { said }).await;
             let _ = shared
                 .notices
                 .send(Notice::PolicyChanged { peer, change })
@@ -286,7 +312,7 @@ async fn serve_connection(mut stream: UnixStream, shared: &Shared) {
         }
         Err(error) => {
             log::warn!("control socket: refused {peer}: {error}");
-            answer(&mut stream, peer, Reply::Refused { error }).await;
+            answer(&mut stream, peer, client_timeout, Reply::Refused { error }).await;
         }
     }
 }
@@ -309,11 +335,11 @@ async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
     protocol::decode(&line)
 }
 
-async fn answer(stream: &mut UnixStream, peer: Peer, reply: Reply) {
-    match timeout(CLIENT_TIMEOUT, stream.write_all(&protocol::encode(&reply))).await {
+async fn answer(stream: &mut UnixStream, peer: Peer, within: Duration, reply: Reply) {
+    match timeout(within, stream.write_all(&protocol::encode(&reply))).await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => log::warn!("control socket: answering {peer}: {error}"),
-        Err(_) => log::warn!("control socket: {peer} took no answer within {CLIENT_TIMEOUT:?}"),
+        Err(_) => log::warn!("control socket: {peer} took no answer within {within:?}"),
     }
 }
 
@@ -368,6 +394,39 @@ mod tests {
         let error = format!("{:#}", ControlSocket::bind(path.clone()).err().unwrap());
         assert!(error.contains("not a socket"), "{error}");
         assert_eq!(fs::read_to_string(&path).unwrap(), "not a socket");
+    }
+
+    #[test]
+    fn clients_beyond_the_bound_are_closed_unanswered() {
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.sock");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut socket = ControlSocket::bind(path.clone()).unwrap();
+            let limits = Limits {
+                connections: 2,
+                // Longer than any test: the silent clients keep their places.
+                client_timeout: Duration::from_secs(3600),
+            };
+            let _notices = socket.serve_within(dir.path().to_owned(), limits).unwrap();
+            // Accepted in the order they connect: these two take the places.
+            let _silent = [
+                UnixStream::connect(&path).await.unwrap(),
+                UnixStream::connect(&path).await.unwrap(),
+            ];
+            let mut third = UnixStream::connect(&path).await.unwrap();
+            third
+                .write_all(&protocol::encode(&Request::Stop {}))
+                .await
+                .unwrap();
+            let mut reply = Vec::new();
+            let _ = third.read_to_end(&mut reply).await;
+            assert!(reply.is_empty(), "{}", String::from_utf8_lossy(&reply));
+        });
     }
 
     #[test]
