@@ -31,6 +31,7 @@ const PIN_DIR: &str = "/sys/fs/bpf/blocker";
 const LOG_DIR: &str = "/var/log/blocker";
 const CACHE_DIR: &str = "/var/cache/blocker";
 const STATUS_FILE: &str = "/run/blocker/status.json";
+const CONTROL_SOCKET: &str = "/run/blocker/status.sock";
 /// The test's files: the banned copies and the policy file before it is installed.
 const WORK_DIR: &str = "/opt/blocker-vm";
 const TEST_POLICY: &str = "vm-systemd.toml";
@@ -274,6 +275,7 @@ fn a_banned_exec_is_refused_logged_in_the_journal_and_reported_alike() -> Result
     ensure!(status["backend"] == "lsm", "{status}");
     ensure!(status["pinned"] == true, "{status}");
     ensure!(status["policy_dir"] == POLICY_DIR, "{status}");
+    ensure!(status["control_socket"] == CONTROL_SOCKET, "{status}");
     ensure!(
         status["policies"]
             .as_array()
@@ -373,8 +375,8 @@ fn read_only_mounts(pid: u32, mount_points: &[&str]) -> Result<Vec<bool>> {
 }
 
 #[test]
-fn the_unit_verifies_and_its_sandbox_is_read_only_but_for_bpffs_and_its_directories() -> Result<()>
-{
+fn the_unit_verifies_and_its_sandbox_is_read_only_but_for_bpffs_policies_and_its_directories(
+) -> Result<()> {
     service_running()?;
     let verified = output("systemd-analyze", &["verify", UNIT])?;
     ensure!(
@@ -385,13 +387,14 @@ fn the_unit_verifies_and_its_sandbox_is_read_only_but_for_bpffs_and_its_director
         "/",
         "/sys",
         "/sys/fs/bpf",
+        "/etc/blocker",
         "/run/blocker",
         "/var/cache/blocker",
         "/var/log/blocker",
     ];
     let read_only = read_only_mounts(main_pid()?, &mount_points)?;
     ensure!(
-        read_only == [true, true, false, false, false, false],
+        read_only == [true, true, false, false, false, false, false],
         "read-only: {:?}",
         mount_points.iter().zip(&read_only).collect::<Vec<_>>()
     );
@@ -521,6 +524,65 @@ fn the_service_is_up_before_logins_after_a_reboot() -> Result<()> {
     ensure!(
         exec_refused(&Path::new(WORK_DIR).join("banned-reboot"))?,
         "enforcing after the reboot"
+    );
+    Ok(())
+}
+
+/// `blocker policy` and `blocker stop` ask the service's daemon over its control socket, and it
+/// does the work inside its sandbox: also a daemon restarted after pid 1 killed it, while the
+/// pinned programs still protected the policy directory.
+#[test]
+fn the_daemon_answers_on_its_socket_also_after_being_killed() -> Result<()> {
+    service_running()?;
+    let killed = main_pid()?;
+    succeed("systemctl", &["kill", "--signal=SIGKILL", SERVICE])?;
+    wait_until(
+        "the daemon restarted after SIGKILL",
+        STARTUP_TIMEOUT,
+        || Ok(is_active()? && main_pid()? != killed),
+    )?;
+    let pid = main_pid()?;
+    let socket = fs::symlink_metadata(CONTROL_SOCKET)?;
+    ensure!(
+        std::os::unix::fs::FileTypeExt::is_socket(&socket.file_type())
+            && std::os::unix::fs::PermissionsExt::mode(&socket.permissions()) & 0o777 == 0o600,
+        "{socket:?}"
+    );
+
+    let banned = banned_by_the_service("banned-socket")?;
+    ensure!(main_pid()? == pid, "the same daemon");
+    wait_until("the policy change in the journal", JOURNAL_TIMEOUT, || {
+        Ok(journal(&[
+            "BLOCKER_KIND=policy_changed",
+            &format!("_PID={pid}"),
+            &format!("BLOCKER_INSTALLED={TEST_POLICY}"),
+        ])?
+        .iter()
+        .any(|entry| entry["BLOCKER_UID"] == "0"))
+    })?;
+
+    let stopped = succeed(INSTALLED_BLOCKER, &["stop"])?;
+    ensure!(
+        stopped == format!("stopped the blocker daemon (pid {pid})\n"),
+        "{stopped}"
+    );
+    let asked = |entry: &Value| {
+        entry["MESSAGE"]
+            .as_str()
+            .is_some_and(|message| message.contains("asked over the control socket"))
+    };
+    wait_until("the stop in the journal", JOURNAL_TIMEOUT, || {
+        Ok(journal(&[&format!("_PID={pid}")])?.iter().any(asked))
+    })?;
+    // Restart=always: the service manager starts the next daemon, which protects and enforces.
+    wait_until(
+        "the daemon restarted after the stop",
+        STARTUP_TIMEOUT,
+        || Ok(is_active()? && main_pid()? != pid),
+    )?;
+    ensure!(
+        exec_refused(&banned)?,
+        "the next daemon enforces the policy"
     );
     Ok(())
 }
