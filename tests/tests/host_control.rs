@@ -287,3 +287,20 @@ fn an_oversized_request_is_refused_unread() -> Result<()> {
     control.daemon.wait(EVENT_TIMEOUT)?;
     Ok(())
 }
+
+#[test]
+fn a_failed_start_leaves_no_socket() -> Result<()> {
+    let scenario = BanScenario::new("control-failed")?;
+    let status_file = scenario.sandbox.path("run/status.json");
+    let status_arg = status_file.to_str().context("utf-8 path")?;
+    // The host kernel refuses LSM programs: the start fails after the socket was made.
+    let mut daemon = Daemon::spawn(
+        &scenario.sandbox.policy_dir(),
+        &["--backend", "lsm", "--status-file", status_arg],
+    )?;
+    let exit = daemon.wait(EVENT_TIMEOUT)?;
+    ensure!(exit.code() == Some(2), "{exit}");
+    let socket = scenario.sandbox.path("run/status.sock");
+    ensure!(!socket.exists(), "{} is left", socket.display());
+    Ok(())
+}
