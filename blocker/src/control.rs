@@ -4,11 +4,11 @@
 //! the socket), they do it here. Policy changes are checked whole before anything is written,
 //! so a running daemon only ever sees a valid directory.
 
+mod writable_dir;
+
 use std::{
     collections::BTreeMap,
     fs,
-    io::Write,
-    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::ExitCode,
     thread,
@@ -26,6 +26,7 @@ use crate::{
     identity::FileIdentity,
     policy, status,
 };
+use writable_dir::WritableDir;
 
 /// How long `stop` waits for daemons to exit after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -255,9 +256,10 @@ fn install(files: &[PolicyFile], policy_dir: &Path) -> Result<Vec<String>> {
         );
     }
     check(policy_dir, resulting)?;
+    let directory = WritableDir::open(policy_dir)?;
     let mut said = Vec::new();
     for file in files {
-        write_atomically(&policy_dir.join(&file.name), &file.contents)?;
+        directory.write_atomically(&file.name, &file.contents)?;
         said.push(format!(
             "installed {} in {}",
             file.name,
@@ -281,11 +283,11 @@ fn remove(names: &[String], policy_dir: &Path) -> Result<Vec<String>> {
         "removing every policy file would leave blocker nothing to enforce; install another first"
     );
     check(policy_dir, resulting)?;
+    let directory = WritableDir::open(policy_dir)?;
     let mut said = Vec::new();
     for name in names {
-        let path = policy_dir.join(name);
-        fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-        said.push(format!("removed {}", path.display()));
+        directory.remove(name)?;
+        said.push(format!("removed {}", policy_dir.join(name).display()));
     }
     Ok(said)
 }
@@ -316,24 +318,6 @@ fn check(policy_dir: &Path, resulting: BTreeMap<String, (PathBuf, String)>) -> R
         );
     }
     Ok(())
-}
-
-/// Writes `path` through a hidden temporary file renamed over it, so a daemon reloading at any
-/// moment reads the old file or the new one, never half of one.
-fn write_atomically(path: &Path, contents: &str) -> Result<()> {
-    let name = path.file_name().expect("a file path").to_string_lossy();
-    let temporary = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut file = fs::File::create(&temporary)?;
-        file.write_all(contents.as_bytes())?;
-        file.set_permissions(fs::Permissions::from_mode(0o644))?;
-        file.sync_all()?;
-        fs::rename(&temporary, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temporary);
-    }
-    result.with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

@@ -14,8 +14,6 @@ use blocker::{
     status, unload,
 };
 
-use anyhow::Result;
-
 /// Exit status for errors: bad policies, bad arguments, kernel refusals.
 const EXIT_ERROR: u8 = 2;
 /// Where the package installs the policies, and the service enforces them.
@@ -186,9 +184,9 @@ struct PolicyTarget {
 }
 
 impl PolicyTarget {
-    fn change(self, change: Result<control::PolicyChange>) -> Result<ExitCode> {
+    fn change(self, change: control::PolicyChange) -> anyhow::Result<ExitCode> {
         let policy_dir = policy_dir_or_default(self.policy_dir, &self.status_file);
-        control::change(change?, &policy_dir, &self.status_file)
+        control::change(change, &policy_dir, &self.status_file)
     }
 }
 
@@ -306,10 +304,10 @@ fn main() -> ExitCode {
         Command::Stop { status_file } => control::stop(&status_file),
         Command::Policy {
             change: PolicyChange::Install { files, target },
-        } => target.change(control::PolicyChange::install(&files)),
+        } => control::PolicyChange::install(&files).and_then(|change| target.change(change)),
         Command::Policy {
             change: PolicyChange::Remove { names, target },
-        } => target.change(Ok(control::PolicyChange::Remove(names))),
+        } => target.change(control::PolicyChange::Remove(names)),
         Command::Events {
             follow,
             json,

@@ -304,3 +304,83 @@ fn a_failed_start_leaves_no_socket() -> Result<()> {
     ensure!(!socket.exists(), "{} is left", socket.display());
     Ok(())
 }
+
+/// As under the unit's `ProtectSystem=strict`, the daemon runs where its policy directory is
+/// read-only (a mount namespace of its own): it writes what `blocker policy` asks anyway, and
+/// nothing outside it changes.
+#[test]
+fn the_daemon_writes_a_policy_directory_it_sees_read_only() -> Result<()> {
+    let scenario = BanScenario::new("control-read-only")?;
+    let policy_dir = scenario.sandbox.policy_dir();
+    let wrapper = scenario.sandbox.path("run-read-only");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec unshare --mount --propagation private sh -c 'mount --bind \"$0\" \
+             \"$0\" && mount -o remount,bind,ro \"$0\" && exec \"$@\"' \"{}\" \"{}\" \"$@\"\n",
+            policy_dir.display(),
+            blocker_bin().display()
+        ),
+    )?;
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))?;
+    let status_file = scenario.sandbox.path("run/status.json");
+    let status_arg = status_file.to_str().context("utf-8 path")?;
+    let (mut daemon, _) = Daemon::start_program(
+        &wrapper,
+        &policy_dir,
+        &["--backend", "kill", "--status-file", status_arg],
+    )?;
+    let pid = daemon.pid().to_string();
+    let probe = policy_dir.join("probe.toml");
+    let touched = Command::new("nsenter")
+        .args(["--target", &pid, "--mount", "--", "touch"])
+        .arg(&probe)
+        .output()?;
+    ensure!(
+        !touched.status.success() && text(&touched.stderr).contains("Read-only file system"),
+        "read-only where the daemon runs: {touched:?}"
+    );
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while !status_file.exists() {
+        ensure!(Instant::now() < deadline, "no status document");
+        thread::sleep(Duration::from_millis(20));
+    }
+
+    let later = scenario.sandbox.path("later.toml");
+    fs::write(
+        &later,
+        deny_and_audit_policy(&[&scenario.unbanned], &[])
+            .replace("id = \"ban\"", "id = \"later\"")
+            .replace("name = \"test\"", "name = \"later\""),
+    )?;
+    let output = Command::new(blocker_bin())
+        .args([
+            "policy",
+            "install",
+            later.to_str().unwrap(),
+            "--status-file",
+        ])
+        .arg(&status_file)
+        .output()?;
+    ensure!(output.status.success(), "{output:?}");
+    daemon.wait_for_record(EVENT_TIMEOUT, |r| r["kind"] == "policy_changed")?;
+    daemon.wait_for_record(EVENT_TIMEOUT, |r| {
+        r["kind"] == "reloaded" && r["rules"] == 3
+    })?;
+    ensure!(
+        fs::read_to_string(policy_dir.join("later.toml"))? == fs::read_to_string(&later)?,
+        "written where everyone sees it"
+    );
+    let names: Vec<_> = fs::read_dir(&policy_dir)?
+        .map(|entry| entry.map(|entry| entry.file_name()))
+        .collect::<std::io::Result<_>>()?;
+    ensure!(names.len() == 2, "no temporary file is left: {names:?}");
+
+    let output = Command::new(blocker_bin())
+        .args(["stop", "--status-file"])
+        .arg(&status_file)
+        .output()?;
+    ensure!(output.status.success(), "{output:?}");
+    ensure!(daemon.wait(EVENT_TIMEOUT)?.success());
+    Ok(())
+}
