@@ -69,7 +69,8 @@ enum Command {
         protect: bool,
         #[command(flatten)]
         sinks: SinkArgs,
-        /// Where the daemon keeps its status document for `blocker status`.
+        /// Where the daemon keeps its status document for `blocker status`; its control socket
+        /// for `blocker stop` and `blocker policy` is beside it, with the extension `.sock`.
         #[arg(long, default_value = status::DEFAULT_STATUS_FILE)]
         status_file: PathBuf,
     },
