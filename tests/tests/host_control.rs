@@ -42,12 +42,7 @@ impl Controlled {
         let (daemon, _) =
             scenario.start_daemon(&["--backend", "kill", "--status-file", &status_arg])?;
         let socket = scenario.sandbox.path("run/status.sock");
-        // Clients find the socket through the status document, published just after `started`.
-        let deadline = Instant::now() + EVENT_TIMEOUT;
-        while !status_file.exists() {
-            ensure!(Instant::now() < deadline, "no status document");
-            thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_document(&status_file)?;
         Ok(Self {
             scenario,
             daemon,
@@ -78,6 +73,16 @@ impl Controlled {
         fs::write(&path, policy)?;
         Ok(path)
     }
+}
+
+/// Clients find the socket through the status document, published just after `started`.
+fn wait_for_document(status_file: &Path) -> Result<()> {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while !status_file.exists() {
+        ensure!(Instant::now() < deadline, "no status document");
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -340,11 +345,7 @@ fn the_daemon_writes_a_policy_directory_it_sees_read_only() -> Result<()> {
         !touched.status.success() && text(&touched.stderr).contains("Read-only file system"),
         "read-only where the daemon runs: {touched:?}"
     );
-    let deadline = Instant::now() + EVENT_TIMEOUT;
-    while !status_file.exists() {
-        ensure!(Instant::now() < deadline, "no status document");
-        thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_document(&status_file)?;
 
     let later = scenario.sandbox.path("later.toml");
     fs::write(
