@@ -1,41 +1,60 @@
-//! The documented ways to stop blocker and to change its policy, which tamper protection lets
-//! through because they run the blocker binary: `blocker stop` and `blocker policy`. Policy
-//! changes are checked whole before anything is written, so a running daemon only ever sees a
-//! valid directory.
+//! The documented ways to stop blocker and to change its policy: `blocker stop` and
+//! `blocker policy`. With a daemon running, they ask it over its control socket
+//! ([`crate::control_socket`]) and it does the work itself; without one (or with one older than
+//! the socket), they do it here. Policy changes are checked whole before anything is written,
+//! so a running daemon only ever sees a valid directory.
+
+mod writable_dir;
 
 use std::{
     collections::BTreeMap,
     fs,
-    io::Write,
-    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::ExitCode,
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 
-use crate::{identity::FileIdentity, policy};
+use crate::{
+    control_socket::{
+        client,
+        protocol::{PolicyFile, Reply, Request},
+    },
+    escape::controls_escaped,
+    identity::FileIdentity,
+    policy, status,
+};
+use writable_dir::WritableDir;
 
 /// How long `stop` waits for daemons to exit after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest policy file `blocker policy install` takes.
+pub const MAX_POLICY_FILE_BYTES: usize = 4 << 20;
 
-/// Sends SIGTERM to every running `blocker run` of this binary and waits for them to exit.
-/// Exits 1 if none runs.
-pub fn stop() -> Result<ExitCode> {
-    let daemons = running_daemons()?;
-    if daemons.is_empty() {
-        println!("no blocker daemon is running");
-        return Ok(ExitCode::from(1));
-    }
-    for &pid in &daemons {
-        // SAFETY: plain kill(2).
-        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-            let error = std::io::Error::last_os_error();
-            bail!("stopping the blocker daemon (pid {pid}): {error}");
+/// Stops the daemon whose status document is `status_file` through its control socket; with
+/// no daemon listening there (an older one, or none), sends SIGTERM to every running
+/// `blocker run` of this binary. Then waits for them to exit. Exits 1 if none runs.
+pub fn stop(status_file: &Path) -> Result<ExitCode> {
+    let daemons = match ask_to_stop(status_file)? {
+        Some(asked) => vec![asked],
+        None => {
+            let daemons = running_daemons()?;
+            if daemons.is_empty() {
+                println!("no blocker daemon is running");
+                return Ok(ExitCode::from(1));
+            }
+            for &pid in &daemons {
+                // SAFETY: plain kill(2).
+                if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+                    let error = std::io::Error::last_os_error();
+                    bail!("stopping the blocker daemon (pid {pid}): {error}");
+                }
+            }
+            daemons
         }
-    }
+    };
     let deadline = Instant::now() + STOP_TIMEOUT;
     for pid in daemons {
         while is_alive(pid) {
@@ -48,6 +67,21 @@ pub fn stop() -> Result<ExitCode> {
         println!("stopped the blocker daemon (pid {pid})");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Asks the daemon of `status_file` to stop, if it runs and listens; its pid if it agreed.
+fn ask_to_stop(status_file: &Path) -> Result<Option<libc::pid_t>> {
+    let Some(socket) = status::running_daemon(status_file).and_then(|daemon| daemon.control_socket)
+    else {
+        return Ok(None);
+    };
+    let Some(answer) = client::ask(&socket, &Request::Stop {})? else {
+        return Ok(None);
+    };
+    match answer.reply {
+        Reply::Done { .. } => Ok(Some(answer.daemon_pid)),
+        Reply::Refused { error } => bail!("the blocker daemon refused to stop: {error}"),
+    }
 }
 
 /// Whether `pid` exists and has not exited (an exited child stays a zombie until its parent
@@ -89,39 +123,153 @@ fn running_daemons() -> Result<Vec<libc::pid_t>> {
     Ok(daemons)
 }
 
-/// Copies `files` into `policy_dir` (replacing files of the same name) if the policy the
-/// directory then holds is valid; otherwise writes nothing and says why.
-pub fn install(files: &[PathBuf], policy_dir: &Path) -> Result<ExitCode> {
-    let mut resulting = current_sources(policy_dir)?;
-    let mut installing = Vec::new();
-    for file in files {
-        let name = file
-            .file_name()
-            .with_context(|| format!("{} names no file", file.display()))?
-            .to_string_lossy()
-            .into_owned();
-        ensure!(
-            name.ends_with(".toml") && !name.starts_with('.'),
-            "{}: policy files are named *.toml (and not hidden), or blocker would not read it",
-            file.display()
-        );
-        let source =
-            fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        // Errors then name the file as the user gave it.
-        resulting.insert(name.clone(), (file.clone(), source.clone()));
-        installing.push((name, source));
-    }
-    check(policy_dir, resulting)?;
-    for (name, source) in installing {
-        write_atomically(&policy_dir.join(&name), &source)?;
-        println!("installed {name} in {}", policy_dir.display());
+/// Installs `files` into `policy_dir`, or removes the policy files `names` from it, as
+/// `blocker policy` does: through the daemon of `status_file` if it enforces that directory
+/// and listens, else here.
+pub fn change(change: PolicyChange, policy_dir: &Path, status_file: &Path) -> Result<ExitCode> {
+    let said = match ask_to_change(&change, policy_dir, status_file)? {
+        Some(said) => said,
+        None => change.apply(policy_dir)?,
+    };
+    for line in said {
+        println!("{}", controls_escaped(&line));
     }
     println!("a running daemon reloads the policy within a second");
     Ok(ExitCode::SUCCESS)
 }
 
-/// Removes the policy files `names` from `policy_dir` if what remains is a valid policy.
-pub fn remove(names: &[String], policy_dir: &Path) -> Result<ExitCode> {
+/// What the daemon enforcing `policy_dir` said it did, if one runs and listens.
+fn ask_to_change(
+    change: &PolicyChange,
+    policy_dir: &Path,
+    status_file: &Path,
+) -> Result<Option<Vec<String>>> {
+    let Some(daemon) = status::running_daemon(status_file) else {
+        return Ok(None);
+    };
+    let (Some(socket), true) = (
+        daemon.control_socket,
+        same_directory(&daemon.policy_dir, policy_dir),
+    ) else {
+        return Ok(None);
+    };
+    let Some(answer) = client::ask(&socket, &change.request())? else {
+        return Ok(None);
+    };
+    match answer.reply {
+        Reply::Done { said } => Ok(Some(said)),
+        Reply::Refused { error } => Err(anyhow!(error)),
+    }
+}
+
+fn same_directory(one: &Path, other: &Path) -> bool {
+    match (fs::canonicalize(one), fs::canonicalize(other)) {
+        (Ok(one), Ok(other)) => one == other,
+        _ => one == other,
+    }
+}
+
+/// A change `blocker policy` makes to a policy directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PolicyChange {
+    /// Write these files, replacing files of the same name.
+    Install(Vec<PolicyFile>),
+    /// Remove the policy files of these names.
+    Remove(Vec<String>),
+}
+
+impl PolicyChange {
+    /// Installing `files`, read now: errors name them as given.
+    pub fn install(files: &[PathBuf]) -> Result<Self> {
+        let mut read = Vec::new();
+        for file in files {
+            let name = file
+                .file_name()
+                .with_context(|| format!("{} names no file", file.display()))?
+                .to_string_lossy()
+                .into_owned();
+            let origin = file.display().to_string();
+            check_name(&name, &origin)?;
+            let size = fs::metadata(file)
+                .with_context(|| format!("reading {origin}"))?
+                .len();
+            check_size(size, &origin)?;
+            let contents = fs::read_to_string(file).with_context(|| format!("reading {origin}"))?;
+            read.push(PolicyFile {
+                name,
+                origin,
+                contents,
+            });
+        }
+        Ok(Self::Install(read))
+    }
+
+    /// The request that asks a daemon for this change.
+    pub fn request(&self) -> Request {
+        match self {
+            Self::Install(files) => Request::Install {
+                files: files.clone(),
+            },
+            Self::Remove(names) => Request::Remove {
+                names: names.clone(),
+            },
+        }
+    }
+
+    /// Makes the change in `policy_dir` if the policy the directory then holds is valid;
+    /// otherwise writes nothing and says why. Returns what it did, a line each.
+    pub fn apply(&self, policy_dir: &Path) -> Result<Vec<String>> {
+        match self {
+            Self::Install(files) => install(files, policy_dir),
+            Self::Remove(names) => remove(names, policy_dir),
+        }
+    }
+}
+
+/// A policy file must be named so that blocker reads it, and name nothing but a file directly
+/// in the policy directory.
+fn check_name(name: &str, origin: &str) -> Result<()> {
+    ensure!(
+        name.ends_with(".toml") && !name.starts_with('.') && !name.contains('/'),
+        "{origin}: policy files are named *.toml (and not hidden), or blocker would not read it"
+    );
+    Ok(())
+}
+
+fn check_size(bytes: u64, origin: &str) -> Result<()> {
+    ensure!(
+        bytes <= MAX_POLICY_FILE_BYTES as u64,
+        "{origin}: larger than {MAX_POLICY_FILE_BYTES} bytes, which no policy file needs"
+    );
+    Ok(())
+}
+
+fn install(files: &[PolicyFile], policy_dir: &Path) -> Result<Vec<String>> {
+    let mut resulting = current_sources(policy_dir)?;
+    for file in files {
+        check_name(&file.name, &file.origin)?;
+        check_size(file.contents.len() as u64, &file.origin)?;
+        // Errors then name the file as the user gave it.
+        resulting.insert(
+            file.name.clone(),
+            (PathBuf::from(&file.origin), file.contents.clone()),
+        );
+    }
+    check(policy_dir, resulting)?;
+    let directory = WritableDir::open(policy_dir)?;
+    let mut said = Vec::new();
+    for file in files {
+        directory.write_atomically(&file.name, &file.contents)?;
+        said.push(format!(
+            "installed {} in {}",
+            file.name,
+            policy_dir.display()
+        ));
+    }
+    Ok(said)
+}
+
+fn remove(names: &[String], policy_dir: &Path) -> Result<Vec<String>> {
     let mut resulting = current_sources(policy_dir)?;
     for name in names {
         ensure!(
@@ -135,13 +283,13 @@ pub fn remove(names: &[String], policy_dir: &Path) -> Result<ExitCode> {
         "removing every policy file would leave blocker nothing to enforce; install another first"
     );
     check(policy_dir, resulting)?;
+    let directory = WritableDir::open(policy_dir)?;
+    let mut said = Vec::new();
     for name in names {
-        let path = policy_dir.join(name);
-        fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-        println!("removed {}", path.display());
+        directory.remove(name)?;
+        said.push(format!("removed {}", policy_dir.join(name).display()));
     }
-    println!("a running daemon reloads the policy within a second");
-    Ok(ExitCode::SUCCESS)
+    Ok(said)
 }
 
 /// File name → (path for messages, contents) of the policy files in `policy_dir`.
@@ -170,24 +318,6 @@ fn check(policy_dir: &Path, resulting: BTreeMap<String, (PathBuf, String)>) -> R
         );
     }
     Ok(())
-}
-
-/// Writes `path` through a hidden temporary file renamed over it, so a daemon reloading at any
-/// moment reads the old file or the new one, never half of one.
-fn write_atomically(path: &Path, contents: &str) -> Result<()> {
-    let name = path.file_name().expect("a file path").to_string_lossy();
-    let temporary = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut file = fs::File::create(&temporary)?;
-        file.write_all(contents.as_bytes())?;
-        file.set_permissions(fs::Permissions::from_mode(0o644))?;
-        file.sync_all()?;
-        fs::rename(&temporary, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temporary);
-    }
-    result.with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]
@@ -223,7 +353,12 @@ mod tests {
 
         let duplicate = dir.path().join("b.toml");
         fs::write(&duplicate, VALID.replace("\"a\"", "\"b\"")).unwrap();
-        let error = install(std::slice::from_ref(&duplicate), &policies).unwrap_err();
+        let installing = |file: &Path| PolicyChange::install(&[file.to_owned()])?.apply(&policies);
+        let removing = |names: &[&str]| {
+            PolicyChange::Remove(names.iter().map(|&name| name.to_owned()).collect())
+                .apply(&policies)
+        };
+        let error = installing(&duplicate).unwrap_err();
         let message = format!("{error:#}");
         assert!(message.contains("duplicate rule id `x`"), "{message}");
         assert!(message.contains("b.toml"), "{message}");
@@ -231,7 +366,10 @@ mod tests {
 
         let other = dir.path().join("c.toml");
         fs::write(&other, VALID.replace("\"x\"", "\"y\"")).unwrap();
-        install(std::slice::from_ref(&other), &policies).unwrap();
+        assert_eq!(
+            installing(&other).unwrap(),
+            [format!("installed c.toml in {}", policies.display())]
+        );
         assert_eq!(
             fs::read_to_string(policies.join("c.toml")).unwrap(),
             fs::read_to_string(&other).unwrap()
@@ -249,10 +387,45 @@ mod tests {
             .count();
         assert_eq!(hidden, 0, "no temporary file is left");
 
-        let error = remove(&["a.toml".to_owned(), "c.toml".to_owned()], &policies).unwrap_err();
+        let error = removing(&["a.toml", "c.toml"]).unwrap_err();
         assert!(format!("{error}").contains("nothing to enforce"));
-        remove(&["c.toml".to_owned()], &policies).unwrap();
+        removing(&["c.toml"]).unwrap();
         assert!(!policies.join("c.toml").exists());
-        assert!(remove(&["missing.toml".to_owned()], &policies).is_err());
+        assert!(removing(&["missing.toml"]).is_err());
+        assert!(removing(&["../policies/a.toml"]).is_err());
+    }
+
+    #[test]
+    fn a_change_asked_for_over_the_socket_is_checked_as_one_made_here() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("a.toml"), VALID).unwrap();
+        let file = |name: &str, contents: String| PolicyFile {
+            name: name.to_owned(),
+            origin: format!("/elsewhere/{name}"),
+            contents,
+        };
+        let refused = |files: Vec<PolicyFile>| {
+            format!(
+                "{:#}",
+                PolicyChange::Install(files).apply(dir.path()).unwrap_err()
+            )
+        };
+        let other = VALID.replace("\"x\"", "\"y\"");
+        for name in ["../escaped.toml", "sub/b.toml", ".hidden.toml", "b.txt"] {
+            let error = refused(vec![file(name, other.clone())]);
+            assert!(error.contains("are named *.toml"), "{name}: {error}");
+        }
+        let huge = format!("{other}#{}\n", "x".repeat(MAX_POLICY_FILE_BYTES));
+        assert!(refused(vec![file("b.toml", huge)]).contains("larger than"));
+        let error = refused(vec![file("b.toml", VALID.to_owned())]);
+        assert!(
+            error.contains("/elsewhere/b.toml") && error.contains("duplicate rule id"),
+            "errors name the file as the client gave it: {error}"
+        );
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["a.toml"], "nothing was written");
     }
 }

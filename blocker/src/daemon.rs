@@ -25,6 +25,11 @@ use tokio::{
 use crate::{
     background::{self, Done, Reloaded, Work},
     budget::Budget,
+    control::PolicyChange,
+    control_socket::{
+        self,
+        server::{ControlSocket, Notice, Peer},
+    },
     events::{self, BootClock, ExecRecord, Record, TamperRecord},
     identity,
     jobs::Slot,
@@ -108,6 +113,9 @@ pub fn run(options: RunOptions) -> Result<()> {
         None
     };
     check_identities(&resolution, protected_directories.as_deref())?;
+    // Before anything is loaded: a daemon nobody could ask to stop does not start. Removed
+    // when dropped, however the start fails or the daemon ends.
+    let control = ControlSocket::bind(control_socket::server::path_for(&options.status_file)?)?;
     let sink = Sinks::start(&options.sinks)?;
     let loading = std::time::Instant::now();
     let enforcer = Enforcer::start(
@@ -153,7 +161,7 @@ pub fn run(options: RunOptions) -> Result<()> {
         .build()
         .context("starting the event loop")?;
     let served = runtime.block_on(serve(
-        enforcer, protected, policy, resolution, options, sink,
+        enforcer, protected, policy, resolution, options, sink, control,
     ));
     // A scan still running in the background has no one left to report to: stopping must not
     // wait for it.
@@ -187,6 +195,24 @@ fn report_lost_daemon(last: Heartbeat, sink: &Sinks) {
     sink.emit(record);
 }
 
+/// The record of a change a client made through the control socket.
+fn policy_changed(change: PolicyChange, peer: Peer) -> Record {
+    let (installed, removed) = match change {
+        PolicyChange::Install(files) => (
+            files.into_iter().map(|file| file.name).collect(),
+            Vec::new(),
+        ),
+        PolicyChange::Remove(names) => (Vec::new(), names),
+    };
+    Record::PolicyChanged {
+        time: events::now_rfc3339(),
+        pid: peer.pid,
+        uid: peer.uid,
+        installed,
+        removed,
+    }
+}
+
 /// What the event loop keeps of the policy in force and of the background work on it.
 struct State {
     policy: Policy,
@@ -211,6 +237,7 @@ async fn serve(
     resolution: Resolution,
     options: RunOptions,
     sink: Sinks,
+    mut control: ControlSocket,
 ) -> Result<()> {
     // SAFETY (both): each value owns its file descriptor and keeps it open, unreplaced, for as
     // long as the AsyncFd holds it.
@@ -224,6 +251,7 @@ async fn serve(
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
     let policy_dir_changes = watch_policy_dir(&options.policy_dir);
+    let mut control_notices = control.serve(std::path::absolute(&options.policy_dir)?)?;
     let (job_done, mut job_results) = mpsc::channel::<Done>(1);
     let mut reload_due: Option<Instant> = None;
     let mut refresh = tokio::time::interval(options.refresh_interval);
@@ -290,6 +318,7 @@ async fn serve(
             kernel: KernelFeatures::detect(&enforcer),
             features: enforcer.features().clone(),
             pinned: enforcer.pinned().is_some(),
+            control_socket: control.path().to_owned(),
         },
         Snapshot::of(
             &enforcer,
@@ -409,10 +438,23 @@ async fn serve(
                     state.start(next, &options, &job_done);
                 }
             }
+            Some(notice) = control_notices.recv() => match notice {
+                Notice::Stop { peer } => {
+                    log::info!("stopping, as {peer} asked over the control socket");
+                    break;
+                }
+                Notice::PolicyChanged { peer, change } => {
+                    let record = policy_changed(change, peer);
+                    log::info!("{}", record.summary());
+                    sink.emit(record);
+                }
+            },
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
         }
     }
+    // No one may ask anything of a daemon that is stopping.
+    drop(control);
 
     counters = report_lost_events(&enforcer, counters, &sink);
     if enforcer.content_checks() {

@@ -76,6 +76,17 @@ pub enum Record {
     /// A reload was refused (a bad policy file, a kernel error): the previous policy stays in
     /// force, unchanged.
     ReloadFailed { time: String, error: String },
+    /// The daemon changed its policy directory as a root process asked over the control socket
+    /// (`blocker policy`); a `reloaded` or `reload_failed` record follows.
+    PolicyChanged {
+        time: String,
+        /// Who asked: its process id (null if the kernel did not say) and user id.
+        pid: Option<i32>,
+        uid: u32,
+        /// Policy files written, and removed, by name.
+        installed: Vec<String>,
+        removed: Vec<String>,
+    },
     /// A sink fell behind or failed and has caught up: `dropped` records never reached it since
     /// its last report. Enforcement was not affected.
     RecordsDropped {
@@ -140,6 +151,31 @@ impl Record {
             }
             Record::ReloadFailed { error, .. } => {
                 format!("reload refused, the previous policy stays in force: {error}")
+            }
+            Record::PolicyChanged {
+                pid,
+                uid,
+                installed,
+                removed,
+                ..
+            } => {
+                let named = |what: &str, names: &[String]| {
+                    (!names.is_empty()).then(|| {
+                        let names: Vec<String> =
+                            names.iter().map(|name| escaped(name).to_string()).collect();
+                        format!("{what} {}", names.join(", "))
+                    })
+                };
+                let changes: Vec<String> =
+                    [named("installed", installed), named("removed", removed)]
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                let asker = pid.map_or_else(
+                    || format!("uid {uid}"),
+                    |pid| format!("pid {pid} (uid {uid})"),
+                );
+                format!("policy changed as {asker} asked: {}", changes.join("; "))
             }
             Record::RecordsDropped {
                 sink,

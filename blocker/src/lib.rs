@@ -5,6 +5,7 @@ pub mod background;
 pub mod budget;
 pub mod cgroups;
 pub mod control;
+pub mod control_socket;
 pub mod critical;
 pub mod daemon;
 pub mod escape;

@@ -69,12 +69,19 @@ enum Command {
         protect: bool,
         #[command(flatten)]
         sinks: SinkArgs,
-        /// Where the daemon keeps its status document for `blocker status`.
+        /// Where the daemon keeps its status document for `blocker status`; its control socket
+        /// for `blocker stop` and `blocker policy` is beside it, with the extension `.sock`.
         #[arg(long, default_value = status::DEFAULT_STATUS_FILE)]
         status_file: PathBuf,
     },
-    /// Stop the running daemon: SIGTERM, then wait for it to exit. Exits 1 if none runs.
-    Stop,
+    /// Stop the running daemon, asked over its control socket (a daemon without one: SIGTERM to
+    /// every `blocker run`), and wait for it to exit. Exits 1 if none runs.
+    Stop {
+        /// The status document of the daemon to stop (`run --status-file`), which names its
+        /// control socket.
+        #[arg(long, default_value = status::DEFAULT_STATUS_FILE)]
+        status_file: PathBuf,
+    },
     /// Change the policy directory, checking the whole resulting policy before writing anything.
     Policy {
         #[command(subcommand)]
@@ -152,18 +159,36 @@ enum PolicyChange {
     Install {
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// Default: the running daemon's policy directory, else /etc/blocker/policies.
-        #[arg(long)]
-        policy_dir: Option<PathBuf>,
+        #[command(flatten)]
+        target: PolicyTarget,
     },
     /// Remove policy files (by file name) from the directory.
     Remove {
         #[arg(required = true)]
         names: Vec<String>,
-        /// Default: the running daemon's policy directory, else /etc/blocker/policies.
-        #[arg(long)]
-        policy_dir: Option<PathBuf>,
+        #[command(flatten)]
+        target: PolicyTarget,
     },
+}
+
+/// The policy directory `blocker policy` changes, and the daemon that does it if it enforces
+/// that directory.
+#[derive(Args)]
+struct PolicyTarget {
+    /// Default: the running daemon's policy directory, else /etc/blocker/policies.
+    #[arg(long)]
+    policy_dir: Option<PathBuf>,
+    /// The status document of the daemon to ask (`run --status-file`), which names its control
+    /// socket.
+    #[arg(long, default_value = status::DEFAULT_STATUS_FILE)]
+    status_file: PathBuf,
+}
+
+impl PolicyTarget {
+    fn change(self, change: control::PolicyChange) -> anyhow::Result<ExitCode> {
+        let policy_dir = policy_dir_or_default(self.policy_dir, &self.status_file);
+        control::change(change, &policy_dir, &self.status_file)
+    }
 }
 
 #[derive(Args)]
@@ -247,6 +272,7 @@ fn main() -> ExitCode {
             )
         })
         .init();
+    let default_status = Path::new(status::DEFAULT_STATUS_FILE);
     let result = match cli.command {
         Command::Run {
             policy_dir,
@@ -276,13 +302,13 @@ fn main() -> ExitCode {
         })
         .map(|()| ExitCode::SUCCESS),
         Command::Unload { pin_dir } => unload::unload(&pin_dir),
-        Command::Stop => control::stop(),
+        Command::Stop { status_file } => control::stop(&status_file),
         Command::Policy {
-            change: PolicyChange::Install { files, policy_dir },
-        } => control::install(&files, &policy_dir_or_default(policy_dir)),
+            change: PolicyChange::Install { files, target },
+        } => control::PolicyChange::install(&files).and_then(|change| target.change(change)),
         Command::Policy {
-            change: PolicyChange::Remove { names, policy_dir },
-        } => control::remove(&names, &policy_dir_or_default(policy_dir)),
+            change: PolicyChange::Remove { names, target },
+        } => target.change(control::PolicyChange::Remove(names)),
         Command::Events {
             follow,
             json,
@@ -296,15 +322,21 @@ fn main() -> ExitCode {
             rule,
             since,
         }),
-        Command::Check { policy_dir } => inspect::check(&policy_dir_or_default(policy_dir)),
+        Command::Check { policy_dir } => {
+            inspect::check(&policy_dir_or_default(policy_dir, default_status))
+        }
         Command::Resolve {
             policy_dir,
             json,
             scan,
-        } => inspect::resolve(&policy_dir_or_default(policy_dir), &scan.options(), json),
+        } => inspect::resolve(
+            &policy_dir_or_default(policy_dir, default_status),
+            &scan.options(),
+            json,
+        ),
         Command::Hash { files, policy_dir } => inspect::hash(&files, policy_dir.as_deref()),
         Command::Explain { file, policy_dir } => {
-            inspect::explain(&file, &policy_dir_or_default(policy_dir))
+            inspect::explain(&file, &policy_dir_or_default(policy_dir, default_status))
         }
         Command::Status { json, status_file } => status::command(&status_file, json),
     };
@@ -319,10 +351,11 @@ fn main() -> ExitCode {
 }
 
 /// The policy directory commands work on when not told: the one the running daemon enforces (from
-/// its status document), else the installed one; never one relative to where they run.
-fn policy_dir_or_default(given: Option<PathBuf>) -> PathBuf {
+/// its status document, `status_file`), else the installed one; never one relative to where
+/// they run.
+fn policy_dir_or_default(given: Option<PathBuf>, status_file: &Path) -> PathBuf {
     given
-        .or_else(|| status::running_daemon_policy_dir(Path::new(status::DEFAULT_STATUS_FILE)))
+        .or_else(|| status::running_daemon(status_file).map(|daemon| daemon.policy_dir))
         .unwrap_or_else(|| PathBuf::from(INSTALLED_POLICY_DIR))
 }
 

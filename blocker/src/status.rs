@@ -59,6 +59,10 @@ pub struct StatusDocument {
     pub events: EventCounts,
     /// Whether the programs are pinned under [`PIN_DIR`], so they keep enforcing without it.
     pub pinned: bool,
+    /// Where the daemon listens for `blocker stop` and `blocker policy` (see
+    /// [`crate::control_socket`]); absent from daemons older than the socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_socket: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +137,7 @@ pub struct Setup {
     pub kernel: KernelFeatures,
     pub features: Features,
     pub pinned: bool,
+    pub control_socket: PathBuf,
 }
 
 /// What the daemon enforces at one moment.
@@ -227,6 +232,12 @@ impl Publisher {
                 suppressed: 0,
             },
             pinned: setup.pinned,
+            control_socket: Some(
+                std::path::absolute(&setup.control_socket)
+                    .unwrap_or(setup.control_socket)
+                    .display()
+                    .to_string(),
+            ),
         };
         let mut publisher = Self {
             path: setup.path,
@@ -308,15 +319,25 @@ fn write_atomically(path: &Path, document: &StatusDocument) -> Result<()> {
     Ok(())
 }
 
-/// The policy directory of the daemon whose document is at `status_file`, if it runs.
-pub fn running_daemon_policy_dir(status_file: &Path) -> Option<PathBuf> {
+/// What clients need of a running daemon.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RunningDaemon {
+    pub policy_dir: PathBuf,
+    pub control_socket: Option<PathBuf>,
+}
+
+/// The daemon whose document is at `status_file`, if it runs.
+pub fn running_daemon(status_file: &Path) -> Option<RunningDaemon> {
     let document = read(status_file).ok()??;
     let policy_dir = PathBuf::from(&document.policy_dir);
     let running = matches!(
         process::liveness(&document),
         process::Liveness::Running { .. }
     );
-    (running && policy_dir.is_absolute()).then_some(policy_dir)
+    (running && policy_dir.is_absolute()).then(|| RunningDaemon {
+        policy_dir,
+        control_socket: document.control_socket.map(PathBuf::from),
+    })
 }
 
 /// The document at `path`; `None` if there is none.
@@ -392,6 +413,7 @@ pub(crate) mod tests {
                 suppressed: 0,
             },
             pinned: false,
+            control_socket: Some("/run/blocker/status.sock".to_owned()),
         }
     }
 
@@ -419,28 +441,32 @@ pub(crate) mod tests {
                 kernel: example_document().kernel,
                 features: example_document().features,
                 pinned: true,
+                control_socket: path.with_extension("sock"),
             },
             snapshot(3, 0),
         )
     }
 
     #[test]
-    fn commands_find_the_policy_directory_of_a_running_daemon_only() {
+    fn commands_find_the_policy_directory_and_socket_of_a_running_daemon_only() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("status.json");
-        assert_eq!(running_daemon_policy_dir(&path), None, "no document");
+        assert_eq!(running_daemon(&path), None, "no document");
 
         let mut running = publisher(&path);
         assert_eq!(
-            running_daemon_policy_dir(&path),
-            Some(PathBuf::from("/etc/blocker/policies"))
+            running_daemon(&path),
+            Some(RunningDaemon {
+                policy_dir: PathBuf::from("/etc/blocker/policies"),
+                control_socket: Some(dir.path().join("status.sock")),
+            })
         );
         running.stopped(EventCounts {
             delivered: 0,
             lost: 0,
             suppressed: 0,
         });
-        assert_eq!(running_daemon_policy_dir(&path), None, "stopped");
+        assert_eq!(running_daemon(&path), None, "stopped");
 
         let relative = Publisher::start(
             Setup {
@@ -449,13 +475,18 @@ pub(crate) mod tests {
                 kernel: example_document().kernel,
                 features: example_document().features,
                 pinned: false,
+                control_socket: "status.sock".into(),
             },
             snapshot(3, 0),
         );
+        let current = std::env::current_dir().unwrap();
         assert_eq!(
-            running_daemon_policy_dir(&path),
-            Some(std::env::current_dir().unwrap().join("policies")),
-            "published as an absolute path"
+            running_daemon(&path),
+            Some(RunningDaemon {
+                policy_dir: current.join("policies"),
+                control_socket: Some(current.join("status.sock")),
+            }),
+            "published as absolute paths"
         );
         drop(relative);
     }

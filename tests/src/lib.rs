@@ -252,6 +252,8 @@ pub struct Daemon {
     unclaimed: Vec<Output>,
     /// A status document [`Daemon::spawn`] chose, removed with the daemon.
     private_status_file: Option<PathBuf>,
+    /// The `--status-file` it was given, which names its control socket.
+    status_file: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -362,7 +364,18 @@ impl Daemon {
             log: Vec::new(),
             unclaimed: Vec::new(),
             private_status_file: None,
+            status_file: args
+                .iter()
+                .position(|&arg| arg == "--status-file")
+                .and_then(|at| args.get(at + 1))
+                .map(PathBuf::from),
         })
+    }
+
+    /// Its status document, for `blocker stop|policy --status-file`: through it they find the
+    /// daemon's control socket. `None` for a daemon given none (the default document).
+    pub fn status_file(&self) -> Option<&Path> {
+        self.status_file.as_deref()
     }
 
     /// Where this daemon writes its events file.

@@ -31,6 +31,7 @@ const PIN_DIR: &str = "/sys/fs/bpf/blocker";
 const LOG_DIR: &str = "/var/log/blocker";
 const CACHE_DIR: &str = "/var/cache/blocker";
 const STATUS_FILE: &str = "/run/blocker/status.json";
+const CONTROL_SOCKET: &str = "/run/blocker/status.sock";
 /// The test's files: the banned copies and the policy file before it is installed.
 const WORK_DIR: &str = "/opt/blocker-vm";
 const TEST_POLICY: &str = "vm-systemd.toml";
@@ -274,6 +275,7 @@ fn a_banned_exec_is_refused_logged_in_the_journal_and_reported_alike() -> Result
     ensure!(status["backend"] == "lsm", "{status}");
     ensure!(status["pinned"] == true, "{status}");
     ensure!(status["policy_dir"] == POLICY_DIR, "{status}");
+    ensure!(status["control_socket"] == CONTROL_SOCKET, "{status}");
     ensure!(
         status["policies"]
             .as_array()
@@ -523,6 +525,76 @@ fn the_service_is_up_before_logins_after_a_reboot() -> Result<()> {
         "enforcing after the reboot"
     );
     Ok(())
+}
+
+/// `blocker policy` and `blocker stop` ask the service's daemon over its control socket, and it
+/// does the work inside its sandbox, where the policy directory is read-only.
+#[test]
+fn blocker_policy_and_stop_go_through_the_daemons_socket() -> Result<()> {
+    service_running()?;
+    let pid = main_pid()?;
+    let socket = fs::symlink_metadata(CONTROL_SOCKET)?;
+    ensure!(
+        std::os::unix::fs::FileTypeExt::is_socket(&socket.file_type())
+            && std::os::unix::fs::PermissionsExt::mode(&socket.permissions()) & 0o777 == 0o600,
+        "{socket:?}"
+    );
+
+    let banned = banned_by_the_service("banned-socket")?;
+    ensure!(main_pid()? == pid, "the same daemon");
+    wait_until("the policy change in the journal", JOURNAL_TIMEOUT, || {
+        Ok(journal(&[
+            "BLOCKER_KIND=policy_changed",
+            &format!("_PID={pid}"),
+            &format!("BLOCKER_INSTALLED={TEST_POLICY}"),
+        ])?
+        .iter()
+        .any(|entry| entry["BLOCKER_UID"] == "0"))
+    })?;
+
+    let stopped = succeed(INSTALLED_BLOCKER, &["stop"])?;
+    ensure!(
+        stopped == format!("stopped the blocker daemon (pid {pid})\n"),
+        "{stopped}"
+    );
+    let asked = |entry: &Value| {
+        entry["MESSAGE"]
+            .as_str()
+            .is_some_and(|message| message.contains("asked over the control socket"))
+    };
+    wait_until("the stop in the journal", JOURNAL_TIMEOUT, || {
+        Ok(journal(&[&format!("_PID={pid}")])?.iter().any(asked))
+    })?;
+    // Restart=always: the service manager starts the next daemon, which protects and enforces.
+    wait_until(
+        "the daemon restarted after the stop",
+        STARTUP_TIMEOUT,
+        || Ok(is_active()? && main_pid()? != pid),
+    )
+    .with_context(service_log)?;
+    ensure!(
+        exec_refused(&banned)?,
+        "the next daemon enforces the policy"
+    );
+    Ok(())
+}
+
+/// What systemd says of the service, and its last log lines: why it did not start.
+fn service_log() -> String {
+    let text = |program: &str, args: &[&str]| {
+        output(program, args).map_or_else(
+            |error| format!("{error:#}"),
+            |output| String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    format!(
+        "{}\n{}",
+        text("systemctl", &["status", "--no-pager", "--full", SERVICE]),
+        text(
+            "journalctl",
+            &["--boot", "--no-pager", "--lines=60", "--unit", SERVICE]
+        )
+    )
 }
 
 /// `systemctl kill -s STOP` has pid 1 send SIGSTOP, which would leave the daemon there doing

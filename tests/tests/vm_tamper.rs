@@ -1,7 +1,7 @@
 //! Tamper protection (`blocker run --protect`, run inside the VM by `cargo xtask test`): other
 //! processes cannot kill or trace the daemon, get at its maps, programs or links, or change its
-//! policy directory or pins; `blocker policy` and `blocker stop` still can, and every refused
-//! attempt is an event.
+//! policy directory or pins; `blocker policy` and `blocker stop` still can (asking the daemon
+//! over its control socket), and every refused attempt is an event.
 
 use std::{
     fs,
@@ -75,6 +75,16 @@ fn refused_by_id(next_id: libc::c_long, get_fd: libc::c_long) -> usize {
 
 fn blocker(args: &[&str]) -> Result<Output> {
     Ok(Command::new(blocker_bin()).args(args).output()?)
+}
+
+/// `blocker stop` of `daemon`, which it asks over the daemon's control socket.
+fn stop(daemon: &Daemon) -> Result<Output> {
+    let mut command = Command::new(blocker_bin());
+    command.arg("stop");
+    if let Some(status_file) = daemon.status_file() {
+        command.arg("--status-file").arg(status_file);
+    }
+    Ok(command.output()?)
 }
 
 fn expect_eperm<T>(what: &str, result: std::io::Result<T>) -> Result<()> {
@@ -239,12 +249,16 @@ fn a_protected_daemon_refuses_tampering_but_takes_the_documented_ways() -> Resul
         &bad,
         "name = \"bad\"\n[[rule]]\nid = \"ban\"\npaths = [\"/x\"]\n",
     )?;
+    let status_file = daemon.status_file().context("a status file")?.to_owned();
+    let status_file = status_file.to_str().unwrap();
     let output = blocker(&[
         "policy",
         "install",
         bad.to_str().unwrap(),
         "--policy-dir",
         policy_dir.to_str().unwrap(),
+        "--status-file",
+        status_file,
     ])?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     ensure!(
@@ -265,20 +279,34 @@ fn a_protected_daemon_refuses_tampering_but_takes_the_documented_ways() -> Resul
         later.to_str().unwrap(),
         "--policy-dir",
         policy_dir.to_str().unwrap(),
+        "--status-file",
+        status_file,
     ])?;
     ensure!(output.status.success(), "{output:?}");
+    let changed = daemon.wait_for_record(Duration::from_secs(10), |r| {
+        r["kind"] == "policy_changed" && r["installed"][0] == "later.toml"
+    })?;
+    ensure!(
+        changed["uid"] == 0,
+        "written by the daemon, as asked: {changed}"
+    );
     daemon.wait_for_record(Duration::from_secs(30), |r| r["kind"] == "reloaded")?;
     let error = run_as_launcher(&banned_later).expect_err("banned by the installed policy");
     ensure!(error.raw_os_error() == Some(libc::EPERM));
 
-    let output = blocker(&["stop"])?;
+    let output = stop(&daemon)?;
     ensure!(output.status.success(), "{output:?}");
     let status = daemon.wait(Duration::from_secs(30))?;
     ensure!(status.success(), "{status}");
-    let (records, _) = daemon.remaining_output();
+    let (records, log) = daemon.remaining_output();
     ensure!(
         records.iter().any(|r| r["kind"] == "stopped"),
         "{records:?}"
+    );
+    ensure!(
+        log.iter()
+            .any(|line| line.contains("asked over the control socket")),
+        "{log:?}"
     );
     fs::write(policy_dir.join("after.toml"), "")
         .context("the policy directory is writable once the daemon stopped")?;
@@ -326,7 +354,7 @@ fn protected_pins_cannot_be_removed_and_stay_after_a_documented_stop() -> Result
     let record = wait_for_tamper(&mut daemon, "file_change")?;
     ensure!(record["detail"] == "unlink", "{record}");
 
-    ensure!(blocker(&["stop"])?.status.success());
+    ensure!(stop(&daemon)?.status.success());
     daemon.wait(Duration::from_secs(30))?;
     let error = run_as_launcher(&banned).expect_err("the pins keep enforcing");
     ensure!(error.raw_os_error() == Some(libc::EPERM));
@@ -408,7 +436,7 @@ fn attempts_the_kernel_refuses_anyway_are_not_recorded() -> Result<()> {
     let record = wait_for_tamper(&mut daemon, "file_change")?;
     ensure!(record["uid"] == 0, "{record}");
 
-    let output = blocker(&["stop"])?;
+    let output = stop(&daemon)?;
     ensure!(output.status.success(), "{output:?}");
     daemon.wait(Duration::from_secs(30))?;
     let from_nobody: Vec<Value> = blocker_integration_tests::events_in(&events_file)?
@@ -619,7 +647,7 @@ fn the_directories_on_the_way_keep_their_names_and_mounts() -> Result<()> {
     fs::write(&other, "x").context("another file in the parent")?;
     fs::rename(&other, parent.join("other-renamed")).context("renaming it")?;
 
-    ensure!(blocker(&["stop"])?.status.success());
+    ensure!(stop(&daemon)?.status.success());
     daemon.wait(Duration::from_secs(30))?;
     fs::rename(&parent, &moved).context("renaming the parent once stopped")?;
     fs::rename(&moved, &parent)?;
@@ -675,7 +703,7 @@ fn resource_limits_and_owner_signals_do_not_reach_the_daemon() -> Result<()> {
     // SAFETY: probes the daemon with signal 0.
     ensure!(unsafe { libc::kill(pid, 0) } == 0, "the daemon lives on");
 
-    let output = blocker(&["stop"])?;
+    let output = stop(&daemon)?;
     ensure!(output.status.success(), "{output:?}");
     let status = daemon.wait(Duration::from_secs(30))?;
     ensure!(status.success(), "{status}");
@@ -778,7 +806,7 @@ fn the_daemons_cgroups_cannot_kill_freeze_or_starve_it() -> Result<()> {
     let error = run_as_launcher(&banned).expect_err("still enforcing");
     ensure!(error.raw_os_error() == Some(libc::EPERM));
 
-    let output = blocker(&["stop"])?;
+    let output = stop(&daemon)?;
     ensure!(output.status.success(), "{output:?}");
     daemon.wait(Duration::from_secs(30))?;
     fs::write(cgroup.dir.join("pids.max"), "max")

@@ -114,6 +114,7 @@ fn priority(record: &Record) -> u8 {
             ..
         } => WARNING,
         Record::Started { .. } | Record::Reloaded { .. } => INFO,
+        Record::PolicyChanged { .. } => NOTICE,
     }
 }
 
