@@ -311,6 +311,16 @@ impl Task {
         read_field(self.0, offset!(task_struct_tgid))
     }
 
+    /// The kernel's pid: the thread's own id, the tgid for the thread group's leader.
+    pub fn pid(self) -> Option<u32> {
+        read_field(self.0, offset!(task_struct_pid))
+    }
+
+    /// Whether a tracer is attached (`PTRACE_ATTACH`, or `PTRACE_TRACEME` before an exec).
+    pub fn traced(self) -> Option<bool> {
+        read_field::<u32>(self.0, offset!(task_struct_ptrace)).map(|flags| flags != 0)
+    }
+
     pub fn credentials(self) -> Option<Cred> {
         Cred::new(read_field(self.0, offset!(task_struct_cred))?)
     }

@@ -117,6 +117,8 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     mount_mnt: 0,
     mount_mnt_group_id: 0,
     mount_mnt_parent: 0,
+    task_struct_ptrace: 0,
+    task_struct_pid: 0,
     padding: 0,
 };
 

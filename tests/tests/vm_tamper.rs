@@ -841,3 +841,84 @@ fn a_daemon_gone_silent_is_reported_by_the_kernel_and_the_next_daemon() -> Resul
     ensure!(output.status.success(), "{output:?}");
     Ok(())
 }
+
+/// `prctl(PR_SET_MM, ...)` as the test runs it: the kernel's own answer, or ours.
+fn set_mm(operation: libc::c_int, argument: usize, size: usize) -> std::io::Result<i32> {
+    // SAFETY: the kernel reads at most `size` bytes at `argument`, which the caller provides.
+    errno(unsafe { libc::prctl(libc::PR_SET_MM, operation, argument, size, 0) })
+}
+
+/// Only the daemon's own process is trusted: not another process running the blocker binary (a
+/// command writing where its caller says), nor one that made itself "run" it.
+#[test]
+fn only_the_daemon_is_trusted_not_the_processes_running_its_binary() -> Result<()> {
+    let sandbox = Sandbox::new("tamper-trust")?;
+    let banned = sandbox.copy_binary("banned")?;
+    let hash = blocker_integration_tests::sha256_of(&banned)?;
+    let policy_dir = sandbox.policy_dir();
+    sandbox.write_policy(
+        "test.toml",
+        &format!("name = \"test\"\n\n[[rule]]\nid = \"content\"\nsha256 = [\"{hash}\"]\n"),
+    )?;
+    let scan_root = sandbox.path("scan");
+    fs::create_dir_all(&scan_root)?;
+    // Something for the command to hash, so that it has a cache to write.
+    let hashed = scan_root.join("tool");
+    fs::write(&hashed, "#!/bin/sh\n")?;
+    fs::set_permissions(&hashed, fs::Permissions::from_mode(0o755))?;
+    let scan_root = scan_root.to_str().context("a UTF-8 path")?;
+    let _stop = StopOnDrop;
+    let (mut daemon, _) = Daemon::start(
+        &policy_dir,
+        &["--backend", "lsm", "--protect", "--scan-root", scan_root],
+    )?;
+
+    // A blocker command writes its hash cache wherever its caller says, through a rename.
+    let planted = policy_dir.join("planted.toml");
+    let output = blocker(&[
+        "resolve",
+        policy_dir.to_str().unwrap(),
+        "--scan-root",
+        scan_root,
+        "--hash-cache",
+        planted.to_str().unwrap(),
+    ])?;
+    ensure!(
+        !planted.exists(),
+        "planted in the policy directory: {output:?}"
+    );
+    let record = wait_for_tamper(&mut daemon, "file_change")?;
+    ensure!(record["comm"] == "blocker", "{record}");
+
+    // A process that gives itself the blocker binary as its executable file. The kernel would
+    // answer EBUSY (this process's own binary is still mapped); blocker refuses first.
+    let binary = fs::File::open(blocker_bin())?;
+    use std::os::fd::AsRawFd;
+    expect_eperm(
+        "PR_SET_MM_EXE_FILE with the blocker binary",
+        set_mm(libc::PR_SET_MM_EXE_FILE, binary.as_raw_fd() as usize, 0),
+    )?;
+    let record = wait_for_tamper(&mut daemon, "exe_file")?;
+    ensure!(record["detail"] == "PR_SET_MM_EXE_FILE", "{record}");
+    // `struct prctl_mm_map` with every address 0 (which the kernel refuses: EINVAL) and
+    // `exe_fd` at byte 100.
+    let mut map = [0u8; 104];
+    map[100..].copy_from_slice(&(binary.as_raw_fd() as u32).to_ne_bytes());
+    expect_eperm(
+        "PR_SET_MM_MAP with the blocker binary",
+        set_mm(libc::PR_SET_MM_MAP, map.as_ptr() as usize, map.len()),
+    )?;
+    map[100..].copy_from_slice(&u32::MAX.to_ne_bytes());
+    expect_errno(
+        "PR_SET_MM_MAP keeping the executable (left to the kernel)",
+        libc::EINVAL,
+        set_mm(libc::PR_SET_MM_MAP, map.as_ptr() as usize, map.len()),
+    )?;
+
+    let error = run_as_launcher(&banned).expect_err("still enforcing");
+    ensure!(error.raw_os_error() == Some(libc::EPERM));
+    let output = blocker(&["stop"])?;
+    ensure!(output.status.success(), "{output:?}");
+    daemon.wait(Duration::from_secs(30))?;
+    Ok(())
+}

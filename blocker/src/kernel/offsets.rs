@@ -62,6 +62,8 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets> {
         mount_mnt: btf.field("mount", "mnt")?.offset,
         mount_mnt_group_id: offset("mount", "mnt_group_id", 4)?,
         mount_mnt_parent: offset("mount", "mnt_parent", POINTER)?,
+        task_struct_ptrace: offset("task_struct", "ptrace", 4)?,
+        task_struct_pid: offset("task_struct", "pid", 4)?,
         padding: 0,
     })
 }
@@ -155,6 +157,8 @@ mod tests {
                 ("mm", ptr, 1200),
                 ("cred", ptr, 2960),
                 ("nsproxy", ptr, 3060),
+                ("ptrace", u32_, 40),
+                ("pid", u32_, 1296),
             ],
         );
         b.structure("nsproxy", 72, &[("mnt_ns", ptr, 24)]);
@@ -219,6 +223,8 @@ mod tests {
                 mount_mnt: 32,
                 mount_mnt_group_id: 296,
                 mount_mnt_parent: 16,
+                task_struct_ptrace: 40,
+                task_struct_pid: 1296,
                 padding: 0,
             }
         );
