@@ -325,6 +325,14 @@ fn protected_pins_cannot_be_removed_and_stay_after_a_documented_stop() -> Result
     )?;
     let record = wait_for_tamper(&mut daemon, "file_change")?;
     ensure!(record["detail"] == "unlink", "{record}");
+    // The blocker binary itself is not trusted while the daemon lives.
+    let output = blocker(&["unload", "--pin-dir", PIN_DIR])?;
+    ensure!(
+        !output.status.success()
+            && String::from_utf8_lossy(&output.stderr).contains("stop it first"),
+        "{output:?}"
+    );
+    ensure!(Path::new(&pinned).exists());
 
     ensure!(blocker(&["stop"])?.status.success());
     daemon.wait(Duration::from_secs(30))?;
