@@ -101,7 +101,7 @@ pub mod lsm_programs {
         &[MmapFileFile, MmapFileProt],
     );
     /// Tamper protection programs; inert until `PROTECTION` names a daemon.
-    pub const PROTECTION: [LsmProgram; 22] = [
+    pub const PROTECTION: [LsmProgram; 25] = [
         program(
             "protect_daemon_from_signals",
             "task_kill",
@@ -180,6 +180,21 @@ pub mod lsm_programs {
             &[FileSendSigiotaskTask, FileSendSigiotaskSignal],
         ),
         program("protect_trust_from_pid_reuse", "task_free", &[TaskFreeTask]),
+        program(
+            "protect_daemon_from_nice",
+            "task_setnice",
+            &[TaskSetniceTask],
+        ),
+        program(
+            "protect_daemon_from_ioprio",
+            "task_setioprio",
+            &[TaskSetioprioTask],
+        ),
+        program(
+            "protect_daemon_from_scheduling",
+            "task_setscheduler",
+            &[TaskSetschedulerTask],
+        ),
         program(
             "protect_trust_from_exe_changes",
             "task_prctl",
@@ -265,6 +280,9 @@ hook_arguments! {
     MoveMountToPath = "move_mount"."to_path",
     SbUmountMnt = "sb_umount"."mnt",
     TaskFreeTask = "task_free"."task",
+    TaskSetniceTask = "task_setnice"."p",
+    TaskSetioprioTask = "task_setioprio"."p",
+    TaskSetschedulerTask = "task_setscheduler"."p",
     TaskPrctlOption = "task_prctl"."option",
     TaskPrctlArg2 = "task_prctl"."arg2",
     TaskPrctlArg3 = "task_prctl"."arg3",
@@ -394,6 +412,22 @@ pub mod operation {
     /// PR_SET_MM_EXE_FILE)`, or `PR_SET_MM_MAP` with an `exe_fd`); `detail` is the `PR_SET_MM_*`
     /// operation.
     pub const EXE_FILE_CHANGE: u32 = 10;
+    /// A new priority for the daemon; `detail` is one of [`super::priority_change`].
+    pub const PRIORITY: u32 = 11;
+    /// Opening one of the daemon's own `/proc` files for writing (`oom_score_adj`,
+    /// `timerslack_ns`, ...).
+    pub const PROC_WRITE: u32 = 12;
+}
+
+/// The priorities of the daemon that tamper protection keeps.
+pub mod priority_change {
+    /// `setpriority`, `nice`.
+    pub const NICE: u32 = 1;
+    /// `ioprio_set`.
+    pub const IO: u32 = 2;
+    /// `sched_setscheduler`, `sched_setattr`, `sched_setaffinity`, and a move into a cgroup with
+    /// other CPUs (cpuset).
+    pub const SCHEDULING: u32 = 3;
 }
 
 /// Kinds of BPF objects tamper protection guards.
@@ -746,6 +780,13 @@ pub struct KernelOffsets {
     /// `task_struct.ptrace`: non-zero while a tracer is attached.
     pub task_struct_ptrace: u32,
     pub task_struct_pid: u32,
+    /// `task_struct.pid_links[PIDTYPE_PID]`, through which a `struct pid` lists its task.
+    pub task_struct_pid_links: u32,
+    pub proc_inode_pid: u32,
+    /// Where the `struct inode` the hooks see sits in its `struct proc_inode`.
+    pub proc_inode_vfs_inode: u32,
+    /// `pid.tasks[PIDTYPE_PID].first`.
+    pub pid_tasks: u32,
     pub padding: u32,
 }
 

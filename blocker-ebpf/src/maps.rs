@@ -119,6 +119,10 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     mount_mnt_parent: 0,
     task_struct_ptrace: 0,
     task_struct_pid: 0,
+    task_struct_pid_links: 0,
+    proc_inode_pid: 0,
+    proc_inode_vfs_inode: 0,
+    pid_tasks: 0,
     padding: 0,
 };
 

@@ -8,7 +8,8 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use blocker_common::{
-    backend, bpf_object, file_change, inode_guard, operation, FileKey, HookArgument, Protection,
+    backend, bpf_object, file_change, inode_guard, operation, priority_change, FileKey,
+    HookArgument, Protection,
 };
 
 use crate::{
@@ -81,21 +82,63 @@ pub fn protect_daemon_from_signals(ctx: LsmContext) -> i32 {
 /// starve it. The kernel checked the caller's right to change them before this hook.
 #[lsm(hook = "task_setrlimit")]
 pub fn protect_daemon_from_rlimits(ctx: LsmContext) -> i32 {
+    let resource = hook_arguments::raw(&ctx, HookArgument::TaskSetrlimitResource) as u32;
+    refuse_daemon_change(
+        &ctx,
+        HookArgument::TaskSetrlimitTask,
+        operation::RESOURCE_LIMIT,
+        resource,
+    )
+}
+
+/// The daemon's nice value (19: it runs only when nothing else wants the CPU). Like the other
+/// priorities, the kernel checked the caller's right before the hook.
+#[lsm(hook = "task_setnice")]
+pub fn protect_daemon_from_nice(ctx: LsmContext) -> i32 {
+    refuse_daemon_change(
+        &ctx,
+        HookArgument::TaskSetniceTask,
+        operation::PRIORITY,
+        priority_change::NICE,
+    )
+}
+
+#[lsm(hook = "task_setioprio")]
+pub fn protect_daemon_from_ioprio(ctx: LsmContext) -> i32 {
+    refuse_daemon_change(
+        &ctx,
+        HookArgument::TaskSetioprioTask,
+        operation::PRIORITY,
+        priority_change::IO,
+    )
+}
+
+/// The daemon's scheduling policy (`SCHED_IDLE`) or CPUs (affinity, a cpuset cgroup).
+#[lsm(hook = "task_setscheduler")]
+pub fn protect_daemon_from_scheduling(ctx: LsmContext) -> i32 {
+    refuse_daemon_change(
+        &ctx,
+        HookArgument::TaskSetschedulerTask,
+        operation::PRIORITY,
+        priority_change::SCHEDULING,
+    )
+}
+
+/// Refuses a change to the daemon's process by anyone but the daemon (while it lives).
+#[inline(always)]
+fn refuse_daemon_change(
+    ctx: &LsmContext,
+    target: HookArgument,
+    operation: u32,
+    detail: u32,
+) -> i32 {
     let Some(protection) = active_protection() else {
         return ALLOW;
     };
-    if !is_daemon(
-        &protection,
-        hook_arguments::task(&ctx, HookArgument::TaskSetrlimitTask),
-    ) {
+    if !is_daemon(&protection, hook_arguments::task(ctx, target)) || trusted(&protection) {
         return ALLOW;
     }
-    let caller = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if caller == protection.daemon_tgid || trusted(&protection) {
-        return ALLOW;
-    }
-    let resource = hook_arguments::raw(&ctx, HookArgument::TaskSetrlimitResource) as u32;
-    refuse(operation::RESOURCE_LIMIT, resource, FileKey::default())
+    refuse(operation, detail, FileKey::default())
 }
 
 /// A signal through a descriptor whose owner is the daemon (`F_SETOWN`, `F_SETSIG`), which
@@ -257,6 +300,16 @@ pub fn protect_files_from_writes(ctx: LsmContext) -> i32 {
     };
     if let Some(target) = protected_dentry(dentry) {
         return refuse_change(&protection, file_change::OPEN_FOR_WRITING, Some(target));
+    }
+    // The daemon's own /proc files: `oom_score_adj` (first to go when memory runs out, which
+    // the OOM killer does without a signal anyone could refuse), `timerslack_ns`, ...
+    let process = opened.inode().and_then(Inode::proc_process);
+    if process.is_some() && process == Some(protection.daemon_tgid) && protection.daemon_gone == 0 {
+        if trusted(&protection) {
+            return ALLOW;
+        }
+        let key = opened.inode().and_then(Inode::key).unwrap_or_default();
+        return refuse(operation::PROC_WRITE, 0, key);
     }
     refuse_cgroup_control(&protection, dentry)
 }

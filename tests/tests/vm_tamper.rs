@@ -644,7 +644,7 @@ fn the_directories_on_the_way_keep_their_names_and_mounts() -> Result<()> {
 /// whose default action ends a process, never passes `task_kill`). Both are refused and
 /// recorded, and the daemon lives on.
 #[test]
-fn resource_limits_and_owner_signals_do_not_reach_the_daemon() -> Result<()> {
+fn resource_limits_priorities_proc_files_and_owner_signals_do_not_reach_the_daemon() -> Result<()> {
     let sandbox = Sandbox::new("tamper-quiet")?;
     let banned = sandbox.copy_binary("banned")?;
     sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[]))?;
@@ -680,6 +680,56 @@ fn resource_limits_and_owner_signals_do_not_reach_the_daemon() -> Result<()> {
         libc::close(ends[0]);
         libc::close(ends[1]);
     }
+
+    // Its priorities: it would run only when nothing else wants the CPU or the disk.
+    // SAFETY (all four): plain system calls about the daemon's process, with valid arguments.
+    expect_eperm(
+        "nice 19 for the daemon",
+        errno(unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, 19) }),
+    )?;
+    let record = wait_for_tamper(&mut daemon, "priority")?;
+    ensure!(record["detail"] == "nice", "{record}");
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_IDLE: libc::c_long = 3 << 13;
+    expect_eperm(
+        "the idle I/O class for the daemon",
+        errno(
+            unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, pid, IOPRIO_IDLE) }
+                as i32,
+        ),
+    )?;
+    let idle = libc::sched_param { sched_priority: 0 };
+    expect_eperm(
+        "SCHED_IDLE for the daemon",
+        errno(unsafe { libc::sched_setscheduler(pid, libc::SCHED_IDLE, &idle) }),
+    )?;
+    let mut first_cpu: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(0, &mut first_cpu) };
+    expect_eperm(
+        "pinning the daemon to one CPU",
+        errno(unsafe {
+            libc::sched_setaffinity(pid, std::mem::size_of_val(&first_cpu), &first_cpu)
+        }),
+    )?;
+    // Its /proc files: with oom_score_adj 1000 it is the first the OOM killer ends.
+    expect_eperm(
+        "oom_score_adj 1000 for the daemon",
+        fs::write(format!("/proc/{pid}/oom_score_adj"), "1000"),
+    )?;
+    let record = wait_for_tamper(&mut daemon, "proc_write")?;
+    ensure!(record["pid"] == std::process::id(), "{record}");
+    let thread = fs::read_dir(format!("/proc/{pid}/task"))?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .find(|tid| tid != &pid.to_string())
+        .context("the daemon has threads")?;
+    expect_eperm(
+        "oom_score_adj 1000 through a thread of the daemon",
+        fs::write(format!("/proc/{thread}/oom_score_adj"), "1000"),
+    )?;
+    ensure!(fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))?.trim() != "1000");
+    // Not anyone's: this process may still change its own.
+    fs::write("/proc/self/oom_score_adj", "0")?;
+
     // SAFETY: probes the daemon with signal 0.
     ensure!(unsafe { libc::kill(pid, 0) } == 0, "the daemon lives on");
 
