@@ -101,7 +101,7 @@ pub mod lsm_programs {
         &[MmapFileFile, MmapFileProt],
     );
     /// Tamper protection programs; inert until `PROTECTION` names a daemon.
-    pub const PROTECTION: [LsmProgram; 20] = [
+    pub const PROTECTION: [LsmProgram; 25] = [
         program(
             "protect_daemon_from_signals",
             "task_kill",
@@ -178,6 +178,27 @@ pub mod lsm_programs {
             "protect_daemon_from_owner_signals",
             "file_send_sigiotask",
             &[FileSendSigiotaskTask, FileSendSigiotaskSignal],
+        ),
+        program("protect_trust_from_pid_reuse", "task_free", &[TaskFreeTask]),
+        program(
+            "protect_daemon_from_nice",
+            "task_setnice",
+            &[TaskSetniceTask],
+        ),
+        program(
+            "protect_daemon_from_ioprio",
+            "task_setioprio",
+            &[TaskSetioprioTask],
+        ),
+        program(
+            "protect_daemon_from_scheduling",
+            "task_setscheduler",
+            &[TaskSetschedulerTask],
+        ),
+        program(
+            "protect_trust_from_exe_changes",
+            "task_prctl",
+            &[TaskPrctlOption, TaskPrctlArg2, TaskPrctlArg3],
         ),
     ];
 }
@@ -258,6 +279,13 @@ hook_arguments! {
     MoveMountFromPath = "move_mount"."from_path",
     MoveMountToPath = "move_mount"."to_path",
     SbUmountMnt = "sb_umount"."mnt",
+    TaskFreeTask = "task_free"."task",
+    TaskSetniceTask = "task_setnice"."p",
+    TaskSetioprioTask = "task_setioprio"."p",
+    TaskSetschedulerTask = "task_setscheduler"."p",
+    TaskPrctlOption = "task_prctl"."option",
+    TaskPrctlArg2 = "task_prctl"."arg2",
+    TaskPrctlArg3 = "task_prctl"."arg3",
     TaskSetrlimitTask = "task_setrlimit"."p",
     TaskSetrlimitResource = "task_setrlimit"."resource",
     FileSendSigiotaskTask = "file_send_sigiotask"."tsk",
@@ -380,6 +408,26 @@ pub mod operation {
     /// A signal to the daemon through a descriptor's owner (`F_SETOWN`, `F_SETSIG`); `detail`
     /// is the signal number (0: SIGIO).
     pub const OWNER_SIGNAL: u32 = 9;
+    /// A new executable file for the caller's own process (`prctl(PR_SET_MM,
+    /// PR_SET_MM_EXE_FILE)`, or `PR_SET_MM_MAP` with an `exe_fd`); `detail` is the `PR_SET_MM_*`
+    /// operation.
+    pub const EXE_FILE_CHANGE: u32 = 10;
+    /// A new priority for the daemon; `detail` is one of [`super::priority_change`].
+    pub const PRIORITY: u32 = 11;
+    /// Opening one of the daemon's own `/proc` files for writing (`oom_score_adj`,
+    /// `timerslack_ns`, ...).
+    pub const PROC_WRITE: u32 = 12;
+}
+
+/// The priorities of the daemon that tamper protection keeps.
+pub mod priority_change {
+    /// `setpriority`, `nice`.
+    pub const NICE: u32 = 1;
+    /// `ioprio_set`.
+    pub const IO: u32 = 2;
+    /// `sched_setscheduler`, `sched_setattr`, `sched_setaffinity`, and a move into a cgroup with
+    /// other CPUs (cpuset).
+    pub const SCHEDULING: u32 = 3;
 }
 
 /// Kinds of BPF objects tamper protection guards.
@@ -442,13 +490,15 @@ pub struct Protection {
     pub daemon_tgid: u32,
     /// The inode number of the daemon's mount namespace (`/proc/self/ns/mnt`).
     pub daemon_mount_namespace: u32,
-    /// The blocker binary. Processes running it (the daemon, `blocker stop`, `blocker policy`)
-    /// are trusted: they are the documented way to stop blocker and change its policy.
+    /// The blocker binary, trusted only while no daemon lives (`daemon_gone`): the next daemon
+    /// adopts the pins and protects them again.
     pub trusted_exe: FileKey,
     /// The inode number of pid 1's mount namespace, where the service manager starts the next
     /// daemon; 0 if it could not be read.
     pub init_mount_namespace: u32,
-    pub padding: u32,
+    /// 1 once the daemon's process is gone (set by the kernel when its task is freed) without
+    /// having turned protection off: killed by pid 1, the OOM killer, a crash.
+    pub daemon_gone: u32,
 }
 
 /// Capacity of the protected inodes map: directories, the directories above them, and the blocker
@@ -727,6 +777,16 @@ pub struct KernelOffsets {
     pub mount_mnt: u32,
     pub mount_mnt_group_id: u32,
     pub mount_mnt_parent: u32,
+    /// `task_struct.ptrace`: non-zero while a tracer is attached.
+    pub task_struct_ptrace: u32,
+    pub task_struct_pid: u32,
+    /// `task_struct.pid_links[PIDTYPE_PID]`, through which a `struct pid` lists its task.
+    pub task_struct_pid_links: u32,
+    pub proc_inode_pid: u32,
+    /// Where the `struct inode` the hooks see sits in its `struct proc_inode`.
+    pub proc_inode_vfs_inode: u32,
+    /// `pid.tasks[PIDTYPE_PID].first`.
+    pub pid_tasks: u32,
     pub padding: u32,
 }
 

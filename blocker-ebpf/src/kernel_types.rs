@@ -86,6 +86,8 @@ kernel_struct!(
 
 /// `FMODE_WRITE` in `file.f_mode`.
 const FMODE_WRITE: u32 = 0x2;
+/// `PROC_SUPER_MAGIC` of `<linux/magic.h>`.
+const PROC_SUPER_MAGIC: u64 = 0x9fa0;
 
 impl Bprm {
     pub fn file(self) -> Option<File> {
@@ -159,6 +161,22 @@ impl Inode {
     /// The owner, as a kernel-wide uid.
     pub fn owner(self) -> Option<u32> {
         read_field(self.0, offset!(inode_i_uid))
+    }
+
+    /// For an inode of a process's `/proc` directory (`/proc/PID/...`,
+    /// `/proc/PID/task/TID/...`), that process's thread group id.
+    pub fn proc_process(self) -> Option<u32> {
+        if self.super_block()?.magic()? != PROC_SUPER_MAGIC {
+            return None;
+        }
+        // `container_of`: only addresses are computed; the helper checks every read.
+        let proc_inode = self.0.wrapping_sub(offset!(proc_inode_vfs_inode) as usize);
+        let pid: *const u8 = read_field(proc_inode, offset!(proc_inode_pid))?;
+        let first: *const u8 = read_field(pid, offset!(pid_tasks))?;
+        if first.is_null() {
+            return None;
+        }
+        Task::new(first.wrapping_sub(offset!(task_struct_pid_links) as usize))?.tgid()
     }
 
     pub fn super_block(self) -> Option<SuperBlock> {
@@ -309,6 +327,16 @@ impl Task {
 
     pub fn tgid(self) -> Option<u32> {
         read_field(self.0, offset!(task_struct_tgid))
+    }
+
+    /// The kernel's pid: the thread's own id, the tgid for the thread group's leader.
+    pub fn pid(self) -> Option<u32> {
+        read_field(self.0, offset!(task_struct_pid))
+    }
+
+    /// Whether a tracer is attached (`PTRACE_ATTACH`, or `PTRACE_TRACEME` before an exec).
+    pub fn traced(self) -> Option<bool> {
+        read_field::<u32>(self.0, offset!(task_struct_ptrace)).map(|flags| flags != 0)
     }
 
     pub fn credentials(self) -> Option<Cred> {

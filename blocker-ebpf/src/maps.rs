@@ -117,6 +117,12 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     mount_mnt: 0,
     mount_mnt_group_id: 0,
     mount_mnt_parent: 0,
+    task_struct_ptrace: 0,
+    task_struct_pid: 0,
+    task_struct_pid_links: 0,
+    proc_inode_pid: 0,
+    proc_inode_vfs_inode: 0,
+    pid_tasks: 0,
     padding: 0,
 };
 

@@ -2,9 +2,14 @@
 //! refuses only after finding that the operation touches something of blocker's and that the
 //! caller is not trusted, which keeps the common path to one array lookup.
 
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::lsm, programs::LsmContext};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::lsm,
+    programs::LsmContext,
+};
 use blocker_common::{
-    backend, bpf_object, file_change, inode_guard, operation, FileKey, HookArgument, Protection,
+    backend, bpf_object, file_change, inode_guard, operation, priority_change, FileKey,
+    HookArgument, Protection,
 };
 
 use crate::{
@@ -24,6 +29,7 @@ const BPF_LINK_GET_FD_BY_ID: u32 = 30;
 /// Capabilities (`CAP_*`) that let a caller past the kernel's own checks.
 const CAP_CHOWN: u32 = 0;
 const CAP_FOWNER: u32 = 3;
+const CAP_SYS_RESOURCE: u32 = 24;
 const CAP_SYS_ADMIN: u32 = 21;
 /// `ATTR_*` of `iattr.ia_valid` that need ownership or a capability (mode, owner, group, times
 /// set to a given value). Size changes and times set to now were checked for write permission
@@ -33,6 +39,17 @@ const ATTR_NEEDING_OWNERSHIP: u32 = 0x1 | 0x2 | 0x4 | 0x80 | 0x100;
 const MS_REMOUNT: u64 = 0x20;
 const MS_BIND: u64 = 0x1000;
 const MS_PROPAGATION: u64 = (1 << 17) | (1 << 18) | (1 << 19) | (1 << 20);
+
+/// `prctl(2)`'s `PR_SET_MM` and the operations of it that give a process another executable
+/// file.
+const PR_SET_MM: u64 = 35;
+const PR_SET_MM_EXE_FILE: u64 = 13;
+const PR_SET_MM_MAP: u64 = 14;
+/// `offsetof(struct prctl_mm_map, exe_fd)` in `<linux/prctl.h>`: eleven `__u64`, a pointer and
+/// a `__u32` before it.
+const PRCTL_MM_MAP_EXE_FD: usize = 100;
+/// `exe_fd` of a `PR_SET_MM_MAP` that keeps the executable file.
+const KEEP_EXE_FD: u32 = u32::MAX;
 
 /// A signal a process sends (the kernel's own never come here).
 #[lsm(hook = "task_kill")]
@@ -45,8 +62,10 @@ pub fn protect_daemon_from_signals(ctx: LsmContext) -> i32 {
     if signal == 0 || signal == SIGHUP {
         return ALLOW;
     }
-    let target = hook_arguments::task(&ctx, HookArgument::TaskKillTask);
-    if target.and_then(Task::tgid) != Some(protection.daemon_tgid) {
+    if !is_daemon(
+        &protection,
+        hook_arguments::task(&ctx, HookArgument::TaskKillTask),
+    ) {
         return ALLOW;
     }
     let sender = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -63,19 +82,63 @@ pub fn protect_daemon_from_signals(ctx: LsmContext) -> i32 {
 /// starve it. The kernel checked the caller's right to change them before this hook.
 #[lsm(hook = "task_setrlimit")]
 pub fn protect_daemon_from_rlimits(ctx: LsmContext) -> i32 {
+    let resource = hook_arguments::raw(&ctx, HookArgument::TaskSetrlimitResource) as u32;
+    refuse_daemon_change(
+        &ctx,
+        HookArgument::TaskSetrlimitTask,
+        operation::RESOURCE_LIMIT,
+        resource,
+    )
+}
+
+/// The daemon's nice value (19: it runs only when nothing else wants the CPU). Like the other
+/// priorities, the kernel checked the caller's right before the hook.
+#[lsm(hook = "task_setnice")]
+pub fn protect_daemon_from_nice(ctx: LsmContext) -> i32 {
+    refuse_daemon_change(
+        &ctx,
+        HookArgument::TaskSetniceTask,
+        operation::PRIORITY,
+        priority_change::NICE,
+    )
+}
+
+#[lsm(hook = "task_setioprio")]
+pub fn protect_daemon_from_ioprio(ctx: LsmContext) -> i32 {
+    refuse_daemon_change(
+        &ctx,
+        HookArgument::TaskSetioprioTask,
+        operation::PRIORITY,
+        priority_change::IO,
+    )
+}
+
+/// The daemon's scheduling policy (`SCHED_IDLE`) or CPUs (affinity, a cpuset cgroup).
+#[lsm(hook = "task_setscheduler")]
+pub fn protect_daemon_from_scheduling(ctx: LsmContext) -> i32 {
+    refuse_daemon_change(
+        &ctx,
+        HookArgument::TaskSetschedulerTask,
+        operation::PRIORITY,
+        priority_change::SCHEDULING,
+    )
+}
+
+/// Refuses a change to the daemon's process by anyone but the daemon (while it lives).
+#[inline(always)]
+fn refuse_daemon_change(
+    ctx: &LsmContext,
+    target: HookArgument,
+    operation: u32,
+    detail: u32,
+) -> i32 {
     let Some(protection) = active_protection() else {
         return ALLOW;
     };
-    let target = hook_arguments::task(&ctx, HookArgument::TaskSetrlimitTask);
-    if target.and_then(Task::tgid) != Some(protection.daemon_tgid) {
+    if !is_daemon(&protection, hook_arguments::task(ctx, target)) || trusted(&protection) {
         return ALLOW;
     }
-    let caller = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if caller == protection.daemon_tgid || trusted(&protection) {
-        return ALLOW;
-    }
-    let resource = hook_arguments::raw(&ctx, HookArgument::TaskSetrlimitResource) as u32;
-    refuse(operation::RESOURCE_LIMIT, resource, FileKey::default())
+    refuse(operation, detail, FileKey::default())
 }
 
 /// A signal through a descriptor whose owner is the daemon (`F_SETOWN`, `F_SETSIG`), which
@@ -85,8 +148,10 @@ pub fn protect_daemon_from_owner_signals(ctx: LsmContext) -> i32 {
     let Some(protection) = active_protection() else {
         return ALLOW;
     };
-    let target = hook_arguments::task(&ctx, HookArgument::FileSendSigiotaskTask);
-    if target.and_then(Task::tgid) != Some(protection.daemon_tgid) {
+    if !is_daemon(
+        &protection,
+        hook_arguments::task(&ctx, HookArgument::FileSendSigiotaskTask),
+    ) {
         return ALLOW;
     }
     let signal = hook_arguments::raw(&ctx, HookArgument::FileSendSigiotaskSignal) as u32;
@@ -112,11 +177,73 @@ pub fn protect_daemon_from_ptrace(ctx: LsmContext) -> i32 {
         child.executable(),
         Some(Executable::File(key)) if key == protection.trusted_exe
     );
-    let is_daemon = child.tgid() == Some(protection.daemon_tgid);
-    if !(runs_blocker || is_daemon) || trusted(&protection) {
+    if !(runs_blocker || is_daemon(&protection, Some(child))) || trusted(&protection) {
         return ALLOW;
     }
     refuse(operation::PTRACE, mode, FileKey::default())
+}
+
+/// The daemon's task is freed, all its threads ended, without protection turned off: killed by
+/// pid 1 or the OOM killer, or crashed. Its process id may now be reused by anyone, and the next
+/// daemon needs the pins: from now on the blocker binary is trusted instead, until that daemon
+/// protects them again.
+#[lsm(hook = "task_free")]
+pub fn protect_trust_from_pid_reuse(ctx: LsmContext) -> i32 {
+    let Some(protection) = active_protection() else {
+        return ALLOW;
+    };
+    let Some(task) = hook_arguments::task(&ctx, HookArgument::TaskFreeTask) else {
+        return ALLOW;
+    };
+    // The thread group's leader is freed after every other thread of it.
+    let leader = task.pid().is_some_and(|pid| pid == protection.daemon_tgid);
+    if leader && task.tgid() == Some(protection.daemon_tgid) {
+        if let Some(slot) = PROTECTION.get_ptr_mut(0) {
+            // SAFETY: the map's value, which this program may write.
+            unsafe { (*slot).daemon_gone = 1 };
+        }
+    }
+    ALLOW
+}
+
+/// A new executable file for the caller's own process: it would then run "the blocker binary"
+/// without having executed it. Checkpoint/restore tools (CRIU) are the only users, and cannot
+/// restore while protection is on.
+#[lsm(hook = "task_prctl")]
+pub fn protect_trust_from_exe_changes(ctx: LsmContext) -> i32 {
+    let Some(protection) = active_protection() else {
+        return ALLOW;
+    };
+    if hook_arguments::raw(&ctx, HookArgument::TaskPrctlOption) as u32 as u64 != PR_SET_MM {
+        return ALLOW;
+    }
+    let operation = hook_arguments::raw(&ctx, HookArgument::TaskPrctlArg2);
+    let could_succeed = match operation {
+        // The kernel asks for CAP_SYS_RESOURCE after this hook.
+        PR_SET_MM_EXE_FILE => current_capable(CAP_SYS_RESOURCE),
+        PR_SET_MM_MAP => {
+            let map = hook_arguments::raw(&ctx, HookArgument::TaskPrctlArg3) as *const u8;
+            // SAFETY: the helper checks the user address; a fault reads as a change.
+            let exe_fd =
+                unsafe { bpf_probe_read_user(map.wrapping_add(PRCTL_MM_MAP_EXE_FD) as *const u32) };
+            if exe_fd == Ok(KEEP_EXE_FD) {
+                return ALLOW;
+            }
+            true
+        }
+        _ => return ALLOW,
+    };
+    if trusted(&protection) {
+        return ALLOW;
+    }
+    if !could_succeed {
+        return REFUSE;
+    }
+    refuse(
+        operation::EXE_FILE_CHANGE,
+        operation as u32,
+        FileKey::default(),
+    )
 }
 
 /// A process gets a descriptor of a map, by id or from its pin; without one it can neither read
@@ -173,6 +300,16 @@ pub fn protect_files_from_writes(ctx: LsmContext) -> i32 {
     };
     if let Some(target) = protected_dentry(dentry) {
         return refuse_change(&protection, file_change::OPEN_FOR_WRITING, Some(target));
+    }
+    // The daemon's own /proc files: `oom_score_adj` (first to go when memory runs out, which
+    // the OOM killer does without a signal anyone could refuse), `timerslack_ns`, ...
+    let process = opened.inode().and_then(Inode::proc_process);
+    if process.is_some() && process == Some(protection.daemon_tgid) && protection.daemon_gone == 0 {
+        if trusted(&protection) {
+            return ALLOW;
+        }
+        let key = opened.inode().and_then(Inode::key).unwrap_or_default();
+        return refuse(operation::PROC_WRITE, 0, key);
     }
     refuse_cgroup_control(&protection, dentry)
 }
@@ -460,14 +597,31 @@ fn active_protection() -> Option<Protection> {
     (protection.daemon_tgid != 0).then_some(protection)
 }
 
-/// Whether the current process runs the blocker binary (the daemon, `blocker stop`, `blocker
-/// policy`), or is a kernel thread. A task that cannot be read is not trusted.
+/// Whether `task` is the protected daemon, while it lives (its process id may be reused once
+/// it is gone).
+fn is_daemon(protection: &Protection, task: Option<Task>) -> bool {
+    protection.daemon_gone == 0 && task.and_then(Task::tgid) == Some(protection.daemon_tgid)
+}
+
+/// Whether the current process may do what protection refuses everyone else: a kernel thread;
+/// the daemon itself while it lives (`blocker stop` and `blocker policy` ask it over its socket);
+/// once it is gone, a process running the blocker binary (the next daemon, adopting the pins).
+/// Never a traced process, whose tracer commands it; nor a task that cannot be read.
 fn trusted(protection: &Protection) -> bool {
-    match Task::current().and_then(Task::executable) {
-        Some(Executable::KernelThread) => true,
-        Some(Executable::File(key)) => key == protection.trusted_exe,
-        None => false,
+    let Some(task) = Task::current() else {
+        return false;
+    };
+    let executable = task.executable();
+    if matches!(executable, Some(Executable::KernelThread)) {
+        return true;
     }
+    if task.traced() != Some(false) {
+        return false;
+    }
+    if protection.daemon_gone == 0 {
+        return (bpf_get_current_pid_tgid() >> 32) as u32 == protection.daemon_tgid;
+    }
+    matches!(executable, Some(Executable::File(key)) if key == protection.trusted_exe)
 }
 
 /// `id` 0 (unread: the kernel numbers objects from 1) is never refused. A plain id rather than

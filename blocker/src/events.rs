@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{ensure, Result};
 use blocker_common::{
-    action, backend, bpf_object, file_change, operation, ExecEvent, FILENAME_LEN,
+    action, backend, bpf_object, file_change, operation, priority_change, ExecEvent, FILENAME_LEN,
 };
 use serde::Serialize;
 
@@ -373,6 +373,9 @@ pub fn is_tamper_attempt(event: &ExecEvent) -> bool {
             | operation::FILE_CHANGE
             | operation::RESOURCE_LIMIT
             | operation::OWNER_SIGNAL
+            | operation::EXE_FILE_CHANGE
+            | operation::PRIORITY
+            | operation::PROC_WRITE
     )
 }
 
@@ -381,8 +384,11 @@ pub struct TamperRecord {
     pub time: String,
     /// `signal` (to the daemon), `owner_signal` (to the daemon as a descriptor's owner),
     /// `resource_limit` (a new limit for the daemon), `ptrace` (of the daemon or of a blocker
-    /// command), `bpf_object` (a descriptor of blocker's maps, programs or links) or
-    /// `file_change` (the policy directory, the pins, the blocker binary).
+    /// command), `bpf_object` (a descriptor of blocker's maps, programs or links), `exe_file`
+    /// (a process giving itself another executable file), `priority` (the daemon's nice value,
+    /// I/O priority, scheduling policy or CPUs), `proc_write` (one of the daemon's `/proc`
+    /// files) or `file_change` (the policy directory, the pins, the blocker binary, the
+    /// daemon's cgroups).
     pub attempt: &'static str,
     /// What exactly: the signal, the ptrace mode, the BPF object, the kind of change.
     pub detail: String,
@@ -418,6 +424,24 @@ impl TamperRecord {
             ),
             operation::RESOURCE_LIMIT => ("resource_limit", resource_name(event.detail)),
             operation::PTRACE => ("ptrace", format!("access mode {:#x}", event.detail)),
+            operation::PRIORITY => (
+                "priority",
+                match event.detail {
+                    priority_change::NICE => "nice",
+                    priority_change::IO => "I/O priority",
+                    _ => "scheduling policy or CPUs",
+                }
+                .to_owned(),
+            ),
+            operation::PROC_WRITE => ("proc_write", "open for writing".to_owned()),
+            operation::EXE_FILE_CHANGE => (
+                "exe_file",
+                match event.detail as libc::c_int {
+                    libc::PR_SET_MM_EXE_FILE => "PR_SET_MM_EXE_FILE".to_owned(),
+                    libc::PR_SET_MM_MAP => "PR_SET_MM_MAP".to_owned(),
+                    other => format!("PR_SET_MM operation {other}"),
+                },
+            ),
             operation::BPF_OBJECT => (
                 "bpf_object",
                 format!(

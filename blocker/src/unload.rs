@@ -11,7 +11,21 @@ use crate::kernel::{
 };
 
 pub fn unload(root: &Path) -> Result<ExitCode> {
-    let removed = pins::unload(root)?;
+    let removed = pins::unload(root).map_err(|error| {
+        let refused = error.chain().any(|cause| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.raw_os_error() == Some(libc::EPERM))
+        });
+        if refused {
+            error.context(
+                "tamper protection guards the pins while a protected daemon runs: stop it first \
+                 (`blocker stop` or `systemctl stop blocker`)",
+            )
+        } else {
+            error
+        }
+    })?;
     if removed.is_empty() {
         println!("nothing is pinned at {}", escaped(&root));
         return Ok(ExitCode::SUCCESS);

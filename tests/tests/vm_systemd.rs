@@ -712,3 +712,38 @@ fn the_services_cgroup_cannot_kill_freeze_or_starve_it() -> Result<()> {
     );
     Ok(())
 }
+
+/// Pid 1 may kill the daemon (`systemctl kill -s KILL`, also how `cgroup.kill` and the OOM
+/// killer end it): systemd restarts it, the new daemon adopts the pins, though the old one never
+/// turned protection off, and reports that the one before it went silent.
+#[test]
+fn a_daemon_killed_by_pid_1_is_followed_and_reported_by_the_next() -> Result<()> {
+    service_running()?;
+    let pid = main_pid()?;
+    succeed("systemctl", &["kill", "--signal=SIGKILL", SERVICE])?;
+    wait_until("a new daemon", STARTUP_TIMEOUT, || {
+        Ok(is_active()? && main_pid()? != pid)
+    })?;
+    let lost = |record: &Value| {
+        record["MESSAGE"].as_str().is_some_and(|message| {
+            message.contains(&format!(
+                "the daemon before this one (pid {pid}) went silent"
+            ))
+        })
+    };
+    wait_until("the lost daemon in the journal", JOURNAL_TIMEOUT, || {
+        Ok(journal(&[])?.iter().any(lost))
+    })?;
+    let adopted = journal(&["BLOCKER_KIND=started"])?;
+    ensure!(
+        adopted
+            .last()
+            .is_some_and(|record| record["BLOCKER_ADOPTED"] == "true"),
+        "the new daemon adopted the pins: {adopted:?}"
+    );
+    ensure!(
+        exec_refused(&banned_by_the_service("banned-after-kill")?)?,
+        "the new daemon enforces and takes policy changes"
+    );
+    Ok(())
+}

@@ -353,6 +353,14 @@ fn protected_pins_cannot_be_removed_and_stay_after_a_documented_stop() -> Result
     )?;
     let record = wait_for_tamper(&mut daemon, "file_change")?;
     ensure!(record["detail"] == "unlink", "{record}");
+    // The blocker binary itself is not trusted while the daemon lives.
+    let output = blocker(&["unload", "--pin-dir", PIN_DIR])?;
+    ensure!(
+        !output.status.success()
+            && String::from_utf8_lossy(&output.stderr).contains("stop it first"),
+        "{output:?}"
+    );
+    ensure!(Path::new(&pinned).exists());
 
     ensure!(stop(&daemon)?.status.success());
     daemon.wait(Duration::from_secs(30))?;
@@ -664,7 +672,7 @@ fn the_directories_on_the_way_keep_their_names_and_mounts() -> Result<()> {
 /// whose default action ends a process, never passes `task_kill`). Both are refused and
 /// recorded, and the daemon lives on.
 #[test]
-fn resource_limits_and_owner_signals_do_not_reach_the_daemon() -> Result<()> {
+fn resource_limits_priorities_proc_files_and_owner_signals_do_not_reach_the_daemon() -> Result<()> {
     let sandbox = Sandbox::new("tamper-quiet")?;
     let banned = sandbox.copy_binary("banned")?;
     sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[]))?;
@@ -700,6 +708,56 @@ fn resource_limits_and_owner_signals_do_not_reach_the_daemon() -> Result<()> {
         libc::close(ends[0]);
         libc::close(ends[1]);
     }
+
+    // Its priorities: it would run only when nothing else wants the CPU or the disk.
+    // SAFETY (all four): plain system calls about the daemon's process, with valid arguments.
+    expect_eperm(
+        "nice 19 for the daemon",
+        errno(unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, 19) }),
+    )?;
+    let record = wait_for_tamper(&mut daemon, "priority")?;
+    ensure!(record["detail"] == "nice", "{record}");
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_IDLE: libc::c_long = 3 << 13;
+    expect_eperm(
+        "the idle I/O class for the daemon",
+        errno(
+            unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, pid, IOPRIO_IDLE) }
+                as i32,
+        ),
+    )?;
+    let idle = libc::sched_param { sched_priority: 0 };
+    expect_eperm(
+        "SCHED_IDLE for the daemon",
+        errno(unsafe { libc::sched_setscheduler(pid, libc::SCHED_IDLE, &idle) }),
+    )?;
+    let mut first_cpu: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(0, &mut first_cpu) };
+    expect_eperm(
+        "pinning the daemon to one CPU",
+        errno(unsafe {
+            libc::sched_setaffinity(pid, std::mem::size_of_val(&first_cpu), &first_cpu)
+        }),
+    )?;
+    // Its /proc files: with oom_score_adj 1000 it is the first the OOM killer ends.
+    expect_eperm(
+        "oom_score_adj 1000 for the daemon",
+        fs::write(format!("/proc/{pid}/oom_score_adj"), "1000"),
+    )?;
+    let record = wait_for_tamper(&mut daemon, "proc_write")?;
+    ensure!(record["pid"] == std::process::id(), "{record}");
+    let thread = fs::read_dir(format!("/proc/{pid}/task"))?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .find(|tid| tid != &pid.to_string())
+        .context("the daemon has threads")?;
+    expect_eperm(
+        "oom_score_adj 1000 through a thread of the daemon",
+        fs::write(format!("/proc/{thread}/oom_score_adj"), "1000"),
+    )?;
+    ensure!(fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))?.trim() != "1000");
+    // Not anyone's: this process may still change its own.
+    fs::write("/proc/self/oom_score_adj", "0")?;
+
     // SAFETY: probes the daemon with signal 0.
     ensure!(unsafe { libc::kill(pid, 0) } == 0, "the daemon lives on");
 
@@ -867,5 +925,86 @@ fn a_daemon_gone_silent_is_reported_by_the_kernel_and_the_next_daemon() -> Resul
     );
     let output = blocker(&["unload", "--pin-dir", SILENT_PIN_DIR])?;
     ensure!(output.status.success(), "{output:?}");
+    Ok(())
+}
+
+/// `prctl(PR_SET_MM, ...)` as the test runs it: the kernel's own answer, or ours.
+fn set_mm(operation: libc::c_int, argument: usize, size: usize) -> std::io::Result<i32> {
+    // SAFETY: the kernel reads at most `size` bytes at `argument`, which the caller provides.
+    errno(unsafe { libc::prctl(libc::PR_SET_MM, operation, argument, size, 0) })
+}
+
+/// Only the daemon's own process is trusted: not another process running the blocker binary (a
+/// command writing where its caller says), nor one that made itself "run" it.
+#[test]
+fn only_the_daemon_is_trusted_not_the_processes_running_its_binary() -> Result<()> {
+    let sandbox = Sandbox::new("tamper-trust")?;
+    let banned = sandbox.copy_binary("banned")?;
+    let hash = blocker_integration_tests::sha256_of(&banned)?;
+    let policy_dir = sandbox.policy_dir();
+    sandbox.write_policy(
+        "test.toml",
+        &format!("name = \"test\"\n\n[[rule]]\nid = \"content\"\nsha256 = [\"{hash}\"]\n"),
+    )?;
+    let scan_root = sandbox.path("scan");
+    fs::create_dir_all(&scan_root)?;
+    // Something for the command to hash, so that it has a cache to write.
+    let hashed = scan_root.join("tool");
+    fs::write(&hashed, "#!/bin/sh\n")?;
+    fs::set_permissions(&hashed, fs::Permissions::from_mode(0o755))?;
+    let scan_root = scan_root.to_str().context("a UTF-8 path")?;
+    let _stop = StopOnDrop;
+    let (mut daemon, _) = Daemon::start(
+        &policy_dir,
+        &["--backend", "lsm", "--protect", "--scan-root", scan_root],
+    )?;
+
+    // A blocker command writes its hash cache wherever its caller says, through a rename.
+    let planted = policy_dir.join("planted.toml");
+    let output = blocker(&[
+        "resolve",
+        policy_dir.to_str().unwrap(),
+        "--scan-root",
+        scan_root,
+        "--hash-cache",
+        planted.to_str().unwrap(),
+    ])?;
+    ensure!(
+        !planted.exists(),
+        "planted in the policy directory: {output:?}"
+    );
+    let record = wait_for_tamper(&mut daemon, "file_change")?;
+    ensure!(record["comm"] == "blocker", "{record}");
+
+    // A process that gives itself the blocker binary as its executable file. The kernel would
+    // answer EBUSY (this process's own binary is still mapped); blocker refuses first.
+    let binary = fs::File::open(blocker_bin())?;
+    use std::os::fd::AsRawFd;
+    expect_eperm(
+        "PR_SET_MM_EXE_FILE with the blocker binary",
+        set_mm(libc::PR_SET_MM_EXE_FILE, binary.as_raw_fd() as usize, 0),
+    )?;
+    let record = wait_for_tamper(&mut daemon, "exe_file")?;
+    ensure!(record["detail"] == "PR_SET_MM_EXE_FILE", "{record}");
+    // `struct prctl_mm_map` with every address 0 (which the kernel refuses: EINVAL) and
+    // `exe_fd` at byte 100.
+    let mut map = [0u8; 104];
+    map[100..].copy_from_slice(&(binary.as_raw_fd() as u32).to_ne_bytes());
+    expect_eperm(
+        "PR_SET_MM_MAP with the blocker binary",
+        set_mm(libc::PR_SET_MM_MAP, map.as_ptr() as usize, map.len()),
+    )?;
+    map[100..].copy_from_slice(&u32::MAX.to_ne_bytes());
+    expect_errno(
+        "PR_SET_MM_MAP keeping the executable (left to the kernel)",
+        libc::EINVAL,
+        set_mm(libc::PR_SET_MM_MAP, map.as_ptr() as usize, map.len()),
+    )?;
+
+    let error = run_as_launcher(&banned).expect_err("still enforcing");
+    ensure!(error.raw_os_error() == Some(libc::EPERM));
+    let output = blocker(&["stop"])?;
+    ensure!(output.status.success(), "{output:?}");
+    daemon.wait(Duration::from_secs(30))?;
     Ok(())
 }

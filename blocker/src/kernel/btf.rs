@@ -40,8 +40,10 @@ struct Type {
     kind: u32,
     name: String,
     /// Size in bytes for INT/STRUCT/UNION/ENUM, referenced type id for PTR/TYPEDEF/modifiers,
-    /// the prototype's id for FUNC.
+    /// the prototype's id for FUNC, the element type's id for ARRAY.
     size_or_type: u32,
+    /// Elements of an ARRAY; 0 for other kinds.
+    elements: u32,
     /// Members of a STRUCT or UNION, parameters of a FUNC_PROTO (offset 0).
     members: Vec<Member>,
 }
@@ -98,6 +100,7 @@ impl Btf {
             kind: 0,
             name: String::new(),
             size_or_type: 0,
+            elements: 0,
             members: Vec::new(),
         }];
         let mut structs_by_name = HashMap::new();
@@ -105,14 +108,19 @@ impl Btf {
         while !reader.done() {
             let name = string_at(strings, reader.u32()?)?;
             let info = reader.u32()?;
-            let size_or_type = reader.u32()?;
+            let mut size_or_type = reader.u32()?;
+            let mut elements = 0;
             let kind = (info >> 24) & 0x1f;
             let vlen = (info & 0xffff) as usize;
             let bitfield_offsets = info >> 31 == 1;
             let mut members = Vec::new();
             match kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => reader.skip(4)?,
-                KIND_ARRAY => reader.skip(12)?,
+                KIND_ARRAY => {
+                    size_or_type = reader.u32()?;
+                    let _index_type = reader.u32()?;
+                    elements = reader.u32()?;
+                }
                 KIND_STRUCT | KIND_UNION => {
                     for _ in 0..vlen {
                         let name = string_at(strings, reader.u32()?)?;
@@ -158,6 +166,7 @@ impl Btf {
                 kind,
                 name,
                 size_or_type,
+                elements,
                 members,
             });
         }
@@ -240,6 +249,7 @@ impl Btf {
         match t.kind {
             KIND_PTR => Ok(POINTER_SIZE),
             KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 => Ok(t.size_or_type),
+            KIND_ARRAY => Ok(self.size_of(t.size_or_type)? * t.elements),
             kind => bail!("size of BTF kind {kind} ({}) is not needed here", t.name),
         }
     }

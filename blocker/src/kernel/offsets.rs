@@ -62,6 +62,12 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets> {
         mount_mnt: btf.field("mount", "mnt")?.offset,
         mount_mnt_group_id: offset("mount", "mnt_group_id", 4)?,
         mount_mnt_parent: offset("mount", "mnt_parent", POINTER)?,
+        task_struct_ptrace: offset("task_struct", "ptrace", 4)?,
+        task_struct_pid: offset("task_struct", "pid", 4)?,
+        task_struct_pid_links: btf.field("task_struct", "pid_links")?.offset,
+        proc_inode_pid: offset("proc_inode", "pid", POINTER)?,
+        proc_inode_vfs_inode: btf.field("proc_inode", "vfs_inode")?.offset,
+        pid_tasks: btf.field("pid", "tasks")?.offset,
         padding: 0,
     })
 }
@@ -155,9 +161,18 @@ mod tests {
                 ("mm", ptr, 1200),
                 ("cred", ptr, 2960),
                 ("nsproxy", ptr, 3060),
+                ("ptrace", u32_, 40),
+                ("pid", u32_, 1296),
+                ("pid_links", ptr, 2000),
             ],
         );
         b.structure("nsproxy", 72, &[("mnt_ns", ptr, 24)]);
+        b.structure(
+            "proc_inode",
+            700,
+            &[("pid", ptr, 0), ("vfs_inode", ptr, 72)],
+        );
+        b.structure("pid", 112, &[("tasks", ptr, 16)]);
         let ns_common = b.structure("ns_common", 24, &[("inum", u32_, 16)]);
         b.structure("mnt_namespace", 120, &[("ns", ns_common, 0)]);
         let vfsmount = b.structure("vfsmount", 32, &[("mnt_root", ptr, 0)]);
@@ -219,6 +234,12 @@ mod tests {
                 mount_mnt: 32,
                 mount_mnt_group_id: 296,
                 mount_mnt_parent: 16,
+                task_struct_ptrace: 40,
+                task_struct_pid: 1296,
+                task_struct_pid_links: 2000,
+                proc_inode_pid: 0,
+                proc_inode_vfs_inode: 72,
+                pid_tasks: 16,
                 padding: 0,
             }
         );

@@ -118,7 +118,7 @@ impl Enforcer {
                 );
                 0
             }),
-            padding: 0,
+            daemon_gone: 0,
         })?;
         self.protected = protected;
         self.cgroup_files = cgroup_files;
