@@ -537,13 +537,14 @@ fn showing_guarded(protection: &Protection, mount: Option<Vfsmount>) -> Option<F
 /// namespace (`nsenter` into it included) or in pid 1's, where the service manager starts the
 /// next daemon: made in one of them, or on a mount that propagates to other namespaces. Other
 /// namespaces (a service's sandbox, a container) are their owners' own view. Unknown counts as
-/// seen.
+/// seen. A gone daemon's namespace is gone with it, and its number is soon another's: the
+/// service manager's, setting up the sandbox of the next daemon.
 fn seen_by_blocker(protection: &Protection, mount: Option<Vfsmount>) -> bool {
     let in_blocker_namespace =
         Task::current()
             .and_then(Task::mount_namespace)
             .map_or(true, |namespace| {
-                namespace == protection.daemon_mount_namespace
+                (protection.daemon_gone == 0 && namespace == protection.daemon_mount_namespace)
                     || namespace == protection.init_mount_namespace
             });
     in_blocker_namespace || mount.map_or(true, Vfsmount::shared)

@@ -168,15 +168,6 @@ fn files_banned_by_path_are_refused_on_every_filesystem() -> Result<()> {
     Ok(())
 }
 
-/// Stops a protected daemon the documented way, even when the test fails half-way.
-struct StopOnDrop;
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        let _ = Command::new(blocker_bin()).arg("stop").status();
-    }
-}
-
 #[test]
 fn a_policy_directory_on_btrfs_is_protected() -> Result<()> {
     let sandbox = Sandbox::new("filesystems-protected")?;
@@ -186,8 +177,6 @@ fn a_policy_directory_on_btrfs_is_protected() -> Result<()> {
     fs::create_dir(&policy_dir)?;
     fs::write(policy_dir.join("test.toml"), "name = \"test\"\n")?;
     let (mut daemon, started) = Daemon::start(&policy_dir, &["--backend", "lsm", "--protect"])?;
-    // Dropped before the daemon, which refuses the signal dropping it would send.
-    let stop = StopOnDrop;
     ensure!(started["protected"] == true, "{started}");
     let refused = fs::write(policy_dir.join("added.toml"), "");
     ensure!(
@@ -197,7 +186,8 @@ fn a_policy_directory_on_btrfs_is_protected() -> Result<()> {
         "a file added to the protected policy directory on btrfs ({}): {refused:?}",
         devices_of(&policy_dir.join("test.toml"))?
     );
-    drop(stop);
+    let output = daemon.blocker_stop()?;
+    ensure!(output.status.success(), "{output:?}");
     let status = daemon.wait(std::time::Duration::from_secs(30))?;
     ensure!(status.success(), "{status}");
     fs::write(policy_dir.join("after.toml"), "")

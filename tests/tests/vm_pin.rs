@@ -108,13 +108,12 @@ fn pinned_programs_outlive_a_killed_daemon_and_the_next_one_adopts_them() -> Res
     Ok(())
 }
 
-/// Stops a protected daemon the documented way and removes the pins, even when a test fails
-/// half-way: nothing else may stop it.
-struct StopAndUnload(&'static str);
+/// Removes the pins, even when a test fails half-way (a daemon left running is stopped by its
+/// own drop first).
+struct UnloadOnDrop(&'static str);
 
-impl Drop for StopAndUnload {
+impl Drop for UnloadOnDrop {
     fn drop(&mut self) {
-        let _ = Command::new(blocker_bin()).arg("stop").output();
         let _ = unload(self.0);
     }
 }
@@ -122,7 +121,7 @@ impl Drop for StopAndUnload {
 /// `blocker stop`, the documented way to stop a protected daemon: protection ends with it, the
 /// pins stay.
 fn stop_documented(mut daemon: Daemon) -> Result<()> {
-    let output = Command::new(blocker_bin()).arg("stop").output()?;
+    let output = daemon.blocker_stop()?;
     ensure!(output.status.success(), "blocker stop: {output:?}");
     let status = daemon.wait(STARTUP_TIMEOUT)?;
     ensure!(status.success(), "{status}");
@@ -325,7 +324,7 @@ fn forged_pins_are_not_adopted_but_replaced() -> Result<()> {
     let banned = sandbox.copy_binary("banned")?;
     sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[]))?;
     let policy_dir = sandbox.policy_dir();
-    let _cleanup = StopAndUnload(FORGED_PIN_DIR);
+    let _cleanup = UnloadOnDrop(FORGED_PIN_DIR);
     let args = [
         "--backend",
         "lsm",
@@ -411,7 +410,7 @@ fn kill_backend_pins_are_adopted() -> Result<()> {
     let sandbox = Sandbox::new("pin-kill")?;
     let banned = sandbox.copy_binary("banned")?;
     sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[]))?;
-    let _cleanup = StopAndUnload(KILL_PIN_DIR);
+    let _cleanup = UnloadOnDrop(KILL_PIN_DIR);
     let args = ["--backend", "kill", "--pin", "--pin-dir", KILL_PIN_DIR];
 
     let (first, started) = Daemon::start(&sandbox.policy_dir(), &args)?;
@@ -459,7 +458,7 @@ fn adopting_without_every_invalidation_program_turns_the_verdict_cache_off() -> 
     let nothing_to_scan = sandbox.path("nothing-to-scan");
     fs::create_dir_all(&nothing_to_scan)?;
     let scan_root = nothing_to_scan.to_str().context("UTF-8 sandbox")?;
-    let _cleanup = StopAndUnload(CACHE_PIN_DIR);
+    let _cleanup = UnloadOnDrop(CACHE_PIN_DIR);
     let args = [
         "--backend",
         "lsm",

@@ -79,12 +79,7 @@ fn blocker(args: &[&str]) -> Result<Output> {
 
 /// `blocker stop` of `daemon`, which it asks over the daemon's control socket.
 fn stop(daemon: &Daemon) -> Result<Output> {
-    let mut command = Command::new(blocker_bin());
-    command.arg("stop");
-    if let Some(status_file) = daemon.status_file() {
-        command.arg("--status-file").arg(status_file);
-    }
-    Ok(command.output()?)
+    daemon.blocker_stop()
 }
 
 fn expect_eperm<T>(what: &str, result: std::io::Result<T>) -> Result<()> {
@@ -138,16 +133,6 @@ fn wait_for_tamper(daemon: &mut Daemon, attempt: &str) -> Result<Value> {
     })
 }
 
-/// Stops a protected daemon the documented way, even when a test fails half-way: nothing else
-/// may stop it.
-struct StopOnDrop;
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        let _ = blocker(&["stop"]);
-    }
-}
-
 #[test]
 fn a_protected_daemon_refuses_tampering_but_takes_the_documented_ways() -> Result<()> {
     let sandbox = Sandbox::new("tamper")?;
@@ -155,7 +140,6 @@ fn a_protected_daemon_refuses_tampering_but_takes_the_documented_ways() -> Resul
     let banned_later = sandbox.copy_binary("banned-later")?;
     let policy_dir = sandbox.policy_dir();
     let policy_file = sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[]))?;
-    let _stop = StopOnDrop;
     let (mut daemon, started) = Daemon::start(&policy_dir, &["--backend", "lsm", "--protect"])?;
     ensure!(started["protected"] == true, "{started}");
     // Every program of every feature loads on each kernel the VM tests boot.
@@ -318,7 +302,6 @@ fn protected_pins_cannot_be_removed_and_stay_after_a_documented_stop() -> Result
     let sandbox = Sandbox::new("tamper-pins")?;
     let banned = sandbox.copy_binary("banned")?;
     sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[]))?;
-    let _stop = StopOnDrop;
     let args = [
         "--backend",
         "lsm",
@@ -393,7 +376,6 @@ fn attempts_the_kernel_refuses_anyway_are_not_recorded() -> Result<()> {
     let banned = sandbox.copy_binary("banned")?;
     let policy_dir = sandbox.policy_dir();
     sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[]))?;
-    let _stop = StopOnDrop;
     let (mut daemon, _) = Daemon::start(&policy_dir, &["--backend", "lsm", "--protect"])?;
     let events_file = daemon.events_file().to_owned();
 
@@ -604,7 +586,6 @@ fn the_directories_on_the_way_keep_their_names_and_mounts() -> Result<()> {
     let policy_dir = fs::canonicalize(sandbox.policy_dir())?;
     let parent = policy_dir.parent().context("a parent")?.to_owned();
     let moved = parent.with_extension("old");
-    let _stop = StopOnDrop;
     let args = [
         "--backend",
         "lsm",
@@ -676,7 +657,6 @@ fn resource_limits_priorities_proc_files_and_owner_signals_do_not_reach_the_daem
     let sandbox = Sandbox::new("tamper-quiet")?;
     let banned = sandbox.copy_binary("banned")?;
     sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[]))?;
-    let _stop = StopOnDrop;
     let (mut daemon, _) = Daemon::start(&sandbox.policy_dir(), &["--backend", "lsm", "--protect"])?;
     let pid = daemon.pid() as libc::pid_t;
 
@@ -813,7 +793,6 @@ fn the_daemons_cgroups_cannot_kill_freeze_or_starve_it() -> Result<()> {
     let parent = TestCgroup::new(Path::new(CGROUP_ROOT).join("blocker-tamper"))?;
     fs::write(parent.dir.join("cgroup.subtree_control"), "+memory")?;
     let cgroup = TestCgroup::new(parent.dir.join("daemon"))?;
-    let _stop = StopOnDrop;
     let (mut daemon, started) =
         cgroup.start_daemon(&sandbox.policy_dir(), &["--backend", "lsm", "--protect"])?;
     ensure!(started["protected"] == true, "{started}");
@@ -953,7 +932,6 @@ fn only_the_daemon_is_trusted_not_the_processes_running_its_binary() -> Result<(
     fs::write(&hashed, "#!/bin/sh\n")?;
     fs::set_permissions(&hashed, fs::Permissions::from_mode(0o755))?;
     let scan_root = scan_root.to_str().context("a UTF-8 path")?;
-    let _stop = StopOnDrop;
     let (mut daemon, _) = Daemon::start(
         &policy_dir,
         &["--backend", "lsm", "--protect", "--scan-root", scan_root],
@@ -1003,7 +981,7 @@ fn only_the_daemon_is_trusted_not_the_processes_running_its_binary() -> Result<(
 
     let error = run_as_launcher(&banned).expect_err("still enforcing");
     ensure!(error.raw_os_error() == Some(libc::EPERM));
-    let output = blocker(&["stop"])?;
+    let output = stop(&daemon)?;
     ensure!(output.status.success(), "{output:?}");
     daemon.wait(Duration::from_secs(30))?;
     Ok(())
