@@ -816,7 +816,7 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<FileKey>(), 16);
         assert_eq!(size_of::<BanEntry>(), 16);
-        assert_eq!(size_of::<KernelOffsets>(), 168);
+        assert_eq!(size_of::<KernelOffsets>(), 192);
         assert_eq!(size_of::<RecordKey>(), 24);
         assert_eq!(size_of::<RecordWindow>(), 16);
         assert_eq!(size_of::<Protection>(), 32);
