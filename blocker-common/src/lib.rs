@@ -460,6 +460,8 @@ pub mod file_change {
 
 /// How much of a protected inode is guarded, the value of its `PROTECTED_INODES` entry.
 pub mod inode_guard {
+    /// No entry: the inode is not guarded (never stored in the map).
+    pub const NONE: u32 = 0;
     /// The inode, its own name, what is mounted on it and, for a directory, every entry in it:
     /// the policy and pin directories and the blocker binary.
     pub const WHOLE: u32 = 1;

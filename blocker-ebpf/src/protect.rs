@@ -298,46 +298,47 @@ pub fn protect_files_from_writes(ctx: LsmContext) -> i32 {
     let Some(dentry) = opened.dentry() else {
         return ALLOW;
     };
-    if let Some(target) = protected_dentry(dentry) {
-        return refuse_change(&protection, file_change::OPEN_FOR_WRITING, Some(target));
+    let inode = dentry.inode();
+    let key = inode.and_then(Inode::key);
+    let guard = key.map(inode_guard_of).unwrap_or(inode_guard::NONE);
+    let directory_guard = dentry
+        .parent()
+        .and_then(Dentry::inode)
+        .and_then(Inode::key)
+        .map(inode_guard_of)
+        .unwrap_or(inode_guard::NONE);
+    let Some(key) = key else {
+        return ALLOW;
+    };
+    if guard == inode_guard::WHOLE || directory_guard == inode_guard::WHOLE {
+        return refuse_change(&protection, file_change::OPEN_FOR_WRITING, Some(key));
     }
     // The daemon's own /proc files: `oom_score_adj` (first to go when memory runs out, which
     // the OOM killer does without a signal anyone could refuse), `timerslack_ns`, ...
-    let process = opened.inode().and_then(Inode::proc_process);
-    if process.is_some() && process == Some(protection.daemon_tgid) && protection.daemon_gone == 0 {
+    if is_daemon_tgid(&protection, inode.and_then(Inode::proc_process)) {
         if trusted(&protection) {
             return ALLOW;
         }
-        let key = opened.inode().and_then(Inode::key).unwrap_or_default();
         return refuse(operation::PROC_WRITE, 0, key);
     }
-    refuse_cgroup_control(&protection, dentry)
+    refuse_cgroup_control(&protection, key, guard, directory_guard)
 }
 
 /// Writing a control file of the daemon's cgroups: `cgroup.kill` ends the daemon, and
 /// `cgroup.freeze`, a tiny `cpu.max` or `memory.max` stop or starve it, none of them through a
 /// signal. The service manager applies the unit's own limits and kills the service when
 /// stopping it, so it may write all but `cgroup.freeze`.
-fn refuse_cgroup_control(protection: &Protection, dentry: Dentry) -> i32 {
-    let Some(key) = dentry.inode().and_then(Inode::key) else {
-        return ALLOW;
-    };
-    // SAFETY: the value is copied out at once.
-    let guard = unsafe { PROTECTED_INODES.get(&key) }.copied().unwrap_or(0);
+fn refuse_cgroup_control(
+    protection: &Protection,
+    key: FileKey,
+    guard: u32,
+    directory_guard: u32,
+) -> i32 {
     let service_manager_may = match guard {
         inode_guard::CGROUP_MEMBERSHIP => return ALLOW,
         inode_guard::CGROUP_FREEZE => false,
-        _ => {
-            let Some(directory) = dentry.parent().and_then(Dentry::inode).and_then(Inode::key)
-            else {
-                return ALLOW;
-            };
-            // SAFETY: the value is copied out at once.
-            if unsafe { PROTECTED_INODES.get(&directory) }.copied() != Some(inode_guard::CGROUP) {
-                return ALLOW;
-            }
-            true
-        }
+        _ if directory_guard == inode_guard::CGROUP => true,
+        _ => return ALLOW,
     };
     let caller = (bpf_get_current_pid_tgid() >> 32) as u32;
     if (service_manager_may && caller == 1) || trusted(protection) {
@@ -601,12 +602,17 @@ fn active_protection() -> Option<Protection> {
 /// Whether `task` is the protected daemon, while it lives (its process id may be reused once
 /// it is gone).
 fn is_daemon(protection: &Protection, task: Option<Task>) -> bool {
-    protection.daemon_gone == 0 && task.and_then(Task::tgid) == Some(protection.daemon_tgid)
+    is_daemon_tgid(protection, task.and_then(Task::tgid))
+}
+
+fn is_daemon_tgid(protection: &Protection, tgid: Option<u32>) -> bool {
+    protection.daemon_gone == 0 && tgid == Some(protection.daemon_tgid)
 }
 
 /// Whether the current process may do what protection refuses everyone else: a kernel thread;
-/// the daemon itself while it lives (`blocker stop` and `blocker policy` ask it over its socket);
-/// once it is gone, a process running the blocker binary (the next daemon, adopting the pins).
+/// the daemon itself (its process, running the blocker binary) while it lives (`blocker stop`
+/// and `blocker policy` ask it over its socket); once it is gone, a process running the blocker
+/// binary (the next daemon, adopting the pins).
 /// Never a traced process, whose tracer commands it; nor a task that cannot be read.
 fn trusted(protection: &Protection) -> bool {
     let Some(task) = Task::current() else {
@@ -619,10 +625,14 @@ fn trusted(protection: &Protection) -> bool {
     if task.traced() != Some(false) {
         return false;
     }
+    let runs_blocker =
+        matches!(executable, Some(Executable::File(key)) if key == protection.trusted_exe);
+    // The daemon's process id alone is not enough: between the daemon's end and `task_free`
+    // noting it gone, another process may already have been given the same id.
     if protection.daemon_gone == 0 {
-        return (bpf_get_current_pid_tgid() >> 32) as u32 == protection.daemon_tgid;
+        return runs_blocker && (bpf_get_current_pid_tgid() >> 32) as u32 == protection.daemon_tgid;
     }
-    matches!(executable, Some(Executable::File(key)) if key == protection.trusted_exe)
+    runs_blocker
 }
 
 /// `id` 0 (unread: the kernel numbers objects from 1) is never refused. A plain id rather than
@@ -666,12 +676,18 @@ fn refuse(operation: u32, detail: u32, target: FileKey) -> i32 {
     REFUSE
 }
 
+/// What guards the inode `key` names (see `inode_guard`), `inode_guard::NONE` if nothing does.
+fn inode_guard_of(key: FileKey) -> u32 {
+    // SAFETY: the value is copied out at once.
+    unsafe { PROTECTED_INODES.get(&key) }
+        .copied()
+        .unwrap_or(inode_guard::NONE)
+}
+
 /// `inode`'s identity if it is protected whole (see `inode_guard`).
 fn protected_inode(inode: Inode) -> Option<FileKey> {
     let key = inode.key()?;
-    // SAFETY: the value is copied out at once.
-    let guard = *unsafe { PROTECTED_INODES.get(&key) }?;
-    (guard == inode_guard::WHOLE).then_some(key)
+    (inode_guard_of(key) == inode_guard::WHOLE).then_some(key)
 }
 
 /// `inode`'s identity if it is protected whole or on the way to one that is: its own name and

@@ -20,6 +20,7 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
+pub mod bpf;
 pub mod filesystems;
 
 /// Longest a daemon may live in a test before the watchdog kills it.

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 use blocker_integration_tests::{
-    blocker_bin, deny_and_audit_policy,
+    deny_and_audit_policy,
     filesystems::{devices_of, Mounted},
     harmless_binary, Daemon, Sandbox,
 };

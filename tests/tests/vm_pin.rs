@@ -8,10 +8,7 @@ use std::{
     collections::BTreeSet,
     fs,
     io::Write,
-    os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::fs::PermissionsExt,
-    },
+    os::unix::fs::PermissionsExt,
     path::Path,
     process::Command,
     sync::{
@@ -26,8 +23,10 @@ use anyhow::{bail, ensure, Context, Result};
 use aya::programs::links::{FdLink, PinnedLink};
 use blocker_common::{lsm_programs, names, BanEntry, FileKey};
 use blocker_integration_tests::{
-    blocker_bin, deny_and_audit_policy, harmless_binary, run_as_launcher, sha256_of, Daemon,
-    Sandbox, STARTUP_TIMEOUT,
+    blocker_bin,
+    bpf::{command, listed_ids, pin_new_hash_map},
+    deny_and_audit_policy, harmless_binary, run_as_launcher, sha256_of, Daemon, Sandbox,
+    STARTUP_TIMEOUT,
 };
 
 const PIN_DIR: &str = "/sys/fs/bpf/blocker-vm-test";
@@ -151,31 +150,6 @@ fn pinned_link_ids(links: &Path) -> Result<BTreeSet<u32>> {
         .collect()
 }
 
-/// `BPF_PROG_GET_NEXT_ID` and `BPF_LINK_GET_NEXT_ID` of `enum bpf_cmd`.
-const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
-const BPF_LINK_GET_NEXT_ID: libc::c_long = 31;
-
-/// Every id the kernel lists for `command`, including objects being freed.
-fn listed_ids(command: libc::c_long) -> BTreeSet<u32> {
-    let mut ids = BTreeSet::new();
-    // `{ start_id; next_id; open_flags }` of `union bpf_attr`.
-    let mut attr = [0u32; 3];
-    // SAFETY: a 12-byte attribute, the size passed, which the kernel writes `next_id` into.
-    while unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            command,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    } == 0
-    {
-        ids.insert(attr[1]);
-        attr[0] = attr[1];
-    }
-    ids
-}
-
 /// Waits until the kernel lists none of `ids` for `command`: it frees a link whose last pin is
 /// gone, and then its program, a moment later, from a work queue.
 fn wait_until_freed(command: libc::c_long, ids: &BTreeSet<u32>) -> Result<()> {
@@ -190,43 +164,6 @@ fn wait_until_freed(command: libc::c_long, ids: &BTreeSet<u32>) -> Result<()> {
         }
         thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// Pins a new hash map at `path`, as anyone with `CAP_BPF` can.
-fn pin_new_hash_map(path: &Path, key_size: usize, value_size: usize) -> Result<()> {
-    // `enum bpf_cmd` and `enum bpf_map_type`.
-    const BPF_MAP_CREATE: libc::c_long = 0;
-    const BPF_OBJ_PIN: libc::c_long = 6;
-    const BPF_MAP_TYPE_HASH: u32 = 1;
-    // `{ map_type; key_size; value_size; max_entries; map_flags }`
-    let create = [BPF_MAP_TYPE_HASH, key_size as u32, value_size as u32, 64, 0];
-    // SAFETY: a 20-byte attribute, the size passed.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_CREATE,
-            create.as_ptr(),
-            std::mem::size_of_val(&create),
-        )
-    };
-    ensure!(
-        fd >= 0,
-        "BPF_MAP_CREATE: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: a descriptor the kernel just returned to us.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    // `{ __aligned_u64 pathname; __u32 bpf_fd; __u32 file_flags; }`, little-endian.
-    let pin: [u64; 2] = [path.as_ptr() as u64, fd.as_raw_fd() as u64];
-    // SAFETY: the attribute and the path it points to outlive the call.
-    let pinned = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, pin.as_ptr(), 16) };
-    ensure!(
-        pinned == 0,
-        "BPF_OBJ_PIN: {}",
-        std::io::Error::last_os_error()
-    );
-    Ok(())
 }
 
 /// Execs `banned` over and over until finished (or dropped), counting the execs that ran.
@@ -315,7 +252,7 @@ fn refused_and_replaced(
         fresh.is_disjoint(forged),
         "forged links still pinned: {forged:?} / {fresh:?}"
     );
-    wait_until_freed(BPF_LINK_GET_NEXT_ID, forged).context("the forged links once replaced")
+    wait_until_freed(command::LINK_GET_NEXT_ID, forged).context("the forged links once replaced")
 }
 
 #[test]
@@ -483,8 +420,11 @@ fn adopting_without_every_invalidation_program_turns_the_verdict_cache_off() -> 
         .join(lsm_programs::VERDICT_INVALIDATION[0].name);
     let link = pinned_link(&forget)?.info()?;
     fs::remove_file(&forget)?;
-    wait_until_freed(BPF_LINK_GET_NEXT_ID, &BTreeSet::from([link.id()]))?;
-    wait_until_freed(BPF_PROG_GET_NEXT_ID, &BTreeSet::from([link.program_id()]))?;
+    wait_until_freed(command::LINK_GET_NEXT_ID, &BTreeSet::from([link.id()]))?;
+    wait_until_freed(
+        command::PROG_GET_NEXT_ID,
+        &BTreeSet::from([link.program_id()]),
+    )?;
 
     let (second, started) = Daemon::start(&policy_dir, &args)?;
     let checked = cache_off_and_changed_file_refused(&started, &allowed, &banned_source);

@@ -16,55 +16,20 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 use blocker_integration_tests::{
-    blocker_bin, deny_and_audit_policy, run_as_launcher, Daemon, Sandbox,
+    blocker_bin,
+    bpf::{self, command},
+    deny_and_audit_policy, run_as_launcher, Daemon, Sandbox,
 };
 use serde_json::Value;
 
 const PIN_DIR: &str = "/sys/fs/bpf/blocker-tamper-test";
 
-// `enum bpf_cmd`.
-const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
-const BPF_MAP_GET_NEXT_ID: libc::c_long = 12;
-const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
-const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
-const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
-const BPF_LINK_GET_NEXT_ID: libc::c_long = 31;
-const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_LINK_DETACH: libc::c_long = 34;
-
-/// `bpf()` with the `{ id; next_id; open_flags }` part of `union bpf_attr`.
-fn bpf_by_id(command: libc::c_long, id: u32) -> std::io::Result<i64> {
-    let attr = [id, 0, 0];
-    let mut result = attr;
-    // SAFETY: the attribute is 12 readable and writable bytes, the size passed.
-    let value = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            command,
-            result.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if value < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if matches!(
-        command,
-        BPF_PROG_GET_NEXT_ID | BPF_MAP_GET_NEXT_ID | BPF_LINK_GET_NEXT_ID
-    ) {
-        return Ok(i64::from(result[1]));
-    }
-    // SAFETY: a descriptor the kernel just returned to us.
-    drop(unsafe { OwnedFd::from_raw_fd(value as i32) });
-    Ok(value)
-}
-
 /// Tries to open every BPF object of a kind by id; returns how many were refused with EPERM.
 fn refused_by_id(next_id: libc::c_long, get_fd: libc::c_long) -> usize {
     let (mut id, mut refused) = (0, 0);
-    while let Ok(next) = bpf_by_id(next_id, id) {
-        id = next as u32;
-        if let Err(error) = bpf_by_id(get_fd, id) {
+    while let Ok(next) = bpf::next_id(next_id, id) {
+        id = next;
+        if let Err(error) = bpf::fd_by_id(get_fd, id) {
             if error.raw_os_error() == Some(libc::EPERM) {
                 refused += 1;
             }
@@ -97,34 +62,6 @@ fn expect_errno<T>(what: &str, errno: i32, result: std::io::Result<T>) -> Result
             Ok(())
         }
     }
-}
-
-/// `BPF_OBJ_GET`: a descriptor of the object pinned at `path`.
-fn pinned_object(path: &Path) -> Result<OwnedFd> {
-    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    // `{ __aligned_u64 pathname; __u32 bpf_fd; __u32 file_flags; }`
-    let attr: [u64; 2] = [path.as_ptr() as u64, 0];
-    // SAFETY: the attribute and the path it points to outlive the call.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_ptr(), 16) };
-    ensure!(
-        fd >= 0,
-        "BPF_OBJ_GET {}: {}",
-        path.to_string_lossy(),
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: a descriptor the kernel just returned to us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// A `bpf()` command whose attribute is one descriptor (`link_detach`'s `link_fd`).
-fn bpf_with_fd(command: libc::c_long, fd: &OwnedFd) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let attr: [u32; 4] = [fd.as_raw_fd() as u32, 0, 0, 0];
-    // SAFETY: a 16-byte attribute, the size passed.
-    if unsafe { libc::syscall(libc::SYS_bpf, command, attr.as_ptr(), 16) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 fn wait_for_tamper(daemon: &mut Daemon, attempt: &str) -> Result<Value> {
@@ -174,15 +111,15 @@ fn a_protected_daemon_refuses_tampering_but_takes_the_documented_ways() -> Resul
     wait_for_tamper(&mut daemon, "ptrace")?;
 
     ensure!(
-        refused_by_id(BPF_MAP_GET_NEXT_ID, BPF_MAP_GET_FD_BY_ID) >= 9,
+        refused_by_id(command::MAP_GET_NEXT_ID, command::MAP_GET_FD_BY_ID) >= 9,
         "every map of blocker's is refused"
     );
     ensure!(
-        refused_by_id(BPF_PROG_GET_NEXT_ID, BPF_PROG_GET_FD_BY_ID) >= 3,
+        refused_by_id(command::PROG_GET_NEXT_ID, command::PROG_GET_FD_BY_ID) >= 3,
         "its programs"
     );
     ensure!(
-        refused_by_id(BPF_LINK_GET_NEXT_ID, BPF_LINK_GET_FD_BY_ID) >= 3,
+        refused_by_id(command::LINK_GET_NEXT_ID, command::LINK_GET_FD_BY_ID) >= 3,
         "its links"
     );
     let record = wait_for_tamper(&mut daemon, "bpf_object")?;
@@ -320,11 +257,11 @@ fn protected_pins_cannot_be_removed_and_stay_after_a_documented_stop() -> Result
         .path();
     // A descriptor of a link can be had from its pin, but an LSM program's link cannot be
     // detached through it.
-    let link_fd = pinned_object(&link)?;
+    let link_fd = bpf::pinned_object(&link)?;
     expect_errno(
         "detaching a pinned link",
         libc::EOPNOTSUPP,
-        bpf_with_fd(BPF_LINK_DETACH, &link_fd),
+        bpf::with_fd(command::LINK_DETACH, &link_fd),
     )?;
     drop(link_fd);
     let error = run_as_launcher(&banned).expect_err("still attached");
@@ -379,12 +316,7 @@ fn attempts_the_kernel_refuses_anyway_are_not_recorded() -> Result<()> {
     let (mut daemon, _) = Daemon::start(&policy_dir, &["--backend", "lsm", "--protect"])?;
     let events_file = daemon.events_file().to_owned();
 
-    let mut link_ids = Vec::new();
-    let mut id = 0;
-    while let Ok(next) = bpf_by_id(BPF_LINK_GET_NEXT_ID, id) {
-        id = next as u32;
-        link_ids.push(id);
-    }
+    let link_ids = bpf::listed_ids(command::LINK_GET_NEXT_ID);
     let binary = std::ffi::CString::new(blocker_bin().into_os_string().into_encoded_bytes())?;
     // SAFETY: the child only makes system calls and exits: nothing that needs the parent's
     // other threads.
@@ -402,7 +334,7 @@ fn attempts_the_kernel_refuses_anyway_are_not_recorded() -> Result<()> {
                     let mut attr = [link, 0, 0];
                     libc::syscall(
                         libc::SYS_bpf,
-                        BPF_LINK_GET_FD_BY_ID,
+                        command::LINK_GET_FD_BY_ID,
                         attr.as_mut_ptr(),
                         std::mem::size_of_val(&attr),
                     );
@@ -984,5 +916,142 @@ fn only_the_daemon_is_trusted_not_the_processes_running_its_binary() -> Result<(
     let output = stop(&daemon)?;
     ensure!(output.status.success(), "{output:?}");
     daemon.wait(Duration::from_secs(30))?;
+    Ok(())
+}
+
+/// Ends the protected daemon as root can without a signal any hook sees: moved into a cgroup of
+/// the test's own (moves are free), which is then killed through its `cgroup.kill`. Reaped, so
+/// that its task is freed and its process id free for reuse.
+fn kill_through_another_cgroup(daemon: &mut Daemon, cgroup: &TestCgroup) -> Result<()> {
+    fs::write(cgroup.dir.join("cgroup.procs"), daemon.pid().to_string())?;
+    fs::write(cgroup.dir.join("cgroup.kill"), "1")?;
+    let status = daemon.wait(Duration::from_secs(30))?;
+    ensure!(
+        std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGKILL),
+        "{status}"
+    );
+    Ok(())
+}
+
+/// What a child forked with the dead daemon's process id reports through its exit status.
+mod reused_pid {
+    pub const REFUSED: i32 = 0;
+    pub const ALLOWED: i32 = 1;
+    pub const OTHER_ERROR: i32 = 2;
+    pub const OTHER_PID: i32 = 3;
+}
+
+/// Forks a child with process id `pid` (through `ns_last_pid`; retried while something else
+/// takes it first) that creates `file`; returns what the child reports (see `reused_pid`).
+fn create_with_pid(pid: u32, file: &Path) -> Result<i32> {
+    let file = std::ffi::CString::new(file.as_os_str().as_encoded_bytes())?;
+    for _ in 0..20 {
+        fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())?;
+        // SAFETY: the child makes system calls and exits: nothing that needs the parent's other
+        // threads, and no allocation.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            unsafe {
+                if libc::getpid() as u32 != pid {
+                    libc::_exit(reused_pid::OTHER_PID);
+                }
+                let fd = libc::open(file.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644);
+                libc::_exit(match fd {
+                    0.. => reused_pid::ALLOWED,
+                    _ if *libc::__errno_location() == libc::EPERM => reused_pid::REFUSED,
+                    _ => reused_pid::OTHER_ERROR,
+                });
+            }
+        }
+        ensure!(child > 0, "fork: {}", std::io::Error::last_os_error());
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        ensure!(unsafe { libc::waitpid(child, &mut status, 0) } == child);
+        ensure!(libc::WIFEXITED(status), "wait status {status:#x}");
+        if libc::WEXITSTATUS(status) != reused_pid::OTHER_PID {
+            return Ok(libc::WEXITSTATUS(status));
+        }
+    }
+    anyhow::bail!("no child got process id {pid} in 20 forks")
+}
+
+/// Runs `program args` traced by this process from its first instruction (`PTRACE_TRACEME`
+/// before exec, as `strace` does) and returns its exit status.
+fn run_traced(program: &Path, args: &[&str]) -> Result<i32> {
+    let mut argv = vec![std::ffi::CString::new(
+        program.as_os_str().as_encoded_bytes(),
+    )?];
+    for arg in args {
+        argv.push(std::ffi::CString::new(*arg)?);
+    }
+    let mut argv_pointers: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_pointers.push(std::ptr::null());
+    // SAFETY: the child only makes system calls before exec: no allocation.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        unsafe {
+            libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+            libc::execv(argv_pointers[0], argv_pointers.as_ptr());
+            libc::_exit(127);
+        }
+    }
+    ensure!(child > 0, "fork: {}", std::io::Error::last_os_error());
+    loop {
+        let mut status = 0;
+        // SAFETY: waits for the child forked above, which this process traces.
+        ensure!(unsafe { libc::waitpid(child, &mut status, 0) } == child);
+        if libc::WIFEXITED(status) {
+            return Ok(libc::WEXITSTATUS(status));
+        }
+        ensure!(!libc::WIFSIGNALED(status), "wait status {status:#x}");
+        // The stop after exec is the tracer's; any other stop is a signal to pass on.
+        let signal = match libc::WSTOPSIG(status) {
+            libc::SIGTRAP => 0,
+            signal => signal,
+        };
+        // SAFETY: resumes the stopped child.
+        unsafe { libc::ptrace(libc::PTRACE_CONT, child, 0, signal) };
+    }
+}
+
+/// Once the protected daemon is gone without a documented stop, the next daemon must be able to
+/// take the pins over, so the blocker binary is trusted in its place: but not a process that
+/// got the dead daemon's process id, and not the blocker binary while traced.
+#[test]
+fn a_dead_daemons_pid_and_a_traced_blocker_binary_are_not_trusted() -> Result<()> {
+    const GONE_PIN_DIR: &str = "/sys/fs/bpf/blocker-gone-test";
+    let sandbox = Sandbox::new("tamper-gone")?;
+    let banned = sandbox.copy_binary("banned")?;
+    let policy_dir = sandbox.policy_dir();
+    sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[]))?;
+    let args = [
+        "--backend",
+        "lsm",
+        "--protect",
+        "--pin",
+        "--pin-dir",
+        GONE_PIN_DIR,
+    ];
+    let (mut daemon, started) = Daemon::start(&policy_dir, &args)?;
+    ensure!(started["protected"] == true, "{started}");
+    let pid = daemon.pid();
+    let cgroup = TestCgroup::new(Path::new(CGROUP_ROOT).join("blocker-gone"))?;
+    kill_through_another_cgroup(&mut daemon, &cgroup)?;
+    let error = run_as_launcher(&banned).expect_err("the pins keep enforcing");
+    ensure!(error.raw_os_error() == Some(libc::EPERM));
+
+    let reported = create_with_pid(pid, &policy_dir.join("reused.toml"))?;
+    ensure!(
+        reported == reused_pid::REFUSED,
+        "a process with the dead daemon's id {pid} creating a policy: exit {reported}"
+    );
+    let status = run_traced(&blocker_bin(), &["unload", "--pin-dir", GONE_PIN_DIR])?;
+    ensure!(status != 0, "a traced `blocker unload` removed the pins");
+    ensure!(Path::new(GONE_PIN_DIR).exists());
+
+    let output = blocker(&["unload", "--pin-dir", GONE_PIN_DIR])?;
+    ensure!(output.status.success(), "{output:?}");
+    let (_, status) = run_as_launcher(&banned)?;
+    ensure!(status.success(), "runs once unloaded: {status}");
     Ok(())
 }
