@@ -1,4 +1,4 @@
-//! `cargo xtask test`: the unit tests, the tests against the host kernel, a short run of each
+//! `cargo xtask test`: the unit tests, formatting and lints, the tests against the host kernel, a short run of each
 //! fuzz target, and the tests in a VM on each chosen Debian kernel (which can load BPF LSM
 //! programs), summed up in one line.
 
@@ -15,7 +15,7 @@ use crate::{
     kernels::{self, Suite},
     package::{self, Built},
     prerequisites::{self, Needs},
-    systemd_vm, vm,
+    process, systemd_vm, vm,
 };
 
 const TESTS_PACKAGE: &str = "blocker-integration-tests";
@@ -49,6 +49,8 @@ pub fn run(root: &Path, only_vm_tests: &[String], kernels: &[Suite]) -> bool {
         if only_vm_tests.is_empty() {
             stage("unit tests");
             record("unit tests", unit_tests(root, &mut counts));
+            stage("formatting and lints");
+            record("formatting and lints", lints(root, &mut counts));
         }
 
         if only_vm_tests.is_empty() {
@@ -149,6 +151,44 @@ fn unit_tests(root: &Path, counts: &mut TestCounts) -> Result<()> {
         timeout: UNIT_TIMEOUT,
     };
     cargo::test(root, &run, counts)
+}
+
+/// `cargo fmt` and `cargo clippy` as the project keeps them: the whole workspace formatted, and
+/// no warning in any target of the default members, the feature-gated tests included. Each
+/// counts as one test.
+fn lints(root: &Path, counts: &mut TestCounts) -> Result<()> {
+    let checks: [(&str, &[&str]); 2] = [
+        ("formatting", &["fmt", "--all", "--check"]),
+        (
+            "lints",
+            &[
+                "clippy",
+                "--all-targets",
+                "--all-features",
+                "--",
+                "--deny",
+                "warnings",
+            ],
+        ),
+    ];
+    let mut failed = Vec::new();
+    for (what, args) in checks {
+        match process::run(cargo::command(root).args(args)) {
+            Ok(()) => counts.passed += 1,
+            Err(error) => {
+                counts.failed += 1;
+                failed.push(format!("{what}: {error:#}"));
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} (rustup's rustfmt and clippy components run them: `rustup component add rustfmt \
+             clippy` if they are missing)",
+            failed.join("; ")
+        );
+    }
+    Ok(())
 }
 
 /// Tests that load blocker's programs into the host kernel; one at a time, as they share it.
