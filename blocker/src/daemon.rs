@@ -731,7 +731,7 @@ fn check_identities(resolution: &Resolution, protected: Option<&[PathBuf]>) -> R
     let mut files: Vec<(&Path, FileKey)> = resolution
         .paths
         .iter()
-        .map(|(key, path)| (path.as_path(), *key))
+        .map(|(key, path)| (&**path, *key))
         .collect();
     if let Some(directories) = protected {
         for path in directories
@@ -894,7 +894,7 @@ fn drain(
                     resolution
                         .rule(event.rule_id)
                         .or_else(|| known.retired_rules.get(&event.rule_id)),
-                    resolution.paths.get(&key).map(PathBuf::as_path),
+                    resolution.paths.get(&key).map(|path| &**path),
                     &clock,
                 );
                 if record.enforcement == "none" {
@@ -1007,7 +1007,7 @@ fn log_undecided(resolution: &Resolution) {
 
 fn log_changes(old: &Resolution, new: &Resolution) {
     let describe = |resolution: &Resolution, key: &FileKey| {
-        let path = resolution.paths.get(key).map(|p| escaped(&p).to_string());
+        let path = resolution.paths.get(key).map(|p| escaped(&**p).to_string());
         let rule = resolution
             .entries
             .get(key)
