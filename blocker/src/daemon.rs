@@ -728,11 +728,7 @@ fn kill_late_exec(pid: i32, file: &HashedFile) {
 /// `identity::check_kernel_agrees`): on each filesystem holding a banned file, and with
 /// protection, those holding the blocker binary and the `protected` directories.
 fn check_identities(resolution: &Resolution, protected: Option<&[PathBuf]>) -> Result<()> {
-    let mut files: Vec<(&Path, FileKey)> = resolution
-        .paths
-        .iter()
-        .map(|(key, path)| (&**path, *key))
-        .collect();
+    let mut protected_files = Vec::new();
     if let Some(directories) = protected {
         for path in directories
             .iter()
@@ -741,10 +737,12 @@ fn check_identities(resolution: &Resolution, protected: Option<&[PathBuf]>) -> R
         {
             let key = identity::key_of_path(path)
                 .with_context(|| format!("identifying {}", escaped(path)))?;
-            files.push((path, key));
+            protected_files.push((path, key));
         }
     }
-    let checked = identity::check_kernel_agrees(files)?;
+    // Not collected: a policy can ban a million files.
+    let banned = resolution.paths.iter().map(|(key, path)| (&**path, *key));
+    let checked = identity::check_kernel_agrees(banned.chain(protected_files))?;
     if checked > 0 {
         let filesystems = if checked == 1 {
             "filesystem"

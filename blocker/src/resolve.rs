@@ -515,6 +515,8 @@ impl Found<'_> {
             .collect();
         let mut problems = Problems::default();
         let root_file = walk_root_parallel(root, &mut problems, &mut visitors);
+        let found: usize = visitors.iter().map(|visitor| visitor.matches.len()).sum();
+        self.resolution.matches.reserve_exact(found);
         let mut candidates = 0;
         for visitor in visitors {
             candidates += visitor.seen;
@@ -670,33 +672,31 @@ impl Resolution {
     /// One entry per file: deny over audit, then the earliest rule; protected files never.
     /// Then as many as the budget takes, the most important first (see [`crate::budget`]).
     fn choose_entries(&mut self) {
-        let mut chosen: BTreeMap<FileKey, usize> = BTreeMap::new();
-        for found in 0..self.matches.len() {
-            if !self.may_enter(found) {
-                continue;
-            }
-            let (key, rule_id) = (
-                self.matches[found].identity.key,
-                self.matches[found].rule_id,
-            );
-            let replace = chosen.get(&key).is_none_or(|&existing| {
-                self.takes_precedence(rule_id, self.matches[existing].rule_id)
-            });
-            if replace {
-                chosen.insert(key, found);
-            }
-        }
-        let mut by_importance: Vec<(Standing, bool, FileKey, usize)> = chosen
-            .into_iter()
-            .map(|(key, found)| {
-                let found_match = &self.matches[found];
-                let by_name_only = !matches!(*found_match.via, Via::Sha256(_));
-                (self.standing(found_match), by_name_only, key, found)
-            })
+        // Indices of matches rather than a map by file: a policy can name a million files.
+        let mut chosen: Vec<usize> = (0..self.matches.len())
+            .filter(|&found| self.may_enter(found))
             .collect();
-        by_importance.sort_unstable();
-        for (standing, _, _, found) in by_importance {
-            if self.spending.admit(standing) {
+        let key = |found: usize| self.matches[found].identity.key;
+        // For each file, the strongest match first, the earliest among equals.
+        chosen.sort_unstable_by(|&a, &b| {
+            key(a).cmp(&key(b)).then_with(|| {
+                let precedence = |found: usize| self.precedence(self.matches[found].rule_id);
+                precedence(a).cmp(&precedence(b)).then(a.cmp(&b))
+            })
+        });
+        chosen.dedup_by_key(|found| key(*found));
+        let importance = |found: usize| {
+            let found_match = &self.matches[found];
+            let by_name_only = !matches!(*found_match.via, Via::Sha256(_));
+            (
+                self.standing(found_match),
+                by_name_only,
+                found_match.identity.key,
+            )
+        };
+        chosen.sort_unstable_by_key(|&found| importance(found));
+        for found in chosen {
+            if self.spending.admit(self.standing(&self.matches[found])) {
                 self.enter(found);
             }
         }
