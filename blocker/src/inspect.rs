@@ -61,7 +61,11 @@ pub fn scan_if_needed(policy: &Policy, options: &ScanOptions) -> Option<ScanRepo
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let report = scan::scan(options, policy.hash_limit_bytes());
+    let report = scan::scan_where(
+        options,
+        policy.hash_limit_bytes(),
+        &resolve::scan_wants(policy),
+    );
     log_listed(
         log::Level::Warn,
         report

@@ -249,6 +249,29 @@ pub fn needs_scan(policy: &Policy) -> bool {
         .any(|rule| rule.identifiers.needs_scan())
 }
 
+/// Which executable candidates the content scan must hash for `policy`: all of them while a
+/// rule bans a content wherever it is (`sha256`), otherwise only those whose name an
+/// `appimage` rule's name matches, the only files such a rule can name. The shipped policies'
+/// AppImage rules then cost a walk of the scan roots, not a read of every program under them.
+pub fn scan_wants(policy: &Policy) -> impl Fn(&Path) -> bool {
+    let every_file = policy
+        .rules
+        .iter()
+        .any(|rule| !rule.identifiers.sha256.is_empty());
+    let names: Vec<_> = policy
+        .rules
+        .iter()
+        .flat_map(|rule| &rule.identifiers.appimage)
+        .map(|appimage| compile_glob(&appimage.name).expect("validated by the policy parser"))
+        .collect();
+    move |path: &Path| {
+        every_file
+            || path
+                .file_name()
+                .is_some_and(|name| names.iter().any(|matcher| matcher.is_match(name)))
+    }
+}
+
 /// The pseudo-rule events about a policy-wide setting name; none while it allows.
 fn setting_rule(
     rule_id: u32,
@@ -824,7 +847,7 @@ mod tests {
     use crate::{
         files::FileStatus,
         policy::{AppImage, Location, Rule},
-        scan::{scan, ScanOptions},
+        scan::{scan, scan_where, ScanOptions},
     };
 
     fn rule(id: &str, action: Action, identifiers: Identifiers) -> Rule {
@@ -1079,6 +1102,61 @@ mod tests {
         );
         assert!(nothing.entries.is_empty());
         assert_eq!(nothing.unresolved.len(), 1);
+    }
+
+    #[test]
+    fn without_content_rules_the_scan_reads_only_files_named_like_appimages() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            &dir.path().join("home/bob/WeChat-4.0.AppImage"),
+            b"ai",
+            0o755,
+        );
+        write(&dir.path().join("usr/bin/tool"), b"tool", 0o755);
+        write(&dir.path().join("usr/lib/libx.so.1"), b"so", 0o644);
+        let options = ScanOptions {
+            roots: vec![dir.path().to_owned()],
+            cache_file: None,
+            progress: false,
+        };
+        let appimage = rule(
+            "appimage",
+            Action::Deny,
+            Identifiers {
+                appimage: vec![AppImage {
+                    name: "WeChat-*.AppImage".to_owned(),
+                    sha256: Vec::new(),
+                }],
+                ..Identifiers::default()
+            },
+        );
+        let by_name = Policy {
+            policies: Vec::new(),
+            rules: vec![appimage.clone()],
+        };
+        let report = scan_where(&options, u64::MAX, &scan_wants(&by_name));
+        assert_eq!(report.stats.read, 1);
+        let resolution = resolve(&by_name, &SourceRoots::default(), Some(&report));
+        assert_eq!(
+            banned_paths(&resolution),
+            [dir.path().join("home/bob/WeChat-4.0.AppImage")]
+        );
+
+        // A content rule can name any file: every candidate is read.
+        let content = rule(
+            "content",
+            Action::Deny,
+            Identifiers {
+                sha256: vec![[7; 32]],
+                ..Identifiers::default()
+            },
+        );
+        let with_content = Policy {
+            policies: Vec::new(),
+            rules: vec![appimage, content],
+        };
+        let report = scan_where(&options, u64::MAX, &scan_wants(&with_content));
+        assert_eq!(report.stats.read, 3);
     }
 
     #[test]
