@@ -1,7 +1,9 @@
 //! Keeping a kernel hash map equal to what userspace wants. Changes go in with
 //! `BPF_MAP_UPDATE_BATCH` (Linux 5.6), thousands of entries a system call, so a million entries
 //! cost a few hundred calls instead of a million; where the kernel lacks it, or refuses an entry
-//! in a batch, entries go in one call each, which also names the entry refused.
+//! in a batch, entries go in one call each, which also names the entry refused. Large changes
+//! are shared among threads: most of their cost is the kernel's work per entry, which runs in
+//! parallel (a hash map locks per bucket).
 
 use std::{
     collections::BTreeMap,
@@ -24,6 +26,12 @@ use super::{
 /// Entries one `BPF_MAP_UPDATE_BATCH` call carries: large enough that the calls cost little
 /// next to the kernel's own work per entry, small enough that the buffers stay small.
 const BATCH_ENTRIES: usize = 4096;
+
+/// Changes one thread writes at least: for fewer, another thread costs more than it saves.
+const CHANGES_PER_THREAD: usize = 2 * BATCH_ENTRIES;
+
+/// Threads filling one map at most.
+const MAX_FILL_THREADS: usize = 4;
 
 /// `ENOTSUPP`, the kernel-internal error a map type without batch operations returns; libc
 /// does not export it.
@@ -49,12 +57,12 @@ impl BatchRefused {
     }
 }
 
-/// The writes [`sync_map`] makes to a hash map.
-pub trait MapWrites<K, V> {
+/// The writes [`sync_map`] makes to a hash map, from several threads at once.
+pub trait MapWrites<K, V>: Sync {
     /// Adds or replaces `keys[i]` with `values[i]`, in order, in one call.
-    fn update_batch(&mut self, keys: &[K], values: &[V]) -> Result<(), BatchRefused>;
-    fn update(&mut self, key: &K, value: &V) -> io::Result<()>;
-    fn remove(&mut self, key: &K) -> io::Result<()>;
+    fn update_batch(&self, keys: &[K], values: &[V]) -> Result<(), BatchRefused>;
+    fn update(&self, key: &K, value: &V) -> io::Result<()>;
+    fn remove(&self, key: &K) -> io::Result<()>;
 }
 
 /// A kernel hash map, written through its descriptor.
@@ -89,7 +97,7 @@ impl<'a> KernelHashMap<'a> {
 }
 
 impl<K: Pod, V: Pod> MapWrites<K, V> for KernelHashMap<'_> {
-    fn update_batch(&mut self, keys: &[K], values: &[V]) -> Result<(), BatchRefused> {
+    fn update_batch(&self, keys: &[K], values: &[V]) -> Result<(), BatchRefused> {
         assert_eq!(keys.len(), values.len(), "one value per key");
         let mut attr = zeroed_attr();
         // SAFETY: writing the members of the batch commands' part of the union.
@@ -108,65 +116,32 @@ impl<K: Pod, V: Pod> MapWrites<K, V> for KernelHashMap<'_> {
         }
     }
 
-    fn update(&mut self, key: &K, value: &V) -> io::Result<()> {
+    fn update(&self, key: &K, value: &V) -> io::Result<()> {
         self.element_call(bpf_cmd::BPF_MAP_UPDATE_ELEM, key, Some(value))
     }
 
-    fn remove(&mut self, key: &K) -> io::Result<()> {
+    fn remove(&self, key: &K) -> io::Result<()> {
         self.element_call::<K, V>(bpf_cmd::BPF_MAP_DELETE_ELEM, key, None)
     }
 }
 
 /// [`sync_map`] on the kernel hash map `map`.
-pub fn sync_kernel_map<K: Pod + Ord, V: Pod + PartialEq>(
+pub fn sync_kernel_map<K: Pod + Ord + Sync, V: Pod + PartialEq + Sync>(
     map: &Map,
     installed: &mut BTreeMap<K, V>,
     wanted: &BTreeMap<K, V>,
 ) -> Result<ApplyStats> {
-    sync_map(&mut KernelHashMap::of::<K, V>(map)?, installed, wanted)
+    sync_map(&KernelHashMap::of::<K, V>(map)?, installed, wanted)
 }
 
 /// Makes a kernel hash map that holds `installed` hold `wanted`. New and changed entries go in
 /// before stale ones leave, so an entry present in both is never absent, even for an instant. If
 /// the kernel refuses an entry, every change is undone and the previous contents stay whole.
-pub fn sync_map<K: Pod + Ord, V: Pod + PartialEq>(
-    map: &mut impl MapWrites<K, V>,
+pub fn sync_map<K: Pod + Ord + Sync, V: Pod + PartialEq + Sync>(
+    map: &impl MapWrites<K, V>,
     installed: &mut BTreeMap<K, V>,
     wanted: &BTreeMap<K, V>,
 ) -> Result<ApplyStats> {
-    let changed = |(key, value): &(&K, &V)| installed.get(key) != Some(*value);
-    let mut changes = wanted.iter().filter(changed);
-    let mut keys = Vec::with_capacity(BATCH_ENTRIES.min(wanted.len()));
-    let mut values = Vec::with_capacity(keys.capacity());
-    let mut batches = true;
-    let mut written = 0;
-    loop {
-        keys.clear();
-        values.clear();
-        for (key, value) in changes.by_ref().take(BATCH_ENTRIES) {
-            keys.push(*key);
-            values.push(*value);
-        }
-        if keys.is_empty() {
-            break;
-        }
-        if let Err(error) = write_chunk(map, &keys, &values, &mut batches, &mut written) {
-            // Best effort: the map held these a moment ago, so they fit again.
-            for (key, _) in wanted.iter().filter(changed).take(written) {
-                let _ = match installed.get(key) {
-                    Some(previous) => map.update(key, previous),
-                    None => map.remove(key),
-                };
-            }
-            return Err(error).with_context(|| {
-                format!(
-                    "adding entry {} of {} to the kernel map; the previous policy stays in force",
-                    written + 1,
-                    wanted.len()
-                )
-            });
-        }
-    }
     let mut stats = ApplyStats::default();
     for (key, value) in wanted {
         match installed.get(key) {
@@ -174,6 +149,54 @@ pub fn sync_map<K: Pod + Ord, V: Pod + PartialEq>(
             Some(_) => stats.changed += 1,
             None => stats.added += 1,
         }
+    }
+    let changes = stats.added + stats.changed;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(MAX_FILL_THREADS)
+        .min(changes / CHANGES_PER_THREAD)
+        .max(1);
+    let per_thread = changes.div_ceil(threads).max(1);
+    let before: &BTreeMap<K, V> = installed;
+    // Part `part` of the changes, in order: each thread writes one.
+    let part = |part: usize| {
+        wanted
+            .iter()
+            .filter(|(key, value)| before.get(key) != Some(*value))
+            .skip(part * per_thread)
+            .take(per_thread)
+    };
+    let mut written: Vec<(usize, io::Result<()>)> = std::thread::scope(|scope| {
+        let others: Vec<_> = (1..threads)
+            .map(|index| scope.spawn(move || write_part(map, part(index))))
+            .collect();
+        let mut written = vec![write_part(map, part(0))];
+        written.extend(
+            others
+                .into_iter()
+                .map(|thread| thread.join().expect("a map-filling thread panicked")),
+        );
+        written
+    });
+    if let Some(failed) = written.iter().position(|(_, result)| result.is_err()) {
+        for (index, (count, _)) in written.iter().enumerate() {
+            // Best effort: the map held these a moment ago, so they fit again.
+            for (key, _) in part(index).take(*count) {
+                let _ = match before.get(key) {
+                    Some(previous) => map.update(key, previous),
+                    None => map.remove(key),
+                };
+            }
+        }
+        let (count, result) = written.swap_remove(failed);
+        let error = result.expect_err("the part that failed");
+        return Err(error).with_context(|| {
+            format!(
+                "adding entry {} of {} to the kernel map; the previous policy stays in force",
+                failed * per_thread + count + 1,
+                wanted.len()
+            )
+        });
     }
     for key in installed.keys() {
         if !wanted.contains_key(key) {
@@ -185,10 +208,35 @@ pub fn sync_map<K: Pod + Ord, V: Pod + PartialEq>(
     Ok(stats)
 }
 
+/// Writes `changes` in chunks of a batch each; returns how many went in, and the error that
+/// stopped it if one did.
+fn write_part<'a, K: Pod + 'a, V: Pod + 'a>(
+    map: &impl MapWrites<K, V>,
+    mut changes: impl Iterator<Item = (&'a K, &'a V)>,
+) -> (usize, io::Result<()>) {
+    let (mut keys, mut values) = (Vec::new(), Vec::new());
+    let mut batches = true;
+    let mut written = 0;
+    loop {
+        keys.clear();
+        values.clear();
+        for (key, value) in changes.by_ref().take(BATCH_ENTRIES) {
+            keys.push(*key);
+            values.push(*value);
+        }
+        if keys.is_empty() {
+            return (written, Ok(()));
+        }
+        if let Err(error) = write_chunk(map, &keys, &values, &mut batches, &mut written) {
+            return (written, Err(error));
+        }
+    }
+}
+
 /// Writes one chunk of changes, as a batch while `batches` holds, then entry by entry from the
 /// first entry a batch did not take; counts what went in into `written`.
 fn write_chunk<K, V>(
-    map: &mut impl MapWrites<K, V>,
+    map: &impl MapWrites<K, V>,
     keys: &[K],
     values: &[V],
     batches: &mut bool,
@@ -223,7 +271,10 @@ fn write_chunk<K, V>(
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::{
+        os::fd::{FromRawFd, OwnedFd},
+        sync::atomic::{AtomicUsize, Ordering},
+    };
 
     use aya_obj::generated::bpf_map_type;
     use blocker_common::{BanEntry, FileKey};
@@ -266,24 +317,24 @@ mod tests {
     /// A kernel before Linux 5.6: the batch command is unknown.
     struct WithoutBatches<'a> {
         map: KernelHashMap<'a>,
-        batch_calls: usize,
+        batch_calls: AtomicUsize,
     }
 
     impl MapWrites<FileKey, BanEntry> for WithoutBatches<'_> {
-        fn update_batch(&mut self, _: &[FileKey], _: &[BanEntry]) -> Result<(), BatchRefused> {
-            self.batch_calls += 1;
+        fn update_batch(&self, _: &[FileKey], _: &[BanEntry]) -> Result<(), BatchRefused> {
+            self.batch_calls.fetch_add(1, Ordering::Relaxed);
             Err(BatchRefused {
                 written: 0,
                 error: io::Error::from_raw_os_error(libc::EINVAL),
             })
         }
 
-        fn update(&mut self, key: &FileKey, value: &BanEntry) -> io::Result<()> {
+        fn update(&self, key: &FileKey, value: &BanEntry) -> io::Result<()> {
             self.map.update(key, value)
         }
 
-        fn remove(&mut self, key: &FileKey) -> io::Result<()> {
-            MapWrites::<FileKey, BanEntry>::remove(&mut self.map, key)
+        fn remove(&self, key: &FileKey) -> io::Result<()> {
+            MapWrites::<FileKey, BanEntry>::remove(&self.map, key)
         }
     }
 
@@ -293,44 +344,50 @@ mod tests {
 
     #[test]
     fn batches_fill_change_and_empty_the_map() {
-        let fd = kernel_map(20_000);
+        let fd = kernel_map(40_000);
         let mut installed = BTreeMap::new();
-        let first = entries(0..10_000, 1);
-        let stats = sync_map(&mut kernel_hash_map(&fd), &mut installed, &first).unwrap();
-        assert_eq!(stats.added, 10_000);
+        // Enough for several threads, where the machine has several CPUs.
+        let first = entries(0..30_000, 1);
+        let stats = sync_map(&kernel_hash_map(&fd), &mut installed, &first).unwrap();
+        assert_eq!(stats.added, 30_000);
         assert_eq!(contents(&fd), first);
 
-        let mut second = entries(5_000..15_000, 1);
-        second.insert(FileKey::new(1, 7_000), BanEntry::default());
-        let stats = sync_map(&mut kernel_hash_map(&fd), &mut installed, &second).unwrap();
+        let mut second = entries(25_000..35_000, 1);
+        second.insert(FileKey::new(1, 27_000), BanEntry::default());
+        let stats = sync_map(&kernel_hash_map(&fd), &mut installed, &second).unwrap();
         assert_eq!(
             stats,
             ApplyStats {
                 added: 5_000,
                 changed: 1,
-                removed: 5_000
+                removed: 25_000
             }
         );
         assert_eq!(contents(&fd), second);
         assert_eq!(installed, second);
 
-        sync_map(&mut kernel_hash_map(&fd), &mut installed, &BTreeMap::new()).unwrap();
+        sync_map(&kernel_hash_map(&fd), &mut installed, &BTreeMap::new()).unwrap();
         assert!(contents(&fd).is_empty());
     }
 
     #[test]
     fn without_batches_entries_go_in_one_by_one() {
         let fd = kernel_map(20_000);
-        let mut map = WithoutBatches {
+        let map = WithoutBatches {
             map: kernel_hash_map(&fd),
-            batch_calls: 0,
+            batch_calls: AtomicUsize::new(0),
         };
         let mut installed = BTreeMap::new();
+        // Few enough for one thread.
         let wanted = entries(0..10_000, 1);
-        let stats = sync_map(&mut map, &mut installed, &wanted).unwrap();
+        let stats = sync_map(&map, &mut installed, &wanted).unwrap();
         assert_eq!(stats.added, 10_000);
         assert_eq!(contents(&fd), wanted);
-        assert_eq!(map.batch_calls, 1, "batches are not tried again");
+        assert_eq!(
+            map.batch_calls.load(Ordering::Relaxed),
+            1,
+            "batches are not tried again"
+        );
     }
 
     #[test]
@@ -338,17 +395,34 @@ mod tests {
         let fd = kernel_map(BATCH_ENTRIES as u32 + 10);
         let mut installed = BTreeMap::new();
         let before = entries(0..5, 1);
-        sync_map(&mut kernel_hash_map(&fd), &mut installed, &before).unwrap();
+        sync_map(&kernel_hash_map(&fd), &mut installed, &before).unwrap();
 
         // Changes the first five, then fills the map and overflows it in the second batch.
         let too_many = entries(0..BATCH_ENTRIES as u64 + 20, 2);
-        let error = sync_map(&mut kernel_hash_map(&fd), &mut installed, &too_many).unwrap_err();
+        let error = sync_map(&kernel_hash_map(&fd), &mut installed, &too_many).unwrap_err();
         assert!(
             format!("{error:#}").contains(&format!(
                 "adding entry {} of {}",
                 BATCH_ENTRIES + 11,
                 too_many.len()
             )),
+            "{error:#}"
+        );
+        assert_eq!(contents(&fd), before);
+        assert_eq!(installed, before);
+    }
+
+    #[test]
+    fn an_entry_refused_while_threads_fill_the_map_undoes_every_change() {
+        let fd = kernel_map(20_000);
+        let mut installed = BTreeMap::new();
+        let before = entries(0..5, 1);
+        sync_map(&kernel_hash_map(&fd), &mut installed, &before).unwrap();
+
+        let too_many = entries(0..40_000, 2);
+        let error = sync_map(&kernel_hash_map(&fd), &mut installed, &too_many).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("the previous policy stays in force"),
             "{error:#}"
         );
         assert_eq!(contents(&fd), before);
