@@ -728,11 +728,7 @@ fn kill_late_exec(pid: i32, file: &HashedFile) {
 /// `identity::check_kernel_agrees`): on each filesystem holding a banned file, and with
 /// protection, those holding the blocker binary and the `protected` directories.
 fn check_identities(resolution: &Resolution, protected: Option<&[PathBuf]>) -> Result<()> {
-    let mut files: Vec<(&Path, FileKey)> = resolution
-        .paths
-        .iter()
-        .map(|(key, path)| (path.as_path(), *key))
-        .collect();
+    let mut protected_files = Vec::new();
     if let Some(directories) = protected {
         for path in directories
             .iter()
@@ -741,10 +737,12 @@ fn check_identities(resolution: &Resolution, protected: Option<&[PathBuf]>) -> R
         {
             let key = identity::key_of_path(path)
                 .with_context(|| format!("identifying {}", escaped(path)))?;
-            files.push((path, key));
+            protected_files.push((path, key));
         }
     }
-    let checked = identity::check_kernel_agrees(files)?;
+    // Not collected: a policy can ban a million files.
+    let banned = resolution.paths.iter().map(|(key, path)| (&**path, *key));
+    let checked = identity::check_kernel_agrees(banned.chain(protected_files))?;
     if checked > 0 {
         let filesystems = if checked == 1 {
             "filesystem"
@@ -894,7 +892,7 @@ fn drain(
                     resolution
                         .rule(event.rule_id)
                         .or_else(|| known.retired_rules.get(&event.rule_id)),
-                    resolution.paths.get(&key).map(PathBuf::as_path),
+                    resolution.paths.get(&key).map(|path| &**path),
                     &clock,
                 );
                 if record.enforcement == "none" {
@@ -1007,7 +1005,7 @@ fn log_undecided(resolution: &Resolution) {
 
 fn log_changes(old: &Resolution, new: &Resolution) {
     let describe = |resolution: &Resolution, key: &FileKey| {
-        let path = resolution.paths.get(key).map(|p| escaped(&p).to_string());
+        let path = resolution.paths.get(key).map(|p| escaped(&**p).to_string());
         let rule = resolution
             .entries
             .get(key)

@@ -21,6 +21,10 @@ use std::{
         unix::{ffi::OsStrExt, fs::MetadataExt},
     },
     path::{Component, Path, PathBuf},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Mutex,
+    },
 };
 
 use rustix::{
@@ -223,12 +227,23 @@ impl WalkedFile<'_> {
     /// Opens the file for reading relative to its directory, without following a symlink or
     /// blocking on a FIFO, and only if it is still the file the walk saw.
     pub fn open(&self) -> io::Result<File> {
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-        let file = File::from(openat(self.directory, self.name, flags, Mode::empty())?);
+        let file = self.open_unverified()?;
         if !FileStatus::of_stat(&fstat(&file)?).is_same_inode(&self.status) {
             return Err(io::Error::other("replaced since the walk found it"));
         }
         Ok(file)
+    }
+
+    /// [`WalkedFile::open`] without checking the inode: for callers that read what they need
+    /// to check it with anyway.
+    pub fn open_unverified(&self) -> io::Result<File> {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        Ok(File::from(openat(
+            self.directory,
+            self.name,
+            flags,
+            Mode::empty(),
+        )?))
     }
 }
 
@@ -246,41 +261,59 @@ struct Level {
 /// missing root is simply empty.
 pub fn walk(root: &Path, problems: &mut Problems) -> Vec<WalkEntry> {
     let mut files = Vec::new();
-    let opened = open_following_roots_symlinks(root).and_then(|fd| Ok((fstat(&fd)?, fd)));
-    let (stat, fd) = match opened {
-        Ok(opened) => opened,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return files,
-        Err(error) => {
-            problems.failed(root, error);
-            return files;
-        }
-    };
-    let status = FileStatus::of_stat(&stat);
-    if status.is_file() {
-        files.push(WalkEntry {
-            path: root.to_owned(),
-            status,
-        });
-        return files;
-    }
-    if !status.is_dir() {
-        return files;
-    }
-    let Some(fd) = reopen_directory(fd, root, &status, problems) else {
-        return files;
-    };
-    let directory = OpenDirectory {
-        fd,
-        path: root.to_owned(),
-        status,
-    };
-    walk_directory(directory, problems, |file, _| {
+    let root_file = walk_root(root, problems, |file, _| {
         files.push(WalkEntry {
             path: file.path,
             status: file.status,
         });
     });
+    files.extend(root_file);
     files
+}
+
+/// [`walk`], giving each regular file below `root` to `visit` while its directory is open (see
+/// [`walk_directory`]) instead of collecting them; `root` itself, if it is a regular file, is
+/// returned.
+pub fn walk_root(
+    root: &Path,
+    problems: &mut Problems,
+    visit: impl FnMut(WalkedFile<'_>, &mut Problems),
+) -> Option<WalkEntry> {
+    match open_root(root, problems)? {
+        Ok(directory) => walk_directory(directory, problems, visit),
+        Err(root_file) => return Some(root_file),
+    }
+    None
+}
+
+/// The root of a walk: a directory to walk, or a regular file; nothing for anything else or
+/// nothing there (a failure to look is added to `problems`).
+fn open_root(root: &Path, problems: &mut Problems) -> Option<Result<OpenDirectory, WalkEntry>> {
+    let opened = open_following_roots_symlinks(root).and_then(|fd| Ok((fstat(&fd)?, fd)));
+    let (stat, fd) = match opened {
+        Ok(opened) => opened,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return None,
+        Err(error) => {
+            problems.failed(root, error);
+            return None;
+        }
+    };
+    let status = FileStatus::of_stat(&stat);
+    if status.is_file() {
+        return Some(Err(WalkEntry {
+            path: root.to_owned(),
+            status,
+        }));
+    }
+    if !status.is_dir() {
+        return None;
+    }
+    let fd = reopen_directory(fd, root, &status, problems)?;
+    Some(Ok(OpenDirectory {
+        fd,
+        path: root.to_owned(),
+        status,
+    }))
 }
 
 /// Gives every regular file below `root` to `visit` (with the problems, to add its own), while
@@ -292,10 +325,89 @@ pub fn walk_directory(
     problems: &mut Problems,
     mut visit: impl FnMut(WalkedFile<'_>, &mut Problems),
 ) {
-    let mut visited = HashSet::from([(root.status.dev, root.status.ino)]);
-    let mut stack = vec![read_level(root.fd, root.path, problems, &mut visit)];
+    let visited = Mutex::new(HashSet::from([(root.status.dev, root.status.ino)]));
+    let level = read_level(root.fd, root.path, problems, &mut visit);
+    walk_levels(level, 1, &visited, problems, &mut visit);
+}
+
+/// What visits the files of a walk shared among threads ([`walk_root_parallel`]): one per
+/// thread, each with its own findings.
+pub trait Visitor: Send {
+    fn visit(&mut self, file: WalkedFile<'_>, problems: &mut Problems);
+}
+
+/// [`walk_root`] with the subdirectories of `root` shared out among threads, one per visitor
+/// in `visitors`: a tree of a million files is mostly system calls, which run in parallel.
+/// Files directly in `root` go to the first visitor. A directory reached twice is walked once,
+/// as in one thread.
+pub fn walk_root_parallel<V: Visitor>(
+    root: &Path,
+    problems: &mut Problems,
+    visitors: &mut [V],
+) -> Option<WalkEntry> {
+    let (first, _) = visitors.split_first_mut().expect("at least one visitor");
+    let directory = match open_root(root, problems)? {
+        Ok(directory) => directory,
+        Err(root_file) => return Some(root_file),
+    };
+    let visited = Mutex::new(HashSet::from([(
+        directory.status.dev,
+        directory.status.ino,
+    )]));
+    let top = read_level(
+        directory.fd,
+        directory.path,
+        problems,
+        &mut |file, problems| first.visit(file, problems),
+    );
+    let next = AtomicUsize::new(0);
+    let threads_problems: Vec<Problems> = std::thread::scope(|scope| {
+        let threads: Vec<_> = visitors
+            .iter_mut()
+            .map(|visitor| {
+                let (top, next, visited) = (&top, &next, &visited);
+                scope.spawn(move || {
+                    let mut problems = Problems::default();
+                    let mut visit = |file: WalkedFile<'_>, problems: &mut Problems| {
+                        visitor.visit(file, problems)
+                    };
+                    loop {
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        let Some((name, expected)) = top.subdirectories.get(index) else {
+                            break;
+                        };
+                        let entered =
+                            enter(top, name, expected, 1, visited, &mut problems, &mut visit);
+                        if let Some(level) = entered {
+                            walk_levels(level, 2, visited, &mut problems, &mut visit);
+                        }
+                    }
+                    problems
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|thread| thread.join().expect("a walk thread panicked"))
+            .collect()
+    });
+    for mut thread_problems in threads_problems {
+        problems.append(&mut thread_problems);
+    }
+    None
+}
+
+/// Walks the tree below `level`, at `depth` below the walk's root, depth first.
+fn walk_levels(
+    level: Level,
+    depth: usize,
+    visited: &Mutex<HashSet<(u64, u64)>>,
+    problems: &mut Problems,
+    visit: &mut impl FnMut(WalkedFile<'_>, &mut Problems),
+) {
+    let mut stack = vec![level];
     loop {
-        let depth = stack.len();
+        let level_depth = depth + stack.len() - 1;
         let Some(top) = stack.last_mut() else {
             break;
         };
@@ -304,35 +416,54 @@ pub fn walk_directory(
             stack.pop();
             continue;
         };
-        let path = top.path.join(OsStr::from_bytes(name.to_bytes()));
-        if !visited.insert((expected.dev, expected.ino)) {
-            continue;
+        if let Some(level) = enter(top, &name, &expected, level_depth, visited, problems, visit) {
+            stack.push(level);
         }
-        if depth > MAX_DEPTH {
-            problems.push(format!(
-                "{}: deeper than {MAX_DEPTH} levels; not walked",
-                escaped(&path)
-            ));
-            continue;
-        }
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let child = match openat(&top.fd, name.as_c_str(), flags, Mode::empty()) {
-            Ok(child) => child,
-            Err(error) => {
-                problems.failed(&path, error);
-                continue;
-            }
-        };
-        if !fstat(&child).is_ok_and(|stat| FileStatus::of_stat(&stat).is_same_inode(&expected)) {
-            problems.push(format!(
-                "{}: replaced while being walked; skipped",
-                escaped(&path)
-            ));
-            continue;
-        }
-        let level = read_level(child, path, problems, &mut visit);
-        stack.push(level);
     }
+}
+
+/// Opens and reads the subdirectory `name` of `parent` (at `depth`), if it was not walked yet,
+/// is not too deep, and is still the directory `expected` that the parent's listing showed.
+fn enter(
+    parent: &Level,
+    name: &CStr,
+    expected: &FileStatus,
+    depth: usize,
+    visited: &Mutex<HashSet<(u64, u64)>>,
+    problems: &mut Problems,
+    visit: &mut impl FnMut(WalkedFile<'_>, &mut Problems),
+) -> Option<Level> {
+    let path = parent.path.join(OsStr::from_bytes(name.to_bytes()));
+    let first_visit = visited
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert((expected.dev, expected.ino));
+    if !first_visit {
+        return None;
+    }
+    if depth > MAX_DEPTH {
+        problems.push(format!(
+            "{}: deeper than {MAX_DEPTH} levels; not walked",
+            escaped(&path)
+        ));
+        return None;
+    }
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let child = match openat(&parent.fd, name, flags, Mode::empty()) {
+        Ok(child) => child,
+        Err(error) => {
+            problems.failed(&path, error);
+            return None;
+        }
+    };
+    if !fstat(&child).is_ok_and(|stat| FileStatus::of_stat(&stat).is_same_inode(expected)) {
+        problems.push(format!(
+            "{}: replaced while being walked; skipped",
+            escaped(&path)
+        ));
+        return None;
+    }
+    Some(read_level(child, path, problems, visit))
 }
 
 /// Symlinks one resolution follows at most, as the kernel's `MAXSYMLINKS`.
@@ -498,6 +629,60 @@ mod tests {
             [PathBuf::from("a/b/libz.so.1"), PathBuf::from("a/tool")]
         );
         assert!(problems.is_empty(), "{problems:?}");
+    }
+
+    /// Collects the paths it is given, below `root`.
+    struct Collect<'a> {
+        root: &'a Path,
+        found: Vec<PathBuf>,
+    }
+
+    impl Visitor for Collect<'_> {
+        fn visit(&mut self, file: WalkedFile<'_>, _: &mut Problems) {
+            self.found
+                .push(file.path.strip_prefix(self.root).unwrap().to_owned());
+        }
+    }
+
+    #[test]
+    fn threads_share_a_walk_and_each_file_is_visited_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mut expected = vec![PathBuf::from("top")];
+        std::fs::write(root.join("top"), b"x").unwrap();
+        for directory in 0..20 {
+            let nested = PathBuf::from(format!("d{directory}/deeper"));
+            std::fs::create_dir_all(root.join(&nested)).unwrap();
+            for file in [format!("d{directory}/f"), format!("d{directory}/deeper/g")] {
+                std::fs::write(root.join(&file), b"x").unwrap();
+                expected.push(PathBuf::from(file));
+            }
+        }
+        // A directory reached again through a symlink is not walked again.
+        std::os::unix::fs::symlink(root.join("d1"), root.join("d2/link")).unwrap();
+        expected.sort();
+
+        let mut visitors: Vec<_> = (0..3)
+            .map(|_| Collect {
+                root,
+                found: Vec::new(),
+            })
+            .collect();
+        let mut problems = Problems::default();
+        assert!(walk_root_parallel(root, &mut problems, &mut visitors).is_none());
+        assert!(problems.is_empty(), "{problems:?}");
+        let mut found: Vec<PathBuf> = visitors
+            .iter_mut()
+            .flat_map(|visitor| std::mem::take(&mut visitor.found))
+            .collect();
+        found.sort();
+        assert_eq!(found, expected);
+
+        // A root that is a file is returned, not visited.
+        let file = root.join("top");
+        let root_file = walk_root_parallel(&file, &mut problems, &mut visitors).unwrap();
+        assert_eq!(root_file.path, file);
+        assert!(visitors.iter().all(|visitor| visitor.found.is_empty()));
     }
 
     #[test]

@@ -16,17 +16,18 @@ use std::{
     io,
     os::{
         fd::{AsFd, AsRawFd},
-        unix::fs::{MetadataExt, OpenOptionsExt},
+        unix::fs::OpenOptionsExt,
     },
     path::Path,
 };
 
 use anyhow::bail;
 use blocker_common::{entry_flags, BanEntry, FileKey};
-use rustix::fs::{statx, AtFlags, StatxFlags};
+use rustix::fs::{statx, AtFlags, FileType, StatxFlags};
 
 use crate::{
     escape::escaped,
+    files::WalkedFile,
     mounts::{self, Mount},
 };
 
@@ -81,19 +82,28 @@ impl FileIdentity {
         Self::of_file_as_seen(file).map(|(identity, _)| identity)
     }
 
+    /// Identifies the regular file a walk met, opened through the walk's descriptor of its
+    /// directory, and only if it is still the inode the walk listed.
+    pub fn of_walked(file: &WalkedFile<'_>) -> io::Result<Self> {
+        let (identity, seen_as) = Self::of_file_as_seen(&file.open_unverified()?)?;
+        if seen_as != (file.status.dev, file.status.ino) {
+            return Err(io::Error::other("replaced since the walk found it"));
+        }
+        Ok(identity)
+    }
+
     fn of_file_as_seen(file: &File) -> io::Result<(Self, SeenAs)> {
-        let metadata = file.metadata()?;
-        if !metadata.is_file() {
+        let keyed = kernel_key(file)?;
+        if FileType::from_raw_mode(keyed.mode) != FileType::RegularFile {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "not a regular file",
             ));
         }
-        let keyed = kernel_key(file)?;
         let identity = Self {
             key: keyed.key,
             generation: inode_generation(file),
-            owner: metadata.uid(),
+            owner: keyed.uid,
         };
         Ok((identity, keyed.seen_as))
     }
@@ -122,6 +132,9 @@ pub struct KernelKey {
     pub key: FileKey,
     pub mount: Mount,
     pub seen_as: SeenAs,
+    /// Type and permission bits, as `st_mode`.
+    pub mode: u32,
+    pub uid: u32,
 }
 
 /// The key the kernel programs match the open `file` by (any file type).
@@ -130,7 +143,11 @@ pub fn kernel_key(file: &impl AsFd) -> io::Result<KernelKey> {
         file,
         "",
         AtFlags::EMPTY_PATH,
-        StatxFlags::INO | StatxFlags::MNT_ID,
+        StatxFlags::TYPE
+            | StatxFlags::MODE
+            | StatxFlags::UID
+            | StatxFlags::INO
+            | StatxFlags::MNT_ID,
     )?;
     if !StatxFlags::from_bits_retain(status.stx_mask).contains(StatxFlags::MNT_ID) {
         return Err(io::Error::new(
@@ -151,6 +168,8 @@ pub fn kernel_key(file: &impl AsFd) -> io::Result<KernelKey> {
             libc::makedev(status.stx_dev_major, status.stx_dev_minor),
             status.stx_ino,
         ),
+        mode: u32::from(status.stx_mode),
+        uid: status.stx_uid,
     })
 }
 

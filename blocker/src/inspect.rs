@@ -61,7 +61,11 @@ pub fn scan_if_needed(policy: &Policy, options: &ScanOptions) -> Option<ScanRepo
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let report = scan::scan(options, policy.hash_limit_bytes());
+    let report = scan::scan_where(
+        options,
+        policy.hash_limit_bytes(),
+        &resolve::scan_wants(policy),
+    );
     log_listed(
         log::Level::Warn,
         report
@@ -130,7 +134,7 @@ fn print_resolution(resolution: &Resolution) {
             };
             println!(
                 "  {}  device {} inode {}  via {}{note}",
-                escaped(&found.path),
+                escaped(&*found.path),
                 device(&found.identity),
                 found.identity.key.ino,
                 found.via
@@ -177,7 +181,7 @@ fn resolution_json(resolution: &Resolution) -> Value {
                         "via": found.via.to_string(),
                         "in_force": is_in_force(resolution, rule_id, &found.identity),
                     });
-                    Lossless::of(&found.path).set_in(&mut file, "path");
+                    Lossless::of(&*found.path).set_in(&mut file, "path");
                     file
                 })
                 .collect();
@@ -240,7 +244,7 @@ fn verdicts(policy: &Policy, resolution: &Resolution, file: &HashedFile) -> Vec<
         .filter(|m| m.identity.key == file.identity.key)
         .map(|m| Verdict {
             rule_id: m.rule_id,
-            via: m.via.clone(),
+            via: (*m.via).clone(),
         })
         .collect();
     verdicts.extend(

@@ -7,6 +7,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use blocker_common::{BanEntry, FileKey, FILELESS_RULE_ID, UNHASHABLE_RULE_ID};
@@ -15,10 +16,10 @@ use sha2::{Digest, Sha256 as Sha256Hasher};
 use crate::{
     budget::{Budget, Overflow, Spending, Standing},
     critical::{self, critical_files, CriticalFile},
-    files::{is_executable_candidate, walk},
+    files::{is_executable_candidate, walk_root_parallel, Visitor, WalkedFile},
     identity::FileIdentity,
     kernel::ExecSettings,
-    lookup,
+    lookup::{self, Problems},
     policy::{compile_glob, glob_base, Action, Identifiers, Policy, SettingAction},
     scan::{to_hex, HashedFile, ScanReport, ScanStats, Sha256},
     sources::{self, SourceFiles, SourceRoots},
@@ -67,9 +68,11 @@ impl fmt::Display for Via {
 #[derive(Clone, Debug)]
 pub struct Match {
     pub rule_id: u32,
-    pub path: PathBuf,
+    /// Shared with [`Resolution::paths`].
+    pub path: Arc<Path>,
     pub identity: FileIdentity,
-    pub via: Via,
+    /// Shared by every file one identifier names: a prefix can name a million.
+    pub via: Arc<Via>,
 }
 
 /// An identifier that named nothing on this machine, and why.
@@ -112,7 +115,7 @@ pub struct Resolution {
     /// Every file any rule names, including those another rule's entry takes precedence over.
     pub matches: Vec<Match>,
     /// A path of each banned file, for logs.
-    pub paths: BTreeMap<FileKey, PathBuf>,
+    pub paths: BTreeMap<FileKey, Arc<Path>>,
     /// Banned contents, for hashing in the kernel.
     pub hashes: BTreeMap<Sha256, u32>,
     pub unresolved: Vec<Unresolved>,
@@ -205,9 +208,9 @@ impl Resolution {
         }
         self.matches.push(Match {
             rule_id,
-            path: file.path.clone(),
+            path: Arc::from(file.path.as_path()),
             identity: file.identity,
-            via,
+            via: Arc::new(via),
         });
         let found = self.matches.len() - 1;
         if !self.may_enter(found) {
@@ -244,6 +247,29 @@ pub fn needs_scan(policy: &Policy) -> bool {
         .rules
         .iter()
         .any(|rule| rule.identifiers.needs_scan())
+}
+
+/// Which executable candidates the content scan must hash for `policy`: all of them while a
+/// rule bans a content wherever it is (`sha256`), otherwise only those whose name an
+/// `appimage` rule's name matches, the only files such a rule can name. The shipped policies'
+/// AppImage rules then cost a walk of the scan roots, not a read of every program under them.
+pub fn scan_wants(policy: &Policy) -> impl Fn(&Path) -> bool {
+    let every_file = policy
+        .rules
+        .iter()
+        .any(|rule| !rule.identifiers.sha256.is_empty());
+    let names: Vec<_> = policy
+        .rules
+        .iter()
+        .flat_map(|rule| &rule.identifiers.appimage)
+        .map(|appimage| compile_glob(&appimage.name).expect("validated by the policy parser"))
+        .collect();
+    move |path: &Path| {
+        every_file
+            || path
+                .file_name()
+                .is_some_and(|name| names.iter().any(|matcher| matcher.is_match(name)))
+    }
 }
 
 /// The pseudo-rule events about a policy-wide setting name; none while it allows.
@@ -360,6 +386,37 @@ pub fn resolve_within(
     resolution
 }
 
+/// Threads walking one tree at most: beyond a few, they wait on the same disk and locks.
+const MAX_WALK_THREADS: usize = 4;
+
+/// One walk thread's findings: the executable candidates `wanted` accepts, identified.
+struct Candidates<'a, F> {
+    rule_id: u32,
+    via: &'a Arc<Via>,
+    wanted: &'a F,
+    /// Candidates met, whether or not they could be identified.
+    seen: usize,
+    matches: Vec<Match>,
+}
+
+impl<F: Fn(&Path) -> bool + Sync> Visitor for Candidates<'_, F> {
+    fn visit(&mut self, file: WalkedFile<'_>, problems: &mut Problems) {
+        if !is_executable_candidate(&file.path, &file.status) || !(self.wanted)(&file.path) {
+            return;
+        }
+        self.seen += 1;
+        match FileIdentity::of_walked(&file) {
+            Ok(identity) => self.matches.push(Match {
+                rule_id: self.rule_id,
+                path: Arc::from(file.path),
+                identity,
+                via: Arc::clone(self.via),
+            }),
+            Err(error) => problems.failed(&file.path, error),
+        }
+    }
+}
+
 /// Collects one rule's matches into the resolution.
 struct Found<'a> {
     rule_id: u32,
@@ -377,7 +434,7 @@ impl Found<'_> {
         for path in &identifiers.paths {
             let via = Via::Path(path.clone());
             match FileIdentity::of_path(path) {
-                Ok(identity) => self.add(path.clone(), identity, via),
+                Ok(identity) => self.add(path.clone(), identity, &Arc::new(via)),
                 Err(error) if lookup::shows_gone(&error) => self.unresolved(via, error.to_string()),
                 Err(error) => self.undecided(via, format!("{}: {error}", escaped(path))),
             }
@@ -399,13 +456,15 @@ impl Found<'_> {
                     continue;
                 }
             }
-            let found = self.walk_candidates(prefix, |_| true);
-            self.add_all(found, via);
+            self.add_walked(prefix, |_| true, via);
         }
         for glob in &identifiers.globs {
             let matcher = compile_glob(glob).expect("validated by the policy parser");
-            let found = self.walk_candidates(&glob_base(glob), |path| matcher.is_match(path));
-            self.add_all(found, Via::Glob(glob.clone()));
+            self.add_walked(
+                &glob_base(glob),
+                |path| matcher.is_match(path),
+                Via::Glob(glob.clone()),
+            );
         }
         for name in &identifiers.packages {
             self.add_source(
@@ -430,13 +489,15 @@ impl Found<'_> {
                     "no file under the scan roots has this content".to_owned(),
                 );
             }
+            let via = Arc::new(Via::Sha256(*hash));
             for file in files {
-                self.add(file.path.clone(), file.identity, Via::Sha256(*hash));
+                self.add(file.path.clone(), file.identity, &via);
             }
         }
         for appimage in &identifiers.appimage {
             let matcher = compile_glob(&appimage.name).expect("validated by the policy parser");
             let before = self.resolution.matches.len();
+            let via = Arc::new(Via::AppImage(appimage.name.clone()));
             for file in by_content.values().flatten() {
                 let name_matches = file
                     .path
@@ -445,11 +506,7 @@ impl Found<'_> {
                 if name_matches
                     && (appimage.sha256.is_empty() || appimage.sha256.contains(&file.sha256))
                 {
-                    self.add(
-                        file.path.clone(),
-                        file.identity,
-                        Via::AppImage(appimage.name.clone()),
-                    );
+                    self.add(file.path.clone(), file.identity, &via);
                 }
             }
             if self.resolution.matches.len() == before {
@@ -463,21 +520,52 @@ impl Found<'_> {
         }
     }
 
-    /// Executable candidates under `root` whose path `wanted` accepts, with the walk's
-    /// problems.
-    fn walk_candidates(&mut self, root: &Path, wanted: impl Fn(&Path) -> bool) -> SourceFiles {
-        let mut found = SourceFiles::default();
-        for entry in walk(root, &mut found.problems) {
-            if is_executable_candidate(&entry.path, &entry.status) && wanted(&entry.path) {
-                found.add(entry.path, &entry.status);
-            }
+    /// Adds the executable candidates under `root` whose path `wanted` accepts. Each is
+    /// identified through the walk's descriptor of its directory, so it is the very inode the
+    /// walk listed, whatever happens to its path meanwhile; the walk's problems count as for
+    /// [`Found::add_all`].
+    fn add_walked(&mut self, root: &Path, wanted: impl Fn(&Path) -> bool + Sync, via: Via) {
+        let via = Arc::new(via);
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        let mut visitors: Vec<_> = (0..threads.min(MAX_WALK_THREADS))
+            .map(|_| Candidates {
+                rule_id: self.rule_id,
+                via: &via,
+                wanted: &wanted,
+                seen: 0,
+                matches: Vec::new(),
+            })
+            .collect();
+        let mut problems = Problems::default();
+        let root_file = walk_root_parallel(root, &mut problems, &mut visitors);
+        let found: usize = visitors.iter().map(|visitor| visitor.matches.len()).sum();
+        self.resolution.matches.reserve_exact(found);
+        let mut candidates = 0;
+        for visitor in visitors {
+            candidates += visitor.seen;
+            self.resolution.matches.extend(visitor.matches);
         }
-        found
+        if candidates > 0 {
+            self.settle(problems, &via, true);
+            return;
+        }
+        // Nothing below `root`: it is the file itself, or names nothing.
+        let mut found = SourceFiles {
+            problems,
+            ..SourceFiles::default()
+        };
+        let root_file = root_file.filter(|entry| {
+            is_executable_candidate(&entry.path, &entry.status) && wanted(&entry.path)
+        });
+        if let Some(entry) = root_file {
+            found.add(entry.path, &entry.status);
+        }
+        self.add_all(found, &via);
     }
 
     fn add_source(&mut self, source: Result<SourceFiles, String>, via: Via) {
         match source {
-            Ok(found) => self.add_all(found, via),
+            Ok(found) => self.add_all(found, &Arc::new(via)),
             Err(reason) => self.unresolved(via, reason),
         }
     }
@@ -487,20 +575,12 @@ impl Found<'_> {
     /// the inode seen when it was found: in a tree a user can write to, a file or directory
     /// swapped for a symlink since must not get another file banned. Nothing found is only
     /// "unresolved" when every lookup decided.
-    fn add_all(&mut self, mut found: SourceFiles, via: Via) {
-        let decided = found.problems.undecided.is_empty();
-        self.resolution
-            .warnings
-            .append(&mut found.problems.warnings);
-        for reason in std::mem::take(&mut found.problems.undecided) {
-            self.undecided(via.clone(), reason);
-        }
-        if found.files.is_empty() {
-            if decided {
-                self.unresolved(via, "no executable files found".to_owned());
-            }
-            return;
-        }
+    fn add_all(&mut self, mut found: SourceFiles, via: &Arc<Via>) {
+        self.settle(
+            std::mem::take(&mut found.problems),
+            via,
+            !found.files.is_empty(),
+        );
         for path in found.files {
             let looked_up = match found.identified.get(&path) {
                 // Identified through the walk's own descriptors: the very inode it listed.
@@ -516,7 +596,7 @@ impl Found<'_> {
                     continue;
                 }
                 Err(error) => {
-                    self.undecided(via.clone(), format!("{}: {error}", escaped(&path)));
+                    self.undecided((**via).clone(), format!("{}: {error}", escaped(&path)));
                     continue;
                 }
             };
@@ -532,16 +612,29 @@ impl Found<'_> {
                 self.resolution.warnings.push(warning);
                 continue;
             }
-            self.add(path, identity, via.clone());
+            self.add(path, identity, via);
         }
     }
 
-    fn add(&mut self, path: PathBuf, identity: FileIdentity, via: Via) {
+    /// Records the problems of looking up what `via` names; when nothing was `found`, that it
+    /// names nothing, unless a lookup was undecided.
+    fn settle(&mut self, mut problems: Problems, via: &Via, found: bool) {
+        let decided = problems.undecided.is_empty();
+        self.resolution.warnings.append(&mut problems.warnings);
+        for reason in problems.undecided {
+            self.undecided(via.clone(), reason);
+        }
+        if !found && decided {
+            self.unresolved(via.clone(), "no executable files found".to_owned());
+        }
+    }
+
+    fn add(&mut self, path: PathBuf, identity: FileIdentity, via: &Arc<Via>) {
         self.resolution.matches.push(Match {
             rule_id: self.rule_id,
-            path,
+            path: Arc::from(path),
             identity,
-            via,
+            via: Arc::clone(via),
         });
     }
 
@@ -602,33 +695,31 @@ impl Resolution {
     /// One entry per file: deny over audit, then the earliest rule; protected files never.
     /// Then as many as the budget takes, the most important first (see [`crate::budget`]).
     fn choose_entries(&mut self) {
-        let mut chosen: BTreeMap<FileKey, usize> = BTreeMap::new();
-        for found in 0..self.matches.len() {
-            if !self.may_enter(found) {
-                continue;
-            }
-            let (key, rule_id) = (
-                self.matches[found].identity.key,
-                self.matches[found].rule_id,
-            );
-            let replace = chosen.get(&key).is_none_or(|&existing| {
-                self.takes_precedence(rule_id, self.matches[existing].rule_id)
-            });
-            if replace {
-                chosen.insert(key, found);
-            }
-        }
-        let mut by_importance: Vec<(Standing, bool, FileKey, usize)> = chosen
-            .into_iter()
-            .map(|(key, found)| {
-                let found_match = &self.matches[found];
-                let by_name_only = !matches!(found_match.via, Via::Sha256(_));
-                (self.standing(found_match), by_name_only, key, found)
-            })
+        // Indices of matches rather than a map by file: a policy can name a million files.
+        let mut chosen: Vec<usize> = (0..self.matches.len())
+            .filter(|&found| self.may_enter(found))
             .collect();
-        by_importance.sort_unstable();
-        for (standing, _, _, found) in by_importance {
-            if self.spending.admit(standing) {
+        let key = |found: usize| self.matches[found].identity.key;
+        // For each file, the strongest match first, the earliest among equals.
+        chosen.sort_unstable_by(|&a, &b| {
+            key(a).cmp(&key(b)).then_with(|| {
+                let precedence = |found: usize| self.precedence(self.matches[found].rule_id);
+                precedence(a).cmp(&precedence(b)).then(a.cmp(&b))
+            })
+        });
+        chosen.dedup_by_key(|found| key(*found));
+        let importance = |found: usize| {
+            let found_match = &self.matches[found];
+            let by_name_only = !matches!(*found_match.via, Via::Sha256(_));
+            (
+                self.standing(found_match),
+                by_name_only,
+                found_match.identity.key,
+            )
+        };
+        chosen.sort_unstable_by_key(|&found| importance(found));
+        for found in chosen {
+            if self.spending.admit(self.standing(&self.matches[found])) {
                 self.enter(found);
             }
         }
@@ -648,11 +739,11 @@ impl Resolution {
         if !self
             .protected
             .iter()
-            .any(|p| p.path == found.path && p.rule == rule)
+            .any(|p| *p.path == *found.path && p.rule == rule)
         {
             self.protected.push(Protected {
                 rule,
-                path: found.path.clone(),
+                path: found.path.to_path_buf(),
                 why: file.why,
             });
         }
@@ -756,7 +847,7 @@ mod tests {
     use crate::{
         files::FileStatus,
         policy::{AppImage, Location, Rule},
-        scan::{scan, ScanOptions},
+        scan::{scan, scan_where, ScanOptions},
     };
 
     fn rule(id: &str, action: Action, identifiers: Identifiers) -> Rule {
@@ -798,7 +889,11 @@ mod tests {
     }
 
     fn banned_paths(resolution: &Resolution) -> Vec<PathBuf> {
-        resolution.paths.values().cloned().collect()
+        resolution
+            .paths
+            .values()
+            .map(|path| path.to_path_buf())
+            .collect()
     }
 
     #[test]
@@ -889,7 +984,7 @@ mod tests {
         assert_eq!(key.ino, undecided_key);
         assert_eq!(entry.rule_id, rule_id);
         assert_eq!(entry.action, blocker_common::action::AUDIT);
-        assert_eq!(fresh.paths[key], undecided_file);
+        assert_eq!(*fresh.paths[key], *undecided_file);
 
         // A decided resolution keeps nothing.
         let mut decided = resolve_rules(rules(Action::Deny), None);
@@ -1007,6 +1102,61 @@ mod tests {
         );
         assert!(nothing.entries.is_empty());
         assert_eq!(nothing.unresolved.len(), 1);
+    }
+
+    #[test]
+    fn without_content_rules_the_scan_reads_only_files_named_like_appimages() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            &dir.path().join("home/bob/WeChat-4.0.AppImage"),
+            b"ai",
+            0o755,
+        );
+        write(&dir.path().join("usr/bin/tool"), b"tool", 0o755);
+        write(&dir.path().join("usr/lib/libx.so.1"), b"so", 0o644);
+        let options = ScanOptions {
+            roots: vec![dir.path().to_owned()],
+            cache_file: None,
+            progress: false,
+        };
+        let appimage = rule(
+            "appimage",
+            Action::Deny,
+            Identifiers {
+                appimage: vec![AppImage {
+                    name: "WeChat-*.AppImage".to_owned(),
+                    sha256: Vec::new(),
+                }],
+                ..Identifiers::default()
+            },
+        );
+        let by_name = Policy {
+            policies: Vec::new(),
+            rules: vec![appimage.clone()],
+        };
+        let report = scan_where(&options, u64::MAX, &scan_wants(&by_name));
+        assert_eq!(report.stats.read, 1);
+        let resolution = resolve(&by_name, &SourceRoots::default(), Some(&report));
+        assert_eq!(
+            banned_paths(&resolution),
+            [dir.path().join("home/bob/WeChat-4.0.AppImage")]
+        );
+
+        // A content rule can name any file: every candidate is read.
+        let content = rule(
+            "content",
+            Action::Deny,
+            Identifiers {
+                sha256: vec![[7; 32]],
+                ..Identifiers::default()
+            },
+        );
+        let with_content = Policy {
+            policies: Vec::new(),
+            rules: vec![appimage, content],
+        };
+        let report = scan_where(&options, u64::MAX, &scan_wants(&with_content));
+        assert_eq!(report.stats.read, 3);
     }
 
     #[test]
@@ -1139,7 +1289,7 @@ mod tests {
             rule: "r",
             resolution: &mut resolution,
         }
-        .add_all(found, Via::PathPrefix(PathBuf::from("/")));
+        .add_all(found, &Arc::new(Via::PathPrefix(PathBuf::from("/"))));
         resolution
     }
 

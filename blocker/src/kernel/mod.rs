@@ -7,10 +7,12 @@ mod expected;
 pub mod features;
 pub mod heartbeat;
 mod hooks;
+mod map_sync;
 mod offsets;
 mod pin_check;
 pub mod pins;
 mod protection;
+mod syscall;
 
 use std::{
     collections::BTreeMap,
@@ -33,6 +35,7 @@ use self::{
     coverage::{Feature, Features},
     expected::{ExpectedObject, Globals},
     hooks::HookLayout,
+    map_sync::sync_kernel_map,
 };
 use crate::escape::escaped;
 
@@ -625,13 +628,13 @@ impl Enforcer {
         Ok(())
     }
 
-    /// Makes the kernel's ban map equal to `entries`; see [`sync_map`].
+    /// Makes the kernel's ban map equal to `entries`; see [`map_sync::sync_map`].
     pub fn apply(&mut self, entries: &BTreeMap<FileKey, BanEntry>) -> Result<ApplyStats> {
-        let map = self.maps.get_mut(names::BANNED_FILES_MAP).expect("loaded");
-        sync_map(map, &mut self.installed, entries).context("updating the banned files")
+        let map = self.maps.get(names::BANNED_FILES_MAP).expect("loaded");
+        sync_kernel_map(map, &mut self.installed, entries).context("updating the banned files")
     }
 
-    /// Makes the kernel's content ban map equal to `bans` (see [`sync_map`]), then, if anything
+    /// Makes the kernel's content ban map equal to `bans` (see [`map_sync::sync_map`]), then, if anything
     /// changed, bumps the policy generation so every verdict the kernel cached under the old
     /// bans is recomputed. The bump comes last: an exec that read the old generation may still
     /// see a half-updated map, but its verdict is filed under the old generation and never used.
@@ -644,8 +647,8 @@ impl Enforcer {
         if !bans.is_empty() {
             self.set_setting(setting::CONTENT_BANS, 1)?;
         }
-        let map = self.maps.get_mut(names::BANNED_HASHES_MAP).expect("loaded");
-        let stats = sync_map(map, &mut self.installed_content, bans)
+        let map = self.maps.get(names::BANNED_HASHES_MAP).expect("loaded");
+        let stats = sync_kernel_map(map, &mut self.installed_content, bans)
             .context("updating the banned contents")?;
         if stats != ApplyStats::default() {
             self.bump_policy_generation()?;
@@ -743,55 +746,6 @@ fn read_map<K: Pod + Ord, V: Pod>(map: &mut Map) -> Result<BTreeMap<K, V>> {
         contents.insert(key, value);
     }
     Ok(contents)
-}
-
-/// Makes a kernel hash map that holds `installed` hold `wanted`. New and changed entries go in
-/// before stale ones leave, so an entry present in both is never absent, even for an instant. If
-/// the kernel refuses an entry, every change is undone and the previous contents stay whole.
-fn sync_map<K: Pod + Ord, V: Pod + PartialEq>(
-    map: &mut Map,
-    installed: &mut BTreeMap<K, V>,
-    wanted: &BTreeMap<K, V>,
-) -> Result<ApplyStats> {
-    let mut map: HashMap<&mut MapData, K, V> = HashMap::try_from(map)?;
-    let mut changed = Vec::new();
-    let mut stats = ApplyStats::default();
-    for (key, value) in wanted {
-        let previous = installed.get(key);
-        if previous == Some(value) {
-            continue;
-        }
-        if let Err(error) = map.insert(key, value, 0) {
-            for (key, previous) in changed {
-                // Best effort: the map held these a moment ago, so they fit again.
-                let _ = match previous {
-                    Some(previous) => map.insert(key, previous, 0),
-                    None => map.remove(key),
-                };
-            }
-            return Err(error).with_context(|| {
-                format!(
-                    "adding entry {} of {} to the kernel map; the previous policy stays in force",
-                    stats.added + stats.changed + 1,
-                    wanted.len()
-                )
-            });
-        }
-        if previous.is_some() {
-            stats.changed += 1;
-        } else {
-            stats.added += 1;
-        }
-        changed.push((key, previous.copied()));
-    }
-    for key in installed.keys() {
-        if !wanted.contains_key(key) {
-            map.remove(key).context("removing a stale entry")?;
-            stats.removed += 1;
-        }
-    }
-    installed.clone_from(wanted);
-    Ok(stats)
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -19,12 +19,13 @@ use aya::{
 };
 use aya_obj::{
     btf::BtfKind,
-    generated::{bpf_attach_type, bpf_attr, bpf_cmd, bpf_link_info, bpf_link_type, bpf_prog_type},
+    generated::{bpf_attach_type, bpf_cmd, bpf_link_info, bpf_link_type, bpf_prog_type},
 };
 
 use super::{
     expected::{ExpectedMap, ExpectedObject, Hook},
     pins::Adopted,
+    syscall::{sys_bpf, zeroed_attr},
 };
 use crate::escape::{escaped, escaped_bytes};
 
@@ -280,27 +281,4 @@ fn array_value(map: &MapInfo) -> Result<Vec<u8>> {
     lookup.__bindgen_anon_1.value = value.as_mut_ptr() as u64;
     sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_ELEM, &mut attr)?;
     Ok(value)
-}
-
-fn zeroed_attr() -> bpf_attr {
-    // SAFETY: `union bpf_attr` is plain integers, for which zero is valid and means "unset".
-    unsafe { std::mem::zeroed() }
-}
-
-/// `bpf(command, attr)`; the kernel reads and writes `attr`, and any buffer it points to.
-fn sys_bpf(command: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<i64> {
-    // SAFETY: `attr` is a whole `union bpf_attr` of the size passed, and the buffers its members
-    // point to outlive the call with the lengths given.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            command as libc::c_long,
-            std::ptr::from_mut(attr),
-            std::mem::size_of::<bpf_attr>(),
-        )
-    };
-    if result < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(result)
 }

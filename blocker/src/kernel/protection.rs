@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use aya::maps::{Array, MapData};
 use blocker_common::{bpf_object, inode_guard, names, FileKey, Protection};
 
-use super::{coverage::State, pins, sync_map, Enforcer};
+use super::{coverage::State, map_sync::sync_kernel_map, pins, Enforcer};
 use crate::{
     cgroups,
     identity::{self, FileIdentity},
@@ -94,13 +94,13 @@ impl Enforcer {
             }
         }
         let (mut installed_inodes, mut installed_objects) = (BTreeMap::new(), BTreeMap::new());
-        sync_map(
+        sync_kernel_map(
             self.map_mut(names::PROTECTED_INODES_MAP)?,
             &mut installed_inodes,
             &inodes,
         )
         .context("filling the protected inodes")?;
-        sync_map(
+        sync_kernel_map(
             self.map_mut(names::PROTECTED_BPF_OBJECTS_MAP)?,
             &mut installed_objects,
             &objects,

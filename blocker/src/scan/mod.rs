@@ -111,6 +111,15 @@ pub struct ScanReport {
 /// Walks every root, keeps executable candidates, hashes those of at most `limit_bytes` (cache
 /// first), updates the cache.
 pub fn scan(options: &ScanOptions, limit_bytes: u64) -> ScanReport {
+    scan_where(options, limit_bytes, &|_| true)
+}
+
+/// [`scan`] of the candidates `wanted` accepts a path of: no other file is read.
+pub fn scan_where(
+    options: &ScanOptions,
+    limit_bytes: u64,
+    wanted: &dyn Fn(&Path) -> bool,
+) -> ScanReport {
     let now_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since_epoch| since_epoch.as_nanos() as i128);
@@ -118,6 +127,7 @@ pub fn scan(options: &ScanOptions, limit_bytes: u64) -> ScanReport {
         options,
         now_ns - RECENT_CHANGE.as_nanos() as i128,
         limit_bytes,
+        wanted,
     )
 }
 
@@ -153,6 +163,7 @@ fn scan_caching_changes_before(
     options: &ScanOptions,
     cacheable_ctime_ns: i128,
     limit_bytes: u64,
+    wanted: &dyn Fn(&Path) -> bool,
 ) -> ScanReport {
     let mut warnings = Vec::new();
     let progress = Progress::new(options.progress);
@@ -161,7 +172,8 @@ fn scan_caching_changes_before(
         .as_deref()
         .map(|path| cache::load(path, &mut warnings))
         .unwrap_or_default();
-    let candidates = list_candidates(&options.roots, &progress, &mut warnings);
+    let mut candidates = list_candidates(&options.roots, &progress, &mut warnings);
+    candidates.retain(|candidate| candidate.paths.iter().any(|path| wanted(path)));
     let hashed = hash_candidates(
         &candidates,
         &previous,
@@ -411,7 +423,7 @@ mod tests {
 
     /// Caches every hash, however recent the file: the files of a test are all brand new.
     fn scan_trusting_recent_changes(options: &ScanOptions) -> ScanReport {
-        scan_caching_changes_before(options, i128::MAX, u64::MAX)
+        scan_caching_changes_before(options, i128::MAX, u64::MAX, &|_| true)
     }
 
     fn options(root: &Path, cache_file: Option<PathBuf>) -> ScanOptions {
