@@ -290,6 +290,24 @@ async fn serve(
         .map_err(|error| log::error!("{error:#}"))
         .ok();
     beat(&mut enforcer);
+    // Written before `started`, so that whoever waits for that record finds the status too.
+    let mut status = Publisher::start(
+        status::Setup {
+            path: options.status_file.clone(),
+            policy_dir: options.policy_dir.clone(),
+            kernel: KernelFeatures::detect(&enforcer),
+            features: enforcer.features().clone(),
+            pinned: enforcer.pinned().is_some(),
+            control_socket: control.path().to_owned(),
+        },
+        Snapshot::of(
+            &enforcer,
+            &state.policy,
+            &state.resolution,
+            delivered,
+            &counters,
+        ),
+    );
     sink.emit(Record::Started {
         time: events::now_rfc3339(),
         backend: enforcer.backend().name(),
@@ -311,23 +329,6 @@ async fn serve(
     if let Some(previous) = previous_heartbeat {
         report_lost_daemon(previous, &sink);
     }
-    let mut status = Publisher::start(
-        status::Setup {
-            path: options.status_file.clone(),
-            policy_dir: options.policy_dir.clone(),
-            kernel: KernelFeatures::detect(&enforcer),
-            features: enforcer.features().clone(),
-            pinned: enforcer.pinned().is_some(),
-            control_socket: control.path().to_owned(),
-        },
-        Snapshot::of(
-            &enforcer,
-            &state.policy,
-            &state.resolution,
-            delivered,
-            &counters,
-        ),
-    );
     systemd::notify_ready();
     if resolve::needs_scan(&state.policy) {
         log::info!("content rules: scanning the scan roots in the background");
