@@ -361,6 +361,8 @@ struct AppImageSpec {
 /// Validates one rule's fields, collecting located errors.
 struct RuleChecker<'a> {
     lines: &'a LineStarts<'a>,
+    /// Where the piece of the file the rule was parsed from starts: its spans count from there.
+    base: usize,
     /// N of `rule[N]`: the name is only written out for an error.
     index: usize,
     errors: &'a mut Vec<PolicyError>,
@@ -369,7 +371,7 @@ struct RuleChecker<'a> {
 impl RuleChecker<'_> {
     fn error(&mut self, span: Range<usize>, field: String, message: String) {
         self.errors.push(PolicyError {
-            location: self.lines.location(span.start),
+            location: self.lines.location(self.base + span.start),
             field,
             message,
         });
@@ -715,23 +717,23 @@ pub(crate) fn parse_sources_guarded(
     let mut first_definition: HashMap<String, usize> = HashMap::new();
     for (file, source) in sources {
         let lines = LineStarts::new(file, source);
-        let parsed = match toml::from_str::<PolicyFile>(source) {
+        let (parsed, rules) = match parse_file(source, PIECE_BYTES) {
             Ok(parsed) => parsed,
-            Err(error) => {
-                errors.push(deserialize_error(&lines, &error));
+            Err((base, error)) => {
+                errors.push(deserialize_error(&lines, base, &error));
                 continue;
             }
         };
-        first_definition.reserve(parsed.rule.len());
-        policy.rules.reserve(parsed.rule.len());
-        for (index, spec) in parsed.rule.into_iter().enumerate() {
+        first_definition.reserve(rules.len());
+        policy.rules.reserve(rules.len());
+        for (index, (base, spec)) in rules.into_iter().enumerate() {
             let field = |name: &str| format!("rule[{index}].{name}");
             let error_at = |span: Range<usize>, field: String, message: String| PolicyError {
-                location: lines.location(span.start),
+                location: lines.location(base + span.start),
                 field,
                 message,
             };
-            let id_location = lines.location(spec.id.span().start);
+            let id_location = lines.location(base + spec.id.span().start);
             let id = spec.id.get_ref().clone();
             if let Some(problem) = invalid_rule_id(&id) {
                 errors.push(error_at(spec.id.span(), field("id"), problem));
@@ -751,6 +753,7 @@ pub(crate) fn parse_sources_guarded(
 
             let mut checker = RuleChecker {
                 lines: &lines,
+                base,
                 index,
                 errors: &mut errors,
             };
@@ -815,6 +818,109 @@ pub(crate) fn parse_sources_guarded(
     }
 }
 
+/// The rules of a policy file after the piece it starts with, as [`PolicyFile::rule`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoreRules {
+    rule: Vec<RuleSpec>,
+}
+
+/// A rule as parsed, with the byte offset in its file that its spans count from.
+type ParsedRule = (usize, RuleSpec);
+
+/// A parse error, with the byte offset in its file that its span counts from.
+type ParseError = (usize, toml::de::Error);
+
+/// Roughly how many bytes of a policy file are parsed as one piece.
+const PIECE_BYTES: usize = 1 << 18;
+
+/// Parses a policy file: its header and every rule, or an error (of several, the first piece's
+/// first, which one parse of the whole may not have reported first). A large file is cut
+/// into pieces that are documents of their own, parsed on every CPU: a generated policy of
+/// hundreds of thousands of rules then takes a fraction of the time and memory that one parse
+/// of the whole needs.
+fn parse_file(
+    source: &str,
+    piece_bytes: usize,
+) -> Result<(PolicyFile, Vec<ParsedRule>), ParseError> {
+    let pieces = pieces(source, piece_bytes);
+    let (first, more) = pieces.split_first().unwrap_or((&(0..0), &[]));
+    let mut header: PolicyFile =
+        toml::from_str(&source[first.clone()]).map_err(|error| (0, error))?;
+    let mut rules: Vec<ParsedRule> = std::mem::take(&mut header.rule)
+        .into_iter()
+        .map(|rule| (0, rule))
+        .collect();
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let per_thread = more.len().div_ceil(threads).max(1);
+    let parsed: Vec<Vec<Result<MoreRules, ParseError>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = more
+            .chunks(per_thread)
+            .map(|group| scope.spawn(move || parse_pieces(source, group)))
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| {
+                worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    for (piece, more_rules) in more.iter().zip(parsed.into_iter().flatten()) {
+        rules.extend(more_rules?.rule.into_iter().map(|rule| (piece.start, rule)));
+    }
+    Ok((header, rules))
+}
+
+/// Parses `pieces` of `source` in order, up to the first that fails.
+fn parse_pieces(source: &str, pieces: &[Range<usize>]) -> Vec<Result<MoreRules, ParseError>> {
+    let mut parsed = Vec::new();
+    for piece in pieces {
+        let one = toml::from_str(&source[piece.clone()]).map_err(|error| (piece.start, error));
+        let failed = one.is_err();
+        parsed.push(one);
+        if failed {
+            break;
+        }
+    }
+    parsed
+}
+
+/// Cuts a policy file into pieces of about `piece_bytes`, each after the first starting at a
+/// line `[[rule]]`. Outside a multi-line string such a line is a rule's header or an error
+/// wherever it stands, and the first piece holds the file's header and its first rule, so each
+/// piece parses as it would within the whole: no later piece can define anything but rules,
+/// which `MoreRules` alone accepts. A file with multi-line strings is one piece.
+fn pieces(source: &str, piece_bytes: usize) -> Vec<Range<usize>> {
+    const RULE_HEADER: &str = "[[rule]]";
+    let is_rule_header = |line: &str| {
+        line.trim_start_matches([' ', '\t'])
+            .starts_with(RULE_HEADER)
+    };
+    let mut starts = vec![0];
+    if !source.contains("\"\"\"") && !source.contains("'''") {
+        let mut seen_a_rule = is_rule_header(source);
+        for (newline, _) in source.match_indices('\n') {
+            let line = newline + 1;
+            if !is_rule_header(&source[line..]) {
+                continue;
+            }
+            let last = starts[starts.len() - 1];
+            if seen_a_rule && line - last >= piece_bytes {
+                starts.push(line);
+            }
+            seen_a_rule = true;
+        }
+    }
+    let ends = starts.iter().skip(1).copied().chain([source.len()]);
+    starts
+        .iter()
+        .zip(ends)
+        .map(|(&start, end)| start..end)
+        .collect()
+}
+
 /// The fields a rule names files with, as an error lists them.
 const IDENTIFIER_FIELDS: [&str; 8] = [
     "`sha256`",
@@ -856,8 +962,8 @@ fn invalid_rule_id(id: &str) -> Option<String> {
     })
 }
 
-fn deserialize_error(lines: &LineStarts, error: &toml::de::Error) -> PolicyError {
-    let offset = error.span().map_or(0, |span| span.start);
+fn deserialize_error(lines: &LineStarts, base: usize, error: &toml::de::Error) -> PolicyError {
+    let offset = base + error.span().map_or(0, |span| span.start);
     PolicyError {
         location: lines.location(offset),
         field: field_path_at(lines.source, offset),
@@ -1540,6 +1646,56 @@ appimage = [{ name = "WeChat-*.AppImage" }, { name = "wechat*.AppImage", sha256 
         assert_eq!(lines.location(0).file, Path::new("f.toml"));
     }
 
+    /// Rules, each with its id and where it was found, from parsing `text` in pieces of
+    /// `piece_bytes`.
+    fn rules_in_pieces(text: &str, piece_bytes: usize) -> Result<Vec<(String, usize)>, usize> {
+        match parse_file(text, piece_bytes) {
+            Ok((_, rules)) => Ok(rules
+                .into_iter()
+                .map(|(base, rule)| (rule.id.get_ref().clone(), base + rule.id.span().start))
+                .collect()),
+            Err((base, error)) => Err(base + error.span().map_or(0, |span| span.start)),
+        }
+    }
+
+    #[test]
+    fn files_are_cut_only_at_rule_headers_after_the_first_rule() {
+        let text = "name = \"p\"\n[[rule]]\nid = \"a\"\npaths = [\"/a\"]\n  [[rule]]\nid = \"b\"\npaths = [\"/b\"]\n[[rule]]\nid = \"c\"\npaths = [\"/c\"]\n";
+        let starts: Vec<usize> = pieces(text, 1).iter().map(|piece| piece.start).collect();
+        let second = text.find("  [[rule]]").unwrap();
+        let third = text.rfind("[[rule]]").unwrap();
+        assert_eq!(starts, [0, second, third]);
+        assert_eq!(pieces(text, usize::MAX), [0..text.len()]);
+        assert_eq!(
+            rules_in_pieces(text, 1).unwrap(),
+            rules_in_pieces(text, usize::MAX).unwrap()
+        );
+        // A `[[rule]]` line may be inside a multi-line string: such files are not cut.
+        let quoted = "name = \"p\"\n[[rule]]\nid = \"a\"\ndescription = \"\"\"\n[[rule]]\n\"\"\"\npaths = [\"/a\"]\n";
+        assert_eq!(pieces(quoted, 1), [0..quoted.len()]);
+        assert_eq!(rules_in_pieces(quoted, 1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn errors_in_later_pieces_are_located_in_the_file() {
+        let text = generated_policy(50);
+        let broken = format!("{text}\n[[rule]]\nid = \"extra\"\npath = [\"/y\"]\n");
+        let whole = rules_in_pieces(&broken, usize::MAX).unwrap_err();
+        assert_eq!(rules_in_pieces(&broken, 1).unwrap_err(), whole);
+        let message = single_error(&[("p.toml", &broken)]);
+        assert!(
+            message.starts_with(&format!(
+                "p.toml:{}:1: rule[50].path: unknown field `path`",
+                4 * 50 + 5
+            )),
+            "{message}"
+        );
+        // Anything but rules after the first piece is refused, as in the whole file.
+        let table = format!("{text}\n[other]\nx = 1\n");
+        assert!(rules_in_pieces(&table, 1).is_err());
+        assert!(rules_in_pieces(&table, usize::MAX).is_err());
+    }
+
     /// A generated policy of `rules` rules mixing content, path and glob identifiers.
     fn generated_policy(rules: usize) -> String {
         let mut text = String::from("name = \"generated\"\n");
@@ -1624,6 +1780,24 @@ appimage = [{ name = "WeChat-*.AppImage" }, { name = "wechat*.AppImage", sha256 
             fn globs_without_fallible_syntax_always_parse(pattern in "[^\\[\\]{}\\\\]{0,40}") {
                 prop_assert!(!pattern.contains(GLOB_SYNTAX_THAT_CAN_FAIL));
                 prop_assert!(parse_glob(&pattern).is_ok(), "{pattern}");
+            }
+
+            /// Parsing in pieces finds the rules and their places that one parse of the whole
+            /// finds, and fails where it fails (with several errors, another may come first).
+            #[test]
+            fn pieces_parse_as_the_whole(
+                rules in proptest::collection::vec(("[a-z]{1,4}", "[ \t]{0,2}", "(paths|path|description) = \"[a-z/]{0,4}\"|\\[x\\]|x\\.y = 1|# c|"), 1..8),
+                piece_bytes in 1usize..64,
+            ) {
+                let mut text = String::from("name = \"p\"\n");
+                for (id, indent, extra) in &rules {
+                    text.push_str(&format!("{indent}[[rule]]\nid = \"{id}\"\n{extra}\n"));
+                }
+                let (pieces, whole) = (rules_in_pieces(&text, piece_bytes), rules_in_pieces(&text, usize::MAX));
+                prop_assert_eq!(pieces.is_ok(), whole.is_ok(), "{:?} {:?}", pieces, whole);
+                if let (Ok(pieces), Ok(whole)) = (pieces, whole) {
+                    prop_assert_eq!(pieces, whole);
+                }
             }
 
             /// Rules written with valid ids and paths come back as written, in order.
