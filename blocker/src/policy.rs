@@ -1665,14 +1665,14 @@ appimage = [{ name = "WeChat-*.AppImage" }, { name = "wechat*.AppImage", sha256 
         let second = text.find("  [[rule]]").unwrap();
         let third = text.rfind("[[rule]]").unwrap();
         assert_eq!(starts, [0, second, third]);
-        assert_eq!(pieces(text, usize::MAX), [0..text.len()]);
+        assert_eq!(pieces(text, usize::MAX), vec![0..text.len()]);
         assert_eq!(
             rules_in_pieces(text, 1).unwrap(),
             rules_in_pieces(text, usize::MAX).unwrap()
         );
         // A `[[rule]]` line may be inside a multi-line string: such files are not cut.
         let quoted = "name = \"p\"\n[[rule]]\nid = \"a\"\ndescription = \"\"\"\n[[rule]]\n\"\"\"\npaths = [\"/a\"]\n";
-        assert_eq!(pieces(quoted, 1), [0..quoted.len()]);
+        assert_eq!(pieces(quoted, 1), vec![0..quoted.len()]);
         assert_eq!(rules_in_pieces(quoted, 1).unwrap().len(), 1);
     }
 
