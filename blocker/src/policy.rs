@@ -724,9 +724,13 @@ pub(crate) fn parse_sources_guarded(
                 continue;
             }
         };
-        first_definition.reserve(rules.len());
-        policy.rules.reserve(rules.len());
-        for (index, (base, spec)) in rules.into_iter().enumerate() {
+        let count = rules.iter().map(|(_, piece)| piece.len()).sum();
+        first_definition.reserve(count);
+        policy.rules.reserve(count);
+        let rules = rules
+            .into_iter()
+            .flat_map(|(base, piece)| piece.into_iter().map(move |spec| (base, spec)));
+        for (index, (base, spec)) in rules.enumerate() {
             let field = |name: &str| format!("rule[{index}].{name}");
             let error_at = |span: Range<usize>, field: String, message: String| PolicyError {
                 location: lines.location(base + span.start),
@@ -825,8 +829,9 @@ struct MoreRules {
     rule: Vec<RuleSpec>,
 }
 
-/// A rule as parsed, with the byte offset in its file that its spans count from.
-type ParsedRule = (usize, RuleSpec);
+/// The rules of one piece of a file as parsed, with the byte offset in the file that their
+/// spans count from.
+type ParsedRules = (usize, Vec<RuleSpec>);
 
 /// A parse error, with the byte offset in its file that its span counts from.
 type ParseError = (usize, toml::de::Error);
@@ -842,15 +847,12 @@ const PIECE_BYTES: usize = 1 << 18;
 fn parse_file(
     source: &str,
     piece_bytes: usize,
-) -> Result<(PolicyFile, Vec<ParsedRule>), ParseError> {
+) -> Result<(PolicyFile, Vec<ParsedRules>), ParseError> {
     let pieces = pieces(source, piece_bytes);
     let (first, more) = pieces.split_first().unwrap_or((&(0..0), &[]));
     let mut header: PolicyFile =
         toml::from_str(&source[first.clone()]).map_err(|error| (0, error))?;
-    let mut rules: Vec<ParsedRule> = std::mem::take(&mut header.rule)
-        .into_iter()
-        .map(|rule| (0, rule))
-        .collect();
+    let mut rules: Vec<ParsedRules> = vec![(0, std::mem::take(&mut header.rule))];
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let per_thread = more.len().div_ceil(threads).max(1);
     let parsed: Vec<Vec<Result<MoreRules, ParseError>>> = std::thread::scope(|scope| {
@@ -868,7 +870,7 @@ fn parse_file(
             .collect()
     });
     for (piece, more_rules) in more.iter().zip(parsed.into_iter().flatten()) {
-        rules.extend(more_rules?.rule.into_iter().map(|rule| (piece.start, rule)));
+        rules.push((piece.start, more_rules?.rule));
     }
     Ok((header, rules))
 }
@@ -1650,9 +1652,13 @@ appimage = [{ name = "WeChat-*.AppImage" }, { name = "wechat*.AppImage", sha256 
     /// `piece_bytes`.
     fn rules_in_pieces(text: &str, piece_bytes: usize) -> Result<Vec<(String, usize)>, usize> {
         match parse_file(text, piece_bytes) {
-            Ok((_, rules)) => Ok(rules
+            Ok((_, pieces)) => Ok(pieces
                 .into_iter()
-                .map(|(base, rule)| (rule.id.get_ref().clone(), base + rule.id.span().start))
+                .flat_map(|(base, rules)| {
+                    rules
+                        .into_iter()
+                        .map(move |rule| (rule.id.get_ref().clone(), base + rule.id.span().start))
+                })
                 .collect()),
             Err((base, error)) => Err(base + error.span().map_or(0, |span| span.start)),
         }
