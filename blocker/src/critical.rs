@@ -211,6 +211,15 @@ impl Guard {
         }
     }
 
+    /// A guard for another thread: the same files and contents, resolved paths of its own.
+    pub fn fork(&self) -> Self {
+        Self {
+            files: self.files.clone(),
+            resolver: PathResolver::default(),
+            contents: self.contents.clone(),
+        }
+    }
+
     pub fn resolve(&mut self, path: &Path) -> PathBuf {
         self.resolver.resolve(path)
     }

@@ -363,14 +363,30 @@ struct RuleChecker<'a> {
     lines: &'a LineStarts<'a>,
     /// Where the piece of the file the rule was parsed from starts: its spans count from there.
     base: usize,
-    /// N of `rule[N]`: the name is only written out for an error.
-    index: usize,
-    errors: &'a mut Vec<PolicyError>,
+    errors: &'a mut Vec<RuleError>,
+}
+
+/// A problem in one rule, found before the rule's place among its file's rules is known.
+struct RuleError {
+    location: Location,
+    /// The field below `rule[N]` (`.paths[0]`), empty for the rule itself.
+    field: String,
+    message: String,
+}
+
+impl RuleError {
+    fn in_rule(self, index: usize) -> PolicyError {
+        PolicyError {
+            location: self.location,
+            field: format!("rule[{index}]{}", self.field),
+            message: self.message,
+        }
+    }
 }
 
 impl RuleChecker<'_> {
     fn error(&mut self, span: Range<usize>, field: String, message: String) {
-        self.errors.push(PolicyError {
+        self.errors.push(RuleError {
             location: self.lines.location(self.base + span.start),
             field,
             message,
@@ -389,7 +405,7 @@ impl RuleChecker<'_> {
             match check(item.get_ref()) {
                 Ok(value) => valid.push(value),
                 Err(message) => {
-                    let field = format!("rule[{}].{field}[{index}]", self.index);
+                    let field = format!(".{field}[{index}]");
                     self.error(item.span(), field, message);
                 }
             }
@@ -437,7 +453,7 @@ impl RuleChecker<'_> {
             let name = match file_name_glob(entry.name.get_ref()) {
                 Ok(name) => Some(name),
                 Err(message) => {
-                    let field = format!("rule[{}].{field}.name", self.index);
+                    let field = format!(".{field}.name");
                     self.error(entry.name.span(), field, message);
                     None
                 }
@@ -703,13 +719,13 @@ pub fn policy_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 /// Parses policy files given as `(path, contents)`; rule ids must be unique across all of them,
 /// and no rule may ban `/` or a critical file of this machine (see [`crate::critical`]).
 pub fn parse_sources(sources: &[(PathBuf, String)]) -> Result<Policy, PolicyErrors> {
-    parse_sources_guarded(sources, &mut Guard::of_this_machine())
+    parse_sources_guarded(sources, &Guard::of_this_machine())
 }
 
 /// [`parse_sources`], with the critical files `guard` knows.
 pub(crate) fn parse_sources_guarded(
     sources: &[(PathBuf, String)],
-    guard: &mut Guard,
+    guard: &Guard,
 ) -> Result<Policy, PolicyErrors> {
     let mut errors = Vec::new();
     let mut policy = Policy::default();
@@ -717,78 +733,46 @@ pub(crate) fn parse_sources_guarded(
     let mut first_definition: HashMap<String, usize> = HashMap::new();
     for (file, source) in sources {
         let lines = LineStarts::new(file, source);
-        let (parsed, rules) = match parse_file(source, PIECE_BYTES) {
+        let check_piece =
+            |header: &PolicyFile, base: usize, rules: Vec<RuleSpec>, guard: &mut Guard| {
+                rules
+                    .into_iter()
+                    .map(|spec| check_rule(&lines, base, spec, header, guard))
+                    .collect::<Vec<_>>()
+            };
+        let (parsed, pieces) = match parse_file(source, PIECE_BYTES, guard, &check_piece) {
             Ok(parsed) => parsed,
             Err((base, error)) => {
                 errors.push(deserialize_error(&lines, base, &error));
                 continue;
             }
         };
-        let count = rules.iter().map(|(_, piece)| piece.len()).sum();
+        let count = pieces.iter().map(Vec::len).sum();
         first_definition.reserve(count);
         policy.rules.reserve(count);
-        let rules = rules
-            .into_iter()
-            .flat_map(|(base, piece)| piece.into_iter().map(move |spec| (base, spec)));
-        for (index, (base, spec)) in rules.enumerate() {
-            let field = |name: &str| format!("rule[{index}].{name}");
-            let error_at = |span: Range<usize>, field: String, message: String| PolicyError {
-                location: lines.location(base + span.start),
-                field,
-                message,
-            };
-            let id_location = lines.location(base + spec.id.span().start);
-            let id = spec.id.get_ref().clone();
-            if let Some(problem) = invalid_rule_id(&id) {
-                errors.push(error_at(spec.id.span(), field("id"), problem));
-            } else if let Some(&first) = first_definition.get(&id) {
-                errors.push(error_at(
-                    spec.id.span(),
-                    field("id"),
-                    format!(
-                        "duplicate rule id `{}`, first defined at {}",
-                        escaped(&id),
-                        policy.rules[first].location
-                    ),
-                ));
-            } else {
-                first_definition.insert(id.clone(), policy.rules.len());
+        for (index, checked) in pieces.into_iter().flatten().enumerate() {
+            let CheckedRule {
+                rule,
+                id_valid,
+                errors: rule_errors,
+            } = checked;
+            if id_valid {
+                if let Some(&first) = first_definition.get(&rule.id) {
+                    errors.push(PolicyError {
+                        location: rule.location.clone(),
+                        field: format!("rule[{index}].id"),
+                        message: format!(
+                            "duplicate rule id `{}`, first defined at {}",
+                            escaped(&rule.id),
+                            policy.rules[first].location
+                        ),
+                    });
+                } else {
+                    first_definition.insert(rule.id.clone(), policy.rules.len());
+                }
             }
-
-            let mut checker = RuleChecker {
-                lines: &lines,
-                base,
-                index,
-                errors: &mut errors,
-            };
-            let (ban_critical_files, overrides) = checker.critical_overrides(&spec, guard);
-            let identifiers = checker.identifiers(&spec, guard, &overrides);
-            if identifiers.is_empty() && !lists_any_identifier(&spec) {
-                errors.push(error_at(
-                    spec.id.span(),
-                    format!("rule[{index}]"),
-                    format!(
-                        "rule `{}` names nothing: give at least one of {}",
-                        escaped(&id),
-                        IDENTIFIER_FIELDS.join(", ")
-                    ),
-                ));
-            }
-
-            let action = match parsed.mode {
-                Mode::Enforce => spec.action,
-                Mode::Monitor => Action::Audit,
-            };
-            policy.rules.push(Rule {
-                id,
-                description: spec.description,
-                reason: spec.reason,
-                action,
-                identifiers,
-                ban_critical_files,
-                policy: parsed.name.clone(),
-                location: id_location,
-            });
+            errors.extend(rule_errors.into_iter().map(|error| error.in_rule(index)));
+            policy.rules.push(rule);
         }
         let hash_limit_mib = parsed.hash_limit_mib.and_then(|limit| {
             let valid = u32::try_from(*limit.get_ref()).ok().filter(|&mib| mib >= 1);
@@ -829,36 +813,56 @@ struct MoreRules {
     rule: Vec<RuleSpec>,
 }
 
-/// The rules of one piece of a file as parsed, with the byte offset in the file that their
-/// spans count from.
-type ParsedRules = (usize, Vec<RuleSpec>);
-
 /// A parse error, with the byte offset in its file that its span counts from.
 type ParseError = (usize, toml::de::Error);
 
 /// Roughly how many bytes of a policy file are parsed as one piece.
 const PIECE_BYTES: usize = 1 << 18;
 
-/// Parses a policy file: its header and every rule, or an error (of several, the first piece's
-/// first, which one parse of the whole may not have reported first). A large file is cut
-/// into pieces that are documents of their own, parsed on every CPU: a generated policy of
-/// hundreds of thousands of rules then takes a fraction of the time and memory that one parse
-/// of the whole needs.
-fn parse_file(
+/// What is done with the rules of one piece of a file, given the file's header, the offset the
+/// rules' spans count from, and a guard of the thread's own.
+type PieceCheck<'a, T> = dyn Fn(&PolicyFile, usize, Vec<RuleSpec>, &mut Guard) -> T + Sync + 'a;
+
+/// Parses a policy file and checks its rules: its header and what `check` made of each piece's
+/// rules, in order, or an error (of several, the first piece's first, which one parse of the
+/// whole may not have reported first). A large file is cut into pieces that are documents of
+/// their own, parsed and checked on every CPU: a generated policy of hundreds of thousands of
+/// rules then takes a fraction of the time and memory that one parse of the whole needs.
+fn parse_file<T: Send>(
     source: &str,
     piece_bytes: usize,
-) -> Result<(PolicyFile, Vec<ParsedRules>), ParseError> {
+    guard: &Guard,
+    check: &PieceCheck<'_, T>,
+) -> Result<(PolicyFile, Vec<T>), ParseError> {
     let pieces = pieces(source, piece_bytes);
     let (first, more) = pieces.split_first().unwrap_or((&(0..0), &[]));
     let mut header: PolicyFile =
         toml::from_str(&source[first.clone()]).map_err(|error| (0, error))?;
-    let mut rules: Vec<ParsedRules> = vec![(0, std::mem::take(&mut header.rule))];
+    let first_rules = std::mem::take(&mut header.rule);
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let per_thread = more.len().div_ceil(threads).max(1);
-    let parsed: Vec<Vec<Result<MoreRules, ParseError>>> = std::thread::scope(|scope| {
+    let shared = &header;
+    let parsed: Vec<Vec<Result<T, ParseError>>> = std::thread::scope(|scope| {
         let workers: Vec<_> = more
             .chunks(per_thread)
-            .map(|group| scope.spawn(move || parse_pieces(source, group)))
+            .map(|group| {
+                let mut guard = guard.fork();
+                scope.spawn(move || {
+                    let mut checked = Vec::new();
+                    for piece in group {
+                        match toml::from_str::<MoreRules>(&source[piece.clone()]) {
+                            Ok(more) => {
+                                checked.push(Ok(check(shared, piece.start, more.rule, &mut guard)))
+                            }
+                            Err(error) => {
+                                checked.push(Err((piece.start, error)));
+                                break;
+                            }
+                        }
+                    }
+                    checked
+                })
+            })
             .collect();
         workers
             .into_iter()
@@ -869,24 +873,78 @@ fn parse_file(
             })
             .collect()
     });
-    for (piece, more_rules) in more.iter().zip(parsed.into_iter().flatten()) {
-        rules.push((piece.start, more_rules?.rule));
+    let mut checked = vec![check(shared, 0, first_rules, &mut guard.fork())];
+    for piece in parsed.into_iter().flatten() {
+        checked.push(piece?);
     }
-    Ok((header, rules))
+    Ok((header, checked))
 }
 
-/// Parses `pieces` of `source` in order, up to the first that fails.
-fn parse_pieces(source: &str, pieces: &[Range<usize>]) -> Vec<Result<MoreRules, ParseError>> {
-    let mut parsed = Vec::new();
-    for piece in pieces {
-        let one = toml::from_str(&source[piece.clone()]).map_err(|error| (piece.start, error));
-        let failed = one.is_err();
-        parsed.push(one);
-        if failed {
-            break;
-        }
+/// A rule as applied, with its problems: all but a duplicate id, which only the rules of every
+/// file together show.
+struct CheckedRule {
+    rule: Rule,
+    /// Whether the id may be checked for duplicates (an invalid one is an error already).
+    id_valid: bool,
+    errors: Vec<RuleError>,
+}
+
+/// Checks one rule of a file, whose spans count from `base`.
+fn check_rule(
+    lines: &LineStarts,
+    base: usize,
+    mut spec: RuleSpec,
+    header: &PolicyFile,
+    guard: &mut Guard,
+) -> CheckedRule {
+    let mut errors = Vec::new();
+    let location = lines.location(base + spec.id.span().start);
+    let id = std::mem::take(spec.id.get_mut());
+    let invalid_id = invalid_rule_id(&id);
+    let id_valid = invalid_id.is_none();
+    if let Some(problem) = invalid_id {
+        errors.push(RuleError {
+            location: location.clone(),
+            field: ".id".to_owned(),
+            message: problem,
+        });
     }
-    parsed
+    let mut checker = RuleChecker {
+        lines,
+        base,
+        errors: &mut errors,
+    };
+    let (ban_critical_files, overrides) = checker.critical_overrides(&spec, guard);
+    let identifiers = checker.identifiers(&spec, guard, &overrides);
+    if identifiers.is_empty() && !lists_any_identifier(&spec) {
+        errors.push(RuleError {
+            location: location.clone(),
+            field: String::new(),
+            message: format!(
+                "rule `{}` names nothing: give at least one of {}",
+                escaped(&id),
+                IDENTIFIER_FIELDS.join(", ")
+            ),
+        });
+    }
+    let action = match header.mode {
+        Mode::Enforce => spec.action,
+        Mode::Monitor => Action::Audit,
+    };
+    CheckedRule {
+        rule: Rule {
+            id,
+            description: spec.description,
+            reason: spec.reason,
+            action,
+            identifiers,
+            ban_critical_files,
+            policy: header.name.clone(),
+            location,
+        },
+        id_valid,
+        errors,
+    }
 }
 
 /// Cuts a policy file into pieces of about `piece_bytes`, each after the first starting at a
@@ -1651,15 +1709,14 @@ appimage = [{ name = "WeChat-*.AppImage" }, { name = "wechat*.AppImage", sha256 
     /// Rules, each with its id and where it was found, from parsing `text` in pieces of
     /// `piece_bytes`.
     fn rules_in_pieces(text: &str, piece_bytes: usize) -> Result<Vec<(String, usize)>, usize> {
-        match parse_file(text, piece_bytes) {
-            Ok((_, pieces)) => Ok(pieces
+        let ids = |_: &PolicyFile, base: usize, rules: Vec<RuleSpec>, _: &mut Guard| {
+            rules
                 .into_iter()
-                .flat_map(|(base, rules)| {
-                    rules
-                        .into_iter()
-                        .map(move |rule| (rule.id.get_ref().clone(), base + rule.id.span().start))
-                })
-                .collect()),
+                .map(|rule| (rule.id.get_ref().clone(), base + rule.id.span().start))
+                .collect::<Vec<_>>()
+        };
+        match parse_file(text, piece_bytes, &Guard::new(Vec::new()), &ids) {
+            Ok((_, pieces)) => Ok(pieces.into_iter().flatten().collect()),
             Err((base, error)) => Err(base + error.span().map_or(0, |span| span.start)),
         }
     }
