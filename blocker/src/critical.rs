@@ -11,6 +11,7 @@
 use std::{
     collections::HashMap,
     ffi::OsStr,
+    io,
     os::unix::{ffi::OsStrExt, fs::MetadataExt},
     path::{Component, Path, PathBuf},
     sync::Mutex,
@@ -210,6 +211,15 @@ impl Guard {
         }
     }
 
+    /// A guard for another thread: the same files and contents, resolved paths of its own.
+    pub fn fork(&self) -> Self {
+        Self {
+            files: self.files.clone(),
+            resolver: PathResolver::default(),
+            contents: self.contents.clone(),
+        }
+    }
+
     pub fn resolve(&mut self, path: &Path) -> PathBuf {
         self.resolver.resolve(path)
     }
@@ -233,11 +243,10 @@ impl Guard {
             // A cheap byte comparison first: most directories hold no critical file.
             let below = path.starts_with(directory)
                 && (directory.ends_with(b"/") || path.get(directory.len()) == Some(&b'/'));
-            let relative = file
-                .resolved
-                .strip_prefix(resolved)
-                .ok()
-                .filter(|_| below)?;
+            if !below {
+                return None;
+            }
+            let relative = file.resolved.strip_prefix(resolved).ok()?;
             Some((file, written.join(relative)))
         })
     }
@@ -253,10 +262,20 @@ impl Guard {
 /// Resolves absolute paths the way the kernel would (symlinks followed, `..` taken after them),
 /// as far as they exist; the rest is taken as written, `..` removing a component. Directories
 /// are remembered, so resolving many paths below the same directories costs one `readlink`
-/// per new component.
+/// per new component; below a missing component nothing is asked nor remembered, so the many
+/// paths a generated policy names under one missing directory cost nothing each.
 #[derive(Default)]
 pub struct PathResolver {
-    resolved: HashMap<PathBuf, PathBuf>,
+    resolved: HashMap<PathBuf, Resolved>,
+}
+
+/// A path resolved as far as it exists.
+#[derive(Clone)]
+struct Resolved {
+    path: PathBuf,
+    /// Whether a component was found missing (or not a directory): then nothing below exists
+    /// and the rest of the path is taken as written.
+    missing: bool,
 }
 
 /// As the kernel's `MAXSYMLINKS`: more links in one resolution is a loop.
@@ -264,26 +283,37 @@ const MAX_SYMLINKS: usize = 40;
 
 impl PathResolver {
     pub fn resolve(&mut self, path: &Path) -> PathBuf {
-        self.resolve_following(path, 0)
+        self.resolve_following(path, 0).path
     }
 
-    fn resolve_following(&mut self, path: &Path, links_followed: usize) -> PathBuf {
-        let mut current = PathBuf::from("/");
+    fn resolve_following(&mut self, path: &Path, links_followed: usize) -> Resolved {
+        let mut current = Resolved {
+            path: PathBuf::from("/"),
+            missing: false,
+        };
         for component in path.components() {
             match component {
-                Component::RootDir | Component::Prefix(_) => current = PathBuf::from("/"),
+                Component::RootDir | Component::Prefix(_) => {
+                    current = Resolved {
+                        path: PathBuf::from("/"),
+                        missing: false,
+                    }
+                }
                 Component::CurDir => {}
                 Component::ParentDir => {
-                    current.pop();
+                    current.path.pop();
+                    // The parent may exist: ask again from there.
+                    current.missing = false;
                 }
-                Component::Normal(name) => current = self.step(&current, name, links_followed),
+                Component::Normal(name) if current.missing => current.path.push(name),
+                Component::Normal(name) => current = self.step(&current.path, name, links_followed),
             }
         }
         current
     }
 
-    /// `directory/name`, resolved; `directory` is resolved already.
-    fn step(&mut self, directory: &Path, name: &OsStr, links_followed: usize) -> PathBuf {
+    /// `directory/name`, resolved; `directory` is resolved already and exists.
+    fn step(&mut self, directory: &Path, name: &OsStr, links_followed: usize) -> Resolved {
         let next = directory.join(name);
         if let Some(resolved) = self.resolved.get(&next) {
             return resolved.clone();
@@ -292,8 +322,22 @@ impl PathResolver {
             Ok(target) if links_followed < MAX_SYMLINKS => {
                 self.resolve_following(&directory.join(target), links_followed + 1)
             }
-            // Not a symlink, missing, or a loop: as written.
-            _ => next.clone(),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                Resolved {
+                    path: next.clone(),
+                    missing: true,
+                }
+            }
+            // Not a symlink, or a loop: as written.
+            _ => Resolved {
+                path: next.clone(),
+                missing: false,
+            },
         };
         self.resolved.insert(next, resolved.clone());
         resolved
@@ -322,6 +366,13 @@ mod tests {
         assert_eq!(resolve("missing/../usr/./bin"), root.join("usr/bin"));
         assert_eq!(resolve("loop"), root.join("loop"), "loops end");
         assert_eq!(
+            resolve("missing/deeper/../../bin/sh"),
+            root.join("usr/bin/sh"),
+            "`..` out of a missing directory resolves again"
+        );
+        std::fs::write(root.join("file"), b"").unwrap();
+        assert_eq!(resolve("file/x/y/.."), root.join("file/x"));
+        assert_eq!(
             PathResolver::default().resolve(Path::new("//.")),
             Path::new("/")
         );
@@ -332,6 +383,29 @@ mod tests {
         assert_eq!(
             PathResolver::default().resolve(Path::new("/proc/self/root/usr/..")),
             Path::new("/")
+        );
+    }
+
+    #[test]
+    fn nothing_below_a_missing_directory_is_asked_or_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let mut resolver = PathResolver::default();
+        let remembered_before = {
+            resolver.resolve(&root.join("missing"));
+            resolver.resolved.len()
+        };
+        for n in 0..100 {
+            let path = root.join(format!("missing/{n}/bin"));
+            assert_eq!(resolver.resolve(&path), path);
+        }
+        assert_eq!(resolver.resolved.len(), remembered_before);
+        std::fs::create_dir(root.join("missing")).unwrap();
+        std::os::unix::fs::symlink(&root, root.join("missing/up")).unwrap();
+        assert_eq!(
+            PathResolver::default().resolve(&root.join("missing/up/missing")),
+            root.join("missing"),
+            "a fresh resolver sees what exists now"
         );
     }
 

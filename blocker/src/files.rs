@@ -572,7 +572,16 @@ fn read_level(
                 if name == c"." || name == c".." {
                     continue;
                 }
-                let child_path = path.join(OsStr::from_bytes(name.to_bytes()));
+                // Only directories and regular files matter, and an inode keeps its type: what
+                // the listing says is something else (a symlink, which is never followed, a
+                // device, a socket) needs no `stat`. Filesystems that do not say are asked.
+                if !matches!(
+                    entry.file_type(),
+                    FileType::Directory | FileType::RegularFile | FileType::Unknown
+                ) {
+                    continue;
+                }
+                let child_path = || path.join(OsStr::from_bytes(name.to_bytes()));
                 // Not following symlinks: a symlink is neither walked into nor reported.
                 match statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW) {
                     Ok(stat) => {
@@ -583,13 +592,13 @@ fn read_level(
                             let file = WalkedFile {
                                 directory: fd.as_fd(),
                                 name,
-                                path: child_path,
+                                path: child_path(),
                                 status,
                             };
                             visit(file, problems);
                         }
                     }
-                    Err(error) => problems.failed(&child_path, error),
+                    Err(error) => problems.failed(&child_path(), error),
                 }
             }
         }
@@ -617,6 +626,7 @@ mod tests {
         std::fs::write(root.join("a/b/libz.so.1"), b"x").unwrap();
         std::os::unix::fs::symlink(root, root.join("a/b/loop")).unwrap();
         std::os::unix::fs::symlink("/usr/bin", root.join("a/outside")).unwrap();
+        let _socket = std::os::unix::net::UnixListener::bind(root.join("a/socket")).unwrap();
 
         let mut problems = Problems::default();
         let mut found: Vec<_> = walk(root, &mut problems)

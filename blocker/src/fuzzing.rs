@@ -34,9 +34,9 @@ pub fn policy(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let mut guard = Guard::new(CRITICAL.get_or_init(critical_files).clone());
+    let guard = Guard::new(CRITICAL.get_or_init(critical_files).clone());
     let sources = [(PathBuf::from("fuzz.toml"), text.to_owned())];
-    match policy::parse_sources_guarded(&sources, &mut guard) {
+    match policy::parse_sources_guarded(&sources, &guard) {
         Ok(policy) => assert!(policy.rules.iter().all(|rule| !rule.id.is_empty())),
         Err(errors) => {
             let lines = text.split('\n').count();

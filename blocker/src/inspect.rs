@@ -5,6 +5,7 @@ use crate::{
     listed::log_listed,
 };
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     process::ExitCode,
 };
@@ -26,12 +27,15 @@ pub const EXIT_NOT_BANNED: u8 = 1;
 /// `blocker check DIR`: parses and validates, touching nothing else.
 pub fn check(policy_dir: &Path) -> Result<ExitCode> {
     let policy = policy::load_dir(policy_dir)?;
+    let mut rules_per_file: HashMap<&Path, usize> = HashMap::new();
+    for rule in &policy.rules {
+        *rules_per_file.entry(&rule.location.file).or_default() += 1;
+    }
     for header in &policy.policies {
-        let rules = policy
-            .rules
-            .iter()
-            .filter(|rule| rule.location.file == header.file)
-            .count();
+        let rules = rules_per_file
+            .get(header.file.as_path())
+            .copied()
+            .unwrap_or_default();
         println!(
             "{}: policy `{}` ({}), {rules} rules",
             escaped(&header.file),

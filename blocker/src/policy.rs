@@ -361,15 +361,33 @@ struct AppImageSpec {
 /// Validates one rule's fields, collecting located errors.
 struct RuleChecker<'a> {
     lines: &'a LineStarts<'a>,
-    /// `rule[N]`
-    rule: String,
-    errors: &'a mut Vec<PolicyError>,
+    /// Where the piece of the file the rule was parsed from starts: its spans count from there.
+    base: usize,
+    errors: &'a mut Vec<RuleError>,
+}
+
+/// A problem in one rule, found before the rule's place among its file's rules is known.
+struct RuleError {
+    location: Location,
+    /// The field below `rule[N]` (`.paths[0]`), empty for the rule itself.
+    field: String,
+    message: String,
+}
+
+impl RuleError {
+    fn in_rule(self, index: usize) -> PolicyError {
+        PolicyError {
+            location: self.location,
+            field: format!("rule[{index}]{}", self.field),
+            message: self.message,
+        }
+    }
 }
 
 impl RuleChecker<'_> {
     fn error(&mut self, span: Range<usize>, field: String, message: String) {
-        self.errors.push(PolicyError {
-            location: self.lines.location(span.start),
+        self.errors.push(RuleError {
+            location: self.lines.location(self.base + span.start),
             field,
             message,
         });
@@ -387,7 +405,7 @@ impl RuleChecker<'_> {
             match check(item.get_ref()) {
                 Ok(value) => valid.push(value),
                 Err(message) => {
-                    let field = format!("{}.{field}[{index}]", self.rule);
+                    let field = format!(".{field}[{index}]");
                     self.error(item.span(), field, message);
                 }
             }
@@ -435,7 +453,7 @@ impl RuleChecker<'_> {
             let name = match file_name_glob(entry.name.get_ref()) {
                 Ok(name) => Some(name),
                 Err(message) => {
-                    let field = format!("{}.{field}.name", self.rule);
+                    let field = format!(".{field}.name");
                     self.error(entry.name.span(), field, message);
                     None
                 }
@@ -573,6 +591,20 @@ fn parse_glob(pattern: &str) -> Result<Glob, String> {
         .map_err(|error| error.kind().to_string())
 }
 
+/// The characters of a glob's classes (`[a-z]`), alternates (`{a,b}`) and escapes: the only
+/// syntax globset can find errors in.
+const GLOB_SYNTAX_THAT_CAN_FAIL: [char; 5] = ['[', ']', '{', '}', '\\'];
+
+/// Finds every error in a glob. Parsing one costs about as much as the rest of a rule's checks,
+/// and generated policies hold many globs of only literals, `*`, `?` and `**`, which cannot be
+/// wrong: only the others are parsed.
+fn check_glob(pattern: &str) -> Result<(), String> {
+    if pattern.contains(GLOB_SYNTAX_THAT_CAN_FAIL) {
+        parse_glob(pattern)?;
+    }
+    Ok(())
+}
+
 /// The directory a glob's matches all lie under: its components before the first wildcard.
 pub fn glob_base(pattern: &str) -> PathBuf {
     let mut base = PathBuf::from("/");
@@ -609,7 +641,7 @@ fn path_glob(pattern: &str, guard: &mut Guard, overrides: &Overrides) -> Result<
             "`{shown}` has an empty, `.` or `..` component: paths are matched in normal form, so it can never match"
         ));
     }
-    let glob = parse_glob(pattern)?;
+    check_glob(pattern)?;
     let base = glob_base(pattern);
     let resolved = guard.resolve(&base);
     if resolved.parent().is_none() {
@@ -623,7 +655,9 @@ fn path_glob(pattern: &str, guard: &mut Guard, overrides: &Overrides) -> Result<
         ));
     }
     let below: Vec<(&CriticalFile, PathBuf)> = guard.below(&base, &resolved).collect();
-    let matcher = (!below.is_empty()).then(|| glob.compile_matcher());
+    let matcher = (!below.is_empty())
+        .then(|| compile_glob(pattern))
+        .transpose()?;
     let matched = below
         .into_iter()
         .filter(|(_, walked_as)| matcher.as_ref().is_some_and(|m| m.is_match(walked_as)))
@@ -642,7 +676,7 @@ fn file_name_glob(pattern: &str) -> Result<String, String> {
             escaped(pattern)
         ));
     }
-    parse_glob(pattern)?;
+    check_glob(pattern)?;
     Ok(pattern.to_owned())
 }
 
@@ -685,83 +719,60 @@ pub fn policy_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 /// Parses policy files given as `(path, contents)`; rule ids must be unique across all of them,
 /// and no rule may ban `/` or a critical file of this machine (see [`crate::critical`]).
 pub fn parse_sources(sources: &[(PathBuf, String)]) -> Result<Policy, PolicyErrors> {
-    parse_sources_guarded(sources, &mut Guard::of_this_machine())
+    parse_sources_guarded(sources, &Guard::of_this_machine())
 }
 
 /// [`parse_sources`], with the critical files `guard` knows.
 pub(crate) fn parse_sources_guarded(
     sources: &[(PathBuf, String)],
-    guard: &mut Guard,
+    guard: &Guard,
 ) -> Result<Policy, PolicyErrors> {
     let mut errors = Vec::new();
     let mut policy = Policy::default();
-    let mut first_definition: HashMap<String, Location> = HashMap::new();
+    // Rule ids seen so far, with the position in `policy.rules` of the rule that defined each.
+    let mut first_definition: HashMap<String, usize> = HashMap::new();
     for (file, source) in sources {
         let lines = LineStarts::new(file, source);
-        let parsed = match toml::from_str::<PolicyFile>(source) {
+        let check_piece =
+            |header: &PolicyFile, base: usize, rules: Vec<RuleSpec>, guard: &mut Guard| {
+                rules
+                    .into_iter()
+                    .map(|spec| check_rule(&lines, base, spec, header, guard))
+                    .collect::<Vec<_>>()
+            };
+        let (parsed, pieces) = match parse_file(source, PIECE_BYTES, guard, &check_piece) {
             Ok(parsed) => parsed,
-            Err(error) => {
-                errors.push(deserialize_error(&lines, &error));
+            Err((base, error)) => {
+                errors.push(deserialize_error(&lines, base, &error));
                 continue;
             }
         };
-        for (index, spec) in parsed.rule.into_iter().enumerate() {
-            let field = |name: &str| format!("rule[{index}].{name}");
-            let error_at = |span: Range<usize>, field: String, message: String| PolicyError {
-                location: lines.location(span.start),
-                field,
-                message,
-            };
-            let id_location = lines.location(spec.id.span().start);
-            let id = spec.id.get_ref().clone();
-            if let Some(problem) = invalid_rule_id(&id) {
-                errors.push(error_at(spec.id.span(), field("id"), problem));
-            } else if let Some(first) = first_definition.get(&id) {
-                errors.push(error_at(
-                    spec.id.span(),
-                    field("id"),
-                    format!(
-                        "duplicate rule id `{}`, first defined at {first}",
-                        escaped(&id)
-                    ),
-                ));
-            } else {
-                first_definition.insert(id.clone(), id_location.clone());
+        let count = pieces.iter().map(Vec::len).sum();
+        first_definition.reserve(count);
+        policy.rules.reserve(count);
+        for (index, checked) in pieces.into_iter().flatten().enumerate() {
+            let CheckedRule {
+                rule,
+                id_valid,
+                errors: rule_errors,
+            } = checked;
+            if id_valid {
+                if let Some(&first) = first_definition.get(&rule.id) {
+                    errors.push(PolicyError {
+                        location: rule.location.clone(),
+                        field: format!("rule[{index}].id"),
+                        message: format!(
+                            "duplicate rule id `{}`, first defined at {}",
+                            escaped(&rule.id),
+                            policy.rules[first].location
+                        ),
+                    });
+                } else {
+                    first_definition.insert(rule.id.clone(), policy.rules.len());
+                }
             }
-
-            let mut checker = RuleChecker {
-                lines: &lines,
-                rule: format!("rule[{index}]"),
-                errors: &mut errors,
-            };
-            let (ban_critical_files, overrides) = checker.critical_overrides(&spec, guard);
-            let identifiers = checker.identifiers(&spec, guard, &overrides);
-            if identifiers.is_empty() && !lists_any_identifier(&spec) {
-                errors.push(error_at(
-                    spec.id.span(),
-                    format!("rule[{index}]"),
-                    format!(
-                        "rule `{}` names nothing: give at least one of {}",
-                        escaped(&id),
-                        IDENTIFIER_FIELDS.join(", ")
-                    ),
-                ));
-            }
-
-            let action = match parsed.mode {
-                Mode::Enforce => spec.action,
-                Mode::Monitor => Action::Audit,
-            };
-            policy.rules.push(Rule {
-                id,
-                description: spec.description,
-                reason: spec.reason,
-                action,
-                identifiers,
-                ban_critical_files,
-                policy: parsed.name.clone(),
-                location: id_location,
-            });
+            errors.extend(rule_errors.into_iter().map(|error| error.in_rule(index)));
+            policy.rules.push(rule);
         }
         let hash_limit_mib = parsed.hash_limit_mib.and_then(|limit| {
             let valid = u32::try_from(*limit.get_ref()).ok().filter(|&mib| mib >= 1);
@@ -793,6 +804,181 @@ pub(crate) fn parse_sources_guarded(
     } else {
         Err(PolicyErrors(errors))
     }
+}
+
+/// The rules of a policy file after the piece it starts with, as [`PolicyFile::rule`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoreRules {
+    rule: Vec<RuleSpec>,
+}
+
+/// A parse error, with the byte offset in its file that its span counts from.
+type ParseError = (usize, toml::de::Error);
+
+/// Roughly how many bytes of a policy file are parsed as one piece.
+const PIECE_BYTES: usize = 1 << 18;
+
+/// What is done with the rules of one piece of a file, given the file's header, the offset the
+/// rules' spans count from, and a guard of the thread's own.
+type PieceCheck<'a, T> = dyn Fn(&PolicyFile, usize, Vec<RuleSpec>, &mut Guard) -> T + Sync + 'a;
+
+/// Parses a policy file and checks its rules: its header and what `check` made of each piece's
+/// rules, in order, or an error (of several, the first piece's first, which one parse of the
+/// whole may not have reported first). A large file is cut into pieces that are documents of
+/// their own, parsed and checked on every CPU: a generated policy of hundreds of thousands of
+/// rules then takes a fraction of the time and memory that one parse of the whole needs.
+fn parse_file<T: Send>(
+    source: &str,
+    piece_bytes: usize,
+    guard: &Guard,
+    check: &PieceCheck<'_, T>,
+) -> Result<(PolicyFile, Vec<T>), ParseError> {
+    let pieces = pieces(source, piece_bytes);
+    let (first, more) = pieces.split_first().unwrap_or((&(0..0), &[]));
+    let mut header: PolicyFile =
+        toml::from_str(&source[first.clone()]).map_err(|error| (0, error))?;
+    let first_rules = std::mem::take(&mut header.rule);
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let per_thread = more.len().div_ceil(threads).max(1);
+    let shared = &header;
+    let parsed: Vec<Vec<Result<T, ParseError>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = more
+            .chunks(per_thread)
+            .map(|group| {
+                let mut guard = guard.fork();
+                scope.spawn(move || {
+                    let mut checked = Vec::new();
+                    for piece in group {
+                        match toml::from_str::<MoreRules>(&source[piece.clone()]) {
+                            Ok(more) => {
+                                checked.push(Ok(check(shared, piece.start, more.rule, &mut guard)))
+                            }
+                            Err(error) => {
+                                checked.push(Err((piece.start, error)));
+                                break;
+                            }
+                        }
+                    }
+                    checked
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| {
+                worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    let mut checked = vec![check(shared, 0, first_rules, &mut guard.fork())];
+    for piece in parsed.into_iter().flatten() {
+        checked.push(piece?);
+    }
+    Ok((header, checked))
+}
+
+/// A rule as applied, with its problems: all but a duplicate id, which only the rules of every
+/// file together show.
+struct CheckedRule {
+    rule: Rule,
+    /// Whether the id may be checked for duplicates (an invalid one is an error already).
+    id_valid: bool,
+    errors: Vec<RuleError>,
+}
+
+/// Checks one rule of a file, whose spans count from `base`.
+fn check_rule(
+    lines: &LineStarts,
+    base: usize,
+    mut spec: RuleSpec,
+    header: &PolicyFile,
+    guard: &mut Guard,
+) -> CheckedRule {
+    let mut errors = Vec::new();
+    let location = lines.location(base + spec.id.span().start);
+    let id = std::mem::take(spec.id.get_mut());
+    let invalid_id = invalid_rule_id(&id);
+    let id_valid = invalid_id.is_none();
+    if let Some(problem) = invalid_id {
+        errors.push(RuleError {
+            location: location.clone(),
+            field: ".id".to_owned(),
+            message: problem,
+        });
+    }
+    let mut checker = RuleChecker {
+        lines,
+        base,
+        errors: &mut errors,
+    };
+    let (ban_critical_files, overrides) = checker.critical_overrides(&spec, guard);
+    let identifiers = checker.identifiers(&spec, guard, &overrides);
+    if identifiers.is_empty() && !lists_any_identifier(&spec) {
+        errors.push(RuleError {
+            location: location.clone(),
+            field: String::new(),
+            message: format!(
+                "rule `{}` names nothing: give at least one of {}",
+                escaped(&id),
+                IDENTIFIER_FIELDS.join(", ")
+            ),
+        });
+    }
+    let action = match header.mode {
+        Mode::Enforce => spec.action,
+        Mode::Monitor => Action::Audit,
+    };
+    CheckedRule {
+        rule: Rule {
+            id,
+            description: spec.description,
+            reason: spec.reason,
+            action,
+            identifiers,
+            ban_critical_files,
+            policy: header.name.clone(),
+            location,
+        },
+        id_valid,
+        errors,
+    }
+}
+
+/// Cuts a policy file into pieces of about `piece_bytes`, each after the first starting at a
+/// line `[[rule]]`. Outside a multi-line string such a line is a rule's header or an error
+/// wherever it stands, and the first piece holds the file's header and its first rule, so each
+/// piece parses as it would within the whole: no later piece can define anything but rules,
+/// which `MoreRules` alone accepts. A file with multi-line strings is one piece.
+fn pieces(source: &str, piece_bytes: usize) -> Vec<Range<usize>> {
+    const RULE_HEADER: &str = "[[rule]]";
+    let is_rule_header = |line: &str| {
+        line.trim_start_matches([' ', '\t'])
+            .starts_with(RULE_HEADER)
+    };
+    let mut starts = vec![0];
+    if !source.contains("\"\"\"") && !source.contains("'''") {
+        let mut seen_a_rule = is_rule_header(source);
+        for (newline, _) in source.match_indices('\n') {
+            let line = newline + 1;
+            if !is_rule_header(&source[line..]) {
+                continue;
+            }
+            let last = starts[starts.len() - 1];
+            if seen_a_rule && line - last >= piece_bytes {
+                starts.push(line);
+            }
+            seen_a_rule = true;
+        }
+    }
+    let ends = starts.iter().skip(1).copied().chain([source.len()]);
+    starts
+        .iter()
+        .zip(ends)
+        .map(|(&start, end)| start..end)
+        .collect()
 }
 
 /// The fields a rule names files with, as an error lists them.
@@ -836,8 +1022,8 @@ fn invalid_rule_id(id: &str) -> Option<String> {
     })
 }
 
-fn deserialize_error(lines: &LineStarts, error: &toml::de::Error) -> PolicyError {
-    let offset = error.span().map_or(0, |span| span.start);
+fn deserialize_error(lines: &LineStarts, base: usize, error: &toml::de::Error) -> PolicyError {
+    let offset = base + error.span().map_or(0, |span| span.start);
     PolicyError {
         location: lines.location(offset),
         field: field_path_at(lines.source, offset),
@@ -1520,6 +1706,59 @@ appimage = [{ name = "WeChat-*.AppImage" }, { name = "wechat*.AppImage", sha256 
         assert_eq!(lines.location(0).file, Path::new("f.toml"));
     }
 
+    /// Rules, each with its id and where it was found, from parsing `text` in pieces of
+    /// `piece_bytes`.
+    fn rules_in_pieces(text: &str, piece_bytes: usize) -> Result<Vec<(String, usize)>, usize> {
+        let ids = |_: &PolicyFile, base: usize, rules: Vec<RuleSpec>, _: &mut Guard| {
+            rules
+                .into_iter()
+                .map(|rule| (rule.id.get_ref().clone(), base + rule.id.span().start))
+                .collect::<Vec<_>>()
+        };
+        match parse_file(text, piece_bytes, &Guard::new(Vec::new()), &ids) {
+            Ok((_, pieces)) => Ok(pieces.into_iter().flatten().collect()),
+            Err((base, error)) => Err(base + error.span().map_or(0, |span| span.start)),
+        }
+    }
+
+    #[test]
+    fn files_are_cut_only_at_rule_headers_after_the_first_rule() {
+        let text = "name = \"p\"\n[[rule]]\nid = \"a\"\npaths = [\"/a\"]\n  [[rule]]\nid = \"b\"\npaths = [\"/b\"]\n[[rule]]\nid = \"c\"\npaths = [\"/c\"]\n";
+        let starts: Vec<usize> = pieces(text, 1).iter().map(|piece| piece.start).collect();
+        let second = text.find("  [[rule]]").unwrap();
+        let third = text.rfind("[[rule]]").unwrap();
+        assert_eq!(starts, [0, second, third]);
+        assert_eq!(pieces(text, usize::MAX), vec![0..text.len()]);
+        assert_eq!(
+            rules_in_pieces(text, 1).unwrap(),
+            rules_in_pieces(text, usize::MAX).unwrap()
+        );
+        // A `[[rule]]` line may be inside a multi-line string: such files are not cut.
+        let quoted = "name = \"p\"\n[[rule]]\nid = \"a\"\ndescription = \"\"\"\n[[rule]]\n\"\"\"\npaths = [\"/a\"]\n";
+        assert_eq!(pieces(quoted, 1), vec![0..quoted.len()]);
+        assert_eq!(rules_in_pieces(quoted, 1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn errors_in_later_pieces_are_located_in_the_file() {
+        let text = generated_policy(50);
+        let broken = format!("{text}\n[[rule]]\nid = \"extra\"\npath = [\"/y\"]\n");
+        let whole = rules_in_pieces(&broken, usize::MAX).unwrap_err();
+        assert_eq!(rules_in_pieces(&broken, 1).unwrap_err(), whole);
+        let message = single_error(&[("p.toml", &broken)]);
+        assert!(
+            message.starts_with(&format!(
+                "p.toml:{}:1: rule[50].path: unknown field `path`",
+                4 * 50 + 5
+            )),
+            "{message}"
+        );
+        // Anything but rules after the first piece is refused, as in the whole file.
+        let table = format!("{text}\n[other]\nx = 1\n");
+        assert!(rules_in_pieces(&table, 1).is_err());
+        assert!(rules_in_pieces(&table, usize::MAX).is_err());
+    }
+
     /// A generated policy of `rules` rules mixing content, path and glob identifiers.
     fn generated_policy(rules: usize) -> String {
         let mut text = String::from("name = \"generated\"\n");
@@ -1534,9 +1773,11 @@ appimage = [{ name = "WeChat-*.AppImage" }, { name = "wechat*.AppImage", sha256 
         text
     }
 
+    /// The size of a generated policy (a threat-intelligence hash list, a fleet server's rules):
+    /// its last rule, the 200,000th, repeats an id and is reported at its own line.
     #[test]
     fn large_policies_are_checked_with_exact_locations() {
-        const RULES: usize = 20_000;
+        const RULES: usize = 199_999;
         let text = generated_policy(RULES);
         let policy = parse(&[("big.toml", &text)]).unwrap();
         assert_eq!(policy.rules.len(), RULES);
@@ -1594,6 +1835,32 @@ appimage = [{ name = "WeChat-*.AppImage" }, { name = "wechat*.AppImage", sha256 
                 let column = before[before.rfind('\n').map_or(0, |newline| newline + 1)..].chars().count() + 1;
                 let location = LineStarts::new(Path::new("p.toml"), &text).location(offset);
                 prop_assert_eq!((location.line, location.column), (line, column));
+            }
+
+            /// A glob without classes, alternates or escapes is not parsed when checked:
+            /// globset finds no error in any of them.
+            #[test]
+            fn globs_without_fallible_syntax_always_parse(pattern in "[^\\[\\]{}\\\\]{0,40}") {
+                prop_assert!(!pattern.contains(GLOB_SYNTAX_THAT_CAN_FAIL));
+                prop_assert!(parse_glob(&pattern).is_ok(), "{pattern}");
+            }
+
+            /// Parsing in pieces finds the rules and their places that one parse of the whole
+            /// finds, and fails where it fails (with several errors, another may come first).
+            #[test]
+            fn pieces_parse_as_the_whole(
+                rules in proptest::collection::vec(("[a-z]{1,4}", "[ \t]{0,2}", "(paths|path|description) = \"[a-z/]{0,4}\"|\\[x\\]|x\\.y = 1|# c|"), 1..8),
+                piece_bytes in 1usize..64,
+            ) {
+                let mut text = String::from("name = \"p\"\n");
+                for (id, indent, extra) in &rules {
+                    text.push_str(&format!("{indent}[[rule]]\nid = \"{id}\"\n{extra}\n"));
+                }
+                let (pieces, whole) = (rules_in_pieces(&text, piece_bytes), rules_in_pieces(&text, usize::MAX));
+                prop_assert_eq!(pieces.is_ok(), whole.is_ok(), "{:?} {:?}", pieces, whole);
+                if let (Ok(pieces), Ok(whole)) = (pieces, whole) {
+                    prop_assert_eq!(pieces, whole);
+                }
             }
 
             /// Rules written with valid ids and paths come back as written, in order.

@@ -57,6 +57,8 @@ const HOST_PLAN: &[(&str, &str)] = &[
     ("--load-repetitions", "3"),
     ("--scan-tree", "/usr"),
     ("--scan-repetitions", "3"),
+    ("--check-rules", "200000"),
+    ("--check-repetitions", "5"),
 ];
 
 /// The VM emulates without KVM, tens of times slower: fewer execs, the same shape.

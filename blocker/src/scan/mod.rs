@@ -415,7 +415,7 @@ mod tests {
     use super::*;
     use std::{
         fs,
-        os::unix::fs::{symlink, PermissionsExt},
+        os::unix::fs::{symlink, MetadataExt, PermissionsExt},
         process::Command,
     };
 
@@ -574,6 +574,36 @@ mod tests {
         let third = scan_trusting_recent_changes(&options);
         assert_eq!((third.stats.read, third.stats.cached), (1, 2));
         assert_eq!(third.files[1].sha256, sha256_of(b"#!/bin/sh\necho TOOL\n"));
+    }
+
+    #[test]
+    fn a_file_made_executable_where_no_directory_changed_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        sample_tree(&root);
+        let options = options(&root, Some(dir.path().join("cache/hashes")));
+        let first = scan_trusting_recent_changes(&options);
+        assert_eq!(first.stats.candidates, 3);
+
+        let stamp = |path: &Path| {
+            let metadata = fs::metadata(path).unwrap();
+            (
+                metadata.mtime_nsec(),
+                metadata.ctime_nsec(),
+                metadata.mtime(),
+                metadata.ctime(),
+            )
+        };
+        let directories = [root.clone(), root.join("share")];
+        let before: Vec<_> = directories.iter().map(|d| stamp(d)).collect();
+        fs::set_permissions(root.join("share/README"), fs::Permissions::from_mode(0o755)).unwrap();
+        let after: Vec<_> = directories.iter().map(|d| stamp(d)).collect();
+        assert_eq!(before, after, "no directory tells the change");
+
+        let second = scan_trusting_recent_changes(&options);
+        assert_eq!((second.stats.read, second.stats.cached), (1, 3));
+        assert!(found(&second, &root)
+            .contains(&("share/README".to_owned(), sha256_of(b"not a program"))));
     }
 
     #[test]

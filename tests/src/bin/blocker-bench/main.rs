@@ -14,6 +14,7 @@ mod fapolicyd;
 mod figure;
 mod hashing;
 mod machine;
+mod policy_check;
 mod policy_load;
 mod workspace;
 
@@ -60,6 +61,11 @@ enum Command {
         scan_tree: PathBuf,
         #[arg(long)]
         scan_repetitions: usize,
+        /// Rules of the generated policy `blocker check` reads.
+        #[arg(long)]
+        check_rules: usize,
+        #[arg(long)]
+        check_repetitions: usize,
     },
     /// The VM's figures: exec latency under the lsm backend, content hashing at exec, event
     /// throughput.
@@ -125,12 +131,19 @@ fn main() -> ExitCode {
             load_repetitions,
             scan_tree,
             scan_repetitions,
+            check_rules,
+            check_repetitions,
         } => measure_host(
             &common,
             load_files,
             load_repetitions,
             &scan_tree,
             scan_repetitions,
+            &policy_check::PolicyCheckRun {
+                blocker: &common.blocker,
+                rules: check_rules,
+                repetitions: check_repetitions,
+            },
         ),
         Command::Vm {
             common,
@@ -293,6 +306,7 @@ fn measure_host(
     load_repetitions: usize,
     scan_tree: &Path,
     scan_repetitions: usize,
+    check: &policy_check::PolicyCheckRun,
 ) -> Result<()> {
     let environment = Environment::Host;
     emit(&machine::describe(environment));
@@ -323,6 +337,8 @@ fn measure_host(
         },
     )?);
     std::fs::remove_dir_all(&load_tree)?;
+
+    report(policy_check::measure(&fixture.workspace, check)?);
 
     // A content rule makes `resolve` scan; no file has this content.
     let scan_policy = fixture.workspace.policy_dir(
