@@ -174,7 +174,12 @@ impl<S: Sink> Writer<S> {
     fn run(mut self) {
         let mut batch = VecDeque::new();
         while self.take_queued(&mut batch) {
-            let failed = batch.drain(..).filter(|record| !self.write(record)).count() as u64;
+            let mut failed = 0;
+            let mut last_written = false;
+            for record in batch.drain(..) {
+                last_written = self.write(&record);
+                failed += u64::from(!last_written);
+            }
             let mut state = self.shared.lock();
             state.writing = 0;
             if state.records.is_empty() && std::mem::take(&mut state.idle_wanted) {
@@ -182,7 +187,7 @@ impl<S: Sink> Writer<S> {
             }
             state.dropped_total += failed;
             state.dropped_unreported += failed;
-            let caught_up = failed == 0
+            let caught_up = last_written
                 && !state.closed
                 && state.records.is_empty()
                 && state.dropped_unreported > 0;
