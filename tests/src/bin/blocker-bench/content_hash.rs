@@ -16,7 +16,10 @@ use crate::{
 
 pub struct ContentHashRun<'a> {
     pub blocker: &'a Path,
+    /// A policy banning a content, so that the kernel hashes at exec.
     pub policy_dir: &'a Path,
+    /// Where the daemon's content scan looks: an empty directory.
+    pub scan_root: &'a Path,
     pub target: &'a Path,
     pub size_bytes: usize,
     pub copies: usize,
@@ -27,7 +30,14 @@ pub fn measure(workspace: &Workspace, run: &ContentHashRun) -> Result<Vec<Figure
     progress("content hash at exec: without blocker");
     let without = first_and_second_execs(workspace, run, "plain", None)?;
     progress("content hash at exec: with blocker");
-    let (daemon, _) = Daemon::start(run.blocker, run.policy_dir, "lsm", &[], run.startup_timeout)?;
+    let scan_root = run.scan_root.to_string_lossy();
+    let (daemon, _) = Daemon::start(
+        run.blocker,
+        run.policy_dir,
+        "lsm",
+        &["--scan-root", &scan_root],
+        run.startup_timeout,
+    )?;
     let meter = Meter::start(&daemon)?;
     let with = first_and_second_execs(workspace, run, "checked", Some(&meter))?;
     let kernel_figures = kernel_cost_figures(run, &meter, &with)?;

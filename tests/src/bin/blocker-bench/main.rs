@@ -502,11 +502,23 @@ fn measure_vm(common: &Common, hashed_program_mib: usize, hashed_programs: usize
         report(fixture.kernel_cost(environment, common)?);
     }
     if common.wants(Part::Hash) {
+        // The kernel hashes at exec only while some rule bans a content; no file has this one.
+        // The daemon's own content scan then walks an empty directory.
+        let content_policy = fixture.workspace.policy_dir(
+            "policy-content",
+            &format!(
+                "{}\n[[rule]]\nid = \"content\"\nsha256 = [\"{}\"]\n",
+                banning_policy(&fixture.banned, None),
+                "0".repeat(64)
+            ),
+        )?;
+        let scan_root = fixture.workspace.directory("empty-scan-root")?;
         report(content_hash::measure(
             &fixture.workspace,
             &content_hash::ContentHashRun {
                 blocker: &common.blocker,
-                policy_dir: &fixture.small_policy,
+                policy_dir: &content_policy,
+                scan_root: &scan_root,
                 target: &common.exec_target,
                 size_bytes: hashed_program_mib << 20,
                 copies: hashed_programs,
