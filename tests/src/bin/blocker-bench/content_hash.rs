@@ -182,10 +182,14 @@ fn first_and_second_execs(
 ) -> Result<Execs> {
     let mut execs = Execs::default();
     let exec = |program: &Path| -> Result<(Usage, Duration)> {
-        let once = || Ok(exec_loop::run(program, 1, Expect::Ran, None)?.elapsed);
         match meter {
-            Some(meter) => meter.around(once),
-            None => Ok((Usage::default(), once()?)),
+            Some(meter) => Ok(meter
+                .exec_loop(program, 1)
+                .map(|(usage, timing)| (usage, timing.elapsed))?),
+            None => Ok((
+                Usage::default(),
+                exec_loop::run(program, 1, Expect::Ran, None)?.elapsed,
+            )),
         }
     };
     for copy in 0..run.copies {

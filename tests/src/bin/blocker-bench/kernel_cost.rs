@@ -6,12 +6,17 @@
 //! Every program the daemon holds is counted, whatever it is attached to (exec hooks, mapping
 //! hooks, the tamper-protection hooks that fire on every exec such as `file_open` and
 //! `task_free`): the sum over all of them is the kernel side's cost. Runs by other processes
-//! during a loop are counted too, so on a busy machine the figure errs high, never low.
+//! during a loop are counted too, so on a busy machine the figure errs high, never low; the
+//! bench's own reading of the counters and start of its worker are kept out.
 
 use std::{
     collections::BTreeMap,
-    fs,
-    os::fd::{FromRawFd, OwnedFd},
+    fs::{self, File},
+    io::Read,
+    os::{
+        fd::{FromRawFd, OwnedFd},
+        unix::fs::FileExt,
+    },
     path::Path,
     time::Duration,
 };
@@ -69,23 +74,46 @@ struct Counters {
     runs: u64,
 }
 
-/// The programs a process holds, by id: their tag and counters, from `/proc/PID/fdinfo`.
-fn held_programs(pid: u32) -> Result<BTreeMap<u32, (String, Counters)>> {
+/// The programs a process holds, by id: their tag, and their `/proc/PID/fdinfo` file kept open,
+/// so that reading the counters again opens nothing: an open would run blocker's own
+/// `file_open` and `ptrace_access_check` programs inside the measurement.
+fn held_programs(pid: u32) -> Result<BTreeMap<u32, (String, File)>> {
     let dir = format!("/proc/{pid}/fdinfo");
     let mut programs = BTreeMap::new();
     for entry in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
         // A descriptor closed meanwhile is simply not there.
-        let Ok(info) = fs::read_to_string(entry?.path()) else {
+        let Ok(mut file) = File::open(entry?.path()) else {
             continue;
         };
-        if let Some((id, tag, counters)) = parse_program_fdinfo(&info) {
-            programs.insert(id, (tag, counters));
+        let mut info = String::new();
+        if file.read_to_string(&mut info).is_err() {
+            continue;
+        }
+        if let Some((id, tag, _)) = parse_program_fdinfo(&info) {
+            programs.insert(id, (tag, file));
         }
     }
     if programs.is_empty() {
         bail!("process {pid} holds no BPF program");
     }
     Ok(programs)
+}
+
+/// The counters of each program, read again from its open fdinfo file.
+fn read_counters(programs: &[(u32, File)]) -> Result<BTreeMap<u32, Counters>> {
+    let mut buffer = vec![0; 4096];
+    programs
+        .iter()
+        .map(|(id, file)| {
+            let length = file
+                .read_at(&mut buffer, 0)
+                .with_context(|| format!("reading the fdinfo of program {id}"))?;
+            let info = String::from_utf8_lossy(&buffer[..length]);
+            let (_, _, counters) = parse_program_fdinfo(&info)
+                .with_context(|| format!("program {id} has no counters in its fdinfo"))?;
+            Ok((*id, counters))
+        })
+        .collect()
 }
 
 /// (id, tag, counters) from the fdinfo text of a program descriptor; `None` for other
@@ -122,7 +150,8 @@ fn program_names() -> BTreeMap<String, String> {
 
 /// Meters the programs of one daemon while run-time statistics are on.
 pub struct Meter {
-    pid: u32,
+    /// Each program's id and open fdinfo file.
+    programs: Vec<(u32, File)>,
     /// Program names by id.
     names: BTreeMap<u32, String>,
     _stats: RunTimeStats,
@@ -149,35 +178,37 @@ impl Usage {
 impl Meter {
     pub fn start(daemon: &Daemon) -> Result<Self> {
         let stats = RunTimeStats::enable()?;
-        let pid = daemon.pid();
         let symbols = program_names();
-        let names = held_programs(pid)?
-            .into_iter()
-            .map(|(id, (tag, _))| {
-                let name = symbols
-                    .get(&tag)
-                    .cloned()
-                    .unwrap_or_else(|| format!("program {id} (tag {tag})"));
-                (id, name)
-            })
-            .collect();
+        let mut names = BTreeMap::new();
+        let mut programs = Vec::new();
+        for (id, (tag, file)) in held_programs(daemon.pid())? {
+            let name = symbols
+                .get(&tag)
+                .cloned()
+                .unwrap_or_else(|| format!("program {id} (tag {tag})"));
+            names.insert(id, name);
+            programs.push((id, file));
+        }
         Ok(Self {
-            pid,
+            programs,
             names,
             _stats: stats,
         })
     }
 
-    /// Runs `work` and returns what the daemon's programs ran meanwhile, with its result.
-    pub fn around<T>(&self, work: impl FnOnce() -> Result<T>) -> Result<(Usage, T)> {
-        let before = held_programs(self.pid)?;
-        let result = work()?;
-        let after = held_programs(self.pid)?;
+    /// Runs an exec loop of `execs` execs of `target` and returns what the daemon's programs
+    /// ran meanwhile, with the loop's timing. The worker is started before the counters are
+    /// read: its own exec and start are not in the measurement, its exit is.
+    pub fn exec_loop(&self, target: &Path, execs: u64) -> Result<(Usage, Timing)> {
+        let mut worker = exec_loop::spawn_waiting(target, execs)?;
+        let before = read_counters(&self.programs)?;
+        exec_loop::go(&mut worker)?;
+        let timing = exec_loop::finish(worker, execs, Expect::Ran, target)?;
+        let after = read_counters(&self.programs)?;
         let usage = after
             .into_iter()
-            .map(|(id, (_, after))| {
-                let before = before.get(&id).map(|(_, counters)| *counters);
-                let before = before.unwrap_or_default();
+            .map(|(id, after)| {
+                let before = before.get(&id).copied().unwrap_or_default();
                 let delta = Counters {
                     run_time_ns: after.run_time_ns.saturating_sub(before.run_time_ns),
                     runs: after.runs.saturating_sub(before.runs),
@@ -185,7 +216,7 @@ impl Meter {
                 (id, delta)
             })
             .collect();
-        Ok((Usage(usage), result))
+        Ok((Usage(usage), timing))
     }
 
     /// Per program, over `usage` summed across samples of `operations` operations in all: runs
@@ -312,8 +343,7 @@ pub fn measure(run: &KernelCostRun) -> Result<Figure> {
     let mut samples = Vec::new();
     let mut total = Usage::default();
     for _ in 0..run.loops {
-        let (usage, timing): (Usage, Timing) =
-            meter.around(|| exec_loop::run(run.target, run.execs_per_loop, Expect::Ran, None))?;
+        let (usage, timing) = meter.exec_loop(run.target, run.execs_per_loop)?;
         samples.push(Sample::of(&usage, run.execs_per_loop, timing.median));
         total.add(&usage);
     }

@@ -88,6 +88,10 @@ enum Command {
         /// Run the Nth exec as user FIRST_UID + N.
         #[arg(long)]
         first_uid: Option<u32>,
+        /// Start the execs only after reading a line from stdin, so that what the worker's own
+        /// start costs can be left out of a measurement.
+        #[arg(long)]
+        wait_for_go: bool,
     },
 }
 
@@ -153,7 +157,8 @@ fn main() -> ExitCode {
             target,
             count,
             first_uid,
-        } => exec_loop::work(&target, count, first_uid),
+            wait_for_go,
+        } => exec_loop::work(&target, count, first_uid, wait_for_go),
         Command::Host {
             common,
             load_files,
