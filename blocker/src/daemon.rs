@@ -51,7 +51,7 @@ use crate::{
 
 /// Events handled before the loop turns to signals, reloads and timers: an exec storm must not
 /// keep the daemon from reloading or stopping.
-const EVENTS_PER_TURN: usize = 256;
+pub(crate) const EVENTS_PER_TURN: usize = 256;
 
 /// How often the kernel's lost-event counter is checked.
 const COUNTER_CHECK_INTERVAL: Duration = Duration::from_secs(2);
@@ -854,10 +854,10 @@ fn retire_rules(retired: &mut BTreeMap<u32, RuleInfo>, old: &Resolution, new: &R
 }
 
 /// What the daemon knows to name the rules and files in events.
-struct Known<'a> {
-    resolution: &'a Resolution,
-    retired_rules: &'a BTreeMap<u32, RuleInfo>,
-    protected: &'a BTreeMap<FileKey, PathBuf>,
+pub(crate) struct Known<'a> {
+    pub(crate) resolution: &'a Resolution,
+    pub(crate) retired_rules: &'a BTreeMap<u32, RuleInfo>,
+    pub(crate) protected: &'a BTreeMap<FileKey, PathBuf>,
 }
 
 /// Forwards up to `limit` queued events; returns how many, and whether the ring is now empty.
@@ -873,41 +873,53 @@ fn drain(
         let Some(item) = ring.next() else {
             return (count, true);
         };
-        match events::decode(&item) {
-            Ok(event) if events::is_tamper_attempt(&event) => {
-                let key = FileKey::new(event.dev, event.ino);
-                let record = TamperRecord::new(
-                    &event,
-                    known.protected.get(&key).map(PathBuf::as_path),
-                    &clock,
-                );
-                log::warn!("{}", record.summary());
-                sink.emit(Record::Tamper(record));
-                count += 1;
-            }
-            Ok(event) => {
-                let key = FileKey::new(event.dev, event.ino);
-                let resolution = known.resolution;
-                let record = ExecRecord::new(
-                    &event,
-                    resolution
-                        .rule(event.rule_id)
-                        .or_else(|| known.retired_rules.get(&event.rule_id)),
-                    resolution.paths.get(&key).map(|path| &**path),
-                    &clock,
-                );
-                if record.enforcement == "none" {
-                    log::info!("{}", record.summary());
-                } else {
-                    log::warn!("{}", record.summary());
-                }
-                sink.emit(Record::Exec(record));
-                count += 1;
-            }
-            Err(error) => log::error!("{error:#}"),
+        if forward(&item, known, sink, &clock) {
+            count += 1;
         }
     }
     (count, false)
+}
+
+/// What the daemon does with each ring buffer record: decodes it, makes its record, logs it
+/// and hands it to the sinks. Returns whether it was an event (`blocker feed-events` measures
+/// this path without a kernel).
+pub(crate) fn forward(bytes: &[u8], known: &Known<'_>, sink: &Sinks, clock: &BootClock) -> bool {
+    match events::decode(bytes) {
+        Ok(event) if events::is_tamper_attempt(&event) => {
+            let key = FileKey::new(event.dev, event.ino);
+            let record = TamperRecord::new(
+                &event,
+                known.protected.get(&key).map(PathBuf::as_path),
+                clock,
+            );
+            log::warn!("{}", record.summary());
+            sink.emit(Record::Tamper(record));
+            true
+        }
+        Ok(event) => {
+            let key = FileKey::new(event.dev, event.ino);
+            let resolution = known.resolution;
+            let record = ExecRecord::new(
+                &event,
+                resolution
+                    .rule(event.rule_id)
+                    .or_else(|| known.retired_rules.get(&event.rule_id)),
+                resolution.paths.get(&key).map(|path| &**path),
+                clock,
+            );
+            if record.enforcement == "none" {
+                log::info!("{}", record.summary());
+            } else {
+                log::warn!("{}", record.summary());
+            }
+            sink.emit(Record::Exec(record));
+            true
+        }
+        Err(error) => {
+            log::error!("{error:#}");
+            false
+        }
+    }
 }
 
 fn report_lost_events(

@@ -32,6 +32,18 @@ pub fn decode(bytes: &[u8]) -> Result<ExecEvent> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ExecEvent>()) })
 }
 
+/// The bytes of `event` as the kernel writes them into the ring buffer.
+pub fn encode(event: &ExecEvent) -> &[u8] {
+    // SAFETY: a plain repr(C) struct of integers and byte arrays without padding, read for
+    // exactly its size while borrowed.
+    unsafe {
+        std::slice::from_raw_parts(
+            std::ptr::from_ref(event).cast::<u8>(),
+            std::mem::size_of::<ExecEvent>(),
+        )
+    }
+}
+
 /// One line of the JSON event stream; `kind` tells the variants apart.
 #[derive(Debug, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -673,21 +685,11 @@ mod tests {
         }
     }
 
-    fn as_bytes(event: &ExecEvent) -> Vec<u8> {
-        // SAFETY: reading the bytes of a plain repr(C) struct without padding.
-        unsafe {
-            std::slice::from_raw_parts(
-                (event as *const ExecEvent).cast::<u8>(),
-                std::mem::size_of::<ExecEvent>(),
-            )
-        }
-        .to_vec()
-    }
-
     #[test]
     fn decodes_ring_buffer_bytes() {
-        let bytes = as_bytes(&event());
-        let decoded = decode(&bytes).unwrap();
+        let event = event();
+        let bytes = encode(&event);
+        let decoded = decode(bytes).unwrap();
         assert_eq!(decoded.tgid, 40);
         assert_eq!(decoded.ino, 1234);
         assert!(decode(&bytes[..bytes.len() - 1]).is_err());

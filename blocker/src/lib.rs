@@ -9,6 +9,7 @@ pub mod control_socket;
 pub mod critical;
 pub mod daemon;
 pub mod escape;
+pub mod event_feed;
 pub mod event_log;
 pub mod events;
 pub mod files;

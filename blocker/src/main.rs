@@ -10,8 +10,8 @@ use std::{
 use clap::{Args, Parser, Subcommand};
 
 use blocker::{
-    control, daemon, escape, event_log, inspect, kernel, kernel::BackendChoice, scan, sinks,
-    status, unload,
+    control, daemon, escape, event_feed, event_log, inspect, kernel, kernel::BackendChoice, scan,
+    sinks, status, unload,
 };
 
 /// Exit status for errors: bad policies, bad arguments, kernel refusals.
@@ -150,6 +150,19 @@ enum Command {
         /// The status document the daemon was told to write with `run --status-file`.
         #[arg(long, default_value = status::DEFAULT_STATUS_FILE)]
         status_file: PathBuf,
+    },
+    /// For `cargo xtask bench`: feed COUNT synthetic denied-exec events, as the kernel reports
+    /// them, through the daemon's per-event path to its sinks; loads nothing into the kernel
+    /// and needs no privilege. Logs the wall and CPU time it took.
+    #[command(hide = true)]
+    FeedEvents {
+        /// A policy banning at least one file by path, named by the events.
+        #[arg(long)]
+        policy_dir: PathBuf,
+        #[arg(long)]
+        count: u64,
+        #[command(flatten)]
+        sinks: SinkArgs,
     },
 }
 
@@ -339,6 +352,16 @@ fn main() -> ExitCode {
             inspect::explain(&file, &policy_dir_or_default(policy_dir, default_status))
         }
         Command::Status { json, status_file } => status::command(&status_file, json),
+        Command::FeedEvents {
+            policy_dir,
+            count,
+            sinks,
+        } => event_feed::run(&event_feed::FeedOptions {
+            policy_dir,
+            events: count,
+            sinks: sinks.options(),
+        })
+        .map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|error| {
         // Messages may span lines (every problem of a policy, one a line); within a line,

@@ -59,6 +59,8 @@ const HOST_PLAN: &[(&str, &str)] = &[
     ("--scan-repetitions", "3"),
     ("--check-rules", "200000"),
     ("--check-repetitions", "5"),
+    ("--pipeline-events", "200000"),
+    ("--pipeline-runs", "5"),
 ];
 
 /// The VM emulates without KVM, tens of times slower: fewer execs, the same shape.
@@ -73,7 +75,9 @@ const VM_PLAN: &[(&str, &str)] = &[
     ("--hashed-programs", "5"),
 ];
 
-pub fn run(root: &Path) -> Result<()> {
+/// Runs the bench; with `only` parts named, only those, and prints their figures instead of the
+/// report.
+pub fn run(root: &Path, only: &[String]) -> Result<()> {
     if !process::is_root() {
         bail!(
             "the bench loads BPF programs, mounts filesystems and drops the page cache: run \
@@ -90,9 +94,26 @@ pub fn run(root: &Path) -> Result<()> {
 
     let started = Instant::now();
     stage("host (kill backend)");
-    let mut records = on_host(&bench_dir, &driver, &blocker, &exec_target)?;
+    let only: Vec<String> = only
+        .iter()
+        .flat_map(|part| ["--only".to_owned(), part.clone()])
+        .collect();
+    let mut records = on_host(&bench_dir, &driver, &blocker, &exec_target, &only)?;
     stage("VM (lsm backend)");
-    records.extend(in_vm(root, &kernel, &driver, &blocker, &exec_target)?);
+    records.extend(in_vm(
+        root,
+        &kernel,
+        &driver,
+        &blocker,
+        &exec_target,
+        &only,
+    )?);
+    if !only.is_empty() {
+        for record in &records {
+            println!("{}", serde_json::to_string_pretty(record)?);
+        }
+        return Ok(());
+    }
 
     let report = Report::new(records, started.elapsed(), &utc_now()?)?;
     println!("\n{}", report.table());
@@ -146,6 +167,7 @@ fn on_host(
     driver: &Path,
     blocker: &Path,
     exec_target: &Path,
+    only: &[String],
 ) -> Result<Vec<Value>> {
     let mut command = Command::new(driver);
     command
@@ -157,7 +179,8 @@ fn on_host(
         .args(["--fapolicyd", FAPOLICYD])
         .arg("--work-dir")
         .arg(bench_dir.join("work"))
-        .args(plan_args(HOST_PLAN));
+        .args(plan_args(HOST_PLAN))
+        .args(only);
     let log_file = bench_dir.join("host.log");
     let mut log = Vec::new();
     let mut records = Vec::new();
@@ -190,8 +213,9 @@ fn in_vm(
     driver: &Path,
     blocker: &Path,
     exec_target: &Path,
+    only: &[String],
 ) -> Result<Vec<Value>> {
-    let arguments = plan_args(VM_PLAN).join(" ");
+    let arguments = [plan_args(VM_PLAN), only.to_vec()].concat().join(" ");
     let init = format!(
         r#"#!/bin/busybox sh
 # Written by xtask (bench.rs): runs the bench driver, then powers off.

@@ -64,7 +64,13 @@ enum Task {
     },
     /// Measures blocker's costs against no blocker and fapolicyd, on the host and in the VM;
     /// prints a table and writes target/bench/report.json.
-    Bench,
+    Bench {
+        /// Measure only these parts of the bench (repeatable: exec, kernel, storm, pipeline,
+        /// load, scan, hash), on the host and in the VM, and print their figures without the
+        /// target table, which needs them all: for working on one figure.
+        #[arg(long = "only", value_parser = ["exec", "kernel", "storm", "pipeline", "load", "scan", "hash"])]
+        only: Vec<String>,
+    },
     /// Runs the fuzz targets of fuzz/ (cargo-fuzz, nightly toolchain) from their corpora.
     Fuzz {
         /// How long each target runs.
@@ -99,7 +105,7 @@ fn main() -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Task::Bench => bench::run(&root)?,
+        Task::Bench { only } => bench::run(&root, &only)?,
         Task::Fuzz { seconds, targets } => {
             if !fuzz::run(&root, seconds, &targets)? {
                 return Ok(ExitCode::FAILURE);

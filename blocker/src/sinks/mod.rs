@@ -27,8 +27,9 @@ use queue::SinkQueue;
 
 pub const DEFAULT_EVENTS_FILE: &str = file::DEFAULT_PATH;
 
-/// Records waiting for one sink; beyond this, new ones are dropped and counted. A record is
-/// a few hundred bytes: about half a megabyte per sink at most.
+/// Records waiting for one sink, besides those its writer has taken and is writing (at most as
+/// many again); beyond this, new ones are dropped and counted. A record is a few hundred bytes:
+/// about a megabyte per sink at most.
 const QUEUE_RECORDS: usize = 1024;
 
 /// How long stopping waits for the sinks to write what they still have.
@@ -98,6 +99,13 @@ impl Sinks {
         let record = Arc::new(record);
         for queue in &self.queues {
             queue.push(record.clone());
+        }
+    }
+
+    /// Waits until every sink has written every record handed to it so far.
+    pub fn wait_until_idle(&self) {
+        for queue in &self.queues {
+            queue.wait_until_idle();
         }
     }
 

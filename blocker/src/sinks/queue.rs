@@ -26,6 +26,8 @@ struct Shared {
     work: Condvar,
     /// Signalled when the writer has written the last record and ended.
     finished: Condvar,
+    /// Signalled when the writer has written every queued record.
+    idle: Condvar,
     capacity: usize,
 }
 
@@ -38,6 +40,10 @@ struct State {
     falling_behind: bool,
     closed: bool,
     finished: bool,
+    /// Records the writer took from the queue and has not finished writing.
+    writing: usize,
+    /// Someone waits in [`SinkQueue::wait_until_idle`].
+    idle_wanted: bool,
 }
 
 impl Shared {
@@ -56,6 +62,7 @@ impl SinkQueue {
             state: Mutex::new(State::default()),
             work: Condvar::new(),
             finished: Condvar::new(),
+            idle: Condvar::new(),
             capacity,
         });
         let writer = Writer {
@@ -82,9 +89,14 @@ impl SinkQueue {
             return;
         }
         if state.records.len() < self.shared.capacity {
+            // The writer waits only for an empty queue; waking it costs a system call, which
+            // would otherwise be paid per record.
+            let writer_may_wait = state.records.is_empty();
             state.records.push_back(record);
             drop(state);
-            self.shared.work.notify_one();
+            if writer_may_wait {
+                self.shared.work.notify_one();
+            }
             return;
         }
         state.dropped_total += 1;
@@ -115,6 +127,20 @@ impl SinkQueue {
         self.shared.work.notify_one();
     }
 
+    /// Waits until the writer has written everything queued so far (`blocker feed-events`
+    /// paces its feed with this, so that it measures what the sinks carry, not what they drop).
+    pub fn wait_until_idle(&self) {
+        let mut state = self.shared.lock();
+        while state.writing > 0 || !state.records.is_empty() {
+            state.idle_wanted = true;
+            state = self
+                .shared
+                .idle
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
     /// Waits until the writer has written everything queued, or until `deadline`. Returns the
     /// number of records still unwritten (0 when it finished).
     pub fn wait_until_written(&self, deadline: Instant) -> usize {
@@ -122,8 +148,8 @@ impl SinkQueue {
         while !state.finished {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                // The one being written is not in the queue any more, but unwritten too.
-                return state.records.len() + 1;
+                // Those being written are not in the queue any more, but may be unwritten too.
+                return state.records.len() + state.writing;
             }
             state = self
                 .shared
@@ -146,14 +172,22 @@ struct Writer<S> {
 
 impl<S: Sink> Writer<S> {
     fn run(mut self) {
-        while let Some(record) = self.next() {
-            let written = self.write(&record);
-            let mut state = self.shared.lock();
-            if !written {
-                state.dropped_total += 1;
-                state.dropped_unreported += 1;
+        let mut batch = VecDeque::new();
+        while self.take_queued(&mut batch) {
+            let mut failed = 0;
+            let mut last_written = false;
+            for record in batch.drain(..) {
+                last_written = self.write(&record);
+                failed += u64::from(!last_written);
             }
-            let caught_up = written
+            let mut state = self.shared.lock();
+            state.writing = 0;
+            if state.records.is_empty() && std::mem::take(&mut state.idle_wanted) {
+                self.shared.idle.notify_all();
+            }
+            state.dropped_total += failed;
+            state.dropped_unreported += failed;
+            let caught_up = last_written
                 && !state.closed
                 && state.records.is_empty()
                 && state.dropped_unreported > 0;
@@ -167,15 +201,19 @@ impl<S: Sink> Writer<S> {
         self.shared.finished.notify_all();
     }
 
-    /// The next record to write; `None` once the queue is closed and empty.
-    fn next(&self) -> Option<Arc<Record>> {
+    /// Moves every queued record into `batch` (empty), waiting for one if none is; `false` once
+    /// the queue is closed and empty. Taking them all at once keeps the writer off the lock the
+    /// event loop pushes under, and out of its way, while it writes.
+    fn take_queued(&self, batch: &mut VecDeque<Arc<Record>>) -> bool {
         let mut state = self.shared.lock();
         loop {
-            if let Some(record) = state.records.pop_front() {
-                return Some(record);
+            if !state.records.is_empty() {
+                std::mem::swap(&mut state.records, batch);
+                state.writing = batch.len();
+                return true;
             }
             if state.closed {
-                return None;
+                return false;
             }
             state = self
                 .shared
@@ -347,6 +385,30 @@ mod tests {
             .map(|line| serde_json::from_str::<serde_json::Value>(&line).unwrap()["rules"].clone())
             .collect();
         assert_eq!(rules, [0, 1, 2], "nothing is taken after closing");
+    }
+
+    #[test]
+    fn idle_means_every_queued_record_written() {
+        let (queue, go, written) = gated_queue(4);
+        let queue = Arc::new(queue);
+        queue.push(reloaded(0));
+        queue.push(reloaded(1));
+        let (idle_sender, idle) = mpsc::channel();
+        let waiting = queue.clone();
+        std::thread::spawn(move || {
+            waiting.wait_until_idle();
+            idle_sender.send(()).unwrap();
+        });
+        go.send(()).unwrap();
+        written.recv().unwrap();
+        assert!(
+            idle.recv_timeout(Duration::from_millis(50)).is_err(),
+            "one record is still queued"
+        );
+        go.send(()).unwrap();
+        written.recv().unwrap();
+        idle.recv_timeout(Duration::from_secs(10))
+            .expect("idle once both are written");
     }
 
     /// Fails every write until told otherwise.

@@ -10,12 +10,16 @@ use crate::{
     daemon::Daemon,
     exec_loop::{self, Expect},
     figure::{progress, Environment, Figure, Ratio, Summary},
+    kernel_cost::{self, CostFigure, Meter, Sample, Usage},
     workspace::Workspace,
 };
 
 pub struct ContentHashRun<'a> {
     pub blocker: &'a Path,
+    /// A policy banning a content, so that the kernel hashes at exec.
     pub policy_dir: &'a Path,
+    /// Where the daemon's content scan looks: an empty directory.
+    pub scan_root: &'a Path,
     pub target: &'a Path,
     pub size_bytes: usize,
     pub copies: usize,
@@ -24,10 +28,20 @@ pub struct ContentHashRun<'a> {
 
 pub fn measure(workspace: &Workspace, run: &ContentHashRun) -> Result<Vec<Figure>> {
     progress("content hash at exec: without blocker");
-    let without = first_and_second_execs(workspace, run, "plain")?;
+    let without = first_and_second_execs(workspace, run, "plain", None)?;
     progress("content hash at exec: with blocker");
-    let (daemon, _) = Daemon::start(run.blocker, run.policy_dir, "lsm", &[], run.startup_timeout)?;
-    let with = first_and_second_execs(workspace, run, "checked")?;
+    let scan_root = run.scan_root.to_string_lossy();
+    let (daemon, _) = Daemon::start(
+        run.blocker,
+        run.policy_dir,
+        "lsm",
+        &["--scan-root", &scan_root],
+        run.startup_timeout,
+    )?;
+    let meter = Meter::start(&daemon)?;
+    let with = first_and_second_execs(workspace, run, "checked", Some(&meter))?;
+    let kernel_figures = kernel_cost_figures(run, &meter, &with)?;
+    drop(meter);
     let (_, stopping) = daemon.stop()?;
     let (cached, hashed) = content_check_counts(&stopping)?;
     if hashed < run.copies as u64 || cached < run.copies as u64 {
@@ -43,8 +57,8 @@ pub fn measure(workspace: &Workspace, run: &ContentHashRun) -> Result<Vec<Figure
     let milliseconds = |times: &[Duration]| -> Vec<f64> {
         times.iter().map(|time| time.as_secs_f64() * 1e3).collect()
     };
-    let (plain_first, plain_next) = (milliseconds(&without.0), milliseconds(&without.1));
-    let (checked_first, checked_next) = (milliseconds(&with.0), milliseconds(&with.1));
+    let (plain_first, plain_next) = (milliseconds(&without.first), milliseconds(&without.second));
+    let (checked_first, checked_next) = (milliseconds(&with.first), milliseconds(&with.second));
     let copies = format!("{} fresh copies of a {mib} MiB program", run.copies);
     let figure = |key: &str,
                   name: &str,
@@ -53,6 +67,7 @@ pub fn measure(workspace: &Workspace, run: &ContentHashRun) -> Result<Vec<Figure
                   detail: String|
      -> Result<Figure> {
         Ok(Figure {
+            breakdown: None,
             id: format!("hash.vm.{key}"),
             environment: Environment::Vm,
             group: "content hash at exec",
@@ -64,7 +79,7 @@ pub fn measure(workspace: &Workspace, run: &ContentHashRun) -> Result<Vec<Figure
             detail,
         })
     };
-    Ok(vec![
+    let mut figures = vec![
         figure(
             "none-first",
             "first exec, no blocker",
@@ -101,26 +116,95 @@ pub fn measure(workspace: &Workspace, run: &ContentHashRun) -> Result<Vec<Figure
             )?),
             format!("{copies}; {cached} execs answered from the verdict cache"),
         )?,
-    ])
+    ];
+    figures.extend(kernel_figures);
+    Ok(figures)
 }
 
-/// The first and the second exec time of each of `run.copies` fresh copies.
+/// The programs' time in the first (hashed) and the next (cached) exec of each copy.
+fn kernel_cost_figures(run: &ContentHashRun, meter: &Meter, execs: &Execs) -> Result<Vec<Figure>> {
+    let mib = run.size_bytes >> 20;
+    [
+        (
+            "content-hashed",
+            "first exec, hashed",
+            &execs.first,
+            &execs.first_usage,
+        ),
+        (
+            "content-cached",
+            "next exec, verdict cached",
+            &execs.second,
+            &execs.second_usage,
+        ),
+    ]
+    .into_iter()
+    .map(|(key, name, times, usages)| {
+        let samples: Vec<Sample> = times
+            .iter()
+            .zip(usages)
+            .map(|(time, usage)| Sample::of(usage, 1, *time))
+            .collect();
+        CostFigure {
+            id: format!("kernel.vm.{key}"),
+            environment: Environment::Vm,
+            name: format!("blocker's programs, {mib} MiB program, {name}"),
+            samples: &samples,
+            operations: run.copies as u64,
+            detail: format!(
+                "{} fresh copies of a {mib} MiB program, one exec each; sample = the run time \
+                 of every program the daemon holds during that exec; per program in `breakdown`",
+                run.copies
+            ),
+            breakdown: meter.breakdown(&kernel_cost::sum(usages), run.copies as u64),
+        }
+        .figure()
+    })
+    .collect()
+}
+
+/// The first and the second exec of each fresh copy: their times and, metered, what the
+/// daemon's programs ran during each.
+#[derive(Default)]
+struct Execs {
+    first: Vec<Duration>,
+    second: Vec<Duration>,
+    first_usage: Vec<Usage>,
+    second_usage: Vec<Usage>,
+}
+
+/// The first and the second exec of each of `run.copies` fresh copies, metered by `meter`.
 fn first_and_second_execs(
     workspace: &Workspace,
     run: &ContentHashRun,
     label: &str,
-) -> Result<(Vec<Duration>, Vec<Duration>)> {
-    let mut first = Vec::new();
-    let mut second = Vec::new();
+    meter: Option<&Meter>,
+) -> Result<Execs> {
+    let mut execs = Execs::default();
+    let exec = |program: &Path| -> Result<(Usage, Duration)> {
+        match meter {
+            Some(meter) => Ok(meter
+                .exec_loop(program, 1)
+                .map(|(usage, timing)| (usage, timing.elapsed))?),
+            None => Ok((
+                Usage::default(),
+                exec_loop::run(program, 1, Expect::Ran, None)?.elapsed,
+            )),
+        }
+    };
     for copy in 0..run.copies {
         let name = format!("large-{label}-{copy}");
         let program = workspace.padded_copy(run.target, &name, &name, run.size_bytes)?;
-        first.push(exec_loop::run(&program, 1, Expect::Ran, None)?.elapsed);
-        second.push(exec_loop::run(&program, 1, Expect::Ran, None)?.elapsed);
+        let (usage, time) = exec(&program)?;
+        execs.first.push(time);
+        execs.first_usage.push(usage);
+        let (usage, time) = exec(&program)?;
+        execs.second.push(time);
+        execs.second_usage.push(usage);
         std::fs::remove_file(&program)
             .with_context(|| format!("removing {}", program.display()))?;
     }
-    Ok((first, second))
+    Ok(execs)
 }
 
 /// (answered from the verdict cache, hashed) from the daemon's shutdown line `content checks:

@@ -116,6 +116,7 @@ pub fn measure(run: &StormRun) -> Result<Vec<Figure>> {
     );
     Ok(vec![
         Figure {
+            breakdown: None,
             id: format!("events.{}.delivered", environment.name()),
             environment,
             group: "event throughput",
@@ -131,6 +132,7 @@ pub fn measure(run: &StormRun) -> Result<Vec<Figure>> {
             detail: detail.clone(),
         },
         Figure {
+            breakdown: None,
             id: format!("events.{}.lost", environment.name()),
             environment,
             group: "event throughput",

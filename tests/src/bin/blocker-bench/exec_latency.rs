@@ -100,6 +100,7 @@ pub fn measure(
     );
     let figure = |configuration: &Configuration, samples: &[f64], ratio| -> Result<Figure> {
         Ok(Figure {
+            breakdown: None,
             id: format!("exec.{}.{}", setup.environment.name(), configuration.key),
             environment: setup.environment,
             group: "exec latency",

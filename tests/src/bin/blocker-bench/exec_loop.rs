@@ -4,6 +4,7 @@
 
 use std::{
     ffi::CString,
+    io::{Read, Write},
     os::{
         fd::{AsRawFd, BorrowedFd},
         unix::{ffi::OsStrExt, process::CommandExt},
@@ -89,7 +90,15 @@ pub enum Users {
 /// (as user `first_uid + N` if given), and wait; prints the outcomes as one JSON line. Runs in a
 /// process of its own, which is small and single-threaded, so `fork` copies little and nothing
 /// but `setuid` and `execve` run in the child.
-pub fn work(target: &Path, count: u64, first_uid: Option<u32>) -> Result<()> {
+pub fn work(target: &Path, count: u64, first_uid: Option<u32>, wait_for_go: bool) -> Result<()> {
+    if wait_for_go {
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(READY)?;
+        stdout.flush()?;
+        std::io::stdin()
+            .read_line(&mut String::new())
+            .context("waiting for the go")?;
+    }
     let program = CString::new(target.as_os_str().as_bytes())
         .with_context(|| format!("{} contains a NUL byte", target.display()))?;
     let argv = [program.as_ptr(), std::ptr::null()];
@@ -218,6 +227,42 @@ pub fn finish(worker: Child, count: u64, expect: Expect, target: &Path) -> Resul
         elapsed: Duration::from_nanos(outcomes.elapsed_ns),
         median: Duration::from_nanos(outcomes.median_ns),
     })
+}
+
+/// What a worker started with `--wait-for-go` prints once it waits.
+const READY: &[u8] = b"ready\n";
+
+/// A worker started and waiting, its own start over: `count` execs of `target` as the caller,
+/// begun by [`go`].
+pub fn spawn_waiting(target: &Path, count: u64) -> Result<Child> {
+    let mut worker = Command::new("/proc/self/exe")
+        .arg("exec-loop")
+        .arg(target)
+        .arg(count.to_string())
+        .arg("--wait-for-go")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting an exec-loop worker")?;
+    let mut ready = [0; READY.len()];
+    worker
+        .stdout
+        .as_mut()
+        .expect("piped")
+        .read_exact(&mut ready)
+        .context("waiting for the exec-loop worker to be ready")?;
+    if ready != READY {
+        bail!("the exec-loop worker printed {ready:?} instead of being ready");
+    }
+    Ok(worker)
+}
+
+/// Lets a worker from [`spawn_waiting`] begin its execs.
+pub fn go(worker: &mut Child) -> Result<()> {
+    let mut stdin = worker.stdin.take().expect("piped");
+    stdin
+        .write_all(b"go\n")
+        .context("telling the exec-loop worker to go")
 }
 
 /// Runs one worker to its end: `count` execs of `target`, all ending as `expect`ed.

@@ -140,6 +140,9 @@ pub struct Figure {
     pub ratio: Option<Ratio>,
     /// What exactly was measured, with counts a reader may want to check.
     pub detail: String,
+    /// Parts of the figure, for report.json only (e.g. each program's share of the kernel's
+    /// cost).
+    pub breakdown: Option<Value>,
 }
 
 pub struct Ratio {
@@ -186,6 +189,7 @@ impl Figure {
                 "summary": ratio.summary.to_json(),
             })),
             "detail": self.detail,
+            "breakdown": self.breakdown,
         })
     }
 }

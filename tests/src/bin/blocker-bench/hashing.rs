@@ -93,6 +93,7 @@ pub fn measure(run: &HashingRun) -> Result<Vec<Figure>> {
     );
     let figure = |key: &str, name: &str, values: &[f64], ratio: Option<Ratio>| -> Result<Figure> {
         Ok(Figure {
+            breakdown: None,
             id: format!("scan.host.{key}"),
             environment: Environment::Host,
             group: "content scan",

@@ -13,7 +13,9 @@ mod exec_loop;
 mod fapolicyd;
 mod figure;
 mod hashing;
+mod kernel_cost;
 mod machine;
+mod pipeline;
 mod policy_check;
 mod policy_load;
 mod workspace;
@@ -61,6 +63,11 @@ enum Command {
         scan_tree: PathBuf,
         #[arg(long)]
         scan_repetitions: usize,
+        /// Synthetic events of one event-pipeline run.
+        #[arg(long)]
+        pipeline_events: u64,
+        #[arg(long)]
+        pipeline_runs: usize,
         /// Rules of the generated policy `blocker check` reads.
         #[arg(long)]
         check_rules: usize,
@@ -87,6 +94,10 @@ enum Command {
         /// Run the Nth exec as user FIRST_UID + N.
         #[arg(long)]
         first_uid: Option<u32>,
+        /// Start the execs only after reading a line from stdin, so that what the worker's own
+        /// start costs can be left out of a measurement.
+        #[arg(long)]
+        wait_for_go: bool,
     },
 }
 
@@ -116,6 +127,36 @@ struct Common {
     /// How long a daemon may take to start with the largest policy here.
     #[arg(long)]
     startup_timeout_secs: u64,
+    /// Measure only these figures (repeatable), for working on one; all of them without.
+    #[arg(long = "only", value_enum)]
+    only: Vec<Part>,
+}
+
+/// The parts of the bench, each a group of figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    /// Exec latency against no blocker and fapolicyd.
+    Exec,
+    /// The kernel programs' own time per exec.
+    Kernel,
+    /// Event throughput during an exec storm.
+    Storm,
+    /// The event pipeline's capacity with synthetic events (host).
+    Pipeline,
+    /// Policy load (host).
+    Load,
+    /// Parsing and checking a large generated policy (host).
+    Check,
+    /// The content scan against sha256sum (host).
+    Scan,
+    /// Content hashing at exec (VM).
+    Hash,
+}
+
+impl Common {
+    fn wants(&self, part: Part) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
+    }
 }
 
 fn main() -> ExitCode {
@@ -124,25 +165,29 @@ fn main() -> ExitCode {
             target,
             count,
             first_uid,
-        } => exec_loop::work(&target, count, first_uid),
+            wait_for_go,
+        } => exec_loop::work(&target, count, first_uid, wait_for_go),
         Command::Host {
             common,
             load_files,
             load_repetitions,
             scan_tree,
             scan_repetitions,
+            pipeline_events,
+            pipeline_runs,
             check_rules,
             check_repetitions,
         } => measure_host(
             &common,
-            load_files,
-            load_repetitions,
-            &scan_tree,
-            scan_repetitions,
-            &policy_check::PolicyCheckRun {
-                blocker: &common.blocker,
-                rules: check_rules,
-                repetitions: check_repetitions,
+            &HostPlan {
+                load_files,
+                load_repetitions,
+                scan_tree,
+                scan_repetitions,
+                pipeline_events,
+                pipeline_runs,
+                check_rules,
+                check_repetitions,
             },
         ),
         Command::Vm {
@@ -263,6 +308,51 @@ impl Fixture {
         )
     }
 
+    /// The programs' own time per exec with the small and the large policy.
+    fn kernel_cost(&self, environment: Environment, common: &Common) -> Result<Vec<Figure>> {
+        let small_entries = SMALL_POLICY_RULES as u64;
+        [
+            ("blocker-10", &self.small_policy, small_entries),
+            (
+                "blocker-large",
+                &self.large_policy,
+                small_entries + common.large_policy_files,
+            ),
+        ]
+        .into_iter()
+        .map(|(key, policy_dir, entries)| {
+            kernel_cost::measure(&self.kernel_cost_run(
+                environment,
+                common,
+                key,
+                policy_dir,
+                entries,
+            ))
+        })
+        .collect()
+    }
+
+    fn kernel_cost_run<'a>(
+        &'a self,
+        environment: Environment,
+        common: &'a Common,
+        key: &'static str,
+        policy_dir: &'a Path,
+        entries: u64,
+    ) -> kernel_cost::KernelCostRun<'a> {
+        kernel_cost::KernelCostRun {
+            environment,
+            blocker: &common.blocker,
+            policy_dir,
+            entries,
+            key,
+            target: &self.target,
+            loops: common.rounds,
+            execs_per_loop: common.execs_per_loop,
+            startup_timeout: Duration::from_secs(common.startup_timeout_secs),
+        }
+    }
+
     fn event_storm(&self, environment: Environment, common: &Common) -> Result<Vec<Figure>> {
         event_storm::measure(&event_storm::StormRun {
             environment,
@@ -300,45 +390,101 @@ fn report(figures: Vec<Figure>) {
     }
 }
 
-fn measure_host(
-    common: &Common,
+/// What only the host measures.
+struct HostPlan {
     load_files: u64,
     load_repetitions: usize,
-    scan_tree: &Path,
+    scan_tree: PathBuf,
     scan_repetitions: usize,
-    check: &policy_check::PolicyCheckRun,
-) -> Result<()> {
+    pipeline_events: u64,
+    pipeline_runs: usize,
+    check_rules: usize,
+    check_repetitions: usize,
+}
+
+fn measure_host(common: &Common, plan: &HostPlan) -> Result<()> {
+    let HostPlan {
+        load_files,
+        load_repetitions,
+        ref scan_tree,
+        scan_repetitions,
+        pipeline_events,
+        pipeline_runs,
+        check_rules,
+        check_repetitions,
+    } = *plan;
     let environment = Environment::Host;
     emit(&machine::describe(environment));
     let fixture = Fixture::new(common)?;
     let startup_timeout = Duration::from_secs(common.startup_timeout_secs);
 
-    measure_exec_latency(&fixture, environment, common, startup_timeout)?;
-
-    report(fixture.event_storm(environment, common)?);
-
-    progress(&format!(
-        "making {load_files} files for the policy-load figure"
-    ));
-    let load_tree = fixture.workspace.directory("load")?;
-    make_many_files(&load_tree, load_files)?;
-    let load_policy = fixture
-        .workspace
-        .policy_dir("policy-load", &banning_policy(&[], Some(&load_tree)))?;
-    report(policy_load::measure(
-        environment,
-        &policy_load::PolicyLoadRun {
+    if common.wants(Part::Exec) {
+        measure_exec_latency(&fixture, environment, common, startup_timeout)?;
+    }
+    if common.wants(Part::Kernel) {
+        report(fixture.kernel_cost(environment, common)?);
+    }
+    if common.wants(Part::Storm) {
+        report(fixture.event_storm(environment, common)?);
+    }
+    if common.wants(Part::Pipeline) {
+        report(pipeline::measure(&pipeline::PipelineRun {
+            environment,
             blocker: &common.blocker,
-            policy_dir: &load_policy,
-            entries: load_files,
-            small_policy_dir: &fixture.small_policy,
-            repetitions: load_repetitions,
-            startup_timeout,
-        },
-    )?);
-    std::fs::remove_dir_all(&load_tree)?;
+            policy_dir: &fixture.small_policy,
+            events_file: &fixture.workspace.path("pipeline-events.jsonl"),
+            events: pipeline_events,
+            runs: pipeline_runs,
+        })?);
+    }
 
-    report(policy_check::measure(&fixture.workspace, check)?);
+    if common.wants(Part::Load) || common.wants(Part::Kernel) {
+        progress(&format!(
+            "making {load_files} files for the policy-load figure"
+        ));
+        let load_tree = fixture.workspace.directory("load")?;
+        make_many_files(&load_tree, load_files)?;
+        let load_policy = fixture
+            .workspace
+            .policy_dir("policy-load", &banning_policy(&[], Some(&load_tree)))?;
+        if common.wants(Part::Load) {
+            report(policy_load::measure(
+                environment,
+                &policy_load::PolicyLoadRun {
+                    blocker: &common.blocker,
+                    policy_dir: &load_policy,
+                    entries: load_files,
+                    small_policy_dir: &fixture.small_policy,
+                    repetitions: load_repetitions,
+                    startup_timeout,
+                },
+            )?);
+        }
+        if common.wants(Part::Kernel) {
+            // The largest policy the bench loads: every exec is looked up among its entries.
+            report(vec![kernel_cost::measure(&fixture.kernel_cost_run(
+                environment,
+                common,
+                "blocker-1m",
+                &load_policy,
+                load_files,
+            ))?]);
+        }
+        std::fs::remove_dir_all(&load_tree)?;
+    }
+    if common.wants(Part::Check) {
+        report(policy_check::measure(
+            &fixture.workspace,
+            &policy_check::PolicyCheckRun {
+                blocker: &common.blocker,
+                rules: check_rules,
+                repetitions: check_repetitions,
+            },
+        )?);
+    }
+    if !common.wants(Part::Scan) {
+        return Ok(());
+    }
 
     // A content rule makes `resolve` scan; no file has this content.
     let scan_policy = fixture.workspace.policy_dir(
@@ -380,21 +526,40 @@ fn measure_vm(common: &Common, hashed_program_mib: usize, hashed_programs: usize
     let fixture = Fixture::new(common)?;
     let startup_timeout = Duration::from_secs(common.startup_timeout_secs);
 
-    measure_exec_latency(&fixture, environment, common, startup_timeout)?;
-
-    report(content_hash::measure(
-        &fixture.workspace,
-        &content_hash::ContentHashRun {
-            blocker: &common.blocker,
-            policy_dir: &fixture.small_policy,
-            target: &common.exec_target,
-            size_bytes: hashed_program_mib << 20,
-            copies: hashed_programs,
-            startup_timeout,
-        },
-    )?);
-
-    report(fixture.event_storm(environment, common)?);
+    if common.wants(Part::Exec) {
+        measure_exec_latency(&fixture, environment, common, startup_timeout)?;
+    }
+    if common.wants(Part::Kernel) {
+        report(fixture.kernel_cost(environment, common)?);
+    }
+    if common.wants(Part::Hash) {
+        // The kernel hashes at exec only while some rule bans a content; no file has this one.
+        // The daemon's own content scan then walks an empty directory.
+        let content_policy = fixture.workspace.policy_dir(
+            "policy-content",
+            &format!(
+                "{}\n[[rule]]\nid = \"content\"\nsha256 = [\"{}\"]\n",
+                banning_policy(&fixture.banned, None),
+                "0".repeat(64)
+            ),
+        )?;
+        let scan_root = fixture.workspace.directory("empty-scan-root")?;
+        report(content_hash::measure(
+            &fixture.workspace,
+            &content_hash::ContentHashRun {
+                blocker: &common.blocker,
+                policy_dir: &content_policy,
+                scan_root: &scan_root,
+                target: &common.exec_target,
+                size_bytes: hashed_program_mib << 20,
+                copies: hashed_programs,
+                startup_timeout,
+            },
+        )?);
+    }
+    if common.wants(Part::Storm) {
+        report(fixture.event_storm(environment, common)?);
+    }
     Ok(())
 }
 

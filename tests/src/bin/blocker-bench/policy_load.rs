@@ -62,6 +62,7 @@ pub fn measure(environment: Environment, run: &PolicyLoadRun) -> Result<Vec<Figu
                   detail: String|
      -> Result<Figure> {
         Ok(Figure {
+            breakdown: None,
             id: format!("load.{}.{key}", environment.name()),
             environment,
             group: "policy load",
