@@ -43,7 +43,7 @@ use crate::{
     reload::{PolicyDirWatcher, QUIET_BEFORE_RELOAD},
     resolve::{self, Resolution, RuleInfo},
     scan::{HashedFile, ScanOptions, ScanReport},
-    sinks::{SinkOptions, Sinks},
+    sinks::{Batch, SinkOptions, Sinks},
     sources::SourceRoots,
     status::{self, EventCounts, KernelFeatures, Publisher, Snapshot},
     systemd, watch,
@@ -868,22 +868,28 @@ fn drain(
     limit: usize,
 ) -> (u64, bool) {
     let clock = BootClock;
+    let mut batch = sink.batch();
     let mut count = 0;
     for _ in 0..limit {
         let Some(item) = ring.next() else {
             return (count, true);
         };
-        if forward(&item, known, sink, &clock) {
+        if forward(&item, known, &mut batch, &clock) {
             count += 1;
         }
     }
     (count, false)
 }
 
-/// What the daemon does with each ring buffer record: decodes it, makes its record, logs it
-/// and hands it to the sinks. Returns whether it was an event (`blocker feed-events` measures
-/// this path without a kernel).
-pub(crate) fn forward(bytes: &[u8], known: &Known<'_>, sink: &Sinks, clock: &BootClock) -> bool {
+/// What the daemon does with each ring buffer record: decodes it, makes its record and adds it
+/// to the batch for the sinks (the log's line for it among them). Returns whether it was an event (`blocker
+/// feed-events` measures this path without a kernel).
+pub(crate) fn forward(
+    bytes: &[u8],
+    known: &Known<'_>,
+    batch: &mut Batch<'_>,
+    clock: &BootClock,
+) -> bool {
     match events::decode(bytes) {
         Ok(event) if events::is_tamper_attempt(&event) => {
             let key = FileKey::new(event.dev, event.ino);
@@ -892,8 +898,7 @@ pub(crate) fn forward(bytes: &[u8], known: &Known<'_>, sink: &Sinks, clock: &Boo
                 known.protected.get(&key).map(PathBuf::as_path),
                 clock,
             );
-            log::warn!("{}", record.summary());
-            sink.emit(Record::Tamper(record));
+            batch.push(Record::Tamper(record));
             true
         }
         Ok(event) => {
@@ -907,12 +912,7 @@ pub(crate) fn forward(bytes: &[u8], known: &Known<'_>, sink: &Sinks, clock: &Boo
                 resolution.paths.get(&key).map(|path| &**path),
                 clock,
             );
-            if record.enforcement == "none" {
-                log::info!("{}", record.summary());
-            } else {
-                log::warn!("{}", record.summary());
-            }
-            sink.emit(Record::Exec(record));
+            batch.push(Record::Exec(record));
             true
         }
         Err(error) => {

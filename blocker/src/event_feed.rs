@@ -53,6 +53,7 @@ pub fn run(options: &FeedOptions) -> Result<()> {
     let mut bytes = Vec::with_capacity(std::mem::size_of::<ExecEvent>());
     while fed < options.events {
         let turn = (options.events - fed).min(EVENTS_PER_TURN as u64);
+        let mut batch = sink.batch();
         for _ in 0..turn {
             let mut event = template;
             // Each event another process of another user, as in a storm.
@@ -62,11 +63,12 @@ pub fn run(options: &FeedOptions) -> Result<()> {
             event.boot_time_ns = clock.now_ns();
             bytes.clear();
             bytes.extend_from_slice(events::encode(&event));
-            if !daemon::forward(&bytes, &known, &sink, &clock) {
+            if !daemon::forward(&bytes, &known, &mut batch, &clock) {
                 bail!("the pipeline refused a synthetic event");
             }
             fed += 1;
         }
+        drop(batch);
         sink.wait_until_idle();
     }
     sink.close(|records_dropped| Record::Stopped {
@@ -162,6 +164,7 @@ mod tests {
                 }),
                 stdout: false,
                 journald_socket: None,
+                log_lines: false,
             },
         };
         run(&options).unwrap();
@@ -198,6 +201,7 @@ mod tests {
                 file: None,
                 stdout: false,
                 journald_socket: None,
+                log_lines: false,
             },
         };
         let error = run(&options).unwrap_err().to_string();

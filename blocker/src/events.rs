@@ -2,7 +2,9 @@
 //! kernel clocks and numbers into readable fields, and the JSON lines schema.
 
 use std::{
+    borrow::Cow,
     collections::BTreeMap,
+    fmt,
     path::Path,
     time::{Duration, SystemTime},
 };
@@ -14,7 +16,7 @@ use blocker_common::{
 use serde::Serialize;
 
 use crate::{
-    escape::{escaped, escaped_bytes, Lossless},
+    escape::{escaped, escaped_bytes, lossless_bytes, Lossless},
     identity::split_kernel_device_number,
     kernel::coverage::Features,
     resolve::RuleInfo,
@@ -152,7 +154,7 @@ impl Record {
                     None => enforcing,
                 }
             }
-            Record::Exec(exec) => exec.summary(),
+            Record::Exec(exec) => exec.summary().to_string(),
             Record::Tamper(tamper) => tamper.summary(),
             Record::EventsLost { lost, total, .. } => format!(
                 "{lost} exec events lost because the ring buffer was full ({total} in total); \
@@ -341,37 +343,51 @@ impl ExecRecord {
         }
     }
 
-    /// The line for people reading the daemon's log.
-    pub fn summary(&self) -> String {
-        let verdict = match self.enforcement {
+    /// The line for people reading the daemon's log, written without an intermediate string:
+    /// the daemon logs one for every event.
+    pub fn summary(&self) -> ExecSummary<'_> {
+        ExecSummary(self)
+    }
+
+    /// The exact bytes of `path`.
+    pub fn path_bytes(&self) -> Cow<'_, [u8]> {
+        lossless_bytes(&self.path, self.path_hex.as_deref())
+    }
+}
+
+/// [`ExecRecord::summary`].
+pub struct ExecSummary<'a>(&'a ExecRecord);
+
+impl fmt::Display for ExecSummary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let record = self.0;
+        let verdict = match record.enforcement {
             "eperm" => "denied",
             "sigkill" => "killed",
             _ => "audited",
         };
-        let reason = self
-            .reason
-            .as_deref()
-            .map(|reason| format!(": {}", escaped(reason)))
-            .unwrap_or_default();
-        let what = match self.operation {
+        let what = match record.operation {
             "exec" => "exec",
             _ => "executable mapping",
         };
-        format!(
-            "{verdict} {what} of {} by pid {} ({}, uid {}) under rule {}{reason}{}{}",
-            escaped_bytes(&self.path_bytes()),
-            self.caller.pid,
-            self.caller.shown_comm(),
-            self.caller.uid,
-            self.rule,
-            suppressed_note(self.suppressed_before),
-            silence_note(self.daemon_silent_seconds)
+        write!(
+            f,
+            "{verdict} {what} of {} by pid {} ({}, uid {}) under rule {}",
+            escaped_bytes(&record.path_bytes()),
+            record.caller.pid,
+            escaped_bytes(&record.caller.comm_bytes()),
+            record.caller.uid,
+            record.rule,
+        )?;
+        if let Some(reason) = &record.reason {
+            write!(f, ": {}", escaped(reason))?;
+        }
+        write!(
+            f,
+            "{}{}",
+            suppressed_note(record.suppressed_before),
+            silence_note(record.daemon_silent_seconds)
         )
-    }
-
-    /// The exact bytes of `path`.
-    pub fn path_bytes(&self) -> Vec<u8> {
-        lossless_bytes(&self.path, &self.path_hex)
     }
 }
 
@@ -497,7 +513,7 @@ impl TamperRecord {
         } else {
             format!(
                 " on {}",
-                escaped_bytes(&lossless_bytes(&self.path, &self.path_hex))
+                escaped_bytes(&lossless_bytes(&self.path, self.path_hex.as_deref()))
             )
         };
         format!(
@@ -505,7 +521,7 @@ impl TamperRecord {
             self.attempt,
             self.detail,
             self.caller.pid,
-            self.caller.shown_comm(),
+            escaped_bytes(&self.caller.comm_bytes()),
             self.caller.uid,
             suppressed_note(self.suppressed_before),
             silence_note(self.daemon_silent_seconds)
@@ -518,18 +534,18 @@ fn is_zero(count: &u32) -> bool {
 }
 
 /// The end of a log line for a record whose repeats the kernel suppressed before it.
-fn suppressed_note(suppressed: u32) -> String {
+fn suppressed_note(suppressed: u32) -> Cow<'static, str> {
     if suppressed == 0 {
-        return String::new();
+        return Cow::Borrowed("");
     }
-    format!(" ({suppressed} earlier repeats by this user were enforced without a record)")
+    format!(" ({suppressed} earlier repeats by this user were enforced without a record)").into()
 }
 
-fn silence_note(silent_seconds: u32) -> String {
+fn silence_note(silent_seconds: u32) -> Cow<'static, str> {
     if silent_seconds == 0 {
-        return String::new();
+        return Cow::Borrowed("");
     }
-    format!(" (raised while the daemon had been silent for {silent_seconds} s)")
+    format!(" (raised while the daemon had been silent for {silent_seconds} s)").into()
 }
 
 fn resource_name(resource: u32) -> String {
@@ -637,18 +653,10 @@ fn nul_terminated(bytes: &[u8]) -> &[u8] {
     &bytes[..end]
 }
 
-fn lossless_bytes(text: &str, hex: &Option<String>) -> Vec<u8> {
-    Lossless {
-        text: text.to_owned(),
-        hex: hex.clone(),
-    }
-    .bytes()
-}
-
 impl Caller {
-    /// `comm` for people: its exact bytes, escaped.
-    fn shown_comm(&self) -> String {
-        escaped_bytes(&lossless_bytes(&self.comm, &self.comm_hex)).to_string()
+    /// The exact bytes of `comm`.
+    fn comm_bytes(&self) -> Cow<'_, [u8]> {
+        lossless_bytes(&self.comm, self.comm_hex.as_deref())
     }
 }
 
@@ -713,7 +721,7 @@ mod tests {
         assert_eq!(record.enforcement, "eperm");
         assert_eq!(record.rule, "wechat");
         assert_eq!(
-            record.summary(),
+            record.summary().to_string(),
             "denied exec of /opt/wechat by pid 40 (bash, uid 1000) under rule wechat: banned"
         );
 
@@ -733,6 +741,7 @@ mod tests {
         assert!(
             record
                 .summary()
+                .to_string()
                 .ends_with("(7 earlier repeats by this user were enforced without a record)"),
             "{}",
             record.summary()
@@ -751,9 +760,9 @@ mod tests {
         hostile.comm = [0; COMM_LEN];
         hostile.comm[..5].copy_from_slice(b"\x1b]0;\xff");
         let record = ExecRecord::new(&hostile, None, None, &BootClock);
-        assert_eq!(record.path_bytes(), name);
+        assert_eq!(*record.path_bytes(), name[..]);
         assert_eq!(
-            record.summary(),
+            record.summary().to_string(),
             "denied exec of /tmp/\\x1b[2J\\nblocker: fake \\xff\\u{202e} by pid 40 \
              (\\x1b]0;\\xff, uid 1000) under rule #0"
         );
@@ -838,6 +847,7 @@ mod tests {
         assert_eq!(record.path, "/opt/wechat/lib/libwechat.so");
         assert!(record
             .summary()
+            .to_string()
             .starts_with("denied executable mapping of /opt/wechat/lib/libwechat.so"));
         assert_eq!(ExecRecord::new(&mapped, None, None, &BootClock).path, "");
     }

@@ -10,8 +10,8 @@ use std::{
 use clap::{Args, Parser, Subcommand};
 
 use blocker::{
-    control, daemon, escape, event_feed, event_log, inspect, kernel, kernel::BackendChoice, scan,
-    sinks, status, unload,
+    control, daemon, escape, event_feed, event_log, inspect, kernel, kernel::BackendChoice,
+    log_lines, scan, sinks, status, unload,
 };
 
 /// Exit status for errors: bad policies, bad arguments, kernel refusals.
@@ -257,6 +257,8 @@ impl SinkArgs {
             }),
             stdout: !self.no_stdout,
             journald_socket: (!self.no_journald).then(|| PathBuf::from(sinks::JOURNALD_SOCKET)),
+            // The daemon's log has a line for every event, like every log of a blocker.
+            log_lines: true,
         }
     }
 }
@@ -270,21 +272,7 @@ impl ScanArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format(|out, record| {
-            use std::io::Write;
-            // Every line is one record: whatever a message carries (a file name that escaped a
-            // call site, a line forwarded from the kernel) cannot break it or act on a terminal.
-            writeln!(
-                out,
-                "[{} {:<5} {}] {}",
-                out.timestamp(),
-                record.level(),
-                record.target(),
-                escape::controls_escaped(&record.args().to_string())
-            )
-        })
-        .init();
+    log_lines::init();
     let default_status = Path::new(status::DEFAULT_STATUS_FILE);
     let result = match cli.command {
         Command::Run {
