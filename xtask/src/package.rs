@@ -84,22 +84,7 @@ pub fn build(root: &Path) -> Result<Built> {
         install(&policy, &files.join(&installed), 0o644)?;
         conffiles.push(Path::new("/").join(installed));
     }
-    let doc = files.join(INSTALLED_DOC_DIR);
-    install(&root.join("README.md"), &doc.join("README.md"), 0o644)?;
-    for document in files_named(&root.join(DOCS_DIR), "md")? {
-        install(
-            &document,
-            &doc.join(DOCS_DIR).join(file_name(&document)?),
-            0o644,
-        )?;
-    }
-    for example in files_named(&root.join(EXAMPLE_POLICIES_DIR), "toml")? {
-        install(
-            &example,
-            &doc.join("examples").join(file_name(&example)?),
-            0o644,
-        )?;
-    }
+    install_documentation(root, &files.join(INSTALLED_DOC_DIR))?;
 
     let control_dir = files.join("DEBIAN");
     for script in MAINTAINER_SCRIPTS {
@@ -129,6 +114,27 @@ pub fn build(root: &Path) -> Result<Built> {
             .stdout(std::process::Stdio::null()),
     )?;
     Ok(Built { deb, blocker })
+}
+
+/// The README, the documents it links to (below it, as in the repository, so that the links
+/// work in the installed copy) and the example policies, into `doc`.
+fn install_documentation(root: &Path, doc: &Path) -> Result<()> {
+    install(&root.join("README.md"), &doc.join("README.md"), 0o644)?;
+    for document in files_named(&root.join(DOCS_DIR), "md")? {
+        install(
+            &document,
+            &doc.join(DOCS_DIR).join(file_name(&document)?),
+            0o644,
+        )?;
+    }
+    for example in files_named(&root.join(EXAMPLE_POLICIES_DIR), "toml")? {
+        install(
+            &example,
+            &doc.join("examples").join(file_name(&example)?),
+            0o644,
+        )?;
+    }
+    Ok(())
 }
 
 /// The version `blocker --version` reports: the one built, whatever Cargo.toml says now.
@@ -384,24 +390,28 @@ mod tests {
     #[test]
     fn installs_every_document_the_readme_links_to() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let installed: Vec<PathBuf> = files_named(&root.join(DOCS_DIR), "md")
-            .unwrap()
-            .iter()
-            .map(|document| Path::new(DOCS_DIR).join(file_name(document).unwrap()))
-            .collect();
-        let readme = fs::read_to_string(root.join("README.md")).unwrap();
+        let doc = std::env::temp_dir().join(format!("xtask-doc-{}", std::process::id()));
+        install_documentation(root, &doc).unwrap();
+        let readme = fs::read_to_string(doc.join("README.md")).unwrap();
         let linked: Vec<&str> = readme
             .split("](")
             .skip(1)
             .filter_map(|rest| rest.split([')', '#']).next())
             .filter(|target| target.starts_with(&format!("{DOCS_DIR}/")))
             .collect();
-        assert!(!linked.is_empty(), "the README links to no document");
-        for target in linked {
-            assert!(
-                installed.contains(&PathBuf::from(target)),
-                "the README links to {target}, which the package would not hold"
-            );
+        let installed = |path: &Path| {
+            fs::metadata(doc.join(path)).map(|found| found.permissions().mode() & 0o777)
+        };
+        let modes: Vec<(&str, Option<u32>)> = linked
+            .iter()
+            .map(|target| (*target, installed(Path::new(target)).ok()))
+            .collect();
+        let example = installed(Path::new("examples/every-field.toml")).ok();
+        fs::remove_dir_all(&doc).unwrap();
+        assert!(!modes.is_empty(), "the README links to no document");
+        for (target, mode) in modes {
+            assert_eq!(mode, Some(0o644), "{target}, which the README links to");
         }
+        assert_eq!(example, Some(0o644));
     }
 }
