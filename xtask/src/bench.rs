@@ -294,13 +294,46 @@ fn describe_commit(root: &Path) -> String {
         process::stdout_of(Command::new("git").arg("-C").arg(root).args(args))
             .map(|out| String::from_utf8_lossy(&out).trim().to_owned())
     };
-    let commit = match git(&["rev-parse", "--short=12", "HEAD"]) {
+    commit_description(git(&["rev-parse", "--short=12", "HEAD"]), || {
+        git(&["status", "--porcelain", "--untracked-files=no"])
+    })
+}
+
+/// From git's answers: the commit, then (asked only if there is one) the changed files.
+fn commit_description(commit: Result<String>, changes: impl FnOnce() -> Result<String>) -> String {
+    let commit = match commit {
         Ok(commit) => commit,
         Err(error) => return format!("unknown ({error:#})"),
     };
-    match git(&["status", "--porcelain", "--untracked-files=no"]) {
+    match changes() {
         Ok(changes) if changes.is_empty() => format!("`{commit}`"),
         Ok(_) => format!("`{commit}` with uncommitted changes"),
         Err(error) => format!("`{commit}` (its changes unknown: {error:#})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::anyhow;
+
+    use super::*;
+
+    #[test]
+    fn describes_the_commit_and_whether_the_tree_had_changes() {
+        let commit = || Ok("2778daf1b2c3".to_owned());
+        assert_eq!(
+            commit_description(commit(), || Ok(String::new())),
+            "`2778daf1b2c3`"
+        );
+        assert_eq!(
+            commit_description(commit(), || Ok(" M README.md".to_owned())),
+            "`2778daf1b2c3` with uncommitted changes"
+        );
+        assert_eq!(
+            commit_description(Err(anyhow!("not a git repository")), || {
+                panic!("no commit, no question about its changes")
+            }),
+            "unknown (not a git repository)"
+        );
     }
 }
