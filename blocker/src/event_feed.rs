@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, path::PathBuf, time::Instant};
 
 use anyhow::{bail, Context, Result};
-use blocker_common::{action, backend, operation, ExecEvent, COMM_LEN, FILENAME_LEN};
+use blocker_common::{Action, Backend, KernelEvent, Operation, COMM_LEN, FILENAME_LEN};
 
 use crate::{
     daemon::{self, Known, EVENTS_PER_TURN},
@@ -50,7 +50,7 @@ pub fn run(options: &FeedOptions) -> Result<()> {
     let cpu_before = cpu_seconds()?;
     let started = Instant::now();
     let mut fed = 0;
-    let mut bytes = Vec::with_capacity(std::mem::size_of::<ExecEvent>());
+    let mut bytes = Vec::with_capacity(std::mem::size_of::<KernelEvent>());
     while fed < options.events {
         let turn = (options.events - fed).min(EVENTS_PER_TURN as u64);
         let mut batch = sink.batch();
@@ -86,7 +86,7 @@ pub fn run(options: &FeedOptions) -> Result<()> {
 }
 
 /// A denied exec of the first file the resolution bans by path, as the kernel reports it.
-fn banned_exec(resolution: &Resolution) -> Option<ExecEvent> {
+fn banned_exec(resolution: &Resolution) -> Option<KernelEvent> {
     let (key, entry) = resolution
         .entries
         .iter()
@@ -97,7 +97,7 @@ fn banned_exec(resolution: &Resolution) -> Option<ExecEvent> {
     filename[..filename_len].copy_from_slice(&path[..filename_len]);
     let mut comm = [0; COMM_LEN];
     comm[..4].copy_from_slice(b"bash");
-    Some(ExecEvent {
+    Some(KernelEvent {
         boot_time_ns: 0,
         ino: key.ino,
         tid: 0,
@@ -107,9 +107,9 @@ fn banned_exec(resolution: &Resolution) -> Option<ExecEvent> {
         gid: 0,
         dev: key.dev,
         rule_id: entry.rule_id,
-        action: action::DENY,
-        backend: backend::LSM,
-        operation: operation::EXEC,
+        action: Action::Deny.wire(),
+        backend: Backend::Lsm.wire(),
+        operation: Operation::Exec.wire(),
         filename_len: filename_len as u32,
         detail: 0,
         suppressed: 0,

@@ -14,7 +14,10 @@ use super::{
     queue::{Sink, Unwritten},
     Emitted,
 };
-use crate::{events::Record, log_lines};
+use crate::{
+    events::{Enforcement, Record},
+    log_lines,
+};
 
 /// The target the lines are logged under, as when the daemon logged them itself.
 const TARGET: &str = "blocker::daemon";
@@ -31,7 +34,7 @@ impl Sink for LogLines {
         for emitted in records {
             match &emitted.record {
                 Record::Exec(exec) => {
-                    let level = if exec.enforcement == "none" {
+                    let level = if exec.enforcement == Enforcement::None {
                         Level::Info
                     } else {
                         Level::Warn

@@ -269,7 +269,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
-    use crate::events::{self, Caller, ExecRecord, Record, TamperRecord};
+    use crate::events::{self, Caller, Enforcement, ExecRecord, Record, TamperRecord};
 
     impl EventsFile {
         fn write_record(&mut self, record: Record) -> Result<(), Unwritten> {
@@ -444,7 +444,11 @@ mod tests {
         Record::Exec(ExecRecord {
             time: TIME.to_owned(),
             action,
-            enforcement: if action == "deny" { "eperm" } else { "none" },
+            enforcement: if action == "deny" {
+                Enforcement::Eperm
+            } else {
+                Enforcement::None
+            },
             backend: "lsm",
             operation: "exec",
             rule: rule.to_string(),

@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     escape::{is_hex_of_sibling, Lossless},
-    events::Record,
+    events::{Enforcement, Record},
 };
 
 pub const SOCKET: &str = "/run/systemd/journal/socket";
@@ -110,7 +110,7 @@ fn priority(record: &Record) -> u8 {
     const NOTICE: u8 = 5;
     const INFO: u8 = 6;
     match record {
-        Record::Exec(exec) if exec.enforcement == "none" => NOTICE,
+        Record::Exec(exec) if exec.enforcement == Enforcement::None => NOTICE,
         Record::Exec(_)
         | Record::Tamper(_)
         | Record::EventsLost { .. }
@@ -235,7 +235,7 @@ mod tests {
         ExecRecord {
             time: "2026-11-28T08:39:20.546048089Z".to_owned(),
             action: "deny",
-            enforcement: "eperm",
+            enforcement: Enforcement::Eperm,
             backend: "lsm",
             operation: "exec",
             rule: "wechat".to_owned(),
