@@ -30,7 +30,7 @@ use crate::{
         self,
         server::{ControlSocket, Notice, Peer},
     },
-    events::{self, BootClock, ExecRecord, Record, TamperRecord},
+    events::{self, BootClock, ExecRecord, LostDaemon, Record, TamperRecord},
     identity,
     jobs::Slot,
     kernel::{
@@ -181,15 +181,14 @@ fn beat(enforcer: &mut Enforcer) {
 /// The daemon before this one, whose programs this one adopted, stopped beating without
 /// stopping: whatever ended or held it did so without a record of its own.
 fn report_lost_daemon(last: Heartbeat, sink: &Sinks) {
-    if last.last_beat_ns == 0 || last.stopped != 0 {
+    let Some(lost) = LostDaemon::of(&last) else {
         return;
-    }
-    let clock = BootClock;
+    };
     let record = Record::DaemonLost {
         time: events::now_rfc3339(),
-        pid: last.daemon_tgid,
-        last_heard: events::rfc3339(clock.wall_time(last.last_beat_ns)),
-        silent_seconds: clock.now_ns().saturating_sub(last.last_beat_ns) / 1_000_000_000,
+        pid: lost.pid,
+        last_heard: lost.last_heard,
+        silent_seconds: lost.silent_seconds,
     };
     log::warn!("{}", record.summary());
     sink.emit(record);

@@ -11,7 +11,8 @@ use std::{
 
 use anyhow::{ensure, Result};
 use blocker_common::{
-    Action, Backend, BpfObject, FileChange, KernelEvent, Operation, PriorityChange, FILENAME_LEN,
+    Action, Backend, BpfObject, FileChange, Heartbeat, KernelEvent, Operation, PriorityChange,
+    FILENAME_LEN,
 };
 use serde::Serialize;
 
@@ -121,6 +122,21 @@ pub enum Record {
         /// How long before this daemon's start.
         silent_seconds: u64,
     },
+    /// `blocker unload` removed the pins under `pin_dir`: their programs stop enforcing, once
+    /// no running daemon holds them.
+    Unloaded {
+        time: String,
+        pin_dir: String,
+        /// Maps, links and directories removed.
+        pins: usize,
+        /// Who unloaded them.
+        pid: u32,
+        uid: u32,
+        /// The daemon that pinned them went silent without stopping (a kill, a freeze): no
+        /// next daemon will report it, so this record does.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        daemon_lost: Option<LostDaemon>,
+    },
     /// The daemon stopped. Its programs are detached, unless they are `pinned`: then they keep
     /// enforcing the last policy until `blocker unload` or the next daemon replaces them.
     Stopped {
@@ -131,6 +147,32 @@ pub enum Record {
         /// Per sink, the records it never got.
         records_dropped: BTreeMap<&'static str, u64>,
     },
+}
+
+/// A daemon that went silent without stopping, as its heartbeat tells.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct LostDaemon {
+    /// Its process id.
+    pub pid: u32,
+    /// When it last beat.
+    pub last_heard: String,
+    /// How long ago.
+    pub silent_seconds: u64,
+}
+
+impl LostDaemon {
+    /// The daemon that left `heartbeat`, if it beat and never stopped the documented way.
+    pub fn of(heartbeat: &Heartbeat) -> Option<Self> {
+        if heartbeat.last_beat_ns == 0 || heartbeat.stopped != 0 {
+            return None;
+        }
+        let clock = BootClock;
+        Some(Self {
+            pid: heartbeat.daemon_tgid,
+            last_heard: rfc3339(clock.wall_time(heartbeat.last_beat_ns)),
+            silent_seconds: clock.now_ns().saturating_sub(heartbeat.last_beat_ns) / 1_000_000_000,
+        })
+    }
 }
 
 impl Record {
@@ -210,6 +252,28 @@ impl Record {
                  {silent_seconds} s ago, without stopping: it was killed, frozen or starved; its \
                  pinned programs kept enforcing"
             ),
+            Record::Unloaded {
+                pin_dir,
+                pins,
+                pid,
+                uid,
+                daemon_lost,
+                ..
+            } => {
+                let unloaded = format!(
+                    "{pins} pins under {} removed by pid {pid} (uid {uid}): their programs stop \
+                     enforcing",
+                    escaped(pin_dir)
+                );
+                match daemon_lost {
+                    Some(lost) => format!(
+                        "{unloaded}; the daemon that pinned them (pid {}) went silent at {}, {} s \
+                         before, without stopping",
+                        lost.pid, lost.last_heard, lost.silent_seconds
+                    ),
+                    None => unloaded,
+                }
+            }
             Record::Stopped {
                 events,
                 events_lost,
@@ -825,5 +889,45 @@ mod tests {
             .to_string()
             .starts_with("denied executable mapping of /opt/wechat/lib/libwechat.so"));
         assert_eq!(ExecRecord::new(&mapped, None, None, &BootClock).path, "");
+    }
+
+    #[test]
+    fn only_a_daemon_that_beat_and_never_stopped_is_lost() {
+        let beating = Heartbeat {
+            last_beat_ns: BootClock.now_ns() - 20_000_000_000,
+            daemon_tgid: 77,
+            stopped: 0,
+        };
+        let lost = LostDaemon::of(&beating).expect("silent without stopping");
+        assert_eq!(lost.pid, 77);
+        assert!((19..=25).contains(&lost.silent_seconds), "{lost:?}");
+        assert_eq!(
+            LostDaemon::of(&Heartbeat {
+                stopped: 1,
+                ..beating
+            }),
+            None
+        );
+        assert_eq!(LostDaemon::of(&Heartbeat::default()), None);
+
+        let unloaded = Record::Unloaded {
+            time: now_rfc3339(),
+            pin_dir: "/sys/fs/bpf/blocker".to_owned(),
+            pins: 9,
+            pid: 500,
+            uid: 0,
+            daemon_lost: Some(lost),
+        };
+        let summary = unloaded.summary();
+        assert!(
+            summary.starts_with(
+                "9 pins under /sys/fs/bpf/blocker removed by pid 500 (uid 0): their programs \
+                 stop enforcing; the daemon that pinned them (pid 77) went silent at "
+            ),
+            "{summary}"
+        );
+        let json = serde_json::to_value(&unloaded).unwrap();
+        assert_eq!(json["kind"], "unloaded");
+        assert_eq!(json["daemon_lost"]["pid"], 77);
     }
 }

@@ -87,10 +87,21 @@ enum Command {
         #[command(subcommand)]
         change: PolicyChange,
     },
-    /// Remove the pins `blocker run --pin` left, detaching its programs; says what it removed.
+    /// Remove the pins `blocker run --pin` left, detaching its programs; says what it removed,
+    /// and records it (`unloaded`) in the events file and the journal.
     Unload {
         #[arg(long, default_value = kernel::pins::DEFAULT_PIN_ROOT)]
         pin_dir: PathBuf,
+        /// The events file that gets the `unloaded` record (the daemon's).
+        #[arg(long, default_value = sinks::DEFAULT_EVENTS_FILE)]
+        events_file: PathBuf,
+        /// Write the `unloaded` record to no events file.
+        #[arg(long)]
+        no_events_file: bool,
+        /// Write the `unloaded` record to no systemd journal (by default it goes there when
+        /// journald runs).
+        #[arg(long)]
+        no_journald: bool,
     },
     /// Show recorded events: the events file and its rotated predecessors, oldest first, as a
     /// table, or as JSON lines with --json.
@@ -302,7 +313,20 @@ fn main() -> ExitCode {
             status_file,
         })
         .map(|()| ExitCode::SUCCESS),
-        Command::Unload { pin_dir } => unload::unload(&pin_dir),
+        Command::Unload {
+            pin_dir,
+            events_file,
+            no_events_file,
+            no_journald,
+        } => unload::unload(
+            &pin_dir,
+            &sinks::SinkOptions {
+                file: (!no_events_file).then(|| sinks::FileOptions::defaults(events_file)),
+                stdout: false,
+                journald_socket: (!no_journald).then(|| PathBuf::from(sinks::JOURNALD_SOCKET)),
+                log_lines: false,
+            },
+        ),
         Command::Stop { status_file } => control::stop(&status_file),
         Command::Policy {
             change: PolicyChange::Install { files, target },

@@ -42,6 +42,18 @@ pub struct FileOptions {
     pub keep_denials: u32,
 }
 
+impl FileOptions {
+    /// `path`, rotated as the daemon rotates it by default.
+    pub fn defaults(path: PathBuf) -> Self {
+        Self {
+            path,
+            max_bytes: DEFAULT_MAX_BYTES,
+            keep: DEFAULT_KEEP,
+            keep_denials: DEFAULT_KEEP_DENIALS,
+        }
+    }
+}
+
 pub struct EventsFile {
     options: FileOptions,
     file: File,

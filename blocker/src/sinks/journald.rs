@@ -115,7 +115,8 @@ fn priority(record: &Record) -> u8 {
         | Record::Tamper(_)
         | Record::EventsLost { .. }
         | Record::RecordsDropped { .. }
-        | Record::DaemonLost { .. } => WARNING,
+        | Record::DaemonLost { .. }
+        | Record::Unloaded { .. } => WARNING,
         Record::ReloadFailed { .. } => ERR,
         Record::Stopped { .. } => NOTICE,
         Record::Started {
