@@ -2,11 +2,9 @@
 //! without touching the filesystem beyond reading the files, and reports every problem with its
 //! file, line, column and field.
 //!
-//! This module holds the policy as applied, what the rest of blocker works with; how files
-//! become one is split by concern: `spec` (the files' serde form), `pieces` (a large file parsed
-//! on every CPU), `check` (each rule's validation), `location` (file, line, column and field of
-//! a problem), `glob` (the glob syntax blocker matches with) and `load` (a directory's files
-//! assembled into one policy).
+//! The policy as applied is defined here and is all the rest of blocker sees of policy files:
+//! their serde form (`spec`) stays private, so the file format can change without reaching
+//! resolution or the kernel maps.
 
 use std::{fmt, path::PathBuf};
 
