@@ -885,7 +885,14 @@ mod tests {
 
     #[test]
     fn wire_values_read_back_and_are_distinct() {
-        check_wire_values!(Action, Backend, Operation, PriorityChange, BpfObject, FileChange);
+        check_wire_values!(
+            Action,
+            Backend,
+            Operation,
+            PriorityChange,
+            BpfObject,
+            FileChange
+        );
     }
 
     // The kernel side sees these exact sizes; a change must be deliberate on both sides.
