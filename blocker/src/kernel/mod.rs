@@ -756,39 +756,62 @@ fn raise_memlock_limit() {
 
 #[cfg(test)]
 mod tests {
-    use object::{Object, ObjectSection, ObjectSymbol};
+    use std::collections::BTreeSet;
+
+    use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 
     use super::*;
 
-    /// The section of every LSM program the loader knows names the hook the loader attaches it
-    /// to: the program was written for that hook's arguments.
-    #[test]
-    fn every_lsm_program_is_in_the_object_under_its_hook() {
+    /// Every program of the object, by name, with its section: the section names the program
+    /// type and the hook or tracepoint, as `#[lsm(hook = ...)]` and its kin wrote it.
+    fn programs_in_object() -> BTreeMap<String, String> {
         let object = object::File::parse(EBPF_OBJECT).unwrap();
-        let section_of = |program: &str| -> Option<String> {
-            let symbol = object
-                .symbols()
-                .find(|symbol| symbol.name() == Ok(program))?;
-            let section = object.section_by_index(symbol.section_index()?).ok()?;
-            section.name().ok().map(str::to_owned)
-        };
+        object
+            .symbols()
+            .filter(|symbol| symbol.kind() == SymbolKind::Text && symbol.is_global())
+            .filter_map(|symbol| {
+                let name = symbol.name().ok()?;
+                let section = object.section_by_index(symbol.section_index()?).ok()?;
+                let section = section.name().ok()?;
+                // Functions that are not programs (memcpy and kin) stay in `.text`.
+                (section != ".text").then(|| (name.to_owned(), section.to_owned()))
+            })
+            .collect()
+    }
+
+    /// The hook of each LSM program is spelled twice: in the tables of `lsm_programs`, which
+    /// the loader attaches by, and in the program's attribute, which names its section. Both
+    /// must list the same programs under the same hooks, or a program is attached where its
+    /// arguments are read wrongly, or written and never attached.
+    #[test]
+    fn the_lsm_tables_and_the_object_list_the_same_programs_under_the_same_hooks() {
         let sleepable = [lsm_programs::EXEC_CONTENT, lsm_programs::MAPPING_CONTENT];
-        for program in every_lsm_program() {
-            let kind = if sleepable.contains(&program) {
-                "lsm.s"
-            } else {
-                "lsm"
-            };
-            assert_eq!(
-                section_of(program.name),
-                Some(format!("{kind}/{}", program.hook)),
-                "{}",
-                program.name
-            );
-        }
+        let in_tables: BTreeSet<(String, String)> = every_lsm_program()
+            .map(|program| {
+                let kind = if sleepable.contains(&program) {
+                    "lsm.s"
+                } else {
+                    "lsm"
+                };
+                (program.name.to_owned(), format!("{kind}/{}", program.hook))
+            })
+            .collect();
+        let programs = programs_in_object();
+        let in_object: BTreeSet<(String, String)> = programs
+            .iter()
+            .filter(|(_, section)| section.starts_with("lsm/") || section.starts_with("lsm.s/"))
+            .map(|(name, section)| (name.clone(), section.clone()))
+            .collect();
+        let only_in_tables: Vec<_> = in_tables.difference(&in_object).collect();
+        let only_in_object: Vec<_> = in_object.difference(&in_tables).collect();
+        assert!(
+            only_in_tables.is_empty() && only_in_object.is_empty(),
+            "in the tables, not so in the object: {only_in_tables:?}; \
+             in the object, not so in the tables: {only_in_object:?}"
+        );
         assert_eq!(
-            section_of(names::KILL_PROGRAM),
-            Some(format!("tp_btf/{}", names::KILL_TRACEPOINT))
+            programs.get(names::KILL_PROGRAM),
+            Some(&format!("tp_btf/{}", names::KILL_TRACEPOINT))
         );
     }
 }
