@@ -32,6 +32,7 @@ use crate::{
     background::{self, Done, Reloaded, Work},
     control::PolicyChange,
     control_socket::server::{ControlSocket, Notice, Peer},
+    escape::escaped,
     events::{self, BootClock, Record},
     jobs::Jobs,
     kernel::{Enforcer, KernelCounters},
@@ -49,7 +50,8 @@ use crate::{
 /// How often the kernel's lost-event counter is checked.
 const COUNTER_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Serves until SIGINT, SIGTERM or a stop asked over the control socket, then stops.
+/// Announces the start, then serves until SIGINT, SIGTERM or a stop asked over the control
+/// socket, and stops.
 pub(super) async fn serve(
     mut enforcer: Enforcer,
     protected: BTreeMap<FileKey, PathBuf>,
@@ -60,15 +62,51 @@ pub(super) async fn serve(
     mut control: ControlSocket,
 ) -> Result<()> {
     let mut wakeups = Wakeups::new(&mut enforcer, &options, &mut control).await?;
-    let mut daemon = Daemon::start(
+    let hash_limit_bytes = Arc::new(AtomicU64::new(policy.hash_limit_bytes()));
+    let mut content_watch = ContentWatch::new();
+    content_watch.start_if_needed(&policy, &options, &hash_limit_bytes);
+    // Read before this daemon's first beat; beaten before anyone hears it started.
+    let previous_heartbeat = enforcer
+        .heartbeat()
+        .map_err(|error| log::error!("{error:#}"))
+        .ok();
+    beat(&mut enforcer);
+    let counters = KernelCounters::default();
+    // Written before `started`, so that whoever waits for that record finds the status too.
+    let status = Publisher::start(
+        status::Setup {
+            path: options.status_file.clone(),
+            policy_dir: options.policy_dir.clone(),
+            kernel: KernelFeatures::detect(&enforcer),
+            features: enforcer.features().clone(),
+            pinned: enforcer.pinned().is_some(),
+            control_socket: control.path().to_owned(),
+        },
+        Snapshot::of(&enforcer, &policy, &resolution, 0, &counters),
+    );
+    let mut daemon = Daemon {
         enforcer,
         protected,
-        policy,
-        resolution,
         options,
         sink,
-        control.path(),
-    );
+        status,
+        policy,
+        resolution,
+        retired_rules: BTreeMap::new(),
+        scanned: None,
+        scanned_once: false,
+        watched: Vec::new(),
+        watched_by_job: 0,
+        jobs: Jobs::default(),
+        hash_limit_bytes,
+        content_watch,
+        watcher_warnings: Tally::new(log::Level::Warn),
+        newly_banned: Tally::new(log::Level::Warn),
+        reported_overflow: 0,
+        delivered: 0,
+        counters,
+    };
+    daemon.announce_start(previous_heartbeat);
     daemon.serve(&mut wakeups).await?;
     // No one may ask anything of a daemon that is stopping.
     drop(control);
@@ -158,7 +196,7 @@ struct Daemon {
     jobs: Jobs<Work, Done>,
     /// The policy's hash size limit, shared with the content watcher's threads.
     hash_limit_bytes: Arc<AtomicU64>,
-    content_watcher: ContentWatch,
+    content_watch: ContentWatch,
     watcher_warnings: Tally,
     newly_banned: Tally,
     /// The ban map's overflow last reported.
@@ -170,82 +208,37 @@ struct Daemon {
 }
 
 impl Daemon {
-    /// Beats, publishes the status, announces the start and starts what content rules need.
-    fn start(
-        mut enforcer: Enforcer,
-        protected: BTreeMap<FileKey, PathBuf>,
-        policy: Policy,
-        resolution: Resolution,
-        options: RunOptions,
-        sink: Sinks,
-        control_socket: &Path,
-    ) -> Self {
-        let hash_limit_bytes = Arc::new(AtomicU64::new(policy.hash_limit_bytes()));
-        let mut content_watcher = ContentWatch::new();
-        content_watcher.start_if_needed(&policy, &options, &hash_limit_bytes);
-        // Read before this daemon's first beat; beaten before anyone hears it started.
-        let previous_heartbeat = enforcer
-            .heartbeat()
-            .map_err(|error| log::error!("{error:#}"))
-            .ok();
-        beat(&mut enforcer);
-        let counters = KernelCounters::default();
-        // Written before `started`, so that whoever waits for that record finds the status too.
-        let status = Publisher::start(
-            status::Setup {
-                path: options.status_file.clone(),
-                policy_dir: options.policy_dir.clone(),
-                kernel: KernelFeatures::detect(&enforcer),
-                features: enforcer.features().clone(),
-                pinned: enforcer.pinned().is_some(),
-                control_socket: control_socket.to_owned(),
-            },
-            Snapshot::of(&enforcer, &policy, &resolution, 0, &counters),
-        );
-        sink.emit(Record::Started {
+    /// Tells the sinks and the service manager that the daemon runs, and starts the first
+    /// content scan if content rules need it. `previous_heartbeat`: that of the daemon whose
+    /// programs this one adopted.
+    fn announce_start(&mut self, previous_heartbeat: Option<Heartbeat>) {
+        let enforcer = &self.enforcer;
+        self.sink.emit(Record::Started {
             time: events::now_rfc3339(),
             backend: enforcer.backend().name(),
             backend_reason: enforcer.backend_reason().to_owned(),
-            policies: policy.policies.iter().map(|p| p.name.clone()).collect(),
-            rules: resolution.rules.len(),
+            policies: self
+                .policy
+                .policies
+                .iter()
+                .map(|p| p.name.clone())
+                .collect(),
+            rules: self.resolution.rules.len(),
             entries: enforcer.installed_entries(),
             pinned: enforcer.pinned().map(|dir| dir.display().to_string()),
             adopted: enforcer.adopted(),
             adoption_refused: enforcer.adoption_refused().map(str::to_owned),
-            protected: !protected.is_empty(),
+            protected: !self.protected.is_empty(),
             features: enforcer.features().clone(),
         });
         if let Some(previous) = previous_heartbeat {
-            report_lost_daemon(previous, &sink);
+            report_lost_daemon(previous, &self.sink);
         }
         systemd::notify_ready();
-        let mut daemon = Self {
-            enforcer,
-            protected,
-            options,
-            sink,
-            status,
-            policy,
-            resolution,
-            retired_rules: BTreeMap::new(),
-            scanned: None,
-            scanned_once: false,
-            watched: Vec::new(),
-            watched_by_job: 0,
-            jobs: Jobs::default(),
-            hash_limit_bytes,
-            content_watcher,
-            watcher_warnings: Tally::new(log::Level::Warn),
-            newly_banned: Tally::new(log::Level::Warn),
-            reported_overflow: 0,
-            delivered: 0,
-            counters,
-        };
-        if resolve::needs_scan(&daemon.policy) {
+        if resolve::needs_scan(&self.policy) {
             log::info!("content rules: scanning the scan roots in the background");
-            daemon.request(Work::Refresh { rescan: true });
+            self.request(Work::Refresh { rescan: true });
         }
-        daemon
     }
 
     /// Hands each wakeup to its handler until the daemon is to stop.
@@ -268,7 +261,7 @@ impl Daemon {
                 _ = wakeups.rescan.tick(), if resolve::needs_scan(&self.policy) => {
                     self.request(Work::Refresh { rescan: true });
                 }
-                Some(report) = self.content_watcher.reports.recv() => self.watcher_report(report),
+                Some(report) = self.content_watch.reports.recv() => self.watcher_report(report),
                 _ = wakeups.refresh.tick() => self.request(Work::Refresh { rescan: false }),
                 _ = wakeups.counter_check.tick() => self.check_counters(),
                 _ = wakeups.heartbeat.tick() => beat(&mut self.enforcer),
@@ -507,7 +500,7 @@ impl Daemon {
         self.resolution = reloaded.resolution;
         self.forget_watched_before_job();
         self.publish();
-        self.content_watcher
+        self.content_watch
             .start_if_needed(&self.policy, &self.options, &self.hash_limit_bytes);
     }
 
@@ -544,7 +537,7 @@ impl Daemon {
         // Logged once the entry is in force.
         self.newly_banned.note(format_args!(
             "content watcher: {} has content banned by rule {} ({}){}",
-            super::escaped(&file.path),
+            escaped(&file.path),
             find.rule.as_ref().map_or("?", |rule| rule.id.as_str()),
             find.via,
             if banned {
@@ -770,7 +763,7 @@ fn kill_late_exec(pid: i32, file: &HashedFile) {
     match pidfd::kill_if_running(pid, file.identity.key) {
         Ok(pidfd::Outcome::Killed) => log::warn!(
             "content watcher: killed pid {pid}, which ran {} before the ban was in place",
-            super::escaped(&file.path)
+            escaped(&file.path)
         ),
         Ok(pidfd::Outcome::Exited | pidfd::Outcome::RunsSomethingElse) => {}
         Err(error) => log::error!("content watcher: killing pid {pid}: {error}"),
@@ -803,7 +796,7 @@ fn watch_policy_dir(policy_dir: &Path) -> Option<AsyncFd<PolicyDirWatcher>> {
         Err(error) => {
             log::warn!(
                 "not watching {} ({error}); reload with SIGHUP",
-                super::escaped(&policy_dir)
+                escaped(&policy_dir)
             );
             None
         }
