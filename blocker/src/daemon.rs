@@ -1,39 +1,61 @@
 //! `blocker run`: policy files → parsed policy → resolved entries → kernel maps, then kernel
 //! events → ring buffer → sinks, until SIGINT or SIGTERM.
 
-mod event_loop;
-
 use crate::escape::escaped;
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
+    ops::ControlFlow,
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{MapData, RingBuf};
-use blocker_common::FileKey;
+use blocker_common::{heartbeat, FileKey, Heartbeat};
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    signal::unix::{signal, Signal, SignalKind},
+    sync::mpsc,
+    time::{sleep_until, Instant, Interval},
+};
 
 use crate::{
+    background::{self, Done, Reloaded, Work},
     budget::Budget,
-    control_socket::{self, server::ControlSocket},
+    control::PolicyChange,
+    control_socket::{
+        self,
+        server::{ControlSocket, Notice, Peer},
+    },
     events::{self, BootClock, ExecRecord, Record, TamperRecord},
     identity,
+    jobs::Jobs,
     kernel::{
         coverage::{Features, State as FeatureState},
         BackendChoice, Enforcer, KernelCounters, KernelPolicy,
     },
-    listed::log_listed,
-    policy,
-    resolve::{self, Resolution, RuleInfo},
-    scan::ScanOptions,
+    listed::{log_listed, Tally, LISTED_LINES},
+    pidfd,
+    policy::{self, Action, Policy},
+    reload::{PolicyDirWatcher, QUIET_BEFORE_RELOAD},
+    resolve::{self, Resolution, RuleInfo, Via},
+    scan::{HashedFile, ScanOptions, ScanReport},
     sinks::{SinkOptions, Sinks},
     sources::SourceRoots,
+    status::{self, EventCounts, KernelFeatures, Publisher, Snapshot},
+    systemd, watch,
 };
 
 /// Events handled before the loop turns to signals, reloads and timers: an exec storm must not
 /// keep the daemon from reloading or stopping.
 pub(crate) const EVENTS_PER_TURN: usize = 256;
+
+/// How often the kernel's lost-event counter is checked.
+const COUNTER_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 pub struct RunOptions {
     pub policy_dir: PathBuf,
@@ -139,13 +161,735 @@ pub fn run(options: RunOptions) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the event loop")?;
-    let served = runtime.block_on(event_loop::serve(
+    let served = runtime.block_on(serve(
         enforcer, protected, policy, resolution, options, sink, control,
     ));
     // A scan still running in the background has no one left to report to: stopping must not
     // wait for it.
     runtime.shutdown_background();
     served
+}
+
+/// Tells the kernel programs, and systemd's watchdog (`WatchdogSec=`), that the event loop
+/// runs.
+fn beat(enforcer: &mut Enforcer) {
+    if let Err(error) = enforcer.beat() {
+        log::error!("{error:#}");
+    }
+    systemd::notify_watchdog();
+}
+
+/// The daemon before this one, whose programs this one adopted, stopped beating without
+/// stopping: whatever ended or held it did so without a record of its own.
+fn report_lost_daemon(last: Heartbeat, sink: &Sinks) {
+    if last.last_beat_ns == 0 || last.stopped != 0 {
+        return;
+    }
+    let clock = BootClock;
+    let record = Record::DaemonLost {
+        time: events::now_rfc3339(),
+        pid: last.daemon_tgid,
+        last_heard: events::rfc3339(clock.wall_time(last.last_beat_ns)),
+        silent_seconds: clock.now_ns().saturating_sub(last.last_beat_ns) / 1_000_000_000,
+    };
+    log::warn!("{}", record.summary());
+    sink.emit(record);
+}
+
+/// The record of a change a client made through the control socket.
+fn policy_changed(change: PolicyChange, peer: Peer) -> Record {
+    let (installed, removed) = match change {
+        PolicyChange::Install(files) => (
+            files.into_iter().map(|file| file.name).collect(),
+            Vec::new(),
+        ),
+        PolicyChange::Remove(names) => (Vec::new(), names),
+    };
+    Record::PolicyChanged {
+        time: events::now_rfc3339(),
+        pid: peer.pid,
+        uid: peer.uid,
+        installed,
+        removed,
+    }
+}
+
+/// Announces the start, then serves until SIGINT, SIGTERM or a stop asked over the control
+/// socket, and stops.
+async fn serve(
+    mut enforcer: Enforcer,
+    protected: BTreeMap<FileKey, PathBuf>,
+    policy: Policy,
+    resolution: Resolution,
+    options: RunOptions,
+    sink: Sinks,
+    mut control: ControlSocket,
+) -> Result<()> {
+    let mut wakeups = Wakeups::new(&mut enforcer, &options, &mut control).await?;
+    let hash_limit_bytes = Arc::new(AtomicU64::new(policy.hash_limit_bytes()));
+    let mut content_watch = ContentWatch::new();
+    content_watch.start_if_needed(&policy, &options, &hash_limit_bytes);
+    // Read before this daemon's first beat; beaten before anyone hears it started.
+    let previous_heartbeat = enforcer
+        .heartbeat()
+        .map_err(|error| log::error!("{error:#}"))
+        .ok();
+    beat(&mut enforcer);
+    let counters = KernelCounters::default();
+    // Written before `started`, so that whoever waits for that record finds the status too.
+    let status = Publisher::start(
+        status::Setup {
+            path: options.status_file.clone(),
+            policy_dir: options.policy_dir.clone(),
+            kernel: KernelFeatures::detect(&enforcer),
+            features: enforcer.features().clone(),
+            pinned: enforcer.pinned().is_some(),
+            control_socket: control.path().to_owned(),
+        },
+        Snapshot::of(&enforcer, &policy, &resolution, 0, &counters),
+    );
+    let mut daemon = Daemon {
+        enforcer,
+        protected,
+        options,
+        sink,
+        status,
+        policy,
+        resolution,
+        retired_rules: BTreeMap::new(),
+        scanned: None,
+        scanned_once: false,
+        watched: Vec::new(),
+        watched_by_job: 0,
+        jobs: Jobs::default(),
+        hash_limit_bytes,
+        content_watch,
+        watcher_warnings: Tally::new(log::Level::Warn),
+        newly_banned: Tally::new(log::Level::Warn),
+        reported_overflow: 0,
+        delivered: 0,
+        counters,
+    };
+    daemon.announce_start(previous_heartbeat);
+    daemon.serve(&mut wakeups).await?;
+    // No one may ask anything of a daemon that is stopping.
+    drop(control);
+    daemon.stop(wakeups.events.get_mut());
+    Ok(())
+}
+
+/// What the event loop waits on besides the daemon's own channels.
+struct Wakeups {
+    events: AsyncFd<RingBuf<MapData>>,
+    kernel_log: AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+    policy_dir: Option<AsyncFd<PolicyDirWatcher>>,
+    control_notices: mpsc::Receiver<Notice>,
+    /// When the policy is to be read again: at once after SIGHUP, once the directory is quiet
+    /// after a change in it.
+    reload_due: Option<Instant>,
+    refresh: Interval,
+    counter_check: Interval,
+    rescan: Interval,
+    heartbeat: Interval,
+}
+
+impl Wakeups {
+    async fn new(
+        enforcer: &mut Enforcer,
+        options: &RunOptions,
+        control: &mut ControlSocket,
+    ) -> Result<Self> {
+        // SAFETY (both): each value owns its file descriptor and keeps it open, unreplaced, for
+        // as long as the AsyncFd holds it.
+        let events =
+            unsafe { AsyncFd::register_with_interest(enforcer.take_events()?, Interest::READABLE) }
+                .context("watching the ring buffer")?;
+        let kernel_log =
+            unsafe { AsyncFd::register_with_interest(enforcer.take_logger()?, Interest::READABLE) }
+                .context("watching eBPF logs")?;
+        let interrupt = signal(SignalKind::interrupt())?;
+        let terminate = signal(SignalKind::terminate())?;
+        let hangup = signal(SignalKind::hangup())?;
+        let policy_dir = watch_policy_dir(&options.policy_dir);
+        let control_notices = control.serve(std::path::absolute(&options.policy_dir)?)?;
+        let mut refresh = tokio::time::interval(options.refresh_interval);
+        refresh.tick().await;
+        let counter_check = tokio::time::interval(COUNTER_CHECK_INTERVAL);
+        let mut rescan = tokio::time::interval(options.rescan_interval);
+        rescan.tick().await;
+        let heartbeat = tokio::time::interval(Duration::from_secs(heartbeat::INTERVAL_SECS));
+        Ok(Self {
+            events,
+            kernel_log,
+            interrupt,
+            terminate,
+            hangup,
+            policy_dir,
+            control_notices,
+            reload_due: None,
+            refresh,
+            counter_check,
+            rescan,
+            heartbeat,
+        })
+    }
+}
+
+/// The policy in force, the background work on it and what the daemon reports.
+struct Daemon {
+    enforcer: Enforcer,
+    /// Protected files by key, to name them in tamper events.
+    protected: BTreeMap<FileKey, PathBuf>,
+    options: RunOptions,
+    sink: Sinks,
+    status: Publisher,
+    policy: Policy,
+    resolution: Resolution,
+    /// Rules reloads removed, so an event raised under the previous policy still names its rule.
+    retired_rules: BTreeMap<u32, RuleInfo>,
+    scanned: Option<Arc<ScanReport>>,
+    /// Whether the first content scan is done.
+    scanned_once: bool,
+    /// Files the content watcher found banned since the last content scan started.
+    watched: Vec<HashedFile>,
+    /// How many of `watched` the running job knows of.
+    watched_by_job: usize,
+    jobs: Jobs<Work, Done>,
+    /// The policy's hash size limit, shared with the content watcher's threads.
+    hash_limit_bytes: Arc<AtomicU64>,
+    content_watch: ContentWatch,
+    watcher_warnings: Tally,
+    newly_banned: Tally,
+    /// The ban map's overflow last reported.
+    reported_overflow: usize,
+    /// Events handed to the sinks.
+    delivered: u64,
+    /// The kernel's counters when last read.
+    counters: KernelCounters,
+}
+
+impl Daemon {
+    /// Tells the sinks and the service manager that the daemon runs, and starts the first
+    /// content scan if content rules need it. `previous_heartbeat`: that of the daemon whose
+    /// programs this one adopted.
+    fn announce_start(&mut self, previous_heartbeat: Option<Heartbeat>) {
+        let enforcer = &self.enforcer;
+        self.sink.emit(Record::Started {
+            time: events::now_rfc3339(),
+            backend: enforcer.backend().name(),
+            backend_reason: enforcer.backend_reason().to_owned(),
+            policies: self
+                .policy
+                .policies
+                .iter()
+                .map(|p| p.name.clone())
+                .collect(),
+            rules: self.resolution.rules.len(),
+            entries: enforcer.installed_entries(),
+            pinned: enforcer.pinned().map(|dir| dir.display().to_string()),
+            adopted: enforcer.adopted(),
+            adoption_refused: enforcer.adoption_refused().map(str::to_owned),
+            protected: !self.protected.is_empty(),
+            features: enforcer.features().clone(),
+        });
+        if let Some(previous) = previous_heartbeat {
+            report_lost_daemon(previous, &self.sink);
+        }
+        systemd::notify_ready();
+        if resolve::needs_scan(&self.policy) {
+            log::info!("content rules: scanning the scan roots in the background");
+            self.request(Work::Refresh { rescan: true });
+        }
+    }
+
+    /// Hands each wakeup to its handler until the daemon is to stop.
+    async fn serve(&mut self, wakeups: &mut Wakeups) -> Result<()> {
+        loop {
+            tokio::select! {
+                ready = wakeups.events.readable_mut() => {
+                    let mut ready = ready?;
+                    // Left ready while events remain, so the loop comes back after its other
+                    // work.
+                    if self.forward_events(ready.get_inner_mut(), EVENTS_PER_TURN) {
+                        ready.clear_ready();
+                    }
+                }
+                ready = wakeups.kernel_log.readable_mut() => {
+                    let mut ready = ready?;
+                    ready.get_inner_mut().flush();
+                    ready.clear_ready();
+                }
+                _ = wakeups.rescan.tick(), if resolve::needs_scan(&self.policy) => {
+                    self.request(Work::Refresh { rescan: true });
+                }
+                Some(report) = self.content_watch.reports.recv() => self.watcher_report(report),
+                _ = wakeups.refresh.tick() => self.request(Work::Refresh { rescan: false }),
+                _ = wakeups.counter_check.tick() => self.check_counters(),
+                _ = wakeups.heartbeat.tick() => beat(&mut self.enforcer),
+                _ = wakeups.hangup.recv() => wakeups.reload_due = Some(Instant::now()),
+                ready = changed(wakeups.policy_dir.as_ref()) => {
+                    let mut ready = ready?;
+                    if ready.get_inner().drain() {
+                        wakeups.reload_due = Some(Instant::now() + QUIET_BEFORE_RELOAD);
+                    }
+                    ready.clear_ready();
+                }
+                _ = sleep_until(wakeups.reload_due.unwrap_or_else(Instant::now)),
+                    if wakeups.reload_due.is_some() =>
+                {
+                    wakeups.reload_due = None;
+                    self.request(Work::Reload);
+                }
+                Some(done) = self.jobs.done() => self.job_done(done),
+                Some(notice) = wakeups.control_notices.recv() => {
+                    if self.control_notice(notice).is_break() {
+                        return Ok(());
+                    }
+                }
+                _ = wakeups.interrupt.recv() => return Ok(()),
+                _ = wakeups.terminate.recv() => return Ok(()),
+            }
+        }
+    }
+
+    /// What the events of the kernel programs are named by.
+    fn known(&self) -> Known<'_> {
+        Known {
+            resolution: &self.resolution,
+            retired_rules: &self.retired_rules,
+            protected: &self.protected,
+        }
+    }
+
+    /// Forwards up to `limit` queued events; returns whether the ring is now empty.
+    fn forward_events(&mut self, ring: &mut RingBuf<MapData>, limit: usize) -> bool {
+        let (count, emptied) = drain(ring, &self.known(), &self.sink, limit);
+        self.delivered += count;
+        emptied
+    }
+
+    /// Writes the status file anew.
+    fn publish(&mut self) {
+        self.status.publish(Snapshot::of(
+            &self.enforcer,
+            &self.policy,
+            &self.resolution,
+            self.delivered,
+            &self.counters,
+        ));
+    }
+
+    /// Reports what the kernel's counters say happened since the last check, flushes the
+    /// content watcher's tallies and publishes the status.
+    fn check_counters(&mut self) {
+        self.counters = report_lost_events(&self.enforcer, self.counters, &self.sink);
+        self.watcher_warnings
+            .flush(|more| format!("content watcher: {more} more warnings not listed"));
+        self.newly_banned.flush(|more| {
+            format!("content watcher: {more} more files with banned content not listed")
+        });
+        self.report_overflow();
+        self.publish();
+    }
+
+    /// Takes in what the content watcher reports: a file it hashed, a loss of events (only a
+    /// rescan catches up) or a warning.
+    fn watcher_report(&mut self, report: watch::Report) {
+        match report {
+            watch::Report::Seen(seen) => {
+                if self.content_seen(&seen) {
+                    self.publish();
+                }
+            }
+            watch::Report::Overflow => {
+                log::warn!("content watcher: the kernel dropped events; rescanning");
+                self.request(Work::Refresh { rescan: true });
+            }
+            watch::Report::Warning(warning) => {
+                self.watcher_warnings
+                    .note(format_args!("content watcher: {warning}"));
+            }
+        }
+    }
+
+    /// Asks for `work`; it starts now unless a job runs, else after it.
+    fn request(&mut self, work: Work) {
+        if let Some(work) = self.jobs.request(work) {
+            self.start_job(work);
+        }
+    }
+
+    /// Runs `work` off the event loop, from the state as it is now.
+    fn start_job(&mut self, work: Work) {
+        self.watched_by_job = self.watched.len();
+        let inputs = background::Inputs {
+            policy: self.policy.clone(),
+            policy_dir: self.options.policy_dir.clone(),
+            scan: self.options.scan.clone(),
+            budget: self.options.budget,
+            scanned: self.scanned.clone(),
+            watched: self.watched.clone(),
+        };
+        self.jobs.run(move || background::run(work, inputs));
+    }
+
+    /// Takes in the result of a background job and starts the one waiting, if any.
+    fn job_done(&mut self, done: Done) {
+        match done {
+            Done::Refreshed {
+                resolution,
+                rescanned,
+            } => {
+                if self.refreshed(resolution, rescanned) {
+                    self.publish();
+                }
+            }
+            Done::Reloaded(loaded) => self.reload_done(loaded),
+        }
+        self.report_overflow();
+        if let Some(next) = self.jobs.finished() {
+            self.start_job(next);
+        }
+    }
+
+    /// Files the watcher found while the finished job ran, which its resolution lacks.
+    fn watched_since_job(&self) -> &[HashedFile] {
+        &self.watched[self.watched_by_job.min(self.watched.len())..]
+    }
+
+    /// After a job that scanned: its scan, which started after them, has the watcher's earlier
+    /// finds that are still on disk.
+    fn forget_watched_before_job(&mut self) {
+        self.watched
+            .drain(..self.watched_by_job.min(self.watched.len()));
+    }
+
+    /// Puts a refreshed resolution (after a new content scan, with `rescanned`) in force if it
+    /// changes the ban map; says whether it did.
+    fn refreshed(
+        &mut self,
+        mut fresh: Resolution,
+        rescanned: Option<Option<Arc<ScanReport>>>,
+    ) -> bool {
+        background::take_in_watched(&self.policy, &mut fresh, self.watched_since_job());
+        fresh.keep_undecided(&self.resolution);
+        if (&fresh.undecided, fresh.kept) != (&self.resolution.undecided, self.resolution.kept) {
+            log_undecided(&fresh);
+            if fresh.undecided.is_empty() {
+                log::info!("every identifier could be looked up again");
+            }
+        }
+        if let Some(scanned) = rescanned {
+            self.forget_watched_before_job();
+            self.scanned = scanned;
+            if !std::mem::replace(&mut self.scanned_once, true) {
+                log::info!(
+                    "content rules: the background scan is done; {} files banned",
+                    fresh.entries.len()
+                );
+                log_resolution(&fresh);
+            }
+        }
+        if fresh.entries == self.resolution.entries {
+            self.resolution = fresh;
+            return false;
+        }
+        match self.enforcer.apply(&fresh.entries) {
+            Ok(stats) => {
+                log_changes(&self.resolution, &fresh);
+                log::info!(
+                    "ban map updated: {} added, {} changed, {} removed",
+                    stats.added,
+                    stats.changed,
+                    stats.removed
+                );
+                self.resolution = fresh;
+                true
+            }
+            Err(error) => {
+                log::error!("{error:#}");
+                false
+            }
+        }
+    }
+
+    /// Puts a reloaded policy in force, or reports why it stays out.
+    fn reload_done(&mut self, loaded: Result<Reloaded, String>) {
+        let applied = loaded.and_then(|mut loaded| {
+            // Files the watcher found while the reload ran, which its scan may lack.
+            background::take_in_watched(
+                &loaded.policy,
+                &mut loaded.resolution,
+                self.watched_since_job(),
+            );
+            loaded.resolution.keep_undecided(&self.resolution);
+            apply_reload(loaded, &mut self.enforcer).map_err(|error| format!("{error:#}"))
+        });
+        let reloaded = match applied {
+            Ok(reloaded) => reloaded,
+            Err(error) => {
+                log::error!("reload refused, the previous policy stays in force: {error}");
+                self.sink.emit(Record::ReloadFailed {
+                    time: events::now_rfc3339(),
+                    error,
+                });
+                return;
+            }
+        };
+        let fresh = &reloaded.resolution;
+        log_changes(&self.resolution, fresh);
+        log_resolution(fresh);
+        log::info!(
+            "policy reloaded: {} rules, {} files banned",
+            fresh.rules.len(),
+            fresh.entries.len()
+        );
+        self.sink.emit(Record::Reloaded {
+            time: events::now_rfc3339(),
+            policies: reloaded
+                .policy
+                .policies
+                .iter()
+                .map(|p| p.name.clone())
+                .collect(),
+            rules: fresh.rules.len(),
+            entries: fresh.entries.len(),
+        });
+        retire_rules(&mut self.retired_rules, &self.resolution, fresh);
+        self.hash_limit_bytes
+            .store(reloaded.policy.hash_limit_bytes(), Ordering::Relaxed);
+        self.policy = reloaded.policy;
+        self.scanned = reloaded.scanned;
+        self.resolution = reloaded.resolution;
+        self.forget_watched_before_job();
+        self.publish();
+        self.content_watch
+            .start_if_needed(&self.policy, &self.options, &self.hash_limit_bytes);
+    }
+
+    /// Takes in a file the watcher hashed: if a content rule bans it and it has no entry yet, a
+    /// process that exec'd it before the ban was in place is killed, and the file gets an
+    /// entry if the budget has room. Returns whether the ban map changed.
+    fn content_seen(&mut self, seen: &watch::Seen) -> bool {
+        let Some(find) = judge_seen(
+            &self.policy,
+            &self.resolution,
+            self.enforcer.content_checks(),
+            seen,
+        ) else {
+            return false;
+        };
+        let file = &seen.file;
+        if let Some(pid) = find.kill {
+            kill_late_exec(pid, file);
+        }
+        let entered = self
+            .resolution
+            .add_seen(find.rule_id, find.via.clone(), file);
+        let banned = entered
+            && match self.enforcer.apply(&self.resolution.entries) {
+                Ok(_) => true,
+                Err(error) => {
+                    log::error!("{error:#}");
+                    false
+                }
+            };
+        if entered {
+            self.watched.push(file.clone());
+        }
+        // Logged once the entry is in force.
+        self.newly_banned.note(format_args!(
+            "content watcher: {} has content banned by rule {} ({}){}",
+            escaped(&file.path),
+            find.rule.as_ref().map_or("?", |rule| rule.id.as_str()),
+            find.via,
+            if banned {
+                ""
+            } else {
+                "; not banned by identity (see the ban map budget)"
+            }
+        ));
+        entered
+    }
+
+    /// Warns when more files than last time were left out of the ban map.
+    fn report_overflow(&mut self) {
+        let overflow = self.resolution.overflow();
+        let total = overflow.total();
+        if total == std::mem::replace(&mut self.reported_overflow, total) || total == 0 {
+            return;
+        }
+        let budget = self.resolution.budget();
+        log::warn!(
+            "ban map budget: {total} files rules name are not banned by identity: {} beyond the \
+             limits on files owned by users other than root ({} per user, {} in all; owners: \
+             {}), {} beyond the map's capacity ({}); content rules still catch them when they \
+             run",
+            overflow.over_user_limits,
+            budget.per_user,
+            budget.users,
+            listed_owners(&overflow.owners),
+            overflow.over_capacity,
+            budget.capacity
+        );
+    }
+
+    /// Logs and records a change of policy files a client asked for; says whether to stop.
+    fn control_notice(&mut self, notice: Notice) -> ControlFlow<()> {
+        match notice {
+            Notice::Stop { peer } => {
+                log::info!("stopping, as {peer} asked over the control socket");
+                ControlFlow::Break(())
+            }
+            Notice::PolicyChanged { peer, change } => {
+                let record = policy_changed(change, peer);
+                log::info!("{}", record.summary());
+                self.sink.emit(record);
+                ControlFlow::Continue(())
+            }
+        }
+    }
+
+    /// Stops beating, detaches or leaves the pinned programs, forwards the events still queued
+    /// in `ring` and closes the sinks with the `stopped` record.
+    fn stop(self, ring: &mut RingBuf<MapData>) {
+        let Self {
+            mut enforcer,
+            protected,
+            sink,
+            mut status,
+            resolution,
+            retired_rules,
+            mut delivered,
+            counters,
+            ..
+        } = self;
+        let counters = report_lost_events(&enforcer, counters, &sink);
+        if enforcer.content_checks() {
+            log::info!(
+                "content checks: {} answered from the verdict cache, {} hashed (executable \
+                 mappings: {} from the cache, {} hashed), {} over the hash limit, {} not \
+                 hashable, {} on filesystems that can change bytes unseen (not judged), {} \
+                 cached verdicts dropped after a change",
+                counters.verdict_cache_hits,
+                counters.verdict_cache_misses,
+                counters.mapping_verdict_cache_hits,
+                counters.mapping_verdict_cache_misses,
+                counters.content_too_large,
+                counters.content_hash_failures,
+                counters.content_unguarded,
+                counters.verdicts_invalidated
+            );
+        }
+        let pinned = enforcer.pinned().map(|dir| dir.display().to_string());
+        if let Err(error) = enforcer.stop_beating() {
+            log::error!("{error:#}");
+        }
+        if pinned.is_some() && !protected.is_empty() {
+            // Stopped the documented way: the pins and policies may now be changed, until the
+            // next daemon protects them again.
+            if let Err(error) = enforcer.unprotect() {
+                log::error!("{error:#}");
+            }
+        }
+        enforcer.release();
+        match &pinned {
+            Some(dir) => log::info!(
+                "the programs pinned at {dir} keep enforcing the policy; `blocker unload` \
+                 detaches them"
+            ),
+            None => log::info!("programs detached; execs are no longer checked"),
+        }
+        let known = Known {
+            resolution: &resolution,
+            retired_rules: &retired_rules,
+            protected: &protected,
+        };
+        delivered += drain(ring, &known, &sink, usize::MAX).0;
+        sink.close(|records_dropped| Record::Stopped {
+            time: events::now_rfc3339(),
+            events: delivered,
+            events_lost: counters.events_lost,
+            pinned,
+            records_dropped,
+        });
+        status.stopped(EventCounts {
+            delivered,
+            lost: counters.events_lost,
+            suppressed: counters.records_suppressed,
+        });
+    }
+}
+
+/// A file the content watcher hashed that a content rule bans and the ban map lacks.
+#[derive(Debug, PartialEq)]
+struct Find {
+    rule_id: u32,
+    via: Via,
+    rule: Option<RuleInfo>,
+    /// The process to kill: it exec'd the file under a deny rule, and the kernel let it.
+    kill: Option<i32>,
+}
+
+/// What a file the content watcher hashed means under the policy in force: nothing when no
+/// content rule bans it or it has an entry already, else a [`Find`]. `kernel_checks_contents`:
+/// whether the kernel hashes what is exec'd, and so refused the exec itself where a deny rule
+/// names the contents.
+fn judge_seen(
+    policy: &Policy,
+    resolution: &Resolution,
+    kernel_checks_contents: bool,
+    seen: &watch::Seen,
+) -> Option<Find> {
+    let file = &seen.file;
+    let (rule_id, via) = resolve::content_matches(policy, file).into_iter().next()?;
+    if resolution.entries.contains_key(&file.identity.key) {
+        return None;
+    }
+    let rule = resolution.rule(rule_id).cloned();
+    let denies = |rule: Option<&RuleInfo>| rule.is_some_and(|rule| rule.action == Action::Deny);
+    let kernel_refused = kernel_checks_contents
+        && resolution
+            .hashes
+            .get(&file.sha256)
+            .is_some_and(|&rule_id| denies(resolution.rule(rule_id)));
+    let kill = seen
+        .exec_by
+        .filter(|_| denies(rule.as_ref()) && !kernel_refused);
+    Some(Find {
+        rule_id,
+        via,
+        rule,
+        kill,
+    })
+}
+
+/// The first [`LISTED_LINES`] owners, and how many more.
+fn listed_owners(owners: &BTreeSet<u32>) -> String {
+    let listed: Vec<String> = owners
+        .iter()
+        .take(LISTED_LINES)
+        .map(u32::to_string)
+        .collect();
+    match owners.len() - listed.len() {
+        0 => listed.join(", "),
+        more => format!("{} and {more} more", listed.join(", ")),
+    }
+}
+
+/// Kills a process that exec'd banned content before its ban was in place, if it still runs it.
+fn kill_late_exec(pid: i32, file: &HashedFile) {
+    match pidfd::kill_if_running(pid, file.identity.key) {
+        Ok(pidfd::Outcome::Killed) => log::warn!(
+            "content watcher: killed pid {pid}, which ran {} before the ban was in place",
+            escaped(&file.path)
+        ),
+        Ok(pidfd::Outcome::Exited | pidfd::Outcome::RunsSomethingElse) => {}
+        Err(error) => log::error!("content watcher: killing pid {pid}: {error}"),
+    }
 }
 
 /// Refuses to start where the kernel would not match the keys the maps get (see
@@ -190,6 +934,98 @@ fn log_features(features: &Features) {
             log::Level::Warn
         };
         log::log!(level, "{name}: {}", feature.describe());
+    }
+}
+
+/// Puts a reloaded policy in force: ban map first (add before remove, all or nothing), then
+/// settings.
+fn apply_reload(reloaded: Reloaded, enforcer: &mut Enforcer) -> Result<Reloaded> {
+    let fresh = &reloaded.resolution;
+    enforcer.apply(&fresh.entries)?;
+    enforcer.apply_content_bans(&fresh.content_bans())?;
+    enforcer.set_exec_settings(fresh.exec_settings())?;
+    Ok(reloaded)
+}
+
+/// Watches the policy directory for changes; without a watch, only SIGHUP reloads.
+fn watch_policy_dir(policy_dir: &Path) -> Option<AsyncFd<PolicyDirWatcher>> {
+    let watched = PolicyDirWatcher::new(policy_dir).and_then(|watcher| {
+        // SAFETY: the watcher owns its descriptor and keeps it open while the AsyncFd holds it.
+        unsafe {
+            Ok(AsyncFd::register_with_interest(
+                watcher,
+                Interest::READABLE,
+            )?)
+        }
+    });
+    match watched {
+        Ok(watcher) => Some(watcher),
+        Err(error) => {
+            log::warn!(
+                "not watching {} ({error}); reload with SIGHUP",
+                escaped(&policy_dir)
+            );
+            None
+        }
+    }
+}
+
+/// Readiness of the policy directory watch; never, without one.
+async fn changed(
+    watcher: Option<&AsyncFd<PolicyDirWatcher>>,
+) -> std::io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, PolicyDirWatcher>> {
+    match watcher {
+        Some(watcher) => watcher.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The content watcher: started once content rules need it, at the start or by a reload, and
+/// kept from then on.
+struct ContentWatch {
+    started: bool,
+    /// What the watcher finds; closed while it does not run.
+    reports: mpsc::UnboundedReceiver<watch::Report>,
+}
+
+impl ContentWatch {
+    fn new() -> Self {
+        let (_, closed) = mpsc::unbounded_channel();
+        Self {
+            started: false,
+            reports: closed,
+        }
+    }
+
+    /// Starts the watcher if `policy` has content rules and it was not started before (a
+    /// watcher that could not start is not tried again).
+    fn start_if_needed(
+        &mut self,
+        policy: &Policy,
+        options: &RunOptions,
+        hash_limit_bytes: &Arc<AtomicU64>,
+    ) {
+        if self.started || !resolve::needs_scan(policy) {
+            return;
+        }
+        self.started = true;
+        match watch::ContentWatcher::new(&options.scan.roots) {
+            Ok(watcher) => {
+                log::info!(
+                    "content watcher: hashing executables written or run under the scan roots; \
+                     a new copy of banned content is banned when written, or killed at its \
+                     first exec"
+                );
+                let (sender, reports) = mpsc::unbounded_channel();
+                self.reports = reports;
+                let hash_limit_bytes = hash_limit_bytes.clone();
+                std::thread::spawn(move || watcher.run(sender, hash_limit_bytes));
+            }
+            Err(error) => log::warn!(
+                "content watcher unavailable ({error}); new copies of banned content are found \
+                 at the next content scan"
+            ),
+        }
     }
 }
 
@@ -425,9 +1261,10 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
+    use crate::{identity::FileIdentity, scan::to_hex};
 
     /// The resolution of a policy file's `text`.
-    pub(super) fn resolved(text: &str) -> (policy::Policy, Resolution) {
+    fn resolved(text: &str) -> (Policy, Resolution) {
         let policy = policy::parse_sources(&[(PathBuf::from("test.toml"), text.to_owned())])
             .expect("a valid policy");
         let resolution =
@@ -496,5 +1333,67 @@ mod tests {
         );
         assert_eq!(banned_since(&new, &new).count(), 0);
         assert_eq!(unbanned_since(&new, &new).count(), 0);
+    }
+
+    const DENIED: [u8; 32] = [0x11; 32];
+    const AUDITED: [u8; 32] = [0x22; 32];
+
+    fn policy() -> (Policy, Resolution) {
+        resolved(&format!(
+            "name = \"test\"\n\
+             [[rule]]\nid = \"denied\"\nsha256 = [\"{}\"]\n\
+             [[rule]]\nid = \"audited\"\naction = \"audit\"\nsha256 = [\"{}\"]\n",
+            to_hex(&DENIED),
+            to_hex(&AUDITED)
+        ))
+    }
+
+    fn seen(sha256: [u8; 32], exec_by: Option<i32>) -> watch::Seen {
+        watch::Seen {
+            file: HashedFile {
+                path: PathBuf::from("/home/u/copy"),
+                identity: FileIdentity {
+                    key: FileKey::new(1, 100),
+                    generation: None,
+                    owner: 1000,
+                },
+                sha256,
+            },
+            exec_by,
+        }
+    }
+
+    fn judged(seen: &watch::Seen, kernel_checks_contents: bool) -> Option<(String, Option<i32>)> {
+        let (policy, resolution) = policy();
+        judge_seen(&policy, &resolution, kernel_checks_contents, seen).map(|find| {
+            assert_eq!(find.via, Via::Sha256(seen.file.sha256));
+            (find.rule.expect("a rule in force").id, find.kill)
+        })
+    }
+
+    #[test]
+    fn an_exec_of_denied_content_the_kernel_let_through_is_killed() {
+        assert_eq!(
+            judged(&seen(DENIED, Some(42)), false),
+            Some(("denied".to_owned(), Some(42)))
+        );
+    }
+
+    #[test]
+    fn an_exec_the_kernel_refused_or_a_rule_audits_or_a_write_kills_nothing() {
+        let no_kill = |rule: &str| Some((rule.to_owned(), None));
+        assert_eq!(judged(&seen(DENIED, Some(42)), true), no_kill("denied"));
+        assert_eq!(judged(&seen(AUDITED, Some(42)), false), no_kill("audited"));
+        assert_eq!(judged(&seen(DENIED, None), false), no_kill("denied"));
+    }
+
+    #[test]
+    fn content_no_rule_names_or_a_file_banned_already_means_nothing() {
+        assert_eq!(judged(&seen([0x33; 32], Some(42)), false), None);
+        let (policy, mut resolution) = policy();
+        let seen = seen(DENIED, Some(42));
+        let find = judge_seen(&policy, &resolution, false, &seen).expect("a find");
+        assert!(resolution.add_seen(find.rule_id, find.via, &seen.file));
+        assert_eq!(judge_seen(&policy, &resolution, false, &seen), None);
     }
 }
