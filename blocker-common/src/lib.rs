@@ -365,97 +365,152 @@ impl FileKey {
     }
 }
 
-/// What happens when a banned file is executed.
-pub mod action {
-    /// Let it run without a report: a setting (fileless execs), or a cached content verdict of
-    /// a file no rule bans.
-    pub const ALLOW: u32 = 0;
-    /// Refuse the exec (EPERM under the LSM backend, SIGKILL under the kill backend).
-    pub const DENY: u32 = 1;
-    /// Let it run and report it.
-    pub const AUDIT: u32 = 2;
+/// Declares a value that crosses the user/kernel boundary as a `u32`, with each variant's
+/// number and its name (in records and logs) side by side. Structs shared with the kernel keep
+/// the `u32` ([`wire`](Action::wire)), because a number read from the kernel may be one this
+/// build does not know: [`from_wire`](Action::from_wire) reads it leniently.
+macro_rules! wire_values {
+    ($(#[$doc:meta])* $type:ident { $($(#[$variant_doc:meta])* $variant:ident = $value:literal, $name:literal;)* }) => {
+        $(#[$doc])*
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $type {
+            $($(#[$variant_doc])* $variant = $value,)*
+        }
+
+        impl $type {
+            pub const ALL: &'static [$type] = &[$($type::$variant,)*];
+
+            /// The number on the wire.
+            pub const fn wire(self) -> u32 {
+                self as u32
+            }
+
+            /// The value of a number from the wire; `None` for one this build does not know.
+            pub const fn from_wire(value: u32) -> Option<Self> {
+                match value {
+                    $($value => Some($type::$variant),)*
+                    _ => None,
+                }
+            }
+
+            /// The name in records and logs.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $($type::$variant => $name,)*
+                }
+            }
+        }
+    };
 }
 
-/// How the kernel side enforces a deny.
-pub mod backend {
-    /// `lsm/bprm_check_security` returns -EPERM: the exec never happens.
-    pub const LSM: u32 = 1;
-    /// `tp_btf/sched_process_exec` sends SIGKILL before the new image runs any code.
-    pub const KILL: u32 = 2;
-}
-
-/// What the kernel was asked to do with a banned file.
-pub mod operation {
-    /// `execve`/`execveat` of the file.
-    pub const EXEC: u32 = 1;
-    /// `mmap` of the file with `PROT_EXEC` (the dynamic loader, `dlopen`).
-    pub const MMAP: u32 = 2;
-    /// `mprotect` adding `PROT_EXEC` to a mapping of the file.
-    pub const MPROTECT: u32 = 3;
-    /// Tamper attempts refused while protection is on. A signal to the daemon; the event's
-    /// `detail` is the signal number.
-    pub const SIGNAL: u32 = 4;
-    /// `ptrace` (or memory or descriptor access) of the daemon or of a process running the
-    /// blocker binary; `detail` is the kernel's ptrace access mode.
-    pub const PTRACE: u32 = 5;
-    /// A descriptor of one of blocker's maps, programs or links; `detail` is the
-    /// [`super::bpf_object`] kind and the event's `ino` its id.
-    pub const BPF_OBJECT: u32 = 6;
-    /// A change to a protected directory or file; `detail` is one of [`super::file_change`].
-    pub const FILE_CHANGE: u32 = 7;
-    /// A new resource limit for the daemon (`prlimit`); `detail` is the `RLIMIT_*` resource.
-    pub const RESOURCE_LIMIT: u32 = 8;
-    /// A signal to the daemon through a descriptor's owner (`F_SETOWN`, `F_SETSIG`); `detail`
-    /// is the signal number (0: SIGIO).
-    pub const OWNER_SIGNAL: u32 = 9;
-    /// A new executable file for the caller's own process (`prctl(PR_SET_MM,
-    /// PR_SET_MM_EXE_FILE)`, or `PR_SET_MM_MAP` with an `exe_fd`); `detail` is the `PR_SET_MM_*`
-    /// operation.
-    pub const EXE_FILE_CHANGE: u32 = 10;
-    /// A new priority for the daemon; `detail` is one of [`super::priority_change`].
-    pub const PRIORITY: u32 = 11;
-    /// Opening one of the daemon's own `/proc` files for writing (`oom_score_adj`,
-    /// `timerslack_ns`, ...).
-    pub const PROC_WRITE: u32 = 12;
-}
-
-/// The priorities of the daemon that tamper protection keeps.
-pub mod priority_change {
-    /// `setpriority`, `nice`.
-    pub const NICE: u32 = 1;
-    /// `ioprio_set`.
-    pub const IO: u32 = 2;
-    /// `sched_setscheduler`, `sched_setattr`, `sched_setaffinity`, and a move into a cgroup with
-    /// other CPUs (cpuset).
-    pub const SCHEDULING: u32 = 3;
-}
-
-/// Kinds of BPF objects tamper protection guards.
-pub mod bpf_object {
-    pub const MAP: u32 = 1;
-    pub const PROGRAM: u32 = 2;
-    pub const LINK: u32 = 3;
-
-    /// The key of `PROTECTED_BPF_OBJECTS` (ids are per kind).
-    pub const fn key(kind: u32, id: u32) -> u64 {
-        ((kind as u64) << 32) | id as u64
+wire_values! {
+    /// What happens when a banned file is executed.
+    Action {
+        /// Let it run without a report: a setting (fileless execs), or a cached content verdict
+        /// of a file no rule bans.
+        Allow = 0, "allow";
+        /// Refuse the exec (EPERM under the LSM backend, SIGKILL under the kill backend).
+        Deny = 1, "deny";
+        /// Let it run and report it.
+        Audit = 2, "audit";
     }
 }
 
-/// Changes to protected files and directories that tamper protection refuses.
-pub mod file_change {
-    pub const OPEN_FOR_WRITING: u32 = 1;
-    pub const SETATTR: u32 = 2;
-    pub const CREATE: u32 = 3;
-    pub const LINK: u32 = 4;
-    pub const UNLINK: u32 = 5;
-    pub const SYMLINK: u32 = 6;
-    pub const MKDIR: u32 = 7;
-    pub const RMDIR: u32 = 8;
-    pub const MKNOD: u32 = 9;
-    pub const RENAME: u32 = 10;
-    pub const MOUNT: u32 = 11;
-    pub const UMOUNT: u32 = 12;
+wire_values! {
+    /// How the kernel side enforces a deny.
+    Backend {
+        /// `lsm/bprm_check_security` returns -EPERM: the exec never happens.
+        Lsm = 1, "lsm";
+        /// `tp_btf/sched_process_exec` sends SIGKILL before the new image runs any code.
+        Kill = 2, "kill";
+    }
+}
+
+wire_values! {
+    /// What the kernel was asked to do with a banned file, or which tamper attempt it refused.
+    /// The names of tamper attempts are the `attempt` of `tamper` records.
+    Operation {
+        /// `execve`/`execveat` of the file.
+        Exec = 1, "exec";
+        /// `mmap` of the file with `PROT_EXEC` (the dynamic loader, `dlopen`).
+        Mmap = 2, "mmap";
+        /// `mprotect` adding `PROT_EXEC` to a mapping of the file.
+        Mprotect = 3, "mprotect";
+        /// Tamper attempts refused while protection is on. A signal to the daemon; the event's
+        /// `detail` is the signal number.
+        Signal = 4, "signal";
+        /// `ptrace` (or memory or descriptor access) of the daemon or of a process running the
+        /// blocker binary; `detail` is the kernel's ptrace access mode.
+        Ptrace = 5, "ptrace";
+        /// A descriptor of one of blocker's maps, programs or links; `detail` is the
+        /// [`BpfObject`] kind and the event's `ino` its id.
+        BpfObject = 6, "bpf_object";
+        /// A change to a protected directory or file; `detail` is a [`FileChange`].
+        FileChange = 7, "file_change";
+        /// A new resource limit for the daemon (`prlimit`); `detail` is the `RLIMIT_*` resource.
+        ResourceLimit = 8, "resource_limit";
+        /// A signal to the daemon through a descriptor's owner (`F_SETOWN`, `F_SETSIG`);
+        /// `detail` is the signal number (0: SIGIO).
+        OwnerSignal = 9, "owner_signal";
+        /// A new executable file for the caller's own process (`prctl(PR_SET_MM,
+        /// PR_SET_MM_EXE_FILE)`, or `PR_SET_MM_MAP` with an `exe_fd`); `detail` is the
+        /// `PR_SET_MM_*` operation.
+        ExeFileChange = 10, "exe_file";
+        /// A new priority for the daemon; `detail` is a [`PriorityChange`].
+        Priority = 11, "priority";
+        /// Opening one of the daemon's own `/proc` files for writing (`oom_score_adj`,
+        /// `timerslack_ns`, ...).
+        ProcWrite = 12, "proc_write";
+    }
+}
+
+wire_values! {
+    /// The priorities of the daemon that tamper protection keeps; the names say what changed.
+    PriorityChange {
+        /// `setpriority`, `nice`.
+        Nice = 1, "nice";
+        /// `ioprio_set`.
+        Io = 2, "I/O priority";
+        /// `sched_setscheduler`, `sched_setattr`, `sched_setaffinity`, and a move into a cgroup
+        /// with other CPUs (cpuset).
+        Scheduling = 3, "scheduling policy or CPUs";
+    }
+}
+
+wire_values! {
+    /// Kinds of BPF objects tamper protection guards.
+    BpfObject {
+        Map = 1, "map";
+        Program = 2, "program";
+        Link = 3, "link";
+    }
+}
+
+impl BpfObject {
+    /// The key of `PROTECTED_BPF_OBJECTS` (ids are per kind).
+    pub const fn key(self, id: u32) -> u64 {
+        ((self as u64) << 32) | id as u64
+    }
+}
+
+wire_values! {
+    /// Changes to protected files and directories that tamper protection refuses; the names
+    /// say what was refused.
+    FileChange {
+        OpenForWriting = 1, "open for writing";
+        Setattr = 2, "change of attributes or size";
+        Create = 3, "create";
+        Link = 4, "hard link";
+        Unlink = 5, "unlink";
+        Symlink = 6, "symlink";
+        Mkdir = 7, "mkdir";
+        Rmdir = 8, "rmdir";
+        Mknod = 9, "mknod";
+        Rename = 10, "rename";
+        Mount = 11, "mount over";
+        Umount = 12, "unmount";
+    }
 }
 
 /// How much of a protected inode is guarded, the value of its `PROTECTED_INODES` entry.
@@ -571,9 +626,9 @@ pub struct CachedVerdict {
     pub policy_generation: u32,
     /// `i_generation` of the inode that was hashed: a recycled inode number is a miss.
     pub inode_generation: u32,
-    /// Rule of the matching content ban; meaningless when `action` is [`action::ALLOW`].
+    /// Rule of the matching content ban; meaningless when `action` is [`Action::Allow.wire()`].
     pub rule_id: u32,
-    /// One of [`action`]; [`action::ALLOW`] when the content is not banned.
+    /// One of [`action`]; [`Action::Allow.wire()`] when the content is not banned.
     pub action: u32,
 }
 
@@ -631,7 +686,7 @@ pub mod guarded_filesystem {
 
 /// How the kernel bounds records of repeated attempts: per (user, file, operation), at most
 /// `BURST` records every `WINDOW_NS`; the first record after a window that suppressed some says
-/// how many (`ExecEvent::suppressed`).
+/// how many (`KernelEvent::suppressed`).
 pub mod record_limit {
     pub const BURST: u32 = 5;
     pub const WINDOW_NS: u64 = 10_000_000_000;
@@ -694,7 +749,7 @@ pub const FILENAME_LEN: usize = 256;
 /// `ino` identify the file it aimed at (or the id of the BPF object in `ino`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct ExecEvent {
+pub struct KernelEvent {
     /// `bpf_ktime_get_boot_ns()`: nanoseconds since boot, suspend included.
     pub boot_time_ns: u64,
     pub ino: u64,
@@ -798,7 +853,7 @@ mod pod {
     // a field, so any bit pattern is valid and no byte is uninitialised.
     unsafe impl aya::Pod for super::FileKey {}
     unsafe impl aya::Pod for super::BanEntry {}
-    unsafe impl aya::Pod for super::ExecEvent {}
+    unsafe impl aya::Pod for super::KernelEvent {}
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::CachedVerdict {}
     unsafe impl aya::Pod for super::Protection {}
@@ -813,6 +868,33 @@ mod tests {
     use super::*;
     use core::mem::size_of;
 
+    /// Every value reads back from its number, no two share a number or a name, and numbers
+    /// this build does not know read as `None`.
+    macro_rules! check_wire_values {
+        ($($type:ident),*) => {$(
+            for (index, value) in $type::ALL.iter().enumerate() {
+                assert_eq!($type::from_wire(value.wire()), Some(*value));
+                for other in &$type::ALL[index + 1..] {
+                    assert_ne!(value.wire(), other.wire());
+                    assert_ne!(value.name(), other.name());
+                }
+            }
+            assert_eq!($type::from_wire(u32::MAX), None);
+        )*};
+    }
+
+    #[test]
+    fn wire_values_read_back_and_are_distinct() {
+        check_wire_values!(
+            Action,
+            Backend,
+            Operation,
+            PriorityChange,
+            BpfObject,
+            FileChange
+        );
+    }
+
     // The kernel side sees these exact sizes; a change must be deliberate on both sides.
     #[test]
     fn layouts_have_no_implicit_padding() {
@@ -824,7 +906,7 @@ mod tests {
         assert_eq!(size_of::<Protection>(), 32);
         assert_eq!(size_of::<CachedVerdict>(), 16);
         assert_eq!(
-            size_of::<ExecEvent>(),
+            size_of::<KernelEvent>(),
             8 + 8 + 14 * 4 + COMM_LEN + FILENAME_LEN
         );
     }
@@ -833,7 +915,7 @@ mod tests {
     fn generation_is_compared_only_when_known() {
         let unknown = BanEntry {
             rule_id: 1,
-            action: action::DENY,
+            action: Action::Deny.wire(),
             generation: 0,
             flags: 0,
         };

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use blocker_common::{
-    action, backend, counter, operation, setting, BanEntry, FileKey, HookArgument, FILELESS_RULE_ID,
+    counter, setting, Action, Backend, BanEntry, FileKey, HookArgument, Operation, FILELESS_RULE_ID,
 };
 
 use crate::{
@@ -28,7 +28,7 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     let Some(bprm) = hook_arguments::bprm(&ctx, HookArgument::BprmCheckSecurityBprm) else {
         return ALLOW;
     };
-    check_exec(&ctx, bprm, backend::LSM).map_or(ALLOW, lsm_verdict)
+    check_exec(&ctx, bprm, Backend::Lsm).map_or(ALLOW, lsm_verdict)
 }
 
 /// The exec check by identity, then by the SHA-256 of the file against `BANNED_HASHES`
@@ -55,7 +55,7 @@ pub fn bprm_check_content(ctx: LsmContext) -> i32 {
     let Some(ban) = ban else {
         return ALLOW;
     };
-    report(&ban, &exec_occurrence(bprm, backend::LSM));
+    report(&ban, &exec_occurrence(bprm, Backend::Lsm));
     lsm_verdict(ban.entry.action)
 }
 
@@ -66,7 +66,7 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     let Some(bprm) = Bprm::new(ctx.arg(2)) else {
         return 0;
     };
-    if check_exec(&ctx, bprm, backend::KILL) == Some(action::DENY) {
+    if check_exec(&ctx, bprm, Backend::Kill) == Some(Action::Deny.wire()) {
         // The exec is past its point of no return; the pending SIGKILL is delivered before the
         // new image returns to userspace, so none of its code runs.
         // SAFETY: signals the current task, which is what the helper does.
@@ -77,7 +77,7 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
 
 /// Looks the file of `bprm` up in the ban list, then applies the fileless setting to a file
 /// with no name on disk; reports a hit and returns its action.
-fn check_exec<C: EbpfContext>(ctx: &C, bprm: Bprm, backend: u32) -> Option<u32> {
+fn check_exec<C: EbpfContext>(ctx: &C, bprm: Bprm, backend: Backend) -> Option<u32> {
     let inode = bprm.file()?.inode()?;
     let key = inode.key()?;
     let ban = banned_identity(ctx, inode, key).or_else(|| fileless_ban(inode, key))?;
@@ -85,10 +85,10 @@ fn check_exec<C: EbpfContext>(ctx: &C, bprm: Bprm, backend: u32) -> Option<u32> 
     Some(ban.entry.action)
 }
 
-fn exec_occurrence(bprm: Bprm, backend: u32) -> Occurrence {
+fn exec_occurrence(bprm: Bprm, backend: Backend) -> Occurrence {
     Occurrence {
         backend,
-        operation: operation::EXEC,
+        operation: Operation::Exec,
         detail: 0,
         exec: Some(bprm),
     }
@@ -133,7 +133,7 @@ pub fn strictest(first: Option<Ban>, then: impl FnOnce() -> Option<Ban>) -> Opti
 /// deleted): no rule can name such a file.
 pub fn fileless_ban(inode: Inode, key: FileKey) -> Option<Ban> {
     let fileless = setting(setting::FILELESS);
-    if fileless == action::ALLOW || inode.links()? != 0 {
+    if fileless == Action::Allow.wire() || inode.links()? != 0 {
         return None;
     }
     Some(Ban {

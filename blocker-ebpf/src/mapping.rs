@@ -2,7 +2,7 @@
 //! (`ld.so /path/to/banned`) and every library, `dlopen` included.
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use blocker_common::{backend, operation, HookArgument};
+use blocker_common::{Backend, HookArgument, Operation};
 
 use crate::{
     exec::{banned_identity, fileless_ban, strictest},
@@ -19,7 +19,7 @@ const PROT_EXEC: u64 = 4;
 pub fn mmap_file(ctx: LsmContext) -> i32 {
     let prot = hook_arguments::raw(&ctx, HookArgument::MmapFileProt);
     let file = hook_arguments::file(&ctx, HookArgument::MmapFileFile);
-    mapping_verdict(&ctx, file, prot, operation::MMAP)
+    mapping_verdict(&ctx, file, prot, Operation::Mmap)
 }
 
 /// `mmap(PROT_EXEC)` of a file, checked as an exec is where the kernel can hash files for BPF:
@@ -49,7 +49,7 @@ pub fn mmap_file_content(ctx: LsmContext) -> i32 {
         )
     })
     .or_else(|| fileless_ban(inode, key));
-    mapping_report(ban, operation::MMAP)
+    mapping_report(ban, Operation::Mmap)
 }
 
 /// `mprotect(PROT_EXEC)` of a mapping made without it.
@@ -57,11 +57,11 @@ pub fn mmap_file_content(ctx: LsmContext) -> i32 {
 pub fn file_mprotect(ctx: LsmContext) -> i32 {
     let prot = hook_arguments::raw(&ctx, HookArgument::FileMprotectProt);
     let vma = Vma::new(hook_arguments::pointer(&ctx, HookArgument::FileMprotectVma));
-    mapping_verdict(&ctx, vma.and_then(Vma::file), prot, operation::MPROTECT)
+    mapping_verdict(&ctx, vma.and_then(Vma::file), prot, Operation::Mprotect)
 }
 
 /// The verdict on an executable mapping of `file` (anonymous mappings have none).
-fn mapping_verdict(ctx: &LsmContext, file: Option<File>, prot: u64, operation: u32) -> i32 {
+fn mapping_verdict(ctx: &LsmContext, file: Option<File>, prot: u64, operation: Operation) -> i32 {
     if prot & PROT_EXEC == 0 {
         return ALLOW;
     }
@@ -75,14 +75,14 @@ fn mapping_verdict(ctx: &LsmContext, file: Option<File>, prot: u64, operation: u
 }
 
 /// Reports `ban` of a mapping, if any, and returns its verdict.
-fn mapping_report(ban: Option<Ban>, operation: u32) -> i32 {
+fn mapping_report(ban: Option<Ban>, operation: Operation) -> i32 {
     let Some(ban) = ban else {
         return ALLOW;
     };
     report(
         &ban,
         &Occurrence {
-            backend: backend::LSM,
+            backend: Backend::Lsm,
             operation,
             detail: 0,
             exec: None,

@@ -64,7 +64,7 @@ pub static HEARTBEAT: Array<Heartbeat> = Array::with_max_entries(1, 0);
 pub static PROTECTED_INODES: HashMap<FileKey, u32> =
     HashMap::with_max_entries(PROTECTED_INODES_CAPACITY, BPF_F_NO_PREALLOC);
 
-/// blocker's own maps, programs and links, keyed by `blocker_common::bpf_object::key`.
+/// blocker's own maps, programs and links, keyed by `blocker_common::BpfObject::key`.
 #[map]
 pub static PROTECTED_BPF_OBJECTS: HashMap<u64, u32> =
     HashMap::with_max_entries(PROTECTED_BPF_OBJECTS_CAPACITY, BPF_F_NO_PREALLOC);

@@ -8,8 +8,8 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use blocker_common::{
-    backend, bpf_object, file_change, inode_guard, operation, priority_change, FileKey,
-    HookArgument, Protection,
+    inode_guard, Backend, BpfObject, FileChange, FileKey, HookArgument, Operation, PriorityChange,
+    Protection,
 };
 
 use crate::{
@@ -75,7 +75,7 @@ pub fn protect_daemon_from_signals(ctx: LsmContext) -> i32 {
     if from_service_manager || sender == protection.daemon_tgid || trusted(&protection) {
         return ALLOW;
     }
-    refuse(operation::SIGNAL, signal as u32, FileKey::default())
+    refuse(Operation::Signal, signal as u32, FileKey::default())
 }
 
 /// A new resource limit for the daemon: root lowering `RLIMIT_NOFILE` or `RLIMIT_AS` could
@@ -86,7 +86,7 @@ pub fn protect_daemon_from_rlimits(ctx: LsmContext) -> i32 {
     refuse_daemon_change(
         &ctx,
         HookArgument::TaskSetrlimitTask,
-        operation::RESOURCE_LIMIT,
+        Operation::ResourceLimit,
         resource,
     )
 }
@@ -98,8 +98,8 @@ pub fn protect_daemon_from_nice(ctx: LsmContext) -> i32 {
     refuse_daemon_change(
         &ctx,
         HookArgument::TaskSetniceTask,
-        operation::PRIORITY,
-        priority_change::NICE,
+        Operation::Priority,
+        PriorityChange::Nice.wire(),
     )
 }
 
@@ -108,8 +108,8 @@ pub fn protect_daemon_from_ioprio(ctx: LsmContext) -> i32 {
     refuse_daemon_change(
         &ctx,
         HookArgument::TaskSetioprioTask,
-        operation::PRIORITY,
-        priority_change::IO,
+        Operation::Priority,
+        PriorityChange::Io.wire(),
     )
 }
 
@@ -119,8 +119,8 @@ pub fn protect_daemon_from_scheduling(ctx: LsmContext) -> i32 {
     refuse_daemon_change(
         &ctx,
         HookArgument::TaskSetschedulerTask,
-        operation::PRIORITY,
-        priority_change::SCHEDULING,
+        Operation::Priority,
+        PriorityChange::Scheduling.wire(),
     )
 }
 
@@ -129,7 +129,7 @@ pub fn protect_daemon_from_scheduling(ctx: LsmContext) -> i32 {
 fn refuse_daemon_change(
     ctx: &LsmContext,
     target: HookArgument,
-    operation: u32,
+    operation: Operation,
     detail: u32,
 ) -> i32 {
     let Some(protection) = active_protection() else {
@@ -155,7 +155,7 @@ pub fn protect_daemon_from_owner_signals(ctx: LsmContext) -> i32 {
         return ALLOW;
     }
     let signal = hook_arguments::raw(&ctx, HookArgument::FileSendSigiotaskSignal) as u32;
-    refuse(operation::OWNER_SIGNAL, signal, FileKey::default())
+    refuse(Operation::OwnerSignal, signal, FileKey::default())
 }
 
 /// ptrace, and everything that reads or writes another process's memory or descriptors.
@@ -180,7 +180,7 @@ pub fn protect_daemon_from_ptrace(ctx: LsmContext) -> i32 {
     if !(runs_blocker || is_daemon(&protection, Some(child))) || trusted(&protection) {
         return ALLOW;
     }
-    refuse(operation::PTRACE, mode, FileKey::default())
+    refuse(Operation::Ptrace, mode, FileKey::default())
 }
 
 /// The daemon's task is freed, all its threads ended, without protection turned off: killed by
@@ -240,7 +240,7 @@ pub fn protect_trust_from_exe_changes(ctx: LsmContext) -> i32 {
         return REFUSE;
     }
     refuse(
-        operation::EXE_FILE_CHANGE,
+        Operation::ExeFileChange,
         operation as u32,
         FileKey::default(),
     )
@@ -251,7 +251,7 @@ pub fn protect_trust_from_exe_changes(ctx: LsmContext) -> i32 {
 #[lsm(hook = "bpf_map")]
 pub fn protect_maps(ctx: LsmContext) -> i32 {
     let map = BpfMap::new(hook_arguments::pointer(&ctx, HookArgument::BpfMapMap));
-    refuse_bpf_object(bpf_object::MAP, map.and_then(BpfMap::id).unwrap_or(0))
+    refuse_bpf_object(BpfObject::Map, map.and_then(BpfMap::id).unwrap_or(0))
 }
 
 /// A process gets a descriptor of a program.
@@ -259,7 +259,7 @@ pub fn protect_maps(ctx: LsmContext) -> i32 {
 pub fn protect_programs(ctx: LsmContext) -> i32 {
     let program = BpfProg::new(hook_arguments::pointer(&ctx, HookArgument::BpfProgProg));
     refuse_bpf_object(
-        bpf_object::PROGRAM,
+        BpfObject::Program,
         program.and_then(BpfProg::id).unwrap_or(0),
     )
 }
@@ -279,7 +279,7 @@ pub fn protect_links(ctx: LsmContext) -> i32 {
     }
     let attr = BpfAttr::new(hook_arguments::pointer(&ctx, HookArgument::BpfAttr));
     refuse_bpf_object(
-        bpf_object::LINK,
+        BpfObject::Link,
         attr.and_then(BpfAttr::object_id).unwrap_or(0),
     )
 }
@@ -311,7 +311,7 @@ pub fn protect_files_from_writes(ctx: LsmContext) -> i32 {
         return ALLOW;
     };
     if guard == inode_guard::WHOLE || directory_guard == inode_guard::WHOLE {
-        return refuse_change(&protection, file_change::OPEN_FOR_WRITING, Some(key));
+        return refuse_change(&protection, FileChange::OpenForWriting, Some(key));
     }
     // The daemon's own /proc files: `oom_score_adj` (first to go when memory runs out, which
     // the OOM killer does without a signal anyone could refuse), `timerslack_ns`, ...
@@ -319,7 +319,7 @@ pub fn protect_files_from_writes(ctx: LsmContext) -> i32 {
         if trusted(&protection) {
             return ALLOW;
         }
-        return refuse(operation::PROC_WRITE, 0, key);
+        return refuse(Operation::ProcWrite, 0, key);
     }
     refuse_cgroup_control(&protection, key, guard, directory_guard)
 }
@@ -344,7 +344,11 @@ fn refuse_cgroup_control(
     if (service_manager_may && caller == 1) || trusted(protection) {
         return ALLOW;
     }
-    refuse(operation::FILE_CHANGE, file_change::OPEN_FOR_WRITING, key)
+    refuse(
+        Operation::FileChange,
+        FileChange::OpenForWriting.wire(),
+        key,
+    )
 }
 
 #[lsm(hook = "inode_setattr")]
@@ -376,27 +380,27 @@ pub fn protect_files_from_setattr(ctx: LsmContext) -> i32 {
     if !could_succeed {
         return REFUSE;
     }
-    refuse(operation::FILE_CHANGE, file_change::SETATTR, target)
+    refuse(Operation::FileChange, FileChange::Setattr.wire(), target)
 }
 
 #[lsm(hook = "inode_create")]
 pub fn protect_dirs_from_create(ctx: LsmContext) -> i32 {
-    directory_change(&ctx, HookArgument::InodeCreateDir, file_change::CREATE)
+    directory_change(&ctx, HookArgument::InodeCreateDir, FileChange::Create)
 }
 
 #[lsm(hook = "inode_symlink")]
 pub fn protect_dirs_from_symlink(ctx: LsmContext) -> i32 {
-    directory_change(&ctx, HookArgument::InodeSymlinkDir, file_change::SYMLINK)
+    directory_change(&ctx, HookArgument::InodeSymlinkDir, FileChange::Symlink)
 }
 
 #[lsm(hook = "inode_mkdir")]
 pub fn protect_dirs_from_mkdir(ctx: LsmContext) -> i32 {
-    directory_change(&ctx, HookArgument::InodeMkdirDir, file_change::MKDIR)
+    directory_change(&ctx, HookArgument::InodeMkdirDir, FileChange::Mkdir)
 }
 
 #[lsm(hook = "inode_mknod")]
 pub fn protect_dirs_from_mknod(ctx: LsmContext) -> i32 {
-    directory_change(&ctx, HookArgument::InodeMknodDir, file_change::MKNOD)
+    directory_change(&ctx, HookArgument::InodeMknodDir, FileChange::Mknod)
 }
 
 #[lsm(hook = "inode_unlink")]
@@ -405,7 +409,7 @@ pub fn protect_dirs_from_unlink(ctx: LsmContext) -> i32 {
         &ctx,
         HookArgument::InodeUnlinkDir,
         HookArgument::InodeUnlinkDentry,
-        file_change::UNLINK,
+        FileChange::Unlink,
     )
 }
 
@@ -415,7 +419,7 @@ pub fn protect_dirs_from_rmdir(ctx: LsmContext) -> i32 {
         &ctx,
         HookArgument::InodeRmdirDir,
         HookArgument::InodeRmdirDentry,
-        file_change::RMDIR,
+        FileChange::Rmdir,
     )
 }
 
@@ -432,7 +436,7 @@ pub fn protect_dirs_from_link(ctx: LsmContext) -> i32 {
             hook_arguments::dentry(&ctx, HookArgument::InodeLinkOldDentry)
                 .and_then(protected_dentry)
         });
-    refuse_change(&protection, file_change::LINK, target)
+    refuse_change(&protection, FileChange::Link, target)
 }
 
 #[lsm(hook = "inode_rename")]
@@ -450,7 +454,7 @@ pub fn protect_dirs_from_rename(ctx: LsmContext) -> i32 {
         .or_else(|| directory(HookArgument::InodeRenameNewDir))
         .or_else(|| entry(HookArgument::InodeRenameOldDentry))
         .or_else(|| entry(HookArgument::InodeRenameNewDentry));
-    refuse_change(&protection, file_change::RENAME, target)
+    refuse_change(&protection, FileChange::Rename, target)
 }
 
 /// A mount over a protected directory or file would hide it; one over a directory on the way to
@@ -481,7 +485,7 @@ pub fn protect_dirs_from_move_mount(ctx: LsmContext) -> i32 {
         .filter(|mount| mount.attached());
     let target = showing_guarded(&protection, moved_away);
     if target.is_some() {
-        return refuse_mount_change(&protection, file_change::UMOUNT, target);
+        return refuse_mount_change(&protection, FileChange::Umount, target);
     }
     mount_over(&ctx, HookArgument::MoveMountToPath)
 }
@@ -496,7 +500,7 @@ pub fn protect_mounts_from_umount(ctx: LsmContext) -> i32 {
     let mount = hook_arguments::mount(&ctx, HookArgument::SbUmountMnt);
     refuse_mount_change(
         &protection,
-        file_change::UMOUNT,
+        FileChange::Umount,
         showing_guarded(&protection, mount),
     )
 }
@@ -521,7 +525,7 @@ fn mount_over(ctx: &LsmContext, mount_point: HookArgument) -> i32 {
             .and_then(guarded_inode)
             .filter(|_| seen_by_blocker(&protection, path.mount()))
     });
-    refuse_mount_change(&protection, file_change::MOUNT, target)
+    refuse_mount_change(&protection, FileChange::Mount, target)
 }
 
 /// The directory `mount` shows if it is guarded and taking the mount away would show in
@@ -551,7 +555,11 @@ fn seen_by_blocker(protection: &Protection, mount: Option<Vfsmount>) -> bool {
     in_blocker_namespace || mount.map_or(true, Vfsmount::shared)
 }
 
-fn refuse_mount_change(protection: &Protection, change: u32, target: Option<FileKey>) -> i32 {
+fn refuse_mount_change(
+    protection: &Protection,
+    change: FileChange,
+    target: Option<FileKey>,
+) -> i32 {
     // `sb_mount` and `sb_umount` run before the kernel checks the caller may (un)mount. Without
     // CAP_SYS_ADMIN over the machine the caller either fails anyway or works in a user
     // namespace's own mount namespace, which the daemon never looks through: refused, but not
@@ -570,7 +578,7 @@ fn current_capable(capability: u32) -> bool {
 
 /// A new entry in `directory`.
 #[inline(always)]
-fn directory_change(ctx: &LsmContext, directory: HookArgument, change: u32) -> i32 {
+fn directory_change(ctx: &LsmContext, directory: HookArgument, change: FileChange) -> i32 {
     let Some(protection) = active_protection() else {
         return ALLOW;
     };
@@ -580,7 +588,12 @@ fn directory_change(ctx: &LsmContext, directory: HookArgument, change: u32) -> i
 
 /// `unlink` and `rmdir`: of an entry of a protected directory, or of a protected entry itself.
 #[inline(always)]
-fn removal(ctx: &LsmContext, directory: HookArgument, entry: HookArgument, change: u32) -> i32 {
+fn removal(
+    ctx: &LsmContext,
+    directory: HookArgument,
+    entry: HookArgument,
+    change: FileChange,
+) -> i32 {
     let Some(protection) = active_protection() else {
         return ALLOW;
     };
@@ -637,37 +650,41 @@ fn trusted(protection: &Protection) -> bool {
 
 /// `id` 0 (unread: the kernel numbers objects from 1) is never refused. A plain id rather than
 /// an `Option`: the verifier rejects the unset payload register of a `None` passed to a call.
-fn refuse_bpf_object(kind: u32, id: u32) -> i32 {
+fn refuse_bpf_object(kind: BpfObject, id: u32) -> i32 {
     let Some(protection) = active_protection() else {
         return ALLOW;
     };
     if id == 0 {
         return ALLOW;
     }
-    let key = bpf_object::key(kind, id);
+    let key = kind.key(id);
     // SAFETY: only the presence of the entry is used.
     if unsafe { PROTECTED_BPF_OBJECTS.get(&key) }.is_none() || trusted(&protection) {
         return ALLOW;
     }
-    refuse(operation::BPF_OBJECT, kind, FileKey::new(0, id as u64))
+    refuse(
+        Operation::BpfObject,
+        kind.wire(),
+        FileKey::new(0, id as u64),
+    )
 }
 
-fn refuse_change(protection: &Protection, change: u32, target: Option<FileKey>) -> i32 {
+fn refuse_change(protection: &Protection, change: FileChange, target: Option<FileKey>) -> i32 {
     let Some(target) = target else {
         return ALLOW;
     };
     if trusted(protection) {
         return ALLOW;
     }
-    refuse(operation::FILE_CHANGE, change, target)
+    refuse(Operation::FileChange, change.wire(), target)
 }
 
 /// Reports a refused tamper attempt and returns the refusal.
-fn refuse(operation: u32, detail: u32, target: FileKey) -> i32 {
+fn refuse(operation: Operation, detail: u32, target: FileKey) -> i32 {
     report(
         &Ban::protection(target),
         &Occurrence {
-            backend: backend::LSM,
+            backend: Backend::Lsm,
             operation,
             detail,
             exec: None,

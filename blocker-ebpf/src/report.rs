@@ -5,7 +5,8 @@ use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
 };
 use blocker_common::{
-    action, counter, heartbeat, record_limit, BanEntry, ExecEvent, FileKey, RecordKey, RecordWindow,
+    counter, heartbeat, record_limit, Action, Backend, BanEntry, FileKey, KernelEvent, Operation,
+    RecordKey, RecordWindow,
 };
 
 use crate::{
@@ -23,7 +24,7 @@ pub const REFUSE: i32 = -EPERM;
 
 /// The LSM verdict for `action`: only a deny refuses.
 pub fn lsm_verdict(action: u32) -> i32 {
-    if action == action::DENY {
+    if action == Action::Deny.wire() {
         REFUSE
     } else {
         ALLOW
@@ -42,19 +43,19 @@ impl Ban {
         key: FileKey::new(0, 0),
         entry: BanEntry {
             rule_id: 0,
-            action: action::ALLOW,
+            action: Action::Allow.wire(),
             generation: 0,
             flags: 0,
         },
     };
 
     pub fn denies(&self) -> bool {
-        self.entry.action == action::DENY
+        self.entry.action == Action::Deny.wire()
     }
 
     /// Whether a rule or setting names the file (deny or audit).
     pub fn names_a_rule(&self) -> bool {
-        self.entry.action != action::ALLOW
+        self.entry.action != Action::Allow.wire()
     }
 
     /// A refusal no rule decides (tamper protection): `key` is what it protects.
@@ -63,7 +64,7 @@ impl Ban {
             key,
             entry: BanEntry {
                 rule_id: 0,
-                action: action::DENY,
+                action: Action::Deny.wire(),
                 generation: 0,
                 flags: 0,
             },
@@ -73,11 +74,9 @@ impl Ban {
 
 /// What happened, for [`report`].
 pub struct Occurrence {
-    /// One of `blocker_common::backend`.
-    pub backend: u32,
-    /// One of `blocker_common::operation`.
-    pub operation: u32,
-    /// The operation's detail (see `ExecEvent::detail`).
+    pub backend: Backend,
+    pub operation: Operation,
+    /// The operation's detail (see `KernelEvent::detail`).
     pub detail: u32,
     /// The exec, for its path; `None` for mappings and tamper attempts.
     pub exec: Option<Bprm>,
@@ -92,14 +91,14 @@ pub fn report(ban: &Ban, occurrence: &Occurrence) {
     let limited = RecordKey {
         file: ban.key,
         uid: uid_gid as u32,
-        operation: occurrence.operation,
+        operation: occurrence.operation.wire(),
     };
     let suppressed = suppressed_before(&limited);
     if suppressed == SUPPRESS {
         increment(counter::RECORDS_SUPPRESSED);
         return;
     }
-    let Some(mut slot) = EVENTS.reserve::<ExecEvent>(0) else {
+    let Some(mut slot) = EVENTS.reserve::<KernelEvent>(0) else {
         increment(counter::EVENTS_LOST);
         return;
     };
@@ -122,8 +121,8 @@ pub fn report(ban: &Ban, occurrence: &Occurrence) {
         (*event).dev = ban.key.dev;
         (*event).rule_id = ban.entry.rule_id;
         (*event).action = ban.entry.action;
-        (*event).backend = occurrence.backend;
-        (*event).operation = occurrence.operation;
+        (*event).backend = occurrence.backend.wire();
+        (*event).operation = occurrence.operation.wire();
         (*event).detail = occurrence.detail;
         (*event).suppressed = suppressed;
         (*event).daemon_silent_secs = daemon_silent_secs(now);

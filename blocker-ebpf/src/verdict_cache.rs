@@ -3,7 +3,7 @@
 
 use aya_ebpf::{bindings::file, helpers::bpf_ima_file_hash, macros::lsm, programs::LsmContext};
 use blocker_common::{
-    action, counter, setting, BanEntry, CachedVerdict, ContentHash, FileKey, HookArgument,
+    counter, setting, Action, BanEntry, CachedVerdict, ContentHash, FileKey, HookArgument,
     DEFAULT_HASH_LIMIT_MIB, UNHASHABLE_RULE_ID,
 };
 
@@ -108,7 +108,7 @@ pub fn banned_content(
             policy_generation,
             inode_generation,
             rule_id: 0,
-            action: action::ALLOW,
+            action: Action::Allow.wire(),
         },
     };
     // An inode without a name (memfd, O_TMPFILE, deleted) can be written through a descriptor
@@ -134,7 +134,7 @@ fn hash_limit_bytes() -> u64 {
 /// The unhashable setting's ban of the file `key` names, unless the setting allows it.
 fn unhashable_ban(key: FileKey) -> Option<Ban> {
     let unhashable = setting(setting::UNHASHABLE);
-    (unhashable != action::ALLOW).then_some(Ban {
+    (unhashable != Action::Allow.wire()).then_some(Ban {
         key,
         entry: BanEntry {
             rule_id: UNHASHABLE_RULE_ID,
@@ -146,7 +146,7 @@ fn unhashable_ban(key: FileKey) -> Option<Ban> {
 }
 
 fn banned_verdict(key: FileKey, verdict: &CachedVerdict) -> Option<Ban> {
-    (verdict.action != action::ALLOW).then_some(Ban {
+    (verdict.action != Action::Allow.wire()).then_some(Ban {
         key,
         entry: BanEntry {
             rule_id: verdict.rule_id,

@@ -31,7 +31,7 @@ use crate::{
         self,
         server::{ControlSocket, Notice, Peer},
     },
-    events::{self, BootClock, ExecRecord, Record, TamperRecord},
+    events::{self, BootClock, ExecRecord, LostDaemon, Record, TamperRecord},
     identity,
     jobs::Jobs,
     kernel::{
@@ -44,7 +44,7 @@ use crate::{
     reload::{PolicyDirWatcher, QUIET_BEFORE_RELOAD},
     resolve::{self, Resolution, RuleInfo, Via},
     scan::{HashedFile, ScanOptions, ScanReport},
-    sinks::{SinkOptions, Sinks},
+    sinks::{Batch, SinkOptions, Sinks},
     sources::SourceRoots,
     status::{self, EventCounts, KernelFeatures, Publisher, Snapshot},
     systemd, watch,
@@ -182,15 +182,14 @@ fn beat(enforcer: &mut Enforcer) {
 /// The daemon before this one, whose programs this one adopted, stopped beating without
 /// stopping: whatever ended or held it did so without a record of its own.
 fn report_lost_daemon(last: Heartbeat, sink: &Sinks) {
-    if last.last_beat_ns == 0 || last.stopped != 0 {
+    let Some(lost) = LostDaemon::of(&last) else {
         return;
-    }
-    let clock = BootClock;
+    };
     let record = Record::DaemonLost {
         time: events::now_rfc3339(),
-        pid: last.daemon_tgid,
-        last_heard: events::rfc3339(clock.wall_time(last.last_beat_ns)),
-        silent_seconds: clock.now_ns().saturating_sub(last.last_beat_ns) / 1_000_000_000,
+        pid: lost.pid,
+        last_heard: lost.last_heard,
+        silent_seconds: lost.silent_seconds,
     };
     log::warn!("{}", record.summary());
     sink.emit(record);
@@ -1056,22 +1055,28 @@ fn drain(
     limit: usize,
 ) -> (u64, bool) {
     let clock = BootClock;
+    let mut batch = sink.batch();
     let mut count = 0;
     for _ in 0..limit {
         let Some(item) = ring.next() else {
             return (count, true);
         };
-        if forward(&item, known, sink, &clock) {
+        if forward(&item, known, &mut batch, &clock) {
             count += 1;
         }
     }
     (count, false)
 }
 
-/// What the daemon does with each ring buffer record: decodes it, makes its record, logs it
-/// and hands it to the sinks. Returns whether it was an event (`blocker feed-events` measures
-/// this path without a kernel).
-pub(crate) fn forward(bytes: &[u8], known: &Known<'_>, sink: &Sinks, clock: &BootClock) -> bool {
+/// What the daemon does with each ring buffer record: decodes it, makes its record and adds it
+/// to the batch for the sinks (the log's line for it among them). Returns whether it was an event (`blocker
+/// feed-events` measures this path without a kernel).
+pub(crate) fn forward(
+    bytes: &[u8],
+    known: &Known<'_>,
+    batch: &mut Batch<'_>,
+    clock: &BootClock,
+) -> bool {
     match events::decode(bytes) {
         Ok(event) if events::is_tamper_attempt(&event) => {
             let key = FileKey::new(event.dev, event.ino);
@@ -1080,8 +1085,7 @@ pub(crate) fn forward(bytes: &[u8], known: &Known<'_>, sink: &Sinks, clock: &Boo
                 known.protected.get(&key).map(PathBuf::as_path),
                 clock,
             );
-            log::warn!("{}", record.summary());
-            sink.emit(Record::Tamper(record));
+            batch.push(Record::Tamper(record));
             true
         }
         Ok(event) => {
@@ -1095,12 +1099,7 @@ pub(crate) fn forward(bytes: &[u8], known: &Known<'_>, sink: &Sinks, clock: &Boo
                 resolution.paths.get(&key).map(|path| &**path),
                 clock,
             );
-            if record.enforcement == "none" {
-                log::info!("{}", record.summary());
-            } else {
-                log::warn!("{}", record.summary());
-            }
-            sink.emit(Record::Exec(record));
+            batch.push(Record::Exec(record));
             true
         }
         Err(error) => {

@@ -13,7 +13,7 @@
 //! in as it is; bytes that are not UTF-8 cannot, so the field then holds the text with U+FFFD in
 //! their place and a sibling field `<name>_hex` holds every byte in hexadecimal.
 
-use std::{ffi::OsStr, fmt, os::unix::ffi::OsStrExt};
+use std::{borrow::Cow, ffi::OsStr, fmt, os::unix::ffi::OsStrExt};
 
 /// Shows a string for people; see the module documentation.
 pub fn escaped<T: AsRef<OsStr> + ?Sized>(text: &T) -> Escaped<'_> {
@@ -32,12 +32,18 @@ pub struct Escaped<'a>(&'a [u8]);
 impl fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for chunk in self.0.utf8_chunks() {
-            for character in chunk.valid().chars() {
+            let mut rest = chunk.valid();
+            // Runs of ordinary characters go through whole: most names have nothing to escape.
+            while let Some(at) = first_shown_differently(rest, Backslash::Escaped) {
+                f.write_str(&rest[..at])?;
+                let character = rest[at..].chars().next().expect("found at a character");
                 match character {
                     '\\' => f.write_str("\\\\")?,
                     _ => write_char(f, character)?,
                 }
+                rest = &rest[at + character.len_utf8()..];
             }
+            f.write_str(rest)?;
             for byte in chunk.invalid() {
                 write!(f, "\\x{byte:02x}")?;
             }
@@ -49,12 +55,70 @@ impl fmt::Display for Escaped<'_> {
 /// Escapes what could act on a terminal in text that is otherwise already fit to show (a log
 /// line whose fields were escaped): backslashes stay as they are, so nothing is escaped twice.
 pub fn controls_escaped(text: &str) -> String {
-    let mut shown = String::with_capacity(text.len());
-    for character in text.chars() {
-        // Writing to a String cannot fail.
-        let _ = write_char(&mut shown, character);
+    let mut shown = ControlsEscaping(String::with_capacity(text.len()));
+    // Writing to a String cannot fail.
+    let _ = fmt::Write::write_str(&mut shown, text);
+    shown.0
+}
+
+/// A `Display` of `T` escaped as [`controls_escaped`] does, written straight into the output:
+/// the daemon's log formats every line through it.
+pub struct ControlsEscaped<T>(pub T);
+
+impl<T: fmt::Display> fmt::Display for ControlsEscaped<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Write::write_fmt(&mut ControlsEscaping(f), format_args!("{}", self.0))
     }
-    shown
+}
+
+/// Passes text on with what could act on a terminal escaped; runs of ordinary characters go
+/// through whole.
+struct ControlsEscaping<W>(W);
+
+impl<W: fmt::Write> fmt::Write for ControlsEscaping<W> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        let mut rest = text;
+        while let Some(at) = first_shown_differently(rest, Backslash::Kept) {
+            self.0.write_str(&rest[..at])?;
+            let character = rest[at..].chars().next().expect("found at a character");
+            write_char(&mut self.0, character)?;
+            rest = &rest[at + character.len_utf8()..];
+        }
+        self.0.write_str(rest)
+    }
+}
+
+fn is_control(character: char) -> bool {
+    matches!(character, '\0'..='\x1f' | '\x7f')
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Backslash {
+    Escaped,
+    Kept,
+}
+
+/// Where the first character that is shown as an escape is. Looks at bytes, not characters,
+/// where it can: this runs over every log line, and log lines are mostly ASCII.
+fn first_shown_differently(text: &str, backslash: Backslash) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    while at < bytes.len() {
+        let byte = bytes[at];
+        if byte.is_ascii() {
+            if byte < 0x20 || byte == 0x7f || (byte == b'\\' && backslash == Backslash::Escaped) {
+                return Some(at);
+            }
+            at += 1;
+        } else {
+            let character = text[at..].chars().next().expect("at a character boundary");
+            if needs_escape(character) {
+                return Some(at);
+            }
+            at += character.len_utf8();
+        }
+    }
+    None
 }
 
 fn write_char(out: &mut impl fmt::Write, character: char) -> fmt::Result {
@@ -62,7 +126,7 @@ fn write_char(out: &mut impl fmt::Write, character: char) -> fmt::Result {
         '\n' => out.write_str("\\n"),
         '\t' => out.write_str("\\t"),
         '\r' => out.write_str("\\r"),
-        '\0'..='\x1f' | '\x7f' => write!(out, "\\x{:02x}", character as u32),
+        _ if is_control(character) => write!(out, "\\x{:02x}", character as u32),
         _ if needs_escape(character) => write!(out, "\\u{{{:x}}}", character as u32),
         _ => out.write_char(character),
     }
@@ -81,6 +145,15 @@ fn needs_escape(character: char) -> bool {
             | '\u{202a}'..='\u{202e}'
             | '\u{2066}'..='\u{2069}'
     )
+}
+
+/// The exact bytes of a [`Lossless`] field kept as `text` and `hex`: the text itself, unless
+/// the hex says otherwise.
+pub fn lossless_bytes<'a>(text: &'a str, hex: Option<&str>) -> Cow<'a, [u8]> {
+    match hex.and_then(from_hex) {
+        Some(bytes) => Cow::Owned(bytes),
+        None => Cow::Borrowed(text.as_bytes()),
+    }
 }
 
 /// Bytes kept exactly in JSON; see the module documentation.
@@ -112,10 +185,7 @@ impl Lossless {
 
     /// The exact bytes: from the hexadecimal when there is a valid one, else the text's.
     pub fn bytes(&self) -> Vec<u8> {
-        self.hex
-            .as_deref()
-            .and_then(from_hex)
-            .unwrap_or_else(|| self.text.as_bytes().to_vec())
+        lossless_bytes(&self.text, self.hex.as_deref()).into_owned()
     }
 
     /// Sets the field `name` of a JSON object, and `<name>_hex` when needed.
@@ -225,6 +295,17 @@ mod tests {
     }
 
     #[test]
+    fn controls_escaped_display_matches_the_string_form() {
+        let text = "denied exec of /tmp/\x1b[2J\u{202e}x by pid 1 (\u{85}, uid 0)";
+        let shown = ControlsEscaped(format_args!("{text}")).to_string();
+        assert_eq!(shown, controls_escaped(text));
+        assert_eq!(
+            shown,
+            "denied exec of /tmp/\\x1b[2J\\u{202e}x by pid 1 (\\u{85}, uid 0)"
+        );
+    }
+
+    #[test]
     fn controls_escaped_leaves_backslashes_alone() {
         assert_eq!(controls_escaped("a\\x1b\nb\u{202e}"), "a\\x1b\\nb\\u{202e}");
         let already = escaped_bytes(b"\x1b\n\\").to_string();
@@ -261,7 +342,40 @@ mod tests {
         }
     }
 
+    /// Escapes one character at a time, as the fast paths must.
+    fn shown_character_by_character(bytes: &[u8], backslash: Backslash) -> String {
+        let mut out = String::new();
+        for chunk in bytes.utf8_chunks() {
+            for character in chunk.valid().chars() {
+                match character {
+                    '\\' if backslash == Backslash::Escaped => out.push_str("\\\\"),
+                    _ => write_char(&mut out, character).unwrap(),
+                }
+            }
+            for byte in chunk.invalid() {
+                out.push_str(&format!("\\x{byte:02x}"));
+            }
+        }
+        out
+    }
+
     proptest! {
+        /// Passing runs of ordinary characters through whole changes nothing.
+        #[test]
+        fn fast_paths_escape_as_character_by_character(
+            bytes in proptest::collection::vec(
+                prop_oneof![any::<u8>(), Just(b'\\'), Just(0xc2), Just(0x85), Just(0xe2)],
+                0..64,
+            ),
+            text in "\\PC*|.*",
+        ) {
+            prop_assert_eq!(shown(&bytes), shown_character_by_character(&bytes, Backslash::Escaped));
+            prop_assert_eq!(
+                controls_escaped(&text),
+                shown_character_by_character(text.as_bytes(), Backslash::Kept)
+            );
+        }
+
         /// Whatever the bytes, what people see has no character that acts on a terminal or
         /// reorders text.
         #[test]

@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, path::PathBuf, time::Instant};
 
 use anyhow::{bail, Context, Result};
-use blocker_common::{action, backend, operation, ExecEvent, COMM_LEN, FILENAME_LEN};
+use blocker_common::{Action, Backend, KernelEvent, Operation, COMM_LEN, FILENAME_LEN};
 
 use crate::{
     daemon::{self, Known, EVENTS_PER_TURN},
@@ -50,9 +50,10 @@ pub fn run(options: &FeedOptions) -> Result<()> {
     let cpu_before = cpu_seconds()?;
     let started = Instant::now();
     let mut fed = 0;
-    let mut bytes = Vec::with_capacity(std::mem::size_of::<ExecEvent>());
+    let mut bytes = Vec::with_capacity(std::mem::size_of::<KernelEvent>());
     while fed < options.events {
         let turn = (options.events - fed).min(EVENTS_PER_TURN as u64);
+        let mut batch = sink.batch();
         for _ in 0..turn {
             let mut event = template;
             // Each event another process of another user, as in a storm.
@@ -62,11 +63,12 @@ pub fn run(options: &FeedOptions) -> Result<()> {
             event.boot_time_ns = clock.now_ns();
             bytes.clear();
             bytes.extend_from_slice(events::encode(&event));
-            if !daemon::forward(&bytes, &known, &sink, &clock) {
+            if !daemon::forward(&bytes, &known, &mut batch, &clock) {
                 bail!("the pipeline refused a synthetic event");
             }
             fed += 1;
         }
+        drop(batch);
         sink.wait_until_idle();
     }
     sink.close(|records_dropped| Record::Stopped {
@@ -84,7 +86,7 @@ pub fn run(options: &FeedOptions) -> Result<()> {
 }
 
 /// A denied exec of the first file the resolution bans by path, as the kernel reports it.
-fn banned_exec(resolution: &Resolution) -> Option<ExecEvent> {
+fn banned_exec(resolution: &Resolution) -> Option<KernelEvent> {
     let (key, entry) = resolution
         .entries
         .iter()
@@ -95,7 +97,7 @@ fn banned_exec(resolution: &Resolution) -> Option<ExecEvent> {
     filename[..filename_len].copy_from_slice(&path[..filename_len]);
     let mut comm = [0; COMM_LEN];
     comm[..4].copy_from_slice(b"bash");
-    Some(ExecEvent {
+    Some(KernelEvent {
         boot_time_ns: 0,
         ino: key.ino,
         tid: 0,
@@ -105,9 +107,9 @@ fn banned_exec(resolution: &Resolution) -> Option<ExecEvent> {
         gid: 0,
         dev: key.dev,
         rule_id: entry.rule_id,
-        action: action::DENY,
-        backend: backend::LSM,
-        operation: operation::EXEC,
+        action: Action::Deny.wire(),
+        backend: Backend::Lsm.wire(),
+        operation: Operation::Exec.wire(),
         filename_len: filename_len as u32,
         detail: 0,
         suppressed: 0,
@@ -162,6 +164,7 @@ mod tests {
                 }),
                 stdout: false,
                 journald_socket: None,
+                log_lines: false,
             },
         };
         run(&options).unwrap();
@@ -198,6 +201,7 @@ mod tests {
                 file: None,
                 stdout: false,
                 journald_socket: None,
+                log_lines: false,
             },
         };
         let error = run(&options).unwrap_err().to_string();

@@ -2,44 +2,47 @@
 //! kernel clocks and numbers into readable fields, and the JSON lines schema.
 
 use std::{
+    borrow::Cow,
     collections::BTreeMap,
+    fmt,
     path::Path,
     time::{Duration, SystemTime},
 };
 
 use anyhow::{ensure, Result};
 use blocker_common::{
-    action, backend, bpf_object, file_change, operation, priority_change, ExecEvent, FILENAME_LEN,
+    Action, Backend, BpfObject, FileChange, Heartbeat, KernelEvent, Operation, PriorityChange,
+    FILENAME_LEN,
 };
 use serde::Serialize;
 
 use crate::{
-    escape::{escaped, escaped_bytes, Lossless},
+    escape::{escaped, escaped_bytes, lossless_bytes, Lossless},
     identity::split_kernel_device_number,
     kernel::coverage::Features,
     resolve::RuleInfo,
 };
 
-/// Copies an [`ExecEvent`] out of a ring buffer record.
-pub fn decode(bytes: &[u8]) -> Result<ExecEvent> {
+/// Copies an [`KernelEvent`] out of a ring buffer record.
+pub fn decode(bytes: &[u8]) -> Result<KernelEvent> {
     ensure!(
-        bytes.len() >= std::mem::size_of::<ExecEvent>(),
+        bytes.len() >= std::mem::size_of::<KernelEvent>(),
         "ring buffer record of {} bytes is shorter than an exec event ({} bytes)",
         bytes.len(),
-        std::mem::size_of::<ExecEvent>()
+        std::mem::size_of::<KernelEvent>()
     );
-    // SAFETY: long enough, and every bit pattern is a valid ExecEvent (plain integers and bytes).
-    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ExecEvent>()) })
+    // SAFETY: long enough, and every bit pattern is a valid KernelEvent (plain integers and bytes).
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<KernelEvent>()) })
 }
 
 /// The bytes of `event` as the kernel writes them into the ring buffer.
-pub fn encode(event: &ExecEvent) -> &[u8] {
+pub fn encode(event: &KernelEvent) -> &[u8] {
     // SAFETY: a plain repr(C) struct of integers and byte arrays without padding, read for
     // exactly its size while borrowed.
     unsafe {
         std::slice::from_raw_parts(
             std::ptr::from_ref(event).cast::<u8>(),
-            std::mem::size_of::<ExecEvent>(),
+            std::mem::size_of::<KernelEvent>(),
         )
     }
 }
@@ -119,6 +122,21 @@ pub enum Record {
         /// How long before this daemon's start.
         silent_seconds: u64,
     },
+    /// `blocker unload` removed the pins under `pin_dir`: their programs stop enforcing, once
+    /// no running daemon holds them.
+    Unloaded {
+        time: String,
+        pin_dir: String,
+        /// Maps, links and directories removed.
+        pins: usize,
+        /// Who unloaded them.
+        pid: u32,
+        uid: u32,
+        /// The daemon that pinned them went silent without stopping (a kill, a freeze): no
+        /// next daemon will report it, so this record does.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        daemon_lost: Option<LostDaemon>,
+    },
     /// The daemon stopped. Its programs are detached, unless they are `pinned`: then they keep
     /// enforcing the last policy until `blocker unload` or the next daemon replaces them.
     Stopped {
@@ -129,6 +147,32 @@ pub enum Record {
         /// Per sink, the records it never got.
         records_dropped: BTreeMap<&'static str, u64>,
     },
+}
+
+/// A daemon that went silent without stopping, as its heartbeat tells.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct LostDaemon {
+    /// Its process id.
+    pub pid: u32,
+    /// When it last beat.
+    pub last_heard: String,
+    /// How long ago.
+    pub silent_seconds: u64,
+}
+
+impl LostDaemon {
+    /// The daemon that left `heartbeat`, if it beat and never stopped the documented way.
+    pub fn of(heartbeat: &Heartbeat) -> Option<Self> {
+        if heartbeat.last_beat_ns == 0 || heartbeat.stopped != 0 {
+            return None;
+        }
+        let clock = BootClock;
+        Some(Self {
+            pid: heartbeat.daemon_tgid,
+            last_heard: rfc3339(clock.wall_time(heartbeat.last_beat_ns)),
+            silent_seconds: clock.now_ns().saturating_sub(heartbeat.last_beat_ns) / 1_000_000_000,
+        })
+    }
 }
 
 impl Record {
@@ -152,7 +196,7 @@ impl Record {
                     None => enforcing,
                 }
             }
-            Record::Exec(exec) => exec.summary(),
+            Record::Exec(exec) => exec.summary().to_string(),
             Record::Tamper(tamper) => tamper.summary(),
             Record::EventsLost { lost, total, .. } => format!(
                 "{lost} exec events lost because the ring buffer was full ({total} in total); \
@@ -208,6 +252,28 @@ impl Record {
                  {silent_seconds} s ago, without stopping: it was killed, frozen or starved; its \
                  pinned programs kept enforcing"
             ),
+            Record::Unloaded {
+                pin_dir,
+                pins,
+                pid,
+                uid,
+                daemon_lost,
+                ..
+            } => {
+                let unloaded = format!(
+                    "{pins} pins under {} removed by pid {pid} (uid {uid}): their programs stop \
+                     enforcing",
+                    escaped(pin_dir)
+                );
+                match daemon_lost {
+                    Some(lost) => format!(
+                        "{unloaded}; the daemon that pinned them (pid {}) went silent at {}, {} s \
+                         before, without stopping",
+                        lost.pid, lost.last_heard, lost.silent_seconds
+                    ),
+                    None => unloaded,
+                }
+            }
             Record::Stopped {
                 events,
                 events_lost,
@@ -241,7 +307,7 @@ pub struct Caller {
 }
 
 impl Caller {
-    fn of(event: &ExecEvent) -> Self {
+    fn of(event: &KernelEvent) -> Self {
         let comm = Lossless::new(nul_terminated(&event.comm));
         Self {
             pid: event.tgid,
@@ -262,7 +328,7 @@ pub struct ExecRecord {
     pub action: &'static str,
     /// What the kernel did: `eperm` (exec refused), `sigkill` (process killed before it ran),
     /// or `none` (audit).
-    pub enforcement: &'static str,
+    pub enforcement: Enforcement,
     pub backend: &'static str,
     /// `exec`, `mmap` (mapped executable: the dynamic loader, `dlopen`) or `mprotect` (made
     /// executable after mapping).
@@ -292,44 +358,59 @@ pub struct ExecRecord {
     pub daemon_silent_seconds: u32,
 }
 
+/// How a refusal was enforced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Enforcement {
+    /// The LSM backend refused it: the caller got EPERM.
+    Eperm,
+    /// The kill backend killed the process before the new image ran.
+    Sigkill,
+    /// Nothing was refused: an audit.
+    None,
+}
+
+impl Enforcement {
+    fn of(action: Option<Action>, backend: Option<Backend>) -> Self {
+        match (action, backend) {
+            (Some(Action::Deny), Some(Backend::Lsm)) => Self::Eperm,
+            (Some(Action::Deny), Some(Backend::Kill)) => Self::Sigkill,
+            _ => Self::None,
+        }
+    }
+}
+
 impl ExecRecord {
     /// `known_path` is where blocker found the banned file, for events without an exec path.
     pub fn new(
-        event: &ExecEvent,
+        event: &KernelEvent,
         rule: Option<&RuleInfo>,
         known_path: Option<&Path>,
         clock: &BootClock,
     ) -> Self {
         let (major, minor) = split_kernel_device_number(event.dev);
         let filename_len = (event.filename_len as usize).min(FILENAME_LEN);
-        let path = if event.operation == operation::EXEC {
+        let operation = Operation::from_wire(event.operation);
+        let path = if operation == Some(Operation::Exec) {
             Lossless::new(nul_terminated(&event.filename[..filename_len]))
         } else {
             known_path.map(Lossless::of).unwrap_or_default()
         };
+        let action = Action::from_wire(event.action);
         Self {
             time: rfc3339(clock.wall_time(event.boot_time_ns)),
-            action: match event.action {
-                action::DENY => "deny",
-                action::AUDIT => "audit",
-                _ => "unknown",
-            },
-            enforcement: match (event.action, event.backend) {
-                (action::DENY, backend::LSM) => "eperm",
-                (action::DENY, backend::KILL) => "sigkill",
-                _ => "none",
-            },
+            action: action
+                .filter(|&action| action != Action::Allow)
+                .map_or(UNKNOWN, Action::name),
+            enforcement: Enforcement::of(action, Backend::from_wire(event.backend)),
             backend: backend_name(event.backend),
             rule: rule.map_or_else(|| format!("#{}", event.rule_id), |rule| rule.id.clone()),
             policy: rule.map(|rule| rule.policy.clone()).unwrap_or_default(),
             reason: rule.and_then(|rule| rule.reason.clone()),
             caller: Caller::of(event),
-            operation: match event.operation {
-                operation::EXEC => "exec",
-                operation::MMAP => "mmap",
-                operation::MPROTECT => "mprotect",
-                _ => "unknown",
-            },
+            operation: operation
+                .filter(|&operation| !is_tamper(operation))
+                .map_or(UNKNOWN, Operation::name),
             path: path.text,
             path_hex: path.hex,
             // The kernel copies at most FILENAME_LEN - 1 bytes and a NUL.
@@ -341,53 +422,63 @@ impl ExecRecord {
         }
     }
 
-    /// The line for people reading the daemon's log.
-    pub fn summary(&self) -> String {
-        let verdict = match self.enforcement {
-            "eperm" => "denied",
-            "sigkill" => "killed",
-            _ => "audited",
-        };
-        let reason = self
-            .reason
-            .as_deref()
-            .map(|reason| format!(": {}", escaped(reason)))
-            .unwrap_or_default();
-        let what = match self.operation {
-            "exec" => "exec",
-            _ => "executable mapping",
-        };
-        format!(
-            "{verdict} {what} of {} by pid {} ({}, uid {}) under rule {}{reason}{}{}",
-            escaped_bytes(&self.path_bytes()),
-            self.caller.pid,
-            self.caller.shown_comm(),
-            self.caller.uid,
-            self.rule,
-            suppressed_note(self.suppressed_before),
-            silence_note(self.daemon_silent_seconds)
-        )
+    /// The line for people reading the daemon's log, written without an intermediate string:
+    /// the daemon logs one for every event.
+    pub fn summary(&self) -> ExecSummary<'_> {
+        ExecSummary(self)
     }
 
     /// The exact bytes of `path`.
-    pub fn path_bytes(&self) -> Vec<u8> {
-        lossless_bytes(&self.path, &self.path_hex)
+    pub fn path_bytes(&self) -> Cow<'_, [u8]> {
+        lossless_bytes(&self.path, self.path_hex.as_deref())
+    }
+}
+
+/// [`ExecRecord::summary`].
+pub struct ExecSummary<'a>(&'a ExecRecord);
+
+impl fmt::Display for ExecSummary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let record = self.0;
+        let verdict = match record.enforcement {
+            Enforcement::Eperm => "denied",
+            Enforcement::Sigkill => "killed",
+            Enforcement::None => "audited",
+        };
+        let what = match record.operation {
+            "exec" => "exec",
+            _ => "executable mapping",
+        };
+        write!(
+            f,
+            "{verdict} {what} of {} by pid {} ({}, uid {}) under rule {}",
+            escaped_bytes(&record.path_bytes()),
+            record.caller.pid,
+            escaped_bytes(&record.caller.comm_bytes()),
+            record.caller.uid,
+            record.rule,
+        )?;
+        if let Some(reason) = &record.reason {
+            write!(f, ": {}", escaped(reason))?;
+        }
+        write!(
+            f,
+            "{}{}",
+            suppressed_note(record.suppressed_before),
+            silence_note(record.daemon_silent_seconds)
+        )
     }
 }
 
 /// Whether `event` reports a refused tamper attempt rather than a banned file.
-pub fn is_tamper_attempt(event: &ExecEvent) -> bool {
-    matches!(
-        event.operation,
-        operation::SIGNAL
-            | operation::PTRACE
-            | operation::BPF_OBJECT
-            | operation::FILE_CHANGE
-            | operation::RESOURCE_LIMIT
-            | operation::OWNER_SIGNAL
-            | operation::EXE_FILE_CHANGE
-            | operation::PRIORITY
-            | operation::PROC_WRITE
+pub fn is_tamper_attempt(event: &KernelEvent) -> bool {
+    Operation::from_wire(event.operation).is_some_and(is_tamper)
+}
+
+fn is_tamper(operation: Operation) -> bool {
+    !matches!(
+        operation,
+        Operation::Exec | Operation::Mmap | Operation::Mprotect
     )
 }
 
@@ -424,52 +515,36 @@ pub struct TamperRecord {
 }
 
 impl TamperRecord {
-    pub fn new(event: &ExecEvent, known_path: Option<&Path>, clock: &BootClock) -> Self {
-        let (attempt, detail) = match event.operation {
-            operation::SIGNAL => ("signal", signal_name(event.detail)),
-            operation::OWNER_SIGNAL => (
-                "owner_signal",
-                match event.detail {
-                    0 => signal_name(libc::SIGIO as u32),
-                    signal => signal_name(signal),
-                },
-            ),
-            operation::RESOURCE_LIMIT => ("resource_limit", resource_name(event.detail)),
-            operation::PTRACE => ("ptrace", format!("access mode {:#x}", event.detail)),
-            operation::PRIORITY => (
-                "priority",
-                match event.detail {
-                    priority_change::NICE => "nice",
-                    priority_change::IO => "I/O priority",
-                    _ => "scheduling policy or CPUs",
-                }
+    pub fn new(event: &KernelEvent, known_path: Option<&Path>, clock: &BootClock) -> Self {
+        let operation = Operation::from_wire(event.operation).unwrap_or(Operation::FileChange);
+        let detail = match operation {
+            Operation::Signal => signal_name(event.detail),
+            Operation::OwnerSignal => match event.detail {
+                0 => signal_name(libc::SIGIO as u32),
+                signal => signal_name(signal),
+            },
+            Operation::ResourceLimit => resource_name(event.detail),
+            Operation::Ptrace => format!("access mode {:#x}", event.detail),
+            Operation::Priority => PriorityChange::from_wire(event.detail)
+                .map_or("scheduling policy or CPUs", PriorityChange::name)
                 .to_owned(),
+            Operation::ProcWrite => FileChange::OpenForWriting.name().to_owned(),
+            Operation::ExeFileChange => match event.detail as libc::c_int {
+                libc::PR_SET_MM_EXE_FILE => "PR_SET_MM_EXE_FILE".to_owned(),
+                libc::PR_SET_MM_MAP => "PR_SET_MM_MAP".to_owned(),
+                other => format!("PR_SET_MM operation {other}"),
+            },
+            Operation::BpfObject => format!(
+                "{} id {}",
+                BpfObject::from_wire(event.detail).map_or("object", BpfObject::name),
+                event.ino
             ),
-            operation::PROC_WRITE => ("proc_write", "open for writing".to_owned()),
-            operation::EXE_FILE_CHANGE => (
-                "exe_file",
-                match event.detail as libc::c_int {
-                    libc::PR_SET_MM_EXE_FILE => "PR_SET_MM_EXE_FILE".to_owned(),
-                    libc::PR_SET_MM_MAP => "PR_SET_MM_MAP".to_owned(),
-                    other => format!("PR_SET_MM operation {other}"),
-                },
-            ),
-            operation::BPF_OBJECT => (
-                "bpf_object",
-                format!(
-                    "{} id {}",
-                    match event.detail {
-                        bpf_object::MAP => "map",
-                        bpf_object::PROGRAM => "program",
-                        bpf_object::LINK => "link",
-                        _ => "object",
-                    },
-                    event.ino
-                ),
-            ),
-            _ => ("file_change", file_change_name(event.detail).to_owned()),
+            _ => FileChange::from_wire(event.detail)
+                .map_or("change", FileChange::name)
+                .to_owned(),
         };
-        let is_file = event.operation == operation::FILE_CHANGE;
+        let attempt = operation.name();
+        let is_file = operation == Operation::FileChange;
         let path = known_path.map(Lossless::of).unwrap_or_default();
         let (major, minor) = split_kernel_device_number(event.dev);
         Self {
@@ -497,7 +572,7 @@ impl TamperRecord {
         } else {
             format!(
                 " on {}",
-                escaped_bytes(&lossless_bytes(&self.path, &self.path_hex))
+                escaped_bytes(&lossless_bytes(&self.path, self.path_hex.as_deref()))
             )
         };
         format!(
@@ -505,7 +580,7 @@ impl TamperRecord {
             self.attempt,
             self.detail,
             self.caller.pid,
-            self.caller.shown_comm(),
+            escaped_bytes(&self.caller.comm_bytes()),
             self.caller.uid,
             suppressed_note(self.suppressed_before),
             silence_note(self.daemon_silent_seconds)
@@ -518,18 +593,18 @@ fn is_zero(count: &u32) -> bool {
 }
 
 /// The end of a log line for a record whose repeats the kernel suppressed before it.
-fn suppressed_note(suppressed: u32) -> String {
+fn suppressed_note(suppressed: u32) -> Cow<'static, str> {
     if suppressed == 0 {
-        return String::new();
+        return Cow::Borrowed("");
     }
-    format!(" ({suppressed} earlier repeats by this user were enforced without a record)")
+    format!(" ({suppressed} earlier repeats by this user were enforced without a record)").into()
 }
 
-fn silence_note(silent_seconds: u32) -> String {
+fn silence_note(silent_seconds: u32) -> Cow<'static, str> {
     if silent_seconds == 0 {
-        return String::new();
+        return Cow::Borrowed("");
     }
-    format!(" (raised while the daemon had been silent for {silent_seconds} s)")
+    format!(" (raised while the daemon had been silent for {silent_seconds} s)").into()
 }
 
 fn resource_name(resource: u32) -> String {
@@ -570,31 +645,12 @@ fn signal_name(signal: u32) -> String {
     format!("{name} ({signal})")
 }
 
-fn file_change_name(change: u32) -> &'static str {
-    match change {
-        file_change::OPEN_FOR_WRITING => "open for writing",
-        file_change::SETATTR => "change of attributes or size",
-        file_change::CREATE => "create",
-        file_change::LINK => "hard link",
-        file_change::UNLINK => "unlink",
-        file_change::SYMLINK => "symlink",
-        file_change::MKDIR => "mkdir",
-        file_change::RMDIR => "rmdir",
-        file_change::MKNOD => "mknod",
-        file_change::RENAME => "rename",
-        file_change::MOUNT => "mount over",
-        file_change::UMOUNT => "unmount",
-        _ => "change",
-    }
+pub fn backend_name(value: u32) -> &'static str {
+    Backend::from_wire(value).map_or(UNKNOWN, Backend::name)
 }
 
-pub fn backend_name(value: u32) -> &'static str {
-    match value {
-        backend::LSM => "lsm",
-        backend::KILL => "kill",
-        _ => "unknown",
-    }
-}
+/// What records name a wire value this build does not know.
+const UNKNOWN: &str = "unknown";
 
 /// Converts `bpf_ktime_get_boot_ns()` readings to wall-clock time.
 pub struct BootClock;
@@ -637,33 +693,24 @@ fn nul_terminated(bytes: &[u8]) -> &[u8] {
     &bytes[..end]
 }
 
-fn lossless_bytes(text: &str, hex: &Option<String>) -> Vec<u8> {
-    Lossless {
-        text: text.to_owned(),
-        hex: hex.clone(),
-    }
-    .bytes()
-}
-
 impl Caller {
-    /// `comm` for people: its exact bytes, escaped.
-    fn shown_comm(&self) -> String {
-        escaped_bytes(&lossless_bytes(&self.comm, &self.comm_hex)).to_string()
+    /// The exact bytes of `comm`.
+    fn comm_bytes(&self) -> Cow<'_, [u8]> {
+        lossless_bytes(&self.comm, self.comm_hex.as_deref())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::Action;
     use blocker_common::COMM_LEN;
 
-    fn event() -> ExecEvent {
+    fn event() -> KernelEvent {
         let mut comm = [0; COMM_LEN];
         comm[..4].copy_from_slice(b"bash");
         let mut filename = [0; FILENAME_LEN];
         filename[..11].copy_from_slice(b"/opt/wechat");
-        ExecEvent {
+        KernelEvent {
             boot_time_ns: 0,
             ino: 1234,
             tid: 41,
@@ -673,9 +720,9 @@ mod tests {
             gid: 100,
             dev: (254 << 20) | 1,
             rule_id: 0,
-            action: action::DENY,
-            backend: backend::LSM,
-            operation: operation::EXEC,
+            action: blocker_common::Action::Deny.wire(),
+            backend: Backend::Lsm.wire(),
+            operation: Operation::Exec.wire(),
             filename_len: 11,
             detail: 0,
             suppressed: 0,
@@ -702,7 +749,7 @@ mod tests {
             id: "wechat".to_owned(),
             policy: "ban".to_owned(),
             reason: Some("banned".to_owned()),
-            action: Action::Deny,
+            action: crate::policy::Action::Deny,
         };
         let record = ExecRecord::new(&event(), Some(&rule), None, &BootClock);
         assert_eq!(record.path, "/opt/wechat");
@@ -710,10 +757,10 @@ mod tests {
         assert_eq!(record.caller.comm, "bash");
         assert_eq!(record.device, "254:1");
         assert_eq!((record.caller.pid, record.caller.tid), (40, 41));
-        assert_eq!(record.enforcement, "eperm");
+        assert_eq!(record.enforcement, Enforcement::Eperm);
         assert_eq!(record.rule, "wechat");
         assert_eq!(
-            record.summary(),
+            record.summary().to_string(),
             "denied exec of /opt/wechat by pid 40 (bash, uid 1000) under rule wechat: banned"
         );
 
@@ -733,6 +780,7 @@ mod tests {
         assert!(
             record
                 .summary()
+                .to_string()
                 .ends_with("(7 earlier repeats by this user were enforced without a record)"),
             "{}",
             record.summary()
@@ -751,9 +799,9 @@ mod tests {
         hostile.comm = [0; COMM_LEN];
         hostile.comm[..5].copy_from_slice(b"\x1b]0;\xff");
         let record = ExecRecord::new(&hostile, None, None, &BootClock);
-        assert_eq!(record.path_bytes(), name);
+        assert_eq!(*record.path_bytes(), name[..]);
         assert_eq!(
-            record.summary(),
+            record.summary().to_string(),
             "denied exec of /tmp/\\x1b[2J\\nblocker: fake \\xff\\u{202e} by pid 40 \
              (\\x1b]0;\\xff, uid 1000) under rule #0"
         );
@@ -770,21 +818,21 @@ mod tests {
     #[test]
     fn kill_backend_and_audit_and_long_paths() {
         let mut killed = event();
-        killed.backend = backend::KILL;
+        killed.backend = Backend::Kill.wire();
         killed.filename = [b'a'; FILENAME_LEN];
         killed.filename[FILENAME_LEN - 1] = 0;
         killed.filename_len = FILENAME_LEN as u32;
         let record = ExecRecord::new(&killed, None, None, &BootClock);
-        assert_eq!(record.enforcement, "sigkill");
+        assert_eq!(record.enforcement, Enforcement::Sigkill);
         assert_eq!(record.rule, "#0");
         assert!(record.path_truncated);
         assert_eq!(record.path.len(), FILENAME_LEN - 1);
 
         let mut audited = event();
-        audited.action = action::AUDIT;
+        audited.action = blocker_common::Action::Audit.wire();
         assert_eq!(
             ExecRecord::new(&audited, None, None, &BootClock).enforcement,
-            "none"
+            Enforcement::None
         );
     }
 
@@ -799,7 +847,7 @@ mod tests {
     #[test]
     fn tamper_attempts_say_what_was_tried() {
         let mut signal = event();
-        signal.operation = operation::SIGNAL;
+        signal.operation = Operation::Signal.wire();
         signal.detail = 9;
         assert!(is_tamper_attempt(&signal));
         let record = TamperRecord::new(&signal, None, &BootClock);
@@ -814,8 +862,8 @@ mod tests {
         );
 
         let mut write = event();
-        write.operation = operation::FILE_CHANGE;
-        write.detail = file_change::OPEN_FOR_WRITING;
+        write.operation = Operation::FileChange.wire();
+        write.detail = FileChange::OpenForWriting.wire();
         let dir = Path::new("/etc/blocker/policies");
         let record = TamperRecord::new(&write, Some(dir), &BootClock);
         assert_eq!(record.attempt, "file_change");
@@ -830,7 +878,7 @@ mod tests {
     #[test]
     fn mappings_name_the_file_blocker_resolved() {
         let mut mapped = event();
-        mapped.operation = operation::MMAP;
+        mapped.operation = Operation::Mmap.wire();
         mapped.filename_len = 0;
         let known = Path::new("/opt/wechat/lib/libwechat.so");
         let record = ExecRecord::new(&mapped, None, Some(known), &BootClock);
@@ -838,7 +886,48 @@ mod tests {
         assert_eq!(record.path, "/opt/wechat/lib/libwechat.so");
         assert!(record
             .summary()
+            .to_string()
             .starts_with("denied executable mapping of /opt/wechat/lib/libwechat.so"));
         assert_eq!(ExecRecord::new(&mapped, None, None, &BootClock).path, "");
+    }
+
+    #[test]
+    fn only_a_daemon_that_beat_and_never_stopped_is_lost() {
+        let beating = Heartbeat {
+            last_beat_ns: BootClock.now_ns() - 20_000_000_000,
+            daemon_tgid: 77,
+            stopped: 0,
+        };
+        let lost = LostDaemon::of(&beating).expect("silent without stopping");
+        assert_eq!(lost.pid, 77);
+        assert!((19..=25).contains(&lost.silent_seconds), "{lost:?}");
+        assert_eq!(
+            LostDaemon::of(&Heartbeat {
+                stopped: 1,
+                ..beating
+            }),
+            None
+        );
+        assert_eq!(LostDaemon::of(&Heartbeat::default()), None);
+
+        let unloaded = Record::Unloaded {
+            time: now_rfc3339(),
+            pin_dir: "/sys/fs/bpf/blocker".to_owned(),
+            pins: 9,
+            pid: 500,
+            uid: 0,
+            daemon_lost: Some(lost),
+        };
+        let summary = unloaded.summary();
+        assert!(
+            summary.starts_with(
+                "9 pins under /sys/fs/bpf/blocker removed by pid 500 (uid 0): their programs \
+                 stop enforcing; the daemon that pinned them (pid 77) went silent at "
+            ),
+            "{summary}"
+        );
+        let json = serde_json::to_value(&unloaded).unwrap();
+        assert_eq!(json["kind"], "unloaded");
+        assert_eq!(json["daemon_lost"]["pid"], 77);
     }
 }

@@ -64,7 +64,7 @@ pub fn event(data: &[u8]) {
     let read: Value = serde_json::from_str(&line).expect("records are JSON");
     if let Record::Exec(exec) = &record {
         let path = Lossless::from_json(&read, "path").expect("exec records have a path");
-        assert_eq!(path.bytes(), exec.path_bytes());
+        assert_eq!(path.bytes(), *exec.path_bytes());
     }
     sinks::journald::entry(&record);
     let table = event_log::shown(&line, false, None);

@@ -412,7 +412,7 @@ mod tests {
             generation: Some(42),
             owner: 0,
         };
-        let entry = known.ban_entry(3, blocker_common::action::DENY);
+        let entry = known.ban_entry(3, blocker_common::Action::Deny.wire());
         assert_eq!(entry.flags, entry_flags::GENERATION_KNOWN);
         assert!(entry.matches_generation(42));
         assert!(!entry.matches_generation(43));
@@ -422,7 +422,7 @@ mod tests {
             ..known
         };
         assert!(unknown
-            .ban_entry(3, blocker_common::action::DENY)
+            .ban_entry(3, blocker_common::Action::Deny.wire())
             .matches_generation(43));
     }
 }

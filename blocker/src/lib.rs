@@ -19,6 +19,7 @@ pub mod inspect;
 pub mod jobs;
 pub mod kernel;
 pub mod listed;
+pub mod log_lines;
 pub mod lookup;
 pub mod mounts;
 pub mod pidfd;

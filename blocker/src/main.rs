@@ -10,8 +10,8 @@ use std::{
 use clap::{Args, Parser, Subcommand};
 
 use blocker::{
-    control, daemon, escape, event_feed, event_log, inspect, kernel, kernel::BackendChoice, scan,
-    sinks, status, unload,
+    control, daemon, escape, event_feed, event_log, inspect, kernel, kernel::BackendChoice,
+    log_lines, scan, sinks, status, unload,
 };
 
 /// Exit status for errors: bad policies, bad arguments, kernel refusals.
@@ -87,10 +87,21 @@ enum Command {
         #[command(subcommand)]
         change: PolicyChange,
     },
-    /// Remove the pins `blocker run --pin` left, detaching its programs; says what it removed.
+    /// Remove the pins `blocker run --pin` left, detaching its programs; says what it removed,
+    /// and records it (`unloaded`) in the events file and the journal.
     Unload {
         #[arg(long, default_value = kernel::pins::DEFAULT_PIN_ROOT)]
         pin_dir: PathBuf,
+        /// The events file that gets the `unloaded` record (the daemon's).
+        #[arg(long, default_value = sinks::DEFAULT_EVENTS_FILE)]
+        events_file: PathBuf,
+        /// Write the `unloaded` record to no events file.
+        #[arg(long)]
+        no_events_file: bool,
+        /// Write the `unloaded` record to no systemd journal (by default it goes there when
+        /// journald runs).
+        #[arg(long)]
+        no_journald: bool,
     },
     /// Show recorded events: the events file and its rotated predecessors, oldest first, as a
     /// table, or as JSON lines with --json.
@@ -257,6 +268,8 @@ impl SinkArgs {
             }),
             stdout: !self.no_stdout,
             journald_socket: (!self.no_journald).then(|| PathBuf::from(sinks::JOURNALD_SOCKET)),
+            // The daemon's log has a line for every event, like every log of a blocker.
+            log_lines: true,
         }
     }
 }
@@ -270,21 +283,7 @@ impl ScanArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format(|out, record| {
-            use std::io::Write;
-            // Every line is one record: whatever a message carries (a file name that escaped a
-            // call site, a line forwarded from the kernel) cannot break it or act on a terminal.
-            writeln!(
-                out,
-                "[{} {:<5} {}] {}",
-                out.timestamp(),
-                record.level(),
-                record.target(),
-                escape::controls_escaped(&record.args().to_string())
-            )
-        })
-        .init();
+    log_lines::init();
     let default_status = Path::new(status::DEFAULT_STATUS_FILE);
     let result = match cli.command {
         Command::Run {
@@ -314,7 +313,20 @@ fn main() -> ExitCode {
             status_file,
         })
         .map(|()| ExitCode::SUCCESS),
-        Command::Unload { pin_dir } => unload::unload(&pin_dir),
+        Command::Unload {
+            pin_dir,
+            events_file,
+            no_events_file,
+            no_journald,
+        } => unload::unload(
+            &pin_dir,
+            &sinks::SinkOptions {
+                file: (!no_events_file).then(|| sinks::FileOptions::defaults(events_file)),
+                stdout: false,
+                journald_socket: (!no_journald).then(|| PathBuf::from(sinks::JOURNALD_SOCKET)),
+                log_lines: false,
+            },
+        ),
         Command::Stop { status_file } => control::stop(&status_file),
         Command::Policy {
             change: PolicyChange::Install { files, target },

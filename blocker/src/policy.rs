@@ -146,8 +146,8 @@ impl Action {
 
     pub fn kernel_value(self) -> u32 {
         match self {
-            Action::Deny => blocker_common::action::DENY,
-            Action::Audit => blocker_common::action::AUDIT,
+            Action::Deny => blocker_common::Action::Deny.wire(),
+            Action::Audit => blocker_common::Action::Audit.wire(),
         }
     }
 }
@@ -232,9 +232,9 @@ pub enum SettingAction {
 impl SettingAction {
     pub fn kernel_value(self) -> u32 {
         match self {
-            SettingAction::Allow => blocker_common::action::ALLOW,
-            SettingAction::Audit => blocker_common::action::AUDIT,
-            SettingAction::Deny => blocker_common::action::DENY,
+            SettingAction::Allow => blocker_common::Action::Allow.wire(),
+            SettingAction::Audit => blocker_common::Action::Audit.wire(),
+            SettingAction::Deny => blocker_common::Action::Deny.wire(),
         }
     }
 }

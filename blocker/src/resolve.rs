@@ -912,7 +912,7 @@ mod tests {
         assert_eq!(resolution.entries.len(), 1);
         let (key, entry) = resolution.entries.iter().next().unwrap();
         assert_eq!(key.ino, std::fs::metadata(&banned).unwrap().ino());
-        assert_eq!(entry.action, blocker_common::action::DENY);
+        assert_eq!(entry.action, blocker_common::Action::Deny.wire());
         assert_eq!(resolution.matches.len(), 2);
         assert_eq!(resolution.unresolved.len(), 1);
         assert_eq!(resolution.unresolved[0].via, Via::Path(missing));
@@ -983,7 +983,7 @@ mod tests {
         assert_eq!(fresh.entries.len(), 1);
         assert_eq!(key.ino, undecided_key);
         assert_eq!(entry.rule_id, rule_id);
-        assert_eq!(entry.action, blocker_common::action::AUDIT);
+        assert_eq!(entry.action, blocker_common::Action::Audit.wire());
         assert_eq!(*fresh.paths[key], *undecided_file);
 
         // A decided resolution keeps nothing.

@@ -1,16 +1,26 @@
-//! `blocker unload`: removes the pins that keep blocker's programs enforcing without a daemon.
+//! `blocker unload`: removes the pins that keep blocker's programs enforcing without a daemon,
+//! and records that it did: the end of enforcement is an event like its start.
 
-use crate::escape::escaped;
 use std::{path::Path, process::ExitCode};
 
 use anyhow::Result;
 
-use crate::kernel::{
-    pins::{self, PinKind},
-    DETACH_TIMEOUT,
+use crate::{
+    escape::escaped,
+    events::{self, LostDaemon, Record},
+    kernel::{
+        pins::{self, PinKind},
+        DETACH_TIMEOUT,
+    },
+    sinks::{SinkOptions, Sinks},
 };
 
-pub fn unload(root: &Path) -> Result<ExitCode> {
+/// Removes the pins under `root`, and writes an `unloaded` record into the sinks of `record_to`
+/// (the events file and the journal the daemon writes to) if there were any.
+pub fn unload(root: &Path, record_to: &SinkOptions) -> Result<ExitCode> {
+    // Read before the pins go: a daemon that was killed or frozen rather than stopped left its
+    // heartbeat there, and nobody else will ever report it.
+    let daemon_lost = pins::heartbeats(root).iter().find_map(LostDaemon::of);
     let removed = pins::unload(root).map_err(|error| {
         let refused = error.chain().any(|cause| {
             cause
@@ -30,6 +40,18 @@ pub fn unload(root: &Path) -> Result<ExitCode> {
         println!("nothing is pinned at {}", escaped(&root));
         return Ok(ExitCode::SUCCESS);
     }
+    record(
+        record_to,
+        Record::Unloaded {
+            time: events::now_rfc3339(),
+            pin_dir: root.to_string_lossy().into_owned(),
+            pins: removed.len(),
+            pid: std::process::id(),
+            // SAFETY: getuid cannot fail.
+            uid: unsafe { libc::getuid() },
+            daemon_lost,
+        },
+    );
     let mut links = 0;
     for pin in &removed {
         let what = match pin.kind {
@@ -58,4 +80,13 @@ pub fn unload(root: &Path) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `unloaded` into the sinks; the pins are gone whether or not it can be written.
+fn record(options: &SinkOptions, unloaded: Record) {
+    log::warn!("{}", unloaded.summary());
+    match Sinks::start(options) {
+        Ok(sinks) => sinks.close(|_| unloaded),
+        Err(error) => log::error!("not recorded in the events file: {error:#}"),
+    }
 }

@@ -1,5 +1,5 @@
 //! The Debian package on Debian's kernel (run inside the VM by `cargo xtask test`): installed
-//! with dpkg as an administrator would, its files where the README says, the installed blocker
+//! with dpkg as an administrator would, its files where docs/GUIDE.md says, the installed blocker
 //! enforcing the shipped policy with `blocker status` reporting it, then not running, and the
 //! package purged.
 

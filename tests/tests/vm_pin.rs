@@ -45,8 +45,14 @@ fn assert_denied(path: &Path) -> Result<()> {
 }
 
 fn unload(pin_dir: &str) -> Result<String> {
+    unload_recording_to(pin_dir, &["--no-events-file", "--no-journald"])
+}
+
+/// `blocker unload` with `record_to`, the options saying where its `unloaded` record goes.
+fn unload_recording_to(pin_dir: &str, record_to: &[&str]) -> Result<String> {
     let output = Command::new(blocker_bin())
         .args(["unload", "--pin-dir", pin_dir])
+        .args(record_to)
         .output()?;
     ensure!(output.status.success(), "blocker unload: {output:?}");
     Ok(String::from_utf8(output.stdout)?)
@@ -88,6 +94,7 @@ fn pinned_programs_outlive_a_killed_daemon_and_the_next_one_adopts_them() -> Res
     assert_denied(&banned_later)?;
     second.wait_for_exec(&banned_later)?;
 
+    let events_file = second.events_file().to_owned();
     let (status, records, _) = second.stop()?;
     ensure!(status.success(), "{status}");
     let stopped = records
@@ -97,8 +104,24 @@ fn pinned_programs_outlive_a_killed_daemon_and_the_next_one_adopts_them() -> Res
     ensure!(stopped["pinned"] == pinned.as_str(), "{stopped}");
     assert_denied(&banned)?;
 
-    let said = unload(PIN_DIR)?;
+    let said = unload_recording_to(
+        PIN_DIR,
+        &[
+            "--events-file",
+            events_file.to_str().context("events file")?,
+            "--no-journald",
+        ],
+    )?;
     ensure!(said.contains("removed link"), "{said}");
+    let records = blocker_integration_tests::events_in(&events_file)?;
+    let unloaded = records.last().context("no records")?;
+    // The daemon before it stopped the documented way: nothing was lost.
+    ensure!(
+        unloaded["kind"] == "unloaded"
+            && unloaded["pin_dir"] == PIN_DIR
+            && unloaded.get("daemon_lost").is_none(),
+        "{unloaded}"
+    );
     ensure!(!Path::new(PIN_DIR).exists(), "{PIN_DIR} is gone");
     let (_, status) = run_as_launcher(&banned)
         .with_context(|| format!("running {} once unloaded ({said})", banned.display()))?;

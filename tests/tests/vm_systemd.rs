@@ -115,7 +115,7 @@ fn installed_version() -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The package installed with dpkg and the service enabled and started, as the README says.
+/// The package installed with dpkg and the service enabled and started, as docs/GUIDE.md says.
 fn service_running() -> Result<()> {
     if installed_version().is_none() {
         succeed("dpkg", &["--install", &package()])?;

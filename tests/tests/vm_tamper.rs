@@ -1049,9 +1049,30 @@ fn a_dead_daemons_pid_and_a_traced_blocker_binary_are_not_trusted() -> Result<()
     ensure!(status != 0, "a traced `blocker unload` removed the pins");
     ensure!(Path::new(GONE_PIN_DIR).exists());
 
-    let output = blocker(&["unload", "--pin-dir", GONE_PIN_DIR])?;
+    // No daemon will ever report the one killed here: the unload that follows says so.
+    let events_file = daemon
+        .events_file()
+        .to_str()
+        .context("events file")?
+        .to_owned();
+    let output = blocker(&[
+        "unload",
+        "--pin-dir",
+        GONE_PIN_DIR,
+        "--events-file",
+        &events_file,
+    ])?;
     ensure!(output.status.success(), "{output:?}");
     let (_, status) = run_as_launcher(&banned)?;
     ensure!(status.success(), "runs once unloaded: {status}");
+    let records = blocker_integration_tests::events_in(Path::new(&events_file))?;
+    let unloaded = records.last().context("no records")?;
+    ensure!(
+        unloaded["kind"] == "unloaded"
+            && unloaded["pin_dir"] == GONE_PIN_DIR
+            && unloaded["daemon_lost"]["pid"] == pid
+            && unloaded["uid"] == 0,
+        "{unloaded}"
+    );
     Ok(())
 }

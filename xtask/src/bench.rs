@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: builds blocker and the bench driver (`tests/src/bin/blocker-bench/`) in
 //! release mode, runs the driver on the host (the `kill` backend) and in the VM (the `lsm`
-//! backend), and turns the figures they print into one table on stdout and
-//! `target/bench/report.json`.
+//! backend), and turns the figures they print into one table on stdout, in the latest results of
+//! docs/PERFORMANCE.md, and `target/bench/report.json`.
 
 use std::{
     fs,
@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::{
-    bench_report::{self, Report},
+    bench_report::{self, Report, Run},
     cargo::{self, Profile},
     kernels::{self, Kernel, Suite},
     prerequisites::{self, Needs},
@@ -23,6 +23,8 @@ use crate::{
 };
 
 const BENCH_DIR: &str = "target/bench";
+/// Where a full run writes its table, between `bench_report::LATEST_RESULTS`' markers.
+const PERFORMANCE_DOC: &str = "docs/PERFORMANCE.md";
 /// The VM's figures come from one kernel, the one of the Debian release blocker targets.
 const KERNEL: Suite = Suite::Bookworm;
 /// The bench driver is a binary of the integration tests' package (tests/src/bin/).
@@ -92,6 +94,8 @@ pub fn run(root: &Path, only: &[String]) -> Result<()> {
     let exec_target = compile_exec_target(root, &bench_dir)?;
     let kernel = kernels::ensured(root, KERNEL)?;
 
+    // The sources measured are those of now: later edits are not in the binaries.
+    let commit = describe_commit(root);
     let started = Instant::now();
     stage("host (kill backend)");
     let only: Vec<String> = only
@@ -115,12 +119,26 @@ pub fn run(root: &Path, only: &[String]) -> Result<()> {
         return Ok(());
     }
 
-    let report = Report::new(records, started.elapsed(), &utc_now()?)?;
-    println!("\n{}", report.table());
+    let run = Run {
+        generated: &utc_now()?,
+        commit: &commit,
+        duration: started.elapsed(),
+    };
+    let report = Report::new(records, &run)?;
+    let table = report.table();
+    println!("\n{table}");
     let report_file = bench_dir.join("report.json");
     fs::write(&report_file, report.to_json())
         .with_context(|| format!("writing {}", report_file.display()))?;
     println!("xtask: wrote {}", report_file.display());
+    let performance_doc = root.join(PERFORMANCE_DOC);
+    bench_report::LATEST_RESULTS
+        .rewrite(&performance_doc, &table)
+        .context("writing the latest results")?;
+    println!(
+        "xtask: wrote the latest results in {}",
+        performance_doc.display()
+    );
     Ok(())
 }
 
@@ -267,4 +285,55 @@ fn utc_now() -> Result<String> {
         .output()
         .context("running date")?;
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// The commit the bench measures, for its report: `` `2778daf1b2c3` ``, noting uncommitted
+/// changes to tracked files; where git cannot say (no git, not a clone), why not.
+fn describe_commit(root: &Path) -> String {
+    let git = |args: &[&str]| {
+        process::stdout_of(Command::new("git").arg("-C").arg(root).args(args))
+            .map(|out| String::from_utf8_lossy(&out).trim().to_owned())
+    };
+    commit_description(git(&["rev-parse", "--short=12", "HEAD"]), || {
+        git(&["status", "--porcelain", "--untracked-files=no"])
+    })
+}
+
+/// From git's answers: the commit, then (asked only if there is one) the changed files.
+fn commit_description(commit: Result<String>, changes: impl FnOnce() -> Result<String>) -> String {
+    let commit = match commit {
+        Ok(commit) => commit,
+        Err(error) => return format!("unknown ({error:#})"),
+    };
+    match changes() {
+        Ok(changes) if changes.is_empty() => format!("`{commit}`"),
+        Ok(_) => format!("`{commit}` with uncommitted changes"),
+        Err(error) => format!("`{commit}` (its changes unknown: {error:#})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::anyhow;
+
+    use super::*;
+
+    #[test]
+    fn describes_the_commit_and_whether_the_tree_had_changes() {
+        let commit = || Ok("2778daf1b2c3".to_owned());
+        assert_eq!(
+            commit_description(commit(), || Ok(String::new())),
+            "`2778daf1b2c3`"
+        );
+        assert_eq!(
+            commit_description(commit(), || Ok(" M README.md".to_owned())),
+            "`2778daf1b2c3` with uncommitted changes"
+        );
+        assert_eq!(
+            commit_description(Err(anyhow!("not a git repository")), || {
+                panic!("no commit, no question about its changes")
+            }),
+            "unknown (not a git repository)"
+        );
+    }
 }

@@ -1,10 +1,19 @@
 //! The bench's report: the records the driver printed on the host and in the VM, checked to be
-//! complete, the targets the project set itself, a Markdown table and `report.json`.
+//! complete, the targets the project set itself, a Markdown table (printed, and written into
+//! docs/PERFORMANCE.md's latest results) and `report.json`.
 
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
+
+use crate::marked_section::Markers;
+
+/// The part of docs/PERFORMANCE.md that every full `cargo xtask bench` rewrites with its table.
+pub const LATEST_RESULTS: Markers = Markers {
+    begin: "<!-- latest-results: written by `cargo xtask bench` from its last full run -->",
+    end: "<!-- latest-results end -->",
+};
 
 /// Starts every line the bench driver prints a record on (its `figure.rs` says the same).
 const MARKER: &str = "BLOCKER-BENCH:";
@@ -34,8 +43,19 @@ pub fn parse_record(line: &str) -> Option<Value> {
         .filter(|record| record["kind"].is_string())
 }
 
+/// What was measured, and when.
+pub struct Run<'a> {
+    /// When the report was made, in UTC.
+    pub generated: &'a str,
+    /// The commit of the sources measured, in Markdown: `` `2778daf1b2c3` ``, with a note when
+    /// the work tree had uncommitted changes.
+    pub commit: &'a str,
+    pub duration: Duration,
+}
+
 pub struct Report {
     generated: String,
+    commit: String,
     duration: Duration,
     /// The `environment` record of each environment, by name.
     machines: BTreeMap<String, Value>,
@@ -129,7 +149,7 @@ impl Estimate {
 impl Report {
     /// Fails unless both environments described themselves and gave figures, and every figure
     /// a target needs was measured.
-    pub fn new(records: Vec<Value>, duration: Duration, generated: &str) -> Result<Self> {
+    pub fn new(records: Vec<Value>, run: &Run) -> Result<Self> {
         let mut machines = BTreeMap::new();
         let mut figures = Vec::new();
         for record in records {
@@ -151,8 +171,9 @@ impl Report {
             }
         }
         let mut report = Self {
-            generated: generated.to_owned(),
-            duration,
+            generated: run.generated.to_owned(),
+            commit: run.commit.to_owned(),
+            duration: run.duration,
             machines,
             figures,
             targets: Vec::new(),
@@ -308,8 +329,9 @@ impl Report {
     /// The figures and targets as Markdown, headed by the machines they come from.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "Measured {} in {:.0} min by `cargo xtask bench`.\n\n",
+            "Measured {} at commit {} in {:.0} min by `cargo xtask bench`.\n\n",
             self.generated,
+            self.commit,
             self.duration.as_secs_f64() / 60.0
         );
         for (name, machine) in &self.machines {
@@ -347,6 +369,7 @@ impl Report {
     pub fn to_json(&self) -> String {
         let report = json!({
             "generated": self.generated,
+            "commit": self.commit,
             "duration_seconds": self.duration.as_secs_f64(),
             "machines": self.machines,
             "figures": self.figures,
@@ -463,6 +486,14 @@ mod tests {
 
     type Interval = (f64, f64, f64);
 
+    fn run(duration: Duration) -> Run<'static> {
+        Run {
+            generated: "2026-11-30T07:34:18Z",
+            commit: "`2778daf1b2c3`",
+            duration,
+        }
+    }
+
     /// A summary whose median interval is (low, median, high), and quartiles the same.
     fn summary((low, median, high): Interval) -> Value {
         json!({
@@ -543,7 +574,7 @@ mod tests {
 
     #[test]
     fn judges_each_target_on_the_interval_of_its_median() {
-        let report = Report::new(complete_run(), Duration::from_secs(60), "now").unwrap();
+        let report = Report::new(complete_run(), &run(Duration::from_secs(60))).unwrap();
         let verdicts: Vec<(&str, Verdict)> = report
             .targets
             .iter()
@@ -610,14 +641,46 @@ mod tests {
     fn refuses_an_incomplete_run() {
         let mut records = complete_run();
         records.retain(|record| record["id"] != "scan.host.warm");
-        let error = Report::new(records, Duration::ZERO, "now").err().unwrap();
+        let error = Report::new(records, &run(Duration::ZERO)).err().unwrap();
         assert_eq!(error.to_string(), "figure scan.host.warm was not measured");
 
         let host_only: Vec<Value> = complete_run()
             .into_iter()
             .filter(|record| record["environment"] == "host")
             .collect();
-        let error = Report::new(host_only, Duration::ZERO, "now").err().unwrap();
+        let error = Report::new(host_only, &run(Duration::ZERO)).err().unwrap();
         assert!(error.to_string().contains("vm machine"), "{error}");
+    }
+
+    #[test]
+    fn writes_the_table_between_the_latest_results_markers() {
+        let report = Report::new(complete_run(), &run(Duration::from_secs(900))).unwrap();
+        let document = format!(
+            "# Performance\n\n## Latest results\n\n{}\nMeasured long ago.\n| old | row |\n{}\n\n\
+             ## What each figure means\n",
+            LATEST_RESULTS.begin, LATEST_RESULTS.end
+        );
+        let written = LATEST_RESULTS.replace(&document, &report.table()).unwrap();
+        assert_eq!(
+            written,
+            format!(
+                "# Performance\n\n## Latest results\n\n{}\n{}{}\n\n## What each figure means\n",
+                LATEST_RESULTS.begin,
+                report.table(),
+                LATEST_RESULTS.end
+            )
+        );
+        assert!(written.contains(
+            "\nMeasured 2026-11-30T07:34:18Z at commit `2778daf1b2c3` in 15 min by `cargo xtask \
+             bench`.\n"
+        ));
+        assert!(written.contains("| host | load.host.total | 2.500 s (2.400–2.600) |"));
+        assert!(!written.contains("long ago"));
+    }
+
+    #[test]
+    fn the_performance_document_has_the_markers() {
+        let document = include_str!("../../docs/PERFORMANCE.md");
+        assert!(LATEST_RESULTS.replace(document, "new\n").is_ok());
     }
 }

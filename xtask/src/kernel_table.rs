@@ -4,13 +4,15 @@
 
 use std::{fs, path::Path};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::Value;
 
-use crate::kernels::Suite;
+use crate::{kernels::Suite, marked_section::Markers};
 
-const BEGIN: &str = "<!-- kernel-table: written by `cargo xtask test` from its last full run -->";
-const END: &str = "<!-- kernel-table end -->";
+const MARKERS: Markers = Markers {
+    begin: "<!-- kernel-table: written by `cargo xtask test` from its last full run -->",
+    end: "<!-- kernel-table end -->",
+};
 
 /// The features in the table, each with the VM test target that exercises it.
 const COLUMNS: [(&str, &str, &str); 4] = [
@@ -41,11 +43,7 @@ pub fn update_readme(root: &Path, readme: &Path) -> Result<()> {
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         results.push((suite, value));
     }
-    let text =
-        fs::read_to_string(readme).with_context(|| format!("reading {}", readme.display()))?;
-    let updated = replace_table(&text, &render(&results))
-        .with_context(|| format!("updating the kernel table in {}", readme.display()))?;
-    fs::write(readme, updated).with_context(|| format!("writing {}", readme.display()))
+    MARKERS.rewrite(readme, &render(&results))
 }
 
 fn render(results: &[(Suite, Value)]) -> String {
@@ -126,20 +124,6 @@ fn target_cell(result: &Value, target: &str) -> String {
     }
 }
 
-fn replace_table(readme: &str, table: &str) -> Result<String> {
-    let (Some(begin), Some(end)) = (readme.find(BEGIN), readme.find(END)) else {
-        bail!("its markers `{BEGIN}` and `{END}` are missing");
-    };
-    if end < begin {
-        bail!("`{END}` comes before `{BEGIN}`");
-    }
-    Ok(format!(
-        "{}{BEGIN}\n{table}{}",
-        &readme[..begin],
-        &readme[end..]
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -177,12 +161,8 @@ mod tests {
     }
 
     #[test]
-    fn replaces_only_what_is_between_the_markers() {
-        let readme = format!("before\n{BEGIN}\nold\n{END}\nafter\n");
-        assert_eq!(
-            replace_table(&readme, "new\n").unwrap(),
-            format!("before\n{BEGIN}\nnew\n{END}\nafter\n")
-        );
-        assert!(replace_table("no markers", "new\n").is_err());
+    fn the_readme_has_the_markers() {
+        let readme = include_str!("../../README.md");
+        assert!(MARKERS.replace(readme, "new\n").is_ok());
     }
 }

@@ -8,6 +8,7 @@ mod cpio;
 mod fuzz;
 mod kernel_table;
 mod kernels;
+mod marked_section;
 mod modules;
 mod package;
 mod prerequisites;

@@ -1,5 +1,6 @@
 //! `cargo xtask package`: the Debian package of the release build, with the systemd unit, the
-//! shipped policies as conffiles and the maintainer scripts, built with `dpkg-deb`.
+//! shipped policies as conffiles, the documentation and the maintainer scripts, built with
+//! `dpkg-deb`.
 
 use std::{
     fs,
@@ -25,6 +26,9 @@ const MAINTAINER_SCRIPTS: &[&str] = &["postinst", "prerm", "postrm"];
 const POLICIES_DIR: &str = "policies";
 /// Documentation, never enforced: installed with the README.
 const EXAMPLE_POLICIES_DIR: &str = "policies/examples";
+/// The documents the README links to, each `*.md`; installed below the README in a directory of
+/// the same name, so that the links between them work in the installed copy too.
+const DOCS_DIR: &str = "docs";
 
 const INSTALLED_BINARY: &str = "usr/bin/blocker";
 const INSTALLED_UNIT: &str = "lib/systemd/system/blocker.service";
@@ -75,20 +79,12 @@ pub fn build(root: &Path) -> Result<Built> {
     install(&root.join(UNIT), &unit, 0o644)?;
     verify_unit(&unit, &binary, &output_dir)?;
     let mut conffiles = Vec::new();
-    for policy in toml_files(&root.join(POLICIES_DIR))? {
+    for policy in files_named(&root.join(POLICIES_DIR), "toml")? {
         let installed = Path::new(INSTALLED_POLICIES_DIR).join(file_name(&policy)?);
         install(&policy, &files.join(&installed), 0o644)?;
         conffiles.push(Path::new("/").join(installed));
     }
-    let doc = files.join(INSTALLED_DOC_DIR);
-    install(&root.join("README.md"), &doc.join("README.md"), 0o644)?;
-    for example in toml_files(&root.join(EXAMPLE_POLICIES_DIR))? {
-        install(
-            &example,
-            &doc.join("examples").join(file_name(&example)?),
-            0o644,
-        )?;
-    }
+    install_documentation(root, &files.join(INSTALLED_DOC_DIR))?;
 
     let control_dir = files.join("DEBIAN");
     for script in MAINTAINER_SCRIPTS {
@@ -118,6 +114,27 @@ pub fn build(root: &Path) -> Result<Built> {
             .stdout(std::process::Stdio::null()),
     )?;
     Ok(Built { deb, blocker })
+}
+
+/// The README, the documents it links to (below it, as in the repository, so that the links
+/// work in the installed copy) and the example policies, into `doc`.
+fn install_documentation(root: &Path, doc: &Path) -> Result<()> {
+    install(&root.join("README.md"), &doc.join("README.md"), 0o644)?;
+    for document in files_named(&root.join(DOCS_DIR), "md")? {
+        install(
+            &document,
+            &doc.join(DOCS_DIR).join(file_name(&document)?),
+            0o644,
+        )?;
+    }
+    for example in files_named(&root.join(EXAMPLE_POLICIES_DIR), "toml")? {
+        install(
+            &example,
+            &doc.join("examples").join(file_name(&example)?),
+            0o644,
+        )?;
+    }
+    Ok(())
 }
 
 /// The version `blocker --version` reports: the one built, whatever Cargo.toml says now.
@@ -222,18 +239,14 @@ fn conffiles_text(conffiles: &[PathBuf]) -> String {
         .collect()
 }
 
-/// The `*.toml` files directly in `dir`, sorted.
-fn toml_files(dir: &Path) -> Result<Vec<PathBuf>> {
+/// The files directly in `dir` whose names end in `.<extension>`, sorted.
+fn files_named(dir: &Path, extension: &str) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry
             .with_context(|| format!("reading {}", dir.display()))?
             .path();
-        if path.is_file()
-            && path
-                .extension()
-                .is_some_and(|extension| extension == "toml")
-        {
+        if path.is_file() && path.extension().is_some_and(|found| found == extension) {
             files.push(path);
         }
     }
@@ -372,5 +385,33 @@ mod tests {
             ]),
             "/etc/blocker/policies/a.toml\n/etc/blocker/policies/b.toml\n"
         );
+    }
+
+    #[test]
+    fn installs_every_document_the_readme_links_to() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let doc = std::env::temp_dir().join(format!("xtask-doc-{}", std::process::id()));
+        install_documentation(root, &doc).unwrap();
+        let readme = fs::read_to_string(doc.join("README.md")).unwrap();
+        let linked: Vec<&str> = readme
+            .split("](")
+            .skip(1)
+            .filter_map(|rest| rest.split([')', '#']).next())
+            .filter(|target| target.starts_with(&format!("{DOCS_DIR}/")))
+            .collect();
+        let installed = |path: &Path| {
+            fs::metadata(doc.join(path)).map(|found| found.permissions().mode() & 0o777)
+        };
+        let modes: Vec<(&str, Option<u32>)> = linked
+            .iter()
+            .map(|target| (*target, installed(Path::new(target)).ok()))
+            .collect();
+        let example = installed(Path::new("examples/every-field.toml")).ok();
+        fs::remove_dir_all(&doc).unwrap();
+        assert!(!modes.is_empty(), "the README links to no document");
+        for (target, mode) in modes {
+            assert_eq!(mode, Some(0o644), "{target}, which the README links to");
+        }
+        assert_eq!(example, Some(0o644));
     }
 }

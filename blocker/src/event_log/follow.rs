@@ -238,6 +238,7 @@ mod tests {
             }),
             stdout: false,
             journald_socket: None,
+            log_lines: false,
         };
         let mut seen = Vec::new();
         let sinks = Sinks::start(&options).unwrap();

@@ -48,24 +48,8 @@ const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/blocker-ebpf.o"));
 
-/// How a deny is enforced.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    /// `lsm/bprm_check_security`, `lsm/mmap_file` and `lsm/file_mprotect`: the exec or the
-    /// executable mapping fails with EPERM.
-    Lsm,
-    /// `tp_btf/sched_process_exec`: the process is killed before the new image runs.
-    Kill,
-}
-
-impl Backend {
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Lsm => "lsm",
-            Backend::Kill => "kill",
-        }
-    }
-}
+/// How a deny is enforced: the kernel side's own name for it.
+pub use blocker_common::Backend;
 
 /// The backend the user asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -15,9 +15,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{Map, MapData, MapInfo},
+    maps::{Array, Map, MapData, MapInfo},
     programs::links::{FdLink, PinnedLink},
 };
+use blocker_common::{names, Heartbeat};
 use sha2::{Digest, Sha256};
 
 use crate::escape::escaped;
@@ -179,6 +180,22 @@ pub fn unload(root: &Path) -> Result<Vec<Removed>> {
         remove_tree(root, &mut removed)?;
     }
     Ok(removed)
+}
+
+/// The heartbeats pinned under `root`, one per build whose maps are pinned there: how the
+/// daemons that pinned them left them. Unreadable ones are left out; they change nothing about
+/// what unloading does, only what it can say.
+pub fn heartbeats(root: &Path) -> Vec<Heartbeat> {
+    let Ok(builds) = fs::read_dir(root) else {
+        return Vec::new();
+    };
+    builds
+        .filter_map(|build| {
+            let path = build.ok()?.path().join(MAPS_DIR).join(names::HEARTBEAT_MAP);
+            let map = Map::Array(MapData::from_pin(&path).ok()?);
+            Array::<_, Heartbeat>::try_from(map).ok()?.get(&0, 0).ok()
+        })
+        .collect()
 }
 
 /// Removes the pins of one build, `dir` (see [`build_dir`]).

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{Array, MapData};
-use blocker_common::{bpf_object, inode_guard, names, FileKey, Protection};
+use blocker_common::{inode_guard, names, BpfObject, FileKey, Protection};
 
 use super::{coverage::State, map_sync::sync_kernel_map, pins, Enforcer};
 use crate::{
@@ -87,10 +87,10 @@ impl Enforcer {
                 .filter_map(Result::ok)
                 .find(|program| program.id() == link.program_id())
                 .with_context(|| format!("the kernel does not list program {name}"))?;
-            objects.insert(bpf_object::key(bpf_object::LINK, link.id()), 0u32);
-            objects.insert(bpf_object::key(bpf_object::PROGRAM, program.id()), 0);
+            objects.insert(BpfObject::Link.key(link.id()), 0u32);
+            objects.insert(BpfObject::Program.key(program.id()), 0);
             for map in program.map_ids()?.unwrap_or_default() {
-                objects.insert(bpf_object::key(bpf_object::MAP, map), 0);
+                objects.insert(BpfObject::Map.key(map), 0);
             }
         }
         let (mut installed_inodes, mut installed_objects) = (BTreeMap::new(), BTreeMap::new());

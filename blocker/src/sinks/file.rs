@@ -15,13 +15,16 @@ use std::{
     io::{self, BufRead, BufReader, Write},
     os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use super::queue::Sink;
-use crate::events::Record;
+use super::{
+    queue::{Sink, Unwritten},
+    Emitted,
+};
 
 pub const DEFAULT_PATH: &str = "/var/log/blocker/events.jsonl";
 pub const DEFAULT_MAX_BYTES: u64 = 16 * 1024 * 1024;
@@ -39,12 +42,26 @@ pub struct FileOptions {
     pub keep_denials: u32,
 }
 
+impl FileOptions {
+    /// `path`, rotated as the daemon rotates it by default.
+    pub fn defaults(path: PathBuf) -> Self {
+        Self {
+            path,
+            max_bytes: DEFAULT_MAX_BYTES,
+            keep: DEFAULT_KEEP,
+            keep_denials: DEFAULT_KEEP_DENIALS,
+        }
+    }
+}
+
 pub struct EventsFile {
     options: FileOptions,
     file: File,
     /// Device and inode of `file`, to notice it being moved away or deleted by someone else.
     identity: (u64, u64),
     size: u64,
+    /// Lines of the batch being written, gathered so that a burst costs one write.
+    pending: Vec<u8>,
 }
 
 impl EventsFile {
@@ -62,25 +79,26 @@ impl EventsFile {
             file,
             identity,
             size,
+            pending: Vec::new(),
         })
     }
 
-    fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
-        if self.moved_away()? {
-            self.reopen()?;
-        }
-        let length = line.len() as u64;
+    /// Writes the lines gathered in `pending` with one system call: readers following the file
+    /// never see half a record, unless the disk fills up in the middle of one.
+    fn write_pending(&mut self) -> io::Result<()> {
+        self.file.write_all(&self.pending)?;
+        self.size += self.pending.len() as u64;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Rotates unless a line of `length` bytes fits in the file after all.
+    fn rotate_unless_room_for(&mut self, length: u64) -> io::Result<()> {
+        // Someone may have truncated it (logrotate's copytruncate): trust the file.
+        self.size = self.file.metadata()?.len();
         if self.size > 0 && self.size + length > self.options.max_bytes {
-            // Someone may have truncated it (logrotate's copytruncate): trust the file.
-            self.size = self.file.metadata()?.len();
-            if self.size > 0 && self.size + length > self.options.max_bytes {
-                self.rotate()?;
-            }
+            self.rotate()?;
         }
-        // One write per line: readers following the file never see half a record, unless the
-        // disk fills up in the middle of one.
-        self.file.write_all(line)?;
-        self.size += length;
         Ok(())
     }
 
@@ -162,10 +180,32 @@ fn is_denial(line: &[u8]) -> bool {
 }
 
 impl Sink for EventsFile {
-    fn write(&mut self, record: &Record) -> io::Result<()> {
-        let mut line = serde_json::to_vec(record).expect("records serialize");
-        line.push(b'\n');
-        self.write_line(&line)
+    /// The whole batch with one write, unless it crosses the size at which the file rotates;
+    /// whether someone moved the file away is asked once per batch.
+    fn write(&mut self, records: &[Arc<Emitted>]) -> Result<(), Unwritten> {
+        self.pending.clear();
+        match self.moved_away() {
+            Ok(false) => {}
+            Ok(true) => self.reopen().map_err(Unwritten::nothing)?,
+            Err(error) => return Err(Unwritten::nothing(error)),
+        }
+        let mut first_pending = 0;
+        for (index, record) in records.iter().enumerate() {
+            let length = record.json_line.len() as u64;
+            let size = self.size + self.pending.len() as u64;
+            if size > 0 && size + length > self.options.max_bytes {
+                let unwritten = |written| move |error| Unwritten { written, error };
+                self.write_pending().map_err(unwritten(first_pending))?;
+                first_pending = index;
+                self.rotate_unless_room_for(length)
+                    .map_err(unwritten(first_pending))?;
+            }
+            self.pending.extend_from_slice(&record.json_line);
+        }
+        self.write_pending().map_err(|error| Unwritten {
+            written: first_pending,
+            error,
+        })
     }
 }
 
@@ -241,7 +281,13 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
-    use crate::events::{self, Caller, ExecRecord, TamperRecord};
+    use crate::events::{self, Caller, Enforcement, ExecRecord, Record, TamperRecord};
+
+    impl EventsFile {
+        fn write_record(&mut self, record: Record) -> Result<(), Unwritten> {
+            self.write(&[Emitted::new(record)])
+        }
+    }
 
     fn reloaded(rules: usize) -> Record {
         Record::Reloaded {
@@ -279,7 +325,7 @@ mod tests {
             keep_denials: DEFAULT_KEEP_DENIALS,
         })
         .unwrap();
-        file.write(&reloaded(1)).unwrap();
+        file.write_record(reloaded(1)).unwrap();
         let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&path), 0o600);
         assert_eq!(mode(path.parent().unwrap()), 0o700);
@@ -296,19 +342,19 @@ mod tests {
             keep: DEFAULT_KEEP,
             keep_denials: DEFAULT_KEEP_DENIALS,
         };
-        let record = reloaded(1);
+        let first = Emitted::new(reloaded(1));
         EventsFile::open(options.clone())
             .unwrap()
-            .write(&record)
+            .write(std::slice::from_ref(&first))
             .unwrap();
         EventsFile::open(options)
             .unwrap()
-            .write(&reloaded(2))
+            .write_record(reloaded(2))
             .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(
             text.lines().next().unwrap(),
-            serde_json::to_string(&record).unwrap()
+            serde_json::to_string(&first.record).unwrap()
         );
         assert_eq!(rules_in(&path), [1, 2]);
     }
@@ -326,7 +372,7 @@ mod tests {
         })
         .unwrap();
         for rules in 0..7 {
-            file.write(&reloaded(rules)).unwrap();
+            file.write_record(reloaded(rules)).unwrap();
         }
         assert_eq!(rules_in(&path), [6]);
         assert_eq!(rules_in(&rotated_path(&path, 1)), [4, 5]);
@@ -341,6 +387,26 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_is_cut_where_the_file_rotates_as_single_records_are() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("events.jsonl");
+        let mut file = EventsFile::open(FileOptions {
+            path: path.clone(),
+            max_bytes: 2 * line_length(),
+            keep: 3,
+            keep_denials: DEFAULT_KEEP_DENIALS,
+        })
+        .unwrap();
+        file.write_record(reloaded(0)).unwrap();
+        let batch: Vec<_> = (1..7).map(|rules| Emitted::new(reloaded(rules))).collect();
+        file.write(&batch).unwrap();
+        assert_eq!(rules_in(&path), [6]);
+        assert_eq!(rules_in(&rotated_path(&path, 1)), [4, 5]);
+        assert_eq!(rules_in(&rotated_path(&path, 2)), [2, 3]);
+        assert_eq!(rules_in(&rotated_path(&path, 3)), [0, 1]);
+    }
+
+    #[test]
     fn keeping_none_starts_over_and_a_line_longer_than_the_limit_still_goes_in() {
         let temp = tempfile::tempdir().unwrap();
         let path = temp.path().join("events.jsonl");
@@ -351,8 +417,8 @@ mod tests {
             keep_denials: 0,
         })
         .unwrap();
-        file.write(&reloaded(1)).unwrap();
-        file.write(&reloaded(2)).unwrap();
+        file.write_record(reloaded(1)).unwrap();
+        file.write_record(reloaded(2)).unwrap();
         assert_eq!(rules_in(&path), [2]);
         assert!(rotated_paths_oldest_first(&path).unwrap().is_empty());
     }
@@ -368,18 +434,18 @@ mod tests {
             keep_denials: DEFAULT_KEEP_DENIALS,
         })
         .unwrap();
-        file.write(&reloaded(1)).unwrap();
+        file.write_record(reloaded(1)).unwrap();
         let moved = temp.path().join("moved");
         std::fs::rename(&path, &moved).unwrap();
-        file.write(&reloaded(2)).unwrap();
+        file.write_record(reloaded(2)).unwrap();
         assert_eq!(rules_in(&moved), [1]);
         assert_eq!(rules_in(&path), [2]);
 
-        file.write(&reloaded(3)).unwrap();
+        file.write_record(reloaded(3)).unwrap();
         std::fs::File::create(&path).unwrap();
         // The file is empty again: two more lines fit without rotating.
-        file.write(&reloaded(4)).unwrap();
-        file.write(&reloaded(5)).unwrap();
+        file.write_record(reloaded(4)).unwrap();
+        file.write_record(reloaded(5)).unwrap();
         assert_eq!(rules_in(&path), [4, 5]);
         assert!(!rotated_path(&path, 1).exists());
     }
@@ -390,7 +456,11 @@ mod tests {
         Record::Exec(ExecRecord {
             time: TIME.to_owned(),
             action,
-            enforcement: if action == "deny" { "eperm" } else { "none" },
+            enforcement: if action == "deny" {
+                Enforcement::Eperm
+            } else {
+                Enforcement::None
+            },
             backend: "lsm",
             operation: "exec",
             rule: rule.to_string(),
@@ -468,10 +538,10 @@ mod tests {
         let temp = tempfile::tempdir().unwrap();
         let path = temp.path().join("events.jsonl");
         let mut file = small_file(&path, 2, 3);
-        file.write(&exec(1, "deny")).unwrap();
+        file.write_record(exec(1, "deny")).unwrap();
         for _ in 0..1000 {
-            file.write(&tamper()).unwrap();
-            file.write(&exec(0, "audit")).unwrap();
+            file.write_record(tamper()).unwrap();
+            file.write_record(exec(0, "audit")).unwrap();
         }
 
         let chain = denials_in_chain(&path);
@@ -490,9 +560,9 @@ mod tests {
         let path = temp.path().join("events.jsonl");
         let mut file = small_file(&path, 1, 2);
         for rule in 1..=5 {
-            file.write(&exec(rule, "deny")).unwrap();
+            file.write_record(exec(rule, "deny")).unwrap();
             for _ in 0..4 {
-                file.write(&tamper()).unwrap();
+                file.write_record(tamper()).unwrap();
             }
         }
 
@@ -507,9 +577,9 @@ mod tests {
             let temp = tempfile::tempdir().unwrap();
             let path = temp.path().join("events.jsonl");
             let mut file = small_file(&path, 0, keep_denials);
-            file.write(&exec(1, "deny")).unwrap();
+            file.write_record(exec(1, "deny")).unwrap();
             for _ in 0..20 {
-                file.write(&tamper()).unwrap();
+                file.write_record(tamper()).unwrap();
             }
             let expected: &[&str] = if keep_denials == 0 { &[] } else { &["1"] };
             assert_eq!(denials_in_chain(&path).concat(), expected);

@@ -9,6 +9,7 @@ use std::{
     mem::MaybeUninit,
     os::{fd::AsFd, unix::net::UnixDatagram},
     path::Path,
+    sync::Arc,
 };
 
 use rustix::{
@@ -17,10 +18,13 @@ use rustix::{
 };
 use serde_json::Value;
 
-use super::queue::Sink;
+use super::{
+    queue::{Sink, Unwritten},
+    Emitted,
+};
 use crate::{
     escape::{is_hex_of_sibling, Lossless},
-    events::Record,
+    events::{Enforcement, Record},
 };
 
 pub const SOCKET: &str = "/run/systemd/journal/socket";
@@ -74,8 +78,13 @@ impl Journald {
 }
 
 impl Sink for Journald {
-    fn write(&mut self, record: &Record) -> io::Result<()> {
-        self.send(&entry(record))
+    /// One datagram per record: journald takes no batches.
+    fn write(&mut self, records: &[Arc<Emitted>]) -> Result<(), Unwritten> {
+        for (written, emitted) in records.iter().enumerate() {
+            self.send(&entry(&emitted.record))
+                .map_err(|error| Unwritten { written, error })?;
+        }
+        Ok(())
     }
 }
 
@@ -101,12 +110,13 @@ fn priority(record: &Record) -> u8 {
     const NOTICE: u8 = 5;
     const INFO: u8 = 6;
     match record {
-        Record::Exec(exec) if exec.enforcement == "none" => NOTICE,
+        Record::Exec(exec) if exec.enforcement == Enforcement::None => NOTICE,
         Record::Exec(_)
         | Record::Tamper(_)
         | Record::EventsLost { .. }
         | Record::RecordsDropped { .. }
-        | Record::DaemonLost { .. } => WARNING,
+        | Record::DaemonLost { .. }
+        | Record::Unloaded { .. } => WARNING,
         Record::ReloadFailed { .. } => ERR,
         Record::Stopped { .. } => NOTICE,
         Record::Started {
@@ -187,6 +197,12 @@ mod tests {
         kernel::coverage::Features,
     };
 
+    impl Journald {
+        fn write_record(&mut self, record: &Record) -> io::Result<()> {
+            self.send(&entry(record))
+        }
+    }
+
     /// Fields of a native-protocol entry, in order.
     fn parse(mut entry: &[u8]) -> Vec<(String, String)> {
         let mut fields = Vec::new();
@@ -220,7 +236,7 @@ mod tests {
         ExecRecord {
             time: "2026-11-28T08:39:20.546048089Z".to_owned(),
             action: "deny",
-            enforcement: "eperm",
+            enforcement: Enforcement::Eperm,
             backend: "lsm",
             operation: "exec",
             rule: "wechat".to_owned(),
@@ -289,7 +305,7 @@ mod tests {
     fn an_exec_arrives_with_its_message_priority_and_structured_fields() {
         let (_temp, server, mut client) = journal();
         let record = Record::Exec(exec_record());
-        client.write(&record).unwrap();
+        client.write_record(&record).unwrap();
         let mut buffer = vec![0; 64 * 1024];
         let length = server.recv(&mut buffer).unwrap();
         let fields = parse(&buffer[..length]);
@@ -329,13 +345,13 @@ mod tests {
     fn multi_line_values_lists_and_maps_are_encoded_as_the_protocol_says() {
         let (_temp, server, mut client) = journal();
         client
-            .write(&Record::ReloadFailed {
+            .write_record(&Record::ReloadFailed {
                 time: "2026-11-28T08:39:20Z".to_owned(),
                 error: "a.toml:1:1: first\nb.toml:2:2: second".to_owned(),
             })
             .unwrap();
         client
-            .write(&Record::Started {
+            .write_record(&Record::Started {
                 time: "2026-11-28T08:39:20Z".to_owned(),
                 backend: "kill",
                 backend_reason: "forced".to_owned(),
@@ -350,7 +366,7 @@ mod tests {
             })
             .unwrap();
         client
-            .write(&Record::Stopped {
+            .write_record(&Record::Stopped {
                 time: "2026-11-28T08:39:20Z".to_owned(),
                 events: 5,
                 events_lost: 0,
@@ -403,7 +419,7 @@ mod tests {
             protected: true,
             features: Features::kill_backend(),
         };
-        client.write(&record).unwrap();
+        client.write_record(&record).unwrap();
         let mut buffer = vec![0; 64 * 1024];
         let length = server.recv(&mut buffer).unwrap();
         let started = parse(&buffer[..length]);
@@ -417,7 +433,7 @@ mod tests {
         let (_temp, server, mut client) = journal();
         let error = "x".repeat(4 * 1024 * 1024);
         client
-            .write(&Record::ReloadFailed {
+            .write_record(&Record::ReloadFailed {
                 time: "2026-11-28T08:39:20Z".to_owned(),
                 error: error.clone(),
             })

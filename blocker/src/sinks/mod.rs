@@ -2,6 +2,7 @@
 //! bounded queue and writer thread, so a slow or stuck sink never slows the event loop, and
 //! with it enforcement: what does not fit is dropped, counted and reported.
 
+mod daemon_log;
 mod file;
 pub(crate) mod journald;
 mod queue;
@@ -16,6 +17,7 @@ use std::{
 };
 
 use anyhow::Result;
+use bytes::Bytes;
 
 pub use file::{
     rotated_paths_oldest_first, FileOptions, DEFAULT_KEEP, DEFAULT_KEEP_DENIALS, DEFAULT_MAX_BYTES,
@@ -41,10 +43,55 @@ pub struct SinkOptions {
     pub stdout: bool,
     /// journald's socket, written to if it exists; `None` when turned off.
     pub journald_socket: Option<PathBuf>,
+    /// A line on stderr for every exec and tamper record (the daemon's log of events).
+    pub log_lines: bool,
 }
 
 pub struct Sinks {
     queues: Vec<SinkQueue>,
+}
+
+/// A record and its JSON line (newline included), serialized once and shared by every sink.
+pub struct Emitted {
+    pub record: Record,
+    pub json_line: Bytes,
+}
+
+impl Emitted {
+    pub fn new(record: Record) -> Arc<Self> {
+        // Room for a typical exec record, so that the line is not grown while written.
+        let mut line = Vec::with_capacity(512);
+        serde_json::to_writer(&mut line, &record).expect("records serialize");
+        line.push(b'\n');
+        Arc::new(Self {
+            record,
+            json_line: Bytes::from(line),
+        })
+    }
+}
+
+/// Records gathered for the sinks, handed to them all at once when the batch is dropped: one
+/// lock and at most one wake-up per sink for a whole turn of events.
+pub struct Batch<'a> {
+    sinks: &'a Sinks,
+    records: Vec<Arc<Emitted>>,
+}
+
+impl Batch<'_> {
+    pub fn push(&mut self, record: Record) {
+        self.records.push(Emitted::new(record));
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        if self.records.is_empty() {
+            return;
+        }
+        for queue in &self.sinks.queues {
+            queue.push_all(&self.records);
+        }
+    }
 }
 
 impl Sinks {
@@ -52,6 +99,13 @@ impl Sinks {
     /// cannot be reached a warning.
     pub fn start(options: &SinkOptions) -> Result<Self> {
         let mut queues = Vec::new();
+        if options.log_lines {
+            queues.push(SinkQueue::start(
+                "log",
+                daemon_log::LogLines::default(),
+                QUEUE_RECORDS,
+            ));
+        }
         let mut destinations = Vec::new();
         if let Some(file) = &options.file {
             let sink = file::EventsFile::open(file.clone())?;
@@ -96,9 +150,15 @@ impl Sinks {
 
     /// Hands `record` to every sink without waiting for any.
     pub fn emit(&self, record: Record) {
-        let record = Arc::new(record);
-        for queue in &self.queues {
-            queue.push(record.clone());
+        let mut batch = self.batch();
+        batch.push(record);
+    }
+
+    /// A batch of records that reach the sinks together, when it is dropped.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            sinks: self,
+            records: Vec::new(),
         }
     }
 
@@ -117,7 +177,7 @@ impl Sinks {
             .iter()
             .map(|queue| (queue.name(), queue.dropped()))
             .collect();
-        let last = Arc::new(last(dropped));
+        let last = Emitted::new(last(dropped));
         for queue in &self.queues {
             queue.close_with(last.clone());
         }
@@ -172,6 +232,7 @@ mod tests {
             }),
             stdout: false,
             journald_socket: Some(socket),
+            log_lines: false,
         })
         .unwrap();
         assert_eq!(sinks.names(), ["file", "journald"]);
@@ -212,6 +273,7 @@ mod tests {
             file: None,
             stdout: false,
             journald_socket: Some(temp.path().join("no-journald-here")),
+            log_lines: false,
         })
         .unwrap();
         assert!(sinks.names().is_empty());

@@ -4,15 +4,33 @@
 
 use std::{
     collections::VecDeque,
+    io,
     sync::{Arc, Condvar, Mutex, MutexGuard},
     time::Instant,
 };
 
+use super::Emitted;
 use crate::events::{self, Record};
 
-/// Somewhere records are written, one at a time, on the queue's own thread.
+/// Somewhere records are written, on the queue's own thread. The writer hands over everything
+/// queued since its last write at once, so that a sink can write a burst with one system call.
 pub trait Sink: Send + 'static {
-    fn write(&mut self, record: &Record) -> std::io::Result<()>;
+    /// Writes `records` in order.
+    fn write(&mut self, records: &[Arc<Emitted>]) -> Result<(), Unwritten>;
+}
+
+/// A failed write: the first `written` records were written, the rest were not.
+#[derive(Debug)]
+pub struct Unwritten {
+    pub written: usize,
+    pub error: io::Error,
+}
+
+impl Unwritten {
+    /// A failure before anything was written.
+    pub fn nothing(error: io::Error) -> Self {
+        Self { written: 0, error }
+    }
 }
 
 pub struct SinkQueue {
@@ -33,7 +51,7 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    records: VecDeque<Arc<Record>>,
+    records: VecDeque<Arc<Emitted>>,
     dropped_total: u64,
     dropped_unreported: u64,
     /// Set at the first drop for a full queue, so that only the first of a run is logged.
@@ -82,27 +100,30 @@ impl SinkQueue {
         self.name
     }
 
-    /// Queues `record`, or drops and counts it if the queue is full. Never waits for the sink.
-    pub fn push(&self, record: Arc<Record>) {
+    /// Queues `records`, or drops and counts those that do not fit. Never waits for the sink,
+    /// and wakes its writer at most once for the lot.
+    pub fn push_all(&self, records: &[Arc<Emitted>]) {
         let mut state = self.shared.lock();
         if state.closed {
             return;
         }
-        if state.records.len() < self.shared.capacity {
-            // The writer waits only for an empty queue; waking it costs a system call, which
-            // would otherwise be paid per record.
-            let writer_may_wait = state.records.is_empty();
-            state.records.push_back(record);
-            drop(state);
-            if writer_may_wait {
-                self.shared.work.notify_one();
-            }
-            return;
-        }
-        state.dropped_total += 1;
-        state.dropped_unreported += 1;
-        let first_of_run = !std::mem::replace(&mut state.falling_behind, true);
+        // The writer waits only for an empty queue; waking it costs a system call, which would
+        // otherwise be paid per record.
+        let writer_may_wait = state.records.is_empty();
+        let room = self.shared.capacity.saturating_sub(state.records.len());
+        let (fitting, dropped) = records.split_at(room.min(records.len()));
+        state.records.extend(fitting.iter().cloned());
+        let first_of_run = if dropped.is_empty() {
+            false
+        } else {
+            state.dropped_total += dropped.len() as u64;
+            state.dropped_unreported += dropped.len() as u64;
+            !std::mem::replace(&mut state.falling_behind, true)
+        };
         drop(state);
+        if writer_may_wait && !fitting.is_empty() {
+            self.shared.work.notify_one();
+        }
         if first_of_run {
             log::warn!(
                 "the {} sink is not keeping up: its records are dropped and counted until it \
@@ -119,7 +140,7 @@ impl SinkQueue {
 
     /// Queues `last` even if the queue is full, takes no more records, and lets the writer
     /// finish what is queued.
-    pub fn close_with(&self, last: Arc<Record>) {
+    pub fn close_with(&self, last: Arc<Emitted>) {
         let mut state = self.shared.lock();
         state.records.push_back(last);
         state.closed = true;
@@ -174,12 +195,9 @@ impl<S: Sink> Writer<S> {
     fn run(mut self) {
         let mut batch = VecDeque::new();
         while self.take_queued(&mut batch) {
-            let mut failed = 0;
-            let mut last_written = false;
-            for record in batch.drain(..) {
-                last_written = self.write(&record);
-                failed += u64::from(!last_written);
-            }
+            let written = self.write(batch.make_contiguous());
+            let failed = (batch.len() - written) as u64;
+            batch.clear();
             let mut state = self.shared.lock();
             state.writing = 0;
             if state.records.is_empty() && std::mem::take(&mut state.idle_wanted) {
@@ -187,7 +205,7 @@ impl<S: Sink> Writer<S> {
             }
             state.dropped_total += failed;
             state.dropped_unreported += failed;
-            let caught_up = last_written
+            let caught_up = failed == 0
                 && !state.closed
                 && state.records.is_empty()
                 && state.dropped_unreported > 0;
@@ -204,7 +222,7 @@ impl<S: Sink> Writer<S> {
     /// Moves every queued record into `batch` (empty), waiting for one if none is; `false` once
     /// the queue is closed and empty. Taking them all at once keeps the writer off the lock the
     /// event loop pushes under, and out of its way, while it writes.
-    fn take_queued(&self, batch: &mut VecDeque<Arc<Record>>) -> bool {
+    fn take_queued(&self, batch: &mut VecDeque<Arc<Emitted>>) -> bool {
         let mut state = self.shared.lock();
         loop {
             if !state.records.is_empty() {
@@ -223,16 +241,17 @@ impl<S: Sink> Writer<S> {
         }
     }
 
-    /// Writes `record`; logs the first failure of a run and the recovery after it.
-    fn write(&mut self, record: &Record) -> bool {
-        match self.sink.write(record) {
+    /// Writes `records`; returns how many were written, and logs the first failure of a run
+    /// and the recovery after it.
+    fn write(&mut self, records: &[Arc<Emitted>]) -> usize {
+        match self.sink.write(records) {
             Ok(()) => {
                 if std::mem::take(&mut self.failing) {
                     log::info!("the {} sink works again", self.name);
                 }
-                true
+                records.len()
             }
-            Err(error) => {
+            Err(Unwritten { written, error }) => {
                 if !std::mem::replace(&mut self.failing, true) {
                     log::error!(
                         "the {} sink failed ({error}); its records are dropped and counted until \
@@ -240,7 +259,7 @@ impl<S: Sink> Writer<S> {
                         self.name
                     );
                 }
-                false
+                written
             }
         }
     }
@@ -253,7 +272,7 @@ impl<S: Sink> Writer<S> {
             dropped,
             total,
         };
-        if self.sink.write(&report).is_err() {
+        if self.sink.write(&[Emitted::new(report)]).is_err() {
             // Not reported yet: the next catch-up reports these too.
             return;
         }
@@ -284,20 +303,34 @@ mod tests {
     }
 
     impl Sink for Gated {
-        fn write(&mut self, record: &Record) -> std::io::Result<()> {
-            self.go.recv().map_err(std::io::Error::other)?;
-            let line = serde_json::to_string(record).expect("records serialize");
-            self.written.send(line).map_err(std::io::Error::other)
+        fn write(&mut self, records: &[Arc<Emitted>]) -> Result<(), Unwritten> {
+            self.go.recv().map_err(other)?;
+            for record in records {
+                self.written.send(line(record)).map_err(other)?;
+            }
+            Ok(())
         }
     }
 
-    fn reloaded(rules: usize) -> Arc<Record> {
-        Arc::new(Record::Reloaded {
+    fn other(error: impl std::error::Error + Send + Sync + 'static) -> Unwritten {
+        Unwritten::nothing(io::Error::other(error))
+    }
+
+    fn line(record: &Emitted) -> String {
+        String::from_utf8(record.json_line.to_vec()).unwrap()
+    }
+
+    fn reloaded(rules: usize) -> Arc<Emitted> {
+        Emitted::new(Record::Reloaded {
             time: events::now_rfc3339(),
             policies: vec![],
             rules,
             entries: 0,
         })
+    }
+
+    fn push(queue: &SinkQueue, record: Arc<Emitted>) {
+        queue.push_all(&[record]);
     }
 
     fn gated_queue(capacity: usize) -> (SinkQueue, SyncSender<()>, Receiver<String>) {
@@ -325,22 +358,20 @@ mod tests {
     fn a_full_queue_drops_and_counts_instead_of_blocking_and_reports_on_catching_up() {
         let (queue, go, written) = gated_queue(2);
         // The writer takes the first record and blocks in the sink; two more fill the queue.
-        queue.push(reloaded(0));
+        push(&queue, reloaded(0));
         wait_until_taken(&queue);
-        for rules in 1..=5 {
-            queue.push(reloaded(rules));
-        }
+        queue.push_all(&(1..=5).map(reloaded).collect::<Vec<_>>());
         assert_eq!(
             queue.dropped(),
             3,
             "records 3, 4 and 5 found the queue full"
         );
 
-        let mut lines = Vec::new();
-        for _ in 0..4 {
+        // Three writes: the first record, the two queued behind it, the report.
+        for _ in 0..3 {
             go.send(()).unwrap();
-            lines.push(written.recv().unwrap());
         }
+        let lines: Vec<String> = (0..4).map(|_| written.recv().unwrap()).collect();
         let rules: Vec<_> = lines[..3]
             .iter()
             .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["rules"].clone())
@@ -353,7 +384,7 @@ mod tests {
         assert_eq!(report["total"], 3);
 
         // Caught up: new records are queued again.
-        queue.push(reloaded(6));
+        push(&queue, reloaded(6));
         go.send(()).unwrap();
         let line: serde_json::Value = serde_json::from_str(&written.recv().unwrap()).unwrap();
         assert_eq!(line["rules"], 6);
@@ -363,17 +394,18 @@ mod tests {
     #[test]
     fn closing_writes_the_last_record_even_when_full_and_gives_up_at_the_deadline() {
         let (queue, go, written) = gated_queue(1);
-        queue.push(reloaded(0));
+        push(&queue, reloaded(0));
         wait_until_taken(&queue);
-        queue.push(reloaded(1));
+        push(&queue, reloaded(1));
         queue.close_with(reloaded(2));
-        queue.push(reloaded(3));
+        push(&queue, reloaded(3));
         assert_eq!(
             queue.wait_until_written(Instant::now()),
             3,
             "one in the sink, two queued"
         );
-        for _ in 0..3 {
+        // Two writes: the first record, then the two queued behind it.
+        for _ in 0..2 {
             go.send(()).unwrap();
         }
         assert_eq!(
@@ -391,8 +423,9 @@ mod tests {
     fn idle_means_every_queued_record_written() {
         let (queue, go, written) = gated_queue(4);
         let queue = Arc::new(queue);
-        queue.push(reloaded(0));
-        queue.push(reloaded(1));
+        push(&queue, reloaded(0));
+        wait_until_taken(&queue);
+        push(&queue, reloaded(1));
         let (idle_sender, idle) = mpsc::channel();
         let waiting = queue.clone();
         std::thread::spawn(move || {
@@ -411,20 +444,26 @@ mod tests {
             .expect("idle once both are written");
     }
 
-    /// Fails every write until told otherwise.
+    /// Fails every write until told otherwise, after writing the first record of each.
     struct Flaky {
         failures_left: usize,
         written: SyncSender<String>,
     }
 
     impl Sink for Flaky {
-        fn write(&mut self, record: &Record) -> std::io::Result<()> {
+        fn write(&mut self, records: &[Arc<Emitted>]) -> Result<(), Unwritten> {
             if self.failures_left > 0 {
                 self.failures_left -= 1;
-                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+                self.written.send(line(&records[0])).map_err(other)?;
+                return Err(Unwritten {
+                    written: 1,
+                    error: io::Error::from_raw_os_error(libc::ENOSPC),
+                });
             }
-            let line = serde_json::to_string(record).expect("records serialize");
-            self.written.send(line).map_err(std::io::Error::other)
+            for record in records {
+                self.written.send(line(record)).map_err(other)?;
+            }
+            Ok(())
         }
     }
 
@@ -439,14 +478,22 @@ mod tests {
             },
             10,
         );
-        for rules in 0..3 {
-            queue.push(reloaded(rules));
+        // Two failing writes of two records each, of which the first gets written.
+        for rules in 0..2 {
+            queue.push_all(&[reloaded(rules * 2), reloaded(rules * 2 + 1)]);
+            queue.wait_until_idle();
         }
-        let first: serde_json::Value = serde_json::from_str(&written.recv().unwrap()).unwrap();
-        assert_eq!(first["rules"], 2);
-        let report: serde_json::Value = serde_json::from_str(&written.recv().unwrap()).unwrap();
-        assert_eq!(report["kind"], "records_dropped");
-        assert_eq!(report["dropped"], 2);
+        push(&queue, reloaded(4));
+        let lines: Vec<serde_json::Value> = (0..4)
+            .map(|_| serde_json::from_str(&written.recv().unwrap()).unwrap())
+            .collect();
+        let rules: Vec<_> = lines[..3]
+            .iter()
+            .map(|line| line["rules"].clone())
+            .collect();
+        assert_eq!(rules, [0, 2, 4]);
+        assert_eq!(lines[3]["kind"], "records_dropped");
+        assert_eq!(lines[3]["dropped"], 2);
         assert_eq!(queue.dropped(), 2);
     }
 }

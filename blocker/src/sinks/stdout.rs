@@ -1,27 +1,40 @@
-//! JSON lines on stdout, flushed per line for pipes and `tail -f`-like readers.
+//! JSON lines on stdout, each batch written with one system call and flushed, for pipes and
+//! `tail -f`-like readers.
 
-use std::io::{self, Write};
+use std::{
+    io::{self, Write},
+    sync::Arc,
+};
 
-use super::queue::Sink;
-use crate::events::Record;
+use super::{
+    queue::{Sink, Unwritten},
+    Emitted,
+};
 
 #[derive(Default)]
 pub struct Stdout {
     /// Set once the reader has gone: there will never be another one.
     broken: bool,
+    /// The batch's lines, gathered so that a burst costs one write.
+    lines: Vec<u8>,
 }
 
 impl Sink for Stdout {
-    fn write(&mut self, record: &Record) -> io::Result<()> {
+    fn write(&mut self, records: &[Arc<Emitted>]) -> Result<(), Unwritten> {
         if self.broken {
-            return Err(io::ErrorKind::BrokenPipe.into());
+            return Err(Unwritten::nothing(io::ErrorKind::BrokenPipe.into()));
         }
-        let line = serde_json::to_string(record).expect("records serialize");
+        self.lines.clear();
+        for record in records {
+            self.lines.extend_from_slice(&record.json_line);
+        }
         let mut out = io::stdout().lock();
-        let written = writeln!(out, "{line}").and_then(|()| out.flush());
-        if let Err(error) = &written {
-            self.broken = error.kind() == io::ErrorKind::BrokenPipe;
-        }
-        written
+        out.write_all(&self.lines)
+            .and_then(|()| out.flush())
+            .map_err(|error| {
+                self.broken = error.kind() == io::ErrorKind::BrokenPipe;
+                // How much of the batch reached the reader is unknown: count it all as lost.
+                Unwritten::nothing(error)
+            })
     }
 }

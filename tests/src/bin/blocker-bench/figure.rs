@@ -126,7 +126,7 @@ impl Environment {
 
 /// One measured figure.
 pub struct Figure {
-    /// Stable and unique, e.g. `exec.host.blocker-100k`; the README and the targets refer to it.
+    /// Stable and unique, e.g. `exec.host.blocker-100k`; `report.json` and the targets refer to it.
     pub id: String,
     pub environment: Environment,
     /// The table section: `exec latency`, `content hash at exec`, ...

@@ -49,8 +49,8 @@ pub fn measure(run: &PipelineRun) -> Result<Vec<Figure>> {
     let environment = run.environment;
     let detail = format!(
         "{} runs of `blocker feed-events`: {} synthetic denied-exec events each through the \
-         daemon's per-event path (decode, record, log line, events file, stdout read by the \
-         bench), in turns of the daemon's size, each written by every sink before the next; \
+         daemon's per-event path (decode, record, and the sinks: log line, events file, stdout \
+         read by the bench), in turns of the daemon's size, each written by every sink before the next; \
          none lost",
         run.runs, run.events
     );
@@ -142,6 +142,7 @@ fn feed(run: &PipelineRun) -> Result<Sample> {
         || stopped["events"] != run.events
         || dropped["file"] != 0
         || dropped["stdout"] != 0
+        || dropped["log"] != 0
     {
         bail!(
             "{} events were fed, but stdout had {execs}, the events file {file_lines} lines, and \
