@@ -4,6 +4,7 @@
 use crate::escape::escaped;
 use std::{
     collections::{BTreeMap, BTreeSet},
+    ops::ControlFlow,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -17,9 +18,9 @@ use aya::maps::{MapData, RingBuf};
 use blocker_common::{heartbeat, FileKey, Heartbeat};
 use tokio::{
     io::{unix::AsyncFd, Interest},
-    signal::unix::{signal, SignalKind},
+    signal::unix::{signal, Signal, SignalKind},
     sync::mpsc,
-    time::{sleep_until, Instant},
+    time::{sleep_until, Instant, Interval},
 };
 
 use crate::{
@@ -32,7 +33,7 @@ use crate::{
     },
     events::{self, BootClock, ExecRecord, LostDaemon, Record, TamperRecord},
     identity,
-    jobs::Slot,
+    jobs::Jobs,
     kernel::{
         coverage::{Features, State as FeatureState},
         BackendChoice, Enforcer, KernelCounters, KernelPolicy,
@@ -41,7 +42,7 @@ use crate::{
     pidfd,
     policy::{self, Action, Policy},
     reload::{PolicyDirWatcher, QUIET_BEFORE_RELOAD},
-    resolve::{self, Resolution, RuleInfo},
+    resolve::{self, Resolution, RuleInfo, Via},
     scan::{HashedFile, ScanOptions, ScanReport},
     sinks::{Batch, SinkOptions, Sinks},
     sources::SourceRoots,
@@ -212,23 +213,8 @@ fn policy_changed(change: PolicyChange, peer: Peer) -> Record {
     }
 }
 
-/// What the event loop keeps of the policy in force and of the background work on it.
-struct State {
-    policy: Policy,
-    resolution: Resolution,
-    scanned: Option<Arc<ScanReport>>,
-    /// Files the content watcher found banned since the last content scan started.
-    watched: Vec<HashedFile>,
-    /// How many of `watched` the running job knows of.
-    watched_by_job: usize,
-    jobs: Slot<Work>,
-    hash_limit_bytes: Arc<AtomicU64>,
-    /// The ban map's overflow last reported.
-    reported_overflow: usize,
-    /// Whether the first content scan is done.
-    scanned_once: bool,
-}
-
+/// Announces the start, then serves until SIGINT, SIGTERM or a stop asked over the control
+/// socket, and stops.
 async fn serve(
     mut enforcer: Enforcer,
     protected: BTreeMap<FileKey, PathBuf>,
@@ -238,59 +224,19 @@ async fn serve(
     sink: Sinks,
     mut control: ControlSocket,
 ) -> Result<()> {
-    // SAFETY (both): each value owns its file descriptor and keeps it open, unreplaced, for as
-    // long as the AsyncFd holds it.
-    let mut events =
-        unsafe { AsyncFd::register_with_interest(enforcer.take_events()?, Interest::READABLE) }
-            .context("watching the ring buffer")?;
-    let mut kernel_log =
-        unsafe { AsyncFd::register_with_interest(enforcer.take_logger()?, Interest::READABLE) }
-            .context("watching eBPF logs")?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut hangup = signal(SignalKind::hangup())?;
-    let policy_dir_changes = watch_policy_dir(&options.policy_dir);
-    let mut control_notices = control.serve(std::path::absolute(&options.policy_dir)?)?;
-    let (job_done, mut job_results) = mpsc::channel::<Done>(1);
-    let mut reload_due: Option<Instant> = None;
-    let mut refresh = tokio::time::interval(options.refresh_interval);
-    refresh.tick().await;
-    let mut counter_check = tokio::time::interval(COUNTER_CHECK_INTERVAL);
-    let mut rescan = tokio::time::interval(options.rescan_interval);
-    rescan.tick().await;
-    let mut heartbeat = tokio::time::interval(Duration::from_secs(heartbeat::INTERVAL_SECS));
-    let mut state = State {
-        hash_limit_bytes: Arc::new(AtomicU64::new(policy.hash_limit_bytes())),
-        policy,
-        resolution,
-        scanned: None,
-        watched: Vec::new(),
-        watched_by_job: 0,
-        jobs: Slot::default(),
-        reported_overflow: 0,
-        scanned_once: false,
-    };
-    let mut watcher_started = resolve::needs_scan(&state.policy);
-    let mut watch_reports = start_content_watcher(
-        watcher_started,
-        &options.scan.roots,
-        &state.hash_limit_bytes,
-    );
-    let mut watch_warnings = Tally::new(log::Level::Warn);
-    let mut newly_banned = Tally::new(log::Level::Warn);
-    let mut delivered = 0u64;
-    let mut counters = KernelCounters::default();
-    // Rules reloads removed, so an event raised under the previous policy still names its rule.
-    let mut retired_rules = BTreeMap::new();
-
+    let mut wakeups = Wakeups::new(&mut enforcer, &options, &mut control).await?;
+    let hash_limit_bytes = Arc::new(AtomicU64::new(policy.hash_limit_bytes()));
+    let mut content_watch = ContentWatch::new();
+    content_watch.start_if_needed(&policy, &options, &hash_limit_bytes);
     // Read before this daemon's first beat; beaten before anyone hears it started.
     let previous_heartbeat = enforcer
         .heartbeat()
         .map_err(|error| log::error!("{error:#}"))
         .ok();
     beat(&mut enforcer);
+    let counters = KernelCounters::default();
     // Written before `started`, so that whoever waits for that record finds the status too.
-    let mut status = Publisher::start(
+    let status = Publisher::start(
         status::Setup {
             path: options.status_file.clone(),
             policy_dir: options.policy_dir.clone(),
@@ -299,242 +245,313 @@ async fn serve(
             pinned: enforcer.pinned().is_some(),
             control_socket: control.path().to_owned(),
         },
-        Snapshot::of(
-            &enforcer,
-            &state.policy,
-            &state.resolution,
-            delivered,
-            &counters,
-        ),
+        Snapshot::of(&enforcer, &policy, &resolution, 0, &counters),
     );
-    sink.emit(Record::Started {
-        time: events::now_rfc3339(),
-        backend: enforcer.backend().name(),
-        backend_reason: enforcer.backend_reason().to_owned(),
-        policies: state
-            .policy
-            .policies
-            .iter()
-            .map(|p| p.name.clone())
-            .collect(),
-        rules: state.resolution.rules.len(),
-        entries: enforcer.installed_entries(),
-        pinned: enforcer.pinned().map(|dir| dir.display().to_string()),
-        adopted: enforcer.adopted(),
-        adoption_refused: enforcer.adoption_refused().map(str::to_owned),
-        protected: !protected.is_empty(),
-        features: enforcer.features().clone(),
-    });
-    if let Some(previous) = previous_heartbeat {
-        report_lost_daemon(previous, &sink);
-    }
-    systemd::notify_ready();
-    if resolve::needs_scan(&state.policy) {
-        log::info!("content rules: scanning the scan roots in the background");
-        state.request(Work::Refresh { rescan: true }, &options, &job_done);
-    }
-
-    loop {
-        tokio::select! {
-            ready = events.readable_mut() => {
-                let mut ready = ready?;
-                let known = Known {
-                    resolution: &state.resolution,
-                    retired_rules: &retired_rules,
-                    protected: &protected,
-                };
-                let (count, emptied) = drain(ready.get_inner_mut(), &known, &sink, EVENTS_PER_TURN);
-                delivered += count;
-                // Left ready while events remain, so the loop comes back after its other work.
-                if emptied {
-                    ready.clear_ready();
-                }
-            }
-            ready = kernel_log.readable_mut() => {
-                let mut ready = ready?;
-                ready.get_inner_mut().flush();
-                ready.clear_ready();
-            }
-            _ = rescan.tick(), if resolve::needs_scan(&state.policy) => {
-                state.request(Work::Refresh { rescan: true }, &options, &job_done);
-            }
-            Some(report) = watch_reports.recv() => match report {
-                watch::Report::Seen(seen) => {
-                    if state.content_seen(&seen, &mut enforcer, &mut newly_banned) {
-                        status.publish(Snapshot::of(&enforcer, &state.policy, &state.resolution, delivered, &counters));
-                    }
-                }
-                watch::Report::Overflow => {
-                    log::warn!("content watcher: the kernel dropped events; rescanning");
-                    state.request(Work::Refresh { rescan: true }, &options, &job_done);
-                }
-                watch::Report::Warning(warning) => {
-                    watch_warnings.note(format_args!("content watcher: {warning}"));
-                }
-            },
-            _ = refresh.tick() => {
-                state.request(Work::Refresh { rescan: false }, &options, &job_done);
-            }
-            _ = counter_check.tick() => {
-                counters = report_lost_events(&enforcer, counters, &sink);
-                watch_warnings.flush(|more| format!("content watcher: {more} more warnings not listed"));
-                newly_banned.flush(|more| format!("content watcher: {more} more files with banned content not listed"));
-                state.report_overflow();
-                status.publish(Snapshot::of(&enforcer, &state.policy, &state.resolution, delivered, &counters));
-            }
-            _ = heartbeat.tick() => beat(&mut enforcer),
-            _ = hangup.recv() => reload_due = Some(Instant::now()),
-            ready = changed(policy_dir_changes.as_ref()) => {
-                let mut ready = ready?;
-                if ready.get_inner().drain() {
-                    reload_due = Some(Instant::now() + QUIET_BEFORE_RELOAD);
-                }
-                ready.clear_ready();
-            }
-            _ = sleep_until(reload_due.unwrap_or_else(Instant::now)), if reload_due.is_some() => {
-                reload_due = None;
-                state.request(Work::Reload, &options, &job_done);
-            }
-            Some(done) = job_results.recv() => {
-                match done {
-                    Done::Refreshed { resolution, rescanned } => {
-                        if state.refreshed(resolution, rescanned, &mut enforcer) {
-                            status.publish(Snapshot::of(&enforcer, &state.policy, &state.resolution, delivered, &counters));
-                        }
-                    }
-                    Done::Reloaded(loaded) => match loaded.and_then(|mut loaded| {
-                        // Files the watcher found while the reload ran, which its scan may lack.
-                        background::take_in_watched(&loaded.policy, &mut loaded.resolution, state.watched_since_job());
-                        loaded.resolution.keep_undecided(&state.resolution);
-                        apply_reload(loaded, &mut enforcer).map_err(|error| format!("{error:#}"))
-                    }) {
-                        Ok(reloaded) => {
-                            let fresh = &reloaded.resolution;
-                            log_changes(&state.resolution, fresh);
-                            log_resolution(fresh);
-                            log::info!("policy reloaded: {} rules, {} files banned", fresh.rules.len(), fresh.entries.len());
-                            sink.emit(Record::Reloaded {
-                                time: events::now_rfc3339(),
-                                policies: reloaded.policy.policies.iter().map(|p| p.name.clone()).collect(),
-                                rules: fresh.rules.len(),
-                                entries: fresh.entries.len(),
-                            });
-                            retire_rules(&mut retired_rules, &state.resolution, fresh);
-                            state.reloaded(reloaded);
-                            status.publish(Snapshot::of(&enforcer, &state.policy, &state.resolution, delivered, &counters));
-                            if resolve::needs_scan(&state.policy) && !watcher_started {
-                                watcher_started = true;
-                                watch_reports = start_content_watcher(true, &options.scan.roots, &state.hash_limit_bytes);
-                            }
-                        }
-                        Err(error) => {
-                            log::error!("reload refused, the previous policy stays in force: {error}");
-                            sink.emit(Record::ReloadFailed { time: events::now_rfc3339(), error });
-                        }
-                    },
-                }
-                state.report_overflow();
-                if let Some(next) = state.jobs.finished() {
-                    state.start(next, &options, &job_done);
-                }
-            }
-            Some(notice) = control_notices.recv() => match notice {
-                Notice::Stop { peer } => {
-                    log::info!("stopping, as {peer} asked over the control socket");
-                    break;
-                }
-                Notice::PolicyChanged { peer, change } => {
-                    let record = policy_changed(change, peer);
-                    log::info!("{}", record.summary());
-                    sink.emit(record);
-                }
-            },
-            _ = interrupt.recv() => break,
-            _ = terminate.recv() => break,
-        }
-    }
+    let mut daemon = Daemon {
+        enforcer,
+        protected,
+        options,
+        sink,
+        status,
+        policy,
+        resolution,
+        retired_rules: BTreeMap::new(),
+        scanned: None,
+        scanned_once: false,
+        watched: Vec::new(),
+        watched_by_job: 0,
+        jobs: Jobs::default(),
+        hash_limit_bytes,
+        content_watch,
+        watcher_warnings: Tally::new(log::Level::Warn),
+        newly_banned: Tally::new(log::Level::Warn),
+        reported_overflow: 0,
+        delivered: 0,
+        counters,
+    };
+    daemon.announce_start(previous_heartbeat);
+    daemon.serve(&mut wakeups).await?;
     // No one may ask anything of a daemon that is stopping.
     drop(control);
-
-    counters = report_lost_events(&enforcer, counters, &sink);
-    if enforcer.content_checks() {
-        log::info!(
-            "content checks: {} answered from the verdict cache, {} hashed (executable \
-             mappings: {} from the cache, {} hashed), {} over the hash limit, {} not hashable, \
-             {} on filesystems that can change bytes unseen (not judged), {} cached verdicts \
-             dropped after a change",
-            counters.verdict_cache_hits,
-            counters.verdict_cache_misses,
-            counters.mapping_verdict_cache_hits,
-            counters.mapping_verdict_cache_misses,
-            counters.content_too_large,
-            counters.content_hash_failures,
-            counters.content_unguarded,
-            counters.verdicts_invalidated
-        );
-    }
-    let pinned = enforcer.pinned().map(|dir| dir.display().to_string());
-    if let Err(error) = enforcer.stop_beating() {
-        log::error!("{error:#}");
-    }
-    if pinned.is_some() && !protected.is_empty() {
-        // Stopped the documented way: the pins and policies may now be changed, until the next
-        // daemon protects them again.
-        if let Err(error) = enforcer.unprotect() {
-            log::error!("{error:#}");
-        }
-    }
-    enforcer.release();
-    match &pinned {
-        Some(dir) => log::info!(
-            "the programs pinned at {dir} keep enforcing the policy; `blocker unload` detaches them"
-        ),
-        None => log::info!("programs detached; execs are no longer checked"),
-    }
-    let known = Known {
-        resolution: &state.resolution,
-        retired_rules: &retired_rules,
-        protected: &protected,
-    };
-    delivered += drain(events.get_mut(), &known, &sink, usize::MAX).0;
-    sink.close(|records_dropped| Record::Stopped {
-        time: events::now_rfc3339(),
-        events: delivered,
-        events_lost: counters.events_lost,
-        pinned,
-        records_dropped,
-    });
-    status.stopped(EventCounts {
-        delivered,
-        lost: counters.events_lost,
-        suppressed: counters.records_suppressed,
-    });
+    daemon.stop(wakeups.events.get_mut());
     Ok(())
 }
 
-impl State {
-    /// Asks for `work`; it starts now unless a job runs, else after it.
-    fn request(&mut self, work: Work, options: &RunOptions, done: &mpsc::Sender<Done>) {
-        if let Some(work) = self.jobs.request(work) {
-            self.start(work, options, done);
+/// What the event loop waits on besides the daemon's own channels.
+struct Wakeups {
+    events: AsyncFd<RingBuf<MapData>>,
+    kernel_log: AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+    policy_dir: Option<AsyncFd<PolicyDirWatcher>>,
+    control_notices: mpsc::Receiver<Notice>,
+    /// When the policy is to be read again: at once after SIGHUP, once the directory is quiet
+    /// after a change in it.
+    reload_due: Option<Instant>,
+    refresh: Interval,
+    counter_check: Interval,
+    rescan: Interval,
+    heartbeat: Interval,
+}
+
+impl Wakeups {
+    async fn new(
+        enforcer: &mut Enforcer,
+        options: &RunOptions,
+        control: &mut ControlSocket,
+    ) -> Result<Self> {
+        // SAFETY (both): each value owns its file descriptor and keeps it open, unreplaced, for
+        // as long as the AsyncFd holds it.
+        let events =
+            unsafe { AsyncFd::register_with_interest(enforcer.take_events()?, Interest::READABLE) }
+                .context("watching the ring buffer")?;
+        let kernel_log =
+            unsafe { AsyncFd::register_with_interest(enforcer.take_logger()?, Interest::READABLE) }
+                .context("watching eBPF logs")?;
+        let interrupt = signal(SignalKind::interrupt())?;
+        let terminate = signal(SignalKind::terminate())?;
+        let hangup = signal(SignalKind::hangup())?;
+        let policy_dir = watch_policy_dir(&options.policy_dir);
+        let control_notices = control.serve(std::path::absolute(&options.policy_dir)?)?;
+        let mut refresh = tokio::time::interval(options.refresh_interval);
+        refresh.tick().await;
+        let counter_check = tokio::time::interval(COUNTER_CHECK_INTERVAL);
+        let mut rescan = tokio::time::interval(options.rescan_interval);
+        rescan.tick().await;
+        let heartbeat = tokio::time::interval(Duration::from_secs(heartbeat::INTERVAL_SECS));
+        Ok(Self {
+            events,
+            kernel_log,
+            interrupt,
+            terminate,
+            hangup,
+            policy_dir,
+            control_notices,
+            reload_due: None,
+            refresh,
+            counter_check,
+            rescan,
+            heartbeat,
+        })
+    }
+}
+
+/// The policy in force, the background work on it and what the daemon reports.
+struct Daemon {
+    enforcer: Enforcer,
+    /// Protected files by key, to name them in tamper events.
+    protected: BTreeMap<FileKey, PathBuf>,
+    options: RunOptions,
+    sink: Sinks,
+    status: Publisher,
+    policy: Policy,
+    resolution: Resolution,
+    /// Rules reloads removed, so an event raised under the previous policy still names its rule.
+    retired_rules: BTreeMap<u32, RuleInfo>,
+    scanned: Option<Arc<ScanReport>>,
+    /// Whether the first content scan is done.
+    scanned_once: bool,
+    /// Files the content watcher found banned since the last content scan started.
+    watched: Vec<HashedFile>,
+    /// How many of `watched` the running job knows of.
+    watched_by_job: usize,
+    jobs: Jobs<Work, Done>,
+    /// The policy's hash size limit, shared with the content watcher's threads.
+    hash_limit_bytes: Arc<AtomicU64>,
+    content_watch: ContentWatch,
+    watcher_warnings: Tally,
+    newly_banned: Tally,
+    /// The ban map's overflow last reported.
+    reported_overflow: usize,
+    /// Events handed to the sinks.
+    delivered: u64,
+    /// The kernel's counters when last read.
+    counters: KernelCounters,
+}
+
+impl Daemon {
+    /// Tells the sinks and the service manager that the daemon runs, and starts the first
+    /// content scan if content rules need it. `previous_heartbeat`: that of the daemon whose
+    /// programs this one adopted.
+    fn announce_start(&mut self, previous_heartbeat: Option<Heartbeat>) {
+        let enforcer = &self.enforcer;
+        self.sink.emit(Record::Started {
+            time: events::now_rfc3339(),
+            backend: enforcer.backend().name(),
+            backend_reason: enforcer.backend_reason().to_owned(),
+            policies: self
+                .policy
+                .policies
+                .iter()
+                .map(|p| p.name.clone())
+                .collect(),
+            rules: self.resolution.rules.len(),
+            entries: enforcer.installed_entries(),
+            pinned: enforcer.pinned().map(|dir| dir.display().to_string()),
+            adopted: enforcer.adopted(),
+            adoption_refused: enforcer.adoption_refused().map(str::to_owned),
+            protected: !self.protected.is_empty(),
+            features: enforcer.features().clone(),
+        });
+        if let Some(previous) = previous_heartbeat {
+            report_lost_daemon(previous, &self.sink);
+        }
+        systemd::notify_ready();
+        if resolve::needs_scan(&self.policy) {
+            log::info!("content rules: scanning the scan roots in the background");
+            self.request(Work::Refresh { rescan: true });
         }
     }
 
-    /// Runs `work` on a blocking thread, from the state as it is now.
-    fn start(&mut self, work: Work, options: &RunOptions, done: &mpsc::Sender<Done>) {
+    /// Hands each wakeup to its handler until the daemon is to stop.
+    async fn serve(&mut self, wakeups: &mut Wakeups) -> Result<()> {
+        loop {
+            tokio::select! {
+                ready = wakeups.events.readable_mut() => {
+                    let mut ready = ready?;
+                    // Left ready while events remain, so the loop comes back after its other
+                    // work.
+                    if self.forward_events(ready.get_inner_mut(), EVENTS_PER_TURN) {
+                        ready.clear_ready();
+                    }
+                }
+                ready = wakeups.kernel_log.readable_mut() => {
+                    let mut ready = ready?;
+                    ready.get_inner_mut().flush();
+                    ready.clear_ready();
+                }
+                _ = wakeups.rescan.tick(), if resolve::needs_scan(&self.policy) => {
+                    self.request(Work::Refresh { rescan: true });
+                }
+                Some(report) = self.content_watch.reports.recv() => self.watcher_report(report),
+                _ = wakeups.refresh.tick() => self.request(Work::Refresh { rescan: false }),
+                _ = wakeups.counter_check.tick() => self.check_counters(),
+                _ = wakeups.heartbeat.tick() => beat(&mut self.enforcer),
+                _ = wakeups.hangup.recv() => wakeups.reload_due = Some(Instant::now()),
+                ready = changed(wakeups.policy_dir.as_ref()) => {
+                    let mut ready = ready?;
+                    if ready.get_inner().drain() {
+                        wakeups.reload_due = Some(Instant::now() + QUIET_BEFORE_RELOAD);
+                    }
+                    ready.clear_ready();
+                }
+                _ = sleep_until(wakeups.reload_due.unwrap_or_else(Instant::now)),
+                    if wakeups.reload_due.is_some() =>
+                {
+                    wakeups.reload_due = None;
+                    self.request(Work::Reload);
+                }
+                Some(done) = self.jobs.done() => self.job_done(done),
+                Some(notice) = wakeups.control_notices.recv() => {
+                    if self.control_notice(notice).is_break() {
+                        return Ok(());
+                    }
+                }
+                _ = wakeups.interrupt.recv() => return Ok(()),
+                _ = wakeups.terminate.recv() => return Ok(()),
+            }
+        }
+    }
+
+    /// What the events of the kernel programs are named by.
+    fn known(&self) -> Known<'_> {
+        Known {
+            resolution: &self.resolution,
+            retired_rules: &self.retired_rules,
+            protected: &self.protected,
+        }
+    }
+
+    /// Forwards up to `limit` queued events; returns whether the ring is now empty.
+    fn forward_events(&mut self, ring: &mut RingBuf<MapData>, limit: usize) -> bool {
+        let (count, emptied) = drain(ring, &self.known(), &self.sink, limit);
+        self.delivered += count;
+        emptied
+    }
+
+    /// Writes the status file anew.
+    fn publish(&mut self) {
+        self.status.publish(Snapshot::of(
+            &self.enforcer,
+            &self.policy,
+            &self.resolution,
+            self.delivered,
+            &self.counters,
+        ));
+    }
+
+    /// Reports what the kernel's counters say happened since the last check, flushes the
+    /// content watcher's tallies and publishes the status.
+    fn check_counters(&mut self) {
+        self.counters = report_lost_events(&self.enforcer, self.counters, &self.sink);
+        self.watcher_warnings
+            .flush(|more| format!("content watcher: {more} more warnings not listed"));
+        self.newly_banned.flush(|more| {
+            format!("content watcher: {more} more files with banned content not listed")
+        });
+        self.report_overflow();
+        self.publish();
+    }
+
+    /// Takes in what the content watcher reports: a file it hashed, a loss of events (only a
+    /// rescan catches up) or a warning.
+    fn watcher_report(&mut self, report: watch::Report) {
+        match report {
+            watch::Report::Seen(seen) => {
+                if self.content_seen(&seen) {
+                    self.publish();
+                }
+            }
+            watch::Report::Overflow => {
+                log::warn!("content watcher: the kernel dropped events; rescanning");
+                self.request(Work::Refresh { rescan: true });
+            }
+            watch::Report::Warning(warning) => {
+                self.watcher_warnings
+                    .note(format_args!("content watcher: {warning}"));
+            }
+        }
+    }
+
+    /// Asks for `work`; it starts now unless a job runs, else after it.
+    fn request(&mut self, work: Work) {
+        if let Some(work) = self.jobs.request(work) {
+            self.start_job(work);
+        }
+    }
+
+    /// Runs `work` off the event loop, from the state as it is now.
+    fn start_job(&mut self, work: Work) {
         self.watched_by_job = self.watched.len();
         let inputs = background::Inputs {
             policy: self.policy.clone(),
-            policy_dir: options.policy_dir.clone(),
-            scan: options.scan.clone(),
-            budget: options.budget,
+            policy_dir: self.options.policy_dir.clone(),
+            scan: self.options.scan.clone(),
+            budget: self.options.budget,
             scanned: self.scanned.clone(),
             watched: self.watched.clone(),
         };
-        let done = done.clone();
-        tokio::task::spawn_blocking(move || {
-            let _ = done.blocking_send(background::run(work, inputs));
-        });
+        self.jobs.run(move || background::run(work, inputs));
+    }
+
+    /// Takes in the result of a background job and starts the one waiting, if any.
+    fn job_done(&mut self, done: Done) {
+        match done {
+            Done::Refreshed {
+                resolution,
+                rescanned,
+            } => {
+                if self.refreshed(resolution, rescanned) {
+                    self.publish();
+                }
+            }
+            Done::Reloaded(loaded) => self.reload_done(loaded),
+        }
+        self.report_overflow();
+        if let Some(next) = self.jobs.finished() {
+            self.start_job(next);
+        }
     }
 
     /// Files the watcher found while the finished job ran, which its resolution lacks.
@@ -549,12 +566,12 @@ impl State {
             .drain(..self.watched_by_job.min(self.watched.len()));
     }
 
-    /// Puts a refreshed resolution in force if it changes the ban map; says whether it did.
+    /// Puts a refreshed resolution (after a new content scan, with `rescanned`) in force if it
+    /// changes the ban map; says whether it did.
     fn refreshed(
         &mut self,
         mut fresh: Resolution,
         rescanned: Option<Option<Arc<ScanReport>>>,
-        enforcer: &mut Enforcer,
     ) -> bool {
         background::take_in_watched(&self.policy, &mut fresh, self.watched_since_job());
         fresh.keep_undecided(&self.resolution);
@@ -579,7 +596,7 @@ impl State {
             self.resolution = fresh;
             return false;
         }
-        match enforcer.apply(&fresh.entries) {
+        match self.enforcer.apply(&fresh.entries) {
             Ok(stats) => {
                 log_changes(&self.resolution, &fresh);
                 log::info!(
@@ -598,46 +615,81 @@ impl State {
         }
     }
 
-    fn reloaded(&mut self, reloaded: Reloaded) {
+    /// Puts a reloaded policy in force, or reports why it stays out.
+    fn reload_done(&mut self, loaded: Result<Reloaded, String>) {
+        let applied = loaded.and_then(|mut loaded| {
+            // Files the watcher found while the reload ran, which its scan may lack.
+            background::take_in_watched(
+                &loaded.policy,
+                &mut loaded.resolution,
+                self.watched_since_job(),
+            );
+            loaded.resolution.keep_undecided(&self.resolution);
+            apply_reload(loaded, &mut self.enforcer).map_err(|error| format!("{error:#}"))
+        });
+        let reloaded = match applied {
+            Ok(reloaded) => reloaded,
+            Err(error) => {
+                log::error!("reload refused, the previous policy stays in force: {error}");
+                self.sink.emit(Record::ReloadFailed {
+                    time: events::now_rfc3339(),
+                    error,
+                });
+                return;
+            }
+        };
+        let fresh = &reloaded.resolution;
+        log_changes(&self.resolution, fresh);
+        log_resolution(fresh);
+        log::info!(
+            "policy reloaded: {} rules, {} files banned",
+            fresh.rules.len(),
+            fresh.entries.len()
+        );
+        self.sink.emit(Record::Reloaded {
+            time: events::now_rfc3339(),
+            policies: reloaded
+                .policy
+                .policies
+                .iter()
+                .map(|p| p.name.clone())
+                .collect(),
+            rules: fresh.rules.len(),
+            entries: fresh.entries.len(),
+        });
+        retire_rules(&mut self.retired_rules, &self.resolution, fresh);
         self.hash_limit_bytes
             .store(reloaded.policy.hash_limit_bytes(), Ordering::Relaxed);
         self.policy = reloaded.policy;
         self.scanned = reloaded.scanned;
         self.resolution = reloaded.resolution;
         self.forget_watched_before_job();
+        self.publish();
+        self.content_watch
+            .start_if_needed(&self.policy, &self.options, &self.hash_limit_bytes);
     }
 
     /// Takes in a file the watcher hashed: if a content rule bans it and it has no entry yet, a
     /// process that exec'd it before the ban was in place is killed, and the file gets an
     /// entry if the budget has room. Returns whether the ban map changed.
-    fn content_seen(
-        &mut self,
-        seen: &watch::Seen,
-        enforcer: &mut Enforcer,
-        newly_banned: &mut Tally,
-    ) -> bool {
-        let file = &seen.file;
-        let Some((rule_id, via)) = resolve::content_matches(&self.policy, file)
-            .into_iter()
-            .next()
-        else {
+    fn content_seen(&mut self, seen: &watch::Seen) -> bool {
+        let Some(find) = judge_seen(
+            &self.policy,
+            &self.resolution,
+            self.enforcer.content_checks(),
+            seen,
+        ) else {
             return false;
         };
-        if self.resolution.entries.contains_key(&file.identity.key) {
-            return false;
+        let file = &seen.file;
+        if let Some(pid) = find.kill {
+            kill_late_exec(pid, file);
         }
-        let rule = self.resolution.rule(rule_id).cloned();
-        if let Some(pid) = seen.exec_by {
-            let deny = rule
-                .as_ref()
-                .is_some_and(|rule| rule.action == Action::Deny);
-            if deny && !self.kernel_refused(enforcer, file) {
-                kill_late_exec(pid, file);
-            }
-        }
-        let entered = self.resolution.add_seen(rule_id, via.clone(), file);
+        let entered = self
+            .resolution
+            .add_seen(find.rule_id, find.via.clone(), file);
         let banned = entered
-            && match enforcer.apply(&self.resolution.entries) {
+            && match self.enforcer.apply(&self.resolution.entries) {
                 Ok(_) => true,
                 Err(error) => {
                     log::error!("{error:#}");
@@ -648,10 +700,11 @@ impl State {
             self.watched.push(file.clone());
         }
         // Logged once the entry is in force.
-        newly_banned.note(format_args!(
-            "content watcher: {} has content banned by rule {} ({via}){}",
+        self.newly_banned.note(format_args!(
+            "content watcher: {} has content banned by rule {} ({}){}",
             escaped(&file.path),
-            rule.as_ref().map_or("?", |rule| rule.id.as_str()),
+            find.rule.as_ref().map_or("?", |rule| rule.id.as_str()),
+            find.via,
             if banned {
                 ""
             } else {
@@ -659,21 +712,6 @@ impl State {
             }
         ));
         entered
-    }
-
-    /// Whether the kernel refused the exec of `file` itself: it checks contents and a deny
-    /// rule names this one.
-    fn kernel_refused(&self, enforcer: &Enforcer, file: &HashedFile) -> bool {
-        enforcer.content_checks()
-            && self
-                .resolution
-                .hashes
-                .get(&file.sha256)
-                .is_some_and(|&rule_id| {
-                    self.resolution
-                        .rule(rule_id)
-                        .is_some_and(|rule| rule.action == Action::Deny)
-                })
     }
 
     /// Warns when more files than last time were left out of the ban map.
@@ -697,6 +735,135 @@ impl State {
             budget.capacity
         );
     }
+
+    /// Logs and records a change of policy files a client asked for; says whether to stop.
+    fn control_notice(&mut self, notice: Notice) -> ControlFlow<()> {
+        match notice {
+            Notice::Stop { peer } => {
+                log::info!("stopping, as {peer} asked over the control socket");
+                ControlFlow::Break(())
+            }
+            Notice::PolicyChanged { peer, change } => {
+                let record = policy_changed(change, peer);
+                log::info!("{}", record.summary());
+                self.sink.emit(record);
+                ControlFlow::Continue(())
+            }
+        }
+    }
+
+    /// Stops beating, detaches or leaves the pinned programs, forwards the events still queued
+    /// in `ring` and closes the sinks with the `stopped` record.
+    fn stop(self, ring: &mut RingBuf<MapData>) {
+        let Self {
+            mut enforcer,
+            protected,
+            sink,
+            mut status,
+            resolution,
+            retired_rules,
+            mut delivered,
+            counters,
+            ..
+        } = self;
+        let counters = report_lost_events(&enforcer, counters, &sink);
+        if enforcer.content_checks() {
+            log::info!(
+                "content checks: {} answered from the verdict cache, {} hashed (executable \
+                 mappings: {} from the cache, {} hashed), {} over the hash limit, {} not \
+                 hashable, {} on filesystems that can change bytes unseen (not judged), {} \
+                 cached verdicts dropped after a change",
+                counters.verdict_cache_hits,
+                counters.verdict_cache_misses,
+                counters.mapping_verdict_cache_hits,
+                counters.mapping_verdict_cache_misses,
+                counters.content_too_large,
+                counters.content_hash_failures,
+                counters.content_unguarded,
+                counters.verdicts_invalidated
+            );
+        }
+        let pinned = enforcer.pinned().map(|dir| dir.display().to_string());
+        if let Err(error) = enforcer.stop_beating() {
+            log::error!("{error:#}");
+        }
+        if pinned.is_some() && !protected.is_empty() {
+            // Stopped the documented way: the pins and policies may now be changed, until the
+            // next daemon protects them again.
+            if let Err(error) = enforcer.unprotect() {
+                log::error!("{error:#}");
+            }
+        }
+        enforcer.release();
+        match &pinned {
+            Some(dir) => log::info!(
+                "the programs pinned at {dir} keep enforcing the policy; `blocker unload` \
+                 detaches them"
+            ),
+            None => log::info!("programs detached; execs are no longer checked"),
+        }
+        let known = Known {
+            resolution: &resolution,
+            retired_rules: &retired_rules,
+            protected: &protected,
+        };
+        delivered += drain(ring, &known, &sink, usize::MAX).0;
+        sink.close(|records_dropped| Record::Stopped {
+            time: events::now_rfc3339(),
+            events: delivered,
+            events_lost: counters.events_lost,
+            pinned,
+            records_dropped,
+        });
+        status.stopped(EventCounts {
+            delivered,
+            lost: counters.events_lost,
+            suppressed: counters.records_suppressed,
+        });
+    }
+}
+
+/// A file the content watcher hashed that a content rule bans and the ban map lacks.
+#[derive(Debug, PartialEq)]
+struct Find {
+    rule_id: u32,
+    via: Via,
+    rule: Option<RuleInfo>,
+    /// The process to kill: it exec'd the file under a deny rule, and the kernel let it.
+    kill: Option<i32>,
+}
+
+/// What a file the content watcher hashed means under the policy in force: nothing when no
+/// content rule bans it or it has an entry already, else a [`Find`]. `kernel_checks_contents`:
+/// whether the kernel hashes what is exec'd, and so refused the exec itself where a deny rule
+/// names the contents.
+fn judge_seen(
+    policy: &Policy,
+    resolution: &Resolution,
+    kernel_checks_contents: bool,
+    seen: &watch::Seen,
+) -> Option<Find> {
+    let file = &seen.file;
+    let (rule_id, via) = resolve::content_matches(policy, file).into_iter().next()?;
+    if resolution.entries.contains_key(&file.identity.key) {
+        return None;
+    }
+    let rule = resolution.rule(rule_id).cloned();
+    let denies = |rule: Option<&RuleInfo>| rule.is_some_and(|rule| rule.action == Action::Deny);
+    let kernel_refused = kernel_checks_contents
+        && resolution
+            .hashes
+            .get(&file.sha256)
+            .is_some_and(|&rule_id| denies(resolution.rule(rule_id)));
+    let kill = seen
+        .exec_by
+        .filter(|_| denies(rule.as_ref()) && !kernel_refused);
+    Some(Find {
+        rule_id,
+        via,
+        rule,
+        kill,
+    })
 }
 
 /// The first [`LISTED_LINES`] owners, and how many more.
@@ -812,32 +979,53 @@ async fn changed(
     }
 }
 
-/// Starts the content watcher where content rules need it; its reports arrive on the returned
-/// channel (which never yields when there is no watcher).
-fn start_content_watcher(
-    wanted: bool,
-    roots: &[PathBuf],
-    hash_limit_bytes: &Arc<AtomicU64>,
-) -> mpsc::UnboundedReceiver<watch::Report> {
-    let (sender, receiver) = mpsc::unbounded_channel();
-    if !wanted {
-        return receiver;
-    }
-    match watch::ContentWatcher::new(roots) {
-        Ok(watcher) => {
-            log::info!(
-                "content watcher: hashing executables written or run under the scan roots; a new \
-                 copy of banned content is banned when written, or killed at its first exec"
-            );
-            let hash_limit_bytes = hash_limit_bytes.clone();
-            std::thread::spawn(move || watcher.run(sender, hash_limit_bytes));
+/// The content watcher: started once content rules need it, at the start or by a reload, and
+/// kept from then on.
+struct ContentWatch {
+    started: bool,
+    /// What the watcher finds; closed while it does not run.
+    reports: mpsc::UnboundedReceiver<watch::Report>,
+}
+
+impl ContentWatch {
+    fn new() -> Self {
+        let (_, closed) = mpsc::unbounded_channel();
+        Self {
+            started: false,
+            reports: closed,
         }
-        Err(error) => log::warn!(
-            "content watcher unavailable ({error}); new copies of banned content are found at \
-             the next content scan"
-        ),
     }
-    receiver
+
+    /// Starts the watcher if `policy` has content rules and it was not started before (a
+    /// watcher that could not start is not tried again).
+    fn start_if_needed(
+        &mut self,
+        policy: &Policy,
+        options: &RunOptions,
+        hash_limit_bytes: &Arc<AtomicU64>,
+    ) {
+        if self.started || !resolve::needs_scan(policy) {
+            return;
+        }
+        self.started = true;
+        match watch::ContentWatcher::new(&options.scan.roots) {
+            Ok(watcher) => {
+                log::info!(
+                    "content watcher: hashing executables written or run under the scan roots; \
+                     a new copy of banned content is banned when written, or killed at its \
+                     first exec"
+                );
+                let (sender, reports) = mpsc::unbounded_channel();
+                self.reports = reports;
+                let hash_limit_bytes = hash_limit_bytes.clone();
+                std::thread::spawn(move || watcher.run(sender, hash_limit_bytes));
+            }
+            Err(error) => log::warn!(
+                "content watcher unavailable ({error}); new copies of banned content are found \
+                 at the next content scan"
+            ),
+        }
+    }
 }
 
 /// Remembers the rules of `old` that `new` no longer has (and forgets those it has again).
@@ -1016,42 +1204,195 @@ fn log_undecided(resolution: &Resolution) {
 }
 
 fn log_changes(old: &Resolution, new: &Resolution) {
-    let describe = |resolution: &Resolution, key: &FileKey| {
-        let path = resolution.paths.get(key).map(|p| escaped(&**p).to_string());
-        let rule = resolution
-            .entries
-            .get(key)
-            .and_then(|e| resolution.rule(e.rule_id));
-        (
-            path.unwrap_or_default(),
-            rule.map(|r| r.id.clone()).unwrap_or_default(),
-        )
-    };
+    log_listed(log::Level::Info, banned_since(old, new), |more| {
+        format!("{more} more files banned")
+    });
+    log_listed(log::Level::Info, unbanned_since(old, new), |more| {
+        format!("{more} more files no longer banned")
+    });
+}
+
+/// A line for each file `new` bans that `old` does not.
+fn banned_since<'a>(old: &'a Resolution, new: &'a Resolution) -> impl Iterator<Item = String> + 'a {
     let added = new
         .entries
         .keys()
         .filter(|key| !old.entries.contains_key(*key));
-    log_listed(
-        log::Level::Info,
-        added.map(|key| {
-            let (path, rule) = describe(new, key);
-            format!("rule {rule}: banning {path} (inode {})", key.ino)
-        }),
-        |more| format!("{more} more files banned"),
-    );
+    added.map(|key| {
+        let (path, rule) = describe_entry(new, key);
+        format!("rule {rule}: banning {path} (inode {})", key.ino)
+    })
+}
+
+/// A line for each file `old` bans that `new` does not.
+fn unbanned_since<'a>(
+    old: &'a Resolution,
+    new: &'a Resolution,
+) -> impl Iterator<Item = String> + 'a {
     let removed = old
         .entries
         .keys()
         .filter(|key| !new.entries.contains_key(*key));
-    log_listed(
-        log::Level::Info,
-        removed.map(|key| {
-            let (path, rule) = describe(old, key);
-            format!(
-                "rule {rule}: {path} is gone or was replaced; inode {} is no longer banned",
-                key.ino
-            )
-        }),
-        |more| format!("{more} more files no longer banned"),
-    );
+    removed.map(|key| {
+        let (path, rule) = describe_entry(old, key);
+        format!(
+            "rule {rule}: {path} is gone or was replaced; inode {} is no longer banned",
+            key.ino
+        )
+    })
+}
+
+/// The path (escaped) and rule id of the entry for `key`, for logs.
+fn describe_entry(resolution: &Resolution, key: &FileKey) -> (String, String) {
+    let path = resolution.paths.get(key).map(|p| escaped(&**p).to_string());
+    let rule = resolution
+        .entries
+        .get(key)
+        .and_then(|e| resolution.rule(e.rule_id));
+    (
+        path.unwrap_or_default(),
+        rule.map(|r| r.id.clone()).unwrap_or_default(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+    use crate::{identity::FileIdentity, scan::to_hex};
+
+    /// The resolution of a policy file's `text`.
+    fn resolved(text: &str) -> (Policy, Resolution) {
+        let policy = policy::parse_sources(&[(PathBuf::from("test.toml"), text.to_owned())])
+            .expect("a valid policy");
+        let resolution =
+            resolve::resolve_within(&policy, &SourceRoots::default(), None, Budget::default());
+        (policy, resolution)
+    }
+
+    /// A policy whose rules (id, paths) are `rules`.
+    fn path_rules(rules: &[(&str, &[&Path])]) -> Resolution {
+        let mut text = String::from("name = \"test\"\n");
+        for (id, paths) in rules {
+            let paths: Vec<String> = paths.iter().map(|p| format!("{p:?}")).collect();
+            text += &format!("[[rule]]\nid = \"{id}\"\npaths = [{}]\n", paths.join(", "));
+        }
+        resolved(&text).1
+    }
+
+    fn retired_ids(retired: &BTreeMap<u32, RuleInfo>) -> Vec<&str> {
+        retired.values().map(|rule| rule.id.as_str()).collect()
+    }
+
+    #[test]
+    fn rules_a_reload_removes_are_remembered_until_they_return() {
+        let gone: &[&Path] = &[Path::new("/nonexistent/blocker-test")];
+        let first = path_rules(&[("kept", gone), ("dropped", gone)]);
+        let second = path_rules(&[("kept", gone), ("added", gone)]);
+        let mut retired = BTreeMap::new();
+        retire_rules(&mut retired, &first, &second);
+        assert_eq!(retired_ids(&retired), ["dropped"]);
+        let dropped = first.rules[1].rule_id;
+        assert_eq!(retired[&dropped].rule_id, dropped, "events keep naming it");
+        retire_rules(&mut retired, &second, &first);
+        assert_eq!(
+            retired_ids(&retired),
+            ["added"],
+            "`dropped` is in force again"
+        );
+    }
+
+    #[test]
+    fn changes_name_each_file_banned_and_no_longer_banned_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let [before, after, both] = ["before", "after", "both"].map(|name| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, name).unwrap();
+            path
+        });
+        let ino = |path: &Path| std::fs::metadata(path).unwrap().ino();
+        let old = path_rules(&[("old", &[&before, &both])]);
+        let new = path_rules(&[("new", &[&after, &both])]);
+        assert_eq!(
+            banned_since(&old, &new).collect::<Vec<_>>(),
+            [format!(
+                "rule new: banning {} (inode {})",
+                after.display(),
+                ino(&after)
+            )]
+        );
+        assert_eq!(
+            unbanned_since(&old, &new).collect::<Vec<_>>(),
+            [format!(
+                "rule old: {} is gone or was replaced; inode {} is no longer banned",
+                before.display(),
+                ino(&before)
+            )]
+        );
+        assert_eq!(banned_since(&new, &new).count(), 0);
+        assert_eq!(unbanned_since(&new, &new).count(), 0);
+    }
+
+    const DENIED: [u8; 32] = [0x11; 32];
+    const AUDITED: [u8; 32] = [0x22; 32];
+
+    fn policy() -> (Policy, Resolution) {
+        resolved(&format!(
+            "name = \"test\"\n\
+             [[rule]]\nid = \"denied\"\nsha256 = [\"{}\"]\n\
+             [[rule]]\nid = \"audited\"\naction = \"audit\"\nsha256 = [\"{}\"]\n",
+            to_hex(&DENIED),
+            to_hex(&AUDITED)
+        ))
+    }
+
+    fn seen(sha256: [u8; 32], exec_by: Option<i32>) -> watch::Seen {
+        watch::Seen {
+            file: HashedFile {
+                path: PathBuf::from("/home/u/copy"),
+                identity: FileIdentity {
+                    key: FileKey::new(1, 100),
+                    generation: None,
+                    owner: 1000,
+                },
+                sha256,
+            },
+            exec_by,
+        }
+    }
+
+    fn judged(seen: &watch::Seen, kernel_checks_contents: bool) -> Option<(String, Option<i32>)> {
+        let (policy, resolution) = policy();
+        judge_seen(&policy, &resolution, kernel_checks_contents, seen).map(|find| {
+            assert_eq!(find.via, Via::Sha256(seen.file.sha256));
+            (find.rule.expect("a rule in force").id, find.kill)
+        })
+    }
+
+    #[test]
+    fn an_exec_of_denied_content_the_kernel_let_through_is_killed() {
+        assert_eq!(
+            judged(&seen(DENIED, Some(42)), false),
+            Some(("denied".to_owned(), Some(42)))
+        );
+    }
+
+    #[test]
+    fn an_exec_the_kernel_refused_or_a_rule_audits_or_a_write_kills_nothing() {
+        let no_kill = |rule: &str| Some((rule.to_owned(), None));
+        assert_eq!(judged(&seen(DENIED, Some(42)), true), no_kill("denied"));
+        assert_eq!(judged(&seen(AUDITED, Some(42)), false), no_kill("audited"));
+        assert_eq!(judged(&seen(DENIED, None), false), no_kill("denied"));
+    }
+
+    #[test]
+    fn content_no_rule_names_or_a_file_banned_already_means_nothing() {
+        assert_eq!(judged(&seen([0x33; 32], Some(42)), false), None);
+        let (policy, mut resolution) = policy();
+        let seen = seen(DENIED, Some(42));
+        let find = judge_seen(&policy, &resolution, false, &seen).expect("a find");
+        assert!(resolution.add_seen(find.rule_id, find.via, &seen.file));
+        assert_eq!(judge_seen(&policy, &resolution, false, &seen), None);
+    }
 }

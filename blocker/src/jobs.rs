@@ -1,6 +1,9 @@
 //! Background work that must never pile up: at most one job runs and at most one waits. Asking
 //! for work while a job runs merges the request into the waiting one, so a flood of triggers
-//! (files written, timers, signals) costs at most one more job.
+//! (files written, timers, signals) costs at most one more job. [`Slot`] decides when a job
+//! starts; [`Jobs`] also runs it off the event loop and hands its result back.
+
+use tokio::sync::mpsc;
 
 /// A request that can stand in for itself and a later one.
 pub trait Merge {
@@ -47,6 +50,55 @@ impl<R: Merge> Slot<R> {
     }
 }
 
+/// Background jobs run on blocking threads, one at a time, with at most one request waiting.
+pub struct Jobs<R, D> {
+    slot: Slot<R>,
+    done: mpsc::Sender<D>,
+    results: mpsc::Receiver<D>,
+}
+
+impl<R: Merge, D: Send + 'static> Default for Jobs<R, D> {
+    fn default() -> Self {
+        // One job runs at a time: its result is the only one ever in flight.
+        let (done, results) = mpsc::channel(1);
+        Self {
+            slot: Slot::default(),
+            done,
+            results,
+        }
+    }
+}
+
+impl<R: Merge, D: Send + 'static> Jobs<R, D> {
+    /// Asks for `request`; returns it if it is to start now (see [`Slot::request`]): the caller
+    /// then [`Jobs::run`]s it, from its state as it is now.
+    #[must_use]
+    pub fn request(&mut self, request: R) -> Option<R> {
+        self.slot.request(request)
+    }
+
+    /// Runs the job just started on a blocking thread; its result comes from [`Jobs::done`].
+    pub fn run(&self, job: impl FnOnce() -> D + Send + 'static) {
+        let done = self.done.clone();
+        tokio::task::spawn_blocking(move || {
+            // Fails only once the receiver, and with it whoever asked, is gone.
+            let _ = done.blocking_send(job());
+        });
+    }
+
+    /// The running job's result, when it is done; pending while none runs.
+    pub async fn done(&mut self) -> Option<D> {
+        self.results.recv().await
+    }
+
+    /// The result of the running job was handled; returns the waiting request, which is to
+    /// start now.
+    #[must_use]
+    pub fn finished(&mut self) -> Option<R> {
+        self.slot.finished()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,5 +125,24 @@ mod tests {
         assert_eq!(slot.finished(), Some(Files(vec![1000])));
         assert_eq!(slot.finished(), None);
         assert_eq!(slot.request(Files(vec![1001])), Some(Files(vec![1001])));
+    }
+
+    #[test]
+    fn jobs_hand_back_each_result_and_then_the_merged_waiting_request() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut jobs = Jobs::<Files, Vec<u32>>::default();
+            let first = jobs.request(Files(vec![1])).expect("nothing runs");
+            jobs.run(move || first.0);
+            assert_eq!(jobs.request(Files(vec![2])), None);
+            assert_eq!(jobs.request(Files(vec![3])), None);
+            assert_eq!(jobs.done().await, Some(vec![1]));
+            let next = jobs.finished().expect("a request waits");
+            jobs.run(move || next.0);
+            assert_eq!(jobs.done().await, Some(vec![2, 3]));
+            assert_eq!(jobs.finished(), None);
+        });
     }
 }
