@@ -100,6 +100,24 @@ fn parse_executables(messages: &str) -> Vec<Artifact> {
         .collect()
 }
 
+/// The full names of the tests in the libtest executable `executable` (`lsm::banned_exec_fails`),
+/// ignored ones included, as its `--list` gives them; it runs none of them.
+pub fn list_tests(executable: &Path) -> Result<Vec<String>> {
+    let mut list = Command::new(executable);
+    list.arg("--list");
+    let output = process::stdout_of(&mut list)?;
+    Ok(parse_test_list(&String::from_utf8_lossy(&output)))
+}
+
+/// Reads `--list` output: `lsm::banned_exec_fails: test` per test, then a count.
+fn parse_test_list(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter_map(|line| line.strip_suffix(": test"))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// A `cargo test` run: which tests, how libtest runs them, their environment and deadline.
 pub struct TestRun<'a> {
     pub selection: &'a [&'a str],
@@ -199,10 +217,22 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_test_list() {
+        let output = "lsm::banned_exec_fails: test\n\
+                      tamper::reused_pid::is_refused: test\n\
+                      \n\
+                      2 tests, 0 benchmarks\n";
+        assert_eq!(
+            parse_test_list(output),
+            ["lsm::banned_exec_fails", "tamper::reused_pid::is_refused"]
+        );
+    }
+
+    #[test]
     fn collects_executables_from_cargo_messages() {
         let messages = [
             r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"common"},"executable":null}"#,
-            r#"{"reason":"compiler-artifact","target":{"kind":["test"],"name":"vm_lsm"},"executable":"/t/debug/deps/vm_lsm-abc"}"#,
+            r#"{"reason":"compiler-artifact","target":{"kind":["test"],"name":"vm"},"executable":"/t/debug/deps/vm-abc"}"#,
             r#"{"reason":"compiler-artifact","target":{"kind":["bin"],"name":"blocker"},"executable":"/t/debug/blocker"}"#,
             r#"{"reason":"build-finished","success":true}"#,
         ]
@@ -222,9 +252,9 @@ mod tests {
             found,
             [
                 (
-                    "vm_lsm",
+                    "vm",
                     vec!["test".to_owned()],
-                    PathBuf::from("/t/debug/deps/vm_lsm-abc")
+                    PathBuf::from("/t/debug/deps/vm-abc")
                 ),
                 (
                     "blocker",

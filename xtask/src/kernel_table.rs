@@ -14,7 +14,8 @@ const MARKERS: Markers = Markers {
     end: "<!-- kernel-table end -->",
 };
 
-/// The features in the table, each with the VM test target that exercises it.
+/// The features in the table, each with the VM test group (`vm_<module>`, a module of
+/// tests/tests/vm/) that exercises it.
 const COLUMNS: [(&str, &str, &str); 4] = [
     ("Content checks at exec", "exec_content", "vm_ima"),
     (
@@ -109,7 +110,7 @@ fn feature_cell(feature: &Value) -> String {
     cell
 }
 
-/// How the tests of `target` went: `vm_ima 6/6`.
+/// How the tests of the group `target` went: `vm_ima 6/6`.
 fn target_cell(result: &Value, target: &str) -> String {
     let found = result["targets"]
         .as_array()

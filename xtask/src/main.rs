@@ -15,6 +15,7 @@ mod prerequisites;
 mod process;
 mod systemd_vm;
 mod test;
+mod test_groups;
 mod vm;
 
 use std::{
@@ -55,8 +56,9 @@ enum Task {
     /// Installs all prerequisites, then runs the unit, host-kernel and VM tests; the VM tests
     /// run on each Debian kernel in turn.
     Test {
-        /// Run only this VM test target (e.g. `vm_pin`; repeatable), skipping the unit and
-        /// host-kernel stages: for working on one VM test.
+        /// Run only this VM test group, a module of tests/tests/vm/ (`vm_pin` or `pin` for
+        /// pin.rs; repeatable), skipping the other stages: for working on one VM
+        /// test.
         #[arg(long = "vm-test")]
         vm_tests: Vec<String>,
         /// Run the VM tests only on this Debian suite's kernel (repeatable); all three without.

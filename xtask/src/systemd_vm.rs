@@ -8,18 +8,19 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 
 use crate::{
-    cargo::{Artifact, TestCounts},
+    cargo::TestCounts,
     kernels::{self, Kernel},
     package::Built,
     process,
+    test_groups::{self, TestGroup},
     vm::{self, Entry, Initramfs, Machine, MARKER, VM_DIR},
 };
 
-/// Test targets with this prefix run here rather than in the busybox VM.
-pub const TEST_PREFIX: &str = "vm_systemd";
+/// The module of the VM test binary that runs here rather than in the busybox VM.
+pub const MODULE: &str = "systemd";
 const SUITE: &str = "trixie";
 /// mmdebstrap's `minbase` is the essential packages and apt; these make it a booting system.
 const PACKAGES: &[&str] = &[
@@ -37,25 +38,32 @@ const MACHINE: Machine = Machine {
     extra_command_line: "rdinit=/sbin/init",
 };
 
-/// Guest paths the tests know (tests/tests/vm_systemd.rs).
+/// Guest paths the tests know (tests/tests/vm/systemd.rs).
 const GUEST_PACKAGE: &str = "/root/blocker.deb";
-const GUEST_TESTS_DIR: &str = "/root/tests";
+const GUEST_TEST_BINARY: &str = "/root/tests/vm";
 const RUNNER: &str = "/usr/local/sbin/blocker-vm-tests";
 const RUNNER_UNIT: &str = "blocker-vm-tests.service";
 /// Set by the runner before the reboot test reboots, so that the boot after it checks.
 const REBOOTED_MARK: &str = "/var/lib/blocker-vm-tests/rebooted";
-/// The test that reboots the VM (tests/tests/vm_systemd.rs), run alone before and after.
-const REBOOT_TEST: &str = "the_service_is_up_before_logins_after_a_reboot";
+/// The test that reboots the VM (tests/tests/vm/systemd.rs), run alone before and after.
+const REBOOT_TEST: &str = "systemd::the_service_is_up_before_logins_after_a_reboot";
 
-/// Boots Debian 13 with systemd under `kernel`, runs each of `tests` there with the package at
-/// hand, and adds their counts to `counts`.
+/// Boots Debian 13 with systemd under `kernel`, runs the `group` of the VM test binary `binary`
+/// (the `systemd` module) there with the package at hand, and adds their counts to `counts`.
 pub fn run_tests(
     root: &Path,
     kernel: &Kernel,
-    tests: &[Artifact],
+    binary: &Path,
+    group: &TestGroup,
     package: &Built,
     counts: &mut TestCounts,
 ) -> Result<()> {
+    // Without it the runner would not reboot, and nothing would say so.
+    ensure!(
+        group.tests.iter().any(|test| test == REBOOT_TEST),
+        "the VM test binary has no test {REBOOT_TEST}, which the systemd VM reboots for \
+         (REBOOT_TEST in xtask/src/systemd_vm.rs)"
+    );
     let vm_dir = root.join(VM_DIR);
     let rootfs = ensure_rootfs(&vm_dir)?;
     let stripped = vm_dir.join("stripped-systemd");
@@ -65,16 +73,11 @@ pub fn run_tests(
     image.add_tree("/", &rootfs)?;
     image.add("/dev/console", Entry::console());
     image.add(GUEST_PACKAGE, Entry::HostFile(package.deb.clone()));
-    let mut names = Vec::new();
-    for test in tests {
-        let guest = format!("{GUEST_TESTS_DIR}/{}", test.target_name);
-        image.add(
-            &guest,
-            Entry::HostFile(vm::without_debug_info(&test.executable, &stripped)?),
-        );
-        names.push(test.target_name.as_str());
-    }
-    image.add(RUNNER, Entry::Script(runner_script(&names)));
+    image.add(
+        GUEST_TEST_BINARY,
+        Entry::HostFile(vm::without_debug_info(binary, &stripped)?),
+    );
+    image.add(RUNNER, Entry::Script(runner_script(group)));
     let unit = format!("/etc/systemd/system/{RUNNER_UNIT}");
     image.add(&unit, Entry::Text(runner_unit()));
     image.add(
@@ -107,49 +110,49 @@ TimeoutStartSec=infinity
     )
 }
 
-/// The runner: every test but the reboot test, then that one, which reboots (systemd's
-/// soft-reboot: userspace starts over, the root filesystem in memory stays); after the reboot
-/// the runner starts again and runs only the reboot test, which now checks, then powers off.
-fn runner_script(tests: &[&str]) -> String {
+/// The runner: every test of `group` but the reboot test, then that one, which reboots
+/// (systemd's soft-reboot: userspace starts over, the root filesystem in memory stays); after the
+/// reboot the runner starts again and runs only the reboot test, which now checks, then powers
+/// off.
+fn runner_script(group: &TestGroup) -> String {
+    let name = group.name();
+    let reboot = test_groups::shell_command(GUEST_TEST_BINARY, &[REBOOT_TEST]);
     let mut script = format!(
         r#"#!/bin/sh
 # Written by xtask (systemd_vm.rs): runs blocker's systemd tests, then powers off.
 export RUST_BACKTRACE=1 BLOCKER_PACKAGE={GUEST_PACKAGE}
 cd /root
 if [ -e {REBOOTED_MARK} ]; then
-"#
-    );
-    for test in tests {
-        script += &format!(
-            r#"    echo "{MARKER} begin {test}-after-reboot"
-    {GUEST_TESTS_DIR}/{test} --test-threads=1 --exact {REBOOT_TEST}
-    echo "{MARKER} end {test}-after-reboot exit=$?"
-"#
-        );
-    }
-    script += &format!(
-        r#"    echo "{MARKER} done"
+    echo "{MARKER} begin {name}-after-reboot"
+    {reboot}
+    echo "{MARKER} end {name}-after-reboot exit=$?"
+    echo "{MARKER} done"
     systemctl poweroff
     exit 0
 fi
 echo "{MARKER} lsm $(cat /sys/kernel/security/lsm)"
 "#
     );
-    for test in tests {
+    let before_reboot: Vec<&str> = group
+        .tests
+        .iter()
+        .map(String::as_str)
+        .filter(|test| *test != REBOOT_TEST)
+        .collect();
+    if !before_reboot.is_empty() {
         script += &format!(
-            r#"echo "{MARKER} begin {test}"
-{GUEST_TESTS_DIR}/{test} --test-threads=1 --skip {REBOOT_TEST}
-echo "{MARKER} end {test} exit=$?"
-"#
+            r#"echo "{MARKER} begin {name}"
+{command}
+echo "{MARKER} end {name} exit=$?"
+"#,
+            command = test_groups::shell_command(GUEST_TEST_BINARY, &before_reboot)
         );
     }
     script += &format!(
         r#"mkdir -p {rebooted_dir}
 touch {REBOOTED_MARK}
-for test in {GUEST_TESTS_DIR}/*; do
-    # Prepares and reboots; returns only if the reboot did not happen.
-    "$test" --test-threads=1 --exact {REBOOT_TEST}
-done
+# Prepares and reboots; returns only if the reboot did not happen.
+{reboot}
 echo "{MARKER} done"
 systemctl poweroff
 "#,
@@ -200,15 +203,28 @@ mod tests {
 
     #[test]
     fn the_runner_reboots_once_and_then_checks() {
-        let script = runner_script(&["vm_systemd"]);
-        let before_reboot = script
+        let group = TestGroup {
+            module: MODULE.into(),
+            tests: vec![
+                "systemd::installs".into(),
+                REBOOT_TEST.into(),
+                "systemd::purges".into(),
+            ],
+        };
+        let script = runner_script(&group);
+        let (after_reboot, before_reboot) = script
             .split_once("fi\n")
-            .expect("the after-reboot branch ends")
-            .1;
-        assert!(before_reboot.contains("--skip the_service_is_up_before_logins_after_a_reboot"));
-        assert!(before_reboot.contains(&format!("touch {REBOOTED_MARK}")));
-        let after_reboot = script.split_once("fi\n").unwrap().0;
-        assert!(after_reboot.contains("--exact the_service_is_up_before_logins_after_a_reboot"));
+            .expect("the after-reboot branch ends");
+        let reboot = "/root/tests/vm --test-threads=1 --exact \
+                      systemd::the_service_is_up_before_logins_after_a_reboot\n";
+        assert!(before_reboot.contains(
+            "echo \"BLOCKER-VM: begin vm_systemd\"\n\
+             /root/tests/vm --test-threads=1 --exact systemd::installs systemd::purges\n"
+        ));
+        assert!(before_reboot.contains(&format!("touch {REBOOTED_MARK}\n# Prepares")));
+        assert!(before_reboot.contains(reboot));
+        assert!(after_reboot.contains("begin vm_systemd-after-reboot"));
+        assert!(after_reboot.contains(reboot));
         assert!(after_reboot.contains("systemctl poweroff"));
     }
 }

@@ -10,20 +10,22 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    cargo::{self, Artifact, Profile, TestCounts, TestRun},
+    cargo::{self, Profile, TestCounts, TestRun},
     fuzz, kernel_table,
     kernels::{self, Suite},
     package::{self, Built},
     prerequisites::{self, Needs},
-    process, systemd_vm, vm,
+    process, systemd_vm,
+    test_groups::{self, TestGroup},
+    vm,
 };
 
 const TESTS_PACKAGE: &str = "blocker-integration-tests";
 /// The kernel the systemd VM boots: Debian 13's, under Debian 13's userspace.
 const SYSTEMD_VM_SUITE: Suite = Suite::Trixie;
-/// Test targets with this prefix run in the VM; every other stage leaves them out through their
-/// `required-features = ["vm"]`.
-const VM_TEST_PREFIX: &str = "vm_";
+/// The test binary that runs in the VMs (tests/tests/vm/); every other stage leaves it out
+/// through its `required-features = ["vm"]`.
+const VM_TEST_BINARY: &str = "vm";
 const UNIT_TIMEOUT: Duration = Duration::from_secs(600);
 const HOST_KERNEL_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -95,14 +97,24 @@ pub fn run(root: &Path, only_vm_tests: &[String], kernels: &[Suite]) -> bool {
                                 );
                             }
                         }
-                        if !vm.systemd_tests.is_empty() && kernels.contains(&SYSTEMD_VM_SUITE) {
+                        if let Some(systemd_group) = vm
+                            .systemd_group
+                            .as_ref()
+                            .filter(|_| kernels.contains(&SYSTEMD_VM_SUITE))
+                        {
                             stage(&format!(
                                 "VM tests under systemd on Debian {SYSTEMD_VM_SUITE}'s kernel"
                             ));
                             let started = Instant::now();
                             record(
                                 "VM tests under systemd",
-                                systemd_vm_tests(root, &vm.systemd_tests, &built, &mut counts),
+                                systemd_vm_tests(
+                                    root,
+                                    &vm.binary,
+                                    systemd_group,
+                                    &built,
+                                    &mut counts,
+                                ),
                             );
                             println!(
                                 "xtask: the VM tests under systemd took {:.0} s",
@@ -202,8 +214,8 @@ fn host_kernel_tests(root: &Path, blocker: &Path, counts: &mut TestCounts) -> Re
     cargo::test(root, &run, counts)
 }
 
-/// The initramfs with the VM test targets (all, or the `only` ones), the package and the modules
-/// of the `kernels` that boot it.
+/// The VM test binary, and the initramfs with it, the package and the modules of the `kernels`
+/// that boot it, to run its test groups (all, or the `only` ones).
 fn vm_test_image(
     root: &Path,
     package: &Built,
@@ -218,40 +230,54 @@ fn vm_test_image(
         "vm",
         "--no-run",
     ];
-    let (systemd_tests, busybox_tests): (Vec<_>, Vec<_>) = cargo::build_executables(root, &args)?
+    let binary = cargo::build_executables(root, &args)?
         .into_iter()
-        .filter(|artifact| {
-            artifact.target_name.starts_with(VM_TEST_PREFIX)
+        .find(|artifact| {
+            artifact.target_name == VM_TEST_BINARY
                 && artifact.target_kinds.iter().any(|kind| kind == "test")
-                && (only.is_empty() || only.contains(&artifact.target_name))
         })
-        .partition(|artifact| artifact.target_name.starts_with(systemd_vm::TEST_PREFIX));
-    if systemd_tests.is_empty() && busybox_tests.is_empty() {
-        bail!(
-            "{TESTS_PACKAGE} has no test target named {VM_TEST_PREFIX}* (declared in \
-             tests/Cargo.toml with required-features = [\"vm\"])"
-        );
+        .map(|artifact| artifact.executable)
+        .with_context(|| {
+            format!(
+                "{TESTS_PACKAGE} has no test target named {VM_TEST_BINARY} (declared in \
+                 tests/Cargo.toml with required-features = [\"vm\"])"
+            )
+        })?;
+    let groups = test_groups::by_module(&cargo::list_tests(&binary)?)?;
+    let (mut systemd_groups, busybox_groups): (Vec<_>, Vec<_>) = test_groups::select(groups, only)?
+        .into_iter()
+        .partition(|group| group.module == systemd_vm::MODULE);
+    if systemd_groups.is_empty() && busybox_groups.is_empty() {
+        bail!("the {VM_TEST_BINARY} test binary has no tests");
     }
-    let busybox_image = if busybox_tests.is_empty() {
+    let busybox_image = if busybox_groups.is_empty() {
         None
     } else {
         let kernels = kernels
             .iter()
             .map(|&suite| kernels::ensured(root, suite))
             .collect::<Result<Vec<_>>>()?;
-        Some(vm::test_image(root, &busybox_tests, package, &kernels)?)
+        Some(vm::test_image(
+            root,
+            &binary,
+            &busybox_groups,
+            package,
+            &kernels,
+        )?)
     };
     Ok(VmTests {
+        binary,
         busybox_image,
-        systemd_tests,
+        systemd_group: systemd_groups.pop(),
     })
 }
 
-/// The VM tests to run: the busybox VM's initramfs, if any of its targets was chosen, and the
-/// targets for the systemd VM.
+/// The VM tests to run: the test binary, the busybox VM's initramfs, if any of its groups was
+/// chosen, and the group for the systemd VM, if chosen.
 struct VmTests {
+    binary: PathBuf,
     busybox_image: Option<PathBuf>,
-    systemd_tests: Vec<Artifact>,
+    systemd_group: Option<TestGroup>,
 }
 
 fn vm_tests(root: &Path, suite: Suite, initramfs: &Path, counts: &mut TestCounts) -> Result<()> {
@@ -262,10 +288,11 @@ fn vm_tests(root: &Path, suite: Suite, initramfs: &Path, counts: &mut TestCounts
 /// The systemd VM boots Debian 13's userspace on Debian 13's kernel.
 fn systemd_vm_tests(
     root: &Path,
-    tests: &[Artifact],
+    binary: &Path,
+    group: &TestGroup,
     package: &Built,
     counts: &mut TestCounts,
 ) -> Result<()> {
     let kernel = kernels::ensured(root, SYSTEMD_VM_SUITE)?;
-    systemd_vm::run_tests(root, &kernel, tests, package, counts).context("the systemd VM")
+    systemd_vm::run_tests(root, &kernel, binary, group, package, counts).context("the systemd VM")
 }

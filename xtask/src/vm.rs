@@ -1,4 +1,4 @@
-//! The VM tests: an initramfs holding the test executables, blocker and the libraries they need,
+//! The VM tests: an initramfs holding the VM test binary, blocker and the libraries they need,
 //! booted with Debian's kernels (which, unlike the host's, can load BPF LSM programs) in QEMU; the
 //! console says how the tests went, and `target/vm/results/<suite>.json` keeps it per kernel.
 
@@ -16,12 +16,13 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::{
-    cargo::{parse_test_result, Artifact, TestCounts},
+    cargo::{parse_test_result, TestCounts},
     cpio::{Attributes, CpioWriter},
     kernels::Kernel,
     modules,
     package::Built,
     process::{self, Ended},
+    test_groups::{self, TestGroup},
 };
 
 pub const VM_DIR: &str = "target/vm";
@@ -41,7 +42,7 @@ const BUSYBOX: &str = "/bin/busybox";
 pub const GUEST_BLOCKER: &str = "/usr/local/bin/blocker";
 /// The blocker package, for the tests to install.
 const GUEST_PACKAGE: &str = "/packages/blocker.deb";
-const GUEST_TESTS_DIR: &str = "/tests";
+const GUEST_TEST_BINARY: &str = "/tests/vm";
 
 /// Host files the VM tests use, put at the same path in the VM along with the shared libraries
 /// they need. A file a new test needs goes here.
@@ -67,26 +68,19 @@ const EXTRA_FILES: &[&str] = &[
 const FIXTURE_PACKAGES_DIR: &str = "tests/fixtures/debs";
 const GUEST_FIXTURES_DIR: &str = "/fixtures";
 
-/// Builds the initramfs that runs each of `tests` with the package's `blocker` at hand, the
-/// package to install and the modules of `kernels` (see `modules.rs`); each of them boots the same
-/// one.
+/// Builds the initramfs that runs each of `groups` of the VM test binary `binary` with the
+/// package's `blocker` at hand, the package to install and the modules of `kernels` (see
+/// `modules.rs`); each of them boots the same one.
 pub fn test_image(
     root: &Path,
-    tests: &[Artifact],
+    binary: &Path,
+    groups: &[TestGroup],
     package: &Built,
     kernels: &[Kernel],
 ) -> Result<PathBuf> {
     let guest = Guest {
-        init: init_script(),
-        programs: tests
-            .iter()
-            .map(|test| {
-                (
-                    format!("{GUEST_TESTS_DIR}/{}", test.target_name),
-                    test.executable.clone(),
-                )
-            })
-            .collect(),
+        init: init_script(groups),
+        programs: vec![(GUEST_TEST_BINARY.to_owned(), binary.to_owned())],
         data: vec![(GUEST_PACKAGE.to_owned(), package.deb.clone())],
         kernels,
     };
@@ -95,7 +89,7 @@ pub fn test_image(
 
 /// Boots `kernel` with the `test_image`, adds the test counts printed on its console to
 /// `counts`, writes them to `target/vm/results/<suite>.json` (see `results_json`) and fails
-/// unless every test executable ran and passed.
+/// unless every test group ran and passed.
 pub fn run_suite(
     root: &Path,
     kernel: &Kernel,
@@ -138,7 +132,7 @@ pub fn run_suite(
 }
 
 /// Adds the test counts on `console` to `counts`, and fails unless the VM powered off by itself
-/// after every test executable it started ran and passed.
+/// after every test group it started ran and passed.
 pub fn judge(
     console: &[String],
     ended: Ended,
@@ -218,19 +212,24 @@ echo \"{MARKER} kernel $(uname -r) lsm $(cat /sys/kernel/security/lsm)\"
     )
 }
 
-fn init_script() -> String {
+/// Runs each of `groups` as a process of its own, as separate test binaries did: a group's tests
+/// share no process state with another's.
+fn init_script(groups: &[TestGroup]) -> String {
+    let mut runs = String::new();
+    for group in groups {
+        let name = group.name();
+        let tests: Vec<&str> = group.tests.iter().map(String::as_str).collect();
+        runs += &format!(
+            "echo \"{MARKER} begin {name}\"\n{command}\necho \"{MARKER} end {name} exit=$?\"\n",
+            command = test_groups::shell_command(GUEST_TEST_BINARY, &tests)
+        );
+    }
     format!(
         r#"#!/bin/busybox sh
-# Written by xtask (vm.rs): runs every test executable in {GUEST_TESTS_DIR}, then powers off.
+# Written by xtask (vm.rs): runs each test group of {GUEST_TEST_BINARY}, then powers off.
 {setup}{load_modules}export BLOCKER_BIN={GUEST_BLOCKER} RUST_BACKTRACE=1 RUST_LOG=info
 cd /tmp
-for test in {GUEST_TESTS_DIR}/*; do
-    name=${{test##*/}}
-    echo "{MARKER} begin $name"
-    "$test" --test-threads=1
-    echo "{MARKER} end $name exit=$?"
-done
-{probe}echo "{MARKER} done"
+{runs}{probe}echo "{MARKER} done"
 poweroff -f
 "#,
         setup = guest_setup(),
@@ -651,13 +650,13 @@ struct ConsoleReport {
     kernel: Option<GuestKernel>,
     /// The status document of the probe daemon (`features_probe`).
     status: Option<Value>,
-    /// Each test executable that started, in order.
-    executables: Vec<ExecutableReport>,
+    /// Each test group that started (a process of the test binary), in order.
+    groups: Vec<GroupReport>,
     done: bool,
 }
 
 #[derive(Debug, PartialEq)]
-struct ExecutableReport {
+struct GroupReport {
     name: String,
     /// Its exit code, once it ended.
     exit: Option<i32>,
@@ -685,23 +684,23 @@ fn parse_console(lines: &[String]) -> ConsoleReport {
             continue;
         }
         let running = report
-            .executables
+            .groups
             .last_mut()
-            .filter(|executable| executable.exit.is_none());
-        if let Some(executable) = running {
+            .filter(|group| group.exit.is_none());
+        if let Some(group) = running {
             if let Some(counts) = parse_test_result(line) {
-                executable.counts += counts;
+                group.counts += counts;
             } else if let Some((name, outcome)) = parse_test_line(line) {
                 match outcome {
-                    Some(outcome) => executable.record(name, outcome),
+                    Some(outcome) => group.record(name, outcome),
                     None => pending_test = Some(name.to_owned()),
                 }
             } else if let Some(outcome) = as_outcome(line.trim()) {
                 if let Some(name) = pending_test.take() {
-                    executable.record(&name, outcome);
+                    group.record(&name, outcome);
                 }
             } else if in_failure_list && line.starts_with("    ") && !line.trim().contains(' ') {
-                executable.record(line.trim(), "FAILED");
+                group.record(line.trim(), "FAILED");
                 continue;
             }
             in_failure_list = line.trim_end() == "failures:";
@@ -712,16 +711,16 @@ fn parse_console(lines: &[String]) -> ConsoleReport {
         pending_test = None;
         let mut words = event.split_whitespace();
         match (words.next(), words.next(), words.next()) {
-            (Some("begin"), Some(name), _) => report.executables.push(ExecutableReport {
+            (Some("begin"), Some(name), _) => report.groups.push(GroupReport {
                 name: name.to_owned(),
                 exit: None,
                 counts: TestCounts::default(),
                 tests: Vec::new(),
             }),
             (Some("end"), Some(name), Some(exit)) => {
-                if let Some(executable) = report.executables.last_mut() {
-                    if executable.name == name {
-                        executable.exit = exit
+                if let Some(group) = report.groups.last_mut() {
+                    if group.name == name {
+                        group.exit = exit
                             .strip_prefix("exit=")
                             .and_then(|code| code.parse().ok());
                     }
@@ -746,7 +745,7 @@ fn as_outcome(word: &str) -> Option<&str> {
     matches!(word, "ok" | "FAILED" | "ignored").then_some(word)
 }
 
-impl ExecutableReport {
+impl GroupReport {
     /// Sets the outcome of test `name`, adding the test if it is new.
     fn record(&mut self, name: &str, outcome: &str) {
         match self.tests.iter_mut().find(|(known, _)| known == name) {
@@ -759,8 +758,8 @@ impl ExecutableReport {
 impl ConsoleReport {
     fn counts(&self) -> TestCounts {
         let mut counts = TestCounts::default();
-        for executable in &self.executables {
-            counts += executable.counts;
+        for group in &self.groups {
+            counts += group.counts;
         }
         counts
     }
@@ -771,9 +770,9 @@ impl ConsoleReport {
 
     fn verdict(&self) -> Result<()> {
         let mut problems = Vec::new();
-        for executable in &self.executables {
-            let name = &executable.name;
-            match executable.exit {
+        for group in &self.groups {
+            let name = &group.name;
+            match group.exit {
                 Some(0) => {}
                 Some(code) => problems.push(format!("{name} exited with {code}")),
                 None => problems.push(format!("{name} never finished")),
@@ -800,22 +799,22 @@ impl ConsoleReport {
 ///   "suite": "trixie",                          // as given to --kernel
 ///   "kernel_release": "6.12.117+deb13-cloud-amd64", // `uname -r` in the VM; null if unknown
 ///   "lsms": ["lockdown", "capability", "bpf"],  // /sys/kernel/security/lsm in the VM
-///   "passed": 10, "failed": 2,                  // summed over the targets
-///   "completed": true,                          // /init ran every target and powered off
+///   "passed": 10, "failed": 2,                  // summed over the test groups
+///   "completed": true,                          // /init ran every group and powered off
 ///   "backend": "lsm",                           // of `blocker run --protect` after the tests
 ///   "features": {"exec": {"state": "on"}, ...}, // its status document's; null if unknown
-///   "targets": [{
-///     "name": "vm_lsm",                         // the test target (tests/tests/vm_lsm.rs)
+///   "targets": [{                               // the test groups
+///     "name": "vm_lsm",                         // the module tests/tests/vm/lsm.rs
 ///     "exit_code": 101,                         // null if it never finished
 ///     "passed": 4, "failed": 1,                 // libtest's `test result:` line
-///     "tests": [{"name": "banned_exec_is_refused", "outcome": "ok"}]
+///     "tests": [{"name": "lsm::banned_exec_fails", "outcome": "ok"}]
 ///   }]
 /// }
 /// ```
 ///
 /// `outcome` is `ok`, `failed` or `ignored`. `tests` lists what libtest printed per test; the
 /// counts are authoritative where the two differ (a test's line broken up by a daemon's output).
-/// Only the targets that ran appear: `--vm-test` selects fewer.
+/// Only the groups that ran appear: `--vm-test` selects fewer.
 fn results_json(kernel: &Kernel, report: &ConsoleReport) -> Value {
     let counts = report.counts();
     let lsms: Vec<&str> = report
@@ -830,19 +829,19 @@ fn results_json(kernel: &Kernel, report: &ConsoleReport) -> Value {
         })
         .unwrap_or_default();
     let targets: Vec<Value> = report
-        .executables
+        .groups
         .iter()
-        .map(|executable| {
-            let tests: Vec<Value> = executable
+        .map(|group| {
+            let tests: Vec<Value> = group
                 .tests
                 .iter()
                 .map(|(name, outcome)| json!({"name": name, "outcome": outcome.to_lowercase()}))
                 .collect();
             json!({
-                "name": executable.name,
-                "exit_code": executable.exit,
-                "passed": executable.counts.passed,
-                "failed": executable.counts.failed,
+                "name": group.name,
+                "exit_code": group.exit,
+                "passed": group.counts.passed,
+                "failed": group.counts.failed,
                 "tests": tests,
             })
         })
@@ -868,13 +867,13 @@ mod tests {
         text.lines().map(str::to_owned).collect()
     }
 
-    fn executable(
+    fn group(
         name: &str,
         exit: Option<i32>,
         (passed, failed): (u64, u64),
         tests: &[(&str, &str)],
-    ) -> ExecutableReport {
-        ExecutableReport {
+    ) -> GroupReport {
+        GroupReport {
             name: name.to_owned(),
             exit,
             counts: TestCounts { passed, failed },
@@ -911,14 +910,14 @@ mod tests {
                     lsms: "lockdown,capability,bpf,ima".into(),
                 }),
                 status: None,
-                executables: vec![
-                    executable(
+                groups: vec![
+                    group(
                         "vm_lsm",
                         Some(0),
                         (1, 0),
                         &[("denies", "ok"), ("audits", "ignored")]
                     ),
-                    executable("vm_ima", Some(0), (1, 0), &[("hashes", "ok")]),
+                    group("vm_ima", Some(0), (1, 0), &[("hashes", "ok")]),
                 ],
                 done: true,
             }
@@ -954,8 +953,8 @@ mod tests {
              BLOCKER-VM: done\n",
         ));
         assert_eq!(
-            failed.executables,
-            [executable(
+            failed.groups,
+            [group(
                 "vm_lsm",
                 Some(101),
                 (1, 2),
@@ -1019,6 +1018,29 @@ mod tests {
                 ],
             })
         );
+    }
+
+    #[test]
+    fn init_runs_each_test_group_in_a_process_of_its_own() {
+        let groups = [
+            TestGroup {
+                module: "lsm".into(),
+                tests: vec!["lsm::denies".into(), "lsm::audits".into()],
+            },
+            TestGroup {
+                module: "pin".into(),
+                tests: vec!["pin::pins".into()],
+            },
+        ];
+        let script = init_script(&groups);
+        let runs = "echo \"BLOCKER-VM: begin vm_lsm\"\n\
+                    /tests/vm --test-threads=1 --exact lsm::denies lsm::audits\n\
+                    echo \"BLOCKER-VM: end vm_lsm exit=$?\"\n\
+                    echo \"BLOCKER-VM: begin vm_pin\"\n\
+                    /tests/vm --test-threads=1 --exact pin::pins\n\
+                    echo \"BLOCKER-VM: end vm_pin exit=$?\"\n";
+        assert!(script.contains(runs), "{script}");
+        assert!(script.ends_with("echo \"BLOCKER-VM: done\"\npoweroff -f\n"));
     }
 
     #[test]
