@@ -581,38 +581,41 @@ impl Daemon {
                 log::info!("every identifier could be looked up again");
             }
         }
+        let mut first_scan = false;
         if let Some(scanned) = rescanned {
             self.forget_watched_before_job();
             self.scanned = scanned;
-            if !std::mem::replace(&mut self.scanned_once, true) {
-                log::info!(
-                    "content rules: the background scan is done; {} files banned",
-                    fresh.entries.len()
-                );
-                log_resolution(&fresh);
+            first_scan = !std::mem::replace(&mut self.scanned_once, true);
+        }
+        let changed = fresh.entries != self.resolution.entries;
+        if changed {
+            match self.enforcer.apply(&fresh.entries) {
+                Ok(stats) => {
+                    log_changes(&self.resolution, &fresh);
+                    log::info!(
+                        "ban map updated: {} added, {} changed, {} removed",
+                        stats.added,
+                        stats.changed,
+                        stats.removed
+                    );
+                }
+                Err(error) => {
+                    log::error!("{error:#}");
+                    return false;
+                }
             }
         }
-        if fresh.entries == self.resolution.entries {
-            self.resolution = fresh;
-            return false;
+        // Only once the ban map holds what the scan found: whoever waits for this line (a
+        // test, an administrator) may rely on it.
+        if first_scan {
+            log::info!(
+                "content rules: the background scan is done; {} files banned",
+                fresh.entries.len()
+            );
+            log_resolution(&fresh);
         }
-        match self.enforcer.apply(&fresh.entries) {
-            Ok(stats) => {
-                log_changes(&self.resolution, &fresh);
-                log::info!(
-                    "ban map updated: {} added, {} changed, {} removed",
-                    stats.added,
-                    stats.changed,
-                    stats.removed
-                );
-                self.resolution = fresh;
-                true
-            }
-            Err(error) => {
-                log::error!("{error:#}");
-                false
-            }
-        }
+        self.resolution = fresh;
+        changed
     }
 
     /// Puts a reloaded policy in force, or reports why it stays out.
