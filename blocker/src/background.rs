@@ -10,10 +10,9 @@ use crate::{
     budget::Budget,
     jobs::Merge,
     policy::Policy,
-    reload,
+    prepare::{self, Contents, Prepared},
     resolve::{self, Resolution},
     scan::{HashedFile, ScanOptions, ScanReport},
-    sources::SourceRoots,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,13 +51,7 @@ pub enum Done {
         /// The new scan, for a refresh that rescanned.
         rescanned: Option<Option<Arc<ScanReport>>>,
     },
-    Reloaded(Result<Reloaded, String>),
-}
-
-pub struct Reloaded {
-    pub policy: Policy,
-    pub scanned: Option<Arc<ScanReport>>,
-    pub resolution: Resolution,
+    Reloaded(Result<Prepared, String>),
 }
 
 /// Does `work`. Blocking: run it off the event loop.
@@ -66,16 +59,12 @@ pub fn run(work: Work, inputs: Inputs) -> Done {
     match work {
         Work::Refresh { rescan } => {
             let scanned = if rescan {
-                crate::inspect::scan_if_needed(&inputs.policy, &inputs.scan).map(Arc::new)
+                prepare::scan_if_needed(&inputs.policy, &inputs.scan).map(Arc::new)
             } else {
                 inputs.scanned.clone()
             };
-            let mut resolution = resolve::resolve_within(
-                &inputs.policy,
-                &SourceRoots::default(),
-                scanned.as_deref(),
-                inputs.budget,
-            );
+            let mut resolution =
+                prepare::resolve(&inputs.policy, scanned.as_deref(), inputs.budget);
             if !rescan {
                 take_in_watched(&inputs.policy, &mut resolution, &inputs.watched);
             }
@@ -85,22 +74,12 @@ pub fn run(work: Work, inputs: Inputs) -> Done {
             }
         }
         Work::Reload => Done::Reloaded(
-            reload::load(&inputs.policy_dir, &inputs.scan)
-                .map(|loaded| {
-                    let scanned = loaded.scanned.map(Arc::new);
-                    let resolution = resolve::resolve_within(
-                        &loaded.policy,
-                        &SourceRoots::default(),
-                        scanned.as_deref(),
-                        inputs.budget,
-                    );
-                    Reloaded {
-                        policy: loaded.policy,
-                        scanned,
-                        resolution,
-                    }
-                })
-                .map_err(|error| format!("{error:#}")),
+            prepare::prepare(
+                &inputs.policy_dir,
+                Contents::Scan(&inputs.scan),
+                inputs.budget,
+            )
+            .map_err(|error| format!("{error:#}")),
         ),
     }
 }

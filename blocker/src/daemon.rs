@@ -24,7 +24,7 @@ use tokio::{
 };
 
 use crate::{
-    background::{self, Done, Reloaded, Work},
+    background::{self, Done, Work},
     budget::Budget,
     control::PolicyChange,
     control_socket::{
@@ -40,12 +40,12 @@ use crate::{
     },
     listed::{log_listed, Tally, LISTED_LINES},
     pidfd,
-    policy::{self, Action, Policy},
+    policy::{Action, Policy},
+    prepare::{prepare, Contents, Prepared},
     reload::{PolicyDirWatcher, QUIET_BEFORE_RELOAD},
     resolve::{self, Resolution, RuleInfo, Via},
     scan::{HashedFile, ScanOptions, ScanReport},
     sinks::{Batch, SinkOptions, Sinks},
-    sources::SourceRoots,
     status::{self, EventCounts, KernelFeatures, Publisher, Snapshot},
     systemd, watch,
 };
@@ -83,7 +83,11 @@ pub fn run(options: RunOptions) -> Result<()> {
         bail!("--protect needs the lsm backend: only LSM programs can refuse tampering");
     }
     let resolving = std::time::Instant::now();
-    let policy = policy::load_dir(&options.policy_dir)?;
+    // Identity rules first: the content scan can take long, and runs in the background once
+    // the programs are attached.
+    let Prepared {
+        policy, resolution, ..
+    } = prepare(&options.policy_dir, Contents::NotScanned, options.budget)?;
     for header in &policy.policies {
         log::info!(
             "policy `{}` ({}) from {}",
@@ -92,10 +96,6 @@ pub fn run(options: RunOptions) -> Result<()> {
             escaped(&header.file)
         );
     }
-    // Identity rules first: the content scan can take long, and runs in the background once
-    // the programs are attached.
-    let resolution =
-        resolve::resolve_within(&policy, &SourceRoots::default(), None, options.budget);
     log_resolution(&resolution);
     // `cargo xtask bench` reads the startup costs from these two lines.
     log::info!(
@@ -619,7 +619,7 @@ impl Daemon {
     }
 
     /// Puts a reloaded policy in force, or reports why it stays out.
-    fn reload_done(&mut self, loaded: Result<Reloaded, String>) {
+    fn reload_done(&mut self, loaded: Result<Prepared, String>) {
         let applied = loaded.and_then(|mut loaded| {
             // Files the watcher found while the reload ran, which its scan may lack.
             background::take_in_watched(
@@ -941,7 +941,7 @@ fn log_features(features: &Features) {
 
 /// Puts a reloaded policy in force: ban map first (add before remove, all or nothing), then
 /// settings.
-fn apply_reload(reloaded: Reloaded, enforcer: &mut Enforcer) -> Result<Reloaded> {
+fn apply_reload(reloaded: Prepared, enforcer: &mut Enforcer) -> Result<Prepared> {
     let fresh = &reloaded.resolution;
     enforcer.apply(&fresh.entries)?;
     enforcer.apply_content_bans(&fresh.content_bans())?;
@@ -1263,14 +1263,13 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
-    use crate::{identity::FileIdentity, scan::to_hex};
+    use crate::{identity::FileIdentity, policy, prepare, scan::to_hex};
 
     /// The resolution of a policy file's `text`.
     fn resolved(text: &str) -> (Policy, Resolution) {
         let policy = policy::parse_sources(&[(PathBuf::from("test.toml"), text.to_owned())])
             .expect("a valid policy");
-        let resolution =
-            resolve::resolve_within(&policy, &SourceRoots::default(), None, Budget::default());
+        let resolution = prepare::resolve(&policy, None, Budget::default());
         (policy, resolution)
     }
 

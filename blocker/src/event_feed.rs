@@ -10,13 +10,13 @@ use anyhow::{bail, Context, Result};
 use blocker_common::{Action, Backend, KernelEvent, Operation, COMM_LEN, FILENAME_LEN};
 
 use crate::{
+    budget::Budget,
     daemon::{self, Known, EVENTS_PER_TURN},
     escape::escaped,
     events::{self, BootClock, Record},
-    policy,
-    resolve::{self, Resolution},
+    prepare::{prepare, Contents, Prepared},
+    resolve::Resolution,
     sinks::{SinkOptions, Sinks},
-    sources::SourceRoots,
 };
 
 pub struct FeedOptions {
@@ -30,8 +30,8 @@ pub struct FeedOptions {
 /// until every sink has written it, so that nothing is dropped and the figure is what the sinks
 /// carry. Ends like the daemon, with a `stopped` record, and logs the wall and CPU time.
 pub fn run(options: &FeedOptions) -> Result<()> {
-    let policy = policy::load_dir(&options.policy_dir)?;
-    let resolution = resolve::resolve(&policy, &SourceRoots::default(), None);
+    let Prepared { resolution, .. } =
+        prepare(&options.policy_dir, Contents::NotScanned, Budget::default())?;
     let template = banned_exec(&resolution).with_context(|| {
         format!(
             "the policy in {} bans no file by path",

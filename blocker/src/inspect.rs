@@ -1,9 +1,6 @@
 //! The commands that look without enforcing: `check`, `resolve`, `hash` and `explain`.
 
-use crate::{
-    escape::{escaped, Lossless},
-    listed::log_listed,
-};
+use crate::escape::{escaped, Lossless};
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -14,11 +11,12 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
 use crate::{
+    budget::Budget,
     identity::{split_kernel_device_number, FileIdentity},
     policy::{self, Policy},
+    prepare::{prepare, Contents, Prepared},
     resolve::{self, protected_files, Resolution, Via},
-    scan::{self, to_hex, HashedFile, ScanOptions, ScanReport},
-    sources::SourceRoots,
+    scan::{self, to_hex, HashedFile, ScanOptions},
 };
 
 /// Exit status of `explain` for a file no rule bans (0 means banned, 2 an error).
@@ -51,52 +49,10 @@ pub fn check(policy_dir: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs the content scan if any rule needs it, logging its warnings.
-pub fn scan_if_needed(policy: &Policy, options: &ScanOptions) -> Option<ScanReport> {
-    if !resolve::needs_scan(policy) {
-        return None;
-    }
-    log::info!(
-        "scanning {} for banned contents",
-        options
-            .roots
-            .iter()
-            .map(|root| escaped(&root).to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    let report = scan::scan_where(
-        options,
-        policy.hash_limit_bytes(),
-        &resolve::scan_wants(policy),
-    );
-    log_listed(
-        log::Level::Warn,
-        report
-            .warnings
-            .iter()
-            .map(|warning| format!("scan: {warning}")),
-        |more| format!("scan: {more} more warnings like these"),
-    );
-    let stats = report.stats;
-    log::info!(
-        "scan: {} candidate files, {} read ({} MiB), {} from the cache, {} skipped, {} larger \
-         than the hash limit",
-        stats.candidates,
-        stats.read,
-        stats.bytes_read >> 20,
-        stats.cached,
-        stats.skipped,
-        stats.too_large
-    );
-    Some(report)
-}
-
 /// `blocker resolve DIR`: what every rule names on this machine.
 pub fn resolve(policy_dir: &Path, scan_options: &ScanOptions, as_json: bool) -> Result<ExitCode> {
-    let policy = policy::load_dir(policy_dir)?;
-    let scanned = scan_if_needed(&policy, scan_options);
-    let resolution = resolve::resolve(&policy, &SourceRoots::default(), scanned.as_ref());
+    let Prepared { resolution, .. } =
+        prepare(policy_dir, Contents::Scan(scan_options), Budget::default())?;
     if as_json {
         println!(
             "{}",
@@ -262,8 +218,9 @@ fn verdicts(policy: &Policy, resolution: &Resolution, file: &HashedFile) -> Vec<
 }
 
 fn load_for_lookup(policy_dir: &Path) -> Result<(Policy, Resolution)> {
-    let policy = policy::load_dir(policy_dir)?;
-    let resolution = resolve::resolve(&policy, &SourceRoots::default(), None);
+    let Prepared {
+        policy, resolution, ..
+    } = prepare(policy_dir, Contents::NotScanned, Budget::default())?;
     Ok((policy, resolution))
 }
 

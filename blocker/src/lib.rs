@@ -24,6 +24,7 @@ pub mod lookup;
 pub mod mounts;
 pub mod pidfd;
 pub mod policy;
+pub mod prepare;
 pub mod reload;
 pub mod resolve;
 pub mod scan;

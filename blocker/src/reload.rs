@@ -1,6 +1,6 @@
-//! What starts a policy reload and what a reload reads: SIGHUP and changes in the policy
-//! directory (inotify) trigger it; the new policy is parsed and scanned off the event loop, and
-//! only a complete one replaces the old.
+//! What starts a policy reload: SIGHUP and changes in the policy directory (inotify). The new
+//! policy is prepared off the event loop ([`crate::prepare`]), and only a complete one replaces
+//! the old.
 
 use std::{
     ffi::CString,
@@ -13,31 +13,9 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Result;
-
-use crate::{
-    inspect::scan_if_needed,
-    policy::{self, Policy},
-    scan::{ScanOptions, ScanReport},
-};
-
 /// Editors save by writing a temporary file and renaming it, often in several steps: changes
 /// are gathered until the directory has been quiet this long.
 pub const QUIET_BEFORE_RELOAD: Duration = Duration::from_millis(300);
-
-/// A policy read and scanned, ready to be resolved and applied.
-pub struct Loaded {
-    pub policy: Policy,
-    pub scanned: Option<ScanReport>,
-}
-
-/// Reads the policy directory and runs the content scan it needs. Blocking: run it off the event
-/// loop.
-pub fn load(policy_dir: &Path, scan: &ScanOptions) -> Result<Loaded> {
-    let policy = policy::load_dir(policy_dir)?;
-    let scanned = scan_if_needed(&policy, scan);
-    Ok(Loaded { policy, scanned })
-}
 
 /// Notices files added, changed, renamed or removed in the policy directory.
 pub struct PolicyDirWatcher {
