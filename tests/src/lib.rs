@@ -239,18 +239,42 @@ pub enum StdoutReader {
     NotReading,
 }
 
+/// How a daemon is spawned: as tests want it by default, or as the bench does.
+#[derive(Clone, Copy)]
+pub struct SpawnOptions {
+    pub stdout: StdoutReader,
+    /// Copy its log lines to this process's stderr, prefixed (tests show them on failure; the
+    /// bench's exec storms would drown its own output).
+    pub echo_log: bool,
+    /// The watchdog kills it after this long.
+    pub lifetime: Duration,
+}
+
+impl Default for SpawnOptions {
+    fn default() -> Self {
+        Self {
+            stdout: StdoutReader::Reading,
+            echo_log: true,
+            lifetime: DAEMON_LIFETIME_LIMIT,
+        }
+    }
+}
+
+/// What the daemon wrote, with the instant it arrived.
+type Arrived = (Instant, Output);
+
 /// A running `blocker run`.
 pub struct Daemon {
     child: Child,
-    output: Receiver<Output>,
+    output: Receiver<Arrived>,
     /// Set while [`StdoutReader::NotReading`]: the pipe and where its records will go.
-    unread_stdout: Option<(ChildStdout, Sender<Output>)>,
+    unread_stdout: Option<(ChildStdout, Sender<Arrived>)>,
     events_file: PathBuf,
     /// Everything received, for diagnostics.
     pub records: Vec<Value>,
     pub log: Vec<String>,
     /// Received but not yet returned by a `wait_for_*`.
-    unclaimed: Vec<Output>,
+    unclaimed: Vec<Arrived>,
     /// A status document [`Daemon::spawn`] chose, removed with the daemon.
     private_status_file: Option<PathBuf>,
     /// The `--status-file` it was given, which names its control socket.
@@ -273,8 +297,12 @@ impl Daemon {
 
     /// Like [`Daemon::spawn`], with a choice of reading stdout.
     pub fn spawn_with(policy_dir: &Path, args: &[&str], stdout: StdoutReader) -> Result<Self> {
+        let options = SpawnOptions {
+            stdout,
+            ..SpawnOptions::default()
+        };
         if args.contains(&"--status-file") {
-            return Self::spawn_program(&blocker_bin(), policy_dir, args, stdout);
+            return Self::spawn_program(&blocker_bin(), policy_dir, args, options);
         }
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let status_file = std::env::temp_dir().join(format!(
@@ -289,7 +317,7 @@ impl Daemon {
             &blocker_bin(),
             policy_dir,
             &[&["--status-file", status_file_arg], args].concat(),
-            stdout,
+            options,
         )?;
         daemon.private_status_file = Some(status_file);
         Ok(daemon)
@@ -302,7 +330,7 @@ impl Daemon {
         policy_dir: &Path,
         args: &[&str],
     ) -> Result<(Self, Value)> {
-        Self::spawn_program(program, policy_dir, args, StdoutReader::Reading)?.started()
+        Self::spawn_program(program, policy_dir, args, SpawnOptions::default())?.started()
     }
 
     fn started(mut self) -> Result<(Self, Value)> {
@@ -312,13 +340,14 @@ impl Daemon {
         Ok((self, started))
     }
 
-    /// Events are also written to `events.jsonl` next to `policy_dir` (in the sandbox, never
-    /// the host's /var/log), and never to the host's journal.
-    fn spawn_program(
+    /// Starts `program run --policy-dir POLICY_DIR ARGS` as `options` say. Events are also
+    /// written to `events.jsonl` next to `policy_dir` (in the sandbox, never the host's
+    /// /var/log), and never to the host's journal.
+    pub fn spawn_program(
         program: &Path,
         policy_dir: &Path,
         args: &[&str],
-        stdout: StdoutReader,
+        options: SpawnOptions,
     ) -> Result<Self> {
         let events_file = policy_dir
             .parent()
@@ -337,22 +366,26 @@ impl Daemon {
         let (sender, output) = mpsc::channel();
         let child_stdout = child.stdout.take().expect("piped");
         let mut unread_stdout = None;
-        match stdout {
+        match options.stdout {
             StdoutReader::Reading => read_records(child_stdout, sender.clone()),
             StdoutReader::NotReading => unread_stdout = Some((child_stdout, sender.clone())),
         }
         let stderr = child.stderr.take().expect("piped");
+        let echo_log = options.echo_log;
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("blocker| {line}");
-                if sender.send(Output::Log(line)).is_err() {
+                if echo_log {
+                    eprintln!("blocker| {line}");
+                }
+                if sender.send((Instant::now(), Output::Log(line))).is_err() {
                     break;
                 }
             }
         });
         let pid = child.id() as libc::pid_t;
+        let lifetime = options.lifetime;
         thread::spawn(move || {
-            thread::sleep(DAEMON_LIFETIME_LIMIT);
+            thread::sleep(lifetime);
             // SAFETY: plain kill(2); if the pid was reaped and reused the test has long ended.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         });
@@ -398,12 +431,12 @@ impl Daemon {
     fn receive(&mut self, deadline: Instant) -> Result<bool> {
         let left = deadline.saturating_duration_since(Instant::now());
         match self.output.recv_timeout(left) {
-            Ok(output) => {
-                match &output {
+            Ok(arrived) => {
+                match &arrived.1 {
                     Output::Record(record) => self.records.push(record.clone()),
                     Output::Log(line) => self.log.push(line.clone()),
                 }
-                self.unclaimed.push(output);
+                self.unclaimed.push(arrived);
                 Ok(true)
             }
             Err(RecvTimeoutError::Timeout) => Ok(false),
@@ -412,16 +445,16 @@ impl Daemon {
     }
 
     /// The earliest output not returned before that `wanted` accepts, waiting up to `timeout`.
-    fn claim(&mut self, timeout: Duration, wanted: impl Fn(&Output) -> bool) -> Result<Output> {
+    fn claim(&mut self, timeout: Duration, wanted: impl Fn(&Output) -> bool) -> Result<Arrived> {
         let deadline = Instant::now() + timeout;
-        if let Some(index) = self.unclaimed.iter().position(&wanted) {
+        if let Some(index) = self.unclaimed.iter().position(|(_, output)| wanted(output)) {
             return Ok(self.unclaimed.remove(index));
         }
         // Only new output can match from here on: checking just it keeps a daemon writing
         // thousands of lines from making every wait slower than the last.
         loop {
             if self.receive(deadline)? {
-                if wanted(self.unclaimed.last().expect("just received")) {
+                if wanted(&self.unclaimed.last().expect("just received").1) {
                     return Ok(self.unclaimed.pop().expect("just received"));
                 }
             } else {
@@ -441,13 +474,40 @@ impl Daemon {
         timeout: Duration,
         wanted: impl Fn(&Value) -> bool,
     ) -> Result<Value> {
+        Ok(self.wait_for_record_arrival(timeout, wanted)?.1)
+    }
+
+    /// [`Daemon::wait_for_record`], with the instant the record arrived.
+    pub fn wait_for_record_arrival(
+        &mut self,
+        timeout: Duration,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Result<(Instant, Value)> {
         match self.claim(
             timeout,
             |output| matches!(output, Output::Record(record) if wanted(record)),
         )? {
-            Output::Record(record) => Ok(record),
-            Output::Log(_) => unreachable!("claim returns what the filter accepts"),
+            (at, Output::Record(record)) => Ok((at, record)),
+            (_, Output::Log(_)) => unreachable!("claim returns what the filter accepts"),
         }
+    }
+
+    /// Counts the `exec` records that arrive until none has for `quiet`; returns the count and
+    /// when the last of them arrived. They are counted, not kept: a storm makes many.
+    pub fn count_execs_until_quiet(&mut self, quiet: Duration) -> (u64, Option<Instant>) {
+        let mut count = 0;
+        let mut last = None;
+        while let Ok((at, output)) = self.output.recv_timeout(quiet) {
+            match output {
+                Output::Record(record) if record["kind"] == "exec" => {
+                    count += 1;
+                    last = Some(at);
+                }
+                Output::Record(record) => self.records.push(record),
+                Output::Log(line) => self.log.push(line),
+            }
+        }
+        (count, last)
     }
 
     /// The next exec record for `path` (as spelled to exec).
@@ -464,8 +524,8 @@ impl Daemon {
             timeout,
             |output| matches!(output, Output::Log(line) if line.contains(text)),
         )? {
-            Output::Log(line) => Ok(line),
-            Output::Record(_) => unreachable!("claim returns what the filter accepts"),
+            (_, Output::Log(line)) => Ok(line),
+            (_, Output::Record(_)) => unreachable!("claim returns what the filter accepts"),
         }
     }
 
@@ -487,9 +547,17 @@ impl Daemon {
     }
 
     /// SIGTERM, then waits for exit and collects everything it still wrote.
-    pub fn stop(mut self) -> Result<(ExitStatus, Vec<Value>, Vec<String>)> {
+    pub fn stop(self) -> Result<(ExitStatus, Vec<Value>, Vec<String>)> {
+        self.stop_within(STARTUP_TIMEOUT)
+    }
+
+    /// [`Daemon::stop`], waiting up to `timeout` for it to exit.
+    pub fn stop_within(
+        mut self,
+        timeout: Duration,
+    ) -> Result<(ExitStatus, Vec<Value>, Vec<String>)> {
         self.signal(libc::SIGTERM);
-        let status = self.wait(STARTUP_TIMEOUT)?;
+        let status = self.wait(timeout)?;
         let deadline = Instant::now() + EVENT_TIMEOUT;
         while let Ok(true) = self.receive(deadline) {}
         Ok((
@@ -525,13 +593,16 @@ impl Daemon {
 }
 
 /// Forwards every JSON line of the daemon's stdout as a record.
-fn read_records(stdout: ChildStdout, records: Sender<Output>) {
+fn read_records(stdout: ChildStdout, records: Sender<Arrived>) {
     thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let value = serde_json::from_str(&line).unwrap_or_else(|error| {
                 panic!("daemon wrote a line that is not JSON ({error}): {line}")
             });
-            if records.send(Output::Record(value)).is_err() {
+            if records
+                .send((Instant::now(), Output::Record(value)))
+                .is_err()
+            {
                 break;
             }
         }

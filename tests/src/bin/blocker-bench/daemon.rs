@@ -1,34 +1,25 @@
-//! The real `blocker run`, started and stopped by the bench: its JSON records and log lines are
-//! collected with the instant each arrived, and nothing is echoed, so an exec storm's thousands
-//! of events cost the bench no more than reading them.
+//! The real `blocker run`, started and stopped by the bench through the tests' own harness
+//! ([`blocker_integration_tests::Daemon`]), quietly: its log is not echoed, so an exec storm's
+//! thousands of lines cost the bench no more than reading them, and it may live as long as a
+//! measurement takes.
 
 use std::{
-    io::{BufRead, BufReader},
     path::Path,
-    process::Child,
-    sync::mpsc::{self, Receiver, RecvTimeoutError},
-    thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
-use blocker_integration_tests::blocker_run;
+use blocker_integration_tests::{SpawnOptions, StdoutReader};
 use serde_json::Value;
 
 /// Generous: under QEMU's emulation a large policy takes long to resolve.
 const STOP_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longer than any measurement with one daemon; the watchdog still ends a bench that hangs.
+const LIFETIME: Duration = Duration::from_secs(3600);
+/// How long a startup log line may come after the `started` record, through its own pipe.
+const LOG_LAG: Duration = Duration::from_secs(10);
 
-enum Line {
-    Record(Value),
-    Log(String),
-}
-
-pub struct Daemon {
-    child: Child,
-    lines: Receiver<(Instant, Line)>,
-    /// The latest log lines, for error messages.
-    log: Vec<String>,
-}
+pub struct Daemon(blocker_integration_tests::Daemon);
 
 /// What starting the daemon cost, from its `started` record and its log.
 pub struct Startup {
@@ -52,179 +43,86 @@ impl Daemon {
         timeout: Duration,
     ) -> Result<(Self, Startup)> {
         let work = policy_dir.parent().unwrap_or(policy_dir);
-        let mut command = blocker_run(blocker, policy_dir);
-        command
-            .args(["--backend", backend, "--refresh-interval", "86400"])
-            // Events and status stay in the bench's own tmpfs, out of the host's /var/log and
-            // /run and out of its journal; the file sink still works as in the service.
-            .arg("--events-file")
-            .arg(work.join("events.jsonl"))
-            .arg("--status-file")
-            .arg(work.join("status.json"))
-            .arg("--no-journald")
-            .args(extra);
-        let spawned = Instant::now();
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("starting {}", blocker.display()))?;
-        let (sender, lines) = mpsc::channel();
-        let stdout = child.stdout.take().expect("piped");
-        let records = sender.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let line = match serde_json::from_str(&line) {
-                    Ok(record) => Line::Record(record),
-                    Err(error) => {
-                        Line::Log(format!("stdout line that is not JSON ({error}): {line}"))
-                    }
-                };
-                if records.send((Instant::now(), line)).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = child.stderr.take().expect("piped");
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if sender.send((Instant::now(), Line::Log(line))).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut daemon = Self {
-            child,
-            lines,
-            log: Vec::new(),
+        let status_file = work.join("status.json");
+        let args = [
+            &[
+                "--backend",
+                backend,
+                "--refresh-interval",
+                "86400",
+                // Status stays in the bench's own tmpfs, out of the host's /run.
+                "--status-file",
+                status_file
+                    .to_str()
+                    .context("the bench's directory is not UTF-8")?,
+            ],
+            extra,
+        ]
+        .concat();
+        let options = SpawnOptions {
+            stdout: StdoutReader::Reading,
+            echo_log: false,
+            lifetime: LIFETIME,
         };
+        let spawned = Instant::now();
+        let mut daemon =
+            blocker_integration_tests::Daemon::spawn_program(blocker, policy_dir, &args, options)?;
         let (started_at, started) = daemon
-            .next_record(timeout, |record| record["kind"] == "started")
+            .wait_for_record_arrival(timeout, |record| record["kind"] == "started")
             .context("the daemon did not start")?;
         if started["backend"] != backend {
             bail!("the daemon started with another backend than {backend}: {started}");
         }
         let startup = Startup {
             until_enforcing: started_at - spawned,
-            resolve: daemon.logged_duration("resolved ")?,
-            load: daemon.logged_duration("loaded ")?,
+            resolve: logged_duration(&mut daemon, "] resolved ")?,
+            load: logged_duration(&mut daemon, "] loaded ")?,
             started,
         };
-        Ok((daemon, startup))
+        Ok((Self(daemon), startup))
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The next record `wanted` accepts, with the instant it arrived; log lines meanwhile are
-    /// kept for diagnostics, other records dropped.
-    fn next_record(
-        &mut self,
-        timeout: Duration,
-        wanted: impl Fn(&Value) -> bool,
-    ) -> Result<(Instant, Value)> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok((at, Line::Record(record))) if wanted(&record) => return Ok((at, record)),
-                Ok((_, Line::Record(_))) => {}
-                Ok((_, Line::Log(line))) => self.keep_log(line),
-                Err(RecvTimeoutError::Timeout) => {
-                    bail!("nothing within {timeout:?}; {}", self.log_tail())
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    bail!("the daemon closed its output; {}", self.log_tail())
-                }
-            }
-        }
-    }
-
-    fn keep_log(&mut self, line: String) {
-        const KEPT: usize = 200;
-        if self.log.len() == KEPT {
-            self.log.remove(0);
-        }
-        self.log.push(line);
-    }
-
-    fn log_tail(&self) -> String {
-        let tail = &self.log[self.log.len().saturating_sub(30)..];
-        format!("its last log lines:\n  {}", tail.join("\n  "))
-    }
-
-    /// The duration a startup log line says, in the form `<what> ... in <seconds> s` (blocker's
-    /// daemon.rs logs its startup that way). The log comes through another pipe than the
-    /// records, so it may still be on its way when the `started` record is in.
-    fn logged_duration(&mut self, what: &str) -> Result<Duration> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let found = self
-                .log
-                .iter()
-                .filter_map(|line| line.split_once("] ").map(|(_, message)| message))
-                .filter(|message| message.starts_with(what))
-                .find_map(parse_seconds);
-            if let Some(duration) = found {
-                return Ok(duration);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok((_, Line::Log(line))) => self.keep_log(line),
-                Ok((_, Line::Record(_))) => {}
-                Err(_) => bail!(
-                    "the daemon logged no `{what}... in N s` line; {}",
-                    self.log_tail()
-                ),
-            }
-        }
+        self.0.pid()
     }
 
     /// Counts `exec` records until none arrives for `quiet`; returns the count and when the
     /// last of them arrived.
     pub fn count_execs_until_quiet(&mut self, quiet: Duration) -> (u64, Option<Instant>) {
-        let mut count = 0;
-        let mut last = None;
-        while let Ok((at, line)) = self.lines.recv_timeout(quiet) {
-            match line {
-                Line::Record(record) if record["kind"] == "exec" => {
-                    count += 1;
-                    last = Some(at);
-                }
-                Line::Record(_) => {}
-                Line::Log(line) => self.keep_log(line),
-            }
-        }
-        (count, last)
+        self.0.count_execs_until_quiet(quiet)
     }
 
     /// Stops the daemon with SIGTERM and returns its `stopped` record, and the log lines it
     /// wrote while stopping.
-    pub fn stop(mut self) -> Result<(Value, Vec<String>)> {
-        let logged_before = self.log.len();
-        // SAFETY: plain kill(2) of a child that has not been reaped.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let (_, stopped) = self.next_record(STOP_TIMEOUT, |record| record["kind"] == "stopped")?;
-        let status = self.child.wait().context("waiting for the daemon")?;
+    pub fn stop(self) -> Result<(Value, Vec<String>)> {
+        let logged_before = self.0.log.len();
+        let (status, records, log) = self.0.stop_within(STOP_TIMEOUT)?;
+        let tail = || log[log.len().saturating_sub(30)..].join("\n  ");
         if !status.success() {
-            bail!("the daemon exited with {status}; {}", self.log_tail());
+            bail!(
+                "the daemon exited with {status}; its last log lines:\n  {}",
+                tail()
+            );
         }
-        while let Ok((_, line)) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            if let Line::Log(line) = line {
-                self.keep_log(line);
-            }
-        }
-        let stopping = self.log[logged_before.min(self.log.len())..].to_vec();
+        let stopped = records
+            .into_iter()
+            .rev()
+            .find(|record| record["kind"] == "stopped")
+            .with_context(|| format!("no `stopped` record; its last log lines:\n  {}", tail()))?;
+        let stopping = log[logged_before.min(log.len())..].to_vec();
         Ok((stopped, stopping))
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// The duration a startup log line says, in the form `<what> ... in <seconds> s` (blocker's
+/// daemon.rs logs its startup that way).
+fn logged_duration(daemon: &mut blocker_integration_tests::Daemon, what: &str) -> Result<Duration> {
+    let line = daemon
+        .wait_for_log(what, LOG_LAG)
+        .with_context(|| format!("the daemon logged no `{what}... in N s` line"))?;
+    line.split_once("] ")
+        .and_then(|(_, message)| parse_seconds(message))
+        .with_context(|| format!("no duration in the log line {line:?}"))
 }
 
 /// `... in 1.234 s` at the end of a message, as a duration.
