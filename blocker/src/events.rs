@@ -348,14 +348,8 @@ pub struct ExecRecord {
     /// `major:minor` of the file's filesystem.
     pub device: String,
     pub inode: u64,
-    /// Records of the same user, file and operation the kernel suppressed before this one
-    /// (it sends at most `record_limit::BURST` every `record_limit::WINDOW_NS`); absent when 0.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub suppressed_before: u32,
-    /// Seconds the daemon had been silent (no heartbeat, not stopped) when the kernel raised
-    /// this event: it was killed, frozen or starved meanwhile. Absent while it answered.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub daemon_silent_seconds: u32,
+    #[serde(flatten)]
+    pub circumstances: Circumstances,
 }
 
 /// How a refusal was enforced.
@@ -417,8 +411,7 @@ impl ExecRecord {
             path_truncated: filename_len >= FILENAME_LEN - 1,
             device: format!("{major}:{minor}"),
             inode: event.ino,
-            suppressed_before: event.suppressed,
-            daemon_silent_seconds: event.daemon_silent_secs,
+            circumstances: Circumstances::of(event),
         }
     }
 
@@ -461,12 +454,7 @@ impl fmt::Display for ExecSummary<'_> {
         if let Some(reason) = &record.reason {
             write!(f, ": {}", escaped(reason))?;
         }
-        write!(
-            f,
-            "{}{}",
-            suppressed_note(record.suppressed_before),
-            silence_note(record.daemon_silent_seconds)
-        )
+        write!(f, "{}", record.circumstances)
     }
 }
 
@@ -502,14 +490,8 @@ pub struct TamperRecord {
     /// `major:minor` and inode of that file (zero for other attempts).
     pub device: String,
     pub inode: u64,
-    /// Records of the same user, file and operation the kernel suppressed before this one
-    /// (it sends at most `record_limit::BURST` every `record_limit::WINDOW_NS`); absent when 0.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub suppressed_before: u32,
-    /// Seconds the daemon had been silent (no heartbeat, not stopped) when the kernel raised
-    /// this event: it was killed, frozen or starved meanwhile. Absent while it answered.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub daemon_silent_seconds: u32,
+    #[serde(flatten)]
+    pub circumstances: Circumstances,
     #[serde(flatten)]
     pub caller: Caller,
 }
@@ -559,8 +541,7 @@ impl TamperRecord {
                 String::new()
             },
             inode: if is_file { event.ino } else { 0 },
-            suppressed_before: event.suppressed,
-            daemon_silent_seconds: event.daemon_silent_secs,
+            circumstances: Circumstances::of(event),
             caller: Caller::of(event),
         }
     }
@@ -576,14 +557,13 @@ impl TamperRecord {
             )
         };
         format!(
-            "refused tamper attempt: {} ({}){target} by pid {} ({}, uid {}){}{}",
+            "refused tamper attempt: {} ({}){target} by pid {} ({}, uid {}){}",
             self.attempt,
             self.detail,
             self.caller.pid,
             escaped_bytes(&self.caller.comm_bytes()),
             self.caller.uid,
-            suppressed_note(self.suppressed_before),
-            silence_note(self.daemon_silent_seconds)
+            self.circumstances
         )
     }
 }
@@ -592,19 +572,47 @@ fn is_zero(count: &u32) -> bool {
     *count == 0
 }
 
-/// The end of a log line for a record whose repeats the kernel suppressed before it.
-fn suppressed_note(suppressed: u32) -> Cow<'static, str> {
-    if suppressed == 0 {
-        return Cow::Borrowed("");
-    }
-    format!(" ({suppressed} earlier repeats by this user were enforced without a record)").into()
+/// What the kernel noted about when it raised an event.
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Circumstances {
+    /// Records of the same user, file and operation the kernel suppressed before this one
+    /// (it sends at most `record_limit::BURST` every `record_limit::WINDOW_NS`); absent when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub suppressed_before: u32,
+    /// Seconds the daemon had been silent (no heartbeat, not stopped) when the kernel raised
+    /// this event: it was killed, frozen or starved meanwhile. Absent while it answered.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub daemon_silent_seconds: u32,
 }
 
-fn silence_note(silent_seconds: u32) -> Cow<'static, str> {
-    if silent_seconds == 0 {
-        return Cow::Borrowed("");
+impl Circumstances {
+    fn of(event: &KernelEvent) -> Self {
+        Self {
+            suppressed_before: event.suppressed,
+            daemon_silent_seconds: event.daemon_silent_secs,
+        }
     }
-    format!(" (raised while the daemon had been silent for {silent_seconds} s)").into()
+}
+
+/// The end of a log line: what the kernel noted, if anything.
+impl fmt::Display for Circumstances {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.suppressed_before != 0 {
+            write!(
+                f,
+                " ({} earlier repeats by this user were enforced without a record)",
+                self.suppressed_before
+            )?;
+        }
+        if self.daemon_silent_seconds != 0 {
+            write!(
+                f,
+                " (raised while the daemon had been silent for {} s)",
+                self.daemon_silent_seconds
+            )?;
+        }
+        Ok(())
+    }
 }
 
 fn resource_name(resource: u32) -> String {

@@ -281,7 +281,9 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
-    use crate::events::{self, Caller, Enforcement, ExecRecord, Record, TamperRecord};
+    use crate::events::{
+        self, Caller, Circumstances, Enforcement, ExecRecord, Record, TamperRecord,
+    };
 
     impl EventsFile {
         fn write_record(&mut self, record: Record) -> Result<(), Unwritten> {
@@ -472,8 +474,7 @@ mod tests {
             path_truncated: false,
             device: "254:1".to_owned(),
             inode: 42,
-            suppressed_before: 0,
-            daemon_silent_seconds: 0,
+            circumstances: Circumstances::default(),
         })
     }
 
@@ -486,8 +487,7 @@ mod tests {
             path_hex: None,
             device: "254:1".to_owned(),
             inode: 7,
-            suppressed_before: 0,
-            daemon_silent_seconds: 0,
+            circumstances: Circumstances::default(),
             caller: caller(),
         })
     }

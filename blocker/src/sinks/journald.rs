@@ -193,7 +193,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        events::{Caller, ExecRecord},
+        events::{Caller, Circumstances, ExecRecord},
         kernel::coverage::Features,
     };
 
@@ -256,8 +256,7 @@ mod tests {
             path_truncated: false,
             device: "254:1".to_owned(),
             inode: 42,
-            suppressed_before: 0,
-            daemon_silent_seconds: 0,
+            circumstances: Circumstances::default(),
         }
     }
 
