@@ -397,7 +397,7 @@ impl ExecRecord {
                 .filter(|&action| action != Action::Allow)
                 .map_or(UNKNOWN, Action::name),
             enforcement: Enforcement::of(action, Backend::from_wire(event.backend)),
-            backend: backend_name(event.backend),
+            backend: Backend::from_wire(event.backend).map_or(UNKNOWN, Backend::name),
             rule: rule.map_or_else(|| format!("#{}", event.rule_id), |rule| rule.id.clone()),
             policy: rule.map(|rule| rule.policy.clone()).unwrap_or_default(),
             reason: rule.and_then(|rule| rule.reason.clone()),
@@ -651,10 +651,6 @@ fn signal_name(signal: u32) -> String {
         _ => return format!("signal {signal}"),
     };
     format!("{name} ({signal})")
-}
-
-pub fn backend_name(value: u32) -> &'static str {
-    Backend::from_wire(value).map_or(UNKNOWN, Backend::name)
 }
 
 /// What records name a wire value this build does not know.

@@ -320,13 +320,7 @@ mod tests {
     fn created_readable_by_root_only_in_a_private_directory() {
         let temp = tempfile::tempdir().unwrap();
         let path = temp.path().join("log/blocker/events.jsonl");
-        let mut file = EventsFile::open(FileOptions {
-            path: path.clone(),
-            max_bytes: DEFAULT_MAX_BYTES,
-            keep: DEFAULT_KEEP,
-            keep_denials: DEFAULT_KEEP_DENIALS,
-        })
-        .unwrap();
+        let mut file = EventsFile::open(FileOptions::defaults(path.clone())).unwrap();
         file.write_record(reloaded(1)).unwrap();
         let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&path), 0o600);
@@ -338,12 +332,7 @@ mod tests {
     fn lines_are_the_records_json_and_appended_to_what_is_there() {
         let temp = tempfile::tempdir().unwrap();
         let path = temp.path().join("events.jsonl");
-        let options = FileOptions {
-            path: path.clone(),
-            max_bytes: DEFAULT_MAX_BYTES,
-            keep: DEFAULT_KEEP,
-            keep_denials: DEFAULT_KEEP_DENIALS,
-        };
+        let options = FileOptions::defaults(path.clone());
         let first = Emitted::new(reloaded(1));
         EventsFile::open(options.clone())
             .unwrap()
@@ -591,14 +580,9 @@ mod tests {
         let temp = tempfile::tempdir().unwrap();
         let path = temp.path().join("events.jsonl");
         std::os::unix::fs::symlink(temp.path().join("elsewhere"), &path).unwrap();
-        let error = EventsFile::open(FileOptions {
-            path: path.clone(),
-            max_bytes: DEFAULT_MAX_BYTES,
-            keep: DEFAULT_KEEP,
-            keep_denials: DEFAULT_KEEP_DENIALS,
-        })
-        .err()
-        .unwrap();
+        let error = EventsFile::open(FileOptions::defaults(path.clone()))
+            .err()
+            .unwrap();
         let message = format!("{error:#}");
         assert!(message.contains(&path.display().to_string()), "{message}");
         assert!(message.contains("--events-file"), "{message}");

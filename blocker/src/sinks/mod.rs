@@ -224,12 +224,7 @@ mod tests {
         let socket = temp.path().join("journal");
         let journal = UnixDatagram::bind(&socket).unwrap();
         let sinks = Sinks::start(&SinkOptions {
-            file: Some(FileOptions {
-                path: events_file.clone(),
-                max_bytes: DEFAULT_MAX_BYTES,
-                keep: DEFAULT_KEEP,
-                keep_denials: DEFAULT_KEEP_DENIALS,
-            }),
+            file: Some(FileOptions::defaults(events_file.clone())),
             stdout: false,
             journald_socket: Some(socket),
             log_lines: false,
