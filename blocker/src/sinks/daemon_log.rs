@@ -1,7 +1,8 @@
 //! The daemon's log lines for events: every exec and tamper record as the line people read on
 //! stderr (`journalctl -u blocker` under systemd), in the log's format and under its `RUST_LOG`
 //! filter. Written like every other sink's records, in batches by the sink's own thread, so that
-//! a stderr nobody reads (a stuck journald) never holds up the event loop.
+//! a flood of events into a stderr nobody reads (a stuck journald) does not hold up the event
+//! loop.
 
 use std::{
     io::{self, Write},
@@ -29,6 +30,8 @@ pub struct LogLines {
 }
 
 impl Sink for LogLines {
+    const WRITES_THE_LOG: bool = true;
+
     fn write(&mut self, records: &[Arc<Emitted>]) -> Result<(), Unwritten> {
         self.lines.clear();
         for emitted in records {

@@ -15,6 +15,10 @@ use crate::events::{self, Record};
 /// Somewhere records are written, on the queue's own thread. The writer hands over everything
 /// queued since its last write at once, so that a sink can write a burst with one system call.
 pub trait Sink: Send + 'static {
+    /// The sink writes the daemon's log itself: when it falls behind, the log is what is stuck,
+    /// and a warning written into it from the event loop would wait there too.
+    const WRITES_THE_LOG: bool = false;
+
     /// Writes `records` in order.
     fn write(&mut self, records: &[Arc<Emitted>]) -> Result<(), Unwritten>;
 }
@@ -47,6 +51,8 @@ struct Shared {
     /// Signalled when the writer has written every queued record.
     idle: Condvar,
     capacity: usize,
+    /// [`Sink::WRITES_THE_LOG`] of the sink.
+    writes_the_log: bool,
 }
 
 #[derive(Default)]
@@ -75,13 +81,14 @@ impl Shared {
 
 impl SinkQueue {
     /// Starts the thread writing into `sink`; at most `capacity` records wait for it.
-    pub fn start(name: &'static str, sink: impl Sink, capacity: usize) -> Self {
+    pub fn start<S: Sink>(name: &'static str, sink: S, capacity: usize) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             work: Condvar::new(),
             finished: Condvar::new(),
             idle: Condvar::new(),
             capacity,
+            writes_the_log: S::WRITES_THE_LOG,
         });
         let writer = Writer {
             name,
@@ -124,7 +131,9 @@ impl SinkQueue {
         if writer_may_wait && !fitting.is_empty() {
             self.shared.work.notify_one();
         }
-        if first_of_run {
+        // The log's own sink reports its gap when it catches up (`report_drops`), from its
+        // writer's thread.
+        if first_of_run && !self.shared.writes_the_log {
             log::warn!(
                 "the {} sink is not keeping up: its records are dropped and counted until it \
                  catches up (enforcement is not affected)",
