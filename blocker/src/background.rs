@@ -65,6 +65,7 @@ pub fn run(work: Work, inputs: Inputs) -> Done {
             };
             let mut resolution =
                 prepare::resolve(&inputs.policy, scanned.as_deref(), inputs.budget);
+            resolution.forget_matches();
             if !rescan {
                 take_in_watched(&inputs.policy, &mut resolution, &inputs.watched);
             }
@@ -79,6 +80,10 @@ pub fn run(work: Work, inputs: Inputs) -> Done {
                 Contents::Scan(&inputs.scan),
                 inputs.budget,
             )
+            .map(|mut prepared| {
+                prepared.resolution.forget_matches();
+                prepared
+            })
             .map_err(|error| format!("{error:#}")),
         ),
     }

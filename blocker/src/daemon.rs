@@ -3,6 +3,7 @@
 
 use crate::escape::escaped;
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, BTreeSet},
     ops::ControlFlow,
     path::{Path, PathBuf},
@@ -86,8 +87,11 @@ pub fn run(options: RunOptions) -> Result<()> {
     // Identity rules first: the content scan can take long, and runs in the background once
     // the programs are attached.
     let Prepared {
-        policy, resolution, ..
+        policy,
+        mut resolution,
+        ..
     } = prepare(&options.policy_dir, Contents::NotScanned, options.budget)?;
+    resolution.forget_matches();
     for header in &policy.policies {
         log::info!(
             "policy `{}` ({}) from {}",
@@ -910,9 +914,19 @@ fn check_identities(resolution: &Resolution, protected: Option<&[PathBuf]>) -> R
             protected_files.push((path, key));
         }
     }
-    // Not collected: a policy can ban a million files.
-    let banned = resolution.paths.iter().map(|(key, path)| (&**path, *key));
-    let checked = identity::check_kernel_agrees(banned.chain(protected_files))?;
+    // Not collected, and a path made only for the files opened: a policy can ban a million.
+    let banned = resolution.entries.keys().map(|key| (*key, None));
+    let protected_files = protected_files
+        .into_iter()
+        .map(|(path, key)| (key, Some(path)));
+    let files = banned.chain(protected_files).map(|(key, known)| {
+        let path_of = move || match known {
+            Some(path) => Some(Cow::Borrowed(path)),
+            None => resolution.path_of(&key).map(Cow::Owned),
+        };
+        (key, path_of)
+    });
+    let checked = identity::check_kernel_agrees(files)?;
     if checked > 0 {
         let filesystems = if checked == 1 {
             "filesystem"
@@ -1099,7 +1113,7 @@ pub(crate) fn forward(
                 resolution
                     .rule(event.rule_id)
                     .or_else(|| known.retired_rules.get(&event.rule_id)),
-                resolution.paths.get(&key).map(|path| &**path),
+                resolution.path_of(&key).as_deref(),
                 clock,
             );
             batch.push(Record::Exec(record));
@@ -1247,7 +1261,7 @@ fn unbanned_since<'a>(
 
 /// The path (escaped) and rule id of the entry for `key`, for logs.
 fn describe_entry(resolution: &Resolution, key: &FileKey) -> (String, String) {
-    let path = resolution.paths.get(key).map(|p| escaped(&**p).to_string());
+    let path = resolution.path_of(key).map(|p| escaped(&p).to_string());
     let rule = resolution
         .entries
         .get(key)

@@ -87,11 +87,9 @@ pub fn run(options: &FeedOptions) -> Result<()> {
 
 /// A denied exec of the first file the resolution bans by path, as the kernel reports it.
 fn banned_exec(resolution: &Resolution) -> Option<KernelEvent> {
-    let (key, entry) = resolution
-        .entries
-        .iter()
-        .find(|(key, _)| resolution.paths.contains_key(key))?;
-    let path = resolution.paths[key].as_os_str().as_encoded_bytes();
+    let (key, entry) = resolution.entries.iter().next()?;
+    let path = resolution.path_of(key)?;
+    let path = path.as_os_str().as_encoded_bytes();
     let mut filename = [0; FILENAME_LEN];
     let filename_len = path.len().min(FILENAME_LEN - 1);
     filename[..filename_len].copy_from_slice(&path[..filename_len]);

@@ -223,20 +223,25 @@ fn parse_fdinfo(text: &str) -> Option<KernelView> {
     })
 }
 
-/// Refuses to go on unless, for one file on each filesystem among `files` (paths with the keys
-/// they were resolved to), the key derived now equals the kernel's own view of the open file:
+/// Refuses to go on unless, for one file on each filesystem among `files` (keys the files were
+/// resolved to, with a way to a path of each, taken only for the files it opens), the key
+/// derived now equals the kernel's own view of the open file:
 /// its `i_ino` and the `s_dev` of the superblock of the mount it was opened through, as
 /// `/proc/self/fdinfo` and `/proc/self/mountinfo` show them. Needs no program loaded, so it works
 /// the same with either backend and leaves nothing behind. Returns how many filesystems it
 /// checked.
-pub fn check_kernel_agrees<'a>(
-    files: impl IntoIterator<Item = (&'a Path, FileKey)>,
+pub fn check_kernel_agrees<P: AsRef<Path>>(
+    files: impl IntoIterator<Item = (FileKey, impl FnOnce() -> Option<P>)>,
 ) -> anyhow::Result<usize> {
     let mut checked = HashSet::new();
-    for (path, key) in files {
+    for (key, path_of) in files {
         if checked.contains(&key.dev) {
             continue;
         }
+        let Some(path) = path_of() else {
+            continue;
+        };
+        let path = path.as_ref();
         // Gone or replaced since it was resolved: another file of the filesystem will do.
         let Ok(file) = open_path(path, 0) else {
             continue;
@@ -379,10 +384,11 @@ mod tests {
         let identity = FileIdentity::of_path(&path).unwrap();
         let missing = dir.path().join("missing");
         let files = [
-            (missing.as_path(), FileKey::new(1, 1)),
-            (path.as_path(), identity.key),
-            (path.as_path(), identity.key),
+            (FileKey::new(1, 1), missing.as_path()),
+            (identity.key, path.as_path()),
+            (identity.key, path.as_path()),
         ];
+        let files = files.map(|(key, path)| (key, move || Some(path)));
         assert_eq!(check_kernel_agrees(files).unwrap(), 1);
 
         let derived = kernel_key(&File::open(&path).unwrap()).unwrap();

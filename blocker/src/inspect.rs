@@ -87,17 +87,17 @@ fn print_resolution(resolution: &Resolution) {
             rule.policy
         );
         for found in resolution.matches.iter().filter(|m| m.rule_id == rule_id) {
-            let note = if is_in_force(resolution, rule_id, &found.identity) {
+            let note = if is_in_force(resolution, rule_id, &found.identity()) {
                 ""
             } else {
                 " [another rule or the protection list decides]"
             };
             println!(
                 "  {}  device {} inode {}  via {}{note}",
-                escaped(&*found.path),
-                device(&found.identity),
-                found.identity.key.ino,
-                found.via
+                escaped(&resolution.paths.path(found.path)),
+                device(&found.identity()),
+                found.key.ino,
+                resolution.via(found)
             );
         }
         for missing in resolution.unresolved.iter().filter(|u| u.rule == rule.id) {
@@ -135,13 +135,13 @@ fn resolution_json(resolution: &Resolution) -> Value {
                 .filter(|m| m.rule_id == rule_id)
                 .map(|found| {
                     let mut file = json!({
-                        "device": device(&found.identity),
-                        "inode": found.identity.key.ino,
-                        "generation": found.identity.generation,
-                        "via": found.via.to_string(),
-                        "in_force": is_in_force(resolution, rule_id, &found.identity),
+                        "device": device(&found.identity()),
+                        "inode": found.key.ino,
+                        "generation": found.generation,
+                        "via": resolution.via(found).to_string(),
+                        "in_force": is_in_force(resolution, rule_id, &found.identity()),
                     });
-                    Lossless::of(&*found.path).set_in(&mut file, "path");
+                    Lossless::of(&resolution.paths.path(found.path)).set_in(&mut file, "path");
                     file
                 })
                 .collect();
@@ -201,10 +201,10 @@ fn verdicts(policy: &Policy, resolution: &Resolution, file: &HashedFile) -> Vec<
     let mut verdicts: Vec<Verdict> = resolution
         .matches
         .iter()
-        .filter(|m| m.identity.key == file.identity.key)
+        .filter(|m| m.key == file.identity.key)
         .map(|m| Verdict {
             rule_id: m.rule_id,
-            via: (*m.via).clone(),
+            via: resolution.via(m).clone(),
         })
         .collect();
     verdicts.extend(

@@ -5,9 +5,10 @@
 use crate::escape::escaped;
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    ffi::OsStr,
     fmt,
+    os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
-    sync::Arc,
 };
 
 use blocker_common::{BanEntry, FileKey, FILELESS_RULE_ID, UNHASHABLE_RULE_ID};
@@ -20,8 +21,10 @@ use crate::{
     identity::FileIdentity,
     kernel::ExecSettings,
     lookup::{self, Problems},
+    path_table::{PathRef, PathTable},
     policy::{compile_glob, glob_base, Action, Identifiers, Policy, SettingAction},
     scan::{to_hex, HashedFile, ScanReport, ScanStats, Sha256},
+    sorted_map::SortedMap,
     sources::{self, SourceFiles, SourceRoots},
 };
 
@@ -64,16 +67,44 @@ impl fmt::Display for Via {
     }
 }
 
-/// One file a rule names.
-#[derive(Clone, Debug)]
+/// One file a rule names. Small, and with the file's identity spread out rather than a
+/// [`FileIdentity`] (whose padding would make it 8 bytes larger): a prefix can name a million.
+#[derive(Clone, Copy, Debug)]
 pub struct Match {
     pub rule_id: u32,
-    /// Shared with [`Resolution::paths`].
-    pub path: Arc<Path>,
-    pub identity: FileIdentity,
-    /// Shared by every file one identifier names: a prefix can name a million.
-    pub via: Arc<Via>,
+    /// In [`Resolution::paths`].
+    pub path: PathRef,
+    /// In [`Resolution::vias`].
+    pub via: ViaId,
+    pub key: FileKey,
+    pub generation: Option<u32>,
+    pub owner: u32,
 }
+
+impl Match {
+    fn new(rule_id: u32, path: PathRef, via: ViaId, identity: FileIdentity) -> Self {
+        Self {
+            rule_id,
+            path,
+            via,
+            key: identity.key,
+            generation: identity.generation,
+            owner: identity.owner,
+        }
+    }
+
+    pub fn identity(&self) -> FileIdentity {
+        FileIdentity {
+            key: self.key,
+            generation: self.generation,
+            owner: self.owner,
+        }
+    }
+}
+
+/// An identifier of [`Resolution::vias`]: the one every file it names shares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ViaId(u32);
 
 /// An identifier that named nothing on this machine, and why.
 #[derive(Clone, Debug)]
@@ -111,11 +142,16 @@ pub struct Resolution {
     positions: HashMap<u32, usize>,
     /// The critical files each rule's `ban_critical_files` lets it ban.
     critical_overrides: HashMap<u32, BTreeSet<FileKey>>,
-    pub entries: BTreeMap<FileKey, BanEntry>,
-    /// Every file any rule names, including those another rule's entry takes precedence over.
+    pub entries: SortedMap<FileKey, BanEntry>,
+    /// Where in `paths` each entry's file is, in the order of `entries`: for events and logs.
+    entry_paths: Vec<PathRef>,
+    /// Every file any rule names, including those another rule's entry takes precedence over;
+    /// empty once [`Resolution::forget_matches`] (the daemon needs only the entries).
     pub matches: Vec<Match>,
-    /// A path of each banned file, for logs.
-    pub paths: BTreeMap<FileKey, Arc<Path>>,
+    /// The paths of the matches.
+    pub paths: PathTable,
+    /// The identifiers through which the matches were found.
+    vias: Vec<Via>,
     /// Banned contents, for hashing in the kernel.
     pub hashes: BTreeMap<Sha256, u32>,
     pub unresolved: Vec<Unresolved>,
@@ -206,12 +242,12 @@ impl Resolution {
         if self.entries.contains_key(&key) {
             return false;
         }
-        self.matches.push(Match {
-            rule_id,
-            path: Arc::from(file.path.as_path()),
-            identity: file.identity,
-            via: Arc::new(via),
-        });
+        let Some(path) = self.paths.insert(&file.path) else {
+            return false;
+        };
+        let via = self.add_via(via);
+        self.matches
+            .push(Match::new(rule_id, path, via, file.identity));
         let found = self.matches.len() - 1;
         if !self.may_enter(found) {
             return false;
@@ -224,8 +260,39 @@ impl Resolution {
         true
     }
 
+    /// A path of the banned file `key`, for events and logs.
+    pub fn path_of(&self, key: &FileKey) -> Option<PathBuf> {
+        let index = self.entries.position(key).ok()?;
+        Some(self.paths.path(self.entry_paths[index]))
+    }
+
+    /// The banned files with a path of each, in the order of their keys; the paths are made
+    /// as the iterator gets to them.
+    pub fn banned_files(&self) -> impl Iterator<Item = (FileKey, PathBuf)> + '_ {
+        self.entries
+            .keys()
+            .zip(&self.entry_paths)
+            .map(|(key, &path)| (*key, self.paths.path(path)))
+    }
+
+    pub fn via(&self, found: &Match) -> &Via {
+        &self.vias[found.via.0 as usize]
+    }
+
+    fn add_via(&mut self, via: Via) -> ViaId {
+        let id = ViaId(u32::try_from(self.vias.len()).expect("fewer identifiers than 2^32"));
+        self.vias.push(via);
+        id
+    }
+
+    /// Drops what only `blocker resolve` and `explain` show: which files each rule named,
+    /// beyond the entries. The daemon keeps a million entries, not a million matches too.
+    pub fn forget_matches(&mut self) {
+        self.matches = Vec::new();
+    }
+
     /// The kernel's content ban map: each banned SHA-256 with its rule and action.
-    pub fn content_bans(&self) -> BTreeMap<Sha256, BanEntry> {
+    pub fn content_bans(&self) -> SortedMap<Sha256, BanEntry> {
         self.hashes
             .iter()
             .map(|(hash, &rule_id)| {
@@ -392,11 +459,12 @@ const MAX_WALK_THREADS: usize = 4;
 /// One walk thread's findings: the executable candidates `wanted` accepts, identified.
 struct Candidates<'a, F> {
     rule_id: u32,
-    via: &'a Arc<Via>,
+    via: ViaId,
     wanted: &'a F,
     /// Candidates met, whether or not they could be identified.
     seen: usize,
     matches: Vec<Match>,
+    paths: PathTable,
 }
 
 impl<F: Fn(&Path) -> bool + Sync> Visitor for Candidates<'_, F> {
@@ -405,14 +473,20 @@ impl<F: Fn(&Path) -> bool + Sync> Visitor for Candidates<'_, F> {
             return;
         }
         self.seen += 1;
-        match FileIdentity::of_walked(&file) {
-            Ok(identity) => self.matches.push(Match {
-                rule_id: self.rule_id,
-                path: Arc::from(file.path),
-                identity,
-                via: Arc::clone(self.via),
-            }),
-            Err(error) => problems.failed(&file.path, error),
+        let identity = match FileIdentity::of_walked(&file) {
+            Ok(identity) => identity,
+            Err(error) => return problems.failed(&file.path, error),
+        };
+        let directory = file.path.parent().unwrap_or(Path::new("/"));
+        let name = OsStr::from_bytes(file.name.to_bytes());
+        match self.paths.insert_in(directory, name) {
+            Some(path) => self
+                .matches
+                .push(Match::new(self.rule_id, path, self.via, identity)),
+            None => problems.push(format!(
+                "{}: more file names than blocker keeps; not banned",
+                escaped(&file.path)
+            )),
         }
     }
 }
@@ -434,7 +508,10 @@ impl Found<'_> {
         for path in &identifiers.paths {
             let via = Via::Path(path.clone());
             match FileIdentity::of_path(path) {
-                Ok(identity) => self.add(path.clone(), identity, &Arc::new(via)),
+                Ok(identity) => {
+                    let via = self.resolution.add_via(via);
+                    self.add(path, identity, via);
+                }
                 Err(error) if lookup::shows_gone(&error) => self.unresolved(via, error.to_string()),
                 Err(error) => self.undecided(via, format!("{}: {error}", escaped(path))),
             }
@@ -489,15 +566,17 @@ impl Found<'_> {
                     "no file under the scan roots has this content".to_owned(),
                 );
             }
-            let via = Arc::new(Via::Sha256(*hash));
+            let via = self.resolution.add_via(Via::Sha256(*hash));
             for file in files {
-                self.add(file.path.clone(), file.identity, &via);
+                self.add(&file.path, file.identity, via);
             }
         }
         for appimage in &identifiers.appimage {
             let matcher = compile_glob(&appimage.name).expect("validated by the policy parser");
             let before = self.resolution.matches.len();
-            let via = Arc::new(Via::AppImage(appimage.name.clone()));
+            let via = self
+                .resolution
+                .add_via(Via::AppImage(appimage.name.clone()));
             for file in by_content.values().flatten() {
                 let name_matches = file
                     .path
@@ -506,7 +585,7 @@ impl Found<'_> {
                 if name_matches
                     && (appimage.sha256.is_empty() || appimage.sha256.contains(&file.sha256))
                 {
-                    self.add(file.path.clone(), file.identity, &via);
+                    self.add(&file.path, file.identity, via);
                 }
             }
             if self.resolution.matches.len() == before {
@@ -525,15 +604,16 @@ impl Found<'_> {
     /// walk listed, whatever happens to its path meanwhile; the walk's problems count as for
     /// [`Found::add_all`].
     fn add_walked(&mut self, root: &Path, wanted: impl Fn(&Path) -> bool + Sync, via: Via) {
-        let via = Arc::new(via);
+        let via_id = self.resolution.add_via(via.clone());
         let threads = std::thread::available_parallelism().map_or(1, usize::from);
         let mut visitors: Vec<_> = (0..threads.min(MAX_WALK_THREADS))
             .map(|_| Candidates {
                 rule_id: self.rule_id,
-                via: &via,
+                via: via_id,
                 wanted: &wanted,
                 seen: 0,
                 matches: Vec::new(),
+                paths: PathTable::default(),
             })
             .collect();
         let mut problems = Problems::default();
@@ -543,7 +623,19 @@ impl Found<'_> {
         let mut candidates = 0;
         for visitor in visitors {
             candidates += visitor.seen;
-            self.resolution.matches.extend(visitor.matches);
+            let Some(rebase) = self.resolution.paths.absorb(visitor.paths) else {
+                problems.push(format!(
+                    "{}: more file names than blocker keeps; files below it not banned",
+                    escaped(root)
+                ));
+                continue;
+            };
+            self.resolution
+                .matches
+                .extend(visitor.matches.into_iter().map(|found| Match {
+                    path: rebase(found.path),
+                    ..found
+                }));
         }
         if candidates > 0 {
             self.settle(problems, &via, true);
@@ -560,12 +652,12 @@ impl Found<'_> {
         if let Some(entry) = root_file {
             found.add(entry.path, &entry.status);
         }
-        self.add_all(found, &via);
+        self.add_all(found, via);
     }
 
     fn add_source(&mut self, source: Result<SourceFiles, String>, via: Via) {
         match source {
-            Ok(found) => self.add_all(found, &Arc::new(via)),
+            Ok(found) => self.add_all(found, via),
             Err(reason) => self.unresolved(via, reason),
         }
     }
@@ -575,12 +667,13 @@ impl Found<'_> {
     /// the inode seen when it was found: in a tree a user can write to, a file or directory
     /// swapped for a symlink since must not get another file banned. Nothing found is only
     /// "unresolved" when every lookup decided.
-    fn add_all(&mut self, mut found: SourceFiles, via: &Arc<Via>) {
+    fn add_all(&mut self, mut found: SourceFiles, via: Via) {
         self.settle(
             std::mem::take(&mut found.problems),
-            via,
+            &via,
             !found.files.is_empty(),
         );
+        let via_id = self.resolution.add_via(via.clone());
         for path in found.files {
             let looked_up = match found.identified.get(&path) {
                 // Identified through the walk's own descriptors: the very inode it listed.
@@ -596,7 +689,7 @@ impl Found<'_> {
                     continue;
                 }
                 Err(error) => {
-                    self.undecided((**via).clone(), format!("{}: {error}", escaped(&path)));
+                    self.undecided(via.clone(), format!("{}: {error}", escaped(&path)));
                     continue;
                 }
             };
@@ -612,7 +705,7 @@ impl Found<'_> {
                 self.resolution.warnings.push(warning);
                 continue;
             }
-            self.add(path, identity, via);
+            self.add(&path, identity, via_id);
         }
     }
 
@@ -629,13 +722,18 @@ impl Found<'_> {
         }
     }
 
-    fn add(&mut self, path: PathBuf, identity: FileIdentity, via: &Arc<Via>) {
-        self.resolution.matches.push(Match {
-            rule_id: self.rule_id,
-            path: Arc::from(path),
-            identity,
-            via: Arc::clone(via),
-        });
+    fn add(&mut self, path: &Path, identity: FileIdentity, via: ViaId) {
+        match self.resolution.paths.insert(path) {
+            Some(path) => {
+                self.resolution
+                    .matches
+                    .push(Match::new(self.rule_id, path, via, identity))
+            }
+            None => self.resolution.warnings.push(format!(
+                "{}: more file names than blocker keeps; not banned",
+                escaped(path)
+            )),
+        }
     }
 
     fn unresolved(&mut self, via: Via, reason: String) {
@@ -683,10 +781,13 @@ impl Resolution {
                 continue;
             }
             let action = self.own_rule(entry.rule_id).action.kernel_value();
-            self.entries.insert(*key, BanEntry { action, ..*entry });
-            if let Some(path) = installed.paths.get(key) {
-                self.paths.insert(*key, path.clone());
-            }
+            let Some(path) = installed
+                .path_of(key)
+                .and_then(|path| self.paths.insert(&path))
+            else {
+                continue;
+            };
+            self.insert_entry(*key, BanEntry { action, ..*entry }, path);
             self.kept += 1;
         }
         self.kept
@@ -695,55 +796,70 @@ impl Resolution {
     /// One entry per file: deny over audit, then the earliest rule; protected files never.
     /// Then as many as the budget takes, the most important first (see [`crate::budget`]).
     fn choose_entries(&mut self) {
-        // Indices of matches rather than a map by file: a policy can name a million files.
-        let mut chosen: Vec<usize> = (0..self.matches.len())
+        // Numbers of matches rather than a map by file: a policy can name a million files.
+        let mut chosen: Vec<u32> = (0..self.matches.len())
             .filter(|&found| self.may_enter(found))
+            .map(|found| u32::try_from(found).expect("fewer matches than 2^32"))
             .collect();
-        let key = |found: usize| self.matches[found].identity.key;
+        let found = |number: u32| &self.matches[number as usize];
         // For each file, the strongest match first, the earliest among equals.
         chosen.sort_unstable_by(|&a, &b| {
-            key(a).cmp(&key(b)).then_with(|| {
-                let precedence = |found: usize| self.precedence(self.matches[found].rule_id);
+            found(a).key.cmp(&found(b).key).then_with(|| {
+                let precedence = |number: u32| self.precedence(found(number).rule_id);
                 precedence(a).cmp(&precedence(b)).then(a.cmp(&b))
             })
         });
-        chosen.dedup_by_key(|found| key(*found));
-        let importance = |found: usize| {
-            let found_match = &self.matches[found];
-            let by_name_only = !matches!(*found_match.via, Via::Sha256(_));
+        chosen.dedup_by_key(|number| found(*number).key);
+        let importance = |number: u32| {
+            let by_name_only = !matches!(self.via(found(number)), Via::Sha256(_));
             (
-                self.standing(found_match),
+                self.standing(found(number)),
                 by_name_only,
-                found_match.identity.key,
+                found(number).key,
             )
         };
-        chosen.sort_unstable_by_key(|&found| importance(found));
-        for found in chosen {
-            if self.spending.admit(self.standing(&self.matches[found])) {
-                self.enter(found);
-            }
-        }
+        chosen.sort_unstable_by_key(|&number| importance(number));
+        let spending = &mut self.spending;
+        let matches = &self.matches;
+        let vias = &self.vias;
+        chosen.retain(|&number| {
+            let found = &matches[number as usize];
+            spending.admit(Standing::of(&vias[found.via.0 as usize], found.owner))
+        });
+        chosen.sort_unstable_by_key(|&number| found(number).key);
+        self.entry_paths = chosen.iter().map(|&number| found(number).path).collect();
+        self.entries = SortedMap::from_sorted(
+            chosen
+                .iter()
+                .map(|&number| {
+                    let found = found(number);
+                    let action = self.own_rule(found.rule_id).action.kernel_value();
+                    (found.key, found.identity().ban_entry(found.rule_id, action))
+                })
+                .collect(),
+        );
     }
 
     /// Whether match `found` may be banned: not a critical file, unless its rule's
     /// `ban_critical_files` names it. Records the refusal otherwise.
     fn may_enter(&mut self, found: usize) -> bool {
-        let found = &self.matches[found];
-        let Some(file) = self.critical.get(&found.identity.key) else {
+        let found = self.matches[found];
+        let Some(file) = self.critical.get(&found.key) else {
             return true;
         };
         if self.may_ban_critical(found.rule_id, file) {
             return true;
         }
         let rule = self.own_rule(found.rule_id).id.clone();
+        let path = self.paths.path(found.path);
         if !self
             .protected
             .iter()
-            .any(|p| *p.path == *found.path && p.rule == rule)
+            .any(|p| p.path == path && p.rule == rule)
         {
             self.protected.push(Protected {
                 rule,
-                path: found.path.to_path_buf(),
+                path,
                 why: file.why,
             });
         }
@@ -751,21 +867,24 @@ impl Resolution {
     }
 
     fn standing(&self, found: &Match) -> Standing {
-        Standing::of(&found.via, found.identity.owner)
+        Standing::of(self.via(found), found.owner)
     }
 
     /// Puts match `found` in the map.
     fn enter(&mut self, found: usize) {
-        let found = &self.matches[found];
-        let action = self.own_rule(found.rule_id).action;
-        let key = found.identity.key;
-        self.entries.insert(
-            key,
-            found
-                .identity
-                .ban_entry(found.rule_id, action.kernel_value()),
-        );
-        self.paths.insert(key, found.path.clone());
+        let found = self.matches[found];
+        let action = self.own_rule(found.rule_id).action.kernel_value();
+        let entry = found.identity().ban_entry(found.rule_id, action);
+        self.insert_entry(found.key, entry, found.path);
+    }
+
+    fn insert_entry(&mut self, key: FileKey, entry: BanEntry, path: PathRef) {
+        let (index, replaced) = self.entries.insert(key, entry);
+        if replaced.is_some() {
+            self.entry_paths[index] = path;
+        } else {
+            self.entry_paths.insert(index, path);
+        }
     }
 }
 
@@ -889,11 +1008,7 @@ mod tests {
     }
 
     fn banned_paths(resolution: &Resolution) -> Vec<PathBuf> {
-        resolution
-            .paths
-            .values()
-            .map(|path| path.to_path_buf())
-            .collect()
+        resolution.banned_files().map(|(_, path)| path).collect()
     }
 
     #[test]
@@ -984,7 +1099,7 @@ mod tests {
         assert_eq!(key.ino, undecided_key);
         assert_eq!(entry.rule_id, rule_id);
         assert_eq!(entry.action, blocker_common::Action::Audit.wire());
-        assert_eq!(*fresh.paths[key], *undecided_file);
+        assert_eq!(fresh.path_of(key).unwrap(), undecided_file);
 
         // A decided resolution keeps nothing.
         let mut decided = resolve_rules(rules(Action::Deny), None);
@@ -1289,7 +1404,7 @@ mod tests {
             rule: "r",
             resolution: &mut resolution,
         }
-        .add_all(found, &Arc::new(Via::PathPrefix(PathBuf::from("/"))));
+        .add_all(found, Via::PathPrefix(PathBuf::from("/")));
         resolution
     }
 

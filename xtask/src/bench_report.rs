@@ -33,6 +33,8 @@ const KERNEL_COST_FIGURES: [(&str, &[(&str, &str)]); 2] = [
 ];
 /// Records per CPU second the event pipeline must carry.
 const PIPELINE_PER_CORE: f64 = 200_000.0;
+/// Bytes of the daemon's memory each of a million ban-map entries may take.
+const BYTES_PER_ENTRY: f64 = 100.0;
 
 /// The record a driver line carries, wherever the marker sits in it (the VM's console may
 /// prefix it).
@@ -236,6 +238,18 @@ impl Report {
             target: "1M entries resolved and loaded in ≤ 1 s".to_owned(),
             measured: load.describe(seconds),
             verdict: Verdict::judge(load.low <= 1.0, load.high <= 1.0),
+        });
+        let memory = self.estimate("load.host.rss-per-entry")?;
+        results.push(TargetResult {
+            target: format!(
+                "1M entries take ≤ {} bytes each in the daemon",
+                significant(BYTES_PER_ENTRY)
+            ),
+            measured: memory.describe(|bytes| format!("{} B", significant(bytes))),
+            verdict: Verdict::judge(
+                memory.low <= BYTES_PER_ENTRY,
+                memory.high <= BYTES_PER_ENTRY,
+            ),
         });
         let check = self.estimate("check.host.total")?;
         results.push(TargetResult {
@@ -555,6 +569,12 @@ mod tests {
             None,
         ));
         records.push(figure("load.host.total", "host", (2.4, 2.5, 2.6), None));
+        records.push(figure(
+            "load.host.rss-per-entry",
+            "host",
+            (80.0, 85.0, 90.0),
+            None,
+        ));
         records.push(figure("check.host.total", "host", (0.6, 0.7, 0.8), None));
         records.push(figure("scan.host.cold", "host", one, Some((1.4, 1.5, 1.6))));
         records.push(figure(
@@ -605,6 +625,7 @@ mod tests {
                     Verdict::Met
                 ),
                 ("2.500 s (2.400 s to 2.600 s)", Verdict::Missed),
+                ("85.0 B (80.0 B to 90.0 B)", Verdict::Met),
                 ("0.700 s (0.600 s to 0.800 s)", Verdict::Met),
                 ("1.500× (1.400× to 1.600×)", Verdict::Missed),
                 ("2.500× (2.400× to 2.600×)", Verdict::Met),

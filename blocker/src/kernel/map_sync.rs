@@ -6,7 +6,6 @@
 //! parallel (a hash map locks per bucket).
 
 use std::{
-    collections::BTreeMap,
     io,
     os::fd::{AsFd, AsRawFd, BorrowedFd},
 };
@@ -22,6 +21,7 @@ use super::{
     syscall::{sys_bpf, zeroed_attr},
     ApplyStats,
 };
+use crate::sorted_map::SortedMap;
 
 /// Entries one `BPF_MAP_UPDATE_BATCH` call carries: large enough that the calls cost little
 /// next to the kernel's own work per entry, small enough that the buffers stay small.
@@ -128,8 +128,8 @@ impl<K: Pod, V: Pod> MapWrites<K, V> for KernelHashMap<'_> {
 /// [`sync_map`] on the kernel hash map `map`.
 pub fn sync_kernel_map<K: Pod + Ord + Sync, V: Pod + PartialEq + Sync>(
     map: &Map,
-    installed: &mut BTreeMap<K, V>,
-    wanted: &BTreeMap<K, V>,
+    installed: &mut SortedMap<K, V>,
+    wanted: &SortedMap<K, V>,
 ) -> Result<ApplyStats> {
     sync_map(&KernelHashMap::of::<K, V>(map)?, installed, wanted)
 }
@@ -139,8 +139,8 @@ pub fn sync_kernel_map<K: Pod + Ord + Sync, V: Pod + PartialEq + Sync>(
 /// the kernel refuses an entry, every change is undone and the previous contents stay whole.
 pub fn sync_map<K: Pod + Ord + Sync, V: Pod + PartialEq + Sync>(
     map: &impl MapWrites<K, V>,
-    installed: &mut BTreeMap<K, V>,
-    wanted: &BTreeMap<K, V>,
+    installed: &mut SortedMap<K, V>,
+    wanted: &SortedMap<K, V>,
 ) -> Result<ApplyStats> {
     let mut stats = ApplyStats::default();
     for (key, value) in wanted {
@@ -157,7 +157,7 @@ pub fn sync_map<K: Pod + Ord + Sync, V: Pod + PartialEq + Sync>(
         .min(changes / CHANGES_PER_THREAD)
         .max(1);
     let per_thread = changes.div_ceil(threads).max(1);
-    let before: &BTreeMap<K, V> = installed;
+    let before: &SortedMap<K, V> = installed;
     // Part `part` of the changes, in order: each thread writes one.
     let part = |part: usize| {
         wanted
@@ -296,13 +296,13 @@ mod tests {
         unsafe { OwnedFd::from_raw_fd(fd as i32) }
     }
 
-    fn contents(fd: &OwnedFd) -> BTreeMap<FileKey, BanEntry> {
+    fn contents(fd: &OwnedFd) -> SortedMap<FileKey, BanEntry> {
         let data = MapData::from_fd(fd.try_clone().unwrap()).unwrap();
         let map = HashMap::<MapData, FileKey, BanEntry>::try_from(Map::HashMap(data)).unwrap();
         map.iter().map(Result::unwrap).collect()
     }
 
-    fn entries(inodes: std::ops::Range<u64>, rule_id: u32) -> BTreeMap<FileKey, BanEntry> {
+    fn entries(inodes: std::ops::Range<u64>, rule_id: u32) -> SortedMap<FileKey, BanEntry> {
         inodes
             .map(|ino| {
                 let entry = BanEntry {
@@ -345,7 +345,7 @@ mod tests {
     #[test]
     fn batches_fill_change_and_empty_the_map() {
         let fd = kernel_map(40_000);
-        let mut installed = BTreeMap::new();
+        let mut installed = SortedMap::default();
         // Enough for several threads, where the machine has several CPUs.
         let first = entries(0..30_000, 1);
         let stats = sync_map(&kernel_hash_map(&fd), &mut installed, &first).unwrap();
@@ -366,7 +366,7 @@ mod tests {
         assert_eq!(contents(&fd), second);
         assert_eq!(installed, second);
 
-        sync_map(&kernel_hash_map(&fd), &mut installed, &BTreeMap::new()).unwrap();
+        sync_map(&kernel_hash_map(&fd), &mut installed, &SortedMap::default()).unwrap();
         assert!(contents(&fd).is_empty());
     }
 
@@ -377,7 +377,7 @@ mod tests {
             map: kernel_hash_map(&fd),
             batch_calls: AtomicUsize::new(0),
         };
-        let mut installed = BTreeMap::new();
+        let mut installed = SortedMap::default();
         // Few enough for one thread.
         let wanted = entries(0..10_000, 1);
         let stats = sync_map(&map, &mut installed, &wanted).unwrap();
@@ -393,7 +393,7 @@ mod tests {
     #[test]
     fn an_entry_the_kernel_refuses_undoes_every_change() {
         let fd = kernel_map(BATCH_ENTRIES as u32 + 10);
-        let mut installed = BTreeMap::new();
+        let mut installed = SortedMap::default();
         let before = entries(0..5, 1);
         sync_map(&kernel_hash_map(&fd), &mut installed, &before).unwrap();
 
@@ -415,7 +415,7 @@ mod tests {
     #[test]
     fn an_entry_refused_while_threads_fill_the_map_undoes_every_change() {
         let fd = kernel_map(20_000);
-        let mut installed = BTreeMap::new();
+        let mut installed = SortedMap::default();
         let before = entries(0..5, 1);
         sync_map(&kernel_hash_map(&fd), &mut installed, &before).unwrap();
 

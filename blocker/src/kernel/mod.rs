@@ -37,7 +37,7 @@ use self::{
     hooks::HookLayout,
     map_sync::sync_kernel_map,
 };
-use crate::escape::escaped;
+use crate::{escape::escaped, sorted_map::SortedMap};
 
 /// How long to wait for the kernel to detach programs whose last link reference is gone.
 pub const DETACH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -105,8 +105,8 @@ const USERSPACE_MAPS: [&str; 10] = [
 
 /// What the kernel enforces: the entries of the ban maps and the policy-wide settings.
 pub struct KernelPolicy<'a> {
-    pub entries: &'a BTreeMap<FileKey, BanEntry>,
-    pub content_bans: &'a BTreeMap<ContentHash, BanEntry>,
+    pub entries: &'a SortedMap<FileKey, BanEntry>,
+    pub content_bans: &'a SortedMap<ContentHash, BanEntry>,
     pub settings: ExecSettings,
 }
 
@@ -135,8 +135,8 @@ pub struct Enforcer {
     features: Features,
     /// Where this kernel's hooks take the arguments the programs read; `None` when adopted.
     hook_layout: Option<HookLayout>,
-    installed: BTreeMap<FileKey, BanEntry>,
-    installed_content: BTreeMap<ContentHash, BanEntry>,
+    installed: SortedMap<FileKey, BanEntry>,
+    installed_content: SortedMap<ContentHash, BanEntry>,
     policy_generation: u32,
     /// Where the programs are pinned, when they are.
     pinned: Option<PathBuf>,
@@ -297,8 +297,8 @@ impl Enforcer {
             backend_reason: String::new(),
             features: Features::kill_backend(),
             hook_layout: Some(hook_layout),
-            installed: BTreeMap::new(),
-            installed_content: BTreeMap::new(),
+            installed: SortedMap::default(),
+            installed_content: SortedMap::default(),
             policy_generation: 0,
             pinned: None,
             protected: BTreeMap::new(),
@@ -363,8 +363,8 @@ impl Enforcer {
             ),
             features,
             hook_layout: None,
-            installed: BTreeMap::new(),
-            installed_content: BTreeMap::new(),
+            installed: SortedMap::default(),
+            installed_content: SortedMap::default(),
             policy_generation: 0,
             pinned: Some(dir.to_owned()),
             protected: BTreeMap::new(),
@@ -613,7 +613,7 @@ impl Enforcer {
     }
 
     /// Makes the kernel's ban map equal to `entries`; see [`map_sync::sync_map`].
-    pub fn apply(&mut self, entries: &BTreeMap<FileKey, BanEntry>) -> Result<ApplyStats> {
+    pub fn apply(&mut self, entries: &SortedMap<FileKey, BanEntry>) -> Result<ApplyStats> {
         let map = self.maps.get(names::BANNED_FILES_MAP).expect("loaded");
         sync_kernel_map(map, &mut self.installed, entries).context("updating the banned files")
     }
@@ -624,7 +624,7 @@ impl Enforcer {
     /// see a half-updated map, but its verdict is filed under the old generation and never used.
     pub fn apply_content_bans(
         &mut self,
-        bans: &BTreeMap<ContentHash, BanEntry>,
+        bans: &SortedMap<ContentHash, BanEntry>,
     ) -> Result<ApplyStats> {
         // The kernel hashes only while the flag says bans exist: raised before the first ban
         // goes in, lowered after the last one left, so no exec skips a ban in force.
@@ -722,14 +722,11 @@ impl Enforcer {
 }
 
 /// The whole contents of a kernel hash map.
-fn read_map<K: Pod + Ord, V: Pod>(map: &mut Map) -> Result<BTreeMap<K, V>> {
+fn read_map<K: Pod + Ord, V: Pod>(map: &mut Map) -> Result<SortedMap<K, V>> {
     let map: HashMap<&mut MapData, K, V> = HashMap::try_from(map)?;
-    let mut contents = BTreeMap::new();
-    for item in map.iter() {
-        let (key, value) = item.context("reading a pinned map")?;
-        contents.insert(key, value);
-    }
-    Ok(contents)
+    map.iter()
+        .map(|item| item.context("reading a pinned map"))
+        .collect()
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -14,6 +14,7 @@ use super::{coverage::State, map_sync::sync_kernel_map, pins, Enforcer};
 use crate::{
     cgroups,
     identity::{self, FileIdentity},
+    sorted_map::SortedMap,
 };
 
 impl Enforcer {
@@ -93,17 +94,18 @@ impl Enforcer {
                 objects.insert(BpfObject::Map.key(map), 0);
             }
         }
-        let (mut installed_inodes, mut installed_objects) = (BTreeMap::new(), BTreeMap::new());
+        let (mut installed_inodes, mut installed_objects) =
+            (SortedMap::default(), SortedMap::default());
         sync_kernel_map(
             self.map_mut(names::PROTECTED_INODES_MAP)?,
             &mut installed_inodes,
-            &inodes,
+            &inodes.into_iter().collect(),
         )
         .context("filling the protected inodes")?;
         sync_kernel_map(
             self.map_mut(names::PROTECTED_BPF_OBJECTS_MAP)?,
             &mut installed_objects,
-            &objects,
+            &objects.into_iter().collect(),
         )
         .context("filling the protected BPF objects")?;
         self.set_protection(Protection {

@@ -54,6 +54,10 @@ pub fn measure(environment: Environment, run: &PolicyLoadRun) -> Result<Vec<Figu
         )?);
     }
     let entries = run.entries;
+    let above_small = |sample: &Sample| {
+        (sample.peak_resident_mib - small.peak_resident_mib) * f64::from(1 << 20) / entries as f64
+    };
+    let bytes_per_entry: Vec<f64> = samples.iter().map(above_small).collect();
     let column = |value: fn(&Sample) -> f64| samples.iter().map(value).collect::<Vec<_>>();
     let figure = |key: &str,
                   name: &str,
@@ -106,6 +110,17 @@ pub fn measure(environment: Environment, run: &PolicyLoadRun) -> Result<Vec<Figu
             column(|s| s.peak_resident_mib),
             format!(
                 "{starts}; VmHWM once enforcing (with a 10-entry policy: {:.1} MiB)",
+                small.peak_resident_mib
+            ),
+        )?,
+        figure(
+            "rss-per-entry",
+            "daemon peak resident memory per entry",
+            "B",
+            bytes_per_entry,
+            format!(
+                "{starts}; VmHWM above that of a daemon enforcing a 10-entry policy ({:.1} MiB), \
+                 divided by the entries",
                 small.peak_resident_mib
             ),
         )?,
