@@ -145,6 +145,27 @@ pub fn peak_resident_bytes(pid: u32) -> Result<u64> {
         .with_context(|| format!("{path} has no VmHWM line"))
 }
 
+/// CPU time process `pid` (all its threads) has spent in the kernel, in seconds
+/// (`/proc/PID/stat`'s `stime`).
+pub fn system_cpu_seconds(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The fields after the command, which is in parentheses and may hold anything.
+    let after_command = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .with_context(|| format!("{path} has no command field"))?;
+    // `stime` is field 15 of the whole line: the 13th after the command.
+    let ticks: u64 = after_command
+        .split_whitespace()
+        .nth(12)
+        .and_then(|field| field.parse().ok())
+        .with_context(|| format!("{path} has no stime field"))?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Ok(ticks as f64 / ticks_per_second.max(1) as f64)
+}
+
 /// Kernel memory charged for the BPF maps process `pid` holds (the `memlock` of each map
 /// descriptor in `/proc/PID/fdinfo`), in bytes.
 pub fn bpf_map_bytes(pid: u32) -> Result<u64> {

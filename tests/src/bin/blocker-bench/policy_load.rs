@@ -6,7 +6,7 @@ use std::{path::Path, time::Duration};
 use anyhow::{bail, Result};
 
 use crate::{
-    daemon::{bpf_map_bytes, peak_resident_bytes, Daemon},
+    daemon::{bpf_map_bytes, peak_resident_bytes, system_cpu_seconds, Daemon},
     figure::{progress, Environment, Figure, Summary},
 };
 
@@ -25,6 +25,7 @@ struct Sample {
     until_enforcing: f64,
     resolve: f64,
     load: f64,
+    system_cpu: f64,
     peak_resident_mib: f64,
     map_mib: f64,
 }
@@ -104,6 +105,19 @@ pub fn measure(environment: Environment, run: &PolicyLoadRun) -> Result<Vec<Figu
             format!("{starts}; as the daemon logs it"),
         )?,
         figure(
+            "system-cpu",
+            "CPU time in the kernel until enforcing",
+            "s",
+            column(|s| s.system_cpu),
+            format!(
+                "{starts}; the daemon's system time at its `started` record (every thread): \
+                 the kernel's own work of listing, opening and identifying the files and \
+                 inserting the entries, which the start cannot take less than this divided by \
+                 the {} CPUs",
+                std::thread::available_parallelism().map_or(1, usize::from)
+            ),
+        )?,
+        figure(
             "rss",
             "daemon peak resident memory",
             "MiB",
@@ -158,6 +172,7 @@ fn sample(
         until_enforcing: startup.until_enforcing.as_secs_f64(),
         resolve: startup.resolve.as_secs_f64(),
         load: startup.load.as_secs_f64(),
+        system_cpu: system_cpu_seconds(daemon.pid())?,
         peak_resident_mib: mib(peak_resident_bytes(daemon.pid())?),
         map_mib: mib(bpf_map_bytes(daemon.pid())?),
     };
