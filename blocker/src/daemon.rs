@@ -40,7 +40,7 @@ use crate::{
         BackendChoice, Enforcer, KernelCounters, KernelPolicy,
     },
     listed::{log_listed, Tally, LISTED_LINES},
-    pidfd,
+    log_lines, pidfd,
     policy::{Action, Policy},
     prepare::{prepare, Contents, Prepared},
     reload::{PolicyDirWatcher, QUIET_BEFORE_RELOAD},
@@ -83,6 +83,8 @@ pub fn run(options: RunOptions) -> Result<()> {
     if options.protect && options.backend == BackendChoice::Kill {
         bail!("--protect needs the lsm backend: only LSM programs can refuse tampering");
     }
+    // The event loop logs; a stderr nobody reads must not hold it up.
+    log_lines::write_behind();
     let resolving = std::time::Instant::now();
     // Identity rules first: the content scan can take long, and runs in the background once
     // the programs are attached.

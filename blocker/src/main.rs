@@ -375,6 +375,8 @@ fn main() -> ExitCode {
         })
         .map(|()| ExitCode::SUCCESS),
     };
+    // What the daemon's log thread still holds (see log_lines::write_behind).
+    log::logger().flush();
     result.unwrap_or_else(|error| {
         // Messages may span lines (every problem of a policy, one a line); within a line,
         // nothing may act on the terminal.

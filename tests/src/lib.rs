@@ -8,7 +8,7 @@ use std::{
     io::{BufRead, BufReader},
     os::unix::{fs::MetadataExt, process::CommandExt},
     path::{Path, PathBuf},
-    process::{Child, ChildStdout, Command, ExitStatus, Stdio},
+    process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio},
     sync::{
         atomic::{AtomicUsize, Ordering},
         mpsc::{self, Receiver, RecvTimeoutError, Sender},
@@ -229,20 +229,22 @@ enum Output {
     Log(String),
 }
 
-/// What a test does with the daemon's stdout.
+/// What a test does with one of the daemon's output pipes (its records on stdout, its log on
+/// stderr).
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum StdoutReader {
-    /// Records are read as they come (`wait_for_record`).
+pub enum PipeReader {
+    /// Read as it comes (`wait_for_record`, `wait_for_log`).
     Reading,
-    /// The pipe stays open and nobody reads it, like a stuck log shipper, until
-    /// [`Daemon::read_stdout`].
+    /// The pipe stays open and nobody reads it, like a stuck log shipper or journald, until
+    /// [`Daemon::read_stdout`] or [`Daemon::read_stderr`].
     NotReading,
 }
 
 /// How a daemon is spawned: as tests want it by default, or as the bench does.
 #[derive(Clone, Copy)]
 pub struct SpawnOptions {
-    pub stdout: StdoutReader,
+    pub stdout: PipeReader,
+    pub stderr: PipeReader,
     /// Copy its log lines to this process's stderr, prefixed (tests show them on failure; the
     /// bench's exec storms would drown its own output).
     pub echo_log: bool,
@@ -253,7 +255,8 @@ pub struct SpawnOptions {
 impl Default for SpawnOptions {
     fn default() -> Self {
         Self {
-            stdout: StdoutReader::Reading,
+            stdout: PipeReader::Reading,
+            stderr: PipeReader::Reading,
             echo_log: true,
             lifetime: DAEMON_LIFETIME_LIMIT,
         }
@@ -267,8 +270,10 @@ type Arrived = (Instant, Output);
 pub struct Daemon {
     child: Child,
     output: Receiver<Arrived>,
-    /// Set while [`StdoutReader::NotReading`]: the pipe and where its records will go.
+    /// Set while [`PipeReader::NotReading`]: the pipe and where its records will go.
     unread_stdout: Option<(ChildStdout, Sender<Arrived>)>,
+    /// Likewise for stderr, and whether to echo its lines.
+    unread_stderr: Option<(ChildStderr, Sender<Arrived>, bool)>,
     events_file: PathBuf,
     /// Everything received, for diagnostics.
     pub records: Vec<Value>,
@@ -292,15 +297,11 @@ impl Daemon {
     /// daemon writes its status document to a file of its own, never the host's
     /// /run/blocker/status.json.
     pub fn spawn(policy_dir: &Path, args: &[&str]) -> Result<Self> {
-        Self::spawn_with(policy_dir, args, StdoutReader::Reading)
+        Self::spawn_with(policy_dir, args, SpawnOptions::default())
     }
 
-    /// Like [`Daemon::spawn`], with a choice of reading stdout.
-    pub fn spawn_with(policy_dir: &Path, args: &[&str], stdout: StdoutReader) -> Result<Self> {
-        let options = SpawnOptions {
-            stdout,
-            ..SpawnOptions::default()
-        };
+    /// Like [`Daemon::spawn`], with a choice of reading its pipes.
+    pub fn spawn_with(policy_dir: &Path, args: &[&str], options: SpawnOptions) -> Result<Self> {
         if args.contains(&"--status-file") {
             return Self::spawn_program(&blocker_bin(), policy_dir, args, options);
         }
@@ -367,21 +368,15 @@ impl Daemon {
         let child_stdout = child.stdout.take().expect("piped");
         let mut unread_stdout = None;
         match options.stdout {
-            StdoutReader::Reading => read_records(child_stdout, sender.clone()),
-            StdoutReader::NotReading => unread_stdout = Some((child_stdout, sender.clone())),
+            PipeReader::Reading => read_records(child_stdout, sender.clone()),
+            PipeReader::NotReading => unread_stdout = Some((child_stdout, sender.clone())),
         }
         let stderr = child.stderr.take().expect("piped");
-        let echo_log = options.echo_log;
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if echo_log {
-                    eprintln!("blocker| {line}");
-                }
-                if sender.send((Instant::now(), Output::Log(line))).is_err() {
-                    break;
-                }
-            }
-        });
+        let mut unread_stderr = None;
+        match options.stderr {
+            PipeReader::Reading => read_log(stderr, sender, options.echo_log),
+            PipeReader::NotReading => unread_stderr = Some((stderr, sender, options.echo_log)),
+        }
         let pid = child.id() as libc::pid_t;
         let lifetime = options.lifetime;
         thread::spawn(move || {
@@ -393,6 +388,7 @@ impl Daemon {
             child,
             output,
             unread_stdout,
+            unread_stderr,
             events_file,
             records: Vec::new(),
             log: Vec::new(),
@@ -417,10 +413,17 @@ impl Daemon {
         &self.events_file
     }
 
-    /// Starts reading the stdout of a daemon spawned with [`StdoutReader::NotReading`].
+    /// Starts reading the stdout of a daemon spawned with [`PipeReader::NotReading`].
     pub fn read_stdout(&mut self) {
         if let Some((stdout, records)) = self.unread_stdout.take() {
             read_records(stdout, records);
+        }
+    }
+
+    /// Starts reading the stderr of a daemon spawned with [`PipeReader::NotReading`].
+    pub fn read_stderr(&mut self) {
+        if let Some((stderr, lines, echo)) = self.unread_stderr.take() {
+            read_log(stderr, lines, echo);
         }
     }
 
@@ -603,6 +606,21 @@ fn read_records(stdout: ChildStdout, records: Sender<Arrived>) {
                 .send((Instant::now(), Output::Record(value)))
                 .is_err()
             {
+                break;
+            }
+        }
+    });
+}
+
+/// Passes each line of the daemon's log on to `lines`, copied to this process's stderr if
+/// `echo`.
+fn read_log(stderr: ChildStderr, lines: Sender<Arrived>, echo: bool) {
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if echo {
+                eprintln!("blocker| {line}");
+            }
+            if lines.send((Instant::now(), Output::Log(line))).is_err() {
                 break;
             }
         }

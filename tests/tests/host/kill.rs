@@ -13,7 +13,7 @@ use blocker_integration_tests::{
     assert_exec_record, blocker_bin, comm_of, deny_and_audit_policy, events_in, exec_by_descriptor,
     filesystems::{devices_of, Mounted},
     harmless_binary, memfd_copy, run_as_launcher, sha256_of, BanScenario, Daemon, ExpectedExec,
-    Sandbox, StdoutReader, EVENT_TIMEOUT, STARTUP_TIMEOUT,
+    PipeReader, Sandbox, SpawnOptions, EVENT_TIMEOUT, STARTUP_TIMEOUT,
 };
 
 #[test]
@@ -534,7 +534,10 @@ fn a_stdout_nobody_reads_holds_up_neither_enforcement_nor_reloads_nor_the_file()
     let mut daemon = Daemon::spawn_with(
         &sandbox.policy_dir(),
         &["--backend", "kill"],
-        StdoutReader::NotReading,
+        SpawnOptions {
+            stdout: PipeReader::NotReading,
+            ..SpawnOptions::default()
+        },
     )?;
     daemon.wait_for_log("enforcing 1 rules", STARTUP_TIMEOUT)?;
 
@@ -577,6 +580,48 @@ fn a_stdout_nobody_reads_holds_up_neither_enforcement_nor_reloads_nor_the_file()
         "the file got every exec: {execs_in_file}"
     );
     ensure!(records.iter().any(|r| r["kind"] == "reloaded"));
+    Ok(())
+}
+
+#[test]
+fn a_stderr_nobody_reads_holds_up_neither_enforcement_nor_reloads() -> Result<()> {
+    // Each reload logs a line of about 80 bytes: together far more than the pipe (64 KiB, some
+    // 800 lines) and the log's queue (1024 lines) hold. Were the event loop to write its log
+    // itself, it would stop at the first line the pipe has no room for, and no reload after it
+    // would be recorded.
+    const RELOADS: usize = 2500;
+    let sandbox = Sandbox::new("stuck-stderr")?;
+    let banned = sandbox.copy_binary("banned")?;
+    sandbox.write_policy("test.toml", &deny_and_audit_policy(&[&banned], &[]))?;
+    let mut daemon = Daemon::spawn_with(
+        &sandbox.policy_dir(),
+        &["--backend", "kill"],
+        SpawnOptions {
+            stderr: PipeReader::NotReading,
+            ..SpawnOptions::default()
+        },
+    )?;
+    daemon.wait_for_record(STARTUP_TIMEOUT, |r| r["kind"] == "started")?;
+    for _ in 0..RELOADS {
+        daemon.signal(libc::SIGHUP);
+        daemon.wait_for_record(EVENT_TIMEOUT, |r| r["kind"] == "reloaded")?;
+    }
+    let status = Command::new(&banned).status()?;
+    ensure!(status.signal() == Some(libc::SIGKILL), "{status}");
+    daemon.wait_for_exec(&banned)?;
+
+    // Once read, the log says how many lines it missed.
+    daemon.read_stderr();
+    let report = daemon.wait_for_log("log lines were dropped", EVENT_TIMEOUT)?;
+    let dropped: u64 = report
+        .split("] ")
+        .nth(1)
+        .and_then(|message| message.split(' ').next())
+        .and_then(|count| count.parse().ok())
+        .with_context(|| format!("no count in {report}"))?;
+    ensure!(dropped > 0, "{report}");
+    let (status, _, _) = daemon.stop()?;
+    ensure!(status.success(), "{status}");
     Ok(())
 }
 

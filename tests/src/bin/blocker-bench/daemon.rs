@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use blocker_integration_tests::{SpawnOptions, StdoutReader};
+use blocker_integration_tests::{PipeReader, SpawnOptions};
 use serde_json::Value;
 
 /// Generous: under QEMU's emulation a large policy takes long to resolve.
@@ -60,7 +60,8 @@ impl Daemon {
         ]
         .concat();
         let options = SpawnOptions {
-            stdout: StdoutReader::Reading,
+            stdout: PipeReader::Reading,
+            stderr: PipeReader::Reading,
             echo_log: false,
             lifetime: LIFETIME,
         };
