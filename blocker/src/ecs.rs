@@ -82,36 +82,19 @@ const fn categorized(
     }
 }
 
-/// An exec refused or audited: a process start, seen by an intrusion detection system.
+/// An exec refused or audited: a process start (or, for a mapping made executable, a library
+/// loaded), seen by an intrusion detection system.
 fn exec_categorization(exec: &ExecRecord) -> Categorization {
-    let denied = exec.enforcement != Enforcement::None;
-    match (exec.operation == "exec", denied) {
-        (true, true) => categorized(
-            "alert",
-            &["process", "intrusion_detection"],
-            &["start", "denied"],
-            "failure",
-        ),
-        (true, false) => categorized(
-            "alert",
-            &["process", "intrusion_detection"],
-            &["start", "allowed"],
-            "success",
-        ),
-        // A mapping made executable: a library loaded.
-        (false, true) => categorized(
-            "alert",
-            &["library", "intrusion_detection"],
-            &["start", "denied"],
-            "failure",
-        ),
-        (false, false) => categorized(
-            "alert",
-            &["library", "intrusion_detection"],
-            &["start", "allowed"],
-            "success",
-        ),
-    }
+    let category: &'static [&'static str] = if exec.operation == "exec" {
+        &["process", "intrusion_detection"]
+    } else {
+        &["library", "intrusion_detection"]
+    };
+    let (types, outcome): (&'static [&'static str], _) = match exec.enforcement {
+        Enforcement::None => (&["start", "allowed"], "success"),
+        Enforcement::Eperm | Enforcement::Sigkill => (&["start", "denied"], "failure"),
+    };
+    categorized("alert", category, types, outcome)
 }
 
 /// A tamper attempt the kernel refused.

@@ -189,15 +189,7 @@ impl<W: Write> Printer<W> {
 /// What `blocker events` prints for an events file holding `text` (`--json`: the records
 /// themselves), with `since` as `--since`.
 pub fn shown(text: &str, json: bool, since: Option<SystemTime>) -> Vec<u8> {
-    let lines: Vec<Line> = text
-        .lines()
-        .enumerate()
-        .map(|(index, line)| Line {
-            file: PathBuf::from("events.jsonl"),
-            number: index + 1,
-            text: line.to_owned(),
-        })
-        .collect();
+    let lines = lines_of(text);
     let mut printer = Printer {
         json,
         filter: Filter { rule: None, since },
@@ -208,6 +200,18 @@ pub fn shown(text: &str, json: bool, since: Option<SystemTime>) -> Vec<u8> {
         .and_then(|()| printer.show_all(&lines))
         .expect("writing to memory");
     printer.out
+}
+
+/// The lines of `text` as read from an events file.
+fn lines_of(text: &str) -> Vec<Line> {
+    text.lines()
+        .enumerate()
+        .map(|(index, line)| Line {
+            file: PathBuf::from("events.jsonl"),
+            number: index + 1,
+            text: line.to_owned(),
+        })
+        .collect()
 }
 
 fn skip(line: &Line, why: &str) {
@@ -307,15 +311,7 @@ mod tests {
                 String::from_utf8(line).unwrap()
             })
             .collect();
-        let lines: Vec<Line> = documents
-            .iter()
-            .enumerate()
-            .map(|(index, text)| Line {
-                file: PathBuf::from("events.jsonl"),
-                number: index + 1,
-                text: text.clone(),
-            })
-            .collect();
+        let lines = lines_of(&documents.join("\n"));
         let print = |json: bool, rule: Option<&str>, since: &str| {
             let mut printer = Printer {
                 json,
