@@ -10,7 +10,7 @@ use std::fmt;
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 
-use crate::events::{Caller, Circumstances, Enforcement, ExecRecord, Record, TamperRecord};
+use crate::events::{Caller, Enforcement, ExecRecord, Record, TamperRecord};
 
 /// The ECS release whose fields and allowed values the documents follow (`docs/ecs/`).
 pub const VERSION: &str = "8.17.0";
@@ -146,7 +146,7 @@ struct Document<'a, Summary: fmt::Display, Extra: Serialize> {
     file: Option<File<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rule: Option<Rule<'a>>,
-    blocker: Blocker<'a, Extra>,
+    blocker: Extra,
 }
 
 /// Written straight into the document, without an intermediate string.
@@ -270,16 +270,12 @@ struct Rule<'a> {
     description: Option<&'a str>,
 }
 
-/// The custom namespace: what ECS has no field for.
-#[derive(Serialize)]
-struct Blocker<'a, Extra> {
-    kind: &'a str,
-    #[serde(flatten)]
-    extra: Extra,
-}
-
+/// What ECS has no field for, in the custom namespace `blocker`: the record's kind and the rest
+/// of its fields. Spelled out rather than flattened from the record's parts, which would make
+/// serde write every document through a map, at a cost per record.
 #[derive(Serialize)]
 struct ExecExtra<'a> {
+    kind: &'static str,
     action: &'static str,
     enforcement: Enforcement,
     backend: &'static str,
@@ -289,28 +285,33 @@ struct ExecExtra<'a> {
     path_truncated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     comm_hex: Option<&'a str>,
-    #[serde(flatten)]
-    circumstances: &'a Circumstances,
+    #[serde(skip_serializing_if = "is_zero")]
+    suppressed_before: u32,
+    #[serde(skip_serializing_if = "is_zero")]
+    daemon_silent_seconds: u32,
 }
 
 #[derive(Serialize)]
 struct TamperExtra<'a> {
+    kind: &'static str,
     attempt: &'static str,
     detail: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     path_hex: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     comm_hex: Option<&'a str>,
-    #[serde(flatten)]
-    circumstances: &'a Circumstances,
+    #[serde(skip_serializing_if = "is_zero")]
+    suppressed_before: u32,
+    #[serde(skip_serializing_if = "is_zero")]
+    daemon_silent_seconds: u32,
 }
 
 fn keyword<S: Serializer>(number: &u64, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_str(number)
 }
 
-fn is_zero(number: &u64) -> bool {
-    *number == 0
+fn is_zero<Number: Default + PartialEq>(number: &Number) -> bool {
+    *number == Number::default()
 }
 
 fn user_and_group(caller: &Caller) -> (Option<Id>, Option<Id>) {
@@ -346,18 +347,17 @@ fn exec_document<'a>(
             ruleset: &exec.policy,
             description: exec.reason.as_deref(),
         }),
-        blocker: Blocker {
+        blocker: ExecExtra {
             kind: "exec",
-            extra: ExecExtra {
-                action: exec.action,
-                enforcement: exec.enforcement,
-                backend: exec.backend,
-                operation: exec.operation,
-                path_hex: exec.path_hex.as_deref(),
-                path_truncated: exec.path_truncated,
-                comm_hex: exec.caller.comm_hex.as_deref(),
-                circumstances: &exec.circumstances,
-            },
+            action: exec.action,
+            enforcement: exec.enforcement,
+            backend: exec.backend,
+            operation: exec.operation,
+            path_hex: exec.path_hex.as_deref(),
+            path_truncated: exec.path_truncated,
+            comm_hex: exec.caller.comm_hex.as_deref(),
+            suppressed_before: exec.circumstances.suppressed_before,
+            daemon_silent_seconds: exec.circumstances.daemon_silent_seconds,
         },
     }
 }
@@ -378,15 +378,14 @@ fn tamper_document<'a>(
         group,
         file: File::of(&tamper.path, &tamper.device, tamper.inode),
         rule: None,
-        blocker: Blocker {
+        blocker: TamperExtra {
             kind: "tamper",
-            extra: TamperExtra {
-                attempt: tamper.attempt,
-                detail: &tamper.detail,
-                path_hex: tamper.path_hex.as_deref(),
-                comm_hex: tamper.caller.comm_hex.as_deref(),
-                circumstances: &tamper.circumstances,
-            },
+            attempt: tamper.attempt,
+            detail: &tamper.detail,
+            path_hex: tamper.path_hex.as_deref(),
+            comm_hex: tamper.caller.comm_hex.as_deref(),
+            suppressed_before: tamper.circumstances.suppressed_before,
+            daemon_silent_seconds: tamper.circumstances.daemon_silent_seconds,
         },
     }
 }
@@ -398,24 +397,25 @@ fn write_other(record: &Record, host: &Host, out: &mut Vec<u8>) -> serde_json::R
         unreachable!("records serialize as objects");
     };
     let mut take = |name: &str| fields.remove(name).unwrap_or(Value::Null);
-    let (kind, time) = (take("kind"), take("time"));
+    let time = take("time");
     let pid = take("pid").as_u64().and_then(|pid| u32::try_from(pid).ok());
     let uid = take("uid").as_u64();
+    let kind = fields
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let document = Document {
         timestamp: time.as_str().unwrap_or_default(),
         message: record.summary(),
         ecs: ECS,
-        event: Event::new(categorization(record), kind.as_str().unwrap_or_default()),
+        event: Event::new(categorization(record), kind),
         host,
         process: pid.map(Process::with_pid),
         user: uid.map(|id| Id { id }),
         group: None,
         file: None,
         rule: None,
-        blocker: Blocker {
-            kind: kind.as_str().unwrap_or_default(),
-            extra: &fields,
-        },
+        blocker: &fields,
     };
     serde_json::to_writer(out, &document)
 }
@@ -465,7 +465,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::{
-        events::{ExecRecord, LostDaemon},
+        events::{Circumstances, LostDaemon},
         kernel::coverage::Features,
     };
 
