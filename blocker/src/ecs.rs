@@ -241,6 +241,7 @@ struct Id {
 
 #[derive(Serialize)]
 struct File<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
     path: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
     device: &'a str,
@@ -330,7 +331,11 @@ fn exec_document<'a>(
     host: &'a Host,
 ) -> Document<'a, impl fmt::Display + 'a, ExecExtra<'a>> {
     let (user, group) = user_and_group(&exec.caller);
-    let executable = (exec.operation == "exec" && !exec.path.is_empty()).then_some(&*exec.path);
+    // ECS wants the absolute path: an exec path as the caller spelled it may be relative, or
+    // cut short.
+    let executable =
+        (exec.operation == "exec" && exec.path.starts_with('/') && !exec.path_truncated)
+            .then_some(&*exec.path);
     Document {
         timestamp: &exec.time,
         message: exec.summary(),
@@ -766,6 +771,9 @@ pub(crate) mod tests {
     fn an_exec_names_its_process_file_rule_and_exact_bytes() {
         let denial = document(&Record::Exec(exec(Enforcement::Eperm, "exec")));
         let mapping = document(&Record::Exec(exec(Enforcement::Eperm, "mmap")));
+        let mut relative = exec(Enforcement::Eperm, "exec");
+        relative.path = "./wechat".to_owned();
+        let relative = document(&Record::Exec(relative));
         let document = denial;
         assert_eq!(document["process"]["pid"], 40);
         assert_eq!(document["process"]["thread"]["id"], 41);
@@ -792,6 +800,11 @@ pub(crate) mod tests {
 
         assert!(mapping["process"].get("executable").is_none(), "{mapping}");
         assert_eq!(mapping["file"]["path"], "/opt/wechat/\u{fffd}");
+        assert!(
+            relative["process"].get("executable").is_none(),
+            "{relative}"
+        );
+        assert_eq!(relative["file"]["path"], "./wechat");
     }
 
     #[test]
