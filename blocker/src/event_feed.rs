@@ -163,6 +163,7 @@ mod tests {
                 stdout: false,
                 journald_socket: None,
                 log_lines: false,
+                format: crate::sinks::EventsFormat::Blocker,
             },
         };
         run(&options).unwrap();
@@ -200,6 +201,7 @@ mod tests {
                 stdout: false,
                 journald_socket: None,
                 log_lines: false,
+                format: crate::sinks::EventsFormat::Blocker,
             },
         };
         let error = run(&options).unwrap_err().to_string();

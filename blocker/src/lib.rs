@@ -8,6 +8,7 @@ pub mod control;
 pub mod control_socket;
 pub mod critical;
 pub mod daemon;
+pub mod ecs;
 pub mod escape;
 pub mod event_feed;
 pub mod event_log;

@@ -102,6 +102,10 @@ enum Command {
         /// journald runs).
         #[arg(long)]
         no_journald: bool,
+        /// The format of the `unloaded` record in the events file: that of the daemon's
+        /// (`run --events-format`).
+        #[arg(long, value_enum, default_value_t)]
+        events_format: sinks::EventsFormat,
     },
     /// Show recorded events: the events file and its rotated predecessors, oldest first, as a
     /// table, or as JSON lines with --json.
@@ -235,6 +239,10 @@ struct SinkArgs {
     /// The events file: JSON lines, created readable by root only.
     #[arg(long, default_value = sinks::DEFAULT_EVENTS_FILE)]
     events_file: PathBuf,
+    /// The records' format in the events file and on stdout: blocker's own JSON records, or
+    /// Elastic Common Schema 8.x documents for a SIEM (the journal keeps its own fields).
+    #[arg(long, value_enum, default_value_t)]
+    events_format: sinks::EventsFormat,
     /// Write no events file.
     #[arg(long, conflicts_with = "events_file")]
     no_events_file: bool,
@@ -270,6 +278,7 @@ impl SinkArgs {
             journald_socket: (!self.no_journald).then(|| PathBuf::from(sinks::JOURNALD_SOCKET)),
             // The daemon's log has a line for every event, like every log of a blocker.
             log_lines: true,
+            format: self.events_format,
         }
     }
 }
@@ -318,6 +327,7 @@ fn main() -> ExitCode {
             events_file,
             no_events_file,
             no_journald,
+            events_format,
         } => unload::unload(
             &pin_dir,
             &sinks::SinkOptions {
@@ -325,6 +335,7 @@ fn main() -> ExitCode {
                 stdout: false,
                 journald_socket: (!no_journald).then(|| PathBuf::from(sinks::JOURNALD_SOCKET)),
                 log_lines: false,
+                format: events_format,
             },
         ),
         Command::Stop { status_file } => control::stop(&status_file),

@@ -239,6 +239,7 @@ mod tests {
             stdout: false,
             journald_socket: None,
             log_lines: false,
+            format: crate::sinks::EventsFormat::Blocker,
         };
         let mut seen = Vec::new();
         let sinks = Sinks::start(&options).unwrap();

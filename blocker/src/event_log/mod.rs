@@ -20,7 +20,10 @@ use serde_json::Value;
 
 pub use since::parse as parse_since;
 
-use crate::sinks::{self, DEFAULT_EVENTS_FILE};
+use crate::{
+    ecs,
+    sinks::{self, DEFAULT_EVENTS_FILE},
+};
 use follow::{Follower, Line};
 
 /// How often `--follow` looks for new lines.
@@ -161,7 +164,8 @@ impl<W: Write> Printer<W> {
     fn show_all(&mut self, lines: &[Line]) -> io::Result<()> {
         for line in lines {
             let record = match serde_json::from_str::<Value>(&line.text) {
-                Ok(record) if record.is_object() => record,
+                // An ECS document (`run --events-format ecs`) is shown as its record.
+                Ok(record) if record.is_object() => ecs::as_record(&record).unwrap_or(record),
                 Ok(_) => {
                     skip(line, "not a JSON object");
                     continue;
@@ -185,15 +189,7 @@ impl<W: Write> Printer<W> {
 /// What `blocker events` prints for an events file holding `text` (`--json`: the records
 /// themselves), with `since` as `--since`.
 pub fn shown(text: &str, json: bool, since: Option<SystemTime>) -> Vec<u8> {
-    let lines: Vec<Line> = text
-        .lines()
-        .enumerate()
-        .map(|(index, line)| Line {
-            file: PathBuf::from("events.jsonl"),
-            number: index + 1,
-            text: line.to_owned(),
-        })
-        .collect();
+    let lines = lines_of(text);
     let mut printer = Printer {
         json,
         filter: Filter { rule: None, since },
@@ -204,6 +200,18 @@ pub fn shown(text: &str, json: bool, since: Option<SystemTime>) -> Vec<u8> {
         .and_then(|()| printer.show_all(&lines))
         .expect("writing to memory");
     printer.out
+}
+
+/// The lines of `text` as read from an events file.
+fn lines_of(text: &str) -> Vec<Line> {
+    text.lines()
+        .enumerate()
+        .map(|(index, line)| Line {
+            file: PathBuf::from("events.jsonl"),
+            number: index + 1,
+            text: line.to_owned(),
+        })
+        .collect()
 }
 
 fn skip(line: &Line, why: &str) {
@@ -291,6 +299,54 @@ mod tests {
         assert!(table[2].contains(" killed ") && table[2].contains(" wechat "));
         assert!(table[3].contains(" audited ") && table[3].contains(" watch "));
         assert!(table[4].contains(" denied "));
+    }
+
+    #[test]
+    fn an_ecs_events_file_is_shown_filtered_and_printed_as_written() {
+        let documents: Vec<String> = ecs::tests::every_kind()
+            .iter()
+            .map(|record| {
+                let mut line = Vec::new();
+                ecs::write_document(record, &ecs::tests::host(), &mut line);
+                String::from_utf8(line).unwrap()
+            })
+            .collect();
+        let lines = lines_of(&documents.join("\n"));
+        let print = |json: bool, rule: Option<&str>, since: &str| {
+            let mut printer = Printer {
+                json,
+                filter: Filter {
+                    rule: rule.map(str::to_owned),
+                    since: Some(parse_since(since, SystemTime::now()).unwrap()),
+                },
+                out: Vec::new(),
+            };
+            printer.show_all(&lines).unwrap();
+            String::from_utf8(printer.out).unwrap()
+        };
+        let all = "2026-11-28T08:39:20Z";
+        assert_eq!(
+            print(true, None, all).lines().collect::<Vec<_>>(),
+            documents
+        );
+        assert_eq!(print(true, None, "2026-11-28T08:39:21Z"), "");
+        let table = print(false, Some("wechat"), all);
+        let rows: Vec<&str> = table.lines().collect();
+        assert_eq!(rows.len(), 4, "{table}");
+        assert!(
+            rows[0].contains(" denied ") && rows[0].contains(" wechat "),
+            "{table}"
+        );
+        assert!(
+            rows[0].contains(" 40 ") && rows[0].contains(" 1000 ") && rows[0].contains(" bash ")
+        );
+        assert!(
+            rows[0].ends_with("/opt/wechat/\\xff"),
+            "exact bytes: {table}"
+        );
+        assert!(rows[1].contains(" audited "), "{table}");
+        let others = print(false, None, all);
+        assert!(others.contains(" reload_failed error="), "{others}");
     }
 
     #[test]

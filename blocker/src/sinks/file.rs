@@ -168,15 +168,20 @@ fn holds_denials(path: &Path) -> bool {
     lines.any(|line| line.map_or(true, |line| is_denial(&line)))
 }
 
-/// Whether a line of the events file is an exec record of a `deny` rule.
+/// Whether a line of the events file is an exec record of a `deny` rule, in either format
+/// (an ECS document has the record's kind and action under `blocker`).
 fn is_denial(line: &[u8]) -> bool {
     #[derive(Deserialize)]
     struct Kind<'a> {
-        kind: &'a str,
+        kind: Option<&'a str>,
         action: Option<&'a str>,
+        #[serde(borrow)]
+        blocker: Option<Box<Kind<'a>>>,
     }
-    serde_json::from_slice::<Kind>(line)
-        .is_ok_and(|record| record.kind == "exec" && record.action == Some("deny"))
+    serde_json::from_slice::<Kind>(line).is_ok_and(|line| {
+        let record = line.blocker.as_deref().unwrap_or(&line);
+        record.kind == Some("exec") && record.action == Some("deny")
+    })
 }
 
 impl Sink for EventsFile {
@@ -284,10 +289,11 @@ mod tests {
     use crate::events::{
         self, Caller, Circumstances, Enforcement, ExecRecord, Record, TamperRecord,
     };
+    use crate::sinks::Encoding;
 
     impl EventsFile {
         fn write_record(&mut self, record: Record) -> Result<(), Unwritten> {
-            self.write(&[Emitted::new(record)])
+            self.write(&[Emitted::new(record, &Encoding::Blocker)])
         }
     }
 
@@ -333,7 +339,7 @@ mod tests {
         let temp = tempfile::tempdir().unwrap();
         let path = temp.path().join("events.jsonl");
         let options = FileOptions::defaults(path.clone());
-        let first = Emitted::new(reloaded(1));
+        let first = Emitted::new(reloaded(1), &Encoding::Blocker);
         EventsFile::open(options.clone())
             .unwrap()
             .write(std::slice::from_ref(&first))
@@ -389,7 +395,9 @@ mod tests {
         })
         .unwrap();
         file.write_record(reloaded(0)).unwrap();
-        let batch: Vec<_> = (1..7).map(|rules| Emitted::new(reloaded(rules))).collect();
+        let batch: Vec<_> = (1..7)
+            .map(|rules| Emitted::new(reloaded(rules), &Encoding::Blocker))
+            .collect();
         file.write(&batch).unwrap();
         assert_eq!(rules_in(&path), [6]);
         assert_eq!(rules_in(&rotated_path(&path, 1)), [4, 5]);
@@ -572,6 +580,17 @@ mod tests {
             }
             let expected: &[&str] = if keep_denials == 0 { &[] } else { &["1"] };
             assert_eq!(denials_in_chain(&path).concat(), expected);
+        }
+    }
+
+    #[test]
+    fn denials_are_recognised_in_either_format() {
+        let ecs = Encoding::Ecs(Arc::new(crate::ecs::Host::this()));
+        for encoding in [Encoding::Blocker, ecs] {
+            let line = |record| Emitted::new(record, &encoding).json_line.clone();
+            assert!(is_denial(&line(exec(1, "deny"))));
+            assert!(!is_denial(&line(exec(1, "audit"))));
+            assert!(!is_denial(&line(tamper())));
         }
     }
 

@@ -24,7 +24,7 @@ pub use file::{
 };
 pub use journald::SOCKET as JOURNALD_SOCKET;
 
-use crate::events::Record;
+use crate::{ecs, events::Record};
 use queue::SinkQueue;
 
 pub const DEFAULT_EVENTS_FILE: &str = file::DEFAULT_PATH;
@@ -45,23 +45,62 @@ pub struct SinkOptions {
     pub journald_socket: Option<PathBuf>,
     /// A line on stderr for every exec and tamper record (the daemon's log of events).
     pub log_lines: bool,
+    /// What the events file and stdout get.
+    pub format: EventsFormat,
+}
+
+/// The records' format in the events file and on stdout.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventsFormat {
+    /// blocker's own JSON records, one kind a line.
+    #[default]
+    Blocker,
+    /// Elastic Common Schema documents (see docs/GUIDE.md).
+    Ecs,
+}
+
+/// A format ready to write records in: ECS documents name the host, found out once.
+#[derive(Clone)]
+pub enum Encoding {
+    Blocker,
+    Ecs(Arc<ecs::Host>),
+}
+
+impl Encoding {
+    pub fn of(format: EventsFormat) -> Self {
+        match format {
+            EventsFormat::Blocker => Self::Blocker,
+            EventsFormat::Ecs => Self::Ecs(Arc::new(ecs::Host::this())),
+        }
+    }
 }
 
 pub struct Sinks {
     queues: Vec<SinkQueue>,
+    encoding: Encoding,
 }
 
-/// A record and its JSON line (newline included), serialized once and shared by every sink.
+/// A record and its JSON line (newline included) in the chosen format, serialized once and
+/// shared by every sink.
 pub struct Emitted {
     pub record: Record,
     pub json_line: Bytes,
 }
 
 impl Emitted {
-    pub fn new(record: Record) -> Arc<Self> {
+    pub fn new(record: Record, encoding: &Encoding) -> Arc<Self> {
         // Room for a typical exec record, so that the line is not grown while written.
-        let mut line = Vec::with_capacity(512);
-        serde_json::to_writer(&mut line, &record).expect("records serialize");
+        let mut line;
+        match encoding {
+            Encoding::Blocker => {
+                line = Vec::with_capacity(512);
+                serde_json::to_writer(&mut line, &record).expect("records serialize");
+            }
+            Encoding::Ecs(host) => {
+                line = Vec::with_capacity(1024);
+                ecs::write_document(&record, host, &mut line);
+            }
+        }
         line.push(b'\n');
         Arc::new(Self {
             record,
@@ -79,7 +118,8 @@ pub struct Batch<'a> {
 
 impl Batch<'_> {
     pub fn push(&mut self, record: Record) {
-        self.records.push(Emitted::new(record));
+        self.records
+            .push(Emitted::new(record, &self.sinks.encoding));
     }
 }
 
@@ -98,12 +138,14 @@ impl Sinks {
     /// Opens the sinks; an events file that cannot be opened is an error, a journal that
     /// cannot be reached a warning.
     pub fn start(options: &SinkOptions) -> Result<Self> {
+        let encoding = Encoding::of(options.format);
         let mut queues = Vec::new();
         if options.log_lines {
             queues.push(SinkQueue::start(
                 "log",
                 daemon_log::LogLines::default(),
                 QUEUE_RECORDS,
+                encoding.clone(),
             ));
         }
         let mut destinations = Vec::new();
@@ -116,7 +158,12 @@ impl Sinks {
                 file.keep,
                 file.keep_denials
             ));
-            queues.push(SinkQueue::start("file", sink, QUEUE_RECORDS));
+            queues.push(SinkQueue::start(
+                "file",
+                sink,
+                QUEUE_RECORDS,
+                encoding.clone(),
+            ));
         }
         if options.stdout {
             destinations.push("stdout".to_owned());
@@ -124,6 +171,7 @@ impl Sinks {
                 "stdout",
                 stdout::Stdout::default(),
                 QUEUE_RECORDS,
+                encoding.clone(),
             ));
         }
         if let Some(socket) = options.journald_socket.as_deref() {
@@ -131,7 +179,12 @@ impl Sinks {
                 match journald::Journald::connect(socket) {
                     Ok(sink) => {
                         destinations.push(format!("the journal ({})", escaped(&socket)));
-                        queues.push(SinkQueue::start("journald", sink, QUEUE_RECORDS));
+                        queues.push(SinkQueue::start(
+                            "journald",
+                            sink,
+                            QUEUE_RECORDS,
+                            encoding.clone(),
+                        ));
                     }
                     Err(error) => log::warn!(
                         "not writing events to the journal: connecting to {}: {error}",
@@ -145,7 +198,7 @@ impl Sinks {
         } else {
             log::info!("events go to {}", destinations.join(", "));
         }
-        Ok(Self { queues })
+        Ok(Self { queues, encoding })
     }
 
     /// Hands `record` to every sink without waiting for any.
@@ -177,7 +230,7 @@ impl Sinks {
             .iter()
             .map(|queue| (queue.name(), queue.dropped()))
             .collect();
-        let last = Emitted::new(last(dropped));
+        let last = Emitted::new(last(dropped), &self.encoding);
         for queue in &self.queues {
             queue.close_with(last.clone());
         }
@@ -228,6 +281,7 @@ mod tests {
             stdout: false,
             journald_socket: Some(socket),
             log_lines: false,
+            format: EventsFormat::Blocker,
         })
         .unwrap();
         assert_eq!(sinks.names(), ["file", "journald"]);
@@ -269,6 +323,7 @@ mod tests {
             stdout: false,
             journald_socket: Some(temp.path().join("no-journald-here")),
             log_lines: false,
+            format: EventsFormat::Blocker,
         })
         .unwrap();
         assert!(sinks.names().is_empty());

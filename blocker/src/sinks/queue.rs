@@ -9,7 +9,7 @@ use std::{
     time::Instant,
 };
 
-use super::Emitted;
+use super::{Emitted, Encoding};
 use crate::events::{self, Record};
 
 /// Somewhere records are written, on the queue's own thread. The writer hands over everything
@@ -81,7 +81,13 @@ impl Shared {
 
 impl SinkQueue {
     /// Starts the thread writing into `sink`; at most `capacity` records wait for it.
-    pub fn start<S: Sink>(name: &'static str, sink: S, capacity: usize) -> Self {
+    /// `encoding` is that of the records it reports its own gaps in.
+    pub fn start<S: Sink>(
+        name: &'static str,
+        sink: S,
+        capacity: usize,
+        encoding: Encoding,
+    ) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             work: Condvar::new(),
@@ -95,6 +101,7 @@ impl SinkQueue {
             sink,
             shared: shared.clone(),
             failing: false,
+            encoding,
         };
         std::thread::Builder::new()
             .name(format!("sink-{name}"))
@@ -198,6 +205,7 @@ struct Writer<S> {
     shared: Arc<Shared>,
     /// The last write failed; the error was logged once for the whole run of failures.
     failing: bool,
+    encoding: Encoding,
 }
 
 impl<S: Sink> Writer<S> {
@@ -281,7 +289,11 @@ impl<S: Sink> Writer<S> {
             dropped,
             total,
         };
-        if self.sink.write(&[Emitted::new(report)]).is_err() {
+        if self
+            .sink
+            .write(&[Emitted::new(report, &self.encoding)])
+            .is_err()
+        {
             // Not reported yet: the next catch-up reports these too.
             return;
         }
@@ -330,12 +342,15 @@ mod tests {
     }
 
     fn reloaded(rules: usize) -> Arc<Emitted> {
-        Emitted::new(Record::Reloaded {
-            time: events::now_rfc3339(),
-            policies: vec![],
-            rules,
-            entries: 0,
-        })
+        Emitted::new(
+            Record::Reloaded {
+                time: events::now_rfc3339(),
+                policies: vec![],
+                rules,
+                entries: 0,
+            },
+            &Encoding::Blocker,
+        )
     }
 
     fn push(queue: &SinkQueue, record: Arc<Emitted>) {
@@ -352,6 +367,7 @@ mod tests {
                 written: written_sender,
             },
             capacity,
+            Encoding::Blocker,
         );
         (queue, go, written)
     }
@@ -486,6 +502,7 @@ mod tests {
                 written: written_sender,
             },
             10,
+            Encoding::Blocker,
         );
         // Two failing writes of two records each, of which the first gets written.
         for rules in 0..2 {

@@ -4,6 +4,7 @@
 
 mod bounded;
 mod control;
+mod ecs;
 mod flatpak;
 mod hostile_names;
 mod kill;
