@@ -749,7 +749,9 @@ mod tests {
         let text = metrics.render();
         assert_eq!(
             samples(&text, "blocker_decisions_total"),
-            [r##"blocker_decisions_total{action="unknown",operation="unknown",rule="#unknown",policy=""} 1"##]
+            [
+                r##"blocker_decisions_total{action="unknown",operation="unknown",rule="#unknown",policy=""} 1"##
+            ]
         );
         assert_eq!(
             samples(&text, "blocker_tamper_attempts_refused_total"),

@@ -7,5 +7,6 @@ mod control;
 mod flatpak;
 mod hostile_names;
 mod kill;
+mod metrics;
 mod refresh;
 mod status;
