@@ -4,7 +4,7 @@ use std::{
     fs,
     io::{self, Write},
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use anyhow::{Context, Result};
@@ -51,4 +51,49 @@ pub fn replace_atomically(path: &Path, contents: &[u8]) -> Result<()> {
         return Err(error).with_context(|| format!("writing {}", escaped(&path)));
     }
     Ok(())
+}
+
+/// A file the daemon replaces again and again, and what it publishes through it. It never
+/// depends on it: a failure is a warning, once per streak of failures (it is retried at the
+/// next change), and the first success after one says so.
+pub struct Published {
+    path: PathBuf,
+    /// What it is, starting its log lines.
+    what: &'static str,
+    /// What a failure means, after the error.
+    consequence: &'static str,
+    failing: bool,
+}
+
+impl Published {
+    pub fn new(path: PathBuf, what: &'static str, consequence: &'static str) -> Self {
+        Self {
+            path,
+            what,
+            consequence,
+            failing: false,
+        }
+    }
+
+    /// Whether the last replacement failed.
+    #[cfg(test)]
+    pub fn failing(&self) -> bool {
+        self.failing
+    }
+
+    /// Replaces the file with `contents` (see [`replace_atomically`]).
+    pub fn replace(&mut self, contents: &[u8]) {
+        match replace_atomically(&self.path, contents) {
+            Ok(()) if self.failing => {
+                log::info!("{}: writing {} again", self.what, escaped(&self.path));
+                self.failing = false;
+            }
+            Ok(()) => {}
+            Err(error) if !self.failing => {
+                log::warn!("{}: {error:#}{}", self.what, self.consequence);
+                self.failing = true;
+            }
+            Err(_) => {}
+        }
+    }
 }

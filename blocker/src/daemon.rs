@@ -121,10 +121,13 @@ pub fn run(options: RunOptions) -> Result<()> {
         None
     };
     check_identities(&resolution, protected_directories.as_deref())?;
-    // Before anything is loaded: a daemon nobody could ask to stop does not start. Removed
-    // when dropped, however the start fails or the daemon ends.
-    let control = ControlSocket::bind(control_socket::server::path_for(&options.status_file)?)?;
-    let endpoint = options.metrics.listen.map(Endpoint::start).transpose()?;
+    // Before anything is loaded: a daemon nobody could ask to stop does not start, nor one
+    // whose metrics endpoint cannot listen where asked. Removed when dropped, however the
+    // start fails or the daemon ends.
+    let listeners = Listeners {
+        control: ControlSocket::bind(control_socket::server::path_for(&options.status_file)?)?,
+        metrics: options.metrics.listen.map(Endpoint::start).transpose()?,
+    };
     let sink = Sinks::start(&options.sinks)?;
     let loading = std::time::Instant::now();
     let enforcer = Enforcer::start(
@@ -169,9 +172,8 @@ pub fn run(options: RunOptions) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the event loop")?;
-    let exporter = Exporter::new(options.metrics.file.clone(), endpoint);
     let served = runtime.block_on(serve(
-        enforcer, protected, policy, resolution, options, sink, control, exporter,
+        enforcer, protected, policy, resolution, options, sink, listeners,
     ));
     // A scan still running in the background has no one left to report to: stopping must not
     // wait for it.
@@ -222,9 +224,14 @@ fn policy_changed(change: PolicyChange, peer: Peer) -> Record {
     }
 }
 
+/// What the daemon is reached through, bound before anything is loaded.
+struct Listeners {
+    control: ControlSocket,
+    metrics: Option<Endpoint>,
+}
+
 /// Announces the start, then serves until SIGINT, SIGTERM or a stop asked over the control
 /// socket, and stops.
-#[allow(clippy::too_many_arguments)]
 async fn serve(
     mut enforcer: Enforcer,
     protected: BTreeMap<FileKey, PathBuf>,
@@ -232,9 +239,13 @@ async fn serve(
     resolution: Resolution,
     options: RunOptions,
     sink: Sinks,
-    mut control: ControlSocket,
-    exporter: Exporter,
+    listeners: Listeners,
 ) -> Result<()> {
+    let Listeners {
+        mut control,
+        metrics: endpoint,
+    } = listeners;
+    let exporter = Exporter::new(options.metrics.file.clone(), endpoint);
     let mut wakeups = Wakeups::new(&mut enforcer, &options, &mut control).await?;
     let hash_limit_bytes = Arc::new(AtomicU64::new(policy.hash_limit_bytes()));
     let mut content_watch = ContentWatch::new();

@@ -21,7 +21,7 @@ use blocker_common::{Action, KernelEvent, Operation};
 use bytes::Bytes;
 
 use crate::{
-    atomic_file::replace_atomically,
+    atomic_file::Published,
     escape::escaped,
     kernel::coverage::{Feature, Features, State},
     policy,
@@ -579,10 +579,8 @@ impl fmt::Display for LabelValue<'_> {
 
 /// Takes the metrics where they go: the textfile, replaced whole, and the endpoint's body.
 pub struct Exporter {
-    file: Option<PathBuf>,
+    file: Option<Published>,
     endpoint: Option<endpoint::Endpoint>,
-    /// The textfile could not be written last time: warned once per streak.
-    failing: bool,
 }
 
 impl Exporter {
@@ -591,9 +589,8 @@ impl Exporter {
             log::info!("metrics: writing {}", escaped(file));
         }
         Self {
-            file,
+            file: file.map(|path| Published::new(path, "metrics", "")),
             endpoint,
-            failing: false,
         }
     }
 
@@ -613,19 +610,8 @@ impl Exporter {
             return;
         }
         let text = metrics.render();
-        if let Some(file) = &self.file {
-            match replace_atomically(file, text.as_bytes()) {
-                Ok(()) if self.failing => {
-                    log::info!("metrics: writing {} again", escaped(file));
-                    self.failing = false;
-                }
-                Ok(()) => {}
-                Err(error) if !self.failing => {
-                    log::warn!("metrics: {error:#}");
-                    self.failing = true;
-                }
-                Err(_) => {}
-            }
+        if let Some(file) = &mut self.file {
+            file.replace(text.as_bytes());
         }
         if let Some(endpoint) = &self.endpoint {
             endpoint.publish(Bytes::from(text));

@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    atomic_file::replace_atomically,
+    atomic_file::Published,
     events,
     kernel::{coverage::Features, features, Enforcer, KernelCounters},
     policy::Policy,
@@ -193,9 +193,8 @@ impl Snapshot {
 /// Keeps the daemon's status document up to date. Enforcement never depends on it: a document
 /// that cannot be written is a warning.
 pub struct Publisher {
-    path: PathBuf,
+    file: Published,
     document: StatusDocument,
-    failing: bool,
 }
 
 impl Publisher {
@@ -245,9 +244,12 @@ impl Publisher {
             metrics_endpoint: setup.metrics_endpoint.map(|address| address.to_string()),
         };
         let mut publisher = Self {
-            path: setup.path,
+            file: Published::new(
+                setup.path,
+                "status",
+                "; `blocker status` cannot see this daemon",
+            ),
             document,
-            failing: false,
         };
         publisher.publish(first);
         publisher
@@ -276,27 +278,15 @@ impl Publisher {
     }
 
     fn write(&mut self) {
-        match write_atomically(&self.path, &self.document) {
-            Ok(()) if self.failing => {
-                log::info!("status: writing {} again", escaped(&self.path));
-                self.failing = false;
-            }
-            Ok(()) => {}
-            // Once per failure streak: it is retried every few seconds.
-            Err(error) if !self.failing => {
-                log::warn!("status: {error:#}; `blocker status` cannot see this daemon");
-                self.failing = true;
-            }
-            Err(_) => {}
-        }
+        self.file.replace(&serialized(&self.document));
     }
 }
 
-/// Replaces `path` with `document` in one rename, so a reader sees the old or the new one whole.
-fn write_atomically(path: &Path, document: &StatusDocument) -> Result<()> {
+/// The document as it is written: pretty JSON, a line feed at the end.
+fn serialized(document: &StatusDocument) -> Vec<u8> {
     let mut text = serde_json::to_vec_pretty(document).expect("status documents serialize");
     text.push(b'\n');
-    replace_atomically(path, &text)
+    text
 }
 
 /// What clients need of a running daemon.
@@ -537,7 +527,7 @@ pub(crate) mod tests {
         stopped.state = DaemonState::Stopped;
         stopped.stopped = Some("2026-11-28T11:00:00Z".to_owned());
         for document in [example_document(), stopped] {
-            write_atomically(&path, &document).unwrap();
+            crate::atomic_file::replace_atomically(&path, &serialized(&document)).unwrap();
             assert_eq!(read(&path).unwrap(), Some(document));
         }
     }
@@ -564,10 +554,10 @@ pub(crate) mod tests {
         fs::write(&blocked, "").unwrap();
         // Its directory is a file: every write fails, and publishing carries on.
         let mut publisher = publisher(&blocked.join("status.json"));
-        assert!(publisher.failing);
+        assert!(publisher.file.failing());
         fs::remove_file(&blocked).unwrap();
         publisher.publish(snapshot(5, 1));
-        assert!(!publisher.failing);
+        assert!(!publisher.file.failing());
         assert_eq!(
             read(&blocked.join("status.json")).unwrap().unwrap().rules,
             5

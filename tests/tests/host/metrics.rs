@@ -75,6 +75,27 @@ fn is_denial_count(line: &str, count: u64) -> bool {
         && value == count.to_string()
 }
 
+/// Starts the daemon (kill backend) on `sandbox`'s policy with its endpoint on a free loopback
+/// port and `extra` arguments; returns it and the endpoint's address.
+fn start_with_endpoint(sandbox: &Sandbox, extra: &[&str]) -> Result<(Daemon, SocketAddr)> {
+    let status_file = sandbox.path("status.json");
+    let status_arg = status_file.to_str().context("utf-8")?;
+    let args = [
+        &[
+            "--backend",
+            "kill",
+            "--status-file",
+            status_arg,
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        extra,
+    ]
+    .concat();
+    let (daemon, _) = Daemon::start(&sandbox.policy_dir(), &args)?;
+    Ok((daemon, endpoint_of(&status_file)?))
+}
+
 /// The address the daemon's endpoint listens on, from its status document.
 fn endpoint_of(status_file: &Path) -> Result<SocketAddr> {
     let document: Value = serde_json::from_str(&fs::read_to_string(status_file)?)?;
@@ -166,21 +187,10 @@ fn node_exporter_reads_the_textfile_and_promtool_accepts_file_and_endpoint() -> 
     let textfile_dir = sandbox.path("textfile");
     fs::create_dir(&textfile_dir)?;
     let textfile = textfile_dir.join("blocker.prom");
-    let status_file = sandbox.path("status.json");
-    let (mut daemon, _) = Daemon::start(
-        &sandbox.policy_dir(),
-        &[
-            "--backend",
-            "kill",
-            "--status-file",
-            status_file.to_str().context("utf-8")?,
-            "--metrics-file",
-            textfile.to_str().context("utf-8")?,
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
+    let (mut daemon, endpoint) = start_with_endpoint(
+        &sandbox,
+        &["--metrics-file", textfile.to_str().context("utf-8")?],
     )?;
-    let endpoint = endpoint_of(&status_file)?;
     deny_once(&mut daemon, &banned)?;
 
     let counted = |line: &str| is_denial_count(line, 1);
@@ -262,19 +272,7 @@ fn footprint(pid: u32) -> Result<(u64, usize)> {
 fn a_hostile_local_client_neither_stalls_the_daemon_nor_grows_it() -> Result<()> {
     const MAX_CONNECTIONS: usize = 4;
     let (sandbox, banned) = banned_copy("metrics-hostile")?;
-    let status_file = sandbox.path("status.json");
-    let (mut daemon, _) = Daemon::start(
-        &sandbox.policy_dir(),
-        &[
-            "--backend",
-            "kill",
-            "--status-file",
-            status_file.to_str().context("utf-8")?,
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-    )?;
-    let endpoint = endpoint_of(&status_file)?;
+    let (mut daemon, endpoint) = start_with_endpoint(&sandbox, &[])?;
     let (status, _) = scrape(endpoint)?;
     ensure!(status == "HTTP/1.1 200 OK", "{status}");
     let (rss_before, descriptors_before) = footprint(daemon.pid())?;
