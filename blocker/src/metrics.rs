@@ -55,8 +55,12 @@ pub struct MetricsOptions {
     pub listen: Option<SocketAddr>,
 }
 
+/// The operations a decision is about; the others are tamper attempts.
+const DECISION_OPERATIONS: [Operation; 3] = [Operation::Exec, Operation::Mmap, Operation::Mprotect];
+
 const ACTIONS: usize = Action::ALL.len() + 1;
-const OPERATIONS: usize = Operation::ALL.len() + 1;
+const OPERATIONS: usize = DECISION_OPERATIONS.len() + 1;
+const TAMPER_ATTEMPTS: usize = Operation::ALL.len() + 1;
 
 /// The cell of an action number: its place among the known ones, or the last for an unknown.
 fn action_slot(wire: u32) -> usize {
@@ -66,11 +70,12 @@ fn action_slot(wire: u32) -> usize {
         .unwrap_or(ACTIONS - 1)
 }
 
-fn operation_slot(wire: u32) -> usize {
-    Operation::ALL
+/// The cell of an operation number among `known`, or the last for any other.
+fn operation_slot(known: &[Operation], wire: u32) -> usize {
+    known
         .iter()
         .position(|operation| operation.wire() == wire)
-        .unwrap_or(OPERATIONS - 1)
+        .unwrap_or(known.len())
 }
 
 fn action_label(slot: usize) -> &'static str {
@@ -79,8 +84,8 @@ fn action_label(slot: usize) -> &'static str {
         .map_or(UNKNOWN, |action| action.name())
 }
 
-fn operation_label(slot: usize) -> &'static str {
-    Operation::ALL
+fn operation_label(known: &[Operation], slot: usize) -> &'static str {
+    known
         .get(slot)
         .map_or(UNKNOWN, |operation| operation.name())
 }
@@ -120,7 +125,7 @@ pub struct DecisionCounts {
     row_of_rule: HashMap<u32, usize>,
     /// The first is the unknown rules'.
     rows: Vec<RuleRow>,
-    tamper: [u64; OPERATIONS],
+    tamper: [u64; TAMPER_ATTEMPTS],
     /// Events counted, so that a change is seen without looking at every cell.
     counted: u64,
 }
@@ -130,7 +135,7 @@ impl Default for DecisionCounts {
         Self {
             row_of_rule: HashMap::new(),
             rows: vec![RuleRow::new(0, UNKNOWN_RULE.to_owned(), String::new())],
-            tamper: [0; OPERATIONS],
+            tamper: [0; TAMPER_ATTEMPTS],
             counted: 0,
         }
     }
@@ -140,13 +145,14 @@ impl DecisionCounts {
     /// Counts the decision an exec or mapping event reports.
     pub fn count_decision(&mut self, event: &KernelEvent) {
         let row = self.row_of_rule.get(&event.rule_id).copied().unwrap_or(0);
-        self.rows[row].cells[action_slot(event.action)][operation_slot(event.operation)] += 1;
+        let operation = operation_slot(&DECISION_OPERATIONS, event.operation);
+        self.rows[row].cells[action_slot(event.action)][operation] += 1;
         self.counted += 1;
     }
 
     /// Counts a tamper attempt the kernel refused.
     pub fn count_tamper(&mut self, event: &KernelEvent) {
-        self.tamper[operation_slot(event.operation)] += 1;
+        self.tamper[operation_slot(Operation::ALL, event.operation)] += 1;
         self.counted += 1;
     }
 
@@ -188,9 +194,9 @@ impl DecisionCounts {
         for row in &self.rows {
             if let Some(action) = row.action_in_force {
                 let slot = action_slot(action.kernel_value());
-                for operation in [Operation::Exec, Operation::Mmap, Operation::Mprotect] {
+                for operation in 0..DECISION_OPERATIONS.len() {
                     series
-                        .entry(decision_labels(row, slot, operation_slot(operation.wire())))
+                        .entry(decision_labels(row, slot, operation))
                         .or_default();
                 }
             }
@@ -231,7 +237,7 @@ impl DecisionCounts {
             if count > 0 {
                 out.sample(
                     "blocker_tamper_attempts_refused_total",
-                    &[("attempt", operation_label(slot))],
+                    &[("attempt", operation_label(Operation::ALL, slot))],
                     count,
                 );
             }
@@ -246,7 +252,7 @@ fn decision_labels(
 ) -> (&'static str, &'static str, &str, &str) {
     (
         action_label(action),
-        operation_label(operation),
+        operation_label(&DECISION_OPERATIONS, operation),
         &row.rule,
         &row.policy,
     )
