@@ -380,3 +380,74 @@ fn an_endpoint_off_loopback_is_refused_before_anything_loads() -> Result<()> {
     ensure!(!log.contains("loaded the kernel programs"), "{log}");
     Ok(())
 }
+
+#[test]
+fn reloads_are_counted_by_result_and_the_last_one_is_told() -> Result<()> {
+    let (sandbox, banned) = banned_copy("metrics-reload")?;
+    let textfile = sandbox.path("blocker.prom");
+    let (mut daemon, _) = Daemon::start(
+        &sandbox.policy_dir(),
+        &[
+            "--backend",
+            "kill",
+            "--metrics-file",
+            textfile.to_str().context("utf-8")?,
+        ],
+    )?;
+    let read = || Ok(fs::read_to_string(&textfile)?);
+    wait_for_line(
+        "the textfile",
+        |line| line == "blocker_rules_loaded 1",
+        read,
+    )?;
+
+    // Written in place: the directory watch reloads, and the bad file is refused.
+    sandbox.write_policy(
+        "test.toml",
+        "name = \"test\"\n[[rule]]\nid = \"x\"\npaths = \"/x\"\n",
+    )?;
+    daemon.wait_for_record(EVENT_TIMEOUT, |record| record["kind"] == "reload_failed")?;
+    let failed = wait_for_line(
+        "the textfile",
+        |line| line == "blocker_reloads_total{result=\"failure\"} 1",
+        read,
+    )?;
+    ensure!(
+        failed
+            .lines()
+            .any(|line| line == "blocker_last_reload_success 0")
+            && failed
+                .lines()
+                .any(|line| line == "blocker_reloads_total{result=\"success\"} 0"),
+        "{failed}"
+    );
+
+    sandbox.write_policy(
+        "test.toml",
+        &format!(
+            "name = \"test\"\n[[rule]]\nid = \"ban\"\npaths = [{:?}]\n[[rule]]\nid = \"more\"\n\
+             paths = [\"/nonexistent/blocker-test\"]\n",
+            banned.display().to_string()
+        ),
+    )?;
+    daemon.wait_for_record(EVENT_TIMEOUT, |record| record["kind"] == "reloaded")?;
+    let reloaded = wait_for_line(
+        "the textfile",
+        |line| line == "blocker_reloads_total{result=\"success\"} 1",
+        read,
+    )?;
+    for expected in [
+        "blocker_last_reload_success 1",
+        "blocker_reloads_total{result=\"failure\"} 1",
+        "blocker_rules_loaded 2",
+        "blocker_decisions_total{action=\"deny\",operation=\"exec\",rule=\"more\",policy=\"test\"} 0",
+    ] {
+        ensure!(
+            reloaded.lines().any(|line| line == expected),
+            "{expected}:\n{reloaded}"
+        );
+    }
+    let (status, _, _) = daemon.stop()?;
+    ensure!(status.success(), "daemon exit: {status}");
+    Ok(())
+}
