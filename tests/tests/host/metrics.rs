@@ -194,7 +194,7 @@ fn node_exporter_reads_the_textfile_and_promtool_accepts_file_and_endpoint() -> 
     deny_once(&mut daemon, &banned)?;
 
     let counted = |line: &str| is_denial_count(line, 1);
-    let file_text = wait_for_line("the textfile", &counted, || {
+    let file_text = wait_for_line("the textfile", counted, || {
         Ok(fs::read_to_string(&textfile)?)
     })?;
     let mode = fs::metadata(&textfile)?.permissions();
@@ -202,7 +202,7 @@ fn node_exporter_reads_the_textfile_and_promtool_accepts_file_and_endpoint() -> 
         std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777 == 0o644,
         "the textfile is not 0644: {mode:?}"
     );
-    let body = wait_for_line("the endpoint", &counted, || {
+    let body = wait_for_line("the endpoint", counted, || {
         let (status, body) = scrape(endpoint)?;
         ensure!(status == "HTTP/1.1 200 OK", "{status}");
         Ok(body)
@@ -226,7 +226,7 @@ fn node_exporter_reads_the_textfile_and_promtool_accepts_file_and_endpoint() -> 
                 format!("running {NODE_EXPORTER} (Debian package prometheus-node-exporter)")
             })?,
     );
-    let exported = wait_for_line("node_exporter's metrics", &counted, || {
+    let exported = wait_for_line("node_exporter's metrics", counted, || {
         Ok(scrape(SocketAddr::from(([127, 0, 0, 1], port)))?.1)
     })?;
     drop(exporter);
