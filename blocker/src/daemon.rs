@@ -21,7 +21,7 @@ use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, Signal, SignalKind},
     sync::mpsc,
-    time::{sleep_until, Instant, Interval},
+    time::{sleep_until, Instant, Interval, MissedTickBehavior},
 };
 
 use crate::{
@@ -40,7 +40,11 @@ use crate::{
         BackendChoice, Enforcer, KernelCounters, KernelPolicy,
     },
     listed::{log_listed, Tally, LISTED_LINES},
-    log_lines, pidfd,
+    log_lines,
+    metrics::{
+        self, endpoint::Endpoint, Activity, DecisionCounts, Exporter, Metrics, MetricsOptions,
+    },
+    pidfd,
     policy::{Action, Policy},
     prepare::{prepare, Contents, Prepared},
     reload::{PolicyDirWatcher, QUIET_BEFORE_RELOAD},
@@ -57,6 +61,9 @@ pub(crate) const EVENTS_PER_TURN: usize = 256;
 
 /// How often the kernel's lost-event counter is checked.
 const COUNTER_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How often the metrics are exported, if they changed: never per event.
+const METRICS_EXPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct RunOptions {
     pub policy_dir: PathBuf,
@@ -77,6 +84,7 @@ pub struct RunOptions {
     pub sinks: SinkOptions,
     /// Where `blocker status` finds what this daemon enforces.
     pub status_file: PathBuf,
+    pub metrics: MetricsOptions,
 }
 
 pub fn run(options: RunOptions) -> Result<()> {
@@ -120,9 +128,13 @@ pub fn run(options: RunOptions) -> Result<()> {
         None
     };
     check_identities(&resolution, protected_directories.as_deref())?;
-    // Before anything is loaded: a daemon nobody could ask to stop does not start. Removed
-    // when dropped, however the start fails or the daemon ends.
-    let control = ControlSocket::bind(control_socket::server::path_for(&options.status_file)?)?;
+    // Before anything is loaded: a daemon nobody could ask to stop does not start, nor one
+    // whose metrics endpoint cannot listen where asked. Removed when dropped, however the
+    // start fails or the daemon ends.
+    let listeners = Listeners {
+        control: ControlSocket::bind(control_socket::server::path_for(&options.status_file)?)?,
+        metrics: options.metrics.listen.map(Endpoint::start).transpose()?,
+    };
     let sink = Sinks::start(&options.sinks)?;
     let loading = std::time::Instant::now();
     let enforcer = Enforcer::start(
@@ -168,7 +180,7 @@ pub fn run(options: RunOptions) -> Result<()> {
         .build()
         .context("starting the event loop")?;
     let served = runtime.block_on(serve(
-        enforcer, protected, policy, resolution, options, sink, control,
+        enforcer, protected, policy, resolution, options, sink, listeners,
     ));
     // A scan still running in the background has no one left to report to: stopping must not
     // wait for it.
@@ -219,6 +231,12 @@ fn policy_changed(change: PolicyChange, peer: Peer) -> Record {
     }
 }
 
+/// What the daemon is reached through, bound before anything is loaded.
+struct Listeners {
+    control: ControlSocket,
+    metrics: Option<Endpoint>,
+}
+
 /// Announces the start, then serves until SIGINT, SIGTERM or a stop asked over the control
 /// socket, and stops.
 async fn serve(
@@ -228,8 +246,13 @@ async fn serve(
     resolution: Resolution,
     options: RunOptions,
     sink: Sinks,
-    mut control: ControlSocket,
+    listeners: Listeners,
 ) -> Result<()> {
+    let Listeners {
+        mut control,
+        metrics: endpoint,
+    } = listeners;
+    let exporter = Exporter::new(options.metrics.file.clone(), endpoint);
     let mut wakeups = Wakeups::new(&mut enforcer, &options, &mut control).await?;
     let hash_limit_bytes = Arc::new(AtomicU64::new(policy.hash_limit_bytes()));
     let mut content_watch = ContentWatch::new();
@@ -250,9 +273,18 @@ async fn serve(
             features: enforcer.features().clone(),
             pinned: enforcer.pinned().is_some(),
             control_socket: control.path().to_owned(),
+            metrics_endpoint: exporter.endpoint_address(),
         },
         Snapshot::of(&enforcer, &policy, &resolution, 0, &counters),
     );
+    let mut metrics = Metrics::new(
+        std::time::SystemTime::now(),
+        enforcer.backend().name(),
+        enforcer.features(),
+    );
+    metrics
+        .decisions
+        .name_rules(rules_named_in_events(&resolution, &BTreeMap::new()));
     let mut daemon = Daemon {
         enforcer,
         protected,
@@ -274,6 +306,8 @@ async fn serve(
         reported_overflow: 0,
         delivered: 0,
         counters,
+        metrics,
+        exporter,
     };
     daemon.announce_start(previous_heartbeat);
     daemon.serve(&mut wakeups).await?;
@@ -299,6 +333,7 @@ struct Wakeups {
     counter_check: Interval,
     rescan: Interval,
     heartbeat: Interval,
+    metrics_export: Interval,
 }
 
 impl Wakeups {
@@ -326,6 +361,8 @@ impl Wakeups {
         let mut rescan = tokio::time::interval(options.rescan_interval);
         rescan.tick().await;
         let heartbeat = tokio::time::interval(Duration::from_secs(heartbeat::INTERVAL_SECS));
+        let mut metrics_export = tokio::time::interval(METRICS_EXPORT_INTERVAL);
+        metrics_export.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Ok(Self {
             events,
             kernel_log,
@@ -339,6 +376,7 @@ impl Wakeups {
             counter_check,
             rescan,
             heartbeat,
+            metrics_export,
         })
     }
 }
@@ -374,6 +412,8 @@ struct Daemon {
     delivered: u64,
     /// The kernel's counters when last read.
     counters: KernelCounters,
+    metrics: Metrics,
+    exporter: Exporter,
 }
 
 impl Daemon {
@@ -434,6 +474,9 @@ impl Daemon {
                 _ = wakeups.refresh.tick() => self.request(Work::Refresh { rescan: false }),
                 _ = wakeups.counter_check.tick() => self.check_counters(),
                 _ = wakeups.heartbeat.tick() => beat(&mut self.enforcer),
+                _ = wakeups.metrics_export.tick(), if self.exporter.active() => {
+                    self.export_metrics();
+                }
                 _ = wakeups.hangup.recv() => wakeups.reload_due = Some(Instant::now()),
                 ready = changed(wakeups.policy_dir.as_ref()) => {
                     let mut ready = ready?;
@@ -460,20 +503,28 @@ impl Daemon {
         }
     }
 
-    /// What the events of the kernel programs are named by.
-    fn known(&self) -> Known<'_> {
-        Known {
+    /// Forwards up to `limit` queued events; returns whether the ring is now empty.
+    fn forward_events(&mut self, ring: &mut RingBuf<MapData>, limit: usize) -> bool {
+        let known = Known {
             resolution: &self.resolution,
             retired_rules: &self.retired_rules,
             protected: &self.protected,
-        }
-    }
-
-    /// Forwards up to `limit` queued events; returns whether the ring is now empty.
-    fn forward_events(&mut self, ring: &mut RingBuf<MapData>, limit: usize) -> bool {
-        let (count, emptied) = drain(ring, &self.known(), &self.sink, limit);
+        };
+        let (count, emptied) = drain(ring, &known, &self.sink, limit, &mut self.metrics.decisions);
         self.delivered += count;
         emptied
+    }
+
+    /// Exports the metrics, if they changed, with the levels as they are now.
+    fn export_metrics(&mut self) {
+        self.metrics.set_levels(metric_levels(
+            &self.resolution,
+            self.enforcer.installed_entries(),
+            self.delivered,
+            &self.counters,
+            &self.sink,
+        ));
+        self.exporter.export(&mut self.metrics);
     }
 
     /// Writes the status file anew.
@@ -639,6 +690,8 @@ impl Daemon {
         let reloaded = match applied {
             Ok(reloaded) => reloaded,
             Err(error) => {
+                self.metrics
+                    .record(Activity::Reload, false, std::time::SystemTime::now());
                 log::error!("reload refused, the previous policy stays in force: {error}");
                 self.sink.emit(Record::ReloadFailed {
                     time: events::now_rfc3339(),
@@ -667,6 +720,11 @@ impl Daemon {
             entries: fresh.entries.len(),
         });
         retire_rules(&mut self.retired_rules, &self.resolution, fresh);
+        self.metrics
+            .decisions
+            .name_rules(rules_named_in_events(fresh, &self.retired_rules));
+        self.metrics
+            .record(Activity::Reload, true, std::time::SystemTime::now());
         self.hash_limit_bytes
             .store(reloaded.policy.hash_limit_bytes(), Ordering::Relaxed);
         self.policy = reloaded.policy;
@@ -762,8 +820,9 @@ impl Daemon {
     }
 
     /// Stops beating, detaches or leaves the pinned programs, forwards the events still queued
-    /// in `ring` and closes the sinks with the `stopped` record.
-    fn stop(self, ring: &mut RingBuf<MapData>) {
+    /// in `ring`, exports the final metrics and closes the sinks with the `stopped` record.
+    fn stop(mut self, ring: &mut RingBuf<MapData>) {
+        self.counters = report_lost_events(&self.enforcer, self.counters, &self.sink);
         let Self {
             mut enforcer,
             protected,
@@ -773,9 +832,10 @@ impl Daemon {
             retired_rules,
             mut delivered,
             counters,
+            mut metrics,
+            mut exporter,
             ..
         } = self;
-        let counters = report_lost_events(&enforcer, counters, &sink);
         if enforcer.content_checks() {
             log::info!(
                 "content checks: {} answered from the verdict cache, {} hashed (executable \
@@ -793,6 +853,7 @@ impl Daemon {
             );
         }
         let pinned = enforcer.pinned().map(|dir| dir.display().to_string());
+        let entries = enforcer.installed_entries();
         if let Err(error) = enforcer.stop_beating() {
             log::error!("{error:#}");
         }
@@ -816,7 +877,15 @@ impl Daemon {
             retired_rules: &retired_rules,
             protected: &protected,
         };
-        delivered += drain(ring, &known, &sink, usize::MAX).0;
+        delivered += drain(ring, &known, &sink, usize::MAX, &mut metrics.decisions).0;
+        metrics.set_levels(metric_levels(
+            &resolution,
+            entries,
+            delivered,
+            &counters,
+            &sink,
+        ));
+        exporter.export(&mut metrics);
         sink.close(|records_dropped| Record::Stopped {
             time: events::now_rfc3339(),
             events: delivered,
@@ -1059,6 +1128,38 @@ fn retire_rules(retired: &mut BTreeMap<u32, RuleInfo>, old: &Resolution, new: &R
     }
 }
 
+/// What the metrics read from the daemon's state.
+fn metric_levels(
+    resolution: &Resolution,
+    entries: usize,
+    delivered: u64,
+    counters: &KernelCounters,
+    sink: &Sinks,
+) -> metrics::Levels {
+    metrics::Levels {
+        rules: resolution.rules.len(),
+        entries,
+        events_delivered: delivered,
+        events_lost: counters.events_lost,
+        records_suppressed: counters.records_suppressed,
+        records_dropped: sink.dropped(),
+    }
+}
+
+/// The rules events may name: those in force, the setting pseudo-rules and those reloads
+/// removed.
+pub(crate) fn rules_named_in_events<'a>(
+    resolution: &'a Resolution,
+    retired_rules: &'a BTreeMap<u32, RuleInfo>,
+) -> impl Iterator<Item = &'a RuleInfo> {
+    resolution
+        .rules
+        .iter()
+        .chain(&resolution.fileless_rule)
+        .chain(&resolution.unhashable_rule)
+        .chain(retired_rules.values())
+}
+
 /// What the daemon knows to name the rules and files in events.
 pub(crate) struct Known<'a> {
     pub(crate) resolution: &'a Resolution,
@@ -1072,6 +1173,7 @@ fn drain(
     known: &Known<'_>,
     sink: &Sinks,
     limit: usize,
+    decisions: &mut DecisionCounts,
 ) -> (u64, bool) {
     let clock = BootClock;
     let mut batch = sink.batch();
@@ -1080,24 +1182,26 @@ fn drain(
         let Some(item) = ring.next() else {
             return (count, true);
         };
-        if forward(&item, known, &mut batch, &clock) {
+        if forward(&item, known, &mut batch, &clock, decisions) {
             count += 1;
         }
     }
     (count, false)
 }
 
-/// What the daemon does with each ring buffer record: decodes it, makes its record and adds it
-/// to the batch for the sinks (the log's line for it among them). Returns whether it was an event (`blocker
-/// feed-events` measures this path without a kernel).
+/// What the daemon does with each ring buffer record: decodes it, counts it in `decisions`,
+/// makes its record and adds it to the batch for the sinks (the log's line for it among them).
+/// Returns whether it was an event (`blocker feed-events` measures this path without a kernel).
 pub(crate) fn forward(
     bytes: &[u8],
     known: &Known<'_>,
     batch: &mut Batch<'_>,
     clock: &BootClock,
+    decisions: &mut DecisionCounts,
 ) -> bool {
     match events::decode(bytes) {
         Ok(event) if events::is_tamper_attempt(&event) => {
+            decisions.count_tamper(&event);
             let key = FileKey::new(event.dev, event.ino);
             let record = TamperRecord::new(
                 &event,
@@ -1108,6 +1212,7 @@ pub(crate) fn forward(
             true
         }
         Ok(event) => {
+            decisions.count_decision(&event);
             let key = FileKey::new(event.dev, event.ino);
             let resolution = known.resolution;
             let record = ExecRecord::new(

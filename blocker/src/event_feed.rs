@@ -11,9 +11,10 @@ use blocker_common::{Action, Backend, KernelEvent, Operation, COMM_LEN, FILENAME
 
 use crate::{
     budget::Budget,
-    daemon::{self, Known, EVENTS_PER_TURN},
+    daemon::{self, rules_named_in_events, Known, EVENTS_PER_TURN},
     escape::escaped,
     events::{self, BootClock, Record},
+    metrics::DecisionCounts,
     prepare::{prepare, Contents, Prepared},
     resolve::Resolution,
     sinks::{SinkOptions, Sinks},
@@ -45,6 +46,8 @@ pub fn run(options: &FeedOptions) -> Result<()> {
         retired_rules: &retired_rules,
         protected: &protected,
     };
+    let mut decisions = DecisionCounts::default();
+    decisions.name_rules(rules_named_in_events(&resolution, &retired_rules));
     let sink = Sinks::start(&options.sinks)?;
     let clock = BootClock;
     let cpu_before = cpu_seconds()?;
@@ -63,7 +66,7 @@ pub fn run(options: &FeedOptions) -> Result<()> {
             event.boot_time_ns = clock.now_ns();
             bytes.clear();
             bytes.extend_from_slice(events::encode(&event));
-            if !daemon::forward(&bytes, &known, &mut batch, &clock) {
+            if !daemon::forward(&bytes, &known, &mut batch, &clock, &mut decisions) {
                 bail!("the pipeline refused a synthetic event");
             }
             fed += 1;

@@ -1,6 +1,7 @@
 //! blocker: refuses to run the binaries a policy bans. The library holds everything but the
 //! command line (`main.rs`), so that the fuzz targets in `fuzz/` reach the parsers.
 
+pub mod atomic_file;
 pub mod background;
 pub mod budget;
 pub mod cgroups;
@@ -22,6 +23,7 @@ pub mod kernel;
 pub mod listed;
 pub mod log_lines;
 pub mod lookup;
+pub mod metrics;
 pub mod mounts;
 pub mod path_table;
 pub mod pidfd;

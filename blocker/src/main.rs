@@ -73,6 +73,8 @@ enum Command {
         /// for `blocker stop` and `blocker policy` is beside it, with the extension `.sock`.
         #[arg(long, default_value = status::DEFAULT_STATUS_FILE)]
         status_file: PathBuf,
+        #[command(flatten)]
+        metrics: MetricsArgs,
     },
     /// Stop the running daemon, asked over its control socket (a daemon without one: SIGTERM to
     /// every `blocker run`), and wait for it to exit. Exits 1 if none runs.
@@ -283,6 +285,37 @@ impl SinkArgs {
     }
 }
 
+/// Where `blocker run` publishes its metrics for Prometheus.
+#[derive(Args)]
+struct MetricsArgs {
+    /// Write metrics (Prometheus text format) to this node_exporter textfile, replaced at
+    /// most once a second when they change; by default /var/lib/prometheus/node-exporter/
+    /// blocker.prom if that directory exists.
+    #[arg(long)]
+    metrics_file: Option<PathBuf>,
+    /// Write no metrics file.
+    #[arg(long, conflicts_with = "metrics_file")]
+    no_metrics_file: bool,
+    /// Serve the metrics at http://ADDR/metrics; a loopback address only (port 0: any free
+    /// port, logged and named in the status document).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
+}
+
+impl MetricsArgs {
+    fn options(self) -> blocker::metrics::MetricsOptions {
+        blocker::metrics::MetricsOptions {
+            file: if self.no_metrics_file {
+                None
+            } else {
+                self.metrics_file
+                    .or_else(blocker::metrics::default_textfile)
+            },
+            listen: self.metrics_listen,
+        }
+    }
+}
+
 impl ScanArgs {
     fn options(self) -> scan::ScanOptions {
         let cache = (!self.no_hash_cache).then_some(self.hash_cache);
@@ -308,6 +341,7 @@ fn main() -> ExitCode {
             protect,
             sinks,
             status_file,
+            metrics,
         } => daemon::run(daemon::RunOptions {
             policy_dir,
             backend,
@@ -320,6 +354,7 @@ fn main() -> ExitCode {
             protect,
             sinks: sinks.options(),
             status_file,
+            metrics: metrics.options(),
         })
         .map(|()| ExitCode::SUCCESS),
         Command::Unload {

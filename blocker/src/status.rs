@@ -7,9 +7,7 @@ mod report;
 
 use crate::escape::escaped;
 use std::{
-    fs,
-    io::{self, Write},
-    os::unix::fs::PermissionsExt,
+    fs, io,
     path::{Path, PathBuf},
 };
 
@@ -17,6 +15,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    atomic_file::Published,
     events,
     kernel::{coverage::Features, features, Enforcer, KernelCounters},
     policy::Policy,
@@ -63,6 +62,10 @@ pub struct StatusDocument {
     /// [`crate::control_socket`]); absent from daemons older than the socket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_socket: Option<String>,
+    /// Where `GET /metrics` is served (`run --metrics-listen`), its port as bound; absent
+    /// without an endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_endpoint: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +141,7 @@ pub struct Setup {
     pub features: Features,
     pub pinned: bool,
     pub control_socket: PathBuf,
+    pub metrics_endpoint: Option<std::net::SocketAddr>,
 }
 
 /// What the daemon enforces at one moment.
@@ -189,9 +193,8 @@ impl Snapshot {
 /// Keeps the daemon's status document up to date. Enforcement never depends on it: a document
 /// that cannot be written is a warning.
 pub struct Publisher {
-    path: PathBuf,
+    file: Published,
     document: StatusDocument,
-    failing: bool,
 }
 
 impl Publisher {
@@ -238,11 +241,15 @@ impl Publisher {
                     .display()
                     .to_string(),
             ),
+            metrics_endpoint: setup.metrics_endpoint.map(|address| address.to_string()),
         };
         let mut publisher = Self {
-            path: setup.path,
+            file: Published::new(
+                setup.path,
+                "status",
+                "; `blocker status` cannot see this daemon",
+            ),
             document,
-            failing: false,
         };
         publisher.publish(first);
         publisher
@@ -271,52 +278,15 @@ impl Publisher {
     }
 
     fn write(&mut self) {
-        match write_atomically(&self.path, &self.document) {
-            Ok(()) if self.failing => {
-                log::info!("status: writing {} again", escaped(&self.path));
-                self.failing = false;
-            }
-            Ok(()) => {}
-            // Once per failure streak: it is retried every few seconds.
-            Err(error) if !self.failing => {
-                log::warn!("status: {error:#}; `blocker status` cannot see this daemon");
-                self.failing = true;
-            }
-            Err(_) => {}
-        }
+        self.file.replace(&serialized(&self.document));
     }
 }
 
-/// Replaces `path` with `document` in one rename, so a reader sees the old or the new one whole.
-fn write_atomically(path: &Path, document: &StatusDocument) -> Result<()> {
-    let directory = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    fs::create_dir_all(directory).with_context(|| format!("creating {}", escaped(&directory)))?;
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} names no file", escaped(&path)))?;
-    let temporary = directory.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let written = (|| -> io::Result<()> {
-        let mut file = fs::File::create(&temporary)?;
-        let mut text = serde_json::to_vec_pretty(document).expect("status documents serialize");
-        text.push(b'\n');
-        file.write_all(&text)?;
-        // Readable by everyone whatever the umask: it holds no secret, and a security team's
-        // monitoring need not run as root.
-        file.set_permissions(fs::Permissions::from_mode(0o644))?;
-        fs::rename(&temporary, path)
-    })();
-    if let Err(error) = written {
-        let _ = fs::remove_file(&temporary);
-        return Err(error).with_context(|| format!("writing {}", escaped(&path)));
-    }
-    Ok(())
+/// The document as it is written: pretty JSON, a line feed at the end.
+fn serialized(document: &StatusDocument) -> Vec<u8> {
+    let mut text = serde_json::to_vec_pretty(document).expect("status documents serialize");
+    text.push(b'\n');
+    text
 }
 
 /// What clients need of a running daemon.
@@ -364,6 +334,8 @@ pub fn parse(path: &Path, text: &str) -> Result<StatusDocument> {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     pub fn example_document() -> StatusDocument {
@@ -414,6 +386,7 @@ pub(crate) mod tests {
             },
             pinned: false,
             control_socket: Some("/run/blocker/status.sock".to_owned()),
+            metrics_endpoint: Some("127.0.0.1:9851".to_owned()),
         }
     }
 
@@ -442,6 +415,7 @@ pub(crate) mod tests {
                 features: example_document().features,
                 pinned: true,
                 control_socket: path.with_extension("sock"),
+                metrics_endpoint: None,
             },
             snapshot(3, 0),
         )
@@ -476,6 +450,7 @@ pub(crate) mod tests {
                 features: example_document().features,
                 pinned: false,
                 control_socket: "status.sock".into(),
+                metrics_endpoint: None,
             },
             snapshot(3, 0),
         );
@@ -552,7 +527,7 @@ pub(crate) mod tests {
         stopped.state = DaemonState::Stopped;
         stopped.stopped = Some("2026-11-28T11:00:00Z".to_owned());
         for document in [example_document(), stopped] {
-            write_atomically(&path, &document).unwrap();
+            crate::atomic_file::replace_atomically(&path, &serialized(&document)).unwrap();
             assert_eq!(read(&path).unwrap(), Some(document));
         }
     }
@@ -579,10 +554,10 @@ pub(crate) mod tests {
         fs::write(&blocked, "").unwrap();
         // Its directory is a file: every write fails, and publishing carries on.
         let mut publisher = publisher(&blocked.join("status.json"));
-        assert!(publisher.failing);
+        assert!(publisher.file.failing());
         fs::remove_file(&blocked).unwrap();
         publisher.publish(snapshot(5, 1));
-        assert!(!publisher.failing);
+        assert!(!publisher.file.failing());
         assert_eq!(
             read(&blocked.join("status.json")).unwrap().unwrap().rules,
             5

@@ -343,7 +343,8 @@ impl Daemon {
 
     /// Starts `program run --policy-dir POLICY_DIR ARGS` as `options` say. Events are also
     /// written to `events.jsonl` next to `policy_dir` (in the sandbox, never the host's
-    /// /var/log), and never to the host's journal.
+    /// /var/log), and never to the host's journal; metrics go to no file unless `args` name
+    /// one (never the host's node_exporter directory).
     pub fn spawn_program(
         program: &Path,
         policy_dir: &Path,
@@ -360,6 +361,12 @@ impl Daemon {
             .arg(&events_file)
             .arg("--no-journald")
             .args(args);
+        if !args
+            .iter()
+            .any(|&arg| arg == "--metrics-file" || arg == "--no-metrics-file")
+        {
+            command.arg("--no-metrics-file");
+        }
         let mut child = command
             .spawn()
             .with_context(|| format!("starting {}", program.display()))?;

@@ -77,6 +77,14 @@ const VM_PACKAGES: &[AptPackages] = &[
     },
 ];
 
+const HOST_TEST_PACKAGES: &[AptPackages] = &[AptPackages {
+    names: &["prometheus-node-exporter", "prometheus"],
+    purpose: "node_exporter, which the metrics tests point at blocker's textfile, and promtool, \
+              which checks blocker's metrics; their services are masked first: the tests run \
+              their own on loopback",
+    never_started: &["prometheus-node-exporter.service", "prometheus.service"],
+}];
+
 const BENCH_PACKAGES: &[AptPackages] = &[
     AptPackages {
         names: &["gcc", "libc6-dev"],
@@ -96,8 +104,8 @@ pub enum Needs<'a> {
     Build,
     /// Building the Debian package.
     Package,
-    /// Everything `cargo xtask test` does: the package too, which the VM tests install, and the
-    /// kernels they boot.
+    /// Everything `cargo xtask test` does: the package too, which the VM tests install, the
+    /// kernels they boot, and what the host tests run beside blocker.
     BuildAndVm {
         kernels: &'a [Suite],
     },
@@ -120,6 +128,7 @@ pub fn ensure(root: &Path, needs: Needs) -> Result<()> {
                 .iter()
                 .chain(PACKAGING_PACKAGES)
                 .chain(VM_PACKAGES)
+                .chain(HOST_TEST_PACKAGES)
                 .collect(),
             kernels,
         ),

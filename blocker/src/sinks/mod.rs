@@ -222,15 +222,18 @@ impl Sinks {
         }
     }
 
+    /// Per sink, the records it never got.
+    pub fn dropped(&self) -> BTreeMap<&'static str, u64> {
+        self.queues
+            .iter()
+            .map(|queue| (queue.name(), queue.dropped()))
+            .collect()
+    }
+
     /// Writes `last`, made from what each sink never got, after everything else, and waits
     /// a few seconds at most for the sinks to write what they still have.
     pub fn close(self, last: impl FnOnce(BTreeMap<&'static str, u64>) -> Record) {
-        let dropped = self
-            .queues
-            .iter()
-            .map(|queue| (queue.name(), queue.dropped()))
-            .collect();
-        let last = Emitted::new(last(dropped), &self.encoding);
+        let last = Emitted::new(last(self.dropped()), &self.encoding);
         for queue in &self.queues {
             queue.close_with(last.clone());
         }

@@ -8,5 +8,6 @@ mod ecs;
 mod flatpak;
 mod hostile_names;
 mod kill;
+mod metrics;
 mod refresh;
 mod status;

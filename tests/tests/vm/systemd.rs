@@ -32,6 +32,8 @@ const LOG_DIR: &str = "/var/log/blocker";
 const CACHE_DIR: &str = "/var/cache/blocker";
 const STATUS_FILE: &str = "/run/blocker/status.json";
 const CONTROL_SOCKET: &str = "/run/blocker/status.sock";
+/// node_exporter's textfile directory, where the service writes its metrics if it exists.
+const TEXTFILE_DIR: &str = "/var/lib/prometheus/node-exporter";
 /// The test's files: the banned copies and the policy file before it is installed.
 const WORK_DIR: &str = "/opt/blocker-vm";
 const TEST_POLICY: &str = "vm-systemd.toml";
@@ -401,6 +403,46 @@ fn the_unit_verifies_and_its_sandbox_is_read_only_but_for_bpffs_and_its_director
         Path::new(PIN_DIR).is_dir(),
         "the daemon pinned in the host's bpffs"
     );
+    Ok(())
+}
+
+#[test]
+fn the_service_writes_its_metrics_where_node_exporter_reads_them() -> Result<()> {
+    // Made before the service starts: the unit may write it only if it exists then.
+    fs::create_dir_all(TEXTFILE_DIR)?;
+    service_running()?;
+    succeed("systemctl", &["restart", SERVICE])?;
+    wait_until("blocker.service to be active", STARTUP_TIMEOUT, is_active)?;
+    banned_by_the_service("banned-metrics")?;
+    let textfile = Path::new(TEXTFILE_DIR).join("blocker.prom");
+    let mut text = String::new();
+    wait_until(
+        "the denial in the metrics textfile",
+        JOURNAL_TIMEOUT,
+        || {
+            text = fs::read_to_string(&textfile).unwrap_or_default();
+            Ok(text.lines().any(|line| {
+            line.strip_prefix(
+                r#"blocker_decisions_total{action="deny",operation="exec",rule="ban",policy="test"} "#,
+            )
+            .and_then(|count| count.parse::<u64>().ok())
+            .is_some_and(|count| count >= 1)
+        }))
+        },
+    )?;
+    ensure!(
+        text.lines()
+            .any(|line| line == r#"blocker_backend_info{backend="lsm"} 1"#),
+        "{text}"
+    );
+    let mode = fs::metadata(&textfile)?.permissions();
+    ensure!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777 == 0o644,
+        "{mode:?}"
+    );
+    // A removed blocker leaves no metrics for node_exporter to go on exporting.
+    succeed("apt-get", &["remove", "--yes", "blocker"])?;
+    ensure!(!textfile.exists(), "the textfile is left after a removal");
     Ok(())
 }
 
