@@ -31,6 +31,7 @@ pub mod scan;
 pub mod sinks;
 pub mod sources;
 pub mod status;
+pub mod sync;
 pub mod systemd;
 pub mod unload;
 pub mod watch;

@@ -74,6 +74,20 @@ enum Command {
         #[arg(long, default_value = status::DEFAULT_STATUS_FILE)]
         status_file: PathBuf,
     },
+    /// Fetch the fleet's rules from a Santa sync server and install them as the policy file
+    /// santa-sync.toml (through the running daemon, as `blocker policy install`); every
+    /// interval of the configuration, or once with --once.
+    Sync {
+        /// The sync configuration: server, TLS credentials, interval, machine id.
+        #[arg(long, default_value = blocker::sync::config::DEFAULT_CONFIG_FILE)]
+        config: PathBuf,
+        /// Sync once, print what changed, and exit.
+        #[arg(long)]
+        once: bool,
+        /// Ask the server for a clean sync: the rules it sends replace every synced rule.
+        #[arg(long)]
+        clean: bool,
+    },
     /// Stop the running daemon, asked over its control socket (a daemon without one: SIGTERM to
     /// every `blocker run`), and wait for it to exit. Exits 1 if none runs.
     Stop {
@@ -327,6 +341,11 @@ fn main() -> ExitCode {
                 log_lines: false,
             },
         ),
+        Command::Sync {
+            config,
+            once,
+            clean,
+        } => blocker::sync::command(&config, once, clean),
         Command::Stop { status_file } => control::stop(&status_file),
         Command::Policy {
             change: PolicyChange::Install { files, target },

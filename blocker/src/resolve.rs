@@ -33,6 +33,7 @@ pub struct RuleInfo {
     pub id: String,
     pub policy: String,
     pub reason: Option<String>,
+    pub url: Option<String>,
     pub action: Action,
 }
 
@@ -285,6 +286,7 @@ fn setting_rule(
         id: id.to_owned(),
         policy: policy.unwrap_or_default().to_owned(),
         reason: Some(reason.to_owned()),
+        url: None,
         action: if setting == SettingAction::Deny {
             Action::Deny
         } else {
@@ -344,6 +346,7 @@ pub fn resolve_within(
             id: rule.id.clone(),
             policy: rule.policy.clone(),
             reason: rule.reason.clone(),
+            url: rule.url.clone(),
             action: rule.action,
         });
         let mut found = Found {
@@ -855,6 +858,7 @@ mod tests {
             id: id.to_owned(),
             description: None,
             reason: Some(format!("{id} is banned")),
+            url: None,
             action,
             identifiers,
             ban_critical_files: Vec::new(),

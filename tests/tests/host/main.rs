@@ -9,3 +9,4 @@ mod hostile_names;
 mod kill;
 mod refresh;
 mod status;
+mod sync;

@@ -1,0 +1,426 @@
+//! `blocker sync` against the test Santa sync server (tests/src/santa.rs) over loopback with
+//! mutual TLS, on the host kernel (the `kill` backend): synced rules reach a running daemon and
+//! are enforced, removed and cleaned; pages are applied together; a server that is down or
+//! hostile changes nothing; 100,000 rules are taken.
+
+use std::{
+    fs,
+    os::unix::process::ExitStatusExt,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use blocker_integration_tests::{
+    blocker_bin, harmless_binary,
+    santa::{Misbehaviour, Pki, SantaServer},
+    sha256_of, BanScenario, Daemon, Sandbox, EVENT_TIMEOUT,
+};
+use serde_json::{json, Value};
+
+const MACHINE_ID: &str = "test-machine-1";
+const SYNCED_POLICY: &str = "santa-sync.toml";
+
+/// A sandbox with a sync server, its certificates and a `blocker sync` configuration.
+struct Fleet {
+    sandbox: Sandbox,
+    server: SantaServer,
+    config: PathBuf,
+    status_file: PathBuf,
+    binaries: PathBuf,
+}
+
+impl Fleet {
+    fn new(sandbox: Sandbox, rules: &str) -> Result<Self> {
+        let pki = Pki::new(&sandbox.path("pki"))?;
+        let server = SantaServer::start(&pki, rules, &sandbox.path("uploaded"))?;
+        let binaries = sandbox.path("binaries");
+        fs::create_dir_all(&binaries)?;
+        let status_file = sandbox.path("run/status.json");
+        let config = sandbox.path("sync.toml");
+        let quoted = |path: &Path| format!("{:?}", path.display().to_string());
+        fs::write(
+            &config,
+            format!(
+                "server_url = {:?}\nca_file = {}\nclient_cert_file = {}\nclient_key_file = {}\n\
+                 machine_id = {MACHINE_ID:?}\nattempts = 1\nstate_dir = {}\npolicy_dir = {}\n\
+                 status_file = {}\n",
+                server.url(),
+                quoted(&pki.ca_file),
+                quoted(&pki.client_cert_file),
+                quoted(&pki.client_key_file),
+                quoted(&sandbox.path("sync-state")),
+                quoted(&sandbox.policy_dir()),
+                quoted(&status_file),
+            ),
+        )?;
+        Ok(Self {
+            sandbox,
+            server,
+            config,
+            status_file,
+            binaries,
+        })
+    }
+
+    /// A copy of the harmless binary with contents of its own, in the scanned directory.
+    fn unique_binary(&self, name: &str) -> Result<(PathBuf, String)> {
+        let path = self.binaries.join(name);
+        let mut contents = fs::read(harmless_binary())?;
+        contents.extend_from_slice(format!("\nsync test binary {name}\n").as_bytes());
+        fs::write(&path, contents)?;
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let hash = sha256_of(&path)?;
+        Ok((path, hash))
+    }
+
+    /// Starts a daemon (kill backend) on the sandbox's policy, scanning the binaries.
+    fn start_daemon(&self) -> Result<Daemon> {
+        let scan_root = self.binaries.to_str().context("utf-8 path")?;
+        let status_file = self.status_file.to_str().context("utf-8 path")?;
+        let (daemon, _) = Daemon::start(
+            &self.sandbox.policy_dir(),
+            &[
+                "--backend",
+                "kill",
+                "--no-hash-cache",
+                "--scan-root",
+                scan_root,
+                "--status-file",
+                status_file,
+            ],
+        )?;
+        wait_until(|| Ok(self.status_file.exists()), "the status document")?;
+        Ok(daemon)
+    }
+
+    /// `blocker sync --once` with `extra` arguments.
+    fn sync(&self, extra: &[&str]) -> Result<Output> {
+        Command::new(blocker_bin())
+            .args(["sync", "--once", "--config"])
+            .arg(&self.config)
+            .args(extra)
+            .output()
+            .context("running blocker sync")
+    }
+
+    /// `blocker sync --once`, which must succeed; its output.
+    fn synced(&self, extra: &[&str]) -> Result<String> {
+        let output = self.sync(extra)?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        ensure!(
+            output.status.success(),
+            "sync failed: {}\n{stdout}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(stdout)
+    }
+
+    /// `blocker sync --once`, which must fail; its error message.
+    fn failed_sync(&self) -> Result<String> {
+        let output = self.sync(&[])?;
+        ensure!(
+            output.status.code() == Some(2),
+            "the sync should have failed: {}\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+
+    fn synced_policy(&self) -> Option<String> {
+        fs::read_to_string(self.sandbox.policy_dir().join(SYNCED_POLICY)).ok()
+    }
+
+    fn requests(&self, stage: &str) -> Vec<Value> {
+        self.server
+            .received()
+            .into_iter()
+            .filter(|received| received.stage == stage)
+            .inspect(|received| assert_eq!(received.machine_id, MACHINE_ID))
+            .map(|received| received.body)
+            .collect()
+    }
+}
+
+fn binary_rule(hash: &str, policy: &str) -> String {
+    format!("[[rules]]\nrule_type = \"BINARY\"\npolicy = \"{policy}\"\nidentifier = \"{hash}\"\n")
+}
+
+/// Polls `done` until it holds, for up to [`EVENT_TIMEOUT`].
+fn wait_until(mut done: impl FnMut() -> Result<bool>, what: &str) -> Result<()> {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while !done()? {
+        if Instant::now() > deadline {
+            bail!("gave up waiting for {what}");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+fn is_killed(path: &Path) -> Result<bool> {
+    let status = Command::new(path).status()?;
+    Ok(status.signal() == Some(libc::SIGKILL))
+}
+
+/// Waits until running `path` is refused (the daemon reloaded and banned it).
+fn wait_until_banned(path: &Path) -> Result<()> {
+    wait_until(
+        || is_killed(path),
+        &format!("{} to be banned", path.display()),
+    )
+}
+
+/// Waits until `path` runs again.
+fn wait_until_allowed(path: &Path) -> Result<()> {
+    wait_until(
+        || Ok(Command::new(path).status()?.success()),
+        &format!("{} to run", path.display()),
+    )
+}
+
+#[test]
+fn synced_rules_are_enforced_removed_and_cleaned_and_outlive_the_server() -> Result<()> {
+    let scenario = BanScenario::new("sync")?;
+    let fleet = Fleet::new(scenario.sandbox, "")?;
+    let (told, told_hash) = fleet.unique_binary("told")?;
+    let (plain, plain_hash) = fleet.unique_binary("plain")?;
+    let (later, later_hash) = fleet.unique_binary("later")?;
+    fleet.server.set_rules_toml(&format!(
+        "client_mode = \"MONITOR\"\n{}custom_msg = \"Ask IT first\"\n\
+         custom_url = \"https://wiki.example/blocked\"\n{}\
+         [[rules]]\nrule_type = \"TEAMID\"\npolicy = \"BLOCKLIST\"\nidentifier = \"EQHXZ8M8AV\"\n\
+         [[rules]]\nrule_type = \"CERTIFICATE\"\npolicy = \"BLOCKLIST\"\nidentifier = \"{}\"\n",
+        binary_rule(&told_hash, "BLOCKLIST"),
+        binary_rule(&plain_hash, "SILENT_BLOCKLIST"),
+        "c".repeat(64),
+    ))?;
+    let mut daemon = fleet.start_daemon()?;
+
+    let said = fleet.synced(&[])?;
+    ensure!(
+        said.contains("CLEAN sync: 4 rules received; 2 added, 0 changed, 0 removed"),
+        "{said}"
+    );
+    ensure!(said.contains("1 CERTIFICATE, 1 TEAMID"), "{said}");
+    let preflight = &fleet.requests("preflight")[0];
+    ensure!(
+        preflight["request_clean_sync"] == true && preflight["machine_id"] == MACHINE_ID,
+        "a machine without sync state asks for a clean sync: {preflight}"
+    );
+    let postflight = &fleet.requests("postflight")[0];
+    ensure!(
+        postflight["rules_received"] == 4 && postflight["rules_processed"] == 2,
+        "{postflight}"
+    );
+    ensure!(postflight["sync_type"] == "CLEAN", "{postflight}");
+    wait_until_banned(&told)?;
+    wait_until_banned(&plain)?;
+    let record = daemon.wait_for_exec(&told)?;
+    ensure!(
+        record["policy"] == "santa-sync"
+            && record["reason"] == "Ask IT first"
+            && record["url"] == "https://wiki.example/blocked",
+        "the rule's message and URL travel into its events: {record}"
+    );
+    ensure!(!is_killed(&later)?, "{} is not banned", later.display());
+
+    // A normal sync removes on top of what is kept; the server's own rules_hash comes back.
+    fleet
+        .server
+        .set_rules_toml(&binary_rule(&told_hash, "REMOVE"))?;
+    let said = fleet.synced(&[])?;
+    ensure!(
+        said.contains("NORMAL sync: 1 rules received; 0 added, 0 changed, 1 removed"),
+        "{said}"
+    );
+    ensure!(
+        fleet.requests("preflight")[1]["binary_rule_count"] == 2
+            && fleet.requests("preflight")[1]["rules_hash"]
+                == fleet.requests("postflight")[0]["rules_hash"],
+        "preflight reports the rules the last postflight did"
+    );
+    wait_until_allowed(&told)?;
+    ensure!(is_killed(&plain)?, "the silent ban stays");
+
+    // A clean sync replaces them.
+    fleet
+        .server
+        .set_rules_toml(&binary_rule(&later_hash, "BLOCKLIST"))?;
+    fleet.server.set_clean_sync(true);
+    let said = fleet.synced(&[])?;
+    ensure!(
+        said.contains("CLEAN sync: 1 rules received; 1 added, 0 changed, 1 removed"),
+        "{said}"
+    );
+    wait_until_banned(&later)?;
+    wait_until_allowed(&plain)?;
+
+    // The server goes down: the sync fails, and the rules stay, across a daemon restart too.
+    fleet.server.misbehave(Some(Misbehaviour::Down));
+    let error = fleet.failed_sync()?;
+    ensure!(error.contains("preflight"), "{error}");
+    ensure!(is_killed(&later)?, "the rules in place stay");
+    daemon.stop()?;
+    let _daemon = fleet.start_daemon()?;
+    wait_until_banned(&later)?;
+    Ok(())
+}
+
+#[test]
+fn pages_are_applied_together_or_not_at_all() -> Result<()> {
+    let fleet = Fleet::new(Sandbox::new("sync-pages")?, "")?;
+    fs::write(
+        fleet.sandbox.policy_dir().join("local.toml"),
+        "name = \"local\"\n",
+    )?;
+    let hashes: Vec<String> = (0..5).map(|n| format!("{n:064x}")).collect();
+    let rules: String = hashes
+        .iter()
+        .map(|hash| binary_rule(hash, "BLOCKLIST"))
+        .collect();
+    fleet.server.set_rules_toml(&rules)?;
+    fleet.server.set_page_size(Some(2));
+
+    // The second page is broken: nothing of the first is applied.
+    fleet.server.misbehave(Some(Misbehaviour::MalformedPage(2)));
+    let error = fleet.failed_sync()?;
+    ensure!(
+        error.contains("page 2") && error.contains("ruledownload"),
+        "{error}"
+    );
+    ensure!(fleet.synced_policy().is_none(), "nothing was installed");
+
+    fleet.server.misbehave(None);
+    let said = fleet.synced(&[])?;
+    ensure!(said.contains("5 rules received; 5 added"), "{said}");
+    let cursors: Vec<Value> = fleet
+        .requests("ruledownload")
+        .iter()
+        .map(|request| request["cursor"].clone())
+        .collect();
+    ensure!(
+        cursors.ends_with(&[Value::Null, json!("2"), json!("4")]),
+        "the first request has no cursor, the next send back the server's: {cursors:?}"
+    );
+    let policy = fleet.synced_policy().context("the synced policy")?;
+    for hash in &hashes {
+        ensure!(policy.contains(hash.as_str()), "{hash} is banned");
+    }
+    let check = Command::new(blocker_bin())
+        .arg("check")
+        .arg(fleet.sandbox.policy_dir())
+        .output()?;
+    ensure!(check.status.success(), "{check:?}");
+    Ok(())
+}
+
+#[test]
+fn a_down_or_hostile_server_changes_nothing() -> Result<()> {
+    let fleet = Fleet::new(Sandbox::new("sync-hostile")?, "")?;
+    let hash = format!("{:064x}", 7);
+    fleet
+        .server
+        .set_rules_toml(&binary_rule(&hash, "BLOCKLIST"))?;
+    fleet.synced(&[])?;
+    let installed = fleet.synced_policy().context("the synced policy")?;
+    fleet.server.set_rules_toml(&binary_rule(&hash, "REMOVE"))?;
+    for (misbehaviour, expected) in [
+        (Misbehaviour::Down, "preflight: https://127.0.0.1:"),
+        (
+            Misbehaviour::MalformedPage(1),
+            "ruledownload: the response is not JSON",
+        ),
+        (Misbehaviour::HugeBody, "the response is larger than"),
+        (
+            Misbehaviour::WrongRuleType,
+            "rule_type: \"PATH\" is none of",
+        ),
+    ] {
+        fleet.server.misbehave(Some(misbehaviour));
+        let error = fleet.failed_sync()?;
+        ensure!(error.contains(expected), "{misbehaviour:?}: {error}");
+        ensure!(
+            fleet.synced_policy().as_deref() == Some(installed.as_str()),
+            "{misbehaviour:?}: the synced policy is unchanged"
+        );
+    }
+    let state: Value =
+        serde_json::from_slice(&fs::read(fleet.sandbox.path("sync-state/state.json"))?)?;
+    ensure!(
+        state["last"]["result"]
+            .as_str()
+            .is_some_and(|result| result.contains("PATH")),
+        "the state records the failure: {state}"
+    );
+
+    // A wrong client certificate is refused by the server: a clear TLS error.
+    let other = Pki::new(&fleet.sandbox.path("other-pki"))?;
+    let config = fs::read_to_string(&fleet.config)?;
+    let replace = |config: &str, from: &str, to: &Path| {
+        config.replace(
+            &fleet.sandbox.path(from).display().to_string(),
+            &to.display().to_string(),
+        )
+    };
+    fleet.server.misbehave(None);
+    fs::write(
+        &fleet.config,
+        replace(&config, "pki/client.pem", &other.client_cert_file),
+    )?;
+    let error = fleet.failed_sync()?;
+    ensure!(
+        error.contains("are not a certificate and its key"),
+        "{error}"
+    );
+    fs::write(
+        &fleet.config,
+        replace(
+            &replace(&config, "pki/client.pem", &other.client_cert_file),
+            "pki/client-key.pem",
+            &other.client_key_file,
+        ),
+    )?;
+    let error = fleet.failed_sync()?;
+    ensure!(error.contains("preflight"), "{error}");
+    ensure!(
+        fleet.synced_policy().as_deref() == Some(installed.as_str()),
+        "a certificate of another CA changes nothing"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_hundred_thousand_rules_are_taken_and_enforced() -> Result<()> {
+    let fleet = Fleet::new(Sandbox::new("sync-many")?, "")?;
+    fs::write(
+        fleet.sandbox.policy_dir().join("local.toml"),
+        "name = \"local\"\n",
+    )?;
+    let (banned, banned_hash) = fleet.unique_binary("one-of-many")?;
+    let mut rules: Vec<Value> = (1..100_000u64)
+        .map(|n| {
+            json!({
+                "identifier": format!("{n:064x}"),
+                "policy": "BLOCKLIST",
+                "rule_type": "BINARY",
+            })
+        })
+        .collect();
+    rules.push(json!({ "identifier": banned_hash, "policy": "BLOCKLIST", "rule_type": "BINARY" }));
+    fleet.server.set_rules(rules);
+    fleet.server.set_page_size(Some(25_000));
+    let _daemon = fleet.start_daemon()?;
+    let said = fleet.synced(&[])?;
+    ensure!(
+        said.contains("100000 rules received; 100000 added"),
+        "{said}"
+    );
+    wait_until_banned(&banned)?;
+    Ok(())
+}
