@@ -14,6 +14,7 @@ pub mod config;
 pub mod protocol;
 pub mod rules;
 pub mod state;
+pub mod upload;
 
 use std::{fs, path::Path, process::ExitCode, time::SystemTime};
 
@@ -45,6 +46,10 @@ pub struct SyncReport {
     pub client_mode: Option<ClientMode>,
     pub rules_received: usize,
     pub changes: Changes,
+    /// Denials uploaded.
+    pub events_uploaded: usize,
+    /// Times rotation deleted events before they were all uploaded, ever.
+    pub event_files_lost: u64,
     /// Hashes the synced policy bans now.
     pub banned: usize,
     /// Whether the policy file was written (it was out of date).
@@ -65,6 +70,14 @@ impl SyncReport {
             self.banned,
             rules::POLICY_NAME,
         )];
+        lines.push(format!("{} denials uploaded", self.events_uploaded));
+        if self.event_files_lost > 0 {
+            lines.push(format!(
+                "rotation deleted events files before their denials were all uploaded, {} \
+                 times so far: denials may have been dropped",
+                self.event_files_lost
+            ));
+        }
         if !changes.skipped.is_empty() {
             let skipped: Vec<String> = changes
                 .skipped
@@ -119,11 +132,20 @@ pub fn run_forever(config: &SyncConfig, mut clean: bool) -> ! {
     }
 }
 
-/// One sync: preflight, rule download (every page), install, postflight. Recorded in the
-/// state directory either way; nothing of a failed sync is applied.
+/// One sync: preflight, event upload, rule download (every page), install, postflight.
+/// Recorded in the state directory either way; nothing of a failed sync is applied (denials it
+/// delivered stay delivered).
 pub fn sync_once(config: &SyncConfig, request_clean: bool) -> Result<SyncReport> {
     let mut state = SyncState::load(&config.state_dir)?;
-    let outcome = sync_with(config, &state, request_clean || state.request_clean_sync);
+    let mut cursor = state.upload.clone();
+    let outcome = sync_with(
+        config,
+        &state,
+        &mut cursor,
+        request_clean || state.request_clean_sync,
+    );
+    // Denials delivered stay delivered, whatever happened after.
+    state.upload = cursor;
     let time = rfc3339(SystemTime::now());
     match &outcome {
         Ok((report, rules)) => {
@@ -157,6 +179,7 @@ pub fn sync_once(config: &SyncConfig, request_clean: bool) -> Result<SyncReport>
 fn sync_with(
     config: &SyncConfig,
     state: &SyncState,
+    cursor: &mut upload::UploadCursor,
     request_clean: bool,
 ) -> Result<(SyncReport, SyncedRules)> {
     let client = Client::new(config)?;
@@ -193,6 +216,15 @@ fn sync_with(
         );
     }
 
+    let events_uploaded = upload::upload(
+        &client,
+        &config.machine_id,
+        &config.events_file,
+        &config.policy_dir,
+        preflight.batch_size,
+        cursor,
+    )?;
+
     let downloaded = download_rules(&client, config)?;
     let (rules, changes) = state.rules.after(preflight.sync_type, &downloaded);
     let installed = install(config, &rules)?;
@@ -214,6 +246,8 @@ fn sync_with(
             rules_received: downloaded.len(),
             banned: rules.banned(),
             changes,
+            events_uploaded,
+            event_files_lost: cursor.files_lost,
             installed,
         },
         rules,

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     protocol::{ClientMode, SyncType},
     rules::{Changes, SyncedRules},
+    upload::UploadCursor,
 };
 
 const STATE_FILE: &str = "state.json";
@@ -24,6 +25,9 @@ pub struct SyncState {
     /// Set when the rules kept cannot be trusted to be the server's (no state yet, or asked
     /// for with `--clean`); cleared by a completed clean sync.
     pub request_clean_sync: bool,
+    /// How far the daemon's denials were uploaded.
+    #[serde(default)]
+    pub upload: UploadCursor,
     pub last: Option<LastSync>,
 }
 

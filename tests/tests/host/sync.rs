@@ -1,7 +1,8 @@
 //! `blocker sync` against the test Santa sync server (tests/src/santa.rs) over loopback with
 //! mutual TLS, on the host kernel (the `kill` backend): synced rules reach a running daemon and
 //! are enforced, removed and cleaned; pages are applied together; a server that is down or
-//! hostile changes nothing; 100,000 rules are taken.
+//! hostile changes nothing; 100,000 rules are taken; denials are uploaded, once, and after an
+//! outage.
 
 use std::{
     fs,
@@ -46,7 +47,7 @@ impl Fleet {
             format!(
                 "server_url = {:?}\nca_file = {}\nclient_cert_file = {}\nclient_key_file = {}\n\
                  machine_id = {MACHINE_ID:?}\nattempts = 1\nstate_dir = {}\npolicy_dir = {}\n\
-                 status_file = {}\n",
+                 status_file = {}\nevents_file = {}\n",
                 server.url(),
                 quoted(&pki.ca_file),
                 quoted(&pki.client_cert_file),
@@ -54,6 +55,7 @@ impl Fleet {
                 quoted(&sandbox.path("sync-state")),
                 quoted(&sandbox.policy_dir()),
                 quoted(&status_file),
+                quoted(&sandbox.path("events.jsonl")),
             ),
         )?;
         Ok(Self {
@@ -422,5 +424,101 @@ fn a_hundred_thousand_rules_are_taken_and_enforced() -> Result<()> {
         "{said}"
     );
     wait_until_banned(&banned)?;
+    Ok(())
+}
+
+/// The denials of the daemon's events file (the fleet's sandbox's), once `count` are there.
+fn wait_for_denials(fleet: &Fleet, count: usize) -> Result<Vec<Value>> {
+    let events = fleet.sandbox.path("events.jsonl");
+    let denials = || -> Result<Vec<Value>> {
+        Ok(blocker_integration_tests::events_in(&events)?
+            .into_iter()
+            .filter(|record| record["kind"] == "exec" && record["action"] == "deny")
+            .collect())
+    };
+    wait_until(
+        || Ok(denials()?.len() >= count),
+        "denials in the events file",
+    )?;
+    denials()
+}
+
+/// The events the server wrote, each file one.
+fn uploaded_events(fleet: &Fleet) -> Result<Vec<Value>> {
+    let mut events = Vec::new();
+    let root = fleet.sandbox.path("uploaded");
+    for hash in fs::read_dir(&root)? {
+        for machine in fs::read_dir(hash?.path())? {
+            let machine = machine?;
+            ensure!(machine.file_name() == MACHINE_ID, "{:?}", machine.path());
+            for event in fs::read_dir(machine.path())? {
+                events.push(serde_json::from_slice(&fs::read(event?.path())?)?);
+            }
+        }
+    }
+    Ok(events)
+}
+
+#[test]
+fn denials_are_uploaded_once_and_after_an_outage() -> Result<()> {
+    let scenario = BanScenario::new("sync-events")?;
+    let by_path = scenario.banned.clone();
+    let fleet = Fleet::new(scenario.sandbox, "")?;
+    let (by_content, hash) = fleet.unique_binary("by-content")?;
+    fleet
+        .server
+        .set_rules_toml(&binary_rule(&hash, "BLOCKLIST"))?;
+    let _daemon = fleet.start_daemon()?;
+    let said = fleet.synced(&[])?;
+    ensure!(said.contains("0 denials uploaded"), "{said}");
+    wait_until_banned(&by_content)?;
+    ensure!(is_killed(&by_path)?, "banned by its path");
+    let denials = wait_for_denials(&fleet, 2)?;
+
+    let said = fleet.synced(&[])?;
+    ensure!(
+        said.contains(&format!("{} denials uploaded", denials.len())),
+        "{said}"
+    );
+    let events = uploaded_events(&fleet)?;
+    ensure!(events.len() == denials.len(), "{events:?}");
+    let by_name = |name: &str| {
+        events
+            .iter()
+            .find(|event| event["file_name"] == name)
+            .with_context(|| format!("no event of {name}: {events:?}"))
+    };
+    let content_event = by_name("by-content")?;
+    ensure!(
+        content_event["decision"] == "BLOCK_BINARY"
+            && content_event["file_sha256"] == hash.as_str()
+            && content_event["file_path"] == fleet.binaries.display().to_string().as_str()
+            && content_event["executing_user"] == "root"
+            && content_event["pid"].as_u64().is_some_and(|pid| pid > 0)
+            && content_event["execution_time"]
+                .as_f64()
+                .is_some_and(|time| time > 1e9),
+        "{content_event}"
+    );
+    ensure!(
+        by_name("banned")?["decision"] == "BLOCK_SCOPE",
+        "{events:?}"
+    );
+
+    let said = fleet.synced(&[])?;
+    ensure!(
+        said.contains("0 denials uploaded"),
+        "delivered once: {said}"
+    );
+
+    // Denied while the server is down: delivered by the first sync that reaches it.
+    fleet.server.misbehave(Some(Misbehaviour::Down));
+    ensure!(is_killed(&by_path)?, "banned by its path");
+    wait_for_denials(&fleet, denials.len() + 1)?;
+    fleet.failed_sync()?;
+    fleet.server.misbehave(None);
+    let said = fleet.synced(&[])?;
+    ensure!(said.contains("1 denials uploaded"), "{said}");
+    ensure!(fleet.server.events_written() == denials.len() + 1);
     Ok(())
 }
