@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use blocker::{
     control, daemon, escape, event_feed, event_log, inspect, kernel, kernel::BackendChoice,
-    log_lines, scan, sinks, status, unload,
+    log_lines, scan, sinks, status, sync::config::SyncConfig, unload,
 };
 
 /// Exit status for errors: bad policies, bad arguments, kernel refusals.
@@ -69,6 +69,11 @@ enum Command {
         protect: bool,
         #[command(flatten)]
         sinks: SinkArgs,
+        /// Sync with a Santa sync server as `blocker sync --config FILE` does, from a thread of
+        /// the daemon, for setups without the blocker-sync service (the packaged daemon has
+        /// no network).
+        #[arg(long)]
+        sync_config: Option<PathBuf>,
         /// Where the daemon keeps its status document for `blocker status`; its control socket
         /// for `blocker stop` and `blocker policy` is beside it, with the extension `.sock`.
         #[arg(long, default_value = status::DEFAULT_STATUS_FILE)]
@@ -312,21 +317,32 @@ fn main() -> ExitCode {
             pin_dir,
             protect,
             sinks,
+            sync_config,
             status_file,
-        } => daemon::run(daemon::RunOptions {
-            policy_dir,
-            backend,
-            refresh_interval: Duration::from_secs(refresh_interval),
-            rescan_interval: Duration::from_secs(rescan_interval),
-            scan: scan.options(),
-            budget: blocker::budget::Budget::with_per_user(max_entries_per_user),
-            event_buffer_bytes,
-            pin_root: pin.then_some(pin_dir),
-            protect,
-            sinks: sinks.options(),
-            status_file,
-        })
-        .map(|()| ExitCode::SUCCESS),
+        } => sync_config
+            .as_deref()
+            .map(SyncConfig::read)
+            .transpose()
+            .and_then(|sync| {
+                daemon::run(
+                    daemon::RunOptions {
+                        policy_dir,
+                        backend,
+                        refresh_interval: Duration::from_secs(refresh_interval),
+                        rescan_interval: Duration::from_secs(rescan_interval),
+                        scan: scan.options(),
+                        budget: blocker::budget::Budget::with_per_user(max_entries_per_user),
+                        event_buffer_bytes,
+                        pin_root: pin.then_some(pin_dir),
+                        protect,
+                        sinks: sinks.options(),
+                        status_file,
+                        sync: None,
+                    }
+                    .syncing(sync),
+                )
+            })
+            .map(|()| ExitCode::SUCCESS),
         Command::Unload {
             pin_dir,
             events_file,

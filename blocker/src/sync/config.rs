@@ -117,6 +117,22 @@ impl SyncConfig {
         })
     }
 
+    /// The configuration as a daemon runs it (`blocker run --sync-config`): its own policy
+    /// directory, status document and events file, whatever the file says.
+    pub fn for_daemon(
+        self,
+        policy_dir: &Path,
+        status_file: &Path,
+        events_file: Option<&Path>,
+    ) -> Self {
+        Self {
+            policy_dir: policy_dir.to_owned(),
+            status_file: status_file.to_owned(),
+            events_file: events_file.map_or(self.events_file, Path::to_owned),
+            ..self
+        }
+    }
+
     /// The URL of `stage` for this machine.
     pub fn stage_url(&self, stage: &str) -> String {
         format!("{}/{stage}/{}", self.server_url, self.machine_id)

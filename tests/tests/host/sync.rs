@@ -46,7 +46,7 @@ impl Fleet {
             &config,
             format!(
                 "server_url = {:?}\nca_file = {}\nclient_cert_file = {}\nclient_key_file = {}\n\
-                 machine_id = {MACHINE_ID:?}\nattempts = 1\nstate_dir = {}\npolicy_dir = {}\n\
+                 machine_id = {MACHINE_ID:?}\nattempts = 1\ninterval_seconds = 1\nstate_dir = {}\npolicy_dir = {}\n\
                  status_file = {}\nevents_file = {}\n",
                 server.url(),
                 quoted(&pki.ca_file),
@@ -78,8 +78,9 @@ impl Fleet {
         Ok((path, hash))
     }
 
-    /// Starts a daemon (kill backend) on the sandbox's policy, scanning the binaries.
-    fn start_daemon(&self) -> Result<Daemon> {
+    /// Starts a daemon (kill backend) on the sandbox's policy, scanning the binaries, with
+    /// `extra` arguments.
+    fn start_daemon(&self, extra: &[&str]) -> Result<Daemon> {
         let scan_root = self.binaries.to_str().context("utf-8 path")?;
         let status_file = self.status_file.to_str().context("utf-8 path")?;
         let (daemon, _) = Daemon::start(
@@ -92,7 +93,11 @@ impl Fleet {
                 scan_root,
                 "--status-file",
                 status_file,
-            ],
+            ]
+            .iter()
+            .chain(extra)
+            .copied()
+            .collect::<Vec<_>>(),
         )?;
         wait_until(|| Ok(self.status_file.exists()), "the status document")?;
         Ok(daemon)
@@ -202,7 +207,7 @@ fn synced_rules_are_enforced_removed_and_cleaned_and_outlive_the_server() -> Res
         binary_rule(&plain_hash, "SILENT_BLOCKLIST"),
         "c".repeat(64),
     ))?;
-    let mut daemon = fleet.start_daemon()?;
+    let mut daemon = fleet.start_daemon(&[])?;
 
     let said = fleet.synced(&[])?;
     ensure!(
@@ -269,7 +274,7 @@ fn synced_rules_are_enforced_removed_and_cleaned_and_outlive_the_server() -> Res
     ensure!(error.contains("preflight"), "{error}");
     ensure!(is_killed(&later)?, "the rules in place stay");
     daemon.stop()?;
-    let _daemon = fleet.start_daemon()?;
+    let _daemon = fleet.start_daemon(&[])?;
     wait_until_banned(&later)?;
     Ok(())
 }
@@ -417,7 +422,7 @@ fn a_hundred_thousand_rules_are_taken_and_enforced() -> Result<()> {
     rules.push(json!({ "identifier": banned_hash, "policy": "BLOCKLIST", "rule_type": "BINARY" }));
     fleet.server.set_rules(rules);
     fleet.server.set_page_size(Some(25_000));
-    let _daemon = fleet.start_daemon()?;
+    let _daemon = fleet.start_daemon(&[])?;
     let said = fleet.synced(&[])?;
     ensure!(
         said.contains("100000 rules received; 100000 added"),
@@ -468,7 +473,7 @@ fn denials_are_uploaded_once_and_after_an_outage() -> Result<()> {
     fleet
         .server
         .set_rules_toml(&binary_rule(&hash, "BLOCKLIST"))?;
-    let _daemon = fleet.start_daemon()?;
+    let _daemon = fleet.start_daemon(&[])?;
     let said = fleet.synced(&[])?;
     ensure!(said.contains("0 denials uploaded"), "{said}");
     wait_until_banned(&by_content)?;
@@ -520,5 +525,30 @@ fn denials_are_uploaded_once_and_after_an_outage() -> Result<()> {
     let said = fleet.synced(&[])?;
     ensure!(said.contains("1 denials uploaded"), "{said}");
     ensure!(fleet.server.events_written() == denials.len() + 1);
+    Ok(())
+}
+
+#[test]
+fn a_daemon_given_a_sync_configuration_syncs_by_itself() -> Result<()> {
+    let scenario = BanScenario::new("sync-daemon")?;
+    let fleet = Fleet::new(scenario.sandbox, "")?;
+    let (banned, hash) = fleet.unique_binary("synced-by-the-daemon")?;
+    fleet
+        .server
+        .set_rules_toml(&binary_rule(&hash, "BLOCKLIST"))?;
+    let config = fleet.config.to_str().context("utf-8 path")?;
+    let _daemon = fleet.start_daemon(&["--sync-config", config])?;
+    wait_until_banned(&banned)?;
+    // Its own denials go up with a later sync.
+    wait_until(
+        || Ok(fleet.server.events_written() > 0),
+        "the daemon's denial to be uploaded",
+    )?;
+    ensure!(
+        uploaded_events(&fleet)?
+            .iter()
+            .any(|event| event["file_sha256"] == hash.as_str()),
+        "the denial is uploaded"
+    );
     Ok(())
 }
