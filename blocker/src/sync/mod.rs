@@ -28,8 +28,8 @@ use crate::{
 use client::Client;
 use config::SyncConfig;
 use protocol::{
-    ClientMode, PostflightRequest, Preflight, PreflightRequest, RuleDownloadRequest, RulePage,
-    Stage, SyncType,
+    ClientMode, PostflightRequest, Preflight, PreflightRequest, ProtocolEnum, RuleDownloadRequest,
+    RulePage, Stage, SyncType,
 };
 use rules::{Changes, SyncedRules, POLICY_FILE_NAME};
 use state::{LastSync, SyncState};

@@ -41,8 +41,17 @@ impl Stage {
 
 /// An enum of the protocol with its JSON names (current and deprecated) and number; a value's
 /// first name is the one blocker writes.
-trait ProtocolEnum: Copy + 'static {
+pub trait ProtocolEnum: Copy + PartialEq + 'static {
     const VALUES: &'static [(&'static str, i64, Self)];
+
+    /// The name the protocol spells this value with.
+    fn name(self) -> &'static str {
+        Self::VALUES
+            .iter()
+            .find(|(_, _, candidate)| *candidate == self)
+            .map(|(name, _, _)| *name)
+            .expect("every value has a name")
+    }
 }
 
 /// Santa's client modes. blocker enforces its blocklist in every mode: `MONITOR` is Santa's
@@ -54,12 +63,6 @@ pub enum ClientMode {
     Monitor,
     Lockdown,
     Standalone,
-}
-
-impl ClientMode {
-    pub fn name(self) -> &'static str {
-        name_of(self)
-    }
 }
 
 impl ProtocolEnum for ClientMode {
@@ -85,10 +88,6 @@ pub enum SyncType {
 }
 
 impl SyncType {
-    pub fn name(self) -> &'static str {
-        name_of(self)
-    }
-
     pub fn is_clean(self) -> bool {
         self != Self::Normal
     }
@@ -117,12 +116,6 @@ pub enum RuleType {
     CdHash,
 }
 
-impl RuleType {
-    pub fn name(self) -> &'static str {
-        name_of(self)
-    }
-}
-
 impl ProtocolEnum for RuleType {
     const VALUES: &'static [(&'static str, i64, Self)] = &[
         ("BINARY", 1, Self::Binary),
@@ -148,12 +141,6 @@ pub enum RulePolicy {
     Cel,
 }
 
-impl RulePolicy {
-    pub fn name(self) -> &'static str {
-        name_of(self)
-    }
-}
-
 impl ProtocolEnum for RulePolicy {
     const VALUES: &'static [(&'static str, i64, Self)] = &[
         ("ALLOWLIST", 1, Self::Allowlist),
@@ -167,14 +154,6 @@ impl ProtocolEnum for RulePolicy {
         ("REMOVE", 5, Self::Remove),
         ("CEL", 6, Self::Cel),
     ];
-}
-
-fn name_of<T: ProtocolEnum + PartialEq>(value: T) -> &'static str {
-    T::VALUES
-        .iter()
-        .find(|(_, _, candidate)| *candidate == value)
-        .map(|(name, _, _)| *name)
-        .expect("every value has a name")
 }
 
 /// `field` of `object`, an enum given by name or number; `None` if absent or null.

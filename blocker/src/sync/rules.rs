@@ -14,7 +14,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::protocol::{DownloadedRule, RulePolicy, RuleType, SyncType};
+use super::protocol::{DownloadedRule, ProtocolEnum, RulePolicy, RuleType, SyncType};
 
 /// The name of the synced policy, in status and events.
 pub const POLICY_NAME: &str = "santa-sync";

@@ -67,6 +67,14 @@ impl Fleet {
         })
     }
 
+    /// A fleet whose policy directory holds, besides what the sync installs, a local policy
+    /// that bans nothing.
+    fn with_empty_local_policy(test_name: &str) -> Result<Self> {
+        let sandbox = Sandbox::new(test_name)?;
+        sandbox.write_policy("local.toml", "name = \"local\"\n")?;
+        Self::new(sandbox, "")
+    }
+
     /// A copy of the harmless binary with contents of its own, in the scanned directory.
     fn unique_binary(&self, name: &str) -> Result<(PathBuf, String)> {
         let path = self.binaries.join(name);
@@ -281,11 +289,7 @@ fn synced_rules_are_enforced_removed_and_cleaned_and_outlive_the_server() -> Res
 
 #[test]
 fn pages_are_applied_together_or_not_at_all() -> Result<()> {
-    let fleet = Fleet::new(Sandbox::new("sync-pages")?, "")?;
-    fs::write(
-        fleet.sandbox.policy_dir().join("local.toml"),
-        "name = \"local\"\n",
-    )?;
+    let fleet = Fleet::with_empty_local_policy("sync-pages")?;
     let hashes: Vec<String> = (0..5).map(|n| format!("{n:064x}")).collect();
     let rules: String = hashes
         .iter()
@@ -404,11 +408,7 @@ fn a_down_or_hostile_server_changes_nothing() -> Result<()> {
 
 #[test]
 fn a_hundred_thousand_rules_are_taken_and_enforced() -> Result<()> {
-    let fleet = Fleet::new(Sandbox::new("sync-many")?, "")?;
-    fs::write(
-        fleet.sandbox.policy_dir().join("local.toml"),
-        "name = \"local\"\n",
-    )?;
+    let fleet = Fleet::with_empty_local_policy("sync-many")?;
     let (banned, banned_hash) = fleet.unique_binary("one-of-many")?;
     let mut rules: Vec<Value> = (1..100_000u64)
         .map(|n| {
