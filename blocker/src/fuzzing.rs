@@ -127,7 +127,7 @@ pub fn sync_response(data: &[u8]) {
     if let Err(error) = Preflight::read(data, false) {
         assert!(format!("{error:#}").starts_with("preflight"), "{error:#}");
     }
-    let page = match RulePage::read(data) {
+    let page = match RulePage::read(data, 1) {
         Ok(page) => page,
         Err(error) => {
             assert!(
@@ -214,7 +214,7 @@ mod tests {
             text("policy/government-devices.toml"),
         )];
         policy::parse_sources(&sources).unwrap();
-        let page = RulePage::read(&read("sync_response/rules.json")).unwrap();
+        let page = RulePage::read(&read("sync_response/rules.json"), 1).unwrap();
         assert_eq!(page.rules.len(), 4);
         Preflight::read(&read("sync_response/preflight.json"), false).unwrap();
         let shown = event_log::shown(&text("events_file/events.jsonl"), false, None);

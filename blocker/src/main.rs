@@ -10,8 +10,11 @@ use std::{
 use clap::{Args, Parser, Subcommand};
 
 use blocker::{
-    control, daemon, escape, event_feed, event_log, inspect, kernel, kernel::BackendChoice,
-    log_lines, scan, sinks, status, sync::config::SyncConfig, unload,
+    control, daemon, escape, event_feed, event_log, inspect, kernel,
+    kernel::BackendChoice,
+    log_lines, scan, sinks, status,
+    sync::{config::SyncConfig, SyncCommand},
+    unload,
 };
 
 /// Exit status for errors: bad policies, bad arguments, kernel refusals.
@@ -92,6 +95,9 @@ enum Command {
         /// Ask the server for a clean sync: the rules it sends replace every synced rule.
         #[arg(long)]
         clean: bool,
+        /// Say how the last sync went, and what it keeps; exit 1 if it failed or none ran.
+        #[arg(long, conflicts_with_all = ["once", "clean"])]
+        status: bool,
     },
     /// Stop the running daemon, asked over its control socket (a daemon without one: SIGTERM to
     /// every `blocker run`), and wait for it to exit. Exits 1 if none runs.
@@ -361,7 +367,15 @@ fn main() -> ExitCode {
             config,
             once,
             clean,
-        } => blocker::sync::command(&config, once, clean),
+            status,
+        } => {
+            let command = match (status, once) {
+                (true, _) => SyncCommand::Status,
+                (false, true) => SyncCommand::Once,
+                (false, false) => SyncCommand::Forever,
+            };
+            blocker::sync::command(&config, command, clean)
+        }
         Command::Stop { status_file } => control::stop(&status_file),
         Command::Policy {
             change: PolicyChange::Install { files, target },

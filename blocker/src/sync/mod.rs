@@ -39,6 +39,9 @@ const MAX_PAGES: usize = 10_000;
 /// The most rules one sync takes, over all pages.
 const MAX_RULES: usize = 1_000_000;
 
+/// The result a completed sync records.
+const LAST_SYNC_OK: &str = "ok";
+
 /// What one completed sync did.
 #[derive(Debug)]
 pub struct SyncReport {
@@ -79,14 +82,9 @@ impl SyncReport {
             ));
         }
         if !changes.skipped.is_empty() {
-            let skipped: Vec<String> = changes
-                .skipped
-                .iter()
-                .map(|(kind, count)| format!("{count} {kind}"))
-                .collect();
             lines.push(format!(
                 "skipped, without a meaning on Linux: {}",
-                skipped.join(", ")
+                changes.skipped_list()
             ));
         }
         if self.client_mode == Some(ClientMode::Lockdown) {
@@ -103,17 +101,80 @@ impl SyncReport {
     }
 }
 
-/// `blocker sync`: one sync with `once`, else one every interval until killed.
-pub fn command(config_file: &Path, once: bool, clean: bool) -> Result<ExitCode> {
+/// What `blocker sync` is asked to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncCommand {
+    /// Sync every interval until killed.
+    Forever,
+    /// Sync once and say what changed.
+    Once,
+    /// Say how the last sync went.
+    Status,
+}
+
+/// `blocker sync`.
+pub fn command(config_file: &Path, command: SyncCommand, clean: bool) -> Result<ExitCode> {
     let config = SyncConfig::read(config_file)?;
-    if once {
-        let report = sync_once(&config, clean)?;
-        for line in report.lines() {
-            println!("{}", crate::escape::controls_escaped(&line));
+    match command {
+        SyncCommand::Status => status(&config),
+        SyncCommand::Once => {
+            let report = sync_once(&config, clean)?;
+            for line in report.lines() {
+                println!("{}", crate::escape::controls_escaped(&line));
+            }
+            Ok(ExitCode::SUCCESS)
         }
-        return Ok(ExitCode::SUCCESS);
+        SyncCommand::Forever => run_forever(&config, clean),
     }
-    run_forever(&config, clean)
+}
+
+/// `blocker sync --status`: the state the last sync left. Exits 1 if there was none or it
+/// failed.
+fn status(config: &SyncConfig) -> Result<ExitCode> {
+    let state = SyncState::load(&config.state_dir)?;
+    let banned = state.rules.banned();
+    println!("server         {}", config.server_url);
+    println!(
+        "rules          {} synced BINARY rules, {banned} banned by policy {} ({})",
+        state.rules.binary.len(),
+        rules::POLICY_NAME,
+        config.policy_dir.join(POLICY_FILE_NAME).display()
+    );
+    println!(
+        "events         {} files of denials deleted by rotation before their upload",
+        state.upload.files_lost
+    );
+    if state.request_clean_sync {
+        println!("clean sync     asked for by the next sync");
+    }
+    let Some(last) = &state.last else {
+        println!("last sync      none");
+        return Ok(ExitCode::from(1));
+    };
+    println!(
+        "last sync      {}: {}",
+        last.time,
+        crate::escape::controls_escaped(&last.result)
+    );
+    if let Some(mode) = last.client_mode {
+        let note = if mode == ClientMode::Lockdown {
+            " (not in blocker yet: the synced blocklist is enforced as in MONITOR)"
+        } else {
+            ""
+        };
+        println!("server mode    {}{note}", mode.name());
+    }
+    if !last.changes.skipped.is_empty() {
+        println!(
+            "skipped        {} (no meaning on Linux)",
+            last.changes.skipped_list()
+        );
+    }
+    Ok(if last.result == LAST_SYNC_OK {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Syncs every interval, logging each outcome; a failed sync leaves every rule in place.
@@ -155,7 +216,7 @@ pub fn sync_once(config: &SyncConfig, request_clean: bool) -> Result<SyncReport>
             }
             state.last = Some(LastSync {
                 time,
-                result: "ok".to_owned(),
+                result: LAST_SYNC_OK.to_owned(),
                 sync_type: Some(report.sync_type),
                 client_mode: report.client_mode,
                 changes: report.changes.clone(),
@@ -269,7 +330,7 @@ fn download_rules(client: &Client, config: &SyncConfig) -> Result<Vec<protocol::
                 machine_id: &config.machine_id,
             },
         )?;
-        let page = RulePage::read(&body).with_context(|| format!("page {page_number}"))?;
+        let page = RulePage::read(&body, page_number)?;
         rules.extend(page.rules);
         if rules.len() > MAX_RULES {
             bail!("ruledownload: more than {MAX_RULES} rules");

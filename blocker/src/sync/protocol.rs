@@ -222,16 +222,11 @@ fn kind(value: &Value) -> &'static str {
 }
 
 /// A response body as the JSON object every stage answers with.
-pub fn response_object(stage: Stage, body: &[u8]) -> Result<Map<String, Value>> {
-    let value: Value = serde_json::from_slice(body)
-        .with_context(|| format!("{}: the response is not JSON", stage.name()))?;
+fn response_object(body: &[u8]) -> Result<Map<String, Value>> {
+    let value: Value = serde_json::from_slice(body).context("the response is not JSON")?;
     match value {
         Value::Object(object) => Ok(object),
-        other => bail!(
-            "{}: the response is {}, not a JSON object",
-            stage.name(),
-            kind(&other)
-        ),
+        other => bail!("the response is {}, not a JSON object", kind(&other)),
     }
 }
 
@@ -269,8 +264,8 @@ impl Preflight {
     /// Reads a preflight response; `requested_clean` is what the request asked for, which
     /// turns the deprecated `clean_sync` into `CLEAN_ALL` (as Santa does).
     pub fn read(body: &[u8], requested_clean: bool) -> Result<Self> {
-        let object = response_object(Stage::Preflight, body)?;
         let read = || -> Result<Self> {
+            let object = response_object(body)?;
             let client_mode = enum_field(&object, "client_mode")?;
             let deprecated_clean = bool_field(&object, "clean_sync")?.unwrap_or(false);
             let sync_type = match enum_field(&object, "sync_type")? {
@@ -292,7 +287,7 @@ impl Preflight {
                 batch_size,
             })
         };
-        read().context("preflight")
+        read().context(Stage::Preflight.name())
     }
 }
 
@@ -322,10 +317,11 @@ pub struct RuleDownloadRequest<'a> {
 }
 
 impl RulePage {
-    /// Reads a ruledownload response; errors name the rule's index in the page.
-    pub fn read(body: &[u8]) -> Result<Self> {
-        let object = response_object(Stage::RuleDownload, body)?;
+    /// Reads page `number` (from 1) of a rule download; errors name the page, and the rule's
+    /// index in it.
+    pub fn read(body: &[u8], number: usize) -> Result<Self> {
         let read = || -> Result<Self> {
+            let object = response_object(body)?;
             let cursor = string_field(&object, "cursor", MAX_IDENTIFIER_BYTES)?
                 .filter(|cursor| !cursor.is_empty())
                 .map(str::to_owned);
@@ -340,7 +336,7 @@ impl RulePage {
             };
             Ok(Self { rules, cursor })
         };
-        read().context("ruledownload")
+        read().with_context(|| format!("{}: page {number}", Stage::RuleDownload.name()))
     }
 }
 
@@ -430,8 +426,11 @@ mod tests {
     #[test]
     fn malformed_preflights_name_the_field() {
         for (json, expected) in [
-            ("[]", "not a JSON object"),
-            ("{", "not JSON"),
+            (
+                "[]",
+                "preflight: the response is an array, not a JSON object",
+            ),
+            ("{", "preflight: the response is not JSON"),
             (
                 r#"{"client_mode":"PARTY"}"#,
                 "client_mode: \"PARTY\" is none of",
@@ -460,6 +459,7 @@ mod tests {
                 "cursor":"2"}}"#
             )
             .as_bytes(),
+            1,
         )
         .unwrap();
         assert_eq!(page.cursor.as_deref(), Some("2"));
@@ -477,7 +477,7 @@ mod tests {
         assert_eq!(page.rules[1].policy, RulePolicy::Allowlist);
         assert_eq!(page.rules[2].rule_type, RuleType::CdHash);
         assert_eq!(page.rules[2].custom_msg, None);
-        assert_eq!(RulePage::read(br#"{"cursor":""}"#).unwrap().cursor, None);
+        assert_eq!(RulePage::read(br#"{"cursor":""}"#, 1).unwrap().cursor, None);
     }
 
     #[test]
@@ -508,8 +508,8 @@ mod tests {
             ("7", "rules[0]: expected an object, found a number"),
         ] {
             let body = format!(r#"{{"rules":[{rule}]}}"#);
-            let error = format!("{:#}", RulePage::read(body.as_bytes()).unwrap_err());
-            assert!(error.starts_with("ruledownload: "), "{error}");
+            let error = format!("{:#}", RulePage::read(body.as_bytes(), 3).unwrap_err());
+            assert!(error.starts_with("ruledownload: page 3: "), "{error}");
             assert!(error.contains(expected), "{rule}: {error}");
         }
     }

@@ -67,6 +67,16 @@ impl Changes {
     pub fn skipped_total(&self) -> usize {
         self.skipped.values().sum()
     }
+
+    /// The skipped rules for people: `1 CERTIFICATE, 2 TEAMID`.
+    pub fn skipped_list(&self) -> String {
+        let counts: Vec<String> = self
+            .skipped
+            .iter()
+            .map(|(kind, count)| format!("{count} {kind}"))
+            .collect();
+        counts.join(", ")
+    }
 }
 
 impl SyncedRules {

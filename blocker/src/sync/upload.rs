@@ -103,7 +103,12 @@ pub fn upload(
 /// The denials after `cursor`, oldest first, at most [`MAX_EVENTS_PER_SYNC`]. Counts the
 /// cursor's file as lost (in `cursor`) if rotation deleted it.
 fn read_spool(events_file: &Path, cursor: &mut UploadCursor) -> io::Result<Spool> {
-    let mut files: Vec<PathBuf> = sinks::rotated_paths_oldest_first(events_file)?;
+    let mut files: Vec<PathBuf> = match sinks::rotated_paths_oldest_first(events_file) {
+        Ok(files) => files,
+        // No events directory: no daemon wrote events here yet.
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(error) => return Err(error),
+    };
     files.push(events_file.to_owned());
     let mut present = Vec::new();
     for path in files {
@@ -355,6 +360,14 @@ mod tests {
         let spool = read_spool(&events, &mut cursor).unwrap();
         assert_eq!(cursor.files_lost, 1);
         assert_eq!(spool.denials.len(), 1);
+    }
+
+    #[test]
+    fn no_events_directory_is_no_denials() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cursor = UploadCursor::default();
+        let spool = read_spool(&dir.path().join("missing/events.jsonl"), &mut cursor).unwrap();
+        assert!(spool.denials.is_empty() && spool.end.is_none());
     }
 
     #[test]

@@ -121,6 +121,19 @@ impl Fleet {
             .context("running blocker sync")
     }
 
+    /// `blocker sync --status`: its exit code and output.
+    fn status(&self) -> Result<(Option<i32>, String)> {
+        let output = Command::new(blocker_bin())
+            .args(["sync", "--status", "--config"])
+            .arg(&self.config)
+            .output()
+            .context("running blocker sync --status")?;
+        Ok((
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        ))
+    }
+
     /// `blocker sync --once`, which must succeed; its output.
     fn synced(&self, extra: &[&str]) -> Result<String> {
         let output = self.sync(extra)?;
@@ -263,15 +276,30 @@ fn synced_rules_are_enforced_removed_and_cleaned_and_outlive_the_server() -> Res
     wait_until_allowed(&told)?;
     ensure!(is_killed(&plain)?, "the silent ban stays");
 
-    // A clean sync replaces them.
-    fleet
-        .server
-        .set_rules_toml(&binary_rule(&later_hash, "BLOCKLIST"))?;
+    let (code, status) = fleet.status()?;
+    ensure!(code == Some(0), "{status}");
+    ensure!(
+        status.contains(": ok") && status.contains("1 synced BINARY rules, 1 banned"),
+        "{status}"
+    );
+
+    // A clean sync replaces them. The server asks for LOCKDOWN, which blocker does not have:
+    // it says so, and keeps enforcing the blocklist.
+    fleet.server.set_rules_toml(&format!(
+        "client_mode = \"LOCKDOWN\"\n{}",
+        binary_rule(&later_hash, "BLOCKLIST")
+    ))?;
     fleet.server.set_clean_sync(true);
     let said = fleet.synced(&[])?;
     ensure!(
-        said.contains("CLEAN sync: 1 rules received; 1 added, 0 changed, 1 removed"),
+        said.contains("CLEAN sync: 1 rules received; 1 added, 0 changed, 1 removed")
+            && said.contains("the server asks for LOCKDOWN"),
         "{said}"
+    );
+    let (_, status) = fleet.status()?;
+    ensure!(
+        status.contains("LOCKDOWN (not in blocker yet: the synced blocklist is enforced"),
+        "{status}"
     );
     wait_until_banned(&later)?;
     wait_until_allowed(&plain)?;
@@ -302,7 +330,7 @@ fn pages_are_applied_together_or_not_at_all() -> Result<()> {
     fleet.server.misbehave(Some(Misbehaviour::MalformedPage(2)));
     let error = fleet.failed_sync()?;
     ensure!(
-        error.contains("page 2") && error.contains("ruledownload"),
+        error.contains("ruledownload: page 2: the response is not JSON"),
         "{error}"
     );
     ensure!(fleet.synced_policy().is_none(), "nothing was installed");
@@ -345,12 +373,12 @@ fn a_down_or_hostile_server_changes_nothing() -> Result<()> {
         (Misbehaviour::Down, "preflight: https://127.0.0.1:"),
         (
             Misbehaviour::MalformedPage(1),
-            "ruledownload: the response is not JSON",
+            "ruledownload: page 1: the response is not JSON",
         ),
         (Misbehaviour::HugeBody, "the response is larger than"),
         (
             Misbehaviour::WrongRuleType,
-            "rule_type: \"PATH\" is none of",
+            "ruledownload: page 1: rules[1]: rule_type: \"PATH\" is none of",
         ),
     ] {
         fleet.server.misbehave(Some(misbehaviour));
@@ -369,6 +397,8 @@ fn a_down_or_hostile_server_changes_nothing() -> Result<()> {
             .is_some_and(|result| result.contains("PATH")),
         "the state records the failure: {state}"
     );
+    let (code, status) = fleet.status()?;
+    ensure!(code == Some(1) && status.contains("PATH"), "{status}");
 
     // A wrong client certificate is refused by the server: a clear TLS error.
     let other = Pki::new(&fleet.sandbox.path("other-pki"))?;
