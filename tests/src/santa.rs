@@ -2,19 +2,21 @@
 //! routes under `/v1/santa/`, zlib-compressed request bodies, rules from TOML (Moroz's
 //! `[[rules]]`), uploaded events written to a directory as `<sha256>/<machine>/<n>.json`. It
 //! serves HTTPS on 127.0.0.1 with mutual TLS (certificates made at test time), one request per
-//! connection, and can be told to misbehave.
+//! connection, and can be told to misbehave. [`Fleet`] puts one in a sandbox with a `blocker
+//! sync` configuration for it.
 
 use std::{
     fs,
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
+    process::{Command, Output},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, MutexGuard,
     },
-    thread::JoinHandle,
-    time::Duration,
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, ensure, Context, Result};
@@ -25,6 +27,8 @@ use rustls::{
     RootCertStore, ServerConfig, ServerConnection, StreamOwned,
 };
 use serde_json::{json, Value};
+
+use crate::{blocker_bin, harmless_binary, sha256_of, Daemon, Sandbox, EVENT_TIMEOUT};
 
 /// The largest request head and (decompressed) body the server reads.
 const MAX_HEAD_BYTES: usize = 64 << 10;
@@ -411,4 +415,211 @@ fn rule_page(state: &ServerState, request: &Value) -> Result<Vec<u8>> {
         page["cursor"] = json!(end.to_string());
     }
     Ok(serde_json::to_vec(&page)?)
+}
+
+/// The machine id the fleet's configuration gives `blocker sync`.
+pub const MACHINE_ID: &str = "test-machine-1";
+/// The policy file `blocker sync` installs.
+pub const SYNCED_POLICY: &str = "santa-sync.toml";
+
+/// A sandbox with a sync server, its certificates and a `blocker sync` configuration.
+/// Its daemon's status document and events file, and the binaries it makes, are in the sandbox.
+pub struct Fleet {
+    pub sandbox: Sandbox,
+    pub server: SantaServer,
+    pub config: PathBuf,
+    pub status_file: PathBuf,
+    /// Where the test's binaries go: the daemon's scan root.
+    pub binaries: PathBuf,
+}
+
+impl Fleet {
+    pub fn new(sandbox: Sandbox, rules: &str) -> Result<Self> {
+        let pki = Pki::new(&sandbox.path("pki"))?;
+        let server = SantaServer::start(&pki, rules, &sandbox.path("uploaded"))?;
+        let binaries = sandbox.path("binaries");
+        fs::create_dir_all(&binaries)?;
+        let status_file = sandbox.path("run/status.json");
+        let config = sandbox.path("sync.toml");
+        let quoted = |path: &Path| format!("{:?}", path.display().to_string());
+        fs::write(
+            &config,
+            format!(
+                "server_url = {:?}\nca_file = {}\nclient_cert_file = {}\nclient_key_file = {}\n\
+                 machine_id = {MACHINE_ID:?}\nattempts = 1\ninterval_seconds = 1\nstate_dir = {}\npolicy_dir = {}\n\
+                 status_file = {}\nevents_file = {}\n",
+                server.url(),
+                quoted(&pki.ca_file),
+                quoted(&pki.client_cert_file),
+                quoted(&pki.client_key_file),
+                quoted(&sandbox.path("sync-state")),
+                quoted(&sandbox.policy_dir()),
+                quoted(&status_file),
+                quoted(&sandbox.path("events.jsonl")),
+            ),
+        )?;
+        Ok(Self {
+            sandbox,
+            server,
+            config,
+            status_file,
+            binaries,
+        })
+    }
+
+    /// A fleet whose policy directory holds, besides what the sync installs, a local policy
+    /// that bans nothing.
+    pub fn with_empty_local_policy(test_name: &str) -> Result<Self> {
+        let sandbox = Sandbox::new(test_name)?;
+        sandbox.write_policy("local.toml", "name = \"local\"\n")?;
+        Self::new(sandbox, "")
+    }
+
+    /// A copy of the harmless binary with contents of its own, in the scanned directory.
+    pub fn unique_binary(&self, name: &str) -> Result<(PathBuf, String)> {
+        let path = self.binaries.join(name);
+        let mut contents = fs::read(harmless_binary())?;
+        contents.extend_from_slice(format!("\nsync test binary {name}\n").as_bytes());
+        fs::write(&path, contents)?;
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let hash = sha256_of(&path)?;
+        Ok((path, hash))
+    }
+
+    /// Starts a daemon with `backend` on the sandbox's policy, scanning the binaries, with
+    /// `extra` arguments.
+    pub fn start_daemon(&self, backend: &str, extra: &[&str]) -> Result<Daemon> {
+        let scan_root = self.binaries.to_str().context("utf-8 path")?;
+        let status_file = self.status_file.to_str().context("utf-8 path")?;
+        let (daemon, _) = Daemon::start(
+            &self.sandbox.policy_dir(),
+            &[
+                "--backend",
+                backend,
+                "--no-hash-cache",
+                "--scan-root",
+                scan_root,
+                "--status-file",
+                status_file,
+            ]
+            .iter()
+            .chain(extra)
+            .copied()
+            .collect::<Vec<_>>(),
+        )?;
+        wait_until(|| Ok(self.status_file.exists()), "the status document")?;
+        Ok(daemon)
+    }
+
+    /// `blocker sync --once` with `extra` arguments.
+    pub fn sync(&self, extra: &[&str]) -> Result<Output> {
+        Command::new(blocker_bin())
+            .args(["sync", "--once", "--config"])
+            .arg(&self.config)
+            .args(extra)
+            .output()
+            .context("running blocker sync")
+    }
+
+    /// `blocker sync --status`: its exit code and output.
+    pub fn status(&self) -> Result<(Option<i32>, String)> {
+        let output = Command::new(blocker_bin())
+            .args(["sync", "--status", "--config"])
+            .arg(&self.config)
+            .output()
+            .context("running blocker sync --status")?;
+        Ok((
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        ))
+    }
+
+    /// `blocker sync --once`, which must succeed; its output.
+    pub fn synced(&self, extra: &[&str]) -> Result<String> {
+        let output = self.sync(extra)?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        ensure!(
+            output.status.success(),
+            "sync failed: {}\n{stdout}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(stdout)
+    }
+
+    /// `blocker sync --once`, which must fail; its error message.
+    pub fn failed_sync(&self) -> Result<String> {
+        let output = self.sync(&[])?;
+        ensure!(
+            output.status.code() == Some(2),
+            "the sync should have failed: {}\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+
+    pub fn synced_policy(&self) -> Option<String> {
+        fs::read_to_string(self.sandbox.policy_dir().join(SYNCED_POLICY)).ok()
+    }
+
+    pub fn requests(&self, stage: &str) -> Vec<Value> {
+        self.server
+            .received()
+            .into_iter()
+            .filter(|received| received.stage == stage)
+            .inspect(|received| assert_eq!(received.machine_id, MACHINE_ID))
+            .map(|received| received.body)
+            .collect()
+    }
+}
+
+/// A Moroz rule of type BINARY.
+pub fn binary_rule(hash: &str, policy: &str) -> String {
+    format!("[[rules]]\nrule_type = \"BINARY\"\npolicy = \"{policy}\"\nidentifier = \"{hash}\"\n")
+}
+
+/// Polls `done` until it holds, for up to [`EVENT_TIMEOUT`].
+pub fn wait_until(mut done: impl FnMut() -> Result<bool>, what: &str) -> Result<()> {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while !done()? {
+        if Instant::now() > deadline {
+            bail!("gave up waiting for {what}");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// The denials of the daemon's events file (the fleet's sandbox's), once `count` are there.
+pub fn wait_for_denials(fleet: &Fleet, count: usize) -> Result<Vec<Value>> {
+    let events = fleet.sandbox.path("events.jsonl");
+    let denials = || -> Result<Vec<Value>> {
+        Ok(crate::events_in(&events)?
+            .into_iter()
+            .filter(|record| record["kind"] == "exec" && record["action"] == "deny")
+            .collect())
+    };
+    wait_until(
+        || Ok(denials()?.len() >= count),
+        "denials in the events file",
+    )?;
+    denials()
+}
+
+/// The events the server wrote, each file one.
+pub fn uploaded_events(fleet: &Fleet) -> Result<Vec<Value>> {
+    let mut events = Vec::new();
+    let root = fleet.sandbox.path("uploaded");
+    for hash in fs::read_dir(&root)? {
+        for machine in fs::read_dir(hash?.path())? {
+            let machine = machine?;
+            ensure!(machine.file_name() == MACHINE_ID, "{:?}", machine.path());
+            for event in fs::read_dir(machine.path())? {
+                events.push(serde_json::from_slice(&fs::read(event?.path())?)?);
+            }
+        }
+    }
+    Ok(events)
 }

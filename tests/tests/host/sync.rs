@@ -4,192 +4,18 @@
 //! hostile changes nothing; 100,000 rules are taken; denials are uploaded, once, and after an
 //! outage.
 
-use std::{
-    fs,
-    os::unix::process::ExitStatusExt,
-    path::{Path, PathBuf},
-    process::{Command, Output},
-    thread,
-    time::{Duration, Instant},
-};
+use std::{fs, os::unix::process::ExitStatusExt, path::Path, process::Command};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use blocker_integration_tests::{
-    blocker_bin, harmless_binary,
-    santa::{Misbehaviour, Pki, SantaServer},
-    sha256_of, BanScenario, Daemon, Sandbox, EVENT_TIMEOUT,
+    blocker_bin,
+    santa::{
+        binary_rule, uploaded_events, wait_for_denials, wait_until, Fleet, Misbehaviour, Pki,
+        MACHINE_ID,
+    },
+    BanScenario, Sandbox,
 };
 use serde_json::{json, Value};
-
-const MACHINE_ID: &str = "test-machine-1";
-const SYNCED_POLICY: &str = "santa-sync.toml";
-
-/// A sandbox with a sync server, its certificates and a `blocker sync` configuration.
-struct Fleet {
-    sandbox: Sandbox,
-    server: SantaServer,
-    config: PathBuf,
-    status_file: PathBuf,
-    binaries: PathBuf,
-}
-
-impl Fleet {
-    fn new(sandbox: Sandbox, rules: &str) -> Result<Self> {
-        let pki = Pki::new(&sandbox.path("pki"))?;
-        let server = SantaServer::start(&pki, rules, &sandbox.path("uploaded"))?;
-        let binaries = sandbox.path("binaries");
-        fs::create_dir_all(&binaries)?;
-        let status_file = sandbox.path("run/status.json");
-        let config = sandbox.path("sync.toml");
-        let quoted = |path: &Path| format!("{:?}", path.display().to_string());
-        fs::write(
-            &config,
-            format!(
-                "server_url = {:?}\nca_file = {}\nclient_cert_file = {}\nclient_key_file = {}\n\
-                 machine_id = {MACHINE_ID:?}\nattempts = 1\ninterval_seconds = 1\nstate_dir = {}\npolicy_dir = {}\n\
-                 status_file = {}\nevents_file = {}\n",
-                server.url(),
-                quoted(&pki.ca_file),
-                quoted(&pki.client_cert_file),
-                quoted(&pki.client_key_file),
-                quoted(&sandbox.path("sync-state")),
-                quoted(&sandbox.policy_dir()),
-                quoted(&status_file),
-                quoted(&sandbox.path("events.jsonl")),
-            ),
-        )?;
-        Ok(Self {
-            sandbox,
-            server,
-            config,
-            status_file,
-            binaries,
-        })
-    }
-
-    /// A fleet whose policy directory holds, besides what the sync installs, a local policy
-    /// that bans nothing.
-    fn with_empty_local_policy(test_name: &str) -> Result<Self> {
-        let sandbox = Sandbox::new(test_name)?;
-        sandbox.write_policy("local.toml", "name = \"local\"\n")?;
-        Self::new(sandbox, "")
-    }
-
-    /// A copy of the harmless binary with contents of its own, in the scanned directory.
-    fn unique_binary(&self, name: &str) -> Result<(PathBuf, String)> {
-        let path = self.binaries.join(name);
-        let mut contents = fs::read(harmless_binary())?;
-        contents.extend_from_slice(format!("\nsync test binary {name}\n").as_bytes());
-        fs::write(&path, contents)?;
-        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-        let hash = sha256_of(&path)?;
-        Ok((path, hash))
-    }
-
-    /// Starts a daemon (kill backend) on the sandbox's policy, scanning the binaries, with
-    /// `extra` arguments.
-    fn start_daemon(&self, extra: &[&str]) -> Result<Daemon> {
-        let scan_root = self.binaries.to_str().context("utf-8 path")?;
-        let status_file = self.status_file.to_str().context("utf-8 path")?;
-        let (daemon, _) = Daemon::start(
-            &self.sandbox.policy_dir(),
-            &[
-                "--backend",
-                "kill",
-                "--no-hash-cache",
-                "--scan-root",
-                scan_root,
-                "--status-file",
-                status_file,
-            ]
-            .iter()
-            .chain(extra)
-            .copied()
-            .collect::<Vec<_>>(),
-        )?;
-        wait_until(|| Ok(self.status_file.exists()), "the status document")?;
-        Ok(daemon)
-    }
-
-    /// `blocker sync --once` with `extra` arguments.
-    fn sync(&self, extra: &[&str]) -> Result<Output> {
-        Command::new(blocker_bin())
-            .args(["sync", "--once", "--config"])
-            .arg(&self.config)
-            .args(extra)
-            .output()
-            .context("running blocker sync")
-    }
-
-    /// `blocker sync --status`: its exit code and output.
-    fn status(&self) -> Result<(Option<i32>, String)> {
-        let output = Command::new(blocker_bin())
-            .args(["sync", "--status", "--config"])
-            .arg(&self.config)
-            .output()
-            .context("running blocker sync --status")?;
-        Ok((
-            output.status.code(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-        ))
-    }
-
-    /// `blocker sync --once`, which must succeed; its output.
-    fn synced(&self, extra: &[&str]) -> Result<String> {
-        let output = self.sync(extra)?;
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        ensure!(
-            output.status.success(),
-            "sync failed: {}\n{stdout}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(stdout)
-    }
-
-    /// `blocker sync --once`, which must fail; its error message.
-    fn failed_sync(&self) -> Result<String> {
-        let output = self.sync(&[])?;
-        ensure!(
-            output.status.code() == Some(2),
-            "the sync should have failed: {}\n{}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(String::from_utf8_lossy(&output.stderr).into_owned())
-    }
-
-    fn synced_policy(&self) -> Option<String> {
-        fs::read_to_string(self.sandbox.policy_dir().join(SYNCED_POLICY)).ok()
-    }
-
-    fn requests(&self, stage: &str) -> Vec<Value> {
-        self.server
-            .received()
-            .into_iter()
-            .filter(|received| received.stage == stage)
-            .inspect(|received| assert_eq!(received.machine_id, MACHINE_ID))
-            .map(|received| received.body)
-            .collect()
-    }
-}
-
-fn binary_rule(hash: &str, policy: &str) -> String {
-    format!("[[rules]]\nrule_type = \"BINARY\"\npolicy = \"{policy}\"\nidentifier = \"{hash}\"\n")
-}
-
-/// Polls `done` until it holds, for up to [`EVENT_TIMEOUT`].
-fn wait_until(mut done: impl FnMut() -> Result<bool>, what: &str) -> Result<()> {
-    let deadline = Instant::now() + EVENT_TIMEOUT;
-    while !done()? {
-        if Instant::now() > deadline {
-            bail!("gave up waiting for {what}");
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
-}
 
 fn is_killed(path: &Path) -> Result<bool> {
     let status = Command::new(path).status()?;
@@ -228,7 +54,7 @@ fn synced_rules_are_enforced_removed_and_cleaned_and_outlive_the_server() -> Res
         binary_rule(&plain_hash, "SILENT_BLOCKLIST"),
         "c".repeat(64),
     ))?;
-    let mut daemon = fleet.start_daemon(&[])?;
+    let mut daemon = fleet.start_daemon("kill", &[])?;
 
     let said = fleet.synced(&[])?;
     ensure!(
@@ -310,7 +136,7 @@ fn synced_rules_are_enforced_removed_and_cleaned_and_outlive_the_server() -> Res
     ensure!(error.contains("preflight"), "{error}");
     ensure!(is_killed(&later)?, "the rules in place stay");
     daemon.stop()?;
-    let _daemon = fleet.start_daemon(&[])?;
+    let _daemon = fleet.start_daemon("kill", &[])?;
     wait_until_banned(&later)?;
     Ok(())
 }
@@ -452,7 +278,7 @@ fn a_hundred_thousand_rules_are_taken_and_enforced() -> Result<()> {
     rules.push(json!({ "identifier": banned_hash, "policy": "BLOCKLIST", "rule_type": "BINARY" }));
     fleet.server.set_rules(rules);
     fleet.server.set_page_size(Some(25_000));
-    let _daemon = fleet.start_daemon(&[])?;
+    let _daemon = fleet.start_daemon("kill", &[])?;
     let said = fleet.synced(&[])?;
     ensure!(
         said.contains("100000 rules received; 100000 added"),
@@ -460,38 +286,6 @@ fn a_hundred_thousand_rules_are_taken_and_enforced() -> Result<()> {
     );
     wait_until_banned(&banned)?;
     Ok(())
-}
-
-/// The denials of the daemon's events file (the fleet's sandbox's), once `count` are there.
-fn wait_for_denials(fleet: &Fleet, count: usize) -> Result<Vec<Value>> {
-    let events = fleet.sandbox.path("events.jsonl");
-    let denials = || -> Result<Vec<Value>> {
-        Ok(blocker_integration_tests::events_in(&events)?
-            .into_iter()
-            .filter(|record| record["kind"] == "exec" && record["action"] == "deny")
-            .collect())
-    };
-    wait_until(
-        || Ok(denials()?.len() >= count),
-        "denials in the events file",
-    )?;
-    denials()
-}
-
-/// The events the server wrote, each file one.
-fn uploaded_events(fleet: &Fleet) -> Result<Vec<Value>> {
-    let mut events = Vec::new();
-    let root = fleet.sandbox.path("uploaded");
-    for hash in fs::read_dir(&root)? {
-        for machine in fs::read_dir(hash?.path())? {
-            let machine = machine?;
-            ensure!(machine.file_name() == MACHINE_ID, "{:?}", machine.path());
-            for event in fs::read_dir(machine.path())? {
-                events.push(serde_json::from_slice(&fs::read(event?.path())?)?);
-            }
-        }
-    }
-    Ok(events)
 }
 
 #[test]
@@ -503,7 +297,7 @@ fn denials_are_uploaded_once_and_after_an_outage() -> Result<()> {
     fleet
         .server
         .set_rules_toml(&binary_rule(&hash, "BLOCKLIST"))?;
-    let _daemon = fleet.start_daemon(&[])?;
+    let _daemon = fleet.start_daemon("kill", &[])?;
     let said = fleet.synced(&[])?;
     ensure!(said.contains("0 denials uploaded"), "{said}");
     wait_until_banned(&by_content)?;
@@ -567,7 +361,7 @@ fn a_daemon_given_a_sync_configuration_syncs_by_itself() -> Result<()> {
         .server
         .set_rules_toml(&binary_rule(&hash, "BLOCKLIST"))?;
     let config = fleet.config.to_str().context("utf-8 path")?;
-    let _daemon = fleet.start_daemon(&["--sync-config", config])?;
+    let _daemon = fleet.start_daemon("kill", &["--sync-config", config])?;
     wait_until_banned(&banned)?;
     // Its own denials go up with a later sync.
     wait_until(
