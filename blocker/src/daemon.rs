@@ -52,6 +52,7 @@ use crate::{
     scan::{HashedFile, ScanOptions, ScanReport},
     sinks::{Batch, SinkOptions, Sinks},
     status::{self, EventCounts, KernelFeatures, Publisher, Snapshot},
+    sync::{self, config::SyncConfig},
     systemd, watch,
 };
 
@@ -85,6 +86,23 @@ pub struct RunOptions {
     /// Where `blocker status` finds what this daemon enforces.
     pub status_file: PathBuf,
     pub metrics: MetricsOptions,
+    /// Syncs with a Santa sync server from a thread of the daemon (`--sync-config`).
+    pub sync: Option<SyncConfig>,
+}
+
+impl RunOptions {
+    /// These options syncing with `sync` (if any) into this daemon's own policy directory,
+    /// and uploading its own events.
+    pub fn syncing(self, sync: Option<SyncConfig>) -> Self {
+        let sync = sync.map(|config| {
+            config.for_daemon(
+                &self.policy_dir,
+                &self.status_file,
+                self.sinks.file.as_ref().map(|file| file.path.as_path()),
+            )
+        });
+        Self { sync, ..self }
+    }
 }
 
 pub fn run(options: RunOptions) -> Result<()> {
@@ -310,6 +328,14 @@ async fn serve(
         exporter,
     };
     daemon.announce_start(previous_heartbeat);
+    if let Some(config) = daemon.options.sync.clone() {
+        // Off the event loop: a sync blocks on the network, and installs its rules through
+        // this daemon's control socket as `blocker sync` would.
+        std::thread::Builder::new()
+            .name("sync".to_owned())
+            .spawn(move || sync::run_forever(&config, false))
+            .context("starting the sync thread")?;
+    }
     daemon.serve(&mut wakeups).await?;
     // No one may ask anything of a daemon that is stopping.
     drop(control);

@@ -269,6 +269,9 @@ struct Rule<'a> {
     ruleset: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     description: Option<&'a str>,
+    /// Where to read more about the rule (its `url`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reference: Option<&'a str>,
 }
 
 /// What ECS has no field for, in the custom namespace `blocker`: the record's kind and the rest
@@ -351,6 +354,7 @@ fn exec_document<'a>(
             name: &exec.rule,
             ruleset: &exec.policy,
             description: exec.reason.as_deref(),
+            reference: exec.url.as_deref(),
         }),
         blocker: ExecExtra {
             kind: "exec",
@@ -427,7 +431,7 @@ fn write_other(record: &Record, host: &Host, out: &mut Vec<u8>) -> serde_json::R
 
 /// Where a record's fields are in its ECS document, for reading them back: the ECS field, the
 /// record's field, and whether ECS keeps the number as a keyword (text).
-const READ_BACK: [(&str, &str, bool); 13] = [
+const READ_BACK: [(&str, &str, bool); 14] = [
     ("@timestamp", "time", false),
     ("process.pid", "pid", false),
     ("process.thread.id", "tid", false),
@@ -441,6 +445,7 @@ const READ_BACK: [(&str, &str, bool); 13] = [
     ("rule.id", "rule", false),
     ("rule.ruleset", "policy", false),
     ("rule.description", "reason", false),
+    ("rule.reference", "url", false),
 ];
 
 /// The record an ECS document was made from, with the fields `blocker events` shows and
@@ -528,6 +533,7 @@ pub(crate) mod tests {
             rule: "wechat".to_owned(),
             policy: "ban".to_owned(),
             reason: Some("banned".to_owned()),
+            url: Some("https://intranet.example/banned?rule=wechat".to_owned()),
             caller: caller(),
             path: "/opt/wechat/\u{fffd}".to_owned(),
             path_hex: Some("2f6f70742f7765636861742fff".to_owned()),
@@ -787,6 +793,10 @@ pub(crate) mod tests {
         assert_eq!(document["rule"]["id"], "wechat");
         assert_eq!(document["rule"]["ruleset"], "ban");
         assert_eq!(document["rule"]["description"], "banned");
+        assert_eq!(
+            document["rule"]["reference"],
+            "https://intranet.example/banned?rule=wechat"
+        );
         assert_eq!(
             document["event"]["type"],
             serde_json::json!(["start", "denied"])

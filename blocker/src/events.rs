@@ -336,6 +336,9 @@ pub struct ExecRecord {
     pub rule: String,
     pub policy: String,
     pub reason: Option<String>,
+    /// The rule's page for the people it stops, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     #[serde(flatten)]
     pub caller: Caller,
     /// For an exec, the path given to exec, as the caller spelled it; for a mapping, a path
@@ -401,6 +404,7 @@ impl ExecRecord {
             rule: rule.map_or_else(|| format!("#{}", event.rule_id), |rule| rule.id.clone()),
             policy: rule.map(|rule| rule.policy.clone()).unwrap_or_default(),
             reason: rule.and_then(|rule| rule.reason.clone()),
+            url: rule.and_then(|rule| rule.url.clone()),
             caller: Caller::of(event),
             operation: operation
                 .filter(|&operation| !is_tamper(operation))
@@ -753,6 +757,7 @@ mod tests {
             id: "wechat".to_owned(),
             policy: "ban".to_owned(),
             reason: Some("banned".to_owned()),
+            url: None,
             action: crate::policy::Action::Deny,
         };
         let record = ExecRecord::new(&event(), Some(&rule), None, &BootClock);

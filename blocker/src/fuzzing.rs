@@ -18,6 +18,10 @@ use crate::{
     event_log,
     events::{self, BootClock, ExecRecord, Record, TamperRecord},
     policy, scan, sinks, sources, status,
+    sync::{
+        protocol::{Preflight, RulePage, SyncType},
+        rules::{SyncedRules, POLICY_FILE_NAME},
+    },
 };
 
 /// Whether people's text holds something that acts on a terminal (line breaks between lines
@@ -115,6 +119,44 @@ pub fn hash_cache(data: &[u8]) {
     }
 }
 
+/// A sync server's response: a preflight or a rule download page, read or refused with an
+/// error naming its stage. The policy a page's rules make is always valid, bans exactly the
+/// hashes the rules ban, and carries their messages and URLs exactly: nothing a server sends
+/// can write anything else into the policy directory.
+pub fn sync_response(data: &[u8]) {
+    if let Err(error) = Preflight::read(data, false) {
+        assert!(format!("{error:#}").starts_with("preflight"), "{error:#}");
+    }
+    let page = match RulePage::read(data, 1) {
+        Ok(page) => page,
+        Err(error) => {
+            assert!(
+                format!("{error:#}").starts_with("ruledownload"),
+                "{error:#}"
+            );
+            return;
+        }
+    };
+    let (rules, _) = SyncedRules::default().after(SyncType::Normal, &page.rules);
+    let source = rules.policy("https://sync.example/v1/santa");
+    let policy = policy::parse_sources(&[(PathBuf::from(POLICY_FILE_NAME), source)])
+        .unwrap_or_else(|errors| panic!("the synced policy is invalid: {errors}"));
+    let banned: usize = policy
+        .rules
+        .iter()
+        .map(|rule| rule.identifiers.sha256.len())
+        .sum();
+    assert_eq!(banned, rules.banned());
+    for rule in &policy.rules {
+        let hash = scan::to_hex(&rule.identifiers.sha256[0]);
+        let synced = &rules.binary[&hash];
+        assert_eq!(rule.url, synced.custom_url);
+        if let Some(message) = &synced.custom_msg {
+            assert_eq!(rule.reason.as_ref(), Some(message));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,13 +164,14 @@ mod tests {
     /// A fuzz target's name (its corpus is `fuzz/corpus/<name>`) and entry point.
     type Target = (&'static str, fn(&[u8]));
 
-    const TARGETS: [Target; 6] = [
+    const TARGETS: [Target; 7] = [
         ("policy", policy),
         ("event", event),
         ("dpkg", dpkg),
         ("events_file", events_file),
         ("status_document", status_document),
         ("hash_cache", hash_cache),
+        ("sync_response", sync_response),
     ];
 
     #[test]
@@ -171,6 +214,9 @@ mod tests {
             text("policy/government-devices.toml"),
         )];
         policy::parse_sources(&sources).unwrap();
+        let page = RulePage::read(&read("sync_response/rules.json"), 1).unwrap();
+        assert_eq!(page.rules.len(), 4);
+        Preflight::read(&read("sync_response/preflight.json"), false).unwrap();
         let shown = event_log::shown(&text("events_file/events.jsonl"), false, None);
         let shown = String::from_utf8(shown).unwrap();
         assert_eq!(shown.lines().count(), 6, "header and five records: {shown}");

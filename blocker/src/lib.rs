@@ -36,6 +36,7 @@ pub mod sinks;
 pub mod sorted_map;
 pub mod sources;
 pub mod status;
+pub mod sync;
 pub mod systemd;
 pub mod unload;
 pub mod watch;

@@ -10,8 +10,11 @@ use std::{
 use clap::{Args, Parser, Subcommand};
 
 use blocker::{
-    control, daemon, escape, event_feed, event_log, inspect, kernel, kernel::BackendChoice,
-    log_lines, scan, sinks, status, unload,
+    control, daemon, escape, event_feed, event_log, inspect, kernel,
+    kernel::BackendChoice,
+    log_lines, scan, sinks, status,
+    sync::{config::SyncConfig, SyncCommand},
+    unload,
 };
 
 /// Exit status for errors: bad policies, bad arguments, kernel refusals.
@@ -27,6 +30,10 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; `run` takes most of the options"
+)]
 enum Command {
     /// Enforce the policies until SIGINT or SIGTERM; events go to the events file, stdout and
     /// the journal as they come.
@@ -69,12 +76,34 @@ enum Command {
         protect: bool,
         #[command(flatten)]
         sinks: SinkArgs,
+        /// Sync with a Santa sync server as `blocker sync --config FILE` does, from a thread of
+        /// the daemon, for setups without the blocker-sync service (the packaged daemon has
+        /// no network).
+        #[arg(long)]
+        sync_config: Option<PathBuf>,
         /// Where the daemon keeps its status document for `blocker status`; its control socket
         /// for `blocker stop` and `blocker policy` is beside it, with the extension `.sock`.
         #[arg(long, default_value = status::DEFAULT_STATUS_FILE)]
         status_file: PathBuf,
         #[command(flatten)]
         metrics: MetricsArgs,
+    },
+    /// Fetch the fleet's rules from a Santa sync server and install them as the policy file
+    /// santa-sync.toml (through the running daemon, as `blocker policy install`); every
+    /// interval of the configuration, or once with --once.
+    Sync {
+        /// The sync configuration: server, TLS credentials, interval, machine id.
+        #[arg(long, default_value = blocker::sync::config::DEFAULT_CONFIG_FILE)]
+        config: PathBuf,
+        /// Sync once, print what changed, and exit.
+        #[arg(long)]
+        once: bool,
+        /// Ask the server for a clean sync: the rules it sends replace every synced rule.
+        #[arg(long)]
+        clean: bool,
+        /// Say how the last sync went, and what it keeps; exit 1 if it failed or none ran.
+        #[arg(long, conflicts_with_all = ["once", "clean"])]
+        status: bool,
     },
     /// Stop the running daemon, asked over its control socket (a daemon without one: SIGTERM to
     /// every `blocker run`), and wait for it to exit. Exits 1 if none runs.
@@ -340,23 +369,34 @@ fn main() -> ExitCode {
             pin_dir,
             protect,
             sinks,
+            sync_config,
             status_file,
             metrics,
-        } => daemon::run(daemon::RunOptions {
-            policy_dir,
-            backend,
-            refresh_interval: Duration::from_secs(refresh_interval),
-            rescan_interval: Duration::from_secs(rescan_interval),
-            scan: scan.options(),
-            budget: blocker::budget::Budget::with_per_user(max_entries_per_user),
-            event_buffer_bytes,
-            pin_root: pin.then_some(pin_dir),
-            protect,
-            sinks: sinks.options(),
-            status_file,
-            metrics: metrics.options(),
-        })
-        .map(|()| ExitCode::SUCCESS),
+        } => sync_config
+            .as_deref()
+            .map(SyncConfig::read)
+            .transpose()
+            .and_then(|sync| {
+                daemon::run(
+                    daemon::RunOptions {
+                        policy_dir,
+                        backend,
+                        refresh_interval: Duration::from_secs(refresh_interval),
+                        rescan_interval: Duration::from_secs(rescan_interval),
+                        scan: scan.options(),
+                        budget: blocker::budget::Budget::with_per_user(max_entries_per_user),
+                        event_buffer_bytes,
+                        pin_root: pin.then_some(pin_dir),
+                        protect,
+                        sinks: sinks.options(),
+                        status_file,
+                        metrics: metrics.options(),
+                        sync: None,
+                    }
+                    .syncing(sync),
+                )
+            })
+            .map(|()| ExitCode::SUCCESS),
         Command::Unload {
             pin_dir,
             events_file,
@@ -373,6 +413,19 @@ fn main() -> ExitCode {
                 format: events_format,
             },
         ),
+        Command::Sync {
+            config,
+            once,
+            clean,
+            status,
+        } => {
+            let command = match (status, once) {
+                (true, _) => SyncCommand::Status,
+                (false, true) => SyncCommand::Once,
+                (false, false) => SyncCommand::Forever,
+            };
+            blocker::sync::command(&config, command, clean)
+        }
         Command::Stop { status_file } => control::stop(&status_file),
         Command::Policy {
             change: PolicyChange::Install { files, target },

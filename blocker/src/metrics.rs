@@ -636,6 +636,7 @@ mod tests {
             id: id.to_owned(),
             policy: policy.to_owned(),
             reason: None,
+            url: None,
             action,
         }
     }

@@ -36,6 +36,7 @@ pub struct RuleInfo {
     pub id: String,
     pub policy: String,
     pub reason: Option<String>,
+    pub url: Option<String>,
     pub action: Action,
 }
 
@@ -352,6 +353,7 @@ fn setting_rule(
         id: id.to_owned(),
         policy: policy.unwrap_or_default().to_owned(),
         reason: Some(reason.to_owned()),
+        url: None,
         action: if setting == SettingAction::Deny {
             Action::Deny
         } else {
@@ -411,6 +413,7 @@ pub fn resolve_within(
             id: rule.id.clone(),
             policy: rule.policy.clone(),
             reason: rule.reason.clone(),
+            url: rule.url.clone(),
             action: rule.action,
         });
         let mut found = Found {
@@ -974,6 +977,7 @@ mod tests {
             id: id.to_owned(),
             description: None,
             reason: Some(format!("{id} is banned")),
+            url: None,
             action,
             identifiers,
             ban_critical_files: Vec::new(),

@@ -22,6 +22,7 @@ use serde_json::Value;
 
 pub mod bpf;
 pub mod filesystems;
+pub mod santa;
 
 /// Longest a daemon may live in a test before the watchdog kills it.
 const DAEMON_LIFETIME_LIMIT: Duration = Duration::from_secs(180);

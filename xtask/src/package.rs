@@ -1,4 +1,4 @@
-//! `cargo xtask package`: the Debian package of the release build, with the systemd unit, the
+//! `cargo xtask package`: the Debian package of the release build, with the systemd units, the
 //! shipped policies as conffiles, the documentation and the maintainer scripts, built with
 //! `dpkg-deb`.
 
@@ -19,7 +19,13 @@ use crate::{
 
 const PACKAGE: &str = "blocker";
 const OUTPUT_DIR: &str = "target/package";
-const UNIT: &str = "packaging/blocker.service";
+/// The systemd units: the daemon's, and blocker-sync's (installed, not enabled).
+const UNITS: &[&str] = &[
+    "packaging/blocker.service",
+    "packaging/blocker-sync.service",
+];
+/// blocker-sync's configuration, a conffile to fill in.
+const SYNC_CONFIG: &str = "packaging/sync.toml";
 const MAINTAINER_SCRIPTS_DIR: &str = "packaging/debian";
 const MAINTAINER_SCRIPTS: &[&str] = &["postinst", "prerm", "postrm"];
 /// Every `*.toml` directly in it is installed and enforced.
@@ -31,7 +37,8 @@ const EXAMPLE_POLICIES_DIR: &str = "policies/examples";
 const DOCS_DIR: &str = "docs";
 
 const INSTALLED_BINARY: &str = "usr/bin/blocker";
-const INSTALLED_UNIT: &str = "lib/systemd/system/blocker.service";
+const INSTALLED_UNIT_DIR: &str = "lib/systemd/system";
+const INSTALLED_SYNC_CONFIG: &str = "etc/blocker/sync.toml";
 const INSTALLED_POLICIES_DIR: &str = "etc/blocker/policies";
 const INSTALLED_DOC_DIR: &str = "usr/share/doc/blocker";
 
@@ -75,10 +82,18 @@ pub fn build(root: &Path) -> Result<Built> {
             .arg(&blocker),
     )?;
     set_mode(&binary, 0o755)?;
-    let unit = files.join(INSTALLED_UNIT);
-    install(&root.join(UNIT), &unit, 0o644)?;
-    verify_unit(&unit, &binary, &output_dir)?;
-    let mut conffiles = Vec::new();
+    for unit in UNITS {
+        let source = root.join(unit);
+        let installed = files.join(INSTALLED_UNIT_DIR).join(file_name(&source)?);
+        install(&source, &installed, 0o644)?;
+        verify_unit(&installed, &binary, &output_dir)?;
+    }
+    install(
+        &root.join(SYNC_CONFIG),
+        &files.join(INSTALLED_SYNC_CONFIG),
+        0o644,
+    )?;
+    let mut conffiles = vec![Path::new("/").join(INSTALLED_SYNC_CONFIG)];
     for policy in files_named(&root.join(POLICIES_DIR), "toml")? {
         let installed = Path::new(INSTALLED_POLICIES_DIR).join(file_name(&policy)?);
         install(&policy, &files.join(&installed), 0o644)?;
@@ -194,7 +209,10 @@ fn verify_unit(unit: &Path, binary: &Path, output_dir: &Path) -> Result<()> {
     let output = match verify.output() {
         Ok(output) => output,
         Err(error) if error.kind() == ErrorKind::NotFound => {
-            println!("xtask: systemd-analyze is not installed; {UNIT} was not verified");
+            println!(
+                "xtask: systemd-analyze is not installed; {} was not verified",
+                unit.display()
+            );
             return Ok(());
         }
         Err(error) => {
@@ -205,9 +223,10 @@ fn verify_unit(unit: &Path, binary: &Path, output_dir: &Path) -> Result<()> {
     let complaints = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() || !complaints.trim().is_empty() {
         bail!(
-            "`{}` ({}) found problems in {UNIT}:\n{}",
+            "`{}` ({}) found problems in {}:\n{}",
             process::describe(&verify),
             output.status,
+            unit.display(),
             complaints.trim()
         );
     }

@@ -3,8 +3,9 @@
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-/// Longest request line the daemon reads; anything longer is refused unread.
-pub const MAX_REQUEST_BYTES: usize = 8 << 20;
+/// Longest request line the daemon reads; anything longer is refused unread. A policy file
+/// of the largest size (`control::MAX_POLICY_FILE_BYTES`) of hashes fits, JSON-quoted.
+pub const MAX_REQUEST_BYTES: usize = 20 << 20;
 /// Longest reply line a client reads (every problem of a policy, one a line, fits).
 pub const MAX_REPLY_BYTES: usize = 4 << 20;
 

@@ -56,6 +56,11 @@ pub(super) fn check_rule(
     };
     let (ban_critical_files, overrides) = checker.critical_overrides(&spec, guard);
     let identifiers = checker.identifiers(&spec, guard, &overrides);
+    if let Some(url) = &spec.url {
+        if let Err(problem) = check_url(url.get_ref()) {
+            checker.error(url.span(), ".url".to_owned(), problem);
+        }
+    }
     if identifiers.is_empty() && !lists_any_identifier(&spec) {
         errors.push(RuleError {
             location: location.clone(),
@@ -76,6 +81,7 @@ pub(super) fn check_rule(
             id,
             description: spec.description,
             reason: spec.reason,
+            url: spec.url.map(Spanned::into_inner),
             action,
             identifiers,
             ban_critical_files,
@@ -417,6 +423,30 @@ fn lists_any_identifier(spec: &RuleSpec) -> bool {
         || !spec.appimage.is_empty()
 }
 
+/// Longest `url` a rule may carry: it travels in every event of the rule.
+const MAX_URL_BYTES: usize = 2048;
+
+/// A rule's `url` is a web page: `https://` or `http://`, bounded, with nothing a terminal or
+/// a log reader could take for something else.
+pub fn check_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(format!(
+            "`{}` is not an https:// or http:// URL",
+            escaped(url)
+        ));
+    }
+    if url.len() > MAX_URL_BYTES {
+        return Err(format!("longer than {MAX_URL_BYTES} bytes"));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "`{}` holds spaces or control characters, which a URL does not",
+            escaped(url)
+        ));
+    }
+    Ok(())
+}
+
 fn invalid_rule_id(id: &str) -> Option<String> {
     if id.is_empty() {
         return Some("rule id is empty".to_owned());
@@ -454,6 +484,23 @@ mod tests {
             single_error(&[("p.toml", text)]),
             "p.toml:4:17: rule[0].paths[1]: `bin/wechat` is not an absolute path"
         );
+    }
+
+    #[test]
+    fn a_rule_url_is_a_web_page() {
+        let with_url = |url: &str| {
+            format!("name = \"p\"\n[[rule]]\nid = \"a\"\npaths = [\"/ok\"]\nurl = {url:?}\n")
+        };
+        let policy = parse(&[("p.toml", &with_url("https://wiki.example/why"))]).unwrap();
+        assert_eq!(
+            policy.rules[0].url.as_deref(),
+            Some("https://wiki.example/why")
+        );
+        assert_eq!(
+            single_error(&[("p.toml", &with_url("javascript:alert(1)"))]),
+            "p.toml:5:7: rule[0].url: `javascript:alert(1)` is not an https:// or http:// URL"
+        );
+        assert!(single_error(&[("p.toml", &with_url("https://a b"))]).contains("spaces"));
     }
 
     #[test]

@@ -179,8 +179,8 @@ mod tests {
         assert_eq!(
             single_error(&[("p.toml", text)]),
             "p.toml:8:1: rule[1].path: unknown field `path`, expected one of `id`, `description`, \
-             `reason`, `action`, `sha256`, `paths`, `path_prefixes`, `globs`, `packages`, `flatpak`, \
-             `snap`, `appimage`, `ban_critical_files`"
+             `reason`, `url`, `action`, `sha256`, `paths`, `path_prefixes`, `globs`, `packages`, \
+             `flatpak`, `snap`, `appimage`, `ban_critical_files`"
         );
     }
 

@@ -24,6 +24,7 @@ mod testing;
 
 pub(crate) use load::parse_sources_guarded;
 pub use {
+    check::check_url,
     glob::{compile_glob, glob_base},
     load::{load_dir, parse_sources, policy_files},
     location::{Location, PolicyError, PolicyErrors},
@@ -80,6 +81,8 @@ pub struct Rule {
     pub id: String,
     pub description: Option<String>,
     pub reason: Option<String>,
+    /// Where the people it stops learn more (a page about the policy), carried into events.
+    pub url: Option<String>,
     pub action: Action,
     pub identifiers: Identifiers,
     /// Critical files (see [`crate::critical`]) the rule may ban all the same, as written.

@@ -26,6 +26,7 @@ pub(super) struct RuleSpec {
     pub(super) id: Spanned<String>,
     pub(super) description: Option<String>,
     pub(super) reason: Option<String>,
+    pub(super) url: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) action: Action,
     #[serde(default)]

@@ -465,6 +465,7 @@ mod tests {
             rule: rule.to_string(),
             policy: "test".to_owned(),
             reason: None,
+            url: None,
             caller: caller(),
             path: "/opt/wechat/wechat".to_owned(),
             path_hex: None,

@@ -242,6 +242,7 @@ mod tests {
             rule: "wechat".to_owned(),
             policy: "government-devices".to_owned(),
             reason: None,
+            url: None,
             caller: Caller {
                 pid: 9900,
                 tid: 9901,

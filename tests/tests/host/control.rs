@@ -23,7 +23,7 @@ use blocker_integration_tests::{
 use serde_json::Value;
 
 /// What the daemon's request line may hold at most (`protocol::MAX_REQUEST_BYTES`).
-const MAX_REQUEST_BYTES: usize = 8 << 20;
+const MAX_REQUEST_BYTES: usize = 20 << 20;
 const NOBODY: u32 = 65534;
 
 /// A scenario's daemon, started with its status document (and so its socket) in the sandbox.

@@ -11,3 +11,4 @@ mod kill;
 mod metrics;
 mod refresh;
 mod status;
+mod sync;

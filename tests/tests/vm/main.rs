@@ -10,5 +10,6 @@ mod package;
 mod pin;
 mod policy;
 mod side_doors;
+mod sync;
 mod systemd;
 mod tamper;

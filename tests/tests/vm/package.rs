@@ -18,6 +18,8 @@ use serde_json::{json, Value};
 const PACKAGE: &str = "/packages/blocker.deb";
 const INSTALLED_BLOCKER: &str = "/usr/bin/blocker";
 const UNIT: &str = "/lib/systemd/system/blocker.service";
+const SYNC_UNIT: &str = "/lib/systemd/system/blocker-sync.service";
+const SYNC_CONFIG: &str = "/etc/blocker/sync.toml";
 const POLICY_DIR: &str = "/etc/blocker/policies";
 const SHIPPED_POLICY: &str = "/etc/blocker/policies/government-devices.toml";
 const LOG_DIR: &str = "/var/log/blocker";
@@ -119,6 +121,8 @@ fn the_package_installs_enforces_reports_its_status_and_purges() -> Result<()> {
     expect_installed(INSTALLED_BLOCKER, false, 0o755)?;
     expect_installed(UNIT, false, 0o644)?;
     expect_installed(SHIPPED_POLICY, false, 0o644)?;
+    expect_installed(SYNC_UNIT, false, 0o644)?;
+    expect_installed(SYNC_CONFIG, false, 0o644)?;
     expect_installed("/usr/share/doc/blocker/README.md", false, 0o644)?;
     expect_installed(
         "/usr/share/doc/blocker/examples/every-field.toml",
@@ -155,11 +159,12 @@ fn the_package_installs_enforces_reports_its_status_and_purges() -> Result<()> {
         lines.next() == Some(&format!("install ok installed {version}")),
         "{query}"
     );
+    let conffiles: Vec<&str> = lines
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
     ensure!(
-        lines
-            .next()
-            .is_some_and(|line| line.starts_with(&format!(" {SHIPPED_POLICY} "))),
-        "the shipped policy is a conffile: {query}"
+        conffiles.contains(&SHIPPED_POLICY) && conffiles.contains(&SYNC_CONFIG),
+        "the shipped policy and the sync configuration are conffiles: {query}"
     );
     let (code, checked) = installed_blocker(&["check", POLICY_DIR])?;
     ensure!(code == 0, "{checked}");
@@ -236,7 +241,14 @@ fn the_package_installs_enforces_reports_its_status_and_purges() -> Result<()> {
     ensure!(code == 1 && report["running"] == false, "{report}");
 
     installed.purge()?;
-    for gone in [INSTALLED_BLOCKER, UNIT, SHIPPED_POLICY, STATUS_FILE] {
+    for gone in [
+        INSTALLED_BLOCKER,
+        UNIT,
+        SYNC_UNIT,
+        SHIPPED_POLICY,
+        SYNC_CONFIG,
+        STATUS_FILE,
+    ] {
         ensure!(!Path::new(gone).exists(), "{gone} is left after a purge");
     }
     ensure!(
