@@ -42,8 +42,13 @@ const UNKNOWN: &str = "unknown";
 
 /// The textfile where node_exporter looks for it, if its directory exists.
 pub fn default_textfile() -> Option<PathBuf> {
+    default_textfile_named(TEXTFILE_NAME)
+}
+
+/// The textfile `name` where node_exporter looks for it, if its directory exists.
+pub fn default_textfile_named(name: &str) -> Option<PathBuf> {
     let directory = Path::new(TEXTFILE_DIRECTORY);
-    directory.is_dir().then(|| directory.join(TEXTFILE_NAME))
+    directory.is_dir().then(|| directory.join(name))
 }
 
 /// Where the metrics go.
@@ -494,7 +499,7 @@ fn capitalized(text: &str) -> String {
         .unwrap_or_default()
 }
 
-fn seconds_since_epoch(time: SystemTime) -> f64 {
+pub(crate) fn seconds_since_epoch(time: SystemTime) -> f64 {
     time.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0.0, |since| since.as_secs_f64())
 }
@@ -518,7 +523,7 @@ fn feature_states(features: &Features) -> Vec<(String, bool)> {
 }
 
 /// A timestamp, with millisecond precision.
-struct Seconds(f64);
+pub(crate) struct Seconds(pub f64);
 
 impl fmt::Display for Seconds {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -528,18 +533,18 @@ impl fmt::Display for Seconds {
 
 /// Text in the exposition format being written.
 #[derive(Default)]
-struct Exposition {
-    text: String,
+pub(crate) struct Exposition {
+    pub text: String,
 }
 
 impl Exposition {
     /// The HELP and TYPE lines of a metric (`help` is this module's own text, never user data).
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
+    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
         debug_assert!(!help.contains(['\\', '\n']));
         let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl fmt::Display) {
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl fmt::Display) {
         self.text.push_str(name);
         if !labels.is_empty() {
             self.text.push('{');
@@ -555,7 +560,7 @@ impl Exposition {
     }
 
     /// A metric of one series without labels.
-    fn single(&mut self, name: &str, kind: &str, help: &str, value: impl fmt::Display) {
+    pub fn single(&mut self, name: &str, kind: &str, help: &str, value: impl fmt::Display) {
         self.family(name, kind, help);
         self.sample(name, &[], value);
     }

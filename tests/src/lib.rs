@@ -887,3 +887,32 @@ pub fn start_content_daemon_with(
     ensure!(started["backend"] == "lsm", "{started}");
     Ok((daemon, started))
 }
+
+/// Debian's `promtool` (package `prometheus`), which `cargo xtask test` installs.
+const PROMTOOL: &str = "/usr/bin/promtool";
+
+/// `promtool check metrics` of `text`, which must find nothing to say.
+pub fn promtool_check(what: &str, text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut child = Command::new(PROMTOOL)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {PROMTOOL} (Debian package prometheus)"))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(text.as_bytes())?;
+    let output = child.wait_with_output()?;
+    ensure!(
+        output.status.success(),
+        "promtool check metrics refused {what} ({}): {}{}\n{text}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}

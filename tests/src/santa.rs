@@ -424,6 +424,9 @@ pub const SYNCED_POLICY: &str = "santa-sync.toml";
 
 /// A sandbox with a sync server, its certificates and a `blocker sync` configuration.
 /// Its daemon's status document and events file, and the binaries it makes, are in the sandbox.
+/// The sync's metrics textfile, in the sandbox: never node_exporter's directory.
+pub const SYNC_METRICS_FILE: &str = "blocker-sync.prom";
+
 pub struct Fleet {
     pub sandbox: Sandbox,
     pub server: SantaServer,
@@ -447,7 +450,7 @@ impl Fleet {
             format!(
                 "server_url = {:?}\nca_file = {}\nclient_cert_file = {}\nclient_key_file = {}\n\
                  machine_id = {MACHINE_ID:?}\nattempts = 1\ninterval_seconds = 1\nstate_dir = {}\npolicy_dir = {}\n\
-                 status_file = {}\nevents_file = {}\n",
+                 status_file = {}\nevents_file = {}\nmetrics_file = {}\n",
                 server.url(),
                 quoted(&pki.ca_file),
                 quoted(&pki.client_cert_file),
@@ -456,6 +459,7 @@ impl Fleet {
                 quoted(&sandbox.policy_dir()),
                 quoted(&status_file),
                 quoted(&sandbox.path("events.jsonl")),
+                quoted(&sandbox.path(SYNC_METRICS_FILE)),
             ),
         )?;
         Ok(Self {

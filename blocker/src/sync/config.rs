@@ -10,7 +10,8 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use serde::Deserialize;
 
-use crate::{sinks, status};
+use super::metrics::{self as sync_metrics, SyncMetrics};
+use crate::{metrics, sinks, status};
 
 /// Where the package installs the configuration.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/blocker/sync.toml";
@@ -38,6 +39,7 @@ struct ConfigFile {
     policy_dir: Option<PathBuf>,
     status_file: Option<PathBuf>,
     events_file: Option<PathBuf>,
+    metrics_file: Option<PathBuf>,
 }
 
 /// A checked sync configuration.
@@ -59,6 +61,8 @@ pub struct SyncConfig {
     pub status_file: PathBuf,
     /// The daemon's events file, whose denials are uploaded.
     pub events_file: PathBuf,
+    /// node_exporter's textfile for the sync's metrics, if any.
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl SyncConfig {
@@ -114,6 +118,12 @@ impl SyncConfig {
             events_file: file
                 .events_file
                 .unwrap_or_else(|| PathBuf::from(sinks::DEFAULT_EVENTS_FILE)),
+            // An empty path turns the default off.
+            metrics_file: match file.metrics_file {
+                Some(path) if path.as_os_str().is_empty() => None,
+                Some(path) => Some(path),
+                None => metrics::default_textfile_named(sync_metrics::TEXTFILE_NAME),
+            },
         })
     }
 
@@ -131,6 +141,11 @@ impl SyncConfig {
             events_file: events_file.map_or(self.events_file, Path::to_owned),
             ..self
         }
+    }
+
+    /// Where this configuration's syncs record their metrics.
+    pub fn metrics(&self) -> Option<SyncMetrics> {
+        self.metrics_file.clone().map(SyncMetrics::new)
     }
 
     /// The URL of `stage` for this machine.

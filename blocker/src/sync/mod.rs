@@ -11,6 +11,7 @@
 
 pub mod client;
 pub mod config;
+pub mod metrics;
 pub mod protocol;
 pub mod rules;
 pub mod state;
@@ -27,6 +28,7 @@ use crate::{
 };
 use client::Client;
 use config::SyncConfig;
+use metrics::SyncMetrics;
 use protocol::{
     ClientMode, PostflightRequest, Preflight, PreflightRequest, ProtocolEnum, RuleDownloadRequest,
     RulePage, Stage, SyncType,
@@ -118,7 +120,7 @@ pub fn command(config_file: &Path, command: SyncCommand, clean: bool) -> Result<
     match command {
         SyncCommand::Status => status(&config),
         SyncCommand::Once => {
-            let report = sync_once(&config, clean)?;
+            let report = sync_once(&config, clean, &mut config.metrics())?;
             for line in report.lines() {
                 println!("{}", crate::escape::controls_escaped(&line));
             }
@@ -179,8 +181,9 @@ fn status(config: &SyncConfig) -> Result<ExitCode> {
 
 /// Syncs every interval, logging each outcome; a failed sync leaves every rule in place.
 pub fn run_forever(config: &SyncConfig, mut clean: bool) -> ! {
+    let mut metrics = config.metrics();
     loop {
-        match sync_once(config, clean) {
+        match sync_once(config, clean, &mut metrics) {
             Ok(report) => {
                 clean = false;
                 for line in report.lines() {
@@ -194,9 +197,13 @@ pub fn run_forever(config: &SyncConfig, mut clean: bool) -> ! {
 }
 
 /// One sync: preflight, event upload, rule download (every page), install, postflight.
-/// Recorded in the state directory either way; nothing of a failed sync is applied (denials it
-/// delivered stay delivered).
-pub fn sync_once(config: &SyncConfig, request_clean: bool) -> Result<SyncReport> {
+/// Recorded in the state directory and in `metrics` either way; nothing of a failed sync is
+/// applied (denials it delivered stay delivered).
+pub fn sync_once(
+    config: &SyncConfig,
+    request_clean: bool,
+    metrics: &mut Option<SyncMetrics>,
+) -> Result<SyncReport> {
     let mut state = SyncState::load(&config.state_dir)?;
     let mut cursor = state.upload.clone();
     let outcome = sync_with(
@@ -234,6 +241,9 @@ pub fn sync_once(config: &SyncConfig, request_clean: bool) -> Result<SyncReport>
         }
     }
     state.save(&config.state_dir)?;
+    if let Some(metrics) = metrics {
+        metrics.record(&state);
+    }
     outcome.map(|(report, _)| report)
 }
 

@@ -11,7 +11,7 @@ use std::{
     io::{self, Read, Seek, SeekFrom},
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    time::SystemTime,
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context, Result};
@@ -23,6 +23,12 @@ use crate::{identity::split_kernel_device_number, policy, scan, sinks};
 
 /// The most denials one sync uploads; the rest wait for the next.
 const MAX_EVENTS_PER_SYNC: usize = 10_000;
+
+/// A denied file is hashed for its event only up to the policies' default hash limit, and for
+/// at most this long: a user can make a banned path a huge or slow file, which must not hold
+/// up the sync. Beyond either, the event goes without a hash.
+const HASH_LIMIT_BYTES: u64 = (blocker_common::DEFAULT_HASH_LIMIT_MIB as u64) << 20;
+const HASH_DEADLINE: Duration = Duration::from_secs(10);
 
 /// How far denials were delivered.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,10 +247,20 @@ impl Decisions {
 }
 
 /// User names and file hashes, looked up once per upload.
-#[derive(Default)]
 struct Facts {
     users: Option<HashMap<u64, String>>,
     hashes: HashMap<(String, u64), Option<String>>,
+    hash_limit_bytes: u64,
+}
+
+impl Default for Facts {
+    fn default() -> Self {
+        Self {
+            users: None,
+            hashes: HashMap::new(),
+            hash_limit_bytes: HASH_LIMIT_BYTES,
+        }
+    }
 }
 
 impl Facts {
@@ -264,12 +280,19 @@ impl Facts {
         users.get(&uid).cloned().unwrap_or_else(|| uid.to_string())
     }
 
-    /// The SHA-256 of the denied file, if its path still leads to it (same device and inode).
+    /// The SHA-256 of the denied file, if its path still leads to it (same device and inode)
+    /// and it can be read within the limits.
     fn sha256(&mut self, path: &str, device: &str, inode: u64) -> Option<String> {
+        let limit = self.hash_limit_bytes;
         self.hashes
             .entry((device.to_owned(), inode))
             .or_insert_with(|| {
-                let file = scan::hash_file(Path::new(path)).ok()?;
+                let file = scan::hash_file_within(
+                    Path::new(path),
+                    &mut scan::ContentReader::new(limit),
+                    Some(Instant::now() + HASH_DEADLINE),
+                )
+                .ok()?;
                 let (major, minor) = split_kernel_device_number(file.identity.key.dev);
                 (file.identity.key.ino == inode && format!("{major}:{minor}") == device)
                     .then(|| scan::to_hex(&file.sha256))
@@ -368,6 +391,42 @@ mod tests {
         let mut cursor = UploadCursor::default();
         let spool = read_spool(&dir.path().join("missing/events.jsonl"), &mut cursor).unwrap();
         assert!(spool.denials.is_empty() && spool.end.is_none());
+    }
+
+    #[test]
+    fn a_denied_file_too_large_or_no_longer_the_denied_one_goes_without_a_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("banned");
+        fs::write(&path, b"small").unwrap();
+        let metadata = fs::metadata(&path).unwrap();
+        let key = crate::identity::FileIdentity::of_path(&path).unwrap().key;
+        let (major, minor) = split_kernel_device_number(key.dev);
+        let device = format!("{major}:{minor}");
+        let text = path.to_str().unwrap();
+        let mut facts = Facts {
+            hash_limit_bytes: 4,
+            ..Facts::default()
+        };
+        assert_eq!(
+            facts.sha256(text, &device, metadata.ino()),
+            None,
+            "over the limit"
+        );
+        let mut facts = Facts::default();
+        assert!(facts.sha256(text, &device, metadata.ino()).is_some());
+        let mut facts = Facts::default();
+        assert_eq!(
+            facts.sha256(text, &device, metadata.ino() + 1),
+            None,
+            "another inode at the path"
+        );
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero")).unwrap();
+        let zero = dir.path().join("zero");
+        assert_eq!(
+            facts.sha256(zero.to_str().unwrap(), &device, metadata.ino()),
+            None,
+            "not a regular file"
+        );
     }
 
     #[test]

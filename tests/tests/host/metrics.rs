@@ -13,11 +13,10 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use blocker_integration_tests::{blocker_bin, Daemon, Sandbox, EVENT_TIMEOUT};
+use blocker_integration_tests::{blocker_bin, promtool_check, Daemon, Sandbox, EVENT_TIMEOUT};
 use serde_json::Value;
 
 const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
-const PROMTOOL: &str = "/usr/bin/promtool";
 
 /// A policy name with every character the exposition format escapes in label values.
 const HOSTILE_POLICY_NAME: &str = "evil \"quoted\" \\ back\nslash";
@@ -139,31 +138,6 @@ fn wait_for_line(
         }
         thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// `promtool check metrics` of `text`, which must find nothing to say.
-fn promtool_check(what: &str, text: &str) -> Result<()> {
-    let mut child = Command::new(PROMTOOL)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("running {PROMTOOL} (Debian package prometheus)"))?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(text.as_bytes())?;
-    let output = child.wait_with_output()?;
-    ensure!(
-        output.status.success(),
-        "promtool check metrics refused {what} ({}): {}{}\n{text}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(())
 }
 
 /// A process this test started, killed (by its pid) and reaped when dropped.

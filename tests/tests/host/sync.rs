@@ -8,10 +8,10 @@ use std::{fs, os::unix::process::ExitStatusExt, path::Path, process::Command};
 
 use anyhow::{ensure, Context, Result};
 use blocker_integration_tests::{
-    blocker_bin,
+    blocker_bin, promtool_check,
     santa::{
         binary_rule, uploaded_events, wait_for_denials, wait_until, Fleet, Misbehaviour, Pki,
-        MACHINE_ID,
+        MACHINE_ID, SYNC_METRICS_FILE,
     },
     BanScenario, Sandbox,
 };
@@ -194,6 +194,14 @@ fn a_down_or_hostile_server_changes_nothing() -> Result<()> {
         .set_rules_toml(&binary_rule(&hash, "BLOCKLIST"))?;
     fleet.synced(&[])?;
     let installed = fleet.synced_policy().context("the synced policy")?;
+    let metrics = || fs::read_to_string(fleet.sandbox.path(SYNC_METRICS_FILE));
+    let after_success = metrics()?;
+    ensure!(
+        after_success.contains("\nblocker_last_sync_success 1\n")
+            && after_success.contains("\nblocker_synced_rules 1\n"),
+        "{after_success}"
+    );
+    promtool_check("the sync's textfile", &after_success)?;
     fleet.server.set_rules_toml(&binary_rule(&hash, "REMOVE"))?;
     for (misbehaviour, expected) in [
         (Misbehaviour::Down, "preflight: https://127.0.0.1:"),
@@ -213,6 +221,13 @@ fn a_down_or_hostile_server_changes_nothing() -> Result<()> {
         ensure!(
             fleet.synced_policy().as_deref() == Some(installed.as_str()),
             "{misbehaviour:?}: the synced policy is unchanged"
+        );
+        let after_failure = metrics()?;
+        ensure!(
+            after_failure.contains("\nblocker_last_sync_success 0\n")
+                && after_failure.contains("blocker_syncs_total{result=\"failure\"} 1\n")
+                && after_failure.contains("\nblocker_synced_rules 1\n"),
+            "{misbehaviour:?}: {after_failure}"
         );
     }
     let state: Value =
