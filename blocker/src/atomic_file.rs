@@ -1,4 +1,5 @@
-//! Files that readers only ever see whole: the status document, the metrics textfile.
+//! Files that readers only ever see whole: the status document, the metrics textfiles, the
+//! sync's state.
 
 use std::{
     fs,
@@ -11,10 +12,14 @@ use anyhow::{Context, Result};
 
 use crate::escape::escaped;
 
+/// What [`Published`] files are: readable by everyone whatever the umask, for they hold no
+/// secret, and monitoring need not run as root.
+pub const PUBLISHED_MODE: u32 = 0o644;
+
 /// Replaces `path` with `contents` in one rename, so a reader sees the old or the new file
-/// whole; its directory is created if missing. The file is readable by everyone whatever the
-/// umask: what blocker publishes this way holds no secret, and monitoring need not run as root.
-pub fn replace_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+/// whole, even after a crash (the contents reach the disk before the rename); its directory is
+/// created if missing, and the file has `mode` whatever the umask.
+pub fn replace_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
     let directory = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
@@ -40,10 +45,11 @@ pub fn replace_atomically(path: &Path, contents: &[u8]) -> Result<()> {
         let mut file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o644)
+            .mode(mode)
             .open(&temporary)?;
         file.write_all(contents)?;
-        file.set_permissions(fs::Permissions::from_mode(0o644))?;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.sync_data()?;
         fs::rename(&temporary, path)
     })();
     if let Err(error) = written {
@@ -83,7 +89,7 @@ impl Published {
 
     /// Replaces the file with `contents` (see [`replace_atomically`]).
     pub fn replace(&mut self, contents: &[u8]) {
-        match replace_atomically(&self.path, contents) {
+        match replace_atomically(&self.path, contents, PUBLISHED_MODE) {
             Ok(()) if self.failing => {
                 log::info!("{}: writing {} again", self.what, escaped(&self.path));
                 self.failing = false;

@@ -448,6 +448,12 @@ const READ_BACK: [(&str, &str, bool); 14] = [
     ("rule.reference", "url", false),
 ];
 
+/// The record a line of an events file holds, in either format: an ECS document as the record
+/// it was made from, anything else as it is.
+pub fn record_of_line(line: Value) -> Value {
+    as_record(&line).unwrap_or(line)
+}
+
 /// The record an ECS document was made from, with the fields `blocker events` shows and
 /// filters by, named as in the JSON format; `None` for anything but an ECS document of blocker's.
 pub fn as_record(document: &Value) -> Option<Value> {

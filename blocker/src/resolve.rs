@@ -1124,7 +1124,7 @@ mod tests {
             None,
         );
         let winner = |resolution: &Resolution| {
-            let entry = resolution.entries.values().next().unwrap();
+            let (_, entry) = resolution.entries.iter().next().unwrap();
             resolution.rule(entry.rule_id).unwrap().id.clone()
         };
         assert_eq!(winner(&audit_then_deny), "deny");

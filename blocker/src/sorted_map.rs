@@ -80,16 +80,6 @@ impl<K: Ord, V> SortedMap<K, V> {
     pub fn keys(&self) -> impl ExactSizeIterator<Item = &K> {
         self.pairs.iter().map(|(key, _)| key)
     }
-
-    pub fn values(&self) -> impl ExactSizeIterator<Item = &V> {
-        self.pairs.iter().map(|(_, value)| value)
-    }
-
-    /// The pair at `index`, in key order.
-    pub fn at(&self, index: usize) -> (&K, &V) {
-        let (key, value) = &self.pairs[index];
-        (key, value)
-    }
 }
 
 impl<K: Ord, V> FromIterator<(K, V)> for SortedMap<K, V> {

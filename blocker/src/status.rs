@@ -527,7 +527,12 @@ pub(crate) mod tests {
         stopped.state = DaemonState::Stopped;
         stopped.stopped = Some("2026-11-28T11:00:00Z".to_owned());
         for document in [example_document(), stopped] {
-            crate::atomic_file::replace_atomically(&path, &serialized(&document)).unwrap();
+            crate::atomic_file::replace_atomically(
+                &path,
+                &serialized(&document),
+                crate::atomic_file::PUBLISHED_MODE,
+            )
+            .unwrap();
             assert_eq!(read(&path).unwrap(), Some(document));
         }
     }

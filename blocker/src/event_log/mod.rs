@@ -165,7 +165,7 @@ impl<W: Write> Printer<W> {
         for line in lines {
             let record = match serde_json::from_str::<Value>(&line.text) {
                 // An ECS document (`run --events-format ecs`) is shown as its record.
-                Ok(record) if record.is_object() => ecs::as_record(&record).unwrap_or(record),
+                Ok(record) if record.is_object() => ecs::record_of_line(record),
                 Ok(_) => {
                     skip(line, "not a JSON object");
                     continue;

@@ -170,7 +170,7 @@ fn holds_denials(path: &Path) -> bool {
 
 /// Whether a line of the events file is an exec record of a `deny` rule, in either format
 /// (an ECS document has the record's kind and action under `blocker`).
-fn is_denial(line: &[u8]) -> bool {
+pub fn is_denial(line: &[u8]) -> bool {
     #[derive(Deserialize)]
     struct Kind<'a> {
         kind: Option<&'a str>,

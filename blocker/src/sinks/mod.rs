@@ -20,8 +20,8 @@ use anyhow::Result;
 use bytes::Bytes;
 
 pub use file::{
-    rotated_path, rotated_paths_oldest_first, FileOptions, DEFAULT_KEEP, DEFAULT_KEEP_DENIALS,
-    DEFAULT_MAX_BYTES,
+    is_denial, rotated_path, rotated_paths_oldest_first, FileOptions, DEFAULT_KEEP,
+    DEFAULT_KEEP_DENIALS, DEFAULT_MAX_BYTES,
 };
 pub use journald::SOCKET as JOURNALD_SOCKET;
 

@@ -2,11 +2,7 @@
 //! rules (a normal sync changes them), whether the next sync must be clean, and how the last
 //! one went.
 
-use std::{
-    fs,
-    io::Write,
-    path::{Path, PathBuf},
-};
+use std::{fs, path::Path};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -16,6 +12,7 @@ use super::{
     rules::{Changes, SyncedRules},
     upload::UploadCursor,
 };
+use crate::atomic_file::replace_atomically;
 
 const STATE_FILE: &str = "state.json";
 
@@ -58,18 +55,10 @@ impl SyncState {
         }
     }
 
-    /// Writes the state through a temporary file renamed over the old one.
+    /// Writes the state whole (see [`replace_atomically`]), readable by root only.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let path = dir.join(STATE_FILE);
-        let temporary: PathBuf = dir.join(format!(".{STATE_FILE}.{}.tmp", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut file = fs::File::create(&temporary)?;
-            file.write_all(&serde_json::to_vec(self)?)?;
-            file.sync_all()?;
-            fs::rename(&temporary, &path)
-        };
-        write().with_context(|| format!("writing {}", path.display()))
+        let state = serde_json::to_vec(self).context("serializing the sync state")?;
+        replace_atomically(&dir.join(STATE_FILE), &state, 0o600)
     }
 }
 
@@ -86,6 +75,13 @@ mod tests {
         state.request_clean_sync = false;
         state.save(&state_dir).unwrap();
         assert!(!SyncState::load(&state_dir).unwrap().request_clean_sync);
+        let mode = fs::metadata(state_dir.join(STATE_FILE))
+            .unwrap()
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
         fs::write(state_dir.join(STATE_FILE), "{").unwrap();
         assert!(SyncState::load(&state_dir).is_err());
     }

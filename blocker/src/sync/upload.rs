@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{client::Client, protocol::Stage, rules::POLICY_NAME};
-use crate::{identity::split_kernel_device_number, policy, scan, sinks};
+use crate::{ecs, identity::split_kernel_device_number, policy, scan, sinks};
 
 /// The most denials one sync uploads; the rest wait for the next.
 const MAX_EVENTS_PER_SYNC: usize = 10_000;
@@ -165,10 +165,15 @@ fn read_spool(events_file: &Path, cursor: &mut UploadCursor) -> io::Result<Spool
                 break;
             }
             end += line.len() as u64;
+            if !sinks::is_denial(line) {
+                continue;
+            }
             let Ok(record) = serde_json::from_slice::<Value>(line) else {
                 continue;
             };
-            if !is_denial(&record) || !is_after(&record, after) {
+            // The daemon may write ECS documents (`--events-format ecs`).
+            let record = ecs::record_of_line(record);
+            if !is_after(&record, after) {
                 continue;
             }
             if spool.denials.len() == MAX_EVENTS_PER_SYNC {
@@ -185,10 +190,6 @@ fn read_spool(events_file: &Path, cursor: &mut UploadCursor) -> io::Result<Spool
         offset = 0;
     }
     Ok(spool)
-}
-
-fn is_denial(record: &Value) -> bool {
-    record["kind"] == "exec" && record["action"] == "deny"
 }
 
 fn is_after(record: &Value, after: Option<SystemTime>) -> bool {
@@ -383,6 +384,31 @@ mod tests {
         let spool = read_spool(&events, &mut cursor).unwrap();
         assert_eq!(cursor.files_lost, 1);
         assert_eq!(spool.denials.len(), 1);
+    }
+
+    #[test]
+    fn denials_written_as_ecs_documents_are_uploaded_as_the_records_they_were() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = dir.path().join("events.jsonl");
+        let host = ecs::Host::this();
+        let mut lines = Vec::new();
+        for record in ecs::tests::every_kind() {
+            ecs::write_document(&record, &host, &mut lines);
+            lines.push(b'\n');
+        }
+        fs::write(&events, &lines).unwrap();
+        let spool = read_spool(&events, &mut UploadCursor::default()).unwrap();
+        let denials: Vec<&Value> = spool.denials.iter().map(|d| &d.record).collect();
+        assert!(!denials.is_empty(), "{}", String::from_utf8_lossy(&lines));
+        for denial in denials {
+            assert_eq!(denial["kind"], "exec");
+            assert_eq!(denial["action"], "deny");
+            assert_eq!(denial["rule"], "wechat");
+            assert!(
+                denial["path"].is_string() && denial["inode"].is_u64(),
+                "{denial}"
+            );
+        }
     }
 
     #[test]
