@@ -339,6 +339,10 @@ pub const VERDICT_CACHE_CAPACITY: u32 = 1 << 14;
 /// A SHA-256 digest, the key of the content ban map.
 pub type ContentHash = [u8; 32];
 
+/// A [`ContentHash`] that stands for "not computed": no file's SHA-256 is all zeros (finding one
+/// would break SHA-256), so the value needs no flag beside it.
+pub const UNKNOWN_CONTENT_HASH: ContentHash = [0; 32];
+
 /// `BPF_F_NO_PREALLOC`: hash map entries are allocated when inserted.
 pub const BPF_F_NO_PREALLOC: u32 = 1;
 
@@ -630,6 +634,8 @@ pub struct CachedVerdict {
     pub rule_id: u32,
     /// One of [`action`]; [`Action::Allow.wire()`] when the content is not banned.
     pub action: u32,
+    /// The SHA-256 the verdict was computed from, reported with a ban it finds.
+    pub sha256: ContentHash,
 }
 
 /// Indices into the per-CPU counters map.
@@ -781,6 +787,9 @@ pub struct KernelEvent {
     /// Seconds since the daemon's last heartbeat, when it had gone silent without stopping
     /// (see [`Heartbeat`]); 0 while it answers.
     pub daemon_silent_secs: u32,
+    /// The file's SHA-256 where a content check computed it for this decision (now, or when the
+    /// verdict was cached); [`UNKNOWN_CONTENT_HASH`] where none did.
+    pub sha256: ContentHash,
     pub comm: [u8; COMM_LEN],
     /// The path as given to exec (`bprm->filename`), NUL-terminated unless cut.
     pub filename: [u8; FILENAME_LEN],
@@ -904,10 +913,10 @@ mod tests {
         assert_eq!(size_of::<RecordKey>(), 24);
         assert_eq!(size_of::<RecordWindow>(), 16);
         assert_eq!(size_of::<Protection>(), 32);
-        assert_eq!(size_of::<CachedVerdict>(), 16);
+        assert_eq!(size_of::<CachedVerdict>(), 16 + 32);
         assert_eq!(
             size_of::<KernelEvent>(),
-            8 + 8 + 14 * 4 + COMM_LEN + FILENAME_LEN
+            8 + 8 + 14 * 4 + 32 + COMM_LEN + FILENAME_LEN
         );
     }
 

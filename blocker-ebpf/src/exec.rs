@@ -9,7 +9,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use blocker_common::{
-    counter, setting, Action, Backend, BanEntry, FileKey, HookArgument, Operation, FILELESS_RULE_ID,
+    counter, setting, Action, Backend, BanEntry, FileKey, HookArgument, Operation,
+    FILELESS_RULE_ID, UNKNOWN_CONTENT_HASH,
 };
 
 use crate::{
@@ -107,7 +108,11 @@ pub fn banned_identity<C: EbpfContext>(ctx: &C, inode: Inode, key: FileKey) -> O
         ctx,
         "banned file dev={} ino={} rule={}", key.dev, key.ino, entry.rule_id
     );
-    Some(Ban { key, entry })
+    Some(Ban {
+        key,
+        entry,
+        sha256: UNKNOWN_CONTENT_HASH,
+    })
 }
 
 /// The stricter of `first` and what `then` finds: a deny as soon as either says so, otherwise
@@ -144,5 +149,6 @@ pub fn fileless_ban(inode: Inode, key: FileKey) -> Option<Ban> {
             generation: 0,
             flags: 0,
         },
+        sha256: UNKNOWN_CONTENT_HASH,
     })
 }

@@ -5,8 +5,8 @@ use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
 };
 use blocker_common::{
-    counter, heartbeat, record_limit, Action, Backend, BanEntry, FileKey, KernelEvent, Operation,
-    RecordKey, RecordWindow,
+    counter, heartbeat, record_limit, Action, Backend, BanEntry, ContentHash, FileKey, KernelEvent,
+    Operation, RecordKey, RecordWindow, UNKNOWN_CONTENT_HASH,
 };
 
 use crate::{
@@ -35,6 +35,8 @@ pub fn lsm_verdict(action: u32) -> i32 {
 pub struct Ban {
     pub key: FileKey,
     pub entry: BanEntry,
+    /// The file's SHA-256 where a content check computed it, else [`UNKNOWN_CONTENT_HASH`].
+    pub sha256: ContentHash,
 }
 
 impl Ban {
@@ -47,6 +49,7 @@ impl Ban {
             generation: 0,
             flags: 0,
         },
+        sha256: UNKNOWN_CONTENT_HASH,
     };
 
     pub fn denies(&self) -> bool {
@@ -68,6 +71,7 @@ impl Ban {
                 generation: 0,
                 flags: 0,
             },
+            sha256: UNKNOWN_CONTENT_HASH,
         }
     }
 }
@@ -126,6 +130,7 @@ pub fn report(ban: &Ban, occurrence: &Occurrence) {
         (*event).detail = occurrence.detail;
         (*event).suppressed = suppressed;
         (*event).daemon_silent_secs = daemon_silent_secs(now);
+        (*event).sha256 = ban.sha256;
         (*event).comm = bpf_get_current_comm().unwrap_or_default();
         (*event).filename_len = match occurrence.exec {
             Some(bprm) => bprm.filename_into(&mut (*event).filename),

@@ -4,7 +4,7 @@
 use aya_ebpf::{bindings::file, helpers::bpf_ima_file_hash, macros::lsm, programs::LsmContext};
 use blocker_common::{
     counter, setting, Action, BanEntry, CachedVerdict, ContentHash, FileKey, HookArgument,
-    DEFAULT_HASH_LIMIT_MIB, UNHASHABLE_RULE_ID,
+    DEFAULT_HASH_LIMIT_MIB, UNHASHABLE_RULE_ID, UNKNOWN_CONTENT_HASH,
 };
 
 use crate::{
@@ -103,12 +103,14 @@ pub fn banned_content(
             inode_generation,
             rule_id: entry.rule_id,
             action: entry.action,
+            sha256: digest,
         },
         None => CachedVerdict {
             policy_generation,
             inode_generation,
             rule_id: 0,
             action: Action::Allow.wire(),
+            sha256: digest,
         },
     };
     // An inode without a name (memfd, O_TMPFILE, deleted) can be written through a descriptor
@@ -142,6 +144,7 @@ fn unhashable_ban(key: FileKey) -> Option<Ban> {
             generation: 0,
             flags: 0,
         },
+        sha256: UNKNOWN_CONTENT_HASH,
     })
 }
 
@@ -154,6 +157,7 @@ fn banned_verdict(key: FileKey, verdict: &CachedVerdict) -> Option<Ban> {
             generation: 0,
             flags: 0,
         },
+        sha256: verdict.sha256,
     })
 }
 

@@ -196,6 +196,9 @@ struct Process<'a> {
     name: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     executable: Option<&'a str>,
+    /// The hash of `executable`'s file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hash: Option<Hash<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     parent: Option<Parent>,
 }
@@ -207,6 +210,7 @@ impl<'a> Process<'a> {
             thread: Some(Thread { id: caller.tid }),
             name: Some(&caller.comm),
             executable,
+            hash: None,
             parent: Some(Parent { pid: caller.ppid }),
         }
     }
@@ -217,9 +221,15 @@ impl<'a> Process<'a> {
             thread: None,
             name: None,
             executable: None,
+            hash: None,
             parent: None,
         }
     }
+}
+
+#[derive(Clone, Copy, Serialize)]
+struct Hash<'a> {
+    sha256: &'a str,
 }
 
 #[derive(Serialize)]
@@ -248,6 +258,8 @@ struct File<'a> {
     /// An ECS keyword.
     #[serde(serialize_with = "keyword", skip_serializing_if = "is_zero")]
     inode: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hash: Option<Hash<'a>>,
 }
 
 impl<'a> File<'a> {
@@ -257,6 +269,7 @@ impl<'a> File<'a> {
             path,
             device,
             inode,
+            hash: None,
         })
     }
 }
@@ -336,19 +349,27 @@ fn exec_document<'a>(
     let (user, group) = user_and_group(&exec.caller);
     // ECS wants the absolute path: an exec path as the caller spelled it may be relative, or
     // cut short.
+    let is_exec = exec.operation == "exec";
     let executable =
-        (exec.operation == "exec" && exec.path.starts_with('/') && !exec.path_truncated)
-            .then_some(&*exec.path);
+        (is_exec && exec.path.starts_with('/') && !exec.path_truncated).then_some(&*exec.path);
+    let hash = exec.sha256.as_deref().map(|sha256| Hash { sha256 });
+    let mut process = Process::of(&exec.caller, executable);
+    // The exec'd file is the process's executable; a mapped library is only the event's file.
+    process.hash = hash.filter(|_| is_exec);
+    let mut file = File::of(&exec.path, &exec.device, exec.inode);
+    if let Some(file) = &mut file {
+        file.hash = hash;
+    }
     Document {
         timestamp: &exec.time,
         message: exec.summary(),
         ecs: ECS,
         event: Event::new(exec_categorization(exec), exec.operation),
         host,
-        process: Some(Process::of(&exec.caller, executable)),
+        process: Some(process),
         user,
         group,
-        file: File::of(&exec.path, &exec.device, exec.inode),
+        file,
         rule: Some(Rule {
             id: &exec.rule,
             name: &exec.rule,
@@ -431,7 +452,7 @@ fn write_other(record: &Record, host: &Host, out: &mut Vec<u8>) -> serde_json::R
 
 /// Where a record's fields are in its ECS document, for reading them back: the ECS field, the
 /// record's field, and whether ECS keeps the number as a keyword (text).
-const READ_BACK: [(&str, &str, bool); 14] = [
+const READ_BACK: [(&str, &str, bool); 15] = [
     ("@timestamp", "time", false),
     ("process.pid", "pid", false),
     ("process.thread.id", "tid", false),
@@ -442,6 +463,7 @@ const READ_BACK: [(&str, &str, bool); 14] = [
     ("file.path", "path", false),
     ("file.device", "device", false),
     ("file.inode", "inode", true),
+    ("file.hash.sha256", "sha256", false),
     ("rule.id", "rule", false),
     ("rule.ruleset", "policy", false),
     ("rule.description", "reason", false),
@@ -525,6 +547,8 @@ pub(crate) mod tests {
         }
     }
 
+    const SHA256: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
     fn exec(enforcement: Enforcement, operation: &'static str) -> ExecRecord {
         ExecRecord {
             time: TIME.to_owned(),
@@ -546,6 +570,7 @@ pub(crate) mod tests {
             path_truncated: false,
             device: "254:1".to_owned(),
             inode: 1234,
+            sha256: Some(SHA256.to_owned()),
             circumstances: Circumstances {
                 suppressed_before: 3,
                 daemon_silent_seconds: 0,
@@ -814,7 +839,12 @@ pub(crate) mod tests {
         assert_eq!(document["blocker"]["suppressed_before"], 3);
         assert_eq!(document["blocker"]["enforcement"], "eperm");
 
+        assert_eq!(document["process"]["hash"]["sha256"], SHA256);
+        assert_eq!(document["file"]["hash"]["sha256"], SHA256);
+
         assert!(mapping["process"].get("executable").is_none(), "{mapping}");
+        assert!(mapping["process"].get("hash").is_none(), "{mapping}");
+        assert_eq!(mapping["file"]["hash"]["sha256"], SHA256);
         assert_eq!(mapping["file"]["path"], "/opt/wechat/\u{fffd}");
         assert!(
             relative["process"].get("executable").is_none(),

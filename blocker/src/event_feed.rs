@@ -7,7 +7,9 @@
 use std::{collections::BTreeMap, path::PathBuf, time::Instant};
 
 use anyhow::{bail, Context, Result};
-use blocker_common::{Action, Backend, KernelEvent, Operation, COMM_LEN, FILENAME_LEN};
+use blocker_common::{
+    Action, Backend, KernelEvent, Operation, COMM_LEN, FILENAME_LEN, UNKNOWN_CONTENT_HASH,
+};
 
 use crate::{
     budget::Budget,
@@ -115,6 +117,7 @@ fn banned_exec(resolution: &Resolution) -> Option<KernelEvent> {
         detail: 0,
         suppressed: 0,
         daemon_silent_secs: 0,
+        sha256: UNKNOWN_CONTENT_HASH,
         comm,
         filename,
     })

@@ -12,7 +12,7 @@ use std::{
 use anyhow::{ensure, Result};
 use blocker_common::{
     Action, Backend, BpfObject, FileChange, Heartbeat, KernelEvent, Operation, PriorityChange,
-    FILENAME_LEN,
+    FILENAME_LEN, UNKNOWN_CONTENT_HASH,
 };
 use serde::Serialize;
 
@@ -21,6 +21,7 @@ use crate::{
     identity::split_kernel_device_number,
     kernel::coverage::Features,
     resolve::RuleInfo,
+    scan::to_hex,
 };
 
 /// Copies an [`KernelEvent`] out of a ring buffer record.
@@ -351,6 +352,10 @@ pub struct ExecRecord {
     /// `major:minor` of the file's filesystem.
     pub device: String,
     pub inode: u64,
+    /// The file's SHA-256 (hex) where the kernel's content check computed it for this decision:
+    /// content rules, and name rules on a kernel that also checked the content.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     #[serde(flatten)]
     pub circumstances: Circumstances,
 }
@@ -415,6 +420,7 @@ impl ExecRecord {
             path_truncated: filename_len >= FILENAME_LEN - 1,
             device: format!("{major}:{minor}"),
             inode: event.ino,
+            sha256: (event.sha256 != UNKNOWN_CONTENT_HASH).then(|| to_hex(&event.sha256)),
             circumstances: Circumstances::of(event),
         }
     }
@@ -735,6 +741,7 @@ mod tests {
             detail: 0,
             suppressed: 0,
             daemon_silent_secs: 0,
+            sha256: UNKNOWN_CONTENT_HASH,
             comm,
             filename,
         }
@@ -779,6 +786,22 @@ mod tests {
         assert_eq!(json["backend"], "lsm");
         assert!(json["time"].as_str().unwrap().ends_with('Z'));
         assert!(json.get("suppressed_before").is_none(), "absent when 0");
+        assert!(
+            json.get("sha256").is_none(),
+            "absent when the kernel did not hash"
+        );
+    }
+
+    #[test]
+    fn records_carry_the_hash_the_kernel_computed() {
+        let mut hashed = event();
+        hashed.sha256 = [0xab; 32];
+        hashed.sha256[31] = 0x01;
+        let record = ExecRecord::new(&hashed, None, None, &BootClock);
+        assert_eq!(
+            record.sha256.as_deref(),
+            Some(&*format!("{}01", "ab".repeat(31)))
+        );
     }
 
     #[test]

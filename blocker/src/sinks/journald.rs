@@ -257,6 +257,7 @@ mod tests {
             path_truncated: false,
             device: "254:1".to_owned(),
             inode: 42,
+            sha256: None,
             circumstances: Circumstances::default(),
         }
     }

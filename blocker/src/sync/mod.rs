@@ -14,6 +14,7 @@ pub mod config;
 pub mod metrics;
 pub mod protocol;
 pub mod rules;
+pub mod sessions;
 pub mod state;
 pub mod upload;
 

@@ -18,7 +18,12 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{client::Client, protocol::Stage, rules::POLICY_NAME};
+use super::{
+    client::Client,
+    protocol::Stage,
+    rules::POLICY_NAME,
+    sessions::{self, Session, SessionSources},
+};
 use crate::{ecs, identity::split_kernel_device_number, policy, scan, sinks};
 
 /// The most denials one sync uploads; the rest wait for the next.
@@ -247,11 +252,13 @@ impl Decisions {
     }
 }
 
-/// User names and file hashes, looked up once per upload.
+/// User names, file hashes and logins, looked up once per upload.
 struct Facts {
     users: Option<HashMap<u64, String>>,
     hashes: HashMap<(String, u64), Option<String>>,
     hash_limit_bytes: u64,
+    session_sources: SessionSources,
+    sessions: Option<Vec<Session>>,
 }
 
 impl Default for Facts {
@@ -260,11 +267,23 @@ impl Default for Facts {
             users: None,
             hashes: HashMap::new(),
             hash_limit_bytes: HASH_LIMIT_BYTES,
+            session_sources: SessionSources::default(),
+            sessions: None,
         }
     }
 }
 
 impl Facts {
+    /// Santa's `logged_in_users` and `current_sessions` for an exec at `time`.
+    fn sessions_at(&mut self, time: SystemTime) -> (Vec<String>, Vec<String>) {
+        let sources = &self.session_sources;
+        sessions::at(
+            self.sessions
+                .get_or_insert_with(|| sessions::open_sessions(sources)),
+            time,
+        )
+    }
+
     fn user(&mut self, uid: u64) -> String {
         let users = self.users.get_or_insert_with(|| {
             fs::read_to_string("/etc/passwd")
@@ -310,24 +329,32 @@ fn santa_event(record: &Value, decisions: &Decisions, facts: &mut Facts) -> Valu
         Some((directory, name)) => (directory, name),
         None => ("", path),
     };
-    let execution_time = record["time"]
+    let executed_at = record["time"]
         .as_str()
         .and_then(|time| humantime::parse_rfc3339(time).ok())
-        .and_then(|time| time.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let execution_time = executed_at
+        .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0.0, |since| since.as_secs_f64());
-    let sha256 = facts.sha256(
-        path,
-        record["device"].as_str().unwrap_or_default(),
-        record["inode"].as_u64().unwrap_or_default(),
-    );
+    let (logged_in_users, current_sessions) = facts.sessions_at(executed_at);
+    // The hash the kernel's content check computed for this decision; otherwise the file as
+    // it is now, if it is still the one denied.
+    let sha256 = match record["sha256"].as_str() {
+        Some(computed) => Some(computed.to_owned()),
+        None => facts.sha256(
+            path,
+            record["device"].as_str().unwrap_or_default(),
+            record["inode"].as_u64().unwrap_or_default(),
+        ),
+    };
     json!({
         "file_sha256": sha256.unwrap_or_default(),
         "file_path": directory,
         "file_name": name,
         "executing_user": facts.user(record["uid"].as_u64().unwrap_or(u64::MAX)),
         "execution_time": execution_time,
-        "logged_in_users": [],
-        "current_sessions": [],
+        "logged_in_users": logged_in_users,
+        "current_sessions": current_sessions,
         "decision": decisions.of_record(record),
         "pid": record["pid"],
         "ppid": record["ppid"],
@@ -480,5 +507,34 @@ mod tests {
             santa_event(&record, &decisions, &mut Facts::default())["decision"],
             "BLOCK_BINARY"
         );
+        let computed = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        record["sha256"] = json!(computed);
+        assert_eq!(
+            santa_event(&record, &decisions, &mut Facts::default())["file_sha256"],
+            computed,
+            "the kernel's hash, though the file is gone"
+        );
+
+        let logins = tempfile::tempdir().unwrap();
+        std::fs::write(
+            logins.path().join("3"),
+            "USER=alice\nTTY=tty2\nREALTIME=1796032800000000\n",
+        )
+        .unwrap();
+        std::fs::write(
+            logins.path().join("4"),
+            "USER=bob\nTTY=pts/0\nREALTIME=1796032900000000\n",
+        )
+        .unwrap();
+        let mut facts = Facts {
+            session_sources: SessionSources {
+                logind_dir: logins.path().to_owned(),
+                utmp: logins.path().join("no-utmp"),
+            },
+            ..Facts::default()
+        };
+        let event = santa_event(&record, &decisions, &mut facts);
+        assert_eq!(event["logged_in_users"], json!(["alice"]), "bob came later");
+        assert_eq!(event["current_sessions"], json!(["alice@tty2"]));
     }
 }

@@ -35,6 +35,7 @@ fn banned_content_is_refused_under_any_name_without_a_scan() -> Result<()> {
     fs::copy(&banned, &copy)?;
     let renamed = sandbox.path("renamed");
     fs::rename(&copy, &renamed)?;
+    let banned_sha256 = sha256_of(&banned)?;
     for path in [&banned, &renamed] {
         expect_eperm(path)?;
         let record = daemon.wait_for_exec(path)?;
@@ -44,7 +45,18 @@ fn banned_content_is_refused_under_any_name_without_a_scan() -> Result<()> {
             record["inode"] == fs::metadata(path)?.ino(),
             "the event names the exec'd inode: {record}"
         );
+        ensure!(
+            record["sha256"] == banned_sha256.as_str(),
+            "the event carries the hash the kernel computed: {record}"
+        );
     }
+    // Answered from the verdict cache this time: the cached verdict keeps its hash.
+    expect_eperm(&renamed)?;
+    let cached = daemon.wait_for_exec(&renamed)?;
+    ensure!(
+        cached["sha256"] == banned_sha256.as_str(),
+        "a cached verdict's event carries the hash: {cached}"
+    );
     expect_success(&allowed)?;
 
     let (status, _, log) = daemon.stop()?;
