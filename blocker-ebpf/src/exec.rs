@@ -17,7 +17,7 @@ use crate::{
     hook_arguments,
     kernel_types::{Bprm, File, Inode},
     maps::{increment, setting, BANNED_FILES},
-    report::{lsm_verdict, report, Ban, Occurrence, ALLOW},
+    report::{lsm_verdict, report, report_hashed, Ban, Occurrence, ALLOW},
     verdict_cache,
 };
 
@@ -49,14 +49,21 @@ pub fn bprm_check_content(ctx: LsmContext) -> i32 {
     let Some(key) = inode.key() else {
         return ALLOW;
     };
+    let mut sha256 = UNKNOWN_CONTENT_HASH;
     let ban = strictest(banned_identity(&ctx, inode, key), || {
-        verdict_cache::banned_content(exec_file, inode, key, &verdict_cache::EXEC_COUNTERS)
+        verdict_cache::banned_content(
+            exec_file,
+            inode,
+            key,
+            &verdict_cache::EXEC_COUNTERS,
+            &mut sha256,
+        )
     })
     .or_else(|| fileless_ban(inode, key));
     let Some(ban) = ban else {
         return ALLOW;
     };
-    report(&ban, &exec_occurrence(bprm, Backend::Lsm));
+    report_hashed(&ban, &exec_occurrence(bprm, Backend::Lsm), &sha256);
     lsm_verdict(ban.entry.action)
 }
 
@@ -108,11 +115,7 @@ pub fn banned_identity<C: EbpfContext>(ctx: &C, inode: Inode, key: FileKey) -> O
         ctx,
         "banned file dev={} ino={} rule={}", key.dev, key.ino, entry.rule_id
     );
-    Some(Ban {
-        key,
-        entry,
-        sha256: UNKNOWN_CONTENT_HASH,
-    })
+    Some(Ban { key, entry })
 }
 
 /// The stricter of `first` and what `then` finds: a deny as soon as either says so, otherwise
@@ -149,6 +152,5 @@ pub fn fileless_ban(inode: Inode, key: FileKey) -> Option<Ban> {
             generation: 0,
             flags: 0,
         },
-        sha256: UNKNOWN_CONTENT_HASH,
     })
 }

@@ -2,13 +2,13 @@
 //! (`ld.so /path/to/banned`) and every library, `dlopen` included.
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use blocker_common::{Backend, HookArgument, Operation};
+use blocker_common::{Backend, HookArgument, Operation, UNKNOWN_CONTENT_HASH};
 
 use crate::{
     exec::{banned_identity, fileless_ban, strictest},
     hook_arguments,
     kernel_types::{File, Vma},
-    report::{lsm_verdict, report, Ban, Occurrence, ALLOW},
+    report::{lsm_verdict, report, report_hashed, Ban, Occurrence, ALLOW},
     verdict_cache,
 };
 
@@ -39,6 +39,7 @@ pub fn mmap_file_content(ctx: LsmContext) -> i32 {
     let Some(key) = inode.key() else {
         return ALLOW;
     };
+    let mut sha256 = UNKNOWN_CONTENT_HASH;
     let ban = strictest(banned_identity(&ctx, inode, key), || {
         // SAFETY: `mapped` is the hook's argument as the kernel passed it, checked non-null.
         verdict_cache::banned_content(
@@ -46,10 +47,15 @@ pub fn mmap_file_content(ctx: LsmContext) -> i32 {
             inode,
             key,
             &verdict_cache::MAPPING_COUNTERS,
+            &mut sha256,
         )
     })
     .or_else(|| fileless_ban(inode, key));
-    mapping_report(ban, Operation::Mmap)
+    let Some(ban) = ban else {
+        return ALLOW;
+    };
+    report_hashed(&ban, &mapping_occurrence(Operation::Mmap), &sha256);
+    lsm_verdict(ban.entry.action)
 }
 
 /// `mprotect(PROT_EXEC)` of a mapping made without it.
@@ -79,14 +85,15 @@ fn mapping_report(ban: Option<Ban>, operation: Operation) -> i32 {
     let Some(ban) = ban else {
         return ALLOW;
     };
-    report(
-        &ban,
-        &Occurrence {
-            backend: Backend::Lsm,
-            operation,
-            detail: 0,
-            exec: None,
-        },
-    );
+    report(&ban, &mapping_occurrence(operation));
     lsm_verdict(ban.entry.action)
+}
+
+fn mapping_occurrence(operation: Operation) -> Occurrence {
+    Occurrence {
+        backend: Backend::Lsm,
+        operation,
+        detail: 0,
+        exec: None,
+    }
 }

@@ -35,8 +35,6 @@ pub fn lsm_verdict(action: u32) -> i32 {
 pub struct Ban {
     pub key: FileKey,
     pub entry: BanEntry,
-    /// The file's SHA-256 where a content check computed it, else [`UNKNOWN_CONTENT_HASH`].
-    pub sha256: ContentHash,
 }
 
 impl Ban {
@@ -49,7 +47,6 @@ impl Ban {
             generation: 0,
             flags: 0,
         },
-        sha256: UNKNOWN_CONTENT_HASH,
     };
 
     pub fn denies(&self) -> bool {
@@ -71,7 +68,6 @@ impl Ban {
                 generation: 0,
                 flags: 0,
             },
-            sha256: UNKNOWN_CONTENT_HASH,
         }
     }
 }
@@ -91,6 +87,19 @@ pub struct Occurrence {
 // Inlined: the verifier then sees which fields of `occurrence` are set at each call.
 #[inline(always)]
 pub fn report(ban: &Ban, occurrence: &Occurrence) {
+    send(ban, occurrence, |slot| *slot = UNKNOWN_CONTENT_HASH);
+}
+
+/// [`report`] of a decision for which a content check may have computed the file's `sha256`
+/// ([`UNKNOWN_CONTENT_HASH`] if it did not). The digest stays in the caller's one buffer rather
+/// than in every [`Ban`]: the sleepable mapping check has no stack to spare for copies of it.
+#[inline(always)]
+pub fn report_hashed(ban: &Ban, occurrence: &Occurrence, sha256: &ContentHash) {
+    send(ban, occurrence, |slot| *slot = *sha256);
+}
+
+#[inline(always)]
+fn send(ban: &Ban, occurrence: &Occurrence, fill_sha256: impl FnOnce(&mut ContentHash)) {
     let uid_gid = bpf_get_current_uid_gid();
     let limited = RecordKey {
         file: ban.key,
@@ -130,7 +139,7 @@ pub fn report(ban: &Ban, occurrence: &Occurrence) {
         (*event).detail = occurrence.detail;
         (*event).suppressed = suppressed;
         (*event).daemon_silent_secs = daemon_silent_secs(now);
-        (*event).sha256 = ban.sha256;
+        fill_sha256(&mut (*event).sha256);
         (*event).comm = bpf_get_current_comm().unwrap_or_default();
         (*event).filename_len = match occurrence.exec {
             Some(bprm) => bprm.filename_into(&mut (*event).filename),

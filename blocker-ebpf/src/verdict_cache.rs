@@ -38,13 +38,15 @@ pub const MAPPING_COUNTERS: CacheCounters = CacheCounters {
 
 /// The content ban matching `exec_file` (whose inode is `inode`, identity `key`), from the
 /// verdict cache or by hashing it; the unhashable setting's ban if it cannot be hashed. Nothing
-/// is hashed while no content ban is in force.
+/// is hashed while no content ban is in force. The file's SHA-256, where it is known (hashed
+/// now or cached), is written into `sha256`, which the kernel's hash helper fills directly.
 #[inline(always)]
 pub fn banned_content(
     exec_file: *mut file,
     inode: Inode,
     key: FileKey,
     counters: &CacheCounters,
+    sha256: &mut ContentHash,
 ) -> Option<Ban> {
     if setting(setting::CONTENT_BANS) == 0 {
         return None;
@@ -58,12 +60,13 @@ pub fn banned_content(
     if cache_usable {
         // SAFETY: the entry is copied out at once.
         if let Some(cached) = unsafe { VERDICT_CACHE.get(key) } {
-            let cached = *cached;
+            // Read field by field rather than copied whole: the stack has no room for a copy.
             if cached.policy_generation == policy_generation
                 && cached.inode_generation == inode_generation
             {
                 increment(counters.hit);
-                return banned_verdict(key, &cached);
+                *sha256 = cached.sha256;
+                return banned_verdict(key, cached.rule_id, cached.action);
             }
         }
     }
@@ -83,34 +86,34 @@ pub fn banned_content(
         increment(counter::CONTENT_TOO_LARGE);
         return unhashable_ban(key);
     }
-    let mut digest: ContentHash = [0; 32];
-    // SAFETY: `digest` is writable for its whole length.
+    // SAFETY: `sha256` is writable for its whole length.
     let algorithm = unsafe {
         bpf_ima_file_hash(
             exec_file,
-            digest.as_mut_ptr() as *mut _,
-            digest.len() as u32,
+            sha256.as_mut_ptr() as *mut _,
+            sha256.len() as u32,
         )
     };
     if algorithm != HASH_ALGO_SHA256 {
+        *sha256 = UNKNOWN_CONTENT_HASH;
         increment(counter::CONTENT_HASH_FAILED);
         return unhashable_ban(key);
     }
     // SAFETY: the entry is copied out at once.
-    let verdict = match unsafe { BANNED_HASHES.get(digest) } {
+    let verdict = match unsafe { BANNED_HASHES.get(&*sha256) } {
         Some(entry) => CachedVerdict {
             policy_generation,
             inode_generation,
             rule_id: entry.rule_id,
             action: entry.action,
-            sha256: digest,
+            sha256: *sha256,
         },
         None => CachedVerdict {
             policy_generation,
             inode_generation,
             rule_id: 0,
             action: Action::Allow.wire(),
-            sha256: digest,
+            sha256: *sha256,
         },
     };
     // An inode without a name (memfd, O_TMPFILE, deleted) can be written through a descriptor
@@ -122,7 +125,7 @@ pub fn banned_content(
         // Best effort: if the LRU cannot take it, the next exec hashes again.
         let _ = VERDICT_CACHE.insert(key, verdict, 0);
     }
-    banned_verdict(key, &verdict)
+    banned_verdict(key, verdict.rule_id, verdict.action)
 }
 
 fn hash_limit_bytes() -> u64 {
@@ -144,20 +147,18 @@ fn unhashable_ban(key: FileKey) -> Option<Ban> {
             generation: 0,
             flags: 0,
         },
-        sha256: UNKNOWN_CONTENT_HASH,
     })
 }
 
-fn banned_verdict(key: FileKey, verdict: &CachedVerdict) -> Option<Ban> {
-    (verdict.action != Action::Allow.wire()).then_some(Ban {
+fn banned_verdict(key: FileKey, rule_id: u32, action: u32) -> Option<Ban> {
+    (action != Action::Allow.wire()).then_some(Ban {
         key,
         entry: BanEntry {
-            rule_id: verdict.rule_id,
-            action: verdict.action,
+            rule_id,
+            action,
             generation: 0,
             flags: 0,
         },
-        sha256: verdict.sha256,
     })
 }
 

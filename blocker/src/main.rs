@@ -196,6 +196,9 @@ enum Command {
         /// The status document the daemon was told to write with `run --status-file`.
         #[arg(long, default_value = status::DEFAULT_STATUS_FILE)]
         status_file: PathBuf,
+        /// The fleet sync's configuration: how its last sync went is shown, once one has run.
+        #[arg(long, default_value = blocker::sync::config::DEFAULT_CONFIG_FILE)]
+        sync_config: PathBuf,
     },
     /// For `cargo xtask bench`: feed COUNT synthetic denied-exec events, as the kernel reports
     /// them, through the daemon's per-event path to its sinks; loads nothing into the kernel
@@ -462,7 +465,11 @@ fn main() -> ExitCode {
         Command::Explain { file, policy_dir } => {
             inspect::explain(&file, &policy_dir_or_default(policy_dir, default_status))
         }
-        Command::Status { json, status_file } => status::command(&status_file, json),
+        Command::Status {
+            json,
+            status_file,
+            sync_config,
+        } => status::command(&status_file, &sync_config, json),
         Command::FeedEvents {
             policy_dir,
             count,

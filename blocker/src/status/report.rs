@@ -12,13 +12,16 @@ use std::{
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::sync::{self, SyncOverview};
+
 use super::{
     process::{liveness, Liveness},
     read, StatusDocument, EXIT_NOT_RUNNING, PIN_DIR,
 };
 
-/// `blocker status [--json] [--status-file PATH]`: exits 0 if the daemon runs, 1 if not.
-pub fn command(status_file: &Path, as_json: bool) -> Result<ExitCode> {
+/// `blocker status [--json] [--status-file PATH] [--sync-config PATH]`: exits 0 if the daemon
+/// runs, 1 if not.
+pub fn command(status_file: &Path, sync_config: &Path, as_json: bool) -> Result<ExitCode> {
     let document = read(status_file)?;
     let liveness = match &document {
         Some(document) => liveness(document),
@@ -34,11 +37,14 @@ pub fn command(status_file: &Path, as_json: bool) -> Result<ExitCode> {
         Liveness::Running { .. } | Liveness::Held { .. } => None,
         Liveness::NotRunning { .. } => Some(pinned_objects(Path::new(PIN_DIR))),
     };
+    let sync =
+        sync::overview(sync_config).map(|overview| overview.map_err(|error| format!("{error:#}")));
     let report = Report {
         status_file,
         document: document.as_ref(),
         liveness: &liveness,
         pins: pins.as_ref(),
+        sync: sync.as_ref(),
     };
     if as_json {
         println!(
@@ -97,6 +103,8 @@ struct Report<'a> {
     liveness: &'a Liveness,
     /// Looked at only when no daemon runs.
     pins: Option<&'a Pins>,
+    /// The fleet sync, where one has run; or why its state cannot be read.
+    sync: Option<&'a Result<SyncOverview, String>>,
 }
 
 /// The document's fields with what `blocker status` found out.
@@ -117,6 +125,15 @@ struct JsonReport<'a> {
     pinned_objects_unknown: Option<&'a str>,
     #[serde(flatten)]
     document: Option<&'a StatusDocument>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sync: Option<JsonSync<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum JsonSync<'a> {
+    Overview(&'a SyncOverview),
+    Unreadable { error: &'a str },
 }
 
 impl Report<'_> {
@@ -143,6 +160,10 @@ impl Report<'_> {
             pinned_objects,
             pinned_objects_unknown,
             document: self.document,
+            sync: self.sync.map(|sync| match sync {
+                Ok(overview) => JsonSync::Overview(overview),
+                Err(error) => JsonSync::Unreadable { error },
+            }),
         }
     }
 
@@ -201,6 +222,29 @@ impl Report<'_> {
             (Liveness::Running { .. } | Liveness::Held { .. }, None) => {
                 unreachable!("only a document says it runs")
             }
+        }
+        match self.sync {
+            None => {}
+            Some(Ok(sync)) => {
+                line(
+                    "sync",
+                    format!(
+                        "{}: last sync {}: {}; {} synced rules",
+                        sync.server, sync.last_time, sync.last_result, sync.synced_rules
+                    ),
+                );
+                if sync.event_files_lost > 0 {
+                    line(
+                        "",
+                        format!(
+                            "rotation deleted events files before their denials were all \
+                             uploaded, {} times: denials may have been dropped",
+                            sync.event_files_lost
+                        ),
+                    );
+                }
+            }
+            Some(Err(error)) => line("sync", format!("state unreadable: {error}")),
         }
         out
     }
@@ -299,6 +343,7 @@ mod tests {
                 uptime: Duration::from_millis(3_723_450),
             },
             pins: None,
+            sync: None,
         };
         assert_eq!(
             report.text(at("2026-11-28T10:05:02Z")),
@@ -326,6 +371,52 @@ mod tests {
     }
 
     #[test]
+    fn the_fleet_sync_is_shown_where_one_ran() {
+        let document = example_document();
+        let synced = Ok(SyncOverview {
+            server: "https://santa.example/v1/santa".to_owned(),
+            synced_rules: 12,
+            last_time: "2026-11-28T10:04:00Z".to_owned(),
+            last_result: "ok".to_owned(),
+            event_files_lost: 2,
+        });
+        let unreadable = Err("reading /var/lib/blocker/sync/state.json: Permission denied".into());
+        let running = Liveness::Running {
+            uptime: Duration::from_secs(60),
+        };
+        let report = |sync| Report {
+            status_file: Path::new("/run/blocker/status.json"),
+            document: Some(&document),
+            liveness: &running,
+            pins: None,
+            sync,
+        };
+        let text = report(Some(&synced)).text(at("2026-11-28T10:05:02Z"));
+        assert!(
+            text.ends_with(
+                "sync         https://santa.example/v1/santa: last sync 2026-11-28T10:04:00Z: \
+                 ok; 12 synced rules\n\
+                 \x20            rotation deleted events files before their denials were all \
+                 uploaded, 2 times: denials may have been dropped\n"
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_value(report(Some(&synced)).json()).unwrap();
+        assert_eq!(json["sync"]["synced_rules"], 12);
+        assert_eq!(json["sync"]["last_result"], "ok");
+        let json = serde_json::to_value(report(Some(&unreadable)).json()).unwrap();
+        assert!(json["sync"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("Permission denied"));
+        assert!(report(Some(&unreadable))
+            .text(at("2026-11-28T10:05:02Z"))
+            .contains("sync         state unreadable: reading"));
+        let json = serde_json::to_value(report(None).json()).unwrap();
+        assert!(json.get("sync").is_none(), "no sync ran: {json}");
+    }
+
+    #[test]
     fn a_running_daemon_in_json_has_the_document_and_its_uptime() {
         let document = example_document();
         let report = Report {
@@ -335,6 +426,7 @@ mod tests {
                 uptime: Duration::from_millis(3_723_450),
             },
             pins: None,
+            sync: None,
         };
         let mut expected = serde_json::to_value(&document).unwrap();
         let fields = expected.as_object_mut().unwrap();
@@ -356,6 +448,7 @@ mod tests {
                 reason: "it stopped at 2026-11-28T11:00:00Z (pid 4242)".to_owned(),
             },
             pins: Some(&pins),
+            sync: None,
         };
         let text = report.text(at("2026-11-28T12:00:00Z"));
         let lines: Vec<&str> = text.lines().collect();
@@ -396,6 +489,7 @@ mod tests {
                 uptime: Duration::from_secs(1),
             },
             pins: None,
+            sync: None,
         };
         let text = report.text(SystemTime::now());
         assert!(
@@ -414,6 +508,7 @@ mod tests {
                 reason: "there is no status file".to_owned(),
             },
             pins: Some(&Pins::Nothing),
+            sync: None,
         };
         assert_eq!(
             report.text(SystemTime::now()),

@@ -20,6 +20,8 @@ pub mod upload;
 
 use std::{fs, path::Path, process::ExitCode, time::SystemTime};
 
+use serde::Serialize;
+
 use anyhow::{bail, Context, Result};
 
 use crate::{
@@ -129,6 +131,44 @@ pub fn command(config_file: &Path, command: SyncCommand, clean: bool) -> Result<
         }
         SyncCommand::Forever => run_forever(&config, clean),
     }
+}
+
+/// How the fleet sync stands, for `blocker status`.
+#[derive(Debug, Serialize)]
+pub struct SyncOverview {
+    pub server: String,
+    /// BINARY rules the last completed sync left.
+    pub synced_rules: usize,
+    /// RFC 3339 UTC.
+    pub last_time: String,
+    /// `ok`, or why it failed.
+    pub last_result: String,
+    /// Times rotation deleted events files before their denials were all uploaded.
+    pub event_files_lost: u64,
+}
+
+/// The state of the sync `config_file` configures; `None` if there is no such file or it never
+/// ran.
+pub fn overview(config_file: &Path) -> Option<Result<SyncOverview>> {
+    if !config_file.exists() {
+        return None;
+    }
+    let config = match SyncConfig::read(config_file) {
+        Ok(config) => config,
+        Err(error) => return Some(Err(error)),
+    };
+    let state = match SyncState::load(&config.state_dir) {
+        Ok(state) => state,
+        Err(error) => return Some(Err(error)),
+    };
+    let last = state.last?;
+    Some(Ok(SyncOverview {
+        server: config.server_url,
+        synced_rules: state.rules.binary.len(),
+        last_time: last.time,
+        last_result: last.result,
+        event_files_lost: state.upload.files_lost,
+    }))
 }
 
 /// `blocker sync --status`: the state the last sync left. Exits 1 if there was none or it

@@ -2,10 +2,11 @@
 //! (tests/src/santa.rs, over loopback with mutual TLS) is refused at exec with EPERM, and the
 //! denial goes back to the server as a `BLOCK_BINARY` event with the file's hash.
 
-use std::process::Command;
+use std::{fs, process::Command};
 
 use anyhow::{ensure, Context, Result};
 use blocker_integration_tests::{
+    blocker_bin,
     santa::{binary_rule, uploaded_events, wait_for_denials, wait_until, Fleet},
     Sandbox,
 };
@@ -47,6 +48,12 @@ fn a_synced_ban_is_refused_with_eperm_and_reported_to_the_server() -> Result<()>
         record["policy"] == "santa-sync" && record["enforcement"] == "eperm",
         "{record}"
     );
+    ensure!(
+        record["sha256"] == hash.as_str(),
+        "the kernel's hash is in the record: {record}"
+    );
+    // Gone before the upload: only the hash the kernel computed can name it now.
+    fs::remove_file(&banned)?;
 
     let denials = wait_for_denials(&fleet, 1)?;
     let said = fleet.synced(&[])?;
@@ -61,6 +68,21 @@ fn a_synced_ban_is_refused_with_eperm_and_reported_to_the_server() -> Result<()>
             .any(|event| event["file_sha256"] == hash.as_str()
                 && event["decision"] == "BLOCK_BINARY"),
         "{events:?}"
+    );
+
+    let status = Command::new(blocker_bin())
+        .arg("status")
+        .arg("--status-file")
+        .arg(&fleet.status_file)
+        .arg("--sync-config")
+        .arg(&fleet.config)
+        .output()?;
+    let status = String::from_utf8_lossy(&status.stdout);
+    ensure!(
+        status
+            .lines()
+            .any(|line| line.starts_with("sync ") && line.contains(": ok; 1 synced rules")),
+        "blocker status shows the last sync: {status}"
     );
     Ok(())
 }
