@@ -48,14 +48,24 @@ fn a_synced_ban_is_refused_with_eperm_and_reported_to_the_server() -> Result<()>
         record["policy"] == "santa-sync" && record["enforcement"] == "eperm",
         "{record}"
     );
+    // A copy outside the scan roots is refused by the kernel's content check, which puts the
+    // hash it computed in the record. Deleted before the upload, the copy can only be named by
+    // that hash.
+    let copy = fleet.sandbox.path("copy-outside-the-scan-roots");
+    fs::copy(&banned, &copy)?;
+    let refused = Command::new(&copy).status();
+    ensure!(
+        refused.is_err_and(|error| error.raw_os_error() == Some(libc::EPERM)),
+        "the copy is refused by content"
+    );
+    let record = daemon.wait_for_exec(&copy)?;
     ensure!(
         record["sha256"] == hash.as_str(),
         "the kernel's hash is in the record: {record}"
     );
-    // Gone before the upload: only the hash the kernel computed can name it now.
-    fs::remove_file(&banned)?;
+    fs::remove_file(&copy)?;
 
-    let denials = wait_for_denials(&fleet, 1)?;
+    let denials = wait_for_denials(&fleet, 2)?;
     let said = fleet.synced(&[])?;
     ensure!(
         said.contains(&format!("{} denials uploaded", denials.len())),
@@ -68,6 +78,13 @@ fn a_synced_ban_is_refused_with_eperm_and_reported_to_the_server() -> Result<()>
             .any(|event| event["file_sha256"] == hash.as_str()
                 && event["decision"] == "BLOCK_BINARY"),
         "{events:?}"
+    );
+    ensure!(
+        events
+            .iter()
+            .any(|event| event["file_name"] == "copy-outside-the-scan-roots"
+                && event["file_sha256"] == hash.as_str()),
+        "the deleted copy is uploaded with the kernel's hash: {events:?}"
     );
 
     let status = Command::new(blocker_bin())
