@@ -1241,7 +1241,7 @@ pub(crate) fn forward(
             decisions.count_decision(&event);
             let key = FileKey::new(event.dev, event.ino);
             let resolution = known.resolution;
-            let record = ExecRecord::new(
+            let mut record = ExecRecord::new(
                 &event,
                 resolution
                     .rule(event.rule_id)
@@ -1249,6 +1249,10 @@ pub(crate) fn forward(
                 resolution.path_of(&key).as_deref(),
                 clock,
             );
+            // Banned by identity before the kernel hashed it: the hash a scan found it by.
+            if record.sha256.is_none() {
+                record.sha256 = resolution.banned_hash_of(&key).map(crate::scan::to_hex);
+            }
             batch.push(Record::Exec(record));
             true
         }

@@ -146,6 +146,9 @@ pub struct Resolution {
     pub entries: SortedMap<FileKey, BanEntry>,
     /// Where in `paths` each entry's file is, in the order of `entries`: for events and logs.
     entry_paths: Vec<PathRef>,
+    /// Through which identifier each entry's file was found, in the order of `entries`: a
+    /// content ban's events name the hash it was banned for.
+    entry_vias: Vec<ViaId>,
     /// Every file any rule names, including those another rule's entry takes precedence over;
     /// empty once [`Resolution::forget_matches`] (the daemon needs only the entries).
     pub matches: Vec<Match>,
@@ -265,6 +268,19 @@ impl Resolution {
     pub fn path_of(&self, key: &FileKey) -> Option<PathBuf> {
         let index = self.entries.position(key).ok()?;
         Some(self.paths.path(self.entry_paths[index]))
+    }
+
+    /// The SHA-256 the banned file `key` was found by, if a content rule found it.
+    pub fn banned_hash_of(&self, key: &FileKey) -> Option<&Sha256> {
+        match self.entry_via(key)? {
+            Via::Sha256(hash) => Some(hash),
+            _ => None,
+        }
+    }
+
+    fn entry_via(&self, key: &FileKey) -> Option<&Via> {
+        let index = self.entries.position(key).ok()?;
+        Some(&self.vias[self.entry_vias[index].0 as usize])
     }
 
     /// The banned files with a path of each, in the order of their keys; the paths are made
@@ -790,7 +806,11 @@ impl Resolution {
             else {
                 continue;
             };
-            self.insert_entry(*key, BanEntry { action, ..*entry }, path);
+            let Some(via) = installed.entry_via(key) else {
+                continue;
+            };
+            let via = self.add_via(via.clone());
+            self.insert_entry(*key, BanEntry { action, ..*entry }, path, via);
             self.kept += 1;
         }
         self.kept
@@ -831,6 +851,7 @@ impl Resolution {
         });
         chosen.sort_unstable_by_key(|&number| found(number).key);
         self.entry_paths = chosen.iter().map(|&number| found(number).path).collect();
+        self.entry_vias = chosen.iter().map(|&number| found(number).via).collect();
         self.entries = SortedMap::from_sorted(
             chosen
                 .iter()
@@ -878,15 +899,17 @@ impl Resolution {
         let found = self.matches[found];
         let action = self.own_rule(found.rule_id).action.kernel_value();
         let entry = found.identity().ban_entry(found.rule_id, action);
-        self.insert_entry(found.key, entry, found.path);
+        self.insert_entry(found.key, entry, found.path, found.via);
     }
 
-    fn insert_entry(&mut self, key: FileKey, entry: BanEntry, path: PathRef) {
+    fn insert_entry(&mut self, key: FileKey, entry: BanEntry, path: PathRef, via: ViaId) {
         let (index, replaced) = self.entries.insert(key, entry);
         if replaced.is_some() {
             self.entry_paths[index] = path;
+            self.entry_vias[index] = via;
         } else {
             self.entry_paths.insert(index, path);
+            self.entry_vias.insert(index, via);
         }
     }
 }
@@ -1353,6 +1376,18 @@ mod tests {
                 dir.path().join("opt/app/bin/app"),
             ]
         );
+        // Events about these name the hash each was found by, once the matches are gone too.
+        let mut resolution = resolution;
+        resolution.forget_matches();
+        let banned: Vec<_> = resolution.banned_files().collect();
+        for (key, path) in banned {
+            let by_hash = !path.ends_with("WeChat-4.0.AppImage");
+            assert_eq!(
+                resolution.banned_hash_of(&key),
+                by_hash.then_some(&banned_hash),
+                "{path:?}"
+            );
+        }
         // The unmatched hash and the AppImage entry whose content differs name nothing.
         assert_eq!(
             resolution.unresolved.len(),

@@ -48,8 +48,12 @@ fn a_synced_ban_is_refused_with_eperm_and_reported_to_the_server() -> Result<()>
         record["policy"] == "santa-sync" && record["enforcement"] == "eperm",
         "{record}"
     );
+    ensure!(
+        record["sha256"] == hash.as_str(),
+        "banned by identity, the record names the hash the scan found it by: {record}"
+    );
     // A copy outside the scan roots is refused by the kernel's content check, which puts the
-    // hash it computed in the record. Deleted before the upload, the copy can only be named by
+    // hash it computed in the record instead. Deleted before the upload, the copy can only be named by
     // that hash.
     let copy = fleet.sandbox.path("copy-outside-the-scan-roots");
     fs::copy(&banned, &copy)?;
