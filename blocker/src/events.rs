@@ -20,6 +20,7 @@ use crate::{
     escape::{escaped, escaped_bytes, lossless_bytes, Lossless},
     identity::split_kernel_device_number,
     kernel::coverage::Features,
+    policy::Telling,
     resolve::RuleInfo,
 };
 
@@ -353,6 +354,9 @@ pub struct ExecRecord {
     pub inode: u64,
     #[serde(flatten)]
     pub circumstances: Circumstances,
+    /// How the person refused is told: not part of the record, which is the security team's.
+    #[serde(skip)]
+    pub telling: Telling,
 }
 
 /// How a refusal was enforced.
@@ -416,6 +420,7 @@ impl ExecRecord {
             device: format!("{major}:{minor}"),
             inode: event.ino,
             circumstances: Circumstances::of(event),
+            telling: rule.map(|rule| rule.telling.clone()).unwrap_or_default(),
         }
     }
 
@@ -758,6 +763,7 @@ mod tests {
             policy: "ban".to_owned(),
             reason: Some("banned".to_owned()),
             url: None,
+            telling: crate::policy::Telling::default(),
             action: crate::policy::Action::Deny,
         };
         let record = ExecRecord::new(&event(), Some(&rule), None, &BootClock);

@@ -22,7 +22,7 @@ use crate::{
     kernel::ExecSettings,
     lookup::{self, Problems},
     path_table::{PathRef, PathTable},
-    policy::{compile_glob, glob_base, Action, Identifiers, Policy, SettingAction},
+    policy::{compile_glob, glob_base, Action, Identifiers, Policy, SettingAction, Telling},
     scan::{to_hex, HashedFile, ScanReport, ScanStats, Sha256},
     sorted_map::SortedMap,
     sources::{self, SourceFiles, SourceRoots},
@@ -37,6 +37,7 @@ pub struct RuleInfo {
     pub policy: String,
     pub reason: Option<String>,
     pub url: Option<String>,
+    pub telling: Telling,
     pub action: Action,
 }
 
@@ -354,6 +355,7 @@ fn setting_rule(
         policy: policy.unwrap_or_default().to_owned(),
         reason: Some(reason.to_owned()),
         url: None,
+        telling: Telling::default(),
         action: if setting == SettingAction::Deny {
             Action::Deny
         } else {
@@ -414,6 +416,7 @@ pub fn resolve_within(
             policy: rule.policy.clone(),
             reason: rule.reason.clone(),
             url: rule.url.clone(),
+            telling: rule.telling.clone(),
             action: rule.action,
         });
         let mut found = Found {
@@ -978,6 +981,7 @@ mod tests {
             description: None,
             reason: Some(format!("{id} is banned")),
             url: None,
+            telling: Telling::default(),
             action,
             identifiers,
             ban_critical_files: Vec::new(),
