@@ -355,7 +355,12 @@ fn setting_rule(
         policy: policy.unwrap_or_default().to_owned(),
         reason: Some(reason.to_owned()),
         url: None,
-        telling: Telling::default(),
+        // An audit of a setting covers execs nobody chose to ban (any large or fileless
+        // program): the log's business, not the user's. A refusal is told.
+        telling: Telling {
+            desktop: setting == SettingAction::Deny,
+            ..Telling::default()
+        },
         action: if setting == SettingAction::Deny {
             Action::Deny
         } else {
@@ -992,6 +997,17 @@ mod tests {
                 column: 1,
             },
         }
+    }
+
+    #[test]
+    fn only_refusals_by_a_setting_are_told_to_users() {
+        let told = |setting| {
+            setting_rule(FILELESS_RULE_ID, "fileless", setting, Some("p"), "why")
+                .map(|rule| rule.telling.desktop)
+        };
+        assert_eq!(told(SettingAction::Audit), Some(false));
+        assert_eq!(told(SettingAction::Deny), Some(true));
+        assert_eq!(told(SettingAction::Allow), None);
     }
 
     fn paths(paths: &[&Path]) -> Identifiers {

@@ -22,8 +22,6 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::blocker_bin;
-
 /// How long the desktop's programs may take to come up, and a notification to arrive.
 pub const DESKTOP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -96,6 +94,38 @@ pub struct NotifyCall {
     pub summary: String,
     /// The id the server answered with.
     pub id: Option<u32>,
+}
+
+impl NotifyCall {
+    /// Checks that this is the first notification of a deny of `program` (a file name) with
+    /// `message`, the "More information" action and critical urgency.
+    pub fn check_told(&self, program: &str, message: &str) -> Result<()> {
+        ensure!(
+            self.summary == format!("{program} is blocked on this device") && self.replaces_id == 0,
+            "{self:#?}"
+        );
+        for expected in [message, "string \"More information\"", "byte 2"] {
+            ensure!(self.text.contains(expected), "no {expected:?} in {self:#?}");
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `calls` hold exactly two about `program`: the first refusal of a burst, and
+/// the folded rest replacing it.
+pub fn check_folded(calls: &[NotifyCall], program: &str) -> Result<()> {
+    let summary = format!("{program} is blocked on this device");
+    let about: Vec<_> = calls
+        .iter()
+        .filter(|call| call.summary == summary)
+        .collect();
+    ensure!(about.len() == 2, "{calls:#?}");
+    ensure!(
+        about[1].replaces_id == about[0].id.context("no answer")?
+            && about[1].text.contains("attempts to run"),
+        "{about:#?}"
+    );
+    Ok(())
 }
 
 /// The test user's desktop session; see the module documentation.
@@ -223,12 +253,12 @@ impl Desktop {
         command
     }
 
-    /// Starts `blocker notify --socket SOCKET` as `user` in this session; its log goes to
-    /// `agent.log` in the desktop's directory.
-    pub fn start_agent(&mut self, user: &TestUser, socket: &Path) -> Result<()> {
+    /// Starts `BLOCKER notify --socket SOCKET` as `user` in this session and waits until it
+    /// has connected; its log goes to `agent.log` in the desktop's directory.
+    pub fn start_agent(&mut self, user: &TestUser, blocker: &Path, socket: &Path) -> Result<()> {
         let log = fs::File::create(self.dir.join("agent.log"))?;
         self.children.push(
-            self.session_command(user, blocker_bin().to_str().context("blocker's path")?)
+            self.session_command(user, blocker.to_str().context("blocker's path")?)
                 .arg("notify")
                 .arg("--socket")
                 .arg(socket)
@@ -238,7 +268,8 @@ impl Desktop {
                 .spawn()
                 .context("starting blocker notify")?,
         );
-        Ok(())
+        wait_until(|| self.agent_log().contains("receiving refusals from"))
+            .with_context(|| format!("the agent did not connect: {}", self.agent_log()))
     }
 
     /// What the agent logged so far.

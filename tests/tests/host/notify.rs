@@ -10,7 +10,8 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 use blocker_integration_tests::{
-    desktop::{Desktop, Terminal, TestUser, DESKTOP_TIMEOUT},
+    blocker_bin,
+    desktop::{check_folded, Desktop, Terminal, TestUser, DESKTOP_TIMEOUT},
     run_as_launcher, Daemon, Sandbox,
 };
 
@@ -51,19 +52,6 @@ fn run_as(user: &TestUser, program: &Path) -> Result<()> {
     Ok(())
 }
 
-fn wait_for_agent(desktop: &Desktop) -> Result<()> {
-    let deadline = std::time::Instant::now() + DESKTOP_TIMEOUT;
-    while !desktop.agent_log().contains("receiving refusals from") {
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "the agent did not connect: {}",
-            desktop.agent_log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
 #[test]
 fn a_refusal_is_told_once_to_its_own_user_and_a_burst_is_folded() -> Result<()> {
     let sandbox = Sandbox::new("notify")?;
@@ -74,29 +62,12 @@ fn a_refusal_is_told_once_to_its_own_user_and_a_burst_is_folded() -> Result<()> 
     sandbox.write_policy("notify.toml", &policy(&[&wechat, &marker, &burst], false))?;
     let (mut daemon, socket) = start_daemon(&sandbox)?;
     let mut desktop = Desktop::start(&user, &sandbox.path("desktop"))?;
-    desktop.start_agent(&user, &socket)?;
-    wait_for_agent(&desktop)?;
+    desktop.start_agent(&user, &blocker_bin(), &socket)?;
 
     run_as(&user, &wechat)?;
     daemon.wait_for_exec(&wechat)?;
     let calls = desktop.wait_for_notify_calls(1, DESKTOP_TIMEOUT)?;
-    let first = &calls[0];
-    ensure!(
-        first.summary == "wechat is blocked on this device",
-        "{first:#?}"
-    );
-    ensure!(first.replaces_id == 0, "{first:#?}");
-    for expected in [
-        MESSAGE,
-        "string \"More information\"",
-        // urgency critical, for a deny
-        "byte 2",
-    ] {
-        ensure!(
-            first.text.contains(expected),
-            "no {expected:?} in {first:#?}"
-        );
-    }
+    calls[0].check_told("wechat", MESSAGE)?;
     if let Some(dir) = std::env::var_os("BLOCKER_SCREENSHOT_DIR") {
         desktop.screenshot(&Path::new(&dir).join("notification.png"))?;
     }
@@ -122,16 +93,7 @@ fn a_refusal_is_told_once_to_its_own_user_and_a_burst_is_folded() -> Result<()> 
     }
     // The first at once, then, when the window closes, one replacement with the count.
     let calls = desktop.wait_for_notify_calls(4, DESKTOP_TIMEOUT * 2)?;
-    let about_burst: Vec<_> = calls
-        .iter()
-        .filter(|call| call.summary == "burst is blocked on this device")
-        .collect();
-    ensure!(about_burst.len() == 2, "{calls:#?}");
-    ensure!(
-        about_burst[1].replaces_id == about_burst[0].id.unwrap()
-            && about_burst[1].text.contains("attempts to run"),
-        "{about_burst:#?}"
-    );
+    check_folded(&calls, "burst")?;
     std::thread::sleep(Duration::from_secs(1));
     ensure!(
         desktop.notify_calls().len() == 4,
@@ -159,8 +121,7 @@ fn no_notification_server_breaks_nothing_and_is_logged_once() -> Result<()> {
     // leads nowhere.
     let mut desktop = Desktop::start(&user, &sandbox.path("desktop"))?;
     desktop.bus_address = format!("unix:path={}", sandbox.path("no-bus").display());
-    desktop.start_agent(&user, &socket)?;
-    wait_for_agent(&desktop)?;
+    desktop.start_agent(&user, &blocker_bin(), &socket)?;
     for program in [&wechat, &other] {
         run_as(&user, program)?;
         daemon.wait_for_exec(program)?;
