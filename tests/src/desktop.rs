@@ -79,6 +79,18 @@ impl Drop for TestUser {
     }
 }
 
+fn group_id(name: &str) -> Result<u32> {
+    let output = Command::new("getent").args(["group", name]).output()?;
+    ensure!(output.status.success(), "no group {name}");
+    String::from_utf8(output.stdout)?
+        .split(':')
+        .nth(2)
+        .context("getent's line")?
+        .trim()
+        .parse()
+        .context("a group id")
+}
+
 fn id_of(name: &str, which: &str) -> Result<u32> {
     let output = Command::new("id").arg(which).arg(name).output()?;
     ensure!(output.status.success(), "no user {name}");
@@ -467,8 +479,9 @@ impl Terminal {
         let (master, slave) =
             unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
         let path = fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd()))?;
-        // As a login leaves it: the user's, not readable by others.
-        std::os::unix::fs::chown(&path, Some(user.uid), Some(user.gid))?;
+        // As a login leaves it: the user's, group tty (which wall and write hold), not
+        // readable by others.
+        std::os::unix::fs::chown(&path, Some(user.uid), Some(group_id("tty")?))?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o620))?;
         let mut command = user.command("/bin/sh");
         command

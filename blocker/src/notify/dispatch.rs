@@ -384,7 +384,7 @@ impl Dispatcher {
             if let Err(error) =
                 terminal::tell(refusal.pid, refusal.ppid, refusal.uid, line.as_bytes())
             {
-                log::debug!(
+                log::info!(
                     "no line on the terminal of pid {} (uid {}): {error}",
                     refusal.pid,
                     refusal.uid

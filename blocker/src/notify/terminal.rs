@@ -26,7 +26,8 @@ pub fn tell(pid: u32, ppid: u32, uid: u32, line: &[u8]) -> io::Result<()> {
     let mut terminal = OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)?;
+        .open(&path)
+        .map_err(|error| io::Error::new(error.kind(), format!("{}: {error}", path.display())))?;
     let metadata = terminal.metadata()?;
     if !metadata.file_type().is_char_device() || metadata.rdev() != tty || metadata.uid() != uid {
         return Err(io::Error::other(

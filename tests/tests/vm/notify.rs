@@ -163,8 +163,17 @@ fn the_service_writes_the_line_on_the_refused_shells_terminal_only() -> Result<(
         "blocker: {} is blocked on this device: {MESSAGE}",
         copies[0].display()
     );
-    let shown = refused_shell.wait_for(&expected, DESKTOP_TIMEOUT)?;
-    ensure!(shown.contains("Permission denied"), "{shown:?}");
+    let shown = refused_shell
+        .wait_for(&expected, DESKTOP_TIMEOUT)
+        .with_context(|| {
+            let journal = Command::new("journalctl")
+                .args(["--unit=blocker.service", "--no-pager", "--lines=20"])
+                .output()
+                .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+                .unwrap_or_default();
+            format!("the service's log ends:\n{journal}")
+        })?;
+    ensure!(shown.contains("Operation not permitted"), "{shown:?}");
     ensure!(shown.matches(&expected).count() == 1, "{shown:?}");
     ensure!(
         bystander.output().is_empty(),
