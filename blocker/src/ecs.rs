@@ -575,6 +575,7 @@ pub(crate) mod tests {
                 suppressed_before: 3,
                 daemon_silent_seconds: 0,
             },
+            telling: Default::default(),
         }
     }
 

@@ -170,6 +170,7 @@ mod tests {
                 journald_socket: None,
                 log_lines: false,
                 format: crate::sinks::EventsFormat::Blocker,
+                notify_socket: None,
             },
         };
         run(&options).unwrap();
@@ -208,6 +209,7 @@ mod tests {
                 journald_socket: None,
                 log_lines: false,
                 format: crate::sinks::EventsFormat::Blocker,
+                notify_socket: None,
             },
         };
         let error = run(&options).unwrap_err().to_string();

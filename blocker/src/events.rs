@@ -20,6 +20,7 @@ use crate::{
     escape::{escaped, escaped_bytes, lossless_bytes, Lossless},
     identity::split_kernel_device_number,
     kernel::coverage::Features,
+    policy::Telling,
     resolve::RuleInfo,
     scan::to_hex,
 };
@@ -358,6 +359,9 @@ pub struct ExecRecord {
     pub sha256: Option<String>,
     #[serde(flatten)]
     pub circumstances: Circumstances,
+    /// How the person refused is told: not part of the record, which is the security team's.
+    #[serde(skip)]
+    pub telling: Telling,
 }
 
 /// How a refusal was enforced.
@@ -422,6 +426,7 @@ impl ExecRecord {
             inode: event.ino,
             sha256: (event.sha256 != UNKNOWN_CONTENT_HASH).then(|| to_hex(&event.sha256)),
             circumstances: Circumstances::of(event),
+            telling: rule.map(|rule| rule.telling.clone()).unwrap_or_default(),
         }
     }
 
@@ -765,6 +770,7 @@ mod tests {
             policy: "ban".to_owned(),
             reason: Some("banned".to_owned()),
             url: None,
+            telling: crate::policy::Telling::default(),
             action: crate::policy::Action::Deny,
         };
         let record = ExecRecord::new(&event(), Some(&rule), None, &BootClock);

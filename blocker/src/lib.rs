@@ -25,6 +25,7 @@ pub mod log_lines;
 pub mod lookup;
 pub mod metrics;
 pub mod mounts;
+pub mod notify;
 pub mod path_table;
 pub mod pidfd;
 pub mod policy;

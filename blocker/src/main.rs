@@ -105,6 +105,13 @@ enum Command {
         #[arg(long, conflicts_with_all = ["once", "clean"])]
         status: bool,
     },
+    /// Show this user's refusals as desktop notifications: the per-user agent, started with the
+    /// graphical session (blocker-notify.service, or XDG autostart). Runs until killed.
+    Notify {
+        /// The daemon's notification socket (`notify.sock` beside its status file).
+        #[arg(long, default_value = blocker::notify::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// Stop the running daemon, asked over its control socket (a daemon without one: SIGTERM to
     /// every `blocker run`), and wait for it to exit. Exits 1 if none runs.
     Stop {
@@ -297,10 +304,16 @@ struct SinkArgs {
     /// Write no events to the systemd journal (by default they go there when journald runs).
     #[arg(long)]
     no_journald: bool,
+    /// Tell nobody refused: no notification socket for `blocker notify` agents
+    /// (/run/blocker/notify.sock, or beside another --status-file as FILE.notify.sock) and no
+    /// lines on terminals.
+    #[arg(long)]
+    no_notify: bool,
 }
 
 impl SinkArgs {
-    fn options(self) -> sinks::SinkOptions {
+    /// The sinks; refused people are told only by a daemon, whose status file is given.
+    fn options(self, daemon_status_file: Option<&Path>) -> sinks::SinkOptions {
         sinks::SinkOptions {
             file: (!self.no_events_file).then_some(sinks::FileOptions {
                 path: self.events_file,
@@ -313,6 +326,9 @@ impl SinkArgs {
             // The daemon's log has a line for every event, like every log of a blocker.
             log_lines: true,
             format: self.events_format,
+            notify_socket: daemon_status_file
+                .filter(|_| !self.no_notify)
+                .map(blocker::notify::socket_for),
         }
     }
 }
@@ -391,7 +407,7 @@ fn main() -> ExitCode {
                         event_buffer_bytes,
                         pin_root: pin.then_some(pin_dir),
                         protect,
-                        sinks: sinks.options(),
+                        sinks: sinks.options(Some(&status_file)),
                         status_file,
                         metrics: metrics.options(),
                         sync: None,
@@ -414,6 +430,7 @@ fn main() -> ExitCode {
                 journald_socket: (!no_journald).then(|| PathBuf::from(sinks::JOURNALD_SOCKET)),
                 log_lines: false,
                 format: events_format,
+                notify_socket: None,
             },
         ),
         Command::Sync {
@@ -430,6 +447,9 @@ fn main() -> ExitCode {
             blocker::sync::command(&config, command, clean)
         }
         Command::Stop { status_file } => control::stop(&status_file),
+        Command::Notify { socket } => {
+            blocker::notify::agent::run(&socket).map(|()| ExitCode::SUCCESS)
+        }
         Command::Policy {
             change: PolicyChange::Install { files, target },
         } => control::PolicyChange::install(&files).and_then(|change| target.change(change)),
@@ -477,7 +497,7 @@ fn main() -> ExitCode {
         } => event_feed::run(&event_feed::FeedOptions {
             policy_dir,
             events: count,
-            sinks: sinks.options(),
+            sinks: sinks.options(None),
         })
         .map(|()| ExitCode::SUCCESS),
     };

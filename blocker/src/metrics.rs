@@ -642,6 +642,7 @@ mod tests {
             policy: policy.to_owned(),
             reason: None,
             url: None,
+            telling: policy::Telling::default(),
             action,
         }
     }

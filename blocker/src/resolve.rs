@@ -22,7 +22,7 @@ use crate::{
     kernel::ExecSettings,
     lookup::{self, Problems},
     path_table::{PathRef, PathTable},
-    policy::{compile_glob, glob_base, Action, Identifiers, Policy, SettingAction},
+    policy::{compile_glob, glob_base, Action, Identifiers, Policy, SettingAction, Telling},
     scan::{to_hex, HashedFile, ScanReport, ScanStats, Sha256},
     sorted_map::SortedMap,
     sources::{self, SourceFiles, SourceRoots},
@@ -37,6 +37,7 @@ pub struct RuleInfo {
     pub policy: String,
     pub reason: Option<String>,
     pub url: Option<String>,
+    pub telling: Telling,
     pub action: Action,
 }
 
@@ -370,6 +371,12 @@ fn setting_rule(
         policy: policy.unwrap_or_default().to_owned(),
         reason: Some(reason.to_owned()),
         url: None,
+        // An audit of a setting covers execs nobody chose to ban (any large or fileless
+        // program): the log's business, not the user's. A refusal is told.
+        telling: Telling {
+            desktop: setting == SettingAction::Deny,
+            ..Telling::default()
+        },
         action: if setting == SettingAction::Deny {
             Action::Deny
         } else {
@@ -430,6 +437,7 @@ pub fn resolve_within(
             policy: rule.policy.clone(),
             reason: rule.reason.clone(),
             url: rule.url.clone(),
+            telling: rule.telling.clone(),
             action: rule.action,
         });
         let mut found = Found {
@@ -1001,6 +1009,7 @@ mod tests {
             description: None,
             reason: Some(format!("{id} is banned")),
             url: None,
+            telling: Telling::default(),
             action,
             identifiers,
             ban_critical_files: Vec::new(),
@@ -1011,6 +1020,17 @@ mod tests {
                 column: 1,
             },
         }
+    }
+
+    #[test]
+    fn only_refusals_by_a_setting_are_told_to_users() {
+        let told = |setting| {
+            setting_rule(FILELESS_RULE_ID, "fileless", setting, Some("p"), "why")
+                .map(|rule| rule.telling.desktop)
+        };
+        assert_eq!(told(SettingAction::Audit), Some(false));
+        assert_eq!(told(SettingAction::Deny), Some(true));
+        assert_eq!(told(SettingAction::Allow), None);
     }
 
     fn paths(paths: &[&Path]) -> Identifiers {

@@ -21,6 +21,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
 pub mod bpf;
+pub mod desktop;
 pub mod filesystems;
 pub mod santa;
 

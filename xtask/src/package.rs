@@ -24,6 +24,11 @@ const UNITS: &[&str] = &[
     "packaging/blocker.service",
     "packaging/blocker-sync.service",
 ];
+/// The desktop agent's user unit (enabled for every user by postinst) and its XDG autostart
+/// entry, for sessions without systemd. Not checked with `systemd-analyze verify`, which judges
+/// units as the system manager's, where `graphical-session.target` does not exist.
+const USER_UNIT: &str = "packaging/blocker-notify.service";
+const AUTOSTART: &str = "packaging/blocker-notify.desktop";
 /// blocker-sync's configuration, a conffile to fill in.
 const SYNC_CONFIG: &str = "packaging/sync.toml";
 const MAINTAINER_SCRIPTS_DIR: &str = "packaging/debian";
@@ -38,6 +43,8 @@ const DOCS_DIR: &str = "docs";
 
 const INSTALLED_BINARY: &str = "usr/bin/blocker";
 const INSTALLED_UNIT_DIR: &str = "lib/systemd/system";
+const INSTALLED_USER_UNIT_DIR: &str = "usr/lib/systemd/user";
+const INSTALLED_AUTOSTART_DIR: &str = "etc/xdg/autostart";
 const INSTALLED_SYNC_CONFIG: &str = "etc/blocker/sync.toml";
 const INSTALLED_POLICIES_DIR: &str = "etc/blocker/policies";
 const INSTALLED_DOC_DIR: &str = "usr/share/doc/blocker";
@@ -88,12 +95,28 @@ pub fn build(root: &Path) -> Result<Built> {
         install(&source, &installed, 0o644)?;
         verify_unit(&installed, &binary, &output_dir)?;
     }
+    for (source, directory) in [
+        (USER_UNIT, INSTALLED_USER_UNIT_DIR),
+        (AUTOSTART, INSTALLED_AUTOSTART_DIR),
+    ] {
+        let source = root.join(source);
+        install(
+            &source,
+            &files.join(directory).join(file_name(&source)?),
+            0o644,
+        )?;
+    }
     install(
         &root.join(SYNC_CONFIG),
         &files.join(INSTALLED_SYNC_CONFIG),
         0o644,
     )?;
-    let mut conffiles = vec![Path::new("/").join(INSTALLED_SYNC_CONFIG)];
+    let mut conffiles = vec![
+        Path::new("/").join(INSTALLED_SYNC_CONFIG),
+        Path::new("/")
+            .join(INSTALLED_AUTOSTART_DIR)
+            .join(file_name(Path::new(AUTOSTART))?),
+    ];
     for policy in files_named(&root.join(POLICIES_DIR), "toml")? {
         let installed = Path::new(INSTALLED_POLICIES_DIR).join(file_name(&policy)?);
         install(&policy, &files.join(&installed), 0o644)?;

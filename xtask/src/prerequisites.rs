@@ -77,13 +77,22 @@ const VM_PACKAGES: &[AptPackages] = &[
     },
 ];
 
-const HOST_TEST_PACKAGES: &[AptPackages] = &[AptPackages {
-    names: &["prometheus-node-exporter", "prometheus"],
-    purpose: "node_exporter, which the metrics tests point at blocker's textfile, and promtool, \
-              which checks blocker's metrics; their services are masked first: the tests run \
-              their own on loopback",
-    never_started: &["prometheus-node-exporter.service", "prometheus.service"],
-}];
+const HOST_TEST_PACKAGES: &[AptPackages] = &[
+    AptPackages {
+        names: &["prometheus-node-exporter", "prometheus"],
+        purpose: "node_exporter, which the metrics tests point at blocker's textfile, and \
+                  promtool, which checks blocker's metrics; their services are masked first: \
+                  the tests run their own on loopback",
+        never_started: &["prometheus-node-exporter.service", "prometheus.service"],
+    },
+    AptPackages {
+        names: &["dbus", "dunst", "xvfb", "x11-apps", "imagemagick"],
+        purpose: "a session bus, a notification server on a virtual X display, and xwd and \
+                  convert for its screenshot: the notification tests show blocker's \
+                  notifications on a real desktop",
+        never_started: &[],
+    },
+];
 
 const BENCH_PACKAGES: &[AptPackages] = &[
     AptPackages {

@@ -19,8 +19,11 @@ use crate::{
     vm::{self, Entry, Initramfs, Machine, MARKER, VM_DIR},
 };
 
-/// The module of the VM test binary that runs here rather than in the busybox VM.
-pub const MODULE: &str = "systemd";
+/// The modules of the VM test binary that run here rather than in the busybox VM: the service
+/// (`systemd`, which reboots), and the notifications a user's desktop session shows (`notify`).
+pub const MODULES: &[&str] = &[REBOOTING_MODULE, "notify"];
+/// The module whose group reboots the VM once (see [`REBOOT_TEST`]).
+const REBOOTING_MODULE: &str = "systemd";
 const SUITE: &str = "trixie";
 /// mmdebstrap's `minbase` is the essential packages and apt; these make it a booting system.
 const PACKAGES: &[&str] = &[
@@ -31,6 +34,12 @@ const PACKAGES: &[&str] = &[
     "kmod",
     "procps",
     "iproute2",
+    // For vm_notify: useradd, and a desktop session of a test user (a virtual X display, a
+    // notification server, dbus-monitor).
+    "passwd",
+    "dbus-bin",
+    "xvfb",
+    "dunst",
 ];
 /// systemd and Debian's userspace in memory need more than the busybox VM.
 const MACHINE: Machine = Machine {
@@ -60,7 +69,7 @@ pub fn run_tests(
 ) -> Result<()> {
     // Without it the runner would not reboot, and nothing would say so.
     ensure!(
-        group.tests.iter().any(|test| test == REBOOT_TEST),
+        group.module != REBOOTING_MODULE || group.tests.iter().any(|test| test == REBOOT_TEST),
         "the VM test binary has no test {REBOOT_TEST}, which the systemd VM reboots for \
          (REBOOT_TEST in xtask/src/systemd_vm.rs)"
     );
@@ -110,7 +119,8 @@ TimeoutStartSec=infinity
     )
 }
 
-/// The runner: every test of `group` but the reboot test, then that one, which reboots
+/// The runner: every test of `group` but the reboot test, then that one (if the group has it),
+/// which reboots
 /// (systemd's soft-reboot: userspace starts over, the root filesystem in memory stays); after the
 /// reboot the runner starts again and runs only the reboot test, which now checks, then powers
 /// off.
@@ -147,6 +157,10 @@ echo "{MARKER} end {name} exit=$?"
 "#,
             command = test_groups::shell_command(GUEST_TEST_BINARY, &before_reboot)
         );
+    }
+    if !group.tests.iter().any(|test| test == REBOOT_TEST) {
+        script += &format!("echo \"{MARKER} done\"\nsystemctl poweroff\n");
+        return script;
     }
     script += &format!(
         r#"mkdir -p {rebooted_dir}
@@ -204,7 +218,7 @@ mod tests {
     #[test]
     fn the_runner_reboots_once_and_then_checks() {
         let group = TestGroup {
-            module: MODULE.into(),
+            module: REBOOTING_MODULE.into(),
             tests: vec![
                 "systemd::installs".into(),
                 REBOOT_TEST.into(),
@@ -226,5 +240,20 @@ mod tests {
         assert!(after_reboot.contains("begin vm_systemd-after-reboot"));
         assert!(after_reboot.contains(reboot));
         assert!(after_reboot.contains("systemctl poweroff"));
+    }
+
+    #[test]
+    fn a_group_without_the_reboot_test_runs_once_and_powers_off() {
+        let group = TestGroup {
+            module: "notify".into(),
+            tests: vec!["notify::shows".into()],
+        };
+        let script = runner_script(&group);
+        assert!(script.contains(
+            "/root/tests/vm --test-threads=1 --exact notify::shows\n\
+             echo \"BLOCKER-VM: end vm_notify exit=$?\"\n\
+             echo \"BLOCKER-VM: done\"\nsystemctl poweroff\n"
+        ));
+        assert!(!script.contains("touch "));
     }
 }

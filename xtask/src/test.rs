@@ -97,13 +97,14 @@ pub fn run(root: &Path, only_vm_tests: &[String], kernels: &[Suite]) -> bool {
                                 );
                             }
                         }
-                        if let Some(systemd_group) = vm
-                            .systemd_group
-                            .as_ref()
-                            .filter(|_| kernels.contains(&SYSTEMD_VM_SUITE))
-                        {
+                        let systemd_groups = vm
+                            .systemd_groups
+                            .iter()
+                            .filter(|_| kernels.contains(&SYSTEMD_VM_SUITE));
+                        for systemd_group in systemd_groups {
                             stage(&format!(
-                                "VM tests under systemd on Debian {SYSTEMD_VM_SUITE}'s kernel"
+                                "VM tests under systemd ({}) on Debian {SYSTEMD_VM_SUITE}'s kernel",
+                                systemd_group.name()
                             ));
                             let started = Instant::now();
                             record(
@@ -244,9 +245,9 @@ fn vm_test_image(
             )
         })?;
     let groups = test_groups::by_module(&cargo::list_tests(&binary)?)?;
-    let (mut systemd_groups, busybox_groups): (Vec<_>, Vec<_>) = test_groups::select(groups, only)?
+    let (systemd_groups, busybox_groups): (Vec<_>, Vec<_>) = test_groups::select(groups, only)?
         .into_iter()
-        .partition(|group| group.module == systemd_vm::MODULE);
+        .partition(|group| systemd_vm::MODULES.contains(&group.module.as_str()));
     if systemd_groups.is_empty() && busybox_groups.is_empty() {
         bail!("the {VM_TEST_BINARY} test binary has no tests");
     }
@@ -268,16 +269,16 @@ fn vm_test_image(
     Ok(VmTests {
         binary,
         busybox_image,
-        systemd_group: systemd_groups.pop(),
+        systemd_groups,
     })
 }
 
 /// The VM tests to run: the test binary, the busybox VM's initramfs, if any of its groups was
-/// chosen, and the group for the systemd VM, if chosen.
+/// chosen, and the groups for the systemd VM, each booted on its own, if chosen.
 struct VmTests {
     binary: PathBuf,
     busybox_image: Option<PathBuf>,
-    systemd_group: Option<TestGroup>,
+    systemd_groups: Vec<TestGroup>,
 }
 
 fn vm_tests(root: &Path, suite: Suite, initramfs: &Path, counts: &mut TestCounts) -> Result<()> {

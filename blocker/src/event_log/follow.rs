@@ -240,6 +240,7 @@ mod tests {
             journald_socket: None,
             log_lines: false,
             format: crate::sinks::EventsFormat::Blocker,
+            notify_socket: None,
         };
         let mut seen = Vec::new();
         let sinks = Sinks::start(&options).unwrap();

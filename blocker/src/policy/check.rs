@@ -11,7 +11,7 @@ use super::{
     glob::{check_glob, compile_glob, glob_base},
     location::{LineStarts, Location, PolicyError},
     spec::{PolicyFile, RuleSpec},
-    Action, AppImage, Identifiers, Mode, Rule,
+    Action, AppImage, Identifiers, Mode, Rule, Telling,
 };
 use crate::{
     critical::{CriticalFile, Guard},
@@ -61,6 +61,16 @@ pub(super) fn check_rule(
             checker.error(url.span(), ".url".to_owned(), problem);
         }
     }
+    if let Some(url) = &spec.url {
+        if let Err(problem) = check_url_placeholders(url.get_ref()) {
+            checker.error(url.span(), ".url".to_owned(), problem);
+        }
+    }
+    if let Some(message) = &spec.message {
+        if let Err(problem) = check_message(message.get_ref()) {
+            checker.error(message.span(), ".message".to_owned(), problem);
+        }
+    }
     if identifiers.is_empty() && !lists_any_identifier(&spec) {
         errors.push(RuleError {
             location: location.clone(),
@@ -82,6 +92,11 @@ pub(super) fn check_rule(
             description: spec.description,
             reason: spec.reason,
             url: spec.url.map(Spanned::into_inner),
+            telling: Telling {
+                message: spec.message.map(Spanned::into_inner),
+                desktop: spec.notify.unwrap_or(true),
+                terminal: spec.notify.unwrap_or(true) && header.notify_terminal.unwrap_or(false),
+            },
             action,
             identifiers,
             ban_critical_files,
@@ -447,6 +462,45 @@ pub fn check_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// What a rule's `url` may name, replaced when a person is told: the rule's id, the refused
+/// file's SHA-256 and this machine's id (`/etc/machine-id`).
+pub const URL_PLACEHOLDERS: [&str; 3] = ["{rule}", "{sha256}", "{machine_id}"];
+
+/// Braces in a rule's `url` are placeholders, and only those of [`URL_PLACEHOLDERS`].
+fn check_url_placeholders(url: &str) -> Result<(), String> {
+    let mut rest = url;
+    while let Some(open) = rest.find(['{', '}']) {
+        let from_brace = &rest[open..];
+        let Some(placeholder) = URL_PLACEHOLDERS
+            .iter()
+            .find(|placeholder| from_brace.starts_with(*placeholder))
+        else {
+            return Err(format!(
+                "`{}` has a brace that opens no placeholder: use {}",
+                escaped(url),
+                URL_PLACEHOLDERS.join(", ")
+            ));
+        };
+        rest = &from_brace[placeholder.len()..];
+    }
+    Ok(())
+}
+
+/// Longest `message` a rule may carry: a notification's body, a line on a terminal.
+const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// A rule's `message` is text for a person: bounded and not empty. Controls are escaped where
+/// it is shown, not refused, so that a synced message is never lost for one.
+fn check_message(message: &str) -> Result<(), String> {
+    if message.trim().is_empty() {
+        return Err("is empty: leave it out for the default text".to_owned());
+    }
+    if message.len() > MAX_MESSAGE_BYTES {
+        return Err(format!("longer than {MAX_MESSAGE_BYTES} bytes"));
+    }
+    Ok(())
+}
+
 fn invalid_rule_id(id: &str) -> Option<String> {
     if id.is_empty() {
         return Some("rule id is empty".to_owned());
@@ -484,6 +538,49 @@ mod tests {
             single_error(&[("p.toml", text)]),
             "p.toml:4:17: rule[0].paths[1]: `bin/wechat` is not an absolute path"
         );
+    }
+
+    #[test]
+    fn rules_say_what_people_read_and_whether_they_are_told() {
+        let policy = parse(&[(
+            "p.toml",
+            "name = \"p\"\nnotify_terminal = true\n[[rule]]\nid = \"a\"\npaths = [\"/a\"]\n\
+             message = \"Ask IT.\"\nurl = \"https://wiki.example/{rule}/{sha256}?m={machine_id}\"\n\
+             [[rule]]\nid = \"b\"\npaths = [\"/b\"]\nnotify = false\n",
+        )])
+        .unwrap();
+        let (told, silent) = (&policy.rules[0].telling, &policy.rules[1].telling);
+        assert_eq!(told.message.as_deref(), Some("Ask IT."));
+        assert!(told.desktop && told.terminal);
+        assert!(
+            !silent.desktop && !silent.terminal,
+            "notify = false silences both"
+        );
+        let plain = parse(&[(
+            "p.toml",
+            "name = \"p\"\n[[rule]]\nid = \"a\"\npaths = [\"/a\"]\n",
+        )])
+        .unwrap();
+        assert_eq!(plain.rules[0].telling, Telling::default());
+        assert!(
+            !plain.rules[0].telling.terminal,
+            "terminals only where a policy asks"
+        );
+
+        let with = |field: &str| {
+            format!("name = \"p\"\n[[rule]]\nid = \"a\"\npaths = [\"/a\"]\n{field}\n")
+        };
+        assert_eq!(
+            single_error(&[("p.toml", &with("url = \"https://x.example/{user}\""))]),
+            "p.toml:5:7: rule[0].url: `https://x.example/{user}` has a brace that opens no \
+             placeholder: use {rule}, {sha256}, {machine_id}"
+        );
+        assert!(single_error(&[("p.toml", &with("message = \" \""))]).contains("is empty"));
+        assert!(single_error(&[(
+            "p.toml",
+            &with(&format!("message = \"{}\"", "x".repeat(1025)))
+        )])
+        .contains("longer than 1024 bytes"));
     }
 
     #[test]

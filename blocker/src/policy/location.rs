@@ -179,7 +179,7 @@ mod tests {
         assert_eq!(
             single_error(&[("p.toml", text)]),
             "p.toml:8:1: rule[1].path: unknown field `path`, expected one of `id`, `description`, \
-             `reason`, `url`, `action`, `sha256`, `paths`, `path_prefixes`, `globs`, `packages`, \
+             `reason`, `url`, `message`, `notify`, `action`, `sha256`, `paths`, `path_prefixes`, `globs`, `packages`, \
              `flatpak`, `snap`, `appimage`, `ban_critical_files`"
         );
     }

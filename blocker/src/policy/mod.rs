@@ -24,7 +24,7 @@ mod testing;
 
 pub(crate) use load::parse_sources_guarded;
 pub use {
-    check::check_url,
+    check::{check_url, URL_PLACEHOLDERS},
     glob::{compile_glob, glob_base},
     load::{load_dir, parse_sources, policy_files},
     location::{Location, PolicyError, PolicyErrors},
@@ -83,6 +83,7 @@ pub struct Rule {
     pub reason: Option<String>,
     /// Where the people it stops learn more (a page about the policy), carried into events.
     pub url: Option<String>,
+    pub telling: Telling,
     pub action: Action,
     pub identifiers: Identifiers,
     /// Critical files (see [`crate::critical`]) the rule may ban all the same, as written.
@@ -90,6 +91,28 @@ pub struct Rule {
     /// Name of the policy the rule belongs to.
     pub policy: String,
     pub location: Location,
+}
+
+/// How the person a rule stops is told, beside the security team's records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Telling {
+    /// What they read instead of the default text (the rule's `message`).
+    pub message: Option<String>,
+    /// A desktop notification through `blocker notify` (the rule's `notify`; `false` bans
+    /// silently).
+    pub desktop: bool,
+    /// A line on the refused process's terminal (the policy's `notify_terminal`).
+    pub terminal: bool,
+}
+
+impl Default for Telling {
+    fn default() -> Self {
+        Self {
+            message: None,
+            desktop: true,
+            terminal: false,
+        }
+    }
 }
 
 /// Every way a rule can name files, validated.

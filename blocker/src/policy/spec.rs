@@ -16,6 +16,7 @@ pub(super) struct PolicyFile {
     pub(super) fileless: Option<SettingAction>,
     pub(super) unhashable: Option<SettingAction>,
     pub(super) hash_limit_mib: Option<Spanned<i64>>,
+    pub(super) notify_terminal: Option<bool>,
     #[serde(default)]
     pub(super) rule: Vec<RuleSpec>,
 }
@@ -27,6 +28,8 @@ pub(super) struct RuleSpec {
     pub(super) description: Option<String>,
     pub(super) reason: Option<String>,
     pub(super) url: Option<Spanned<String>>,
+    pub(super) message: Option<Spanned<String>>,
+    pub(super) notify: Option<bool>,
     #[serde(default)]
     pub(super) action: Action,
     #[serde(default)]

@@ -151,6 +151,22 @@ pub fn hash_file_within(
     })
 }
 
+/// The SHA-256 (hex) of the file at `path` if it is still the file an event named (`device`
+/// as `major:minor`, `inode`), within `limit_bytes` and by `deadline`: what a refusal's file
+/// hashes to, looked up after the fact.
+pub fn sha256_if_still(
+    path: &Path,
+    device: &str,
+    inode: u64,
+    limit_bytes: u64,
+    deadline: Instant,
+) -> Option<String> {
+    let file = hash_file_within(path, &mut ContentReader::new(limit_bytes), Some(deadline)).ok()?;
+    let (major, minor) = crate::identity::split_kernel_device_number(file.identity.key.dev);
+    (file.identity.key.ino == inode && format!("{major}:{minor}") == device)
+        .then(|| to_hex(&file.sha256))
+}
+
 /// One file found under the roots, with every path it was found at.
 struct Candidate {
     paths: Vec<PathBuf>,

@@ -474,6 +474,7 @@ mod tests {
             inode: 42,
             sha256: None,
             circumstances: Circumstances::default(),
+            telling: Default::default(),
         })
     }
 

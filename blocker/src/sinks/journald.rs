@@ -259,6 +259,7 @@ mod tests {
             inode: 42,
             sha256: None,
             circumstances: Circumstances::default(),
+            telling: Default::default(),
         }
     }
 

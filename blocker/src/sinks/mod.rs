@@ -5,6 +5,7 @@
 mod daemon_log;
 mod file;
 pub(crate) mod journald;
+mod notify;
 mod queue;
 mod stdout;
 
@@ -48,6 +49,9 @@ pub struct SinkOptions {
     pub log_lines: bool,
     /// What the events file and stdout get.
     pub format: EventsFormat,
+    /// The socket `blocker notify` agents connect to, to tell people of their refusals; `None`
+    /// when turned off.
+    pub notify_socket: Option<PathBuf>,
 }
 
 /// The records' format in the events file and on stdout.
@@ -79,6 +83,8 @@ impl Encoding {
 pub struct Sinks {
     queues: Vec<SinkQueue>,
     encoding: Encoding,
+    /// Kept so that the socket is removed when the sinks close.
+    _notify_socket: Option<crate::notify::dispatch::NotifySocket>,
 }
 
 /// A record and its JSON line (newline included) in the chosen format, serialized once and
@@ -194,12 +200,28 @@ impl Sinks {
                 }
             }
         }
+        let mut notify_socket = None;
+        if let Some(path) = options.notify_socket.as_deref() {
+            let (socket, dispatch) = crate::notify::dispatch::start(path)?;
+            destinations.push(format!("the users refused (agents at {})", escaped(&path)));
+            queues.push(SinkQueue::start(
+                "notify",
+                notify::Notify(dispatch),
+                QUEUE_RECORDS,
+                encoding.clone(),
+            ));
+            notify_socket = Some(socket);
+        }
         if destinations.is_empty() {
             log::warn!("events go nowhere but this log: every sink is turned off");
         } else {
             log::info!("events go to {}", destinations.join(", "));
         }
-        Ok(Self { queues, encoding })
+        Ok(Self {
+            queues,
+            encoding,
+            _notify_socket: notify_socket,
+        })
     }
 
     /// Hands `record` to every sink without waiting for any.
@@ -286,6 +308,7 @@ mod tests {
             journald_socket: Some(socket),
             log_lines: false,
             format: EventsFormat::Blocker,
+            notify_socket: None,
         })
         .unwrap();
         assert_eq!(sinks.names(), ["file", "journald"]);
@@ -328,6 +351,7 @@ mod tests {
             journald_socket: Some(temp.path().join("no-journald-here")),
             log_lines: false,
             format: EventsFormat::Blocker,
+            notify_socket: None,
         })
         .unwrap();
         assert!(sinks.names().is_empty());

@@ -210,13 +210,21 @@ impl SyncedRules {
                     toml_string(&id),
                     toml_string(message.unwrap_or(DEFAULT_REASON))
                 );
+                if let Some(message) = message.filter(|message| !message.trim().is_empty()) {
+                    let _ = writeln!(
+                        policy,
+                        "message = {}",
+                        toml_string(within_bytes(message, MAX_MESSAGE_BYTES))
+                    );
+                }
                 if silent {
                     policy.push_str(
-                        "description = \"SILENT_BLOCKLIST: the server asked that users not be notified\"\n",
+                        "description = \"SILENT_BLOCKLIST: the server asked that users not be notified\"\n\
+                         notify = false\n",
                     );
                 }
                 if let Some(url) = url {
-                    let _ = writeln!(policy, "url = {}", toml_string(url));
+                    let _ = writeln!(policy, "url = {}", toml_string(&synced_url(url)));
                 }
                 policy.push_str("sha256 = [");
                 for (position, hash) in chunk.iter().enumerate() {
@@ -232,6 +240,36 @@ impl SyncedRules {
         }
         policy
     }
+}
+
+/// Longest synced `custom_msg` kept whole; the policy's limit for a rule's `message`.
+const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// Santa's placeholders in a `custom_url`, and blocker's for them.
+const SANTA_PLACEHOLDERS: [(&str, &str); 3] = [
+    ("%file_sha%", "{sha256}"),
+    ("%file_identifier%", "{sha256}"),
+    ("%machine_id%", "{machine_id}"),
+];
+
+/// A synced `custom_url` in blocker's terms: Santa's placeholders become blocker's, and braces
+/// of the server's own are percent-encoded, as in a URL they must be, so that no server's URL
+/// makes the synced policy unreadable.
+fn synced_url(url: &str) -> String {
+    let mut url = url.replace('{', "%7B").replace('}', "%7D");
+    for (santa, blocker) in SANTA_PLACEHOLDERS {
+        url = url.replace(santa, blocker);
+    }
+    url
+}
+
+/// The longest start of `text` within `limit` bytes that ends on a character.
+fn within_bytes(text: &str, limit: usize) -> &str {
+    let mut end = text.len().min(limit);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Synced bans that make one rule: silent or not, with their message and URL.
@@ -393,11 +431,30 @@ mod tests {
         assert_eq!(plain.identifiers.sha256.len(), 1);
         let custom = by_id("santa-blocklist-");
         assert_eq!(custom.reason, told.custom_msg);
+        assert_eq!(custom.telling.message, told.custom_msg);
+        assert!(custom.telling.desktop);
         assert_eq!(custom.url, told.custom_url);
         assert_eq!(custom.policy, POLICY_NAME);
         let silent = by_id("santa-silent-blocklist");
         assert!(silent.description.as_deref().unwrap().contains("SILENT"));
         assert_eq!(silent.action, policy::Action::Deny);
+        assert!(!silent.telling.desktop && !silent.telling.terminal);
+        assert_eq!(plain.telling, policy::Telling::default());
+    }
+
+    #[test]
+    fn synced_urls_use_blockers_placeholders_and_messages_stay_within_bounds() {
+        let mut told = rule(1, RulePolicy::Blocklist);
+        told.custom_url = Some("https://wiki.example/{x}?sha=%file_sha%&m=%machine_id%".to_owned());
+        told.custom_msg = Some("é".repeat(MAX_MESSAGE_BYTES));
+        let (rules, _) = SyncedRules::default().after(SyncType::Normal, &[told]);
+        let parsed = parsed(&rules);
+        assert_eq!(
+            parsed[0].url.as_deref(),
+            Some("https://wiki.example/%7Bx%7D?sha={sha256}&m={machine_id}")
+        );
+        let message = parsed[0].telling.message.as_deref().unwrap();
+        assert_eq!(message.len(), MAX_MESSAGE_BYTES);
     }
 
     #[test]

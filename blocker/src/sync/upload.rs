@@ -24,7 +24,7 @@ use super::{
     rules::POLICY_NAME,
     sessions::{self, Session, SessionSources},
 };
-use crate::{ecs, identity::split_kernel_device_number, policy, scan, sinks};
+use crate::{ecs, policy, scan, sinks};
 
 /// The most denials one sync uploads; the rest wait for the next.
 const MAX_EVENTS_PER_SYNC: usize = 10_000;
@@ -307,15 +307,13 @@ impl Facts {
         self.hashes
             .entry((device.to_owned(), inode))
             .or_insert_with(|| {
-                let file = scan::hash_file_within(
+                scan::sha256_if_still(
                     Path::new(path),
-                    &mut scan::ContentReader::new(limit),
-                    Some(Instant::now() + HASH_DEADLINE),
+                    device,
+                    inode,
+                    limit,
+                    Instant::now() + HASH_DEADLINE,
                 )
-                .ok()?;
-                let (major, minor) = split_kernel_device_number(file.identity.key.dev);
-                (file.identity.key.ino == inode && format!("{major}:{minor}") == device)
-                    .then(|| scan::to_hex(&file.sha256))
             })
             .clone()
     }
@@ -453,7 +451,7 @@ mod tests {
         fs::write(&path, b"small").unwrap();
         let metadata = fs::metadata(&path).unwrap();
         let key = crate::identity::FileIdentity::of_path(&path).unwrap().key;
-        let (major, minor) = split_kernel_device_number(key.dev);
+        let (major, minor) = crate::identity::split_kernel_device_number(key.dev);
         let device = format!("{major}:{minor}");
         let text = path.to_str().unwrap();
         let mut facts = Facts {

@@ -9,6 +9,7 @@ mod flatpak;
 mod hostile_names;
 mod kill;
 mod metrics;
+mod notify;
 mod refresh;
 mod status;
 mod sync;

@@ -5,7 +5,7 @@
 
 use std::{
     fs,
-    os::unix::fs::{MetadataExt, PermissionsExt},
+    os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt},
     path::Path,
     process::Command,
 };
@@ -20,6 +20,9 @@ const INSTALLED_BLOCKER: &str = "/usr/bin/blocker";
 const UNIT: &str = "/lib/systemd/system/blocker.service";
 const SYNC_UNIT: &str = "/lib/systemd/system/blocker-sync.service";
 const SYNC_CONFIG: &str = "/etc/blocker/sync.toml";
+const NOTIFY_UNIT: &str = "/usr/lib/systemd/user/blocker-notify.service";
+const AUTOSTART: &str = "/etc/xdg/autostart/blocker-notify.desktop";
+const NOTIFY_SOCKET: &str = "/run/blocker/notify.sock";
 const POLICY_DIR: &str = "/etc/blocker/policies";
 const SHIPPED_POLICY: &str = "/etc/blocker/policies/government-devices.toml";
 const LOG_DIR: &str = "/var/log/blocker";
@@ -123,6 +126,13 @@ fn the_package_installs_enforces_reports_its_status_and_purges() -> Result<()> {
     expect_installed(SHIPPED_POLICY, false, 0o644)?;
     expect_installed(SYNC_UNIT, false, 0o644)?;
     expect_installed(SYNC_CONFIG, false, 0o644)?;
+    expect_installed(NOTIFY_UNIT, false, 0o644)?;
+    expect_installed(AUTOSTART, false, 0o644)?;
+    ensure!(
+        fs::read_to_string(AUTOSTART)?.contains("\nExec=/usr/bin/blocker notify\n")
+            && fs::read_to_string(NOTIFY_UNIT)?.contains("\nExecStart=/usr/bin/blocker notify\n"),
+        "the agent is started as `blocker notify`"
+    );
     expect_installed("/usr/share/doc/blocker/README.md", false, 0o644)?;
     expect_installed(
         "/usr/share/doc/blocker/examples/every-field.toml",
@@ -163,8 +173,11 @@ fn the_package_installs_enforces_reports_its_status_and_purges() -> Result<()> {
         .filter_map(|line| line.split_whitespace().next())
         .collect();
     ensure!(
-        conffiles.contains(&SHIPPED_POLICY) && conffiles.contains(&SYNC_CONFIG),
-        "the shipped policy and the sync configuration are conffiles: {query}"
+        conffiles.contains(&SHIPPED_POLICY)
+            && conffiles.contains(&SYNC_CONFIG)
+            && conffiles.contains(&AUTOSTART),
+        "the shipped policy, the sync configuration and the autostart entry are conffiles: \
+         {query}"
     );
     let (code, checked) = installed_blocker(&["check", POLICY_DIR])?;
     ensure!(code == 0, "{checked}");
@@ -224,6 +237,11 @@ fn the_package_installs_enforces_reports_its_status_and_purges() -> Result<()> {
         fs::metadata(STATUS_FILE)?.permissions().mode() & 0o777 == 0o644,
         "anyone may read the status"
     );
+    let socket = fs::symlink_metadata(NOTIFY_SOCKET)?;
+    ensure!(
+        socket.file_type().is_socket() && socket.permissions().mode() & 0o777 == 0o666,
+        "every user's agent may connect to {NOTIFY_SOCKET}: {socket:?}"
+    );
 
     let (exit, _, _) = daemon.stop()?;
     ensure!(exit.success(), "daemon exit: {exit}");
@@ -245,6 +263,8 @@ fn the_package_installs_enforces_reports_its_status_and_purges() -> Result<()> {
         INSTALLED_BLOCKER,
         UNIT,
         SYNC_UNIT,
+        NOTIFY_UNIT,
+        AUTOSTART,
         SHIPPED_POLICY,
         SYNC_CONFIG,
         STATUS_FILE,

@@ -406,6 +406,26 @@ fn the_unit_verifies_and_its_sandbox_is_read_only_but_for_bpffs_and_its_director
     Ok(())
 }
 
+/// The package enables the notification agent for every user's graphical session, and the
+/// service's daemon serves agents.
+#[test]
+fn the_notification_agent_is_enabled_for_every_user() -> Result<()> {
+    service_running()?;
+    let enabled = succeed(
+        "systemctl",
+        &["--global", "is-enabled", "blocker-notify.service"],
+    )?;
+    ensure!(enabled.trim() == "enabled", "{enabled}");
+    ensure!(
+        Path::new("/etc/systemd/user/graphical-session.target.wants/blocker-notify.service")
+            .exists(),
+        "not wanted by graphical-session.target"
+    );
+    wait_until("the notification socket", STARTUP_TIMEOUT, || {
+        Ok(Path::new("/run/blocker/notify.sock").exists())
+    })
+}
+
 #[test]
 fn the_service_writes_its_metrics_where_node_exporter_reads_them() -> Result<()> {
     // Made before the service starts: the unit may write it only if it exists then.
