@@ -9,6 +9,7 @@ use crate::{
     hook_arguments,
     kernel_types::{File, Vma},
     report::{lsm_verdict, report, Ban, Occurrence, ALLOW},
+    trusted_path::untrusted_path,
     verdict_cache,
 };
 
@@ -33,7 +34,10 @@ pub fn mmap_file_content(ctx: LsmContext) -> i32 {
         return ALLOW;
     }
     let mapped = hook_arguments::pointer(&ctx, HookArgument::MmapFileFile);
-    let Some(inode) = File::new(mapped).and_then(File::inode) else {
+    let Some(file) = File::new(mapped) else {
+        return ALLOW;
+    };
+    let Some(inode) = file.inode() else {
         return ALLOW;
     };
     let Some(key) = inode.key() else {
@@ -49,7 +53,10 @@ pub fn mmap_file_content(ctx: LsmContext) -> i32 {
         )
     })
     .or_else(|| fileless_ban(inode, key));
-    mapping_report(ban, Operation::Mmap)
+    mapping_report(
+        strictest(ban, || untrusted_path(file, inode, key)),
+        Operation::Mmap,
+    )
 }
 
 /// `mprotect(PROT_EXEC)` of a mapping made without it.
@@ -65,11 +72,19 @@ fn mapping_verdict(ctx: &LsmContext, file: Option<File>, prot: u64, operation: O
     if prot & PROT_EXEC == 0 {
         return ALLOW;
     }
-    let Some(inode) = file.and_then(File::inode) else {
+    let Some(file) = file else {
+        return ALLOW;
+    };
+    let Some(inode) = file.inode() else {
+        return ALLOW;
+    };
+    let Some(key) = inode.key() else {
         return ALLOW;
     };
     mapping_report(
-        inode.key().and_then(|key| banned_identity(ctx, inode, key)),
+        strictest(banned_identity(ctx, inode, key), || {
+            untrusted_path(file, inode, key)
+        }),
         operation,
     )
 }

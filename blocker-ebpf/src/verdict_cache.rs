@@ -134,27 +134,27 @@ fn hash_limit_bytes() -> u64 {
 /// The unhashable setting's ban of the file `key` names, unless the setting allows it.
 fn unhashable_ban(key: FileKey) -> Option<Ban> {
     let unhashable = setting(setting::UNHASHABLE);
-    (unhashable != Action::Allow.wire()).then_some(Ban {
+    (unhashable != Action::Allow.wire()).then_some(Ban::new(
         key,
-        entry: BanEntry {
+        BanEntry {
             rule_id: UNHASHABLE_RULE_ID,
             action: unhashable,
             generation: 0,
             flags: 0,
         },
-    })
+    ))
 }
 
 fn banned_verdict(key: FileKey, verdict: &CachedVerdict) -> Option<Ban> {
-    (verdict.action != Action::Allow.wire()).then_some(Ban {
+    (verdict.action != Action::Allow.wire()).then_some(Ban::new(
         key,
-        entry: BanEntry {
+        BanEntry {
             rule_id: verdict.rule_id,
             action: verdict.action,
             generation: 0,
             flags: 0,
         },
-    })
+    ))
 }
 
 // The `forget_verdict_*` programs only observe: each lets the operation go on.

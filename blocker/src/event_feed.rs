@@ -115,6 +115,8 @@ fn banned_exec(resolution: &Resolution) -> Option<KernelEvent> {
         detail: 0,
         suppressed: 0,
         daemon_silent_secs: 0,
+        offender_owner: 0,
+        offender_mode: 0,
         comm,
         filename,
     })

@@ -13,13 +13,14 @@ use serde_json::{json, Value};
 use crate::{
     budget::Budget,
     identity::{split_kernel_device_number, FileIdentity},
-    policy::{self, Policy},
+    policy::{self, Policy, SettingAction},
     prepare::{prepare, Contents, Prepared},
     resolve::{self, protected_files, Resolution, Via},
     scan::{self, to_hex, HashedFile, ScanOptions},
 };
 
-/// Exit status of `explain` for a file no rule bans (0 means banned, 2 an error).
+/// Exit status of `explain` for a file that may run (0 means banned or refused for its path, 2 an
+/// error).
 pub const EXIT_NOT_BANNED: u8 = 1;
 
 /// `blocker check DIR`: parses and validates, touching nothing else.
@@ -212,7 +213,7 @@ fn verdicts(policy: &Policy, resolution: &Resolution, file: &HashedFile) -> Vec<
             .into_iter()
             .map(|(rule_id, via)| Verdict { rule_id, via }),
     );
-    // Deny over audit, then the earliest rule: the same precedence as the ban map.
+    // Deny over audit over allow, then the earliest rule: the same precedence as the ban map.
     verdicts.sort_by_key(|v| resolution.precedence(v.rule_id));
     verdicts
 }
@@ -266,13 +267,17 @@ pub fn explain(path: &Path, policy_dir: &Path) -> Result<ExitCode> {
             .unwrap_or_default(),
         to_hex(&file.sha256)
     );
+    let (allows, bans): (Vec<Verdict>, Vec<Verdict>) = verdicts
+        .into_iter()
+        .partition(|verdict| resolution.own_rule(verdict.rule_id).action == policy::Action::Allow);
+    verdicts = bans;
     if let Some(critical) = protected_files().get(&file.identity.key) {
         let (allowed, ignored): (Vec<Verdict>, Vec<Verdict>) = verdicts
             .into_iter()
             .partition(|verdict| resolution.may_ban_critical(verdict.rule_id, critical));
         if allowed.is_empty() {
             println!(
-                "{}: never banned: {} ({identity})",
+                "{}: never banned, nor refused for its path: {} ({identity})",
                 escaped(&path),
                 critical.why
             );
@@ -288,18 +293,13 @@ pub fn explain(path: &Path, policy_dir: &Path) -> Result<ExitCode> {
         verdicts = allowed;
     }
     let Some(decisive) = verdicts.first() else {
-        println!(
-            "{}: not banned: none of the {} rules names this file by path, prefix, glob, \
-             package, Flatpak app or snap, and none lists its content ({identity})",
-            escaped(&path),
-            policy.rules.len()
-        );
-        return Ok(ExitCode::from(EXIT_NOT_BANNED));
+        return explain_path(path, &resolution, allows.first(), &identity);
     };
     let rule = resolution.own_rule(decisive.rule_id);
     let verb = match rule.action {
         policy::Action::Deny => "banned",
         policy::Action::Audit => "allowed and audited",
+        policy::Action::Allow => unreachable!("allow rules are apart"),
     };
     println!(
         "{}: {verb} by rule {} (policy {}) via {}",
@@ -321,7 +321,63 @@ pub fn explain(path: &Path, policy_dir: &Path) -> Result<ExitCode> {
             other.via
         );
     }
+    for allow in &allows {
+        let rule = resolution.own_rule(allow.rule_id);
+        println!(
+            "  allowed by rule {} via {}, which a ban overrides",
+            rule.id, allow.via
+        );
+    }
     Ok(if rule.action == policy::Action::Deny {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_NOT_BANNED)
+    })
+}
+
+/// The rest of `explain` for a file no rule bans: what trusted-path execution does with it.
+fn explain_path(
+    path: &Path,
+    resolution: &Resolution,
+    allowed_by: Option<&Verdict>,
+    identity: &str,
+) -> Result<ExitCode> {
+    let rules = resolution.rules.len();
+    let not_banned = format!(
+        "{}: not banned: none of the {rules} rules bans this file by path, prefix, glob, package, \
+         Flatpak app or snap, and none lists its content ({identity})",
+        escaped(&path)
+    );
+    println!("{not_banned}");
+    let setting = resolution.untrusted_paths;
+    let Some(pseudo_rule) = &resolution.untrusted_path_rule else {
+        return Ok(ExitCode::from(EXIT_NOT_BANNED));
+    };
+    if let Some(allow) = allowed_by {
+        let rule = resolution.own_rule(allow.rule_id);
+        println!(
+            "  allowed by rule {} (policy {}) via {}: exempt from the trusted-path check",
+            rule.id, rule.policy, allow.via
+        );
+        return Ok(ExitCode::from(EXIT_NOT_BANNED));
+    }
+    let named = format!(
+        "untrusted_paths = \"{}\" (policy {})",
+        setting.name(),
+        pseudo_rule.policy
+    );
+    let untrusted = crate::trusted_path::untrusted(path)
+        .with_context(|| format!("checking the directories above {}", escaped(&path)))?;
+    let Some(untrusted) = untrusted else {
+        println!("  on a trusted path: it and every directory above it are root's and writable by no one else ({named})");
+        return Ok(ExitCode::from(EXIT_NOT_BANNED));
+    };
+    let verdict = match setting {
+        SettingAction::Deny => "refused",
+        SettingAction::Audit | SettingAction::Allow => "audited",
+    };
+    println!("  {verdict} as an untrusted path by {named}: {untrusted}; no allow rule names it");
+    Ok(if setting == SettingAction::Deny {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_NOT_BANNED)

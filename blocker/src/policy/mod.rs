@@ -52,6 +52,9 @@ impl fmt::Display for Mode {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
+    /// Name files that may run: exempt from trusted-path execution (`untrusted_paths`). Changes
+    /// nothing while that setting allows every path. A ban always wins over an allow.
+    Allow,
     /// Let the exec happen and report it.
     Audit,
     /// Refuse the exec and report it.
@@ -62,6 +65,7 @@ pub enum Action {
 impl Action {
     pub fn name(self) -> &'static str {
         match self {
+            Action::Allow => "allow",
             Action::Deny => "deny",
             Action::Audit => "audit",
         }
@@ -69,6 +73,7 @@ impl Action {
 
     pub fn kernel_value(self) -> u32 {
         match self {
+            Action::Allow => blocker_common::Action::Allow.wire(),
             Action::Deny => blocker_common::Action::Deny.wire(),
             Action::Audit => blocker_common::Action::Audit.wire(),
         }
@@ -155,6 +160,14 @@ pub enum SettingAction {
 }
 
 impl SettingAction {
+    pub fn name(self) -> &'static str {
+        match self {
+            SettingAction::Allow => "allow",
+            SettingAction::Audit => "audit",
+            SettingAction::Deny => "deny",
+        }
+    }
+
     pub fn kernel_value(self) -> u32 {
         match self {
             SettingAction::Allow => blocker_common::Action::Allow.wire(),
@@ -177,6 +190,8 @@ pub struct PolicyHeader {
     pub unhashable: Option<SettingAction>,
     /// As written; [`Policy::hash_limit_bytes`] is what applies.
     pub hash_limit_mib: Option<u32>,
+    /// As written; [`Policy::untrusted_paths`] is what applies.
+    pub untrusted_paths: Option<SettingAction>,
 }
 
 /// All rules of a policy directory, in file order then rule order.
@@ -197,6 +212,12 @@ impl Policy {
     /// says: an exec whose content no rule could judge is always worth a record.
     pub fn unhashable(&self) -> (SettingAction, Option<&str>) {
         self.strictest(|header| header.unhashable, SettingAction::Audit)
+    }
+
+    /// The strictest trusted-path setting of all files, as [`Policy::fileless`]: what the
+    /// kernel does with a file on an untrusted path that no `allow` rule names.
+    pub fn untrusted_paths(&self) -> (SettingAction, Option<&str>) {
+        self.strictest(|header| header.untrusted_paths, SettingAction::Allow)
     }
 
     fn strictest(
@@ -272,6 +293,29 @@ mod tests {
         let message = single_error(&[("p.toml", "name = \"p\"\nfileless = \"block\"\n")]);
         assert!(
             message.starts_with("p.toml:2:12: fileless: unknown variant `block`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn the_strictest_untrusted_paths_setting_applies_and_bad_ones_are_located() {
+        let text = |name: &str, extra: &str| {
+            format!("name = \"{name}\"\n{extra}\n[[rule]]\nid = \"{name}\"\npaths = [\"/x\"]\n")
+        };
+        let one = parse(&[("a.toml", &text("a", ""))]).unwrap();
+        assert_eq!(one.untrusted_paths(), (SettingAction::Allow, None));
+        let (a, b) = (
+            text("a", "untrusted_paths = \"audit\""),
+            text("b", "untrusted_paths = \"deny\""),
+        );
+        let both = parse(&[("a.toml", &a), ("b.toml", &b)]).unwrap();
+        assert_eq!(both.untrusted_paths(), (SettingAction::Deny, Some("b")));
+        let monitored = text("a", "untrusted_paths = \"deny\"\nmode = \"monitor\"");
+        let monitored = parse(&[("a.toml", &monitored)]).unwrap();
+        assert_eq!(monitored.untrusted_paths().0, SettingAction::Audit);
+        let message = single_error(&[("p.toml", "name = \"p\"\nuntrusted_paths = \"on\"\n")]);
+        assert!(
+            message.starts_with("p.toml:2:19: untrusted_paths: unknown variant `on`"),
             "{message}"
         );
     }

@@ -16,6 +16,7 @@ pub(super) struct PolicyFile {
     pub(super) fileless: Option<SettingAction>,
     pub(super) unhashable: Option<SettingAction>,
     pub(super) hash_limit_mib: Option<Spanned<i64>>,
+    pub(super) untrusted_paths: Option<SettingAction>,
     #[serde(default)]
     pub(super) rule: Vec<RuleSpec>,
 }

@@ -472,6 +472,7 @@ mod tests {
             path_truncated: false,
             device: "254:1".to_owned(),
             inode: 42,
+            untrusted_path: None,
             circumstances: Circumstances::default(),
         })
     }
