@@ -379,7 +379,6 @@ impl Enforcer {
             adoption_refused: None,
         };
         enforcer.installed = read_map(enforcer.map_mut(names::BANNED_FILES_MAP)?)?;
-        enforcer.installed_allowed = read_map(enforcer.map_mut(names::ALLOWED_FILES_MAP)?)?;
         enforcer.installed_content = read_map(enforcer.map_mut(names::BANNED_HASHES_MAP)?)?;
         let generation: Array<&mut MapData, u32> =
             Array::try_from(enforcer.map_mut(names::POLICY_GENERATION_MAP)?)?;
@@ -627,8 +626,11 @@ impl Enforcer {
         sync_kernel_map(map, &mut self.installed, entries).context("updating the banned files")
     }
 
-    /// Makes the kernel's allowed-files map equal to `allowed`; see [`map_sync::sync_map`].
+    /// Makes the kernel's allowed-files map equal to `allowed`; see [`map_sync::sync_map`]. The
+    /// kernel drops the entry of a file opened for writing (see `forget_verdict`), so the map is
+    /// read first: what the policy still allows goes back in.
     pub fn apply_allowed(&mut self, allowed: &SortedMap<FileKey, BanEntry>) -> Result<ApplyStats> {
+        self.installed_allowed = read_map(self.map_mut(names::ALLOWED_FILES_MAP)?)?;
         let map = self.maps.get(names::ALLOWED_FILES_MAP).expect("loaded");
         sync_kernel_map(map, &mut self.installed_allowed, allowed)
             .context("updating the allowed files")
