@@ -67,7 +67,10 @@ pub fn file_mprotect(ctx: LsmContext) -> i32 {
     mapping_verdict(&ctx, vma.and_then(Vma::file), prot, Operation::Mprotect)
 }
 
-/// The verdict on an executable mapping of `file` (anonymous mappings have none).
+/// The verdict on an executable mapping of `file` (anonymous mappings have none). Inlined: an
+/// `Option<File>` passed to a function of its own leaves the payload register of `None` unset,
+/// which the verifier refuses to read.
+#[inline(always)]
 fn mapping_verdict(ctx: &LsmContext, file: Option<File>, prot: u64, operation: Operation) -> i32 {
     if prot & PROT_EXEC == 0 {
         return ALLOW;
