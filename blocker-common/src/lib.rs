@@ -590,7 +590,10 @@ pub mod setting {
     /// or a directory above it is owned by someone other than root, or writable by group or
     /// others (see `trusted_path`). A file `ALLOWED_FILES` names is exempt.
     pub const UNTRUSTED_PATHS: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// Lockdown (a policy's `default`): what to do with the exec or executable mapping of a
+    /// file `ALLOWED_FILES` does not name.
+    pub const LOCKDOWN: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// `rule_id` of events about fileless execs, which no rule but the policy's setting decides.
@@ -599,6 +602,8 @@ pub const FILELESS_RULE_ID: u32 = u32::MAX;
 pub const UNHASHABLE_RULE_ID: u32 = u32::MAX - 1;
 /// `rule_id` of events about execs and mappings of files on an untrusted path.
 pub const UNTRUSTED_PATH_RULE_ID: u32 = u32::MAX - 2;
+/// `rule_id` of events about execs and mappings of files no trust source names, in lockdown.
+pub const LOCKDOWN_RULE_ID: u32 = u32::MAX - 3;
 
 /// How the kernel judges the path of a file about to run (`setting::UNTRUSTED_PATHS`).
 pub mod trusted_path {

@@ -17,7 +17,7 @@ use crate::{
     kernel_types::{Bprm, File, Inode},
     maps::{increment, setting, BANNED_FILES},
     report::{lsm_verdict, report, Ban, Occurrence, ALLOW},
-    trusted_path::untrusted_path,
+    trusted_path::unallowed,
     verdict_cache,
 };
 
@@ -33,7 +33,7 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
 }
 
 /// The exec check by identity, then by the SHA-256 of the file against `BANNED_HASHES`
-/// (through the verdict cache), then the fileless and trusted-path settings. Sleepable because
+/// (through the verdict cache), then the fileless setting, lockdown and trusted paths. Sleepable because
 /// `bpf_ima_file_hash` may read the file; the kernel then allows only array, hash, LRU and ring
 /// buffer maps here, which is all this uses.
 #[lsm(hook = "bprm_check_security", sleepable)]
@@ -56,7 +56,7 @@ pub fn bprm_check_content(ctx: LsmContext) -> i32 {
         verdict_cache::banned_content(exec_file, inode, key, &verdict_cache::EXEC_COUNTERS)
     })
     .or_else(|| fileless_ban(inode, key));
-    let ban = strictest(ban, || untrusted_path(file, inode, key));
+    let ban = strictest(ban, || unallowed(file, inode, key));
     let Some(ban) = ban else {
         return ALLOW;
     };
@@ -81,13 +81,14 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
 }
 
 /// Looks the file of `bprm` up in the ban list, then applies the fileless setting to a file
-/// with no name on disk and the trusted-path setting; reports a hit and returns its action.
+/// with no name on disk, lockdown and the trusted-path setting; reports a hit and returns its
+/// action.
 fn check_exec<C: EbpfContext>(ctx: &C, bprm: Bprm, backend: Backend) -> Option<u32> {
     let file = bprm.file()?;
     let inode = file.inode()?;
     let key = inode.key()?;
     let ban = banned_identity(ctx, inode, key).or_else(|| fileless_ban(inode, key));
-    let ban = strictest(ban, || untrusted_path(file, inode, key))?;
+    let ban = strictest(ban, || unallowed(file, inode, key))?;
     report(&ban, &exec_occurrence(bprm, backend));
     Some(ban.entry.action)
 }
@@ -119,7 +120,7 @@ pub fn banned_identity<C: EbpfContext>(ctx: &C, inode: Inode, key: FileKey) -> O
 
 /// The stricter of `first` and what `then` finds: a deny as soon as either says so, otherwise
 /// the first that names the file. So an `audit` rule naming a file never hides a `deny` content
-/// rule for the same bytes, nor an audited ban a refused untrusted path. Both are made whole (`Ban::NOTHING` for none) before they are
+/// rule for the same bytes, nor an audited ban a refusal by lockdown or for an untrusted path. Both are made whole (`Ban::NOTHING` for none) before they are
 /// compared: merging an `Option` whose payload is unset leaves a register the verifier refuses
 /// to read.
 #[inline(always)]

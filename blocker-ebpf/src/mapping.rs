@@ -9,7 +9,7 @@ use crate::{
     hook_arguments,
     kernel_types::{File, Vma},
     report::{lsm_verdict, report, Ban, Occurrence, ALLOW},
-    trusted_path::untrusted_path,
+    trusted_path::unallowed,
     verdict_cache,
 };
 
@@ -54,7 +54,7 @@ pub fn mmap_file_content(ctx: LsmContext) -> i32 {
     })
     .or_else(|| fileless_ban(inode, key));
     mapping_report(
-        strictest(ban, || untrusted_path(file, inode, key)),
+        strictest(ban, || unallowed(file, inode, key)),
         Operation::Mmap,
     )
 }
@@ -86,7 +86,7 @@ fn mapping_verdict(ctx: &LsmContext, file: Option<File>, prot: u64, operation: O
     };
     mapping_report(
         strictest(banned_identity(ctx, inode, key), || {
-            untrusted_path(file, inode, key)
+            unallowed(file, inode, key)
         }),
         operation,
     )

@@ -1,10 +1,13 @@
-//! Trusted-path execution: a file may run only if it and every directory above it, across
-//! mounts, are owned by root and writable by no one else, unless an `allow` rule names it. So a
-//! copy a user made (in a home directory, `/tmp`, `/dev/shm`, a user-owned tree under `/opt`)
-//! cannot run, however its bytes were changed. Applied by the exec and executable-mapping
-//! checks of both backends while `setting::UNTRUSTED_PATHS` is not allow.
+//! The two checks of files no rule bans, applied by the exec and executable-mapping checks of
+//! both backends; a file `ALLOWED_FILES` names skips both. Lockdown (`setting::LOCKDOWN`): no
+//! other file may run. Trusted-path execution (`setting::UNTRUSTED_PATHS`): a file may run only
+//! if it and every directory above it, across mounts, are owned by root and writable by no one
+//! else. So a copy a user made (in a home directory, `/tmp`, `/dev/shm`, a user-owned tree
+//! under `/opt`) cannot run, however its bytes were changed.
 
-use blocker_common::{setting, trusted_path, Action, BanEntry, FileKey, UNTRUSTED_PATH_RULE_ID};
+use blocker_common::{
+    setting, trusted_path, Action, BanEntry, FileKey, LOCKDOWN_RULE_ID, UNTRUSTED_PATH_RULE_ID,
+};
 
 use crate::{
     kernel_types::{Dentry, File, Inode},
@@ -12,25 +15,43 @@ use crate::{
     report::{Ban, Offender},
 };
 
-/// The trusted-path setting's ban of `file` (inode `inode`, identity `key`) if its path is
-/// untrusted and no `allow` rule names it.
+/// The ban of `file` (inode `inode`, identity `key`) by lockdown or the trusted-path setting,
+/// the stricter, unless `ALLOWED_FILES` names it. Lockdown's `deny` needs no walk; otherwise an
+/// untrusted path is reported with what made it so (its setting is then at least as strict as
+/// lockdown's `audit` or `allow`), and lockdown's `audit` covers the rest.
 #[inline(always)]
-pub fn untrusted_path(file: File, inode: Inode, key: FileKey) -> Option<Ban> {
-    let action = setting(setting::UNTRUSTED_PATHS);
-    if action == Action::Allow.wire() || allowed(inode, key) {
+pub fn unallowed(file: File, inode: Inode, key: FileKey) -> Option<Ban> {
+    let lockdown = setting(setting::LOCKDOWN);
+    let untrusted_paths = setting(setting::UNTRUSTED_PATHS);
+    let allow = Action::Allow.wire();
+    if (lockdown == allow && untrusted_paths == allow) || allowed(inode, key) {
         return None;
     }
-    let offender = offender(file)?;
-    Some(Ban {
+    if lockdown == Action::Deny.wire() {
+        return Some(setting_ban(key, LOCKDOWN_RULE_ID, lockdown));
+    }
+    if untrusted_paths != allow {
+        if let Some(offender) = offender(file) {
+            return Some(Ban {
+                offender,
+                ..setting_ban(key, UNTRUSTED_PATH_RULE_ID, untrusted_paths)
+            });
+        }
+    }
+    (lockdown != allow).then(|| setting_ban(key, LOCKDOWN_RULE_ID, lockdown))
+}
+
+#[inline(always)]
+fn setting_ban(key: FileKey, rule_id: u32, action: u32) -> Ban {
+    Ban::new(
         key,
-        entry: BanEntry {
-            rule_id: UNTRUSTED_PATH_RULE_ID,
+        BanEntry {
+            rule_id,
             action,
             generation: 0,
             flags: 0,
         },
-        offender,
-    })
+    )
 }
 
 /// Whether an `allow` rule names the inode (generation included).

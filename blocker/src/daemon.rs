@@ -1191,6 +1191,8 @@ pub(crate) fn rules_named_in_events<'a>(
         .iter()
         .chain(&resolution.fileless_rule)
         .chain(&resolution.unhashable_rule)
+        .chain(&resolution.untrusted_path_rule)
+        .chain(&resolution.lockdown_rule)
         .chain(retired_rules.values())
 }
 

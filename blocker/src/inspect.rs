@@ -70,11 +70,14 @@ fn device(identity: &FileIdentity) -> String {
     format!("{major}:{minor}")
 }
 
-/// Whether the kernel entry for this match's file is this match's rule.
+/// Whether the kernel entry for this match's file (in the ban map, or in the allowed-files map
+/// for an `allow` rule) is this match's rule.
 fn is_in_force(resolution: &Resolution, rule_id: u32, identity: &FileIdentity) -> bool {
-    resolution
-        .entries
-        .get(&identity.key)
+    let map = match resolution.own_rule(rule_id).action {
+        policy::Action::Allow => &resolution.allowed,
+        policy::Action::Audit | policy::Action::Deny => &resolution.entries,
+    };
+    map.get(&identity.key)
         .is_some_and(|entry| entry.rule_id == rule_id)
 }
 
@@ -117,9 +120,10 @@ fn print_resolution(resolution: &Resolution) {
         println!("warning: {warning}");
     }
     println!(
-        "{} rules, {} files banned, {} identifiers matched nothing",
+        "{} rules, {} files banned, {} files allowed, {} identifiers matched nothing",
         resolution.rules.len(),
         resolution.entries.len(),
+        resolution.allowed.len(),
         resolution.unresolved.len()
     );
 }
@@ -183,6 +187,7 @@ fn resolution_json(resolution: &Resolution) -> Value {
         "protected": protected,
         "warnings": resolution.warnings,
         "banned_files": resolution.entries.len(),
+        "allowed_files": resolution.allowed.len(),
         "scan": resolution.scan.map(|s| json!({
             "candidates": s.candidates, "read": s.read, "cached": s.cached,
             "skipped": s.skipped, "bytes_read": s.bytes_read,
@@ -277,7 +282,7 @@ pub fn explain(path: &Path, policy_dir: &Path) -> Result<ExitCode> {
             .partition(|verdict| resolution.may_ban_critical(verdict.rule_id, critical));
         if allowed.is_empty() {
             println!(
-                "{}: never banned, nor refused for its path: {} ({identity})",
+                "{}: never banned nor refused (the safety net): {} ({identity})",
                 escaped(&path),
                 critical.why
             );
@@ -335,7 +340,8 @@ pub fn explain(path: &Path, policy_dir: &Path) -> Result<ExitCode> {
     })
 }
 
-/// The rest of `explain` for a file no rule bans: what trusted-path execution does with it.
+/// The rest of `explain` for a file no rule bans: what lockdown and trusted-path execution do
+/// with it.
 fn explain_path(
     path: &Path,
     resolution: &Resolution,
@@ -343,41 +349,62 @@ fn explain_path(
     identity: &str,
 ) -> Result<ExitCode> {
     let rules = resolution.rules.len();
-    let not_banned = format!(
+    println!(
         "{}: not banned: none of the {rules} rules bans this file by path, prefix, glob, package, \
          Flatpak app or snap, and none lists its content ({identity})",
         escaped(&path)
     );
-    println!("{not_banned}");
-    let setting = resolution.untrusted_paths;
-    let Some(pseudo_rule) = &resolution.untrusted_path_rule else {
+    if resolution.lockdown_rule.is_none() && resolution.untrusted_path_rule.is_none() {
         return Ok(ExitCode::from(EXIT_NOT_BANNED));
-    };
+    }
     if let Some(allow) = allowed_by {
         let rule = resolution.own_rule(allow.rule_id);
         println!(
-            "  allowed by rule {} (policy {}) via {}: exempt from the trusted-path check",
+            "  allowed by rule {} (policy {}) via {}: exempt from lockdown and the trusted-path \
+             check",
             rule.id, rule.policy, allow.via
         );
         return Ok(ExitCode::from(EXIT_NOT_BANNED));
     }
-    let named = format!(
-        "untrusted_paths = \"{}\" (policy {})",
-        setting.name(),
-        pseudo_rule.policy
-    );
-    let untrusted = crate::trusted_path::untrusted(path)
-        .with_context(|| format!("checking the directories above {}", escaped(&path)))?;
-    let Some(untrusted) = untrusted else {
-        println!("  on a trusted path: it and every directory above it are root's and writable by no one else ({named})");
-        return Ok(ExitCode::from(EXIT_NOT_BANNED));
-    };
-    let verdict = match setting {
+    let verdict = |setting: SettingAction| match setting {
         SettingAction::Deny => "refused",
         SettingAction::Audit | SettingAction::Allow => "audited",
     };
-    println!("  {verdict} as an untrusted path by {named}: {untrusted}; no allow rule names it");
-    Ok(if setting == SettingAction::Deny {
+    let mut strictest = SettingAction::Allow;
+    if let Some(pseudo_rule) = &resolution.lockdown_rule {
+        let setting = resolution.lockdown;
+        println!(
+            "  {} by lockdown: default = \"{}\" (policy {}), and no allow rule names it",
+            verdict(setting),
+            setting.name(),
+            pseudo_rule.policy
+        );
+        strictest = strictest.max(setting);
+    }
+    if let Some(pseudo_rule) = &resolution.untrusted_path_rule {
+        let setting = resolution.untrusted_paths;
+        let named = format!(
+            "untrusted_paths = \"{}\" (policy {})",
+            setting.name(),
+            pseudo_rule.policy
+        );
+        let untrusted = crate::trusted_path::untrusted(path)
+            .with_context(|| format!("checking the directories above {}", escaped(&path)))?;
+        match untrusted {
+            Some(untrusted) => {
+                println!(
+                    "  {} as an untrusted path by {named}: {untrusted}; no allow rule names it",
+                    verdict(setting)
+                );
+                strictest = strictest.max(setting);
+            }
+            None => println!(
+                "  on a trusted path: it and every directory above it are root's and writable by \
+                 no one else ({named})"
+            ),
+        }
+    }
+    Ok(if strictest == SettingAction::Deny {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_NOT_BANNED)

@@ -12,7 +12,8 @@ use std::{
 };
 
 use blocker_common::{
-    BanEntry, FileKey, FILELESS_RULE_ID, UNHASHABLE_RULE_ID, UNTRUSTED_PATH_RULE_ID,
+    BanEntry, FileKey, FILELESS_RULE_ID, LOCKDOWN_RULE_ID, UNHASHABLE_RULE_ID,
+    UNTRUSTED_PATH_RULE_ID,
 };
 use sha2::{Digest, Sha256 as Sha256Hasher};
 
@@ -183,6 +184,10 @@ pub struct Resolution {
     pub untrusted_paths: SettingAction,
     /// Events about untrusted paths name this pseudo-rule.
     pub untrusted_path_rule: Option<RuleInfo>,
+    /// What the kernel does with files no trust source names (a policy's `default`).
+    pub lockdown: SettingAction,
+    /// Events about files refused or audited by lockdown name this pseudo-rule.
+    pub lockdown_rule: Option<RuleInfo>,
     /// The files no rule may ban, unless its `ban_critical_files` names them.
     critical: BTreeMap<FileKey, CriticalFile>,
     /// The map's budget and what the entries took of it.
@@ -195,6 +200,7 @@ impl Resolution {
             FILELESS_RULE_ID => return self.fileless_rule.as_ref(),
             UNHASHABLE_RULE_ID => return self.unhashable_rule.as_ref(),
             UNTRUSTED_PATH_RULE_ID => return self.untrusted_path_rule.as_ref(),
+            LOCKDOWN_RULE_ID => return self.lockdown_rule.as_ref(),
             _ => {}
         }
         self.positions
@@ -209,6 +215,7 @@ impl Resolution {
             unhashable: self.unhashable.kernel_value(),
             hash_limit_mib: self.hash_limit_mib,
             untrusted_paths: self.untrusted_paths.kernel_value(),
+            lockdown: self.lockdown.kernel_value(),
         }
     }
 
@@ -394,6 +401,7 @@ pub fn resolve_within(
     let (fileless, fileless_policy) = policy.fileless();
     let (unhashable, unhashable_policy) = policy.unhashable();
     let (untrusted_paths, untrusted_paths_policy) = policy.untrusted_paths();
+    let (lockdown, lockdown_policy) = policy.lockdown();
     let mut resolution = Resolution {
         scan: scanned.map(|report| report.stats),
         fileless,
@@ -423,6 +431,14 @@ pub fn resolve_within(
             untrusted_paths_policy,
             "runs a file on an untrusted path: it or a directory above it is owned by someone \
              other than root or writable by group or others, and no allow rule names it",
+        ),
+        lockdown,
+        lockdown_rule: setting_rule(
+            LOCKDOWN_RULE_ID,
+            "lockdown",
+            lockdown,
+            lockdown_policy,
+            "runs a file no allow rule names (lockdown: the policy's default)",
         ),
         spending: Spending::new(budget),
         ..Resolution::default()
@@ -987,6 +1003,7 @@ pub fn kernel_rule_ids(policy: &Policy) -> Vec<u32> {
         FILELESS_RULE_ID,
         UNHASHABLE_RULE_ID,
         UNTRUSTED_PATH_RULE_ID,
+        LOCKDOWN_RULE_ID,
     ]);
     policy
         .rules

@@ -123,6 +123,8 @@ pub struct ExecSettings {
     pub hash_limit_mib: u32,
     /// Execs and executable mappings of files on untrusted paths.
     pub untrusted_paths: u32,
+    /// Execs and executable mappings of files no trust source names.
+    pub lockdown: u32,
 }
 
 /// The programs in force and their maps. Dropping it detaches the programs unless they are
@@ -681,7 +683,9 @@ impl Enforcer {
         self.set_setting(setting::HASH_LIMIT_MIB, settings.hash_limit_mib)
             .context("setting the hash limit")?;
         self.set_setting(setting::UNTRUSTED_PATHS, settings.untrusted_paths)
-            .context("setting the trusted-path policy")
+            .context("setting the trusted-path policy")?;
+        self.set_setting(setting::LOCKDOWN, settings.lockdown)
+            .context("setting lockdown")
     }
 
     fn set_setting(&mut self, index: u32, value: u32) -> Result<()> {

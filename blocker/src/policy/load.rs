@@ -128,6 +128,7 @@ pub(crate) fn parse_sources_guarded(
             unhashable: parsed.unhashable,
             hash_limit_mib,
             untrusted_paths: parsed.untrusted_paths,
+            lockdown: parsed.lockdown,
         });
     }
     if errors.is_empty() {

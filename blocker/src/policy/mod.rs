@@ -192,6 +192,8 @@ pub struct PolicyHeader {
     pub hash_limit_mib: Option<u32>,
     /// As written; [`Policy::untrusted_paths`] is what applies.
     pub untrusted_paths: Option<SettingAction>,
+    /// `default` as written; [`Policy::lockdown`] is what applies.
+    pub lockdown: Option<SettingAction>,
 }
 
 /// All rules of a policy directory, in file order then rule order.
@@ -218,6 +220,12 @@ impl Policy {
     /// kernel does with a file on an untrusted path that no `allow` rule names.
     pub fn untrusted_paths(&self) -> (SettingAction, Option<&str>) {
         self.strictest(|header| header.untrusted_paths, SettingAction::Allow)
+    }
+
+    /// The strictest `default` of all files, as [`Policy::fileless`]: what the kernel does with
+    /// a file no trust source (an `allow` rule, the safety net) names.
+    pub fn lockdown(&self) -> (SettingAction, Option<&str>) {
+        self.strictest(|header| header.lockdown, SettingAction::Allow)
     }
 
     fn strictest(
@@ -316,6 +324,27 @@ mod tests {
         let message = single_error(&[("p.toml", "name = \"p\"\nuntrusted_paths = \"on\"\n")]);
         assert!(
             message.starts_with("p.toml:2:19: untrusted_paths: unknown variant `on`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn the_strictest_default_applies_and_bad_ones_are_located() {
+        let text = |name: &str, extra: &str| format!("name = \"{name}\"\n{extra}\n");
+        let one = parse(&[("a.toml", &text("a", ""))]).unwrap();
+        assert_eq!(one.lockdown(), (SettingAction::Allow, None));
+        let (a, b) = (
+            text("a", "default = \"deny\""),
+            text("b", "default = \"audit\""),
+        );
+        let both = parse(&[("a.toml", &a), ("b.toml", &b)]).unwrap();
+        assert_eq!(both.lockdown(), (SettingAction::Deny, Some("a")));
+        let monitored = text("a", "default = \"deny\"\nmode = \"monitor\"");
+        let monitored = parse(&[("a.toml", &monitored)]).unwrap();
+        assert_eq!(monitored.lockdown().0, SettingAction::Audit);
+        let message = single_error(&[("p.toml", "name = \"p\"\ndefault = \"lockdown\"\n")]);
+        assert!(
+            message.starts_with("p.toml:2:11: default: unknown variant `lockdown`"),
             "{message}"
         );
     }

@@ -1,7 +1,8 @@
-//! Trusted-path execution (`untrusted_paths`) and `allow` rules on Debian's kernel (run inside
-//! the VM by `cargo xtask test`): a modified copy of a banned program where a user can write
-//! cannot run, whatever its bytes; programs on root's paths, allowed files and the safety net
-//! run; a ban beats an allow; an allowed file rewritten in place loses its allowance.
+//! Trusted-path execution (`untrusted_paths`), lockdown (`default`) and `allow` rules on Debian's
+//! kernel (run inside the VM by `cargo xtask test`): a modified copy of a banned program where a
+//! user can write cannot run, whatever its bytes; programs on root's paths, allowed files and
+//! the safety net run; a ban beats an allow; an allowed file rewritten in place loses its
+//! allowance; in lockdown only allowed files and the safety net run.
 
 use std::{
     io::Write,
@@ -87,11 +88,11 @@ impl Programs {
         })
     }
 
-    /// A policy setting `untrusted_paths` to `setting`, banning `banned` and
-    /// `allowed_and_banned`, allowing `allowed` and `allowed_and_banned`.
-    fn policy(&self, setting: &str) -> String {
+    /// A policy with `header`'s settings, banning `banned` and `allowed_and_banned`, allowing
+    /// `allowed` and `allowed_and_banned`.
+    fn policy(&self, header: &str) -> String {
         format!(
-            "name = \"test\"\nuntrusted_paths = \"{setting}\"\n\n\
+            "name = \"test\"\n{header}\n\n\
              [[rule]]\nid = \"ban\"\npaths = [{:?}]\n\n\
              [[rule]]\nid = \"ban-allowed\"\npaths = [{:?}]\n\n\
              [[rule]]\nid = \"tools\"\naction = \"allow\"\npaths = [{:?}, {:?}]\n",
@@ -103,8 +104,8 @@ impl Programs {
     }
 }
 
-fn start(sandbox: &Sandbox, programs: &Programs, setting: &str, backend: &str) -> Result<Daemon> {
-    sandbox.write_policy("test.toml", &programs.policy(setting))?;
+fn start(sandbox: &Sandbox, programs: &Programs, header: &str, backend: &str) -> Result<Daemon> {
+    sandbox.write_policy("test.toml", &programs.policy(header))?;
     let (daemon, started) = Daemon::start(&sandbox.policy_dir(), &["--backend", backend])?;
     ensure!(started["backend"] == backend, "{started}");
     Ok(daemon)
@@ -140,6 +141,20 @@ fn untrusted_record(
     Ok(record)
 }
 
+/// `blocker explain FILE` with the sandbox's policies: its exit code and output.
+fn explain(file: &Path, sandbox: &Sandbox) -> Result<(Option<i32>, String)> {
+    let explained = Command::new(blocker_bin())
+        .arg("explain")
+        .arg(file)
+        .arg("--policy-dir")
+        .arg(sandbox.policy_dir())
+        .output()?;
+    Ok((
+        explained.status.code(),
+        String::from_utf8_lossy(&explained.stdout).into_owned(),
+    ))
+}
+
 fn offender(levels_above: u32, owner: u32, mode: &str) -> Value {
     serde_json::json!({ "levels_above": levels_above, "owner": owner, "mode": mode })
 }
@@ -148,7 +163,7 @@ fn offender(levels_above: u32, owner: u32, mode: &str) -> Value {
 fn deny_refuses_modified_copies_where_users_write_and_lets_the_rest_run() -> Result<()> {
     let sandbox = Sandbox::new("untrusted-deny")?;
     let programs = Programs::new(&sandbox)?;
-    let mut daemon = start(&sandbox, &programs, "deny", "lsm")?;
+    let mut daemon = start(&sandbox, &programs, "untrusted_paths = \"deny\"", "lsm")?;
 
     refused(&programs.banned)?;
     ensure!(daemon.wait_for_exec(&programs.banned)?["rule"] == "ban");
@@ -220,30 +235,17 @@ fn deny_refuses_modified_copies_where_users_write_and_lets_the_rest_run() -> Res
         .status
         .success());
 
-    let policy_dir = sandbox.policy_dir();
-    let explained = Command::new(blocker_bin())
-        .arg("explain")
-        .arg(&programs.home_copy)
-        .arg("--policy-dir")
-        .arg(&policy_dir)
-        .output()?;
-    let stdout = String::from_utf8_lossy(&explained.stdout);
-    ensure!(explained.status.code() == Some(0), "explain: {explained:?}");
+    let (code, stdout) = explain(&programs.home_copy, &sandbox)?;
+    ensure!(code == Some(0), "explain: {stdout}");
     ensure!(
         stdout.contains("refused as an untrusted path")
             && stdout.contains("is not owned by root (owner uid 1000, mode 0755)"),
         "{stdout}"
     );
-    let explained = Command::new(blocker_bin())
-        .arg("explain")
-        .arg(&programs.allowed)
-        .arg("--policy-dir")
-        .arg(&policy_dir)
-        .output()?;
-    let stdout = String::from_utf8_lossy(&explained.stdout);
+    let (code, stdout) = explain(&programs.allowed, &sandbox)?;
     ensure!(
-        explained.status.code() == Some(1) && stdout.contains("allowed by rule tools"),
-        "{explained:?}"
+        code == Some(1) && stdout.contains("allowed by rule tools"),
+        "{stdout}"
     );
 
     let (status, _, _) = daemon.stop()?;
@@ -256,7 +258,7 @@ fn deny_refuses_modified_copies_where_users_write_and_lets_the_rest_run() -> Res
 fn audit_reports_untrusted_paths_and_lets_them_run() -> Result<()> {
     let sandbox = Sandbox::new("untrusted-audit")?;
     let programs = Programs::new(&sandbox)?;
-    let mut daemon = start(&sandbox, &programs, "audit", "lsm")?;
+    let mut daemon = start(&sandbox, &programs, "untrusted_paths = \"audit\"", "lsm")?;
     runs(&programs.home_copy)?;
     let record = untrusted_record(
         &mut daemon,
@@ -282,7 +284,7 @@ fn audit_reports_untrusted_paths_and_lets_them_run() -> Result<()> {
 fn the_kill_backend_kills_programs_on_untrusted_paths() -> Result<()> {
     let sandbox = Sandbox::new("untrusted-kill")?;
     let programs = Programs::new(&sandbox)?;
-    let mut daemon = start(&sandbox, &programs, "deny", "kill")?;
+    let mut daemon = start(&sandbox, &programs, "untrusted_paths = \"deny\"", "kill")?;
     let (_, status) = run_as_launcher(&programs.home_copy)?;
     ensure!(
         std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGKILL),
@@ -296,6 +298,52 @@ fn the_kill_backend_kills_programs_on_untrusted_paths() -> Result<()> {
     )?;
     runs(&programs.trusted_copy)?;
     runs(&programs.allowed)?;
+    let (status, _, _) = daemon.stop()?;
+    ensure!(status.success());
+    Ok(())
+}
+
+#[test]
+fn lockdown_lets_only_allowed_files_and_the_safety_net_run() -> Result<()> {
+    let sandbox = Sandbox::new("lockdown-deny")?;
+    let programs = Programs::new(&sandbox)?;
+    let mut daemon = start(&sandbox, &programs, "default = \"deny\"", "lsm")?;
+    // On root's path, named by no allow rule.
+    refused(&programs.trusted_copy)?;
+    let record = daemon.wait_for_exec(&programs.trusted_copy)?;
+    ensure!(record["rule"] == "lockdown", "{record}");
+    ensure!(record.get("untrusted_path").is_none(), "{record}");
+    refused(&programs.home_copy)?;
+    ensure!(daemon.wait_for_exec(&programs.home_copy)?["rule"] == "lockdown");
+    let loaded = Command::new(LOADER).arg(&programs.trusted_copy).status()?;
+    ensure!(
+        !loaded.success(),
+        "ld.so ran a file lockdown refuses: {loaded}"
+    );
+    runs(&programs.allowed)?;
+    refused(&programs.allowed_and_banned)?;
+    ensure!(daemon.wait_for_exec(&programs.allowed_and_banned)?["rule"] == "ban-allowed");
+    ensure!(Command::new("/bin/sh")
+        .args(["-c", "true"])
+        .status()?
+        .success());
+    let (code, stdout) = explain(&programs.trusted_copy, &sandbox)?;
+    ensure!(
+        code == Some(0) && stdout.contains("refused by lockdown: default = \"deny\""),
+        "{stdout}"
+    );
+    let (status, _, _) = daemon.stop()?;
+    ensure!(status.success());
+    runs(&programs.trusted_copy)?;
+
+    // Audit first: everything runs, and what lockdown would refuse is recorded.
+    let mut daemon = start(&sandbox, &programs, "default = \"audit\"", "lsm")?;
+    runs(&programs.trusted_copy)?;
+    let record = daemon.wait_for_exec(&programs.trusted_copy)?;
+    ensure!(
+        record["rule"] == "lockdown" && record["action"] == "audit",
+        "{record}"
+    );
     let (status, _, _) = daemon.stop()?;
     ensure!(status.success());
     Ok(())
