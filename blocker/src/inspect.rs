@@ -463,4 +463,40 @@ mod tests {
         let not_banned = explain(Path::new("/bin/sh"), dir.path()).unwrap();
         assert_eq!(not_banned, ExitCode::from(EXIT_NOT_BANNED));
     }
+
+    #[test]
+    fn explain_refuses_what_lockdown_and_trusted_paths_refuse_unless_allowed() {
+        use std::os::unix::fs::PermissionsExt;
+        let shared = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let program = shared.path().join("program");
+        std::fs::write(&program, b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let explained = |header: &str, path: &Path| {
+            let dir = tempfile::tempdir().unwrap();
+            let allow = format!(
+                "[[rule]]\nid = \"tool\"\naction = \"allow\"\npaths = [{:?}]\n",
+                program.display().to_string()
+            );
+            let text = format!("name = \"p\"\n{header}\n{allow}");
+            std::fs::write(dir.path().join("p.toml"), text).unwrap();
+            explain(path, dir.path()).unwrap()
+        };
+        let refused = ExitCode::SUCCESS;
+        let runs = ExitCode::from(EXIT_NOT_BANNED);
+        let ls = Path::new("/bin/ls");
+        assert_eq!(explained("untrusted_paths = \"deny\"", ls), runs);
+        assert_eq!(explained("untrusted_paths = \"audit\"", ls), runs);
+        assert_eq!(explained("default = \"deny\"", ls), refused);
+        assert_eq!(explained("default = \"audit\"", ls), runs);
+        // Named by the allow rule: exempt from both.
+        assert_eq!(explained("untrusted_paths = \"deny\"", &program), runs);
+        assert_eq!(explained("default = \"deny\"", &program), runs);
+        // The safety net.
+        assert_eq!(explained("default = \"deny\"", Path::new("/bin/sh")), runs);
+        let unnamed = shared.path().join("copy");
+        std::fs::copy(&program, &unnamed).unwrap();
+        assert_eq!(explained("untrusted_paths = \"deny\"", &unnamed), refused);
+        assert_eq!(explained("untrusted_paths = \"audit\"", &unnamed), runs);
+    }
 }

@@ -306,47 +306,29 @@ mod tests {
     }
 
     #[test]
-    fn the_strictest_untrusted_paths_setting_applies_and_bad_ones_are_located() {
-        let text = |name: &str, extra: &str| {
-            format!("name = \"{name}\"\n{extra}\n[[rule]]\nid = \"{name}\"\npaths = [\"/x\"]\n")
-        };
-        let one = parse(&[("a.toml", &text("a", ""))]).unwrap();
-        assert_eq!(one.untrusted_paths(), (SettingAction::Allow, None));
-        let (a, b) = (
-            text("a", "untrusted_paths = \"audit\""),
-            text("b", "untrusted_paths = \"deny\""),
-        );
-        let both = parse(&[("a.toml", &a), ("b.toml", &b)]).unwrap();
-        assert_eq!(both.untrusted_paths(), (SettingAction::Deny, Some("b")));
-        let monitored = text("a", "untrusted_paths = \"deny\"\nmode = \"monitor\"");
-        let monitored = parse(&[("a.toml", &monitored)]).unwrap();
-        assert_eq!(monitored.untrusted_paths().0, SettingAction::Audit);
-        let message = single_error(&[("p.toml", "name = \"p\"\nuntrusted_paths = \"on\"\n")]);
-        assert!(
-            message.starts_with("p.toml:2:19: untrusted_paths: unknown variant `on`"),
-            "{message}"
-        );
-    }
-
-    #[test]
-    fn the_strictest_default_applies_and_bad_ones_are_located() {
-        let text = |name: &str, extra: &str| format!("name = \"{name}\"\n{extra}\n");
-        let one = parse(&[("a.toml", &text("a", ""))]).unwrap();
-        assert_eq!(one.lockdown(), (SettingAction::Allow, None));
-        let (a, b) = (
-            text("a", "default = \"deny\""),
-            text("b", "default = \"audit\""),
-        );
-        let both = parse(&[("a.toml", &a), ("b.toml", &b)]).unwrap();
-        assert_eq!(both.lockdown(), (SettingAction::Deny, Some("a")));
-        let monitored = text("a", "default = \"deny\"\nmode = \"monitor\"");
-        let monitored = parse(&[("a.toml", &monitored)]).unwrap();
-        assert_eq!(monitored.lockdown().0, SettingAction::Audit);
-        let message = single_error(&[("p.toml", "name = \"p\"\ndefault = \"lockdown\"\n")]);
-        assert!(
-            message.starts_with("p.toml:2:11: default: unknown variant `lockdown`"),
-            "{message}"
-        );
+    fn the_strictest_untrusted_paths_and_default_apply_and_bad_ones_are_located() {
+        type Applied = fn(&Policy) -> (SettingAction, Option<&str>);
+        let settings: [(&str, Applied); 2] = [
+            ("untrusted_paths", Policy::untrusted_paths),
+            ("default", Policy::lockdown),
+        ];
+        for (key, applied) in settings {
+            let text = |name: &str, value: &str| format!("name = \"{name}\"\n{key} = {value}\n");
+            let one = parse(&[("a.toml", "name = \"a\"\n")]).unwrap();
+            assert_eq!(applied(&one), (SettingAction::Allow, None), "{key}");
+            let (a, b) = (text("a", "\"audit\""), text("b", "\"deny\""));
+            let both = parse(&[("a.toml", &a), ("b.toml", &b)]).unwrap();
+            assert_eq!(applied(&both), (SettingAction::Deny, Some("b")), "{key}");
+            let monitored = text("a", "\"deny\"\nmode = \"monitor\"");
+            let monitored = parse(&[("a.toml", &monitored)]).unwrap();
+            assert_eq!(applied(&monitored).0, SettingAction::Audit, "{key}");
+            let message = single_error(&[("p.toml", &text("p", "\"on\""))]);
+            let column = key.len() + 4;
+            assert!(
+                message.starts_with(&format!("p.toml:2:{column}: {key}: unknown variant `on`")),
+                "{message}"
+            );
+        }
     }
 
     #[test]
