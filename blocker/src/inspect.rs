@@ -384,7 +384,7 @@ fn explain_path(
     if let Some(pseudo_rule) = &resolution.untrusted_path_rule {
         let setting = resolution.untrusted_paths;
         let named = format!(
-            "untrusted_paths = \"{}\" (policy {})",
+            "untrusted_paths = \"{}\", policy {}",
             setting.name(),
             pseudo_rule.policy
         );
@@ -393,7 +393,7 @@ fn explain_path(
         match untrusted {
             Some(untrusted) => {
                 println!(
-                    "  {} as an untrusted path by {named}: {untrusted}; no allow rule names it",
+                    "  {} as an untrusted path ({named}): {untrusted}; no allow rule names it",
                     verdict(setting)
                 );
                 strictest = strictest.max(setting);
