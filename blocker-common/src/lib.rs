@@ -22,6 +22,7 @@ pub mod names {
     pub const PROTECTED_INODES_MAP: &str = "PROTECTED_INODES";
     pub const PROTECTED_BPF_OBJECTS_MAP: &str = "PROTECTED_BPF_OBJECTS";
     pub const HEARTBEAT_MAP: &str = "HEARTBEAT";
+    pub const ALLOWED_FILES_MAP: &str = "ALLOWED_FILES";
 }
 
 /// The LSM programs, each with its hook and the hook arguments it reads; the loader attaches a
@@ -317,6 +318,10 @@ impl HookArgumentPositions {
 /// large capacity costs nothing until a policy fills it.
 pub const BANNED_FILES_CAPACITY: u32 = 1 << 20;
 
+/// Capacity of the allowed-files map (`action = "allow"` rules by identity), allocated on use
+/// like the banned files.
+pub const ALLOWED_FILES_CAPACITY: u32 = 1 << 20;
+
 /// Default size of the event ring buffer in bytes (a power of two, a multiple of the page size);
 /// the daemon may set another at load time. About 3000 events fit in the default.
 pub const EVENTS_RING_BYTES: u32 = 1 << 20;
@@ -585,13 +590,41 @@ pub mod setting {
     /// Files larger than this many MiB are not hashed, in the kernel as in userspace; their
     /// execs are unhashable. Unset (0) means [`super::DEFAULT_HASH_LIMIT_MIB`].
     pub const HASH_LIMIT_MIB: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// What to do with the exec or executable mapping of a file on an untrusted path: the file
+    /// or a directory above it is owned by someone other than root, or writable by group or
+    /// others (see `trusted_path`). A file `ALLOWED_FILES` names is exempt.
+    pub const UNTRUSTED_PATHS: u32 = 5;
+    /// Lockdown (a policy's `default`): what to do with the exec or executable mapping of a
+    /// file `ALLOWED_FILES` does not name.
+    pub const LOCKDOWN: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// `rule_id` of events about fileless execs, which no rule but the policy's setting decides.
 pub const FILELESS_RULE_ID: u32 = u32::MAX;
 /// `rule_id` of events about execs and mappings whose content could not be hashed.
 pub const UNHASHABLE_RULE_ID: u32 = u32::MAX - 1;
+/// `rule_id` of events about execs and mappings of files on an untrusted path.
+pub const UNTRUSTED_PATH_RULE_ID: u32 = u32::MAX - 2;
+/// `rule_id` of events about execs and mappings of files no trust source names, in lockdown.
+pub const LOCKDOWN_RULE_ID: u32 = u32::MAX - 3;
+
+/// How the kernel judges the path of a file about to run (`setting::UNTRUSTED_PATHS`).
+pub mod trusted_path {
+    /// Inodes looked at, the file included: a walk that has not reached the root by then is
+    /// untrusted. Deeper than any installed program's directory.
+    pub const MAX_DEPTH: u32 = 24;
+    /// `S_IWGRP | S_IWOTH`: writable by someone other than the owner.
+    pub const SHARED_WRITE: u32 = 0o022;
+    /// `KernelEvent::detail` of an untrusted path whose walk did not finish: it hit
+    /// [`MAX_DEPTH`] or could not read a step (the owner is then reported as `u32::MAX`).
+    pub const WALK_UNFINISHED: u32 = u32::MAX;
+
+    /// Whether an inode with this owner and mode may be on a trusted path.
+    pub const fn trusted(owner: u32, mode: u32) -> bool {
+        owner == 0 && mode & SHARED_WRITE == 0
+    }
+}
 
 /// Flags of a [`BanEntry`].
 pub mod entry_flags {
@@ -779,7 +812,8 @@ pub struct KernelEvent {
     /// Bytes of `filename` in use, without the terminating NUL; 0 for mappings, which have no
     /// exec path.
     pub filename_len: u32,
-    /// For a refused tamper attempt, what was tried (see [`operation`]); otherwise 0.
+    /// For a refused tamper attempt, what was tried (see [`operation`]); for an untrusted path,
+    /// which inode made it so (see `offender_owner`); otherwise 0.
     pub detail: u32,
     /// Records of the same user, file and operation suppressed in the window before this one
     /// (see [`record_limit`]).
@@ -787,6 +821,12 @@ pub struct KernelEvent {
     /// Seconds since the daemon's last heartbeat, when it had gone silent without stopping
     /// (see [`Heartbeat`]); 0 while it answers.
     pub daemon_silent_secs: u32,
+    /// For an untrusted path (`UNTRUSTED_PATH_RULE_ID`): the owner of the inode that made it
+    /// untrusted, whose distance above the file is `detail` (0: the file itself,
+    /// [`trusted_path::WALK_UNFINISHED`]: the walk did not finish); otherwise 0.
+    pub offender_owner: u32,
+    /// The mode (`st_mode` bits) of that inode; otherwise 0.
+    pub offender_mode: u32,
     /// The file's SHA-256 where a content check computed it for this decision (now, or when the
     /// verdict was cached); [`UNKNOWN_CONTENT_HASH`] where none did.
     pub sha256: ContentHash,
@@ -853,6 +893,10 @@ pub struct KernelOffsets {
     pub proc_inode_vfs_inode: u32,
     /// `pid.tasks[PIDTYPE_PID].first`.
     pub pid_tasks: u32,
+    /// `inode.i_mode`, a `umode_t` (16 bits).
+    pub inode_i_mode: u32,
+    /// `mount.mnt_mountpoint`: the dentry a mount is mounted on, in its parent mount.
+    pub mount_mnt_mountpoint: u32,
     pub padding: u32,
 }
 
@@ -909,14 +953,14 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<FileKey>(), 16);
         assert_eq!(size_of::<BanEntry>(), 16);
-        assert_eq!(size_of::<KernelOffsets>(), 192);
+        assert_eq!(size_of::<KernelOffsets>(), 200);
         assert_eq!(size_of::<RecordKey>(), 24);
         assert_eq!(size_of::<RecordWindow>(), 16);
         assert_eq!(size_of::<Protection>(), 32);
         assert_eq!(size_of::<CachedVerdict>(), 16 + 32);
         assert_eq!(
             size_of::<KernelEvent>(),
-            8 + 8 + 14 * 4 + 32 + COMM_LEN + FILENAME_LEN
+            8 + 8 + 16 * 4 + 32 + COMM_LEN + FILENAME_LEN
         );
     }
 

@@ -18,6 +18,7 @@ use crate::{
     kernel_types::{Bprm, File, Inode},
     maps::{increment, setting, BANNED_FILES},
     report::{lsm_verdict, report, report_hashed, Ban, Occurrence, ALLOW},
+    trusted_path::unallowed,
     verdict_cache,
 };
 
@@ -33,7 +34,7 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
 }
 
 /// The exec check by identity, then by the SHA-256 of the file against `BANNED_HASHES`
-/// (through the verdict cache), then the fileless setting. Sleepable because
+/// (through the verdict cache), then the fileless setting, lockdown and trusted paths. Sleepable because
 /// `bpf_ima_file_hash` may read the file; the kernel then allows only array, hash, LRU and ring
 /// buffer maps here, which is all this uses.
 #[lsm(hook = "bprm_check_security", sleepable)]
@@ -43,7 +44,10 @@ pub fn bprm_check_content(ctx: LsmContext) -> i32 {
     };
     // SAFETY: `bprm` is the hook's argument as the kernel passed it.
     let exec_file = unsafe { bprm.trusted_file() };
-    let Some(inode) = File::new(exec_file as *const u8).and_then(File::inode) else {
+    let Some(file) = File::new(exec_file as *const u8) else {
+        return ALLOW;
+    };
+    let Some(inode) = file.inode() else {
         return ALLOW;
     };
     let Some(key) = inode.key() else {
@@ -60,6 +64,7 @@ pub fn bprm_check_content(ctx: LsmContext) -> i32 {
         )
     })
     .or_else(|| fileless_ban(inode, key));
+    let ban = strictest(ban, || unallowed(file, inode, key));
     let Some(ban) = ban else {
         return ALLOW;
     };
@@ -84,11 +89,14 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
 }
 
 /// Looks the file of `bprm` up in the ban list, then applies the fileless setting to a file
-/// with no name on disk; reports a hit and returns its action.
+/// with no name on disk, lockdown and the trusted-path setting; reports a hit and returns its
+/// action.
 fn check_exec<C: EbpfContext>(ctx: &C, bprm: Bprm, backend: Backend) -> Option<u32> {
-    let inode = bprm.file()?.inode()?;
+    let file = bprm.file()?;
+    let inode = file.inode()?;
     let key = inode.key()?;
-    let ban = banned_identity(ctx, inode, key).or_else(|| fileless_ban(inode, key))?;
+    let ban = banned_identity(ctx, inode, key).or_else(|| fileless_ban(inode, key));
+    let ban = strictest(ban, || unallowed(file, inode, key))?;
     report(&ban, &exec_occurrence(bprm, backend));
     Some(ban.entry.action)
 }
@@ -115,12 +123,12 @@ pub fn banned_identity<C: EbpfContext>(ctx: &C, inode: Inode, key: FileKey) -> O
         ctx,
         "banned file dev={} ino={} rule={}", key.dev, key.ino, entry.rule_id
     );
-    Some(Ban { key, entry })
+    Some(Ban::new(key, entry))
 }
 
 /// The stricter of `first` and what `then` finds: a deny as soon as either says so, otherwise
 /// the first that names the file. So an `audit` rule naming a file never hides a `deny` content
-/// rule for the same bytes. Both are made whole (`Ban::NOTHING` for none) before they are
+/// rule for the same bytes, nor an audited ban a refusal by lockdown or for an untrusted path. Both are made whole (`Ban::NOTHING` for none) before they are
 /// compared: merging an `Option` whose payload is unset leaves a register the verifier refuses
 /// to read.
 #[inline(always)]
@@ -144,13 +152,13 @@ pub fn fileless_ban(inode: Inode, key: FileKey) -> Option<Ban> {
     if fileless == Action::Allow.wire() || inode.links()? != 0 {
         return None;
     }
-    Some(Ban {
+    Some(Ban::new(
         key,
-        entry: BanEntry {
+        BanEntry {
             rule_id: FILELESS_RULE_ID,
             action: fileless,
             generation: 0,
             flags: 0,
         },
-    })
+    ))
 }

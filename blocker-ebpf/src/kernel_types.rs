@@ -31,7 +31,7 @@ fn read_field<T>(base: *const u8, offset: u32) -> Option<T> {
 macro_rules! kernel_struct {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Clone, Copy)]
+        #[derive(Clone, Copy, PartialEq, Eq)]
         pub struct $name(*const u8);
 
         impl $name {
@@ -129,9 +129,14 @@ impl File {
 
     /// The dentry of `f_path`, the name the file was opened by.
     pub fn dentry(self) -> Option<Dentry> {
+        self.path()?.dentry()
+    }
+
+    /// `f_path`: the mount and dentry the file was opened through.
+    pub fn path(self) -> Option<Path> {
         let f_path = offset!(file_f_path) as usize;
         // SAFETY: `f_path` is a `struct path` inside the file; only its address is computed.
-        Path::new(unsafe { self.0.add(f_path) })?.dentry()
+        Path::new(unsafe { self.0.add(f_path) })
     }
 }
 
@@ -161,6 +166,11 @@ impl Inode {
     /// The owner, as a kernel-wide uid.
     pub fn owner(self) -> Option<u32> {
         read_field(self.0, offset!(inode_i_uid))
+    }
+
+    /// The type and permission bits (`st_mode`).
+    pub fn mode(self) -> Option<u32> {
+        read_field::<u16>(self.0, offset!(inode_i_mode)).map(u32::from)
     }
 
     /// For an inode of a process's `/proc` directory (`/proc/PID/...`,
@@ -292,6 +302,21 @@ impl Vfsmount {
         let mount = unsafe { self.0.sub(member) };
         read_field::<*const u8>(mount, offset!(mount_mnt_parent))
             .map_or(true, |parent| parent != mount)
+    }
+
+    /// The mount it is mounted on and the dentry there it covers; `None` for a mount that is
+    /// not attached (its namespace's root) or that cannot be read.
+    pub fn mountpoint(self) -> Option<(Vfsmount, Dentry)> {
+        let member = offset!(mount_mnt) as usize;
+        // SAFETY: see `shared`.
+        let mount = unsafe { self.0.sub(member) };
+        let parent: *const u8 = read_field(mount, offset!(mount_mnt_parent))?;
+        if parent.is_null() || parent == mount {
+            return None;
+        }
+        let covered = Dentry::new(read_field(mount, offset!(mount_mnt_mountpoint))?)?;
+        // SAFETY: the parent's `vfsmount`; only its address is computed.
+        Some((Vfsmount::new(unsafe { parent.add(member) })?, covered))
     }
 
     /// Whether mounts made on it propagate to other mount namespaces (it has peers: a shared

@@ -20,6 +20,7 @@ mod mapping;
 mod maps;
 mod protect;
 mod report;
+mod trusted_path;
 mod verdict_cache;
 
 #[cfg(not(test))]

@@ -9,6 +9,7 @@ use crate::{
     hook_arguments,
     kernel_types::{File, Vma},
     report::{lsm_verdict, report, report_hashed, Ban, Occurrence, ALLOW},
+    trusted_path::unallowed,
     verdict_cache,
 };
 
@@ -33,7 +34,10 @@ pub fn mmap_file_content(ctx: LsmContext) -> i32 {
         return ALLOW;
     }
     let mapped = hook_arguments::pointer(&ctx, HookArgument::MmapFileFile);
-    let Some(inode) = File::new(mapped).and_then(File::inode) else {
+    let Some(file) = File::new(mapped) else {
+        return ALLOW;
+    };
+    let Some(inode) = file.inode() else {
         return ALLOW;
     };
     let Some(key) = inode.key() else {
@@ -51,7 +55,7 @@ pub fn mmap_file_content(ctx: LsmContext) -> i32 {
         )
     })
     .or_else(|| fileless_ban(inode, key));
-    let Some(ban) = ban else {
+    let Some(ban) = strictest(ban, || unallowed(file, inode, key)) else {
         return ALLOW;
     };
     report_hashed(&ban, &mapping_occurrence(Operation::Mmap), &sha256);
@@ -66,16 +70,27 @@ pub fn file_mprotect(ctx: LsmContext) -> i32 {
     mapping_verdict(&ctx, vma.and_then(Vma::file), prot, Operation::Mprotect)
 }
 
-/// The verdict on an executable mapping of `file` (anonymous mappings have none).
+/// The verdict on an executable mapping of `file` (anonymous mappings have none). Inlined: an
+/// `Option<File>` passed to a function of its own leaves the payload register of `None` unset,
+/// which the verifier refuses to read.
+#[inline(always)]
 fn mapping_verdict(ctx: &LsmContext, file: Option<File>, prot: u64, operation: Operation) -> i32 {
     if prot & PROT_EXEC == 0 {
         return ALLOW;
     }
-    let Some(inode) = file.and_then(File::inode) else {
+    let Some(file) = file else {
+        return ALLOW;
+    };
+    let Some(inode) = file.inode() else {
+        return ALLOW;
+    };
+    let Some(key) = inode.key() else {
         return ALLOW;
     };
     mapping_report(
-        inode.key().and_then(|key| banned_identity(ctx, inode, key)),
+        strictest(banned_identity(ctx, inode, key), || {
+            unallowed(file, inode, key)
+        }),
         operation,
     )
 }

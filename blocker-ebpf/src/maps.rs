@@ -6,9 +6,9 @@ use aya_ebpf::{
 };
 use blocker_common::{
     record_limit, BanEntry, CachedVerdict, ContentHash, FileKey, Heartbeat, HookArgumentPositions,
-    KernelOffsets, Protection, RecordKey, RecordWindow, BANNED_FILES_CAPACITY,
-    BANNED_HASHES_CAPACITY, BPF_F_NO_PREALLOC, EVENTS_RING_BYTES, PROTECTED_BPF_OBJECTS_CAPACITY,
-    PROTECTED_INODES_CAPACITY, VERDICT_CACHE_CAPACITY,
+    KernelOffsets, Protection, RecordKey, RecordWindow, ALLOWED_FILES_CAPACITY,
+    BANNED_FILES_CAPACITY, BANNED_HASHES_CAPACITY, BPF_F_NO_PREALLOC, EVENTS_RING_BYTES,
+    PROTECTED_BPF_OBJECTS_CAPACITY, PROTECTED_INODES_CAPACITY, VERDICT_CACHE_CAPACITY,
 };
 
 #[map]
@@ -16,6 +16,12 @@ pub static BANNED_FILES: HashMap<FileKey, BanEntry> =
     HashMap::with_max_entries(BANNED_FILES_CAPACITY, BPF_F_NO_PREALLOC);
 
 /// Banned contents: SHA-256 of the whole file → the rule banning it.
+/// Files `action = "allow"` rules name, by identity: exempt from the trusted-path check. A ban
+/// is checked first and always wins.
+#[map]
+pub static ALLOWED_FILES: HashMap<FileKey, BanEntry> =
+    HashMap::with_max_entries(ALLOWED_FILES_CAPACITY, BPF_F_NO_PREALLOC);
+
 #[map]
 pub static BANNED_HASHES: HashMap<ContentHash, BanEntry> =
     HashMap::with_max_entries(BANNED_HASHES_CAPACITY, BPF_F_NO_PREALLOC);
@@ -123,6 +129,8 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     proc_inode_pid: 0,
     proc_inode_vfs_inode: 0,
     pid_tasks: 0,
+    inode_i_mode: 0,
+    mount_mnt_mountpoint: 0,
     padding: 0,
 };
 

@@ -6,7 +6,7 @@ use aya_ebpf::helpers::{
 };
 use blocker_common::{
     counter, heartbeat, record_limit, Action, Backend, BanEntry, ContentHash, FileKey, KernelEvent,
-    Operation, RecordKey, RecordWindow, UNKNOWN_CONTENT_HASH,
+    Operation, RecordKey, RecordWindow, UNKNOWN_CONTENT_HASH, UNTRUSTED_PATH_RULE_ID,
 };
 
 use crate::{
@@ -31,23 +31,51 @@ pub fn lsm_verdict(action: u32) -> i32 {
     }
 }
 
-/// A file about to run that a rule or setting names: its identity and the entry that names it.
+/// A file about to run that a rule or setting names: its identity, the entry that names it and,
+/// for an untrusted path, the inode that made it so.
 pub struct Ban {
     pub key: FileKey,
     pub entry: BanEntry,
+    pub offender: Offender,
+}
+
+/// The inode that made a path untrusted (see `trusted_path`); [`Offender::NONE`] otherwise.
+#[derive(Clone, Copy)]
+pub struct Offender {
+    pub owner: u32,
+    pub mode: u32,
+    /// How far above the file it is (0: the file), or `trusted_path::WALK_UNFINISHED`.
+    pub depth: u32,
+}
+
+impl Offender {
+    pub const NONE: Offender = Offender {
+        owner: 0,
+        mode: 0,
+        depth: 0,
+    };
 }
 
 impl Ban {
     /// No ban: what a check that found none stands for where a whole value is needed.
-    pub const NOTHING: Ban = Ban {
-        key: FileKey::new(0, 0),
-        entry: BanEntry {
+    pub const NOTHING: Ban = Ban::new(
+        FileKey::new(0, 0),
+        BanEntry {
             rule_id: 0,
             action: Action::Allow.wire(),
             generation: 0,
             flags: 0,
         },
-    };
+    );
+
+    /// A ban by a rule or a setting other than the trusted-path one.
+    pub const fn new(key: FileKey, entry: BanEntry) -> Self {
+        Ban {
+            key,
+            entry,
+            offender: Offender::NONE,
+        }
+    }
 
     pub fn denies(&self) -> bool {
         self.entry.action == Action::Deny.wire()
@@ -60,15 +88,15 @@ impl Ban {
 
     /// A refusal no rule decides (tamper protection): `key` is what it protects.
     pub fn protection(key: FileKey) -> Self {
-        Ban {
+        Ban::new(
             key,
-            entry: BanEntry {
+            BanEntry {
                 rule_id: 0,
                 action: Action::Deny.wire(),
                 generation: 0,
                 flags: 0,
             },
-        }
+        )
     }
 }
 
@@ -136,7 +164,13 @@ fn send(ban: &Ban, occurrence: &Occurrence, fill_sha256: impl FnOnce(&mut Conten
         (*event).action = ban.entry.action;
         (*event).backend = occurrence.backend.wire();
         (*event).operation = occurrence.operation.wire();
-        (*event).detail = occurrence.detail;
+        (*event).detail = if ban.entry.rule_id == UNTRUSTED_PATH_RULE_ID {
+            ban.offender.depth
+        } else {
+            occurrence.detail
+        };
+        (*event).offender_owner = ban.offender.owner;
+        (*event).offender_mode = ban.offender.mode;
         (*event).suppressed = suppressed;
         (*event).daemon_silent_secs = daemon_silent_secs(now);
         fill_sha256(&mut (*event).sha256);

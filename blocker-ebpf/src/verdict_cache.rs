@@ -1,5 +1,5 @@
 //! Content checks through a per-inode verdict cache: a file is hashed once per policy generation,
-//! and its verdict dropped whenever the kernel sees it about to change.
+//! and its verdict (and `allow` entry) dropped whenever the kernel sees it about to change.
 
 use aya_ebpf::{bindings::file, helpers::bpf_ima_file_hash, macros::lsm, programs::LsmContext};
 use blocker_common::{
@@ -10,7 +10,7 @@ use blocker_common::{
 use crate::{
     hook_arguments,
     kernel_types::Inode,
-    maps::{increment, setting, BANNED_HASHES, POLICY_GENERATION, VERDICT_CACHE},
+    maps::{increment, setting, ALLOWED_FILES, BANNED_HASHES, POLICY_GENERATION, VERDICT_CACHE},
     report::{Ban, ALLOW},
 };
 
@@ -139,27 +139,27 @@ fn hash_limit_bytes() -> u64 {
 /// The unhashable setting's ban of the file `key` names, unless the setting allows it.
 fn unhashable_ban(key: FileKey) -> Option<Ban> {
     let unhashable = setting(setting::UNHASHABLE);
-    (unhashable != Action::Allow.wire()).then_some(Ban {
+    (unhashable != Action::Allow.wire()).then_some(Ban::new(
         key,
-        entry: BanEntry {
+        BanEntry {
             rule_id: UNHASHABLE_RULE_ID,
             action: unhashable,
             generation: 0,
             flags: 0,
         },
-    })
+    ))
 }
 
 fn banned_verdict(key: FileKey, rule_id: u32, action: u32) -> Option<Ban> {
-    (action != Action::Allow.wire()).then_some(Ban {
+    (action != Action::Allow.wire()).then_some(Ban::new(
         key,
-        entry: BanEntry {
+        BanEntry {
             rule_id,
             action,
             generation: 0,
             flags: 0,
         },
-    })
+    ))
 }
 
 // The `forget_verdict_*` programs only observe: each lets the operation go on.
@@ -209,6 +209,9 @@ pub fn forget_verdict_on_shared_write_mmap(ctx: LsmContext) -> i32 {
     ALLOW
 }
 
+/// Drops the cached verdict of a file that may change, and its `allow` entry: an allowed file
+/// rewritten in place is another program, untrusted until the daemon allows it again (it
+/// rereads the map and puts back what the policy still allows at its next reload).
 fn forget_verdict(inode: Option<Inode>) {
     let Some(key) = inode.and_then(Inode::key) else {
         return;
@@ -216,4 +219,5 @@ fn forget_verdict(inode: Option<Inode>) {
     if VERDICT_CACHE.remove(key).is_ok() {
         increment(counter::VERDICT_INVALIDATED);
     }
+    let _ = ALLOWED_FILES.remove(&key);
 }

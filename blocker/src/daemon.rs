@@ -161,6 +161,7 @@ pub fn run(options: RunOptions) -> Result<()> {
         options.pin_root.as_deref(),
         &KernelPolicy {
             entries: &resolution.entries,
+            allowed: &resolution.allowed,
             content_bans: &resolution.content_bans(),
             settings: resolution.exec_settings(),
         },
@@ -688,6 +689,12 @@ impl Daemon {
                 }
             }
         }
+        if fresh.allowed != self.resolution.allowed {
+            if let Err(error) = self.enforcer.apply_allowed(&fresh.allowed) {
+                log::error!("{error:#}");
+                return false;
+            }
+        }
         // Only once the ban map holds what the scan found: whoever waits for this line (a
         // test, an administrator) may rely on it.
         if first_scan {
@@ -1055,6 +1062,7 @@ fn log_features(features: &Features) {
 fn apply_reload(reloaded: Prepared, enforcer: &mut Enforcer) -> Result<Prepared> {
     let fresh = &reloaded.resolution;
     enforcer.apply(&fresh.entries)?;
+    enforcer.apply_allowed(&fresh.allowed)?;
     enforcer.apply_content_bans(&fresh.content_bans())?;
     enforcer.set_exec_settings(fresh.exec_settings())?;
     Ok(reloaded)
@@ -1183,6 +1191,8 @@ pub(crate) fn rules_named_in_events<'a>(
         .iter()
         .chain(&resolution.fileless_rule)
         .chain(&resolution.unhashable_rule)
+        .chain(&resolution.untrusted_path_rule)
+        .chain(&resolution.lockdown_rule)
         .chain(retired_rules.values())
 }
 

@@ -10,7 +10,7 @@ use std::fmt;
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 
-use crate::events::{Caller, Enforcement, ExecRecord, Record, TamperRecord};
+use crate::events::{Caller, Enforcement, ExecRecord, Record, TamperRecord, UntrustedPath};
 
 /// The ECS release whose fields and allowed values the documents follow (`docs/ecs/`).
 pub const VERSION: &str = "8.17.0";
@@ -302,6 +302,8 @@ struct ExecExtra<'a> {
     path_truncated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     comm_hex: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    untrusted_path: Option<&'a UntrustedPath>,
     #[serde(skip_serializing_if = "is_zero")]
     suppressed_before: u32,
     #[serde(skip_serializing_if = "is_zero")]
@@ -386,6 +388,7 @@ fn exec_document<'a>(
             path_hex: exec.path_hex.as_deref(),
             path_truncated: exec.path_truncated,
             comm_hex: exec.caller.comm_hex.as_deref(),
+            untrusted_path: exec.untrusted_path.as_ref(),
             suppressed_before: exec.circumstances.suppressed_before,
             daemon_silent_seconds: exec.circumstances.daemon_silent_seconds,
         },
@@ -571,6 +574,7 @@ pub(crate) mod tests {
             device: "254:1".to_owned(),
             inode: 1234,
             sha256: Some(SHA256.to_owned()),
+            untrusted_path: None,
             circumstances: Circumstances {
                 suppressed_before: 3,
                 daemon_silent_seconds: 0,
@@ -600,6 +604,15 @@ pub(crate) mod tests {
             Record::Exec(exec(Enforcement::None, "exec")),
             Record::Exec(exec(Enforcement::Sigkill, "mmap")),
             Record::Exec(exec(Enforcement::None, "mprotect")),
+            Record::Exec(ExecRecord {
+                rule: "untrusted_path".to_owned(),
+                untrusted_path: Some(UntrustedPath {
+                    levels_above: Some(1),
+                    owner: Some(1000),
+                    mode: Some("0755".to_owned()),
+                }),
+                ..exec(Enforcement::None, "exec")
+            }),
             Record::Tamper(TamperRecord {
                 time: time(),
                 attempt: "file_change",

@@ -118,6 +118,8 @@ fn banned_exec(resolution: &Resolution) -> Option<KernelEvent> {
         suppressed: 0,
         daemon_silent_secs: 0,
         sha256: UNKNOWN_CONTENT_HASH,
+        offender_owner: 0,
+        offender_mode: 0,
         comm,
         filename,
     })

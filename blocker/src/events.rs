@@ -11,8 +11,8 @@ use std::{
 
 use anyhow::{ensure, Result};
 use blocker_common::{
-    Action, Backend, BpfObject, FileChange, Heartbeat, KernelEvent, Operation, PriorityChange,
-    FILENAME_LEN, UNKNOWN_CONTENT_HASH,
+    trusted_path, Action, Backend, BpfObject, FileChange, Heartbeat, KernelEvent, Operation,
+    PriorityChange, FILENAME_LEN, UNKNOWN_CONTENT_HASH, UNTRUSTED_PATH_RULE_ID,
 };
 use serde::Serialize;
 
@@ -353,15 +353,75 @@ pub struct ExecRecord {
     /// `major:minor` of the file's filesystem.
     pub device: String,
     pub inode: u64,
-    /// The file's SHA-256 (hex) where the kernel's content check computed it for this decision:
-    /// content rules, and name rules on a kernel that also checked the content.
+    /// The file's SHA-256 (hex) where known: as the kernel's content check computed it for this
+    /// decision, else (filled in by the daemon) the content rule's hash a scan found the file by.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// For an exec or mapping of a file on an untrusted path, what made the path untrusted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub untrusted_path: Option<UntrustedPath>,
     #[serde(flatten)]
     pub circumstances: Circumstances,
     /// How the person refused is told: not part of the record, which is the security team's.
     #[serde(skip)]
     pub telling: Telling,
+}
+
+/// The inode that made a path untrusted (rule `untrusted_path`): owned by someone other than
+/// root, or writable by group or others. Every field is absent when the kernel's walk up the
+/// path did not finish (deeper than it goes, or a step it could not read), which counts as
+/// untrusted too.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct UntrustedPath {
+    /// How far above the file it is: 0 for the file itself, 1 for its directory, and so on
+    /// (a mount point counts as a step of its own, the directory it covers as another).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub levels_above: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<u32>,
+    /// Its permission bits in octal (`1777` for `/tmp`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+}
+
+impl UntrustedPath {
+    fn of(event: &KernelEvent) -> Option<Self> {
+        if event.rule_id != UNTRUSTED_PATH_RULE_ID {
+            return None;
+        }
+        if event.detail == trusted_path::WALK_UNFINISHED {
+            return Some(Self::default());
+        }
+        Some(Self {
+            levels_above: Some(event.detail),
+            owner: Some(event.offender_owner),
+            mode: Some(permission_bits(event.offender_mode)),
+        })
+    }
+}
+
+/// `mode`'s permission bits (setuid, setgid and sticky included) as `ls -l`'s octal: `0755`.
+pub fn permission_bits(mode: u32) -> String {
+    format!("{:04o}", mode & 0o7777)
+}
+
+impl fmt::Display for UntrustedPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.levels_above, self.owner, &self.mode) {
+            (Some(levels), Some(owner), Some(mode)) => {
+                let which = match levels {
+                    0 => "the file".to_owned(),
+                    1 => "its directory".to_owned(),
+                    levels => format!("the directory {levels} levels above it"),
+                };
+                write!(
+                    f,
+                    " (untrusted path: {which} is owned by uid {owner} with mode {mode})"
+                )
+            }
+            _ => f.write_str(" (untrusted path: its directories could not all be checked)"),
+        }
+    }
 }
 
 /// How a refusal was enforced.
@@ -425,6 +485,7 @@ impl ExecRecord {
             device: format!("{major}:{minor}"),
             inode: event.ino,
             sha256: (event.sha256 != UNKNOWN_CONTENT_HASH).then(|| to_hex(&event.sha256)),
+            untrusted_path: UntrustedPath::of(event),
             circumstances: Circumstances::of(event),
             telling: rule.map(|rule| rule.telling.clone()).unwrap_or_default(),
         }
@@ -468,6 +529,9 @@ impl fmt::Display for ExecSummary<'_> {
         )?;
         if let Some(reason) = &record.reason {
             write!(f, ": {}", escaped(reason))?;
+        }
+        if let Some(untrusted) = &record.untrusted_path {
+            write!(f, "{untrusted}")?;
         }
         write!(f, "{}", record.circumstances)
     }
@@ -747,9 +811,36 @@ mod tests {
             suppressed: 0,
             daemon_silent_secs: 0,
             sha256: UNKNOWN_CONTENT_HASH,
+            offender_owner: 0,
+            offender_mode: 0,
             comm,
             filename,
         }
+    }
+
+    #[test]
+    fn untrusted_paths_say_which_inode_made_them_so() {
+        let mut untrusted = event();
+        untrusted.rule_id = UNTRUSTED_PATH_RULE_ID;
+        untrusted.detail = 1;
+        untrusted.offender_owner = 1000;
+        untrusted.offender_mode = 0o40755;
+        let record = ExecRecord::new(&untrusted, None, None, &BootClock);
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(
+            json["untrusted_path"],
+            serde_json::json!({"levels_above": 1, "owner": 1000, "mode": "0755"})
+        );
+        assert!(record
+            .summary()
+            .to_string()
+            .contains("(untrusted path: its directory is owned by uid 1000 with mode 0755)"));
+        untrusted.detail = trusted_path::WALK_UNFINISHED;
+        let unfinished = ExecRecord::new(&untrusted, None, None, &BootClock);
+        assert_eq!(unfinished.untrusted_path, Some(UntrustedPath::default()));
+        let banned = ExecRecord::new(&event(), None, None, &BootClock);
+        let json = serde_json::to_value(&banned).unwrap();
+        assert!(json.get("untrusted_path").is_none(), "{json}");
     }
 
     #[test]

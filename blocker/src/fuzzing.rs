@@ -206,6 +206,7 @@ mod tests {
             "exec-hostile-name",
             "mmap-audit",
             "tamper-signal",
+            "exec-untrusted-path",
         ] {
             events::decode(&read(&format!("event/{name}"))).unwrap();
         }

@@ -13,13 +13,14 @@ use serde_json::{json, Value};
 use crate::{
     budget::Budget,
     identity::{split_kernel_device_number, FileIdentity},
-    policy::{self, Policy},
+    policy::{self, Policy, SettingAction},
     prepare::{prepare, Contents, Prepared},
     resolve::{self, protected_files, Resolution, Via},
     scan::{self, to_hex, HashedFile, ScanOptions},
 };
 
-/// Exit status of `explain` for a file no rule bans (0 means banned, 2 an error).
+/// Exit status of `explain` for a file that may run (0 means banned or refused for its path, 2 an
+/// error).
 pub const EXIT_NOT_BANNED: u8 = 1;
 
 /// `blocker check DIR`: parses and validates, touching nothing else.
@@ -69,11 +70,14 @@ fn device(identity: &FileIdentity) -> String {
     format!("{major}:{minor}")
 }
 
-/// Whether the kernel entry for this match's file is this match's rule.
+/// Whether the kernel entry for this match's file (in the ban map, or in the allowed-files map
+/// for an `allow` rule) is this match's rule.
 fn is_in_force(resolution: &Resolution, rule_id: u32, identity: &FileIdentity) -> bool {
-    resolution
-        .entries
-        .get(&identity.key)
+    let map = match resolution.own_rule(rule_id).action {
+        policy::Action::Allow => &resolution.allowed,
+        policy::Action::Audit | policy::Action::Deny => &resolution.entries,
+    };
+    map.get(&identity.key)
         .is_some_and(|entry| entry.rule_id == rule_id)
 }
 
@@ -116,9 +120,10 @@ fn print_resolution(resolution: &Resolution) {
         println!("warning: {warning}");
     }
     println!(
-        "{} rules, {} files banned, {} identifiers matched nothing",
+        "{} rules, {} files banned, {} files allowed, {} identifiers matched nothing",
         resolution.rules.len(),
         resolution.entries.len(),
+        resolution.allowed.len(),
         resolution.unresolved.len()
     );
 }
@@ -182,6 +187,7 @@ fn resolution_json(resolution: &Resolution) -> Value {
         "protected": protected,
         "warnings": resolution.warnings,
         "banned_files": resolution.entries.len(),
+        "allowed_files": resolution.allowed.len(),
         "scan": resolution.scan.map(|s| json!({
             "candidates": s.candidates, "read": s.read, "cached": s.cached,
             "skipped": s.skipped, "bytes_read": s.bytes_read,
@@ -212,7 +218,7 @@ fn verdicts(policy: &Policy, resolution: &Resolution, file: &HashedFile) -> Vec<
             .into_iter()
             .map(|(rule_id, via)| Verdict { rule_id, via }),
     );
-    // Deny over audit, then the earliest rule: the same precedence as the ban map.
+    // Deny over audit over allow, then the earliest rule: the same precedence as the ban map.
     verdicts.sort_by_key(|v| resolution.precedence(v.rule_id));
     verdicts
 }
@@ -266,13 +272,17 @@ pub fn explain(path: &Path, policy_dir: &Path) -> Result<ExitCode> {
             .unwrap_or_default(),
         to_hex(&file.sha256)
     );
+    let (allows, bans): (Vec<Verdict>, Vec<Verdict>) = verdicts
+        .into_iter()
+        .partition(|verdict| resolution.own_rule(verdict.rule_id).action == policy::Action::Allow);
+    verdicts = bans;
     if let Some(critical) = protected_files().get(&file.identity.key) {
         let (allowed, ignored): (Vec<Verdict>, Vec<Verdict>) = verdicts
             .into_iter()
             .partition(|verdict| resolution.may_ban_critical(verdict.rule_id, critical));
         if allowed.is_empty() {
             println!(
-                "{}: never banned: {} ({identity})",
+                "{}: never banned nor refused (the safety net): {} ({identity})",
                 escaped(&path),
                 critical.why
             );
@@ -288,18 +298,13 @@ pub fn explain(path: &Path, policy_dir: &Path) -> Result<ExitCode> {
         verdicts = allowed;
     }
     let Some(decisive) = verdicts.first() else {
-        println!(
-            "{}: not banned: none of the {} rules names this file by path, prefix, glob, \
-             package, Flatpak app or snap, and none lists its content ({identity})",
-            escaped(&path),
-            policy.rules.len()
-        );
-        return Ok(ExitCode::from(EXIT_NOT_BANNED));
+        return explain_path(path, &resolution, allows.first(), &identity);
     };
     let rule = resolution.own_rule(decisive.rule_id);
     let verb = match rule.action {
         policy::Action::Deny => "banned",
         policy::Action::Audit => "allowed and audited",
+        policy::Action::Allow => unreachable!("allow rules are apart"),
     };
     println!(
         "{}: {verb} by rule {} (policy {}) via {}",
@@ -321,7 +326,85 @@ pub fn explain(path: &Path, policy_dir: &Path) -> Result<ExitCode> {
             other.via
         );
     }
+    for allow in &allows {
+        let rule = resolution.own_rule(allow.rule_id);
+        println!(
+            "  allowed by rule {} via {}, which a ban overrides",
+            rule.id, allow.via
+        );
+    }
     Ok(if rule.action == policy::Action::Deny {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_NOT_BANNED)
+    })
+}
+
+/// The rest of `explain` for a file no rule bans: what lockdown and trusted-path execution do
+/// with it.
+fn explain_path(
+    path: &Path,
+    resolution: &Resolution,
+    allowed_by: Option<&Verdict>,
+    identity: &str,
+) -> Result<ExitCode> {
+    let rules = resolution.rules.len();
+    println!(
+        "{}: not banned: none of the {rules} rules bans this file by path, prefix, glob, package, \
+         Flatpak app or snap, and none lists its content ({identity})",
+        escaped(&path)
+    );
+    if resolution.lockdown_rule.is_none() && resolution.untrusted_path_rule.is_none() {
+        return Ok(ExitCode::from(EXIT_NOT_BANNED));
+    }
+    if let Some(allow) = allowed_by {
+        let rule = resolution.own_rule(allow.rule_id);
+        println!(
+            "  allowed by rule {} (policy {}) via {}: exempt from lockdown and the trusted-path \
+             check",
+            rule.id, rule.policy, allow.via
+        );
+        return Ok(ExitCode::from(EXIT_NOT_BANNED));
+    }
+    let verdict = |setting: SettingAction| match setting {
+        SettingAction::Deny => "refused",
+        SettingAction::Audit | SettingAction::Allow => "audited",
+    };
+    let mut strictest = SettingAction::Allow;
+    if let Some(pseudo_rule) = &resolution.lockdown_rule {
+        let setting = resolution.lockdown;
+        println!(
+            "  {} by lockdown: default = \"{}\" (policy {}), and no allow rule names it",
+            verdict(setting),
+            setting.name(),
+            pseudo_rule.policy
+        );
+        strictest = strictest.max(setting);
+    }
+    if let Some(pseudo_rule) = &resolution.untrusted_path_rule {
+        let setting = resolution.untrusted_paths;
+        let named = format!(
+            "untrusted_paths = \"{}\", policy {}",
+            setting.name(),
+            pseudo_rule.policy
+        );
+        let untrusted = crate::trusted_path::untrusted(path)
+            .with_context(|| format!("checking the directories above {}", escaped(&path)))?;
+        match untrusted {
+            Some(untrusted) => {
+                println!(
+                    "  {} as an untrusted path ({named}): {untrusted}; no allow rule names it",
+                    verdict(setting)
+                );
+                strictest = strictest.max(setting);
+            }
+            None => println!(
+                "  on a trusted path: it and every directory above it are root's and writable by \
+                 no one else ({named})"
+            ),
+        }
+    }
+    Ok(if strictest == SettingAction::Deny {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_NOT_BANNED)
@@ -379,5 +462,41 @@ mod tests {
         let dir = policy_dir("paths = [\"/opt/x\"]");
         let not_banned = explain(Path::new("/bin/sh"), dir.path()).unwrap();
         assert_eq!(not_banned, ExitCode::from(EXIT_NOT_BANNED));
+    }
+
+    #[test]
+    fn explain_refuses_what_lockdown_and_trusted_paths_refuse_unless_allowed() {
+        use std::os::unix::fs::PermissionsExt;
+        let shared = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let program = shared.path().join("program");
+        std::fs::write(&program, b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let explained = |header: &str, path: &Path| {
+            let dir = tempfile::tempdir().unwrap();
+            let allow = format!(
+                "[[rule]]\nid = \"tool\"\naction = \"allow\"\npaths = [{:?}]\n",
+                program.display().to_string()
+            );
+            let text = format!("name = \"p\"\n{header}\n{allow}");
+            std::fs::write(dir.path().join("p.toml"), text).unwrap();
+            explain(path, dir.path()).unwrap()
+        };
+        let refused = ExitCode::SUCCESS;
+        let runs = ExitCode::from(EXIT_NOT_BANNED);
+        let ls = Path::new("/bin/ls");
+        assert_eq!(explained("untrusted_paths = \"deny\"", ls), runs);
+        assert_eq!(explained("untrusted_paths = \"audit\"", ls), runs);
+        assert_eq!(explained("default = \"deny\"", ls), refused);
+        assert_eq!(explained("default = \"audit\"", ls), runs);
+        // Named by the allow rule: exempt from both.
+        assert_eq!(explained("untrusted_paths = \"deny\"", &program), runs);
+        assert_eq!(explained("default = \"deny\"", &program), runs);
+        // The safety net.
+        assert_eq!(explained("default = \"deny\"", Path::new("/bin/sh")), runs);
+        let unnamed = shared.path().join("copy");
+        std::fs::copy(&program, &unnamed).unwrap();
+        assert_eq!(explained("untrusted_paths = \"deny\"", &unnamed), refused);
+        assert_eq!(explained("untrusted_paths = \"audit\"", &unnamed), runs);
     }
 }

@@ -39,5 +39,6 @@ pub mod sources;
 pub mod status;
 pub mod sync;
 pub mod systemd;
+pub mod trusted_path;
 pub mod unload;
 pub mod watch;

@@ -11,7 +11,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use blocker_common::{BanEntry, FileKey, FILELESS_RULE_ID, UNHASHABLE_RULE_ID};
+use blocker_common::{
+    BanEntry, FileKey, FILELESS_RULE_ID, LOCKDOWN_RULE_ID, UNHASHABLE_RULE_ID,
+    UNTRUSTED_PATH_RULE_ID,
+};
 use sha2::{Digest, Sha256 as Sha256Hasher};
 
 use crate::{
@@ -145,6 +148,9 @@ pub struct Resolution {
     /// The critical files each rule's `ban_critical_files` lets it ban.
     critical_overrides: HashMap<u32, BTreeSet<FileKey>>,
     pub entries: SortedMap<FileKey, BanEntry>,
+    /// The files `allow` rules name that no ban names (a ban wins): exempt from the
+    /// trusted-path check.
+    pub allowed: SortedMap<FileKey, BanEntry>,
     /// Where in `paths` each entry's file is, in the order of `entries`: for events and logs.
     entry_paths: Vec<PathRef>,
     /// Through which identifier each entry's file was found, in the order of `entries`: a
@@ -178,6 +184,14 @@ pub struct Resolution {
     pub unhashable_rule: Option<RuleInfo>,
     /// Files larger than this many MiB are not hashed.
     pub hash_limit_mib: u32,
+    /// What the kernel does with files on untrusted paths no `allow` rule names.
+    pub untrusted_paths: SettingAction,
+    /// Events about untrusted paths name this pseudo-rule.
+    pub untrusted_path_rule: Option<RuleInfo>,
+    /// What the kernel does with files no trust source names (a policy's `default`).
+    pub lockdown: SettingAction,
+    /// Events about files refused or audited by lockdown name this pseudo-rule.
+    pub lockdown_rule: Option<RuleInfo>,
     /// The files no rule may ban, unless its `ban_critical_files` names them.
     critical: BTreeMap<FileKey, CriticalFile>,
     /// The map's budget and what the entries took of it.
@@ -189,6 +203,8 @@ impl Resolution {
         match rule_id {
             FILELESS_RULE_ID => return self.fileless_rule.as_ref(),
             UNHASHABLE_RULE_ID => return self.unhashable_rule.as_ref(),
+            UNTRUSTED_PATH_RULE_ID => return self.untrusted_path_rule.as_ref(),
+            LOCKDOWN_RULE_ID => return self.lockdown_rule.as_ref(),
             _ => {}
         }
         self.positions
@@ -202,6 +218,8 @@ impl Resolution {
             fileless: self.fileless.kernel_value(),
             unhashable: self.unhashable.kernel_value(),
             hash_limit_mib: self.hash_limit_mib,
+            untrusted_paths: self.untrusted_paths.kernel_value(),
+            lockdown: self.lockdown.kernel_value(),
         }
     }
 
@@ -405,6 +423,8 @@ pub fn resolve_within(
     let by_content = scanned.map(index_by_content).unwrap_or_default();
     let (fileless, fileless_policy) = policy.fileless();
     let (unhashable, unhashable_policy) = policy.unhashable();
+    let (untrusted_paths, untrusted_paths_policy) = policy.untrusted_paths();
+    let (lockdown, lockdown_policy) = policy.lockdown();
     let mut resolution = Resolution {
         scan: scanned.map(|report| report.stats),
         fileless,
@@ -426,6 +446,23 @@ pub fn resolve_within(
              rule could",
         ),
         hash_limit_mib: policy.hash_limit_mib(),
+        untrusted_paths,
+        untrusted_path_rule: setting_rule(
+            UNTRUSTED_PATH_RULE_ID,
+            "untrusted_path",
+            untrusted_paths,
+            untrusted_paths_policy,
+            "runs a file on an untrusted path: it or a directory above it is owned by someone \
+             other than root or writable by group or others, and no allow rule names it",
+        ),
+        lockdown,
+        lockdown_rule: setting_rule(
+            LOCKDOWN_RULE_ID,
+            "lockdown",
+            lockdown,
+            lockdown_policy,
+            "runs a file no allow rule names (lockdown: the policy's default)",
+        ),
         spending: Spending::new(budget),
         ..Resolution::default()
     };
@@ -451,7 +488,13 @@ pub fn resolve_within(
             .iter()
             .filter_map(|path| critical::key_of(path))
             .collect();
-        for hash in &rule.identifiers.sha256 {
+        // An allowed content is allowed where the scan finds it, by identity: the kernel's
+        // content map holds bans only.
+        let banned_hashes = match rule.action {
+            Action::Allow => &[][..],
+            Action::Audit | Action::Deny => &rule.identifiers.sha256[..],
+        };
+        for hash in banned_hashes {
             let contents = critical_contents.get_or_insert_with(|| critical::contents(&critical));
             if let Some(&position) = contents.get(hash) {
                 let file = &critical[position];
@@ -826,10 +869,11 @@ impl Resolution {
 
     /// One entry per file: deny over audit, then the earliest rule; protected files never.
     /// Then as many as the budget takes, the most important first (see [`crate::budget`]).
+    /// Files only `allow` rules name go to [`Resolution::allowed`] instead.
     fn choose_entries(&mut self) {
         // Numbers of matches rather than a map by file: a policy can name a million files.
         let mut chosen: Vec<u32> = (0..self.matches.len())
-            .filter(|&found| self.may_enter(found))
+            .filter(|&found| !self.allows(found) && self.may_enter(found))
             .map(|found| u32::try_from(found).expect("fewer matches than 2^32"))
             .collect();
         let found = |number: u32| &self.matches[number as usize];
@@ -870,6 +914,39 @@ impl Resolution {
                 })
                 .collect(),
         );
+        self.choose_allowed();
+    }
+
+    fn allows(&self, found: usize) -> bool {
+        self.own_rule(self.matches[found].rule_id).action == Action::Allow
+    }
+
+    /// One entry per file an `allow` rule names, the earliest rule's, unless a ban names it;
+    /// and the critical files (see [`crate::critical`]), the safety net, which always run
+    /// whatever their path (under rule id 0: no event names an allowed file).
+    fn choose_allowed(&mut self) {
+        let action = blocker_common::Action::Allow.wire();
+        let safety_net = self.critical.keys().map(|key| {
+            let entry = BanEntry {
+                rule_id: 0,
+                action,
+                ..BanEntry::default()
+            };
+            (*key, entry)
+        });
+        let mut allowed: Vec<(FileKey, BanEntry)> = (0..self.matches.len())
+            .filter(|&found| self.allows(found))
+            .map(|found| {
+                let found = &self.matches[found];
+                (found.key, found.identity().ban_entry(found.rule_id, action))
+            })
+            .chain(safety_net)
+            .filter(|(key, _)| !self.entries.contains_key(key))
+            .collect();
+        // Stable: the earliest rule's match stays first among a file's.
+        allowed.sort_by_key(|(key, _)| *key);
+        allowed.dedup_by_key(|(key, _)| *key);
+        self.allowed = SortedMap::from_sorted(allowed);
     }
 
     /// Whether match `found` may be banned: not a critical file, unless its rule's
@@ -927,6 +1004,9 @@ pub fn content_matches(policy: &Policy, file: &HashedFile) -> Vec<(u32, Via)> {
     let name = file.path.file_name().unwrap_or_default();
     let mut found = Vec::new();
     for (rule, rule_id) in policy.rules.iter().zip(kernel_rule_ids(policy)) {
+        if rule.action == Action::Allow {
+            continue;
+        }
         if rule.identifiers.sha256.contains(&file.sha256) {
             found.push((rule_id, Via::Sha256(file.sha256)));
         }
@@ -950,7 +1030,12 @@ pub fn content_matches(policy: &Policy, file: &HashedFile) -> Vec<(u32, Via)> {
 /// adopts keep meaning what they meant. Ids whose hashes collide are told apart by rehashing the
 /// later one with a counter.
 pub fn kernel_rule_ids(policy: &Policy) -> Vec<u32> {
-    let mut taken = std::collections::HashSet::from([FILELESS_RULE_ID, UNHASHABLE_RULE_ID]);
+    let mut taken = std::collections::HashSet::from([
+        FILELESS_RULE_ID,
+        UNHASHABLE_RULE_ID,
+        UNTRUSTED_PATH_RULE_ID,
+        LOCKDOWN_RULE_ID,
+    ]);
     policy
         .rules
         .iter()
@@ -1179,6 +1264,43 @@ mod tests {
             None,
         );
         assert_eq!(winner(&deny_then_deny), "first");
+    }
+
+    #[test]
+    fn allow_rules_fill_the_allowed_map_and_a_ban_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let (allowed, banned) = (dir.path().join("allowed"), dir.path().join("banned"));
+        write(&allowed, b"a", 0o755);
+        write(&banned, b"b", 0o755);
+        let hash = sha2::Sha256::digest(b"a").into();
+        let resolution = resolve_rules(
+            vec![
+                rule("allow", Action::Allow, paths(&[&allowed, &banned])),
+                rule("ban", Action::Audit, paths(&[&banned])),
+                rule(
+                    "allow-content",
+                    Action::Allow,
+                    Identifiers {
+                        sha256: vec![hash],
+                        ..Identifiers::default()
+                    },
+                ),
+            ],
+            None,
+        );
+        let key = |path: &Path| crate::identity::FileIdentity::of_path(path).unwrap().key;
+        assert_eq!(banned_paths(&resolution), std::slice::from_ref(&banned));
+        let entry = resolution.allowed.get(&key(&allowed)).unwrap();
+        assert_eq!(resolution.own_rule(entry.rule_id).id, "allow");
+        assert_eq!(entry.action, blocker_common::Action::Allow.wire());
+        assert!(
+            !resolution.allowed.contains_key(&key(&banned)),
+            "a ban wins"
+        );
+        assert!(resolution.hashes.is_empty(), "allowed contents are no bans");
+        // The safety net always runs.
+        let sh = key(Path::new("/bin/sh"));
+        assert!(resolution.allowed.contains_key(&sh));
     }
 
     #[test]

@@ -90,8 +90,9 @@ fn every_lsm_program() -> impl Iterator<Item = LsmProgram> {
 }
 
 /// The maps userspace reads and writes, the ones pinned for the next daemon.
-const USERSPACE_MAPS: [&str; 10] = [
+const USERSPACE_MAPS: [&str; 11] = [
     names::BANNED_FILES_MAP,
+    names::ALLOWED_FILES_MAP,
     names::BANNED_HASHES_MAP,
     names::SETTINGS_MAP,
     names::COUNTERS_MAP,
@@ -106,6 +107,7 @@ const USERSPACE_MAPS: [&str; 10] = [
 /// What the kernel enforces: the entries of the ban maps and the policy-wide settings.
 pub struct KernelPolicy<'a> {
     pub entries: &'a SortedMap<FileKey, BanEntry>,
+    pub allowed: &'a SortedMap<FileKey, BanEntry>,
     pub content_bans: &'a SortedMap<ContentHash, BanEntry>,
     pub settings: ExecSettings,
 }
@@ -119,6 +121,10 @@ pub struct ExecSettings {
     pub unhashable: u32,
     /// Files larger than this many MiB are not hashed.
     pub hash_limit_mib: u32,
+    /// Execs and executable mappings of files on untrusted paths.
+    pub untrusted_paths: u32,
+    /// Execs and executable mappings of files no trust source names.
+    pub lockdown: u32,
 }
 
 /// The programs in force and their maps. Dropping it detaches the programs unless they are
@@ -136,6 +142,7 @@ pub struct Enforcer {
     /// Where this kernel's hooks take the arguments the programs read; `None` when adopted.
     hook_layout: Option<HookLayout>,
     installed: SortedMap<FileKey, BanEntry>,
+    installed_allowed: SortedMap<FileKey, BanEntry>,
     installed_content: SortedMap<ContentHash, BanEntry>,
     policy_generation: u32,
     /// Where the programs are pinned, when they are.
@@ -298,6 +305,7 @@ impl Enforcer {
             features: Features::kill_backend(),
             hook_layout: Some(hook_layout),
             installed: SortedMap::default(),
+            installed_allowed: SortedMap::default(),
             installed_content: SortedMap::default(),
             policy_generation: 0,
             pinned: None,
@@ -364,6 +372,7 @@ impl Enforcer {
             features,
             hook_layout: None,
             installed: SortedMap::default(),
+            installed_allowed: SortedMap::default(),
             installed_content: SortedMap::default(),
             policy_generation: 0,
             pinned: Some(dir.to_owned()),
@@ -391,6 +400,7 @@ impl Enforcer {
 
     fn fill(&mut self, policy: &KernelPolicy<'_>) -> Result<()> {
         self.apply(policy.entries)?;
+        self.apply_allowed(policy.allowed)?;
         self.apply_content_bans(policy.content_bans)?;
         self.set_exec_settings(policy.settings)
     }
@@ -618,6 +628,16 @@ impl Enforcer {
         sync_kernel_map(map, &mut self.installed, entries).context("updating the banned files")
     }
 
+    /// Makes the kernel's allowed-files map equal to `allowed`; see [`map_sync::sync_map`]. The
+    /// kernel drops the entry of a file opened for writing (see `forget_verdict`), so the map is
+    /// read first: what the policy still allows goes back in.
+    pub fn apply_allowed(&mut self, allowed: &SortedMap<FileKey, BanEntry>) -> Result<ApplyStats> {
+        self.installed_allowed = read_map(self.map_mut(names::ALLOWED_FILES_MAP)?)?;
+        let map = self.maps.get(names::ALLOWED_FILES_MAP).expect("loaded");
+        sync_kernel_map(map, &mut self.installed_allowed, allowed)
+            .context("updating the allowed files")
+    }
+
     /// Makes the kernel's content ban map equal to `bans` (see [`map_sync::sync_map`]), then, if anything
     /// changed, bumps the policy generation so every verdict the kernel cached under the old
     /// bans is recomputed. The bump comes last: an exec that read the old generation may still
@@ -661,7 +681,11 @@ impl Enforcer {
         self.set_setting(setting::UNHASHABLE, settings.unhashable)
             .context("setting the unhashable policy")?;
         self.set_setting(setting::HASH_LIMIT_MIB, settings.hash_limit_mib)
-            .context("setting the hash limit")
+            .context("setting the hash limit")?;
+        self.set_setting(setting::UNTRUSTED_PATHS, settings.untrusted_paths)
+            .context("setting the trusted-path policy")?;
+        self.set_setting(setting::LOCKDOWN, settings.lockdown)
+            .context("setting lockdown")
     }
 
     fn set_setting(&mut self, index: u32, value: u32) -> Result<()> {

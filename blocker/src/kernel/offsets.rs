@@ -68,6 +68,8 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets> {
         proc_inode_pid: offset("proc_inode", "pid", POINTER)?,
         proc_inode_vfs_inode: btf.field("proc_inode", "vfs_inode")?.offset,
         pid_tasks: btf.field("pid", "tasks")?.offset,
+        inode_i_mode: offset("inode", "i_mode", 2)?,
+        mount_mnt_mountpoint: offset("mount", "mnt_mountpoint", POINTER)?,
         padding: 0,
     })
 }
@@ -95,6 +97,7 @@ mod tests {
         let mut b = BtfBuilder::new();
         let u32_ = b.int("unsigned int", 4);
         let u64_ = b.int("long unsigned int", 8);
+        let u16_ = b.int("short unsigned int", 2);
         let ptr = b.pointer(u32_);
         // As in the kernel: `union { const unsigned int i_nlink; unsigned int __i_nlink; }`.
         let nlink_union = b.union(4, &[("i_nlink", u32_, 0), ("__i_nlink", u32_, 0)]);
@@ -124,6 +127,7 @@ mod tests {
                 ("i_generation", u32_, 400),
                 ("i_size", u64_, 80),
                 ("i_uid", u32_, 4),
+                ("i_mode", u16_, 0),
             ],
         );
         b.structure(
@@ -181,6 +185,7 @@ mod tests {
             320,
             &[
                 ("mnt_parent", ptr, 16),
+                ("mnt_mountpoint", ptr, 24),
                 ("mnt", vfsmount, 32),
                 ("mnt_group_id", u32_, 296),
             ],
@@ -240,6 +245,8 @@ mod tests {
                 proc_inode_pid: 0,
                 proc_inode_vfs_inode: 72,
                 pid_tasks: 16,
+                inode_i_mode: 0,
+                mount_mnt_mountpoint: 24,
                 padding: 0,
             }
         );

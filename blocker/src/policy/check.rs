@@ -82,9 +82,9 @@ pub(super) fn check_rule(
             ),
         });
     }
-    let action = match header.mode {
-        Mode::Enforce => spec.action,
-        Mode::Monitor => Action::Audit,
+    let action = match (header.mode, spec.action) {
+        (Mode::Enforce, written) | (Mode::Monitor, written @ Action::Allow) => written,
+        (Mode::Monitor, _) => Action::Audit,
     };
     CheckedRule {
         rule: Rule {

@@ -127,6 +127,8 @@ pub(crate) fn parse_sources_guarded(
             fileless: parsed.fileless,
             unhashable: parsed.unhashable,
             hash_limit_mib,
+            untrusted_paths: parsed.untrusted_paths,
+            lockdown: parsed.lockdown,
         });
     }
     if errors.is_empty() {

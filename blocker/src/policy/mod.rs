@@ -52,6 +52,9 @@ impl fmt::Display for Mode {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
+    /// Name files that may run: exempt from trusted-path execution (`untrusted_paths`). Changes
+    /// nothing while that setting allows every path. A ban always wins over an allow.
+    Allow,
     /// Let the exec happen and report it.
     Audit,
     /// Refuse the exec and report it.
@@ -62,6 +65,7 @@ pub enum Action {
 impl Action {
     pub fn name(self) -> &'static str {
         match self {
+            Action::Allow => "allow",
             Action::Deny => "deny",
             Action::Audit => "audit",
         }
@@ -69,6 +73,7 @@ impl Action {
 
     pub fn kernel_value(self) -> u32 {
         match self {
+            Action::Allow => blocker_common::Action::Allow.wire(),
             Action::Deny => blocker_common::Action::Deny.wire(),
             Action::Audit => blocker_common::Action::Audit.wire(),
         }
@@ -178,6 +183,14 @@ pub enum SettingAction {
 }
 
 impl SettingAction {
+    pub fn name(self) -> &'static str {
+        match self {
+            SettingAction::Allow => "allow",
+            SettingAction::Audit => "audit",
+            SettingAction::Deny => "deny",
+        }
+    }
+
     pub fn kernel_value(self) -> u32 {
         match self {
             SettingAction::Allow => blocker_common::Action::Allow.wire(),
@@ -200,6 +213,10 @@ pub struct PolicyHeader {
     pub unhashable: Option<SettingAction>,
     /// As written; [`Policy::hash_limit_bytes`] is what applies.
     pub hash_limit_mib: Option<u32>,
+    /// As written; [`Policy::untrusted_paths`] is what applies.
+    pub untrusted_paths: Option<SettingAction>,
+    /// `default` as written; [`Policy::lockdown`] is what applies.
+    pub lockdown: Option<SettingAction>,
 }
 
 /// All rules of a policy directory, in file order then rule order.
@@ -220,6 +237,18 @@ impl Policy {
     /// says: an exec whose content no rule could judge is always worth a record.
     pub fn unhashable(&self) -> (SettingAction, Option<&str>) {
         self.strictest(|header| header.unhashable, SettingAction::Audit)
+    }
+
+    /// The strictest trusted-path setting of all files, as [`Policy::fileless`]: what the
+    /// kernel does with a file on an untrusted path that no `allow` rule names.
+    pub fn untrusted_paths(&self) -> (SettingAction, Option<&str>) {
+        self.strictest(|header| header.untrusted_paths, SettingAction::Allow)
+    }
+
+    /// The strictest `default` of all files, as [`Policy::fileless`]: what the kernel does with
+    /// a file no trust source (an `allow` rule, the safety net) names.
+    pub fn lockdown(&self) -> (SettingAction, Option<&str>) {
+        self.strictest(|header| header.lockdown, SettingAction::Allow)
     }
 
     fn strictest(
@@ -297,6 +326,32 @@ mod tests {
             message.starts_with("p.toml:2:12: fileless: unknown variant `block`"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn the_strictest_untrusted_paths_and_default_apply_and_bad_ones_are_located() {
+        type Applied = fn(&Policy) -> (SettingAction, Option<&str>);
+        let settings: [(&str, Applied); 2] = [
+            ("untrusted_paths", Policy::untrusted_paths),
+            ("default", Policy::lockdown),
+        ];
+        for (key, applied) in settings {
+            let text = |name: &str, value: &str| format!("name = \"{name}\"\n{key} = {value}\n");
+            let one = parse(&[("a.toml", "name = \"a\"\n")]).unwrap();
+            assert_eq!(applied(&one), (SettingAction::Allow, None), "{key}");
+            let (a, b) = (text("a", "\"audit\""), text("b", "\"deny\""));
+            let both = parse(&[("a.toml", &a), ("b.toml", &b)]).unwrap();
+            assert_eq!(applied(&both), (SettingAction::Deny, Some("b")), "{key}");
+            let monitored = text("a", "\"deny\"\nmode = \"monitor\"");
+            let monitored = parse(&[("a.toml", &monitored)]).unwrap();
+            assert_eq!(applied(&monitored).0, SettingAction::Audit, "{key}");
+            let message = single_error(&[("p.toml", &text("p", "\"on\""))]);
+            let column = key.len() + 4;
+            assert!(
+                message.starts_with(&format!("p.toml:2:{column}: {key}: unknown variant `on`")),
+                "{message}"
+            );
+        }
     }
 
     #[test]

@@ -17,6 +17,10 @@ pub(super) struct PolicyFile {
     pub(super) unhashable: Option<SettingAction>,
     pub(super) hash_limit_mib: Option<Spanned<i64>>,
     pub(super) notify_terminal: Option<bool>,
+    pub(super) untrusted_paths: Option<SettingAction>,
+    /// Lockdown: what happens to files no trust source names.
+    #[serde(rename = "default")]
+    pub(super) lockdown: Option<SettingAction>,
     #[serde(default)]
     pub(super) rule: Vec<RuleSpec>,
 }

@@ -258,6 +258,7 @@ mod tests {
             device: "254:1".to_owned(),
             inode: 42,
             sha256: None,
+            untrusted_path: None,
             circumstances: Circumstances::default(),
             telling: Default::default(),
         }

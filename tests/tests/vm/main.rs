@@ -5,6 +5,7 @@
 
 mod filesystems;
 mod ima;
+mod lockdown;
 mod lsm;
 mod notify;
 mod package;

@@ -1,0 +1,350 @@
+//! Trusted-path execution (`untrusted_paths`), lockdown (`default`) and `allow` rules on Debian's
+//! kernel (run inside the VM by `cargo xtask test`): a modified copy of a banned program where a
+//! user can write cannot run, whatever its bytes; programs on root's paths, allowed files and
+//! the safety net run; a ban beats an allow; an allowed file rewritten in place loses its
+//! allowance; in lockdown only allowed files and the safety net run.
+
+use std::{
+    io::Write,
+    os::unix::fs::{chown, PermissionsExt},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{ensure, Context, Result};
+use blocker_integration_tests::{
+    blocker_bin, harmless_binary, run_as_launcher, Daemon, Sandbox, EVENT_TIMEOUT,
+};
+use serde_json::Value;
+
+/// A user's home directory: the user owns it and what they put there.
+const HOME: &str = "/home/lockdown-user";
+/// Root's directory, with a tree a user owns below it (as under `/opt`).
+const TRUSTED: &str = "/opt/lockdown-trusted";
+const USER: u32 = 1000;
+/// The dynamic loader, which maps the program it is asked to run.
+const LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
+
+/// Makes `path` a directory `owner` owns, writable by no one else.
+fn directory(path: &str, owner: u32) -> Result<PathBuf> {
+    std::fs::create_dir_all(path).with_context(|| format!("creating {path}"))?;
+    chown(path, Some(owner), Some(owner))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(PathBuf::from(path))
+}
+
+/// The directories the tests use, and those above them, as a distribution has them: the VM's
+/// root is the kernel's initramfs filesystem, whose root directory may be world-writable.
+fn machine_directories() -> Result<()> {
+    for path in ["/", "/home", "/opt", TRUSTED] {
+        directory(path, 0)?;
+    }
+    directory(HOME, USER)?;
+    directory(&format!("{TRUSTED}/user-tree"), USER)?;
+    Ok(())
+}
+
+/// A copy of the harmless program with one byte appended, as a user gets past a content rule:
+/// another file, which runs all the same.
+fn modified_copy(path: &Path, owner: u32) -> Result<PathBuf> {
+    std::fs::copy(harmless_binary(), path).with_context(|| format!("copying to {path:?}"))?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)?
+        .write_all(b"\0")?;
+    chown(path, Some(owner), Some(owner))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(path.to_owned())
+}
+
+/// The programs of one scenario.
+struct Programs {
+    /// Banned by path (rule `ban`), in root's directory.
+    banned: PathBuf,
+    /// Modified copies of `banned`: the user's in the home directory, root's in /tmp and in a
+    /// user-owned tree, root's in root's directory.
+    home_copy: PathBuf,
+    tmp_copy: PathBuf,
+    tree_copy: PathBuf,
+    trusted_copy: PathBuf,
+    /// The user's, named by an allow rule.
+    allowed: PathBuf,
+    /// Named by an allow rule and by a ban.
+    allowed_and_banned: PathBuf,
+}
+
+impl Programs {
+    fn new(sandbox: &Sandbox) -> Result<Self> {
+        machine_directories()?;
+        let banned = modified_copy(&Path::new(TRUSTED).join("banned"), 0)?;
+        Ok(Self {
+            home_copy: modified_copy(&Path::new(HOME).join("banned-copy"), USER)?,
+            tmp_copy: modified_copy(&sandbox.path("banned-copy"), 0)?,
+            tree_copy: modified_copy(&Path::new(TRUSTED).join("user-tree/banned-copy"), 0)?,
+            trusted_copy: modified_copy(&Path::new(TRUSTED).join("trusted-copy"), 0)?,
+            allowed: modified_copy(&Path::new(HOME).join("allowed-tool"), USER)?,
+            allowed_and_banned: modified_copy(&Path::new(HOME).join("allowed-and-banned"), USER)?,
+            banned,
+        })
+    }
+
+    /// A policy with `header`'s settings, banning `banned` and `allowed_and_banned`, allowing
+    /// `allowed` and `allowed_and_banned`.
+    fn policy(&self, header: &str) -> String {
+        format!(
+            "name = \"test\"\n{header}\n\n\
+             [[rule]]\nid = \"ban\"\npaths = [{:?}]\n\n\
+             [[rule]]\nid = \"ban-allowed\"\npaths = [{:?}]\n\n\
+             [[rule]]\nid = \"tools\"\naction = \"allow\"\npaths = [{:?}, {:?}]\n",
+            self.banned.display().to_string(),
+            self.allowed_and_banned.display().to_string(),
+            self.allowed.display().to_string(),
+            self.allowed_and_banned.display().to_string(),
+        )
+    }
+}
+
+fn start(sandbox: &Sandbox, programs: &Programs, header: &str, backend: &str) -> Result<Daemon> {
+    sandbox.write_policy("test.toml", &programs.policy(header))?;
+    let (daemon, started) = Daemon::start(&sandbox.policy_dir(), &["--backend", backend])?;
+    ensure!(started["backend"] == backend, "{started}");
+    Ok(daemon)
+}
+
+fn refused(path: &Path) -> Result<()> {
+    let error = run_as_launcher(path).expect_err(&format!("{path:?} must be refused"));
+    ensure!(
+        error.raw_os_error() == Some(libc::EPERM),
+        "{path:?}: expected EPERM, got {error}"
+    );
+    Ok(())
+}
+
+fn runs(path: &Path) -> Result<()> {
+    let (_, status) = run_as_launcher(path).with_context(|| format!("running {path:?}"))?;
+    ensure!(status.success(), "{path:?}: {status}");
+    Ok(())
+}
+
+/// The record of `path`'s exec under the trusted-path setting, checked for what made its path
+/// untrusted.
+fn untrusted_record(
+    daemon: &mut Daemon,
+    path: &Path,
+    enforcement: &str,
+    offender: Value,
+) -> Result<Value> {
+    let record = daemon.wait_for_exec(path)?;
+    ensure!(record["rule"] == "untrusted_path", "{record}");
+    ensure!(record["enforcement"] == enforcement, "{record}");
+    ensure!(record["untrusted_path"] == offender, "{record}");
+    Ok(record)
+}
+
+/// `blocker explain FILE` with the sandbox's policies: its exit code and output.
+fn explain(file: &Path, sandbox: &Sandbox) -> Result<(Option<i32>, String)> {
+    let explained = Command::new(blocker_bin())
+        .arg("explain")
+        .arg(file)
+        .arg("--policy-dir")
+        .arg(sandbox.policy_dir())
+        .output()?;
+    Ok((
+        explained.status.code(),
+        String::from_utf8_lossy(&explained.stdout).into_owned(),
+    ))
+}
+
+fn offender(levels_above: u32, owner: u32, mode: &str) -> Value {
+    serde_json::json!({ "levels_above": levels_above, "owner": owner, "mode": mode })
+}
+
+#[test]
+fn deny_refuses_modified_copies_where_users_write_and_lets_the_rest_run() -> Result<()> {
+    let sandbox = Sandbox::new("untrusted-deny")?;
+    let programs = Programs::new(&sandbox)?;
+    let mut daemon = start(&sandbox, &programs, "untrusted_paths = \"deny\"", "lsm")?;
+
+    refused(&programs.banned)?;
+    ensure!(daemon.wait_for_exec(&programs.banned)?["rule"] == "ban");
+
+    refused(&programs.home_copy)?;
+    untrusted_record(
+        &mut daemon,
+        &programs.home_copy,
+        "eperm",
+        offender(0, USER, "0755"),
+    )?;
+    // The file is root's; its directory, /tmp's root, is anyone's (sticky).
+    refused(&programs.tmp_copy)?;
+    untrusted_record(
+        &mut daemon,
+        &programs.tmp_copy,
+        "eperm",
+        offender(2, 0, "1777"),
+    )?;
+    refused(&programs.tree_copy)?;
+    untrusted_record(
+        &mut daemon,
+        &programs.tree_copy,
+        "eperm",
+        offender(1, USER, "0755"),
+    )?;
+
+    // Mapped by the loader rather than exec'd: refused at the executable mapping.
+    let loaded = Command::new(LOADER).arg(&programs.home_copy).status()?;
+    ensure!(!loaded.success(), "ld.so ran the home copy: {loaded}");
+    let mapping = daemon.wait_for_record(EVENT_TIMEOUT, |record| {
+        record["kind"] == "exec" && record["operation"] == "mmap"
+    })?;
+    ensure!(mapping["rule"] == "untrusted_path", "{mapping}");
+    ensure!(mapping["enforcement"] == "eperm", "{mapping}");
+
+    runs(&programs.trusted_copy)?;
+    runs(&programs.allowed)?;
+    refused(&programs.allowed_and_banned)?;
+    ensure!(
+        daemon.wait_for_exec(&programs.allowed_and_banned)?["rule"] == "ban-allowed",
+        "a ban beats an allow"
+    );
+    // Rewritten in place, an allowed file is another program: untrusted until a reload allows
+    // what the policy names again.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&programs.allowed)?
+        .write_all(b"\0")?;
+    refused(&programs.allowed)?;
+    untrusted_record(
+        &mut daemon,
+        &programs.allowed,
+        "eperm",
+        offender(0, USER, "0755"),
+    )?;
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for_log("policy reloaded", EVENT_TIMEOUT)?;
+    runs(&programs.allowed)?;
+
+    // The safety net, and a packaged program on root's path.
+    ensure!(Command::new("/bin/sh")
+        .args(["-c", "true"])
+        .status()?
+        .success());
+    ensure!(Command::new("/usr/bin/dpkg-query")
+        .arg("--version")
+        .output()?
+        .status
+        .success());
+
+    let (code, stdout) = explain(&programs.home_copy, &sandbox)?;
+    ensure!(code == Some(0), "explain: {stdout}");
+    ensure!(
+        stdout.contains("refused as an untrusted path")
+            && stdout.contains("is not owned by root (owner uid 1000, mode 0755)"),
+        "{stdout}"
+    );
+    let (code, stdout) = explain(&programs.allowed, &sandbox)?;
+    ensure!(
+        code == Some(1) && stdout.contains("allowed by rule tools"),
+        "{stdout}"
+    );
+
+    let (status, _, _) = daemon.stop()?;
+    ensure!(status.success());
+    runs(&programs.home_copy)?;
+    Ok(())
+}
+
+#[test]
+fn audit_reports_untrusted_paths_and_lets_them_run() -> Result<()> {
+    let sandbox = Sandbox::new("untrusted-audit")?;
+    let programs = Programs::new(&sandbox)?;
+    let mut daemon = start(&sandbox, &programs, "untrusted_paths = \"audit\"", "lsm")?;
+    runs(&programs.home_copy)?;
+    let record = untrusted_record(
+        &mut daemon,
+        &programs.home_copy,
+        "none",
+        offender(0, USER, "0755"),
+    )?;
+    ensure!(record["action"] == "audit", "{record}");
+    runs(&programs.allowed)?;
+    refused(&programs.banned)?;
+    let (status, records, _) = daemon.stop()?;
+    ensure!(status.success());
+    ensure!(
+        !records
+            .iter()
+            .any(|record| record["path"] == programs.allowed.display().to_string().as_str()),
+        "an allowed file is not reported: {records:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_kill_backend_kills_programs_on_untrusted_paths() -> Result<()> {
+    let sandbox = Sandbox::new("untrusted-kill")?;
+    let programs = Programs::new(&sandbox)?;
+    let mut daemon = start(&sandbox, &programs, "untrusted_paths = \"deny\"", "kill")?;
+    let (_, status) = run_as_launcher(&programs.home_copy)?;
+    ensure!(
+        std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGKILL),
+        "{status}"
+    );
+    untrusted_record(
+        &mut daemon,
+        &programs.home_copy,
+        "sigkill",
+        offender(0, USER, "0755"),
+    )?;
+    runs(&programs.trusted_copy)?;
+    runs(&programs.allowed)?;
+    let (status, _, _) = daemon.stop()?;
+    ensure!(status.success());
+    Ok(())
+}
+
+#[test]
+fn lockdown_lets_only_allowed_files_and_the_safety_net_run() -> Result<()> {
+    let sandbox = Sandbox::new("lockdown-deny")?;
+    let programs = Programs::new(&sandbox)?;
+    let mut daemon = start(&sandbox, &programs, "default = \"deny\"", "lsm")?;
+    // On root's path, named by no allow rule.
+    refused(&programs.trusted_copy)?;
+    let record = daemon.wait_for_exec(&programs.trusted_copy)?;
+    ensure!(record["rule"] == "lockdown", "{record}");
+    ensure!(record.get("untrusted_path").is_none(), "{record}");
+    refused(&programs.home_copy)?;
+    ensure!(daemon.wait_for_exec(&programs.home_copy)?["rule"] == "lockdown");
+    let loaded = Command::new(LOADER).arg(&programs.trusted_copy).status()?;
+    ensure!(
+        !loaded.success(),
+        "ld.so ran a file lockdown refuses: {loaded}"
+    );
+    runs(&programs.allowed)?;
+    refused(&programs.allowed_and_banned)?;
+    ensure!(daemon.wait_for_exec(&programs.allowed_and_banned)?["rule"] == "ban-allowed");
+    ensure!(Command::new("/bin/sh")
+        .args(["-c", "true"])
+        .status()?
+        .success());
+    let (code, stdout) = explain(&programs.trusted_copy, &sandbox)?;
+    ensure!(
+        code == Some(0) && stdout.contains("refused by lockdown: default = \"deny\""),
+        "{stdout}"
+    );
+    let (status, _, _) = daemon.stop()?;
+    ensure!(status.success());
+    runs(&programs.trusted_copy)?;
+
+    // Audit first: everything runs, and what lockdown would refuse is recorded.
+    let mut daemon = start(&sandbox, &programs, "default = \"audit\"", "lsm")?;
+    runs(&programs.trusted_copy)?;
+    let record = daemon.wait_for_exec(&programs.trusted_copy)?;
+    ensure!(
+        record["rule"] == "lockdown" && record["action"] == "audit",
+        "{record}"
+    );
+    let (status, _, _) = daemon.stop()?;
+    ensure!(status.success());
+    Ok(())
+}
