@@ -347,6 +347,16 @@ impl Resolution {
     }
 }
 
+/// Whether what `policy` names changes when packages are installed, upgraded or removed: a
+/// rule names packages, or lockdown trusts what they installed.
+pub fn depends_on_packages(policy: &Policy) -> bool {
+    policy.lockdown().0 != SettingAction::Allow
+        || policy
+            .rules
+            .iter()
+            .any(|rule| !rule.identifiers.packages.is_empty())
+}
+
 /// Whether any rule of `policy` needs the content scan.
 pub fn needs_scan(policy: &Policy) -> bool {
     policy
