@@ -1103,9 +1103,11 @@ fn watch_dpkg_database(roots: &SourceRoots) -> Option<AsyncFd<DirectoryWatcher>>
     if !admin_dir.is_dir() {
         return None;
     }
+    // dpkg makes its journal directory when it first needs one.
+    let updates = admin_dir.join("updates");
     watch_directories(
         &admin_dir,
-        Some(&admin_dir.join("updates")),
+        updates.is_dir().then_some(updates.as_path()),
         "package changes are seen at the next refresh",
     )
 }

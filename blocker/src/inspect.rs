@@ -298,7 +298,7 @@ pub fn explain(path: &Path, policy_dir: &Path) -> Result<ExitCode> {
         verdicts = allowed;
     }
     let Some(decisive) = verdicts.first() else {
-        return explain_path(path, &resolution, allows.first(), &identity);
+        return explain_path(path, &resolution, allows.first(), &file.identity, &identity);
     };
     let rule = resolution.own_rule(decisive.rule_id);
     let verb = match rule.action {
@@ -346,6 +346,7 @@ fn explain_path(
     path: &Path,
     resolution: &Resolution,
     allowed_by: Option<&Verdict>,
+    file: &FileIdentity,
     identity: &str,
 ) -> Result<ExitCode> {
     let rules = resolution.rules.len();
@@ -363,6 +364,15 @@ fn explain_path(
             "  allowed by rule {} (policy {}) via {}: exempt from lockdown and the trusted-path \
              check",
             rule.id, rule.policy, allow.via
+        );
+        return Ok(ExitCode::from(EXIT_NOT_BANNED));
+    }
+    // Without an allow rule and outside the safety net, only the packages trust source puts a
+    // file in the allowed files.
+    if resolution.allowed.contains_key(&file.key) {
+        println!(
+            "  trusted: an installed package put it there and it is unchanged (dpkg's \
+             database); exempt from lockdown and the trusted-path check"
         );
         return Ok(ExitCode::from(EXIT_NOT_BANNED));
     }

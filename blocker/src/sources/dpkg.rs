@@ -23,6 +23,9 @@ pub(crate) struct Instance {
     multi_arch_same: bool,
     /// The last word of `Status:`, e.g. `installed`, `unpacked`, `config-files`.
     state: String,
+    /// `Conffiles:`, each path with the MD5 sum (hex) of what the package shipped there: dpkg
+    /// keeps conffiles' sums here, not in `md5sums`.
+    pub conffiles: Vec<(String, String)>,
 }
 
 impl Instance {
@@ -114,11 +117,16 @@ pub(crate) struct InstalledPackage {
     /// Each path as the package lists it (the md5sums' name for it), and where it is on disk
     /// (after diversions).
     pub paths: Vec<(PathBuf, PathBuf)>,
+    /// See [`Instance::conffiles`].
+    pub conffiles: HashMap<String, String>,
 }
 
-/// Every installed package instance with its paths; `None` without a dpkg database.
+/// Every installed package instance with its paths; `None` without a dpkg database. A package
+/// whose list cannot be read (dpkg writes a new package's list only after unpacking it) is
+/// left out and named in `problems`.
 pub(crate) fn installed_packages(
     roots: &SourceRoots,
+    problems: &mut Vec<String>,
 ) -> Result<Option<Vec<InstalledPackage>>, String> {
     let admin_dir = roots.root.join(&roots.dpkg_admin_dir);
     let Some(records) = installed_records(&admin_dir)? else {
@@ -127,8 +135,14 @@ pub(crate) fn installed_packages(
     let diversions_file = read_diversions(&admin_dir)?;
     let diversions = parse_diversions(&diversions_file);
     let mut packages = Vec::with_capacity(records.len());
-    for (name, instance) in records {
-        let list = read_list(&admin_dir, &name, &instance)?;
+    for (name, mut instance) in records {
+        let list = match read_list(&admin_dir, &name, &instance) {
+            Ok(list) => list,
+            Err(problem) => {
+                problems.push(problem);
+                continue;
+            }
+        };
         let paths = non_empty_lines(&list)
             .map(|listed| {
                 (
@@ -141,6 +155,9 @@ pub(crate) fn installed_packages(
         let list_name = instance.list_file_name(&name);
         let md5sums_name = format!("{}.md5sums", list_name.trim_end_matches(".list"));
         packages.push(InstalledPackage {
+            conffiles: std::mem::take(&mut instance.conffiles)
+                .into_iter()
+                .collect(),
             list_file: info.join(list_name),
             md5sums_file: info.join(md5sums_name),
             name,
@@ -192,6 +209,7 @@ fn records_in(database: &str) -> Vec<(&str, Instance)> {
     let mut records = Vec::new();
     let mut package = None;
     let mut instance = Instance::default();
+    let mut in_conffiles = false;
     for line in database.lines().chain([""]) {
         if line.trim().is_empty() {
             let finished = std::mem::take(&mut instance);
@@ -200,12 +218,20 @@ fn records_in(database: &str) -> Vec<(&str, Instance)> {
             }
             continue;
         }
+        if line.starts_with([' ', '\t']) {
+            // ` <path> <md5> [obsolete|remove-on-upgrade]`
+            let mut words = line.split_whitespace();
+            if let (true, Some(path), Some(digest)) = (in_conffiles, words.next(), words.next()) {
+                instance
+                    .conffiles
+                    .push((path.to_owned(), digest.to_ascii_lowercase()));
+            }
+            continue;
+        }
         let Some((field, value)) = line.split_once(':') else {
             continue;
         };
-        if field.starts_with([' ', '\t']) {
-            continue;
-        }
+        in_conffiles = field.eq_ignore_ascii_case("Conffiles");
         let value = value.trim();
         if field.eq_ignore_ascii_case("Package") {
             package = Some(value);
@@ -275,15 +301,17 @@ fn divert<'a>(
     }
 }
 
-/// `md5sums`: one `<32 hex digits>  <path without its leading slash>` line per file.
-pub(crate) fn parse_md5sums(file: &[u8]) -> HashMap<&[u8], &[u8]> {
+/// `md5sums`: one `<32 hex digits>  <path without its leading slash>` line per file; the
+/// digests in lower case.
+pub(crate) fn parse_md5sums(file: &[u8]) -> HashMap<Vec<u8>, Vec<u8>> {
     non_empty_lines(file)
         .filter_map(|line| {
             let (digest, path) = (line.get(..32)?, line.get(32..)?);
             let path = path
                 .strip_prefix(b"  ")
                 .or_else(|| path.strip_prefix(b" *"))?;
-            Some((path.strip_prefix(b"/").unwrap_or(path), digest))
+            let path = path.strip_prefix(b"/").unwrap_or(path);
+            Some((path.to_vec(), digest.to_ascii_lowercase()))
         })
         .collect()
 }
@@ -472,9 +500,54 @@ mod tests {
             "{warning}"
         );
 
+        // A package dpkg is unpacking has no list yet: the others stay trusted.
+        let admin = root.path().join("var/lib/dpkg");
+        let mut status = fs::read_to_string(admin.join("status")).unwrap();
+        status.push_str(
+            "\nPackage: blocker-unpacking\nStatus: install reinstreq half-installed\n\
+             Architecture: all\nVersion: 1.0\n",
+        );
+        fs::write(admin.join("status"), status).unwrap();
+        let trusted = crate::sources::trusted_package_files(&roots(root.path()), u64::MAX);
+        assert_eq!(trusted.files, [tool.clone()]);
+        assert!(
+            trusted
+                .problems
+                .warnings
+                .iter()
+                .any(|warning| warning.contains("blocker-unpacking.list")),
+            "{:?}",
+            trusted.problems
+        );
+
         // Too large to check within the hash limit: not trusted.
         let trusted = crate::sources::trusted_package_files(&roots(root.path()), 1);
         assert!(trusted.files.is_empty(), "{:?}", trusted.files);
+    }
+
+    #[test]
+    fn conffiles_keep_their_checksums() {
+        let status = "Package: tool\nStatus: install ok installed\nConffiles:\n \
+                      /etc/init.d/tool 0123456789ABCDEF0123456789abcdef\n \
+                      /etc/old 00000000000000000000000000000000 obsolete\n\
+                      Description: a tool\n with: a colon\n";
+        let [instance] = &instances_in(status, "tool")[..] else {
+            panic!("one record");
+        };
+        assert_eq!(
+            instance.conffiles,
+            [
+                (
+                    "/etc/init.d/tool".to_owned(),
+                    "0123456789abcdef0123456789abcdef".to_owned()
+                ),
+                (
+                    "/etc/old".to_owned(),
+                    "00000000000000000000000000000000".to_owned()
+                ),
+            ]
+        );
+        assert_eq!(instance.state, "installed");
     }
 
     #[test]
@@ -609,7 +682,8 @@ mod tests {
             [Instance {
                 architecture: "amd64".to_owned(),
                 multi_arch_same: true,
-                state: "installed".to_owned()
+                state: "installed".to_owned(),
+                conffiles: Vec::new(),
             }]
         );
         assert_eq!(installed[0].list_file_name("fixture"), "fixture:amd64.list");

@@ -4,13 +4,15 @@
 //! dpkg writes a package's file list after its files are in place, so a file whose inode
 //! changed later (its ctime is after the list's mtime: written, truncated, chmod'ed, given
 //! capabilities, renamed over) is no longer known to be what the package installed. Such a
-//! file is trusted only if its content still has the MD5 sum the package's `md5sums` records;
-//! otherwise, or where the package records none (conffiles), it is left out with a warning.
+//! file is trusted only if its content still has the MD5 sum the package's `md5sums` records
+//! (for a conffile, which dpkg installs after writing the list: dpkg's status); otherwise, or
+//! where the package records none, it is left out with a warning.
 //! Files nobody touched since their package was installed are trusted by identity without
 //! being read: a user cannot set a ctime back, so reading every packaged program at every
 //! refresh would buy nothing.
 
 use std::{
+    collections::HashMap,
     fs::{self, File, OpenOptions},
     io::{self, Read},
     os::unix::{
@@ -35,7 +37,7 @@ use crate::{
 /// refused under lockdown, which is the safe side.
 pub fn trusted_package_files(roots: &SourceRoots, hash_limit_bytes: u64) -> SourceFiles {
     let mut found = SourceFiles::default();
-    match dpkg::installed_packages(roots) {
+    match dpkg::installed_packages(roots, &mut found.problems.warnings) {
         Ok(Some(packages)) => {
             for package in &packages {
                 add_package(&mut found, package, roots, hash_limit_bytes);
@@ -62,7 +64,7 @@ fn add_package(
             return;
         }
     };
-    let mut md5sums_file: Option<Vec<u8>> = None;
+    let mut md5sums: Option<HashMap<Vec<u8>, Vec<u8>>> = None;
     for (listed, on_disk) in &package.paths {
         let Some(path) = roots.system_path(on_disk) else {
             continue;
@@ -101,9 +103,10 @@ fn add_package(
             }
         };
         if opened_status.ctime_ns > installed_at {
-            let md5sums = md5sums_file
-                .get_or_insert_with(|| fs::read(&package.md5sums_file).unwrap_or_default());
-            let recorded = dpkg::parse_md5sums(md5sums)
+            let md5sums = md5sums.get_or_insert_with(|| {
+                dpkg::parse_md5sums(&fs::read(&package.md5sums_file).unwrap_or_default())
+            });
+            let recorded = md5sums
                 .get(
                     listed
                         .as_os_str()
@@ -111,8 +114,9 @@ fn add_package(
                         .strip_prefix(b"/")
                         .unwrap_or_default(),
                 )
-                .map(|digest| digest.to_ascii_lowercase());
-            if let Err(problem) = verify(opened, recorded.as_deref(), hash_limit_bytes) {
+                .map(Vec::as_slice)
+                .or_else(|| Some(package.conffiles.get(listed.to_str()?)?.as_bytes()));
+            if let Err(problem) = verify(opened, recorded, hash_limit_bytes) {
                 found.problems.push(format!(
                     "{}: changed since package `{}` installed it and {problem}; not trusted",
                     escaped(&path),
