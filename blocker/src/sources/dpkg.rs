@@ -488,7 +488,7 @@ mod tests {
         // A change of content.
         fs::write(&library, "modified").unwrap();
         let trusted = crate::sources::trusted_package_files(&roots(root.path()), u64::MAX);
-        assert_eq!(trusted.files, [tool.clone()]);
+        assert_eq!(trusted.files, std::slice::from_ref(&tool));
         let [warning] = &trusted.problems.warnings[..] else {
             panic!("{:?}", trusted.problems);
         };
@@ -509,7 +509,7 @@ mod tests {
         );
         fs::write(admin.join("status"), status).unwrap();
         let trusted = crate::sources::trusted_package_files(&roots(root.path()), u64::MAX);
-        assert_eq!(trusted.files, [tool.clone()]);
+        assert_eq!(trusted.files, std::slice::from_ref(&tool));
         assert!(
             trusted
                 .problems
