@@ -497,8 +497,14 @@ mod tests {
         let ls = Path::new("/bin/ls");
         assert_eq!(explained("untrusted_paths = \"deny\"", ls), runs);
         assert_eq!(explained("untrusted_paths = \"audit\"", ls), runs);
-        assert_eq!(explained("default = \"deny\"", ls), refused);
-        assert_eq!(explained("default = \"audit\"", ls), runs);
+        let unpackaged = shared.path().join("unpackaged");
+        std::fs::copy(&program, &unpackaged).unwrap();
+        assert_eq!(explained("default = \"deny\"", &unpackaged), refused);
+        assert_eq!(explained("default = \"audit\"", &unpackaged), runs);
+        // Where dpkg installed it, the packages trust source vouches for it.
+        if Path::new("/var/lib/dpkg/info/coreutils.list").exists() {
+            assert_eq!(explained("default = \"deny\"", ls), runs);
+        }
         // Named by the allow rule: exempt from both.
         assert_eq!(explained("untrusted_paths = \"deny\"", &program), runs);
         assert_eq!(explained("default = \"deny\"", &program), runs);
