@@ -47,10 +47,11 @@ use crate::{
     pidfd,
     policy::{Action, Policy},
     prepare::{prepare, Contents, Prepared},
-    reload::{PolicyDirWatcher, QUIET_BEFORE_RELOAD},
+    reload::{DirectoryWatcher, QUIET_BEFORE_RELOAD},
     resolve::{self, Resolution, RuleInfo, Via},
     scan::{HashedFile, ScanOptions, ScanReport},
     sinks::{Batch, SinkOptions, Sinks},
+    sources::SourceRoots,
     status::{self, EventCounts, KernelFeatures, Publisher, Snapshot},
     sync::{self, config::SyncConfig},
     systemd, watch,
@@ -351,7 +352,10 @@ struct Wakeups {
     interrupt: Signal,
     terminate: Signal,
     hangup: Signal,
-    policy_dir: Option<AsyncFd<PolicyDirWatcher>>,
+    policy_dir: Option<AsyncFd<DirectoryWatcher>>,
+    /// dpkg's database: installing, upgrading or removing a package changes what package
+    /// rules name and what lockdown trusts.
+    packages: Option<AsyncFd<DirectoryWatcher>>,
     control_notices: mpsc::Receiver<Notice>,
     /// When the policy is to be read again: at once after SIGHUP, once the directory is quiet
     /// after a change in it.
@@ -381,6 +385,7 @@ impl Wakeups {
         let terminate = signal(SignalKind::terminate())?;
         let hangup = signal(SignalKind::hangup())?;
         let policy_dir = watch_policy_dir(&options.policy_dir);
+        let packages = watch_dpkg_database(&SourceRoots::default());
         let control_notices = control.serve(std::path::absolute(&options.policy_dir)?)?;
         let mut refresh = tokio::time::interval(options.refresh_interval);
         refresh.tick().await;
@@ -397,6 +402,7 @@ impl Wakeups {
             terminate,
             hangup,
             policy_dir,
+            packages,
             control_notices,
             reload_due: None,
             refresh,
@@ -509,6 +515,15 @@ impl Daemon {
                     let mut ready = ready?;
                     if ready.get_inner().drain() {
                         wakeups.reload_due = Some(Instant::now() + QUIET_BEFORE_RELOAD);
+                    }
+                    ready.clear_ready();
+                }
+                ready = changed(wakeups.packages.as_ref()) => {
+                    let mut ready = ready?;
+                    // At once, not after a quiet time: under lockdown, a program a package
+                    // just put in place is refused until the refresh is done.
+                    if ready.get_inner().drain() && resolve::depends_on_packages(&self.policy) {
+                        self.request(Work::Refresh { rescan: false });
                     }
                     ready.clear_ready();
                 }
@@ -690,9 +705,17 @@ impl Daemon {
             }
         }
         if fresh.allowed != self.resolution.allowed {
-            if let Err(error) = self.enforcer.apply_allowed(&fresh.allowed) {
-                log::error!("{error:#}");
-                return false;
+            match self.enforcer.apply_allowed(&fresh.allowed) {
+                Ok(stats) => log::info!(
+                    "allowed files updated: {} added, {} changed, {} removed",
+                    stats.added,
+                    stats.changed,
+                    stats.removed
+                ),
+                Err(error) => {
+                    log::error!("{error:#}");
+                    return false;
+                }
             }
         }
         // Only once the ban map holds what the scan found: whoever waits for this line (a
@@ -1069,8 +1092,36 @@ fn apply_reload(reloaded: Prepared, enforcer: &mut Enforcer) -> Result<Prepared>
 }
 
 /// Watches the policy directory for changes; without a watch, only SIGHUP reloads.
-fn watch_policy_dir(policy_dir: &Path) -> Option<AsyncFd<PolicyDirWatcher>> {
-    let watched = PolicyDirWatcher::new(policy_dir).and_then(|watcher| {
+fn watch_policy_dir(policy_dir: &Path) -> Option<AsyncFd<DirectoryWatcher>> {
+    watch_directories(policy_dir, None, "reload with SIGHUP")
+}
+
+/// Watches dpkg's status file and its journal (`updates/`), which dpkg writes at every step of
+/// installing, upgrading or removing a package. Without a dpkg database, nothing is watched.
+fn watch_dpkg_database(roots: &SourceRoots) -> Option<AsyncFd<DirectoryWatcher>> {
+    let admin_dir = roots.root.join(&roots.dpkg_admin_dir);
+    if !admin_dir.is_dir() {
+        return None;
+    }
+    // dpkg makes its journal directory when it first needs one.
+    let updates = admin_dir.join("updates");
+    watch_directories(
+        &admin_dir,
+        updates.is_dir().then_some(updates.as_path()),
+        "package changes are seen at the next refresh",
+    )
+}
+
+/// Watches `directory` (and `also`), or warns that it is not watched and what is done instead.
+fn watch_directories(
+    directory: &Path,
+    also: Option<&Path>,
+    instead: &str,
+) -> Option<AsyncFd<DirectoryWatcher>> {
+    let watched = DirectoryWatcher::new(directory).and_then(|watcher| {
+        if let Some(also) = also {
+            watcher.also(also)?;
+        }
         // SAFETY: the watcher owns its descriptor and keeps it open while the AsyncFd holds it.
         unsafe {
             Ok(AsyncFd::register_with_interest(
@@ -1082,19 +1133,16 @@ fn watch_policy_dir(policy_dir: &Path) -> Option<AsyncFd<PolicyDirWatcher>> {
     match watched {
         Ok(watcher) => Some(watcher),
         Err(error) => {
-            log::warn!(
-                "not watching {} ({error}); reload with SIGHUP",
-                escaped(&policy_dir)
-            );
+            log::warn!("not watching {} ({error}); {instead}", escaped(&directory));
             None
         }
     }
 }
 
-/// Readiness of the policy directory watch; never, without one.
+/// Readiness of a directory watch; never, without one.
 async fn changed(
-    watcher: Option<&AsyncFd<PolicyDirWatcher>>,
-) -> std::io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, PolicyDirWatcher>> {
+    watcher: Option<&AsyncFd<DirectoryWatcher>>,
+) -> std::io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, DirectoryWatcher>> {
     match watcher {
         Some(watcher) => watcher.readable().await,
         None => std::future::pending().await,

@@ -298,7 +298,7 @@ pub fn explain(path: &Path, policy_dir: &Path) -> Result<ExitCode> {
         verdicts = allowed;
     }
     let Some(decisive) = verdicts.first() else {
-        return explain_path(path, &resolution, allows.first(), &identity);
+        return explain_path(path, &resolution, allows.first(), &file.identity, &identity);
     };
     let rule = resolution.own_rule(decisive.rule_id);
     let verb = match rule.action {
@@ -346,6 +346,7 @@ fn explain_path(
     path: &Path,
     resolution: &Resolution,
     allowed_by: Option<&Verdict>,
+    file: &FileIdentity,
     identity: &str,
 ) -> Result<ExitCode> {
     let rules = resolution.rules.len();
@@ -363,6 +364,15 @@ fn explain_path(
             "  allowed by rule {} (policy {}) via {}: exempt from lockdown and the trusted-path \
              check",
             rule.id, rule.policy, allow.via
+        );
+        return Ok(ExitCode::from(EXIT_NOT_BANNED));
+    }
+    // Without an allow rule and outside the safety net, only the packages trust source puts a
+    // file in the allowed files.
+    if resolution.allowed.contains_key(&file.key) {
+        println!(
+            "  trusted: an installed package put it there and it is unchanged (dpkg's \
+             database); exempt from lockdown and the trusted-path check"
         );
         return Ok(ExitCode::from(EXIT_NOT_BANNED));
     }
@@ -487,8 +497,14 @@ mod tests {
         let ls = Path::new("/bin/ls");
         assert_eq!(explained("untrusted_paths = \"deny\"", ls), runs);
         assert_eq!(explained("untrusted_paths = \"audit\"", ls), runs);
-        assert_eq!(explained("default = \"deny\"", ls), refused);
-        assert_eq!(explained("default = \"audit\"", ls), runs);
+        let unpackaged = shared.path().join("unpackaged");
+        std::fs::copy(&program, &unpackaged).unwrap();
+        assert_eq!(explained("default = \"deny\"", &unpackaged), refused);
+        assert_eq!(explained("default = \"audit\"", &unpackaged), runs);
+        // Where dpkg installed it, the packages trust source vouches for it.
+        if Path::new("/var/lib/dpkg/info/coreutils.list").exists() {
+            assert_eq!(explained("default = \"deny\"", ls), runs);
+        }
         // Named by the allow rule: exempt from both.
         assert_eq!(explained("untrusted_paths = \"deny\"", &program), runs);
         assert_eq!(explained("default = \"deny\"", &program), runs);

@@ -17,21 +17,30 @@ use std::{
 /// are gathered until the directory has been quiet this long.
 pub const QUIET_BEFORE_RELOAD: Duration = Duration::from_millis(300);
 
-/// Notices files added, changed, renamed or removed in the policy directory.
-pub struct PolicyDirWatcher {
+/// Notices files added, changed, renamed or removed in a directory: the policy directory, and
+/// dpkg's database (see [`crate::daemon`]).
+pub struct DirectoryWatcher {
     inotify: OwnedFd,
 }
 
-impl PolicyDirWatcher {
-    pub fn new(policy_dir: &Path) -> io::Result<Self> {
+impl DirectoryWatcher {
+    pub fn new(directory: &Path) -> io::Result<Self> {
         // SAFETY: plain inotify_init1; the result is checked.
         let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: a fresh descriptor owned from here on.
-        let inotify = unsafe { OwnedFd::from_raw_fd(fd) };
-        let path = CString::new(policy_dir.as_os_str().as_bytes())
+        let watcher = Self {
+            inotify: unsafe { OwnedFd::from_raw_fd(fd) },
+        };
+        watcher.also(directory)?;
+        Ok(watcher)
+    }
+
+    /// Watches `directory` too.
+    pub fn also(&self, directory: &Path) -> io::Result<()> {
+        let path = CString::new(directory.as_os_str().as_bytes())
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         let events = libc::IN_CLOSE_WRITE
             | libc::IN_MOVED_TO
@@ -39,10 +48,10 @@ impl PolicyDirWatcher {
             | libc::IN_DELETE
             | libc::IN_CREATE;
         // SAFETY: a valid descriptor and NUL-terminated path; the result is checked.
-        if unsafe { libc::inotify_add_watch(inotify.as_raw_fd(), path.as_ptr(), events) } < 0 {
+        if unsafe { libc::inotify_add_watch(self.inotify.as_raw_fd(), path.as_ptr(), events) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Self { inotify })
+        Ok(())
     }
 
     /// Consumes every queued notification; returns whether there was any.
@@ -66,7 +75,7 @@ impl PolicyDirWatcher {
     }
 }
 
-impl AsRawFd for PolicyDirWatcher {
+impl AsRawFd for DirectoryWatcher {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.inotify.as_raw_fd()
     }
@@ -79,7 +88,7 @@ mod tests {
     #[test]
     fn notices_files_written_renamed_and_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let watcher = PolicyDirWatcher::new(dir.path()).unwrap();
+        let watcher = DirectoryWatcher::new(dir.path()).unwrap();
         assert!(!watcher.drain());
         std::fs::write(dir.path().join(".tmp"), b"x").unwrap();
         assert!(watcher.drain());

@@ -194,6 +194,9 @@ pub struct Resolution {
     pub lockdown_rule: Option<RuleInfo>,
     /// The files no rule may ban, unless its `ban_critical_files` names them.
     critical: BTreeMap<FileKey, CriticalFile>,
+    /// Under lockdown, the files installed packages vouch for (see
+    /// [`sources::trusted_package_files`]).
+    packaged: Vec<FileIdentity>,
     /// The map's budget and what the entries took of it.
     spending: Spending,
 }
@@ -342,6 +345,16 @@ impl Resolution {
             })
             .collect()
     }
+}
+
+/// Whether what `policy` names changes when packages are installed, upgraded or removed: a
+/// rule names packages, or lockdown trusts what they installed.
+pub fn depends_on_packages(policy: &Policy) -> bool {
+    policy.lockdown().0 != SettingAction::Allow
+        || policy
+            .rules
+            .iter()
+            .any(|rule| !rule.identifiers.packages.is_empty())
 }
 
 /// Whether any rule of `policy` needs the content scan.
@@ -519,6 +532,9 @@ pub fn resolve_within(
         resolution.critical_overrides.insert(rule_id, overrides);
     }
     resolution.critical = protected;
+    if lockdown != SettingAction::Allow {
+        resolution.trust_packages(roots, policy.hash_limit_bytes());
+    }
     resolution.choose_entries();
     resolution
 }
@@ -917,15 +933,27 @@ impl Resolution {
         self.choose_allowed();
     }
 
+    /// Trusts what the installed packages installed; files they cannot vouch for are warnings.
+    fn trust_packages(&mut self, roots: &SourceRoots, hash_limit_bytes: u64) {
+        let mut packaged = sources::trusted_package_files(roots, hash_limit_bytes);
+        self.warnings.append(&mut packaged.problems.warnings);
+        self.warnings.append(&mut packaged.problems.undecided);
+        self.packaged = packaged.identified.into_values().collect();
+    }
+
     fn allows(&self, found: usize) -> bool {
         self.own_rule(self.matches[found].rule_id).action == Action::Allow
     }
 
     /// One entry per file an `allow` rule names, the earliest rule's, unless a ban names it;
-    /// and the critical files (see [`crate::critical`]), the safety net, which always run
-    /// whatever their path (under rule id 0: no event names an allowed file).
+    /// the files installed packages vouch for under lockdown; and the critical files (see
+    /// [`crate::critical`]), the safety net, which always run whatever their path (under rule
+    /// id 0: no event names an allowed file).
     fn choose_allowed(&mut self) {
         let action = blocker_common::Action::Allow.wire();
+        let packaged = std::mem::take(&mut self.packaged)
+            .into_iter()
+            .map(|identity| (identity.key, identity.ban_entry(0, action)));
         let safety_net = self.critical.keys().map(|key| {
             let entry = BanEntry {
                 rule_id: 0,
@@ -940,6 +968,7 @@ impl Resolution {
                 let found = &self.matches[found];
                 (found.key, found.identity().ban_entry(found.rule_id, action))
             })
+            .chain(packaged)
             .chain(safety_net)
             .filter(|(key, _)| !self.entries.contains_key(key))
             .collect();

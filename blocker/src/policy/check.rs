@@ -55,6 +55,13 @@ pub(super) fn check_rule(
         errors: &mut errors,
     };
     let (ban_critical_files, overrides) = checker.critical_overrides(&spec, guard);
+    // An allow rule bans nothing: naming a critical file (a prefix of the system's libraries,
+    // for lockdown) only allows what the safety net allows anyway.
+    let mut bans_nothing = Guard::new(Vec::new());
+    let guard = match spec.action {
+        Action::Allow => &mut bans_nothing,
+        Action::Audit | Action::Deny => guard,
+    };
     let identifiers = checker.identifiers(&spec, guard, &overrides);
     if let Some(url) = &spec.url {
         if let Err(problem) = check_url(url.get_ref()) {
@@ -766,6 +773,16 @@ appimage = [{ name = "WeChat-*.AppImage" }, { name = "wechat*.AppImage", sha256 
              once `/proc/self/root` is resolved to `/`: begin it with a directory so blocker \
              does not walk the whole filesystem"
         );
+    }
+
+    #[test]
+    fn allow_rules_may_name_critical_files() {
+        let policy = parse(&[(
+            "p.toml",
+            "name = \"p\"\n[[rule]]\nid = \"system\"\naction = \"allow\"\n\
+             paths = [\"/bin/sh\"]\npath_prefixes = [\"/usr/lib\"]\n",
+        )]);
+        assert!(policy.is_ok(), "{:?}", policy.err());
     }
 
     #[test]

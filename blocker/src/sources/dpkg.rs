@@ -23,6 +23,9 @@ pub(crate) struct Instance {
     multi_arch_same: bool,
     /// The last word of `Status:`, e.g. `installed`, `unpacked`, `config-files`.
     state: String,
+    /// `Conffiles:`, each path with the MD5 sum (hex) of what the package shipped there: dpkg
+    /// keeps conffiles' sums here, not in `md5sums`.
+    pub conffiles: Vec<(String, String)>,
 }
 
 impl Instance {
@@ -65,6 +68,20 @@ fn installed_instances(
     package: &str,
     architecture: Option<&str>,
 ) -> Result<Option<Vec<Instance>>, String> {
+    Ok(installed_records(admin_dir)?.map(|records| {
+        records
+            .into_iter()
+            .filter(|(name, instance)| {
+                name == package && architecture.is_none_or(|wanted| instance.architecture == wanted)
+            })
+            .map(|(_, instance)| instance)
+            .collect()
+    }))
+}
+
+/// Every package instance whose files are on disk, with its package's name; `None` without a
+/// dpkg database.
+fn installed_records(admin_dir: &Path) -> Result<Option<Vec<(String, Instance)>>, String> {
     let status_path = admin_dir.join("status");
     let status = match fs::read(&status_path) {
         Ok(status) => status,
@@ -73,17 +90,81 @@ fn installed_instances(
     };
     // Only ASCII fields are read, so text in other encodings (old packages' descriptions) must
     // not make the database unreadable.
-    let mut instances = instances_in(&String::from_utf8_lossy(&status), package);
+    let owned = |(name, instance): (&str, Instance)| (name.to_owned(), instance);
+    let mut records: Vec<(String, Instance)> = records_in(&String::from_utf8_lossy(&status))
+        .into_iter()
+        .map(owned)
+        .collect();
     for update in pending_updates(&admin_dir.join("updates"))? {
-        for newer in instances_in(&String::from_utf8_lossy(&update), package) {
-            instances.retain(|instance| instance.architecture != newer.architecture);
-            instances.push(newer);
+        for (name, newer) in records_in(&String::from_utf8_lossy(&update)) {
+            records.retain(|(older_name, older)| {
+                older_name != name || older.architecture != newer.architecture
+            });
+            records.push((name.to_owned(), newer));
         }
     }
-    instances.retain(|instance| {
-        instance.has_files() && architecture.is_none_or(|wanted| instance.architecture == wanted)
-    });
-    Ok(Some(instances))
+    records.retain(|(_, instance)| instance.has_files());
+    Ok(Some(records))
+}
+
+/// One installed package instance and the paths it installed.
+pub(crate) struct InstalledPackage {
+    pub name: String,
+    /// `info/<package>.list`: dpkg writes it after the package's files are in place.
+    pub list_file: PathBuf,
+    /// `info/<package>.md5sums`, which not every package has.
+    pub md5sums_file: PathBuf,
+    /// Each path as the package lists it (the md5sums' name for it), and where it is on disk
+    /// (after diversions).
+    pub paths: Vec<(PathBuf, PathBuf)>,
+    /// See [`Instance::conffiles`].
+    pub conffiles: HashMap<String, String>,
+}
+
+/// Every installed package instance with its paths; `None` without a dpkg database. A package
+/// whose list cannot be read (dpkg writes a new package's list only after unpacking it) is
+/// left out and named in `problems`.
+pub(crate) fn installed_packages(
+    roots: &SourceRoots,
+    problems: &mut Vec<String>,
+) -> Result<Option<Vec<InstalledPackage>>, String> {
+    let admin_dir = roots.root.join(&roots.dpkg_admin_dir);
+    let Some(records) = installed_records(&admin_dir)? else {
+        return Ok(None);
+    };
+    let diversions_file = read_diversions(&admin_dir)?;
+    let diversions = parse_diversions(&diversions_file);
+    let mut packages = Vec::with_capacity(records.len());
+    for (name, mut instance) in records {
+        let list = match read_list(&admin_dir, &name, &instance) {
+            Ok(list) => list,
+            Err(problem) => {
+                problems.push(problem);
+                continue;
+            }
+        };
+        let paths = non_empty_lines(&list)
+            .map(|listed| {
+                (
+                    PathBuf::from(OsStr::from_bytes(listed)),
+                    PathBuf::from(OsStr::from_bytes(divert(&diversions, &name, listed))),
+                )
+            })
+            .collect();
+        let info = admin_dir.join("info");
+        let list_name = instance.list_file_name(&name);
+        let md5sums_name = format!("{}.md5sums", list_name.trim_end_matches(".list"));
+        packages.push(InstalledPackage {
+            conffiles: std::mem::take(&mut instance.conffiles)
+                .into_iter()
+                .collect(),
+            list_file: info.join(list_name),
+            md5sums_file: info.join(md5sums_name),
+            name,
+            paths,
+        });
+    }
+    Ok(Some(packages))
 }
 
 /// The journal files dpkg has not merged into `status` yet, oldest first. Their names are all
@@ -113,29 +194,47 @@ fn pending_updates(updates_dir: &Path) -> Result<Vec<Vec<u8>>, String> {
         .collect()
 }
 
-/// The records of `package` in a database file: paragraphs of `Field: value` lines separated by
-/// blank lines, continuation lines starting with a space.
+/// The records of `package` in a database file.
 pub(crate) fn instances_in(database: &str, package: &str) -> Vec<Instance> {
-    let mut instances = Vec::new();
-    let mut is_package = false;
+    records_in(database)
+        .into_iter()
+        .filter(|(name, _)| *name == package)
+        .map(|(_, instance)| instance)
+        .collect()
+}
+
+/// Every record in a database file, with its package's name: paragraphs of `Field: value` lines
+/// separated by blank lines, continuation lines starting with a space.
+fn records_in(database: &str) -> Vec<(&str, Instance)> {
+    let mut records = Vec::new();
+    let mut package = None;
     let mut instance = Instance::default();
+    let mut in_conffiles = false;
     for line in database.lines().chain([""]) {
         if line.trim().is_empty() {
             let finished = std::mem::take(&mut instance);
-            if std::mem::take(&mut is_package) {
-                instances.push(finished);
+            if let Some(package) = package.take() {
+                records.push((package, finished));
+            }
+            continue;
+        }
+        if line.starts_with([' ', '\t']) {
+            // ` <path> <md5> [obsolete|remove-on-upgrade]`
+            let mut words = line.split_whitespace();
+            if let (true, Some(path), Some(digest)) = (in_conffiles, words.next(), words.next()) {
+                instance
+                    .conffiles
+                    .push((path.to_owned(), digest.to_ascii_lowercase()));
             }
             continue;
         }
         let Some((field, value)) = line.split_once(':') else {
             continue;
         };
-        if field.starts_with([' ', '\t']) {
-            continue;
-        }
+        in_conffiles = field.eq_ignore_ascii_case("Conffiles");
         let value = value.trim();
         if field.eq_ignore_ascii_case("Package") {
-            is_package = value == package;
+            package = Some(value);
         } else if field.eq_ignore_ascii_case("Architecture") {
             instance.architecture = value.to_owned();
         } else if field.eq_ignore_ascii_case("Multi-Arch") {
@@ -144,7 +243,7 @@ pub(crate) fn instances_in(database: &str, package: &str) -> Vec<Instance> {
             instance.state = value.rsplit(' ').next().unwrap_or_default().to_owned();
         }
     }
-    instances
+    records
 }
 
 /// The paths in the instances' list files, with diversions by other packages applied. Paths
@@ -154,35 +253,67 @@ fn read_listed_paths(
     package: &str,
     instances: &[Instance],
 ) -> Result<Vec<PathBuf>, String> {
-    let diversions_path = admin_dir.join("diversions");
-    let diversions_file = match fs::read(&diversions_path) {
-        Ok(file) => file,
-        Err(error) if error.kind() == ErrorKind::NotFound => Vec::new(),
-        Err(error) => return Err(format!("{}: {error}", escaped(&diversions_path))),
-    };
+    let diversions_file = read_diversions(admin_dir)?;
     let diversions = parse_diversions(&diversions_file);
     let mut paths = Vec::new();
     for instance in instances {
-        let list_path = admin_dir
-            .join("info")
-            .join(instance.list_file_name(package));
-        let list = fs::read(&list_path).map_err(|error| {
-            format!(
-                "{}: {error} (dpkg's status says `{package}:{}` is {})",
-                escaped(&list_path),
-                instance.architecture,
-                instance.state
-            )
-        })?;
+        let list = read_list(admin_dir, package, instance)?;
         for listed in non_empty_lines(&list) {
-            let path = match diversions.get(listed) {
-                Some(diversion) if diversion.by != package.as_bytes() => diversion.to,
-                _ => listed,
-            };
+            let path = divert(&diversions, package, listed);
             paths.push(PathBuf::from(OsStr::from_bytes(path)));
         }
     }
     Ok(paths)
+}
+
+fn read_diversions(admin_dir: &Path) -> Result<Vec<u8>, String> {
+    let diversions_path = admin_dir.join("diversions");
+    match fs::read(&diversions_path) {
+        Ok(file) => Ok(file),
+        Err(error) if error.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+        Err(error) => Err(format!("{}: {error}", escaped(&diversions_path))),
+    }
+}
+
+fn read_list(admin_dir: &Path, package: &str, instance: &Instance) -> Result<Vec<u8>, String> {
+    let list_path = admin_dir
+        .join("info")
+        .join(instance.list_file_name(package));
+    fs::read(&list_path).map_err(|error| {
+        format!(
+            "{}: {error} (dpkg's status says `{package}:{}` is {})",
+            escaped(&list_path),
+            instance.architecture,
+            instance.state
+        )
+    })
+}
+
+/// Where the file `package` lists at `listed` is: moved by another package's diversion.
+fn divert<'a>(
+    diversions: &HashMap<&[u8], Diversion<'a>>,
+    package: &str,
+    listed: &'a [u8],
+) -> &'a [u8] {
+    match diversions.get(listed) {
+        Some(diversion) if diversion.by != package.as_bytes() => diversion.to,
+        _ => listed,
+    }
+}
+
+/// `md5sums`: one `<32 hex digits>  <path without its leading slash>` line per file; the
+/// digests in lower case.
+pub(crate) fn parse_md5sums(file: &[u8]) -> HashMap<Vec<u8>, Vec<u8>> {
+    non_empty_lines(file)
+        .filter_map(|line| {
+            let (digest, path) = (line.get(..32)?, line.get(32..)?);
+            let path = path
+                .strip_prefix(b"  ")
+                .or_else(|| path.strip_prefix(b" *"))?;
+            let path = path.strip_prefix(b"/").unwrap_or(path);
+            Some((path.to_vec(), digest.to_ascii_lowercase()))
+        })
+        .collect()
 }
 
 /// `dpkg-divert` moved the file a package ships at some path to `to`, unless the package is
@@ -213,6 +344,8 @@ pub(crate) fn non_empty_lines(file: &[u8]) -> impl Iterator<Item = &[u8]> {
 #[cfg(test)]
 mod tests {
     use std::{os::unix::fs::PermissionsExt, process::Command};
+
+    use md5::Digest;
 
     use super::*;
     use crate::sources::package_files;
@@ -270,6 +403,15 @@ mod tests {
         write_file(&opt.join("bin/tool"), "#!/bin/sh\n", 0o755);
         write_file(&opt.join("lib/libfixture.so.1"), "not really ELF", 0o644);
         write_file(&opt.join("share/readme.txt"), "a fixture\n", 0o644);
+        let md5sums: String = ["bin/tool", "lib/libfixture.so.1", "share/readme.txt"]
+            .iter()
+            .map(|file| {
+                let digest = md5::Md5::digest(fs::read(opt.join(file)).unwrap());
+                let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+                format!("{hex}  opt/blocker-fixture/{file}\n")
+            })
+            .collect();
+        write_file(&tree.join("DEBIAN/md5sums"), &md5sums, 0o644);
         fs::create_dir_all(tree.join("usr/bin")).unwrap();
         std::os::unix::fs::symlink(
             "/opt/blocker-fixture/bin/tool",
@@ -325,6 +467,87 @@ mod tests {
             error.contains("`blocker-test-fixture:i386` is not installed (dpkg"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn lockdown_trusts_packaged_files_unless_changed_from_dpkg_s_checksums() {
+        let root = empty_root();
+        install_fixture(root.path(), "all", "");
+        let [tool, library] = <[PathBuf; 2]>::try_from(fixture_files(root.path())).unwrap();
+
+        let trusted = crate::sources::trusted_package_files(&roots(root.path()), u64::MAX);
+        assert_eq!(trusted.files, [tool.clone(), library.clone()]);
+        assert!(
+            trusted.problems.warnings.is_empty(),
+            "{:?}",
+            trusted.problems
+        );
+
+        // A change of metadata only: the content still has dpkg's checksum.
+        fs::set_permissions(&tool, fs::Permissions::from_mode(0o750)).unwrap();
+        // A change of content.
+        fs::write(&library, "modified").unwrap();
+        let trusted = crate::sources::trusted_package_files(&roots(root.path()), u64::MAX);
+        assert_eq!(trusted.files, std::slice::from_ref(&tool));
+        let [warning] = &trusted.problems.warnings[..] else {
+            panic!("{:?}", trusted.problems);
+        };
+        assert!(
+            warning.contains(
+                "libfixture.so.1: changed since package `blocker-test-fixture` \
+                              installed it and its content differs from dpkg's checksum"
+            ),
+            "{warning}"
+        );
+
+        // A package dpkg is unpacking has no list yet: the others stay trusted.
+        let admin = root.path().join("var/lib/dpkg");
+        let mut status = fs::read_to_string(admin.join("status")).unwrap();
+        status.push_str(
+            "\nPackage: blocker-unpacking\nStatus: install reinstreq half-installed\n\
+             Architecture: all\nVersion: 1.0\n",
+        );
+        fs::write(admin.join("status"), status).unwrap();
+        let trusted = crate::sources::trusted_package_files(&roots(root.path()), u64::MAX);
+        assert_eq!(trusted.files, std::slice::from_ref(&tool));
+        assert!(
+            trusted
+                .problems
+                .warnings
+                .iter()
+                .any(|warning| warning.contains("blocker-unpacking.list")),
+            "{:?}",
+            trusted.problems
+        );
+
+        // Too large to check within the hash limit: not trusted.
+        let trusted = crate::sources::trusted_package_files(&roots(root.path()), 1);
+        assert!(trusted.files.is_empty(), "{:?}", trusted.files);
+    }
+
+    #[test]
+    fn conffiles_keep_their_checksums() {
+        let status = "Package: tool\nStatus: install ok installed\nConffiles:\n \
+                      /etc/init.d/tool 0123456789ABCDEF0123456789abcdef\n \
+                      /etc/old 00000000000000000000000000000000 obsolete\n\
+                      Description: a tool\n with: a colon\n";
+        let [instance] = &instances_in(status, "tool")[..] else {
+            panic!("one record");
+        };
+        assert_eq!(
+            instance.conffiles,
+            [
+                (
+                    "/etc/init.d/tool".to_owned(),
+                    "0123456789abcdef0123456789abcdef".to_owned()
+                ),
+                (
+                    "/etc/old".to_owned(),
+                    "00000000000000000000000000000000".to_owned()
+                ),
+            ]
+        );
+        assert_eq!(instance.state, "installed");
     }
 
     #[test]
@@ -459,7 +682,8 @@ mod tests {
             [Instance {
                 architecture: "amd64".to_owned(),
                 multi_arch_same: true,
-                state: "installed".to_owned()
+                state: "installed".to_owned(),
+                conffiles: Vec::new(),
             }]
         );
         assert_eq!(installed[0].list_file_name("fixture"), "fixture:amd64.list");

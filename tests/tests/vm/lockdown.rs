@@ -2,7 +2,8 @@
 //! kernel (run inside the VM by `cargo xtask test`): a modified copy of a banned program where a
 //! user can write cannot run, whatever its bytes; programs on root's paths, allowed files and
 //! the safety net run; a ban beats an allow; an allowed file rewritten in place loses its
-//! allowance; in lockdown only allowed files and the safety net run.
+//! allowance; in lockdown only allowed files, what installed packages installed (as dpkg's
+//! database says while packages come and go) and the safety net run.
 
 use std::{
     io::Write,
@@ -346,5 +347,224 @@ fn lockdown_lets_only_allowed_files_and_the_safety_net_run() -> Result<()> {
     );
     let (status, _, _) = daemon.stop()?;
     ensure!(status.success());
+    Ok(())
+}
+
+/// dpkg's database, which the VM lacks until a test makes one (its programs are copied from the
+/// host, not installed).
+const DPKG_ADMIN_DIR: &str = "/var/lib/dpkg";
+/// What dpkg runs to unpack a package, and the libraries they load: copied into the VM from the
+/// host without a package record, so the test records them as a package of their own, as a
+/// real system's packages vouch for them.
+const DPKG_HELPERS: [&str; 4] = [
+    "/usr/bin/dpkg-deb",
+    "/usr/bin/dpkg-split",
+    "/usr/bin/tar",
+    "/usr/sbin/ldconfig",
+];
+const LIBRARIES: &str = "/lib/x86_64-linux-gnu";
+const VM_TOOLS: &str = "blocker-vm-tools";
+
+/// A dpkg database that records [`DPKG_HELPERS`] and [`LIBRARIES`] as package [`VM_TOOLS`].
+fn dpkg_database() -> Result<()> {
+    let admin = Path::new(DPKG_ADMIN_DIR);
+    for dir in ["info", "updates"] {
+        std::fs::create_dir_all(admin.join(dir))?;
+    }
+    let mut listed: Vec<String> = DPKG_HELPERS.iter().map(|path| path.to_string()).collect();
+    for entry in std::fs::read_dir(LIBRARIES)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            listed.push(entry.path().display().to_string());
+        }
+    }
+    std::fs::write(
+        admin.join(format!("info/{VM_TOOLS}.list")),
+        listed.join("\n") + "\n",
+    )?;
+    let status_path = admin.join("status");
+    let status = std::fs::read_to_string(&status_path).unwrap_or_default();
+    let separator = if status.is_empty() || status.ends_with("\n\n") {
+        ""
+    } else {
+        "\n"
+    };
+    std::fs::write(
+        &status_path,
+        format!(
+            "{status}{separator}Package: {VM_TOOLS}\nStatus: install ok installed\n\
+             Maintainer: blocker tests <tests@example.invalid>\nArchitecture: all\n\
+             Version: 1.0\nDescription: the VM's dpkg helpers and libraries\n\n"
+        ),
+    )?;
+    Ok(())
+}
+
+/// Forgets [`VM_TOOLS`] without removing its files: dpkg removes what the list names.
+fn forget_vm_tools() -> Result<()> {
+    std::fs::write(
+        Path::new(DPKG_ADMIN_DIR).join(format!("info/{VM_TOOLS}.list")),
+        "",
+    )?;
+    dpkg(&["--purge", VM_TOOLS], None)
+}
+
+/// Builds version `version` of package `name` with the programs `/usr/bin/<program>`, each the
+/// harmless program with the version appended (so each version is another file), and an
+/// `md5sums` as Debian's packaging tools write one.
+fn build_package(
+    sandbox: &Sandbox,
+    name: &str,
+    version: &str,
+    programs: &[&str],
+) -> Result<PathBuf> {
+    let tree = sandbox.path(&format!("{name}-{version}"));
+    std::fs::create_dir_all(tree.join("DEBIAN"))?;
+    std::fs::create_dir_all(tree.join("usr/bin"))?;
+    let mut listed = Vec::new();
+    for program in programs {
+        let relative = format!("usr/bin/{program}");
+        std::fs::copy(harmless_binary(), tree.join(&relative))?;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(tree.join(&relative))?
+            .write_all(version.as_bytes())?;
+        std::fs::set_permissions(tree.join(&relative), std::fs::Permissions::from_mode(0o755))?;
+        listed.push(relative);
+    }
+    let md5sums = Command::new("/bin/busybox")
+        .arg("md5sum")
+        .args(&listed)
+        .current_dir(&tree)
+        .output()?;
+    ensure!(md5sums.status.success(), "md5sum: {md5sums:?}");
+    std::fs::write(tree.join("DEBIAN/md5sums"), &md5sums.stdout)?;
+    std::fs::write(
+        tree.join("DEBIAN/control"),
+        format!(
+            "Package: {name}\nVersion: {version}\nArchitecture: all\n\
+             Maintainer: blocker tests <tests@example.invalid>\n\
+             Description: a program for the lockdown tests\n"
+        ),
+    )?;
+    let deb = sandbox.path(&format!("{name}_{version}.deb"));
+    let built = Command::new("dpkg-deb")
+        .args(["--build", "--root-owner-group"])
+        .arg(&tree)
+        .arg(&deb)
+        .output()?;
+    ensure!(built.status.success(), "dpkg-deb --build: {built:?}");
+    Ok(deb)
+}
+
+fn dpkg(args: &[&str], deb: Option<&Path>) -> Result<()> {
+    let mut command = Command::new("dpkg");
+    command
+        .args(["--force-depends", "--log=/dev/null"])
+        .args(args);
+    command.args(deb);
+    let output = command.output()?;
+    ensure!(output.status.success(), "{command:?}: {output:?}");
+    Ok(())
+}
+
+/// Waits until `path` runs (`true`) or is refused (`false`), as the daemon's refresh after a
+/// package change makes it; prints how long that took, the window a package change leaves, on
+/// the VM's console (the test harness keeps a passing test's output to itself).
+fn until(path: &Path, running: bool, after: &str) -> Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        let ran = matches!(run_as_launcher(path), Ok((_, status)) if status.success());
+        if ran == running {
+            let line = format!(
+                "lockdown window: {path:?} {} {:?} after {after}\n",
+                if running { "ran" } else { "was refused" },
+                started.elapsed()
+            );
+            // Best effort: a measurement, not a result.
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/console")
+                .and_then(|mut console| console.write_all(line.as_bytes()));
+            return Ok(());
+        }
+        ensure!(
+            started.elapsed() < EVENT_TIMEOUT,
+            "{path:?} still {} {EVENT_TIMEOUT:?} after {after}",
+            if running { "refused" } else { "runs" }
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn lockdown_trusts_what_installed_packages_installed() -> Result<()> {
+    let sandbox = Sandbox::new("lockdown-packages")?;
+    machine_directories()?;
+    dpkg_database()?;
+    let base = build_package(
+        &sandbox,
+        "blocker-trust-base",
+        "1.0",
+        &["trust-tool", "trust-edited"],
+    )?;
+    dpkg(&["--install"], Some(&base))?;
+    let (tool, edited) = (
+        Path::new("/usr/bin/trust-tool"),
+        Path::new("/usr/bin/trust-edited"),
+    );
+    sandbox.write_policy("test.toml", "name = \"test\"\ndefault = \"deny\"\n")?;
+    let (mut daemon, started) = Daemon::start(&sandbox.policy_dir(), &["--backend", "lsm"])?;
+    ensure!(started["backend"] == "lsm", "{started}");
+
+    runs(tool)?;
+    let (code, stdout) = explain(tool, &sandbox)?;
+    ensure!(
+        code == Some(1) && stdout.contains("trusted: an installed package put it there"),
+        "{stdout}"
+    );
+    // Copies are other files, which no package installed.
+    let tmp_copy = sandbox.path("trust-tool");
+    std::fs::copy(tool, &tmp_copy)?;
+    refused(&tmp_copy)?;
+    ensure!(daemon.wait_for_exec(&tmp_copy)?["rule"] == "lockdown");
+    let home_copy = Path::new(HOME).join("trust-tool");
+    std::fs::copy(tool, &home_copy)?;
+    refused(&home_copy)?;
+
+    // Rewritten in place: no longer what the package installed, now nor after a refresh.
+    runs(edited)?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(edited)?
+        .write_all(b"\0")?;
+    refused(edited)?;
+
+    // Installed while the daemon runs: trusted once dpkg's database says so.
+    let added = Path::new("/usr/bin/trust-added");
+    let first = build_package(&sandbox, "blocker-trust-added", "1.0", &["trust-added"])?;
+    dpkg(&["--install"], Some(&first))?;
+    until(added, true, "dpkg --install")?;
+    refused(edited)?;
+    // Upgraded: the new version runs; the old one, kept by a hard link, loses its trust.
+    let old_version = Path::new(TRUSTED).join("trust-added-1.0");
+    std::fs::hard_link(added, &old_version)?;
+    let second = build_package(&sandbox, "blocker-trust-added", "2.0", &["trust-added"])?;
+    dpkg(&["--install"], Some(&second))?;
+    until(added, true, "the upgrade")?;
+    until(&old_version, false, "the upgrade")?;
+    // Removed: a copy kept of it is refused.
+    let removed_version = Path::new(TRUSTED).join("trust-added-2.0");
+    std::fs::hard_link(added, &removed_version)?;
+    dpkg(&["--remove", "blocker-trust-added"], None)?;
+    until(&removed_version, false, "dpkg --remove")?;
+
+    let (status, _, _) = daemon.stop()?;
+    ensure!(status.success());
+    dpkg(&["--purge", "blocker-trust-base"], None)?;
+    forget_vm_tools()?;
+    for kept in [old_version, removed_version, home_copy] {
+        std::fs::remove_file(kept)?;
+    }
     Ok(())
 }
