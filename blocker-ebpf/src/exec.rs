@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use blocker_common::{
-    counter, setting, Action, Backend, BanEntry, FileKey, HookArgument, Operation,
-    FILELESS_RULE_ID, UNKNOWN_CONTENT_HASH,
+    counter, setting, Action, Backend, FileKey, HookArgument, Operation, FILELESS_RULE_ID,
+    UNKNOWN_CONTENT_HASH,
 };
 
 use crate::{
@@ -152,13 +152,5 @@ pub fn fileless_ban(inode: Inode, key: FileKey) -> Option<Ban> {
     if fileless == Action::Allow.wire() || inode.links()? != 0 {
         return None;
     }
-    Some(Ban::new(
-        key,
-        BanEntry {
-            rule_id: FILELESS_RULE_ID,
-            action: fileless,
-            generation: 0,
-            flags: 0,
-        },
-    ))
+    Some(Ban::by_rule(key, FILELESS_RULE_ID, fileless))
 }

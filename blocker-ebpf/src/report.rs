@@ -58,15 +58,7 @@ impl Offender {
 
 impl Ban {
     /// No ban: what a check that found none stands for where a whole value is needed.
-    pub const NOTHING: Ban = Ban::new(
-        FileKey::new(0, 0),
-        BanEntry {
-            rule_id: 0,
-            action: Action::Allow.wire(),
-            generation: 0,
-            flags: 0,
-        },
-    );
+    pub const NOTHING: Ban = Ban::by_rule(FileKey::new(0, 0), 0, Action::Allow.wire());
 
     /// A ban by a rule or a setting other than the trusted-path one.
     pub const fn new(key: FileKey, entry: BanEntry) -> Self {
@@ -75,6 +67,20 @@ impl Ban {
             entry,
             offender: Offender::NONE,
         }
+    }
+
+    /// A ban of `key` with `action` by `rule_id` (a rule, or a setting's pseudo-rule), which no
+    /// map entry holds: no generation to compare.
+    pub const fn by_rule(key: FileKey, rule_id: u32, action: u32) -> Self {
+        Ban::new(
+            key,
+            BanEntry {
+                rule_id,
+                action,
+                generation: 0,
+                flags: 0,
+            },
+        )
     }
 
     pub fn denies(&self) -> bool {
@@ -88,15 +94,7 @@ impl Ban {
 
     /// A refusal no rule decides (tamper protection): `key` is what it protects.
     pub fn protection(key: FileKey) -> Self {
-        Ban::new(
-            key,
-            BanEntry {
-                rule_id: 0,
-                action: Action::Deny.wire(),
-                generation: 0,
-                flags: 0,
-            },
-        )
+        Ban::by_rule(key, 0, Action::Deny.wire())
     }
 }
 

@@ -6,7 +6,7 @@
 //! under `/opt`) cannot run, however its bytes were changed.
 
 use blocker_common::{
-    setting, trusted_path, Action, BanEntry, FileKey, LOCKDOWN_RULE_ID, UNTRUSTED_PATH_RULE_ID,
+    setting, trusted_path, Action, FileKey, LOCKDOWN_RULE_ID, UNTRUSTED_PATH_RULE_ID,
 };
 
 use crate::{
@@ -28,30 +28,17 @@ pub fn unallowed(file: File, inode: Inode, key: FileKey) -> Option<Ban> {
         return None;
     }
     if lockdown == Action::Deny.wire() {
-        return Some(setting_ban(key, LOCKDOWN_RULE_ID, lockdown));
+        return Some(Ban::by_rule(key, LOCKDOWN_RULE_ID, lockdown));
     }
     if untrusted_paths != allow {
         if let Some(offender) = offender(file) {
             return Some(Ban {
                 offender,
-                ..setting_ban(key, UNTRUSTED_PATH_RULE_ID, untrusted_paths)
+                ..Ban::by_rule(key, UNTRUSTED_PATH_RULE_ID, untrusted_paths)
             });
         }
     }
-    (lockdown != allow).then(|| setting_ban(key, LOCKDOWN_RULE_ID, lockdown))
-}
-
-#[inline(always)]
-fn setting_ban(key: FileKey, rule_id: u32, action: u32) -> Ban {
-    Ban::new(
-        key,
-        BanEntry {
-            rule_id,
-            action,
-            generation: 0,
-            flags: 0,
-        },
-    )
+    (lockdown != allow).then(|| Ban::by_rule(key, LOCKDOWN_RULE_ID, lockdown))
 }
 
 /// Whether an `allow` rule names the inode (generation included).

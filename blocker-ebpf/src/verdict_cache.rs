@@ -3,7 +3,7 @@
 
 use aya_ebpf::{bindings::file, helpers::bpf_ima_file_hash, macros::lsm, programs::LsmContext};
 use blocker_common::{
-    counter, setting, Action, BanEntry, CachedVerdict, ContentHash, FileKey, HookArgument,
+    counter, setting, Action, CachedVerdict, ContentHash, FileKey, HookArgument,
     DEFAULT_HASH_LIMIT_MIB, UNHASHABLE_RULE_ID, UNKNOWN_CONTENT_HASH,
 };
 
@@ -139,27 +139,15 @@ fn hash_limit_bytes() -> u64 {
 /// The unhashable setting's ban of the file `key` names, unless the setting allows it.
 fn unhashable_ban(key: FileKey) -> Option<Ban> {
     let unhashable = setting(setting::UNHASHABLE);
-    (unhashable != Action::Allow.wire()).then_some(Ban::new(
+    (unhashable != Action::Allow.wire()).then_some(Ban::by_rule(
         key,
-        BanEntry {
-            rule_id: UNHASHABLE_RULE_ID,
-            action: unhashable,
-            generation: 0,
-            flags: 0,
-        },
+        UNHASHABLE_RULE_ID,
+        unhashable,
     ))
 }
 
 fn banned_verdict(key: FileKey, rule_id: u32, action: u32) -> Option<Ban> {
-    (action != Action::Allow.wire()).then_some(Ban::new(
-        key,
-        BanEntry {
-            rule_id,
-            action,
-            generation: 0,
-            flags: 0,
-        },
-    ))
+    (action != Action::Allow.wire()).then_some(Ban::by_rule(key, rule_id, action))
 }
 
 // The `forget_verdict_*` programs only observe: each lets the operation go on.

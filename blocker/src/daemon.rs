@@ -691,12 +691,7 @@ impl Daemon {
             match self.enforcer.apply(&fresh.entries) {
                 Ok(stats) => {
                     log_changes(&self.resolution, &fresh);
-                    log::info!(
-                        "ban map updated: {} added, {} changed, {} removed",
-                        stats.added,
-                        stats.changed,
-                        stats.removed
-                    );
+                    log::info!("ban map updated: {stats}");
                 }
                 Err(error) => {
                     log::error!("{error:#}");
@@ -706,12 +701,7 @@ impl Daemon {
         }
         if fresh.allowed != self.resolution.allowed {
             match self.enforcer.apply_allowed(&fresh.allowed) {
-                Ok(stats) => log::info!(
-                    "allowed files updated: {} added, {} changed, {} removed",
-                    stats.added,
-                    stats.changed,
-                    stats.removed
-                ),
+                Ok(stats) => log::info!("allowed files updated: {stats}"),
                 Err(error) => {
                     log::error!("{error:#}");
                     return false;

@@ -760,6 +760,16 @@ pub struct ApplyStats {
     pub removed: usize,
 }
 
+impl std::fmt::Display for ApplyStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} added, {} changed, {} removed",
+            self.added, self.changed, self.removed
+        )
+    }
+}
+
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones ignore it.
 fn raise_memlock_limit() {
     let unlimited = libc::rlimit {
