@@ -20,7 +20,7 @@ use crate::{
     policy, scan, sinks, sources, status,
     sync::{
         protocol::{Preflight, RulePage, SyncType},
-        rules::{SyncedRules, POLICY_FILE_NAME},
+        rules::{synced_url, SyncedRules, POLICY_FILE_NAME},
     },
 };
 
@@ -121,8 +121,9 @@ pub fn hash_cache(data: &[u8]) {
 
 /// A sync server's response: a preflight or a rule download page, read or refused with an
 /// error naming its stage. The policy a page's rules make is always valid, bans exactly the
-/// hashes the rules ban, and carries their messages and URLs exactly: nothing a server sends
-/// can write anything else into the policy directory.
+/// hashes the rules ban, and carries their messages exactly and their URLs with only the
+/// server's own braces percent-encoded: nothing a server sends can write anything else into the
+/// policy directory.
 pub fn sync_response(data: &[u8]) {
     if let Err(error) = Preflight::read(data, false) {
         assert!(format!("{error:#}").starts_with("preflight"), "{error:#}");
@@ -150,7 +151,7 @@ pub fn sync_response(data: &[u8]) {
     for rule in &policy.rules {
         let hash = scan::to_hex(&rule.identifiers.sha256[0]);
         let synced = &rules.binary[&hash];
-        assert_eq!(rule.url, synced.custom_url);
+        assert_eq!(rule.url, synced.custom_url.as_deref().map(synced_url));
         if let Some(message) = &synced.custom_msg {
             assert_eq!(rule.reason.as_ref(), Some(message));
         }

@@ -255,7 +255,7 @@ const SANTA_PLACEHOLDERS: [(&str, &str); 3] = [
 /// A synced `custom_url` in blocker's terms: Santa's placeholders become blocker's, and braces
 /// of the server's own are percent-encoded, as in a URL they must be, so that no server's URL
 /// makes the synced policy unreadable.
-fn synced_url(url: &str) -> String {
+pub(crate) fn synced_url(url: &str) -> String {
     let mut url = url.replace('{', "%7B").replace('}', "%7D");
     for (santa, blocker) in SANTA_PLACEHOLDERS {
         url = url.replace(santa, blocker);
