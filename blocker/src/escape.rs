@@ -52,6 +52,12 @@ impl fmt::Display for Escaped<'_> {
     }
 }
 
+/// `text` as a TOML string, escaped by the TOML writer: for policy files blocker writes, whose
+/// values (a server's message, a file's path) may hold quotes, newlines or `[[rule]]`.
+pub fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_owned()).to_string()
+}
+
 /// Escapes what could act on a terminal in text that is otherwise already fit to show (a log
 /// line whose fields were escaped): backslashes stay as they are, so nothing is escaped twice.
 pub fn controls_escaped(text: &str) -> String {

@@ -20,6 +20,7 @@ pub mod identity;
 pub mod inspect;
 pub mod jobs;
 pub mod kernel;
+pub mod learn;
 pub mod listed;
 pub mod log_lines;
 pub mod lookup;

@@ -12,7 +12,9 @@ use clap::{Args, Parser, Subcommand};
 use blocker::{
     control, daemon, escape, event_feed, event_log, inspect, kernel,
     kernel::BackendChoice,
-    log_lines, scan, sinks, status,
+    learn, log_lines, scan, sinks,
+    sources::SourceRoots,
+    status,
     sync::{config::SyncConfig, SyncCommand},
     unload,
 };
@@ -159,6 +161,17 @@ enum Command {
         rule: Option<String>,
         /// Only events at or after this time: RFC 3339 (2026-11-28T08:00:00Z,
         /// 2026-11-28T10:00:00+02:00, 2026-11-28) or a duration before now (10m, 2h, 1day).
+        #[arg(long, value_parser = parse_since)]
+        since: Option<SystemTime>,
+        /// The events file, as given to `blocker run --events-file`.
+        #[arg(long, default_value = sinks::DEFAULT_EVENTS_FILE)]
+        file: PathBuf,
+    },
+    /// Turn the executions lockdown and trusted-path execution audited (`default` and
+    /// `untrusted_paths` = "audit") into a policy of allow rules, printed for review: packaged
+    /// files by package, files only root can change by path, others by content.
+    Learn {
+        /// Only executions at or after this time: RFC 3339 or a duration before now (7d).
         #[arg(long, value_parser = parse_since)]
         since: Option<SystemTime>,
         /// The events file, as given to `blocker run --events-file`.
@@ -482,6 +495,11 @@ fn main() -> ExitCode {
             json,
         ),
         Command::Hash { files, policy_dir } => inspect::hash(&files, policy_dir.as_deref()),
+        Command::Learn { since, file } => learn::learn(&learn::LearnOptions {
+            events_file: file,
+            since,
+            roots: SourceRoots::default(),
+        }),
         Command::Explain { file, policy_dir } => {
             inspect::explain(&file, &policy_dir_or_default(policy_dir, default_status))
         }

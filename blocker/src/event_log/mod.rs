@@ -68,12 +68,44 @@ pub fn events(options: &EventsOptions) -> Result<ExitCode> {
 
 fn show(
     options: &EventsOptions,
-    mut current: Follower,
+    current: Follower,
     printer: &mut Printer<impl Write>,
 ) -> Result<()> {
     printer.header()?;
-    let rotated = sinks::rotated_paths_oldest_first(&options.file)
-        .with_context(|| format!("listing rotated files of {}", escaped(&options.file)))?;
+    read_lines(&options.file, current, options.follow, |lines| {
+        printer.show_all(lines)
+    })
+}
+
+/// Every record in the events file `file` and its rotated predecessors, oldest first, from
+/// `since` on, handed to `each`; lines that are not records are skipped with a warning naming
+/// them. For commands that work on what was recorded (`blocker learn`).
+pub fn for_each_record(
+    file: &Path,
+    since: Option<SystemTime>,
+    mut each: impl FnMut(Value),
+) -> Result<()> {
+    let current = Follower::open(file).map_err(|error| open_error(file, error))?;
+    let filter = Filter { rule: None, since };
+    read_lines(file, current, false, |lines| {
+        lines
+            .iter()
+            .filter_map(|line| filter.record_of(line))
+            .for_each(&mut each);
+        Ok(())
+    })
+}
+
+/// Hands the lines of the rotated files, oldest first, then those of `current` to `each`;
+/// with `follow`, keeps handing it the lines written to `current` from then on.
+fn read_lines(
+    file: &Path,
+    mut current: Follower,
+    follow: bool,
+    mut each: impl FnMut(&[Line]) -> io::Result<()>,
+) -> Result<()> {
+    let rotated = sinks::rotated_paths_oldest_first(file)
+        .with_context(|| format!("listing rotated files of {}", escaped(&file)))?;
     for path in rotated {
         let lines = match std::fs::metadata(&path) {
             Ok(metadata) if (metadata.dev(), metadata.ino()) == current.identity() => continue,
@@ -81,7 +113,7 @@ fn show(
             Err(error) => Err(error),
         };
         match lines {
-            Ok(lines) => printer.show_all(&lines)?,
+            Ok(lines) => each(&lines)?,
             // Rotated away while listing: it held the oldest records, which are gone.
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
             Err(error) => return Err(error).with_context(|| format!("reading {}", escaped(&path))),
@@ -90,9 +122,9 @@ fn show(
     loop {
         let lines = current
             .read_new()
-            .with_context(|| format!("reading {}", escaped(&options.file)))?;
-        printer.show_all(&lines)?;
-        if !options.follow {
+            .with_context(|| format!("reading {}", escaped(&file)))?;
+        each(&lines)?;
+        if !follow {
             return Ok(());
         }
         std::thread::sleep(POLL_INTERVAL);
@@ -125,6 +157,30 @@ struct Filter {
 }
 
 impl Filter {
+    /// The record `line` holds, if it is one this filter accepts; says why a line is skipped.
+    fn record_of(&self, line: &Line) -> Option<Value> {
+        let record = match serde_json::from_str::<Value>(&line.text) {
+            // An ECS document (`run --events-format ecs`) is read as its record.
+            Ok(record) if record.is_object() => ecs::record_of_line(record),
+            Ok(_) => {
+                skip(line, "not a JSON object");
+                return None;
+            }
+            Err(error) => {
+                skip(line, &format!("not JSON: {error}"));
+                return None;
+            }
+        };
+        match self.accepts(&record) {
+            Ok(true) => Some(record),
+            Ok(false) => None,
+            Err(error) => {
+                skip(line, &error);
+                None
+            }
+        }
+    }
+
     /// Whether `record` is shown; an error names the field it could not judge.
     fn accepts(&self, record: &Value) -> Result<bool, String> {
         if let Some(rule) = &self.rule {
@@ -163,23 +219,13 @@ impl<W: Write> Printer<W> {
     /// Prints the lines that pass the filter, and says which lines are not records.
     fn show_all(&mut self, lines: &[Line]) -> io::Result<()> {
         for line in lines {
-            let record = match serde_json::from_str::<Value>(&line.text) {
-                // An ECS document (`run --events-format ecs`) is shown as its record.
-                Ok(record) if record.is_object() => ecs::record_of_line(record),
-                Ok(_) => {
-                    skip(line, "not a JSON object");
-                    continue;
-                }
-                Err(error) => {
-                    skip(line, &format!("not JSON: {error}"));
-                    continue;
-                }
+            let Some(record) = self.filter.record_of(line) else {
+                continue;
             };
-            match self.filter.accepts(&record) {
-                Ok(true) if self.json => writeln!(self.out, "{}", line.text)?,
-                Ok(true) => writeln!(self.out, "{}", table::row(&record))?,
-                Ok(false) => {}
-                Err(error) => skip(line, &error),
+            if self.json {
+                writeln!(self.out, "{}", line.text)?;
+            } else {
+                writeln!(self.out, "{}", table::row(&record))?;
             }
         }
         self.out.flush()

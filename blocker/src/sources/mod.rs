@@ -46,7 +46,7 @@ impl Default for SourceRoots {
 impl SourceRoots {
     /// `path`, absolute on the inspected system, as a path under `root`. `None` when it climbs
     /// with `..`: package databases are trusted, but a path out of a test root must not be.
-    fn system_path(&self, path: &Path) -> Option<PathBuf> {
+    pub(crate) fn system_path(&self, path: &Path) -> Option<PathBuf> {
         let mut joined = self.root.clone();
         for component in path.components() {
             match component {

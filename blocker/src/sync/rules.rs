@@ -14,6 +14,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::escape::toml_string;
+
 use super::protocol::{DownloadedRule, ProtocolEnum, RulePolicy, RuleType, SyncType};
 
 /// The name of the synced policy, in status and events.
@@ -303,11 +305,6 @@ fn group_id(silent: bool, message: Option<&str>, url: Option<&str>) -> String {
     }
     let digest = crate::scan::to_hex(&digest.finalize().into());
     format!("{kind}-{}", &digest[..12])
-}
-
-/// `text` as a TOML basic string, escaped by the TOML writer.
-fn toml_string(text: &str) -> String {
-    toml::Value::String(text.to_owned()).to_string()
 }
 
 #[cfg(test)]

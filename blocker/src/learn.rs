@@ -1,0 +1,763 @@
+//! `blocker learn`: the executions that lockdown (`default`) and trusted-path execution
+//! (`untrusted_paths`) audited, read back from the events file and turned into a policy of
+//! `allow` rules, for an administrator to review and install before switching to `deny`.
+//!
+//! A file an installed package lists is allowed by its package. Another file is allowed by its
+//! path, grouped by directory, where only root can change what is at that path; where a user
+//! can (a home directory, `/tmp`, a file a user owns), a path would allow whatever is put there
+//! next, so the file is allowed by its content instead. A file that cannot be found as it ran is
+//! allowed by the hash its record carries, or only described in a comment.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    ffi::OsStr,
+    fmt::Write as _,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Result;
+use blocker_common::{FileKey, DEFAULT_HASH_LIMIT_MIB};
+use serde_json::Value;
+
+use crate::{
+    escape::{escaped, escaped_bytes, toml_string, Lossless},
+    event_log,
+    identity::{key_of_path, split_kernel_device_number},
+    policy, scan,
+    sources::{dpkg, SourceRoots},
+    trusted_path,
+};
+
+/// The pseudo-rules whose audited records are learned from.
+const LEARNED_RULES: [&str; 2] = ["lockdown", "untrusted_path"];
+/// How long hashing one file may take before it is given up (and described instead).
+const HASH_DEADLINE: Duration = Duration::from_secs(30);
+/// The learned policy's `name`.
+const POLICY_NAME: &str = "learned";
+/// Longest rule id made from a directory's path; longer ones are cut and numbered.
+const MAX_ID_BYTES: usize = 64;
+
+pub struct LearnOptions {
+    pub events_file: PathBuf,
+    pub since: Option<SystemTime>,
+    pub roots: SourceRoots,
+}
+
+/// Prints the learned policy; exits 1, printing nothing, when nothing was audited.
+pub fn learn(options: &LearnOptions) -> Result<ExitCode> {
+    let audited = Audited::read(&options.events_file, options.since)?;
+    let since = options.since.map_or_else(String::new, |since| {
+        format!(" since {}", humantime::format_rfc3339_seconds(since))
+    });
+    if audited.files.is_empty() {
+        eprintln!(
+            "nothing to learn: no execution audited by lockdown or trusted-path execution in {} \
+             or its rotated files{since}",
+            escaped(&options.events_file)
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let learned = place(audited.files, &options.roots);
+    let source = format!(
+        "{} audited executions of {} files in {}{since}",
+        audited.executions,
+        learned.files(),
+        escaped(&options.events_file)
+    );
+    let text = learned.policy(&source);
+    // What learn prints must be a policy blocker accepts as it is.
+    policy::parse_sources(&[(PathBuf::from(format!("{POLICY_NAME}.toml")), text.clone())])
+        .map_err(|errors| anyhow::anyhow!("the learned policy is invalid: {errors}"))?;
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A file as the records name it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Named {
+    /// The path's exact bytes: for an exec as the caller spelled it, for a mapping where
+    /// blocker knew the file (often empty).
+    path: Vec<u8>,
+    path_truncated: bool,
+    /// `major:minor`, as records write it.
+    device: String,
+    inode: u64,
+}
+
+/// What the records say about one file.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Runs {
+    executions: u64,
+    uids: BTreeSet<u64>,
+    /// `exec`, `mmap`, `mprotect`.
+    operations: BTreeSet<String>,
+    /// The time of the latest record.
+    last: String,
+    /// The hash a record carried, if any did.
+    sha256: Option<String>,
+}
+
+/// The audited executions in the events files.
+struct Audited {
+    files: BTreeMap<Named, Runs>,
+    executions: u64,
+}
+
+impl Audited {
+    fn read(events_file: &Path, since: Option<SystemTime>) -> Result<Self> {
+        let mut audited = Self {
+            files: BTreeMap::new(),
+            executions: 0,
+        };
+        event_log::for_each_record(events_file, since, |record| audited.add(&record))?;
+        Ok(audited)
+    }
+
+    fn add(&mut self, record: &Value) {
+        let learned = record["kind"] == "exec"
+            && record["enforcement"] == "none"
+            && LEARNED_RULES.iter().any(|rule| record["rule"] == *rule);
+        if !learned {
+            return;
+        }
+        let named = Named {
+            path: Lossless::from_json(record, "path")
+                .map(|path| path.bytes())
+                .unwrap_or_default(),
+            path_truncated: record["path_truncated"].as_bool().unwrap_or(false),
+            device: record["device"].as_str().unwrap_or_default().to_owned(),
+            inode: record["inode"].as_u64().unwrap_or_default(),
+        };
+        let runs = self.files.entry(named).or_default();
+        runs.executions += 1;
+        self.executions += 1;
+        runs.uids.extend(record["uid"].as_u64());
+        runs.operations
+            .extend(record["operation"].as_str().map(str::to_owned));
+        if let Some(time) = record["time"].as_str() {
+            runs.last = time.to_owned();
+        }
+        if let Some(sha256) = record["sha256"].as_str() {
+            runs.sha256 = Some(sha256.to_owned());
+        }
+    }
+}
+
+/// Where a learned file's allowance goes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Group {
+    /// An installed package lists it.
+    Package(String),
+    /// A directory only root can change, the file root's too: allowed by path.
+    RootDirectory(PathBuf),
+    /// A directory users can write, or a file a user owns: allowed by content. `why` says who
+    /// can change it.
+    UserDirectory { directory: PathBuf, why: String },
+    /// Not found on disk as it ran: allowed by the hash its record carries.
+    Elsewhere,
+    /// Not found, and no hash: described only.
+    Unplaced,
+}
+
+/// One file and what is learned of it.
+#[derive(Clone, Debug, PartialEq)]
+struct LearnedFile {
+    named: Named,
+    runs: Runs,
+    /// The path the rule names (root's directories), or the path it was found at.
+    found_at: Option<PathBuf>,
+    sha256: Option<String>,
+    /// Why it could not be found, or what changed since it ran.
+    note: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Learned {
+    groups: BTreeMap<Group, Vec<LearnedFile>>,
+}
+
+impl Learned {
+    fn files(&self) -> usize {
+        self.groups.values().map(Vec::len).sum()
+    }
+}
+
+/// Decides each file's group: by package, by directory, or by content.
+fn place(files: BTreeMap<Named, Runs>, roots: &SourceRoots) -> Learned {
+    let mut found = Vec::new();
+    let mut learned = Learned::default();
+    for (named, runs) in files {
+        match find(&named) {
+            Ok(found_at) => found.push((named, runs, found_at)),
+            Err(note) => {
+                let sha256 = runs.sha256.clone();
+                let group = if sha256.is_some() {
+                    Group::Elsewhere
+                } else {
+                    Group::Unplaced
+                };
+                learned.groups.entry(group).or_default().push(LearnedFile {
+                    named,
+                    runs,
+                    found_at: None,
+                    sha256,
+                    note: Some(note),
+                });
+            }
+        }
+    }
+    let owners = package_owners(&found, roots);
+    for (named, runs, found_at) in found {
+        let (group, sha256, note) = match owners.get(&found_at) {
+            Some(package) => (Group::Package(package.clone()), None, None),
+            None => judge(&named, &runs, &found_at),
+        };
+        learned.groups.entry(group).or_default().push(LearnedFile {
+            named,
+            runs,
+            found_at: Some(found_at),
+            sha256,
+            note,
+        });
+    }
+    learned
+}
+
+/// The resolved path of the file a record names, if it is still the file that ran; else why not.
+fn find(named: &Named) -> Result<PathBuf, String> {
+    if named.path.is_empty() {
+        return Err("the record names no path (a mapping of a file no rule names)".to_owned());
+    }
+    if named.path_truncated {
+        return Err("the record's path was cut short".to_owned());
+    }
+    if named.path[0] != b'/' {
+        return Err("the record's path is relative to a directory it does not name".to_owned());
+    }
+    let path = Path::new(OsStr::from_bytes(&named.path));
+    let resolved = std::fs::canonicalize(path).map_err(|error| format!("not found: {error}"))?;
+    let key = key_of_path(&resolved).map_err(|error| format!("not found: {error}"))?;
+    if !is_named(&key, named) {
+        return Err("another file is at that path now (replaced since it ran)".to_owned());
+    }
+    Ok(resolved)
+}
+
+fn is_named(key: &FileKey, named: &Named) -> bool {
+    let (major, minor) = split_kernel_device_number(key.dev);
+    key.ino == named.inode && format!("{major}:{minor}") == named.device
+}
+
+/// The installed package that lists each found file (by identity, so `/bin/x` listed and
+/// `/usr/bin/x` run are the same file). Problems reading the database are logged: the files
+/// are then placed by directory, which a reviewer sees.
+fn package_owners(
+    found: &[(Named, Runs, PathBuf)],
+    roots: &SourceRoots,
+) -> HashMap<PathBuf, String> {
+    let mut owners = HashMap::new();
+    let names: HashMap<&OsStr, Vec<&(Named, Runs, PathBuf)>> =
+        found.iter().fold(HashMap::new(), |mut names, file| {
+            if let Some(name) = file.2.file_name() {
+                names.entry(name).or_insert_with(Vec::new).push(file);
+            }
+            names
+        });
+    if names.is_empty() {
+        return owners;
+    }
+    let mut problems = Vec::new();
+    let packages = match dpkg::installed_packages(roots, &mut problems) {
+        Ok(packages) => packages.unwrap_or_default(),
+        Err(problem) => {
+            problems.push(problem);
+            Vec::new()
+        }
+    };
+    for problem in problems {
+        log::warn!("dpkg's database: {problem}");
+    }
+    for package in packages {
+        for (_, on_disk) in &package.paths {
+            let Some(candidates) = on_disk.file_name().and_then(|name| names.get(name)) else {
+                continue;
+            };
+            let Some(on_system) = roots.system_path(on_disk) else {
+                continue;
+            };
+            let Ok(key) = key_of_path(&on_system) else {
+                continue;
+            };
+            for (named, _, found_at) in candidates {
+                if is_named(&key, named) {
+                    owners.insert(found_at.clone(), package.name.clone());
+                }
+            }
+        }
+    }
+    owners
+}
+
+/// A found file no package lists: by path where only root can change it, else by content.
+fn judge(named: &Named, runs: &Runs, found_at: &Path) -> (Group, Option<String>, Option<String>) {
+    let directory = found_at.parent().unwrap_or(Path::new("/")).to_owned();
+    let untrusted = match trusted_path::untrusted(found_at) {
+        Ok(untrusted) => untrusted.map(|why| why.to_string()),
+        Err(error) => Some(format!("its directories could not all be read: {error}")),
+    };
+    let why = match untrusted {
+        None if found_at.to_str().is_some() => {
+            return (Group::RootDirectory(directory), None, None)
+        }
+        None => "its path is not UTF-8, which policy files cannot hold".to_owned(),
+        Some(why) => why,
+    };
+    let limit = u64::from(DEFAULT_HASH_LIMIT_MIB) << 20;
+    let hashed = scan::sha256_if_still(
+        found_at,
+        &named.device,
+        named.inode,
+        limit,
+        Instant::now() + HASH_DEADLINE,
+    );
+    match hashed.or_else(|| runs.sha256.clone()) {
+        Some(sha256) => (Group::UserDirectory { directory, why }, Some(sha256), None),
+        None => (
+            Group::Unplaced,
+            None,
+            Some(format!(
+                "{why}, and it could not be hashed (larger than {DEFAULT_HASH_LIMIT_MIB} MiB, \
+                 unreadable, or changed while read)"
+            )),
+        ),
+    }
+}
+
+impl Learned {
+    /// The policy text: a header saying where it comes from, then one rule per group, each
+    /// with a comment saying what was audited.
+    fn policy(&self, source: &str) -> String {
+        let mut text = format!(
+            "# Written by `blocker learn` from {source}.\n\
+             # Review every rule before installing it (`blocker policy install`): each lets what \
+             it names run\n# under `default = \"deny\"` and `untrusted_paths = \"deny\"`.\n\
+             name = {}\ndescription = {}\n",
+            toml_string(POLICY_NAME),
+            toml_string("Allow rules learned from audited executions")
+        );
+        let mut ids = RuleIds::default();
+        for (group, files) in &self.groups {
+            text.push('\n');
+            match group {
+                Group::Package(package) => {
+                    comment(
+                        &mut text,
+                        &format!(
+                            "Files of the installed package `{package}`{}. Lockdown trusts a \
+                             package's files unless they changed since dpkg installed them: \
+                             `dpkg --verify {package}` says which did.",
+                            summary(files)
+                        ),
+                    );
+                    list_files(&mut text, files);
+                    rule_start(&mut text, &ids.take(&format!("package-{package}")));
+                    let _ = writeln!(text, "packages = [{}]", toml_string(package));
+                }
+                Group::RootDirectory(directory) => {
+                    comment(
+                        &mut text,
+                        &format!(
+                            "In {}, which only root can change{}.",
+                            escaped(directory),
+                            summary(files)
+                        ),
+                    );
+                    rule_start(&mut text, &ids.take(&directory.to_string_lossy()));
+                    text.push_str("paths = [\n");
+                    for file in files {
+                        let path = file.found_at.as_deref().and_then(Path::to_str);
+                        if let Some(path) = path {
+                            let _ = writeln!(text, "    {},", toml_string(path));
+                        }
+                    }
+                    text.push_str("]\n");
+                }
+                Group::UserDirectory { directory, why } => {
+                    comment(
+                        &mut text,
+                        &format!(
+                            "In {}{}. Allowed by content: {why}, so a path would allow whatever \
+                             is put there next. A file rebuilt or changed needs a new hash.",
+                            escaped(directory),
+                            summary(files)
+                        ),
+                    );
+                    rule_start(&mut text, &ids.take(&directory.to_string_lossy()));
+                    hashes(&mut text, files);
+                }
+                Group::Elsewhere => {
+                    comment(
+                        &mut text,
+                        &format!(
+                            "Not found on disk as they ran{}: allowed by the hashes their \
+                             records carry.",
+                            summary(files)
+                        ),
+                    );
+                    rule_start(&mut text, &ids.take("by-content"));
+                    hashes(&mut text, files);
+                }
+                Group::Unplaced => {
+                    comment(
+                        &mut text,
+                        &format!(
+                            "Not learned{}: found neither on disk nor by a hash. Find each by \
+                             its inode (`find / -xdev -inum INODE` on its device) and allow it \
+                             by hand if it must run.",
+                            summary(files)
+                        ),
+                    );
+                    list_files(&mut text, files);
+                }
+            }
+        }
+        text
+    }
+}
+
+/// ` (N files, M executions by uids A, B; last at T)`.
+fn summary(files: &[LearnedFile]) -> String {
+    let executions: u64 = files.iter().map(|file| file.runs.executions).sum();
+    let uids: BTreeSet<u64> = files
+        .iter()
+        .flat_map(|file| file.runs.uids.iter().copied())
+        .collect();
+    let uids: Vec<String> = uids.iter().map(u64::to_string).collect();
+    let last = files
+        .iter()
+        .map(|file| file.runs.last.as_str())
+        .max()
+        .unwrap_or_default();
+    format!(
+        " ({} file{}, {executions} execution{} by uid {}; last at {})",
+        files.len(),
+        plural(files.len() as u64),
+        plural(executions),
+        uids.join(", "),
+        escaped(last)
+    )
+}
+
+fn plural(count: u64) -> &'static str {
+    if count == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// `text` as `#` lines of at most about 100 columns; `text` is escaped already.
+fn comment(policy: &mut String, text: &str) {
+    let mut line = String::from("#");
+    for word in text.split(' ') {
+        if line.len() > 1 && line.len() + word.len() >= 100 {
+            let _ = writeln!(policy, "{line}");
+            line = String::from("#");
+        }
+        line.push(' ');
+        line.push_str(word);
+    }
+    let _ = writeln!(policy, "{line}");
+}
+
+/// One comment line per file: how the record named it, and the note on it.
+fn list_files(policy: &mut String, files: &[LearnedFile]) {
+    for file in files {
+        let _ = write!(policy, "#   {}", described(file));
+        if let Some(note) = &file.note {
+            let _ = write!(policy, ": {}", escaped(note));
+        }
+        policy.push('\n');
+    }
+}
+
+/// A file for a comment: its path as the record has it (escaped), device and inode,
+/// operations.
+fn described(file: &LearnedFile) -> String {
+    let path = match &file.found_at {
+        Some(found_at) => escaped(found_at).to_string(),
+        None if file.named.path.is_empty() => "(no path)".to_owned(),
+        None => escaped_bytes(&file.named.path).to_string(),
+    };
+    let operations: Vec<&str> = file.runs.operations.iter().map(String::as_str).collect();
+    format!(
+        "{path} (device {}, inode {}; {})",
+        escaped(&file.named.device),
+        file.named.inode,
+        operations.join(", ")
+    )
+}
+
+fn rule_start(policy: &mut String, id: &str) {
+    let _ = write!(
+        policy,
+        "[[rule]]\nid = {}\naction = \"allow\"\n",
+        toml_string(id)
+    );
+}
+
+/// `sha256 = [...]`, each hash with the file it was learned from as a comment.
+fn hashes(policy: &mut String, files: &[LearnedFile]) {
+    policy.push_str("sha256 = [\n");
+    let mut seen = BTreeSet::new();
+    for file in files {
+        let Some(sha256) = &file.sha256 else {
+            continue;
+        };
+        if seen.insert(sha256) {
+            let _ = writeln!(
+                policy,
+                "    {},  # {}",
+                toml_string(sha256),
+                described(file)
+            );
+        }
+    }
+    policy.push_str("]\n");
+}
+
+/// Rule ids: `learned-` and a name made of what ids may hold, numbered when taken.
+#[derive(Default)]
+struct RuleIds {
+    taken: HashMap<String, usize>,
+}
+
+impl RuleIds {
+    fn take(&mut self, name: &str) -> String {
+        let mut id = String::from("learned");
+        for part in name.split(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '_')) {
+            if !part.is_empty() && id.len() + part.len() < MAX_ID_BYTES {
+                id.push('-');
+                id.push_str(part);
+            }
+        }
+        let copies = self.taken.entry(id.clone()).or_default();
+        *copies += 1;
+        if *copies > 1 {
+            id = format!("{id}-{copies}");
+        }
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn record(rule: &str, enforcement: &str, path: &str, inode: u64) -> Value {
+        serde_json::json!({
+            "kind": "exec", "time": "2026-11-30T10:00:00Z", "action": "audit",
+            "enforcement": enforcement, "operation": "exec", "rule": rule, "uid": 1000,
+            "path": path, "path_truncated": false, "device": "8:1", "inode": inode,
+        })
+    }
+
+    fn file(path: &str, inode: u64, found_at: Option<&str>, sha256: Option<&str>) -> LearnedFile {
+        LearnedFile {
+            named: Named {
+                path: path.as_bytes().to_vec(),
+                path_truncated: false,
+                device: "8:1".to_owned(),
+                inode,
+            },
+            runs: Runs {
+                executions: 2,
+                uids: BTreeSet::from([1000]),
+                operations: BTreeSet::from(["exec".to_owned()]),
+                last: "2026-11-30T10:00:00Z".to_owned(),
+                sha256: None,
+            },
+            found_at: found_at.map(PathBuf::from),
+            sha256: sha256.map(str::to_owned),
+            note: None,
+        }
+    }
+
+    fn parsed(text: &str) -> policy::Policy {
+        policy::parse_sources(&[(PathBuf::from("learned.toml"), text.to_owned())])
+            .unwrap_or_else(|errors| panic!("{errors}\n{text}"))
+    }
+
+    #[test]
+    fn only_audited_lockdown_and_untrusted_path_executions_are_learned() {
+        let mut audited = Audited {
+            files: BTreeMap::new(),
+            executions: 0,
+        };
+        for record in [
+            record("lockdown", "none", "/opt/tool", 1),
+            record("untrusted_path", "none", "/opt/tool", 1),
+            record("untrusted_path", "none", "/home/a/x", 2),
+            record("lockdown", "eperm", "/opt/denied", 3),
+            record("wechat", "none", "/opt/audited-ban", 4),
+            serde_json::json!({"kind": "started", "rule": "lockdown", "enforcement": "none"}),
+        ] {
+            audited.add(&record);
+        }
+        assert_eq!(audited.executions, 3);
+        let paths: Vec<&[u8]> = audited.files.keys().map(|named| &named.path[..]).collect();
+        assert_eq!(paths, [&b"/home/a/x"[..], b"/opt/tool"]);
+        assert_eq!(audited.files.values().next_back().unwrap().executions, 2);
+    }
+
+    #[test]
+    fn files_are_found_only_as_they_ran() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("tool");
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(b"x")
+            .unwrap();
+        let key = key_of_path(&path).unwrap();
+        let (major, minor) = split_kernel_device_number(key.dev);
+        let named = |path: &[u8], inode: u64| Named {
+            path: path.to_vec(),
+            path_truncated: false,
+            device: format!("{major}:{minor}"),
+            inode,
+        };
+        let bytes = path.as_os_str().as_bytes();
+        assert_eq!(
+            find(&named(bytes, key.ino)),
+            Ok(path.canonicalize().unwrap())
+        );
+        assert!(find(&named(bytes, key.ino + 1))
+            .unwrap_err()
+            .contains("replaced"));
+        assert!(find(&named(b"tool", key.ino))
+            .unwrap_err()
+            .contains("relative"));
+        assert!(find(&named(b"", key.ino)).unwrap_err().contains("no path"));
+        let truncated = Named {
+            path_truncated: true,
+            ..named(bytes, key.ino)
+        };
+        assert!(find(&truncated).unwrap_err().contains("cut short"));
+    }
+
+    #[test]
+    fn a_file_where_users_write_is_allowed_by_its_content() {
+        // A temporary directory is under /tmp, where anyone can put a file.
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("tool");
+        std::fs::write(&path, b"built in place").unwrap();
+        let key = key_of_path(&path).unwrap();
+        let (major, minor) = split_kernel_device_number(key.dev);
+        let named = Named {
+            path: path.as_os_str().as_bytes().to_vec(),
+            path_truncated: false,
+            device: format!("{major}:{minor}"),
+            inode: key.ino,
+        };
+        let learned = place(
+            BTreeMap::from([(named, Runs::default())]),
+            &SourceRoots {
+                root: directory.path().to_owned(),
+                ..SourceRoots::default()
+            },
+        );
+        let (group, files) = learned.groups.iter().next().unwrap();
+        assert!(matches!(group, Group::UserDirectory { .. }), "{group:?}");
+        assert_eq!(
+            files[0].sha256.as_deref(),
+            Some(scan::to_hex(&scan::hash_file(&path).unwrap().sha256).as_str())
+        );
+    }
+
+    #[test]
+    fn the_policy_allows_each_group_its_way_and_reads_back_whatever_the_names() {
+        let hash = "ab".repeat(32);
+        let other_hash = "cd".repeat(32);
+        let odd = "/opt/odd dir\n[[rule]]\nid = \"x\"";
+        let learned = Learned {
+            groups: BTreeMap::from([
+                (
+                    Group::Package("vendor-agent+x".to_owned()),
+                    vec![file("/bin/agent", 1, Some("/usr/bin/agent"), None)],
+                ),
+                (
+                    Group::RootDirectory(PathBuf::from(odd)),
+                    vec![file("/x", 2, Some(&format!("{odd}/tool \"1\"")), None)],
+                ),
+                (
+                    Group::UserDirectory {
+                        directory: PathBuf::from("/home/a/bin"),
+                        why: "/home/a is owned by uid 1000".to_owned(),
+                    },
+                    vec![
+                        file("/home/a/bin/t", 3, Some("/home/a/bin/t"), Some(&hash)),
+                        file(
+                            "/home/a/bin/t2",
+                            4,
+                            Some("/home/a/bin/t2\n# x"),
+                            Some(&hash),
+                        ),
+                    ],
+                ),
+                (
+                    Group::Elsewhere,
+                    vec![file("./t", 5, None, Some(&other_hash))],
+                ),
+                (Group::Unplaced, vec![file("", 6, None, None)]),
+            ]),
+        };
+        let text = learned.policy("2 audited executions in \\x1b[31m");
+        let policy = parsed(&text);
+        let rules: Vec<(&str, policy::Action)> = policy
+            .rules
+            .iter()
+            .map(|rule| (rule.id.as_str(), rule.action))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                ("learned-package-vendor-agent-x", policy::Action::Allow),
+                ("learned-opt-odd-dir-rule-id-x", policy::Action::Allow),
+                ("learned-home-a-bin", policy::Action::Allow),
+                ("learned-by-content", policy::Action::Allow),
+            ],
+            "{text}"
+        );
+        assert_eq!(policy.rules[0].identifiers.packages, ["vendor-agent+x"]);
+        assert_eq!(
+            policy.rules[1].identifiers.paths,
+            [PathBuf::from(format!("{odd}/tool \"1\""))]
+        );
+        // One hash, however many files have it.
+        assert_eq!(policy.rules[2].identifiers.sha256.len(), 1);
+        assert_eq!(
+            scan::to_hex(&policy.rules[3].identifiers.sha256[0]),
+            other_hash
+        );
+        assert!(
+            text.contains("#   (no path) (device 8:1, inode 6; exec)"),
+            "{text}"
+        );
+        assert!(!text.contains('\u{1b}'), "{text}");
+    }
+
+    #[test]
+    fn rule_ids_are_valid_and_distinct() {
+        let mut ids = RuleIds::default();
+        assert_eq!(ids.take("/home/alice/bin"), "learned-home-alice-bin");
+        assert_eq!(ids.take("/home/alice/bin/"), "learned-home-alice-bin-2");
+        let long = ids.take(&"/very-long-directory-name".repeat(10));
+        assert!(long.len() <= MAX_ID_BYTES, "{long}");
+        assert_eq!(ids.take("/ü/ä"), "learned");
+    }
+}
