@@ -3,7 +3,8 @@
 //! user can write cannot run, whatever its bytes; programs on root's paths, allowed files and
 //! the safety net run; a ban beats an allow; an allowed file rewritten in place loses its
 //! allowance; in lockdown only allowed files, what installed packages installed (as dpkg's
-//! database says while packages come and go) and the safety net run.
+//! database says while packages come and go) and the safety net run; `blocker learn` turns an
+//! audited workload into allow rules under which it runs with both modes denying.
 
 use std::{
     io::Write,
@@ -565,6 +566,110 @@ fn lockdown_trusts_what_installed_packages_installed() -> Result<()> {
     forget_vm_tools()?;
     for kept in [old_version, removed_version, home_copy] {
         std::fs::remove_file(kept)?;
+    }
+    Ok(())
+}
+
+/// `blocker learn` over the events file: its exit code, stdout and stderr.
+fn learn(events_file: &Path, since: &str) -> Result<(Option<i32>, String, String)> {
+    let learned = Command::new(blocker_bin())
+        .args(["learn", "--since", since, "--file"])
+        .arg(events_file)
+        .output()?;
+    Ok((
+        learned.status.code(),
+        String::from_utf8_lossy(&learned.stdout).into_owned(),
+        String::from_utf8_lossy(&learned.stderr).into_owned(),
+    ))
+}
+
+#[test]
+fn learn_turns_an_audited_workload_into_a_policy_that_lets_it_run() -> Result<()> {
+    let sandbox = Sandbox::new("lockdown-learn")?;
+    machine_directories()?;
+    dpkg_database()?;
+    let deb = build_package(&sandbox, "blocker-learn-tool", "1.0", &["learn-packaged"])?;
+    dpkg(&["--install"], Some(&deb))?;
+    // Changed since dpkg installed it, so no longer trusted as the package's: learned by package.
+    let packaged = Path::new("/usr/bin/learn-packaged");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(packaged)?
+        .write_all(b"\0")?;
+    // Root's, in root's directory: learned by path.
+    let roots_tool = modified_copy(&Path::new(TRUSTED).join("learn-root-tool"), 0)?;
+    // Made in place in a home directory, under a name meant to break the policy learn writes:
+    // learned by content.
+    let home_tool = modified_copy(
+        &Path::new(HOME).join("learn tool \"x\"\n[[rule]]\nid = \"evil\""),
+        USER,
+    )?;
+    let workload = [packaged, roots_tool.as_path(), home_tool.as_path()];
+
+    sandbox.write_policy(
+        "test.toml",
+        "name = \"test\"\ndefault = \"audit\"\nuntrusted_paths = \"audit\"\n",
+    )?;
+    let (mut daemon, started) = Daemon::start(&sandbox.policy_dir(), &["--backend", "lsm"])?;
+    ensure!(started["backend"] == "lsm", "{started}");
+    for program in workload {
+        runs(program)?;
+        let record = daemon.wait_for_exec(program)?;
+        ensure!(record["action"] == "audit", "{record}");
+    }
+    let events_file = daemon.events_file().to_owned();
+    let (status, _, _) = daemon.stop()?;
+    ensure!(status.success());
+
+    let (code, learned, stderr) = learn(&events_file, "1h")?;
+    ensure!(code == Some(0), "blocker learn: {code:?}: {stderr}");
+    ensure!(
+        learned.contains("packages = [\"blocker-learn-tool\"]"),
+        "{learned}"
+    );
+    ensure!(
+        learned.contains(&format!("{:?},", roots_tool.display().to_string())),
+        "{learned}"
+    );
+    let home_hash = blocker_integration_tests::sha256_of(&home_tool)?;
+    ensure!(learned.contains(&format!("\"{home_hash}\",")), "{learned}");
+    ensure!(!learned.contains("\nid = \"evil\""), "{learned}");
+    ensure!(
+        !learned.contains(&blocker_integration_tests::sha256_of(packaged)?),
+        "a packaged file was learned by its hash:\n{learned}"
+    );
+    let (code, _, stderr) = learn(&events_file, "2099-01-01")?;
+    ensure!(
+        code == Some(1) && stderr.contains("nothing to learn"),
+        "{code:?}: {stderr}"
+    );
+
+    // The learned policy installed and both modes enforcing: the workload runs, with no
+    // refusal; a program it did not run is still refused.
+    sandbox.write_policy("learned.toml", &learned)?;
+    sandbox.write_policy(
+        "test.toml",
+        "name = \"test\"\ndefault = \"deny\"\nuntrusted_paths = \"deny\"\n",
+    )?;
+    let (mut daemon, _) = Daemon::start(&sandbox.policy_dir(), &["--backend", "lsm"])?;
+    for program in workload {
+        runs(program)?;
+    }
+    let unlearned = modified_copy(&Path::new(HOME).join("learn-unlearned"), USER)?;
+    refused(&unlearned)?;
+    daemon.wait_for_exec(&unlearned)?;
+    let (status, records, _) = daemon.stop()?;
+    ensure!(status.success());
+    let refusals: Vec<&Value> = records
+        .iter()
+        .filter(|record| record["kind"] == "exec")
+        .collect();
+    ensure!(refusals.is_empty(), "{refusals:#?}");
+
+    dpkg(&["--purge", "blocker-learn-tool"], None)?;
+    forget_vm_tools()?;
+    for made in [roots_tool, home_tool, unlearned] {
+        std::fs::remove_file(made)?;
     }
     Ok(())
 }
