@@ -101,6 +101,20 @@ pub mod lsm_programs {
         "mmap_file",
         &[MmapFileFile, MmapFileProt],
     );
+    /// Programs keeping lockdown's trust current while a package manager replaces and removes
+    /// files; inert unless lockdown is on and a package manager is flagged.
+    pub const PACKAGE_UPDATES: [LsmProgram; 2] = [
+        program(
+            "trust_package_manager_renames",
+            "inode_rename",
+            &[InodeRenameOldDentry, InodeRenameNewDentry],
+        ),
+        program(
+            "distrust_package_manager_unlinks",
+            "inode_unlink",
+            &[InodeUnlinkDentry],
+        ),
+    ];
     /// Tamper protection programs; inert until `PROTECTION` names a daemon.
     pub const PROTECTION: [LsmProgram; 25] = [
         program(
@@ -631,6 +645,9 @@ pub mod entry_flags {
     /// `generation` holds the file's `i_generation`: the kernel only matches an inode whose
     /// generation is equal, so a recycled inode number never inherits a ban.
     pub const GENERATION_KNOWN: u32 = 1;
+    /// In `ALLOWED_FILES`: the file is a package manager (dpkg) whose renames and unlinks as
+    /// root keep lockdown's trust current (see the kernel's `package_updates`).
+    pub const PACKAGE_MANAGER: u32 = 2;
 }
 
 /// The value stored for a banned [`FileKey`].
@@ -702,7 +719,10 @@ pub mod counter {
     /// Records not sent because the same user, file and operation was reported
     /// [`super::record_limit::BURST`] times within [`super::record_limit::WINDOW_NS`].
     pub const RECORDS_SUPPRESSED: u32 = 10;
-    pub const COUNT: u32 = 11;
+    /// Changes the kernel made to `ALLOWED_FILES` as a package manager renamed or unlinked
+    /// files: a resolution begun before one may be stale, and the daemon resolves again.
+    pub const PACKAGE_TRUST_CHANGES: u32 = 11;
+    pub const COUNT: u32 = 12;
 }
 
 /// Filesystems on which every change to a file's bytes passes the hooks that drop cached

@@ -391,8 +391,20 @@ impl Task {
         if mm.is_null() {
             return Some(Executable::KernelThread);
         }
-        let exe = File::new(read_field(mm, offset!(mm_struct_exe_file))?)?;
-        Some(Executable::File(exe.inode()?.key()?))
+        Some(Executable::File(Self::exe_inode(mm)?.key()?))
+    }
+
+    /// The inode of the file the task runs; `None` for a kernel thread or if it cannot be read.
+    pub fn executable_inode(self) -> Option<Inode> {
+        let mm: *const u8 = read_field(self.0, offset!(task_struct_mm))?;
+        if mm.is_null() {
+            return None;
+        }
+        Self::exe_inode(mm)
+    }
+
+    fn exe_inode(mm: *const u8) -> Option<Inode> {
+        File::new(read_field(mm, offset!(mm_struct_exe_file))?)?.inode()
     }
 }
 

@@ -3,7 +3,8 @@
 //! refuses with EPERM; where the kernel can hash files for BPF (IMA), its exec check is
 //! `bprm_check_content`, which also checks the file's content through a per-inode verdict cache
 //! (`verdict_cache`). The kill backend, for kernels without BPF LSM, checks execs by identity
-//! and kills. `protect` guards the daemon, its maps and files. The daemon loads one backend.
+//! and kills. `package_updates` keeps lockdown's trust current while a
+//! package manager replaces files. `protect` guards the daemon, its maps and files. The daemon loads one backend.
 //!
 //! No program reads the verdict of the programs before it on its hook: the kernel runs a BPF LSM
 //! program only while every earlier one (and every earlier LSM) has allowed the operation, so
@@ -18,6 +19,7 @@ mod hook_arguments;
 mod kernel_types;
 mod mapping;
 mod maps;
+mod package_updates;
 mod protect;
 mod report;
 mod trusted_path;

@@ -318,6 +318,7 @@ async fn serve(
         scanned_once: false,
         watched: Vec::new(),
         watched_by_job: 0,
+        package_trust_changes_by_job: 0,
         jobs: Jobs::default(),
         hash_limit_bytes,
         content_watch,
@@ -433,6 +434,10 @@ struct Daemon {
     watched: Vec<HashedFile>,
     /// How many of `watched` the running job knows of.
     watched_by_job: usize,
+    /// The kernel's count of trust changes it made for a package manager when the running job
+    /// started: if it moved by the job's end, dpkg replaced files the job may have seen as
+    /// they were before.
+    package_trust_changes_by_job: u64,
     jobs: Jobs<Work, Done>,
     /// The policy's hash size limit, shared with the content watcher's threads.
     hash_limit_bytes: Arc<AtomicU64>,
@@ -623,6 +628,7 @@ impl Daemon {
     /// Runs `work` off the event loop, from the state as it is now.
     fn start_job(&mut self, work: Work) {
         self.watched_by_job = self.watched.len();
+        self.package_trust_changes_by_job = self.package_trust_changes();
         let inputs = background::Inputs {
             policy: self.policy.clone(),
             policy_dir: self.options.policy_dir.clone(),
@@ -651,6 +657,23 @@ impl Daemon {
         if let Some(next) = self.jobs.finished() {
             self.start_job(next);
         }
+    }
+
+    /// The kernel's count of trust changes made for a package manager; 0 if it cannot be read
+    /// (logged), which only means a stale resolution is not noticed.
+    fn package_trust_changes(&self) -> u64 {
+        match self.enforcer.counters() {
+            Ok(counters) => counters.package_trust_changes,
+            Err(error) => {
+                log::error!("reading kernel counters: {error:#}");
+                0
+            }
+        }
+    }
+
+    /// Whether a package manager moved files in or out of trust while the finished job ran.
+    fn package_files_moved_during_job(&self) -> bool {
+        self.package_trust_changes() != self.package_trust_changes_by_job
     }
 
     /// Files the watcher found while the finished job ran, which its resolution lacks.
@@ -699,7 +722,11 @@ impl Daemon {
                 }
             }
         }
-        if fresh.allowed != self.resolution.allowed {
+        if fresh.allowed != self.resolution.allowed && self.package_files_moved_during_job() {
+            // The kernel's trust is newer than this resolution: keep it, and resolve again.
+            fresh.allowed = self.resolution.allowed.clone();
+            self.request(Work::Refresh { rescan: false });
+        } else if fresh.allowed != self.resolution.allowed {
             match self.enforcer.apply_allowed(&fresh.allowed) {
                 Ok(stats) => log::info!("allowed files updated: {stats}"),
                 Err(error) => {
@@ -733,6 +760,10 @@ impl Daemon {
             loaded.resolution.keep_undecided(&self.resolution);
             apply_reload(loaded, &mut self.enforcer).map_err(|error| format!("{error:#}"))
         });
+        // The reload's trusted files may predate files dpkg moved meanwhile: resolve again.
+        if self.package_files_moved_during_job() {
+            self.request(Work::Refresh { rescan: false });
+        }
         let reloaded = match applied {
             Ok(reloaded) => reloaded,
             Err(error) => {

@@ -663,6 +663,7 @@ mod tests {
             verdict_cache: Feature::off("no IMA"),
             executable_mappings: Feature::on(),
             mapping_content: Feature::off("no IMA"),
+            package_updates: Feature::on(),
             tamper_protection: Feature::off("not asked for"),
         }
     }

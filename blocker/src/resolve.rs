@@ -12,7 +12,7 @@ use std::{
 };
 
 use blocker_common::{
-    BanEntry, FileKey, FILELESS_RULE_ID, LOCKDOWN_RULE_ID, UNHASHABLE_RULE_ID,
+    entry_flags, BanEntry, FileKey, FILELESS_RULE_ID, LOCKDOWN_RULE_ID, UNHASHABLE_RULE_ID,
     UNTRUSTED_PATH_RULE_ID,
 };
 use sha2::{Digest, Sha256 as Sha256Hasher};
@@ -197,6 +197,9 @@ pub struct Resolution {
     /// Under lockdown, the files installed packages vouch for (see
     /// [`sources::trusted_package_files`]).
     packaged: Vec<FileIdentity>,
+    /// Under lockdown, the package manager the kernel follows (see
+    /// [`sources::package_manager`]).
+    package_manager: Option<FileKey>,
     /// The map's budget and what the entries took of it.
     spending: Spending,
 }
@@ -939,6 +942,7 @@ impl Resolution {
         self.warnings.append(&mut packaged.problems.warnings);
         self.warnings.append(&mut packaged.problems.undecided);
         self.packaged = packaged.identified.into_values().collect();
+        self.package_manager = sources::package_manager(roots);
     }
 
     fn allows(&self, found: usize) -> bool {
@@ -946,7 +950,8 @@ impl Resolution {
     }
 
     /// One entry per file an `allow` rule names, the earliest rule's, unless a ban names it;
-    /// the files installed packages vouch for under lockdown; and the critical files (see
+    /// the files installed packages vouch for under lockdown, the package manager flagged as one;
+    /// and the critical files (see
     /// [`crate::critical`]), the safety net, which always run whatever their path (under rule
     /// id 0: no event names an allowed file).
     fn choose_allowed(&mut self) {
@@ -975,6 +980,11 @@ impl Resolution {
         // Stable: the earliest rule's match stays first among a file's.
         allowed.sort_by_key(|(key, _)| *key);
         allowed.dedup_by_key(|(key, _)| *key);
+        if let Some(manager) = self.package_manager {
+            if let Ok(position) = allowed.binary_search_by_key(&manager, |(key, _)| *key) {
+                allowed[position].1.flags |= entry_flags::PACKAGE_MANAGER;
+            }
+        }
         self.allowed = SortedMap::from_sorted(allowed);
     }
 

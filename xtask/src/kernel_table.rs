@@ -16,7 +16,7 @@ const MARKERS: Markers = Markers {
 
 /// The features in the table, each with the VM test group (`vm_<module>`, a module of
 /// tests/tests/vm/) that exercises it.
-const COLUMNS: [(&str, &str, &str); 4] = [
+const COLUMNS: [(&str, &str, &str); 5] = [
     ("Content checks at exec", "exec_content", "vm_ima"),
     (
         "Executable-mapping checks",
@@ -27,6 +27,11 @@ const COLUMNS: [(&str, &str, &str); 4] = [
         "Content checks of mappings",
         "mapping_content",
         "vm_side_doors",
+    ),
+    (
+        "Lockdown following package updates",
+        "package_updates",
+        "vm_lockdown",
     ),
     ("Tamper protection", "tamper_protection", "vm_tamper"),
 ];

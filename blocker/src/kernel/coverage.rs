@@ -104,13 +104,16 @@ pub struct Features {
     /// Executable mappings (`mmap` with `PROT_EXEC`: the dynamic loader, `dlopen`) checked by
     /// content and the fileless setting too, as execs are.
     pub mapping_content: Feature,
+    /// Lockdown's trust follows a package manager's renames and unlinks in the kernel, so an
+    /// upgraded program runs at once and the old one is refused at once.
+    pub package_updates: Feature,
     /// Tamper protection (`--protect`).
     pub tamper_protection: Feature,
 }
 
 impl Features {
     /// Every feature with its name for people.
-    pub fn named(&self) -> [(&'static str, &Feature); 6] {
+    pub fn named(&self) -> [(&'static str, &Feature); 7] {
         [
             ("exec checks", &self.exec),
             ("content checks at exec", &self.exec_content),
@@ -120,6 +123,7 @@ impl Features {
                 "content checks of executable mappings",
                 &self.mapping_content,
             ),
+            ("lockdown following package updates", &self.package_updates),
             ("tamper protection", &self.tamper_protection),
         ]
     }
@@ -141,6 +145,7 @@ impl Features {
             verdict_cache: lsm_only(),
             executable_mappings: lsm_only(),
             mapping_content: lsm_only(),
+            package_updates: lsm_only(),
             tamper_protection: lsm_only(),
         }
     }
@@ -208,6 +213,10 @@ impl Features {
             } else {
                 Feature::off("no content checks")
             },
+            package_updates: Feature::of(
+                &lsm_programs::PACKAGE_UPDATES,
+                missing(&lsm_programs::PACKAGE_UPDATES),
+            ),
             tamper_protection: Feature::of(
                 &lsm_programs::PROTECTION,
                 missing(&lsm_programs::PROTECTION),

@@ -74,6 +74,7 @@ pub struct KernelCounters {
     pub content_too_large: u64,
     pub content_unguarded: u64,
     pub records_suppressed: u64,
+    pub package_trust_changes: u64,
 }
 
 /// Every LSM program blocker attaches where the kernel takes it.
@@ -86,6 +87,7 @@ fn every_lsm_program() -> impl Iterator<Item = LsmProgram> {
     .into_iter()
     .chain(lsm_programs::VERDICT_INVALIDATION)
     .chain(lsm_programs::EXECUTABLE_MAPPINGS)
+    .chain(lsm_programs::PACKAGE_UPDATES)
     .chain(lsm_programs::PROTECTION)
 }
 
@@ -549,6 +551,7 @@ impl Enforcer {
         // The content check of mappings is loaded already; every other program is loaded here.
         let optional: Vec<LsmProgram> = mapping_programs
             .into_iter()
+            .chain(lsm_programs::PACKAGE_UPDATES)
             .chain(lsm_programs::PROTECTION)
             .filter(|program| {
                 program.name == lsm_programs::MAPPING_CONTENT.name || load(self, program)
@@ -741,6 +744,7 @@ impl Enforcer {
             content_too_large: total(counter::CONTENT_TOO_LARGE)?,
             content_unguarded: total(counter::CONTENT_UNGUARDED)?,
             records_suppressed: total(counter::RECORDS_SUPPRESSED)?,
+            package_trust_changes: total(counter::PACKAGE_TRUST_CHANGES)?,
         })
     }
 }

@@ -16,7 +16,7 @@ use std::{
 pub use flatpak::{flatpak_files, validate_flatpak_id};
 pub use packages::{package_files, validate_package_name};
 pub use snap::{snap_files, validate_snap_name};
-pub use trusted_packages::trusted_package_files;
+pub use trusted_packages::{package_manager, trusted_package_files};
 
 use crate::{
     escape::escaped,

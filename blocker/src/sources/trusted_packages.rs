@@ -19,8 +19,10 @@ use std::{
         ffi::OsStrExt,
         fs::{MetadataExt, OpenOptionsExt},
     },
+    path::Path,
 };
 
+use blocker_common::FileKey;
 use md5::{Digest, Md5};
 
 use super::{
@@ -32,6 +34,18 @@ use crate::{
     files::{is_executable_candidate, FileStatus},
     identity::FileIdentity,
 };
+
+/// The package manager whose renames and unlinks the kernel follows under lockdown (see
+/// `entry_flags::PACKAGE_MANAGER`): dpkg itself moves every package file into place.
+const PACKAGE_MANAGER: &str = "/usr/bin/dpkg";
+
+/// The identity of [`PACKAGE_MANAGER`] on the inspected system, if it is there.
+pub fn package_manager(roots: &SourceRoots) -> Option<FileKey> {
+    let path = roots.system_path(Path::new(PACKAGE_MANAGER))?;
+    FileIdentity::of_path(&path)
+        .ok()
+        .map(|identity| identity.key)
+}
 
 /// The files the installed packages vouch for. Problems are warnings: a file left out is
 /// refused under lockdown, which is the safe side.

@@ -8,7 +8,10 @@
 
 use std::{
     io::Write,
-    os::unix::fs::{chown, PermissionsExt},
+    os::unix::{
+        fs::{chown, PermissionsExt},
+        process::CommandExt,
+    },
     path::{Path, PathBuf},
     process::Command,
 };
@@ -412,12 +415,23 @@ fn forget_vm_tools() -> Result<()> {
 
 /// Builds version `version` of package `name` with the programs `/usr/bin/<program>`, each the
 /// harmless program with the version appended (so each version is another file), and an
-/// `md5sums` as Debian's packaging tools write one.
+/// `md5sums` as Debian's packaging tools write one; its files are root's.
 fn build_package(
     sandbox: &Sandbox,
     name: &str,
     version: &str,
     programs: &[&str],
+) -> Result<PathBuf> {
+    build_package_of(sandbox, name, version, programs, 0)
+}
+
+/// [`build_package`] with files that `owner` owns, which a dpkg running as `owner` can install.
+fn build_package_of(
+    sandbox: &Sandbox,
+    name: &str,
+    version: &str,
+    programs: &[&str],
+    owner: u32,
 ) -> Result<PathBuf> {
     let tree = sandbox.path(&format!("{name}-{version}"));
     std::fs::create_dir_all(tree.join("DEBIAN"))?;
@@ -449,11 +463,14 @@ fn build_package(
         ),
     )?;
     let deb = sandbox.path(&format!("{name}_{version}.deb"));
-    let built = Command::new("dpkg-deb")
-        .args(["--build", "--root-owner-group"])
-        .arg(&tree)
-        .arg(&deb)
-        .output()?;
+    let mut build = Command::new("dpkg-deb");
+    build.arg("--build");
+    if owner == 0 {
+        build.arg("--root-owner-group");
+    } else {
+        chown_tree(&tree, owner)?;
+    }
+    let built = build.arg(&tree).arg(&deb).output()?;
     ensure!(built.status.success(), "dpkg-deb --build: {built:?}");
     Ok(deb)
 }
@@ -469,33 +486,22 @@ fn dpkg(args: &[&str], deb: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// Waits until `path` runs (`true`) or is refused (`false`), as the daemon's refresh after a
-/// package change makes it; prints how long that took, the window a package change leaves, on
-/// the VM's console (the test harness keeps a passing test's output to itself).
-fn until(path: &Path, running: bool, after: &str) -> Result<()> {
-    let started = std::time::Instant::now();
-    loop {
-        let ran = matches!(run_as_launcher(path), Ok((_, status)) if status.success());
-        if ran == running {
-            let line = format!(
-                "lockdown window: {path:?} {} {:?} after {after}\n",
-                if running { "ran" } else { "was refused" },
-                started.elapsed()
-            );
-            // Best effort: a measurement, not a result.
-            let _ = std::fs::OpenOptions::new()
-                .write(true)
-                .open("/dev/console")
-                .and_then(|mut console| console.write_all(line.as_bytes()));
-            return Ok(());
+/// Gives `owner` everything under `root`, as if they had made it.
+fn chown_tree(root: &Path, owner: u32) -> Result<()> {
+    chown(root, Some(owner), Some(owner))?;
+    if root.is_dir() {
+        for entry in std::fs::read_dir(root)? {
+            chown_tree(&entry?.path(), owner)?;
         }
-        ensure!(
-            started.elapsed() < EVENT_TIMEOUT,
-            "{path:?} still {} {EVENT_TIMEOUT:?} after {after}",
-            if running { "refused" } else { "runs" }
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    Ok(())
+}
+
+/// Waits for the daemon's refresh after dpkg changed its database, which must agree with what
+/// the kernel decided when dpkg moved the files.
+fn refreshed(daemon: &mut Daemon) -> Result<()> {
+    daemon.wait_for_log("allowed files updated", EVENT_TIMEOUT)?;
+    Ok(())
 }
 
 #[test]
@@ -541,24 +547,61 @@ fn lockdown_trusts_what_installed_packages_installed() -> Result<()> {
         .write_all(b"\0")?;
     refused(edited)?;
 
-    // Installed while the daemon runs: trusted once dpkg's database says so.
+    // Installed while the daemon runs: trusted the moment dpkg renames it into place (the
+    // kernel follows dpkg), and still after the daemon's refresh from dpkg's database.
     let added = Path::new("/usr/bin/trust-added");
     let first = build_package(&sandbox, "blocker-trust-added", "1.0", &["trust-added"])?;
     dpkg(&["--install"], Some(&first))?;
-    until(added, true, "dpkg --install")?;
+    runs(added)?;
     refused(edited)?;
-    // Upgraded: the new version runs; the old one, kept by a hard link, loses its trust.
+    refreshed(&mut daemon)?;
+    runs(added)?;
+    // Upgraded: the new version runs at once; the old one, kept by a hard link, lost its trust
+    // when the new one was renamed over it.
     let old_version = Path::new(TRUSTED).join("trust-added-1.0");
     std::fs::hard_link(added, &old_version)?;
     let second = build_package(&sandbox, "blocker-trust-added", "2.0", &["trust-added"])?;
     dpkg(&["--install"], Some(&second))?;
-    until(added, true, "the upgrade")?;
-    until(&old_version, false, "the upgrade")?;
-    // Removed: a copy kept of it is refused.
+    runs(added)?;
+    refused(&old_version)?;
+    refreshed(&mut daemon)?;
+    runs(added)?;
+    refused(&old_version)?;
+    // Removed: a copy kept of it lost its trust when dpkg unlinked it.
     let removed_version = Path::new(TRUSTED).join("trust-added-2.0");
     std::fs::hard_link(added, &removed_version)?;
     dpkg(&["--remove", "blocker-trust-added"], None)?;
-    until(&removed_version, false, "dpkg --remove")?;
+    refused(&removed_version)?;
+
+    // dpkg runs for any user (`--force-not-root`, into a database and tree of their own); what
+    // it renames into place for them is not trusted.
+    let user_root = directory(&format!("{HOME}/dpkg-root"), USER)?;
+    for dir in ["db/info", "db/updates", "tree"] {
+        std::fs::create_dir_all(user_root.join(dir))?;
+    }
+    std::fs::write(user_root.join("db/status"), "")?;
+    let users_deb = build_package_of(
+        &sandbox,
+        "blocker-trust-users",
+        "1.0",
+        &["trust-users"],
+        USER,
+    )?;
+    chown_tree(&user_root, USER)?;
+    chown(&users_deb, Some(USER), Some(USER))?;
+    let output = Command::new("dpkg")
+        .uid(USER)
+        .gid(USER)
+        .args(["--force-not-root", "--force-bad-path", "--log=/dev/null"])
+        .arg(format!("--admindir={}", user_root.join("db").display()))
+        .arg(format!("--instdir={}", user_root.join("tree").display()))
+        .arg("--install")
+        .arg(&users_deb)
+        .output()?;
+    ensure!(output.status.success(), "dpkg as uid {USER}: {output:?}");
+    let users_program = user_root.join("tree/usr/bin/trust-users");
+    refused(&users_program)?;
+    ensure!(daemon.wait_for_exec(&users_program)?["rule"] == "lockdown");
 
     let (status, _, _) = daemon.stop()?;
     ensure!(status.success());
@@ -567,6 +610,7 @@ fn lockdown_trusts_what_installed_packages_installed() -> Result<()> {
     for kept in [old_version, removed_version, home_copy] {
         std::fs::remove_file(kept)?;
     }
+    std::fs::remove_dir_all(user_root)?;
     Ok(())
 }
 
