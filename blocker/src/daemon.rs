@@ -319,6 +319,7 @@ async fn serve(
         watched: Vec::new(),
         watched_by_job: 0,
         package_trust_changes_by_job: 0,
+        package_trust_changes_applied: 0,
         jobs: Jobs::default(),
         hash_limit_bytes,
         content_watch,
@@ -438,6 +439,9 @@ struct Daemon {
     /// started: if it moved by the job's end, dpkg replaced files the job may have seen as
     /// they were before.
     package_trust_changes_by_job: u64,
+    /// That count when the daemon last put its trusted set in force: once it moved, the
+    /// kernel holds trust the daemon has not checked against the package database.
+    package_trust_changes_applied: u64,
     jobs: Jobs<Work, Done>,
     /// The policy's hash size limit, shared with the content watcher's threads.
     hash_limit_bytes: Arc<AtomicU64>,
@@ -722,13 +726,19 @@ impl Daemon {
                 }
             }
         }
-        if fresh.allowed != self.resolution.allowed && self.package_files_moved_during_job() {
+        let kernel_trusted_since =
+            self.package_trust_changes_by_job != self.package_trust_changes_applied;
+        let to_apply = fresh.allowed != self.resolution.allowed || kernel_trusted_since;
+        if to_apply && self.package_files_moved_during_job() {
             // The kernel's trust is newer than this resolution: keep it, and resolve again.
             fresh.allowed = self.resolution.allowed.clone();
             self.request(Work::Refresh { rescan: false });
-        } else if fresh.allowed != self.resolution.allowed {
+        } else if to_apply {
             match self.enforcer.apply_allowed(&fresh.allowed) {
-                Ok(stats) => log::info!("allowed files updated: {stats}"),
+                Ok(stats) => {
+                    self.package_trust_changes_applied = self.package_trust_changes_by_job;
+                    log::info!("allowed files updated: {stats}");
+                }
                 Err(error) => {
                     log::error!("{error:#}");
                     return false;
@@ -763,6 +773,8 @@ impl Daemon {
         // The reload's trusted files may predate files dpkg moved meanwhile: resolve again.
         if self.package_files_moved_during_job() {
             self.request(Work::Refresh { rescan: false });
+        } else if applied.is_ok() {
+            self.package_trust_changes_applied = self.package_trust_changes_by_job;
         }
         let reloaded = match applied {
             Ok(reloaded) => reloaded,
