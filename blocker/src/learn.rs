@@ -75,21 +75,29 @@ pub fn learn(options: &LearnOptions) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A file as the records name it.
+/// A file as the records identify it. An exec's record and the record of the mapping that
+/// follows it (the kernel maps the program it runs) name the same file, the second without a
+/// path: they are one file.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Named {
-    /// The path's exact bytes: for an exec as the caller spelled it, for a mapping where
-    /// blocker knew the file (often empty).
-    path: Vec<u8>,
-    path_truncated: bool,
     /// `major:minor`, as records write it.
     device: String,
     inode: u64,
 }
 
+/// A path a record gave: for an exec as the caller spelled it, for a mapping where blocker knew
+/// the file. Exact bytes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct RecordedPath {
+    bytes: Vec<u8>,
+    truncated: bool,
+}
+
 /// What the records say about one file.
 #[derive(Clone, Debug, Default, PartialEq)]
 struct Runs {
+    /// Every non-empty path the records gave.
+    paths: BTreeSet<RecordedPath>,
     executions: u64,
     uids: BTreeSet<u64>,
     /// `exec`, `mmap`, `mprotect`.
@@ -124,14 +132,19 @@ impl Audited {
             return;
         }
         let named = Named {
-            path: Lossless::from_json(record, "path")
-                .map(|path| path.bytes())
-                .unwrap_or_default(),
-            path_truncated: record["path_truncated"].as_bool().unwrap_or(false),
             device: record["device"].as_str().unwrap_or_default().to_owned(),
             inode: record["inode"].as_u64().unwrap_or_default(),
         };
+        let path = RecordedPath {
+            bytes: Lossless::from_json(record, "path")
+                .map(|path| path.bytes())
+                .unwrap_or_default(),
+            truncated: record["path_truncated"].as_bool().unwrap_or(false),
+        };
         let runs = self.files.entry(named).or_default();
+        if !path.bytes.is_empty() {
+            runs.paths.insert(path);
+        }
         runs.executions += 1;
         self.executions += 1;
         runs.uids.extend(record["uid"].as_u64());
@@ -190,7 +203,7 @@ fn place(files: BTreeMap<Named, Runs>, roots: &SourceRoots) -> Learned {
     let mut found = Vec::new();
     let mut learned = Learned::default();
     for (named, runs) in files {
-        match find(&named) {
+        match find(&named, &runs.paths) {
             Ok(found_at) => found.push((named, runs, found_at)),
             Err(note) => {
                 let sha256 = runs.sha256.clone();
@@ -226,18 +239,27 @@ fn place(files: BTreeMap<Named, Runs>, roots: &SourceRoots) -> Learned {
     learned
 }
 
-/// The resolved path of the file a record names, if it is still the file that ran; else why not.
-fn find(named: &Named) -> Result<PathBuf, String> {
-    if named.path.is_empty() {
-        return Err("the record names no path (a mapping of a file no rule names)".to_owned());
+/// The resolved path of the file the records name, if one of their paths still leads to it;
+/// else why none does.
+fn find(named: &Named, paths: &BTreeSet<RecordedPath>) -> Result<PathBuf, String> {
+    let mut why_not = "the records name no path (a mapping of a file no rule names)".to_owned();
+    for path in paths {
+        match find_at(named, path) {
+            Ok(found) => return Ok(found),
+            Err(why) => why_not = why,
+        }
     }
-    if named.path_truncated {
+    Err(why_not)
+}
+
+fn find_at(named: &Named, path: &RecordedPath) -> Result<PathBuf, String> {
+    if path.truncated {
         return Err("the record's path was cut short".to_owned());
     }
-    if named.path[0] != b'/' {
+    if !path.bytes.starts_with(b"/") {
         return Err("the record's path is relative to a directory it does not name".to_owned());
     }
-    let path = Path::new(OsStr::from_bytes(&named.path));
+    let path = Path::new(OsStr::from_bytes(&path.bytes));
     let resolved = std::fs::canonicalize(path).map_err(|error| format!("not found: {error}"))?;
     let key = key_of_path(&resolved).map_err(|error| format!("not found: {error}"))?;
     if !is_named(&key, named) {
@@ -489,8 +511,16 @@ fn list_files(policy: &mut String, files: &[LearnedFile]) {
 fn described(file: &LearnedFile) -> String {
     let path = match &file.found_at {
         Some(found_at) => escaped(found_at).to_string(),
-        None if file.named.path.is_empty() => "(no path)".to_owned(),
-        None => escaped_bytes(&file.named.path).to_string(),
+        None if file.runs.paths.is_empty() => "(no path)".to_owned(),
+        None => {
+            let paths: Vec<String> = file
+                .runs
+                .paths
+                .iter()
+                .map(|path| escaped_bytes(&path.bytes).to_string())
+                .collect();
+            paths.join(" or ")
+        }
     };
     let operations: Vec<&str> = file.runs.operations.iter().map(String::as_str).collect();
     format!(
@@ -567,15 +597,25 @@ mod tests {
         })
     }
 
+    fn recorded(path: &[u8]) -> RecordedPath {
+        RecordedPath {
+            bytes: path.to_vec(),
+            truncated: false,
+        }
+    }
+
     fn file(path: &str, inode: u64, found_at: Option<&str>, sha256: Option<&str>) -> LearnedFile {
         LearnedFile {
             named: Named {
-                path: path.as_bytes().to_vec(),
-                path_truncated: false,
                 device: "8:1".to_owned(),
                 inode,
             },
             runs: Runs {
+                paths: if path.is_empty() {
+                    BTreeSet::new()
+                } else {
+                    BTreeSet::from([recorded(path.as_bytes())])
+                },
                 executions: 2,
                 uids: BTreeSet::from([1000]),
                 operations: BTreeSet::from(["exec".to_owned()]),
@@ -599,8 +639,11 @@ mod tests {
             files: BTreeMap::new(),
             executions: 0,
         };
+        let mut mapping = record("lockdown", "none", "", 1);
+        mapping["operation"] = "mmap".into();
         for record in [
             record("lockdown", "none", "/opt/tool", 1),
+            mapping,
             record("untrusted_path", "none", "/opt/tool", 1),
             record("untrusted_path", "none", "/home/a/x", 2),
             record("lockdown", "eperm", "/opt/denied", 3),
@@ -609,10 +652,17 @@ mod tests {
         ] {
             audited.add(&record);
         }
-        assert_eq!(audited.executions, 3);
-        let paths: Vec<&[u8]> = audited.files.keys().map(|named| &named.path[..]).collect();
-        assert_eq!(paths, [&b"/home/a/x"[..], b"/opt/tool"]);
-        assert_eq!(audited.files.values().next_back().unwrap().executions, 2);
+        assert_eq!(audited.executions, 4);
+        let inodes: Vec<u64> = audited.files.keys().map(|named| named.inode).collect();
+        assert_eq!(inodes, [1, 2]);
+        // The exec and the mapping of the program it ran are one file, with the exec's path.
+        let tool = &audited.files[&Named {
+            device: "8:1".to_owned(),
+            inode: 1,
+        }];
+        assert_eq!(tool.executions, 3);
+        assert_eq!(tool.paths, BTreeSet::from([recorded(b"/opt/tool")]));
+        assert_eq!(tool.operations.len(), 2);
     }
 
     #[test]
@@ -625,29 +675,35 @@ mod tests {
             .unwrap();
         let key = key_of_path(&path).unwrap();
         let (major, minor) = split_kernel_device_number(key.dev);
-        let named = |path: &[u8], inode: u64| Named {
-            path: path.to_vec(),
-            path_truncated: false,
+        let named = |inode: u64| Named {
             device: format!("{major}:{minor}"),
             inode,
         };
+        let at = |path: &[u8]| BTreeSet::from([recorded(path)]);
         let bytes = path.as_os_str().as_bytes();
         assert_eq!(
-            find(&named(bytes, key.ino)),
+            find(&named(key.ino), &at(bytes)),
             Ok(path.canonicalize().unwrap())
         );
-        assert!(find(&named(bytes, key.ino + 1))
+        assert!(find(&named(key.ino + 1), &at(bytes))
             .unwrap_err()
             .contains("replaced"));
-        assert!(find(&named(b"tool", key.ino))
+        assert!(find(&named(key.ino), &at(b"tool"))
             .unwrap_err()
             .contains("relative"));
-        assert!(find(&named(b"", key.ino)).unwrap_err().contains("no path"));
-        let truncated = Named {
-            path_truncated: true,
-            ..named(bytes, key.ino)
+        assert!(find(&named(key.ino), &BTreeSet::new())
+            .unwrap_err()
+            .contains("no path"));
+        let truncated = RecordedPath {
+            truncated: true,
+            ..recorded(bytes)
         };
-        assert!(find(&truncated).unwrap_err().contains("cut short"));
+        assert!(find(&named(key.ino), &BTreeSet::from([truncated]))
+            .unwrap_err()
+            .contains("cut short"));
+        // Any path that still leads to it will do.
+        let both = BTreeSet::from([recorded(b"./tool"), recorded(bytes)]);
+        assert!(find(&named(key.ino), &both).is_ok());
     }
 
     #[test]
@@ -659,13 +715,15 @@ mod tests {
         let key = key_of_path(&path).unwrap();
         let (major, minor) = split_kernel_device_number(key.dev);
         let named = Named {
-            path: path.as_os_str().as_bytes().to_vec(),
-            path_truncated: false,
             device: format!("{major}:{minor}"),
             inode: key.ino,
         };
+        let runs = Runs {
+            paths: BTreeSet::from([recorded(path.as_os_str().as_bytes())]),
+            ..Runs::default()
+        };
         let learned = place(
-            BTreeMap::from([(named, Runs::default())]),
+            BTreeMap::from([(named, runs)]),
             &SourceRoots {
                 root: directory.path().to_owned(),
                 ..SourceRoots::default()

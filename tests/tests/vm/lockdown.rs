@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 use blocker_integration_tests::{
-    blocker_bin, harmless_binary, run_as_launcher, Daemon, Sandbox, EVENT_TIMEOUT,
+    blocker_bin, harmless_binary, run_as_launcher, Daemon, Sandbox, EVENT_TIMEOUT, STARTUP_TIMEOUT,
 };
 use serde_json::Value;
 
@@ -388,6 +388,10 @@ fn dpkg_database() -> Result<()> {
     )?;
     let status_path = admin.join("status");
     let status = std::fs::read_to_string(&status_path).unwrap_or_default();
+    // Left by a test that failed before forgetting it.
+    if status.contains(&format!("Package: {VM_TOOLS}\n")) {
+        return Ok(());
+    }
     let separator = if status.is_empty() || status.ends_with("\n\n") {
         ""
     } else {
@@ -696,6 +700,8 @@ fn learn_turns_an_audited_workload_into_a_policy_that_lets_it_run() -> Result<()
         "name = \"test\"\ndefault = \"deny\"\nuntrusted_paths = \"deny\"\n",
     )?;
     let (mut daemon, _) = Daemon::start(&sandbox.policy_dir(), &["--backend", "lsm"])?;
+    // Contents are allowed in the files the content scan finds.
+    daemon.wait_for_log("the background scan is done", STARTUP_TIMEOUT)?;
     for program in workload {
         runs(program)?;
     }
