@@ -33,8 +33,15 @@ use crate::{
 
 /// The pseudo-rules whose audited records are learned from.
 const LEARNED_RULES: [&str; 2] = ["lockdown", "untrusted_path"];
-/// How long hashing one file may take before it is given up (and described instead).
-const HASH_DEADLINE: Duration = Duration::from_secs(30);
+/// How long learn may spend hashing in all; files not hashed by then are described instead.
+/// Users choose what gets audited, so what learn does per file is bounded.
+const HASHING_BUDGET: Duration = Duration::from_secs(300);
+/// Distinct files whose records are gathered; executions of further files are only counted.
+const MAX_TRACKED_FILES: usize = 100_000;
+/// Paths kept per file (one inode can be run through any number of links).
+const MAX_PATHS_PER_FILE: usize = 16;
+/// Files a learned policy names at most: the most executed.
+const MAX_LEARNED_FILES: usize = 10_000;
 /// The learned policy's `name`.
 const POLICY_NAME: &str = "learned";
 /// Longest rule id made from a directory's path; longer ones are cut and numbered.
@@ -60,13 +67,28 @@ pub fn learn(options: &LearnOptions) -> Result<ExitCode> {
         );
         return Ok(ExitCode::FAILURE);
     }
-    let learned = place(audited.files, &options.roots);
-    let source = format!(
-        "{} audited executions of {} files in {}{since}",
-        audited.executions,
+    let executions = audited.executions;
+    let (files, left_out) = audited.most_run();
+    let learned = place(files, &options.roots);
+    let mut source = format!(
+        "{executions} audited executions of {} files in {}{since}",
         learned.files(),
         escaped(&options.events_file)
     );
+    if left_out.files > 0 {
+        source.push_str(&format!(
+            "; not in it: {} files run {} times in all, fewer times each than those in it (learn \
+             names at most {MAX_LEARNED_FILES} files, the most run)",
+            left_out.files, left_out.executions
+        ));
+    }
+    if left_out.untracked_executions > 0 {
+        source.push_str(&format!(
+            "; not in it either: {} executions of files beyond the first {MAX_TRACKED_FILES} \
+             learn tells apart",
+            left_out.untracked_executions
+        ));
+    }
     let text = learned.policy(&source);
     // What learn prints must be a policy blocker accepts as it is.
     policy::parse_sources(&[(PathBuf::from(format!("{POLICY_NAME}.toml")), text.clone())])
@@ -112,6 +134,18 @@ struct Runs {
 struct Audited {
     files: BTreeMap<Named, Runs>,
     executions: u64,
+    /// Executions of files beyond [`MAX_TRACKED_FILES`].
+    untracked_executions: u64,
+}
+
+/// Files audited that a learned policy does not name.
+#[derive(Debug, Default, PartialEq)]
+struct LeftOut {
+    /// Files run fewer times than the [`MAX_LEARNED_FILES`] named, and their executions.
+    files: usize,
+    executions: u64,
+    /// Executions of files beyond [`MAX_TRACKED_FILES`], which are not told apart.
+    untracked_executions: u64,
 }
 
 impl Audited {
@@ -119,9 +153,23 @@ impl Audited {
         let mut audited = Self {
             files: BTreeMap::new(),
             executions: 0,
+            untracked_executions: 0,
         };
         event_log::for_each_record(events_file, since, |record| audited.add(&record))?;
         Ok(audited)
+    }
+
+    /// The [`MAX_LEARNED_FILES`] files run most, and what is left out.
+    fn most_run(self) -> (BTreeMap<Named, Runs>, LeftOut) {
+        let mut files: Vec<(Named, Runs)> = self.files.into_iter().collect();
+        files.sort_by(|(_, a), (_, b)| b.executions.cmp(&a.executions));
+        let rest = files.split_off(files.len().min(MAX_LEARNED_FILES));
+        let left_out = LeftOut {
+            files: rest.len(),
+            executions: rest.iter().map(|(_, runs)| runs.executions).sum(),
+            untracked_executions: self.untracked_executions,
+        };
+        (files.into_iter().collect(), left_out)
     }
 
     fn add(&mut self, record: &Value) {
@@ -141,12 +189,16 @@ impl Audited {
                 .unwrap_or_default(),
             truncated: record["path_truncated"].as_bool().unwrap_or(false),
         };
+        self.executions += 1;
+        if self.files.len() >= MAX_TRACKED_FILES && !self.files.contains_key(&named) {
+            self.untracked_executions += 1;
+            return;
+        }
         let runs = self.files.entry(named).or_default();
-        if !path.bytes.is_empty() {
+        if !path.bytes.is_empty() && runs.paths.len() < MAX_PATHS_PER_FILE {
             runs.paths.insert(path);
         }
         runs.executions += 1;
-        self.executions += 1;
         runs.uids.extend(record["uid"].as_u64());
         runs.operations
             .extend(record["operation"].as_str().map(str::to_owned));
@@ -200,6 +252,7 @@ impl Learned {
 
 /// Decides each file's group: by package, by directory, or by content.
 fn place(files: BTreeMap<Named, Runs>, roots: &SourceRoots) -> Learned {
+    let hashing_ends = Instant::now() + HASHING_BUDGET;
     let mut found = Vec::new();
     let mut learned = Learned::default();
     for (named, runs) in files {
@@ -226,7 +279,7 @@ fn place(files: BTreeMap<Named, Runs>, roots: &SourceRoots) -> Learned {
     for (named, runs, found_at) in found {
         let (group, sha256, note) = match owners.get(&found_at) {
             Some(package) => (Group::Package(package.clone()), None, None),
-            None => judge(&named, &runs, &found_at),
+            None => judge(&named, &runs, &found_at, hashing_ends),
         };
         learned.groups.entry(group).or_default().push(LearnedFile {
             named,
@@ -324,7 +377,12 @@ fn package_owners(
 }
 
 /// A found file no package lists: by path where only root can change it, else by content.
-fn judge(named: &Named, runs: &Runs, found_at: &Path) -> (Group, Option<String>, Option<String>) {
+fn judge(
+    named: &Named,
+    runs: &Runs,
+    found_at: &Path,
+    hashing_ends: Instant,
+) -> (Group, Option<String>, Option<String>) {
     let directory = found_at.parent().unwrap_or(Path::new("/")).to_owned();
     let untrusted = match trusted_path::untrusted(found_at) {
         Ok(untrusted) => untrusted.map(|why| why.to_string()),
@@ -338,13 +396,7 @@ fn judge(named: &Named, runs: &Runs, found_at: &Path) -> (Group, Option<String>,
         Some(why) => why,
     };
     let limit = u64::from(DEFAULT_HASH_LIMIT_MIB) << 20;
-    let hashed = scan::sha256_if_still(
-        found_at,
-        &named.device,
-        named.inode,
-        limit,
-        Instant::now() + HASH_DEADLINE,
-    );
+    let hashed = scan::sha256_if_still(found_at, &named.device, named.inode, limit, hashing_ends);
     match hashed.or_else(|| runs.sha256.clone()) {
         Some(sha256) => (Group::UserDirectory { directory, why }, Some(sha256), None),
         None => (
@@ -352,7 +404,8 @@ fn judge(named: &Named, runs: &Runs, found_at: &Path) -> (Group, Option<String>,
             None,
             Some(format!(
                 "{why}, and it could not be hashed (larger than {DEFAULT_HASH_LIMIT_MIB} MiB, \
-                 unreadable, or changed while read)"
+                 unreadable, changed while read, or beyond learn's {} s of hashing)",
+                HASHING_BUDGET.as_secs()
             )),
         ),
     }
@@ -638,6 +691,7 @@ mod tests {
         let mut audited = Audited {
             files: BTreeMap::new(),
             executions: 0,
+            untracked_executions: 0,
         };
         let mut mapping = record("lockdown", "none", "", 1);
         mapping["operation"] = "mmap".into();
@@ -817,5 +871,42 @@ mod tests {
         let long = ids.take(&"/very-long-directory-name".repeat(10));
         assert!(long.len() <= MAX_ID_BYTES, "{long}");
         assert_eq!(ids.take("/ü/ä"), "learned");
+    }
+
+    #[test]
+    fn a_flood_of_audited_files_is_bounded_and_the_most_run_are_learned() {
+        let mut audited = Audited {
+            files: BTreeMap::new(),
+            executions: 0,
+            untracked_executions: 0,
+        };
+        // A workload run twice each, among more one-off files than learn keeps apart.
+        for inode in 0..10 {
+            for _ in 0..2 {
+                audited.add(&record("lockdown", "none", "/opt/tool", inode));
+            }
+        }
+        for inode in 10..(MAX_TRACKED_FILES as u64 + 20) {
+            audited.add(&record(
+                "lockdown",
+                "none",
+                &format!("/tmp/x{inode}"),
+                inode,
+            ));
+        }
+        for link in 0..MAX_PATHS_PER_FILE + 5 {
+            audited.add(&record("lockdown", "none", &format!("/tmp/link{link}"), 0));
+        }
+        assert_eq!(audited.files.len(), MAX_TRACKED_FILES);
+        assert_eq!(audited.untracked_executions, 20);
+        assert_eq!(
+            audited.files.values().next().unwrap().paths.len(),
+            MAX_PATHS_PER_FILE
+        );
+        let (files, left_out) = audited.most_run();
+        assert_eq!(files.len(), MAX_LEARNED_FILES);
+        assert!((0..10).all(|inode| files.keys().any(|named| named.inode == inode)));
+        assert_eq!(left_out.files, MAX_TRACKED_FILES - MAX_LEARNED_FILES);
+        assert_eq!(left_out.untracked_executions, 20);
     }
 }
