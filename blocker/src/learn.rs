@@ -162,7 +162,7 @@ impl Audited {
     /// The [`MAX_LEARNED_FILES`] files run most, and what is left out.
     fn most_run(self) -> (BTreeMap<Named, Runs>, LeftOut) {
         let mut files: Vec<(Named, Runs)> = self.files.into_iter().collect();
-        files.sort_by(|(_, a), (_, b)| b.executions.cmp(&a.executions));
+        files.sort_by_key(|(_, runs)| std::cmp::Reverse(runs.executions));
         let rest = files.split_off(files.len().min(MAX_LEARNED_FILES));
         let left_out = LeftOut {
             files: rest.len(),
