@@ -632,13 +632,30 @@ impl Enforcer {
     }
 
     /// Makes the kernel's allowed-files map equal to `allowed`; see [`map_sync::sync_map`]. The
-    /// kernel drops the entry of a file opened for writing (see `forget_verdict`), so the map is
-    /// read first: what the policy still allows goes back in.
+    /// kernel changes this map itself (it drops the entry of a file opened for writing, see
+    /// `forget_verdict`; it follows dpkg, see `package_updates`), so the map is read first: what
+    /// the policy still allows goes back in. Unlike bans, stale allowances leave first: that
+    /// only ever refuses more, and frees the room the kernel's entries for dpkg's files took.
     pub fn apply_allowed(&mut self, allowed: &SortedMap<FileKey, BanEntry>) -> Result<ApplyStats> {
-        self.installed_allowed = read_map(self.map_mut(names::ALLOWED_FILES_MAP)?)?;
+        let installed: SortedMap<FileKey, BanEntry> =
+            read_map(self.map_mut(names::ALLOWED_FILES_MAP)?)?;
+        let mut map: HashMap<&mut MapData, FileKey, BanEntry> =
+            HashMap::try_from(self.map_mut(names::ALLOWED_FILES_MAP)?)?;
+        let mut stale = 0;
+        for key in installed.keys().filter(|key| !allowed.contains_key(*key)) {
+            map.remove(key).context("removing a stale allowance")?;
+            stale += 1;
+        }
+        self.installed_allowed = installed
+            .iter()
+            .filter(|(key, _)| allowed.contains_key(*key))
+            .map(|(key, entry)| (*key, *entry))
+            .collect();
         let map = self.maps.get(names::ALLOWED_FILES_MAP).expect("loaded");
-        sync_kernel_map(map, &mut self.installed_allowed, allowed)
-            .context("updating the allowed files")
+        let mut stats = sync_kernel_map(map, &mut self.installed_allowed, allowed)
+            .context("updating the allowed files")?;
+        stats.removed += stale;
+        Ok(stats)
     }
 
     /// Makes the kernel's content ban map equal to `bans` (see [`map_sync::sync_map`]), then, if anything
