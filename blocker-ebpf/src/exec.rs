@@ -107,6 +107,7 @@ fn exec_occurrence(bprm: Bprm, backend: Backend) -> Occurrence {
         operation: Operation::Exec,
         detail: 0,
         exec: Some(bprm),
+        mapped_file: core::ptr::null_mut(),
     }
 }
 

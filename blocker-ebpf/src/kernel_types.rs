@@ -3,7 +3,7 @@
 //! `bpf_probe_read_kernel`, so a bad pointer is a failed read rather than a rejected program.
 
 use aya_ebpf::{
-    bindings::file,
+    bindings::{file, path},
     helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
 };
 use blocker_common::{guarded_filesystem, FileKey};
@@ -16,6 +16,16 @@ macro_rules! offset {
         // SAFETY: a read of a static's field.
         unsafe { core::ptr::read_volatile(core::ptr::addr_of!(KERNEL_OFFSETS.$member)) }
     };
+}
+
+/// The `f_path` member of `file`, a pointer the verifier vouches for (a hook's argument), as such
+/// a pointer still: what `bpf_d_path` takes.
+///
+/// # Safety
+/// `file` must be a `struct file` pointer the hook was passed, unmodified.
+pub unsafe fn trusted_file_path(file: *mut file) -> *mut path {
+    let member = offset!(file_f_path) as usize;
+    file.cast::<u8>().add(member).cast()
 }
 
 /// Reads the `T` at `base + offset` in kernel memory; `None` for a null base or a fault.

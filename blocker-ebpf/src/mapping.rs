@@ -1,7 +1,7 @@
 //! Executable mappings of banned files: how the dynamic loader maps a program it is asked to run
 //! (`ld.so /path/to/banned`) and every library, `dlopen` included.
 
-use aya_ebpf::{macros::lsm, programs::LsmContext};
+use aya_ebpf::{bindings::file, macros::lsm, programs::LsmContext};
 use blocker_common::{Backend, HookArgument, Operation, UNKNOWN_CONTENT_HASH};
 
 use crate::{
@@ -58,7 +58,11 @@ pub fn mmap_file_content(ctx: LsmContext) -> i32 {
     let Some(ban) = strictest(ban, || unallowed(file, inode, key)) else {
         return ALLOW;
     };
-    report_hashed(&ban, &mapping_occurrence(Operation::Mmap), &sha256);
+    report_hashed(
+        &ban,
+        &mapping_occurrence(Operation::Mmap, mapped as *mut _),
+        &sha256,
+    );
     lsm_verdict(ban.entry.action)
 }
 
@@ -100,15 +104,17 @@ fn mapping_report(ban: Option<Ban>, operation: Operation) -> i32 {
     let Some(ban) = ban else {
         return ALLOW;
     };
-    report(&ban, &mapping_occurrence(operation));
+    // Only the sleepable check may ask for the path.
+    report(&ban, &mapping_occurrence(operation, core::ptr::null_mut()));
     lsm_verdict(ban.entry.action)
 }
 
-fn mapping_occurrence(operation: Operation) -> Occurrence {
+fn mapping_occurrence(operation: Operation, mapped_file: *mut file) -> Occurrence {
     Occurrence {
         backend: Backend::Lsm,
         operation,
         detail: 0,
         exec: None,
+        mapped_file,
     }
 }

@@ -688,6 +688,7 @@ fn refuse(operation: Operation, detail: u32, target: FileKey) -> i32 {
             operation,
             detail,
             exec: None,
+            mapped_file: core::ptr::null_mut(),
         },
     );
     REFUSE

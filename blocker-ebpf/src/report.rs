@@ -1,16 +1,18 @@
 //! What the programs tell userspace: events through the ring buffer, and the verdict they hand
 //! the kernel.
 
+use aya_ebpf::bindings::file;
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+    bpf_d_path, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+    bpf_ktime_get_boot_ns,
 };
 use blocker_common::{
     counter, heartbeat, record_limit, Action, Backend, BanEntry, ContentHash, FileKey, KernelEvent,
-    Operation, RecordKey, RecordWindow, UNKNOWN_CONTENT_HASH, UNTRUSTED_PATH_RULE_ID,
+    Operation, RecordKey, RecordWindow, FILENAME_LEN, UNKNOWN_CONTENT_HASH, UNTRUSTED_PATH_RULE_ID,
 };
 
 use crate::{
-    kernel_types::{Bprm, Task},
+    kernel_types::{trusted_file_path, Bprm, Task},
     maps::{increment, EVENTS, HEARTBEAT, RECENT_RECORDS},
 };
 
@@ -106,6 +108,10 @@ pub struct Occurrence {
     pub detail: u32,
     /// The exec, for its path; `None` for mappings and tamper attempts.
     pub exec: Option<Bprm>,
+    /// The mapped file, for its path, as the sleepable mapping check's hook passed it (the
+    /// kernel resolves the path only of a pointer the verifier vouches for, and only in sleepable
+    /// hooks); null otherwise.
+    pub mapped_file: *mut file,
 }
 
 /// Sends an event about `ban`, unless the record limiter suppresses it; counts it as lost if the
@@ -175,10 +181,33 @@ fn send(ban: &Ban, occurrence: &Occurrence, fill_sha256: impl FnOnce(&mut Conten
         (*event).comm = bpf_get_current_comm().unwrap_or_default();
         (*event).filename_len = match occurrence.exec {
             Some(bprm) => bprm.filename_into(&mut (*event).filename),
+            None if !occurrence.mapped_file.is_null() => {
+                mapped_path_into(occurrence.mapped_file, &mut (*event).filename)
+            }
             None => 0,
         };
     }
     slot.submit(0);
+}
+
+/// Writes the path of `file` in the caller's view (its root, its mounts) into `out`; returns
+/// its length without the NUL, 0 if it could not be had (longer than `out`).
+///
+/// # Safety
+/// `file` must be a `struct file` pointer the verifier vouches for, in a sleepable hook.
+#[inline(always)]
+unsafe fn mapped_path_into(file: *mut file, out: &mut [u8; FILENAME_LEN]) -> u32 {
+    let written = bpf_d_path(
+        trusted_file_path(file),
+        out.as_mut_ptr().cast(),
+        FILENAME_LEN as u32,
+    );
+    // The length counts the NUL the helper wrote.
+    if written > 0 {
+        written as u32 - 1
+    } else {
+        0
+    }
 }
 
 /// Seconds since the daemon last beat, if it went silent without stopping; 0 otherwise.

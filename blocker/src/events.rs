@@ -343,8 +343,10 @@ pub struct ExecRecord {
     pub url: Option<String>,
     #[serde(flatten)]
     pub caller: Caller,
-    /// For an exec, the path given to exec, as the caller spelled it; for a mapping, a path
-    /// of the banned file as blocker resolved it (empty if unknown, e.g. a fileless file).
+    /// For an exec, the path given to exec, as the caller spelled it; for a mapping, the path
+    /// the kernel gave for the mapped file (with content checks: as the caller sees it, with
+    /// ` (deleted)` after a removed file's), else a path of the file as blocker resolved it
+    /// (empty if neither is known).
     /// Exactly as the kernel gave it: see [`crate::escape`] for `path_hex`.
     pub path: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -457,10 +459,13 @@ impl ExecRecord {
         let (major, minor) = split_kernel_device_number(event.dev);
         let filename_len = (event.filename_len as usize).min(FILENAME_LEN);
         let operation = Operation::from_wire(event.operation);
-        let path = if operation == Some(Operation::Exec) {
-            Lossless::new(nul_terminated(&event.filename[..filename_len]))
-        } else {
-            known_path.map(Lossless::of).unwrap_or_default()
+        // A mapping's path is the kernel's where it could tell it (the content check of
+        // mappings asks for it), else where blocker found the file.
+        let path = match known_path {
+            Some(known) if operation != Some(Operation::Exec) && filename_len == 0 => {
+                Lossless::of(known)
+            }
+            _ => Lossless::new(nul_terminated(&event.filename[..filename_len])),
         };
         let action = Action::from_wire(event.action);
         Self {

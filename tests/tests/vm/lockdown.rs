@@ -62,6 +62,17 @@ fn modified_copy(path: &Path, owner: u32) -> Result<PathBuf> {
     Ok(path.to_owned())
 }
 
+/// A [`modified_copy`] with bytes of its own (its name appended): a program no other file has
+/// the content of, as one built in place is.
+fn own_program(path: &Path, owner: u32) -> Result<PathBuf> {
+    let path = modified_copy(path, owner)?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)?
+        .write_all(path.as_os_str().as_encoded_bytes())?;
+    Ok(path)
+}
+
 /// The programs of one scenario.
 struct Programs {
     /// Banned by path (rule `ban`), in root's directory.
@@ -204,6 +215,11 @@ fn deny_refuses_modified_copies_where_users_write_and_lets_the_rest_run() -> Res
     })?;
     ensure!(mapping["rule"] == "untrusted_path", "{mapping}");
     ensure!(mapping["enforcement"] == "eperm", "{mapping}");
+    // The content check of mappings has the kernel say which file was mapped.
+    ensure!(
+        mapping["path"] == programs.home_copy.display().to_string().as_str(),
+        "{mapping}"
+    );
 
     runs(&programs.trusted_copy)?;
     runs(&programs.allowed)?;
@@ -645,14 +661,22 @@ fn learn_turns_an_audited_workload_into_a_policy_that_lets_it_run() -> Result<()
         .open(packaged)?
         .write_all(b"\0")?;
     // Root's, in root's directory: learned by path.
-    let roots_tool = modified_copy(&Path::new(TRUSTED).join("learn-root-tool"), 0)?;
+    let roots_tool = own_program(&Path::new(TRUSTED).join("learn-root-tool"), 0)?;
     // Made in place in a home directory, under a name meant to break the policy learn writes:
     // learned by content.
-    let home_tool = modified_copy(
+    let home_tool = own_program(
         &Path::new(HOME).join("learn tool \"x\"\n[[rule]]\nid = \"evil\""),
         USER,
     )?;
     let workload = [packaged, roots_tool.as_path(), home_tool.as_path()];
+    // Mapped, never exec'd: as a library a trusted program loads (here the loader itself, asked
+    // to run it), known to learn by the path the kernel gives for the mapping.
+    let home_library = own_program(&Path::new(HOME).join("learn-library"), USER)?;
+    let load_library = || -> Result<()> {
+        let loaded = Command::new(LOADER).arg(&home_library).status()?;
+        ensure!(loaded.success(), "ld.so {home_library:?}: {loaded}");
+        Ok(())
+    };
 
     sandbox.write_policy(
         "test.toml",
@@ -665,6 +689,9 @@ fn learn_turns_an_audited_workload_into_a_policy_that_lets_it_run() -> Result<()
         let record = daemon.wait_for_exec(program)?;
         ensure!(record["action"] == "audit", "{record}");
     }
+    load_library()?;
+    let mapping = daemon.wait_for_exec(&home_library)?;
+    ensure!(mapping["operation"] == "mmap", "{mapping}");
     let events_file = daemon.events_file().to_owned();
     let (status, _, _) = daemon.stop()?;
     ensure!(status.success());
@@ -682,6 +709,11 @@ fn learn_turns_an_audited_workload_into_a_policy_that_lets_it_run() -> Result<()
     let home_hash = blocker_integration_tests::sha256_of(&home_tool)?;
     ensure!(learned.contains(&format!("\"{home_hash}\",")), "{learned}");
     ensure!(!learned.contains("\nid = \"evil\""), "{learned}");
+    let library_hash = blocker_integration_tests::sha256_of(&home_library)?;
+    ensure!(
+        learned.contains(&format!("\"{library_hash}\",")),
+        "{learned}"
+    );
     ensure!(
         !learned.contains(&blocker_integration_tests::sha256_of(packaged)?),
         "a packaged file was learned by its hash:\n{learned}"
@@ -705,7 +737,8 @@ fn learn_turns_an_audited_workload_into_a_policy_that_lets_it_run() -> Result<()
     for program in workload {
         runs(program)?;
     }
-    let unlearned = modified_copy(&Path::new(HOME).join("learn-unlearned"), USER)?;
+    load_library()?;
+    let unlearned = own_program(&Path::new(HOME).join("learn-unlearned"), USER)?;
     refused(&unlearned)?;
     daemon.wait_for_exec(&unlearned)?;
     let (status, records, _) = daemon.stop()?;
@@ -719,7 +752,7 @@ fn learn_turns_an_audited_workload_into_a_policy_that_lets_it_run() -> Result<()
 
     dpkg(&["--purge", "blocker-learn-tool"], None)?;
     forget_vm_tools()?;
-    for made in [roots_tool, home_tool, unlearned] {
+    for made in [roots_tool, home_tool, home_library, unlearned] {
         std::fs::remove_file(made)?;
     }
     Ok(())
