@@ -513,7 +513,8 @@ impl Enforcer {
     /// one where the kernel can hash files for BPF (IMA, 5.11 and later), by identity
     /// otherwise. The programs dropping stale cached verdicts are attached before the content
     /// check, and the cache is used only if all of them are, so no verdict is cached unwatched.
-    /// Protection programs, inert until `protect`, are attached last.
+    /// Protection programs, inert until `protect`, are attached after the checks, and the
+    /// programs following package updates last.
     fn attach_lsm(&mut self) -> Result<()> {
         let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
         let mut missing: BTreeMap<&'static str, String> = BTreeMap::new();
@@ -549,10 +550,12 @@ impl Enforcer {
             }
         });
         // The content check of mappings is loaded already; every other program is loaded here.
+        // Package updates after protection: on a hook both use, a program runs only if those
+        // before it allowed, so trust never follows a rename that protection refused.
         let optional: Vec<LsmProgram> = mapping_programs
             .into_iter()
-            .chain(lsm_programs::PACKAGE_UPDATES)
             .chain(lsm_programs::PROTECTION)
+            .chain(lsm_programs::PACKAGE_UPDATES)
             .filter(|program| {
                 program.name == lsm_programs::MAPPING_CONTENT.name || load(self, program)
             })
