@@ -638,8 +638,15 @@ impl Found<'_> {
                 Via::Package(name.clone()),
             );
         }
+        // What an allow rule trusts must be what root installed; a ban takes every copy.
+        let allows = self.resolution.own_rule(self.rule_id).action == Action::Allow;
         for id in &identifiers.flatpak {
-            self.add_source(sources::flatpak_files(id, roots), Via::Flatpak(id.clone()));
+            let files = if allows {
+                sources::allowed_flatpak_files(id, roots)
+            } else {
+                sources::flatpak_files(id, roots)
+            };
+            self.add_source(files, Via::Flatpak(id.clone()));
         }
         for name in &identifiers.snap {
             self.add_source(sources::snap_files(name, roots), Via::Snap(name.clone()));

@@ -236,6 +236,15 @@ impl RuleChecker<'_> {
                 }
             };
             let sha256 = self.list(&format!("{field}.sha256"), &entry.sha256, parse_sha256);
+            if spec.action == Action::Allow && entry.sha256.is_empty() {
+                self.error(
+                    entry.name.span(),
+                    format!(".{field}"),
+                    "an allow rule's appimage needs `sha256`: a name alone would allow any file \
+                     a user gives that name"
+                        .to_owned(),
+                );
+            }
             if let Some(name) = name {
                 appimage.push(AppImage { name, sha256 });
             }
@@ -729,6 +738,10 @@ appimage = [{ name = "WeChat-*.AppImage" }, { name = "wechat*.AppImage", sha256 
                 .starts_with("p.toml:5:37: rule[0].appimage[0].sha256[0]: ")
         );
         assert!(error_for("appimage = [{ nme = \"x\" }]").contains("unknown field `nme`"));
+        assert!(
+            error_for("action = \"allow\"\nappimage = [{ name = \"Tool-*.AppImage\" }]")
+                .starts_with("p.toml:6:22: rule[0].appimage[0]: an allow rule's appimage needs")
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::{
     files::{NotOpened, OpenDirectory},
     lookup::Problems,
 };
-use std::{fs, io::ErrorKind, path::Path};
+use std::{collections::BTreeSet, fs, io::ErrorKind, path::Path};
 
 use super::{SourceFiles, SourceRoots};
 
@@ -84,6 +84,107 @@ pub fn flatpak_files(app_id: &str, roots: &SourceRoots) -> Result<SourceFiles, S
         }
     );
     found.nothing_found(message)
+}
+
+/// What an `allow` rule naming `app_id` trusts: the app's deployments in the system installation
+/// only, which root controls (in their own installation a user can install anything under any
+/// id), and the runtimes those deployments name in their `metadata`, with each runtime's
+/// extensions (`<runtime>.GL.default`, codecs): the app runs the runtime's loader and maps its
+/// libraries, so without them it could not start under lockdown.
+pub fn allowed_flatpak_files(app_id: &str, roots: &SourceRoots) -> Result<SourceFiles, String> {
+    validate_flatpak_id(app_id)?;
+    let mut found = SourceFiles::default();
+    let installation = roots.root.join(SYSTEM_INSTALLATION);
+    let app = installation.join("app").join(app_id);
+    if !found.add_walked_path(&app) {
+        return found.nothing_found(format!(
+            "flatpak app `{app_id}` is not installed in the system installation {} (an allow \
+             rule trusts no user's installation: a user can install anything under any id there)",
+            escaped(&installation)
+        ));
+    }
+    let runtimes_dir = installation.join("runtime");
+    let runtimes = runtimes_of(&app, &mut found.problems);
+    let installed_runtimes: Vec<String> = match fs::read_dir(&runtimes_dir) {
+        Ok(entries) => entries
+            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+            .collect(),
+        Err(error) if error.kind() == ErrorKind::NotFound => Vec::new(),
+        Err(error) => {
+            found.problems.failed(&runtimes_dir, error);
+            Vec::new()
+        }
+    };
+    for runtime in &runtimes {
+        let mut runtime_found = false;
+        for installed in &installed_runtimes {
+            let extension = installed
+                .strip_prefix(runtime.as_str())
+                .is_some_and(|rest| rest.starts_with('.'));
+            if installed == runtime || extension {
+                runtime_found |= found.add_walked_path(&runtimes_dir.join(installed));
+            }
+        }
+        if !runtime_found {
+            found.problems.push(format!(
+                "flatpak app `{app_id}` runs on runtime `{runtime}`, which is not installed in {}",
+                escaped(&runtimes_dir)
+            ));
+        }
+    }
+    Ok(found.finish())
+}
+
+/// The runtimes (ids) the deployments under `app` name: `runtime=<id>/<arch>/<branch>` in the
+/// `[Application]` group of each `<arch>/<branch>/<commit>/metadata`. Symlinks (`current`,
+/// `active`) are not followed: every deployment is reached by its own name.
+fn runtimes_of(app: &Path, problems: &mut Problems) -> BTreeSet<String> {
+    let mut runtimes = BTreeSet::new();
+    let directories = |path: &Path| -> Vec<std::path::PathBuf> {
+        fs::read_dir(path)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
+                    .map(|entry| entry.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for arch in directories(app) {
+        for branch in directories(&arch) {
+            for deployment in directories(&branch) {
+                let metadata = deployment.join("metadata");
+                let text = match fs::read_to_string(&metadata) {
+                    Ok(text) => text,
+                    Err(error) => {
+                        problems.failed(&metadata, error);
+                        continue;
+                    }
+                };
+                let mut in_application = false;
+                for line in text.lines() {
+                    let line = line.trim();
+                    if line.starts_with('[') {
+                        in_application = line == "[Application]";
+                    } else if let (true, Some(value)) =
+                        (in_application, line.strip_prefix("runtime="))
+                    {
+                        let id = value.split('/').next().unwrap_or_default();
+                        match validate_flatpak_id(id) {
+                            Ok(()) => {
+                                runtimes.insert(id.to_owned());
+                            }
+                            Err(problem) => {
+                                problems.push(format!("{}: {problem}", escaped(&metadata)))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    runtimes
 }
 
 /// `/root` and every directory in `/home`, sorted by path, open. `/home` and its entries are
@@ -451,5 +552,90 @@ mod tests {
                 "{invalid:?}: {error}"
             );
         }
+    }
+
+    /// A runtime deployment `<installation>/runtime/<id>/x86_64/<branch>/<commit>/files` with a
+    /// loader; returns it.
+    fn deploy_runtime(installation: &Path, id: &str, branch: &str) -> PathBuf {
+        let files = installation
+            .join("runtime")
+            .join(id)
+            .join("x86_64")
+            .join(branch)
+            .join(COMMIT_B)
+            .join("files/lib");
+        fs::create_dir_all(&files).unwrap();
+        let loader = files.join("ld-linux-x86-64.so.2");
+        fs::write(&loader, b"\x7fELF").unwrap();
+        loader
+    }
+
+    #[test]
+    fn an_allow_rule_trusts_the_system_deployment_and_the_runtimes_it_runs_on() {
+        let root = tempfile::tempdir().unwrap();
+        let system = root.path().join(SYSTEM_INSTALLATION);
+        let [binary, library] = deploy(&system, "com.example.App", COMMIT_A);
+        fs::write(
+            system
+                .join("app/com.example.App/x86_64/stable")
+                .join(COMMIT_A)
+                .join("metadata"),
+            "[Application]\nname=com.example.App\nruntime=org.example.Platform/x86_64/24.08\n\
+             sdk=org.example.Sdk/x86_64/24.08\n\n[Extension org.example.App.Locale]\n\
+             runtime=org.example.Unrelated/x86_64/1\n",
+        )
+        .unwrap();
+        let platform = deploy_runtime(&system, "org.example.Platform", "24.08");
+        let graphics = deploy_runtime(&system, "org.example.Platform.GL.default", "24.08");
+        let sdk = deploy_runtime(&system, "org.example.Sdk", "24.08");
+        let lookalike = deploy_runtime(&system, "org.example.PlatformX", "1");
+        // A user's installation of the same id, with contents of their choosing.
+        let mallory = deploy(
+            &root.path().join("home/mallory").join(USER_INSTALLATION),
+            "com.example.App",
+            COMMIT_B,
+        );
+
+        let found = allowed_flatpak_files("com.example.App", &roots(root.path())).unwrap();
+        let mut expected = vec![binary, library, platform, graphics];
+        expected.sort();
+        assert_eq!(found.files, expected);
+        for other in [sdk, lookalike].into_iter().chain(mallory) {
+            assert!(!found.files.contains(&other), "{other:?}");
+        }
+        // Banned, every copy counts.
+        let banned = flatpak_files("com.example.App", &roots(root.path())).unwrap();
+        assert_eq!(banned.files.len(), 4);
+    }
+
+    #[test]
+    fn an_allow_rule_needs_the_system_installation_and_says_which_runtime_is_missing() {
+        let root = tempfile::tempdir().unwrap();
+        deploy(
+            &root.path().join("home/alice").join(USER_INSTALLATION),
+            "com.example.App",
+            COMMIT_A,
+        );
+        let error = allowed_flatpak_files("com.example.App", &roots(root.path())).unwrap_err();
+        assert!(error.contains("trusts no user's installation"), "{error}");
+
+        let system = root.path().join(SYSTEM_INSTALLATION);
+        deploy(&system, "com.example.App", COMMIT_A);
+        fs::write(
+            system
+                .join("app/com.example.App/x86_64/stable")
+                .join(COMMIT_A)
+                .join("metadata"),
+            "[Application]\nruntime=org.example.Platform/x86_64/24.08\n",
+        )
+        .unwrap();
+        let found = allowed_flatpak_files("com.example.App", &roots(root.path())).unwrap();
+        assert_eq!(found.files.len(), 2);
+        assert!(
+            found.problems.warnings.iter().any(|warning| warning
+                .contains("runs on runtime `org.example.Platform`, which is not installed")),
+            "{:?}",
+            found.problems.warnings
+        );
     }
 }

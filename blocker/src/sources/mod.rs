@@ -13,7 +13,7 @@ use std::{
     path::{Component, Path, PathBuf},
 };
 
-pub use flatpak::{flatpak_files, validate_flatpak_id};
+pub use flatpak::{allowed_flatpak_files, flatpak_files, validate_flatpak_id};
 pub use packages::{package_files, validate_package_name};
 pub use snap::{snap_files, validate_snap_name};
 pub use trusted_packages::{package_manager, trusted_package_files};
