@@ -649,7 +649,12 @@ impl Found<'_> {
             self.add_source(files, Via::Flatpak(id.clone()));
         }
         for name in &identifiers.snap {
-            self.add_source(sources::snap_files(name, roots), Via::Snap(name.clone()));
+            let files = if allows {
+                sources::allowed_snap_files(name, roots)
+            } else {
+                sources::snap_files(name, roots)
+            };
+            self.add_source(files, Via::Snap(name.clone()));
         }
         let Some(by_content) = by_content else {
             return;

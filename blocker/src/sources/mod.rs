@@ -15,7 +15,7 @@ use std::{
 
 pub use flatpak::{allowed_flatpak_files, flatpak_files, validate_flatpak_id};
 pub use packages::{package_files, validate_package_name};
-pub use snap::{snap_files, validate_snap_name};
+pub use snap::{allowed_snap_files, snap_files, validate_snap_name};
 pub use trusted_packages::{package_manager, trusted_package_files};
 
 use crate::{

@@ -3,7 +3,12 @@
 //! followed, and `/snap/bin`'s launchers, symlinks to `/usr/bin/snap`, are never looked at.
 
 use crate::escape::escaped;
-use std::{fs, io::ErrorKind};
+use std::{
+    collections::BTreeSet,
+    fs,
+    io::ErrorKind,
+    path::{Path, PathBuf},
+};
 
 use super::{SourceFiles, SourceRoots};
 
@@ -51,15 +56,82 @@ pub fn validate_snap_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// What an `allow` rule naming snap `name` trusts: its mounted revisions, and what they run on:
+/// the base snap each revision's `meta/snap.yaml` names (`core` for an app that names none),
+/// whose loader and libraries the app uses, and the `snapd` snap, from which snapd may run its
+/// helpers (`snap-confine`, `snap-exec`). snapd mounts them all, as root.
+pub fn allowed_snap_files(name: &str, roots: &SourceRoots) -> Result<SourceFiles, String> {
+    let mut found = snap_files(name, roots)?;
+    let mount_directory = mount_directory(roots);
+    let mut runs_on = BTreeSet::from([SNAPD.to_owned()]);
+    for revision in found
+        .files
+        .iter()
+        .filter_map(|file| revision_of(&mount_directory, file))
+        .collect::<BTreeSet<_>>()
+    {
+        let snap_yaml = revision.join("meta/snap.yaml");
+        match fs::read_to_string(&snap_yaml) {
+            Ok(text) => runs_on.extend(base_of(&text)),
+            Err(error) => found.problems.failed(&snap_yaml, error),
+        }
+    }
+    for base in runs_on {
+        let installed = validate_snap_name(&base).is_ok()
+            && found.add_walked_path(&mount_directory.join(&base));
+        if !installed && base != SNAPD {
+            found.problems.push(format!(
+                "snap `{name}` runs on `{}`, which is not installed in {}",
+                escaped(&base),
+                escaped(&mount_directory)
+            ));
+        }
+    }
+    Ok(found.finish())
+}
+
+/// The snap snapd itself ships as, holding the helpers it may run from there.
+const SNAPD: &str = "snapd";
+/// The base of an app snap whose `snap.yaml` names none.
+const DEFAULT_BASE: &str = "core";
+
+/// `<mount>/<snap>/<revision>` of a file below it.
+fn revision_of(mount_directory: &Path, file: &Path) -> Option<PathBuf> {
+    let relative = file.strip_prefix(mount_directory).ok()?;
+    let mut components = relative.components();
+    let (snap, revision) = (components.next()?, components.next()?);
+    Some(mount_directory.join(snap).join(revision))
+}
+
+/// The base snap an app's `snap.yaml` runs on; none for the snaps that are bases or snapd
+/// themselves (`type: base`, `os`, `snapd`, `kernel`, `gadget`).
+fn base_of(snap_yaml: &str) -> Option<String> {
+    let top_level = |key: &str| {
+        snap_yaml.lines().find_map(|line| {
+            let value = line.strip_prefix(key)?.strip_prefix(':')?.trim();
+            Some(value.trim_matches(['"', '\'']).to_owned())
+        })
+    };
+    match top_level("type").as_deref() {
+        None | Some("app") => Some(top_level("base").unwrap_or_else(|| DEFAULT_BASE.to_owned())),
+        Some(_) => None,
+    }
+}
+
+/// Where snapd mounts snaps on this system.
+fn mount_directory(roots: &SourceRoots) -> PathBuf {
+    MOUNT_DIRECTORIES
+        .iter()
+        .map(|directory| roots.root.join(directory))
+        .find(|directory| directory.is_dir())
+        .unwrap_or_else(|| roots.root.join(MOUNT_DIRECTORIES[0]))
+}
+
 /// The executable files of every mounted revision of snap `name`. A name without an instance
 /// key also covers its parallel installs (`name_key`): they are the same application.
 pub fn snap_files(name: &str, roots: &SourceRoots) -> Result<SourceFiles, String> {
     validate_snap_name(name)?;
-    let mount_directory = MOUNT_DIRECTORIES
-        .iter()
-        .map(|directory| roots.root.join(directory))
-        .find(|directory| directory.is_dir())
-        .unwrap_or_else(|| roots.root.join(MOUNT_DIRECTORIES[0]));
+    let mount_directory = mount_directory(roots);
     let not_installed = format!(
         "snap `{name}` is not installed (searched {})",
         escaped(&mount_directory)
@@ -231,5 +303,56 @@ mod tests {
                 "{invalid:?}: {error}"
             );
         }
+    }
+
+    fn write_snap_yaml(path: &Path, text: &str) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn an_allow_rule_trusts_the_snap_with_its_base_and_snapd() {
+        let root = tempfile::tempdir().unwrap();
+        let snap = root.path().join("snap");
+        executable(&snap.join("app/5/bin/app"));
+        write_snap_yaml(
+            &snap.join("app/5/meta/snap.yaml"),
+            "name: app\nbase: core22\n",
+        );
+        executable(&snap.join("core22/100/usr/lib/ld.so"));
+        write_snap_yaml(
+            &snap.join("core22/100/meta/snap.yaml"),
+            "name: core22\ntype: base\n",
+        );
+        executable(&snap.join("snapd/200/usr/lib/snapd/snap-confine"));
+        executable(&snap.join("core20/1/usr/lib/ld.so"));
+        executable(&snap.join("older/1/bin/older"));
+        write_snap_yaml(&snap.join("older/1/meta/snap.yaml"), "name: older\n");
+
+        let found = allowed_snap_files("app", &roots(root.path())).unwrap();
+        assert_eq!(
+            found.files,
+            [
+                snap.join("app/5/bin/app"),
+                snap.join("core22/100/usr/lib/ld.so"),
+                snap.join("snapd/200/usr/lib/snapd/snap-confine"),
+            ]
+        );
+        // A snap that names no base runs on `core`, which is not there.
+        let older = allowed_snap_files("older", &roots(root.path())).unwrap();
+        assert!(
+            older
+                .problems
+                .warnings
+                .iter()
+                .any(|warning| warning.contains("runs on `core`, which is not installed")),
+            "{:?}",
+            older.problems.warnings
+        );
+        // Banned, a snap is only itself.
+        assert_eq!(
+            snap_files("app", &roots(root.path())).unwrap().files.len(),
+            1
+        );
     }
 }
