@@ -51,6 +51,11 @@ impl Feature {
         }
     }
 
+    /// A feature a daemon's status document does not mention: it predates the feature.
+    fn not_reported() -> Self {
+        Self::off("not reported by this daemon, which predates the feature")
+    }
+
     /// A feature made of `programs`, of which those in `missing` are not attached.
     pub fn of(programs: &[LsmProgram], missing: Vec<MissingProgram>) -> Self {
         let state = if missing.is_empty() {
@@ -105,7 +110,9 @@ pub struct Features {
     /// content and the fileless setting too, as execs are.
     pub mapping_content: Feature,
     /// Lockdown's trust follows a package manager's renames and unlinks in the kernel, so an
-    /// upgraded program runs at once and the old one is refused at once.
+    /// upgraded program runs at once and the old one is refused at once. Absent from the status
+    /// document of a daemon older than it, which `blocker status` still reads.
+    #[serde(default = "Feature::not_reported")]
     pub package_updates: Feature,
     /// Tamper protection (`--protect`).
     pub tamper_protection: Feature,

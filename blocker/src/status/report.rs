@@ -358,6 +358,7 @@ mod tests {
              \x20            verdict cache: on\n\
              \x20            executable-mapping checks: on\n\
              \x20            content checks of executable mappings: on\n\
+             \x20            lockdown following package updates: on\n\
              \x20            tamper protection: partial; without protect_links (lsm/bpf): \
              refused by the verifier\n\
              policies     government-devices (enforce) \
