@@ -98,8 +98,8 @@ pub fn learn(options: &LearnOptions) -> Result<ExitCode> {
 }
 
 /// A file as the records identify it. An exec's record and the record of the mapping that
-/// follows it (the kernel maps the program it runs) name the same file, the second without a
-/// path: they are one file.
+/// follows it (the kernel maps the program it runs) name the same file, the second by the
+/// kernel's path for it or by none: they are one file.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Named {
     /// `major:minor`, as records write it.
@@ -107,8 +107,8 @@ struct Named {
     inode: u64,
 }
 
-/// A path a record gave: for an exec as the caller spelled it, for a mapping where blocker knew
-/// the file. Exact bytes.
+/// A path a record gave: for an exec as the caller spelled it, for a mapping as the kernel or
+/// blocker knew it. Exact bytes.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct RecordedPath {
     bytes: Vec<u8>,
