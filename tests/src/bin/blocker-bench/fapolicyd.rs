@@ -36,8 +36,9 @@ const FIFO_DIR: &str = "/run/fapolicyd";
 const READY: &str = "Starting to listen for events";
 
 /// fapolicyd.conf as Debian ships it, but: `trust = file` (there is no rpm database on
-/// Debian, and 1.1.7 has no dpkg backend) with the trust list the bench writes, running as root (the bench's namespace has no `fapolicyd`
-/// user to own the private directories) and, what keeps it inside its namespace, mount marks.
+/// Debian, and 1.1.7 has no dpkg backend) with the trust list the bench writes, running as
+/// root (the bench's namespace has no `fapolicyd` user to own the private directories) and,
+/// what keeps it inside its namespace, mount marks.
 const CONFIG: &str = "\
 permissive = 0
 nice_val = 14

@@ -1,7 +1,8 @@
 //! blocker's benchmark driver, run by `cargo xtask bench` on the host and inside the VM. It
 //! measures exec latency against no blocker and fapolicyd (banning files, and in lockdown),
-//! content hashing at exec, policy loading, the content scan against `sha256sum`, and event throughput, and prints every figure
-//! as a JSON line behind a marker; xtask collects them into one table and report.
+//! content hashing at exec, policy loading, the content scan against `sha256sum`, and event
+//! throughput, and prints every figure as a JSON line behind a marker; xtask collects them into
+//! one table and report.
 //!
 //! Everything it bans is a file it made, in a tmpfs of its own mount namespace.
 
