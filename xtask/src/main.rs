@@ -69,9 +69,9 @@ enum Task {
     /// prints a table and writes target/bench/report.json.
     Bench {
         /// Measure only these parts of the bench (repeatable: exec, kernel, storm, pipeline,
-        /// load, scan, hash), on the host and in the VM, and print their figures without the
-        /// target table, which needs them all: for working on one figure.
-        #[arg(long = "only", value_parser = ["exec", "kernel", "storm", "pipeline", "load", "scan", "hash"])]
+        /// load, scan, hash, lockdown), on the host and in the VM, and print their figures
+        /// without the target table, which needs them all: for working on one figure.
+        #[arg(long = "only", value_parser = ["exec", "kernel", "storm", "pipeline", "load", "scan", "hash", "lockdown"])]
         only: Vec<String>,
     },
     /// Runs the fuzz targets of fuzz/ (cargo-fuzz, nightly toolchain) from their corpora.

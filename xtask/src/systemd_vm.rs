@@ -97,7 +97,7 @@ pub fn run_tests(
     image.write(&initramfs)?;
 
     let console_log = vm_dir.join("console-systemd.log");
-    let (console, ended) = vm::boot(kernel, &MACHINE, &initramfs, &console_log)?;
+    let (console, ended) = vm::boot(kernel, &MACHINE, &initramfs, &console_log, vm::TIMEOUT)?;
     vm::judge(&console, ended, &console_log, counts)
 }
 

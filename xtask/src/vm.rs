@@ -29,7 +29,7 @@ pub const VM_DIR: &str = "target/vm";
 /// Under VM_DIR: one results file per kernel.
 const RESULTS_DIR: &str = "results";
 /// TCG emulates slowly; a whole suite has taken seconds, so this only catches hangs.
-const TIMEOUT: Duration = Duration::from_secs(900);
+pub const TIMEOUT: Duration = Duration::from_secs(900);
 /// The busybox VM: a small initramfs and a shell script as /init.
 const BUSYBOX_MACHINE: Machine = Machine {
     memory_mib: 1024,
@@ -108,7 +108,7 @@ pub fn run_suite(
         fs::remove_file(&results).with_context(|| format!("removing {}", results.display()))?;
     }
     let console_log = suite_dir.join("console.log");
-    let (console, ended) = boot(kernel, &BUSYBOX_MACHINE, initramfs, &console_log)?;
+    let (console, ended) = boot(kernel, &BUSYBOX_MACHINE, initramfs, &console_log, TIMEOUT)?;
     let report = parse_console(&console);
     let suite_counts = report.counts();
     *counts += suite_counts;
@@ -167,22 +167,24 @@ pub struct Guest<'a> {
 }
 
 /// Boots a VM running `guest` with `blocker` at hand and returns its console lines, also
-/// written to `target/vm/<console_name>`; fails if it did not power off by itself.
+/// written to `target/vm/<console_name>`; fails if it did not power off by itself within
+/// `timeout`.
 pub fn run_guest(
     root: &Path,
     kernel: &Kernel,
     guest: &Guest,
     blocker: &Path,
     console_name: &str,
+    timeout: Duration,
 ) -> Result<Vec<String>> {
     let vm_dir = root.join(VM_DIR);
     let initramfs = build_initramfs(root, &vm_dir, guest, blocker)?;
     let console_log = vm_dir.join(console_name);
-    let (console, ended) = boot(kernel, &BUSYBOX_MACHINE, &initramfs, &console_log)?;
+    let (console, ended) = boot(kernel, &BUSYBOX_MACHINE, &initramfs, &console_log, timeout)?;
     match ended {
         Ended::TimedOut => bail!(
             "the VM did not power off within {} s and was killed; its console is in {}",
-            TIMEOUT.as_secs(),
+            timeout.as_secs(),
             console_log.display()
         ),
         Ended::Exited(status) if !status.success() => bail!(
@@ -561,13 +563,14 @@ pub struct Machine {
     pub extra_command_line: &'static str,
 }
 
-/// Boots `kernel` with `initramfs` until QEMU exits or [`TIMEOUT`] passes; returns the console's
+/// Boots `kernel` with `initramfs` until QEMU exits or `timeout` passes; returns the console's
 /// lines, also written to `console_log`.
 pub fn boot(
     kernel: &Kernel,
     machine: &Machine,
     initramfs: &Path,
     console_log: &Path,
+    timeout: Duration,
 ) -> Result<(Vec<String>, Ended)> {
     let mut qemu = Command::new("qemu-system-x86_64");
     // KVM is present on these machines but hangs the guest; TCG is slower but works.
@@ -597,7 +600,7 @@ pub fn boot(
 
     let started = Instant::now();
     let mut console = Vec::new();
-    let ended = process::run_with_deadline(&mut qemu, TIMEOUT, |line| {
+    let ended = process::run_with_deadline(&mut qemu, timeout, |line| {
         println!("vm| {line}");
         if let Some(guest) = parse_guest_kernel(line) {
             println!(

@@ -1,8 +1,9 @@
 //! Exec latency: a fork+exec loop of a small static program under each configuration (blocker
-//! with a small and a large policy, fapolicyd), each loop followed by one with nothing in force,
-//! interleaved in rounds so that a machine getting busier or quieter affects them all alike.
-//! A loop gives one sample, the median time of its execs; each configuration's ratio is taken
-//! sample by sample against the loop with nothing in force that followed it.
+//! with a small and a large policy, fapolicyd; or both in lockdown), each loop followed by one
+//! with nothing in force, interleaved in rounds so that a machine getting busier or quieter
+//! affects them all alike. A loop gives one sample, the median time of its execs; each
+//! configuration's ratio is taken sample by sample against the loop with nothing in force that
+//! followed it.
 
 use std::{path::Path, time::Duration};
 
@@ -46,11 +47,15 @@ pub struct Configuration<'a> {
 /// Shared by every configuration of a run.
 pub struct Setup<'a> {
     pub environment: Environment,
+    /// What the run's figures are: their id prefix (`exec`: `exec.host.none`, ...) and their
+    /// table group.
+    pub figures: &'static str,
+    pub group: &'static str,
     pub blocker: &'a Path,
     /// The program every loop runs; no configuration bans it.
     pub target: &'a Path,
-    /// A file every configuration bans, exec'd once after each timed loop to check that the
-    /// configuration was in force.
+    /// A file every configuration refuses (banned, or in lockdown trusted by none), exec'd once
+    /// after each timed loop to check that the configuration was in force.
     pub banned: &'a Path,
     /// How long a blocker daemon may take to start with the largest policy.
     pub startup_timeout: Duration,
@@ -101,9 +106,14 @@ pub fn measure(
     let figure = |configuration: &Configuration, samples: &[f64], ratio| -> Result<Figure> {
         Ok(Figure {
             breakdown: None,
-            id: format!("exec.{}.{}", setup.environment.name(), configuration.key),
+            id: format!(
+                "{}.{}.{}",
+                setup.figures,
+                setup.environment.name(),
+                configuration.key
+            ),
             environment: setup.environment,
-            group: "exec latency",
+            group: setup.group,
             name: configuration.name.clone(),
             unit: "µs/exec",
             summary: Summary::of(samples)?,
@@ -139,8 +149,9 @@ fn time_loop(setup: &Setup, configuration: &Configuration, execs: u64) -> Result
     match configuration.guard {
         Guard::Nothing => {
             let elapsed = timed(None)?;
-            exec_loop::run(setup.banned, 1, Expect::Ran, None)
-                .context("with nothing in force the banned file must run")?;
+            exec_loop::run(setup.banned, 1, Expect::Ran, None).with_context(|| {
+                format!("with nothing in force {} must run", setup.banned.display())
+            })?;
             Ok(elapsed)
         }
         Guard::Blocker {
@@ -168,7 +179,7 @@ fn time_loop(setup: &Setup, configuration: &Configuration, execs: u64) -> Result
                 _ => Expect::Refused,
             };
             exec_loop::run(setup.banned, 1, refused, None)
-                .context("blocker must stop the banned file")?;
+                .with_context(|| format!("blocker must stop {}", setup.banned.display()))?;
             daemon.stop()?;
             Ok(elapsed)
         }
@@ -176,7 +187,7 @@ fn time_loop(setup: &Setup, configuration: &Configuration, execs: u64) -> Result
             let namespace = Some(fapolicyd.namespace());
             let elapsed = timed(namespace)?;
             exec_loop::run(setup.banned, 1, Expect::Refused, namespace)
-                .context("fapolicyd must refuse the banned file")?;
+                .with_context(|| format!("fapolicyd must refuse {}", setup.banned.display()))?;
             Ok(elapsed)
         }
     }

@@ -1,6 +1,7 @@
 //! fapolicyd, the peer blocker is compared with, run safely: in a mount namespace of its own,
-//! with a configuration of the bench's own bind-mounted over /etc/fapolicyd, holding only deny
-//! rules for files the bench made and an allow-everything rule.
+//! with a configuration of the bench's own bind-mounted over /etc/fapolicyd: either deny rules
+//! for files the bench made and an allow-everything rule, or deny by default with a trust list
+//! of files the bench names (lockdown).
 //!
 //! fapolicyd marks each mount it watches (`allow_filesystem_mark = 0`), and a mount namespace
 //! has mounts of its own: so it only sees opens and execs made inside its namespace, by the
@@ -35,8 +36,9 @@ const FIFO_DIR: &str = "/run/fapolicyd";
 const READY: &str = "Starting to listen for events";
 
 /// fapolicyd.conf as Debian ships it, but: `trust = file` (there is no rpm database on
-/// Debian), an empty trust list, running as root (the bench's namespace has no `fapolicyd`
-/// user to own the private directories) and, what keeps it inside its namespace, mount marks.
+/// Debian, and 1.1.7 has no dpkg backend) with the trust list the bench writes, running as
+/// root (the bench's namespace has no `fapolicyd` user to own the private directories) and,
+/// what keeps it inside its namespace, mount marks.
 const CONFIG: &str = "\
 permissive = 0
 nice_val = 14
@@ -77,6 +79,30 @@ pub fn rules(denied: &[Denied]) -> String {
     rules
 }
 
+/// Deny by default, fapolicyd's lockdown: an exec of a file its trust list names runs, any other
+/// is refused, and opens are allowed (the counterpart of blocker's `default = "deny"`, which
+/// checks executions, not reads). First match wins.
+pub const LOCKDOWN_RULES: &str = "\
+allow perm=execute all : trust=1
+deny perm=execute all : all
+allow perm=open all : all
+";
+
+/// One line of `fapolicyd.trust` (fapolicyd.trust(5)): the path, its size in bytes and the
+/// SHA-256 of its content in lowercase hex, separated by spaces.
+pub fn trust_line(path: &Path, size: u64, sha256: &str) -> Result<String> {
+    let path = path
+        .to_str()
+        .filter(|path| !path.contains(char::is_whitespace))
+        .with_context(|| {
+            format!(
+                "{} cannot be listed in fapolicyd.trust: not UTF-8 or has whitespace",
+                path.display()
+            )
+        })?;
+    Ok(format!("{path} {size} {sha256}\n"))
+}
+
 pub struct Fapolicyd {
     child: Child,
     /// fapolicyd's mount namespace, for the exec loops measured under it.
@@ -85,9 +111,16 @@ pub struct Fapolicyd {
 }
 
 impl Fapolicyd {
-    /// Writes the configuration into `config_dir` and starts `binary` in the foreground in a
-    /// new mount namespace; returns once it listens.
-    pub fn start(binary: &Path, config_dir: &Path, rules: &str, timeout: Duration) -> Result<Self> {
+    /// Writes the configuration, `rules` and the `trust` list (the content of fapolicyd.trust)
+    /// into `config_dir` and starts `binary` in the foreground in a new mount namespace; returns
+    /// once it listens.
+    pub fn start(
+        binary: &Path,
+        config_dir: &Path,
+        rules: &str,
+        trust: &str,
+        timeout: Duration,
+    ) -> Result<Self> {
         if let Some(pid) = running_fapolicyd()? {
             bail!(
                 "fapolicyd already runs (pid {pid}); stop it first: the bench runs its own, \
@@ -98,7 +131,7 @@ impl Fapolicyd {
         fs::create_dir_all(config_dir.join("trust.d"))?;
         fs::write(config_dir.join("fapolicyd.conf"), CONFIG)?;
         fs::write(config_dir.join("compiled.rules"), rules)?;
-        fs::write(config_dir.join("fapolicyd.trust"), "")?;
+        fs::write(config_dir.join("fapolicyd.trust"), trust)?;
         // Mount points; they exist wherever the package is installed, but not in the VM.
         for dir in [CONFIG_DIR, STATE_DIR] {
             fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
@@ -273,5 +306,15 @@ mod tests {
              deny perm=execute all : dir=/w/many/\n\
              allow perm=any all : all\n"
         );
+    }
+
+    #[test]
+    fn lists_a_trusted_file_as_path_size_and_hash() {
+        let hash = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert_eq!(
+            trust_line(Path::new("/w/many/f0"), 0, hash).unwrap(),
+            format!("/w/many/f0 0 {hash}\n")
+        );
+        assert!(trust_line(Path::new("/w/a file"), 0, hash).is_err());
     }
 }

@@ -308,6 +308,8 @@ pub struct KernelCostRun<'a> {
     pub entries: u64,
     /// Short and stable, for the figure id: `blocker-10`, `blocker-large`, ...
     pub key: &'static str,
+    /// What the policy is, for the figure's name: `10 entries`, ...
+    pub policy: String,
     pub target: &'a Path,
     pub loops: usize,
     pub execs_per_loop: u64,
@@ -318,9 +320,9 @@ pub struct KernelCostRun<'a> {
 pub fn measure(run: &KernelCostRun) -> Result<Figure> {
     let environment = run.environment;
     progress(&format!(
-        "kernel programs' cost ({}): {} entries, {} loops",
+        "kernel programs' cost ({}): {}, {} loops",
         environment.name(),
-        run.entries,
+        run.policy,
         run.loops
     ));
     let (daemon, startup) = Daemon::start(
@@ -354,7 +356,7 @@ pub fn measure(run: &KernelCostRun) -> Result<Figure> {
     CostFigure {
         id: format!("kernel.{}.{}", environment.name(), run.key),
         environment,
-        name: format!("blocker's programs, {} entries", run.entries),
+        name: format!("blocker's programs, {}", run.policy),
         samples: &samples,
         operations: execs,
         detail: format!(

@@ -1,7 +1,8 @@
 //! blocker's benchmark driver, run by `cargo xtask bench` on the host and inside the VM. It
-//! measures exec latency against no blocker and fapolicyd, content hashing at exec, policy
-//! loading, the content scan against `sha256sum`, and event throughput, and prints every figure
-//! as a JSON line behind a marker; xtask collects them into one table and report.
+//! measures exec latency against no blocker and fapolicyd (banning files, and in lockdown),
+//! content hashing at exec, policy loading, the content scan against `sha256sum`, and event
+//! throughput, and prints every figure as a JSON line behind a marker; xtask collects them into
+//! one table and report.
 //!
 //! Everything it bans is a file it made, in a tmpfs of its own mount namespace.
 
@@ -14,6 +15,7 @@ mod fapolicyd;
 mod figure;
 mod hashing;
 mod kernel_cost;
+mod lockdown;
 mod machine;
 mod pipeline;
 mod policy_check;
@@ -33,6 +35,7 @@ use crate::{
     exec_latency::{Configuration, Guard, Rounds, Setup},
     fapolicyd::{Denied, Fapolicyd},
     figure::{emit, progress, Environment, Figure},
+    lockdown::TrustSet,
     workspace::{make_many_files, Workspace},
 };
 
@@ -74,8 +77,8 @@ enum Command {
         #[arg(long)]
         check_repetitions: usize,
     },
-    /// The VM's figures: exec latency under the lsm backend, content hashing at exec, event
-    /// throughput.
+    /// The VM's figures: exec latency under the lsm backend, also in lockdown, content hashing
+    /// at exec, event throughput.
     Vm {
         #[command(flatten)]
         common: Common,
@@ -117,7 +120,7 @@ struct Common {
     rounds: usize,
     #[arg(long)]
     execs_per_loop: u64,
-    /// Files named by one rule in the large exec-latency policy.
+    /// Files named by one rule in the large exec-latency policy; in lockdown, the files trusted.
     #[arg(long)]
     large_policy_files: u64,
     #[arg(long)]
@@ -151,6 +154,9 @@ enum Part {
     Scan,
     /// Content hashing at exec (VM).
     Hash,
+    /// Exec latency and the kernel programs' cost in lockdown, against fapolicyd denying by
+    /// default (VM: lockdown refuses every untrusted exec on the machine, so never the host's).
+    Lockdown,
 }
 
 impl Common {
@@ -250,6 +256,7 @@ impl Fixture {
             binary,
             &self.workspace.path("fapolicyd-config"),
             &fapolicyd::rules(&denied),
+            "",
             timeout,
         )
     }
@@ -293,6 +300,8 @@ impl Fixture {
         ];
         let setup = Setup {
             environment,
+            figures: "exec",
+            group: "exec latency",
             blocker: &common.blocker,
             target: &self.target,
             banned: &self.banned[0],
@@ -346,6 +355,7 @@ impl Fixture {
             policy_dir,
             entries,
             key,
+            policy: format!("{entries} entries"),
             target: &self.target,
             loops: common.rounds,
             execs_per_loop: common.execs_per_loop,
@@ -363,6 +373,71 @@ impl Fixture {
             storms: common.storms,
             startup_timeout: Duration::from_secs(common.startup_timeout_secs),
         })
+    }
+
+    /// Exec latency in lockdown, blocker's and fapolicyd's, trusting the same files; then the
+    /// kernel programs' cost in lockdown. fapolicyd runs only meanwhile.
+    fn lockdown(&self, environment: Environment, common: &Common) -> Result<()> {
+        let startup_timeout = Duration::from_secs(common.startup_timeout_secs);
+        let untrusted = self
+            .workspace
+            .copy(&common.exec_target, "untrusted-exec-target")?;
+        let trust_set = TrustSet::new(&self.large_tree, &self.target)?;
+        let policy_dir = self
+            .workspace
+            .policy_dir("policy-lockdown", &trust_set.blocker_policy())?;
+        progress("listing and hashing the trusted files for fapolicyd's trust list");
+        let (trust, trusted) = trust_set.fapolicyd_trust()?;
+        progress("starting fapolicyd, denying by default, in a mount namespace of its own");
+        let fapolicyd = Fapolicyd::start(
+            &common.fapolicyd,
+            &self.workspace.path("fapolicyd-lockdown-config"),
+            fapolicyd::LOCKDOWN_RULES,
+            &trust,
+            startup_timeout,
+        )?;
+        let configurations = [
+            Configuration {
+                key: "blocker",
+                name: format!("blocker, lockdown, {trusted} trusted files"),
+                // An allow rule puts no ban in the map.
+                guard: Guard::Blocker {
+                    policy_dir: &policy_dir,
+                    entries: 0,
+                },
+            },
+            Configuration {
+                key: "fapolicyd",
+                name: format!("fapolicyd, deny by default, the same {trusted} files trusted"),
+                guard: Guard::Fapolicyd(&fapolicyd),
+            },
+        ];
+        let setup = Setup {
+            environment,
+            figures: "lockdown",
+            group: "exec latency in lockdown",
+            blocker: &common.blocker,
+            target: &self.target,
+            banned: &untrusted,
+            startup_timeout,
+        };
+        report(exec_latency::measure(
+            &setup,
+            &configurations,
+            &Rounds {
+                rounds: common.rounds,
+                execs_per_loop: common.execs_per_loop,
+            },
+        )?);
+        let (allowed, denied) = fapolicyd.stop()?;
+        progress(&format!(
+            "fapolicyd allowed {allowed} accesses and denied {denied}"
+        ));
+        report(vec![kernel_cost::measure(&kernel_cost::KernelCostRun {
+            policy: format!("lockdown, {trusted} trusted files"),
+            ..self.kernel_cost_run(environment, common, "blocker-lockdown", &policy_dir, 0)
+        })?]);
+        Ok(())
     }
 }
 
@@ -559,6 +634,9 @@ fn measure_vm(common: &Common, hashed_program_mib: usize, hashed_programs: usize
     }
     if common.wants(Part::Storm) {
         report(fixture.event_storm(environment, common)?);
+    }
+    if common.wants(Part::Lockdown) {
+        fixture.lockdown(environment, common)?;
     }
     Ok(())
 }
