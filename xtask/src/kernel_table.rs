@@ -146,12 +146,14 @@ mod tests {
             "features": {
                 "exec_content": {"state": "on"},
                 "executable_mappings": {"state": "on"},
+                "package_updates": {"state": "on"},
                 "tamper_protection": {"state": "partial", "missing": [
                     {"program": "protect_links", "hook": "bpf", "reason": "refused"}
                 ]},
             },
             "targets": [
                 {"name": "vm_ima", "passed": 6, "failed": 0},
+                {"name": "vm_lockdown", "passed": 7, "failed": 0},
                 {"name": "vm_tamper", "passed": 1, "failed": 1},
             ],
         });
@@ -161,8 +163,8 @@ mod tests {
             row,
             "| Debian 13 (trixie) `6.12.117+deb13-cloud-amd64` | `lockdown,bpf,ima` | lsm | on \
              (`vm_ima` 6/6) | on (`vm_side_doors` did not run) | unknown (`vm_side_doors` did not \
-             run) | partial: without \
-             `protect_links` (`vm_tamper` 1/2) | 30 passed, 1 failed |"
+             run) | on (`vm_lockdown` 7/7) | partial: without `protect_links` (`vm_tamper` \
+             1/2) | 30 passed, 1 failed |"
         );
     }
 
