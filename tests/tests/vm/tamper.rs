@@ -83,7 +83,7 @@ fn a_protected_daemon_refuses_tampering_but_takes_the_documented_ways() -> Resul
     let features = started["features"]
         .as_object()
         .with_context(|| format!("no features in {started}"))?;
-    ensure!(features.len() == 6, "{started}");
+    ensure!(features.len() == 7, "{started}");
     for (name, feature) in features {
         ensure!(feature["state"] == "on", "{name}: {feature}");
     }
