@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::{
     escape::{escaped, escaped_bytes, lossless_bytes, Lossless},
-    identity::split_kernel_device_number,
+    identity::device_text,
     kernel::coverage::Features,
     policy::Telling,
     resolve::RuleInfo,
@@ -456,7 +456,6 @@ impl ExecRecord {
         known_path: Option<&Path>,
         clock: &BootClock,
     ) -> Self {
-        let (major, minor) = split_kernel_device_number(event.dev);
         let filename_len = (event.filename_len as usize).min(FILENAME_LEN);
         let operation = Operation::from_wire(event.operation);
         // A mapping's path is the kernel's where it could tell it (the content check of
@@ -487,7 +486,7 @@ impl ExecRecord {
             path_hex: path.hex,
             // The kernel copies at most FILENAME_LEN - 1 bytes and a NUL.
             path_truncated: filename_len >= FILENAME_LEN - 1,
-            device: format!("{major}:{minor}"),
+            device: device_text(event.dev),
             inode: event.ino,
             sha256: (event.sha256 != UNKNOWN_CONTENT_HASH).then(|| to_hex(&event.sha256)),
             untrusted_path: UntrustedPath::of(event),
@@ -612,7 +611,6 @@ impl TamperRecord {
         let attempt = operation.name();
         let is_file = operation == Operation::FileChange;
         let path = known_path.map(Lossless::of).unwrap_or_default();
-        let (major, minor) = split_kernel_device_number(event.dev);
         Self {
             time: rfc3339(clock.wall_time(event.boot_time_ns)),
             attempt,
@@ -620,7 +618,7 @@ impl TamperRecord {
             path: path.text,
             path_hex: path.hex,
             device: if is_file {
-                format!("{major}:{minor}")
+                device_text(event.dev)
             } else {
                 String::new()
             },

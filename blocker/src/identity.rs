@@ -261,10 +261,6 @@ fn disagreement(path: &Path, derived: &KernelKey, kernel: &Mount, ino: u64) -> a
     if derived.key == seen {
         return Ok(());
     }
-    let device = |dev: u32| {
-        let (major, minor) = split_kernel_device_number(dev);
-        format!("{major}:{minor}")
-    };
     bail!(
         "identity check failed for {} on {} ({}): blocker keys it as device {} inode {}, the \
          kernel sees device {} inode {}; refusing to start, as bans and protection of files on \
@@ -272,9 +268,9 @@ fn disagreement(path: &Path, derived: &KernelKey, kernel: &Mount, ino: u64) -> a
         escaped(path),
         escaped(&kernel.mount_point),
         escaped(&kernel.fs_type),
-        device(derived.key.dev),
+        device_text(derived.key.dev),
         derived.key.ino,
-        device(seen.dev),
+        device_text(seen.dev),
         seen.ino
     )
 }
@@ -285,6 +281,17 @@ pub fn kernel_device_number(st_dev: u64) -> u32 {
     let major = libc::major(st_dev);
     let minor = libc::minor(st_dev);
     (major << KERNEL_MINOR_BITS) | minor
+}
+
+/// A kernel `s_dev` as records and people read it: `major:minor`.
+pub fn device_text(dev: u32) -> String {
+    let (major, minor) = split_kernel_device_number(dev);
+    format!("{major}:{minor}")
+}
+
+/// Whether `key` is the file a record names by its `device` (`major:minor`) and `inode`.
+pub fn is_recorded_file(key: &FileKey, device: &str, inode: u64) -> bool {
+    key.ino == inode && device_text(key.dev) == device
 }
 
 /// Splits a kernel `s_dev` into `(major, minor)`.

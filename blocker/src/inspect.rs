@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::{
     budget::Budget,
-    identity::{split_kernel_device_number, FileIdentity},
+    identity::{device_text, FileIdentity},
     policy::{self, Policy, SettingAction},
     prepare::{prepare, Contents, Prepared},
     resolve::{self, protected_files, Resolution, Via},
@@ -65,11 +65,6 @@ pub fn resolve(policy_dir: &Path, scan_options: &ScanOptions, as_json: bool) -> 
     Ok(ExitCode::SUCCESS)
 }
 
-fn device(identity: &FileIdentity) -> String {
-    let (major, minor) = split_kernel_device_number(identity.key.dev);
-    format!("{major}:{minor}")
-}
-
 /// Whether the kernel entry for this match's file (in the ban map, or in the allowed-files map
 /// for an `allow` rule) is this match's rule.
 fn is_in_force(resolution: &Resolution, rule_id: u32, identity: &FileIdentity) -> bool {
@@ -99,7 +94,7 @@ fn print_resolution(resolution: &Resolution) {
             println!(
                 "  {}  device {} inode {}  via {}{note}",
                 escaped(&resolution.paths.path(found.path)),
-                device(&found.identity()),
+                device_text(found.identity().key.dev),
                 found.key.ino,
                 resolution.via(found)
             );
@@ -140,7 +135,7 @@ fn resolution_json(resolution: &Resolution) -> Value {
                 .filter(|m| m.rule_id == rule_id)
                 .map(|found| {
                     let mut file = json!({
-                        "device": device(&found.identity()),
+                        "device": device_text(found.identity().key.dev),
                         "inode": found.key.ino,
                         "generation": found.generation,
                         "via": resolution.via(found).to_string(),
@@ -250,7 +245,7 @@ pub fn hash(files: &[PathBuf], policy_dir: Option<&Path>) -> Result<ExitCode> {
             "{}  {}  device {} inode {}{rule}",
             to_hex(&file.sha256),
             escaped(&path),
-            device(&file.identity),
+            device_text(file.identity.key.dev),
             file.identity.key.ino
         );
     }
@@ -264,7 +259,7 @@ pub fn explain(path: &Path, policy_dir: &Path) -> Result<ExitCode> {
     let mut verdicts = verdicts(&policy, &resolution, &file);
     let identity = format!(
         "device {} inode {}{}, sha256 {}",
-        device(&file.identity),
+        device_text(file.identity.key.dev),
         file.identity.key.ino,
         file.identity
             .generation

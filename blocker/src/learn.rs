@@ -19,13 +19,13 @@ use std::{
 };
 
 use anyhow::Result;
-use blocker_common::{FileKey, DEFAULT_HASH_LIMIT_MIB};
+use blocker_common::DEFAULT_HASH_LIMIT_MIB;
 use serde_json::Value;
 
 use crate::{
     escape::{escaped, escaped_bytes, toml_string, Lossless},
     event_log,
-    identity::{key_of_path, split_kernel_device_number},
+    identity::{is_recorded_file, key_of_path},
     policy, scan,
     sources::{dpkg, SourceRoots},
     trusted_path,
@@ -315,15 +315,10 @@ fn find_at(named: &Named, path: &RecordedPath) -> Result<PathBuf, String> {
     let path = Path::new(OsStr::from_bytes(&path.bytes));
     let resolved = std::fs::canonicalize(path).map_err(|error| format!("not found: {error}"))?;
     let key = key_of_path(&resolved).map_err(|error| format!("not found: {error}"))?;
-    if !is_named(&key, named) {
+    if !is_recorded_file(&key, &named.device, named.inode) {
         return Err("another file is at that path now (replaced since it ran)".to_owned());
     }
     Ok(resolved)
-}
-
-fn is_named(key: &FileKey, named: &Named) -> bool {
-    let (major, minor) = split_kernel_device_number(key.dev);
-    key.ino == named.inode && format!("{major}:{minor}") == named.device
 }
 
 /// The installed package that lists each found file (by identity, so `/bin/x` listed and
@@ -367,7 +362,7 @@ fn package_owners(
                 continue;
             };
             for (named, _, found_at) in candidates {
-                if is_named(&key, named) {
+                if is_recorded_file(&key, &named.device, named.inode) {
                     owners.insert(found_at.clone(), package.name.clone());
                 }
             }
@@ -641,6 +636,7 @@ mod tests {
     use std::io::Write;
 
     use super::*;
+    use crate::identity::device_text;
 
     fn record(rule: &str, enforcement: &str, path: &str, inode: u64) -> Value {
         serde_json::json!({
@@ -728,9 +724,8 @@ mod tests {
             .write_all(b"x")
             .unwrap();
         let key = key_of_path(&path).unwrap();
-        let (major, minor) = split_kernel_device_number(key.dev);
         let named = |inode: u64| Named {
-            device: format!("{major}:{minor}"),
+            device: device_text(key.dev),
             inode,
         };
         let at = |path: &[u8]| BTreeSet::from([recorded(path)]);
@@ -767,9 +762,8 @@ mod tests {
         let path = directory.path().join("tool");
         std::fs::write(&path, b"built in place").unwrap();
         let key = key_of_path(&path).unwrap();
-        let (major, minor) = split_kernel_device_number(key.dev);
         let named = Named {
-            device: format!("{major}:{minor}"),
+            device: device_text(key.dev),
             inode: key.ino,
         };
         let runs = Runs {

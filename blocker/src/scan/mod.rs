@@ -162,8 +162,7 @@ pub fn sha256_if_still(
     deadline: Instant,
 ) -> Option<String> {
     let file = hash_file_within(path, &mut ContentReader::new(limit_bytes), Some(deadline)).ok()?;
-    let (major, minor) = crate::identity::split_kernel_device_number(file.identity.key.dev);
-    (file.identity.key.ino == inode && format!("{major}:{minor}") == device)
+    crate::identity::is_recorded_file(&file.identity.key, device, inode)
         .then(|| to_hex(&file.sha256))
 }
 

@@ -451,8 +451,7 @@ mod tests {
         fs::write(&path, b"small").unwrap();
         let metadata = fs::metadata(&path).unwrap();
         let key = crate::identity::FileIdentity::of_path(&path).unwrap().key;
-        let (major, minor) = crate::identity::split_kernel_device_number(key.dev);
-        let device = format!("{major}:{minor}");
+        let device = crate::identity::device_text(key.dev);
         let text = path.to_str().unwrap();
         let mut facts = Facts {
             hash_limit_bytes: 4,
